@@ -1,0 +1,161 @@
+"""Data stage: read one institution's extract, split it, and compute its local statistics.
+
+Every function here runs where one institution's rows are and returns rows only to its
+caller on that machine; what leaves the institution is counts, sums and digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from sklearn.model_selection import train_test_split
+
+
+class InstitutionDataError(ValueError):
+    """An institution's extract cannot be read; the message names the institution and file."""
+
+
+def read_institution(institution: str, path: Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read an institution's CSV and rename its columns to the schema (`columns`: file name -> schema name)."""
+    path = Path(path)
+
+    def fail(reason: str) -> InstitutionDataError:
+        return InstitutionDataError(f"institution '{institution}': {path}: {reason}")
+
+    if not path.exists():
+        raise fail("file not found")
+    if path.is_dir():
+        raise fail("is a directory, expected a CSV file")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise fail("file is empty") from None
+    except PermissionError:
+        raise fail("permission denied") from None
+    except UnicodeDecodeError as error:
+        raise fail(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except pd.errors.ParserError as error:
+        raise fail(f"malformed CSV ({str(error).strip()})") from None
+    if columns:
+        missing = sorted(set(columns) - set(frame.columns))
+        if missing:
+            raise fail(f"column mapping names columns not in the file: {', '.join(missing)}")
+        frame = frame.rename(columns=columns)
+    return frame
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A content digest of an extract (columns and values), for lineage and change detection."""
+    hasher = hashlib.sha256()
+    hasher.update("\x1f".join(map(str, frame.columns)).encode())
+    hasher.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return hasher.hexdigest()[:16]
+
+
+def institution_seed(seed: int, institution: str) -> int:
+    """A per-institution seed, stable across processes (unlike `hash`)."""
+    return (seed * 1_000_003 + zlib.crc32(institution.encode())) % (2**32)
+
+
+def split_holdout(
+    frame: pd.DataFrame, label: str, *, fraction: float, seed: int, institution: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split an institution's rows into (train, holdout), stratified on the label."""
+    train, holdout = train_test_split(
+        frame,
+        test_size=fraction,
+        stratify=frame[label],
+        random_state=institution_seed(seed, institution),
+    )
+    return train, holdout
+
+
+@dataclass(frozen=True)
+class LocalStatistics:
+    """What an institution shares for standardization: count, per-feature sum and sum of squares."""
+
+    institution: str
+    count: int
+    sum: list[float]
+    sum_of_squares: list[float]
+
+
+def local_statistics(institution: str, x: np.ndarray) -> LocalStatistics:
+    """Count, sum and sum of squares of each feature column, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return LocalStatistics(
+        institution=institution,
+        count=int(x.shape[0]),
+        sum=x.sum(axis=0).tolist(),
+        sum_of_squares=np.square(x).sum(axis=0).tolist(),
+    )
+
+
+def combine_statistics(statistics: list[LocalStatistics]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and (population) standard deviation from the institutions' aggregates.
+
+    A constant feature gets std 1 so that standardizing it cannot divide by zero.
+    """
+    count = sum(s.count for s in statistics)
+    if count == 0:
+        raise ValueError("no rows to standardize: every institution reported zero rows")
+    total = np.sum([s.sum for s in statistics], axis=0)
+    total_squares = np.sum([s.sum_of_squares for s in statistics], axis=0)
+    mean = total / count
+    variance = np.maximum(total_squares / count - np.square(mean), 0.0)
+    std = np.sqrt(variance)
+    std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean, std
+
+
+@dataclass(frozen=True)
+class InstitutionSplit:
+    """One institution's features and labels for training or evaluation (stays local)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+def load_split(
+    institution: str,
+    path: Path,
+    columns: dict[str, str] | None,
+    features: list[str],
+    label: str,
+    *,
+    part: str,
+    holdout_fraction: float,
+    seed: int,
+) -> InstitutionSplit:
+    """The `part` ('train' or 'holdout') of an institution's extract as float arrays."""
+    frame = read_institution(institution, path, columns)
+    train, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
+    chosen = {"train": train, "holdout": holdout}[part]
+    return InstitutionSplit(
+        x=chosen[features].to_numpy(dtype=np.float64),
+        y=chosen[label].to_numpy(dtype=np.float64),
+    )
+
+
+@task(name="local-statistics", task_run_name="statistics-{institution}")
+def compute_local_statistics(
+    institution: str,
+    path: Path,
+    columns: dict[str, str] | None,
+    features: list[str],
+    label: str,
+    holdout_fraction: float,
+    seed: int,
+) -> LocalStatistics:
+    """Standardization aggregates of one institution's training split (no rows leave)."""
+    split = load_split(
+        institution, path, columns, features, label,
+        part="train", holdout_fraction=holdout_fraction, seed=seed,
+    )
+    return local_statistics(institution, split.x)

@@ -1,0 +1,130 @@
+"""Validation stage: one institution's extract against a committed Great Expectations suite.
+
+Runs where the institution's rows are; returns only a report (counts, digest, reasons).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+
+from tasks.data import InstitutionDataError, frame_digest, read_institution
+
+EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
+DATA_SOURCE = "institutions"
+DATA_ASSET = "extract"
+BATCH_DEFINITION = "whole_extract"
+_EXAMPLES = 3
+_gx_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of one institution's data-quality checks (no rows, only counts and reasons)."""
+
+    institution: str
+    path: str
+    suite: str
+    passed: bool
+    rows: int = 0
+    digest: str | None = None
+    checks_evaluated: int = 0
+    checks_failed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+class QuorumNotMet(RuntimeError):
+    """Too few institutions passed validation to train a consortium model."""
+
+
+@functools.lru_cache(maxsize=4)
+def _context(expectations_dir: Path):
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx  # heavy import, paid only when validating
+
+    return gx.get_context(mode="file", project_root_dir=expectations_dir)
+
+
+def _reason(result) -> str:
+    config = result.expectation_config
+    what = config.description or config.type
+    exception = result.exception_info or {}
+    if exception.get("raised_exception"):
+        message = str(exception.get("exception_message", "")).strip().splitlines()
+        return f"{what}: check could not run ({message[0] if message else 'error'})"
+    outcome = result.result or {}
+    if "unexpected_count" in outcome:
+        examples = list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
+        shown = f"; e.g. {', '.join(examples)}" if examples else ""
+        return f"{what}: failed for {outcome['unexpected_count']} of {outcome.get('element_count', '?')} rows{shown}"
+    if "observed_value" in outcome:
+        observed = outcome["observed_value"]
+        if isinstance(observed, float):
+            observed = f"{observed:.4g}"
+        return f"{what}: observed {observed}"
+    return f"{what}: failed"
+
+
+def check_frame(frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR) -> tuple[int, list[str]]:
+    """Run `suite` on a DataFrame; return (checks evaluated, reasons for the failed ones)."""
+    with _gx_lock:  # the GX context is not thread-safe
+        definition = _context(Path(expectations_dir)).validation_definitions.get(suite)
+        outcome = definition.run(batch_parameters={"dataframe": frame})
+    failed = [r for r in outcome.results if not r.success]
+    missing = {
+        r.expectation_config.kwargs.get("column")
+        for r in failed
+        if r.expectation_config.type == "expect_column_to_exist"
+    }
+    # A missing column fails every check on it; its absence is the one reason worth reading.
+    reasons = [
+        _reason(r)
+        for r in failed
+        if r.expectation_config.type == "expect_column_to_exist"
+        or r.expectation_config.kwargs.get("column") not in missing
+    ]
+    return len(outcome.results), reasons
+
+
+@task(name="validate-institution", task_run_name="validate-{institution}")
+def validate_institution(
+    institution: str,
+    path: Path,
+    columns: dict[str, str] | None,
+    suite: str,
+    expectations_dir: Path = EXPECTATIONS_DIR,
+) -> ValidationReport:
+    """Read and check one institution's extract; an unreadable file is a failed report, not a crash."""
+    try:
+        frame = read_institution(institution, path, columns)
+    except InstitutionDataError as error:
+        return ValidationReport(institution, str(path), suite, passed=False, reasons=[str(error)])
+    evaluated, reasons = check_frame(frame, suite, expectations_dir)
+    return ValidationReport(
+        institution=institution,
+        path=str(path),
+        suite=suite,
+        passed=not reasons,
+        rows=len(frame),
+        digest=frame_digest(frame),
+        checks_evaluated=evaluated,
+        checks_failed=len(reasons),
+        reasons=reasons,
+    )
+
+
+def admitted_institutions(reports: list[ValidationReport], quorum: int) -> list[str]:
+    """The institutions that passed, or QuorumNotMet naming every excluded one and why."""
+    admitted = [r.institution for r in reports if r.passed]
+    if len(admitted) < quorum:
+        excluded = "; ".join(f"{r.institution}: {' | '.join(r.reasons)}" for r in reports if not r.passed)
+        raise QuorumNotMet(
+            f"only {len(admitted)} of {len(reports)} institutions passed validation, "
+            f"quorum is {quorum}; nothing was trained or registered. Excluded: {excluded}"
+        )
+    return admitted
