@@ -1,1 +1,15 @@
-"""fedrisk: flows."""
+"""fedrisk flows: the retraining pipeline, its CLI and deployments (orchestration only)."""
+
+import os
+
+# Quiet, offline-friendly defaults for the libraries the flows drive; the environment wins.
+for _name, _value in {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}.items():
+    os.environ.setdefault(_name, _value)

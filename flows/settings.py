@@ -1,0 +1,20 @@
+"""Infrastructure settings (where things live), from the environment with local defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MLRUNS_DIR = PROJECT_ROOT / "mlruns"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+
+    mlflow_tracking_uri: str = Field(
+        default=f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}", validation_alias="MLFLOW_TRACKING_URI"
+    )
+    demo_data_dir: Path = Field(default=PROJECT_ROOT / "data" / "demo", validation_alias="FEDRISK_DEMO_DATA_DIR")
