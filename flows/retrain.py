@@ -68,10 +68,10 @@ def retrain(config: RunConfig) -> RetrainSummary:
             admitted, features, label, mean=mean.tolist(), std=std.tolist(),
             **config.training.model_dump(), model_path=Path(work_dir) / "model.keras", **split,
         )
-        champion = find_champion(settings.mlflow_tracking_uri, config.model_name)
+        champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
-            models["champion"] = f"models:/{config.model_name}/{champion.version}"
+            models["champion"] = champion.path
         evaluations = [evaluate_institution(*source, features, label, models=models, **split) for source in admitted]
         registration = register_model(
             settings.mlflow_tracking_uri,

@@ -11,7 +11,7 @@ import numpy as np
 from prefect import task
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
 
-from tasks.data import load_split
+from tasks.data import read_institution, split_holdout
 
 HIGHER_IS_BETTER = {"roc_auc": True, "ks": True, "log_loss": False, "brier": False}
 
@@ -45,21 +45,17 @@ class InstitutionEvaluation:
 
 
 @functools.lru_cache(maxsize=8)
-def _scorer(model_ref: str):
-    """A function rows -> probabilities for a saved .keras file or an immutable models:/NAME/VERSION URI."""
-    if model_ref.startswith("models:/"):
+def _scorer(model_path: str):
+    """A function rows -> probabilities for a saved .keras file or a local MLflow model directory."""
+    if (Path(model_path) / "MLmodel").exists():
         import mlflow
-        import pandas as pd
 
-        model = mlflow.pyfunc.load_model(model_ref)
-        columns = [c.name for c in model.metadata.get_input_schema().inputs]
-        return lambda x: np.asarray(
-            model.predict(pd.DataFrame(np.asarray(x, dtype=np.float32), columns=columns))
-        ).reshape(-1)
+        model = mlflow.pyfunc.load_model(model_path)
+        return lambda rows: np.asarray(model.predict(rows)).reshape(-1)
     from fed_models.keras_models import load_model, predict_proba
 
-    keras_model = load_model(Path(model_ref))
-    return lambda x: predict_proba(keras_model, x)
+    keras_model = load_model(Path(model_path))
+    return lambda rows: predict_proba(keras_model, rows.to_numpy(dtype=np.float32))
 
 
 @task(name="evaluate-institution", task_run_name="evaluate-{institution}")
@@ -73,14 +69,15 @@ def evaluate_institution(
     seed: int,
     models: dict[str, str],
 ) -> InstitutionEvaluation:
-    """Score each model in `models` (role -> model reference) on this institution's holdout."""
-    split = load_split(institution, path, columns, features, label, part="holdout",
-                       holdout_fraction=holdout_fraction, seed=seed)
+    """Score each model in `models` (role -> local model path) on this institution's raw holdout rows."""
+    frame = read_institution(institution, path, columns)
+    _, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
+    y = holdout[label].to_numpy(dtype=float)
     return InstitutionEvaluation(
         institution=institution,
-        examples=int(len(split.y)),
-        positives=int(split.y.sum()),
-        metrics={role: binary_metrics(split.y, _scorer(ref)(split.x)) for role, ref in models.items()},
+        examples=int(len(y)),
+        positives=int(y.sum()),
+        metrics={role: binary_metrics(y, _scorer(model)(holdout[features])) for role, model in models.items()},
     )
 
 

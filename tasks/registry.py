@@ -25,8 +25,11 @@ SCORING_MODEL = str(Path(__file__).with_name("scoring_model.py"))
 
 @dataclass(frozen=True)
 class Champion:
+    """The current champion: its version, the features it scores, and a local copy of it."""
+
     version: str
     features: list[str]
+    path: str
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,12 @@ def use_tracking(tracking_uri: str, model_name: str) -> str:
 
 
 @task(name="find-champion")
-def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
-    """The version holding the champion alias and the features it scores, or None."""
+def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Champion | None:
+    """The version holding the champion alias, downloaded to `download_dir`, or None.
+
+    A local copy is what each institution scores on its holdout (and what a remote
+    institution would be sent), so evaluation never depends on registry access.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -80,8 +87,10 @@ def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    signature = mlflow.models.get_model_info(f"models:/{model_name}/{version}").signature
-    return Champion(version=str(version), features=list(signature.inputs.input_names()))
+    uri = f"models:/{model_name}/{version}"
+    signature = mlflow.models.get_model_info(uri).signature
+    path = mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(download_dir) / f"champion-v{version}"))
+    return Champion(version=str(version), features=list(signature.inputs.input_names()), path=path)
 
 
 def decide_promotion(
@@ -204,7 +213,8 @@ def register_model(
         figure = _convergence_figure(rounds)
         mlflow.log_figure(figure, "plots/convergence.png")
         signature = ModelSignature(
-            inputs=Schema([ColSpec(DataType.float, name) for name in features]),
+            # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.
+            inputs=Schema([ColSpec(DataType.long, name) for name in features]),
             outputs=Schema([ColSpec(DataType.float, "default_probability")]),
         )
         info = mlflow.pyfunc.log_model(
@@ -213,7 +223,7 @@ def register_model(
             artifacts={"keras_model": str(model_path)},
             model_config={"feature_order": features},
             # The federated mean is an aggregate, so it may serve as the example; no customer row does.
-            input_example=pd.DataFrame([feature_means], columns=features).astype("float32"),
+            input_example=pd.DataFrame([np.round(feature_means)], columns=features).astype("int64"),
             signature=signature,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}",
                               f"pandas=={pd.__version__}", f"numpy=={np.__version__}"],

@@ -10,7 +10,7 @@ import pandas as pd
 
 
 class FederatedCreditModel(mlflow.pyfunc.PythonModel):
-    """A Keras model with standardization baked in, fed the signature's columns in order."""
+    """A Keras model with standardization baked in, fed the configured features in training order."""
 
     def load_context(self, context):
         import tensorflow as tf

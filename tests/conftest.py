@@ -1,0 +1,58 @@
+"""Shared fixtures: one Prefect API and one TFF runtime per test session, a fresh MLflow store per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="fedrisk-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+
+import flows  # noqa: E402,F401  (library defaults, before prefect/mlflow/GX are imported)
+from tasks.synthetic import synthesize  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+UCI_DIR = SHARED_DATA / "uci_default_credit"
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real (temporary) Prefect API for the session's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_tff_worker():
+    """Stop the TFF worker by its pid when the session ends (if TFF was used)."""
+    yield
+    import sys
+
+    if "fed_models.runtime" in sys.modules:
+        sys.modules["fed_models.runtime"].stop_worker()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def small_consortium(tmp_path_factory) -> dict[str, Path]:
+    """Four synthetic institutions at a quarter of the demo's size (5000/2000/1000/500 rows)."""
+    return synthesize(tmp_path_factory.mktemp("consortium"), n_institutions=4, seed=3, rows_scale=0.25)
+
+
+def require_uci() -> Path:
+    if not UCI_DIR.is_dir():
+        pytest.skip(f"real UCI credit data not found at {UCI_DIR} (../shared/data is absent)")
+    return UCI_DIR

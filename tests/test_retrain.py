@@ -1,0 +1,124 @@
+"""flows.retrain end to end: real Prefect API, GX suite, TFF rounds and MLflow sqlite registry."""
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from flows.config import load_config, parse_config
+from flows.retrain import retrain
+from flows.settings import PROJECT_ROOT
+from tasks.evaluation import binary_metrics
+from tasks.schema import FEATURE_COLUMNS, LABEL_COLUMN
+from tasks.validation import QuorumNotMet
+from tests.conftest import require_uci
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _config(paths: dict[str, Path], name: str, quorum: int = 3, rounds: int = 5):
+    return parse_config({
+        "model_name": name,
+        "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
+        "training": {"rounds": rounds, "client_learning_rate": 0.05},
+        "quorum": quorum,
+        "seed": 1,
+    }, Path("."))
+
+
+def _aliases(name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_consortium):
+    config = _config(small_consortium, "credit_e2e")
+    first = retrain(config)
+
+    assert [r.institution for r in first.validation if r.passed] == list(small_consortium)
+    assert first.weighted["roc_auc"] > 0.70
+    assert first.registration.version == "1" and first.registration.promoted
+    assert _aliases("credit_e2e") == {"champion": "1", "challenger": "1"}
+
+    client = MlflowClient()
+    run = client.get_run(first.registration.run_id)
+    assert run.data.tags["prefect.flow_run_id"] and run.data.tags["git.commit"]
+    assert run.data.params["training.rounds"] == "5"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5] and history[-1].value < history[0].value
+    assert run.data.metrics["challenger.weighted.roc_auc"] == pytest.approx(first.weighted["roc_auc"])
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == set(small_consortium)
+    assert inputs["alder_bank"].digest == first.validation[0].digest
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert {"plots/convergence.png", "validation/summary.json"} <= artifacts
+    version = client.get_model_version("credit_e2e", "1")
+    assert version.tags["promotion.decision"] == "promoted" and version.tags["git.commit"]
+
+    # The registered champion scores raw rows; on an institution's holdout it reproduces the logged AUC.
+    champion = mlflow.pyfunc.load_model("models:/credit_e2e@champion")
+    evaluation = first.evaluations[2]
+    frame = pd.read_csv(small_consortium[evaluation.institution])
+    from tasks.data import split_holdout
+    _, holdout = split_holdout(frame, LABEL_COLUMN, fraction=0.2, seed=1, institution=evaluation.institution)
+    scores = champion.predict(holdout)["default_probability"].to_numpy()
+    assert np.all((scores > 0) & (scores < 1))
+    assert binary_metrics(holdout[LABEL_COLUMN], scores)["roc_auc"] == pytest.approx(
+        evaluation.metrics["challenger"]["roc_auc"], abs=1e-6)
+
+    second = retrain(config)
+    assert second.registration.version == "2" and not second.registration.promoted
+    assert second.registration.reason.endswith("on the same holdouts: not better, champion kept")
+    assert all(e.metrics["champion"]["roc_auc"] == pytest.approx(e.metrics["challenger"]["roc_auc"])
+               for e in second.evaluations)
+    assert _aliases("credit_e2e") == {"champion": "1", "challenger": "2"}
+
+
+def test_an_excluded_institution_does_not_block_the_run(tracking_uri, small_consortium, tmp_path):
+    paths = dict(small_consortium)
+    broken = tmp_path / "cedar.csv"
+    frame = pd.read_csv(paths["cedar_savings"])
+    frame.loc[:9, "AGE"] = 300
+    frame.to_csv(broken, index=False)
+    paths["cedar_savings"] = broken
+
+    summary = retrain(_config(paths, "credit_quorum", quorum=3, rounds=2))
+
+    excluded = [r for r in summary.validation if not r.passed]
+    assert [r.institution for r in excluded] == ["cedar_savings"]
+    assert excluded[0].reasons == ["AGE between 18 and 100: failed for 10 of 1000 rows; e.g. 300"]
+    assert [e.institution for e in summary.evaluations] == ["alder_bank", "birch_credit_union", "dune_finance"]
+    run = MlflowClient().get_run(summary.registration.run_id)
+    assert run.data.tags["fedrisk.institutions"] == "alder_bank,birch_credit_union,dune_finance"
+    assert _aliases("credit_quorum")["champion"] == "1"
+
+
+def test_below_quorum_nothing_is_registered_and_the_champion_stays(tracking_uri, small_consortium, tmp_path):
+    retrain(_config(small_consortium, "credit_guarded", rounds=2))
+    paths = dict(small_consortium)
+    for name in ("cedar_savings", "dune_finance"):
+        paths[name] = tmp_path / f"{name}.csv"
+        pd.read_csv(small_consortium[name]).drop(columns=["PAY_0"]).to_csv(paths[name], index=False)
+
+    with pytest.raises(QuorumNotMet) as error:
+        retrain(_config(paths, "credit_guarded", quorum=3, rounds=2))
+
+    assert str(error.value).startswith("only 2 of 4 institutions passed validation, quorum is 3; nothing was trained or registered.")
+    assert "cedar_savings: column PAY_0 is present: failed" in str(error.value)
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name='credit_guarded'")] == ["1"]
+    assert _aliases("credit_guarded") == {"champion": "1", "challenger": "1"}
+    assert len(client.search_runs([client.get_experiment_by_name("fedrisk-credit_guarded").experiment_id])) == 1
+
+
+def test_real_uci_banks_reach_the_reference_auc(tracking_uri):
+    require_uci()
+    config = load_config(PROJECT_ROOT / "configs" / "uci_default_credit.yaml")
+    summary = retrain(config)
+    assert [r.institution for r in summary.validation if r.passed] == ["bank_a", "bank_b", "bank_c"]
+    assert summary.weighted["roc_auc"] >= 0.72
+    assert summary.registration.aliases == ["challenger", "champion"]

@@ -1,0 +1,123 @@
+import shutil
+
+import pandas as pd
+import pytest
+
+from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, validate_institution
+
+SUITE = "credit_default_v1"
+
+
+@pytest.fixture
+def extract(small_consortium, tmp_path):
+    """A writable copy of a valid institution extract, to break in each test."""
+    path = tmp_path / "cedar.csv"
+    shutil.copy(small_consortium["cedar_savings"], path)
+    return path
+
+
+def _validate(path) -> ValidationReport:
+    return validate_institution.fn("cedar_savings", path, None, SUITE)
+
+
+def _rewrite(path, change) -> None:
+    frame = pd.read_csv(path)
+    frame = change(frame)
+    frame.to_csv(path, index=False)
+
+
+def test_a_valid_extract_passes(extract):
+    report = _validate(extract)
+    assert report.passed and report.reasons == []
+    assert report.rows == 1000 and report.checks_evaluated == 102 and len(report.digest) == 16
+
+
+def test_missing_column_is_reported_once(extract):
+    _rewrite(extract, lambda f: f.drop(columns=["AGE"]))
+    report = _validate(extract)
+    assert not report.passed
+    assert report.reasons == ["column AGE is present: failed"]
+
+
+def test_non_numeric_values(extract):
+    def corrupt(f):
+        f["LIMIT_BAL"] = f["LIMIT_BAL"].astype(object)
+        f.loc[4, "LIMIT_BAL"] = "12k"
+        return f
+    _rewrite(extract, corrupt)
+    reasons = _validate(extract).reasons
+    assert any(r.startswith("LIMIT_BAL is numeric: failed for") for r in reasons)
+
+
+def test_out_of_range_and_out_of_code_set_values(extract):
+    def corrupt(f):
+        f.loc[0, "AGE"] = 300
+        f.loc[1, "AGE"] = -4
+        f.loc[2, "PAY_0"] = 12
+        return f
+    _rewrite(extract, corrupt)
+    reasons = _validate(extract).reasons
+    assert "AGE between 18 and 100: failed for 2 of 1000 rows; e.g. 300, -4" in reasons
+    assert any(r.startswith("PAY_0 in code set [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]: failed for 1 of 1000 rows; e.g. 12") for r in reasons)
+
+
+def test_nulls(extract):
+    def corrupt(f):
+        f.loc[[3, 9], "EDUCATION"] = None
+        return f
+    _rewrite(extract, corrupt)
+    assert "EDUCATION has no missing values: failed for 2 of 1000 rows; e.g. nan" in _validate(extract).reasons
+
+
+def test_duplicate_ids(extract):
+    def corrupt(f):
+        f.loc[5, "ID"] = f.loc[6, "ID"]
+        return f
+    _rewrite(extract, corrupt)
+    reasons = _validate(extract).reasons
+    assert any(r.startswith("ID is unique: failed for 2 of 1000 rows") for r in reasons)
+
+
+def test_non_binary_label(extract):
+    def corrupt(f):
+        f.loc[0, "default.payment.next.month"] = 2
+        return f
+    _rewrite(extract, corrupt)
+    assert any(r.startswith("default.payment.next.month in code set [0, 1]") for r in _validate(extract).reasons)
+
+
+def test_empty_file_and_header_only(extract):
+    header = extract.read_text().splitlines()[0]
+    extract.write_text(header + "\n")
+    report = _validate(extract)
+    assert not report.passed and report.rows == 0
+    assert "at least 200 rows: observed 0" in report.reasons
+    extract.write_text("")
+    report = _validate(extract)
+    assert report.reasons == [f"institution 'cedar_savings': {extract}: file is empty"]
+
+
+def test_validation_never_modifies_the_input(extract):
+    before = extract.read_bytes()
+    _validate(extract)
+    assert extract.read_bytes() == before
+
+
+def _report(name, passed, reasons=()):
+    return ValidationReport(name, f"/data/{name}.csv", SUITE, passed=passed, reasons=list(reasons))
+
+
+def test_quorum_admits_passing_institutions():
+    reports = [_report("a", True), _report("b", False, ["AGE between 18 and 100: failed"]), _report("c", True)]
+    assert admitted_institutions(reports, quorum=2) == ["a", "c"]
+
+
+def test_below_quorum_names_every_excluded_institution():
+    reports = [_report("a", True), _report("b", False, ["column AGE is present: failed"]),
+               _report("c", False, ["at least 200 rows: observed 10"])]
+    with pytest.raises(QuorumNotMet) as error:
+        admitted_institutions(reports, quorum=2)
+    assert str(error.value) == (
+        "only 1 of 3 institutions passed validation, quorum is 2; nothing was trained or registered. "
+        "Excluded: b: column AGE is present: failed; c: at least 200 rows: observed 10"
+    )
