@@ -62,6 +62,8 @@ def _print_summary(summary) -> None:
 
 
 def _run(config: RunConfig) -> None:
+    from mlflow.exceptions import MlflowException
+
     from flows.retrain import retrain
     from tasks.data import InstitutionDataError
     from tasks.validation import QuorumNotMet
@@ -70,6 +72,11 @@ def _run(config: RunConfig) -> None:
         summary = retrain(config)
     except (QuorumNotMet, InstitutionDataError) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}")
+        raise typer.Exit(1) from None
+    except MlflowException as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        console.print(f"[red]Retraining stopped: MLflow tracking at {Settings().mlflow_tracking_uri} "
+                      f"failed:[/red] {first_line}\nNothing was registered.")
         raise typer.Exit(1) from None
     _print_summary(summary)
 

@@ -60,15 +60,15 @@ def retrain(config: RunConfig) -> RetrainSummary:
             config.model_name, validation, [], None, settings.mlflow_tracking_uri, failure=str(error)))
         raise
 
-    statistics = [compute_local_statistics(*source, features, label, **split) for source in admitted]
-    mean, std = combine_statistics(statistics)
-
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
+        # The registry is consulted before training so an unreachable one costs no training.
+        champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
+        statistics = [compute_local_statistics(*source, features, label, **split) for source in admitted]
+        mean, std = combine_statistics(statistics)
         training = train_federated(
             admitted, features, label, mean=mean.tolist(), std=std.tolist(),
             **config.training.model_dump(), model_path=Path(work_dir) / "model.keras", **split,
         )
-        champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
             models["champion"] = champion.path

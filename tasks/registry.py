@@ -126,12 +126,10 @@ def _flatten(prefix: str, value) -> dict[str, str]:
 
 
 def _convergence_figure(rounds: list[dict]):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    loss_axis, auc_axis = figure.subplots(1, 2)
     steps = [r["round"] for r in rounds]
     loss_axis.plot(steps, [r["loss"] for r in rounds], marker="o")
     loss_axis.set(title="Federated training loss", xlabel="round", ylabel="binary cross-entropy")
@@ -210,8 +208,7 @@ def register_model(
             if report.passed:
                 _log_institution_input(report)
         mlflow.log_dict({"reports": [asdict(r) for r in validation]}, "validation/summary.json")
-        figure = _convergence_figure(rounds)
-        mlflow.log_figure(figure, "plots/convergence.png")
+        mlflow.log_figure(_convergence_figure(rounds), "plots/convergence.png")
         signature = ModelSignature(
             # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.
             inputs=Schema([ColSpec(DataType.long, name) for name in features]),
@@ -243,9 +240,6 @@ def register_model(
         except Exception:
             client.delete_model_version(model_name, version)
             raise
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
     return Registration(
         run_id=run.info.run_id,
         experiment_id=experiment_id,

@@ -1,16 +1,55 @@
-"""The `fedrisk` CLI as a user runs it (in-process, sharing the session's Prefect API and TFF)."""
+"""The `fedrisk` CLI.
 
-import shutil
+Argument handling goes through Click's runner; commands that run flows are called directly,
+sharing the session's Prefect API and TFF runtime, with pytest capturing what they print.
+"""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+import typer
+from rich.console import Console
+
+from flows import cli
 from flows.cli import app
-from flows.settings import PROJECT_ROOT
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def console(monkeypatch):
+    """The CLI's console writing to a buffer, wide enough not to wrap cells; returns a reader of new output.
+
+    Not capsys: Prefect rebuilds its log handlers on whatever sys.stderr is when a flow starts,
+    and a capsys buffer is closed after its test.
+    """
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buffer, width=250))
+
+    def read() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    return read
+
+
+def _exit_code(command, **kwargs) -> int:
+    try:
+        command(**kwargs)
+    except typer.Exit as stop:
+        return stop.exit_code
+    return 0
 
 
 def _invoke(*args):
@@ -33,7 +72,7 @@ def test_bad_config_exits_2_naming_the_field(tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp_path, small_consortium):
+def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp_path, small_consortium, console):
     broken = tmp_path / "dune.csv"
     broken.write_bytes(small_consortium["dune_finance"].read_bytes()[:50])  # cut inside the header
     config = tmp_path / "run.yaml"
@@ -42,30 +81,49 @@ def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp
         f"  - {{name: cedar_savings, path: {small_consortium['cedar_savings']}}}\n"
         f"  - {{name: dune_finance, path: {broken}}}\n"
     )
-    result = _invoke("validate", "--config", str(config))
-    assert result.exit_code == 1
-    assert "cedar_savings" in result.output and "admitted" in result.output
-    assert "excluded" in result.output and "column PAY_2 is present: failed" in result.output
-    assert "at least 200 rows: observed 0" in result.output
-    assert "1 of 2 institutions passed; quorum is 2" in result.output
+    assert _exit_code(cli.validate, config=config) == 1
+    output = console()
+    assert "cedar_savings" in output and "admitted" in output
+    assert "excluded" in output and "column PAY_2 is present: failed" in output
+    assert "at least 200 rows: observed 0" in output
+    assert "1 of 2 institutions passed; quorum is 2" in output
 
     config.write_text(config.read_text().replace("quorum: 2", "quorum: 1"))
-    result = _invoke("validate", "--config", str(config))
-    assert result.exit_code == 0 and "1 of 2 institutions passed; quorum 1 met" in result.output
+    assert _exit_code(cli.validate, config=config) == 0
+    assert "1 of 2 institutions passed; quorum 1 met" in console()
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_demo_twice_champion_then_challenger(tmp_path, tracking_uri):
-    first = _invoke("demo", "--data-dir", str(tmp_path / "demo"))
-    assert first.exit_code == 0, first.output
-    assert "Synthesized 4 institutions" in first.output
-    assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in first.output
-    assert "Champion: no champion yet: promoted with roc_auc 0." in first.output
+def test_demo_twice_champion_then_challenger(tmp_path, tracking_uri, console):
+    assert _exit_code(cli.demo, data_dir=tmp_path / "demo") == 0
+    first = console()
+    assert "Synthesized 4 institutions" in first
+    assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in first
+    assert "Champion: no champion yet: promoted with roc_auc 0." in first
 
-    second = _invoke("demo", "--data-dir", str(tmp_path / "demo"))
-    assert second.exit_code == 0, second.output
-    assert "Synthesized" not in second.output
-    assert "Registered credit_default_demo version 2 (aliases: challenger)" in second.output
-    assert "not better, champion kept" in second.output
+    assert _exit_code(cli.demo, data_dir=tmp_path / "demo") == 0
+    second = console()
+    assert "Synthesized" not in second
+    assert "Registered credit_default_demo version 2 (aliases: challenger)" in second
+    assert "not better, champion kept" in second
     aliases = MlflowClient().get_registered_model("credit_default_demo").aliases
     assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "challenger": "2"}
+
+
+def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp_path):
+    """Run as a user would, in its own process: a dead MLflow URL fails fast, before any round."""
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name: m\ninstitutions:\n" + "".join(
+        f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items()))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "COLUMNS": "200",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run([str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"Retraining stopped: MLflow tracking at http://127.0.0.1:{port} failed:" in output
+    assert "Nothing was registered." in output
+    assert "round 1/" not in output

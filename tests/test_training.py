@@ -1,11 +1,6 @@
 """fed_models.training: FedAvg against a hand computation, determinism, and learning."""
 
-import os
-
 import numpy as np
-import pytest
-
-from fed_models import runtime
 from fed_models.training import ClientData, FedAvgSpec, train_fed_avg
 
 
@@ -63,16 +58,3 @@ def test_training_learns_and_is_deterministic_by_seed():
         np.testing.assert_array_equal(a, b)
     kernel = first.weights[0].ravel()
     assert kernel[0] > 0 and kernel[1] < 0 and kernel[2] > 0  # the signs of the true coefficients
-
-
-def test_worker_is_owned_and_stopped_by_pid():
-    runtime.ensure_context()
-    train_fed_avg(_learnable_clients()[:1], np.zeros(3), np.ones(3),
-                  FedAvgSpec(1, 1, 64, 0.1, 1.0, 0))
-    pid = runtime.worker_pid()
-    assert pid is not None
-    os.kill(pid, 0)  # alive
-    runtime.stop_worker()
-    assert runtime.worker_pid() is None
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)

@@ -1,0 +1,31 @@
+"""Imports point one way: flows -> tasks -> fed_models, and only fed_models touches TFF."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    found = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("fed_models", {"prefect", "mlflow", "great_expectations", "tasks", "flows"}),
+    ("tasks", {"tensorflow_federated", "flows"}),
+    ("flows", {"tensorflow_federated", "fed_models"}),
+])
+def test_imports_point_one_way(package, forbidden):
+    offenders = {f: sorted(names & forbidden) for f, names in _imports(package).items() if names & forbidden}
+    assert offenders == {}
