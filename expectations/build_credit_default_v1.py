@@ -1,7 +1,8 @@
 """Writes the committed GX objects for the credit-default schema (suite `credit_default_v1`).
 
 The JSON under expectations/gx/ is the source of truth that runs use; this script records
-how it was made. Re-run it (`uv run python expectations/build_credit_default_v1.py`) after
+how it was made. Every check is severity `critical` (quarantines the institution) unless it
+says `warning` (reported, institution admitted). Re-run it (`uv run python expectations/build_credit_default_v1.py`) after
 changing a check here, review the JSON diff, and bump the suite version when the meaning of
 a check changes.
 """
@@ -23,6 +24,9 @@ def expectations() -> list[gxe.Expectation]:
     checks: list[gxe.Expectation] = []
     for column in COLUMNS:
         checks.append(gxe.ExpectColumnToExist(column=column, description=f"column {column} is present"))
+    # Extra columns are reported but do not quarantine: they are ignored by training.
+    checks.append(gxe.ExpectTableColumnsToMatchSet(
+        column_set=COLUMNS, exact_match=True, severity="warning", description="no columns beyond the schema"))
     for column in COLUMNS:
         checks.append(gxe.ExpectColumnValuesToBeInTypeList(
             column=column, type_list=NUMERIC_TYPES, description=f"{column} is numeric"))

@@ -29,14 +29,17 @@ def _load(path: Path) -> RunConfig:
 
 
 def _validation_table(reports) -> Table:
+    from tasks.reporting import validation_rows
+
     table = Table(title="Validation")
     table.add_column("institution", no_wrap=True)
-    for column in ("status", "rows", "checks failed", "reasons"):
+    for column in ("rows", "checks passed", "checks failed", "status", "reasons", "warnings"):
         table.add_column(column)
-    for r in reports:
-        status = "[green]admitted[/green]" if r.passed else "[red]excluded[/red]"
-        table.add_row(r.institution, status, str(r.rows), f"{r.checks_failed}/{r.checks_evaluated}",
-                      "\n".join(r.reasons))
+    for row in validation_rows(reports):
+        colour = "green" if row["status"] == "admitted" else "red"
+        table.add_row(row["institution"], str(row["rows"]), str(row["checks passed"]), str(row["checks failed"]),
+                      f"[{colour}]{row['status']}[/{colour}]", row["reasons"].replace("; ", "\n"),
+                      row["warnings"].replace("; ", "\n"))
     return table
 
 

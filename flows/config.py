@@ -52,6 +52,9 @@ class RunConfig(BaseModel):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Stratified share each institution holds out.")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     quorum: int = Field(1, ge=1, description="Minimum institutions that must pass validation.")
+    quorum_row_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Minimum share of all reported rows the passing institutions must hold."
+    )
     promotion_metric: PromotionMetric = "roc_auc"
 
     @field_validator("label")

@@ -54,7 +54,7 @@ def retrain(config: RunConfig) -> RetrainSummary:
 
     validation = validate_consortium(config)
     try:
-        admitted = [sources[name] for name in admitted_institutions(validation, config.quorum)]
+        admitted = [sources[name] for name in admitted_institutions(validation, config.quorum, config.quorum_row_share)]
     except QuorumNotMet as error:
         publish_summary(config.model_name, summary_markdown(
             config.model_name, validation, [], None, settings.mlflow_tracking_uri, failure=str(error)))

@@ -16,13 +16,27 @@ import pandas as pd
 from prefect import task
 from sklearn.model_selection import train_test_split
 
+from tasks.schema import COLUMNS
+
+
+_EXAMPLES = 3
+_OTHER_DELIMITERS = [";", "\t", "|"]
+
 
 class InstitutionDataError(ValueError):
     """An institution's extract cannot be read; the message names the institution and file."""
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
 def read_institution(institution: str, path: Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
-    """Read an institution's CSV and rename its columns to the schema (`columns`: file name -> schema name)."""
+    """Read an institution's CSV or Parquet extract, rename its columns to the schema
+    (`columns`: name in the file -> schema name) and make the schema's columns numeric.
+    """
     path = Path(path)
 
     def fail(reason: str) -> InstitutionDataError:
@@ -31,9 +45,9 @@ def read_institution(institution: str, path: Path, columns: dict[str, str] | Non
     if not path.exists():
         raise fail("file not found")
     if path.is_dir():
-        raise fail("is a directory, expected a CSV file")
+        raise fail("is a directory, expected a CSV or Parquet file")
     try:
-        frame = pd.read_csv(path)
+        frame = _read_table(path)
     except pd.errors.EmptyDataError:
         raise fail("file is empty") from None
     except PermissionError:
@@ -42,11 +56,28 @@ def read_institution(institution: str, path: Path, columns: dict[str, str] | Non
         raise fail(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except pd.errors.ParserError as error:
         raise fail(f"malformed CSV ({str(error).strip()})") from None
+    except (OSError, ValueError) as error:  # pyarrow's errors for a corrupt Parquet file
+        raise fail(f"cannot be read as {path.suffix.lstrip('.') or 'CSV'} ({str(error).strip()})") from None
+    if len(frame.columns) == 1:
+        delimiter = next((d for d in _OTHER_DELIMITERS if d in str(frame.columns[0])), None)
+        if delimiter is not None:
+            raise fail(f"one column found; the header is separated by {delimiter!r}, expected ','")
     if columns:
         missing = sorted(set(columns) - set(frame.columns))
         if missing:
             raise fail(f"column mapping names columns not in the file: {', '.join(missing)}")
         frame = frame.rename(columns=columns)
+    problems = []
+    for column in [c for c in COLUMNS if c in frame.columns and frame[c].dtype == object]:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame[column][numbers.isna() & frame[column].notna()]
+        if len(bad):
+            examples = ", ".join(repr(v) for v in list(dict.fromkeys(bad.astype(str)))[:_EXAMPLES])
+            problems.append(f"column {column} has {len(bad)} non-numeric values, e.g. {examples}")
+        else:
+            frame[column] = numbers
+    if problems:
+        raise fail("; ".join(problems))
     return frame
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
 from tasks.registry import Registration
 from tasks.validation import ValidationReport
 
 
-def artifact_key(model_name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "retrain-" + re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
+def artifact_key(kind: str, model_name: str) -> str:
+    """`kind-model-name`: Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
 
 
 def summary_markdown(
@@ -28,11 +28,10 @@ def summary_markdown(
     lines = [f"# Retraining of `{model_name}`", ""]
     if failure:
         lines += [f"**Failed:** {failure}", ""]
-    lines += ["## Institutions", "", "| institution | status | rows | checks failed | reasons |", "|---|---|---|---|---|"]
-    for r in validation:
-        status = "admitted" if r.passed else "excluded"
-        reasons = "<br>".join(r.reasons) if r.reasons else ""
-        lines.append(f"| {r.institution} | {status} | {r.rows} | {r.checks_failed} | {reasons} |")
+    rows = validation_rows(validation)
+    lines += ["## Institutions", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(v).replace("; ", "<br>") for v in row.values()) + " |")
     if evaluations:
         lines += ["", "## Holdout metrics (challenger)", "",
                   "| institution | rows | ROC AUC | KS | log loss | Brier |", "|---|---|---|---|---|---|"]
@@ -54,7 +53,29 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def validation_rows(reports: list[ValidationReport]) -> list[dict]:
+    """One row per institution, as the Prefect table artifact and the CLI show it."""
+    return [
+        {
+            "institution": r.institution,
+            "rows": r.rows,
+            "checks passed": r.checks_evaluated - r.checks_failed,
+            "checks failed": r.checks_failed,
+            "status": "admitted" if r.passed else "quarantined",
+            "reasons": "; ".join(r.reasons),
+            "warnings": "; ".join(r.warnings),
+        }
+        for r in reports
+    ]
+
+
+@task(name="publish-validation-table")
+def publish_validation_table(model_name: str, reports: list[ValidationReport]) -> None:
+    create_table_artifact(table=validation_rows(reports), key=artifact_key("validation", model_name),
+                          description=f"Data-quality checks per institution for {model_name}")
+
+
 @task(name="publish-summary")
 def publish_summary(model_name: str, markdown: str) -> None:
-    create_markdown_artifact(markdown=markdown, key=artifact_key(model_name),
+    create_markdown_artifact(markdown=markdown, key=artifact_key("retrain", model_name),
                              description=f"Retraining summary for {model_name}")

@@ -35,7 +35,8 @@ class ValidationReport:
     digest: str | None = None
     checks_evaluated: int = 0
     checks_failed: int = 0
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
+    warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
 
 
 class QuorumNotMet(RuntimeError):
@@ -58,6 +59,9 @@ def _reason(result) -> str:
         message = str(exception.get("exception_message", "")).strip().splitlines()
         return f"{what}: check could not run ({message[0] if message else 'error'})"
     outcome = result.result or {}
+    mismatched = (outcome.get("details") or {}).get("mismatched") or {}
+    if mismatched.get("unexpected"):
+        return f"{what}: unexpected {', '.join(map(str, mismatched['unexpected']))}"
     if "unexpected_count" in outcome:
         examples = list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
         shown = f"; e.g. {', '.join(examples)}" if examples else ""
@@ -70,8 +74,10 @@ def _reason(result) -> str:
     return f"{what}: failed"
 
 
-def check_frame(frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR) -> tuple[int, list[str]]:
-    """Run `suite` on a DataFrame; return (checks evaluated, reasons for the failed ones)."""
+def check_frame(
+    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR
+) -> tuple[int, list[str], list[str]]:
+    """Run `suite` on a DataFrame; return (checks evaluated, failed `error` checks, failed `warning` checks)."""
     with _gx_lock:  # the GX context is not thread-safe
         definition = _context(Path(expectations_dir)).validation_definitions.get(suite)
         outcome = definition.run(batch_parameters={"dataframe": frame})
@@ -82,13 +88,16 @@ def check_frame(frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR) ->
         if r.expectation_config.type == "expect_column_to_exist"
     }
     # A missing column fails every check on it; its absence is the one reason worth reading.
-    reasons = [
-        _reason(r)
-        for r in failed
-        if r.expectation_config.type == "expect_column_to_exist"
-        or r.expectation_config.kwargs.get("column") not in missing
+    shown = [
+        r for r in failed
+        if (r.expectation_config.type == "expect_column_to_exist"
+            or r.expectation_config.kwargs.get("column") not in missing)
+        and not (r.expectation_config.type == "expect_table_columns_to_match_set"
+                 and not ((r.result or {}).get("details") or {}).get("mismatched", {}).get("unexpected"))
     ]
-    return len(outcome.results), reasons
+    errors = [_reason(r) for r in shown if str(r.expectation_config.severity.value) != "warning"]
+    warnings = [_reason(r) for r in shown if str(r.expectation_config.severity.value) == "warning"]
+    return len(outcome.results), errors, warnings
 
 
 @task(name="validate-institution", task_run_name="validate-{institution}")
@@ -104,27 +113,37 @@ def validate_institution(
         frame = read_institution(institution, path, columns)
     except InstitutionDataError as error:
         return ValidationReport(institution, str(path), suite, passed=False, reasons=[str(error)])
-    evaluated, reasons = check_frame(frame, suite, expectations_dir)
+    evaluated, errors, warnings = check_frame(frame, suite, expectations_dir)
     return ValidationReport(
         institution=institution,
         path=str(path),
         suite=suite,
-        passed=not reasons,
+        passed=not errors,
         rows=len(frame),
         digest=frame_digest(frame),
         checks_evaluated=evaluated,
-        checks_failed=len(reasons),
-        reasons=reasons,
+        checks_failed=len(errors) + len(warnings),
+        reasons=errors,
+        warnings=warnings,
     )
 
 
-def admitted_institutions(reports: list[ValidationReport], quorum: int) -> list[str]:
-    """The institutions that passed, or QuorumNotMet naming every excluded one and why."""
-    admitted = [r.institution for r in reports if r.passed]
+def admitted_institutions(reports: list[ValidationReport], quorum: int, min_row_share: float = 0.0) -> list[str]:
+    """The institutions that passed, or QuorumNotMet naming every excluded one and why.
+
+    The policy needs at least `quorum` institutions, holding at least `min_row_share` of all
+    rows the institutions reported (an unreadable file reports none).
+    """
+    admitted = [r for r in reports if r.passed]
+    total_rows = sum(r.rows for r in reports)
+    share = sum(r.rows for r in admitted) / total_rows if total_rows else 0.0
+    shortfalls = []
     if len(admitted) < quorum:
+        shortfalls.append(f"only {len(admitted)} of {len(reports)} institutions passed validation, quorum is {quorum}")
+    if share < min_row_share:
+        shortfalls.append(f"institutions that passed hold {share:.1%} of {total_rows} rows, "
+                          f"policy requires {min_row_share:.1%}")
+    if shortfalls:
         excluded = "; ".join(f"{r.institution}: {' | '.join(r.reasons)}" for r in reports if not r.passed)
-        raise QuorumNotMet(
-            f"only {len(admitted)} of {len(reports)} institutions passed validation, "
-            f"quorum is {quorum}; nothing was trained or registered. Excluded: {excluded}"
-        )
-    return admitted
+        raise QuorumNotMet(f"{'; '.join(shortfalls)}; nothing was trained or registered. Excluded: {excluded}")
+    return [r.institution for r in admitted]

@@ -1,6 +1,6 @@
 """flows.retrain end to end: real Prefect API, GX suite, TFF rounds and MLflow sqlite registry."""
 
-import shutil
+import json
 from pathlib import Path
 
 import mlflow
@@ -95,6 +95,16 @@ def test_an_excluded_institution_does_not_block_the_run(tracking_uri, small_cons
     run = MlflowClient().get_run(summary.registration.run_id)
     assert run.data.tags["fedrisk.institutions"] == "alder_bank,birch_credit_union,dune_finance"
     assert _aliases("credit_quorum")["champion"] == "1"
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-quorum"])), limit=1)
+    rows = {row["institution"]: row for row in json.loads(table.data)}
+    assert rows["cedar_savings"]["status"] == "quarantined" and rows["cedar_savings"]["checks failed"] == 1
+    assert rows["alder_bank"]["status"] == "admitted" and rows["alder_bank"]["checks passed"] == 103
 
 
 def test_below_quorum_nothing_is_registered_and_the_champion_stays(tracking_uri, small_consortium, tmp_path):

@@ -28,8 +28,29 @@ def _rewrite(path, change) -> None:
 
 def test_a_valid_extract_passes(extract):
     report = _validate(extract)
+    assert report.passed and report.reasons == [] and report.warnings == []
+    assert report.rows == 1000 and report.checks_evaluated == 103 and len(report.digest) == 16
+
+
+def test_a_parquet_extract_with_its_own_column_names_passes(extract, tmp_path):
+    frame = pd.read_csv(extract).rename(columns={"LIMIT_BAL": "credit_limit", "AGE": "age_years"})
+    path = tmp_path / "cedar.parquet"
+    frame.to_parquet(path)
+    report = validate_institution.fn("cedar_savings", path, {"credit_limit": "LIMIT_BAL", "age_years": "AGE"}, SUITE)
+    assert report.passed and report.rows == 1000
+
+
+def test_an_unknown_extra_column_is_a_warning_and_admitted(extract):
+    _rewrite(extract, lambda f: f.assign(BRANCH_CODE=7))
+    report = _validate(extract)
     assert report.passed and report.reasons == []
-    assert report.rows == 1000 and report.checks_evaluated == 102 and len(report.digest) == 16
+    assert report.warnings == ["no columns beyond the schema: unexpected BRANCH_CODE"]
+
+
+def test_wrong_delimiter(extract):
+    extract.write_text(extract.read_text().replace(",", ";"))
+    assert _validate(extract).reasons == [
+        f"institution 'cedar_savings': {extract}: one column found; the header is separated by ';', expected ','"]
 
 
 def test_missing_column_is_reported_once(extract):
@@ -39,14 +60,18 @@ def test_missing_column_is_reported_once(extract):
     assert report.reasons == ["column AGE is present: failed"]
 
 
-def test_non_numeric_values(extract):
+def test_strings_in_numeric_columns_name_the_column_and_values(extract):
     def corrupt(f):
         f["LIMIT_BAL"] = f["LIMIT_BAL"].astype(object)
         f.loc[4, "LIMIT_BAL"] = "12k"
+        f.loc[5, "LIMIT_BAL"] = "abc"
+        f["AGE"] = f["AGE"].astype(object)
+        f.loc[6, "AGE"] = "forty"
         return f
     _rewrite(extract, corrupt)
-    reasons = _validate(extract).reasons
-    assert any(r.startswith("LIMIT_BAL is numeric: failed for") for r in reasons)
+    assert _validate(extract).reasons == [
+        f"institution 'cedar_savings': {extract}: column LIMIT_BAL has 2 non-numeric values, e.g. '12k', 'abc'; "
+        "column AGE has 1 non-numeric values, e.g. 'forty'"]
 
 
 def test_out_of_range_and_out_of_code_set_values(extract):
@@ -110,6 +135,18 @@ def _report(name, passed, reasons=()):
 def test_quorum_admits_passing_institutions():
     reports = [_report("a", True), _report("b", False, ["AGE between 18 and 100: failed"]), _report("c", True)]
     assert admitted_institutions(reports, quorum=2) == ["a", "c"]
+
+
+def test_quorum_row_share_counts_the_rows_institutions_reported():
+    reports = [ValidationReport("big", "/b.csv", SUITE, passed=False, rows=9000, reasons=["AGE between 18 and 100: failed"]),
+               ValidationReport("s1", "/s1.csv", SUITE, passed=True, rows=500),
+               ValidationReport("s2", "/s2.csv", SUITE, passed=True, rows=500)]
+    assert admitted_institutions(reports, quorum=2, min_row_share=0.1) == ["s1", "s2"]
+    with pytest.raises(QuorumNotMet) as error:
+        admitted_institutions(reports, quorum=2, min_row_share=0.5)
+    assert str(error.value) == (
+        "institutions that passed hold 10.0% of 10000 rows, policy requires 50.0%; nothing was trained or "
+        "registered. Excluded: big: AGE between 18 and 100: failed")
 
 
 def test_below_quorum_names_every_excluded_institution():
