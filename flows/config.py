@@ -56,6 +56,10 @@ class RunConfig(BaseModel):
         0.0, ge=0.0, le=1.0, description="Minimum share of all reported rows the passing institutions must hold."
     )
     promotion_metric: PromotionMetric = "roc_auc"
+    drift_checks: bool = Field(
+        True, description="Check each extract against the institution's last accepted one; turn off "
+                          "once to accept a deliberate change (a new portfolio, a re-based currency).",
+    )
 
     @field_validator("label")
     @classmethod

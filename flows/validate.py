@@ -5,13 +5,23 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.config import RunConfig
+from flows.settings import Settings
+from tasks.registry import find_reference_profiles
 from tasks.reporting import publish_validation_table
 from tasks.validation import ValidationReport, validate_institution
 
 
 @flow(name="validate", flow_run_name="validate-{config.model_name}")
 def validate_consortium(config: RunConfig) -> list[ValidationReport]:
-    """One validation task per institution; failures are reports, so every institution is checked."""
-    reports = [validate_institution(i.name, i.path, i.columns, suite=config.suite) for i in config.institutions]
+    """One validation task per institution; failures are reports, so every institution is checked.
+
+    Each institution is also checked for drift against the profile of its last accepted
+    extract (kept with the model's last registered retraining), unless the config turns that off.
+    """
+    references = find_reference_profiles(Settings().mlflow_tracking_uri, config.model_name) if config.drift_checks else {}
+    reports = [
+        validate_institution(i.name, i.path, i.columns, suite=config.suite, reference=references.get(i.name))
+        for i in config.institutions
+    ]
     publish_validation_table(config.model_name, reports)
     return reports

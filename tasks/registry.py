@@ -20,6 +20,8 @@ from tasks.validation import ValidationReport
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PROFILES_ARTIFACT = "validation/profiles.json"
+PROFILES_TAG = "fedrisk.profiles"
 SCORING_MODEL = str(Path(__file__).with_name("scoring_model.py"))
 
 
@@ -91,6 +93,29 @@ def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Cha
     signature = mlflow.models.get_model_info(uri).signature
     path = mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(download_dir) / f"champion-v{version}"))
     return Champion(version=str(version), features=list(signature.inputs.input_names()), path=path)
+
+
+@task(name="find-reference-profiles")
+def find_reference_profiles(tracking_uri: str, model_name: str, lookback: int = 50) -> dict[str, dict]:
+    """Each institution's extract profile from the latest registered retraining that admitted it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name(model_name))
+    if experiment is None:
+        return {}
+    runs = mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{PROFILES_TAG}` = 'logged'",
+        order_by=["attributes.start_time DESC"],
+        max_results=lookback,
+        output_format="list",
+    )
+    found: dict[str, dict] = {}
+    for run in runs:
+        for institution, profile in mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{PROFILES_ARTIFACT}").items():
+            found.setdefault(institution, profile)
+    return found
 
 
 def decide_promotion(
@@ -208,6 +233,7 @@ def register_model(
             if report.passed:
                 _log_institution_input(report)
         mlflow.log_dict({"reports": [asdict(r) for r in validation]}, "validation/summary.json")
+        mlflow.log_dict({r.institution: r.profile for r in validation if r.passed}, PROFILES_ARTIFACT)
         mlflow.log_figure(_convergence_figure(rounds), "plots/convergence.png")
         signature = ModelSignature(
             # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.
@@ -236,7 +262,7 @@ def register_model(
                                "promoted" if promoted else "not promoted", "promotion.reason": reason}.items():
                 client.set_model_version_tag(model_name, version, key, value)
             mlflow.set_tags({"promotion.decision": "promoted" if promoted else "not promoted",
-                             "promotion.reason": reason, "model.version": version})
+                             "promotion.reason": reason, "model.version": version, PROFILES_TAG: "logged"})
         except Exception:
             client.delete_model_version(model_name, version)
             raise

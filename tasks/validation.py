@@ -6,6 +6,7 @@ Runs where the institution's rows are; returns only a report (counts, digest, re
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.data import InstitutionDataError, frame_digest, read_institution
+from tasks.schema import FEATURE_COLUMNS
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
 DATA_SOURCE = "institutions"
@@ -21,6 +23,11 @@ DATA_ASSET = "extract"
 BATCH_DEFINITION = "whole_extract"
 _EXAMPLES = 3
 _gx_lock = threading.Lock()
+# Drift against an institution's last accepted extract. A feature's mean may move by up to one
+# reference standard deviation (a units change moves it by orders of magnitude); the row count
+# may grow or shrink by less than a factor of ten (a broken extract or a double load does not).
+DRIFT_MEAN_TOLERANCE_STD = 1.0
+DRIFT_ROW_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class ValidationReport:
     checks_failed: int = 0
     reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
     warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
+    profile: dict | None = None  # aggregates of this extract, the reference for the next run's drift checks
 
 
 class QuorumNotMet(RuntimeError):
@@ -74,14 +82,61 @@ def _reason(result) -> str:
     return f"{what}: failed"
 
 
+def profile_frame(frame) -> dict:
+    """Rows and per-feature mean, std and quantiles: aggregates that describe an extract."""
+    features = [c for c in FEATURE_COLUMNS if c in frame.columns and frame[c].dtype.kind in "iuf"]
+    described = frame[features].astype(float).describe(percentiles=[0.05, 0.5, 0.95])
+    return {
+        "rows": int(len(frame)),
+        "features": {
+            column: {stat: float(described.at[name, column]) for stat, name in
+                     [("mean", "mean"), ("std", "std"), ("p05", "5%"), ("p50", "50%"), ("p95", "95%")]}
+            for column in features
+        },
+    }
+
+
+def drift_expectations(reference: dict, columns) -> list:
+    """GX checks of an extract against the profile of the institution's last accepted extract."""
+    import great_expectations.expectations as gxe
+
+    rows = reference["rows"]
+    checks = [gxe.ExpectTableRowCountToBeBetween(
+        min_value=rows // DRIFT_ROW_FACTOR + 1,
+        max_value=rows * DRIFT_ROW_FACTOR - 1,
+        description=f"row count within {DRIFT_ROW_FACTOR}x of the last accepted extract ({rows} rows)",
+    )]
+    for column, stats in reference["features"].items():
+        if column not in columns or math.isnan(stats["mean"]):
+            continue
+        tolerance = DRIFT_MEAN_TOLERANCE_STD * max(stats["std"], 1e-6 * max(1.0, abs(stats["mean"])))
+        checks.append(gxe.ExpectColumnMeanToBeBetween(
+            column=column,
+            min_value=stats["mean"] - tolerance,
+            max_value=stats["mean"] + tolerance,
+            description=f"{column} mean within {DRIFT_MEAN_TOLERANCE_STD:g} std of the last accepted "
+                        f"extract ({stats['mean']:.4g} +- {tolerance:.4g})",
+        ))
+    return checks
+
+
 def check_frame(
-    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR
+    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, reference: dict | None = None
 ) -> tuple[int, list[str], list[str]]:
-    """Run `suite` on a DataFrame; return (checks evaluated, failed `error` checks, failed `warning` checks)."""
+    """Run `suite` (and, given a reference profile, the drift checks) on a DataFrame.
+
+    Returns (checks evaluated, failed `error` checks, failed `warning` checks).
+    """
+    import great_expectations as gx
+
     with _gx_lock:  # the GX context is not thread-safe
         definition = _context(Path(expectations_dir)).validation_definitions.get(suite)
-        outcome = definition.run(batch_parameters={"dataframe": frame})
-    failed = [r for r in outcome.results if not r.success]
+        results = list(definition.run(batch_parameters={"dataframe": frame}).results)
+        if reference is not None:
+            drift = gx.ExpectationSuite(name=f"{suite}-drift", expectations=drift_expectations(reference, frame.columns))
+            batch = definition.batch_definition.get_batch(batch_parameters={"dataframe": frame})
+            results += batch.validate(drift).results
+    failed = [r for r in results if not r.success]
     missing = {
         r.expectation_config.kwargs.get("column")
         for r in failed
@@ -97,7 +152,7 @@ def check_frame(
     ]
     errors = [_reason(r) for r in shown if str(r.expectation_config.severity.value) != "warning"]
     warnings = [_reason(r) for r in shown if str(r.expectation_config.severity.value) == "warning"]
-    return len(outcome.results), errors, warnings
+    return len(results), errors, warnings
 
 
 @task(name="validate-institution", task_run_name="validate-{institution}")
@@ -106,14 +161,16 @@ def validate_institution(
     path: Path,
     columns: dict[str, str] | None,
     suite: str,
+    reference: dict | None = None,
     expectations_dir: Path = EXPECTATIONS_DIR,
 ) -> ValidationReport:
-    """Read and check one institution's extract; an unreadable file is a failed report, not a crash."""
+    """Read and check one institution's extract (against `reference`, the profile of its last
+    accepted extract, when there is one); an unreadable file is a failed report, not a crash."""
     try:
         frame = read_institution(institution, path, columns)
     except InstitutionDataError as error:
         return ValidationReport(institution, str(path), suite, passed=False, reasons=[str(error)])
-    evaluated, errors, warnings = check_frame(frame, suite, expectations_dir)
+    evaluated, errors, warnings = check_frame(frame, suite, expectations_dir, reference)
     return ValidationReport(
         institution=institution,
         path=str(path),
@@ -125,6 +182,7 @@ def validate_institution(
         checks_failed=len(errors) + len(warnings),
         reasons=errors,
         warnings=warnings,
+        profile=profile_frame(frame),
     )
 
 

@@ -1,6 +1,7 @@
 """flows.retrain end to end: real Prefect API, GX suite, TFF rounds and MLflow sqlite registry."""
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -132,3 +133,27 @@ def test_real_uci_banks_reach_the_reference_auc(tracking_uri):
     assert [r.institution for r in summary.validation if r.passed] == ["bank_a", "bank_b", "bank_c"]
     assert summary.weighted["roc_auc"] >= 0.72
     assert summary.registration.aliases == ["challenger", "champion"]
+
+
+def test_a_units_change_since_the_last_run_quarantines_that_institution(tracking_uri, small_consortium, tmp_path):
+    paths = {name: Path(shutil.copy(path, tmp_path / f"{name}.csv")) for name, path in small_consortium.items()}
+    first = retrain(_config(paths, "credit_drift", rounds=2))
+    assert first.registration.version == "1"
+
+    frame = pd.read_csv(paths["birch_credit_union"])
+    frame.assign(LIMIT_BAL=frame["LIMIT_BAL"] * 10).to_csv(paths["birch_credit_union"], index=False)
+    second = retrain(_config(paths, "credit_drift", rounds=2))
+
+    [quarantined] = [r for r in second.validation if not r.passed]
+    assert quarantined.institution == "birch_credit_union"
+    assert quarantined.reasons[0].startswith("LIMIT_BAL mean within 1 std of the last accepted extract")
+    assert [e.institution for e in second.evaluations] == ["alder_bank", "cedar_savings", "dune_finance"]
+    assert second.registration.version == "2"
+
+    # The next run still compares birch with its last *accepted* extract, not the rejected one.
+    third = retrain(_config(paths, "credit_drift", rounds=2))
+    assert [r.institution for r in third.validation if not r.passed] == ["birch_credit_union"]
+
+    accepted = retrain(parse_config({**_config(paths, "credit_drift", rounds=2).model_dump(mode="json"),
+                                     "drift_checks": False}, Path(".")))
+    assert all(r.passed for r in accepted.validation)

@@ -3,7 +3,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, validate_institution
+from tasks.schema import FEATURE_COLUMNS
+from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_institution
 
 SUITE = "credit_default_v1"
 
@@ -158,3 +159,43 @@ def test_below_quorum_names_every_excluded_institution():
         "only 1 of 3 institutions passed validation, quorum is 2; nothing was trained or registered. "
         "Excluded: b: column AGE is present: failed; c: at least 200 rows: observed 10"
     )
+
+
+def _reference(path):
+    return profile_frame(pd.read_csv(path))
+
+
+def test_profile_holds_only_aggregates(extract):
+    profile = _reference(extract)
+    assert profile["rows"] == 1000 and set(profile["features"]) == set(FEATURE_COLUMNS)
+    assert set(profile["features"]["AGE"]) == {"mean", "std", "p05", "p50", "p95"}
+
+
+def test_unchanged_extract_passes_the_drift_checks(extract):
+    report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=_reference(extract))
+    assert report.passed and report.checks_evaluated == 103 + 1 + len(FEATURE_COLUMNS)
+
+
+@pytest.mark.parametrize("factor, also_out_of_range", [(1000, True), (10, False)])
+def test_a_units_change_is_caught_by_the_drift_check(extract, factor, also_out_of_range):
+    reference = _reference(extract)
+    _rewrite(extract, lambda f: f.assign(LIMIT_BAL=f["LIMIT_BAL"] * factor))
+    report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=reference)
+    mean = reference["features"]["LIMIT_BAL"]["mean"]
+    drift = [r for r in report.reasons if r.startswith("LIMIT_BAL mean within 1 std of the last accepted extract")]
+    assert not report.passed and len(drift) == 1
+    assert drift[0] == (f"LIMIT_BAL mean within 1 std of the last accepted extract ({mean:.4g} +- "
+                        f"{reference['features']['LIMIT_BAL']['std']:.4g}): observed {mean * factor:.4g}")
+    assert (len(report.reasons) == 2) == also_out_of_range  # x10 stays inside the plausible range
+
+
+@pytest.mark.parametrize("factor", [10, 0.1])
+def test_a_tenfold_row_count_spike_or_drop_is_caught(extract, factor):
+    frame = pd.read_csv(extract)
+    reference = profile_frame(pd.concat([frame] * 10, ignore_index=True) if factor == 0.1 else frame)
+    changed = pd.concat([frame] * 10, ignore_index=True) if factor == 10 else frame
+    changed = changed.assign(ID=range(1, len(changed) + 1))
+    changed.to_csv(extract, index=False)
+    report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=reference)
+    assert report.reasons == [
+        f"row count within 10x of the last accepted extract ({reference['rows']} rows): observed {len(changed)}"]
