@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import RunConfig
 from flows.settings import Settings
@@ -11,7 +12,8 @@ from tasks.reporting import publish_validation_table
 from tasks.validation import ValidationReport, validate_institution
 
 
-@flow(name="validate", flow_run_name="validate-{config.model_name}")
+@flow(name="validate", flow_run_name="validate-{config.model_name}",
+      task_runner=ThreadPoolTaskRunner(max_workers=4))
 def validate_consortium(config: RunConfig) -> list[ValidationReport]:
     """One validation task per institution; failures are reports, so every institution is checked.
 
@@ -19,9 +21,10 @@ def validate_consortium(config: RunConfig) -> list[ValidationReport]:
     extract (kept with the model's last registered retraining), unless the config turns that off.
     """
     references = find_reference_profiles(Settings().mlflow_tracking_uri, config.model_name) if config.drift_checks else {}
-    reports = [
-        validate_institution(i.name, i.path, i.columns, suite=config.suite, reference=references.get(i.name))
+    futures = [
+        validate_institution.submit(i.name, i.path, i.columns, suite=config.suite, reference=references.get(i.name))
         for i in config.institutions
     ]
+    reports = [future.result() for future in futures]
     publish_validation_table(config.model_name, reports)
     return reports

@@ -6,6 +6,8 @@ Runs where the institution's rows are; returns only a report (counts, digest, re
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import os
 import threading
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from tasks.data import InstitutionDataError, frame_digest, read_institution
 from tasks.schema import FEATURE_COLUMNS
@@ -155,7 +158,33 @@ def check_frame(
     return len(results), errors, warnings
 
 
-@task(name="validate-institution", task_run_name="validate-{institution}")
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as error:  # unreadable now: key on the reason, so a fixed file is re-checked
+        return f"unreadable:{type(error).__name__}"
+
+
+def validation_cache_key(context, parameters: dict) -> str:
+    """Same file bytes, column mapping, suite JSON and reference profile: same report."""
+    suite_file = Path(parameters["expectations_dir"]) / "gx" / "expectations" / f"{parameters['suite']}.json"
+    parts = [
+        parameters["institution"],
+        _file_digest(parameters["path"]),
+        _file_digest(suite_file),
+        json.dumps(parameters["columns"] or {}, sort_keys=True),
+        json.dumps(parameters["reference"], sort_keys=True),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@task(
+    name="validate-institution",
+    task_run_name="validate-{institution}",
+    # Unchanged data is not revalidated; a change to this module's code also invalidates.
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=validation_cache_key),
+    persist_result=True,
+)
 def validate_institution(
     institution: str,
     path: Path,

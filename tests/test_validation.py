@@ -7,6 +7,7 @@ from tasks.schema import FEATURE_COLUMNS
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_institution
 
 SUITE = "credit_default_v1"
+BROKEN_NAME = "cedar_savings"
 
 
 @pytest.fixture
@@ -199,3 +200,20 @@ def test_a_tenfold_row_count_spike_or_drop_is_caught(extract, factor):
     report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=reference)
     assert report.reasons == [
         f"row count within 10x of the last accepted extract ({reference['rows']} rows): observed {len(changed)}"]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_unchanged_data_is_not_revalidated(extract):
+    from prefect import flow
+
+    @flow
+    def check_twice():
+        return [validate_institution(BROKEN_NAME, extract, None, SUITE, return_state=True) for _ in range(2)]
+
+    _rewrite(extract, lambda f: f.sample(frac=1, random_state=20261125))  # content no other test has
+    first, second = check_twice()
+    assert first.name == "Completed" and second.name == "Cached"
+    assert second.result() == first.result()
+    _rewrite(extract, lambda f: f.assign(AGE=f["AGE"] + 1))
+    [changed, _] = check_twice()
+    assert changed.name == "Completed"
