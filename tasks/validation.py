@@ -198,7 +198,8 @@ def validate_institution(
     try:
         frame = read_institution(institution, path, columns)
     except InstitutionDataError as error:
-        return ValidationReport(institution, str(path), suite, passed=False, reasons=[str(error)])
+        return ValidationReport(institution, str(path), suite, passed=False, checks_evaluated=1,
+                                checks_failed=1, reasons=[str(error)])
     evaluated, errors, warnings = check_frame(frame, suite, expectations_dir, reference)
     return ValidationReport(
         institution=institution,

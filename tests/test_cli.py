@@ -6,6 +6,7 @@ sharing the session's Prefect API and TFF runtime, with pytest capturing what th
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from flows import cli
 from flows.cli import app
+from flows.settings import PROJECT_ROOT
 
 runner = CliRunner()
 
@@ -127,3 +129,24 @@ def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp
     assert f"Retraining stopped: MLflow tracking at http://127.0.0.1:{port} failed:" in output
     assert "Nothing was registered." in output
     assert "round 1/" not in output
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_validate_on_the_real_uci_banks_then_with_one_bank_corrupted(tmp_path, console):
+    from tests.conftest import require_uci
+
+    uci = require_uci()
+    assert _exit_code(cli.validate, config=PROJECT_ROOT / "configs" / "uci_default_credit.yaml") == 0
+    assert "3 of 3 institutions passed; quorum 2 met" in console()
+
+    for bank in ("bank_a", "bank_b", "bank_c"):
+        shutil.copy(uci / f"{bank}.csv", tmp_path / f"{bank}.csv")
+    data = (tmp_path / "bank_b.csv").read_bytes()
+    (tmp_path / "bank_b.csv").write_bytes(data[: len(data) // 2] + b"\xff\xfe" + data[len(data) // 2:])
+    config = tmp_path / "run.yaml"
+    config.write_text((PROJECT_ROOT / "configs" / "uci_default_credit.yaml").read_text()
+                      .replace("../../shared/data/uci_default_credit", str(tmp_path)).replace("quorum: 2", "quorum: 3"))
+    assert _exit_code(cli.validate, config=config) == 1
+    output = console()
+    assert f"institution 'bank_b': {tmp_path / 'bank_b.csv'}: not UTF-8 text" in output.replace("\n", "")
+    assert "2 of 3 institutions passed; quorum is 3" in output
