@@ -17,4 +17,8 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         default=f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}", validation_alias="MLFLOW_TRACKING_URI"
     )
+    expectations_dir: Path = Field(
+        default=PROJECT_ROOT / "expectations", validation_alias="FEDRISK_EXPECTATIONS_DIR",
+        description="GX file context (suites, and validation results under gx/uncommitted).",
+    )
     demo_data_dir: Path = Field(default=PROJECT_ROOT / "data" / "demo", validation_alias="FEDRISK_DEMO_DATA_DIR")

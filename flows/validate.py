@@ -20,9 +20,11 @@ def validate_consortium(config: RunConfig) -> list[ValidationReport]:
     Each institution is also checked for drift against the profile of its last accepted
     extract (kept with the model's last registered retraining), unless the config turns that off.
     """
-    references = find_reference_profiles(Settings().mlflow_tracking_uri, config.model_name) if config.drift_checks else {}
+    settings = Settings()
+    references = find_reference_profiles(settings.mlflow_tracking_uri, config.model_name) if config.drift_checks else {}
     futures = [
-        validate_institution.submit(i.name, i.path, i.columns, suite=config.suite, reference=references.get(i.name))
+        validate_institution.submit(i.name, i.path, i.columns, suite=config.suite,
+                                    reference=references.get(i.name), expectations_dir=settings.expectations_dir)
         for i in config.institutions
     ]
     reports = [future.result() for future in futures]

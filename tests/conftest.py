@@ -10,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
-_PREFECT_HOME = tempfile.mkdtemp(prefix="fedrisk-test-prefect-")
-atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
+_SCRATCH = tempfile.mkdtemp(prefix="fedrisk-test-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["PREFECT_HOME"] = str(Path(_SCRATCH) / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
+# GX writes every validation result into its context: give the tests a copy of the committed one.
+os.environ["FEDRISK_EXPECTATIONS_DIR"] = str(shutil.copytree(
+    Path(__file__).resolve().parents[1] / "expectations", Path(_SCRATCH) / "expectations",
+    ignore=shutil.ignore_patterns("uncommitted", "__pycache__")))
 
 import flows  # noqa: E402,F401  (library defaults, before prefect/mlflow/GX are imported)
 from tasks.synthetic import synthesize  # noqa: E402
 
+TEST_EXPECTATIONS_DIR = Path(os.environ["FEDRISK_EXPECTATIONS_DIR"])
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 UCI_DIR = SHARED_DATA / "uci_default_credit"
 

@@ -8,6 +8,7 @@ from sklearn.preprocessing import StandardScaler
 from tasks.schema import COLUMNS, FEATURE_COLUMNS, LABEL_COLUMN
 from tasks.synthetic import PORTFOLIOS, synthesize
 from tasks.validation import check_frame
+from tests.conftest import TEST_EXPECTATIONS_DIR
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
@@ -38,7 +39,7 @@ def test_rows_follow_the_schema_and_pass_the_suite(tmp_path):
     for path in synthesize(tmp_path, seed=5, rows_scale=0.2).values():
         frame = pd.read_csv(path)
         assert list(frame.columns) == COLUMNS
-        evaluated, errors, warnings = check_frame(frame, "credit_default_v1")
+        evaluated, errors, warnings = check_frame(frame, "credit_default_v1", TEST_EXPECTATIONS_DIR)
         assert evaluated == 103 and errors == [] and warnings == []
 
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.schema import FEATURE_COLUMNS
+from tests.conftest import TEST_EXPECTATIONS_DIR
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_institution
 
 SUITE = "credit_default_v1"
@@ -19,7 +20,7 @@ def extract(small_consortium, tmp_path):
 
 
 def _validate(path) -> ValidationReport:
-    return validate_institution.fn("cedar_savings", path, None, SUITE)
+    return validate_institution.fn("cedar_savings", path, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR)
 
 
 def _rewrite(path, change) -> None:
@@ -38,7 +39,8 @@ def test_a_parquet_extract_with_its_own_column_names_passes(extract, tmp_path):
     frame = pd.read_csv(extract).rename(columns={"LIMIT_BAL": "credit_limit", "AGE": "age_years"})
     path = tmp_path / "cedar.parquet"
     frame.to_parquet(path)
-    report = validate_institution.fn("cedar_savings", path, {"credit_limit": "LIMIT_BAL", "age_years": "AGE"}, SUITE)
+    report = validate_institution.fn("cedar_savings", path, {"credit_limit": "LIMIT_BAL", "age_years": "AGE"}, SUITE,
+                                     expectations_dir=TEST_EXPECTATIONS_DIR)
     assert report.passed and report.rows == 1000
 
 
@@ -173,7 +175,7 @@ def test_profile_holds_only_aggregates(extract):
 
 
 def test_unchanged_extract_passes_the_drift_checks(extract):
-    report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=_reference(extract))
+    report = validate_institution.fn("cedar_savings", extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR, reference=_reference(extract))
     assert report.passed and report.checks_evaluated == 103 + 1 + len(FEATURE_COLUMNS)
 
 
@@ -181,7 +183,7 @@ def test_unchanged_extract_passes_the_drift_checks(extract):
 def test_a_units_change_is_caught_by_the_drift_check(extract, factor, also_out_of_range):
     reference = _reference(extract)
     _rewrite(extract, lambda f: f.assign(LIMIT_BAL=f["LIMIT_BAL"] * factor))
-    report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=reference)
+    report = validate_institution.fn("cedar_savings", extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR, reference=reference)
     mean = reference["features"]["LIMIT_BAL"]["mean"]
     drift = [r for r in report.reasons if r.startswith("LIMIT_BAL mean within 1 std of the last accepted extract")]
     assert not report.passed and len(drift) == 1
@@ -197,7 +199,7 @@ def test_a_tenfold_row_count_spike_or_drop_is_caught(extract, factor):
     changed = pd.concat([frame] * 10, ignore_index=True) if factor == 10 else frame
     changed = changed.assign(ID=range(1, len(changed) + 1))
     changed.to_csv(extract, index=False)
-    report = validate_institution.fn("cedar_savings", extract, None, SUITE, reference=reference)
+    report = validate_institution.fn("cedar_savings", extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR, reference=reference)
     assert report.reasons == [
         f"row count within 10x of the last accepted extract ({reference['rows']} rows): observed {len(changed)}"]
 
@@ -208,7 +210,8 @@ def test_unchanged_data_is_not_revalidated(extract):
 
     @flow
     def check_twice():
-        return [validate_institution(BROKEN_NAME, extract, None, SUITE, return_state=True) for _ in range(2)]
+        return [validate_institution(BROKEN_NAME, extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR,
+                                     return_state=True) for _ in range(2)]
 
     _rewrite(extract, lambda f: f.sample(frac=1, random_state=20261125))  # content no other test has
     first, second = check_twice()
