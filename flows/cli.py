@@ -40,6 +40,9 @@ def _validation_table(reports) -> Table:
         table.add_row(row["institution"], str(row["rows"]), str(row["checks passed"]), str(row["checks failed"]),
                       f"[{colour}]{row['status']}[/{colour}]", row["reasons"].replace("; ", "\n"),
                       row["warnings"].replace("; ", "\n"))
+    pages = [f"  {row['institution']}: {row['data docs']}" for row in validation_rows(reports) if row["data docs"]]
+    table.caption = "Data Docs:\n" + "\n".join(pages) if pages else None
+    table.caption_justify = "left"
     return table
 
 

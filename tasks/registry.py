@@ -234,6 +234,9 @@ def register_model(
                 _log_institution_input(report)
         mlflow.log_dict({"reports": [asdict(r) for r in validation]}, "validation/summary.json")
         mlflow.log_dict({r.institution: r.profile for r in validation if r.passed}, PROFILES_ARTIFACT)
+        for report in validation:
+            if report.data_docs and Path(report.data_docs).exists():
+                mlflow.log_artifact(report.data_docs, f"validation/data_docs/{report.institution}")
         mlflow.log_figure(_convergence_figure(rounds), "plots/convergence.png")
         signature = ModelSignature(
             # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -31,6 +32,7 @@ def summary_markdown(
     rows = validation_rows(validation)
     lines += ["## Institutions", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
     for row in rows:
+        row["data docs"] = f"[page]({row['data docs']})" if row["data docs"] else ""
         lines.append("| " + " | ".join(str(v).replace("; ", "<br>") for v in row.values()) + " |")
     if evaluations:
         lines += ["", "## Holdout metrics (challenger)", "",
@@ -64,6 +66,7 @@ def validation_rows(reports: list[ValidationReport]) -> list[dict]:
             "status": "admitted" if r.passed else "quarantined",
             "reasons": "; ".join(r.reasons),
             "warnings": "; ".join(r.warnings),
+            "data docs": Path(r.data_docs).as_uri() if r.data_docs else "",
         }
         for r in reports
     ]

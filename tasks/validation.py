@@ -48,6 +48,7 @@ class ValidationReport:
     reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
     warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
     profile: dict | None = None  # aggregates of this extract, the reference for the next run's drift checks
+    data_docs: str | None = None  # this validation's GX Data Docs page (at the institution)
 
 
 class QuorumNotMet(RuntimeError):
@@ -123,18 +124,39 @@ def drift_expectations(reference: dict, columns) -> list:
     return checks
 
 
+def _data_docs_page(context, suite: str, run_id) -> Path:
+    """Build the Data Docs page of one stored validation result; return its HTML file."""
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier, ValidationResultIdentifier,
+    )
+
+    identifier = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite),
+        run_id=run_id,
+        batch_identifier=f"{DATA_SOURCE}-{DATA_ASSET}",
+    )
+    site = Path(context.build_data_docs(resource_identifiers=[identifier])["local_site"].removeprefix("file://"))
+    return site.parent / "validations" / Path(*identifier.to_tuple()).with_suffix(".html")
+
+
 def check_frame(
-    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, reference: dict | None = None
-) -> tuple[int, list[str], list[str]]:
+    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, reference: dict | None = None,
+    run_name: str = "adhoc",
+) -> tuple[int, list[str], list[str], Path]:
     """Run `suite` (and, given a reference profile, the drift checks) on a DataFrame.
 
-    Returns (checks evaluated, failed `error` checks, failed `warning` checks).
+    Returns (checks evaluated, failed `error` checks, failed `warning` checks, Data Docs page).
+    The suite's result is stored under `run_name` in the GX context and rendered as Data Docs.
     """
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
 
     with _gx_lock:  # the GX context is not thread-safe
-        definition = _context(Path(expectations_dir)).validation_definitions.get(suite)
-        results = list(definition.run(batch_parameters={"dataframe": frame}).results)
+        context = _context(Path(expectations_dir))
+        definition = context.validation_definitions.get(suite)
+        outcome = definition.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
+        page = _data_docs_page(context, suite, outcome.meta["run_id"])
+        results = list(outcome.results)
         if reference is not None:
             drift = gx.ExpectationSuite(name=f"{suite}-drift", expectations=drift_expectations(reference, frame.columns))
             batch = definition.batch_definition.get_batch(batch_parameters={"dataframe": frame})
@@ -155,7 +177,7 @@ def check_frame(
     ]
     errors = [_reason(r) for r in shown if str(r.expectation_config.severity.value) != "warning"]
     warnings = [_reason(r) for r in shown if str(r.expectation_config.severity.value) == "warning"]
-    return len(results), errors, warnings
+    return len(results), errors, warnings, page
 
 
 def _file_digest(path: Path) -> str:
@@ -200,7 +222,7 @@ def validate_institution(
     except InstitutionDataError as error:
         return ValidationReport(institution, str(path), suite, passed=False, checks_evaluated=1,
                                 checks_failed=1, reasons=[str(error)])
-    evaluated, errors, warnings = check_frame(frame, suite, expectations_dir, reference)
+    evaluated, errors, warnings, page = check_frame(frame, suite, expectations_dir, reference, run_name=institution)
     return ValidationReport(
         institution=institution,
         path=str(path),
@@ -213,6 +235,7 @@ def validate_institution(
         reasons=errors,
         warnings=warnings,
         profile=profile_frame(frame),
+        data_docs=str(page),
     )
 
 

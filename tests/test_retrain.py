@@ -57,6 +57,8 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")} | {
         a.path for a in client.list_artifacts(run.info.run_id, "validation")}
     assert {"plots/convergence.png", "validation/summary.json"} <= artifacts
+    pages = client.list_artifacts(run.info.run_id, "validation/data_docs/alder_bank")
+    assert [a.path for a in pages] == ["validation/data_docs/alder_bank/institutions-extract.html"]
     version = client.get_model_version("credit_e2e", "1")
     assert version.tags["promotion.decision"] == "promoted" and version.tags["git.commit"]
 

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -33,6 +34,10 @@ def test_a_valid_extract_passes(extract):
     report = _validate(extract)
     assert report.passed and report.reasons == [] and report.warnings == []
     assert report.rows == 1000 and report.checks_evaluated == 103 and len(report.digest) == 16
+    page = Path(report.data_docs)
+    assert page.is_file() and "/validations/credit_default_v1/cedar_savings/" in page.as_posix()
+    text = page.read_text()
+    assert all(part in text for part in ("cedar_savings", "credit_default_v1", "AGE between 18 and 100"))
 
 
 def test_a_parquet_extract_with_its_own_column_names_passes(extract, tmp_path):
