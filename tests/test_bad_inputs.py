@@ -3,7 +3,6 @@ with an exact reason, stops the run before training (quorum = both institutions)
 nothing, leaves the champion where it was and never modifies the input file."""
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pandas as pd

@@ -14,7 +14,7 @@ from flows.config import load_config, parse_config
 from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT
 from tasks.evaluation import binary_metrics
-from tasks.schema import FEATURE_COLUMNS, LABEL_COLUMN
+from tasks.schema import LABEL_COLUMN
 from tasks.validation import QuorumNotMet
 from tests.conftest import require_uci
 

@@ -24,7 +24,7 @@ def test_institutions_are_non_iid(tmp_path):
     frames = {name: pd.read_csv(path) for name, path in synthesize(tmp_path, seed=0).items()}
     assert [len(f) for f in frames.values()] == [p.rows for p in PORTFOLIOS] == [20_000, 8_000, 4_000, 2_000]
     rates = [f[LABEL_COLUMN].mean() for f in frames.values()]
-    for rate, portfolio in zip(rates, PORTFOLIOS):
+    for rate, portfolio in zip(rates, PORTFOLIOS, strict=True):
         assert abs(rate - portfolio.default_rate) < 0.025
     assert max(rates) - min(rates) > 0.15
     ages = [f["AGE"].mean() for f in frames.values()]

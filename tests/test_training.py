@@ -54,7 +54,7 @@ def test_training_learns_and_is_deterministic_by_seed():
     second = train_fed_avg(clients, mean, std, spec)
     assert [m.round for m in seen] == [1, 2, 3, 4, 5]
     assert seen[-1].loss < seen[0].loss and seen[-1].auc > 0.8
-    for a, b in zip(first.weights, second.weights):
+    for a, b in zip(first.weights, second.weights, strict=True):
         np.testing.assert_array_equal(a, b)
     kernel = first.weights[0].ravel()
     assert kernel[0] > 0 and kernel[1] < 0 and kernel[2] > 0  # the signs of the true coefficients
