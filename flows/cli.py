@@ -35,12 +35,13 @@ def _validation_table(reports) -> Table:
     table.add_column("institution", no_wrap=True)
     for column in ("rows", "checks passed", "checks failed", "status", "reasons", "warnings"):
         table.add_column(column)
-    for row in validation_rows(reports):
+    rows = validation_rows(reports)
+    for row in rows:
         colour = "green" if row["status"] == "admitted" else "red"
         table.add_row(row["institution"], str(row["rows"]), str(row["checks passed"]), str(row["checks failed"]),
                       f"[{colour}]{row['status']}[/{colour}]", row["reasons"].replace("; ", "\n"),
                       row["warnings"].replace("; ", "\n"))
-    pages = [f"  {row['institution']}: {row['data docs']}" for row in validation_rows(reports) if row["data docs"]]
+    pages = [f"  {row['institution']}: {row['data docs']}" for row in rows if row["data docs"]]
     table.caption = "Data Docs:\n" + "\n".join(pages) if pages else None
     table.caption_justify = "left"
     return table

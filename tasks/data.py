@@ -153,6 +153,22 @@ class InstitutionSplit:
     y: np.ndarray
 
 
+def load_part(
+    institution: str,
+    path: Path,
+    columns: dict[str, str] | None,
+    label: str,
+    *,
+    part: str,
+    holdout_fraction: float,
+    seed: int,
+) -> pd.DataFrame:
+    """The `part` ('train' or 'holdout') rows of an institution's extract, as read (schema columns)."""
+    frame = read_institution(institution, path, columns)
+    train, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
+    return {"train": train, "holdout": holdout}[part]
+
+
 def load_split(
     institution: str,
     path: Path,
@@ -165,12 +181,10 @@ def load_split(
     seed: int,
 ) -> InstitutionSplit:
     """The `part` ('train' or 'holdout') of an institution's extract as float arrays."""
-    frame = read_institution(institution, path, columns)
-    train, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
-    chosen = {"train": train, "holdout": holdout}[part]
+    rows = load_part(institution, path, columns, label, part=part, holdout_fraction=holdout_fraction, seed=seed)
     return InstitutionSplit(
-        x=chosen[features].to_numpy(dtype=np.float64),
-        y=chosen[label].to_numpy(dtype=np.float64),
+        x=rows[features].to_numpy(dtype=np.float64),
+        y=rows[label].to_numpy(dtype=np.float64),
     )
 
 

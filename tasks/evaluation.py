@@ -11,7 +11,7 @@ import numpy as np
 from prefect import task
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
 
-from tasks.data import read_institution, split_holdout
+from tasks.data import load_part
 
 HIGHER_IS_BETTER = {"roc_auc": True, "ks": True, "log_loss": False, "brier": False}
 
@@ -70,8 +70,8 @@ def evaluate_institution(
     models: dict[str, str],
 ) -> InstitutionEvaluation:
     """Score each model in `models` (role -> local model path) on this institution's raw holdout rows."""
-    frame = read_institution(institution, path, columns)
-    _, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
+    holdout = load_part(institution, path, columns, label, part="holdout",
+                        holdout_fraction=holdout_fraction, seed=seed)
     y = holdout[label].to_numpy(dtype=float)
     return InstitutionEvaluation(
         institution=institution,
