@@ -1,22 +1,43 @@
-"""Federated training: weighted FedAvg over institutions' local data with TFF."""
+"""Federated training with TFF: FedAvg, FedProx and adaptive server optimizers over institutions.
+
+Each round a seeded sample of institutions trains locally from the global model; the server
+aggregates their updates (robustly by default) and applies them with its optimizer; every
+institution then scores the new model on its validation split, and only the summed metrics
+come back. The best round by federated validation loss is the one exported. Program state is
+checkpointed every round so a killed run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from fed_models import runtime
+from fed_models.aggregation import AggregationKind, build_aggregator, update_bytes
 from fed_models.client_data import client_dataset, element_spec
-from fed_models.keras_models import build_logistic_regression
+from fed_models.fedprox import ProximalSGD
+from fed_models.faults import HONEST, faulty_client_data, with_update_faults
+from fed_models.keras_models import ModelSpec, WeightedBinaryCrossentropy, build_model
+
+Algorithm = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+ALGORITHMS: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+# Adaptive server optimizers (Reddi et al. 2021, "Adaptive Federated Optimization") use an
+# epsilon ("tau") of about 1e-3; Keras' 1e-7 makes the first server steps huge.
+ADAPTIVE_EPSILON = 1e-3
 
 
 @dataclass(frozen=True)
 class ClientData:
-    """One institution's training rows, as arrays (they never leave the institution)."""
+    """One institution's rows, as arrays (they never leave the institution)."""
 
     institution: str
     x: np.ndarray
@@ -24,96 +45,288 @@ class ClientData:
 
 
 @dataclass(frozen=True)
-class FedAvgSpec:
-    rounds: int
-    local_epochs: int
-    batch_size: int
-    client_learning_rate: float
-    server_learning_rate: float
-    seed: int
+class TrainingSpec:
+    """Everything that decides the trained weights (with the data and the seed)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    algorithm: Algorithm = "fedavg"
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 64
+    client_learning_rate: float = 0.05
+    server_learning_rate: float = 1.0
+    proximal_strength: float = 0.0
+    clients_per_round: int | None = None
+    positive_weight: float = 1.0
+    aggregation: AggregationKind = "robust"
+    patience: int | None = None
+    min_delta: float = 0.0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class RoundMetrics:
-    """Training metrics of one round, aggregated over the institutions that took part."""
+    """One round: training metrics of the sampled institutions, federated validation, updates.
+
+    Losses are the training objective (with the positive-class weight); validation figures
+    are summed over every institution's validation split (NaN when there is none).
+    """
 
     round: int
     loss: float
     auc: float
-    accuracy: float
     num_examples: int
+    institutions: int
+    validation_loss: float
+    validation_auc: float
+    client_update_norm: float
+    server_update_norm: float
+    non_finite_updates: int
+    bytes_sent: int
+
+
+_NUMERIC_FIELDS = [f.name for f in fields(RoundMetrics)]
 
 
 @dataclass(frozen=True)
 class TrainingResult:
+    """The exported (best-round) weights, every round's metrics, and how the run went."""
+
     weights: list[np.ndarray]
     rounds: list[RoundMetrics]
+    best_round: int
+    stopped_early: bool
+    resumed_from_round: int
 
 
-def _model_fn(mean: np.ndarray, std: np.ndarray) -> Callable[[], tff.learning.models.VariableModel]:
-    spec = element_spec(len(mean))
+def _model_fn(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray):
+    batch_spec = element_spec(len(mean))
 
     def model_fn() -> tff.learning.models.VariableModel:
         return tff.learning.models.from_keras_model(
-            build_logistic_regression(mean, std),
-            loss=tf.keras.losses.BinaryCrossentropy(),
-            input_spec=spec,
-            metrics=[
-                tf.keras.metrics.AUC(name="auc"),
-                tf.keras.metrics.BinaryAccuracy(name="accuracy"),
-            ],
+            build_model(spec.model, mean, std),
+            loss=WeightedBinaryCrossentropy(spec.positive_weight),
+            input_spec=batch_spec,
+            metrics=[tf.keras.metrics.AUC(name="auc", num_thresholds=1000)],
         )
 
     return model_fn
+
+
+def _server_optimizer(spec: TrainingSpec):
+    lr = spec.server_learning_rate
+    if spec.algorithm in ("fedavg", "fedprox"):
+        return tff.learning.optimizers.build_sgdm(lr)
+    if spec.algorithm == "fedadam":
+        return tff.learning.optimizers.build_adam(lr, beta_1=0.9, beta_2=0.99, epsilon=ADAPTIVE_EPSILON)
+    if spec.algorithm == "fedyogi":
+        return tff.learning.optimizers.build_yogi(lr, beta_1=0.9, beta_2=0.99, epsilon=ADAPTIVE_EPSILON)
+    if spec.algorithm == "fedadagrad":
+        return tff.learning.optimizers.build_adagrad(lr, epsilon=ADAPTIVE_EPSILON)
+    raise ValueError(f"unknown algorithm {spec.algorithm!r}; one of {ALGORITHMS}")
+
+
+def build_learning_process(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray,
+                           with_faults: bool = False) -> tff.learning.templates.LearningProcess:
+    """The TFF learning process of `spec`: local SGD (proximal for FedProx), aggregator, server optimizer."""
+    if spec.algorithm == "fedprox" and spec.proximal_strength <= 0:
+        raise ValueError("fedprox needs a proximal_strength > 0")
+    model_fn = _model_fn(spec, mean, std)
+
+    @tff.tensorflow.computation()
+    def initial_weights():
+        return tff.learning.models.ModelWeights.from_model(model_fn())
+
+    weights_type = initial_weights.type_signature.result
+    if spec.algorithm == "fedprox":
+        client_optimizer = ProximalSGD(spec.client_learning_rate, spec.proximal_strength)
+    else:
+        client_optimizer = tff.learning.optimizers.build_sgdm(spec.client_learning_rate)
+    client_work = tff.learning.templates.build_model_delta_client_work(
+        model_fn, client_optimizer, tff.learning.ClientWeighting.NUM_EXAMPLES,
+        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+    if with_faults:
+        client_work = with_update_faults(client_work)
+    aggregator = build_aggregator(spec.aggregation).create(weights_type.trainable, tff.TensorType(np.float32))
+    return tff.learning.templates.compose_learning_process(
+        initial_weights,
+        tff.learning.templates.build_broadcast_process(weights_type),
+        client_work,
+        aggregator,
+        tff.learning.templates.build_apply_optimizer_finalizer(_server_optimizer(spec), weights_type),
+    )
+
+
+def sample_clients(n_clients: int, per_round: int | None, seed: int, round_num: int) -> list[int]:
+    """The institutions (indices) that train in `round_num`: all, or a seeded k of N."""
+    if per_round is None or per_round >= n_clients:
+        return list(range(n_clients))
+    rng = np.random.default_rng([seed, round_num])
+    return sorted(int(i) for i in rng.choice(n_clients, size=per_round, replace=False))
 
 
 def _client_seed(seed: int, round_num: int, client_index: int) -> int:
     return (seed * 1_000_003 + round_num * 1_009 + client_index) % (2**31 - 1)
 
 
-def train_fed_avg(
+def _find(measurements, key: str) -> float:
+    """The first value named `key` anywhere in TFF's nested measurements (NaN if absent)."""
+    if isinstance(measurements, collections.abc.Mapping):
+        if key in measurements:
+            return float(measurements[key])
+        for value in measurements.values():
+            found = _find(value, key)
+            if not np.isnan(found):
+                return found
+    return float("nan")
+
+
+class _Checkpoints:
+    """Per-round program state under `directory` (TFF FileProgramStateManager), tied to a spec."""
+
+    def __init__(self, directory: Path, fingerprint: dict):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spec_file = self.directory / "spec.json"
+        text = json.dumps(fingerprint, sort_keys=True, default=str)
+        if spec_file.exists() and spec_file.read_text() != text:
+            raise ValueError(f"checkpoints in {self.directory} belong to a different training spec or data; "
+                             "use another directory or delete it")
+        spec_file.write_text(text)
+        self._manager = tff.program.FileProgramStateManager(self.directory, keep_total=2, keep_first=False)
+
+    # Saved as a flat list of arrays: TF 2.14's SavedModel cannot trace dict wrappers under the
+    # typing_extensions this stack resolves to ("__dict__ descriptor ... '_DictWrapper'").
+    def load(self, template):
+        """The latest saved state shaped like `template`, or None when nothing was saved yet."""
+        flat, _ = asyncio.run(self._manager.load_latest(tf.nest.flatten(template)))
+        return None if flat is None else tf.nest.pack_sequence_as(template, list(flat))
+
+    def save(self, program_state, round_num: int) -> None:
+        flat = [np.asarray(leaf) for leaf in tf.nest.flatten(program_state)]
+        asyncio.run(self._manager.save(flat, round_num))
+
+
+def _program_state(state, history: list[RoundMetrics], best_weights, best_loss: float,
+                   best_round: int, stale: int):
+    table = np.array([[float(getattr(m, f)) for f in _NUMERIC_FIELDS] for m in history], dtype=np.float64)
+    return collections.OrderedDict(
+        learning=state,
+        history=table.reshape(len(history), len(_NUMERIC_FIELDS)),
+        best_weights=[np.asarray(w) for w in best_weights],
+        best=np.array([best_loss, best_round, stale], dtype=np.float64),
+    )
+
+
+def _history(table: np.ndarray) -> list[RoundMetrics]:
+    types = {f.name: f.type for f in fields(RoundMetrics)}
+    return [
+        RoundMetrics(**{name: (int(v) if types[name] == "int" else float(v))
+                        for name, v in zip(_NUMERIC_FIELDS, row, strict=True)})
+        for row in np.asarray(table).reshape(-1, len(_NUMERIC_FIELDS))
+    ]
+
+
+def train(
     clients: Sequence[ClientData],
     mean: np.ndarray,
     std: np.ndarray,
-    spec: FedAvgSpec,
+    spec: TrainingSpec,
+    *,
+    validation: Sequence[ClientData] | None = None,
+    checkpoint_dir: Path | None = None,
+    update_factors: dict[str, float] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
 ) -> TrainingResult:
-    """Run `spec.rounds` rounds of example-weighted FedAvg; return final weights and per-round metrics.
+    """Train `spec` over `clients`; return the best round's weights and every round's metrics.
 
-    Each round every institution trains `local_epochs` epochs of SGD from the global model;
-    the server averages the updates weighted by example counts and applies them with SGD.
+    `validation` (one split per institution) drives early stopping and the best-round choice;
+    without it the last round's weights are returned. `checkpoint_dir` makes the run resumable.
+    `update_factors` (institution -> factor) simulates faulty institutions; tests only.
     """
     runtime.ensure_context()
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     tf.keras.utils.set_random_seed(spec.seed)
-    process = tff.learning.algorithms.build_weighted_fed_avg(
-        _model_fn(mean, std),
-        client_optimizer_fn=tff.learning.optimizers.build_sgdm(spec.client_learning_rate),
-        server_optimizer_fn=tff.learning.optimizers.build_sgdm(spec.server_learning_rate),
-    )
+    with_faults = bool(update_factors)
+    process = build_learning_process(spec, mean, std, with_faults=with_faults)
+    evaluation = None
+    if validation:
+        evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(spec, mean, std))
+        eval_state = evaluation.initialize()
+        validation_data = [client_dataset(c.x, c.y, batch_size=1024, epochs=1, seed=0) for c in validation]
+
     state = process.initialize()
+    shapes = [tuple(w.shape) for w in process.get_model_weights(state).trainable]
+    bytes_per_client = update_bytes(spec.aggregation, shapes)
     history: list[RoundMetrics] = []
-    for round_num in range(1, spec.rounds + 1):
-        datasets = [
-            client_dataset(
-                c.x, c.y,
-                batch_size=spec.batch_size,
-                epochs=spec.local_epochs,
-                seed=_client_seed(spec.seed, round_num, i),
-            )
-            for i, c in enumerate(clients)
-        ]
+    best_weights = [np.asarray(w) for w in process.get_model_weights(state).trainable]
+    best_loss, best_round, stale = np.inf, 0, 0
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = _Checkpoints(checkpoint_dir, {
+            "spec": asdict(spec), "mean": mean.tolist(), "std": std.tolist(),
+            "clients": [(c.institution, len(c.y)) for c in clients],
+            "validation": [(c.institution, len(c.y)) for c in validation or []],
+            "update_factors": update_factors or {},
+        })
+        saved = checkpoints.load(_program_state(state, [], best_weights, best_loss, best_round, stale))
+        if saved is not None:
+            state = saved["learning"]
+            history = _history(saved["history"])
+            best_weights = [np.asarray(w) for w in saved["best_weights"]]
+            best_loss, best_round, stale = float(saved["best"][0]), int(saved["best"][1]), int(saved["best"][2])
+    resumed_from = len(history)
+    for m in history:
+        if on_round is not None:
+            on_round(m)
+
+    stopped_early = spec.patience is not None and stale >= spec.patience
+    round_num = len(history)
+    while round_num < spec.rounds and not stopped_early:
+        round_num += 1
+        chosen = sample_clients(len(clients), spec.clients_per_round, spec.seed, round_num)
+        datasets = []
+        for i in chosen:
+            c = clients[i]
+            batches = client_dataset(c.x, c.y, batch_size=spec.batch_size, epochs=spec.local_epochs,
+                                     seed=_client_seed(spec.seed, round_num, i))
+            if with_faults:
+                batches = faulty_client_data(batches, update_factors.get(c.institution, HONEST))
+            datasets.append(batches)
         output = process.next(state, datasets)
         state = output.state
-        train = output.metrics["client_work"]["train"]
+        weights = process.get_model_weights(state)
+        validation_loss = validation_auc = float("nan")
+        if evaluation is not None:
+            eval_state = evaluation.set_model_weights(eval_state, weights)
+            eval_metrics = evaluation.next(eval_state, validation_data).metrics
+            current = eval_metrics["client_work"]["eval"]["current_round_metrics"]
+            validation_loss, validation_auc = float(current["loss"]), float(current["auc"])
+        train_metrics = output.metrics["client_work"]["train"]
+        aggregator = output.metrics["aggregator"]
         metrics = RoundMetrics(
             round=round_num,
-            loss=float(train["loss"]),
-            auc=float(train["auc"]),
-            accuracy=float(train["accuracy"]),
-            num_examples=int(train["num_examples"]),
+            loss=float(train_metrics["loss"]),
+            auc=float(train_metrics["auc"]),
+            num_examples=int(train_metrics["num_examples"]),
+            institutions=len(chosen),
+            validation_loss=validation_loss,
+            validation_auc=validation_auc,
+            client_update_norm=_find(aggregator, "average_client_norm"),
+            server_update_norm=_find(aggregator, "server_update_norm"),
+            non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count"))),
+            bytes_sent=bytes_per_client * len(chosen),
         )
         history.append(metrics)
+        if evaluation is None or validation_loss < best_loss - spec.min_delta:
+            best_loss, best_round, stale = validation_loss, round_num, 0
+            best_weights = [np.asarray(w) for w in weights.trainable]
+        else:
+            stale += 1
+        stopped_early = spec.patience is not None and stale >= spec.patience
+        if checkpoints is not None:
+            checkpoints.save(_program_state(state, history, best_weights, best_loss, best_round, stale), round_num)
         if on_round is not None:
             on_round(metrics)
-    weights = [np.asarray(w) for w in process.get_model_weights(state).trainable]
-    return TrainingResult(weights=weights, rounds=history)
+    return TrainingResult(weights=best_weights, rounds=history, best_round=best_round,
+                          stopped_early=stopped_early, resumed_from_round=resumed_from)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -49,6 +51,11 @@ def _validation_table(reports) -> Table:
 
 def _print_summary(summary) -> None:
     console.print(_validation_table(summary.validation))
+    t = summary.training
+    how = "stopped early: validation loss stopped improving" if t.stopped_early else "maximum rounds reached"
+    resumed = f"; resumed from the checkpoint of round {t.resumed_from_round}" if t.resumed_from_round else ""
+    console.print(f"Trained {len(t.rounds)} rounds ({how}); exported round {t.best_round}, the best by "
+                  f"federated validation loss{resumed}")
     table = Table(title=f"Holdout metrics of the new model ({summary.model_name})")
     table.add_column("institution", no_wrap=True)
     for column in ("rows", "ROC AUC", "KS", "log loss", "Brier", "champion AUC"):
@@ -68,6 +75,34 @@ def _print_summary(summary) -> None:
     console.print(f"Champion: {reg.reason}")
 
 
+@contextmanager
+def _round_progress() -> Iterator[None]:
+    """A progress bar over federated rounds with the latest loss and AUC, while training runs here."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tasks.training import round_listener
+
+    progress = Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[latest]}"), console=console, transient=False)
+    bar: dict = {}
+
+    def on_round(m: dict) -> None:
+        latest = (f"train loss {m['loss']:.4f}  validation loss {m['validation_loss']:.4f}  "
+                  f"validation AUC {m['validation_auc']:.4f}")
+        if "task" not in bar:
+            progress.start()
+            bar["task"] = progress.add_task("rounds", total=m["max_rounds"], latest="")
+        progress.update(bar["task"], completed=m["round"], latest=latest)
+
+    with round_listener(on_round):
+        try:
+            yield
+        finally:
+            if "task" in bar:
+                progress.update(bar["task"], total=progress.tasks[0].completed)  # early stop ends the bar
+            progress.stop()
+
+
 def _run(config: RunConfig) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -76,7 +111,8 @@ def _run(config: RunConfig) -> None:
     from tasks.validation import QuorumNotMet
 
     try:
-        summary = retrain(config)
+        with _round_progress():
+            summary = retrain(config)
     except (QuorumNotMet, InstitutionDataError) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}")
         raise typer.Exit(1) from None

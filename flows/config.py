@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,16 +28,81 @@ class InstitutionConfig(BaseModel):
     )
 
 
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["logistic_regression", "mlp"] = Field(
+        "logistic_regression", description="logistic_regression (a scorecard) or mlp.")
+    hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=list, max_length=8, description="MLP hidden layer sizes, e.g. [32, 16].")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="MLP dropout after each hidden layer.")
+
+    @model_validator(mode="after")
+    def _layers_match_kind(self) -> ModelConfig:
+        if self.kind == "mlp" and not self.hidden_units:
+            raise ValueError("an mlp needs hidden_units, e.g. [32, 16]")
+        if self.kind == "logistic_regression" and (self.hidden_units or self.dropout):
+            raise ValueError("a logistic_regression has no hidden_units or dropout; use kind: mlp")
+        return self
+
+
+class EarlyStoppingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(5, ge=1, le=10_000, description="Rounds without validation-loss improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest validation-loss decrease that counts as improvement.")
+
+
+# Server learning rate when none is configured: plain SGD applies the averaged update as is
+# (1.0 = classic FedAvg); adaptive optimizers take normalized steps and need small rates.
+DEFAULT_SERVER_LEARNING_RATE = {"fedavg": 1.0, "fedprox": 1.0, "fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.1}
+
+
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rounds: int = Field(10, ge=1, le=10_000, description="Federated rounds.")
+    algorithm: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = Field(
+        "fedavg", description="Federated algorithm: server optimizer SGD (fedavg, fedprox) or adaptive.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    rounds: int = Field(10, ge=1, le=10_000, description="Maximum federated rounds.")
     local_epochs: int = Field(1, ge=1, le=100, description="Epochs each institution trains per round.")
     batch_size: int = Field(64, ge=1, le=65_536)
-    # Plain SGD on standardized features: 0.05 is stable for logistic regression; the server
-    # applies the averaged update as is (lr 1.0 = classic FedAvg).
+    # Plain SGD on standardized features: 0.05 is stable for logistic regression and MLPs.
     client_learning_rate: float = Field(0.05, gt=0, le=10)
-    server_learning_rate: float = Field(1.0, gt=0, le=10)
+    server_learning_rate: float | None = Field(
+        None, gt=0, le=10, description="Default by algorithm: 1.0 for fedavg/fedprox, 0.01 for fedadam/fedyogi, "
+                                       "0.1 for fedadagrad.")
+    proximal_strength: float = Field(0.0, ge=0, le=100, description="FedProx mu; required (> 0) for fedprox.")
+    clients_per_round: int | None = Field(
+        None, ge=1, description="Institutions sampled (seeded) each round; all when unset.")
+    positive_class_weight: float | Literal["balanced"] = Field(
+        1.0, description="Weight of a default/fraud in the loss; 'balanced' = negatives/positives over all "
+                         "institutions (from federated counts).")
+    aggregation: Literal["robust", "plain", "compression"] = Field(
+        "robust", description="robust: drop non-finite updates, adaptive zeroing and clipping; compression: "
+                              "robust + 8-bit quantized updates; plain: bare weighted mean.")
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of each institution's training split held for federated validation.")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Stop when the federated validation loss stops improving; the best round is exported "
+                          "either way.")
+
+    @field_validator("positive_class_weight")
+    @classmethod
+    def _positive_weight(cls, value):
+        if not isinstance(value, str) and not 0 < value <= 10_000:
+            raise ValueError("must be 'balanced' or a number in (0, 10000]")
+        return value
+
+    @model_validator(mode="after")
+    def _algorithm_settings(self) -> TrainingConfig:
+        if self.algorithm == "fedprox" and self.proximal_strength <= 0:
+            raise ValueError("fedprox needs proximal_strength > 0 (e.g. 0.01)")
+        if self.algorithm != "fedprox" and self.proximal_strength > 0:
+            raise ValueError(f"proximal_strength applies to fedprox only, not {self.algorithm}")
+        if self.server_learning_rate is None:
+            self.server_learning_rate = DEFAULT_SERVER_LEARNING_RATE[self.algorithm]
+        return self
 
 
 class RunConfig(BaseModel):
@@ -87,6 +152,10 @@ class RunConfig(BaseModel):
             raise ValueError(f"institution names must be unique; repeated: {duplicates}")
         if self.quorum > len(self.institutions):
             raise ValueError(f"quorum {self.quorum} is more than the {len(self.institutions)} institutions configured")
+        sampled = self.training.clients_per_round
+        if sampled is not None and sampled > len(self.institutions):
+            raise ValueError(f"training.clients_per_round {sampled} is more than the "
+                             f"{len(self.institutions)} institutions configured")
         return self
 
 

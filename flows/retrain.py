@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import flow
@@ -12,11 +15,11 @@ from prefect.runtime import flow_run
 
 from flows.config import RunConfig
 from flows.settings import PROJECT_ROOT, Settings
-from tasks.data import combine_statistics, compute_local_statistics
+from tasks.data import balanced_positive_weight, combine_statistics, compute_local_statistics
 from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
 from tasks.registry import Registration, find_champion, register_model
 from tasks.reporting import publish_summary, summary_markdown
-from tasks.training import train_federated
+from tasks.training import TrainingOutcome, train_federated
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
 from flows.validate import validate_consortium
 
@@ -25,7 +28,7 @@ from flows.validate import validate_consortium
 class RetrainSummary:
     model_name: str
     validation: list[ValidationReport]
-    rounds: list[dict]
+    training: TrainingOutcome
     evaluations: list[InstitutionEvaluation]
     weighted: dict[str, float]
     registration: Registration
@@ -42,6 +45,21 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit or "unknown") + ("-dirty" if dirty else "")
+
+
+def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> str:
+    """What decides the trained weights: training settings, data split, and each admitted extract's digest.
+
+    A retraining with the same key resumes the checkpoints of an interrupted one.
+    """
+    decided_by = {
+        "training": config.training.model_dump(mode="json"),
+        "features": config.features, "label": config.label, "seed": config.seed,
+        "holdout_fraction": config.holdout_fraction,
+        "extracts": {r.institution: r.digest for r in admitted},
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+    }
+    return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")
@@ -65,9 +83,15 @@ def retrain(config: RunConfig) -> RetrainSummary:
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
         statistics = [compute_local_statistics(*source, features, label, **split) for source in admitted]
         mean, std = combine_statistics(statistics)
+        weighting = config.training.positive_class_weight
+        positive_weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
+        reports = [r for r in validation if r.institution in {s[0] for s in admitted}]
+        run_dir = settings.runs_dir / config.model_name / run_key(config, reports, mean, std)
         training = train_federated(
             admitted, features, label, mean=mean.tolist(), std=std.tolist(),
-            **config.training.model_dump(), model_path=Path(work_dir) / "model.keras", **split,
+            training=config.training.model_dump(mode="json"), positive_class_weight=positive_weight,
+            validation_fraction=config.training.validation_fraction,
+            model_path=run_dir / "model.keras", checkpoint_dir=run_dir / "checkpoints", **split,
         )
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
@@ -80,7 +104,7 @@ def retrain(config: RunConfig) -> RetrainSummary:
             features,
             feature_means=mean.tolist(),
             params=config.model_dump(mode="json"),
-            rounds=training.rounds,
+            training=asdict(training),
             evaluations=evaluations,
             validation=validation,
             promotion_metric=config.promotion_metric,
@@ -88,12 +112,13 @@ def retrain(config: RunConfig) -> RetrainSummary:
             tags={"prefect.flow_run_id": str(flow_run.id), "git.commit": git_commit(),
                   "fedrisk.suite": config.suite, "fedrisk.institutions": ",".join(s[0] for s in admitted)},
         )
+    shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     publish_summary(config.model_name, summary_markdown(
         config.model_name, validation, evaluations, registration, settings.mlflow_tracking_uri))
     return RetrainSummary(
         model_name=config.model_name,
         validation=validation,
-        rounds=training.rounds,
+        training=training,
         evaluations=evaluations,
         weighted=weighted_metrics(evaluations, "challenger"),
         registration=registration,

@@ -21,4 +21,8 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "expectations", validation_alias="FEDRISK_EXPECTATIONS_DIR",
         description="GX file context (suites, and validation results under gx/uncommitted).",
     )
+    runs_dir: Path = Field(
+        default=MLRUNS_DIR / "runs", validation_alias="FEDRISK_RUNS_DIR",
+        description="Working directory of each retraining (round checkpoints), kept until it registers.",
+    )
     demo_data_dir: Path = Field(default=PROJECT_ROOT / "data" / "demo", validation_alias="FEDRISK_DEMO_DATA_DIR")

@@ -109,22 +109,24 @@ def split_holdout(
 
 @dataclass(frozen=True)
 class LocalStatistics:
-    """What an institution shares for standardization: count, per-feature sum and sum of squares."""
+    """What an institution shares: row and positive counts, per-feature sum and sum of squares."""
 
     institution: str
     count: int
     sum: list[float]
     sum_of_squares: list[float]
+    positives: int
 
 
-def local_statistics(institution: str, x: np.ndarray) -> LocalStatistics:
-    """Count, sum and sum of squares of each feature column, in float64."""
+def local_statistics(institution: str, x: np.ndarray, y: np.ndarray) -> LocalStatistics:
+    """Count, positives, and sum and sum of squares of each feature column, in float64."""
     x = np.asarray(x, dtype=np.float64)
     return LocalStatistics(
         institution=institution,
         count=int(x.shape[0]),
         sum=x.sum(axis=0).tolist(),
         sum_of_squares=np.square(x).sum(axis=0).tolist(),
+        positives=int(np.sum(np.asarray(y) == 1)),
     )
 
 
@@ -145,12 +147,24 @@ def combine_statistics(statistics: list[LocalStatistics]) -> tuple[np.ndarray, n
     return mean, std
 
 
+def balanced_positive_weight(statistics: list[LocalStatistics]) -> float:
+    """Negatives per positive over all institutions: the loss weight that balances the classes."""
+    count = sum(s.count for s in statistics)
+    positives = sum(s.positives for s in statistics)
+    if positives == 0 or positives == count:
+        raise ValueError("a balanced positive-class weight needs both classes in the training data")
+    return (count - positives) / positives
+
+
 @dataclass(frozen=True)
 class InstitutionSplit:
     """One institution's features and labels for training or evaluation (stays local)."""
 
     x: np.ndarray
     y: np.ndarray
+
+
+PARTS = ("train", "holdout", "fit", "validation")
 
 
 def load_part(
@@ -162,11 +176,23 @@ def load_part(
     part: str,
     holdout_fraction: float,
     seed: int,
+    validation_fraction: float | None = None,
 ) -> pd.DataFrame:
-    """The `part` ('train' or 'holdout') rows of an institution's extract, as read (schema columns)."""
+    """The `part` rows of an institution's extract, as read (schema columns).
+
+    train and holdout split the extract; fit and validation split train again (stratified, by
+    `validation_fraction`): models learn on fit and early-stop on validation.
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}; one of {PARTS}")
     frame = read_institution(institution, path, columns)
     train, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
-    return {"train": train, "holdout": holdout}[part]
+    if part in ("train", "holdout"):
+        return {"train": train, "holdout": holdout}[part]
+    if validation_fraction is None:
+        raise ValueError(f"part {part!r} needs a validation_fraction")
+    fit, validation = split_holdout(train, label, fraction=validation_fraction, seed=seed + 1, institution=institution)
+    return {"fit": fit, "validation": validation}[part]
 
 
 def load_split(
@@ -179,9 +205,11 @@ def load_split(
     part: str,
     holdout_fraction: float,
     seed: int,
+    validation_fraction: float | None = None,
 ) -> InstitutionSplit:
-    """The `part` ('train' or 'holdout') of an institution's extract as float arrays."""
-    rows = load_part(institution, path, columns, label, part=part, holdout_fraction=holdout_fraction, seed=seed)
+    """The `part` (see `load_part`) of an institution's extract as float arrays."""
+    rows = load_part(institution, path, columns, label, part=part, holdout_fraction=holdout_fraction, seed=seed,
+                     validation_fraction=validation_fraction)
     return InstitutionSplit(
         x=rows[features].to_numpy(dtype=np.float64),
         y=rows[label].to_numpy(dtype=np.float64),
@@ -203,4 +231,4 @@ def compute_local_statistics(
         institution, path, columns, features, label,
         part="train", holdout_fraction=holdout_fraction, seed=seed,
     )
-    return local_statistics(institution, split.x)
+    return local_statistics(institution, split.x, split.y)

@@ -150,16 +150,32 @@ def _flatten(prefix: str, value) -> dict[str, str]:
     return {prefix: json.dumps(value) if isinstance(value, list) else str(value)}
 
 
-def _convergence_figure(rounds: list[dict]):
+# Per-round metric names in MLflow (step = round).
+ROUND_METRICS = {
+    "loss": "train_loss", "auc": "train_auc", "validation_loss": "validation_loss",
+    "validation_auc": "validation_auc", "client_update_norm": "client_update_norm",
+    "server_update_norm": "server_update_norm", "non_finite_updates": "non_finite_updates",
+    "bytes_sent": "bytes_sent", "institutions": "institutions", "num_examples": "train_examples",
+}
+
+
+def _convergence_figure(rounds: list[dict], best_round: int):
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
-    figure = Figure(figsize=(10, 4))
-    loss_axis, auc_axis = figure.subplots(1, 2)
+    figure = Figure(figsize=(15, 4))
+    loss_axis, auc_axis, norm_axis = figure.subplots(1, 3)
     steps = [r["round"] for r in rounds]
-    loss_axis.plot(steps, [r["loss"] for r in rounds], marker="o")
-    loss_axis.set(title="Federated training loss", xlabel="round", ylabel="binary cross-entropy")
-    auc_axis.plot(steps, [r["auc"] for r in rounds], marker="o", color="tab:green")
-    auc_axis.set(title="Federated training AUC", xlabel="round", ylabel="ROC AUC")
+    for axis, key, title, ylabel in ((loss_axis, "loss", "Loss", "weighted binary cross-entropy"),
+                                     (auc_axis, "auc", "ROC AUC", "ROC AUC")):
+        axis.plot(steps, [r[key] for r in rounds], marker=".", label="training (sampled institutions)")
+        axis.plot(steps, [r[f"validation_{key}"] for r in rounds], marker=".", label="federated validation")
+        axis.axvline(best_round, color="grey", linestyle="--", label=f"exported: round {best_round}")
+        axis.set(title=title, xlabel="round", ylabel=ylabel)
+        axis.legend()
+    norm_axis.plot(steps, [r["client_update_norm"] for r in rounds], marker=".", label="mean client update")
+    norm_axis.plot(steps, [r["server_update_norm"] for r in rounds], marker=".", label="aggregated update")
+    norm_axis.set(title="Update L2 norm", xlabel="round", ylabel="L2 norm", yscale="log")
+    norm_axis.legend()
     figure.tight_layout()
     return figure
 
@@ -191,7 +207,7 @@ def register_model(
     features: list[str],
     feature_means: list[float],
     params: dict,
-    rounds: list[dict],
+    training: dict,
     evaluations: list[InstitutionEvaluation],
     validation: list[ValidationReport],
     promotion_metric: str,
@@ -219,9 +235,12 @@ def register_model(
     )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=tags) as run:
         mlflow.log_params(_flatten("", params))
-        for r in rounds:
-            mlflow.log_metrics({"train_loss": r["loss"], "train_auc": r["auc"], "train_accuracy": r["accuracy"]},
-                               step=r["round"])
+        for r in training["rounds"]:
+            mlflow.log_metrics({name: float(r[key]) for key, name in ROUND_METRICS.items()}, step=r["round"])
+        mlflow.log_metrics({"rounds_run": len(training["rounds"]), "best_round": training["best_round"],
+                            "resumed_from_round": training["resumed_from_round"],
+                            "positive_class_weight": training["positive_class_weight"]})
+        mlflow.set_tag("training.stopped_early", str(training["stopped_early"]).lower())
         for evaluation in evaluations:
             for role, metrics in evaluation.metrics.items():
                 mlflow.log_metrics({f"{role}.{evaluation.institution}.{k}": v for k, v in metrics.items()})
@@ -237,7 +256,7 @@ def register_model(
         for report in validation:
             if report.data_docs and Path(report.data_docs).exists():
                 mlflow.log_artifact(report.data_docs, f"validation/data_docs/{report.institution}")
-        mlflow.log_figure(_convergence_figure(rounds), "plots/convergence.png")
+        mlflow.log_figure(_convergence_figure(training["rounds"], training["best_round"]), "plots/convergence.png")
         signature = ModelSignature(
             # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.
             inputs=Schema([ColSpec(DataType.long, name) for name in features]),

@@ -2,66 +2,131 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.data import load_split
+
+_round_listeners: list[Callable[[dict], None]] = []
+
+
+@contextmanager
+def round_listener(callback: Callable[[dict], None]) -> Iterator[None]:
+    """Call `callback(round metrics)` after every federated round trained in this process (CLI progress)."""
+    _round_listeners.append(callback)
+    try:
+        yield
+    finally:
+        _round_listeners.remove(callback)
 
 
 @dataclass(frozen=True)
 class TrainingOutcome:
-    """The candidate model on disk, per-round metrics, and examples each institution trained on."""
+    """The candidate model on disk, per-round metrics, and how the run went."""
 
     model_path: str
     rounds: list[dict]
     examples: dict[str, int]
+    best_round: int
+    stopped_early: bool
+    resumed_from_round: int
+    positive_class_weight: float
 
 
-@task(name="train-federated")
+def _describe(m: dict, max_rounds: int) -> str:
+    text = (f"round {m['round']}/{max_rounds}: train loss {m['loss']:.4f}, validation loss "
+            f"{m['validation_loss']:.4f}, validation AUC {m['validation_auc']:.4f}, "
+            f"{m['institutions']} institutions, mean update norm {m['client_update_norm']:.4g}")
+    if m["non_finite_updates"]:
+        text += f", {m['non_finite_updates']} non-finite update(s) dropped"
+    return text
+
+
+# Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
+# round's checkpoint instead of starting over.
+@task(name="train-federated", retries=1, retry_delay_seconds=2)
 def train_federated(
     institutions: list[tuple[str, Path, dict[str, str]]],
     features: list[str],
     label: str,
     holdout_fraction: float,
+    validation_fraction: float,
     seed: int,
     mean: list[float],
     std: list[float],
-    rounds: int,
-    local_epochs: int,
-    batch_size: int,
-    client_learning_rate: float,
-    server_learning_rate: float,
+    training: dict,
+    positive_class_weight: float,
     model_path: Path,
+    checkpoint_dir: Path,
 ) -> TrainingOutcome:
-    """FedAvg over the institutions' training splits; save the model (standardization baked in).
+    """Train `training` (the run config's training section) over the institutions; save the best model.
 
-    In this simulation one process holds every client's dataset, as TFF's local runtime needs;
-    each institution's rows still stay a separate client dataset and are never concatenated.
+    Each institution fits on its fit split and reports validation metrics on its validation
+    split. In this simulation one process holds every client's dataset, as TFF's local runtime
+    needs; each institution's rows stay a separate client dataset and are never concatenated.
     """
-    from fed_models.keras_models import export_model  # TF/TFF import paid only when training
-    from fed_models.training import ClientData, FedAvgSpec, train_fed_avg
+    from fed_models.keras_models import ModelSpec, export_model  # TF/TFF import paid only when training
+    from fed_models.training import ClientData, TrainingSpec, train
 
     logger = get_run_logger()
-    clients = []
+    split = dict(holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
+    clients, validation = [], []
     for name, path, columns in institutions:
-        split = load_split(name, path, columns, features, label, part="train",
-                           holdout_fraction=holdout_fraction, seed=seed)
-        clients.append(ClientData(name, split.x, split.y))
-    spec = FedAvgSpec(rounds, local_epochs, batch_size, client_learning_rate, server_learning_rate, seed)
+        fit = load_split(name, path, columns, features, label, part="fit", **split)
+        held = load_split(name, path, columns, features, label, part="validation", **split)
+        clients.append(ClientData(name, fit.x, fit.y))
+        validation.append(ClientData(name, held.x, held.y))
+    model = training["model"]
+    model_spec = ModelSpec(model["kind"], tuple(model["hidden_units"]), model["dropout"], seed=seed)
+    stopping = training["early_stopping"] or {}
+    spec = TrainingSpec(
+        model=model_spec,
+        algorithm=training["algorithm"],
+        rounds=training["rounds"],
+        local_epochs=training["local_epochs"],
+        batch_size=training["batch_size"],
+        client_learning_rate=training["client_learning_rate"],
+        server_learning_rate=training["server_learning_rate"],
+        proximal_strength=training["proximal_strength"],
+        clients_per_round=training["clients_per_round"],
+        positive_weight=positive_class_weight,
+        aggregation=training["aggregation"],
+        patience=stopping.get("patience"),
+        min_delta=stopping.get("min_delta", 0.0),
+        seed=seed,
+    )
+    max_rounds = spec.rounds
+    progress_id = create_progress_artifact(
+        progress=0.0, description=f"Federated rounds of {len(clients)} institutions (max {max_rounds})")
 
     def report(metrics) -> None:
-        logger.info(
-            "round %d/%d: loss %.4f, auc %.4f over %d examples from %d institutions",
-            metrics.round, rounds, metrics.loss, metrics.auc, metrics.num_examples, len(clients),
-        )
+        m = asdict(metrics)
+        logger.info(_describe(m, max_rounds))
+        update_progress_artifact(progress_id, 100.0 * m["round"] / max_rounds)
+        for listener in list(_round_listeners):
+            listener({**m, "max_rounds": max_rounds})
 
-    result = train_fed_avg(clients, np.asarray(mean), np.asarray(std), spec, on_round=report)
-    export_model(result.weights, np.asarray(mean), np.asarray(std), Path(model_path))
+    result = train(clients, np.asarray(mean), np.asarray(std), spec, validation=validation,
+                   checkpoint_dir=Path(checkpoint_dir), on_round=report)
+    if result.resumed_from_round:
+        logger.info("resumed from the checkpoint of round %d in %s", result.resumed_from_round, checkpoint_dir)
+    if result.stopped_early:
+        logger.info("stopped early after round %d: validation loss has not improved since round %d",
+                    len(result.rounds), result.best_round)
+    update_progress_artifact(progress_id, 100.0)
+    export_model(result.weights, model_spec, np.asarray(mean), np.asarray(std), Path(model_path))
     return TrainingOutcome(
         model_path=str(model_path),
         rounds=[asdict(r) for r in result.rounds],
         examples={c.institution: int(len(c.y)) for c in clients},
+        best_round=result.best_round,
+        stopped_early=result.stopped_early,
+        resumed_from_round=result.resumed_from_round,
+        positive_class_weight=positive_class_weight,
     )

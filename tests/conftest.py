@@ -14,6 +14,7 @@ _SCRATCH = tempfile.mkdtemp(prefix="fedrisk-test-")
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(Path(_SCRATCH) / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
+os.environ["FEDRISK_RUNS_DIR"] = str(Path(_SCRATCH) / "runs")
 # GX writes every validation result into its context: give the tests a copy of the committed one.
 os.environ["FEDRISK_EXPECTATIONS_DIR"] = str(shutil.copytree(
     Path(__file__).resolve().parents[1] / "expectations", Path(_SCRATCH) / "expectations",

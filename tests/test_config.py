@@ -27,6 +27,16 @@ def test_defaults_and_relative_paths():
     config = parse_config(BASE, Path("/cfg"))
     assert config.institutions[0].path == Path("/cfg/a.csv") and config.institutions[1].path == Path("/abs/b.csv")
     assert config.training.rounds == 10 and config.holdout_fraction == 0.2 and config.promotion_metric == "roc_auc"
+    assert config.training.algorithm == "fedavg" and config.training.aggregation == "robust"
+    assert config.training.server_learning_rate == 1.0 and config.training.early_stopping is None
+
+
+@pytest.mark.parametrize("algorithm, rate", [("fedavg", 1.0), ("fedadam", 0.01), ("fedyogi", 0.01), ("fedadagrad", 0.1)])
+def test_server_learning_rate_defaults_by_algorithm(algorithm, rate):
+    config = parse_config({**BASE, "training": {"algorithm": algorithm}}, Path("/cfg"))
+    assert config.training.server_learning_rate == rate
+    explicit = parse_config({**BASE, "training": {"algorithm": algorithm, "server_learning_rate": 0.5}}, Path("/cfg"))
+    assert explicit.training.server_learning_rate == 0.5
 
 
 @pytest.mark.parametrize(
@@ -40,6 +50,18 @@ def test_defaults_and_relative_paths():
         ({"institutions": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]}, "institution names must be unique; repeated: ['a']"),
         ({"institutions": [{"name": "Bank A", "path": "x"}]}, "institutions.0.name: String should match pattern"),
         ({"rounds": 5}, "rounds: Extra inputs are not permitted (got 5)"),
+        ({"training": {"algorithm": "fedsgd"}}, "training.algorithm: Input should be 'fedavg', 'fedprox', 'fedadam', 'fedyogi' or 'fedadagrad' (got 'fedsgd')"),
+        ({"training": {"algorithm": "fedprox"}}, "training: fedprox needs proximal_strength > 0 (e.g. 0.01)"),
+        ({"training": {"proximal_strength": 0.1}}, "training: proximal_strength applies to fedprox only, not fedavg"),
+        ({"training": {"model": {"kind": "mlp"}}}, "training.model: an mlp needs hidden_units, e.g. [32, 16]"),
+        ({"training": {"model": {"hidden_units": [8]}}}, "training.model: a logistic_regression has no hidden_units or dropout; use kind: mlp"),
+        ({"training": {"model": {"kind": "mlp", "hidden_units": [0]}}}, "training.model.hidden_units.0: Input should be greater than or equal to 1 (got 0)"),
+        ({"training": {"model": {"kind": "mlp", "hidden_units": [8], "dropout": 1.0}}}, "training.model.dropout: Input should be less than 1 (got 1.0)"),
+        ({"training": {"clients_per_round": 3}}, "training.clients_per_round 3 is more than the 2 institutions configured"),
+        ({"training": {"positive_class_weight": "auto"}}, "training.positive_class_weight.literal['balanced']: Input should be 'balanced' (got 'auto')"),
+        ({"training": {"positive_class_weight": -2}}, "training.positive_class_weight: must be 'balanced' or a number in (0, 10000] (got -2)"),
+        ({"training": {"aggregation": "median"}}, "training.aggregation: Input should be 'robust', 'plain' or 'compression' (got 'median')"),
+        ({"training": {"early_stopping": {"patience": 0}}}, "training.early_stopping.patience: Input should be greater than or equal to 1 (got 0)"),
     ],
 )
 def test_bad_values_name_the_field_and_value(change, expected):

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from tasks.data import (
-    InstitutionDataError, combine_statistics, compute_local_statistics, frame_digest, load_split,
-    local_statistics, read_institution, split_holdout,
+    InstitutionDataError, balanced_positive_weight, combine_statistics, compute_local_statistics, frame_digest,
+    load_part, load_split, local_statistics, read_institution, split_holdout,
 )
 from tasks.schema import FEATURE_COLUMNS, LABEL_COLUMN
 
@@ -28,12 +28,22 @@ def test_federated_statistics_equal_pooled_statistics_without_pooling(small_cons
 
 
 def test_statistics_carry_only_aggregates():
-    stats = local_statistics("bank", np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+    stats = local_statistics("bank", np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), np.array([1.0, 0.0, 1.0]))
     assert stats.count == 3 and stats.sum == [9.0, 12.0] and stats.sum_of_squares == [35.0, 56.0]
+    assert stats.positives == 2
+
+
+def test_balanced_positive_weight_is_negatives_per_positive_over_all_institutions():
+    a = local_statistics("a", np.zeros((10, 1)), np.array([1.0] * 1 + [0.0] * 9))
+    b = local_statistics("b", np.zeros((30, 1)), np.array([1.0] * 3 + [0.0] * 27))
+    assert balanced_positive_weight([a, b]) == 36 / 4
+    with pytest.raises(ValueError, match="both classes"):
+        balanced_positive_weight([local_statistics("c", np.zeros((3, 1)), np.zeros(3))])
 
 
 def test_constant_feature_gets_unit_std():
-    stats = [local_statistics("a", np.array([[1.0, 5.0], [2.0, 5.0]])), local_statistics("b", np.array([[3.0, 5.0]]))]
+    stats = [local_statistics("a", np.array([[1.0, 5.0], [2.0, 5.0]]), np.array([0.0, 1.0])),
+             local_statistics("b", np.array([[3.0, 5.0]]), np.array([0.0]))]
     mean, std = combine_statistics(stats)
     np.testing.assert_allclose(mean, [2.0, 5.0])
     np.testing.assert_allclose(std, [np.sqrt(2 / 3), 1.0])
@@ -92,3 +102,17 @@ def test_digest_changes_with_content_not_with_reading_twice(small_consortium):
     changed = frame.copy()
     changed.loc[0, "AGE"] += 1
     assert frame_digest(changed) != frame_digest(frame)
+
+
+def test_fit_and_validation_partition_the_training_split(small_consortium):
+    path = small_consortium["birch_credit_union"]
+    split = dict(holdout_fraction=0.2, seed=4)
+    parts = {part: load_part("birch_credit_union", path, None, LABEL_COLUMN, part=part, validation_fraction=0.1,
+                             **split) for part in ("train", "holdout", "fit", "validation")}
+    assert sorted(pd.concat([parts["fit"], parts["validation"]]).index) == sorted(parts["train"].index)
+    assert len(parts["validation"]) == pytest.approx(0.1 * len(parts["train"]), abs=1)
+    assert set(parts["validation"].index).isdisjoint(parts["holdout"].index)
+    rates = [parts[p][LABEL_COLUMN].mean() for p in ("fit", "validation")]
+    assert abs(rates[0] - rates[1]) < 0.01  # stratified
+    with pytest.raises(ValueError, match="needs a validation_fraction"):
+        load_part("birch_credit_union", path, None, LABEL_COLUMN, part="fit", **split)

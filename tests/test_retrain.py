@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from flows.config import load_config, parse_config
 from flows.retrain import retrain
-from flows.settings import PROJECT_ROOT
+from flows.settings import PROJECT_ROOT, Settings
 from tasks.evaluation import binary_metrics
 from tasks.schema import LABEL_COLUMN
 from tasks.validation import QuorumNotMet
@@ -47,9 +47,19 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     client = MlflowClient()
     run = client.get_run(first.registration.run_id)
     assert run.data.tags["prefect.flow_run_id"] and run.data.tags["git.commit"]
-    assert run.data.params["training.rounds"] == "5"
+    assert run.data.params["training.rounds"] == "5" and run.data.params["training.aggregation"] == "robust"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5] and history[-1].value < history[0].value
+    per_round = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+                 for name in ("validation_loss", "validation_auc", "client_update_norm", "server_update_norm",
+                              "bytes_sent", "institutions")}
+    assert per_round["validation_loss"][-1] < per_round["validation_loss"][0]
+    assert all(0.5 < auc < 1 for auc in per_round["validation_auc"])
+    assert all(n > 0 for n in per_round["client_update_norm"] + per_round["server_update_norm"])
+    assert per_round["bytes_sent"] == [4 * (4 * 24 + 4)] * 5 and per_round["institutions"] == [4] * 5
+    assert run.data.metrics["best_round"] == 1 + int(np.argmin(per_round["validation_loss"]))
+    assert first.training.best_round == run.data.metrics["best_round"] and not first.training.stopped_early
+    assert not any(Settings().runs_dir.glob("credit_e2e/*"))  # registered: its checkpoints are gone
     assert run.data.metrics["challenger.weighted.roc_auc"] == pytest.approx(first.weighted["roc_auc"])
     inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
     assert set(inputs) == set(small_consortium)
@@ -159,3 +169,52 @@ def test_a_units_change_since_the_last_run_quarantines_that_institution(tracking
     accepted = retrain(parse_config({**_config(paths, "credit_drift", rounds=2).model_dump(mode="json"),
                                      "drift_checks": False}, Path(".")))
     assert all(r.passed for r in accepted.validation)
+
+
+def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri, small_consortium, tmp_path):
+    """Kill `fedrisk retrain` after a round's checkpoint; the next invocation resumes there and
+    ends exactly where an uninterrupted run ends (same seed: same samples, shuffles and state)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config_data = {**_config(small_consortium, "credit_resume", rounds=20).model_dump(mode="json"),
+                   "training": {"algorithm": "fedadam", "rounds": 20, "client_learning_rate": 0.05,
+                                "model": {"kind": "mlp", "hidden_units": [16], "dropout": 0.1}}}
+    uninterrupted = retrain(parse_config(config_data, Path(".")))
+
+    config_file = tmp_path / "resume.yaml"
+    config_file.write_text(yaml.safe_dump(config_data))
+    runs_dir = tmp_path / "runs"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}",
+           "FEDRISK_RUNS_DIR": str(runs_dir)}
+    command = [str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config_file)]
+    killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(runs_dir.glob("credit_resume/*/checkpoints/program_state_3")):
+            assert killed.poll() is None and time.monotonic() < deadline, "no round-3 checkpoint appeared"
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)
+    finally:
+        killed.wait(timeout=30)
+    saved = sorted(int(p.name.rsplit("_", 1)[1]) for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*"))
+    assert saved and 3 <= saved[-1] < 20, saved
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output
+    assert f"resumed from the checkpoint of round {saved[-1]}" in output
+    assert not list(runs_dir.glob("credit_resume/*"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("fedrisk-credit_resume").experiment_id])
+    assert run.data.metrics["resumed_from_round"] == saved[-1]
+    assert run.data.metrics["rounds_run"] == len(uninterrupted.training.rounds)
+    # Exactly equal: the checkpoint restores every bit of server, optimizer and aggregator state.
+    assert run.data.metrics["challenger.weighted.roc_auc"] == uninterrupted.weighted["roc_auc"]
+    assert run.data.metrics["challenger.weighted.log_loss"] == uninterrupted.weighted["log_loss"]

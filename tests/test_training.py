@@ -1,60 +1,239 @@
-"""fed_models.training: FedAvg against a hand computation, determinism, and learning."""
+"""fed_models.training: algorithms against hand computations, sampling, stopping, resume, determinism."""
 
 import numpy as np
-from fed_models.training import ClientData, FedAvgSpec, train_fed_avg
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fed_models.aggregation import update_bytes
+from fed_models.keras_models import ModelSpec, build_model, predict_proba
+from fed_models.training import ALGORITHMS, ClientData, TrainingSpec, sample_clients, train
+
+MEAN, STD = np.array([0.0, 50.0, 1000.0]), np.array([1.0, 10.0, 100.0])
+MLP = ModelSpec("mlp", (8, 4), dropout=0.2, seed=1)
 
 
 def _sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
 
-def test_one_round_equals_example_weighted_average_of_client_updates():
+def _rows(rng, n, positive_shift=0.0):
+    x = rng.normal(size=(n, 3)) * [1, 10, 100] + [0, 50, 1000]
+    z = 1.5 * x[:, 0] - 0.1 * (x[:, 1] - 50) + 0.01 * (x[:, 2] - 1000) + positive_shift
+    return x, (rng.random(n) < _sigmoid(z)).astype(float)
+
+
+def _institutions(sizes=(("a", 600), ("b", 300), ("c", 150)), seed=0, positive_shift=0.0):
+    """Clients and their validation splits, with a known logistic relation between x and y."""
+    rng = np.random.default_rng(seed)
+    clients, validation = [], []
+    for name, n in sizes:
+        clients.append(ClientData(name, *_rows(rng, n, positive_shift)))
+        validation.append(ClientData(name, *_rows(rng, max(n // 5, 50), positive_shift)))
+    return clients, validation
+
+
+def _holdout_auc(spec, weights, seed=99):
+    x, y = _rows(np.random.default_rng(seed), 3000)
+    model = build_model(spec.model, MEAN, STD)
+    model.set_weights(weights)
+    p = predict_proba(model, x)
+    return roc_auc_score(y, p) if np.all(np.isfinite(p)) else 0.5
+
+
+def _flat(weights):
+    return np.concatenate([np.ravel(w) for w in weights])
+
+
+def _one_step_clients():
     rng = np.random.default_rng(0)
-    clients = [
+    return [
         ClientData("a", rng.normal(3, 2, size=(3, 2)), np.array([1.0, 0.0, 1.0])),
         ClientData("b", rng.normal(3, 2, size=(5, 2)), np.array([0.0, 0.0, 1.0, 1.0, 0.0])),
-    ]
-    mean, std = np.array([3.0, 2.5]), np.array([2.0, 1.5])
-    spec = FedAvgSpec(rounds=1, local_epochs=1, batch_size=16, client_learning_rate=0.3,
-                      server_learning_rate=1.0, seed=0)
-    result = train_fed_avg(clients, mean, std, spec)
+    ], np.array([3.0, 2.5]), np.array([2.0, 1.5])
 
-    # By hand: every client takes one full-batch SGD step from zero weights (p = 0.5),
-    # and the server averages the resulting models weighted by example counts.
+
+def _hand_fedavg_update(clients, mean, std, lr):
+    # Every client takes one full-batch SGD step from zero weights (p = 0.5); the server
+    # averages the resulting updates weighted by example counts.
     updates, counts = [], []
     for c in clients:
         z = (c.x - mean) / std
-        error = _sigmoid(np.zeros(len(c.y))) - c.y
-        grad_w, grad_b = (error[:, None] * z).mean(axis=0), error.mean()
-        updates.append(np.concatenate([-0.3 * grad_w, [-0.3 * grad_b]]))
+        error = 0.5 - c.y
+        updates.append(np.concatenate([-lr * (error[:, None] * z).mean(axis=0), [-lr * error.mean()]]))
         counts.append(len(c.y))
-    expected = np.average(updates, axis=0, weights=counts)
-    kernel, bias = result.weights
-    np.testing.assert_allclose(np.concatenate([kernel.ravel(), bias]), expected, atol=1e-6)
-    assert result.rounds[0].num_examples == 8
+    return np.average(updates, axis=0, weights=counts)
 
 
-def _learnable_clients(seed=0):
-    rng = np.random.default_rng(seed)
-    clients = []
-    for name, n in [("a", 600), ("b", 300), ("c", 150)]:
-        x = rng.normal(size=(n, 3)) * [1, 10, 100] + [0, 50, 1000]
-        z = 1.5 * x[:, 0] - 0.1 * (x[:, 1] - 50) + 0.01 * (x[:, 2] - 1000)
-        clients.append(ClientData(name, x, (rng.random(n) < _sigmoid(z)).astype(float)))
-    return clients
+def test_fedavg_round_equals_example_weighted_average_of_client_updates():
+    clients, mean, std = _one_step_clients()
+    spec = TrainingSpec(rounds=1, batch_size=16, client_learning_rate=0.3, aggregation="plain")
+    result = train(clients, mean, std, spec)
+    np.testing.assert_allclose(_flat(result.weights), _hand_fedavg_update(clients, mean, std, 0.3), atol=1e-6)
+    assert result.rounds[0].num_examples == 8 and result.rounds[0].institutions == 2
 
 
-def test_training_learns_and_is_deterministic_by_seed():
-    clients = _learnable_clients()
-    mean, std = np.array([0.0, 50.0, 1000.0]), np.array([1.0, 10.0, 100.0])
-    spec = FedAvgSpec(rounds=5, local_epochs=1, batch_size=32, client_learning_rate=0.1,
-                      server_learning_rate=1.0, seed=42)
+def test_fedadam_first_server_step_has_the_learning_rate_as_size_and_the_update_sign():
+    # TFF Adam's first bias-corrected step is lr * g / (|g| + eps / sqrt(1 - beta_2)), beta_2 = 0.99:
+    # about lr in size whatever the update's scale.
+    clients, mean, std = _one_step_clients()
+    spec = TrainingSpec(algorithm="fedadam", rounds=1, batch_size=16, client_learning_rate=0.3,
+                        server_learning_rate=0.01, aggregation="plain")
+    step = _flat(train(clients, mean, std, spec).weights)
+    averaged = _hand_fedavg_update(clients, mean, std, 0.3)
+    np.testing.assert_array_equal(np.sign(step), np.sign(averaged))
+    np.testing.assert_allclose(np.abs(step), 0.01 * np.abs(averaged) / (np.abs(averaged) + 1e-3 / 0.1), rtol=1e-4)
+
+
+def test_fedprox_keeps_local_models_closer_to_the_global_model():
+    clients, validation = _institutions()
+    common = dict(rounds=1, local_epochs=5, batch_size=16, client_learning_rate=0.1, aggregation="plain")
+    fedavg = train(clients, MEAN, STD, TrainingSpec(**common))
+    fedprox = train(clients, MEAN, STD, TrainingSpec(algorithm="fedprox", proximal_strength=5.0, **common))
+    assert np.linalg.norm(_flat(fedprox.weights)) < 0.8 * np.linalg.norm(_flat(fedavg.weights))
+    with pytest.raises(ValueError, match="proximal_strength"):
+        train(clients, MEAN, STD, TrainingSpec(algorithm="fedprox", rounds=1))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_learns_an_mlp_and_is_deterministic_by_seed(algorithm):
+    clients, validation = _institutions()
+    spec = TrainingSpec(model=MLP, algorithm=algorithm, rounds=6, batch_size=32, client_learning_rate=0.1,
+                        server_learning_rate={"fedadam": 0.1, "fedyogi": 0.1, "fedadagrad": 0.3}.get(algorithm, 1.0),
+                        proximal_strength=0.01 if algorithm == "fedprox" else 0.0, seed=7)
     seen = []
-    first = train_fed_avg(clients, mean, std, spec, on_round=seen.append)
-    second = train_fed_avg(clients, mean, std, spec)
-    assert [m.round for m in seen] == [1, 2, 3, 4, 5]
-    assert seen[-1].loss < seen[0].loss and seen[-1].auc > 0.8
+    first = train(clients, MEAN, STD, spec, validation=validation, on_round=seen.append)
+    second = train(clients, MEAN, STD, spec, validation=validation)
+    assert [m.round for m in seen] == list(range(1, 7))
+    assert seen[-1].validation_loss < seen[0].validation_loss
+    assert _holdout_auc(spec, first.weights) > 0.8  # the true (logistic) relation scores about 0.87
     for a, b in zip(first.weights, second.weights, strict=True):
         np.testing.assert_array_equal(a, b)
-    kernel = first.weights[0].ravel()
-    assert kernel[0] > 0 and kernel[1] < 0 and kernel[2] > 0  # the signs of the true coefficients
+
+
+def test_client_sampling_is_seeded_k_of_n():
+    rounds = [sample_clients(10, 3, seed=5, round_num=r) for r in range(1, 21)]
+    assert all(len(r) == 3 and len(set(r)) == 3 and max(r) < 10 for r in rounds)
+    assert rounds == [sample_clients(10, 3, seed=5, round_num=r) for r in range(1, 21)]
+    assert len({tuple(r) for r in rounds}) > 10
+    assert sample_clients(4, None, seed=5, round_num=1) == [0, 1, 2, 3]
+
+    clients, _ = _institutions()
+    spec = TrainingSpec(rounds=4, clients_per_round=2, seed=5)
+    result = train(clients, MEAN, STD, spec)
+    sizes = [len(c.y) for c in clients]
+    for m in result.rounds:
+        chosen = sample_clients(3, 2, seed=5, round_num=m.round)
+        assert m.institutions == 2 and m.num_examples == sum(sizes[i] for i in chosen)
+
+
+def test_positive_class_weight_moves_predictions_toward_rare_positives():
+    clients, validation = _institutions(positive_shift=-4.0)  # about 5% positives
+    rate = np.mean(np.concatenate([c.y for c in clients]))
+    assert rate < 0.1
+    plain = TrainingSpec(rounds=30, client_learning_rate=0.1, seed=1)
+    weighted = TrainingSpec(rounds=30, client_learning_rate=0.1, seed=1, positive_weight=(1 - rate) / rate)
+    x = np.concatenate([c.x for c in validation])
+    y = np.concatenate([c.y for c in validation])
+
+    def probabilities(spec):
+        weights = train(clients, MEAN, STD, spec).weights  # before building: TFF traces Keras in graphs
+        model = build_model(spec.model, MEAN, STD)
+        model.set_weights(weights)
+        return predict_proba(model, x)
+
+    p_plain, p_weighted = probabilities(plain), probabilities(weighted)
+    recall_plain, recall_weighted = (np.mean(p[y == 1] >= 0.5) for p in (p_plain, p_weighted))
+    print(f"mean probability {p_plain.mean():.3f} -> {p_weighted.mean():.3f}; "
+          f"recall at 0.5 {recall_plain:.3f} -> {recall_weighted:.3f}")
+    assert p_plain.mean() < 0.15 < 0.3 < p_weighted.mean()
+    assert recall_weighted > 0.8 > 0.5 > recall_plain
+
+
+def test_early_stopping_exports_the_best_rounds_weights():
+    clients, validation = _institutions()
+    # No round after the first improves validation loss by 10, so patience 2 stops after round 3.
+    spec = TrainingSpec(rounds=20, client_learning_rate=0.1, patience=2, min_delta=10.0, seed=3)
+    result = train(clients, MEAN, STD, spec, validation=validation)
+    assert [m.round for m in result.rounds] == [1, 2, 3]
+    assert result.stopped_early and result.best_round == 1
+    one_round = train(clients, MEAN, STD, TrainingSpec(rounds=1, client_learning_rate=0.1, seed=3))
+    np.testing.assert_array_equal(_flat(result.weights), _flat(one_round.weights))
+
+    patient = train(clients, MEAN, STD, TrainingSpec(rounds=6, client_learning_rate=0.1, seed=3),
+                    validation=validation)
+    losses = [m.validation_loss for m in patient.rounds]
+    assert not patient.stopped_early and patient.best_round == int(np.argmin(losses)) + 1
+
+
+FAULTS = {"scaled x100": 100.0, "sign-flipped": -1.0, "NaN": float("nan")}
+
+
+def test_robust_aggregation_survives_one_faulty_institution_where_plain_averaging_does_not():
+    clients, _ = _institutions(sizes=(("a", 600), ("b", 400), ("c", 300), ("d", 200)))
+    figures = {}
+    for aggregation in ("robust", "plain"):
+        spec = TrainingSpec(rounds=8, client_learning_rate=0.1, aggregation=aggregation, seed=3)
+        figures[aggregation, "clean"] = _holdout_auc(spec, train(clients, MEAN, STD, spec).weights)
+        for fault, factor in FAULTS.items():
+            result = train(clients, MEAN, STD, spec, update_factors={"b": factor})
+            figures[aggregation, fault] = _holdout_auc(spec, result.weights)
+            if aggregation == "robust" and fault == "NaN":
+                assert all(m.non_finite_updates == 1 for m in result.rounds)
+    print("\n".join(f"{a:>6} {f:>12}: holdout AUC {auc:.4f}" for (a, f), auc in figures.items()))
+    for fault in FAULTS:
+        assert abs(figures["robust", fault] - figures["robust", "clean"]) <= 0.01, fault
+    assert figures["plain", "scaled x100"] < figures["plain", "clean"] - 0.02
+    assert figures["plain", "NaN"] == 0.5  # NaN weights: no ranking at all
+    # A sign flip of ordinary size from a minority member only slows plain averaging down (both
+    # stay within 0.01); norm-based defences cannot tell it from an honest update.
+    assert abs(figures["plain", "sign-flipped"] - figures["plain", "clean"]) <= 0.01
+
+
+def test_compression_cuts_bytes_and_keeps_the_model():
+    clients, validation = _institutions()
+    results = {}
+    for aggregation in ("robust", "compression"):
+        spec = TrainingSpec(model=MLP, rounds=5, client_learning_rate=0.1, aggregation=aggregation, seed=2)
+        results[aggregation] = (spec, train(clients, MEAN, STD, spec, validation=validation))
+    parameters = 3 * 8 + 8 + 8 * 4 + 4 + 4 + 1
+    robust_bytes = results["robust"][1].rounds[0].bytes_sent
+    compressed_bytes = results["compression"][1].rounds[0].bytes_sent
+    assert robust_bytes == 3 * (4 * parameters + 4)  # three institutions send float32 updates and a weight
+    assert compressed_bytes < 0.5 * robust_bytes  # tiny tensors: each carries its range and word padding
+    credit_mlp = [(23, 32), (32,), (32, 16), (16,), (16, 1), (1,)]
+    assert update_bytes("compression", credit_mlp) < 0.3 * update_bytes("robust", credit_mlp)
+    auc = {k: _holdout_auc(spec, r.weights) for k, (spec, r) in results.items()}
+    assert abs(auc["compression"] - auc["robust"]) < 0.01
+    again = train(clients, MEAN, STD, results["compression"][0], validation=validation)
+    np.testing.assert_array_equal(_flat(again.weights), _flat(results["compression"][1].weights))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_checkpoints_resume_where_an_interrupted_run_stopped(tmp_path):
+    clients, validation = _institutions()
+    spec = TrainingSpec(model=MLP, algorithm="fedadam", rounds=6, server_learning_rate=0.05, seed=3,
+                        clients_per_round=2)
+    uninterrupted = train(clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "a")
+
+    def interrupt_after_round_3(m):
+        if m.round == 3:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train(clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "b",
+              on_round=interrupt_after_round_3)
+    seen = []
+    resumed = train(clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "b",
+                    on_round=seen.append)
+    assert resumed.resumed_from_round == 3 and [m.round for m in seen] == [1, 2, 3, 4, 5, 6]
+    # Exact: the server and optimizer state, the adaptive clipping norms and the best weights
+    # are restored bit for bit, and each round's sample and shuffles derive from (seed, round).
+    np.testing.assert_array_equal(_flat(resumed.weights), _flat(uninterrupted.weights))
+    assert resumed.rounds == uninterrupted.rounds
+
+    with pytest.raises(ValueError, match="different training spec"):
+        train(clients, MEAN, STD, TrainingSpec(rounds=6, seed=4), validation=validation,
+              checkpoint_dir=tmp_path / "b")

@@ -1,0 +1,111 @@
+"""How the server combines institutions' model updates: robust (default), plain mean, or compressed."""
+
+from __future__ import annotations
+
+import collections
+from typing import Literal
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
+
+AggregationKind = Literal["robust", "plain", "compression"]
+QUANTIZATION_BITS = 8
+# TFF's compression_aggregator only quantizes tensors of more than 20,000 elements, which
+# leaves credit models (a few hundred to a few thousand weights) uncompressed; we quantize
+# every tensor of more than one element with the same 8-bit uniform quantizer. Rounding is to
+# the nearest level (error at most half a step) rather than stochastic, so that the same seed
+# gives the same weights.
+QUANTIZE_ABOVE_ELEMENTS = 1
+QUANTIZER_OPTIONS = {"stochastic": False}
+
+
+class NonFiniteUpdateGuard(tff.aggregators.WeightedAggregationFactory):
+    """Drops (zero value, zero weight) an update with a NaN or infinite entry before aggregating.
+
+    TFF's zeroing compares the update norm with a threshold, and a NaN norm compares false, so
+    one institution sending NaN would otherwise poison the global model.
+    """
+
+    def __init__(self, inner: tff.aggregators.WeightedAggregationFactory):
+        self._inner = inner
+
+    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+        inner = self._inner.create(value_type, weight_type)
+
+        @tff.tensorflow.computation(value_type, weight_type)
+        def guard(value, weight):
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(value)])
+            value = tf.nest.map_structure(lambda t: tf.where(finite, t, tf.zeros_like(t)), value)
+            weight = tf.where(finite, weight, tf.zeros_like(weight))
+            return value, weight, tf.cast(tf.logical_not(finite), tf.int32)
+
+        @tff.federated_computation(
+            inner.initialize.type_signature.result,
+            tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS),
+        )
+        def next_fn(state, value, weight):
+            guarded_value, guarded_weight, rejected = tff.federated_map(guard, (value, weight))
+            output = inner.next(state, guarded_value, guarded_weight)
+            measurements = tff.federated_zip(collections.OrderedDict(
+                non_finite_count=tff.federated_sum(rejected), inner=output.measurements))
+            return tff.templates.MeasuredProcessOutput(output.state, output.result, measurements)
+
+        return tff.templates.AggregationProcess(inner.initialize, next_fn)
+
+
+def _adaptive_clipping(inner):
+    # TFF robust_aggregator's clipping: adapts to the 80th percentile of update norms.
+    norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+        initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2)
+    return tff.aggregators.clipping_factory(norm, inner)
+
+
+def _adaptive_zeroing(inner):
+    # TFF robust_aggregator's zeroing: drops updates far above the largest norms seen so far.
+    norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+        initial_estimate=10.0, target_quantile=0.98, learning_rate=float(np.log(10.0)),
+        multiplier=2.0, increment=1.0)
+    return tff.aggregators.zeroing_factory(norm, inner)
+
+
+def build_aggregator(kind: AggregationKind) -> tff.aggregators.WeightedAggregationFactory:
+    """The example-weighted mean of updates, with update-norm measurements.
+
+    robust: non-finite guard, then `tff.learning.robust_aggregator` (adaptive zeroing + clipping).
+    compression: the same, with updates quantized to 8 bits per weight before summing.
+    plain: the bare weighted mean (for comparison; one faulty institution can ruin it).
+    """
+    if kind == "plain":
+        return tff.learning.add_debug_measurements(tff.aggregators.MeanFactory())
+    if kind == "robust":
+        return NonFiniteUpdateGuard(
+            tff.learning.robust_aggregator(debug_measurements_fn=tff.learning.add_debug_measurements))
+    if kind == "compression":
+        quantized_sum = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+            quantization_bits=QUANTIZATION_BITS, threshold=QUANTIZE_ABOVE_ELEMENTS, **QUANTIZER_OPTIONS)
+        mean = tff.learning.add_debug_measurements(tff.aggregators.MeanFactory(quantized_sum))
+        return NonFiniteUpdateGuard(_adaptive_zeroing(_adaptive_clipping(mean)))
+    raise ValueError(f"unknown aggregation {kind!r}")
+
+
+def update_bytes(kind: AggregationKind, shapes: list[tuple[int, ...]]) -> int:
+    """Bytes one institution sends per round: its encoded update tensors plus its weight.
+
+    For compression this encodes a tensor of each shape with the aggregator's quantizer and
+    counts the bytes of what comes out (bit-packed values and their range).
+    """
+    total = np.dtype(np.float32).itemsize  # the example-count weight
+    for shape in shapes:
+        elements = int(np.prod(shape, dtype=np.int64))
+        if kind != "compression" or elements <= QUANTIZE_ABOVE_ELEMENTS:
+            total += elements * np.dtype(np.float32).itemsize
+            continue
+        encoder = te.encoders.as_simple_encoder(
+            te.encoders.uniform_quantization(QUANTIZATION_BITS, **QUANTIZER_OPTIONS), tf.TensorSpec(shape, tf.float32))
+        sample = tf.random.stateless_normal(shape, seed=(0, 0))
+        encoded, _ = encoder.encode(sample, encoder.initial_state())
+        total += sum(int(np.asarray(t).nbytes) for t in tf.nest.flatten(encoded))
+    return total
