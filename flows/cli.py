@@ -50,12 +50,10 @@ def _validation_table(reports) -> Table:
 
 
 def _print_summary(summary) -> None:
+    from tasks.reporting import training_sentence
+
     console.print(_validation_table(summary.validation))
-    t = summary.training
-    how = "stopped early: validation loss stopped improving" if t.stopped_early else "maximum rounds reached"
-    resumed = f"; resumed from the checkpoint of round {t.resumed_from_round}" if t.resumed_from_round else ""
-    console.print(f"Trained {len(t.rounds)} rounds ({how}); exported round {t.best_round}, the best by "
-                  f"federated validation loss{resumed}")
+    console.print(training_sentence(summary.training))
     table = Table(title=f"Holdout metrics of the new model ({summary.model_name})")
     table.add_column("institution", no_wrap=True)
     for column in ("rows", "ROC AUC", "KS", "log loss", "Brier", "champion AUC"):

@@ -114,7 +114,7 @@ def retrain(config: RunConfig) -> RetrainSummary:
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     publish_summary(config.model_name, summary_markdown(
-        config.model_name, validation, evaluations, registration, settings.mlflow_tracking_uri))
+        config.model_name, validation, evaluations, registration, settings.mlflow_tracking_uri, training=training))
     return RetrainSummary(
         model_name=config.model_name,
         validation=validation,

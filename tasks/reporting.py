@@ -10,12 +10,22 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
 from tasks.registry import Registration
+from tasks.training import TrainingOutcome
 from tasks.validation import ValidationReport
 
 
 def artifact_key(kind: str, model_name: str) -> str:
     """`kind-model-name`: Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
+
+
+def training_sentence(training: TrainingOutcome) -> str:
+    """How training went, in one sentence: rounds, why it ended, which round was exported, resume."""
+    how = "stopped early: validation loss stopped improving" if training.stopped_early else "maximum rounds reached"
+    resumed = (f"; resumed from the checkpoint of round {training.resumed_from_round}"
+               if training.resumed_from_round else "")
+    return (f"Trained {len(training.rounds)} rounds ({how}); exported round {training.best_round}, the best by "
+            f"federated validation loss{resumed}")
 
 
 def summary_markdown(
@@ -25,6 +35,7 @@ def summary_markdown(
     registration: Registration | None,
     tracking_uri: str,
     failure: str | None = None,
+    training: TrainingOutcome | None = None,
 ) -> str:
     lines = [f"# Retraining of `{model_name}`", ""]
     if failure:
@@ -34,6 +45,8 @@ def summary_markdown(
     for row in rows:
         row["data docs"] = f"[page]({row['data docs']})" if row["data docs"] else ""
         lines.append("| " + " | ".join(str(v).replace("; ", "<br>") for v in row.values()) + " |")
+    if training:
+        lines += ["", "## Training", "", training_sentence(training) + "."]
     if evaluations:
         lines += ["", "## Holdout metrics (challenger)", "",
                   "| institution | rows | ROC AUC | KS | log loss | Brier |", "|---|---|---|---|---|---|"]

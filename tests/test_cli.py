@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,12 @@ def test_demo_twice_champion_then_challenger(tmp_path, tracking_uri, console):
     assert "Synthesized 4 institutions" in first
     assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in first
     assert "Champion: no champion yet: promoted with roc_auc 0." in first
+    # The progress bar over rounds, with the latest figures, and how training ended.
+    bar = re.search(r"rounds .* (\d+)/(\d+) .* train loss 0\.\d{4}  validation loss 0\.\d{4}  "
+                    r"validation AUC 0\.\d{4}", first)
+    assert bar and bar.group(1) == bar.group(2), first
+    assert re.search(r"Trained \d+ rounds \((stopped early|maximum rounds reached).*\); exported round \d+, "
+                     r"the best by federated validation loss", first)
 
     assert _exit_code(cli.demo, data_dir=tmp_path / "demo") == 0
     second = console()

@@ -218,3 +218,22 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri
     # Exactly equal: the checkpoint restores every bit of server, optimizer and aggregator state.
     assert run.data.metrics["challenger.weighted.roc_auc"] == uninterrupted.weighted["roc_auc"]
     assert run.data.metrics["challenger.weighted.log_loss"] == uninterrupted.weighted["log_loss"]
+
+
+def test_a_crash_mid_training_is_retried_by_prefect_from_the_last_checkpoint(tracking_uri, small_consortium):
+    from tasks.training import round_listener
+
+    crashes = []
+
+    def crash_once_after_round_3(metrics):
+        if metrics["round"] == 3 and not crashes:
+            crashes.append(metrics["round"])
+            raise RuntimeError("TFF worker lost")
+
+    with round_listener(crash_once_after_round_3):
+        summary = retrain(_config(small_consortium, "credit_retry", rounds=6))
+    assert crashes == [3]
+    assert summary.training.resumed_from_round == 3
+    assert [r["round"] for r in summary.training.rounds] == [1, 2, 3, 4, 5, 6]
+    uninterrupted = retrain(_config(small_consortium, "credit_retry", rounds=6))
+    assert summary.weighted == uninterrupted.weighted

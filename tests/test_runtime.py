@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from fed_models import runtime
-from fed_models.training import ClientData, FedAvgSpec, train_fed_avg
+from fed_models.training import ClientData, TrainingSpec, train
 
 
 def test_worker_is_owned_and_stopped_by_pid():
     rng = np.random.default_rng(0)
     client = ClientData("a", rng.normal(size=(50, 2)), rng.integers(0, 2, 50).astype(float))
-    train_fed_avg([client], np.zeros(2), np.ones(2), FedAvgSpec(1, 1, 64, 0.1, 1.0, 0))
+    train([client], np.zeros(2), np.ones(2), TrainingSpec(rounds=1))
     pid = runtime.worker_pid()
     assert pid is not None
     os.kill(pid, 0)  # alive
@@ -21,5 +21,5 @@ def test_worker_is_owned_and_stopped_by_pid():
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     # The next computation starts a fresh worker.
-    train_fed_avg([client], np.zeros(2), np.ones(2), FedAvgSpec(1, 1, 64, 0.1, 1.0, 0))
+    train([client], np.zeros(2), np.ones(2), TrainingSpec(rounds=1))
     assert runtime.worker_pid() not in (None, pid)
