@@ -69,7 +69,9 @@ class RoundMetrics:
     """One round: training metrics of the sampled institutions, federated validation, updates.
 
     Losses are the training objective (with the positive-class weight); validation figures
-    are summed over every institution's validation split (NaN when there is none).
+    are summed over every institution's validation split (NaN when there is none). Update norms
+    are of the updates as averaged (after robust zeroing and clipping); bytes are what the
+    sampled institutions sent.
     """
 
     round: int

@@ -143,7 +143,9 @@ def test_real_uci_banks_reach_the_reference_auc(tracking_uri):
     config = load_config(PROJECT_ROOT / "configs" / "uci_default_credit.yaml")
     summary = retrain(config)
     assert [r.institution for r in summary.validation if r.passed] == ["bank_a", "bank_b", "bank_c"]
-    assert summary.weighted["roc_auc"] >= 0.72
+    # FedAdam MLP(64, 32): 0.770 weighted over the banks' holdouts (the logistic regression: 0.724).
+    assert summary.weighted["roc_auc"] >= 0.76
+    assert summary.training.stopped_early and summary.training.best_round < len(summary.training.rounds)
     assert summary.registration.aliases == ["challenger", "champion"]
 
 
