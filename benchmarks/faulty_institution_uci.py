@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=UCI_DIR)
     parser.add_argument("--faulty", default="bank_b")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--faults", default=",".join(f for f in FAULTS if f != "clean"),
+                        help=f"comma-separated, of {list(FAULTS)[1:]}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not args.data_dir.is_dir():
@@ -46,7 +48,8 @@ def main() -> None:
     results = {}
     for aggregation in ("robust", "tff_robust", "plain"):
         spec = TrainingSpec(rounds=args.rounds, client_learning_rate=0.05, aggregation=aggregation, seed=0)
-        for fault, factor in FAULTS.items():
+        for fault in ["clean", *args.faults.split(",")]:
+            factor = FAULTS[fault]
             factors = None if factor is None else {args.faulty: factor}
             weights = train(clients, mean, std, spec, update_factors=factors).weights
             model = build_model(spec.model, mean, std)
