@@ -167,32 +167,46 @@ class InstitutionSplit:
 PARTS = ("train", "holdout", "fit", "validation")
 
 
-def load_part(
+def load_parts(
     institution: str,
     path: Path,
     columns: dict[str, str] | None,
     label: str,
     *,
-    part: str,
+    parts: tuple[str, ...],
     holdout_fraction: float,
     seed: int,
     validation_fraction: float | None = None,
-) -> pd.DataFrame:
-    """The `part` rows of an institution's extract, as read (schema columns).
+) -> dict[str, pd.DataFrame]:
+    """The `parts` rows of an institution's extract, as read (schema columns), from one read.
 
     train and holdout split the extract; fit and validation split train again (stratified, by
     `validation_fraction`): models learn on fit and early-stop on validation.
     """
-    if part not in PARTS:
-        raise ValueError(f"unknown part {part!r}; one of {PARTS}")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r}; one of {PARTS}")
     frame = read_institution(institution, path, columns)
     train, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
-    if part in ("train", "holdout"):
-        return {"train": train, "holdout": holdout}[part]
-    if validation_fraction is None:
-        raise ValueError(f"part {part!r} needs a validation_fraction")
-    fit, validation = split_holdout(train, label, fraction=validation_fraction, seed=seed + 1, institution=institution)
-    return {"fit": fit, "validation": validation}[part]
+    found = {"train": train, "holdout": holdout}
+    needing = [p for p in parts if p in ("fit", "validation")]
+    if needing:
+        if validation_fraction is None:
+            raise ValueError(f"part {needing[0]!r} needs a validation_fraction")
+        found["fit"], found["validation"] = split_holdout(
+            train, label, fraction=validation_fraction, seed=seed + 1, institution=institution)
+    return {p: found[p] for p in parts}
+
+
+def load_part(institution: str, path: Path, columns: dict[str, str] | None, label: str, *, part: str,
+              **split) -> pd.DataFrame:
+    """One part (see `load_parts`) of an institution's extract."""
+    return load_parts(institution, path, columns, label, parts=(part,), **split)[part]
+
+
+def as_split(rows: pd.DataFrame, features: list[str], label: str) -> InstitutionSplit:
+    """Rows as the float feature matrix and label vector models take."""
+    return InstitutionSplit(x=rows[features].to_numpy(dtype=np.float64), y=rows[label].to_numpy(dtype=np.float64))
 
 
 def load_split(
@@ -203,17 +217,10 @@ def load_split(
     label: str,
     *,
     part: str,
-    holdout_fraction: float,
-    seed: int,
-    validation_fraction: float | None = None,
+    **split,
 ) -> InstitutionSplit:
-    """The `part` (see `load_part`) of an institution's extract as float arrays."""
-    rows = load_part(institution, path, columns, label, part=part, holdout_fraction=holdout_fraction, seed=seed,
-                     validation_fraction=validation_fraction)
-    return InstitutionSplit(
-        x=rows[features].to_numpy(dtype=np.float64),
-        y=rows[label].to_numpy(dtype=np.float64),
-    )
+    """The `part` (see `load_parts`) of an institution's extract as float arrays."""
+    return as_split(load_part(institution, path, columns, label, part=part, **split), features, label)
 
 
 @task(name="local-statistics", task_run_name="statistics-{institution}")

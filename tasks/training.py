@@ -11,7 +11,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.data import load_split
+from tasks.data import as_split, load_parts
 
 _round_listeners: list[Callable[[dict], None]] = []
 
@@ -78,8 +78,8 @@ def train_federated(
     split = dict(holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
     clients, validation = [], []
     for name, path, columns in institutions:
-        fit = load_split(name, path, columns, features, label, part="fit", **split)
-        held = load_split(name, path, columns, features, label, part="validation", **split)
+        rows = load_parts(name, path, columns, label, parts=("fit", "validation"), **split)
+        fit, held = as_split(rows["fit"], features, label), as_split(rows["validation"], features, label)
         clients.append(ClientData(name, fit.x, fit.y))
         validation.append(ClientData(name, held.x, held.y))
     model = training["model"]
