@@ -43,24 +43,6 @@ def load_banks(data_dir: Path, validation_fraction: float, seed: int):
     return fit, validation, (holdout[FEATURE_COLUMNS].to_numpy(np.float64), holdout[LABEL_COLUMN].to_numpy(np.float64))
 
 
-def centralized_mlp(fit, validation, mean, std, spec, epochs: int, batch_size: int, learning_rate: float, seed: int):
-    """The same Keras model trained on the pooled banks (Adam, early stopping on pooled validation)."""
-    import tensorflow as tf
-
-    from fed_models.keras_models import build_model
-
-    tf.keras.utils.set_random_seed(seed)
-    x = np.concatenate([f[1] for f in fit]).astype(np.float32)
-    y = np.concatenate([f[2] for f in fit]).astype(np.float32)
-    xv = np.concatenate([v[1] for v in validation]).astype(np.float32)
-    yv = np.concatenate([v[2] for v in validation]).astype(np.float32)
-    model = build_model(spec, mean, std)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
-    stop = tf.keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
-    model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[stop])
-    return model
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=UCI_DIR)
@@ -82,6 +64,7 @@ def main() -> None:
     if not args.data_dir.is_dir():
         sys.exit(f"UCI data not found at {args.data_dir}; see ../shared/data/README.md")
 
+    from fed_models.centralized import train_centralized
     from fed_models.keras_models import ModelSpec, build_model, predict_proba
     from fed_models.training import ClientData, TrainingSpec, train
     from tasks.data import combine_statistics, local_statistics
@@ -115,8 +98,11 @@ def main() -> None:
                "dropout": args.dropout, "rounds_run": len(result.rounds), "best_round": result.best_round,
                "seconds": round(seconds, 1), "federated_auc": federated["roc_auc"], "federated_ks": federated["ks"]}
         if not args.no_centralized:
-            central = centralized_mlp(fit, validation, mean, std, model_spec, epochs=200,
-                                      batch_size=args.batch_size, learning_rate=1e-3, seed=seed)
+            central = build_model(model_spec, mean, std)
+            central.set_weights(train_centralized(
+                np.concatenate([f[1] for f in fit]), np.concatenate([f[2] for f in fit]),
+                np.concatenate([v[1] for v in validation]), np.concatenate([v[2] for v in validation]),
+                mean, std, model_spec, max_epochs=200, patience=5, batch_size=args.batch_size, learning_rate=1e-3))
             pooled = binary_metrics(y_test, predict_proba(central, x_test))
             row.update(centralized_auc=pooled["roc_auc"], centralized_ks=pooled["ks"])
         results.append(row)

@@ -18,6 +18,8 @@ app = typer.Typer(help="Federated credit-risk retraining: validate, train, evalu
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Data utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(help="Registered models: list versions, promote by hand.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console()
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
@@ -54,23 +56,38 @@ def _print_summary(summary) -> None:
 
     console.print(_validation_table(summary.validation))
     console.print(training_sentence(summary.training))
+    names = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "brier": "Brier", "ece": "ECE",
+             "recall_at_fpr": "recall@FPR"}
     table = Table(title=f"Holdout metrics of the new model ({summary.model_name})")
     table.add_column("institution", no_wrap=True)
-    for column in ("rows", "ROC AUC", "KS", "log loss", "Brier", "champion AUC"):
+    for column in ["rows", *names.values()]:
         table.add_column(column, justify="right")
     for e in summary.evaluations:
         m = e.metrics["challenger"]
-        champion = e.metrics.get("champion", {}).get("roc_auc")
-        table.add_row(e.institution, str(e.examples), f"{m['roc_auc']:.4f}", f"{m['ks']:.4f}",
-                      f"{m['log_loss']:.4f}", f"{m['brier']:.4f}", "-" if champion is None else f"{champion:.4f}")
+        table.add_row(e.institution, str(e.examples), *[f"{m[n]:.4f}" for n in names])
     w = summary.weighted
-    table.add_row("weighted", str(sum(e.examples for e in summary.evaluations)), f"{w['roc_auc']:.4f}",
-                  f"{w['ks']:.4f}", f"{w['log_loss']:.4f}", f"{w['brier']:.4f}", "")
+    table.add_row("weighted", str(sum(e.examples for e in summary.evaluations)), *[f"{w[n]:.4f}" for n in names])
     console.print(table)
+    others = {"champion": "champion", "local_only": "local-only", "pooled": "pooled data"}
+    shown = [role for role in others if any(role in e.metrics for e in summary.evaluations)]
+    if shown:
+        compared = Table(title="ROC AUC of the new model against the alternatives")
+        compared.add_column("institution", no_wrap=True)
+        for column in ["new model", *[others[r] for r in shown]]:
+            compared.add_column(column, justify="right")
+        for e in summary.evaluations:
+            compared.add_row(e.institution, f"{e.metrics['challenger']['roc_auc']:.4f}",
+                             *["-" if r not in e.metrics else f"{e.metrics[r]['roc_auc']:.4f}" for r in shown])
+        if {"local_only", "pooled"} & set(shown):
+            compared.caption = "local-only, pooled data: simulation-mode baselines (this run read every institution's rows)"
+        console.print(compared)
     reg = summary.registration
     console.print(f"Registered [bold]{reg.model_name}[/bold] version [bold]{reg.version}[/bold] "
                   f"(aliases: {', '.join(reg.aliases)}); MLflow run {reg.run_id}")
     console.print(f"Champion: {reg.reason}")
+    for check in reg.checks:
+        colour = "green" if check.startswith("pass") else "red"
+        console.print(f"  [{colour}]{check}[/{colour}]")
 
 
 @contextmanager
@@ -176,3 +193,104 @@ def synth(
 
     for name, path in synthesize(out, institutions, seed, rows_scale).items():
         console.print(f"{name}: {path}")
+
+
+def _reference(reference: str) -> tuple[str, str | None, str | None]:
+    from tasks.lineage import parse_reference
+
+    try:
+        return parse_reference(reference)
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+@models_app.command("list")
+def models_list(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """Versions of a model, newest first: aliases, promotion decision, weighted holdout metrics."""
+    from tasks.registry import SUMMARY_METRICS, list_versions
+
+    try:
+        versions = list_versions(Settings().mlflow_tracking_uri, name)
+    except LookupError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    table = Table(title=f"{name} ({Settings().mlflow_tracking_uri})")
+    for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS):
+        table.add_column(column, justify="right" if column in SUMMARY_METRICS else "left")
+    for v in versions:
+        table.add_row(v.version, v.created, ", ".join(v.aliases), v.decision,
+                      *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS])
+    table.caption = "Metrics: the version's holdout figures, example-weighted over institutions. Runs: fedrisk lineage NAME/VERSION"
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="Version to make champion."),
+    reason: str = typer.Option(..., "--reason", help="Why the policy is overridden (recorded on the version)."),
+) -> None:
+    """Make VERSION the champion by hand, overriding the promotion policy; who, when and why are recorded."""
+    import getpass
+
+    from tasks.registry import promote_manually
+
+    try:
+        previous = promote_manually(Settings().mlflow_tracking_uri, name, version, reason, getpass.getuser())
+    except (LookupError, ValueError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{name} version {version} is now champion (was: {previous or 'none'}); reason recorded: {reason}")
+
+
+@app.command()
+def lineage(reference: str = typer.Argument(..., help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION.")) -> None:
+    """Trace a model version to its MLflow run, Prefect flow run, code, config, suite and data; check each link."""
+    from tasks.lineage import trace
+
+    _reference(reference)
+    settings = Settings()
+    try:
+        headline, links = trace(settings.mlflow_tracking_uri, reference, PROJECT_ROOT, settings.expectations_dir)
+    except LookupError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[bold]{reference}[/bold] -> {headline}")
+    for link in links:
+        mark = "[green]ok[/green]" if link.resolved else "[red]UNRESOLVED[/red]"
+        console.print(f"  {mark:>8}  {link.what}: {link.reference}" + (f"  ({link.detail})" if link.detail else ""),
+                      soft_wrap=True, highlight=False)
+    if not all(link.resolved for link in links):
+        raise typer.Exit(1)
+
+
+@app.command()
+def score(
+    model: str = typer.Option(..., "--model", help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION."),
+    input: Path = typer.Option(..., "--input", help="Raw rows to score (CSV or Parquet, the schema's columns)."),
+    output: Path = typer.Option(..., "--output", help="Where to write ID, default_probability, score_band (CSV)."),
+) -> None:
+    """Check rows against the model's suite, then score them with the registered model."""
+    from tasks.data import InstitutionDataError
+    from tasks.scoring import SCORE_BANDS, ScoringInputRejected, score_file
+
+    name, alias, version = _reference(model)
+    settings = Settings()
+    try:
+        result = score_file(settings.mlflow_tracking_uri, name, alias, version, input, output,
+                            settings.expectations_dir)
+    except ScoringInputRejected as error:
+        console.print(f"[red]{input}: rejected, nothing was scored.[/red] Failed checks:")
+        for reason in error.reasons:
+            console.print(f"  - {reason}", highlight=False)
+        console.print(f"Data Docs: {error.data_docs}")
+        raise typer.Exit(1) from None
+    except (InstitutionDataError, LookupError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    bands = ", ".join(f"{band} (<= {upper:g}): {result.bands[band]}" for band, upper in SCORE_BANDS)
+    console.print(f"Scored {result.rows} rows with {result.model_name} version {result.version} -> {result.output}")
+    console.print(f"Score bands: {bands}")

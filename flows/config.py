@@ -11,7 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.schema import FEATURE_COLUMNS, ID_COLUMN, LABEL_COLUMN
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-PromotionMetric = Literal["roc_auc", "ks", "log_loss", "brier"]
+PromotionMetric = Literal["roc_auc", "pr_auc", "ks", "gini", "log_loss", "brier", "ece", "recall_at_fpr"]
+DEFAULT_INTENDED_USE = (
+    "Probability that a credit-card client defaults on next month's payment, for ranking and "
+    "limit decisions on portfolios like those of the member institutions. Not validated for other "
+    "products, for applicants outside the members' populations, or as the sole basis of a decision."
+)
 
 
 class ConfigError(ValueError):
@@ -105,6 +110,42 @@ class TrainingConfig(BaseModel):
         return self
 
 
+class EvaluationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Score at or above which a row counts as flagged "
+                                                              "(confusion counts).")
+    max_false_positive_rate: float = Field(
+        0.05, gt=0.0, lt=1.0, description="recall_at_fpr: the share of defaults caught at this false-positive rate.")
+
+
+class PromotionConfig(BaseModel):
+    """When a challenger replaces the champion: better on `metric` by `min_improvement`, and the guardrails hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: PromotionMetric = Field("roc_auc", description="Primary metric, example-weighted over institutions.")
+    min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="How much better than the champion on `metric`.")
+    max_institution_drop: float | None = Field(
+        0.01, ge=0.0, le=1.0, description="Guardrail: no institution's `metric` worse than under the champion by "
+                                          "more than this; null turns it off.")
+    max_calibration_error: float | None = Field(
+        0.05, gt=0.0, le=1.0, description="Guardrail: the challenger's expected calibration error (pooled over "
+                                          "institutions) below this; null turns it off.")
+
+
+class BaselinesConfig(BaseModel):
+    """Simulation mode only (one run reads every institution's rows): what federation is compared with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Train a local-only model per institution and a pooled model of the "
+                                             "same architecture, and evaluate them next to the federated one.")
+    max_epochs: int = Field(100, ge=1, le=10_000, description="Epochs of centralized training (Adam).")
+    patience: int = Field(5, ge=1, le=1_000, description="Early stopping on the validation split's loss.")
+    learning_rate: float = Field(0.001, gt=0, le=1)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -120,7 +161,11 @@ class RunConfig(BaseModel):
     quorum_row_share: float = Field(
         0.0, ge=0.0, le=1.0, description="Minimum share of all reported rows the passing institutions must hold."
     )
-    promotion_metric: PromotionMetric = "roc_auc"
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    intended_use: str = Field(DEFAULT_INTENDED_USE, min_length=1, max_length=4000,
+                              description="What the model is for and not for (the model card's words).")
     drift_checks: bool = Field(
         True, description="Check each extract against the institution's last accepted one; turn off "
                           "once to accept a deliberate change (a new portfolio, a re-based currency).",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,9 +16,10 @@ from flows.config import RunConfig
 from flows.settings import PROJECT_ROOT, Settings
 from tasks.data import balanced_positive_weight, combine_statistics, compute_local_statistics
 from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
-from tasks.registry import Registration, find_champion, register_model
+from tasks.lineage import git_state, lineage_tags, suite_digest
+from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, summary_markdown
-from tasks.training import TrainingOutcome, train_federated
+from tasks.training import TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
 from flows.validate import validate_consortium
 
@@ -32,19 +32,6 @@ class RetrainSummary:
     evaluations: list[InstitutionEvaluation]
     weighted: dict[str, float]
     registration: Registration
-
-
-def git_commit() -> str:
-    """The commit of the code that trains, with '-dirty' when the work tree has changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit or "unknown") + ("-dirty" if dirty else "")
 
 
 def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> str:
@@ -62,6 +49,13 @@ def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> s
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _flow_run_url() -> str | None:
+    """This flow run's page in the Prefect UI, when the run is on a Prefect server (not ephemeral)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    return flow_run.ui_url if PREFECT_API_URL.value() and PREFECT_UI_URL.value() else None
+
+
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")
 def retrain(config: RunConfig) -> RetrainSummary:
     """Retrain `config.model_name` on the institutions that pass validation, and register it."""
@@ -75,7 +69,7 @@ def retrain(config: RunConfig) -> RetrainSummary:
         admitted = [sources[name] for name in admitted_institutions(validation, config.quorum, config.quorum_row_share)]
     except QuorumNotMet as error:
         publish_summary(config.model_name, summary_markdown(
-            config.model_name, validation, [], None, settings.mlflow_tracking_uri, failure=str(error)))
+            config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)))
         raise
 
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
@@ -96,25 +90,37 @@ def retrain(config: RunConfig) -> RetrainSummary:
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
             models["champion"] = champion.path
-        evaluations = [evaluate_institution(*source, features, label, models=models, **split) for source in admitted]
+        per_institution = {name: dict(models) for name, _, _ in admitted}
+        if config.baselines.enabled:
+            common = dict(features=features, label=label, validation_fraction=config.training.validation_fraction,
+                          model=config.training.model.model_dump(), baselines=config.baselines.model_dump(),
+                          batch_size=config.training.batch_size, positive_class_weight=positive_weight, **split)
+            pooled = train_pooled_baseline(admitted, mean=mean.tolist(), std=std.tolist(),
+                                           model_path=Path(work_dir) / "pooled.keras", **common)
+            for source in admitted:
+                local = train_local_baseline(*source, model_path=Path(work_dir) / f"local-{source[0]}.keras", **common)
+                per_institution[source[0]].update(local_only=local, pooled=pooled)
+        evaluations = [
+            evaluate_institution(*source, features, label, models=per_institution[source[0]],
+                                 threshold=config.evaluation.threshold,
+                                 max_fpr=config.evaluation.max_false_positive_rate, **split)
+            for source in admitted
+        ]
+        plain_config = config.model_dump(mode="json")
+        decision = decide_promotion(plain_config["promotion"], evaluations, champion.version if champion else None)
+        commit, dirty = git_state(PROJECT_ROOT)
+        lineage = lineage_tags(
+            flow_run_id=str(flow_run.id), flow_run_url=_flow_run_url(), commit=commit, dirty=dirty,
+            config=plain_config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
+            validation=validation, admitted=[s[0] for s in admitted])
         registration = register_model(
-            settings.mlflow_tracking_uri,
-            config.model_name,
-            training.model_path,
-            features,
-            feature_means=mean.tolist(),
-            params=config.model_dump(mode="json"),
-            training=asdict(training),
-            evaluations=evaluations,
-            validation=validation,
-            promotion_metric=config.promotion_metric,
-            champion_version=champion.version if champion else None,
-            tags={"prefect.flow_run_id": str(flow_run.id), "git.commit": git_commit(),
-                  "fedrisk.suite": config.suite, "fedrisk.institutions": ",".join(s[0] for s in admitted)},
+            settings.mlflow_tracking_uri, config.model_name, training.model_path, features,
+            feature_means=mean.tolist(), config=plain_config, training=asdict(training),
+            evaluations=evaluations, validation=validation, decision=decision, lineage=lineage,
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     publish_summary(config.model_name, summary_markdown(
-        config.model_name, validation, evaluations, registration, settings.mlflow_tracking_uri, training=training))
+        config.model_name, validation, evaluations, registration, settings.mlflow_ui_url, training=training))
     return RetrainSummary(
         model_name=config.model_name,
         validation=validation,

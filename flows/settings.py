@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         default=f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}", validation_alias="MLFLOW_TRACKING_URI"
     )
+    mlflow_ui_url: str = Field(
+        default="http://127.0.0.1:5000", validation_alias="FEDRISK_MLFLOW_UI_URL",
+        description="Where the MLflow UI serves this store (`mlflow ui`), for links in Prefect artifacts.",
+    )
     expectations_dir: Path = Field(
         default=PROJECT_ROOT / "expectations", validation_alias="FEDRISK_EXPECTATIONS_DIR",
         description="GX file context (suites, and validation results under gx/uncommitted).",

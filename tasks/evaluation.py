@@ -1,50 +1,102 @@
-"""Evaluation stage: each institution scores models on its own held-out split; only metrics leave."""
+"""Evaluation stage: each institution scores models on its own held-out split; only aggregates leave.
+
+What leaves an institution per model: metric values, confusion counts at the decision threshold,
+true/false positive rates at a fixed grid of score thresholds (its ROC curve), and per-bin counts
+and sums for calibration. None of these is a row or a single customer's score.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from prefect import task
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
 from tasks.data import load_part
 
-HIGHER_IS_BETTER = {"roc_auc": True, "ks": True, "log_loss": False, "brier": False}
+HIGHER_IS_BETTER = {
+    "roc_auc": True, "pr_auc": True, "ks": True, "gini": True, "log_loss": False, "brier": False,
+    "ece": False, "recall_at_fpr": True,
+}
+# ROC curves are shared at fixed score thresholds, even in logit space so that the low
+# probabilities of rare events (fraud, prime defaults) get as fine a grid as the middle.
+ROC_THRESHOLDS = np.concatenate([[0.0], 1 / (1 + np.exp(-np.linspace(-9, 9, 181))), [1.0 + 1e-9]])
+CALIBRATION_BINS = 10
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """ROC AUC, KS statistic, log loss and Brier score of probabilities `p` for labels `y`."""
+def _calibration(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
+    """Per equal-width probability bin: examples, sum of predicted probabilities, positives."""
+    bins = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    return {
+        "examples": np.bincount(bins, minlength=CALIBRATION_BINS).astype(float).tolist(),
+        "predicted_sum": np.bincount(bins, weights=p, minlength=CALIBRATION_BINS).tolist(),
+        "positives": np.bincount(bins, weights=y, minlength=CALIBRATION_BINS).tolist(),
+    }
+
+
+def calibration_error(calibration: dict[str, list[float]]) -> float:
+    """Expected calibration error: the example-weighted mean |mean predicted - observed rate| over bins."""
+    examples = np.asarray(calibration["examples"])
+    filled = examples > 0
+    gap = np.abs(np.asarray(calibration["predicted_sum"])[filled] - np.asarray(calibration["positives"])[filled])
+    return float(gap.sum() / examples.sum()) if examples.sum() else math.nan
+
+
+def _roc_at_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
+    positives, negatives = max(y.sum(), 1.0), max(len(y) - y.sum(), 1.0)
+    flagged = p[None, :] >= ROC_THRESHOLDS[:, None]
+    return {"fpr": (flagged @ (1 - y) / negatives).tolist(), "tpr": (flagged @ y / positives).tolist()}
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, max_fpr: float = 0.05) -> dict[str, float]:
+    """Discrimination (ROC/PR AUC, KS, Gini, recall at `max_fpr`) and calibration (log loss, Brier, ECE)."""
     y = np.asarray(y, dtype=float)
     p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
     if len(np.unique(y)) < 2:
-        auc = ks = math.nan  # undefined with one class
+        auc = pr_auc = ks = recall = math.nan  # undefined with one class
     else:
         auc = float(roc_auc_score(y, p))
+        pr_auc = float(average_precision_score(y, p))
         fpr, tpr, _ = roc_curve(y, p)
         ks = float(np.max(tpr - fpr))
+        recall = float(np.max(tpr[fpr <= max_fpr]))
     return {
         "roc_auc": auc,
+        "pr_auc": pr_auc,
         "ks": ks,
+        "gini": 2 * auc - 1,
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "brier": float(brier_score_loss(y, p)),
+        "ece": calibration_error(_calibration(y, p)),
+        "recall_at_fpr": recall,
     }
+
+
+def confusion_counts(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
+    """True/false positives and negatives when scores at or above `threshold` are flagged."""
+    y, flagged = np.asarray(y) == 1, np.asarray(p) >= threshold
+    return {"tp": int(np.sum(flagged & y)), "fp": int(np.sum(flagged & ~y)),
+            "tn": int(np.sum(~flagged & ~y)), "fn": int(np.sum(~flagged & y))}
 
 
 @dataclass(frozen=True)
 class InstitutionEvaluation:
-    """Metrics of each model role ('challenger', 'champion') on one institution's holdout."""
+    """What one institution reports about each model role ('challenger', 'champion', baselines)
+    on its holdout: metrics, confusion counts, and curve aggregates (`roc`, `calibration`)."""
 
     institution: str
     examples: int
     positives: int
     metrics: dict[str, dict[str, float]]
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _scorer(model_path: str):
     """A function rows -> probabilities for a saved .keras file or a local MLflow model directory."""
     if (Path(model_path) / "MLmodel").exists():
@@ -68,23 +120,41 @@ def evaluate_institution(
     holdout_fraction: float,
     seed: int,
     models: dict[str, str],
+    threshold: float = 0.5,
+    max_fpr: float = 0.05,
 ) -> InstitutionEvaluation:
     """Score each model in `models` (role -> local model path) on this institution's raw holdout rows."""
     holdout = load_part(institution, path, columns, label, part="holdout",
                         holdout_fraction=holdout_fraction, seed=seed)
     y = holdout[label].to_numpy(dtype=float)
+    scores = {role: _scorer(model)(holdout[features]) for role, model in models.items()}
     return InstitutionEvaluation(
         institution=institution,
         examples=int(len(y)),
         positives=int(y.sum()),
-        metrics={role: binary_metrics(y, _scorer(model)(holdout[features])) for role, model in models.items()},
+        metrics={role: binary_metrics(y, p, max_fpr=max_fpr) for role, p in scores.items()},
+        confusion={role: confusion_counts(y, p, threshold) for role, p in scores.items()},
+        curves={role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)}
+                for role, p in scores.items()},
     )
 
 
 def weighted_metrics(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, float]:
-    """Example-weighted mean of each metric over institutions (nan where an institution has none)."""
-    total = sum(e.examples for e in evaluations)
-    names = evaluations[0].metrics[role].keys()
+    """Example-weighted mean of each metric over the institutions that evaluated `role`."""
+    having = [e for e in evaluations if role in e.metrics]
+    total = sum(e.examples for e in having)
+    names = having[0].metrics[role].keys()
     return {
-        name: float(sum(e.examples * e.metrics[role][name] for e in evaluations) / total) for name in names
+        name: float(sum(e.examples * e.metrics[role][name] for e in having) / total) for name in names
     }
+
+
+def pooled_confusion(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, int]:
+    """Confusion counts of `role` summed over institutions."""
+    return {k: sum(e.confusion[role][k] for e in evaluations if role in e.confusion) for k in ("tp", "fp", "tn", "fn")}
+
+
+def pooled_calibration(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, list[float]]:
+    """Calibration bins of `role` summed over institutions (the consortium's reliability curve)."""
+    having = [e.curves[role]["calibration"] for e in evaluations if role in e.curves]
+    return {key: np.sum([c[key] for c in having], axis=0).tolist() for key in ("examples", "predicted_sum", "positives")}

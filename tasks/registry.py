@@ -15,7 +15,10 @@ from urllib.parse import urlparse
 
 from prefect import task
 
-from tasks.evaluation import HIGHER_IS_BETTER, InstitutionEvaluation, weighted_metrics
+from tasks.evaluation import (
+    HIGHER_IS_BETTER, InstitutionEvaluation, calibration_error, pooled_calibration, pooled_confusion,
+    weighted_metrics,
+)
 from tasks.validation import ValidationReport
 
 CHAMPION = "champion"
@@ -43,6 +46,7 @@ class Registration:
     aliases: list[str]
     promoted: bool
     reason: str
+    checks: list[str]
 
 
 def experiment_name(model_name: str) -> str:
@@ -118,21 +122,70 @@ def find_reference_profiles(tracking_uri: str, model_name: str, lookback: int = 
     return found
 
 
-def decide_promotion(
-    metric: str, challenger: float, champion: float | None, champion_version: str | None
-) -> tuple[bool, str]:
-    """Whether the challenger becomes champion on `metric`, and why (one sentence)."""
+@dataclass(frozen=True)
+class Decision:
+    """Whether the challenger becomes champion, the one-sentence reason, and every check made."""
+
+    promoted: bool
+    reason: str
+    checks: list[str]
+
+
+def _gain(metric: str, new: float, old: float) -> float:
+    return new - old if HIGHER_IS_BETTER[metric] else old - new
+
+
+def decide_promotion(policy: dict, evaluations: list[InstitutionEvaluation], champion_version: str | None) -> Decision:
+    """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations.
+
+    Promoted only when the challenger beats the champion on the primary metric (example-weighted
+    over institutions) by at least `min_improvement`, no institution loses more than
+    `max_institution_drop` on it, and the pooled calibration error is below `max_calibration_error`.
+    With no champion yet, the guardrail on calibration alone decides.
+    """
+    metric = policy["metric"]
+    challenger = weighted_metrics(evaluations, CHALLENGER)[metric]
+    checks: list[str] = []
+    if policy.get("max_calibration_error") is not None:
+        ece, limit = calibration_error(pooled_calibration(evaluations, CHALLENGER)), policy["max_calibration_error"]
+        checks.append(f"{'pass' if ece < limit else 'fail'}: calibration error {ece:.4f} "
+                      f"{'below' if ece < limit else 'not below'} {limit:g}")
+    compared = champion_version is not None and all(CHAMPION in e.metrics for e in evaluations)
     if champion_version is None:
-        return True, f"no champion yet: promoted with {metric} {challenger:.4f}"
-    if champion is None:
-        return False, f"champion v{champion_version} could not be compared on the same data; champion kept"
-    if math.isnan(challenger):
-        return False, f"challenger {metric} is undefined; champion v{champion_version} kept"
-    better = challenger > champion if HIGHER_IS_BETTER[metric] else challenger < champion
-    comparison = f"{metric} {challenger:.4f} vs champion v{champion_version} {champion:.4f} on the same holdouts"
-    if better:
-        return True, f"{comparison}: better, promoted"
-    return False, f"{comparison}: not better, champion kept"
+        checks.insert(0, f"pass: no champion yet; challenger {metric} {challenger:.4f}")
+    elif not compared:
+        checks.insert(0, f"fail: champion v{champion_version} could not be compared on the same data "
+                         f"(its features differ)")
+    elif math.isnan(challenger):
+        checks.insert(0, f"fail: challenger {metric} is undefined")
+    else:
+        champion = weighted_metrics(evaluations, CHAMPION)[metric]
+        gain, needed = _gain(metric, challenger, champion), policy.get("min_improvement", 0.0)
+        better = gain > 0 and gain >= needed
+        checks.insert(0, f"{'pass' if better else 'fail'}: {metric} {challenger:.4f} vs champion v{champion_version} "
+                         f"{champion:.4f} on the same holdouts ({gain:+.4f}; needs > 0"
+                         f"{f' and >= {needed:g}' if needed else ''})")
+        if policy.get("max_institution_drop") is not None:
+            limit = policy["max_institution_drop"]
+            drops = {e.institution: -_gain(metric, e.metrics[CHALLENGER][metric], e.metrics[CHAMPION][metric])
+                     for e in evaluations if not math.isnan(e.metrics[CHALLENGER][metric] - e.metrics[CHAMPION][metric])}
+            worse = {name: drop for name, drop in drops.items() if drop > limit}
+            if worse:
+                named = ", ".join(f"{name} {drop:+.4f}" for name, drop in worse.items())
+                checks.append(f"fail: institutions worse than under the champion by more than {limit:g} "
+                              f"on {metric}: {named}")
+            else:
+                name, drop = max(drops.items(), key=lambda item: item[1], default=(None, 0.0))
+                detail = f" (largest drop: {name} {drop:.4f})" if name and drop > 0 else " (none worse)"
+                checks.append(f"pass: no institution worse than under the champion by more than {limit:g} "
+                              f"on {metric}{detail}")
+    promoted = all(check.startswith("pass") for check in checks)
+    if promoted:
+        reason = f"promoted: {checks[0].removeprefix('pass: ')}"
+    else:
+        kept = f"champion v{champion_version} kept" if champion_version else "not promoted, no champion set"
+        reason = f"{kept}: " + "; ".join(c.removeprefix("fail: ") for c in checks if c.startswith("fail"))
+    return Decision(promoted=promoted, reason=reason, checks=checks)
 
 
 def _flatten(prefix: str, value) -> dict[str, str]:
@@ -159,27 +212,6 @@ ROUND_METRICS = {
 }
 
 
-def _convergence_figure(rounds: list[dict], best_round: int):
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
-
-    figure = Figure(figsize=(15, 4))
-    loss_axis, auc_axis, norm_axis = figure.subplots(1, 3)
-    steps = [r["round"] for r in rounds]
-    for axis, key, title, ylabel in ((loss_axis, "loss", "Loss", "weighted binary cross-entropy"),
-                                     (auc_axis, "auc", "ROC AUC", "ROC AUC")):
-        axis.plot(steps, [r[key] for r in rounds], marker=".", label="training (sampled institutions)")
-        axis.plot(steps, [r[f"validation_{key}"] for r in rounds], marker=".", label="federated validation")
-        axis.axvline(best_round, color="grey", linestyle="--", label=f"exported: round {best_round}")
-        axis.set(title=title, xlabel="round", ylabel=ylabel)
-        axis.legend()
-    norm_axis.plot(steps, [r["client_update_norm"] for r in rounds], marker=".", label="mean client update")
-    norm_axis.plot(steps, [r["server_update_norm"] for r in rounds], marker=".", label="aggregated update")
-    norm_axis.set(title="Update L2 norm", xlabel="round", ylabel="L2 norm", yscale="log")
-    norm_axis.legend()
-    figure.tight_layout()
-    return figure
-
-
 def _log_institution_input(report: ValidationReport) -> None:
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -199,6 +231,11 @@ def _log_institution_input(report: ValidationReport) -> None:
     mlflow.log_input(dataset, context="training", tags={"institution": report.institution})
 
 
+CONFIG_ARTIFACT = "config/run_config.yaml"
+MODEL_CARD_ARTIFACT = "model_card.html"
+ROLES = ("challenger", "champion", "local_only", "pooled")
+
+
 @task(name="register-model")
 def register_model(
     tracking_uri: str,
@@ -206,35 +243,38 @@ def register_model(
     model_path: str,
     features: list[str],
     feature_means: list[float],
-    params: dict,
+    config: dict,
     training: dict,
     evaluations: list[InstitutionEvaluation],
     validation: list[ValidationReport],
-    promotion_metric: str,
-    champion_version: str | None,
-    tags: dict[str, str],
+    decision: Decision,
+    lineage: dict[str, str],
 ) -> Registration:
-    """Log the retraining as one MLflow run, register its model, set challenger (and champion if better)."""
+    """Log the retraining as one MLflow run, register its model with its lineage and model card,
+    set challenger (and champion when the decision says so).
+
+    `config` is the run config as plain values; `lineage` the tags that trace the version
+    (see tasks.lineage). If anything fails after the version exists it is deleted again.
+    """
     import mlflow
     import tensorflow as tf
+    import yaml
     from mlflow.models import ModelSignature
     import numpy as np
     import pandas as pd
     from mlflow.types import ColSpec, DataType, Schema
 
+    from tasks.model_card import model_card_html
+    from tasks.plots import calibration_figure, convergence_figure, roc_figure
+
     experiment_id = use_tracking(tracking_uri, model_name)
     client = mlflow.MlflowClient()
-    challenger_metrics = weighted_metrics(evaluations, "challenger")
-    has_champion = all("champion" in e.metrics for e in evaluations) and champion_version is not None
-    champion_metrics = weighted_metrics(evaluations, "champion") if has_champion else None
-    promoted, reason = decide_promotion(
-        promotion_metric,
-        challenger_metrics[promotion_metric],
-        champion_metrics[promotion_metric] if champion_metrics else None,
-        champion_version,
-    )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=tags) as run:
-        mlflow.log_params(_flatten("", params))
+    promotion_tags = {"promotion.metric": config["promotion"]["metric"],
+                      "promotion.decision": "promoted" if decision.promoted else "not promoted",
+                      "promotion.reason": decision.reason, "promotion.checks": "\n".join(decision.checks)}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=lineage) as run:
+        mlflow.log_params(_flatten("", {k: v for k, v in config.items() if k != "intended_use"}))
+        mlflow.log_text(yaml.safe_dump(config, sort_keys=False), CONFIG_ARTIFACT)
         for r in training["rounds"]:
             mlflow.log_metrics({name: float(r[key]) for key, name in ROUND_METRICS.items()}, step=r["round"])
         mlflow.log_metrics({"rounds_run": len(training["rounds"]), "best_round": training["best_round"],
@@ -244,10 +284,14 @@ def register_model(
         for evaluation in evaluations:
             for role, metrics in evaluation.metrics.items():
                 mlflow.log_metrics({f"{role}.{evaluation.institution}.{k}": v for k, v in metrics.items()})
+            for role, counts in evaluation.confusion.items():
+                mlflow.log_metrics({f"{role}.{evaluation.institution}.{k}": v for k, v in counts.items()})
             mlflow.log_metric(f"holdout_rows.{evaluation.institution}", evaluation.examples)
-        mlflow.log_metrics({f"challenger.weighted.{k}": v for k, v in challenger_metrics.items()})
-        if champion_metrics:
-            mlflow.log_metrics({f"champion.weighted.{k}": v for k, v in champion_metrics.items()})
+        for role in ROLES:
+            if any(role in e.metrics for e in evaluations):
+                mlflow.log_metrics({f"{role}.weighted.{k}": v for k, v in weighted_metrics(evaluations, role).items()})
+                mlflow.log_metrics({f"{role}.pooled.{k}": v for k, v in pooled_confusion(evaluations, role).items()})
+        mlflow.log_dict({"evaluations": [asdict(e) for e in evaluations]}, "evaluation/institutions.json")
         for report in validation:
             if report.passed:
                 _log_institution_input(report)
@@ -256,7 +300,10 @@ def register_model(
         for report in validation:
             if report.data_docs and Path(report.data_docs).exists():
                 mlflow.log_artifact(report.data_docs, f"validation/data_docs/{report.institution}")
-        mlflow.log_figure(_convergence_figure(training["rounds"], training["best_round"]), "plots/convergence.png")
+        figures = {"convergence": convergence_figure(training["rounds"], training["best_round"]),
+                   "roc": roc_figure(evaluations), "calibration": calibration_figure(evaluations)}
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{name}.png")
         signature = ModelSignature(
             # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.
             inputs=Schema([ColSpec(DataType.long, name) for name in features]),
@@ -273,18 +320,20 @@ def register_model(
             pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}",
                               f"pandas=={pd.__version__}", f"numpy=={np.__version__}"],
         )
-        version = mlflow.register_model(info.model_uri, model_name, tags=tags).version
+        version = str(mlflow.register_model(info.model_uri, model_name, tags=lineage).version)
         try:
+            mlflow.log_text(model_card_html(
+                model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
+                lineage=lineage, validation=validation, evaluations=evaluations, training=training,
+                figures=figures), MODEL_CARD_ARTIFACT)
             client.set_registered_model_alias(model_name, CHALLENGER, version)
             aliases = [CHALLENGER]
-            if promoted:
+            if decision.promoted:
                 client.set_registered_model_alias(model_name, CHAMPION, version)
                 aliases.append(CHAMPION)
-            for key, value in {"promotion.metric": promotion_metric, "promotion.decision":
-                               "promoted" if promoted else "not promoted", "promotion.reason": reason}.items():
+            for key, value in {**promotion_tags, "model_card": f"{run.info.artifact_uri}/{MODEL_CARD_ARTIFACT}"}.items():
                 client.set_model_version_tag(model_name, version, key, value)
-            mlflow.set_tags({"promotion.decision": "promoted" if promoted else "not promoted",
-                             "promotion.reason": reason, "model.version": version, PROFILES_TAG: "logged"})
+            mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged"})
         except Exception:
             client.delete_model_version(model_name, version)
             raise
@@ -292,8 +341,93 @@ def register_model(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
         model_name=model_name,
-        version=str(version),
+        version=version,
         aliases=aliases,
-        promoted=promoted,
-        reason=reason,
+        promoted=decision.promoted,
+        reason=decision.reason,
+        checks=decision.checks,
     )
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One registered version as `fedrisk models list` shows it."""
+
+    version: str
+    created: str
+    aliases: list[str]
+    decision: str
+    metrics: dict[str, float]
+    run_id: str
+
+
+SUMMARY_METRICS = ("roc_auc", "pr_auc", "ks", "ece")
+
+
+def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
+    """Every version of `model_name`, newest first, with its aliases, decision and weighted holdout metrics."""
+    import datetime
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(model_name)  # a clear error for an unknown name
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise LookupError(f"no registered model {model_name!r} in {tracking_uri}") from None
+        raise
+    aliases: dict[str, list[str]] = {}
+    for alias, number in client.get_registered_model(model_name).aliases.items():
+        aliases.setdefault(str(number), []).append(alias)
+    summaries = []
+    for v in client.search_model_versions(f"name='{model_name}'", order_by=["version_number DESC"]):
+        metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+        summaries.append(VersionSummary(
+            version=str(v.version),
+            created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
+            aliases=sorted(aliases.get(str(v.version), [])),
+            decision=v.tags.get("promotion.decision", "-"),
+            metrics={m: metrics.get(f"challenger.weighted.{m}", math.nan) for m in SUMMARY_METRICS},
+            run_id=v.run_id or "-",
+        ))
+    return summaries
+
+
+def promote_manually(tracking_uri: str, model_name: str, version: str, reason: str, user: str) -> str | None:
+    """Make `version` the champion by hand (overriding the policy); record who, when, why and what it
+    replaced on the version. Returns the previous champion's version (None if there was none)."""
+    import datetime
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not reason.strip():
+        raise ValueError("a manual promotion needs a reason (--reason), recorded with the version")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_model_version(model_name, version)
+    except MlflowException:
+        raise LookupError(f"{model_name} has no version {version} in {tracking_uri}") from None
+    try:
+        previous = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException:
+        previous = None
+    if previous == str(version):
+        raise ValueError(f"{model_name} version {version} is already the champion")
+    policy_decision = client.get_model_version(model_name, version).tags.get("promotion.decision", "none")
+    record = {
+        "promotion.override.policy_decision": policy_decision,
+        "promotion.override.reason": reason.strip(),
+        "promotion.override.by": user,
+        "promotion.override.at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "promotion.override.previous_champion": previous or "none",
+    }
+    for key, value in record.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_model_version_tag(model_name, version, "promotion.decision", "promoted (manual override)")
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return previous

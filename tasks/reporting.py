@@ -33,10 +33,12 @@ def summary_markdown(
     validation: list[ValidationReport],
     evaluations: list[InstitutionEvaluation],
     registration: Registration | None,
-    tracking_uri: str,
+    mlflow_ui_url: str,
     failure: str | None = None,
     training: TrainingOutcome | None = None,
 ) -> str:
+    """The retraining's story for the Prefect UI: institutions, training, metrics, the decision and its
+    checks, with links to the MLflow run and model version (`mlflow_ui_url` is where `mlflow ui` serves)."""
     lines = [f"# Retraining of `{model_name}`", ""]
     if failure:
         lines += [f"**Failed:** {failure}", ""]
@@ -48,22 +50,27 @@ def summary_markdown(
     if training:
         lines += ["", "## Training", "", training_sentence(training) + "."]
     if evaluations:
-        lines += ["", "## Holdout metrics (challenger)", "",
-                  "| institution | rows | ROC AUC | KS | log loss | Brier |", "|---|---|---|---|---|---|"]
+        names = ("roc_auc", "pr_auc", "ks", "log_loss", "brier", "ece", "recall_at_fpr")
+        lines += ["", "## Holdout metrics", "", "| institution | model | rows | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 3) + "|"]
         for e in evaluations:
-            m = e.metrics["challenger"]
-            lines.append(f"| {e.institution} | {e.examples} | {m['roc_auc']:.4f} | {m['ks']:.4f} | "
-                         f"{m['log_loss']:.4f} | {m['brier']:.4f} |")
-        w = weighted_metrics(evaluations, "challenger")
-        lines.append(f"| **weighted** | {sum(e.examples for e in evaluations)} | {w['roc_auc']:.4f} | "
-                     f"{w['ks']:.4f} | {w['log_loss']:.4f} | {w['brier']:.4f} |")
+            for role, m in e.metrics.items():
+                lines.append(f"| {e.institution} | {role} | {e.examples} | "
+                             + " | ".join(f"{m[n]:.4f}" for n in names) + " |")
+        for role in dict.fromkeys(role for e in evaluations for role in e.metrics):
+            w = weighted_metrics(evaluations, role)
+            lines.append(f"| **weighted** | {role} | {sum(e.examples for e in evaluations if role in e.metrics)} | "
+                         + " | ".join(f"{w[n]:.4f}" for n in names) + " |")
     if registration:
+        base = mlflow_ui_url.rstrip("/")
         lines += [
             "", "## Registration", "",
-            f"- MLflow run `{registration.run_id}` (experiment {registration.experiment_id}, tracking `{tracking_uri}`)",
-            f"- Model `{registration.model_name}` version **{registration.version}**, aliases: "
-            f"{', '.join(registration.aliases)}",
-            f"- Decision: {registration.reason}",
+            f"- MLflow run [{registration.run_id}]({base}/#/experiments/{registration.experiment_id}/runs/"
+            f"{registration.run_id})",
+            f"- Model `{registration.model_name}` [version {registration.version}]({base}/#/models/"
+            f"{registration.model_name}/versions/{registration.version}), aliases: {', '.join(registration.aliases)}",
+            f"- Decision: **{'promoted' if registration.promoted else 'not promoted'}**: {registration.reason}",
+            *[f"  - {check}" for check in registration.checks],
         ]
     return "\n".join(lines) + "\n"
 

@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.data import as_split, load_parts
+from tasks.data import as_split, combine_statistics, load_parts, local_statistics
 
 _round_listeners: list[Callable[[dict], None]] = []
 
@@ -37,6 +38,13 @@ class TrainingOutcome:
     stopped_early: bool
     resumed_from_round: int
     positive_class_weight: float
+
+
+def _model_spec(model: dict, seed: int):
+    """The run config's model section as fed_models' ModelSpec."""
+    from fed_models.keras_models import ModelSpec
+
+    return ModelSpec(model["kind"], tuple(model["hidden_units"]), model["dropout"], seed=seed)
 
 
 def _describe(m: dict, max_rounds: int) -> str:
@@ -71,7 +79,7 @@ def train_federated(
     split. In this simulation one process holds every client's dataset, as TFF's local runtime
     needs; each institution's rows stay a separate client dataset and are never concatenated.
     """
-    from fed_models.keras_models import ModelSpec, export_model  # TF/TFF import paid only when training
+    from fed_models.keras_models import export_model  # TF/TFF import paid only when training
     from fed_models.training import ClientData, TrainingSpec, train
 
     logger = get_run_logger()
@@ -82,8 +90,7 @@ def train_federated(
         fit, held = as_split(rows["fit"], features, label), as_split(rows["validation"], features, label)
         clients.append(ClientData(name, fit.x, fit.y))
         validation.append(ClientData(name, held.x, held.y))
-    model = training["model"]
-    model_spec = ModelSpec(model["kind"], tuple(model["hidden_units"]), model["dropout"], seed=seed)
+    model_spec = _model_spec(training["model"], seed)
     stopping = training["early_stopping"] or {}
     spec = TrainingSpec(
         model=model_spec,
@@ -130,3 +137,70 @@ def train_federated(
         resumed_from_round=result.resumed_from_round,
         positive_class_weight=positive_class_weight,
     )
+
+
+def _train_centralized(fit, validation, mean, std, model: dict, baselines: dict, batch_size: int,
+                       positive_class_weight: float, seed: int, model_path: Path) -> str:
+    from fed_models.centralized import train_centralized
+    from fed_models.keras_models import export_model
+
+    spec = _model_spec(model, seed)
+    weights = train_centralized(
+        fit.x, fit.y, validation.x, validation.y, np.asarray(mean), np.asarray(std), spec,
+        max_epochs=baselines["max_epochs"], patience=baselines["patience"], batch_size=batch_size,
+        learning_rate=baselines["learning_rate"], positive_weight=positive_class_weight)
+    return str(export_model(weights, spec, np.asarray(mean), np.asarray(std), Path(model_path)))
+
+
+@task(name="train-local-baseline", task_run_name="local-baseline-{institution}")
+def train_local_baseline(
+    institution: str,
+    path: Path,
+    columns: dict[str, str] | None,
+    features: list[str],
+    label: str,
+    holdout_fraction: float,
+    validation_fraction: float,
+    seed: int,
+    model: dict,
+    baselines: dict,
+    batch_size: int,
+    positive_class_weight: float,
+    model_path: Path,
+) -> str:
+    """Baseline: the same architecture trained on this institution's rows alone (its own
+    standardization, fit/validation split and loss); the model a member would have without federation."""
+    rows = load_parts(institution, path, columns, label, parts=("train", "fit", "validation"),
+                      holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
+    train = as_split(rows["train"], features, label)
+    mean, std = combine_statistics([local_statistics(institution, train.x, train.y)])
+    return _train_centralized(as_split(rows["fit"], features, label), as_split(rows["validation"], features, label),
+                              mean, std, model, baselines, batch_size, positive_class_weight, seed, model_path)
+
+
+@task(name="train-pooled-baseline")
+def train_pooled_baseline(
+    institutions: list[tuple[str, Path, dict[str, str]]],
+    features: list[str],
+    label: str,
+    holdout_fraction: float,
+    validation_fraction: float,
+    seed: int,
+    mean: list[float],
+    std: list[float],
+    model: dict,
+    baselines: dict,
+    batch_size: int,
+    positive_class_weight: float,
+    model_path: Path,
+) -> str:
+    """Baseline, simulation mode only: the same architecture trained on every institution's rows
+    pooled in one place, which federation exists to avoid; the accuracy federation aims to match."""
+    fits, validations = [], []
+    for name, path, columns in institutions:
+        rows = load_parts(name, path, columns, label, parts=("fit", "validation"),
+                          holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
+        fits.append(rows["fit"])
+        validations.append(rows["validation"])
+    return _train_centralized(as_split(pd.concat(fits), features, label), as_split(pd.concat(validations), features, label),
+                              mean, std, model, baselines, batch_size, positive_class_weight, seed, model_path)

@@ -142,11 +142,15 @@ def _data_docs_page(context, suite: str, run_id) -> Path:
 def check_frame(
     frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, reference: dict | None = None,
     run_name: str = "adhoc",
+    ignore_columns: tuple[str, ...] = (),
+    ignore_types: tuple[str, ...] = (),
 ) -> tuple[int, list[str], list[str], Path]:
     """Run `suite` (and, given a reference profile, the drift checks) on a DataFrame.
 
     Returns (checks evaluated, failed `error` checks, failed `warning` checks, Data Docs page).
     The suite's result is stored under `run_name` in the GX context and rendered as Data Docs.
+    Checks on `ignore_columns` or of `ignore_types` are left out of the outcome (scoring input
+    has no label, and the suite's table-level checks describe a training extract).
     """
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -156,7 +160,9 @@ def check_frame(
         definition = context.validation_definitions.get(suite)
         outcome = definition.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
         page = _data_docs_page(context, suite, outcome.meta["run_id"])
-        results = list(outcome.results)
+        results = [r for r in outcome.results
+                   if r.expectation_config.kwargs.get("column") not in ignore_columns
+                   and r.expectation_config.type not in ignore_types]
         if reference is not None:
             drift = gx.ExpectationSuite(name=f"{suite}-drift", expectations=drift_expectations(reference, frame.columns))
             batch = definition.batch_definition.get_batch(batch_parameters={"dataframe": frame})
@@ -188,7 +194,10 @@ def _file_digest(path: Path) -> str:
 
 
 def validation_cache_key(context, parameters: dict) -> str:
-    """Same file bytes, column mapping, suite JSON and reference profile: same report."""
+    """Same file bytes, column mapping, suite JSON, reference profile and GX context: same report.
+
+    The context's location is part of the key because the report links to a Data Docs page in it.
+    """
     suite_file = Path(parameters["expectations_dir"]) / "gx" / "expectations" / f"{parameters['suite']}.json"
     parts = [
         parameters["institution"],
@@ -196,6 +205,7 @@ def validation_cache_key(context, parameters: dict) -> str:
         _file_digest(suite_file),
         json.dumps(parameters["columns"] or {}, sort_keys=True),
         json.dumps(parameters["reference"], sort_keys=True),
+        str(Path(parameters["expectations_dir"]).resolve()),
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 

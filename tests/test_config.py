@@ -26,7 +26,7 @@ def test_shipped_configs_load():
 def test_defaults_and_relative_paths():
     config = parse_config(BASE, Path("/cfg"))
     assert config.institutions[0].path == Path("/cfg/a.csv") and config.institutions[1].path == Path("/abs/b.csv")
-    assert config.training.rounds == 10 and config.holdout_fraction == 0.2 and config.promotion_metric == "roc_auc"
+    assert config.training.rounds == 10 and config.holdout_fraction == 0.2 and config.promotion.metric == "roc_auc"
     assert config.training.algorithm == "fedavg" and config.training.aggregation == "robust"
     assert config.training.server_learning_rate == 1.0 and config.training.early_stopping is None
 
@@ -45,7 +45,11 @@ def test_server_learning_rate_defaults_by_algorithm(algorithm, rate):
         ({"training": {"rounds": 0}}, "training.rounds: Input should be greater than or equal to 1 (got 0)"),
         ({"training": {"client_learning_rate": "fast"}}, "training.client_learning_rate: Input should be a valid number, unable to parse string as a number (got 'fast')"),
         ({"quorum": 3}, "quorum 3 is more than the 2 institutions configured"),
-        ({"promotion_metric": "accuracy"}, "promotion_metric: Input should be 'roc_auc', 'ks', 'log_loss' or 'brier' (got 'accuracy')"),
+        ({"promotion": {"metric": "accuracy"}}, "promotion.metric: Input should be 'roc_auc', 'pr_auc', 'ks', 'gini', "
+         "'log_loss', 'brier', 'ece' or 'recall_at_fpr' (got 'accuracy')"),
+        ({"promotion": {"max_institution_drop": -0.1}}, "promotion.max_institution_drop: Input should be greater "
+         "than or equal to 0 (got -0.1)"),
+        ({"evaluation": {"threshold": 1.5}}, "evaluation.threshold: Input should be less than 1 (got 1.5)"),
         ({"features": ["AGE", "INCOME"]}, "features: not features of the schema: ['INCOME']"),
         ({"institutions": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]}, "institution names must be unique; repeated: ['a']"),
         ({"institutions": [{"name": "Bank A", "path": "x"}]}, "institutions.0.name: String should match pattern"),

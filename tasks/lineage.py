@@ -1,0 +1,181 @@
+"""Lineage: the tags that tie a model version to its flow run, code, config, suite and data, and
+the trace that follows them back (`fedrisk lineage NAME@ALIAS`), checking that each one resolves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.validation import ValidationReport
+
+
+def git_state(root: Path) -> tuple[str, bool]:
+    """The commit of the code in `root` and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def config_digest(config: dict) -> str:
+    """sha256 of the run config as canonical JSON: equal configs, equal digests."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def suite_file(expectations_dir: Path, suite: str) -> Path:
+    return Path(expectations_dir) / "gx" / "expectations" / f"{suite}.json"
+
+
+def suite_digest(expectations_dir: Path, suite: str) -> str:
+    """sha256 of the suite's committed JSON: the exact checks the data passed."""
+    return hashlib.sha256(suite_file(expectations_dir, suite).read_bytes()).hexdigest()
+
+
+def lineage_tags(
+    *,
+    flow_run_id: str,
+    flow_run_url: str | None,
+    commit: str,
+    dirty: bool,
+    config: dict,
+    suite_sha256: str,
+    validation: list[ValidationReport],
+    admitted: list[str],
+) -> dict[str, str]:
+    """Tags for the MLflow run and model version: everything a reviewer needs to trace it back."""
+    training = config["training"]
+    tags = {
+        "prefect.flow_run_id": flow_run_id,
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "config.sha256": config_digest(config),
+        "suite.name": config["suite"],
+        "suite.sha256": suite_sha256,
+        "institutions": ",".join(admitted),
+        "training.algorithm": training["algorithm"],
+        "training.aggregation": training["aggregation"],
+        "model.kind": training["model"]["kind"],
+        "privacy.mechanism": "none",
+        "privacy.epsilon": "none (no differential privacy)",
+        "simulation": str(config["baselines"]["enabled"]).lower(),
+    }
+    if flow_run_url:
+        tags["prefect.flow_run_url"] = flow_run_url
+    for r in validation:
+        prefix = f"institution.{r.institution}"
+        outcome = "passed" if r.passed else "quarantined: " + "; ".join(r.reasons)
+        tags[f"{prefix}.validation"] = f"{outcome} ({r.checks_evaluated} checks, {r.checks_failed} failed)"[:4000]
+        tags[f"{prefix}.rows"] = str(r.rows)
+        tags[f"{prefix}.digest"] = r.digest or "unreadable"
+    return tags
+
+
+@dataclass(frozen=True)
+class Link:
+    """One step of a version's lineage: what it is, the reference printed, and whether it resolved."""
+
+    what: str
+    reference: str
+    resolved: bool
+    detail: str = ""
+
+
+def _resolve_flow_run(flow_run_id: str) -> tuple[bool, str]:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+    except Exception as error:  # not found, or no Prefect API reachable
+        return False, f"not found in the Prefect API ({type(error).__name__})"
+    return True, f"{run.name}, {run.state.name if run.state else 'no state'}"
+
+
+def _artifact_exists(client, run_id: str, path: str) -> bool:
+    parent = path.rsplit("/", 1)[0] if "/" in path else None
+    return any(a.path == path for a in client.list_artifacts(run_id, parent))
+
+
+def trace(tracking_uri: str, reference: str, project_root: Path, expectations_dir: Path) -> tuple[str, list[Link]]:
+    """Follow `reference` (NAME@ALIAS or NAME/VERSION) to every recorded origin; check each one.
+
+    Returns a headline ("name version N") and the links in order. Raises LookupError when the
+    reference itself does not resolve.
+    """
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    name, alias, version = parse_reference(reference)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as error:
+        raise LookupError(f"{reference}: no such model version in {tracking_uri} ({error.error_code})") from None
+    version, tags, run_id = str(found.version), found.tags, found.run_id
+    links = [Link("model", f"models:/{name}/{version}", True, f"{found.status}, aliases: {', '.join(found.aliases)}")]
+    try:
+        run = client.get_run(run_id)
+        links.append(Link("MLflow run", f"runs:/{run_id}", True, f"{run.info.run_name}, {run.info.status}"))
+    except MlflowException:
+        links.append(Link("MLflow run", f"runs:/{run_id}", False, "not in the tracking store"))
+        return f"{name} version {version}", links
+    from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT
+
+    links.append(Link("model card", f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}",
+                      _artifact_exists(client, run_id, MODEL_CARD_ARTIFACT)))
+    flow_run_id = tags.get("prefect.flow_run_id", "")
+    resolved, detail = _resolve_flow_run(flow_run_id) if flow_run_id else (False, "no flow run recorded")
+    if tags.get("prefect.flow_run_url"):
+        detail += f"; {tags['prefect.flow_run_url']}"
+    links.append(Link("Prefect flow run", flow_run_id or "-", resolved, detail))
+    commit = tags.get("git.commit", "unknown")
+    known = subprocess.run(["git", "-C", str(project_root), "cat-file", "-e", f"{commit}^{{commit}}"],
+                           capture_output=True).returncode == 0
+    links.append(Link("code", f"git {commit}", known,
+                      ("with uncommitted changes at training time" if tags.get("git.dirty") == "true" else "clean")
+                      + ("" if known else "; commit not in this repository")))
+    try:
+        config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}"))
+        matches = config_digest(config) == tags.get("config.sha256")
+        links.append(Link("config", f"runs:/{run_id}/{CONFIG_ARTIFACT}", matches,
+                          f"sha256 {tags.get('config.sha256', '-')[:16]}" + ("" if matches else " does not match")))
+    except MlflowException:
+        links.append(Link("config", f"runs:/{run_id}/{CONFIG_ARTIFACT}", False, "artifact missing"))
+    suite = tags.get("suite.name", "-")
+    path = suite_file(expectations_dir, suite)
+    same = path.exists() and suite_digest(expectations_dir, suite) == tags.get("suite.sha256")
+    links.append(Link("suite", str(path), same, f"sha256 {tags.get('suite.sha256', '-')[:16]}"
+                      + ("" if same else ("; the suite has changed since" if path.exists() else "; suite file missing"))))
+    for institution in [t.split(".")[1] for t in tags if t.startswith("institution.") and t.endswith(".validation")]:
+        prefix = f"institution.{institution}"
+        docs = [a.path for a in client.list_artifacts(run_id, f"validation/data_docs/{institution}")]
+        unreadable = tags.get(prefix + ".digest") == "unreadable"  # no checks ran, so no Data Docs page
+        links.append(Link(f"institution {institution}", f"runs:/{run_id}/{docs[0]}" if docs else "(no Data Docs)",
+                          bool(docs) or unreadable, f"digest {tags.get(prefix + '.digest', '-')[:16]}, {tags.get(prefix + '.rows')} "
+                                      f"rows, {tags.get(prefix + '.validation')}"))
+    links.append(Link("training", tags.get("training.algorithm", "-"), True,
+                      f"aggregation {tags.get('training.aggregation')}, model {tags.get('model.kind')}"))
+    links.append(Link("privacy", tags.get("privacy.mechanism", "-"), True, tags.get("privacy.epsilon", "")))
+    links.append(Link("promotion", tags.get("promotion.decision", "-"), True, tags.get("promotion.reason", "")))
+    return f"{name} version {version}", links
+
+
+def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """NAME@ALIAS -> (name, alias, None); NAME/VERSION -> (name, None, version)."""
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        if name and alias:
+            return name, alias, None
+    elif "/" in reference:
+        name, version = reference.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise ValueError(f"model reference {reference!r} must be NAME@ALIAS (e.g. credit_default@champion) "
+                     f"or NAME/VERSION (e.g. credit_default/3)")

@@ -1,0 +1,137 @@
+"""The model card: one self-contained HTML page per registered version, for a reviewer or regulator.
+
+Everything on it is an aggregate (metrics, counts, curves at fixed thresholds, extract profiles);
+no customer row is read here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+from matplotlib.figure import Figure
+
+from tasks.evaluation import InstitutionEvaluation, weighted_metrics
+from tasks.plots import ROLE_LABELS
+from tasks.validation import ValidationReport
+
+METRIC_LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "gini": "Gini", "log_loss": "log loss",
+                 "brier": "Brier", "ece": "calibration error", "recall_at_fpr": "recall at FPR"}
+PROFILE_FEATURES = ("LIMIT_BAL", "AGE", "BILL_AMT1", "PAY_AMT1")
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.pass{color:#176b2c}.fail{color:#a3171b}img{max-width:100%}
+.muted{color:#666}"""
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _metrics_table(evaluations: list[InstitutionEvaluation], max_fpr: float, threshold: float) -> str:
+    names = list(METRIC_LABELS)
+    header = ["institution", "model", *[METRIC_LABELS[n] + (f" {max_fpr:g}" if n == "recall_at_fpr" else "")
+                                        for n in names], f"TP / FP / TN / FN at {threshold:g}"]
+    rows = []
+    for e in evaluations:
+        for role, metrics in e.metrics.items():
+            c = e.confusion.get(role, {})
+            counts = " / ".join(str(c.get(k, "")) for k in ("tp", "fp", "tn", "fn"))
+            rows.append([html.escape(e.institution), html.escape(ROLE_LABELS.get(role, role)),
+                         *[_number(metrics[n]) for n in names], counts])
+    roles = list(dict.fromkeys(role for e in evaluations for role in e.metrics))
+    for role in roles:
+        w = weighted_metrics(evaluations, role)
+        rows.append(["<b>weighted</b>", html.escape(ROLE_LABELS.get(role, role)), *[_number(w[n]) for n in names], ""])
+    return _table(header, rows)
+
+
+def _data_table(validation: list[ValidationReport], evaluations: list[InstitutionEvaluation],
+                examples: dict[str, int]) -> str:
+    held = {e.institution: e for e in evaluations}
+    header = ["institution", "status", "extract rows", "checks (failed)", "training rows (fit)", "holdout rows",
+              "holdout default rate", *[f"mean {f}" for f in PROFILE_FEATURES], "extract digest", "reasons"]
+    rows = []
+    for r in validation:
+        e = held.get(r.institution)
+        profile = (r.profile or {}).get("features", {})
+        status = '<span class="pass">admitted</span>' if r.passed else '<span class="fail">quarantined</span>'
+        rows.append([html.escape(r.institution), status, str(r.rows), f"{r.checks_evaluated} ({r.checks_failed})",
+                     str(examples.get(r.institution, "-")), str(e.examples) if e else "-",
+                     _number(e.positives / e.examples, 3) if e and e.examples else "-",
+                     *[_number(profile[f]["mean"], 1) if f in profile else "-" for f in PROFILE_FEATURES],
+                     f"<code>{html.escape((r.digest or '-')[:16])}</code>", html.escape("; ".join(r.reasons))])
+    return _table(header, rows)
+
+
+def model_card_html(
+    *,
+    model_name: str,
+    version: str,
+    run_id: str,
+    config: dict,
+    decision,
+    lineage: dict[str, str],
+    validation: list[ValidationReport],
+    evaluations: list[InstitutionEvaluation],
+    training: dict,
+    figures: dict[str, Figure],
+) -> str:
+    """The card of `model_name` version `version`: intended use, decision, metrics, plots, data, lineage."""
+    e = html.escape
+    evaluation = config["evaluation"]
+    simulated = any(role in ev.metrics for ev in evaluations for role in ("local_only", "pooled"))
+    checks = "".join(f'<li class="{c.split(":")[0]}">{e(c)}</li>' for c in decision.checks)
+    t = config["training"]
+    model = t["model"]
+    architecture = "logistic regression" if model["kind"] == "logistic_regression" else (
+        f"MLP {model['hidden_units']} (dropout {model['dropout']:g})")
+    sections = [
+        f"<h1>Model card: {e(model_name)} version {e(version)}</h1>",
+        f'<p class="muted">MLflow run <code>{e(run_id)}</code> &middot; Prefect flow run '
+        f"<code>{e(lineage.get('prefect.flow_run_id', '-'))}</code> &middot; code <code>"
+        f"{e(lineage.get('git.commit', '-'))}</code>{' (uncommitted changes)' if lineage.get('git.dirty') == 'true' else ''}</p>",
+        "<h2>Intended use</h2>", f"<p>{e(config['intended_use'])}</p>",
+        "<h2>Promotion decision</h2>",
+        f"<p><b>{'Promoted to champion' if decision.promoted else 'Not promoted'}</b>: {e(decision.reason)}</p>",
+        f"<ul>{checks}</ul>",
+        f"<p class='muted'>Policy: {e(str(config['promotion']))}</p>",
+        "<h2>Model and training</h2>",
+        f"<p>{e(architecture)} trained with {e(t['algorithm'])} over {len(training['rounds'])} rounds "
+        f"({'stopped early' if training['stopped_early'] else 'maximum rounds reached'}); exported round "
+        f"{training['best_round']} (best federated validation loss). Aggregation: {e(t['aggregation'])}. "
+        f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}.</p>",
+        f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',
+        "<h2>Holdout metrics per institution</h2>",
+        "<p>Each institution scores every model on its own held-out rows; only these figures leave it."
+        + (" Local-only and pooled-data models are <b>simulation-mode baselines</b>: they exist only because this "
+           "run could read every institution's rows, and show what federation buys each member." if simulated else "")
+        + "</p>",
+        _metrics_table(evaluations, evaluation["max_false_positive_rate"], evaluation["threshold"]),
+        "<h3>ROC curve per institution</h3>",
+        f'<img alt="roc" src="data:image/png;base64,{_png(figures["roc"])}">',
+        "<h3>Calibration</h3>",
+        f'<img alt="calibration" src="data:image/png;base64,{_png(figures["calibration"])}">',
+        "<h2>Data per institution</h2>",
+        f"<p>Checked against suite <code>{e(lineage.get('suite.name', '-'))}</code> (sha256 "
+        f"<code>{e(lineage.get('suite.sha256', '-')[:16])}</code>). Aggregates only.</p>",
+        _data_table(validation, evaluations, training.get("examples", {})),
+        "<h2>Lineage</h2>",
+        _table(["tag", "value"], [[f"<code>{e(k)}</code>", e(v)] for k, v in sorted(lineage.items())]),
+    ]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(model_name)} v{e(version)}</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n")

@@ -1,0 +1,78 @@
+"""The figures a reader looks at rather than reads: convergence, ROC per institution, calibration.
+
+Built from aggregates only (per-round metrics, ROC rates at fixed thresholds, calibration bins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
+
+from tasks.evaluation import InstitutionEvaluation, pooled_calibration
+
+ROLE_LABELS = {"challenger": "new model", "champion": "champion", "local_only": "local-only (simulation)",
+               "pooled": "pooled data (simulation)"}
+
+
+def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
+    """Loss and AUC per round (training and federated validation), update norms, the exported round."""
+    figure = Figure(figsize=(15, 4))
+    loss_axis, auc_axis, norm_axis = figure.subplots(1, 3)
+    steps = [r["round"] for r in rounds]
+    for axis, key, title, ylabel in ((loss_axis, "loss", "Loss", "weighted binary cross-entropy"),
+                                     (auc_axis, "auc", "ROC AUC", "ROC AUC")):
+        axis.plot(steps, [r[key] for r in rounds], marker=".", label="training (sampled institutions)")
+        axis.plot(steps, [r[f"validation_{key}"] for r in rounds], marker=".", label="federated validation")
+        axis.axvline(best_round, color="grey", linestyle="--", label=f"exported: round {best_round}")
+        axis.set(title=title, xlabel="round", ylabel=ylabel)
+        axis.legend()
+    norm_axis.plot(steps, [r["client_update_norm"] for r in rounds], marker=".", label="mean client update")
+    norm_axis.plot(steps, [r["server_update_norm"] for r in rounds], marker=".", label="aggregated update")
+    norm_axis.set(title="Update L2 norm", xlabel="round", ylabel="L2 norm", yscale="log")
+    norm_axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def roc_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
+    """One panel per institution: ROC curves of every model role it evaluated, AUC in the legend."""
+    figure = Figure(figsize=(4.5 * len(evaluations), 4.2))
+    axes = np.atleast_1d(figure.subplots(1, len(evaluations)))
+    for axis, e in zip(axes, evaluations):
+        for role, curves in e.curves.items():
+            axis.plot(curves["roc"]["fpr"], curves["roc"]["tpr"], linestyle="-" if role == "challenger" else "--",
+                      label=f"{ROLE_LABELS.get(role, role)} (AUC {e.metrics[role]['roc_auc']:.3f})")
+        axis.plot([0, 1], [0, 1], color="lightgrey", linewidth=1)
+        axis.set(title=f"{e.institution} ({e.examples} holdout rows)", xlabel="false positive rate",
+                 ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
+        axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def calibration_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
+    """Observed default rate against mean predicted probability per bin: every model role pooled
+    over institutions (left), and the new model per institution (right)."""
+    figure = Figure(figsize=(10, 4.5))
+    pooled_axis, institution_axis = figure.subplots(1, 2)
+
+    def plot(axis, bins: dict, label: str, style: str) -> None:
+        examples = np.asarray(bins["examples"])
+        filled = examples > 0
+        predicted = np.asarray(bins["predicted_sum"])[filled] / examples[filled]
+        observed = np.asarray(bins["positives"])[filled] / examples[filled]
+        axis.plot(predicted, observed, style, marker="o", label=label)
+
+    roles = list(dict.fromkeys(role for e in evaluations for role in e.curves))
+    for role in roles:
+        plot(pooled_axis, pooled_calibration(evaluations, role), ROLE_LABELS.get(role, role),
+             "-" if role == "challenger" else "--")
+    for e in evaluations:
+        plot(institution_axis, e.curves["challenger"]["calibration"], e.institution, "-")
+    for axis, title in ((pooled_axis, "All institutions"), (institution_axis, "New model per institution")):
+        axis.plot([0, 1], [0, 1], color="lightgrey", linewidth=1, label="perfect calibration")
+        axis.set(title=title, xlabel="mean predicted probability", ylabel="observed default rate",
+                 xlim=(0, 1), ylim=(0, 1))
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
