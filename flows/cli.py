@@ -221,7 +221,8 @@ def models_list(name: str = typer.Argument(..., help="Registered model name.")) 
     for v in versions:
         table.add_row(v.version, v.created, ", ".join(v.aliases), v.decision,
                       *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS])
-    table.caption = "Metrics: the version's holdout figures, example-weighted over institutions. Runs: fedrisk lineage NAME/VERSION"
+    table.caption = ("Holdout metrics of each version when registered: ece pooled over institutions, the others "
+                     "example-weighted. Where a version came from: fedrisk lineage NAME/VERSION")
     console.print(table)
 
 

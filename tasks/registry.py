@@ -88,11 +88,13 @@ def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Cha
     use_tracking(tracking_uri, model_name)
     client = mlflow.MlflowClient()
     try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION).version
+        version = client.get_registered_model(model_name).aliases.get(CHAMPION)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+    if version is None:  # registered, but no version has passed the promotion policy yet
+        return None
     uri = f"models:/{model_name}/{version}"
     signature = mlflow.models.get_model_info(uri).signature
     path = mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(download_dir) / f"champion-v{version}"))
@@ -171,7 +173,7 @@ def decide_promotion(policy: dict, evaluations: list[InstitutionEvaluation], cha
                      for e in evaluations if not math.isnan(e.metrics[CHALLENGER][metric] - e.metrics[CHAMPION][metric])}
             worse = {name: drop for name, drop in drops.items() if drop > limit}
             if worse:
-                named = ", ".join(f"{name} {drop:+.4f}" for name, drop in worse.items())
+                named = ", ".join(f"{name} worse by {drop:.4f}" for name, drop in worse.items())
                 checks.append(f"fail: institutions worse than under the champion by more than {limit:g} "
                               f"on {metric}: {named}")
             else:
@@ -291,6 +293,7 @@ def register_model(
             if any(role in e.metrics for e in evaluations):
                 mlflow.log_metrics({f"{role}.weighted.{k}": v for k, v in weighted_metrics(evaluations, role).items()})
                 mlflow.log_metrics({f"{role}.pooled.{k}": v for k, v in pooled_confusion(evaluations, role).items()})
+                mlflow.log_metric(f"{role}.pooled.ece", calibration_error(pooled_calibration(evaluations, role)))
         mlflow.log_dict({"evaluations": [asdict(e) for e in evaluations]}, "evaluation/institutions.json")
         for report in validation:
             if report.passed:
@@ -390,7 +393,9 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
             created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
             aliases=sorted(aliases.get(str(v.version), [])),
             decision=v.tags.get("promotion.decision", "-"),
-            metrics={m: metrics.get(f"challenger.weighted.{m}", math.nan) for m in SUMMARY_METRICS},
+            # ECE pooled over institutions (what the policy checks); the others example-weighted.
+            metrics={m: metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}", math.nan)
+                     for m in SUMMARY_METRICS},
             run_id=v.run_id or "-",
         ))
     return summaries

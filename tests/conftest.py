@@ -65,3 +65,38 @@ def require_uci() -> Path:
     if not UCI_DIR.is_dir():
         pytest.skip(f"real UCI credit data not found at {UCI_DIR} (../shared/data is absent)")
     return UCI_DIR
+
+
+@pytest.fixture(scope="session")
+def registered(prefect_api, small_consortium, tmp_path_factory):
+    """One model retrained twice on the small consortium with simulation baselines, in its own
+    MLflow store: version 1 is champion, version 2 (same data and settings) its challenger.
+
+    Tests that read it point MLFLOW_TRACKING_URI at `registered.tracking_uri`.
+    """
+    from types import SimpleNamespace
+
+    from flows.config import parse_config
+    from flows.retrain import retrain
+
+    root = tmp_path_factory.mktemp("registered")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    config = parse_config({
+        "model_name": "credit_registered",
+        "institutions": [{"name": n, "path": str(p)} for n, p in small_consortium.items()],
+        "training": {"rounds": 8},
+        "baselines": {"enabled": True, "max_epochs": 20},
+        "quorum": 3,
+        "seed": 2,
+    }, Path("."))
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        first, second = retrain(config), retrain(config)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return SimpleNamespace(tracking_uri=uri, artifacts=root / "mlruns" / "artifacts", config=config,
+                           first=first, second=second, data=small_consortium, name=config.model_name)

@@ -157,3 +157,45 @@ def test_validate_on_the_real_uci_banks_then_with_one_bank_corrupted(tmp_path, c
     output = console()
     assert f"institution 'bank_b': {tmp_path / 'bank_b.csv'}: not UTF-8 text" in output.replace("\n", "")
     assert "2 of 3 institutions passed; quorum is 3" in output
+
+
+@pytest.fixture
+def registry_copy(registered, tmp_path, monkeypatch) -> str:
+    """A copy of the registered store's database (artifacts stay where they are) to change freely."""
+    database = tmp_path / "mlflow.db"
+    shutil.copy(registered.tracking_uri.removeprefix("sqlite:///"), database)
+    uri = f"sqlite:///{database}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_models_list_shows_versions_aliases_decisions_and_metrics(registered, registry_copy, console):
+    cli.models_list(name=registered.name)
+    lines = [line for line in console().splitlines() if line.startswith("│")]
+    first, second = registered.first.weighted, registered.second.weighted
+    assert re.match(rf"│ 2 .*│ challenger +│ not promoted +│ +{second['roc_auc']:.4f} │ +{second['pr_auc']:.4f} │", lines[0])
+    assert re.match(rf"│ 1 .*│ champion +│ promoted +│ +{first['roc_auc']:.4f} │", lines[1])
+    assert _exit_code(cli.models_list, name="no_such_model") == 1
+    assert "no registered model 'no_such_model'" in console()
+
+
+def test_models_promote_overrides_the_policy_and_records_why(registered, registry_copy, console):
+    import getpass
+
+    assert _exit_code(cli.models_promote, name=registered.name, version="2", reason="  ") == 1
+    assert "a manual promotion needs a reason" in console()
+    assert _exit_code(cli.models_promote, name=registered.name, version="9", reason="x") == 1
+    assert f"{registered.name} has no version 9" in console()
+
+    cli.models_promote(name=registered.name, version="2", reason="CRO sign-off 2026-11-25: v1 calibration drift")
+    assert console().startswith(f"{registered.name} version 2 is now champion (was: 1)")
+    client = MlflowClient(registry_copy)
+    assert client.get_registered_model(registered.name).aliases["champion"] == 2
+    tags = client.get_model_version(registered.name, "2").tags
+    assert tags["promotion.decision"] == "promoted (manual override)"
+    assert tags["promotion.override.policy_decision"] == "not promoted"
+    assert tags["promotion.override.reason"] == "CRO sign-off 2026-11-25: v1 calibration drift"
+    assert tags["promotion.override.by"] == getpass.getuser() and tags["promotion.override.previous_champion"] == "1"
+    assert tags["promotion.override.at"].startswith("20")
+    assert _exit_code(cli.models_promote, name=registered.name, version="2", reason="again") == 1
+    assert "already the champion" in console()

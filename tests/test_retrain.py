@@ -1,6 +1,7 @@
 """flows.retrain end to end: real Prefect API, GX suite, TFF rounds and MLflow sqlite registry."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -239,3 +240,59 @@ def test_a_crash_mid_training_is_retried_by_prefect_from_the_last_checkpoint(tra
     assert [r["round"] for r in summary.training.rounds] == [1, 2, 3, 4, 5, 6]
     uninterrupted = retrain(_config(small_consortium, "credit_retry", rounds=6))
     assert summary.weighted == uninterrupted.weighted
+
+
+def _row_windows(paths) -> tuple[set[tuple[float, ...]], list[str]]:
+    """Distinctive 6-value windows of every input row (at least one amount and three non-zero
+    values), and the rows' CSV lines as written."""
+    windows, lines = set(), []
+    for path in paths:
+        frame = pd.read_csv(path)
+        lines += Path(path).read_text().splitlines()[1:]
+        values = frame.drop(columns=["ID", LABEL_COLUMN]).to_numpy(dtype=float)
+        for row in values:
+            for start in range(len(row) - 5):
+                window = row[start:start + 6]
+                if np.abs(window).max() >= 1000 and np.count_nonzero(window) >= 3:
+                    windows.add(tuple(window))
+    return windows, lines
+
+
+def _texts(root: Path):
+    import zipfile
+
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    yield f"{path}!{member}", archive.read(member).decode("latin-1")
+        else:
+            yield str(path), path.read_bytes().decode("latin-1")
+
+
+def test_no_artifact_of_a_run_holds_an_input_row(registered):
+    """Scan every file the two retrainings left in MLflow (runs, models, Data Docs, card) and
+    every Prefect artifact for the input rows: neither a CSV line nor six consecutive values."""
+    from prefect.client.orchestration import get_client
+
+    windows, lines = _row_windows(registered.data.values())
+    assert len(windows) > 5000 and len(lines) == 8500
+    texts = list(_texts(registered.artifacts))
+    assert any(name.endswith("model_card.html") for name, _ in texts)
+    assert any("data_docs" in name for name, _ in texts) and any(name.endswith(".keras!model.weights.h5")
+                                                                 for name, _ in texts)
+    with get_client(sync_client=True) as client:
+        texts += [(f"prefect artifact {a.key}", str(a.data)) for a in client.read_artifacts()]
+    line_set = set(lines)
+    number = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")  # numbers, not digits inside names like PAY_0
+
+    def leaks(text: str) -> list:
+        tokens = [float(t) for t in number.findall(text)]
+        found = [tuple(tokens[i:i + 6]) for i in range(len(tokens) - 5) if tuple(tokens[i:i + 6]) in windows]
+        return found + sorted(line_set.intersection(text.splitlines()))
+
+    # The scan finds a row however it is written: a JSON record, an HTML table row, a CSV line.
+    row = pd.read_csv(registered.data["cedar_savings"]).iloc[[17]]
+    assert leaks(json.dumps(row.to_dict("records"))) and leaks(row.to_html()) and leaks(row.to_csv(index=False))
+    for name, text in texts:
+        assert not leaks(text), f"{name} holds input values {leaks(text)[:3]}"

@@ -1,0 +1,93 @@
+"""Lineage: a registered version's tags trace it to its flow run, code, config, suite and data."""
+
+import io
+import subprocess
+
+import mlflow
+import pytest
+import typer
+from rich.console import Console
+
+from flows import cli
+from flows.settings import PROJECT_ROOT
+from tasks.lineage import config_digest, parse_reference, suite_digest
+
+
+@pytest.fixture
+def store(registered, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.tracking_uri)
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    return registered
+
+
+def test_a_version_carries_its_lineage(store):
+    version = mlflow.MlflowClient().get_model_version(store.name, "1")
+    tags = version.tags
+    head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] in ("true", "false")
+    # The test harness is a real Prefect server on loopback, so the run has a UI page.
+    assert tags["prefect.flow_run_url"].endswith(f"/flow-runs/flow-run/{tags['prefect.flow_run_id']}")
+    assert tags["config.sha256"] == config_digest(store.config.model_dump(mode="json"))
+    assert tags["suite.name"] == "credit_default_v1"
+    from flows.settings import Settings
+    assert tags["suite.sha256"] == suite_digest(Settings().expectations_dir, "credit_default_v1")
+    assert tags["institutions"] == ",".join(store.data)
+    for report in store.first.validation:
+        assert tags[f"institution.{report.institution}.digest"] == report.digest
+        assert tags[f"institution.{report.institution}.rows"] == str(report.rows)
+        assert tags[f"institution.{report.institution}.validation"] == "passed (103 checks, 0 failed)"
+    assert tags["training.algorithm"] == "fedavg" and tags["privacy.mechanism"] == "none"
+    assert tags["simulation"] == "true"
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["model_card"].endswith("/model_card.html")
+
+
+def test_fedrisk_lineage_resolves_every_link_it_prints(store, monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buffer, width=300))
+    cli.lineage(reference=f"{store.name}@champion")
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == f"{store.name}@champion -> {store.name} version 1"
+    links = lines[1:]
+    assert links and all(line.strip().startswith("ok") for line in links), "\n".join(links)
+    what = [line.split(":", 1)[0].strip().removeprefix("ok").strip() for line in links]
+    assert what == ["model", "MLflow run", "model card", "Prefect flow run", "code", "config", "suite",
+                    *[f"institution {name}" for name in store.data], "training", "privacy", "promotion"]
+    flow_run_id = mlflow.MlflowClient().get_model_version(store.name, "1").tags["prefect.flow_run_id"]
+    [flow_run] = [line for line in links if "Prefect flow run:" in line]
+    assert f"Prefect flow run: {flow_run_id}  (retrain-credit_registered, Completed; http" in flow_run
+    # Every runs:/ reference it printed is an artifact that downloads.
+    for line in links:
+        for word in line.split():
+            if word.startswith("runs:/") and word.count("/") > 2:
+                assert mlflow.artifacts.download_artifacts(word)
+
+
+def test_lineage_reports_a_link_that_no_longer_resolves(store, monkeypatch, tmp_path):
+    import shutil
+
+    from flows.settings import Settings
+
+    changed = shutil.copytree(Settings().expectations_dir, tmp_path / "expectations")
+    suite = changed / "gx" / "expectations" / "credit_default_v1.json"
+    suite.write_text(suite.read_text().replace('"min_value": 200', '"min_value": 100'))
+    monkeypatch.setenv("FEDRISK_EXPECTATIONS_DIR", str(changed))
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buffer, width=300))
+    with pytest.raises(typer.Exit) as stop:
+        cli.lineage(reference=f"{store.name}/2")
+    assert stop.value.exit_code == 1
+    [suite_line] = [line for line in buffer.getvalue().splitlines() if " suite: " in line]
+    assert suite_line.strip().startswith("UNRESOLVED") and "the suite has changed since" in suite_line
+
+
+@pytest.mark.parametrize("reference, parsed", [
+    ("credit@champion", ("credit", "champion", None)), ("credit/12", ("credit", None, "12"))])
+def test_references(reference, parsed):
+    assert parse_reference(reference) == parsed
+
+
+@pytest.mark.parametrize("reference", ["credit", "credit@", "@champion", "credit/v2"])
+def test_bad_references_say_what_is_expected(reference):
+    with pytest.raises(ValueError, match="must be NAME@ALIAS .* or NAME/VERSION"):
+        parse_reference(reference)

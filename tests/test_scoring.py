@@ -1,0 +1,137 @@
+"""Batch scoring with a registered version: suite first, then probabilities and bands; and the
+same version served by `mlflow models serve`."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from rich.console import Console
+
+from flows import cli
+from tasks.schema import LABEL_COLUMN
+from tasks.scoring import score_band
+
+
+def test_score_bands_follow_the_master_scale():
+    p = np.array([0.0, 0.02, 0.0201, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.41, 1.0])
+    assert score_band(p).tolist() == ["A", "A", "B", "B", "C", "C", "D", "D", "E", "E", "F", "F"]
+
+
+@pytest.fixture
+def store(registered, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.tracking_uri)
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    return registered
+
+
+@pytest.fixture
+def console(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buffer, width=300))
+    return buffer
+
+
+@pytest.fixture
+def applicants(store, tmp_path) -> Path:
+    """New rows to score: an institution's rows without the label, as a bank would send them."""
+    path = tmp_path / "applicants.csv"
+    pd.read_csv(store.data["birch_credit_union"]).head(300).drop(columns=[LABEL_COLUMN]).to_csv(path, index=False)
+    return path
+
+
+def test_score_writes_the_champions_probabilities_and_bands(store, applicants, tmp_path, console):
+    output = tmp_path / "out" / "scores.csv"
+    cli.score(model=f"{store.name}@champion", input=applicants, output=output)
+
+    scored = pd.read_csv(output)
+    rows = pd.read_csv(applicants)
+    assert scored.columns.tolist() == ["ID", "default_probability", "score_band"]
+    assert scored["ID"].tolist() == rows["ID"].tolist()
+    expected = mlflow.pyfunc.load_model(f"models:/{store.name}@champion").predict(rows)["default_probability"]
+    np.testing.assert_allclose(scored["default_probability"], expected, rtol=1e-6)
+    assert scored["score_band"].tolist() == score_band(scored["default_probability"].to_numpy()).tolist()
+    text = console.getvalue()
+    assert f"Scored 300 rows with {store.name} version 1 -> {output}" in text
+    assert "Score bands: A (<= 0.02): " in text
+
+
+def test_input_that_fails_the_suite_is_rejected_and_nothing_is_written(store, applicants, tmp_path, console):
+    bad = tmp_path / "bad.csv"
+    frame = pd.read_csv(applicants)
+    frame.loc[:4, "AGE"] = 300
+    frame.drop(columns=["PAY_AMT6"]).to_csv(bad, index=False)
+    output = tmp_path / "scores.csv"
+    with pytest.raises(typer.Exit) as stop:
+        cli.score(model=f"{store.name}@champion", input=bad, output=output)
+    assert stop.value.exit_code == 1
+    assert not output.exists() and not list(tmp_path.glob(".*partial"))
+    text = console.getvalue()
+    assert f"{bad}: rejected, nothing was scored." in text
+    assert "  - column PAY_AMT6 is present: failed\n" in text
+    assert "  - AGE between 18 and 100: failed for 5 of 300 rows; e.g. 300\n" in text
+    assert "Data Docs: " in text
+
+
+def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, console):
+    with pytest.raises(typer.Exit) as stop:
+        cli.score(model=f"{store.name}@production", input=applicants, output=tmp_path / "s.csv")
+    assert stop.value.exit_code == 1
+    assert f"{store.name}@production: no such model version in {store.tracking_uri}" in console.getvalue()
+    with pytest.raises(typer.Exit) as stop:
+        cli.score(model=store.name, input=applicants, output=tmp_path / "s.csv")
+    assert stop.value.exit_code == 2 and "must be NAME@ALIAS" in console.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp_path, console):
+    """The README's serving command, run once: same version, same probabilities over HTTP."""
+    output = tmp_path / "scores.csv"
+    cli.score(model=f"{store.name}@champion", input=applicants, output=output)
+    port = _free_port()
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen(
+        [mlflow_bin, "models", "serve", "-m", f"models:/{store.name}@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+                time.sleep(1)
+        rows = pd.read_csv(applicants)
+        body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    served = [p["default_probability"] for p in predictions]
+    np.testing.assert_allclose(served, pd.read_csv(output)["default_probability"], rtol=1e-5)
