@@ -102,7 +102,11 @@ def test_demo_twice_champion_then_challenger(tmp_path, tracking_uri, console):
     first = console()
     assert "Synthesized 4 institutions" in first
     assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in first
-    assert "Champion: no champion yet: promoted with roc_auc 0." in first
+    assert "Champion: promoted: no champion yet; challenger roc_auc 0." in first
+    assert re.search(r"  pass: calibration error 0\.0\d{3} below 0\.05", first)
+    # Simulation baselines next to the federated model, for every institution.
+    assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", first)
+    assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", first)) == 4
     # The progress bar over rounds, with the latest figures, and how training ended.
     bar = re.search(r"rounds .* (\d+)/(\d+) .* train loss 0\.\d{4}  validation loss 0\.\d{4}  "
                     r"validation AUC 0\.\d{4}", first)
@@ -114,7 +118,7 @@ def test_demo_twice_champion_then_challenger(tmp_path, tracking_uri, console):
     second = console()
     assert "Synthesized" not in second
     assert "Registered credit_default_demo version 2 (aliases: challenger)" in second
-    assert "not better, champion kept" in second
+    assert "Champion: champion v1 kept: roc_auc" in second and "  fail: roc_auc " in second
     aliases = MlflowClient().get_registered_model("credit_default_demo").aliases
     assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "challenger": "2"}
 
