@@ -94,7 +94,7 @@ def retrain(config: RunConfig) -> RetrainSummary:
         if config.baselines.enabled:
             common = dict(features=features, label=label, validation_fraction=config.training.validation_fraction,
                           model=config.training.model.model_dump(), baselines=config.baselines.model_dump(),
-                          batch_size=config.training.batch_size, positive_class_weight=positive_weight, **split)
+                          positive_class_weight=positive_weight, **split)
             pooled = train_pooled_baseline(admitted, mean=mean.tolist(), std=std.tolist(),
                                            model_path=Path(work_dir) / "pooled.keras", **common)
             for source in admitted:

@@ -139,15 +139,15 @@ def train_federated(
     )
 
 
-def _train_centralized(fit, validation, mean, std, model: dict, baselines: dict, batch_size: int,
-                       positive_class_weight: float, seed: int, model_path: Path) -> str:
+def _train_centralized(fit, validation, mean, std, model: dict, baselines: dict, positive_class_weight: float,
+                       seed: int, model_path: Path) -> str:
     from fed_models.centralized import train_centralized
     from fed_models.keras_models import export_model
 
     spec = _model_spec(model, seed)
     weights = train_centralized(
         fit.x, fit.y, validation.x, validation.y, np.asarray(mean), np.asarray(std), spec,
-        max_epochs=baselines["max_epochs"], patience=baselines["patience"], batch_size=batch_size,
+        max_epochs=baselines["max_epochs"], patience=baselines["patience"], batch_size=baselines["batch_size"],
         learning_rate=baselines["learning_rate"], positive_weight=positive_class_weight)
     return str(export_model(weights, spec, np.asarray(mean), np.asarray(std), Path(model_path)))
 
@@ -164,7 +164,6 @@ def train_local_baseline(
     seed: int,
     model: dict,
     baselines: dict,
-    batch_size: int,
     positive_class_weight: float,
     model_path: Path,
 ) -> str:
@@ -175,7 +174,7 @@ def train_local_baseline(
     train = as_split(rows["train"], features, label)
     mean, std = combine_statistics([local_statistics(institution, train.x, train.y)])
     return _train_centralized(as_split(rows["fit"], features, label), as_split(rows["validation"], features, label),
-                              mean, std, model, baselines, batch_size, positive_class_weight, seed, model_path)
+                              mean, std, model, baselines, positive_class_weight, seed, model_path)
 
 
 @task(name="train-pooled-baseline")
@@ -190,7 +189,6 @@ def train_pooled_baseline(
     std: list[float],
     model: dict,
     baselines: dict,
-    batch_size: int,
     positive_class_weight: float,
     model_path: Path,
 ) -> str:
@@ -203,4 +201,4 @@ def train_pooled_baseline(
         fits.append(rows["fit"])
         validations.append(rows["validation"])
     return _train_centralized(as_split(pd.concat(fits), features, label), as_split(pd.concat(validations), features, label),
-                              mean, std, model, baselines, batch_size, positive_class_weight, seed, model_path)
+                              mean, std, model, baselines, positive_class_weight, seed, model_path)
