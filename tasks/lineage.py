@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT
 from tasks.validation import ValidationReport
 
 
@@ -126,8 +127,6 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     except MlflowException:
         links.append(Link("MLflow run", f"runs:/{run_id}", False, "not in the tracking store"))
         return f"{name} version {version}", links
-    from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT
-
     links.append(Link("model card", f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}",
                       _artifact_exists(client, run_id, MODEL_CARD_ARTIFACT)))
     flow_run_id = tags.get("prefect.flow_run_id", "")

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
 from tasks.plots import ROLE_LABELS
+from tasks.registry import Decision
 from tasks.validation import ValidationReport
 
 METRIC_LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "gini": "Gini", "log_loss": "log loss",
@@ -84,7 +85,7 @@ def model_card_html(
     version: str,
     run_id: str,
     config: dict,
-    decision,
+    decision: Decision,
     lineage: dict[str, str],
     validation: list[ValidationReport],
     evaluations: list[InstitutionEvaluation],
