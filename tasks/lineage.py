@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT
+from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version
 from tasks.validation import ValidationReport
 
 
@@ -115,10 +115,7 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     name, alias, version = parse_reference(reference)
-    try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as error:
-        raise LookupError(f"{reference}: no such model version in {tracking_uri} ({error.error_code})") from None
+    found = resolve_version(tracking_uri, name, alias, version)
     version, tags, run_id = str(found.version), found.tags, found.run_id
     links = [Link("model", f"models:/{name}/{version}", True, f"{found.status}, aliases: {', '.join(found.aliases)}")]
     try:

@@ -101,6 +101,20 @@ def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Cha
     return Champion(version=str(version), features=list(signature.inputs.input_names()), path=path)
 
 
+def resolve_version(tracking_uri: str, name: str, alias: str | None, version: str | None):
+    """The registered model version an alias (or number) points at."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as error:
+        reference = f"{name}@{alias}" if alias else f"{name}/{version}"
+        raise LookupError(f"{reference}: no such model version in {tracking_uri} ({error.error_code})") from None
+
+
+
 @task(name="find-reference-profiles")
 def find_reference_profiles(tracking_uri: str, model_name: str, lookback: int = 50) -> dict[str, dict]:
     """Each institution's extract profile from the latest registered retraining that admitted it."""

@@ -47,19 +47,6 @@ def score_band(probability: np.ndarray) -> np.ndarray:
     return np.array([name for name, _ in SCORE_BANDS])[np.searchsorted(edges, probability, side="left")]
 
 
-def resolve_version(tracking_uri: str, name: str, alias: str | None, version: str | None):
-    """The registered model version an alias (or number) points at."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(tracking_uri)
-    try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as error:
-        raise LookupError(f"{name}@{alias or version}: no such model version in {tracking_uri} "
-                          f"({error.error_code})") from None
-
-
 def score_file(
     tracking_uri: str, name: str, alias: str | None, version: str | None, input_path: Path, output_path: Path,
     expectations_dir: Path,
@@ -67,6 +54,7 @@ def score_file(
     """Check `input_path` against the model's suite, score it, and write `output_path` (CSV) whole or not at all."""
     import mlflow
 
+    from tasks.registry import resolve_version
     from tasks.validation import check_frame
 
     found = resolve_version(tracking_uri, name, alias, version)
