@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -230,8 +231,24 @@ def parse_config(data: dict, base_dir: Path, source: str = "<dict>") -> RunConfi
     return config
 
 
-def load_config(path: Path) -> RunConfig:
-    """Read and validate a YAML run config."""
+def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
+    """A copy of a config mapping with dotted keys set (`training.rounds: 3`), as a deployment run asks."""
+    data = copy.deepcopy(data)
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if not all(parts):
+            raise ConfigError(f"override {key!r}: not a dotted config key like training.rounds")
+        section = data
+        for depth, part in enumerate(parts[:-1]):
+            section = section.setdefault(part, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+        section[parts[-1]] = value
+    return data
+
+
+def load_config(path: Path, overrides: dict[str, object] | None = None) -> RunConfig:
+    """Read and validate a YAML run config, with dotted-key `overrides` applied before validation."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -245,4 +262,8 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of settings, got {type(data).__name__}")
-    return parse_config(data, path.resolve().parent, str(path))
+    source = str(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " with overrides " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return parse_config(data, path.resolve().parent, source)

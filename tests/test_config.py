@@ -88,3 +88,25 @@ def test_unreadable_config_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping of settings, got list"):
         load_config(bad)
+
+
+def test_dotted_overrides_apply_before_validation():
+    demo = PROJECT_ROOT / "configs" / "demo.yaml"
+    config = load_config(demo, {"training.rounds": 3, "baselines.enabled": False, "training.model.kind": "mlp",
+                                "training.model.hidden_units": [8]})
+    assert config.training.rounds == 3 and not config.baselines.enabled
+    assert config.training.model.kind == "mlp" and config.training.model.hidden_units == [8]
+    assert config.institutions[0].path == (PROJECT_ROOT / "data/demo/alder_bank/credit.csv").resolve()
+    assert load_config(demo).training.rounds == 15  # the file is read afresh, not changed
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"training.roundz": 3}, "with overrides training.roundz=3:\n  training.roundz: Extra inputs are not permitted"),
+    ({"training.rounds": 0}, "training.rounds: Input should be greater than or equal to 1 (got 0)"),
+    ({"seed.value": 1}, "override 'seed.value': seed is a value, not a section"),
+    ({"training..rounds": 1}, "override 'training..rounds': not a dotted config key like training.rounds"),
+])
+def test_bad_overrides_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        load_config(PROJECT_ROOT / "configs" / "demo.yaml", overrides)
+    assert expected in str(error.value)
