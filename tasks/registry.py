@@ -19,6 +19,7 @@ from tasks.evaluation import (
     HIGHER_IS_BETTER, InstitutionEvaluation, calibration_error, pooled_calibration, pooled_confusion,
     weighted_metrics,
 )
+from tasks.retries import TRANSIENT_RETRIES
 from tasks.validation import ValidationReport
 
 CHAMPION = "champion"
@@ -75,7 +76,7 @@ def use_tracking(tracking_uri: str, model_name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
-@task(name="find-champion")
+@task(name="find-champion", **TRANSIENT_RETRIES)
 def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Champion | None:
     """The version holding the champion alias, downloaded to `download_dir`, or None.
 
@@ -115,7 +116,7 @@ def resolve_version(tracking_uri: str, name: str, alias: str | None, version: st
 
 
 
-@task(name="find-reference-profiles")
+@task(name="find-reference-profiles", **TRANSIENT_RETRIES)
 def find_reference_profiles(tracking_uri: str, model_name: str, lookback: int = 50) -> dict[str, dict]:
     """Each institution's extract profile from the latest registered retraining that admitted it."""
     import mlflow
@@ -252,7 +253,14 @@ MODEL_CARD_ARTIFACT = "model_card.html"
 ROLES = ("challenger", "champion", "local_only", "pooled")
 
 
-@task(name="register-model")
+def _withdraw(client, model_name: str, version: str, previous_aliases: dict) -> None:
+    """Delete a half-registered version and point the challenger alias back where it was."""
+    client.delete_model_version(model_name, version)
+    if CHALLENGER in previous_aliases:
+        client.set_registered_model_alias(model_name, CHALLENGER, str(previous_aliases[CHALLENGER]))
+
+
+@task(name="register-model", **TRANSIENT_RETRIES)
 def register_model(
     tracking_uri: str,
     model_name: str,
@@ -338,21 +346,22 @@ def register_model(
                               f"pandas=={pd.__version__}", f"numpy=={np.__version__}"],
         )
         version = str(mlflow.register_model(info.model_uri, model_name, tags=lineage).version)
+        previous_aliases = dict(client.get_registered_model(model_name).aliases)
         try:
             mlflow.log_text(model_card_html(
                 model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
                 lineage=lineage, validation=validation, evaluations=evaluations, training=training,
                 figures=figures), MODEL_CARD_ARTIFACT)
-            client.set_registered_model_alias(model_name, CHALLENGER, version)
-            aliases = [CHALLENGER]
-            if decision.promoted:
-                client.set_registered_model_alias(model_name, CHAMPION, version)
-                aliases.append(CHAMPION)
             for key, value in {**promotion_tags, "model_card": f"{run.info.artifact_uri}/{MODEL_CARD_ARTIFACT}"}.items():
                 client.set_model_version_tag(model_name, version, key, value)
             mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged"})
+            client.set_registered_model_alias(model_name, CHALLENGER, version)
+            aliases = [CHALLENGER]
+            if decision.promoted:  # last: once the champion moves, nothing is left to fail
+                client.set_registered_model_alias(model_name, CHAMPION, version)
+                aliases.append(CHAMPION)
         except Exception:
-            client.delete_model_version(model_name, version)
+            _withdraw(client, model_name, version, previous_aliases)
             raise
     return Registration(
         run_id=run.info.run_id,

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
 from tasks.registry import Registration
+from tasks.retries import TRANSIENT_RETRIES
 from tasks.training import TrainingOutcome
 from tasks.validation import ValidationReport
 
@@ -69,7 +70,7 @@ def summary_markdown(
             f"{registration.run_id})",
             f"- Model `{registration.model_name}` [version {registration.version}]({base}/#/models/"
             f"{registration.model_name}/versions/{registration.version}), aliases: {', '.join(registration.aliases)}",
-            f"- Decision: **{'promoted' if registration.promoted else 'not promoted'}**: {registration.reason}",
+            f"- Decision: {registration.reason}",
             *[f"  - {check}" for check in registration.checks],
         ]
     return "\n".join(lines) + "\n"
@@ -92,13 +93,13 @@ def validation_rows(reports: list[ValidationReport]) -> list[dict]:
     ]
 
 
-@task(name="publish-validation-table")
+@task(name="publish-validation-table", **TRANSIENT_RETRIES)
 def publish_validation_table(model_name: str, reports: list[ValidationReport]) -> None:
     create_table_artifact(table=validation_rows(reports), key=artifact_key("validation", model_name),
                           description=f"Data-quality checks per institution for {model_name}")
 
 
-@task(name="publish-summary")
+@task(name="publish-summary", **TRANSIENT_RETRIES)
 def publish_summary(model_name: str, markdown: str) -> None:
     create_markdown_artifact(markdown=markdown, key=artifact_key("retrain", model_name),
                              description=f"Retraining summary for {model_name}")

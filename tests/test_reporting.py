@@ -19,7 +19,7 @@ def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered
             f"{registration.run_id})") in markdown
     assert (f"- Model `credit_registered` [version 2]({ui}/#/models/credit_registered/versions/2), "
             f"aliases: challenger") in markdown
-    assert f"- Decision: **not promoted**: {registration.reason}" in markdown
+    assert f"- Decision: {registration.reason}" in markdown
     for check in registration.checks:
         assert f"\n  - {check}\n" in markdown
     assert "| alder_bank | local_only |" in markdown and "| **weighted** | pooled |" in markdown

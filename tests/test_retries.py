@@ -1,0 +1,109 @@
+"""Transient failures (a locked sqlite store, a refused connection) are retried with backoff; bad data never is."""
+
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from prefect import flow
+
+from flows.config import ConfigError
+from tasks.data import InstitutionDataError, read_institution
+from tasks.registry import find_champion, use_tracking
+from tasks.retries import RETRY_DELAYS_SECONDS, is_transient
+from tasks.validation import QuorumNotMet
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _caught(call):
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001  (the test inspects whatever the library raised)
+        return error
+    raise AssertionError("expected the call to fail")
+
+
+def _hold_exclusive_lock(database: Path, seconds: float) -> threading.Thread:
+    """Another writer: an exclusive transaction on the MLflow database for `seconds`."""
+    ready = threading.Event()
+
+    def hold():
+        connection = sqlite3.connect(database, isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        ready.set()
+        time.sleep(seconds)
+        connection.execute("ROLLBACK")
+        connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    ready.wait()
+    return thread
+
+
+def test_what_counts_as_transient(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    use_tracking(uri, "m")
+    holder = _hold_exclusive_lock(tmp_path / "mlflow.db", 6)  # a new client's first query waits 5 s
+    locked = _caught(lambda: MlflowClient(uri).search_registered_models())
+    holder.join()
+    assert "database is locked" in str(locked) and is_transient(locked)
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = _caught(lambda: MlflowClient(f"http://127.0.0.1:{port}").search_experiments())
+    assert is_transient(refused), refused
+
+    (tmp_path / "bad.csv").write_text("ID;LIMIT_BAL\n1;2\n")
+    bad_file = _caught(lambda: read_institution("cedar", tmp_path / "bad.csv"))
+    assert isinstance(bad_file, InstitutionDataError) and not is_transient(bad_file)
+    assert not is_transient(QuorumNotMet("1 of 3 institutions passed validation; quorum is 2"))
+    assert not is_transient(ConfigError("invalid config x.yaml"))
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("not sqlite at all " * 100)
+    assert not is_transient(_caught(lambda: MlflowClient(f"sqlite:///{not_a_database}").search_experiments()))
+
+
+def _task_runs(flow_run_id, name):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
+
+
+@flow
+def _look_up_champion(uri: str, download_dir: Path):
+    from prefect.runtime import flow_run
+
+    return flow_run.id, find_champion(uri, "credit_locked", download_dir)
+
+
+def test_a_locked_registry_is_retried_until_the_other_writer_is_done(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    use_tracking(uri, "credit_locked")
+    # MLflow's own sessions wait 20 s on a locked sqlite database (busy_timeout); a writer holding
+    # it longer fails the first attempt, and the task's retry gets through once it is done.
+    holder = _hold_exclusive_lock(tmp_path / "mlflow.db", 24)
+    started = time.monotonic()
+    flow_run_id, champion = _look_up_champion(uri, tmp_path)
+    holder.join()
+    assert champion is None  # the lookup itself succeeded: no model registered yet
+    assert time.monotonic() - started >= 24
+    (run,) = _task_runs(flow_run_id, "find-champion")
+    assert run.run_count >= 2 and run.state.is_completed()
+
+
+def test_a_broken_registry_fails_at_once_without_retrying(tmp_path):
+    not_a_database = tmp_path / "mlflow.db"
+    not_a_database.write_text("not sqlite at all " * 100)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="file is not a database"):
+        _look_up_champion(f"sqlite:///{not_a_database}", tmp_path)
+    assert time.monotonic() - started < RETRY_DELAYS_SECONDS[0] + 5
