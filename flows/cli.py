@@ -121,14 +121,14 @@ def _round_progress() -> Iterator[None]:
 def _run(config: RunConfig) -> None:
     from mlflow.exceptions import MlflowException
 
-    from flows.retrain import retrain
+    from flows.retrain import RetrainingBusy, retrain
     from tasks.data import InstitutionDataError
     from tasks.validation import QuorumNotMet
 
     try:
         with _round_progress():
             summary = retrain(config)
-    except (QuorumNotMet, InstitutionDataError) as error:
+    except (QuorumNotMet, InstitutionDataError, RetrainingBusy) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}")
         raise typer.Exit(1) from None
     except MlflowException as error:
@@ -295,3 +295,113 @@ def score(
     bands = ", ".join(f"{band} (<= {upper:g}): {result.bands[band]}" for band, upper in SCORE_BANDS)
     console.print(f"Scored {result.rows} rows with {result.model_name} version {result.version} -> {result.output}")
     console.print(f"Score bands: {bands}")
+
+
+def _deployments(prefect_file: Path):
+    from flows.deployments import DeploymentError, load_deployments, require_server
+
+    try:
+        specs = load_deployments(prefect_file)
+        url = require_server()
+    except DeploymentError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    return specs, url
+
+
+def _schedule_text(spec) -> str:
+    return "; ".join(f"cron '{s.cron}' ({s.timezone})" + ("" if s.active else ", paused") for s in spec.schedules) \
+        or "no schedule (trigger only)"
+
+
+PREFECT_FILE_OPTION = typer.Option(PROJECT_ROOT / "prefect.yaml", "--prefect-file", help="Deployments to use.")
+
+
+@app.command()
+def serve(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
+    """Serve the deployments of prefect.yaml on their schedules from this process (no work pool); Ctrl-C stops."""
+    from flows.deployments import serve as serve_deployments
+
+    specs, url = _deployments(prefect_file)
+
+    def ready(ids: list[str]) -> None:
+        for spec in specs:
+            console.print(f"serving [bold]retrain-from-config/{spec.name}[/bold]: {_schedule_text(spec)}",
+                          highlight=False)
+        console.print(f"Prefect API {url}: scheduled and triggered runs start in this process; Ctrl-C stops it "
+                      f"(and pauses the schedules). Trigger one: fedrisk trigger {specs[0].name}", highlight=False)
+
+    serve_deployments(specs, ready)
+
+
+@app.command()
+def deploy(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
+    """Register the deployments of prefect.yaml on the running Prefect server, for a process worker to run."""
+    from flows.deployments import DeploymentError, deploy as deploy_deployments
+
+    specs, url = _deployments(prefect_file)
+    try:
+        deploy_deployments(specs)
+    except DeploymentError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    for spec in specs:
+        console.print(f"deployed [bold]retrain-from-config/{spec.name}[/bold] to work pool {spec.work_pool.name}: "
+                      f"{_schedule_text(spec)}", highlight=False)
+    pools = sorted({s.work_pool.name for s in specs})
+    console.print(f"Runs wait for a worker: " + "; ".join(f"prefect worker start --pool {p}" for p in pools))
+
+
+@app.command()
+def trigger(
+    deployment: str = typer.Argument(..., help="Deployment name (credit-default-weekly) or FLOW/DEPLOYMENT."),
+    param: list[str] = typer.Option([], "--param", "-p", help="KEY=VALUE: config_file=..., or a dotted config key "
+                                                             "such as training.rounds=5 (repeatable)."),
+    timeout: float = typer.Option(None, "--timeout", min=0, help="Stop following after this many seconds "
+                                                                 "(the run goes on); exit code 5."),
+) -> None:
+    """Start a run of a deployment on the Prefect server and follow it to the end.
+
+    Exit code: 0 completed, 1 failed, 2 refused before starting (bad parameter or config, unknown
+    deployment, no server), 3 crashed, 4 cancelled, 5 still running when --timeout passed.
+    """
+    from flows.config import ConfigError, load_config
+    from flows.deployments import DeploymentError, require_server
+    from flows.retrain import resolve_config_file
+    from flows.trigger import EXIT_CODES, STILL_RUNNING_EXIT_CODE, find_deployment, follow, parse_params, start
+
+    try:
+        url = require_server()
+        target = find_deployment(deployment)
+        parameters = parse_params(param, set(target.parameter_openapi_schema.get("properties", {})))
+        merged = {**target.parameters, **parameters}
+        config_file = resolve_config_file(str(merged.get("config_file", "")))
+        if config_file.is_file():  # checked here too, so a bad override never reaches the worker
+            load_config(config_file, merged.get("overrides") or {})
+    except (DeploymentError, ConfigError, ValueError) as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    run = start(target, parameters)
+    ui = url.removesuffix("/api").rstrip("/")
+    console.print(f"Started flow run [bold]{run.name}[/bold] ({run.id}) of {deployment}: {ui}/runs/flow-run/{run.id}",
+                  highlight=False)
+
+    def on_log(log) -> None:
+        if log.message.startswith("Finished in state Completed"):  # one per task: noise here, kept in the UI
+            return
+        console.print(f"{log.timestamp:%H:%M:%S} {log.message}", highlight=False, markup=False)
+
+    def on_state(state: str) -> None:
+        console.print(f"[bold]state: {state}[/bold]")
+
+    finished = follow(run.id, on_log, on_state, timeout_seconds=timeout)
+    if finished is None:
+        console.print(f"still running after {timeout:g} s; follow it in the Prefect UI: {ui}/runs/flow-run/{run.id}")
+        raise typer.Exit(STILL_RUNNING_EXIT_CODE)
+    if finished.summary:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(finished.summary))
+    colour = "green" if finished.state == "COMPLETED" else "red"
+    console.print(f"[{colour}]{finished.name}: {finished.state}[/{colour}] {finished.message}", highlight=False)
+    raise typer.Exit(EXIT_CODES.get(finished.state, 1))

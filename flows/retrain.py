@@ -6,13 +6,17 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from prefect import flow
+import yaml
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.config import RunConfig
+from flows.config import RunConfig, load_config
 from flows.settings import PROJECT_ROOT, Settings
 from tasks.data import balanced_positive_weight, combine_statistics, compute_local_statistics
 from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
@@ -56,9 +60,108 @@ def _flow_run_url() -> str | None:
     return flow_run.ui_url if PREFECT_API_URL.value() and PREFECT_UI_URL.value() else None
 
 
+class RetrainingBusy(RuntimeError):
+    """Another retraining of the same model is running; this one gave up waiting for it."""
+
+
+def lock_name(model_name: str) -> str:
+    """The Prefect global concurrency limit (one slot) that serializes retrainings of one model."""
+    return f"retrain-{model_name}"
+
+
+@contextmanager
+def model_lock(model_name: str, wait_seconds: float) -> Iterator[None]:
+    """Hold the model's one-slot concurrency limit in the Prefect API for the whole retraining, so two
+    runs (scheduled, triggered or local) never race its registry entry. A second one waits up to
+    `wait_seconds`, then raises RetrainingBusy. The slot is a lease: a crashed run frees it when it expires.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    logger = get_run_logger()
+    name = lock_name(model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
+        except ObjectNotFound:
+            busy = False
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another run created it a moment ago
+                pass
+    if busy:
+        logger.warning("another retraining of %s is running (concurrency limit '%s'); waiting up to %g s for it",
+                       model_name, name, wait_seconds)
+    acquired = False
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True,
+                         holder=ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id),
+                         raise_on_lease_renewal_failure=False):
+            acquired = True
+            yield
+    except TimeoutError:
+        if acquired:
+            raise
+        raise RetrainingBusy(
+            f"another retraining of {model_name} is still running after waiting {wait_seconds:g} s "
+            f"(concurrency limit '{name}' in the Prefect API); nothing was trained or registered. "
+            f"Retry when it has finished (see its flow run in the Prefect UI)."
+        ) from None
+
+
+def _deployment_name() -> str | None:
+    """`flow/deployment` when a deployment (schedule or trigger) started this run."""
+    from prefect.runtime import deployment
+
+    return f"{flow_run.flow_name}/{deployment.name}" if deployment.id else None
+
+
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")
 def retrain(config: RunConfig) -> RetrainSummary:
     """Retrain `config.model_name` on the institutions that pass validation, and register it."""
+    with model_lock(config.model_name, Settings().lock_wait_seconds):
+        return run_retraining(config)
+
+
+def _run_name_from_parameters() -> str:
+    from prefect.runtime import flow_run as current
+
+    config_file = str(current.parameters.get("config_file", "config"))
+    try:
+        model_name = yaml.safe_load(Path(resolve_config_file(config_file)).read_text())["model_name"]
+    except Exception:  # the flow itself reports a bad config file; this only names the run
+        model_name = Path(config_file).stem
+    return f"retrain-{model_name}"
+
+
+def resolve_config_file(config_file: str) -> Path:
+    """A deployment's config file: absolute, or relative to the project root (where deployments run)."""
+    path = Path(config_file)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@flow(name="retrain-from-config", flow_run_name=_run_name_from_parameters)
+def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The deployments' entry point: retrain what a committed config file describes, with dotted-key
+    overrides (`{"training.rounds": 5}`) applied, and return what was registered.
+
+    `config_file` is relative to the project root unless absolute. A bad file or override fails
+    the run at once with the config error (no retry).
+    """
+    config = load_config(resolve_config_file(config_file), overrides or {})
+    with model_lock(config.model_name, Settings().lock_wait_seconds):
+        summary = run_retraining(config)
+    registration = summary.registration
+    return {"model_name": registration.model_name, "version": registration.version,
+            "aliases": registration.aliases, "promoted": registration.promoted, "reason": registration.reason,
+            "mlflow_run_id": registration.run_id}
+
+
+def run_retraining(config: RunConfig) -> RetrainSummary:
+    """The retraining itself, inside whichever flow runs it (holding the model's lock)."""
     settings = Settings()
     features, label = config.features, config.label
     split = dict(holdout_fraction=config.holdout_fraction, seed=config.seed)
@@ -110,7 +213,8 @@ def retrain(config: RunConfig) -> RetrainSummary:
         decision = decide_promotion(plain_config["promotion"], evaluations, champion.version if champion else None)
         commit, dirty = git_state(PROJECT_ROOT)
         lineage = lineage_tags(
-            flow_run_id=str(flow_run.id), flow_run_url=_flow_run_url(), commit=commit, dirty=dirty,
+            flow_run_id=str(flow_run.id), flow_run_url=_flow_run_url(), deployment=_deployment_name(),
+            commit=commit, dirty=dirty,
             config=plain_config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
             validation=validation, admitted=[s[0] for s in admitted])
         registration = register_model(

@@ -29,4 +29,9 @@ class Settings(BaseSettings):
         default=MLRUNS_DIR / "runs", validation_alias="FEDRISK_RUNS_DIR",
         description="Working directory of each retraining (round checkpoints), kept until it registers.",
     )
+    lock_wait_seconds: float = Field(
+        default=3600, ge=1, validation_alias="FEDRISK_LOCK_WAIT_SECONDS",
+        description="How long a retraining waits for another retraining of the same model to finish before "
+                    "it gives up (one retraining per model at a time).",
+    )
     demo_data_dir: Path = Field(default=PROJECT_ROOT / "data" / "demo", validation_alias="FEDRISK_DEMO_DATA_DIR")

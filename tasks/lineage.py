@@ -41,6 +41,7 @@ def lineage_tags(
     *,
     flow_run_id: str,
     flow_run_url: str | None,
+    deployment: str | None = None,
     commit: str,
     dirty: bool,
     config: dict,
@@ -67,6 +68,8 @@ def lineage_tags(
     }
     if flow_run_url:
         tags["prefect.flow_run_url"] = flow_run_url
+    if deployment:  # which schedule or trigger started it; absent for a local run
+        tags["prefect.deployment"] = deployment
     for r in validation:
         prefix = f"institution.{r.institution}"
         outcome = "passed" if r.passed else "quarantined: " + "; ".join(r.reasons)

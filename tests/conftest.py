@@ -5,7 +5,13 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,3 +106,36 @@ def registered(prefect_api, small_consortium, tmp_path_factory):
             os.environ["MLFLOW_TRACKING_URI"] = previous
     return SimpleNamespace(tracking_uri=uri, artifacts=root / "mlruns" / "artifacts", config=config,
                            first=first, second=second, data=small_consortium, name=config.model_name)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """A server or worker process for the length of a block, its output in `log`; stopped by its
+    process id (its whole process group) however the block ends."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def wait_for(ready: Callable[[], bool], process: subprocess.Popen, log: Path, what: str, timeout: float = 180) -> None:
+    """Poll `ready` until it holds; fail with the process's last output if it exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"{what}: process exited ({process.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}: not ready in {timeout:g} s:\n{log.read_text()[-3000:]}"
+        time.sleep(1)

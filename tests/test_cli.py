@@ -7,7 +7,6 @@ sharing the session's Prefect API and TFF runtime, with pytest capturing what th
 import io
 import os
 import shutil
-import socket
 import re
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from rich.console import Console
 from flows import cli
 from flows.cli import app
 from flows.settings import PROJECT_ROOT
+from tests.conftest import free_port
 
 runner = CliRunner()
 
@@ -120,9 +120,7 @@ def test_demo_registers_a_champion_next_to_the_baselines(tmp_path, tracking_uri,
 
 def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp_path):
     """Run as a user would, in its own process: a dead MLflow URL fails fast, before any round."""
-    with socket.socket() as probe:  # a loopback port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a loopback port nobody listens on
     config = tmp_path / "run.yaml"
     config.write_text("model_name: m\ninstitutions:\n" + "".join(
         f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items()))

@@ -3,6 +3,8 @@
 import json
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -10,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from prefect import flow
 
 from flows.config import load_config, parse_config
-from flows.retrain import retrain
+from flows.retrain import RetrainingBusy, lock_name, model_lock, retrain
 from flows.settings import PROJECT_ROOT, Settings
 from tasks.evaluation import binary_metrics
 from tasks.schema import LABEL_COLUMN
@@ -299,3 +302,77 @@ def test_no_artifact_of_a_run_holds_an_input_row(registered):
     assert leaks(json.dumps(row.to_dict("records"))) and leaks(row.to_html()) and leaks(row.to_csv(index=False))
     for name, text in texts:
         assert not leaks(text), f"{name} holds input values {leaks(text)[:3]}"
+
+
+def test_a_registration_that_fails_midway_leaves_both_aliases_where_they_were(tracking_uri, small_consortium,
+                                                                               monkeypatch):
+    """The champion alias is moved last; when that fails the new version is withdrawn and the
+    challenger alias, already moved to it, points back at the previous challenger."""
+    from mlflow.exceptions import MlflowException
+
+    retrain(_config(small_consortium, "credit_withdrawn", rounds=1))
+    real_alias = MlflowClient.set_registered_model_alias
+
+    def champion_alias_fails(self, name, alias, version):
+        if alias == "champion":
+            raise MlflowException("injected: the registry went away while moving the champion alias")
+        return real_alias(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", champion_alias_fails)
+    with pytest.raises(MlflowException, match="injected"):  # 5 rounds beat 1: the policy promotes it
+        retrain(_config(small_consortium, "credit_withdrawn", rounds=5))
+    monkeypatch.undo()
+
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name='credit_withdrawn'")] == ["1"]
+    assert _aliases("credit_withdrawn") == {"champion": "1", "challenger": "1"}
+
+
+HOLDING = threading.Event()
+
+
+@flow
+def _hold_model_lock(model_name: str, seconds: float, wait_seconds: float = 30) -> tuple[float, float]:
+    """Hold the model's retraining lock for `seconds`; returns when it was acquired and released."""
+    with model_lock(model_name, wait_seconds):
+        acquired = time.monotonic()
+        HOLDING.set()
+        time.sleep(seconds)
+    return acquired, time.monotonic()
+
+
+def _in_thread(function, *args):
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", function(*args)))
+    thread.start()
+    return thread, result
+
+
+def test_a_second_retraining_of_the_same_model_is_refused_after_its_wait(tracking_uri, small_consortium, monkeypatch):
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setenv("FEDRISK_LOCK_WAIT_SECONDS", "1")
+    HOLDING.clear()
+    holder, _ = _in_thread(_hold_model_lock, "credit_busy", 8)
+    assert HOLDING.wait(60)
+    with pytest.raises(RetrainingBusy) as error:
+        retrain(_config(small_consortium, "credit_busy", rounds=2))
+    holder.join()
+    assert str(error.value) == (
+        "another retraining of credit_busy is still running after waiting 1 s (concurrency limit "
+        "'retrain-credit_busy' in the Prefect API); nothing was trained or registered. "
+        "Retry when it has finished (see its flow run in the Prefect UI).")
+    assert MlflowClient().search_registered_models(filter_string="name='credit_busy'") == []
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(lock_name("credit_busy"))
+    assert limit.limit == 1 and limit.active_slots == 0  # released by the holder, not leaked by the refused run
+
+
+def test_a_second_retraining_waits_for_the_first_to_finish():
+    HOLDING.clear()
+    holder, held = _in_thread(_hold_model_lock, "credit_queue", 4)
+    assert HOLDING.wait(60)
+    waiter_acquired, _ = _hold_model_lock("credit_queue", 0, 60)
+    holder.join()
+    _, holder_released = held["value"]
+    assert waiter_acquired >= holder_released

@@ -1,6 +1,5 @@
 """Transient failures (a locked sqlite store, a refused connection) are retried with backoff; bad data never is."""
 
-import socket
 import sqlite3
 import threading
 import time
@@ -15,6 +14,7 @@ from tasks.data import InstitutionDataError, read_institution
 from tasks.registry import find_champion, use_tracking
 from tasks.retries import RETRY_DELAYS_SECONDS, is_transient
 from tasks.validation import QuorumNotMet
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -53,9 +53,7 @@ def test_what_counts_as_transient(tmp_path):
     holder.join()
     assert "database is locked" in str(locked) and is_transient(locked)
 
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a loopback port nobody listens on
     refused = _caught(lambda: MlflowClient(f"http://127.0.0.1:{port}").search_experiments())
     assert is_transient(refused), refused
 

@@ -4,11 +4,7 @@ same version served by `mlflow models serve`."""
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from rich.console import Console
 from flows import cli
 from tasks.schema import LABEL_COLUMN
 from tasks.scoring import score_band
+from tests.conftest import free_port, running, wait_for
 
 
 def test_score_bands_follow_the_master_scale():
@@ -94,44 +91,29 @@ def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, 
     assert stop.value.exit_code == 2 and "must be NAME@ALIAS" in console.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except OSError:
+        return False
 
 
 def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp_path, console):
     """The README's serving command, run once: same version, same probabilities over HTTP."""
     output = tmp_path / "scores.csv"
     cli.score(model=f"{store.name}@champion", input=applicants, output=output)
-    port = _free_port()
+    port = free_port()
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen(
-        [mlflow_bin, "models", "serve", "-m", f"models:/{store.name}@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
-                time.sleep(1)
+    log = tmp_path / "serve.log"
+    with running([mlflow_bin, "models", "serve", "-m", f"models:/{store.name}@champion", "--env-manager", "local",
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                 {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri}, log) as server:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/ping"), server, log, "mlflow models serve")
         rows = pd.read_csv(applicants)
         body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
     served = [p["default_probability"] for p in predictions]
     np.testing.assert_allclose(served, pd.read_csv(output)["default_probability"], rtol=1e-5)

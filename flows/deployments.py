@@ -1,0 +1,167 @@
+"""Deployments: the scheduled retrainings in `prefect.yaml`, served from one process or registered for a worker.
+
+`prefect.yaml` is the one place a schedule is written. `fedrisk serve` runs its deployments on
+their schedules in this process (no work pool); `fedrisk deploy` registers them against a running
+Prefect server for a worker of their process work pool to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flows.config import NAME_PATTERN
+from flows.settings import PROJECT_ROOT
+
+PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"
+
+
+class DeploymentError(RuntimeError):
+    """prefect.yaml or the Prefect server cannot be used as they are; the message says which and why."""
+
+
+class ScheduleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(description="Cron expression, e.g. '0 2 * * 1' (Mondays 02:00).")
+    timezone: str = Field(description="IANA timezone the cron is read in, e.g. Europe/London.")
+    active: bool = True
+
+
+class WorkPoolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class DeploymentSpec(BaseModel):
+    """One deployment of prefect.yaml, as fedrisk uses it (Prefect's own keys, a checked subset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    entrypoint: str = Field(pattern=r"^[\w/]+\.py:\w+$", description="path/to/module.py:flow_function")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    schedules: list[ScheduleSpec] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    work_pool: WorkPoolSpec
+
+
+def load_deployments(path: Path = PREFECT_FILE) -> list[DeploymentSpec]:
+    """Read and check the deployments of a prefect.yaml (cron expressions and timezones included)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeploymentError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        raise DeploymentError(f"{path}: not valid YAML: {error}") from None
+    entries = data.get("deployments") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DeploymentError(f"{path}: no `deployments:` list")
+    specs = []
+    for index, entry in enumerate(entries):
+        try:
+            spec = DeploymentSpec.model_validate(entry)
+            for schedule in spec.schedules:
+                CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
+        except (ValidationError, ValueError) as error:
+            name = entry.get("name", index) if isinstance(entry, dict) else index
+            raise DeploymentError(f"{path}: deployment {name!r}: {error}") from None
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise DeploymentError(f"{path}: deployment names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return specs
+
+
+def load_flow(entrypoint: str):
+    """The flow an entrypoint names (`flows/retrain.py:retrain_from_config`), imported as a package module."""
+    file, function = entrypoint.split(":")
+    module = importlib.import_module(".".join(Path(file).with_suffix("").parts))
+    return getattr(module, function)
+
+
+def _schedules(spec: DeploymentSpec) -> list:
+    from prefect.schedules import Cron
+
+    return [Cron(s.cron, timezone=s.timezone, active=s.active) for s in spec.schedules]
+
+
+def require_server() -> str:
+    """The Prefect API URL, checked to answer: serving or deploying against a temporary API would vanish."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise DeploymentError("PREFECT_API_URL is not set: start a server (`prefect server start`) and set "
+                              "PREFECT_API_URL=http://127.0.0.1:4200/api (README: Run it as a service)")
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        raise DeploymentError(f"no Prefect API answers at {url}: {failure}")
+    return url
+
+
+def serve(specs: list[DeploymentSpec], on_ready: Callable[[list[str]], None]) -> None:
+    """Register the deployments as served from this process, call `on_ready` with their ids, then run
+    their scheduled and triggered runs (each in a subprocess) until stopped; schedules pause on exit."""
+    import asyncio
+    import os
+
+    from prefect.runner import Runner
+    from prefect.exceptions import TerminationSignal
+
+    os.chdir(PROJECT_ROOT)  # flow runs start from the entrypoint, relative to the project root
+    runner = Runner(pause_on_shutdown=True)
+    ids = [str(runner.add_deployment(load_flow(spec.entrypoint).to_deployment(
+        name=spec.name, description=spec.description or None, parameters=spec.parameters,
+        schedules=_schedules(spec), tags=spec.tags))) for spec in specs]
+    on_ready(ids)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        pass
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create the process work pool `name` unless it exists; True when created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+            return True
+    if pool.type != "process":
+        raise DeploymentError(f"work pool {name!r} exists with type {pool.type!r}; fedrisk deployments need a "
+                              f"'process' pool (they run next to the code and data)")
+    return False
+
+
+def deploy(specs: list[DeploymentSpec]) -> list[str]:
+    """Register the deployments against the running server for their work pools; returns their ids."""
+    from prefect import Flow
+
+    ids = []
+    for spec in specs:
+        ensure_work_pool(spec.work_pool.name)
+        source = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec.entrypoint)
+        ids.append(str(source.deploy(
+            name=spec.name, work_pool_name=spec.work_pool.name, build=False, push=False,
+            description=spec.description or None, parameters=spec.parameters, schedules=_schedules(spec),
+            tags=spec.tags, print_next_steps=False)))
+    return ids

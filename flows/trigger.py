@@ -1,0 +1,109 @@
+"""Ad hoc runs of a deployment: start one on the Prefect server and follow it to its final state."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flows.deployments import DeploymentError
+
+DEFAULT_FLOW = "retrain-from-config"
+# The exit code of `fedrisk trigger` for each final state of the run it follows.
+EXIT_CODES = {"COMPLETED": 0, "FAILED": 1, "CRASHED": 3, "CANCELLED": 4}
+STILL_RUNNING_EXIT_CODE = 5
+
+
+def parse_params(given: list[str], flow_parameters: set[str]) -> dict[str, Any]:
+    """`k=v` pairs as a deployment run's parameters: a flow parameter by name (`config_file=...`), any
+    other key is a dotted run-config key collected into `overrides` (`training.rounds=5`).
+    Values are read as JSON when they are JSON (`5`, `false`, `[32, 16]`), else as text, like
+    `prefect deployment run --param`.
+    """
+    parameters: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    for item in given:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE, e.g. training.rounds=5")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in flow_parameters:
+            parameters[key] = value
+        elif "overrides" in flow_parameters:
+            overrides[key] = value
+        else:
+            raise ValueError(f"--param {key}: not a parameter of this deployment ({sorted(flow_parameters)})")
+    if overrides:
+        parameters["overrides"] = {**(parameters.get("overrides") or {}), **overrides}
+    return parameters
+
+
+def find_deployment(name: str):
+    """A deployment by `flow/deployment`, or by deployment name alone for the retraining flow."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    full = name if "/" in name else f"{DEFAULT_FLOW}/{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(full)
+        except ObjectNotFound:
+            known = sorted(f"{d.name}" for d in client.read_deployments())
+            raise DeploymentError(f"no deployment {full!r} on the server; deployments: {known or 'none'} "
+                                  f"(register them with `fedrisk deploy` or `fedrisk serve`)") from None
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    flow_run_id: str
+    name: str
+    state: str
+    message: str
+    summary: str | None
+
+
+def start(deployment, parameters: dict[str, Any]):
+    """Create a flow run of `deployment` now; parameters merge over the deployment's own."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.create_flow_run_from_deployment(deployment.id, parameters=parameters, tags=["triggered"])
+
+
+def follow(flow_run_id, on_log: Callable[[Any], None], on_state: Callable[[str], None],
+           poll_seconds: float = 2.0, timeout_seconds: float | None = None) -> FinishedRun | None:
+    """Print the run's logs and state changes as they come until it reaches a final state (None on timeout)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, LogFilter
+    from prefect.client.schemas.filters import FlowRunFilterId, LogFilterFlowRunId
+
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    seen_logs, last_state = 0, None
+    with get_client(sync_client=True) as client:
+        logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            for log in client.read_logs(log_filter=logs, offset=seen_logs, limit=200):
+                on_log(log)
+                seen_logs += 1
+            state = run.state
+            if state and state.name != last_state:
+                last_state = state.name
+                on_state(state.name)
+            if state and state.is_final():
+                for log in client.read_logs(log_filter=logs, offset=seen_logs, limit=200):
+                    on_log(log)
+                artifacts = client.read_artifacts(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="retrain-")))
+                return FinishedRun(str(flow_run_id), run.name, state.type.value, state.message or "",
+                                   artifacts[-1].data if artifacts else None)
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(poll_seconds)

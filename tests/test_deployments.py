@@ -1,0 +1,195 @@
+"""Retraining as a service: prefect.yaml's deployments on a real `prefect server start`, registered with
+`fedrisk deploy` and run by a process worker, or served by `fedrisk serve`; runs started and followed
+with `fedrisk trigger`, each command in its own process as a user runs it."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from flows.config import load_config
+from flows.deployments import DeploymentError, load_deployments
+from flows.retrain import resolve_config_file, retrain_from_config
+from flows.settings import PROJECT_ROOT
+from tests.conftest import free_port, running, wait_for
+
+BIN = Path(sys.executable).parent
+MODEL = "credit_service"
+
+
+def test_prefect_yaml_schedules_the_retrainings_with_their_configs():
+    specs = {spec.name: spec for spec in load_deployments()}
+    assert set(specs) == {"credit-default-weekly", "credit-default-demo-daily"}
+    weekly, daily = specs["credit-default-weekly"], specs["credit-default-demo-daily"]
+    assert [(s.cron, s.timezone) for s in weekly.schedules] == [("0 2 * * 1", "Europe/London")]
+    assert [(s.cron, s.timezone) for s in daily.schedules] == [("30 6 * * *", "Europe/London")]
+    for spec in specs.values():
+        assert spec.entrypoint == "flows/retrain.py:retrain_from_config" and spec.work_pool.name == "fedrisk-process"
+        load_config(resolve_config_file(spec.parameters["config_file"]))  # each names a valid committed config
+    assert weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"schedules": [{"cron": "0 25 * * *", "timezone": "Europe/London"}]}, "deployment 'nightly': "),
+    ({"schedules": [{"cron": "0 2 * * *", "timezone": "Europe/Londres"}]}, "Europe/Londres"),
+    ({"concurrency_limit": 2}, "concurrency_limit\n  Extra inputs are not permitted"),
+    ({"entrypoint": "retrain"}, "entrypoint\n  String should match pattern"),
+])
+def test_a_bad_deployment_is_refused_with_its_name_and_field(change, message, tmp_path):
+    entry = {"name": "nightly", "entrypoint": "flows/retrain.py:retrain_from_config",
+             "parameters": {"config_file": "configs/demo.yaml"}, "work_pool": {"name": "fedrisk-process"}, **change}
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump({"deployments": [entry]}))
+    with pytest.raises(DeploymentError) as error:
+        load_deployments(path)
+    assert str(error.value).startswith(f"{path}: deployment 'nightly': ") and message in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, small_consortium):
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME, and the environment
+    the fedrisk commands, worker and flow runs share (a fresh MLflow store); stopped by its pid."""
+    root = tmp_path_factory.mktemp("service")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": url, "COLUMNS": "200",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "FEDRISK_RUNS_DIR": str(root / "runs")}
+    institutions = "".join(f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items())
+    good = root / "service.yaml"
+    good.write_text(f"model_name: {MODEL}\ninstitutions:\n{institutions}quorum: 4\ntraining: {{rounds: 5}}\n"
+                    f"promotion: {{max_calibration_error: null}}\n")
+    broken = root / "broken.yaml"  # one extract missing, every institution required
+    broken.write_text(good.read_text().replace(str(small_consortium["cedar_savings"]), str(root / "absent.csv")))
+    log = root / "server.log"
+    with running([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 env, log) as process:
+        wait_for(lambda: _healthy(url), process, log, "prefect server start", timeout=180)
+        yield SimpleNamespace(url=url, env=env, root=root, good=good, broken=broken, process=process)
+    assert process.poll() is not None  # stopped by its pid
+    assert not _healthy(url)
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _fedrisk(server, *args: str, timeout: float = 600) -> tuple[int, str]:
+    result = subprocess.run([str(BIN / "fedrisk"), *args], env=server.env, capture_output=True, text=True,
+                            timeout=timeout)
+    return result.returncode, result.stdout + result.stderr
+
+
+def _api(server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Client:
+        def __enter__(self):
+            self.settings = temporary_settings({PREFECT_API_URL: server.url})
+            self.settings.__enter__()
+            self.client = get_client(sync_client=True).__enter__()
+            return self.client
+
+        def __exit__(self, *exc):
+            self.client.__exit__(*exc)
+            self.settings.__exit__(*exc)
+
+    return Client()
+
+
+def _started_run_id(output: str) -> str:
+    return re.search(r"Started flow run \S+ \(([0-9a-f-]{36})\)", output).group(1)
+
+
+def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
+    code, output = _fedrisk(server, "deploy")
+    assert code == 0, output
+    assert ("deployed retrain-from-config/credit-default-weekly to work pool fedrisk-process: "
+            "cron '0 2 * * 1' (Europe/London)") in output
+    assert "Runs wait for a worker: prefect worker start --pool fedrisk-process" in output
+    with _api(server) as client:
+        weekly = client.read_deployment_by_name("retrain-from-config/credit-default-weekly")
+        daily = client.read_deployment_by_name("retrain-from-config/credit-default-demo-daily")
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in weekly.schedules] == [
+        ("0 2 * * 1", "Europe/London", True)]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in daily.schedules] == [("30 6 * * *", "Europe/London")]
+    assert weekly.work_pool_name == "fedrisk-process" and weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
+
+    log = server.root / "worker.log"
+    with running([str(BIN / "prefect"), "worker", "start", "--pool", "fedrisk-process"], server.env, log):
+        code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.good}",
+                                "--param", "training.rounds=3", "--timeout", "500")
+        assert code == 0, output + log.read_text()[-3000:]
+        run_id = _started_run_id(output)
+        assert "state: Running" in output and "state: Completed" in output
+        assert re.search(r"round 3/3: train loss 0\.\d+, validation loss 0\.\d+", output)  # progress, as it runs
+        assert f"Model `{MODEL}` version 1" in output or f"Model {MODEL} version 1" in output  # the run's summary
+        assert f"retrain-{MODEL}: COMPLETED" in output
+
+        # A validation failure fails the run at once (exit 1), with the reason, and is not retried.
+        code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.broken}",
+                                "--timeout", "300")
+        assert code == 1, output
+        failed_id = _started_run_id(output)
+        assert f"retrain-{MODEL}: FAILED" in output
+        assert "only 3 of 4 institutions passed validation, quorum is 4" in output
+        assert f"institution 'cedar_savings': {server.root / 'absent.csv'}: file not found" in output
+
+    with _api(server) as client:
+        finished, failed = client.read_flow_run(run_id), client.read_flow_run(failed_id)
+    assert finished.state.is_completed() and failed.state.is_failed() and failed.run_count == 1
+
+    client = MlflowClient(server.env["MLFLOW_TRACKING_URI"])
+    (version,) = client.search_model_versions(f"name='{MODEL}'")  # the failed run registered nothing
+    assert str(version.version) == "1" and {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()} == {
+        "champion": "1", "challenger": "1"}
+    assert version.tags["prefect.flow_run_id"] == run_id
+    assert version.tags["prefect.deployment"] == "retrain-from-config/credit-default-demo-daily"
+    assert version.tags["prefect.flow_run_url"] == f"{server.url.removesuffix('/api')}/runs/flow-run/{run_id}"
+    assert client.get_run(version.run_id).data.params["training.rounds"] == "3"  # the trigger's override
+
+
+def _triggered_runs(server) -> int:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with _api(server) as client:  # the scheduler's own future runs are not counted
+        return len(client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["triggered"]))))
+
+
+def test_trigger_refuses_bad_input_before_starting_a_run(server):
+    _fedrisk(server, "deploy")
+    runs_before = _triggered_runs(server)
+    code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.good}",
+                            "--param", "training.roundz=3")
+    assert code == 2 and "training.roundz: Extra inputs are not permitted" in output, output
+    code, output = _fedrisk(server, "trigger", "credit-default-hourly")
+    assert code == 2 and "no deployment 'retrain-from-config/credit-default-hourly' on the server" in output
+    assert _triggered_runs(server) == runs_before
+
+
+def test_serve_runs_the_deployments_from_one_process(server):
+    log = server.root / "serve.log"
+    with running([str(BIN / "fedrisk"), "serve"], server.env, log) as serving:
+        wait_for(lambda: "runs start in this process" in log.read_text(), serving, log, "fedrisk serve", timeout=120)
+        assert "serving retrain-from-config/credit-default-weekly: cron '0 2 * * 1' (Europe/London)" in log.read_text()
+        code, output = _fedrisk(server, "trigger", "credit-default-weekly", "--param", f"config_file={server.broken}",
+                                "--timeout", "300")
+    assert code == 1 and "only 3 of 4 institutions passed validation, quorum is 4" in output, output
+    assert "state: Running" in output and f"retrain-{MODEL}: FAILED" in output
+
+
+def test_the_deployed_flow_reads_its_config_like_the_cli():
+    assert retrain_from_config.name == "retrain-from-config"
+    assert resolve_config_file("configs/demo.yaml") == PROJECT_ROOT / "configs" / "demo.yaml"
+    assert resolve_config_file("/abs/run.yaml") == Path("/abs/run.yaml")
