@@ -367,11 +367,11 @@ def trigger(
     """
     from flows.config import ConfigError, load_config
     from flows.deployments import DeploymentError, require_server
-    from flows.retrain import resolve_config_file
+    from flows.retrain import flow_run_url, resolve_config_file
     from flows.trigger import EXIT_CODES, STILL_RUNNING_EXIT_CODE, find_deployment, follow, parse_params, start
 
     try:
-        url = require_server()
+        require_server()
         target = find_deployment(deployment)
         parameters = parse_params(param, set(target.parameter_openapi_schema.get("properties", {})))
         merged = {**target.parameters, **parameters}
@@ -382,9 +382,8 @@ def trigger(
         console.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(2) from None
     run = start(target, parameters)
-    ui = url.removesuffix("/api").rstrip("/")
-    console.print(f"Started flow run [bold]{run.name}[/bold] ({run.id}) of {deployment}: {ui}/runs/flow-run/{run.id}",
-                  highlight=False)
+    page = flow_run_url(run.id)
+    console.print(f"Started flow run [bold]{run.name}[/bold] ({run.id}) of {deployment}: {page}", highlight=False)
 
     def on_log(log) -> None:
         if log.message.startswith("Finished in state Completed"):  # one per task: noise here, kept in the UI
@@ -393,10 +392,14 @@ def trigger(
 
     def on_state(state: str) -> None:
         console.print(f"[bold]state: {state}[/bold]")
+        if state == "Late":
+            pools = f"prefect worker start --pool {target.work_pool_name}" if target.work_pool_name else None
+            console.print("nothing has picked the run up yet: is `fedrisk serve` running"
+                          + (f", or `{pools}`?" if pools else "?"), highlight=False)
 
     finished = follow(run.id, on_log, on_state, timeout_seconds=timeout)
     if finished is None:
-        console.print(f"still running after {timeout:g} s; follow it in the Prefect UI: {ui}/runs/flow-run/{run.id}")
+        console.print(f"still running after {timeout:g} s; follow it in the Prefect UI: {page}", highlight=False)
         raise typer.Exit(STILL_RUNNING_EXIT_CODE)
     if finished.summary:
         from rich.markdown import Markdown

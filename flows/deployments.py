@@ -122,14 +122,33 @@ def serve(specs: list[DeploymentSpec], on_ready: Callable[[list[str]], None]) ->
 
     os.chdir(PROJECT_ROOT)  # flow runs start from the entrypoint, relative to the project root
     runner = Runner(pause_on_shutdown=True)
-    ids = [str(runner.add_deployment(load_flow(spec.entrypoint).to_deployment(
-        name=spec.name, description=spec.description or None, parameters=spec.parameters,
-        schedules=_schedules(spec), tags=spec.tags))) for spec in specs]
+    ids = []
+    for spec in specs:
+        flow = load_flow(spec.entrypoint)
+        _forget_worker_deployment(f"{flow.name}/{spec.name}")
+        ids.append(str(runner.add_deployment(flow.to_deployment(
+            name=spec.name, description=spec.description or None, parameters=spec.parameters,
+            schedules=_schedules(spec), tags=spec.tags))))
     on_ready(ids)
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal):
         pass
+
+
+def _forget_worker_deployment(full_name: str) -> None:
+    """Served deployments take over their names: one registered earlier by `fedrisk deploy` (for a
+    work pool, with its pull steps) is deleted first, or its runs would look for that pool's code."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(full_name)
+        except ObjectNotFound:
+            return
+        if existing.work_pool_name:
+            client.delete_deployment(existing.id)
 
 
 def ensure_work_pool(name: str) -> bool:

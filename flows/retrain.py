@@ -53,63 +53,12 @@ def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> s
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flow_run_url() -> str | None:
-    """This flow run's page in the Prefect UI, when the run is on a Prefect server (not ephemeral)."""
+def flow_run_url(flow_run_id) -> str | None:
+    """A flow run's page in the Prefect UI, when runs go to a Prefect server (not a temporary API)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+    from prefect.utilities.urls import url_for
 
-    return flow_run.ui_url if PREFECT_API_URL.value() and PREFECT_UI_URL.value() else None
-
-
-class RetrainingBusy(RuntimeError):
-    """Another retraining of the same model is running; this one gave up waiting for it."""
-
-
-def lock_name(model_name: str) -> str:
-    """The Prefect global concurrency limit (one slot) that serializes retrainings of one model."""
-    return f"retrain-{model_name}"
-
-
-@contextmanager
-def model_lock(model_name: str, wait_seconds: float) -> Iterator[None]:
-    """Hold the model's one-slot concurrency limit in the Prefect API for the whole retraining, so two
-    runs (scheduled, triggered or local) never race its registry entry. A second one waits up to
-    `wait_seconds`, then raises RetrainingBusy. The slot is a lease: a crashed run frees it when it expires.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    logger = get_run_logger()
-    name = lock_name(model_name)
-    with get_client(sync_client=True) as client:
-        try:
-            busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
-        except ObjectNotFound:
-            busy = False
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:  # another run created it a moment ago
-                pass
-    if busy:
-        logger.warning("another retraining of %s is running (concurrency limit '%s'); waiting up to %g s for it",
-                       model_name, name, wait_seconds)
-    acquired = False
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True,
-                         holder=ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id),
-                         raise_on_lease_renewal_failure=False):
-            acquired = True
-            yield
-    except TimeoutError:
-        if acquired:
-            raise
-        raise RetrainingBusy(
-            f"another retraining of {model_name} is still running after waiting {wait_seconds:g} s "
-            f"(concurrency limit '{name}' in the Prefect API); nothing was trained or registered. "
-            f"Retry when it has finished (see its flow run in the Prefect UI)."
-        ) from None
+    return url_for("flow-run", obj_id=flow_run_id) if PREFECT_API_URL.value() and PREFECT_UI_URL.value() else None
 
 
 def _deployment_name() -> str | None:
@@ -117,6 +66,62 @@ def _deployment_name() -> str | None:
     from prefect.runtime import deployment
 
     return f"{flow_run.flow_name}/{deployment.name}" if deployment.id else None
+
+
+class RetrainingBusy(RuntimeError):
+    """Another retraining of the same model is running; this one gave up waiting for it."""
+
+
+def lock_path(model_name: str) -> Path:
+    """The file whose lock serializes retrainings of one model (beside the unfinished runs' checkpoints)."""
+    return Settings().runs_dir / "locks" / f"{model_name}.lock"
+
+
+@contextmanager
+def model_lock(model_name: str, wait_seconds: float, poll_seconds: float = 1.0) -> Iterator[None]:
+    """Hold the model's lock for the whole retraining, so two runs (scheduled, triggered or local)
+    never race its registry entry. A second one waits up to `wait_seconds`, then raises RetrainingBusy.
+
+    An OS file lock: the kernel releases it the moment its holder exits, even when killed, so a
+    crashed run never blocks the next one. The file names the holder for whoever waits.
+    """
+    import fcntl
+    import os
+    import time
+    from datetime import datetime, timezone
+
+    logger = get_run_logger()
+    path = lock_path(model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline, warned = time.monotonic() + wait_seconds, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    raise RetrainingBusy(
+                        f"another retraining of {model_name} is still running after waiting {wait_seconds:g} s "
+                        f"({holder}); nothing was trained or registered. Retry when it has finished.") from None
+                if not warned:
+                    logger.warning("another retraining of %s is running (%s); waiting up to %g s for it",
+                                   model_name, holder, wait_seconds)
+                    warned = True
+                time.sleep(poll_seconds)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"flow run {flow_run.id} ({flow_run.name}), pid {os.getpid()}, "
+                     f"since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")
@@ -213,7 +218,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         decision = decide_promotion(plain_config["promotion"], evaluations, champion.version if champion else None)
         commit, dirty = git_state(PROJECT_ROOT)
         lineage = lineage_tags(
-            flow_run_id=str(flow_run.id), flow_run_url=_flow_run_url(), deployment=_deployment_name(),
+            flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
             commit=commit, dirty=dirty,
             config=plain_config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
             validation=validation, admitted=[s[0] for s in admitted])

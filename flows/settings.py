@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         description="Working directory of each retraining (round checkpoints), kept until it registers.",
     )
     lock_wait_seconds: float = Field(
-        default=3600, ge=1, validation_alias="FEDRISK_LOCK_WAIT_SECONDS",
+        default=3600, ge=0, validation_alias="FEDRISK_LOCK_WAIT_SECONDS",
         description="How long a retraining waits for another retraining of the same model to finish before "
                     "it gives up (one retraining per model at a time).",
     )

@@ -131,7 +131,7 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
         code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.good}",
                                 "--param", "training.rounds=3", "--timeout", "500")
         assert code == 0, output + log.read_text()[-3000:]
-        run_id = _started_run_id(output)
+        run_id, completed_output = _started_run_id(output), output
         assert "state: Running" in output and "state: Completed" in output
         assert re.search(r"round 3/3: train loss 0\.\d+, validation loss 0\.\d+", output)  # progress, as it runs
         assert f"Model `{MODEL}` version 1" in output or f"Model {MODEL} version 1" in output  # the run's summary
@@ -156,7 +156,8 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
         "champion": "1", "challenger": "1"}
     assert version.tags["prefect.flow_run_id"] == run_id
     assert version.tags["prefect.deployment"] == "retrain-from-config/credit-default-demo-daily"
-    assert version.tags["prefect.flow_run_url"] == f"{server.url.removesuffix('/api')}/runs/flow-run/{run_id}"
+    page = f"{server.url.removesuffix('/api')}/runs/flow-run/{run_id}"  # what the trigger printed
+    assert version.tags["prefect.flow_run_url"] == page and page in completed_output
     assert client.get_run(version.run_id).data.params["training.rounds"] == "3"  # the trigger's override
 
 

@@ -26,7 +26,7 @@ def test_a_version_carries_its_lineage(store):
     head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] in ("true", "false")
     # The test harness is a real Prefect server on loopback, so the run has a UI page.
-    assert tags["prefect.flow_run_url"].endswith(f"/flow-runs/flow-run/{tags['prefect.flow_run_id']}")
+    assert tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{tags['prefect.flow_run_id']}")
     assert tags["config.sha256"] == config_digest(store.config.model_dump(mode="json"))
     assert tags["suite.name"] == "credit_default_v1"
     from flows.settings import Settings

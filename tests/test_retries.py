@@ -16,7 +16,8 @@ from tasks.retries import RETRY_DELAYS_SECONDS, is_transient
 from tasks.validation import QuorumNotMet
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# tracking_uri: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which the fixture puts back.
+pytestmark = pytest.mark.usefixtures("prefect_api", "tracking_uri")
 
 
 def _caught(call):
