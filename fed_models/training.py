@@ -9,9 +9,7 @@ checkpointed every round so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +21,7 @@ import tensorflow_federated as tff
 
 from fed_models import runtime
 from fed_models.aggregation import AggregationKind, build_aggregator, update_bytes
+from fed_models.checkpoints import Checkpoints
 from fed_models.client_data import client_dataset, element_spec
 from fed_models.fedprox import ProximalSGD
 from fed_models.faults import HONEST, faulty_client_data, with_update_faults
@@ -183,32 +182,6 @@ def _find(measurements, key: str) -> float:
     return float("nan")
 
 
-class _Checkpoints:
-    """Per-round program state under `directory` (TFF FileProgramStateManager), tied to a spec."""
-
-    def __init__(self, directory: Path, fingerprint: dict):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        spec_file = self.directory / "spec.json"
-        text = json.dumps(fingerprint, sort_keys=True, default=str)
-        if spec_file.exists() and spec_file.read_text() != text:
-            raise ValueError(f"checkpoints in {self.directory} belong to a different training spec or data; "
-                             "use another directory or delete it")
-        spec_file.write_text(text)
-        self._manager = tff.program.FileProgramStateManager(self.directory, keep_total=2, keep_first=False)
-
-    # Saved as a flat list of arrays: TF 2.14's SavedModel cannot trace dict wrappers under the
-    # typing_extensions this stack resolves to ("__dict__ descriptor ... '_DictWrapper'").
-    def load(self, template):
-        """The latest saved state shaped like `template`, or None when nothing was saved yet."""
-        flat, _ = asyncio.run(self._manager.load_latest(tf.nest.flatten(template)))
-        return None if flat is None else tf.nest.pack_sequence_as(template, list(flat))
-
-    def save(self, program_state, round_num: int) -> None:
-        flat = [np.asarray(leaf) for leaf in tf.nest.flatten(program_state)]
-        asyncio.run(self._manager.save(flat, round_num))
-
-
 def _program_state(state, history: list[RoundMetrics], best_weights, best_loss: float,
                    best_round: int, stale: int):
     table = np.array([[float(getattr(m, f)) for f in _NUMERIC_FIELDS] for m in history], dtype=np.float64)
@@ -265,7 +238,7 @@ def train(
     best_loss, best_round, stale = np.inf, 0, 0
     checkpoints = None
     if checkpoint_dir is not None:
-        checkpoints = _Checkpoints(checkpoint_dir, {
+        checkpoints = Checkpoints(checkpoint_dir, {
             "spec": asdict(spec), "mean": mean.tolist(), "std": std.tolist(),
             "clients": [(c.institution, len(c.y)) for c in clients],
             "validation": [(c.institution, len(c.y)) for c in validation or []],

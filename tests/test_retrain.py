@@ -206,13 +206,14 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri
                               start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not list(runs_dir.glob("credit_resume/*/checkpoints/program_state_3")):
+        while not list(runs_dir.glob("credit_resume/*/checkpoints/program_state_3.npz")):
             assert killed.poll() is None and time.monotonic() < deadline, "no round-3 checkpoint appeared"
             time.sleep(0.05)
         os.killpg(killed.pid, signal.SIGKILL)
     finally:
         killed.wait(timeout=30)
-    saved = sorted(int(p.name.rsplit("_", 1)[1]) for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*"))
+    saved = sorted(int(p.stem.rsplit("_", 1)[1])
+                   for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*.npz"))
     assert saved and 3 <= saved[-1] < 20, saved
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
