@@ -123,8 +123,10 @@ def _run(config: RunConfig) -> None:
 
     from flows.retrain import RetrainingBusy, retrain
     from tasks.data import InstitutionDataError
+    from tasks.training import import_engine_in_background
     from tasks.validation import QuorumNotMet
 
+    import_engine_in_background()
     try:
         with _round_progress():
             summary = retrain(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -15,6 +16,17 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from tasks.data import as_split, combine_statistics, load_parts, local_statistics
 
 _round_listeners: list[Callable[[dict], None]] = []
+
+
+def import_engine_in_background() -> threading.Thread:
+    """Start importing TensorFlow and TFF (10-15 s) on a daemon thread, so that a command which is
+    about to retrain pays for it while the Prefect API starts and the institutions are validated."""
+    def load() -> None:
+        import fed_models.training  # noqa: F401
+
+    thread = threading.Thread(target=load, name="import-training-engine", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager
