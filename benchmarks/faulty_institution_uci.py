@@ -11,18 +11,13 @@ averaging, next to the clean run.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from federated_mlp_uci import UCI_DIR, load_banks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.data import combine_statistics, local_statistics  # noqa: E402
-from tasks.evaluation import binary_metrics  # noqa: E402
+from common import UCI_DIR, arrays, partition_uci, require_uci, split_institutions, write_json
+from tasks.data import combine_statistics, local_statistics
+from tasks.evaluation import binary_metrics
 
 FAULTS = {"clean": None, "x100": 100.0, "sign flip": -1.0, "x-10": -10.0, "NaN": float("nan")}
 
@@ -34,17 +29,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--faults", default=",".join(f for f in FAULTS if f != "clean"),
                         help=f"comma-separated, of {list(FAULTS)[1:]}")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/faulty_institution_uci.json")
     args = parser.parse_args()
-    if not args.data_dir.is_dir():
-        sys.exit(f"UCI data not found at {args.data_dir}; see ../shared/data/README.md")
+    require_uci(args.data_dir)
 
     from fed_models.keras_models import build_model, predict_proba
     from fed_models.training import ClientData, TrainingSpec, train
 
-    fit, _, (x_test, y_test) = load_banks(args.data_dir, 0.1, 0)
-    mean, std = combine_statistics([local_statistics(bank, x, y) for bank, x, y in fit])
-    clients = [ClientData(*f) for f in fit]
+    frames, holdout = partition_uci(args.data_dir, "iid")
+    banks = split_institutions(frames, 0.1, 0)
+    x_test, y_test = arrays(holdout)
+    mean, std = combine_statistics([local_statistics(b.name, b.x_fit, b.y_fit) for b in banks])
+    clients = [ClientData(b.name, b.x_fit, b.y_fit) for b in banks]
     results = {}
     for aggregation in ("robust", "tff_robust", "plain"):
         spec = TrainingSpec(rounds=args.rounds, client_learning_rate=0.05, aggregation=aggregation, seed=0)
@@ -60,8 +56,7 @@ def main() -> None:
             print(f"{aggregation:>10}  {fault:>9}: holdout AUC {auc:.4f}", flush=True)
     print(f"\nfaulty institution: {args.faulty}; {args.rounds} rounds; AUC 0.5 under NaN = TFF's server rejected every "
           "non-finite average, so the model never moved")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    print(f"wrote {write_json(args.json, 'faulty_institution_uci', args, results)}")
 
 
 if __name__ == "__main__":

@@ -1,37 +1,99 @@
-"""Benchmark scripts run from a clean checkout and print their figures (tiny sizes here)."""
+"""Every benchmark script runs and prints and writes its figures (tiny sizes here).
+
+The scripts that train run in this process, so the session's TensorFlow import and TFF worker are
+reused; the pipeline benchmark runs as a user runs it, as its own process from the checkout.
+"""
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import require_uci
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
-def _run(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+def _run(script: str, *args: str, capsys, monkeypatch) -> str:
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    return capsys.readouterr().out
 
 
-def test_federated_mlp_uci_prints_and_writes_its_figures(tmp_path):
+def _results(path: Path) -> object:
+    written = json.loads(path.read_text())
+    assert written["machine"]["cores"] == os.cpu_count() and written["command"].startswith("uv run python")
+    return written["results"]
+
+
+def test_utility_uci_compares_federated_with_centralized_local_only_and_boosting(tmp_path, capsys, monkeypatch):
     require_uci()
-    out = _run("federated_mlp_uci.py", "--rounds", "2", "--seeds", "0", "--no-centralized",
-               "--json", str(tmp_path / "mlp.json"))
-    assert "federated fedadam mlp[64, 32]: holdout AUC mean 0." in out
-    [run] = json.loads((tmp_path / "mlp.json").read_text())["runs"]
-    assert run["rounds_run"] == 2 and 0.6 < run["federated_auc"] < 1
+    out = _run("utility_uci.py", "--partitions", "limit_band", "--seeds", "0", "--rounds", "2", "--algorithms",
+               "fedavg", "--central-epochs", "2", "--json", str(tmp_path / "u.json"), capsys=capsys,
+               monkeypatch=monkeypatch)
+    rows = _results(tmp_path / "u.json")
+    assert {(r["method"], r["model"]) for r in rows} == {
+        (method, model) for method in ("federated fedavg", "centralized (pooled)", "local-only")
+        for model in ("logistic_regression", "mlp[64, 32]")} | {("centralized", "gradient boosting")}
+    segments = {"consumer_lender", "retail_bank", "premier_bank", "private_bank"}
+    for row in rows:
+        assert set(row["segments"]) == segments and 0.5 < row["holdout"]["auc"] < 1 and 0 < row["holdout"]["ks"] < 1
+    boosting = next(r for r in rows if r["model"] == "gradient boosting")
+    assert boosting["holdout"]["auc"] > 0.75  # the reference figure: about 0.78
+    assert "limit_band: AUC on each institution's own holdout customers" in out
+    assert "target (federated MLP within 0.005 of the centralized MLP): federated fedavg" in out
 
 
-def test_faulty_institution_uci_shows_each_aggregator_under_each_fault(tmp_path):
+def test_round_throughput_times_rounds_against_the_keras_floor(tmp_path, capsys, monkeypatch):
+    out = _run("round_throughput.py", "--institutions", "2", "--rows", "300", "--models", "logistic_regression",
+               "--rounds", "1", "--json", str(tmp_path / "t.json"), capsys=capsys, monkeypatch=monkeypatch)
+    [row] = _results(tmp_path / "t.json")
+    assert row["institutions"] == 2 and row["rows_per_institution"] == 300
+    assert row["seconds_per_round"] > 0 and row["floor_seconds"] > 0
+    assert row["ratio"] == pytest.approx(row["seconds_per_round"] / row["floor_seconds"])
+    assert row["examples_per_second"] == pytest.approx(600 / row["seconds_per_round"])
+    assert "logistic_regression" in out and "TFF/floor" in out
+
+
+def test_memory_rounds_reads_this_process_and_the_tff_worker(tmp_path, capsys, monkeypatch):
+    out = _run("memory_rounds.py", "--rounds", "3", "--rows", "300", "--warmup", "1", "--json",
+               str(tmp_path / "m.json"), capsys=capsys, monkeypatch=monkeypatch)
+    results = _results(tmp_path / "m.json")
+    assert [s["round"] for s in results["samples"]] == [1, 2, 3]
+    assert all(s["python_mib"] > 100 and s["worker_mib"] > 10 for s in results["samples"])  # both processes read
+    assert results["peak"]["worker_mib"] >= max(s["worker_mib"] for s in results["samples"])
+    assert "growth round 1 -> 3" in out
+
+
+def test_faulty_institution_uci_shows_each_aggregator_under_each_fault(tmp_path, capsys, monkeypatch):
     require_uci()
-    out = _run("faulty_institution_uci.py", "--rounds", "2", "--faults", "x100",
-               "--json", str(tmp_path / "faults.json"))
-    figures = json.loads((tmp_path / "faults.json").read_text())
+    out = _run("faulty_institution_uci.py", "--rounds", "2", "--faults", "x100", "--json", str(tmp_path / "f.json"),
+               capsys=capsys, monkeypatch=monkeypatch)
+    figures = _results(tmp_path / "f.json")
     assert set(figures) == {f"{a} / {f}" for a in ("robust", "tff_robust", "plain") for f in ("clean", "x100")}
     assert all(0.5 < auc < 1 for auc in figures.values())
     assert "faulty institution: bank_b; 2 rounds" in out
+
+
+def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline_overhead.py"), "--runs", "1",
+                             "--rows-scale", "0.1", "--json", str(tmp_path / "p.json")],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = _results(tmp_path / "p.json")
+    [run] = results["runs"]
+    stages = run["stages"]
+    for stage in ("start-up", "validation", "statistics", "training", "baselines (simulation)", "evaluation",
+                  "registration"):
+        assert stages[stage] > 0, stage
+    assert sum(stages.values()) == pytest.approx(run["wall_seconds"])
+    assert stages["training"] > stages["statistics"]
+    assert set(results["imports"]) == {"fedrisk CLI and flow (Prefect, MLflow client, GX, pandas)",
+                                       "TensorFlow + TFF (paid once, inside training)"}
+    assert "fedrisk demo run 1:" in result.stdout and "total (wall)" in result.stdout
