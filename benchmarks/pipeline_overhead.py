@@ -81,9 +81,6 @@ def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], lis
     env.pop("PREFECT_API_URL", None)
     imports = import_seconds(env)
     data_dir = workspace / "data"
-    if args.rows_scale is not None:
-        subprocess.run([str(BIN / "fedrisk"), "data", "synth", "--out", str(data_dir), "--rows-scale",
-                        str(args.rows_scale)], env=env, check=True, capture_output=True)
     walls = []
     for number in range(1, args.runs + 1):
         started = time.time()
@@ -94,6 +91,9 @@ def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], lis
             sys.exit(f"fedrisk demo run {number} failed ({result.returncode}):\n"
                      f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
         walls.append((started, finished))
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            (args.logs / f"demo-run-{number}.log").write_text(result.stdout + result.stderr)
         print(f"fedrisk demo run {number}: {finished - started:.1f} s", flush=True)
     return imports, walls, stage_seconds(workspace / "prefect")
 
@@ -101,9 +101,7 @@ def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="demo runs in the same workspace")
-    parser.add_argument("--rows-scale", type=float, default=None,
-                        help="synthesize the demo institutions at this scale first (smoke runs); default: the "
-                             "demo's own data")
+    parser.add_argument("--logs", type=Path, default=None, help="keep each demo run's output in this directory")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/pipeline_overhead.json")
     args = parser.parse_args()
 

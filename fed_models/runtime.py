@@ -29,11 +29,12 @@ _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", _GRPC_MAX_BYTES),
 ]
 _PR_SET_PDEATHSIG = 1
-# glibc's default of up to 8 malloc arenas per core, and its sliding mmap threshold, let the
-# worker's heap fragment as each round's datasets come and go: +0.6 MiB per round, still rising
-# after 160 rounds. Two arenas and a fixed threshold make it level off
-# (benchmarks/memory_rounds.py; upstream TFF #4590 reports the growth).
-_WORKER_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+# glibc raises its mmap threshold as large blocks are freed, after which each round's dataset
+# buffers come from a heap that fragments: the worker grew 0.6 MiB per round, still rising after
+# 160 rounds. A fixed threshold returns them to the OS when freed, at no cost in round time
+# (benchmarks/memory_rounds.py, round_throughput.py; upstream TFF #4590 reports the growth).
+# Fewer malloc arenas also curb it, but slow rounds down by a third.
+_WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 _STARTUP_TIMEOUT_S = 60.0
 
 _lock = threading.Lock()

@@ -35,12 +35,14 @@ UCI_DIR = SHARED_DATA / "uci_default_credit"
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    """A real (temporary) Prefect API for the session's flow runs."""
+def prefect_api() -> Iterator[str]:
+    """A real (temporary) Prefect API for the session's flow runs; its URL, for `fedrisk` commands run
+    as their own processes (which then skip starting a temporary API of their own)."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -180,7 +180,8 @@ def test_a_units_change_since_the_last_run_quarantines_that_institution(tracking
     assert all(r.passed for r in accepted.validation)
 
 
-def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri, small_consortium, tmp_path):
+def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri, small_consortium, tmp_path,
+                                                                    prefect_api):
     """Kill `fedrisk retrain` after a round's checkpoint; the next invocation resumes there and
     ends exactly where an uninterrupted run ends (same seed: same samples, shuffles and state)."""
     import os
@@ -200,7 +201,7 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri
     config_file.write_text(yaml.safe_dump(config_data))
     runs_dir = tmp_path / "runs"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}",
-           "FEDRISK_RUNS_DIR": str(runs_dir)}
+           "FEDRISK_RUNS_DIR": str(runs_dir), "PREFECT_API_URL": prefect_api}
     command = [str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config_file)]
     killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
