@@ -116,3 +116,22 @@ def update_bytes(kind: AggregationKind, shapes: list[tuple[int, ...]]) -> int:
         encoded, _ = encoder.encode(sample, encoder.initial_state())
         total += sum(int(np.asarray(t).nbytes) for t in tf.nest.flatten(encoded))
     return total
+
+
+def build_client_dp_aggregator(*, noise_multiplier: float, clients_per_round: int, clip_norm: float,
+                               adaptive: bool) -> tff.aggregators.WeightedAggregationFactory:
+    """Client-level DP: each institution's update clipped to `clip_norm` (fixed, or adaptively to the
+    median norm starting there), Gaussian noise of stddev noise_multiplier * clip on the sum, divided
+    by `clients_per_round`. Unweighted, as the guarantee needs: an institution's weight would be a
+    second, unbounded channel. No measurements of the raw updates (norms, counts) are added: they
+    are not noised. TFF's client work already sends a non-finite update as zeros.
+    """
+    if adaptive:
+        # TFF defaults the clipped-count noise to 0.05 * clients, which for a handful of members is
+        # below what any useful noise multiplier needs; this spends about a quarter of the RDP on it.
+        dp = tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+            noise_multiplier, clients_per_round, initial_l2_norm_clip=clip_norm,
+            clipped_count_stddev=max(0.05 * clients_per_round, noise_multiplier))
+    else:
+        dp = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(noise_multiplier, clients_per_round, clip_norm)
+    return tff.aggregators.as_weighted_aggregator(dp)

@@ -20,15 +20,40 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fed_models import runtime
-from fed_models.aggregation import AggregationKind, build_aggregator, update_bytes
+from fed_models.accounting import steps_per_round
+from fed_models.aggregation import AggregationKind, build_aggregator, build_client_dp_aggregator, update_bytes
 from fed_models.checkpoints import Checkpoints
 from fed_models.client_data import client_dataset, element_spec
+from fed_models.dp_sgd import build_dp_sgd_client_work, poisson_steps, secure_rng
 from fed_models.fedprox import ProximalSGD
 from fed_models.faults import HONEST, faulty_client_data, with_update_faults
 from fed_models.keras_models import ModelSpec, WeightedBinaryCrossentropy, build_model
 
 Algorithm = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
 ALGORITHMS: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+
+
+@dataclass(frozen=True)
+class RecordLevelPrivacy:
+    """DP-SGD in every institution's local training: per-example clip norm and each institution's
+    noise multiplier (noise stddev / clip norm), by institution name."""
+
+    clip_norm: float
+    noise_multipliers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientLevelPrivacy:
+    """Gaussian noise on the sum of institutions' clipped updates (TFF DifferentiallyPrivateFactory).
+
+    `clip_norm` is the fixed clip, or the starting clip of adaptive clipping (to the median norm).
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    adaptive_clipping: bool = False
+
+
 # Adaptive server optimizers (Reddi et al. 2021, "Adaptive Federated Optimization") use an
 # epsilon ("tau") of about 1e-3; Keras' 1e-7 makes the first server steps huge.
 ADAPTIVE_EPSILON = 1e-3
@@ -61,6 +86,7 @@ class TrainingSpec:
     patience: int | None = None
     min_delta: float = 0.0
     seed: int = 0
+    privacy: RecordLevelPrivacy | ClientLevelPrivacy | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +96,8 @@ class RoundMetrics:
     Losses are the training objective (with the positive-class weight); validation figures
     are summed over every institution's validation split (NaN when there is none). Update norms
     are of the updates as averaged (after robust zeroing and clipping); bytes are what the
-    sampled institutions sent.
+    sampled institutions sent. Under differential privacy, what would fall outside the guarantee
+    is not measured (NaN): training-set loss and AUC, and with client-level DP the update norms.
     """
 
     round: int
@@ -91,13 +118,15 @@ _NUMERIC_FIELDS = [f.name for f in fields(RoundMetrics)]
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """The exported (best-round) weights, every round's metrics, and how the run went."""
+    """The exported (best-round) weights, every round's metrics, how the run went, and in how many
+    rounds each institution trained (what its privacy accounting counts)."""
 
     weights: list[np.ndarray]
     rounds: list[RoundMetrics]
     best_round: int
     stopped_early: bool
     resumed_from_round: int
+    rounds_trained: dict[str, int] = field(default_factory=dict)
 
 
 def _model_fn(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray):
@@ -127,9 +156,53 @@ def _server_optimizer(spec: TrainingSpec):
     raise ValueError(f"unknown algorithm {spec.algorithm!r}; one of {ALGORITHMS}")
 
 
-def build_learning_process(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray,
+def _client_work(spec: TrainingSpec, model_fn, weights_type, mean: np.ndarray, std: np.ndarray):
+    """Local training: SGD, proximal SGD for FedProx, DP-SGD under record-level privacy."""
+    if isinstance(spec.privacy, RecordLevelPrivacy):
+        if spec.algorithm == "fedprox":
+            raise ValueError("record-level privacy trains locally with DP-SGD; it does not combine with fedprox")
+        return build_dp_sgd_client_work(
+            lambda: build_model(spec.model, mean, std), WeightedBinaryCrossentropy(spec.positive_weight).call,
+            weights_type, learning_rate=spec.client_learning_rate, clip_norm=spec.privacy.clip_norm,
+            batch_size=spec.batch_size, n_features=len(mean))
+    if spec.algorithm == "fedprox":
+        optimizer = ProximalSGD(spec.client_learning_rate, spec.proximal_strength)
+    else:
+        optimizer = tff.learning.optimizers.build_sgdm(spec.client_learning_rate)
+    if isinstance(spec.privacy, ClientLevelPrivacy):
+        # Unweighted (a weight would be a second, unbounded channel), and no training-set metrics:
+        # they would leave the institutions without noise.
+        return tff.learning.templates.build_model_delta_client_work(
+            model_fn, optimizer, tff.learning.ClientWeighting.UNIFORM, metrics_aggregator=_withheld_metrics,
+            loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+    return tff.learning.templates.build_model_delta_client_work(
+        model_fn, optimizer, tff.learning.ClientWeighting.NUM_EXAMPLES,
+        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+
+
+def _withheld_metrics(metric_finalizers):
+    """A metrics aggregator that releases nothing (the institutions' metrics stay where they are)."""
+    @tff.federated_computation
+    def withhold(client_metrics):
+        del client_metrics
+        return tff.federated_value(collections.OrderedDict(), tff.SERVER)
+
+    return withhold
+
+
+def _aggregator(spec: TrainingSpec, n_clients: int) -> tff.aggregators.WeightedAggregationFactory:
+    """How updates combine: the configured aggregation, or the client-level DP mechanism."""
+    if isinstance(spec.privacy, ClientLevelPrivacy):
+        return build_client_dp_aggregator(
+            noise_multiplier=spec.privacy.noise_multiplier, clip_norm=spec.privacy.clip_norm,
+            clients_per_round=min(spec.clients_per_round or n_clients, n_clients),
+            adaptive=spec.privacy.adaptive_clipping)
+    return build_aggregator(spec.aggregation)
+
+
+def build_learning_process(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_clients: int,
                            with_faults: bool = False) -> tff.learning.templates.LearningProcess:
-    """The TFF learning process of `spec`: local SGD (proximal for FedProx), aggregator, server optimizer."""
+    """The TFF learning process of `spec` over `n_clients` institutions: client work, aggregator, server optimizer."""
     if spec.algorithm == "fedprox" and spec.proximal_strength <= 0:
         raise ValueError("fedprox needs a proximal_strength > 0")
     model_fn = _model_fn(spec, mean, std)
@@ -139,16 +212,10 @@ def build_learning_process(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray
         return tff.learning.models.ModelWeights.from_model(model_fn())
 
     weights_type = initial_weights.type_signature.result
-    if spec.algorithm == "fedprox":
-        client_optimizer = ProximalSGD(spec.client_learning_rate, spec.proximal_strength)
-    else:
-        client_optimizer = tff.learning.optimizers.build_sgdm(spec.client_learning_rate)
-    client_work = tff.learning.templates.build_model_delta_client_work(
-        model_fn, client_optimizer, tff.learning.ClientWeighting.NUM_EXAMPLES,
-        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+    client_work = _client_work(spec, model_fn, weights_type, mean, std)
     if with_faults:
         client_work = with_update_faults(client_work)
-    aggregator = build_aggregator(spec.aggregation).create(weights_type.trainable, tff.TensorType(np.float32))
+    aggregator = _aggregator(spec, n_clients).create(weights_type.trainable, tff.TensorType(np.float32))
     return tff.learning.templates.compose_learning_process(
         initial_weights,
         tff.learning.templates.build_broadcast_process(weights_type),
@@ -212,18 +279,26 @@ def train(
     checkpoint_dir: Path | None = None,
     update_factors: dict[str, float] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
+    privacy_rng: np.random.Generator | None = None,
 ) -> TrainingResult:
     """Train `spec` over `clients`; return the best round's weights and every round's metrics.
 
     `validation` (one split per institution) drives early stopping and the best-round choice;
     without it the last round's weights are returned. `checkpoint_dir` makes the run resumable.
     `update_factors` (institution -> factor) simulates faulty institutions; tests only.
+    `privacy_rng` replaces the OS's entropy for DP sampling and noise, to replay a run; tests only.
     """
     runtime.ensure_context()
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     tf.keras.utils.set_random_seed(spec.seed)
     with_faults = bool(update_factors)
-    process = build_learning_process(spec, mean, std, with_faults=with_faults)
+    process = build_learning_process(spec, mean, std, len(clients), with_faults=with_faults)
+    record_level = spec.privacy if isinstance(spec.privacy, RecordLevelPrivacy) else None
+    if record_level is not None:
+        unknown = sorted({c.institution for c in clients} - set(record_level.noise_multipliers))
+        if unknown:
+            raise ValueError(f"record-level privacy has no noise multiplier for {unknown}")
+        rng = privacy_rng or secure_rng()
     evaluation = None
     if validation:
         evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(spec, mean, std))
@@ -263,8 +338,13 @@ def train(
         datasets = []
         for i in chosen:
             c = clients[i]
-            batches = client_dataset(c.x, c.y, batch_size=spec.batch_size, epochs=spec.local_epochs,
-                                     seed=_client_seed(spec.seed, round_num, i))
+            if record_level is not None:
+                noise_stddev = record_level.noise_multipliers[c.institution] * record_level.clip_norm
+                batches = poisson_steps(c.x, c.y, batch_size=spec.batch_size, noise_stddev=noise_stddev, rng=rng,
+                                        steps=steps_per_round(len(c.y), spec.batch_size, spec.local_epochs))
+            else:
+                batches = client_dataset(c.x, c.y, batch_size=spec.batch_size, epochs=spec.local_epochs,
+                                         seed=_client_seed(spec.seed, round_num, i))
             if with_faults:
                 batches = faulty_client_data(batches, update_factors.get(c.institution, HONEST))
             datasets.append(batches)
@@ -281,9 +361,11 @@ def train(
         aggregator = output.metrics["aggregator"]
         metrics = RoundMetrics(
             round=round_num,
-            loss=float(train_metrics["loss"]),
-            auc=float(train_metrics["auc"]),
-            num_examples=int(train_metrics["num_examples"]),
+            loss=float(train_metrics.get("loss", np.nan)),
+            auc=float(train_metrics.get("auc", np.nan)),
+            # Withheld under client-level DP: the examples the sampled institutions hold (public counts).
+            num_examples=int(train_metrics.get("num_examples", spec.local_epochs * sum(len(clients[i].y)
+                                                                                       for i in chosen))),
             institutions=len(chosen),
             validation_loss=validation_loss,
             validation_auc=validation_auc,
@@ -303,5 +385,8 @@ def train(
             checkpoints.save(_program_state(state, history, best_weights, best_loss, best_round, stale), round_num)
         if on_round is not None:
             on_round(metrics)
-    return TrainingResult(weights=best_weights, rounds=history, best_round=best_round,
-                          stopped_early=stopped_early, resumed_from_round=resumed_from)
+    trained = collections.Counter(clients[i].institution for r in range(1, len(history) + 1)
+                                  for i in sample_clients(len(clients), spec.clients_per_round, spec.seed, r))
+    return TrainingResult(weights=best_weights, rounds=history, best_round=best_round, stopped_early=stopped_early,
+                          resumed_from_round=resumed_from,
+                          rounds_trained={c.institution: trained.get(c.institution, 0) for c in clients})
