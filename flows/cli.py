@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,10 +53,12 @@ def _validation_table(reports) -> Table:
 
 
 def _print_summary(summary) -> None:
+    from tasks.privacy import privacy_sentence
     from tasks.reporting import training_sentence
 
     console.print(_validation_table(summary.validation))
     console.print(training_sentence(summary.training))
+    console.print(privacy_sentence(summary.privacy), highlight=False)
     names = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "brier": "Brier", "ece": "ECE",
              "recall_at_fpr": "recall@FPR"}
     table = Table(title=f"Holdout metrics of the new model ({summary.model_name})")
@@ -102,8 +105,8 @@ def _round_progress() -> Iterator[None]:
     bar: dict = {}
 
     def on_round(m: dict) -> None:
-        latest = (f"train loss {m['loss']:.4f}  validation loss {m['validation_loss']:.4f}  "
-                  f"validation AUC {m['validation_auc']:.4f}")
+        train = "" if math.isnan(m["loss"]) else f"train loss {m['loss']:.4f}  "  # unmeasured under DP
+        latest = f"{train}validation loss {m['validation_loss']:.4f}  validation AUC {m['validation_auc']:.4f}"
         if "task" not in bar:
             progress.start()
             bar["task"] = progress.add_task("rounds", total=m["max_rounds"], latest="")
@@ -123,6 +126,7 @@ def _run(config: RunConfig) -> None:
 
     from flows.retrain import RetrainingBusy, retrain
     from tasks.data import InstitutionDataError
+    from tasks.privacy import PrivacyBudgetExceeded, PrivacyPlanError
     from tasks.training import import_engine_in_background
     from tasks.validation import QuorumNotMet
 
@@ -130,9 +134,12 @@ def _run(config: RunConfig) -> None:
     try:
         with _round_progress():
             summary = retrain(config)
-    except (QuorumNotMet, InstitutionDataError, RetrainingBusy) as error:
-        console.print(f"[red]Retraining stopped:[/red] {error}")
+    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, PrivacyBudgetExceeded) as error:
+        console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
+    except PrivacyPlanError as error:
+        console.print(f"[red]Retraining stopped, bad privacy settings:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
     except MlflowException as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         console.print(f"[red]Retraining stopped: MLflow tracking at {Settings().mlflow_tracking_uri} "
@@ -218,13 +225,15 @@ def models_list(name: str = typer.Argument(..., help="Registered model name.")) 
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
     table = Table(title=f"{name} ({Settings().mlflow_tracking_uri})")
-    for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS):
-        table.add_column(column, justify="right" if column in SUMMARY_METRICS else "left")
+    for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS, "epsilon"):
+        table.add_column(column, justify="left" if column in ("version", "registered", "aliases", "decision")
+                         else "right")
     for v in versions:
         table.add_row(v.version, v.created, ", ".join(v.aliases), v.decision,
-                      *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS])
+                      *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS], v.epsilon)
     table.caption = ("Holdout metrics of each version when registered: ece pooled over institutions, the others "
-                     "example-weighted. Where a version came from: fedrisk lineage NAME/VERSION")
+                     "example-weighted; epsilon: the most differential privacy spent on one institution. Where a "
+                     "version came from: fedrisk lineage NAME/VERSION")
     console.print(table)
 
 
@@ -245,6 +254,38 @@ def models_promote(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
     console.print(f"{name} version {version} is now champion (was: {previous or 'none'}); reason recorded: {reason}")
+
+
+@app.command()
+def ledger(config: Path = typer.Option(None, "--config", "-c", help="A run config: show its institutions' "
+                                                                    "privacy budgets and what is left.")) -> None:
+    """The privacy budget ledger: the epsilon each retraining spent on each institution, and the totals."""
+    from tasks.privacy import read_ledger, spent_totals
+
+    budgets = _load(config).privacy_budgets() if config is not None else {}
+    uri = Settings().mlflow_tracking_uri
+    entries = read_ledger(uri)
+    table = Table(title=f"Privacy ledger ({uri})")
+    for column in ("institution", "model", "version", "status", "epsilon", "delta"):
+        table.add_column(column, justify="right" if column in ("epsilon", "delta") else "left")
+    institutions = sorted({name for e in entries for name in e.epsilon} | set(budgets))
+    for name in institutions:
+        for e in entries:
+            if name in e.epsilon:
+                table.add_row(name, e.model_name, e.version or "-", e.status, f"{e.epsilon[name]:.4f}",
+                              f"{e.delta[name]:.3g}")
+    table.caption = ("reserved: a retraining that has not finished (or died) counts its planned epsilon. Totals add "
+                     "up epsilons and deltas (basic composition).")
+    console.print(table)
+    totals = Table(title="Spent per institution")
+    for column in ("institution", "epsilon", "delta", "retrainings", "budget", "left"):
+        totals.add_column(column, justify="left" if column == "institution" else "right")
+    for name in institutions:
+        epsilon, delta, on = spent_totals(entries, name)
+        budget = budgets.get(name)
+        totals.add_row(name, f"{epsilon:.4f}", f"{delta:.3g}", str(len(on)), "-" if budget is None else f"{budget:g}",
+                       "-" if budget is None else f"{budget - epsilon:.4f}")
+    console.print(totals)
 
 
 @app.command()

@@ -32,6 +32,9 @@ class InstitutionConfig(BaseModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="Column renames for this institution: name in its file -> schema name."
     )
+    privacy_budget: float | None = Field(
+        None, gt=0, le=1000, description="Total epsilon this institution allows over every model trained on its "
+                                         "rows (the ledger); overrides privacy.budget_epsilon.")
 
 
 class ModelConfig(BaseModel):
@@ -150,6 +153,48 @@ class BaselinesConfig(BaseModel):
     learning_rate: float = Field(0.003, gt=0, le=1)
 
 
+class PrivacyConfig(BaseModel):
+    """Differential privacy of what leaves the institutions during training, and the budget it may spend.
+
+    record_level: DP-SGD in each institution's local training protects every customer (add or remove
+    one row). client_level: noise on the sum of the institutions' clipped updates protects each
+    institution as a whole; it needs many members (with a handful it destroys the model).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mechanism: Literal["none", "record_level", "client_level"] = Field("none")
+    clip_norm: float = Field(1.0, gt=0, le=1e6, description="L2 clip of each example's gradient (record_level) or "
+                                                          "of each institution's update (client_level).")
+    noise_multiplier: float | None = Field(None, gt=0, le=1e4, description="Noise stddev / clip norm; or give "
+                                                                            "target_epsilon.")
+    target_epsilon: float | None = Field(None, gt=0, le=1000, description="Spend at most this epsilon per "
+                                                                          "institution in this run (the noise is "
+                                                                          "calibrated to the planned rounds).")
+    delta: float | None = Field(None, gt=0, lt=1, description="Default: 1/n of each institution's training rows "
+                                                               "(record_level), 1e-5 (client_level).")
+    adaptive_clipping: bool = Field(False, description="client_level only: clip to the (privately estimated) median "
+                                                       "update norm, starting at clip_norm.")
+    budget_epsilon: float | None = Field(None, gt=0, le=1000, description="Total epsilon each institution allows over "
+                                                                          "every model version (ledger); null = no "
+                                                                          "limit. Per institution: privacy_budget.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacyConfig:
+        if self.mechanism == "none":
+            given = [name for name in ("noise_multiplier", "target_epsilon", "delta", "budget_epsilon")
+                     if getattr(self, name) is not None] + (["adaptive_clipping"] if self.adaptive_clipping else [])
+            if given:
+                raise ValueError(f"{', '.join(given)} given but mechanism is none; set mechanism: record_level or "
+                                 f"client_level")
+            return self
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"{self.mechanism} privacy needs exactly one of noise_multiplier or target_epsilon")
+        if self.adaptive_clipping and self.mechanism != "client_level":
+            raise ValueError("adaptive_clipping applies to client_level privacy only")
+        return self
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -168,6 +213,7 @@ class RunConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     intended_use: str = Field(DEFAULT_INTENDED_USE, min_length=1, max_length=4000,
                               description="What the model is for and not for (the model card's words).")
     drift_checks: bool = Field(
@@ -205,7 +251,19 @@ class RunConfig(BaseModel):
         if sampled is not None and sampled > len(self.institutions):
             raise ValueError(f"training.clients_per_round {sampled} is more than the "
                              f"{len(self.institutions)} institutions configured")
+        budgeted = [i.name for i in self.institutions if i.privacy_budget is not None]
+        if budgeted and self.privacy.mechanism == "none":
+            raise ValueError(f"institutions {budgeted} set a privacy_budget, but privacy.mechanism is none: "
+                             f"training on their rows without differential privacy would spend an unbounded epsilon")
+        if self.privacy.mechanism == "record_level" and self.training.algorithm == "fedprox":
+            raise ValueError("record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "
+                             "optimizer (fedadam, fedyogi, fedadagrad), not fedprox")
         return self
+
+    def privacy_budgets(self) -> dict[str, float | None]:
+        """Each institution's total epsilon budget: its own, else privacy.budget_epsilon (None: no limit)."""
+        return {i.name: i.privacy_budget if i.privacy_budget is not None else self.privacy.budget_epsilon
+                for i in self.institutions}
 
 
 def _describe(error: ValidationError, source: str) -> str:

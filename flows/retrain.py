@@ -18,9 +18,11 @@ from prefect.runtime import flow_run
 
 from flows.config import RunConfig, load_config
 from flows.settings import PROJECT_ROOT, Settings
-from tasks.data import balanced_positive_weight, combine_statistics, compute_local_statistics
+from tasks.data import balanced_positive_weight, combine_statistics, compute_local_statistics, fit_rows
 from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
 from tasks.lineage import git_state, lineage_tags, suite_digest
+from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
+                           settle_privacy_budget, spent_privacy)
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, summary_markdown
 from tasks.training import TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline
@@ -36,6 +38,7 @@ class RetrainSummary:
     evaluations: list[InstitutionEvaluation]
     weighted: dict[str, float]
     registration: Registration
+    privacy: PrivacyPlan | None = None
 
 
 def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> str:
@@ -44,7 +47,7 @@ def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> s
     A retraining with the same key resumes the checkpoints of an interrupted one.
     """
     decided_by = {
-        "training": config.training.model_dump(mode="json"),
+        "training": config.training.model_dump(mode="json"), "privacy": config.privacy.model_dump(mode="json"),
         "features": config.features, "label": config.label, "seed": config.seed,
         "holdout_fraction": config.holdout_fraction,
         "extracts": {r.institution: r.digest for r in admitted},
@@ -188,13 +191,24 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         weighting = config.training.positive_class_weight
         positive_weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
         reports = [r for r in validation if r.institution in {s[0] for s in admitted}]
-        run_dir = settings.runs_dir / config.model_name / run_key(config, reports, mean, std)
+        key = run_key(config, reports, mean, std)
+        run_dir = settings.runs_dir / config.model_name / key
+        plain_config = config.model_dump(mode="json")
+        # Privacy is planned, and the ledger consulted, before anything is trained.
+        plan = plan_privacy(plain_config["privacy"], plain_config["training"], {
+            s.institution: fit_rows(s.count, config.training.validation_fraction) for s in statistics})
+        ledger_run = reserve_privacy_budget(settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id),
+                                            plan, config.privacy_budgets()) if plan else None
         training = train_federated(
             admitted, features, label, mean=mean.tolist(), std=std.tolist(),
             training=config.training.model_dump(mode="json"), positive_class_weight=positive_weight,
             validation_fraction=config.training.validation_fraction,
-            model_path=run_dir / "model.keras", checkpoint_dir=run_dir / "checkpoints", **split,
+            model_path=run_dir / "model.keras", checkpoint_dir=run_dir / "checkpoints",
+            privacy=plan.for_training() if plan else None, **split,
         )
+        spent = spent_privacy(plan, training.rounds_trained) if plan else None
+        if spent is not None:
+            settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
             models["champion"] = champion.path
@@ -214,22 +228,25 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
                                  max_fpr=config.evaluation.max_false_positive_rate, **split)
             for source in admitted
         ]
-        plain_config = config.model_dump(mode="json")
         decision = decide_promotion(plain_config["promotion"], evaluations, champion.version if champion else None)
         commit, dirty = git_state(PROJECT_ROOT)
         lineage = lineage_tags(
             flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
             commit=commit, dirty=dirty,
             config=plain_config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
-            validation=validation, admitted=[s[0] for s in admitted])
+            validation=validation, admitted=[s[0] for s in admitted],
+            privacy=privacy_tags(spent, ledger_run))
         registration = register_model(
             settings.mlflow_tracking_uri, config.model_name, training.model_path, features,
             feature_means=mean.tolist(), config=plain_config, training=asdict(training),
-            evaluations=evaluations, validation=validation, decision=decision, lineage=lineage,
+            evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,
         )
+        if spent is not None:
+            record_ledger_version(settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id)
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     publish_summary(config.model_name, summary_markdown(
-        config.model_name, validation, evaluations, registration, settings.mlflow_ui_url, training=training))
+        config.model_name, validation, evaluations, registration, settings.mlflow_ui_url, training=training,
+        privacy=spent))
     return RetrainSummary(
         model_name=config.model_name,
         validation=validation,
@@ -237,4 +254,5 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         evaluations=evaluations,
         weighted=weighted_metrics(evaluations, "challenger"),
         registration=registration,
+        privacy=spent,
     )

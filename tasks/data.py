@@ -7,6 +7,7 @@ caller on that machine; what leaves the institution is counts, sums and digests.
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,12 @@ def load_parts(
         found["fit"], found["validation"] = split_holdout(
             train, label, fraction=validation_fraction, seed=seed + 1, institution=institution)
     return {p: found[p] for p in parts}
+
+
+def fit_rows(train_rows: int, validation_fraction: float) -> int:
+    """How many rows of a training split models fit on (the rest validates), as `load_parts` splits it:
+    scikit-learn rounds the validation share up."""
+    return train_rows - math.ceil(validation_fraction * train_rows)
 
 
 def load_part(institution: str, path: Path, columns: dict[str, str] | None, label: str, *, part: str,

@@ -48,8 +48,10 @@ def lineage_tags(
     suite_sha256: str,
     validation: list[ValidationReport],
     admitted: list[str],
+    privacy: dict[str, str],
 ) -> dict[str, str]:
-    """Tags for the MLflow run and model version: everything a reviewer needs to trace it back."""
+    """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
+    `privacy` are the privacy stage's tags (mechanism, each institution's epsilon)."""
     training = config["training"]
     tags = {
         "prefect.flow_run_id": flow_run_id,
@@ -60,10 +62,10 @@ def lineage_tags(
         "suite.sha256": suite_sha256,
         "institutions": ",".join(admitted),
         "training.algorithm": training["algorithm"],
-        "training.aggregation": training["aggregation"],
+        "training.aggregation": ("client-level DP (Gaussian, clipped, unweighted)"
+                                 if config["privacy"]["mechanism"] == "client_level" else training["aggregation"]),
         "model.kind": training["model"]["kind"],
-        "privacy.mechanism": "none",
-        "privacy.epsilon": "none (no differential privacy)",
+        **privacy,
         "simulation": str(config["baselines"]["enabled"]).lower(),
     }
     if flow_run_url:
@@ -161,9 +163,30 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
                                       f"rows, {tags.get(prefix + '.validation')}"))
     links.append(Link("training", tags.get("training.algorithm", "-"), True,
                       f"aggregation {tags.get('training.aggregation')}, model {tags.get('model.kind')}"))
-    links.append(Link("privacy", tags.get("privacy.mechanism", "-"), True, tags.get("privacy.epsilon", "")))
+    links.append(_privacy_link(client, tags, version))
     links.append(Link("promotion", tags.get("promotion.decision", "-"), True, tags.get("promotion.reason", "")))
     return f"{name} version {version}", links
+
+
+def _privacy_link(client, tags: dict[str, str], version: str) -> Link:
+    """The privacy spent, checked against the ledger entry that charged it (same epsilons, this version)."""
+    mechanism = tags.get("privacy.mechanism", "-")
+    if mechanism not in ("record_level", "client_level"):
+        return Link("privacy", mechanism, True, tags.get("privacy.epsilon", ""))
+    epsilons = {k.removeprefix("privacy.epsilon."): float(v) for k, v in tags.items() if k.startswith("privacy.epsilon.")}
+    detail = "epsilon " + ", ".join(f"{name} {value:.4f}" for name, value in sorted(epsilons.items()))
+    ledger_run = tags.get("privacy.ledger_run", "")
+    try:
+        entry = client.get_run(ledger_run)
+        charged = {name: entry.data.metrics.get(f"epsilon.{name}") for name in epsilons}
+        resolved = (entry.info.lifecycle_stage == "active" and entry.data.tags.get("ledger.version") == version
+                    and all(charged[n] is not None and abs(charged[n] - epsilons[n]) < 1e-4 for n in epsilons))
+        if not resolved:
+            detail += "; the ledger entry does not show these charges for this version"
+    except Exception:  # the ledger entry is gone
+        resolved = False
+        detail += "; ledger entry not found"
+    return Link("privacy", f"{mechanism}, ledger runs:/{ledger_run}", resolved, detail)
 
 
 def parse_reference(reference: str) -> tuple[str, str | None, str | None]:

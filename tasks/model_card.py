@@ -79,6 +79,36 @@ def _data_table(validation: list[ValidationReport], evaluations: list[Institutio
     return _table(header, rows)
 
 
+PRIVACY_SCOPE = (
+    "The guarantee covers the model updates each institution sent during training, and so the model: "
+    "everything learned from its training rows. Not covered, and released as exact aggregates: the "
+    "standardization statistics (row counts, feature sums and sums of squares), the federated validation "
+    "loss and AUC (rows never trained on, used to pick the exported round) and the holdout metrics below.")
+
+
+def _privacy_section(privacy) -> str:
+    e = html.escape
+    if privacy is None:
+        return ("<p><b>No differential privacy.</b> Customer rows never left their institutions, but how much the "
+                "model reveals about any one customer is not bounded.</p>")
+    if privacy.mechanism == "record_level":
+        what = (f"Record-level differential privacy: every institution trained with DP-SGD. Each local step "
+                f"samples its rows at rate batch / rows ({privacy.batch_size} expected per step), clips each "
+                f"example's gradient to L2 norm {privacy.clip_norm:g} and adds Gaussian noise of stddev noise "
+                f"multiplier &times; {privacy.clip_norm:g} to their sum. (epsilon, delta) protects any one customer "
+                f"of an institution (added or removed), by Renyi DP accounting (dp_accounting) over every step it "
+                f"trained.")
+    else:
+        what = (f"Client-level differential privacy: each institution's update was clipped to L2 norm "
+                f"{privacy.clip_norm:g}{' (adaptively)' if privacy.adaptive_clipping else ''} and Gaussian noise "
+                f"added to their sum. (epsilon, delta) protects an institution as a whole, over the rounds it "
+                f"trained in.")
+    rows = [[e(i.institution), str(i.rows), f"{i.noise_multiplier:.4f}", str(i.steps_per_round * i.rounds),
+             str(i.rounds), f"<b>{i.epsilon:.4f}</b>", f"{i.delta:.3g}"] for i in privacy.institutions]
+    return (f"<p>{what}</p>" + _table(["institution", "training rows", "noise multiplier", "DP steps", "rounds",
+                                       "epsilon", "delta"], rows) + f"<p class='muted'>{PRIVACY_SCOPE}</p>")
+
+
 def model_card_html(
     *,
     model_name: str,
@@ -91,8 +121,10 @@ def model_card_html(
     evaluations: list[InstitutionEvaluation],
     training: dict,
     figures: dict[str, Figure],
+    privacy=None,
 ) -> str:
-    """The card of `model_name` version `version`: intended use, decision, metrics, plots, data, lineage."""
+    """The card of `model_name` version `version`: intended use, decision, metrics, plots, privacy, data,
+    lineage. `privacy` is what differential privacy spent (a tasks.privacy.PrivacyPlan), or None."""
     e = html.escape
     evaluation = config["evaluation"]
     simulated = any(role in ev.metrics for ev in evaluations for role in ("local_only", "pooled"))
@@ -117,6 +149,7 @@ def model_card_html(
         f"{training['best_round']} (best federated validation loss). Aggregation: {e(t['aggregation'])}. "
         f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}.</p>",
         f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',
+        "<h2>Privacy</h2>", _privacy_section(privacy),
         "<h2>Holdout metrics per institution</h2>",
         "<p>Each institution scores every model on its own held-out rows; only these figures leave it."
         + (" Local-only and pooled-data models are <b>simulation-mode baselines</b>: they exist only because this "

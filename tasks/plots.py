@@ -19,17 +19,25 @@ def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
     figure = Figure(figsize=(15, 4))
     loss_axis, auc_axis, norm_axis = figure.subplots(1, 3)
     steps = [r["round"] for r in rounds]
+
+    def plot(axis, key: str, label: str) -> None:  # a series differential privacy leaves unmeasured is left out
+        values = [r[key] for r in rounds]
+        if np.any(np.isfinite(values)):
+            axis.plot(steps, values, marker=".", label=label)
+
     for axis, key, title, ylabel in ((loss_axis, "loss", "Loss", "weighted binary cross-entropy"),
                                      (auc_axis, "auc", "ROC AUC", "ROC AUC")):
-        axis.plot(steps, [r[key] for r in rounds], marker=".", label="training (sampled institutions)")
-        axis.plot(steps, [r[f"validation_{key}"] for r in rounds], marker=".", label="federated validation")
+        plot(axis, key, "training (sampled institutions)")
+        plot(axis, f"validation_{key}", "federated validation")
         axis.axvline(best_round, color="grey", linestyle="--", label=f"exported: round {best_round}")
         axis.set(title=title, xlabel="round", ylabel=ylabel)
         axis.legend()
-    norm_axis.plot(steps, [r["client_update_norm"] for r in rounds], marker=".", label="mean client update")
-    norm_axis.plot(steps, [r["server_update_norm"] for r in rounds], marker=".", label="aggregated update")
-    norm_axis.set(title="Update L2 norm", xlabel="round", ylabel="L2 norm", yscale="log")
-    norm_axis.legend()
+    plot(norm_axis, "client_update_norm", "mean client update")
+    plot(norm_axis, "server_update_norm", "aggregated update")
+    norm_axis.set(title="Update L2 norm", xlabel="round", ylabel="L2 norm",
+                  yscale="log" if norm_axis.lines else "linear")
+    if norm_axis.lines:
+        norm_axis.legend()
     figure.tight_layout()
     return figure
 

@@ -273,12 +273,14 @@ def register_model(
     validation: list[ValidationReport],
     decision: Decision,
     lineage: dict[str, str],
+    privacy=None,
 ) -> Registration:
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
 
     `config` is the run config as plain values; `lineage` the tags that trace the version
-    (see tasks.lineage). If anything fails after the version exists it is deleted again.
+    (see tasks.lineage); `privacy` what differential privacy spent (a tasks.privacy.PrivacyPlan), or
+    None. If anything fails after the version exists it is deleted again.
     """
     import mlflow
     import tensorflow as tf
@@ -305,6 +307,10 @@ def register_model(
                             "resumed_from_round": training["resumed_from_round"],
                             "positive_class_weight": training["positive_class_weight"]})
         mlflow.set_tag("training.stopped_early", str(training["stopped_early"]).lower())
+        if privacy is not None:
+            for i in privacy.institutions:
+                mlflow.log_metrics({f"privacy.epsilon.{i.institution}": i.epsilon, f"privacy.delta.{i.institution}":
+                                    i.delta, f"privacy.noise_multiplier.{i.institution}": i.noise_multiplier})
         for evaluation in evaluations:
             for role, metrics in evaluation.metrics.items():
                 mlflow.log_metrics({f"{role}.{evaluation.institution}.{k}": v for k, v in metrics.items()})
@@ -351,7 +357,7 @@ def register_model(
             mlflow.log_text(model_card_html(
                 model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
                 lineage=lineage, validation=validation, evaluations=evaluations, training=training,
-                figures=figures), MODEL_CARD_ARTIFACT)
+                figures=figures, privacy=privacy), MODEL_CARD_ARTIFACT)
             for key, value in {**promotion_tags, "model_card": f"{run.info.artifact_uri}/{MODEL_CARD_ARTIFACT}"}.items():
                 client.set_model_version_tag(model_name, version, key, value)
             mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged"})
@@ -385,6 +391,7 @@ class VersionSummary:
     decision: str
     metrics: dict[str, float]
     run_id: str
+    epsilon: str = "none"
 
 
 SUMMARY_METRICS = ("roc_auc", "pr_auc", "ks", "ece")
@@ -420,6 +427,7 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
             metrics={m: metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}", math.nan)
                      for m in SUMMARY_METRICS},
             run_id=v.run_id or "-",
+            epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
         ))
     return summaries
 

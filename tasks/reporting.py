@@ -9,6 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
+from tasks.privacy import privacy_sentence
 from tasks.registry import Registration
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.training import TrainingOutcome
@@ -37,6 +38,7 @@ def summary_markdown(
     mlflow_ui_url: str,
     failure: str | None = None,
     training: TrainingOutcome | None = None,
+    privacy=None,
 ) -> str:
     """The retraining's story for the Prefect UI: institutions, training, metrics, the decision and its
     checks, with links to the MLflow run and model version (`mlflow_ui_url` is where `mlflow ui` serves)."""
@@ -49,7 +51,7 @@ def summary_markdown(
         row["data docs"] = f"[page]({row['data docs']})" if row["data docs"] else ""
         lines.append("| " + " | ".join(str(v).replace("; ", "<br>") for v in row.values()) + " |")
     if training:
-        lines += ["", "## Training", "", training_sentence(training) + "."]
+        lines += ["", "## Training", "", training_sentence(training) + ".", "", privacy_sentence(privacy) + "."]
     if evaluations:
         names = ("roc_auc", "pr_auc", "ks", "log_loss", "brier", "ece", "recall_at_fpr")
         lines += ["", "## Holdout metrics", "", "| institution | model | rows | " + " | ".join(names) + " |",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ class TrainingOutcome:
     stopped_early: bool
     resumed_from_round: int
     positive_class_weight: float
+    rounds_trained: dict[str, int]
 
 
 def _model_spec(model: dict, seed: int):
@@ -59,10 +61,24 @@ def _model_spec(model: dict, seed: int):
     return ModelSpec(model["kind"], tuple(model["hidden_units"]), model["dropout"], seed=seed)
 
 
+def _privacy_spec(privacy: dict | None):
+    """A privacy plan's training part (PrivacyPlan.for_training) as fed_models' privacy settings."""
+    from fed_models.training import ClientLevelPrivacy, RecordLevelPrivacy
+
+    if privacy is None:
+        return None
+    if privacy["mechanism"] == "record_level":
+        return RecordLevelPrivacy(privacy["clip_norm"], dict(privacy["noise_multipliers"]))
+    [noise] = set(privacy["noise_multipliers"].values())  # client level: one noise for the aggregate
+    return ClientLevelPrivacy(privacy["clip_norm"], noise, privacy["adaptive_clipping"])
+
+
 def _describe(m: dict, max_rounds: int) -> str:
-    text = (f"round {m['round']}/{max_rounds}: train loss {m['loss']:.4f}, validation loss "
-            f"{m['validation_loss']:.4f}, validation AUC {m['validation_auc']:.4f}, "
-            f"{m['institutions']} institutions, mean update norm {m['client_update_norm']:.4g}")
+    """One round as logged; a figure differential privacy leaves unmeasured (NaN) is left out."""
+    train = "" if math.isnan(m["loss"]) else f"train loss {m['loss']:.4f}, "
+    norm = "" if math.isnan(m["client_update_norm"]) else f", mean update norm {m['client_update_norm']:.4g}"
+    text = (f"round {m['round']}/{max_rounds}: {train}validation loss {m['validation_loss']:.4f}, validation AUC "
+            f"{m['validation_auc']:.4f}, {m['institutions']} institutions{norm}")
     if m["non_finite_updates"]:
         text += f", {m['non_finite_updates']} non-finite update(s) dropped"
     return text
@@ -84,12 +100,14 @@ def train_federated(
     positive_class_weight: float,
     model_path: Path,
     checkpoint_dir: Path,
+    privacy: dict | None = None,
 ) -> TrainingOutcome:
     """Train `training` (the run config's training section) over the institutions; save the best model.
 
     Each institution fits on its fit split and reports validation metrics on its validation
     split. In this simulation one process holds every client's dataset, as TFF's local runtime
     needs; each institution's rows stay a separate client dataset and are never concatenated.
+    `privacy` (a PrivacyPlan's training part) makes the training differentially private.
     """
     from fed_models.keras_models import export_model  # TF/TFF import paid only when training
     from fed_models.training import ClientData, TrainingSpec, train
@@ -119,6 +137,7 @@ def train_federated(
         patience=stopping.get("patience"),
         min_delta=stopping.get("min_delta", 0.0),
         seed=seed,
+        privacy=_privacy_spec(privacy),
     )
     max_rounds = spec.rounds
     progress_id = create_progress_artifact(
@@ -148,6 +167,7 @@ def train_federated(
         stopped_early=result.stopped_early,
         resumed_from_round=result.resumed_from_round,
         positive_class_weight=positive_class_weight,
+        rounds_trained=result.rounds_trained,
     )
 
 

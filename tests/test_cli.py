@@ -96,36 +96,14 @@ def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp
     assert "1 of 2 institutions passed; quorum 1 met" in console()
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_demo_registers_a_champion_next_to_the_baselines(tmp_path, tracking_uri, console):
-    assert _exit_code(cli.demo, data_dir=tmp_path / "demo") == 0
-    first = console()
-    assert "Synthesized 4 institutions" in first
-    assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in first
-    assert "Champion: promoted: no champion yet; challenger roc_auc 0." in first
-    assert re.search(r"  pass: calibration error 0\.0\d{3} below 0\.05", first)
-    # Simulation baselines next to the federated model, for every institution.
-    assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", first)
-    assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", first)) == 4
-    # The progress bar over rounds, with the latest figures, and how training ended.
-    bar = re.search(r"rounds .* (\d+)/(\d+) .* train loss 0\.\d{4}  validation loss 0\.\d{4}  "
-                    r"validation AUC 0\.\d{4}", first)
-    assert bar and bar.group(1) == bar.group(2), first
-    assert re.search(r"Trained \d+ rounds \((stopped early|maximum rounds reached).*\); exported round \d+, "
-                     r"the best by federated validation loss", first)
-
-    aliases = MlflowClient().get_registered_model("credit_default_demo").aliases
-    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "challenger": "1"}
-
-
-def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp_path):
+def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp_path, prefect_api):
     """Run as a user would, in its own process: a dead MLflow URL fails fast, before any round."""
     port = free_port()  # a loopback port nobody listens on
     config = tmp_path / "run.yaml"
     config.write_text("model_name: m\ninstitutions:\n" + "".join(
         f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items()))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "COLUMNS": "200",
-           "PREFECT_HOME": str(tmp_path / "prefect")}
+           "PREFECT_API_URL": prefect_api}
     result = subprocess.run([str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config)],
                             env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
@@ -196,3 +174,24 @@ def test_models_promote_overrides_the_policy_and_records_why(registered, registr
     assert tags["promotion.override.at"].startswith("20")
     assert _exit_code(cli.models_promote, name=registered.name, version="2", reason="again") == 1
     assert "already the champion" in console()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tracking_uri, tmp_path, console):
+    from tasks.privacy import plan_privacy, reserve_privacy_budget, settle_privacy_budget
+
+    privacy = {"mechanism": "record_level", "clip_norm": 1.0, "noise_multiplier": 1.5, "target_epsilon": None,
+               "delta": None, "adaptive_clipping": False}
+    plan = plan_privacy(privacy, {"rounds": 10, "batch_size": 100, "local_epochs": 1}, {"bank_a": 5000})
+    entry = reserve_privacy_budget(tracking_uri, "credit", "k1", "flow-1", plan, {"bank_a": None})
+    settle_privacy_budget(tracking_uri, entry, plan)
+    reserve_privacy_budget(tracking_uri, "fraud", "k2", "flow-2", plan, {"bank_a": None})
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name: credit\ninstitutions:\n  - {name: bank_a, path: a.csv, privacy_budget: 5}\n"
+                      "privacy: {mechanism: record_level, noise_multiplier: 1.5}\n")
+    assert _exit_code(cli.ledger, config=config) == 0
+    out = console()
+    epsilon = plan.institution("bank_a").epsilon
+    assert re.search(rf"bank_a +│ credit +│ - +│ spent +│ +{epsilon:.4f} │ +0\.0002 │", out)
+    assert re.search(rf"bank_a +│ fraud +│ - +│ reserved +│ +{epsilon:.4f} │", out)
+    assert re.search(rf"bank_a +│ +{2 * epsilon:.4f} │ +0\.0004 │ +2 │ +5 │ +{5 - 2 * epsilon:.4f} │", out)

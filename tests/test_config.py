@@ -66,12 +66,30 @@ def test_server_learning_rate_defaults_by_algorithm(algorithm, rate):
         ({"training": {"positive_class_weight": -2}}, "training.positive_class_weight: must be 'balanced' or a number in (0, 10000] (got -2)"),
         ({"training": {"aggregation": "median"}}, "training.aggregation: Input should be 'robust', 'plain' or 'compression' (got 'median')"),
         ({"training": {"early_stopping": {"patience": 0}}}, "training.early_stopping.patience: Input should be greater than or equal to 1 (got 0)"),
+        ({"privacy": {"mechanism": "record_level"}}, "privacy: record_level privacy needs exactly one of noise_multiplier or target_epsilon"),
+        ({"privacy": {"mechanism": "client_level", "noise_multiplier": 1, "target_epsilon": 3}}, "privacy: client_level privacy needs exactly one of noise_multiplier or target_epsilon"),
+        ({"privacy": {"target_epsilon": 3}}, "privacy: target_epsilon given but mechanism is none; set mechanism: record_level or client_level"),
+        ({"privacy": {"mechanism": "record_level", "noise_multiplier": 1, "adaptive_clipping": True}}, "privacy: adaptive_clipping applies to client_level privacy only"),
+        ({"privacy": {"mechanism": "record_level", "target_epsilon": 0}}, "privacy.target_epsilon: Input should be greater than 0 (got 0)"),
+        ({"privacy": {"mechanism": "laplace"}}, "privacy.mechanism: Input should be 'none', 'record_level' or 'client_level' (got 'laplace')"),
+        ({"privacy": {"mechanism": "record_level", "noise_multiplier": 1}, "training": {"algorithm": "fedprox", "proximal_strength": 0.1}}, "record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server optimizer"),
+        ({"institutions": [{"name": "a", "path": "x", "privacy_budget": 5}]}, "institutions ['a'] set a privacy_budget, but privacy.mechanism is none"),
+        ({"institutions": [{"name": "a", "path": "x", "privacy_budget": -1}]}, "institutions.0.privacy_budget: Input should be greater than 0 (got -1)"),
     ],
 )
 def test_bad_values_name_the_field_and_value(change, expected):
     message = _error({**BASE, **change})
     assert message.startswith("invalid config test.yaml:")
     assert expected in message
+
+
+def test_privacy_budgets_are_each_institutions_own_else_the_configs():
+    config = parse_config({**BASE, "institutions": [{"name": "a", "path": "a.csv", "privacy_budget": 4},
+                                                    {"name": "b", "path": "b.csv"}],
+                           "privacy": {"mechanism": "record_level", "target_epsilon": 1, "budget_epsilon": 9}},
+                          Path("/cfg"))
+    assert config.privacy_budgets() == {"a": 4, "b": 9}
+    assert parse_config(BASE, Path("/cfg")).privacy_budgets() == {"a": None, "b": None}
 
 
 def test_missing_required_field():
