@@ -6,6 +6,7 @@ reused; the pipeline benchmark runs as a user runs it, as its own process from t
 
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -81,10 +82,29 @@ def test_faulty_institution_uci_shows_each_aggregator_under_each_fault(tmp_path,
     assert "faulty institution: bank_b; 2 rounds" in out
 
 
+def test_privacy_uci_sets_dp_utility_and_attack_advantage_against_no_dp(tmp_path, capsys, monkeypatch):
+    require_uci()
+    out = _run("privacy_uci.py", "--seeds", "0", "--epsilons", "8", "--models", "logistic_regression", "--rounds", "2",
+               "--attack-rows", "100", "--attack-rounds", "1", "--attack-epochs", "1", "--json", str(tmp_path / "d.json"),
+               capsys=capsys, monkeypatch=monkeypatch)
+    rows = _results(tmp_path / "d.json")
+    assert [(r["setting"], r["epsilon"]) for r in rows] == [("utility", None), ("utility", 8.0), ("memorizing", None),
+                                                            ("memorizing", 8.0)]
+    for row in rows:
+        assert 0 <= row["attack_advantage"] < 1 and 0 < row["holdout_auc"] < 1
+        if row["epsilon"]:
+            assert all(7.9 < e <= 8.0 for e in row["epsilon_spent"].values())
+    assert rows[1]["holdout_auc"] > 0.65  # a private scorecard after 2 rounds
+    assert "memorizing  mlp[64, 64]" in out
+
+
 def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
+    """Also `fedrisk demo` exactly as a user first runs it (its own process, a temporary Prefect API, the
+    demo's data synthesized): what it prints."""
     result = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline_overhead.py"), "--runs", "1",
-                             "--rows-scale", "0.1", "--json", str(tmp_path / "p.json")],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                             "--json", str(tmp_path / "p.json"), "--logs", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "COLUMNS": "250"})
     assert result.returncode == 0, result.stdout + result.stderr
     results = _results(tmp_path / "p.json")
     [run] = results["runs"]
@@ -97,3 +117,19 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     assert set(results["imports"]) == {"fedrisk CLI and flow (Prefect, MLflow client, GX, pandas)",
                                        "TensorFlow + TFF (paid once, inside training)"}
     assert "fedrisk demo run 1:" in result.stdout and "total (wall)" in result.stdout
+
+    demo = (tmp_path / "demo-run-1.log").read_text()
+    assert "Synthesized 4 institutions" in demo
+    assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in demo
+    assert "Champion: promoted: no champion yet; challenger roc_auc 0." in demo
+    assert re.search(r"  pass: calibration error 0\.0\d{3} below 0\.05", demo)
+    # Simulation baselines next to the federated model, for every institution.
+    assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", demo)
+    assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)) == 4
+    # The progress bar over rounds, with the latest figures, and how training ended.
+    bar = re.search(r"rounds .* (\d+)/(\d+) .* train loss 0\.\d{4}  validation loss 0\.\d{4}  "
+                    r"validation AUC 0\.\d{4}", demo)
+    assert bar and bar.group(1) == bar.group(2), demo
+    assert re.search(r"Trained \d+ rounds \((stopped early|maximum rounds reached).*\); exported round \d+, "
+                     r"the best by federated validation loss", demo)
+    assert "Privacy: no differential privacy" in demo
