@@ -126,12 +126,19 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
     try:
         yield process
     finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group, SIGKILL it after 30 s; a group already gone is fine."""
+    try:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def wait_for(ready: Callable[[], bool], process: subprocess.Popen, log: Path, what: str, timeout: float = 180) -> None:

@@ -104,11 +104,12 @@ def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp
     output = tmp_path / "scores.csv"
     cli.score(model=f"{store.name}@champion", input=applicants, output=output)
     port = free_port()
-    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs uvicorn from PATH, as under `uv run`
     log = tmp_path / "serve.log"
-    with running([mlflow_bin, "models", "serve", "-m", f"models:/{store.name}@champion", "--env-manager", "local",
+    with running([str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{store.name}@champion", "--env-manager", "local",
                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                 {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri}, log) as server:
+                 {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri,
+                  "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}, log) as server:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/ping"), server, log, "mlflow models serve")
         rows = pd.read_csv(applicants)
         body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
