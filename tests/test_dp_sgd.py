@@ -79,13 +79,8 @@ def test_poisson_steps_sample_each_row_independently_at_the_batch_rate():
     assert len({tuple(s[NOISE_SEED].numpy()) for s in steps}) == 400
 
 
-def test_the_tff_client_update_is_exactly_the_dp_sgd_steps_with_their_noise():
-    """Replay the client's steps by hand (same Poisson samples, same noise seeds): same update."""
-    runtime.ensure_context()
-    spec = ModelSpec("mlp", (4,), 0.0)
-    x, y = _batch(300, seed=2)
-    lr, clip, batch, stddev = 0.3, 0.8, 32, 1.5
-
+def _client_work(spec: ModelSpec, **settings):
+    """The model builder, DP-SGD client work over it, and its initial weights."""
     def keras_model():
         return build_model(spec, np.zeros(FEATURES), np.ones(FEATURES))
 
@@ -94,9 +89,18 @@ def test_the_tff_client_update_is_exactly_the_dp_sgd_steps_with_their_noise():
         model = keras_model()
         return tff.learning.models.ModelWeights(trainable=list(model.trainable_variables), non_trainable=[])
 
-    work = build_dp_sgd_client_work(keras_model, LOSS, initial.type_signature.result, learning_rate=lr,
-                                    clip_norm=clip, batch_size=batch, n_features=FEATURES)
-    start = initial()
+    work = build_dp_sgd_client_work(keras_model, LOSS, initial.type_signature.result, n_features=FEATURES, **settings)
+    return keras_model, work, initial()
+
+
+def test_the_tff_client_update_is_exactly_the_dp_sgd_steps_with_their_noise():
+    """Replay the client's steps by hand (same Poisson samples, same noise seeds): same update."""
+    runtime.ensure_context()
+    spec = ModelSpec("mlp", (4,), 0.0)
+    x, y = _batch(300, seed=2)
+    lr, clip, batch, stddev = 0.3, 0.8, 32, 1.5
+
+    keras_model, work, start = _client_work(spec, learning_rate=lr, clip_norm=clip, batch_size=batch)
     data = poisson_steps(x, y, batch_size=batch, steps=12, noise_stddev=stddev, rng=np.random.default_rng(9))
     [result] = work.next(work.initialize(), [start], [data]).result
 
@@ -115,21 +119,10 @@ def test_the_tff_client_update_is_exactly_the_dp_sgd_steps_with_their_noise():
 
 def test_an_empty_sample_still_adds_its_noise():
     runtime.ensure_context()
-    spec = ModelSpec()
-
-    def keras_model():
-        return build_model(spec, np.zeros(FEATURES), np.ones(FEATURES))
-
-    @tff.tensorflow.computation()
-    def initial():
-        model = keras_model()
-        return tff.learning.models.ModelWeights(trainable=list(model.trainable_variables), non_trainable=[])
-
-    work = build_dp_sgd_client_work(keras_model, LOSS, initial.type_signature.result, learning_rate=1.0,
-                                    clip_norm=1.0, batch_size=8, n_features=FEATURES)
+    _, work, start = _client_work(ModelSpec(), learning_rate=1.0, clip_norm=1.0, batch_size=8)
     x, y = _batch(1000)
     empty = poisson_steps(x[:1], y[:1], batch_size=1e-9, steps=3, noise_stddev=2.0, rng=np.random.default_rng(0))
     assert [len(s["x"]) for s in empty] == [0, 0, 0]
-    [result] = work.next(work.initialize(), [initial()], [empty]).result
+    [result] = work.next(work.initialize(), [start], [empty]).result
     # Weighted as the expected sample (3 steps of 8), whatever was drawn; the noise moved every weight.
     assert result.update_weight == 24 and all(np.any(u) for u in result.update)
