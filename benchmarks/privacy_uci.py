@@ -35,7 +35,7 @@ MEMORIZING = (64, 64)  # without dropout or DP, it learns 400 customers per bank
 
 
 def _train(institutions: list[Institution], mean, std, hidden: tuple[int, ...], *, epsilon: float | None, rounds: int,
-           local_epochs: int, batch_size: int, learning_rate: float, seed: int, validation: bool,
+           local_epochs: int, batch_size: int, learning_rate: float, seed: int,
            privacy_rng: np.random.Generator | None = None):
     """Weights of a FedAvg model over `institutions`, with DP-SGD at `epsilon` (None: no DP), and the plan.
     `privacy_rng` fixes the DP sampling and noise (tests); by default they come from the OS."""
@@ -53,13 +53,13 @@ def _train(institutions: list[Institution], mean, std, hidden: tuple[int, ...], 
                         client_learning_rate=learning_rate, seed=seed,
                         privacy=RecordLevelPrivacy(1.0, plan.for_training()["noise_multipliers"]) if plan else None)
     result = train([ClientData(i.name, i.x_fit, i.y_fit) for i in institutions], mean, std, spec,
-                   validation=[ClientData(i.name, i.x_validation, i.y_validation) for i in institutions]
-                   if validation else None, privacy_rng=privacy_rng)
+                   privacy_rng=privacy_rng)
     return model, result.weights, plan
 
 
-def _attack(model_spec, weights, mean, std, institutions: list[Institution], x_out, y_out) -> float:
-    """Membership advantage of the loss-threshold attack: training rows against as many unseen rows."""
+def _score(model_spec, weights, mean, std, institutions: list[Institution], x_out, y_out) -> tuple[float, float]:
+    """The model's ROC AUC on the unseen rows, and the membership advantage of the loss-threshold attack:
+    the institutions' training rows against as many unseen rows."""
     from fed_models.keras_models import WeightedBinaryCrossentropy, build_model, predict_proba
 
     model = build_model(model_spec, mean, std)
@@ -72,7 +72,8 @@ def _attack(model_spec, weights, mean, std, institutions: list[Institution], x_o
     def losses(x, y):
         return loss(y.reshape(-1, 1).astype(np.float32), predict_proba(model, x).reshape(-1, 1)).numpy()
 
-    return membership_advantage(losses(x_in[:n], y_in[:n]), losses(x_out[:n], y_out[:n]))
+    return (binary_metrics(y_out, predict_proba(model, x_out))["roc_auc"],
+            membership_advantage(losses(x_in[:n], y_in[:n]), losses(x_out[:n], y_out[:n])))
 
 
 def main() -> None:
@@ -105,8 +106,6 @@ def main() -> None:
         print(f"  {setting} {model} epsilon {epsilon or 'none':>4} seed {seed}: holdout AUC {auc:.4f}, attack "
               f"advantage {advantage:.4f} ({seconds:.0f} s)", flush=True)
 
-    from fed_models.keras_models import build_model, predict_proba
-
     for seed in [int(s) for s in args.seeds.split(",")]:
         institutions = split_institutions(frames, 0.1, seed)
         mean, std = combine_statistics([local_statistics(i.name, i.x_fit, i.y_fit) for i in institutions])
@@ -115,27 +114,20 @@ def main() -> None:
                 started = time.perf_counter()
                 spec, weights, plan = _train(
                     institutions, mean, std, UTILITY_MODELS[name], epsilon=epsilon, rounds=args.rounds,
-                    local_epochs=1, batch_size=args.batch_size, seed=seed, validation=False,
+                    local_epochs=1, batch_size=args.batch_size, seed=seed,
                     learning_rate=args.dp_learning_rate if epsilon else args.learning_rate)
-                model = build_model(spec, mean, std)
-                model.set_weights(weights)
-                auc = binary_metrics(y_test, predict_proba(model, x_test))["roc_auc"]
                 label = f"mlp{list(UTILITY_MODELS[name])}" if UTILITY_MODELS[name] else name
-                record("utility", label, epsilon, seed, auc, _attack(spec, weights, mean, std, institutions,
-                                                                     x_test, y_test), plan,
-                       time.perf_counter() - started)
+                record("utility", label, epsilon, seed, *_score(spec, weights, mean, std, institutions, x_test, y_test),
+                       plan, time.perf_counter() - started)
         small = [Institution(i.name, i.x_fit[:args.attack_rows], i.y_fit[:args.attack_rows], i.x_validation,
                              i.y_validation) for i in institutions]
         for epsilon in epsilons:
             started = time.perf_counter()
             spec, weights, plan = _train(small, mean, std, MEMORIZING, epsilon=epsilon, rounds=args.attack_rounds,
-                                         local_epochs=args.attack_epochs, batch_size=64, seed=seed, validation=False,
+                                         local_epochs=args.attack_epochs, batch_size=64, seed=seed,
                                          learning_rate=args.attack_dp_learning_rate if epsilon else 0.5)
-            model = build_model(spec, mean, std)
-            model.set_weights(weights)
-            auc = binary_metrics(y_test, predict_proba(model, x_test))["roc_auc"]
-            record("memorizing", f"mlp{list(MEMORIZING)}", epsilon, seed, auc,
-                   _attack(spec, weights, mean, std, small, x_test, y_test), plan, time.perf_counter() - started)
+            record("memorizing", f"mlp{list(MEMORIZING)}", epsilon, seed,
+                   *_score(spec, weights, mean, std, small, x_test, y_test), plan, time.perf_counter() - started)
 
     print(f"\n{'setting':<11} {'model':<20} {'epsilon':>8} {'holdout AUC':>17} {'attack advantage':>17}")
     for setting, model in dict.fromkeys((r["setting"], r["model"]) for r in rows):
