@@ -118,12 +118,13 @@ def plan_privacy(privacy: dict, training: dict, fit_rows: dict[str, int]) -> Pri
 
 def spent_privacy(plan: PrivacyPlan, rounds_trained: dict[str, int]) -> PrivacyPlan:
     """The plan with each institution's epsilon for the rounds it actually trained in."""
-    return replace(plan, institutions=[
-        replace(i, rounds=rounds_trained.get(i.institution, 0),
-                epsilon=_epsilon(plan.mechanism, i.rows, plan.batch_size,
-                                 i.steps_per_round * rounds_trained.get(i.institution, 0),
-                                 rounds_trained.get(i.institution, 0), i.noise_multiplier, i.delta))
-        for i in plan.institutions])
+    def spent(i: InstitutionPrivacy) -> InstitutionPrivacy:
+        rounds = rounds_trained.get(i.institution, 0)
+        return replace(i, rounds=rounds, epsilon=_epsilon(plan.mechanism, i.rows, plan.batch_size,
+                                                          i.steps_per_round * rounds, rounds, i.noise_multiplier,
+                                                          i.delta))
+
+    return replace(plan, institutions=[spent(i) for i in plan.institutions])
 
 
 @dataclass(frozen=True)
