@@ -3,14 +3,14 @@
 TFF's stock context starts the worker with our stdout/stderr and stops it only on garbage
 collection, so it can outlive Python and hold CI's pipes open. Here the worker writes to a
 log file, is told by the kernel to die with this process, and is stopped by its pid at exit.
+The worker executes any computation sent to it, so it listens on loopback only (hostguard):
+without a way to ensure that, it is not started, unless the operator accepted the exposure.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -21,6 +21,9 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
+from hostguard import loopback
+from hostguard.processes import spawn_owned, stop
+
 _WORKER_BINARY = Path(tff.__file__).parent / "data" / "worker_binary"
 _GRPC_MAX_BYTES = 2 * 1000 * 1000 * 1000
 _GRPC_OPTIONS = [
@@ -28,7 +31,6 @@ _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", _GRPC_MAX_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_BYTES),
 ]
-_PR_SET_PDEATHSIG = 1
 # glibc raises its mmap threshold as large blocks are freed, after which each round's dataset
 # buffers come from a heap that fragments: the worker grew 0.6 MiB per round, still rising after
 # 160 rounds. A fixed threshold returns them to the OS when freed, at no cost in round time
@@ -41,43 +43,7 @@ _lock = threading.Lock()
 _process: subprocess.Popen | None = None
 _stub = None
 _context_installed = False
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    """Start the worker from a thread that lives as long as the process.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, and tasks run in
-    short-lived threads; a daemon owner thread makes it fire only when the process ends.
-    """
-    started = threading.Event()
-    outcome: dict = {}
-
-    def owner() -> None:
-        try:
-            with open(log_path, "ab") as log:
-                outcome["process"] = subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
-                    close_fds=True,
-                    env={**os.environ, **_WORKER_MALLOC},
-                )
-        except BaseException as error:  # handed to the caller below
-            outcome["error"] = error
-        started.set()
-        threading.Event().wait()
-
-    threading.Thread(target=owner, name="tff-worker-owner", daemon=True).start()
-    started.wait()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["process"]
+_isolation: loopback.Isolation | None = None
 
 
 def worker_pid() -> int | None:
@@ -92,11 +58,11 @@ def _ensure_worker():
     stop_worker()
     port = portpicker.pick_unused_port()
     log_path = Path(tempfile.gettempdir()) / f"fedrisk-tff-worker-{os.getpid()}.log"
-    _process = _spawn(
+    _process = spawn_owned(
         [str(_WORKER_BINARY), f"--port={port}", "--max_concurrent_computation_calls=-1"],
-        log_path,
+        log_path, env={**os.environ, **_WORKER_MALLOC, **_isolation.environment()},
     )
-    channel = grpc.insecure_channel(f"localhost:{port}", _GRPC_OPTIONS)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", _GRPC_OPTIONS)
     _stub = tff.framework.RemoteExecutorGrpcStub(channel)
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while not _stub.is_ready:
@@ -108,6 +74,12 @@ def _ensure_worker():
             stop_worker()
             raise RuntimeError(f"TFF worker not ready after {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}")
         time.sleep(0.1)
+    if not _isolation.exposed:
+        try:
+            loopback.require_loopback(_process.pid, "TFF worker")
+        except loopback.WorkerExposureRefused:
+            stop_worker()
+            raise
     return _stub
 
 
@@ -115,20 +87,21 @@ def stop_worker() -> None:
     """Stop the worker this process started (by pid), if any."""
     global _process, _stub
     process, _process, _stub = _process, None, None
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop(process)
 
 
-def ensure_context() -> None:
-    """Install the owned C++ execution context as TFF's default (once per process)."""
-    global _context_installed
+def ensure_context(isolation: loopback.Isolation | None = None) -> None:
+    """Install the owned C++ execution context as TFF's default (once per process).
+
+    `isolation` is how the worker is kept off the network; by default the loopback library, and
+    WorkerExposureRefused where it cannot be built. A different isolation restarts the worker.
+    """
+    global _context_installed, _isolation
     with _lock:
+        wanted = isolation or _isolation or loopback.isolation(allow_exposed=False)
+        if wanted != _isolation:
+            stop_worker()
+            _isolation = wanted
         if _context_installed:
             return
 

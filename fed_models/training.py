@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fed_models import runtime
+from hostguard.loopback import Isolation
 from fed_models.accounting import steps_per_round
 from fed_models.aggregation import AggregationKind, build_aggregator, build_client_dp_aggregator, update_bytes
 from fed_models.checkpoints import Checkpoints
@@ -280,6 +281,7 @@ def train(
     update_factors: dict[str, float] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
     privacy_rng: np.random.Generator | None = None,
+    isolation: Isolation | None = None,
 ) -> TrainingResult:
     """Train `spec` over `clients`; return the best round's weights and every round's metrics.
 
@@ -287,8 +289,9 @@ def train(
     without it the last round's weights are returned. `checkpoint_dir` makes the run resumable.
     `update_factors` (institution -> factor) simulates faulty institutions; tests only.
     `privacy_rng` replaces the OS's entropy for DP sampling and noise, to replay a run; tests only.
+    `isolation` keeps TFF's worker off the network (default: loopback, refused where impossible).
     """
-    runtime.ensure_context()
+    runtime.ensure_context(isolation)
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     tf.keras.utils.set_random_seed(spec.seed)
     with_faults = bool(update_factors)

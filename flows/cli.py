@@ -124,7 +124,9 @@ def _round_progress() -> Iterator[None]:
 def _run(config: RunConfig) -> None:
     from mlflow.exceptions import MlflowException
 
+    from flows.prefect_api import prefect_api
     from flows.retrain import RetrainingBusy, retrain
+    from hostguard.loopback import WorkerExposureRefused
     from tasks.data import InstitutionDataError
     from tasks.privacy import PrivacyBudgetExceeded, PrivacyPlanError
     from tasks.training import import_engine_in_background
@@ -132,9 +134,10 @@ def _run(config: RunConfig) -> None:
 
     import_engine_in_background()
     try:
-        with _round_progress():
+        with prefect_api(), _round_progress():
             summary = retrain(config)
-    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, PrivacyBudgetExceeded) as error:
+    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, PrivacyBudgetExceeded,
+            WorkerExposureRefused) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
     except PrivacyPlanError as error:
@@ -178,10 +181,12 @@ def retrain_command(config: Path = typer.Option(..., "--config", "-c", help="Run
 @app.command()
 def validate(config: Path = typer.Option(..., "--config", "-c", help="Run config (YAML).")) -> None:
     """Check every institution's extract; exit 1 when fewer than the quorum pass."""
+    from flows.prefect_api import prefect_api
     from flows.validate import validate_consortium
 
     run_config = _load(config)
-    reports = validate_consortium(run_config)
+    with prefect_api():
+        reports = validate_consortium(run_config)
     console.print(_validation_table(reports))
     passed = sum(r.passed for r in reports)
     if passed < run_config.quorum:

@@ -25,7 +25,8 @@ from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledge
                            settle_privacy_budget, spent_privacy)
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, summary_markdown
-from tasks.training import TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline
+from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
+                            worker_isolation)
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
 from flows.validate import validate_consortium
 
@@ -61,7 +62,12 @@ def flow_run_url(flow_run_id) -> str | None:
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
     from prefect.utilities.urls import url_for
 
-    return url_for("flow-run", obj_id=flow_run_id) if PREFECT_API_URL.value() and PREFECT_UI_URL.value() else None
+    from flows.prefect_api import is_temporary
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url or not PREFECT_UI_URL.value() or is_temporary(api_url):
+        return None
+    return url_for("flow-run", obj_id=flow_run_id)
 
 
 def _deployment_name() -> str | None:
@@ -171,6 +177,7 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
 def run_retraining(config: RunConfig) -> RetrainSummary:
     """The retraining itself, inside whichever flow runs it (holding the model's lock)."""
     settings = Settings()
+    isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
     features, label = config.features, config.label
     split = dict(holdout_fraction=config.holdout_fraction, seed=config.seed)
     sources = {i.name: (i.name, i.path, i.columns) for i in config.institutions}
@@ -204,7 +211,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             training=config.training.model_dump(mode="json"), positive_class_weight=positive_weight,
             validation_fraction=config.training.validation_fraction,
             model_path=run_dir / "model.keras", checkpoint_dir=run_dir / "checkpoints",
-            privacy=plan.for_training() if plan else None, **split,
+            privacy=plan.for_training() if plan else None, isolation=isolation, **split,
         )
         spent = spent_privacy(plan, training.rounds_trained) if plan else None
         if spent is not None:
@@ -235,7 +242,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             commit=commit, dirty=dirty,
             config=plain_config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
             validation=validation, admitted=[s[0] for s in admitted],
-            privacy=privacy_tags(spent, ledger_run))
+            privacy=privacy_tags(spent, ledger_run), worker_isolation=isolation.mechanism)
         registration = register_model(
             settings.mlflow_tracking_uri, config.model_name, training.model_path, features,
             feature_means=mean.tolist(), config=plain_config, training=asdict(training),

@@ -34,4 +34,10 @@ class Settings(BaseSettings):
         description="How long a retraining waits for another retraining of the same model to finish before "
                     "it gives up (one retraining per model at a time).",
     )
+    allow_exposed_worker: bool = Field(
+        default=False, validation_alias="FEDRISK_ALLOW_EXPOSED_WORKER",
+        description="Accept a TFF worker listening on every interface where it cannot be kept on loopback (no "
+                    "C compiler for the loopback-bind library). Only for hosts whose firewall blocks the port "
+                    "range; recorded on the run and the version.",
+    )
     demo_data_dir: Path = Field(default=PROJECT_ROOT / "data" / "demo", validation_alias="FEDRISK_DEMO_DATA_DIR")

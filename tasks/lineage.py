@@ -49,9 +49,11 @@ def lineage_tags(
     validation: list[ValidationReport],
     admitted: list[str],
     privacy: dict[str, str],
+    worker_isolation: str,
 ) -> dict[str, str]:
     """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
-    `privacy` are the privacy stage's tags (mechanism, each institution's epsilon)."""
+    `privacy` are the privacy stage's tags (mechanism, each institution's epsilon); `worker_isolation`
+    how the training workers were kept off the network (or that the operator accepted they were not)."""
     training = config["training"]
     tags = {
         "prefect.flow_run_id": flow_run_id,
@@ -67,6 +69,7 @@ def lineage_tags(
         "model.kind": training["model"]["kind"],
         **privacy,
         "simulation": str(config["baselines"]["enabled"]).lower(),
+        "security.worker_isolation": worker_isolation,
     }
     if flow_run_url:
         tags["prefect.flow_run_url"] = flow_run_url
@@ -164,6 +167,9 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     links.append(Link("training", tags.get("training.algorithm", "-"), True,
                       f"aggregation {tags.get('training.aggregation')}, model {tags.get('model.kind')}"))
     links.append(_privacy_link(client, tags, version))
+    isolation = tags.get("security.worker_isolation", "not recorded")
+    links.append(Link("worker isolation", isolation, True,
+                      "the training workers were reachable from other hosts" if isolation.startswith("none") else ""))
     links.append(Link("promotion", tags.get("promotion.decision", "-"), True, tags.get("promotion.reason", "")))
     return f"{name} version {version}", links
 

@@ -14,6 +14,8 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from hostguard import loopback
+from hostguard.loopback import Isolation
 from tasks.data import as_split, combine_statistics, load_parts, local_statistics
 
 _round_listeners: list[Callable[[dict], None]] = []
@@ -28,6 +30,12 @@ def import_engine_in_background() -> threading.Thread:
     thread = threading.Thread(target=load, name="import-training-engine", daemon=True)
     thread.start()
     return thread
+
+
+def worker_isolation(allow_exposed: bool) -> Isolation:
+    """How this run keeps TFF's worker off the network, decided before anything is read or trained:
+    WorkerExposureRefused when it cannot be kept on loopback and the operator has not accepted that."""
+    return loopback.isolation(allow_exposed, "TFF worker")
 
 
 @contextmanager
@@ -101,6 +109,7 @@ def train_federated(
     model_path: Path,
     checkpoint_dir: Path,
     privacy: dict | None = None,
+    isolation: Isolation | None = None,
 ) -> TrainingOutcome:
     """Train `training` (the run config's training section) over the institutions; save the best model.
 
@@ -108,6 +117,7 @@ def train_federated(
     split. In this simulation one process holds every client's dataset, as TFF's local runtime
     needs; each institution's rows stay a separate client dataset and are never concatenated.
     `privacy` (a PrivacyPlan's training part) makes the training differentially private.
+    `isolation` (worker_isolation) keeps TFF's worker off the network.
     """
     from fed_models.keras_models import export_model  # TF/TFF import paid only when training
     from fed_models.training import ClientData, TrainingSpec, train
@@ -151,7 +161,7 @@ def train_federated(
             listener({**m, "max_rounds": max_rounds})
 
     result = train(clients, np.asarray(mean), np.asarray(std), spec, validation=validation,
-                   checkpoint_dir=Path(checkpoint_dir), on_round=report)
+                   checkpoint_dir=Path(checkpoint_dir), on_round=report, isolation=isolation)
     if result.resumed_from_round:
         logger.info("resumed from the checkpoint of round %d in %s", result.resumed_from_round, checkpoint_dir)
     if result.stopped_early:

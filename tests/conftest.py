@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -148,3 +149,112 @@ def wait_for(ready: Callable[[], bool], process: subprocess.Popen, log: Path, wh
         assert process.poll() is None, f"{what}: process exited ({process.returncode}):\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"{what}: not ready in {timeout:g} s:\n{log.read_text()[-3000:]}"
         time.sleep(1)
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live descendant of `pid` (children, their children, ...) as pid -> command name, from /proc."""
+    parents: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if rest[0] == "Z":  # a zombie has ended; only its parent has not reaped it
+            continue
+        parents.setdefault(int(rest[1]), []).append(int(entry.name))
+        names[int(entry.name)] = name
+    found, frontier = {}, [pid]
+    while frontier:
+        for child in parents.get(frontier.pop(), []):
+            found[child] = names[child]
+            frontier.append(child)
+    return found
+
+
+def wait_until_gone(pids, timeout: float) -> list[int]:
+    """Wait (on each process's exit, through a pidfd) until every pid has ended; return those still alive."""
+    import select
+
+    alive = []
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            handle = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([handle], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                alive.append(pid)
+        finally:
+            os.close(handle)
+    return alive
+
+
+def host_addresses() -> list[str]:
+    """This host's own non-loopback IPv4 addresses (traffic to them never leaves the machine)."""
+    import fcntl
+    import struct
+
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:  # no IPv4 address on this interface
+                continue
+            address = socket.inet_ntoa(packed[20:24])
+            if not address.startswith("127."):
+                found.append(address)
+    return found
+
+
+FEDRISK = str(Path(sys.executable).parent / "fedrisk")  # the console script, as `uv run fedrisk` runs it
+
+
+def read_until(process: subprocess.Popen, text: str, timeout: float) -> str:
+    """Read a process's (text) stdout line by line until a line contains `text`; return all read so far.
+    Fails with the output when the process ends or `timeout` passes first."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no line with {text!r} in {timeout:g} s:\n{''.join(seen)[-3000:]}") from None
+        if line is None:
+            raise AssertionError(f"process ended ({process.wait()}) before {text!r}:\n{''.join(seen)[-3000:]}")
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+
+
+def cli_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `fedrisk` command run as its own process, as on a fresh machine: its own
+    temporary Prefect API and MLflow store under `tmp_path`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    return {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", **extra}
+
+
+def write_config(path: Path, consortium: dict[str, Path], **settings) -> Path:
+    """A run config over `consortium` with `settings` (YAML-able values) on top."""
+    import yaml
+
+    data = {"model_name": "m", "institutions": [{"name": n, "path": str(p)} for n, p in consortium.items()],
+            **settings}
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -1,0 +1,77 @@
+"""The Prefect API a command talks to: the configured server, or a temporary one this process owns.
+
+Prefect's own temporary API is a uvicorn child that only an exit handler stops, so a command killed
+with SIGKILL left it running. This one is started the same way (loopback, UI off, the local
+database in PREFECT_HOME) but as an owned child: the kernel stops it when the command ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hostguard.processes import spawn_owned, stop
+
+_STARTUP_TIMEOUT_S = 120.0
+_temporary_url: str | None = None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def is_temporary(api_url: str | None) -> bool:
+    """Whether `api_url` is the temporary API of this command (gone when it ends: no link to give)."""
+    return api_url is not None and api_url == _temporary_url
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the API URL: PREFECT_API_URL when set, else a temporary API on a loopback port, owned by
+    this process and stopped (by pid) when the block ends or the process dies."""
+    global _temporary_url
+    import httpx
+    import prefect
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    port = _free_loopback_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = Path(tempfile.gettempdir()) / f"fedrisk-prefect-api-{os.getpid()}.log"
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    process = spawn_owned([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                           "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                           "--port", str(port), "--log-level", "error", "--lifespan", "on"], log, env=env)
+    try:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        with httpx.Client() as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the temporary Prefect API exited with code {process.returncode} on "
+                                       f"start; see {log}")
+                try:
+                    if client.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the temporary Prefect API did not answer in {_STARTUP_TIMEOUT_S:g} s; see {log}")
+                time.sleep(0.1)
+        _temporary_url = url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        _temporary_url = None
+        stop(process)
