@@ -21,7 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 import flows  # noqa: E402,F401  (library defaults: quiet TensorFlow, no telemetry)
 from tasks.data import read_institution, split_holdout  # noqa: E402
-from tasks.schema import FEATURE_COLUMNS, LABEL_COLUMN  # noqa: E402
+from tasks.schema import load_schema  # noqa: E402
+from tasks.statistics import consortium_layout, local_statistics, standardization  # noqa: E402
+
+CREDIT = load_schema("credit_default")
+FEATURE_COLUMNS, LABEL_COLUMN = list(CREDIT.features), CREDIT.label.column
 
 UCI_DIR = ROOT.parent / "shared" / "data" / "uci_default_credit"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -60,8 +64,8 @@ def partition_uci(data_dir: Path, partition: str) -> tuple[dict[str, pd.DataFram
     iid: the three banks as shipped (a random split). limit_band: the same 24,000 rows regrouped
     into the LIMIT_BANDS lenders, so institutions differ in size, features and default rate.
     """
-    banks = {bank: read_institution(bank, Path(data_dir) / f"{bank}.csv") for bank in BANKS}
-    holdout = read_institution("holdout", Path(data_dir) / "holdout.csv")
+    banks = {bank: read_institution(bank, Path(data_dir) / f"{bank}.csv", CREDIT) for bank in BANKS}
+    holdout = read_institution("holdout", Path(data_dir) / "holdout.csv", CREDIT)
     if partition == "iid":
         return banks, holdout
     if partition == "limit_band":
@@ -87,6 +91,13 @@ def split_institutions(frames: dict[str, pd.DataFrame], validation_fraction: flo
                                         institution=name)
         found.append(Institution(name, *arrays(fit), *arrays(validation)))
     return found
+
+
+def standardize(institutions: list[Institution]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and std of the institutions' fit rows, through the pipeline's own federated statistics."""
+    statistics = [local_statistics(i.name, pd.DataFrame(i.x_fit, columns=FEATURE_COLUMNS).assign(
+        **{LABEL_COLUMN: i.y_fit}), CREDIT, FEATURE_COLUMNS) for i in institutions]
+    return standardization(consortium_layout(CREDIT, FEATURE_COLUMNS, statistics), statistics)
 
 
 def machine() -> dict[str, object]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UCI_DIR, arrays, partition_uci, require_uci, split_institutions, write_json
-from tasks.data import combine_statistics, local_statistics
+from common import UCI_DIR, arrays, partition_uci, require_uci, split_institutions, standardize, write_json
 from tasks.evaluation import binary_metrics
 
 FAULTS = {"clean": None, "x100": 100.0, "sign flip": -1.0, "x-10": -10.0, "NaN": float("nan")}
@@ -39,7 +38,7 @@ def main() -> None:
     frames, holdout = partition_uci(args.data_dir, "iid")
     banks = split_institutions(frames, 0.1, 0)
     x_test, y_test = arrays(holdout)
-    mean, std = combine_statistics([local_statistics(b.name, b.x_fit, b.y_fit) for b in banks])
+    mean, std = standardize(banks)
     clients = [ClientData(b.name, b.x_fit, b.y_fit) for b in banks]
     results = {}
     for aggregation in ("robust", "tff_robust", "plain"):

@@ -25,14 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UCI_DIR, Institution, arrays, mean_std, partition_uci, require_uci, split_institutions, write_json
-from tasks.data import combine_statistics, local_statistics
+from common import (UCI_DIR, Institution, arrays, mean_std, partition_uci, require_uci, split_institutions,
+                    standardize, write_json)
 from tasks.evaluation import binary_metrics
+from tasks.config import PrivacyConfig, TrainingConfig
 from tasks.privacy import membership_advantage, plan_privacy
 
 UTILITY_MODELS = {"logistic_regression": (), "mlp": (64, 32)}
 MEMORIZING = (64, 64)  # without dropout or DP, it learns 400 customers per bank by heart
 
+
+
+def plan_noise(plan) -> dict[str, float]:
+    """Each institution's noise multiplier in a privacy plan."""
+    return {i.institution: i.noise_multiplier for i in plan.institutions}
 
 def _train(institutions: list[Institution], mean, std, hidden: tuple[int, ...], *, epsilon: float | None, rounds: int,
            local_epochs: int, batch_size: int, learning_rate: float, seed: int,
@@ -44,14 +50,13 @@ def _train(institutions: list[Institution], mean, std, hidden: tuple[int, ...], 
 
     plan = None
     if epsilon is not None:
-        plan = plan_privacy({"mechanism": "record_level", "clip_norm": 1.0, "noise_multiplier": None,
-                             "target_epsilon": epsilon, "delta": None, "adaptive_clipping": False},
-                            {"rounds": rounds, "batch_size": batch_size, "local_epochs": local_epochs},
+        plan = plan_privacy(PrivacyConfig(mechanism="record_level", clip_norm=1.0, target_epsilon=epsilon),
+                            TrainingConfig(rounds=rounds, batch_size=batch_size, local_epochs=local_epochs),
                             {i.name: len(i.y_fit) for i in institutions})
     model = ModelSpec("mlp" if hidden else "logistic_regression", hidden, 0.0, seed=seed)
     spec = TrainingSpec(model=model, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size,
                         client_learning_rate=learning_rate, seed=seed,
-                        privacy=RecordLevelPrivacy(1.0, plan.for_training()["noise_multipliers"]) if plan else None)
+                        privacy=RecordLevelPrivacy(1.0, plan_noise(plan)) if plan else None)
     result = train([ClientData(i.name, i.x_fit, i.y_fit) for i in institutions], mean, std, spec,
                    privacy_rng=privacy_rng)
     return model, result.weights, plan
@@ -101,14 +106,14 @@ def main() -> None:
     def record(setting: str, model: str, epsilon, seed: int, auc: float, advantage: float, plan, seconds: float):
         rows.append({"setting": setting, "model": model, "epsilon": epsilon, "seed": seed, "holdout_auc": auc,
                      "attack_advantage": advantage, "seconds": round(seconds, 1),
-                     "noise_multipliers": plan.for_training()["noise_multipliers"] if plan else None,
+                     "noise_multipliers": plan_noise(plan) if plan else None,
                      "epsilon_spent": {i.institution: i.epsilon for i in plan.institutions} if plan else None})
         print(f"  {setting} {model} epsilon {epsilon or 'none':>4} seed {seed}: holdout AUC {auc:.4f}, attack "
               f"advantage {advantage:.4f} ({seconds:.0f} s)", flush=True)
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         institutions = split_institutions(frames, 0.1, seed)
-        mean, std = combine_statistics([local_statistics(i.name, i.x_fit, i.y_fit) for i in institutions])
+        mean, std = standardize(institutions)
         for name in args.models.split(","):
             for epsilon in epsilons:
                 started = time.perf_counter()

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from common import (PARTITIONS, UCI_DIR, Institution, arrays, mean_std, partition_uci, require_uci, segment,
-                    split_institutions, write_json)
-from flows.config import DEFAULT_SERVER_LEARNING_RATE
-from tasks.data import combine_statistics, local_statistics
+                    split_institutions, standardize, write_json)
+from tasks.config import DEFAULT_SERVER_LEARNING_RATE
 from tasks.evaluation import binary_metrics
 
 MODELS = {"logistic_regression": ((), 0.0), "mlp[64, 32]": ((64, 32), 0.3)}
@@ -60,7 +59,7 @@ def run_seed(partition: str, seed: int, args) -> list[dict]:
     frames, holdout = partition_uci(args.data_dir, partition)
     institutions: list[Institution] = split_institutions(frames, args.validation_fraction, seed)
     names = [i.name for i in institutions]
-    mean, std = combine_statistics([local_statistics(i.name, i.x_fit, i.y_fit) for i in institutions])
+    mean, std = standardize(institutions)
     rows = []
 
     def record(method: str, model: str, scores: dict, seconds: float, **extra) -> None:
@@ -101,7 +100,7 @@ def run_seed(partition: str, seed: int, args) -> list[dict]:
 
         started, local = time.perf_counter(), {}
         for i in institutions:
-            own_mean, own_std = combine_statistics([local_statistics(i.name, i.x_fit, i.y_fit)])
+            own_mean, own_std = standardize([i])
             weights = train_centralized(i.x_fit, i.y_fit, i.x_validation, i.y_validation, own_mean, own_std,
                                         spec_model, max_epochs=args.central_epochs, **CENTRAL)
             local[i.name] = predictor(spec_model, weights, own_mean, own_std)

@@ -25,25 +25,34 @@ from pathlib import Path
 import numpy as np
 
 from common import ROOT, write_json
-from round_throughput import consortium, federated_round_seconds
+from round_throughput import consortium
 
 
 def measure_rounds(institutions: int, rows: int, rounds: int, exposed: bool) -> dict:
-    """In this process: seconds per round with the worker isolated (or bare, `exposed`)."""
+    """In this process: seconds per round with the worker isolated (or bare, `exposed`), and a digest of
+    the trained weights (the same seed must give the same weights either way)."""
+    import hashlib
+
     from fed_models import runtime
     from fed_models.keras_models import ModelSpec
-    from fed_models.training import TrainingSpec
+    from fed_models.training import ClientData, TrainingSpec, train
     from hostguard import loopback
 
     runtime.ensure_context(loopback.isolation(allow_exposed=True) if exposed else loopback.isolation(False))
     spec = TrainingSpec(model=ModelSpec("mlp", (64, 32), 0.0), rounds=rounds + 1, seed=0)
-    seconds = federated_round_seconds(consortium(institutions, rows), spec, rounds + 1)
+    data = consortium(institutions, rows)
+    stamps = [time.perf_counter()]
+    result = train([ClientData(f"institution_{i}", x, y) for i, (x, y) in enumerate(data)], np.zeros(data[0][0].shape[1]),
+                   np.ones(data[0][0].shape[1]), spec, on_round=lambda _: stamps.append(time.perf_counter()))
+    seconds = list(np.diff(stamps))
+    weights = hashlib.sha256(b"".join(np.asarray(w, dtype=np.float32).tobytes() for w in result.weights)).hexdigest()
     check = []
     for _ in range(20):
         started = time.perf_counter()
         loopback.listening_addresses(runtime.worker_pid())
         check.append(time.perf_counter() - started)
-    return {"seconds_per_round": statistics.median(seconds[1:]), "socket_check_seconds": statistics.median(check)}
+    return {"seconds_per_round": statistics.median(seconds[1:]), "socket_check_seconds": statistics.median(check),
+            "weights_sha256": weights}
 
 
 def library_seconds() -> dict:
@@ -95,7 +104,7 @@ def main() -> None:
           f"found cached in {library['cached_seconds'] * 1e3:.3f} ms per retraining")
     results = {"library": library, "rounds": []}
     print(f"{'institutions':>12} {'rows each':>10} {'isolated s/round':>17} {'bare s/round':>13} {'change':>8} "
-          f"{'socket check ms':>16}")
+          f"{'socket check ms':>16} weights")
     for n in [int(v) for v in args.institutions.split(",")]:
         isolated, bare = [], []
         for _ in range(args.repeats):
@@ -104,12 +113,13 @@ def main() -> None:
         with_library = statistics.median(r["seconds_per_round"] for r in isolated)
         without = statistics.median(r["seconds_per_round"] for r in bare)
         check = statistics.median(r["socket_check_seconds"] for r in isolated)
+        same = len({r["weights_sha256"] for r in isolated + bare}) == 1
         row = {"institutions": n, "rows_per_institution": args.rows, "isolated_seconds_per_round": with_library,
                "bare_seconds_per_round": without, "change": with_library / without - 1,
-               "socket_check_seconds": check, "runs": {"isolated": isolated, "bare": bare}}
+               "socket_check_seconds": check, "same_weights": same, "runs": {"isolated": isolated, "bare": bare}}
         results["rounds"].append(row)
         print(f"{n:>12} {args.rows:>10} {with_library:>17.3f} {without:>13.3f} {row['change']:>+8.1%} "
-              f"{check * 1e3:>16.3f}", flush=True)
+              f"{check * 1e3:>16.3f} {'same weights' if same else 'WEIGHTS DIFFER'}", flush=True)
     worst = max(abs(r["change"]) for r in results["rounds"])
     print(f"target (round time moves by less than 5 %): largest change {worst:.1%} -> "
           f"{'met' if worst < 0.05 else 'MISSED'}")

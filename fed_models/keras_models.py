@@ -23,7 +23,7 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, mean: np.ndarray, std: np.ndarray) -> tf.keras.Model:
-    """The model of `spec` over standardized features, ending in the default probability.
+    """The model of `spec` over standardized features, ending in the probability of the positive label.
 
     `mean` and `std` come from federated statistics and are constants of the model, not
     weights, so federated averaging only moves the coefficients. Initializers and dropout are
@@ -47,9 +47,7 @@ def build_model(spec: ModelSpec, mean: np.ndarray, std: np.ndarray) -> tf.keras.
         output_init = tf.keras.initializers.GlorotUniform(seed=spec.seed)
     else:
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    probability = tf.keras.layers.Dense(
-        1, activation="sigmoid", kernel_initializer=output_init, name="default_probability"
-    )(hidden)
+    probability = tf.keras.layers.Dense(1, activation="sigmoid", kernel_initializer=output_init, name="probability")(hidden)
     return tf.keras.Model(inputs, probability, name=spec.kind)
 
 

@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 import flows  # noqa: F401  (sets library defaults before they are imported)
-from flows.config import ConfigError, RunConfig, load_config
+from flows.config import ConfigError, load_config
 from flows.settings import PROJECT_ROOT, Settings
+from tasks.config import RunConfig
 
 app = typer.Typer(help="Federated credit-risk retraining: validate, train, evaluate, register.",
                   no_args_is_help=True, add_completion=False)
@@ -21,13 +22,15 @@ data_app = typer.Typer(help="Data utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(help="Registered models: list versions, promote by hand.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+schema_app = typer.Typer(help="Data contracts (schemas/NAME.yaml).", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
 console = Console()
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 def _load(path: Path) -> RunConfig:
     try:
-        return load_config(path)
+        return load_config(path, expectations_dir=Settings().expectations_dir)
     except ConfigError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -156,14 +159,15 @@ def demo(
     data_dir: Path = typer.Option(None, help="Where the synthetic institutions live (default: data/demo)."),
 ) -> None:
     """Synthesize the demo consortium if absent, then run one retraining on it."""
-    from tasks.synthetic import DATA_FILE, synthesize
+    from tasks.synthetic import data_file, synthesize
 
     config = _load(DEMO_CONFIG)
     data_dir = (data_dir or Settings().demo_data_dir).resolve()
     for institution in config.institutions:
-        institution.path = data_dir / institution.name / DATA_FILE
+        institution.path = data_dir / institution.name / data_file(config.data_schema.name)
     if not all(i.path.exists() for i in config.institutions):
-        written = synthesize(data_dir, n_institutions=len(config.institutions), seed=config.seed)
+        written = synthesize(data_dir, n_institutions=len(config.institutions), seed=config.seed,
+                             schema=config.data_schema)
         unknown = sorted({i.name for i in config.institutions} - set(written))
         if unknown:
             console.print(f"[red]{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios[/red]")
@@ -195,18 +199,77 @@ def validate(config: Path = typer.Option(..., "--config", "-c", help="Run config
     console.print(f"{passed} of {len(reports)} institutions passed; quorum {run_config.quorum} met")
 
 
+def _schema(name: str):
+    from tasks.schema import SchemaError, load_schema
+
+    try:
+        return load_schema(name)
+    except SchemaError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", help="Directory to write <institution>/credit.csv into."),
+    out: Path = typer.Option(..., "--out", help="Directory to write <institution>/<schema file>.csv into."),
+    schema: str = typer.Option("credit_default", "--schema", help="Schema (schemas/NAME.yaml) to follow."),
     institutions: int = typer.Option(4, min=1, max=100, help="How many institutions."),
     seed: int = typer.Option(0, min=0, help="Random seed (same seed, same files)."),
     rows_scale: float = typer.Option(1.0, min=0.01, max=100.0, help="Multiplier on each institution's rows."),
 ) -> None:
-    """Write a synthetic consortium in the UCI credit-default schema."""
+    """Write a synthetic, non-IID consortium that follows a schema."""
     from tasks.synthetic import synthesize
 
-    for name, path in synthesize(out, institutions, seed, rows_scale).items():
+    for name, path in synthesize(out, institutions, seed, rows_scale, schema=_schema(schema)).items():
         console.print(f"{name}: {path}")
+
+
+@data_app.command("split")
+def split(
+    input: Path = typer.Option(..., "--input", help="One extract (CSV or Parquet) to split."),
+    schema: str = typer.Option(..., "--schema", help="Its schema: the label to stratify on, the ID column."),
+    out: Path = typer.Option(..., "--out", help="Directory to write <institution>.csv into."),
+    institutions: str = typer.Option("bank_a,bank_b,bank_c", "--institutions", help="Names, comma-separated."),
+    seed: int = typer.Option(0, min=0, help="Random seed (same seed, same split)."),
+) -> None:
+    """Split one real extract into institutions of equal size, stratified on the label (a simulated consortium)."""
+    import pandas as pd
+
+    from tasks.data import InstitutionDataError, read_bytes
+    from tasks.synthetic import split_file
+
+    contract = _schema(schema)
+    names = [n.strip() for n in institutions.split(",") if n.strip()]
+    try:
+        read_bytes("input", input)
+        frame = pd.read_parquet(input) if input.suffix.lower() in {".parquet", ".pq"} else pd.read_csv(input)
+    except (InstitutionDataError, ValueError) as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    if contract.label.column not in frame.columns:
+        console.print(f"[red]{input}: no label column {contract.label.column!r} (schema {contract.name})[/red]")
+        raise typer.Exit(1)
+    for name, path in split_file(frame, contract.label.column, names, seed, contract.id, out).items():
+        console.print(f"{name}: {path}")
+
+
+@schema_app.command("infer")
+def schema_infer(
+    input: Path = typer.Option(..., "--input", help="An extract (CSV or Parquet) to draft a schema from."),
+    label: str = typer.Option(None, "--label", help="The label column (default: the last column)."),
+    name: str = typer.Option(None, "--name", help="Schema name (default: the file's name)."),
+    id_column: str = typer.Option(None, "--id", help="The ID column, if any."),
+) -> None:
+    """Draft a schema from an extract, for review: types, ranges (quantiles), levels. Prints aggregates only."""
+    from tasks.data import InstitutionDataError
+    from tasks.schema_inference import SchemaInferenceError, infer_schema
+
+    try:
+        console.print(infer_schema(input, label=label, name=name, id_column=id_column), highlight=False,
+                      markup=False, soft_wrap=True)
+    except (InstitutionDataError, SchemaInferenceError) as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _reference(reference: str) -> tuple[str, str | None, str | None]:
@@ -318,7 +381,10 @@ def lineage(reference: str = typer.Argument(..., help="NAME@ALIAS (e.g. credit_d
 def score(
     model: str = typer.Option(..., "--model", help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION."),
     input: Path = typer.Option(..., "--input", help="Raw rows to score (CSV or Parquet, the schema's columns)."),
-    output: Path = typer.Option(..., "--output", help="Where to write ID, default_probability, score_band (CSV)."),
+    output: Path = typer.Option(..., "--output", help="Where to write the ID, the schema's probability column and "
+                                                      "the score band (CSV)."),
+    reasons: int = typer.Option(0, "--reasons", min=0, max=20, help="A scorecard's score points and this many "
+                                                                    "reason codes per row."),
 ) -> None:
     """Check rows against the model's suite, then score them with the registered model."""
     from tasks.data import InstitutionDataError
@@ -328,7 +394,7 @@ def score(
     settings = Settings()
     try:
         result = score_file(settings.mlflow_tracking_uri, name, alias, version, input, output,
-                            settings.expectations_dir)
+                            settings.expectations_dir, reasons=reasons)
     except ScoringInputRejected as error:
         console.print(f"[red]{input}: rejected, nothing was scored.[/red] Failed checks:")
         for reason in error.reasons:
@@ -425,7 +491,7 @@ def trigger(
         merged = {**target.parameters, **parameters}
         config_file = resolve_config_file(str(merged.get("config_file", "")))
         if config_file.is_file():  # checked here too, so a bad override never reaches the worker
-            load_config(config_file, merged.get("overrides") or {})
+            load_config(config_file, merged.get("overrides") or {}, expectations_dir=Settings().expectations_dir)
     except (DeploymentError, ConfigError, ValueError) as error:
         console.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(2) from None

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flows.config import NAME_PATTERN
+from tasks.config import NAME_PATTERN
 from flows.settings import PROJECT_ROOT
 
 PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"

@@ -40,7 +40,7 @@ def prefect_api() -> Iterator[str]:
     global _temporary_url
     import httpx
     import prefect
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     configured = PREFECT_API_URL.value()
     if configured:
@@ -70,8 +70,21 @@ def prefect_api() -> Iterator[str]:
                     raise RuntimeError(f"the temporary Prefect API did not answer in {_STARTUP_TIMEOUT_S:g} s; see {log}")
                 time.sleep(0.1)
         _temporary_url = url
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+        # No UI links: the UI is off and the server is gone when the command ends.
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
+            try:
+                yield url
+            finally:
+                _drain()
     finally:
         _temporary_url = None
         stop(process)
+
+
+def _drain(timeout: float = 10.0) -> None:
+    """Send the logs and events still queued to the API before it stops (else Prefect retries for a minute)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,22 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.config import RunConfig, load_config
+from flows.config import load_config
 from flows.settings import PROJECT_ROOT, Settings
-from tasks.data import balanced_positive_weight, combine_statistics, compute_local_statistics, fit_rows
+from riskmodel.scorecard import Scaling
+from tasks.config import RunConfig
+from tasks.data import Split, fit_rows
 from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
 from tasks.lineage import git_state, lineage_tags, suite_digest
 from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
                            settle_privacy_budget, spent_privacy)
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, summary_markdown
+from tasks.statistics import balanced_positive_weight, compute_local_statistics, consortium_layout, standardization
 from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
                             worker_isolation)
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
-from flows.validate import validate_consortium
+from flows.validate import extracts, validate_consortium
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,15 @@ class RetrainSummary:
     privacy: PrivacyPlan | None = None
 
 
-def run_key(config: RunConfig, admitted: list[ValidationReport], mean, std) -> str:
-    """What decides the trained weights: training settings, data split, and each admitted extract's digest.
-
-    A retraining with the same key resumes the checkpoints of an interrupted one.
+def run_key(config: RunConfig, admitted: list[ValidationReport], layout, mean, std) -> str:
+    """What decides the trained weights: training settings, schema, data split, each admitted extract's
+    digest and the feature layout. A retraining with the same key resumes the checkpoints of an interrupted one.
     """
     decided_by = {
         "training": config.training.model_dump(mode="json"), "privacy": config.privacy.model_dump(mode="json"),
-        "features": config.features, "label": config.label, "seed": config.seed,
-        "holdout_fraction": config.holdout_fraction,
-        "extracts": {r.institution: r.digest for r in admitted},
+        "schema": [config.data_schema.name, config.data_schema.version], "features": config.feature_names,
+        "seed": config.seed, "holdout_fraction": config.holdout_fraction,
+        "extracts": {r.institution: r.digest for r in admitted}, "layout": layout.to_json(),
         "mean": [float(m) for m in mean], "std": [float(s) for s in std],
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
@@ -165,7 +167,8 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
     `config_file` is relative to the project root unless absolute. A bad file or override fails
     the run at once with the config error (no retry).
     """
-    config = load_config(resolve_config_file(config_file), overrides or {})
+    config = load_config(resolve_config_file(config_file), overrides or {},
+                         expectations_dir=Settings().expectations_dir)
     with model_lock(config.model_name, Settings().lock_wait_seconds):
         summary = run_retraining(config)
     registration = summary.registration
@@ -178,74 +181,65 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
     """The retraining itself, inside whichever flow runs it (holding the model's lock)."""
     settings = Settings()
     isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
-    features, label = config.features, config.label
-    split = dict(holdout_fraction=config.holdout_fraction, seed=config.seed)
-    sources = {i.name: (i.name, i.path, i.columns) for i in config.institutions}
+    schema, features = config.data_schema, config.feature_names
+    split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
 
     validation = validate_consortium(config)
     try:
-        admitted = [sources[name] for name in admitted_institutions(validation, config.quorum, config.quorum_row_share)]
+        names = admitted_institutions(validation, config.quorum, config.quorum_row_share)
     except QuorumNotMet as error:
         publish_summary(config.model_name, summary_markdown(
             config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)))
         raise
+    reports = {r.institution: r for r in validation}
+    # Every later read of an extract verifies it is the file validation read.
+    admitted = [e.validated(reports[e.institution].digest) for e in extracts(config) if e.institution in names]
 
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
         # The registry is consulted before training so an unreachable one costs no training.
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
-        statistics = [compute_local_statistics(*source, features, label, **split) for source in admitted]
-        mean, std = combine_statistics(statistics)
+        statistics = [compute_local_statistics(e, schema, features, split) for e in admitted]
+        layout = consortium_layout(schema, features, statistics)
+        mean, std = standardization(layout, statistics)
         weighting = config.training.positive_class_weight
         positive_weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
-        reports = [r for r in validation if r.institution in {s[0] for s in admitted}]
-        key = run_key(config, reports, mean, std)
+        key = run_key(config, [reports[e.institution] for e in admitted], layout, mean, std)
         run_dir = settings.runs_dir / config.model_name / key
-        plain_config = config.model_dump(mode="json")
         # Privacy is planned, and the ledger consulted, before anything is trained.
-        plan = plan_privacy(plain_config["privacy"], plain_config["training"], {
+        plan = plan_privacy(config.privacy, config.training, {
             s.institution: fit_rows(s.count, config.training.validation_fraction) for s in statistics})
         ledger_run = reserve_privacy_budget(settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id),
                                             plan, config.privacy_budgets()) if plan else None
         training = train_federated(
-            admitted, features, label, mean=mean.tolist(), std=std.tolist(),
-            training=config.training.model_dump(mode="json"), positive_class_weight=positive_weight,
-            validation_fraction=config.training.validation_fraction,
-            model_path=run_dir / "model.keras", checkpoint_dir=run_dir / "checkpoints",
-            privacy=plan.for_training() if plan else None, isolation=isolation, **split,
-        )
+            admitted, schema, layout, split, mean=mean.tolist(), std=std.tolist(), training=config.training,
+            positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
+            privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()))
         spent = spent_privacy(plan, training.rounds_trained) if plan else None
         if spent is not None:
             settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
             models["champion"] = champion.path
-        per_institution = {name: dict(models) for name, _, _ in admitted}
+        per_institution = {e.institution: dict(models) for e in admitted}
         if config.baselines.enabled:
-            common = dict(features=features, label=label, validation_fraction=config.training.validation_fraction,
-                          model=config.training.model.model_dump(), baselines=config.baselines.model_dump(),
-                          positive_class_weight=positive_weight, **split)
-            pooled = train_pooled_baseline(admitted, mean=mean.tolist(), std=std.tolist(),
-                                           model_path=Path(work_dir) / "pooled.keras", **common)
-            for source in admitted:
-                local = train_local_baseline(*source, model_path=Path(work_dir) / f"local-{source[0]}.keras", **common)
-                per_institution[source[0]].update(local_only=local, pooled=pooled)
-        evaluations = [
-            evaluate_institution(*source, features, label, models=per_institution[source[0]],
-                                 threshold=config.evaluation.threshold,
-                                 max_fpr=config.evaluation.max_false_positive_rate, **split)
-            for source in admitted
-        ]
-        decision = decide_promotion(plain_config["promotion"], evaluations, champion.version if champion else None)
+            common = dict(model=config.training.model, baselines=config.baselines, positive_class_weight=positive_weight)
+            pooled = train_pooled_baseline(admitted, schema, layout, split, mean.tolist(), std.tolist(),
+                                           model_dir=Path(work_dir) / "pooled", **common)
+            for e in admitted:
+                local = train_local_baseline(e, schema, features, split, model_dir=Path(work_dir) / f"local-{e.institution}",
+                                             **common)
+                per_institution[e.institution].update(local_only=local, pooled=pooled)
+        evaluations = [evaluate_institution(e, schema, split, per_institution[e.institution], config.evaluation)
+                       for e in admitted]
+        decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None)
         commit, dirty = git_state(PROJECT_ROOT)
         lineage = lineage_tags(
             flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
-            commit=commit, dirty=dirty,
-            config=plain_config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
-            validation=validation, admitted=[s[0] for s in admitted],
+            commit=commit, dirty=dirty, config=config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
+            validation=validation, admitted=[e.institution for e in admitted],
             privacy=privacy_tags(spent, ledger_run), worker_isolation=isolation.mechanism)
         registration = register_model(
-            settings.mlflow_tracking_uri, config.model_name, training.model_path, features,
-            feature_means=mean.tolist(), config=plain_config, training=asdict(training),
+            settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,
         )
         if spent is not None:

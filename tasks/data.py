@@ -1,43 +1,154 @@
-"""Data stage: read one institution's extract, split it, and compute its local statistics.
+"""Data stage: read one institution's extract as its schema declares it, and split it.
 
-Every function here runs where one institution's rows are and returns rows only to its
-caller on that machine; what leaves the institution is counts, sums and digests.
+Every function here runs where one institution's rows are and returns rows only to its caller on
+that machine. An extract is read, checked and digested once per run; every later read verifies the
+digest, so a file replaced after validation stops the run instead of training on unvalidated rows.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import math
+import threading
 import zlib
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
 from sklearn.model_selection import train_test_split
 
-from tasks.schema import COLUMNS
-
+from tasks.schema import Schema
 
 _EXAMPLES = 3
 _OTHER_DELIMITERS = [";", "\t", "|"]
+_TRUE = {"1", "true", "t", "yes", "y"}
+_FALSE = {"0", "false", "f", "no", "n"}
 
 
 class InstitutionDataError(ValueError):
     """An institution's extract cannot be read; the message names the institution and file."""
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+@dataclass(frozen=True)
+class Extract:
+    """One institution's extract as a run uses it: where it is, how its columns map to the schema's
+    (name in its file -> schema name), and the digest validation saw (None before validation)."""
+
+    institution: str
+    path: Path
+    columns: dict[str, str] = field(default_factory=dict)
+    digest: str | None = None
+
+    def validated(self, digest: str) -> Extract:
+        return Extract(self.institution, self.path, self.columns, digest)
 
 
-def read_institution(institution: str, path: Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
-    """Read an institution's CSV or Parquet extract, rename its columns to the schema
-    (`columns`: name in the file -> schema name) and make the schema's columns numeric.
+@dataclass(frozen=True)
+class Split:
+    """How every institution splits its rows: a stratified holdout for evaluation, and the rest into
+    fit and validation (federated validation, early stopping). Seeded per institution."""
+
+    holdout_fraction: float
+    validation_fraction: float
+    seed: int
+
+
+def file_digest(data: bytes) -> str:
+    """sha256 of an extract's bytes: what lineage records and later reads verify."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _structure_problems(data: bytes) -> list[str]:
+    """What is wrong with a CSV's structure, said plainly: a header repeated inside the data, a cut last line."""
+    text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    if not lines:
+        return []
+    header = lines[0].strip()
+    problems = [f"header repeated at line {number}" for number, line in enumerate(lines[1:], start=2)
+                if line.strip() == header]
+    if not text.endswith(("\n", "\r")) and len(lines) > 1:
+        expected = len(next(csv.reader([lines[0]])))
+        found = len(next(csv.reader([lines[-1]]), []))
+        if found < expected:
+            problems.append(f"last line incomplete (line {len(lines)} has {found} of {expected} fields; the file "
+                            f"ends mid-line)")
+    return problems
+
+
+def _parse(data: bytes, suffix: str) -> pd.DataFrame:
+    if suffix in {".parquet", ".pq"}:
+        return pd.read_parquet(io.BytesIO(data))
+    return pd.read_csv(io.BytesIO(data))
+
+
+def _examples(values: pd.Series) -> str:
+    return ", ".join(repr(v) for v in list(dict.fromkeys(values.astype(str)))[:_EXAMPLES])
+
+
+def _coerce(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """Give the schema's columns their declared types in place; return what could not be (by column).
+
+    Numbers stay as they are (a float is not cast to int); whole-number columns without missing
+    values become int64; text levels stay text; booleans and the label become 0/1.
     """
+    problems = []
+    for name, feature in schema.features.items():
+        if name not in frame.columns:
+            continue
+        values = frame[name]
+        present = values.notna()
+        if feature.type == "categorical" and not feature.coded:
+            frame[name] = values.where(~present, values.astype(str))
+            continue
+        if feature.type == "boolean":
+            text = values.astype(str).str.strip().str.lower()
+            unknown = present & ~text.isin(_TRUE | _FALSE)
+            if unknown.any():
+                problems.append(f"column {name} has {int(unknown.sum())} values that are not true/false, "
+                                f"e.g. {_examples(values[unknown])}")
+                continue
+            frame[name] = np.where(present, text.isin(_TRUE).astype(float), np.nan)
+            if present.all():
+                frame[name] = frame[name].astype("int64")
+            continue
+        numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values
+        bad = numbers.isna() & present
+        if bad.any():
+            problems.append(f"column {name} has {int(bad.sum())} non-numeric values, e.g. {_examples(values[bad])}")
+            continue
+        whole = feature.type == "categorical" or feature.dtype == "int"
+        if whole:
+            fractional = numbers.notna() & (np.mod(numbers.fillna(0).astype(float), 1) != 0)
+            if fractional.any():
+                problems.append(f"column {name} has {int(fractional.sum())} non-integer values, "
+                                f"e.g. {_examples(values[fractional])}")
+                continue
+            if numbers.notna().all():
+                numbers = numbers.astype("int64")
+        frame[name] = numbers
+    label = schema.label
+    if label.column in frame.columns:
+        values = frame[label.column]
+        text = values.astype(str)
+        positive, negative = text == str(label.positive), text == str(label.negative)
+        unknown = values.notna() & ~positive & ~negative
+        if unknown.any():
+            problems.append(f"column {label.column} has {int(unknown.sum())} values other than "
+                            f"{label.positive!r} ({label.meaning}) and {label.negative!r}, e.g. "
+                            f"{_examples(values[unknown])}")
+        else:
+            mapped = np.where(positive, 1.0, np.where(negative, 0.0, np.nan))
+            frame[label.column] = mapped.astype("int64") if values.notna().all() else mapped
+    return problems
+
+
+def read_bytes(institution: str, path: Path, expected_digest: str | None = None) -> tuple[bytes, str]:
+    """The extract's bytes and digest; InstitutionDataError if unreadable or not the validated file."""
     path = Path(path)
 
     def fail(reason: str) -> InstitutionDataError:
@@ -48,17 +159,40 @@ def read_institution(institution: str, path: Path, columns: dict[str, str] | Non
     if path.is_dir():
         raise fail("is a directory, expected a CSV or Parquet file")
     try:
-        frame = _read_table(path)
-    except pd.errors.EmptyDataError:
-        raise fail("file is empty") from None
+        data = path.read_bytes()
     except PermissionError:
         raise fail("permission denied") from None
-    except UnicodeDecodeError as error:
-        raise fail(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise fail(f"cannot be read ({error.strerror})") from None
+    digest = file_digest(data)
+    if expected_digest is not None and digest != expected_digest:
+        raise fail(f"the file changed after it was validated (sha256 {expected_digest[:16]} when validated, "
+                   f"{digest[:16]} now); nothing was trained on it. Run the retraining again to validate the new file")
+    return data, digest
+
+
+def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], schema: Schema) -> pd.DataFrame:
+    """The extract's bytes parsed, renamed to the schema's columns and typed as it declares."""
+    def fail(reason: str) -> InstitutionDataError:
+        return InstitutionDataError(f"institution '{institution}': {path}: {reason}")
+
+    suffix = path.suffix.lower()
+    if suffix not in {".parquet", ".pq"}:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise fail(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+        structure = _structure_problems(data)
+        if structure:
+            raise fail("; ".join(structure))
+    try:
+        frame = _parse(data, suffix)
+    except pd.errors.EmptyDataError:
+        raise fail("file is empty") from None
     except pd.errors.ParserError as error:
         raise fail(f"malformed CSV ({str(error).strip()})") from None
     except (OSError, ValueError) as error:  # pyarrow's errors for a corrupt Parquet file
-        raise fail(f"cannot be read as {path.suffix.lstrip('.') or 'CSV'} ({str(error).strip()})") from None
+        raise fail(f"cannot be read as {suffix.lstrip('.') or 'CSV'} ({str(error).strip()})") from None
     if len(frame.columns) == 1:
         delimiter = next((d for d in _OTHER_DELIMITERS if d in str(frame.columns[0])), None)
         if delimiter is not None:
@@ -68,26 +202,41 @@ def read_institution(institution: str, path: Path, columns: dict[str, str] | Non
         if missing:
             raise fail(f"column mapping names columns not in the file: {', '.join(missing)}")
         frame = frame.rename(columns=columns)
-    problems = []
-    for column in [c for c in COLUMNS if c in frame.columns and frame[c].dtype == object]:
-        numbers = pd.to_numeric(frame[column], errors="coerce")
-        bad = frame[column][numbers.isna() & frame[column].notna()]
-        if len(bad):
-            examples = ", ".join(repr(v) for v in list(dict.fromkeys(bad.astype(str)))[:_EXAMPLES])
-            problems.append(f"column {column} has {len(bad)} non-numeric values, e.g. {examples}")
-        else:
-            frame[column] = numbers
+    problems = _coerce(frame, schema)
     if problems:
         raise fail("; ".join(problems))
     return frame
 
 
-def frame_digest(frame: pd.DataFrame) -> str:
-    """A content digest of an extract (columns and values), for lineage and change detection."""
-    hasher = hashlib.sha256()
-    hasher.update("\x1f".join(map(str, frame.columns)).encode())
-    hasher.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return hasher.hexdigest()[:16]
+_parsed: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+_parsed_lock = threading.Lock()
+_PARSED_KEPT = 8
+
+
+def read_extract(extract: Extract, schema: Schema) -> tuple[pd.DataFrame, str]:
+    """An institution's extract (CSV or Parquet) with its columns renamed to the schema's and typed as it
+    declares, and the file's digest. The digest is verified when the extract has one (validated).
+
+    The bytes are read (and digested) every time; they are parsed once per process and digest.
+    """
+    data, digest = read_bytes(extract.institution, extract.path, extract.digest)
+    key = (str(extract.path), digest, tuple(sorted(extract.columns.items())), schema.name, schema.version)
+    with _parsed_lock:
+        frame = _parsed.get(key)
+        if frame is not None:
+            _parsed.move_to_end(key)
+    if frame is None:
+        frame = _frame(extract.institution, Path(extract.path), data, extract.columns, schema)
+        with _parsed_lock:
+            _parsed[key] = frame
+            while len(_parsed) > _PARSED_KEPT:
+                _parsed.popitem(last=False)
+    return frame.copy(), digest
+
+
+def read_institution(institution: str, path: Path, schema: Schema, columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """`read_extract` for a file outside a run (scoring input, a one-off check)."""
+    return read_extract(Extract(institution, Path(path), dict(columns or {})), schema)[0]
 
 
 def institution_seed(seed: int, institution: str) -> int:
@@ -108,77 +257,10 @@ def split_holdout(
     return train, holdout
 
 
-@dataclass(frozen=True)
-class LocalStatistics:
-    """What an institution shares: row and positive counts, per-feature sum and sum of squares."""
-
-    institution: str
-    count: int
-    sum: list[float]
-    sum_of_squares: list[float]
-    positives: int
-
-
-def local_statistics(institution: str, x: np.ndarray, y: np.ndarray) -> LocalStatistics:
-    """Count, positives, and sum and sum of squares of each feature column, in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    return LocalStatistics(
-        institution=institution,
-        count=int(x.shape[0]),
-        sum=x.sum(axis=0).tolist(),
-        sum_of_squares=np.square(x).sum(axis=0).tolist(),
-        positives=int(np.sum(np.asarray(y) == 1)),
-    )
-
-
-def combine_statistics(statistics: list[LocalStatistics]) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled mean and (population) standard deviation from the institutions' aggregates.
-
-    A constant feature gets std 1 so that standardizing it cannot divide by zero.
-    """
-    count = sum(s.count for s in statistics)
-    if count == 0:
-        raise ValueError("no rows to standardize: every institution reported zero rows")
-    total = np.sum([s.sum for s in statistics], axis=0)
-    total_squares = np.sum([s.sum_of_squares for s in statistics], axis=0)
-    mean = total / count
-    variance = np.maximum(total_squares / count - np.square(mean), 0.0)
-    std = np.sqrt(variance)
-    std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
-    return mean, std
-
-
-def balanced_positive_weight(statistics: list[LocalStatistics]) -> float:
-    """Negatives per positive over all institutions: the loss weight that balances the classes."""
-    count = sum(s.count for s in statistics)
-    positives = sum(s.positives for s in statistics)
-    if positives == 0 or positives == count:
-        raise ValueError("a balanced positive-class weight needs both classes in the training data")
-    return (count - positives) / positives
-
-
-@dataclass(frozen=True)
-class InstitutionSplit:
-    """One institution's features and labels for training or evaluation (stays local)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-
 PARTS = ("train", "holdout", "fit", "validation")
 
 
-def load_parts(
-    institution: str,
-    path: Path,
-    columns: dict[str, str] | None,
-    label: str,
-    *,
-    parts: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
-    validation_fraction: float | None = None,
-) -> dict[str, pd.DataFrame]:
+def load_parts(extract: Extract, schema: Schema, split: Split, parts: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     """The `parts` rows of an institution's extract, as read (schema columns), from one read.
 
     train and holdout split the extract; fit and validation split train again (stratified, by
@@ -187,16 +269,19 @@ def load_parts(
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown part {unknown[0]!r}; one of {PARTS}")
-    frame = read_institution(institution, path, columns)
-    train, holdout = split_holdout(frame, label, fraction=holdout_fraction, seed=seed, institution=institution)
+    frame, _ = read_extract(extract, schema)
+    label, name = schema.label.column, extract.institution
+    train, holdout = split_holdout(frame, label, fraction=split.holdout_fraction, seed=split.seed, institution=name)
     found = {"train": train, "holdout": holdout}
-    needing = [p for p in parts if p in ("fit", "validation")]
-    if needing:
-        if validation_fraction is None:
-            raise ValueError(f"part {needing[0]!r} needs a validation_fraction")
+    if {"fit", "validation"} & set(parts):
         found["fit"], found["validation"] = split_holdout(
-            train, label, fraction=validation_fraction, seed=seed + 1, institution=institution)
+            train, label, fraction=split.validation_fraction, seed=split.seed + 1, institution=name)
     return {p: found[p] for p in parts}
+
+
+def load_part(extract: Extract, schema: Schema, split: Split, part: str) -> pd.DataFrame:
+    """One part (see `load_parts`) of an institution's extract."""
+    return load_parts(extract, schema, split, (part,))[part]
 
 
 def fit_rows(train_rows: int, validation_fraction: float) -> int:
@@ -205,44 +290,6 @@ def fit_rows(train_rows: int, validation_fraction: float) -> int:
     return train_rows - math.ceil(validation_fraction * train_rows)
 
 
-def load_part(institution: str, path: Path, columns: dict[str, str] | None, label: str, *, part: str,
-              **split) -> pd.DataFrame:
-    """One part (see `load_parts`) of an institution's extract."""
-    return load_parts(institution, path, columns, label, parts=(part,), **split)[part]
-
-
-def as_split(rows: pd.DataFrame, features: list[str], label: str) -> InstitutionSplit:
-    """Rows as the float feature matrix and label vector models take."""
-    return InstitutionSplit(x=rows[features].to_numpy(dtype=np.float64), y=rows[label].to_numpy(dtype=np.float64))
-
-
-def load_split(
-    institution: str,
-    path: Path,
-    columns: dict[str, str] | None,
-    features: list[str],
-    label: str,
-    *,
-    part: str,
-    **split,
-) -> InstitutionSplit:
-    """The `part` (see `load_parts`) of an institution's extract as float arrays."""
-    return as_split(load_part(institution, path, columns, label, part=part, **split), features, label)
-
-
-@task(name="local-statistics", task_run_name="statistics-{institution}")
-def compute_local_statistics(
-    institution: str,
-    path: Path,
-    columns: dict[str, str] | None,
-    features: list[str],
-    label: str,
-    holdout_fraction: float,
-    seed: int,
-) -> LocalStatistics:
-    """Standardization aggregates of one institution's training split (no rows leave)."""
-    split = load_split(
-        institution, path, columns, features, label,
-        part="train", holdout_fraction=holdout_fraction, seed=seed,
-    )
-    return local_statistics(institution, split.x, split.y)
+def labels(rows: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """The label as 0/1 floats."""
+    return rows[schema.label.column].to_numpy(dtype=np.float64)

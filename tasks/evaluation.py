@@ -16,11 +16,14 @@ import numpy as np
 from prefect import task
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
-from tasks.data import load_part
+from riskmodel import model as exported
+from tasks.config import EvaluationConfig
+from tasks.data import Extract, Split, labels, load_part
+from tasks.schema import Schema
 
 HIGHER_IS_BETTER = {
     "roc_auc": True, "pr_auc": True, "ks": True, "gini": True, "log_loss": False, "brier": False,
-    "ece": False, "recall_at_fpr": True,
+    "ece": False, "recall_at_fpr": True, "recall_at_alert_rate": True,
 }
 # ROC curves are shared at fixed score thresholds, even in logit space so that the low
 # probabilities of rare events (fraud, prime defaults) get as fine a grid as the middle.
@@ -52,18 +55,27 @@ def _roc_at_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
     return {"fpr": (flagged @ (1 - y) / negatives).tolist(), "tpr": (flagged @ y / positives).tolist()}
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray, max_fpr: float = 0.05) -> dict[str, float]:
-    """Discrimination (ROC/PR AUC, KS, Gini, recall at `max_fpr`) and calibration (log loss, Brier, ECE)."""
+def recall_at_alert_rate(y: np.ndarray, p: np.ndarray, alert_rate: float) -> float:
+    """Share of positives among the `alert_rate` share of rows with the highest scores (what a review
+    team sees when it can look at that many), ties broken by row order."""
+    flagged = np.argsort(-p, kind="stable")[:math.ceil(alert_rate * len(p))]
+    return float(y[flagged].sum() / y.sum())
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, max_fpr: float = 0.05, alert_rate: float = 0.01) -> dict[str, float]:
+    """Discrimination (ROC/PR AUC, KS, Gini, recall at `max_fpr` and at `alert_rate`) and calibration
+    (log loss, Brier, ECE)."""
     y = np.asarray(y, dtype=float)
     p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
     if len(np.unique(y)) < 2:
-        auc = pr_auc = ks = recall = math.nan  # undefined with one class
+        auc = pr_auc = ks = recall = alerted = math.nan  # undefined with one class
     else:
         auc = float(roc_auc_score(y, p))
         pr_auc = float(average_precision_score(y, p))
         fpr, tpr, _ = roc_curve(y, p)
         ks = float(np.max(tpr - fpr))
         recall = float(np.max(tpr[fpr <= max_fpr]))
+        alerted = recall_at_alert_rate(y, p, alert_rate)
     return {
         "roc_auc": auc,
         "pr_auc": pr_auc,
@@ -73,6 +85,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, max_fpr: float = 0.05) -> dict[
         "brier": float(brier_score_loss(y, p)),
         "ece": calibration_error(_calibration(y, p)),
         "recall_at_fpr": recall,
+        "recall_at_alert_rate": alerted,
     }
 
 
@@ -98,42 +111,32 @@ class InstitutionEvaluation:
 
 @functools.lru_cache(maxsize=16)
 def _scorer(model_path: str):
-    """A function rows -> probabilities for a saved .keras file or a local MLflow model directory."""
-    if (Path(model_path) / "MLmodel").exists():
-        import mlflow
+    """A function raw rows -> probabilities for an exported model directory or a local MLflow model
+    (a champion as downloaded from the registry)."""
+    if exported.is_exported(Path(model_path)):
+        model = exported.load(Path(model_path))
+        return model.predict_proba
+    import mlflow
 
-        model = mlflow.pyfunc.load_model(model_path)
-        return lambda rows: np.asarray(model.predict(rows)).reshape(-1)
-    from fed_models.keras_models import load_model, predict_proba
-
-    keras_model = load_model(Path(model_path))
-    return lambda rows: predict_proba(keras_model, rows.to_numpy(dtype=np.float32))
+    model = mlflow.pyfunc.load_model(model_path)
+    inputs = model.metadata.get_input_schema().input_names()
+    return lambda rows: np.asarray(model.predict(rows[inputs])).reshape(-1)
 
 
-@task(name="evaluate-institution", task_run_name="evaluate-{institution}")
-def evaluate_institution(
-    institution: str,
-    path: Path,
-    columns: dict[str, str] | None,
-    features: list[str],
-    label: str,
-    holdout_fraction: float,
-    seed: int,
-    models: dict[str, str],
-    threshold: float = 0.5,
-    max_fpr: float = 0.05,
-) -> InstitutionEvaluation:
+@task(name="evaluate-institution", task_run_name="evaluate-{extract.institution}")
+def evaluate_institution(extract: Extract, schema: Schema, split: Split, models: dict[str, str],
+                         evaluation: EvaluationConfig) -> InstitutionEvaluation:
     """Score each model in `models` (role -> local model path) on this institution's raw holdout rows."""
-    holdout = load_part(institution, path, columns, label, part="holdout",
-                        holdout_fraction=holdout_fraction, seed=seed)
-    y = holdout[label].to_numpy(dtype=float)
-    scores = {role: _scorer(model)(holdout[features]) for role, model in models.items()}
+    holdout = load_part(extract, schema, split, "holdout")
+    y = labels(holdout, schema)
+    scores = {role: _scorer(model)(holdout) for role, model in models.items()}
     return InstitutionEvaluation(
-        institution=institution,
+        institution=extract.institution,
         examples=int(len(y)),
         positives=int(y.sum()),
-        metrics={role: binary_metrics(y, p, max_fpr=max_fpr) for role, p in scores.items()},
-        confusion={role: confusion_counts(y, p, threshold) for role, p in scores.items()},
+        metrics={role: binary_metrics(y, p, evaluation.max_false_positive_rate, evaluation.alert_rate)
+                 for role, p in scores.items()},
+        confusion={role: confusion_counts(y, p, evaluation.threshold) for role, p in scores.items()},
         curves={role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)}
                 for role, p in scores.items()},
     )

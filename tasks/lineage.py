@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.config import RunConfig
 from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version
 from tasks.validation import ValidationReport
 
@@ -44,7 +45,7 @@ def lineage_tags(
     deployment: str | None = None,
     commit: str,
     dirty: bool,
-    config: dict,
+    config: RunConfig,
     suite_sha256: str,
     validation: list[ValidationReport],
     admitted: list[str],
@@ -54,21 +55,24 @@ def lineage_tags(
     """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
     `privacy` are the privacy stage's tags (mechanism, each institution's epsilon); `worker_isolation`
     how the training workers were kept off the network (or that the operator accepted they were not)."""
-    training = config["training"]
+    training, schema = config.training, config.data_schema
     tags = {
         "prefect.flow_run_id": flow_run_id,
         "git.commit": commit,
         "git.dirty": str(dirty).lower(),
-        "config.sha256": config_digest(config),
-        "suite.name": config["suite"],
+        "config.sha256": config_digest(config.plain()),
+        "schema.name": schema.name,
+        "schema.version": str(schema.version),
+        "schema.sha256": schema.fingerprint(),
+        "suite.name": config.suite,
         "suite.sha256": suite_sha256,
         "institutions": ",".join(admitted),
-        "training.algorithm": training["algorithm"],
+        "training.algorithm": training.algorithm,
         "training.aggregation": ("client-level DP (Gaussian, clipped, unweighted)"
-                                 if config["privacy"]["mechanism"] == "client_level" else training["aggregation"]),
-        "model.kind": training["model"]["kind"],
+                                 if config.privacy.mechanism == "client_level" else training.aggregation),
+        "model.kind": training.model.kind,
         **privacy,
-        "simulation": str(config["baselines"]["enabled"]).lower(),
+        "simulation": str(config.baselines.enabled).lower(),
         "security.worker_isolation": worker_isolation,
     }
     if flow_run_url:
@@ -80,7 +84,7 @@ def lineage_tags(
         outcome = "passed" if r.passed else "quarantined: " + "; ".join(r.reasons)
         tags[f"{prefix}.validation"] = f"{outcome} ({r.checks_evaluated} checks, {r.checks_failed} failed)"[:4000]
         tags[f"{prefix}.rows"] = str(r.rows)
-        tags[f"{prefix}.digest"] = r.digest or "unreadable"
+        tags[f"{prefix}.digest"] = (r.digest or "unreadable")[:16]
     return tags
 
 
@@ -152,6 +156,7 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
                           f"sha256 {tags.get('config.sha256', '-')[:16]}" + ("" if matches else " does not match")))
     except MlflowException:
         links.append(Link("config", f"runs:/{run_id}/{CONFIG_ARTIFACT}", False, "artifact missing"))
+    links.append(_schema_link(tags))
     suite = tags.get("suite.name", "-")
     path = suite_file(expectations_dir, suite)
     same = path.exists() and suite_digest(expectations_dir, suite) == tags.get("suite.sha256")
@@ -172,6 +177,23 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
                       "the training workers were reachable from other hosts" if isolation.startswith("none") else ""))
     links.append(Link("promotion", tags.get("promotion.decision", "-"), True, tags.get("promotion.reason", "")))
     return f"{name} version {version}", links
+
+
+def _schema_link(tags: dict[str, str]) -> Link:
+    """The schema version the model was trained on, checked against the committed schema file."""
+    from tasks.schema import SchemaError, load_schema, schema_file
+
+    name, version, digest = tags.get("schema.name"), tags.get("schema.version"), tags.get("schema.sha256", "")
+    if not name:
+        return Link("schema", "-", False, "no schema recorded")
+    try:
+        current = load_schema(name)
+    except SchemaError as error:
+        return Link("schema", f"{name} v{version}", False, str(error))
+    same = str(current.version) == version and current.fingerprint() == digest
+    detail = f"sha256 {digest[:16]}" + ("" if same else f"; {schema_file(name)} is now version {current.version}"
+                                        + ("" if str(current.version) != version else " with other content"))
+    return Link("schema", f"{name} v{version} ({schema_file(name)})", same, detail)
 
 
 def _privacy_link(client, tags: dict[str, str], version: str) -> Link:

@@ -13,14 +13,18 @@ import math
 
 from matplotlib.figure import Figure
 
+from riskmodel.layout import Layout
+from tasks.config import EvaluationConfig, RunConfig, ScorecardConfig
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
 from tasks.plots import ROLE_LABELS
 from tasks.registry import Decision
+from tasks.schema import Schema
 from tasks.validation import ValidationReport
 
 METRIC_LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "gini": "Gini", "log_loss": "log loss",
-                 "brier": "Brier", "ece": "calibration error", "recall_at_fpr": "recall at FPR"}
-PROFILE_FEATURES = ("LIMIT_BAL", "AGE", "BILL_AMT1", "PAY_AMT1")
+                 "brier": "Brier", "ece": "calibration error", "recall_at_fpr": "recall at FPR",
+                 "recall_at_alert_rate": "recall at alert rate"}
+PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.pass{color:#176b2c}.fail{color:#a3171b}img{max-width:100%}
@@ -43,10 +47,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _metrics_table(evaluations: list[InstitutionEvaluation], max_fpr: float, threshold: float) -> str:
+def _metrics_table(evaluations: list[InstitutionEvaluation], evaluation: EvaluationConfig) -> str:
     names = list(METRIC_LABELS)
-    header = ["institution", "model", *[METRIC_LABELS[n] + (f" {max_fpr:g}" if n == "recall_at_fpr" else "")
-                                        for n in names], f"TP / FP / TN / FN at {threshold:g}"]
+    settings = {"recall_at_fpr": f" {evaluation.max_false_positive_rate:g}",
+                "recall_at_alert_rate": f" {evaluation.alert_rate:g}"}
+    header = ["institution", "model", *[METRIC_LABELS[n] + settings.get(n, "") for n in names],
+              f"TP / FP / TN / FN at {evaluation.threshold:g}"]
     rows = []
     for e in evaluations:
         for role, metrics in e.metrics.items():
@@ -62,10 +68,11 @@ def _metrics_table(evaluations: list[InstitutionEvaluation], max_fpr: float, thr
 
 
 def _data_table(validation: list[ValidationReport], evaluations: list[InstitutionEvaluation],
-                examples: dict[str, int]) -> str:
+                examples: dict[str, int], schema: Schema) -> str:
     held = {e.institution: e for e in evaluations}
+    shown = schema.numeric()[:PROFILE_FEATURES]
     header = ["institution", "status", "extract rows", "checks (failed)", "training rows (fit)", "holdout rows",
-              "holdout default rate", *[f"mean {f}" for f in PROFILE_FEATURES], "extract digest", "reasons"]
+              f"holdout {schema.label.meaning} rate", *[f"mean {f}" for f in shown], "extract digest", "reasons"]
     rows = []
     for r in validation:
         e = held.get(r.institution)
@@ -74,7 +81,7 @@ def _data_table(validation: list[ValidationReport], evaluations: list[Institutio
         rows.append([html.escape(r.institution), status, str(r.rows), f"{r.checks_evaluated} ({r.checks_failed})",
                      str(examples.get(r.institution, "-")), str(e.examples) if e else "-",
                      _number(e.positives / e.examples, 3) if e and e.examples else "-",
-                     *[_number(profile[f]["mean"], 1) if f in profile else "-" for f in PROFILE_FEATURES],
+                     *[_number(profile[f]["mean"], 1) if "mean" in profile.get(f, {}) else "-" for f in shown],
                      f"<code>{html.escape((r.digest or '-')[:16])}</code>", html.escape("; ".join(r.reasons))])
     return _table(header, rows)
 
@@ -109,53 +116,94 @@ def _privacy_section(privacy) -> str:
                                        "epsilon", "delta"], rows) + f"<p class='muted'>{PRIVACY_SCOPE}</p>")
 
 
+def _feature_table(schema: Schema, layout: Layout) -> str:
+    """The model's inputs as the schema declares them, with what the model makes of each."""
+    e = html.escape
+    rows = []
+    for f in layout.features:
+        declared = schema.features[f.name]
+        if f.kind == "categorical":
+            detail = f"{len(f.levels)} levels kept: {', '.join(f.levels)}; others and unseen levels: (other)"
+        elif declared.type == "numeric":
+            bounds = "" if declared.min is None and declared.max is None else (
+                f"{'-inf' if declared.min is None else f'{declared.min:g}'} to "
+                f"{'inf' if declared.max is None else f'{declared.max:g}'}")
+            codes = f"codes {', '.join(f'{v:g}' for v in declared.allowed)}" if declared.allowed else ""
+            detail = "; ".join(filter(None, [declared.dtype, bounds, codes]))
+        else:
+            detail = "true / false"
+        missing = (f"allowed up to {declared.missing.max_rate:.0%}: " +
+                   ("own level" if f.kind == "categorical" else f"filled with {f.fill:.4g}, indicator added")
+                   if declared.missing else "not allowed")
+        unit = getattr(declared, "unit", None) or ""
+        rows.append([f"<code>{e(f.name)}</code>", e(declared.type), e(detail), e(unit), e(missing),
+                     e(declared.description or "")])
+    return _table(["feature", "type", "values", "unit", "missing values", "description"], rows)
+
+
+def _points_table(scorecard, scaling: ScorecardConfig) -> str:
+    rows = [[html.escape(r.feature), html.escape(r.attribute), f"{r.points:.2f}"] for r in scorecard.itertuples()]
+    return (f"<p>Score = base points + the points of each feature; {scaling.points_to_double_odds:g} points double "
+            f"the odds of good to bad, {scaling.base_score:g} points mean odds of {scaling.base_odds:g} to 1. Reason "
+            f"codes (<code>fedrisk score --reasons N</code>) name the features that cost an applicant the most points "
+            f"against the consortium's average applicant.</p>" + _table(["feature", "attribute", "points"], rows))
+
+
 def model_card_html(
     *,
     model_name: str,
     version: str,
     run_id: str,
-    config: dict,
+    config: RunConfig,
     decision: Decision,
     lineage: dict[str, str],
     validation: list[ValidationReport],
     evaluations: list[InstitutionEvaluation],
-    training: dict,
+    training,
     figures: dict[str, Figure],
+    layout: Layout,
     privacy=None,
+    scorecard=None,
 ) -> str:
-    """The card of `model_name` version `version`: intended use, decision, metrics, plots, privacy, data,
-    lineage. `privacy` is what differential privacy spent (a tasks.privacy.PrivacyPlan), or None."""
+    """The card of `model_name` version `version`: intended use, decision, metrics, plots, privacy, features,
+    data, lineage. `training` is the TrainingOutcome; `privacy` what differential privacy spent (a
+    tasks.privacy.PrivacyPlan), or None; `scorecard` a logistic regression's points table."""
     e = html.escape
-    evaluation = config["evaluation"]
+    schema = config.data_schema
     simulated = any(role in ev.metrics for ev in evaluations for role in ("local_only", "pooled"))
     checks = "".join(f'<li class="{c.split(":")[0]}">{e(c)}</li>' for c in decision.checks)
-    t = config["training"]
-    model = t["model"]
-    architecture = "logistic regression" if model["kind"] == "logistic_regression" else (
-        f"MLP {model['hidden_units']} (dropout {model['dropout']:g})")
+    t = config.training
+    model = t.model
+    architecture = "logistic regression" if model.kind == "logistic_regression" else (
+        f"MLP {model.hidden_units} (dropout {model.dropout:g})")
     sections = [
         f"<h1>Model card: {e(model_name)} version {e(version)}</h1>",
         f'<p class="muted">MLflow run <code>{e(run_id)}</code> &middot; Prefect flow run '
         f"<code>{e(lineage.get('prefect.flow_run_id', '-'))}</code> &middot; code <code>"
         f"{e(lineage.get('git.commit', '-'))}</code>{' (uncommitted changes)' if lineage.get('git.dirty') == 'true' else ''}</p>",
-        "<h2>Intended use</h2>", f"<p>{e(config['intended_use'])}</p>",
+        "<h2>Intended use</h2>", f"<p>{e(config.use)}</p>",
+        f"<p class='muted'>Output <code>{e(schema.output)}</code>: the probability of {e(schema.label.meaning)} "
+        f"(label <code>{e(schema.label.column)}</code> = {e(str(schema.label.positive))}). Schema "
+        f"<code>{e(schema.name)}</code> version {schema.version}.</p>",
         "<h2>Promotion decision</h2>",
         f"<p><b>{'Promoted to champion' if decision.promoted else 'Not promoted'}</b>: {e(decision.reason)}</p>",
         f"<ul>{checks}</ul>",
-        f"<p class='muted'>Policy: {e(str(config['promotion']))}</p>",
+        f"<p class='muted'>Policy: {e(str(config.promotion.model_dump()))}</p>",
         "<h2>Model and training</h2>",
-        f"<p>{e(architecture)} trained with {e(t['algorithm'])} over {len(training['rounds'])} rounds "
-        f"({'stopped early' if training['stopped_early'] else 'maximum rounds reached'}); exported round "
-        f"{training['best_round']} (best federated validation loss). Aggregation: {e(t['aggregation'])}. "
+        f"<p>{e(architecture)} trained with {e(t.algorithm)} over {len(training.rounds)} rounds "
+        f"({'stopped early' if training.stopped_early else 'maximum rounds reached'}); exported round "
+        f"{training.best_round} (best federated validation loss). Aggregation: {e(t.aggregation)}. "
         f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}.</p>",
         f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',
+        "<h2>Features</h2>", _feature_table(schema, layout),
+        *(["<h2>Scorecard points</h2>", _points_table(scorecard, config.scorecard)] if scorecard is not None else []),
         "<h2>Privacy</h2>", _privacy_section(privacy),
         "<h2>Holdout metrics per institution</h2>",
         "<p>Each institution scores every model on its own held-out rows; only these figures leave it."
         + (" Local-only and pooled-data models are <b>simulation-mode baselines</b>: they exist only because this "
            "run could read every institution's rows, and show what federation buys each member." if simulated else "")
         + "</p>",
-        _metrics_table(evaluations, evaluation["max_false_positive_rate"], evaluation["threshold"]),
+        _metrics_table(evaluations, config.evaluation),
         "<h3>ROC curve per institution</h3>",
         f'<img alt="roc" src="data:image/png;base64,{_png(figures["roc"])}">',
         "<h3>Calibration</h3>",
@@ -163,7 +211,7 @@ def model_card_html(
         "<h2>Data per institution</h2>",
         f"<p>Checked against suite <code>{e(lineage.get('suite.name', '-'))}</code> (sha256 "
         f"<code>{e(lineage.get('suite.sha256', '-')[:16])}</code>). Aggregates only.</p>",
-        _data_table(validation, evaluations, training.get("examples", {})),
+        _data_table(validation, evaluations, training.examples, schema),
         "<h2>Lineage</h2>",
         _table(["tag", "value"], [[f"<code>{e(k)}</code>", e(v)] for k, v in sorted(lineage.items())]),
     ]

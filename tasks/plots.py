@@ -59,7 +59,7 @@ def roc_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
 
 
 def calibration_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
-    """Observed default rate against mean predicted probability per bin: every model role pooled
+    """Observed positive rate against mean predicted probability per bin: every model role pooled
     over institutions (left), and the new model per institution (right)."""
     figure = Figure(figsize=(10, 4.5))
     pooled_axis, institution_axis = figure.subplots(1, 2)
@@ -79,7 +79,7 @@ def calibration_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
         plot(institution_axis, e.curves["challenger"]["calibration"], e.institution, "-")
     for axis, title in ((pooled_axis, "All institutions"), (institution_axis, "New model per institution")):
         axis.plot([0, 1], [0, 1], color="lightgrey", linewidth=1, label="perfect calibration")
-        axis.set(title=title, xlabel="mean predicted probability", ylabel="observed default rate",
+        axis.set(title=title, xlabel="mean predicted probability", ylabel="observed positive rate",
                  xlim=(0, 1), ylim=(0, 1))
         axis.legend(fontsize="small")
     figure.tight_layout()

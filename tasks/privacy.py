@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, task
 
+from tasks.config import PrivacyConfig, TrainingConfig
 from tasks.retries import TRANSIENT_RETRIES
 
 LEDGER_EXPERIMENT = "fedrisk-privacy-ledger"
@@ -67,11 +68,6 @@ class PrivacyPlan:
     def max_epsilon(self) -> float:
         return max(i.epsilon for i in self.institutions)
 
-    def for_training(self) -> dict:
-        """What training needs: the mechanism, clip and each institution's noise multiplier."""
-        return {"mechanism": self.mechanism, "clip_norm": self.clip_norm, "adaptive_clipping": self.adaptive_clipping,
-                "noise_multipliers": {i.institution: i.noise_multiplier for i in self.institutions}}
-
 
 def _epsilon(mechanism: str, rows: int, batch_size: int, steps: int, rounds: int, noise_multiplier: float,
              delta: float) -> float:
@@ -83,37 +79,37 @@ def _epsilon(mechanism: str, rows: int, batch_size: int, steps: int, rounds: int
     return client_level_epsilon(rounds=rounds, noise_multiplier=noise_multiplier, delta=delta)
 
 
-def plan_privacy(privacy: dict, training: dict, fit_rows: dict[str, int]) -> PrivacyPlan | None:
+def plan_privacy(privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dict[str, int]) -> PrivacyPlan | None:
     """Each institution's noise multiplier and planned epsilon, assuming it trains in every one of the
-    maximum rounds (the most it can spend). `privacy` and `training` are the run config's sections;
-    `fit_rows` the rows each institution trains on. None when the config asks for no privacy.
+    maximum rounds (the most it can spend). `fit_rows` the rows each institution trains on. None when
+    the config asks for no privacy.
     """
     from fed_models.accounting import (EpsilonUnreachable, client_level_noise_multiplier, default_delta,
                                     record_level_noise_multiplier, steps_per_round)
 
-    mechanism = privacy["mechanism"]
+    mechanism = privacy.mechanism
     if mechanism == "none":
         return None
-    rounds, batch_size = training["rounds"], training["batch_size"]
+    rounds, batch_size = training.rounds, training.batch_size
     institutions = []
     for name, rows in fit_rows.items():
         record = mechanism == "record_level"
-        delta = privacy["delta"] or (default_delta(rows) if record else CLIENT_LEVEL_DELTA)
-        steps = steps_per_round(rows, batch_size, training["local_epochs"]) if record else 1
-        noise = privacy["noise_multiplier"]
+        delta = privacy.delta or (default_delta(rows) if record else CLIENT_LEVEL_DELTA)
+        steps = steps_per_round(rows, batch_size, training.local_epochs) if record else 1
+        noise = privacy.noise_multiplier
         if noise is None:
             try:
-                noise = (record_level_noise_multiplier(target_epsilon=privacy["target_epsilon"], rows=rows,
+                noise = (record_level_noise_multiplier(target_epsilon=privacy.target_epsilon, rows=rows,
                                                        batch_size=batch_size, steps=steps * rounds, delta=delta)
-                         if record else client_level_noise_multiplier(target_epsilon=privacy["target_epsilon"],
+                         if record else client_level_noise_multiplier(target_epsilon=privacy.target_epsilon,
                                                                       rounds=rounds, delta=delta))
             except EpsilonUnreachable as error:
                 raise PrivacyPlanError(f"institution '{name}': privacy.target_epsilon: {error}") from None
         institutions.append(InstitutionPrivacy(
             institution=name, rows=rows, noise_multiplier=noise, delta=delta, steps_per_round=steps, rounds=rounds,
             epsilon=_epsilon(mechanism, rows, batch_size, steps * rounds, rounds, noise, delta)))
-    return PrivacyPlan(mechanism=mechanism, clip_norm=privacy["clip_norm"],
-                       adaptive_clipping=privacy["adaptive_clipping"], batch_size=batch_size, institutions=institutions)
+    return PrivacyPlan(mechanism=mechanism, clip_norm=privacy.clip_norm,
+                       adaptive_clipping=privacy.adaptive_clipping, batch_size=batch_size, institutions=institutions)
 
 
 def spent_privacy(plan: PrivacyPlan, rounds_trained: dict[str, int]) -> PrivacyPlan:

@@ -19,14 +19,18 @@ from tasks.evaluation import (
     HIGHER_IS_BETTER, InstitutionEvaluation, calibration_error, pooled_calibration, pooled_confusion,
     weighted_metrics,
 )
+from riskmodel.layout import Layout
+from tasks.config import PromotionConfig, RunConfig
 from tasks.retries import TRANSIENT_RETRIES
+from tasks.schema import Schema
 from tasks.validation import ValidationReport
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PROFILES_ARTIFACT = "validation/profiles.json"
 PROFILES_TAG = "fedrisk.profiles"
-SCORING_MODEL = str(Path(__file__).with_name("scoring_model.py"))
+RISKMODEL_PACKAGE = Path(__file__).resolve().parents[1] / "riskmodel"
+SCORING_MODEL = str(RISKMODEL_PACKAGE / "pyfunc.py")
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def _gain(metric: str, new: float, old: float) -> float:
     return new - old if HIGHER_IS_BETTER[metric] else old - new
 
 
-def decide_promotion(policy: dict, evaluations: list[InstitutionEvaluation], champion_version: str | None) -> Decision:
+def decide_promotion(policy: PromotionConfig, evaluations: list[InstitutionEvaluation], champion_version: str | None) -> Decision:
     """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations.
 
     Promoted only when the challenger beats the champion on the primary metric (example-weighted
@@ -160,11 +164,11 @@ def decide_promotion(policy: dict, evaluations: list[InstitutionEvaluation], cha
     `max_institution_drop` on it, and the pooled calibration error is below `max_calibration_error`.
     With no champion yet, the guardrail on calibration alone decides.
     """
-    metric = policy["metric"]
+    metric = policy.metric
     challenger = weighted_metrics(evaluations, CHALLENGER)[metric]
     checks: list[str] = []
-    if policy.get("max_calibration_error") is not None:
-        ece, limit = calibration_error(pooled_calibration(evaluations, CHALLENGER)), policy["max_calibration_error"]
+    if policy.max_calibration_error is not None:
+        ece, limit = calibration_error(pooled_calibration(evaluations, CHALLENGER)), policy.max_calibration_error
         checks.append(f"{'pass' if ece < limit else 'fail'}: calibration error {ece:.4f} "
                       f"{'below' if ece < limit else 'not below'} {limit:g}")
     compared = champion_version is not None and all(CHAMPION in e.metrics for e in evaluations)
@@ -177,13 +181,13 @@ def decide_promotion(policy: dict, evaluations: list[InstitutionEvaluation], cha
         checks.insert(0, f"fail: challenger {metric} is undefined")
     else:
         champion = weighted_metrics(evaluations, CHAMPION)[metric]
-        gain, needed = _gain(metric, challenger, champion), policy.get("min_improvement", 0.0)
+        gain, needed = _gain(metric, challenger, champion), policy.min_improvement
         better = gain > 0 and gain >= needed
         checks.insert(0, f"{'pass' if better else 'fail'}: {metric} {challenger:.4f} vs champion v{champion_version} "
                          f"{champion:.4f} on the same holdouts ({gain:+.4f}; needs > 0"
                          f"{f' and >= {needed:g}' if needed else ''})")
-        if policy.get("max_institution_drop") is not None:
-            limit = policy["max_institution_drop"]
+        if policy.max_institution_drop is not None:
+            limit = policy.max_institution_drop
             drops = {e.institution: -_gain(metric, e.metrics[CHALLENGER][metric], e.metrics[CHAMPION][metric])
                      for e in evaluations if not math.isnan(e.metrics[CHALLENGER][metric] - e.metrics[CHAMPION][metric])}
             worse = {name: drop for name, drop in drops.items() if drop > limit}
@@ -244,7 +248,7 @@ def _log_institution_input(report: ValidationReport) -> None:
     with warnings.catch_warnings():  # a local path matches two equivalent local source types
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(report.path)
-    dataset = InstitutionExtract(source, name=report.institution, digest=report.digest)
+    dataset = InstitutionExtract(source, name=report.institution, digest=report.digest[:16])
     mlflow.log_input(dataset, context="training", tags={"institution": report.institution})
 
 
@@ -260,15 +264,46 @@ def _withdraw(client, model_name: str, version: str, previous_aliases: dict) -> 
         client.set_registered_model_alias(model_name, CHALLENGER, str(previous_aliases[CHALLENGER]))
 
 
+def signature_types(schema: Schema, features: list[str]) -> dict[str, str]:
+    """Each input's MLflow type, as the schema declares it: whole numbers `long`, other numbers `double`
+    (also whole numbers that may be missing), text levels `string`."""
+    types = {}
+    for name in features:
+        feature = schema.features[name]
+        if feature.type == "categorical" and not feature.coded:
+            types[name] = "string"
+        elif feature.missing is None and (feature.type == "boolean" or feature.type == "categorical"
+                                          or feature.dtype == "int"):
+            types[name] = "long"
+        else:
+            types[name] = "double"
+    return types
+
+
+def input_example(layout: Layout, types: dict[str, str], mean: list[float]):
+    """An example input built from aggregates only (the consortium's mean, its most common kept level):
+    no customer row serves as the example."""
+    import pandas as pd
+
+    values, position = {}, 0
+    for f in layout.features:
+        if f.kind == "categorical":
+            level = f.levels[0] if f.levels else "(other)"
+            values[f.name] = int(level) if f.coded and level.lstrip("-").isdigit() else level
+        else:
+            values[f.name] = round(mean[position]) if types[f.name] == "long" else float(mean[position])
+        position += len(f.columns())
+    frame = pd.DataFrame([values])
+    return frame.astype({name: "int64" for name, kind in types.items() if kind == "long" and name in frame})
+
+
 @task(name="register-model", **TRANSIENT_RETRIES)
 def register_model(
     tracking_uri: str,
-    model_name: str,
-    model_path: str,
-    features: list[str],
-    feature_means: list[float],
-    config: dict,
-    training: dict,
+    config: RunConfig,
+    training,
+    layout: Layout,
+    mean: list[float],
     evaluations: list[InstitutionEvaluation],
     validation: list[ValidationReport],
     decision: Decision,
@@ -278,35 +313,38 @@ def register_model(
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
 
-    `config` is the run config as plain values; `lineage` the tags that trace the version
-    (see tasks.lineage); `privacy` what differential privacy spent (a tasks.privacy.PrivacyPlan), or
-    None. If anything fails after the version exists it is deleted again.
+    `training` is the TrainingOutcome (its model_path an exported model directory); `lineage` the tags
+    that trace the version (see tasks.lineage); `privacy` what differential privacy spent (a
+    tasks.privacy.PrivacyPlan), or None. If anything fails after the version exists it is deleted again.
     """
     import mlflow
-    import tensorflow as tf
     import yaml
     from mlflow.models import ModelSignature
-    import numpy as np
-    import pandas as pd
-    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types import ColSpec, DataType, Schema as MlflowSchema
 
     from tasks.model_card import model_card_html
     from tasks.plots import calibration_figure, convergence_figure, roc_figure
+    from riskmodel import model as exported
+    from riskmodel.scorecard import POINTS_TABLE_ARTIFACT, points_table
 
+    model_name, schema, plain = config.model_name, config.data_schema, config.plain()
     experiment_id = use_tracking(tracking_uri, model_name)
     client = mlflow.MlflowClient()
-    promotion_tags = {"promotion.metric": config["promotion"]["metric"],
+    promotion_tags = {"promotion.metric": config.promotion.metric,
                       "promotion.decision": "promoted" if decision.promoted else "not promoted",
                       "promotion.reason": decision.reason, "promotion.checks": "\n".join(decision.checks)}
+    rounds = training.rounds
+    trained = exported.load(Path(training.model_path))
+    scorecard = points_table(trained) if trained.scaling is not None else None
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=lineage) as run:
-        mlflow.log_params(_flatten("", {k: v for k, v in config.items() if k != "intended_use"}))
-        mlflow.log_text(yaml.safe_dump(config, sort_keys=False), CONFIG_ARTIFACT)
-        for r in training["rounds"]:
+        mlflow.log_params(_flatten("", {k: v for k, v in plain.items() if k != "intended_use"}))
+        mlflow.log_text(yaml.safe_dump(plain, sort_keys=False), CONFIG_ARTIFACT)
+        for r in rounds:
             mlflow.log_metrics({name: float(r[key]) for key, name in ROUND_METRICS.items()}, step=r["round"])
-        mlflow.log_metrics({"rounds_run": len(training["rounds"]), "best_round": training["best_round"],
-                            "resumed_from_round": training["resumed_from_round"],
-                            "positive_class_weight": training["positive_class_weight"]})
-        mlflow.set_tag("training.stopped_early", str(training["stopped_early"]).lower())
+        mlflow.log_metrics({"rounds_run": len(rounds), "best_round": training.best_round,
+                            "resumed_from_round": training.resumed_from_round,
+                            "positive_class_weight": training.positive_class_weight})
+        mlflow.set_tag("training.stopped_early", str(training.stopped_early).lower())
         if privacy is not None:
             for i in privacy.institutions:
                 mlflow.log_metrics({f"privacy.epsilon.{i.institution}": i.epsilon, f"privacy.delta.{i.institution}":
@@ -331,25 +369,25 @@ def register_model(
         for report in validation:
             if report.data_docs and Path(report.data_docs).exists():
                 mlflow.log_artifact(report.data_docs, f"validation/data_docs/{report.institution}")
-        figures = {"convergence": convergence_figure(training["rounds"], training["best_round"]),
+        figures = {"convergence": convergence_figure(rounds, training.best_round),
                    "roc": roc_figure(evaluations), "calibration": calibration_figure(evaluations)}
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{name}.png")
+        if scorecard is not None:
+            mlflow.log_text(scorecard.to_csv(index=False), POINTS_TABLE_ARTIFACT)
+        types = signature_types(schema, layout.raw_features)
         signature = ModelSignature(
-            # The schema's columns are integer-valued (NT$ amounts, codes); raw extracts load as int64.
-            inputs=Schema([ColSpec(DataType.long, name) for name in features]),
-            outputs=Schema([ColSpec(DataType.float, "default_probability")]),
+            inputs=MlflowSchema([ColSpec(getattr(DataType, kind), name) for name, kind in types.items()]),
+            outputs=MlflowSchema([ColSpec(DataType.double, schema.output)]),
         )
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=SCORING_MODEL,
-            artifacts={"keras_model": str(model_path)},
-            model_config={"feature_order": features},
-            # The federated mean is an aggregate, so it may serve as the example; no customer row does.
-            input_example=pd.DataFrame([np.round(feature_means)], columns=features).astype("int64"),
+            artifacts={"riskmodel": str(training.model_path)},
+            code_paths=[str(RISKMODEL_PACKAGE)],
+            input_example=input_example(layout, types, mean),
             signature=signature,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}",
-                              f"pandas=={pd.__version__}", f"numpy=={np.__version__}"],
+            pip_requirements=_requirements(),
         )
         version = str(mlflow.register_model(info.model_uri, model_name, tags=lineage).version)
         previous_aliases = dict(client.get_registered_model(model_name).aliases)
@@ -357,7 +395,7 @@ def register_model(
             mlflow.log_text(model_card_html(
                 model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
                 lineage=lineage, validation=validation, evaluations=evaluations, training=training,
-                figures=figures, privacy=privacy), MODEL_CARD_ARTIFACT)
+                figures=figures, privacy=privacy, layout=layout, scorecard=scorecard), MODEL_CARD_ARTIFACT)
             for key, value in {**promotion_tags, "model_card": f"{run.info.artifact_uri}/{MODEL_CARD_ARTIFACT}"}.items():
                 client.set_model_version_tag(model_name, version, key, value)
             mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged"})
@@ -379,6 +417,17 @@ def register_model(
         reason=decision.reason,
         checks=decision.checks,
     )
+
+
+def _requirements() -> list[str]:
+    """What scoring needs (pinned to what trained the model); inferring them costs ~13 s."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+
+    return [f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}",
+            f"numpy=={np.__version__}"]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,181 @@
-"""The credit-default input schema (UCI default of credit card clients, Kaggle CSV layout)."""
+"""Data contracts: a schema (one YAML file under schemas/) declares an extract's layout and checks.
 
-ID_COLUMN = "ID"
-LABEL_COLUMN = "default.payment.next.month"
-PAY_STATUS_COLUMNS = ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"]
-BILL_COLUMNS = [f"BILL_AMT{i}" for i in range(1, 7)]
-PAYMENT_COLUMNS = [f"PAY_AMT{i}" for i in range(1, 7)]
-FEATURE_COLUMNS = [
-    "LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE",
-    *PAY_STATUS_COLUMNS, *BILL_COLUMNS, *PAYMENT_COLUMNS,
-]
-COLUMNS = [ID_COLUMN, *FEATURE_COLUMNS, LABEL_COLUMN]
+The schema is the one place a data layout is written: its ID and label columns (and what the
+label's positive value means), every feature with its type, plausible range or levels and
+missing-value policy, and the table-level checks. Reading, the Great Expectations suite, federated
+statistics, the model's encoding and signature, the card and scoring all follow from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+OTHER_LEVEL = "(other)"
+MISSING_LEVEL = "(missing)"
+
+
+class SchemaError(ValueError):
+    """A schema that cannot be found or used; the message names the file and field."""
+
+
+class Missing(BaseModel):
+    """Missing values are allowed up to `max_rate` of rows; the model fills them itself.
+
+    Numeric and boolean: filled with the consortium's mean (`impute: mean`, from federated sums) or
+    `value` (`impute: constant`), with a missing-indicator input beside it. Categorical: a level of its own.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_rate: float = Field(gt=0.0, le=1.0)
+    impute: Literal["mean", "constant"] = "mean"
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _constant_has_value(self) -> Missing:
+        if (self.impute == "constant") != (self.value is not None):
+            raise ValueError("impute: constant needs a value, and only it takes one")
+        return self
+
+
+class _Feature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    missing: Missing | None = Field(None, description="None: a missing value is an error (quarantine).")
+    description: str | None = None
+
+
+class NumericFeature(_Feature):
+    type: Literal["numeric"]
+    dtype: Literal["int", "float"] = Field("float", description="int: whole numbers (amounts, codes); a "
+                                                                "fractional value is an error.")
+    min: float | None = None
+    max: float | None = None
+    allowed: list[float] | None = Field(None, description="A code set: the only values allowed.")
+    unit: str | None = None
+
+
+class CategoricalFeature(_Feature):
+    type: Literal["categorical"]
+    levels: list[str] | list[int] | Literal["open"] = Field(
+        description="The allowed levels (text or integer codes), or 'open' for any.")
+
+    @property
+    def coded(self) -> bool:
+        """Integer codes rather than text."""
+        return self.levels != "open" and all(isinstance(level, int) for level in self.levels)
+
+
+class BooleanFeature(_Feature):
+    type: Literal["boolean"]
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature | BooleanFeature, Field(discriminator="type")]
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    positive: str | int = Field(1, description="The value that means the event (default, fraud, bad).")
+    negative: str | int = 0
+    meaning: str = Field(pattern=r"^[a-z][a-z ]{0,30}$", description="What the positive value means, e.g. default.")
+
+
+class Schema(BaseModel):
+    """One data layout, versioned: a change that changes a check needs a new version (and suite)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    description: str = ""
+    id: str | None = Field(None, description="The customer or row ID column (unique); none for an extract without.")
+    label: Label
+    output: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="The scoring output, e.g. default_probability.")
+    min_rows: int = Field(200, ge=1)
+    label_rate: tuple[float, float] = Field((0.01, 0.6), description="Plausible share of positives (min, max).")
+    max_duplicate_share: float = Field(0.01, ge=0.0, le=1.0, description="Share of rows repeating another row "
+                                                                          "(the ID aside) above which the extract "
+                                                                          "is quarantined.")
+    constant_features: Literal["error", "warning"] = Field("error", description="A feature with one value in "
+                                                                                "the whole extract.")
+    rare_level_min_rows: int = Field(10, ge=1, description="Levels seen in fewer rows consortium-wide fold into "
+                                                           "'(other)', so no rare level identifies a customer.")
+    features: dict[str, Feature] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Schema:
+        low, high = self.label_rate
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"label_rate must be (min, max) with 0 <= min < max <= 1, got {self.label_rate}")
+        reserved = [c for c in (self.id, self.label.column) if c in self.features]
+        if reserved:
+            raise ValueError(f"{reserved} are the ID or label column, not features")
+        if self.label.positive == self.label.negative:
+            raise ValueError("label.positive and label.negative must differ")
+        return self
+
+    @property
+    def suite(self) -> str:
+        """The Great Expectations suite generated from this version."""
+        return f"{self.name}_v{self.version}"
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column of an extract, in order: ID, features, label."""
+        return [*([self.id] if self.id else []), *self.features, self.label.column]
+
+    def fingerprint(self) -> str:
+        """sha256 of the schema's content (comments and layout of the YAML aside), for lineage."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def numeric(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.type == "numeric"]
+
+    def categorical(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.type == "categorical"]
+
+
+def schema_file(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Path:
+    return Path(schemas_dir) / f"{name}.yaml"
+
+
+def available_schemas(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(schemas_dir).glob("*.yaml"))
+
+
+def parse_schema(data: object, source: str) -> Schema:
+    """Validate a schema mapping; SchemaError names the source and field."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"schema {source} must be a mapping, got {type(data).__name__}")
+    try:
+        return Schema.model_validate(data)
+    except ValidationError as error:
+        lines = [f"invalid schema {source}:"]
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+            lines.append(f"  {where}: {item['msg'].removeprefix('Value error, ')}")
+        raise SchemaError("\n".join(lines)) from None
+
+
+def load_schema(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Schema:
+    """The schema `name` from `schemas_dir/NAME.yaml`."""
+    path = schema_file(name, schemas_dir)
+    if not path.is_file():
+        raise SchemaError(f"unknown schema {name!r}: no {path} (schemas: {', '.join(available_schemas(schemas_dir))})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SchemaError(f"schema file {path} cannot be read: {error}") from None
+    schema = parse_schema(data, str(path))
+    if schema.name != name:
+        raise SchemaError(f"schema file {path} declares name {schema.name!r}; the file name must match")
+    return schema

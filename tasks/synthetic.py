@@ -1,8 +1,10 @@
-"""The built-in synthetic consortium: N institutions' credit-default extracts in the UCI schema.
+"""Synthetic consortia: N institutions' extracts for any schema, and a seeded split of a real file.
 
-Each institution has its own size, customer mix and default rate (non-IID, as real portfolios
-are). The label is drawn from a logistic function of the observed features, so a model can
-learn it. Everything is a function of the seed.
+The credit-default schema has a hand-made generator (the demo's): each institution has its own
+size, customer mix and default rate (non-IID, as real portfolios are). Any other schema gets a
+generic one that follows its declaration (ranges, code sets, levels, missing values) with
+institution-specific shifts. Either way the label is a logistic function of the features, so a
+model can learn it, and everything is a function of the seed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.schema import (
-    BILL_COLUMNS, COLUMNS, ID_COLUMN, LABEL_COLUMN, PAY_STATUS_COLUMNS, PAYMENT_COLUMNS,
-)
+from sklearn.model_selection import StratifiedKFold
 
+from tasks.data import institution_seed
+from tasks.schema import Schema
+
+# The credit-default layout, as the hand-made generator writes it (schemas/credit_default.yaml).
+ID_COLUMN = "ID"
+LABEL_COLUMN = "default.payment.next.month"
+PAY_STATUS_COLUMNS = ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"]
+BILL_COLUMNS = [f"BILL_AMT{i}" for i in range(1, 7)]
+PAYMENT_COLUMNS = [f"PAY_AMT{i}" for i in range(1, 7)]
+COLUMNS = [ID_COLUMN, "LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", *PAY_STATUS_COLUMNS, *BILL_COLUMNS,
+           *PAYMENT_COLUMNS, LABEL_COLUMN]
 DATA_FILE = "credit.csv"
 
 
@@ -153,8 +164,17 @@ def synthesize_institution(portfolio: Portfolio, seed: int, first_id: int = 1) -
     return frame[COLUMNS]
 
 
-def synthesize(out_dir: Path, n_institutions: int = 4, seed: int = 0, rows_scale: float = 1.0) -> dict[str, Path]:
-    """Write each institution's extract to `out_dir/<institution>/credit.csv`; return the paths."""
+def data_file(schema_name: str) -> str:
+    """The file name of a synthetic institution's extract (the demo's is credit.csv)."""
+    return DATA_FILE if schema_name == "credit_default" else f"{schema_name}.csv"
+
+
+def synthesize(out_dir: Path, n_institutions: int = 4, seed: int = 0, rows_scale: float = 1.0,
+               schema: Schema | None = None) -> dict[str, Path]:
+    """Write each institution's extract to `out_dir/<institution>/<file>`; return the paths. The
+    credit-default schema (the default) has its own generator; any other `schema` the generic one."""
+    if schema is not None and schema.name != "credit_default":
+        return synthesize_schema(schema, out_dir, n_institutions, seed, rows_scale)
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     next_id = 1
@@ -165,4 +185,88 @@ def synthesize(out_dir: Path, n_institutions: int = 4, seed: int = 0, rows_scale
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
         paths[portfolio.name] = path
+    return paths
+
+
+GENERIC_ROWS = (4_000, 2_000, 1_000, 600)
+
+
+def _numeric(rng, feature, n: int, shift: float) -> np.ndarray:
+    """Values inside the feature's declared range (or code set), centred differently per institution."""
+    if feature.allowed:
+        codes = np.asarray(feature.allowed, dtype=float)
+        weights = rng.dirichlet(np.full(len(codes), 2.0))
+        return rng.choice(codes, size=n, p=weights)
+    low = feature.min if feature.min is not None else -100.0
+    high = feature.max if feature.max is not None else low + 200.0
+    if low >= 0 and high > 100 * max(low, 1.0):  # amounts: log-normal within the range
+        centre = np.log(max(low, 1.0)) + (np.log(high) - np.log(max(low, 1.0))) * (0.35 + 0.1 * shift)
+        values = np.exp(rng.normal(centre, 0.7, size=n))
+    else:
+        span = high - low
+        values = rng.normal(low + span * (0.45 + 0.08 * shift), span / 8, size=n)
+    values = np.clip(values, low, high)
+    return np.round(values) if feature.dtype == "int" else np.round(values, 4)
+
+
+def synthesize_schema(schema: Schema, out_dir: Path, n_institutions: int = 3, seed: int = 0,
+                      rows_scale: float = 1.0) -> dict[str, Path]:
+    """A plausible non-IID consortium for any schema: each institution its own size, feature shifts, level
+    mix and positive rate, the label a logistic function of the features."""
+    rng = np.random.default_rng(seed)
+    effects = {name: rng.normal(0, 1) for name in schema.features}
+    low, high = schema.label_rate
+    base_rate = low + (high - low) * 0.3
+    paths, next_id, out_dir = {}, 1, Path(out_dir)
+    for index, portfolio in enumerate(portfolios(n_institutions)):
+        local = np.random.default_rng(institution_seed(seed, portfolio.name))
+        n = max(schema.min_rows + 50, int(round(GENERIC_ROWS[index % len(GENERIC_ROWS)] * rows_scale)))
+        shift = index - (n_institutions - 1) / 2
+        frame, logit = pd.DataFrame(), np.zeros(n)
+        if schema.id:
+            frame[schema.id] = np.arange(next_id, next_id + n)
+        for name, feature in schema.features.items():
+            if feature.type == "numeric":
+                values = _numeric(local, feature, n, shift)
+                scale = values.std() or 1.0
+                logit += effects[name] * (values - values.mean()) / scale * 0.6
+            elif feature.type == "boolean":
+                values = (local.random(n) < 0.3 + 0.1 * np.tanh(shift)).astype(int)
+                logit += effects[name] * values
+            else:
+                levels = feature.levels if feature.levels != "open" else [f"level_{i}" for i in range(1, 9)]
+                level_effects = np.random.default_rng([seed, len(name)]).normal(0, 0.8, size=len(levels))
+                chosen = local.choice(len(levels), size=n, p=local.dirichlet(np.full(len(levels), 3.0)))
+                values = np.asarray(levels, dtype=object)[chosen]
+                logit += level_effects[chosen]
+            if feature.missing is not None:
+                values = pd.Series(values, dtype=object if feature.type == "categorical" else float)
+                values[local.random(n) < feature.missing.max_rate / 2] = np.nan
+            frame[name] = values
+        rate = np.clip(base_rate * (1 + 0.25 * np.tanh(shift)), low * 1.5, high * 0.9)
+        probability = _sigmoid(logit + _intercept_for_rate(logit, rate))
+        positive = local.random(n) < probability
+        frame[schema.label.column] = np.where(positive, schema.label.positive, schema.label.negative)
+        path = out_dir / portfolio.name / data_file(schema.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        paths[portfolio.name] = path
+        next_id += n
+    return paths
+
+
+def split_file(frame: pd.DataFrame, label: str, names: list[str], seed: int, id_column: str | None,
+               out_dir: Path) -> dict[str, Path]:
+    """Split one real extract into institutions of equal size, stratified on the label and seeded, each
+    written to `out_dir/<name>.csv`; adds a running `id_column` when the extract has none."""
+    if id_column and id_column not in frame.columns:
+        frame = frame.assign(**{id_column: np.arange(1, len(frame) + 1)})[[id_column, *frame.columns]]
+    folds = StratifiedKFold(n_splits=len(names), shuffle=True, random_state=seed).split(frame, frame[label])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, (_, rows) in zip(names, folds, strict=True):
+        path = out_dir / f"{name}.csv"
+        frame.iloc[np.sort(rows)].to_csv(path, index=False)
+        paths[name] = path
     return paths

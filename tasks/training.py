@@ -16,7 +16,14 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from hostguard import loopback
 from hostguard.loopback import Isolation
-from tasks.data import as_split, combine_statistics, load_parts, local_statistics
+from riskmodel import model as exported
+from riskmodel.layout import Layout
+from riskmodel.scorecard import Scaling
+from tasks.config import BaselinesConfig, ModelConfig, TrainingConfig
+from tasks.data import Extract, Split, labels, load_parts
+from tasks.privacy import PrivacyPlan
+from tasks.schema import Schema
+from tasks.statistics import consortium_layout, local_statistics, standardization
 
 _round_listeners: list[Callable[[dict], None]] = []
 
@@ -50,7 +57,7 @@ def round_listener(callback: Callable[[dict], None]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class TrainingOutcome:
-    """The candidate model on disk, per-round metrics, and how the run went."""
+    """The candidate model (an exported model directory), per-round metrics, and how the run went."""
 
     model_path: str
     rounds: list[dict]
@@ -62,23 +69,24 @@ class TrainingOutcome:
     rounds_trained: dict[str, int]
 
 
-def _model_spec(model: dict, seed: int):
+def _model_spec(model: ModelConfig, seed: int):
     """The run config's model section as fed_models' ModelSpec."""
     from fed_models.keras_models import ModelSpec
 
-    return ModelSpec(model["kind"], tuple(model["hidden_units"]), model["dropout"], seed=seed)
+    return ModelSpec(model.kind, tuple(model.hidden_units), model.dropout, seed=seed)
 
 
-def _privacy_spec(privacy: dict | None):
-    """A privacy plan's training part (PrivacyPlan.for_training) as fed_models' privacy settings."""
+def _privacy_spec(plan: PrivacyPlan | None):
+    """A privacy plan's training part as fed_models' privacy settings."""
     from fed_models.training import ClientLevelPrivacy, RecordLevelPrivacy
 
-    if privacy is None:
+    if plan is None:
         return None
-    if privacy["mechanism"] == "record_level":
-        return RecordLevelPrivacy(privacy["clip_norm"], dict(privacy["noise_multipliers"]))
-    [noise] = set(privacy["noise_multipliers"].values())  # client level: one noise for the aggregate
-    return ClientLevelPrivacy(privacy["clip_norm"], noise, privacy["adaptive_clipping"])
+    noise = {i.institution: i.noise_multiplier for i in plan.institutions}
+    if plan.mechanism == "record_level":
+        return RecordLevelPrivacy(plan.clip_norm, noise)
+    [multiplier] = set(noise.values())  # client level: one noise for the aggregate
+    return ClientLevelPrivacy(plan.clip_norm, multiplier, plan.adaptive_clipping)
 
 
 def _describe(m: dict, max_rounds: int) -> str:
@@ -92,85 +100,76 @@ def _describe(m: dict, max_rounds: int) -> str:
     return text
 
 
-# Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
-# round's checkpoint instead of starting over.
-@task(name="train-federated", retries=1, retry_delay_seconds=2)
-def train_federated(
-    institutions: list[tuple[str, Path, dict[str, str]]],
-    features: list[str],
-    label: str,
-    holdout_fraction: float,
-    validation_fraction: float,
-    seed: int,
+def export(weights: list[np.ndarray], model: ModelConfig, seed: int, layout: Layout, mean, std, output: str,
+           directory: Path, scaling: Scaling | None = None) -> str:
+    """Write an exported model: the Keras network (standardization inside), its feature layout and, for
+    a logistic regression, its points scaling."""
+    from fed_models.keras_models import export_model
+
+    directory = Path(directory)
+    export_model(weights, _model_spec(model, seed), np.asarray(mean), np.asarray(std), directory / exported.KERAS_FILE)
+    exported.save(directory, engine="keras", layout=layout, output=output, engine_file=exported.KERAS_FILE,
+                  scaling=scaling if model.kind == "logistic_regression" else None)
+    return str(directory)
+
+
+def federated_training(
+    extracts: list[Extract],
+    schema: Schema,
+    layout: Layout,
+    split: Split,
     mean: list[float],
     std: list[float],
-    training: dict,
+    training: TrainingConfig,
     positive_class_weight: float,
-    model_path: Path,
-    checkpoint_dir: Path,
-    privacy: dict | None = None,
+    model_dir: Path,
+    checkpoint_dir: Path | None = None,
+    privacy: PrivacyPlan | None = None,
     isolation: Isolation | None = None,
+    scaling: Scaling | None = None,
+    on_round: Callable | None = None,
 ) -> TrainingOutcome:
-    """Train `training` (the run config's training section) over the institutions; save the best model.
+    """Train `training` over the institutions; export the best round's model to `model_dir`.
 
-    Each institution fits on its fit split and reports validation metrics on its validation
-    split. In this simulation one process holds every client's dataset, as TFF's local runtime
-    needs; each institution's rows stay a separate client dataset and are never concatenated.
-    `privacy` (a PrivacyPlan's training part) makes the training differentially private.
-    `isolation` (worker_isolation) keeps TFF's worker off the network.
+    Each institution fits on its fit split (encoded by `layout`) and reports validation metrics on its
+    validation split. In this simulation one process holds every client's dataset, as TFF's local
+    runtime needs; each institution's rows stay a separate client dataset and are never concatenated.
+    `privacy` makes the training differentially private; `isolation` (worker_isolation) keeps TFF's
+    worker off the network; `scaling` gives a logistic regression its scorecard points; `on_round`
+    receives each round's fed_models.training.RoundMetrics.
     """
-    from fed_models.keras_models import export_model  # TF/TFF import paid only when training
-    from fed_models.training import ClientData, TrainingSpec, train
+    from fed_models.training import ClientData, TrainingSpec, train  # TF/TFF import paid only when training
 
-    logger = get_run_logger()
-    split = dict(holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
     clients, validation = [], []
-    for name, path, columns in institutions:
-        rows = load_parts(name, path, columns, label, parts=("fit", "validation"), **split)
-        fit, held = as_split(rows["fit"], features, label), as_split(rows["validation"], features, label)
-        clients.append(ClientData(name, fit.x, fit.y))
-        validation.append(ClientData(name, held.x, held.y))
-    model_spec = _model_spec(training["model"], seed)
-    stopping = training["early_stopping"] or {}
+    for extract in extracts:
+        rows = load_parts(extract, schema, split, ("fit", "validation"))
+        clients.append(ClientData(extract.institution, layout.encode(rows["fit"]), labels(rows["fit"], schema)))
+        validation.append(ClientData(extract.institution, layout.encode(rows["validation"]),
+                                     labels(rows["validation"], schema)))
+    stopping = training.early_stopping
     spec = TrainingSpec(
-        model=model_spec,
-        algorithm=training["algorithm"],
-        rounds=training["rounds"],
-        local_epochs=training["local_epochs"],
-        batch_size=training["batch_size"],
-        client_learning_rate=training["client_learning_rate"],
-        server_learning_rate=training["server_learning_rate"],
-        proximal_strength=training["proximal_strength"],
-        clients_per_round=training["clients_per_round"],
+        model=_model_spec(training.model, split.seed),
+        algorithm=training.algorithm,
+        rounds=training.rounds,
+        local_epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        client_learning_rate=training.client_learning_rate,
+        server_learning_rate=training.server_learning_rate,
+        proximal_strength=training.proximal_strength,
+        clients_per_round=training.clients_per_round,
         positive_weight=positive_class_weight,
-        aggregation=training["aggregation"],
-        patience=stopping.get("patience"),
-        min_delta=stopping.get("min_delta", 0.0),
-        seed=seed,
+        aggregation=training.aggregation,
+        patience=stopping.patience if stopping else None,
+        min_delta=stopping.min_delta if stopping else 0.0,
+        seed=split.seed,
         privacy=_privacy_spec(privacy),
     )
-    max_rounds = spec.rounds
-    progress_id = create_progress_artifact(
-        progress=0.0, description=f"Federated rounds of {len(clients)} institutions (max {max_rounds})")
-
-    def report(metrics) -> None:
-        m = asdict(metrics)
-        logger.info(_describe(m, max_rounds))
-        update_progress_artifact(progress_id, 100.0 * m["round"] / max_rounds)
-        for listener in list(_round_listeners):
-            listener({**m, "max_rounds": max_rounds})
-
     result = train(clients, np.asarray(mean), np.asarray(std), spec, validation=validation,
-                   checkpoint_dir=Path(checkpoint_dir), on_round=report, isolation=isolation)
-    if result.resumed_from_round:
-        logger.info("resumed from the checkpoint of round %d in %s", result.resumed_from_round, checkpoint_dir)
-    if result.stopped_early:
-        logger.info("stopped early after round %d: validation loss has not improved since round %d",
-                    len(result.rounds), result.best_round)
-    update_progress_artifact(progress_id, 100.0)
-    export_model(result.weights, model_spec, np.asarray(mean), np.asarray(std), Path(model_path))
+                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, on_round=on_round,
+                   isolation=isolation)
     return TrainingOutcome(
-        model_path=str(model_path),
+        model_path=export(result.weights, training.model, split.seed, layout, mean, std, schema.output, model_dir,
+                          scaling),
         rounds=[asdict(r) for r in result.rounds],
         examples={c.institution: int(len(c.y)) for c in clients},
         best_round=result.best_round,
@@ -181,66 +180,74 @@ def train_federated(
     )
 
 
-def _train_centralized(fit, validation, mean, std, model: dict, baselines: dict, positive_class_weight: float,
-                       seed: int, model_path: Path) -> str:
+# Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
+# round's checkpoint instead of starting over.
+@task(name="train-federated", retries=1, retry_delay_seconds=2)
+def train_federated(extracts: list[Extract], schema: Schema, layout: Layout, split: Split, mean: list[float],
+                    std: list[float], training: TrainingConfig, positive_class_weight: float, model_dir: Path,
+                    checkpoint_dir: Path, privacy: PrivacyPlan | None = None, isolation: Isolation | None = None,
+                    scaling: Scaling | None = None) -> TrainingOutcome:
+    """`federated_training`, with each round logged, shown in a Prefect progress artifact and passed to the
+    round listeners (the CLI's progress bar)."""
+    logger = get_run_logger()
+    max_rounds = training.rounds
+    progress_id = create_progress_artifact(
+        progress=0.0, description=f"Federated rounds of {len(extracts)} institutions (max {max_rounds})")
+
+    def report(metrics) -> None:
+        m = asdict(metrics)
+        logger.info(_describe(m, max_rounds))
+        update_progress_artifact(progress_id, 100.0 * m["round"] / max_rounds)
+        for listener in list(_round_listeners):
+            listener({**m, "max_rounds": max_rounds})
+
+    outcome = federated_training(extracts, schema, layout, split, mean, std, training, positive_class_weight,
+                                 model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report)
+    if outcome.resumed_from_round:
+        logger.info("resumed from the checkpoint of round %d in %s", outcome.resumed_from_round, checkpoint_dir)
+    if outcome.stopped_early:
+        logger.info("stopped early after round %d: validation loss has not improved since round %d",
+                    len(outcome.rounds), outcome.best_round)
+    update_progress_artifact(progress_id, 100.0)
+    return outcome
+
+
+def _train_centralized(fit: pd.DataFrame, validation: pd.DataFrame, schema: Schema, layout: Layout, mean, std,
+                       model: ModelConfig, baselines: BaselinesConfig, positive_class_weight: float, seed: int,
+                       model_dir: Path) -> str:
     from fed_models.centralized import train_centralized
-    from fed_models.keras_models import export_model
 
     spec = _model_spec(model, seed)
     weights = train_centralized(
-        fit.x, fit.y, validation.x, validation.y, np.asarray(mean), np.asarray(std), spec,
-        max_epochs=baselines["max_epochs"], patience=baselines["patience"], batch_size=baselines["batch_size"],
-        learning_rate=baselines["learning_rate"], positive_weight=positive_class_weight)
-    return str(export_model(weights, spec, np.asarray(mean), np.asarray(std), Path(model_path)))
+        layout.encode(fit), labels(fit, schema), layout.encode(validation), labels(validation, schema),
+        np.asarray(mean), np.asarray(std), spec, max_epochs=baselines.max_epochs, patience=baselines.patience,
+        batch_size=baselines.batch_size, learning_rate=baselines.learning_rate, positive_weight=positive_class_weight)
+    return export(weights, model, seed, layout, mean, std, schema.output, model_dir)
 
 
-@task(name="train-local-baseline", task_run_name="local-baseline-{institution}")
-def train_local_baseline(
-    institution: str,
-    path: Path,
-    columns: dict[str, str] | None,
-    features: list[str],
-    label: str,
-    holdout_fraction: float,
-    validation_fraction: float,
-    seed: int,
-    model: dict,
-    baselines: dict,
-    positive_class_weight: float,
-    model_path: Path,
-) -> str:
-    """Baseline: the same architecture trained on this institution's rows alone (its own
+@task(name="train-local-baseline", task_run_name="local-baseline-{extract.institution}")
+def train_local_baseline(extract: Extract, schema: Schema, features: list[str], split: Split, model: ModelConfig,
+                         baselines: BaselinesConfig, positive_class_weight: float, model_dir: Path) -> str:
+    """Baseline: the same architecture trained on this institution's rows alone (its own layout,
     standardization, fit/validation split and loss); the model a member would have without federation."""
-    rows = load_parts(institution, path, columns, label, parts=("train", "fit", "validation"),
-                      holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
-    train = as_split(rows["train"], features, label)
-    mean, std = combine_statistics([local_statistics(institution, train.x, train.y)])
-    return _train_centralized(as_split(rows["fit"], features, label), as_split(rows["validation"], features, label),
-                              mean, std, model, baselines, positive_class_weight, seed, model_path)
+    rows = load_parts(extract, schema, split, ("train", "fit", "validation"))
+    statistics = [local_statistics(extract.institution, rows["train"], schema, features)]
+    layout = consortium_layout(schema, features, statistics)
+    mean, std = standardization(layout, statistics)
+    return _train_centralized(rows["fit"], rows["validation"], schema, layout, mean, std, model, baselines,
+                              positive_class_weight, split.seed, model_dir)
 
 
 @task(name="train-pooled-baseline")
-def train_pooled_baseline(
-    institutions: list[tuple[str, Path, dict[str, str]]],
-    features: list[str],
-    label: str,
-    holdout_fraction: float,
-    validation_fraction: float,
-    seed: int,
-    mean: list[float],
-    std: list[float],
-    model: dict,
-    baselines: dict,
-    positive_class_weight: float,
-    model_path: Path,
-) -> str:
+def train_pooled_baseline(extracts: list[Extract], schema: Schema, layout: Layout, split: Split, mean: list[float],
+                          std: list[float], model: ModelConfig, baselines: BaselinesConfig,
+                          positive_class_weight: float, model_dir: Path) -> str:
     """Baseline, simulation mode only: the same architecture trained on every institution's rows
     pooled in one place, which federation exists to avoid; the accuracy federation aims to match."""
     fits, validations = [], []
-    for name, path, columns in institutions:
-        rows = load_parts(name, path, columns, label, parts=("fit", "validation"),
-                          holdout_fraction=holdout_fraction, seed=seed, validation_fraction=validation_fraction)
+    for extract in extracts:
+        rows = load_parts(extract, schema, split, ("fit", "validation"))
         fits.append(rows["fit"])
         validations.append(rows["validation"])
-    return _train_centralized(as_split(pd.concat(fits), features, label), as_split(pd.concat(validations), features, label),
-                              mean, std, model, baselines, positive_class_weight, seed, model_path)
+    return _train_centralized(pd.concat(fits), pd.concat(validations), schema, layout, mean, std, model, baselines,
+                              positive_class_weight, split.seed, model_dir)

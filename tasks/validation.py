@@ -17,20 +17,24 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from tasks.data import InstitutionDataError, frame_digest, read_institution
-from tasks.schema import FEATURE_COLUMNS
+from tasks.data import Extract, InstitutionDataError, read_extract
+from tasks.schema import Schema
+from tasks.statistics import level_text
+from tasks.suites import DATA_ASSET, DATA_SOURCE
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
-DATA_SOURCE = "institutions"
-DATA_ASSET = "extract"
-BATCH_DEFINITION = "whole_extract"
 _EXAMPLES = 3
 _gx_lock = threading.Lock()
 # Drift against an institution's last accepted extract. A feature's mean may move by up to one
 # reference standard deviation (a units change moves it by orders of magnitude); the row count
 # may grow or shrink by less than a factor of ten (a broken extract or a double load does not).
+# A categorical feature's level shares may move by a KL divergence of 0.1 (a level doubling from 10 %
+# to 20 % of rows is about 0.03); the number of distinct values may not collapse below a fifth of
+# the reference's (scaled down for a smaller extract): a feature gone constant-ish, a default filled in.
 DRIFT_MEAN_TOLERANCE_STD = 1.0
 DRIFT_ROW_FACTOR = 10
+DRIFT_LEVEL_DIVERGENCE = 0.1
+DRIFT_DISTINCT_FLOOR = 0.2
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,9 @@ def _reason(result) -> str:
     if mismatched.get("unexpected"):
         return f"{what}: unexpected {', '.join(map(str, mismatched['unexpected']))}"
     if "unexpected_count" in outcome:
-        examples = list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
+        # One column's offending values help find them; a multi-column check's would be whole rows: counts only.
+        rows = "column_list" in config.kwargs
+        examples = [] if rows else list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
         shown = f"; e.g. {', '.join(examples)}" if examples else ""
         return f"{what}: failed for {outcome['unexpected_count']} of {outcome.get('element_count', '?')} rows{shown}"
     if "observed_value" in outcome:
@@ -86,21 +92,32 @@ def _reason(result) -> str:
     return f"{what}: failed"
 
 
-def profile_frame(frame) -> dict:
-    """Rows and per-feature mean, std and quantiles: aggregates that describe an extract."""
-    features = [c for c in FEATURE_COLUMNS if c in frame.columns and frame[c].dtype.kind in "iuf"]
-    described = frame[features].astype(float).describe(percentiles=[0.05, 0.5, 0.95])
-    return {
-        "rows": int(len(frame)),
-        "features": {
-            column: {stat: float(described.at[name, column]) for stat, name in
-                     [("mean", "mean"), ("std", "std"), ("p05", "5%"), ("p50", "50%"), ("p95", "95%")]}
-            for column in features
-        },
-    }
+def profile_frame(frame, schema: Schema) -> dict:
+    """Aggregates that describe an extract, per feature present: the missing share and number of
+    distinct values; numeric: mean, std and 5/50/95 % quantiles; categorical: the share of each level
+    held by at least the schema's `rare_level_min_rows` rows here (the rest count as '(other)')."""
+    profile: dict = {"rows": int(len(frame)), "features": {}}
+    for name, feature in schema.features.items():
+        if name not in frame.columns:
+            continue
+        values = frame[name]
+        entry = {"missing": float(values.isna().mean()) if len(values) else 0.0, "distinct": int(values.nunique())}
+        if feature.type == "categorical":
+            present = values[values.notna()]
+            counts = level_text(present, feature).value_counts() if len(present) else {}
+            kept = {str(level): int(n) for level, n in dict(counts).items() if n >= schema.rare_level_min_rows}
+            shares = {level: n / len(values) for level, n in kept.items()}
+            other = (len(present) - sum(kept.values())) / len(values) if len(values) else 0.0
+            entry["levels"] = {**shares, **({"(other)": other} if other > 0 else {})}
+        elif values.dtype.kind in "iuf":
+            described = values.astype(float).describe(percentiles=[0.05, 0.5, 0.95])
+            entry.update({stat: float(described[name_]) for stat, name_ in
+                          [("mean", "mean"), ("std", "std"), ("p05", "5%"), ("p50", "50%"), ("p95", "95%")]})
+        profile["features"][name] = entry
+    return profile
 
 
-def drift_expectations(reference: dict, columns) -> list:
+def drift_expectations(reference: dict, schema: Schema, columns) -> list:
     """GX checks of an extract against the profile of the institution's last accepted extract."""
     import great_expectations.expectations as gxe
 
@@ -111,46 +128,82 @@ def drift_expectations(reference: dict, columns) -> list:
         description=f"row count within {DRIFT_ROW_FACTOR}x of the last accepted extract ({rows} rows)",
     )]
     for column, stats in reference["features"].items():
-        if column not in columns or math.isnan(stats["mean"]):
+        if column not in columns:
             continue
-        tolerance = DRIFT_MEAN_TOLERANCE_STD * max(stats["std"], 1e-6 * max(1.0, abs(stats["mean"])))
-        checks.append(gxe.ExpectColumnMeanToBeBetween(
-            column=column,
-            min_value=stats["mean"] - tolerance,
-            max_value=stats["mean"] + tolerance,
-            description=f"{column} mean within {DRIFT_MEAN_TOLERANCE_STD:g} std of the last accepted "
-                        f"extract ({stats['mean']:.4g} +- {tolerance:.4g})",
-        ))
+        if "mean" in stats and not math.isnan(stats["mean"]):
+            tolerance = DRIFT_MEAN_TOLERANCE_STD * max(stats["std"], 1e-6 * max(1.0, abs(stats["mean"])))
+            checks.append(gxe.ExpectColumnMeanToBeBetween(
+                column=column,
+                min_value=stats["mean"] - tolerance,
+                max_value=stats["mean"] + tolerance,
+                description=f"{column} mean within {DRIFT_MEAN_TOLERANCE_STD:g} std of the last accepted "
+                            f"extract ({stats['mean']:.4g} +- {tolerance:.4g})",
+            ))
+        feature = schema.features.get(column)
+        if stats.get("levels") and feature is not None and feature.type == "categorical" and feature.levels != "open":
+            checks.append(gxe.ExpectColumnKLDivergenceToBeLessThan(
+                column=column, threshold=DRIFT_LEVEL_DIVERGENCE, partition_object=_level_partition(stats, feature),
+                description=f"{column} level shares within KL divergence {DRIFT_LEVEL_DIVERGENCE:g} of the last "
+                            f"accepted extract's"))
+        if stats.get("distinct", 0) > 2:
+            floor = max(2, math.ceil(stats["distinct"] * DRIFT_DISTINCT_FLOOR))
+            checks.append(gxe.ExpectColumnUniqueValueCountToBeBetween(
+                column=column, min_value=floor,
+                description=f"{column} has at least {floor} distinct values (the last accepted extract had "
+                            f"{stats['distinct']})"))
     return checks
 
 
-def _data_docs_page(context, suite: str, run_id) -> Path:
-    """Build the Data Docs page of one stored validation result; return its HTML file."""
+def _level_partition(stats: dict, feature) -> dict:
+    """The reference's level shares over every level the schema declares (levels too rare to be profiled
+    share '(other)'), floored so that a level new to this extract has a finite divergence."""
+    shares = stats["levels"]
+    declared = [str(level) for level in feature.levels]
+    unprofiled = [level for level in declared if level not in shares]
+    spread = shares.get("(other)", 0.0) / len(unprofiled) if unprofiled else 0.0
+    weights = [max(shares.get(level, spread), 1e-3) for level in declared]
+    return {"values": declared, "weights": [w / sum(weights) for w in weights]}
+
+
+_ROW_DETAILS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
+                "unexpected_list", "unexpected_index_list", "unexpected_index_query")
+
+
+def _data_docs_page(context, suite: str, outcome) -> Path:
+    """Store one validation result without the rows a multi-column check found (a customer's whole row;
+    counts stay), build its Data Docs page from it, and return the page's HTML file."""
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier, ValidationResultIdentifier,
     )
 
     identifier = ValidationResultIdentifier(
         expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite),
-        run_id=run_id,
+        run_id=outcome.meta["run_id"],
         batch_identifier=f"{DATA_SOURCE}-{DATA_ASSET}",
     )
+    for result in outcome.results:
+        if "column_list" in result.expectation_config.kwargs and result.result:
+            for key in _ROW_DETAILS:
+                result.result.pop(key, None)
+    context.validation_results_store.set(identifier, outcome)
     site = Path(context.build_data_docs(resource_identifiers=[identifier])["local_site"].removeprefix("file://"))
     return site.parent / "validations" / Path(*identifier.to_tuple()).with_suffix(".html")
 
 
 def check_frame(
-    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, reference: dict | None = None,
+    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, drift: list | None = None,
     run_name: str = "adhoc",
     ignore_columns: tuple[str, ...] = (),
     ignore_types: tuple[str, ...] = (),
+    lenient: set[tuple[str, str]] = frozenset(),
 ) -> tuple[int, list[str], list[str], Path]:
-    """Run `suite` (and, given a reference profile, the drift checks) on a DataFrame.
+    """Run `suite` (and `drift`, checks against the last accepted extract, see drift_expectations) on a DataFrame.
 
     Returns (checks evaluated, failed `error` checks, failed `warning` checks, Data Docs page).
     The suite's result is stored under `run_name` in the GX context and rendered as Data Docs.
     Checks on `ignore_columns` or of `ignore_types` are left out of the outcome (scoring input
-    has no label, and the suite's table-level checks describe a training extract).
+    has no label, and the suite's table-level checks describe a training extract). A failed check of
+    a (type, column) in `lenient` is a warning (scoring maps unseen levels to '(other)').
     """
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -159,14 +212,13 @@ def check_frame(
         context = _context(Path(expectations_dir))
         definition = context.validation_definitions.get(suite)
         outcome = definition.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
-        page = _data_docs_page(context, suite, outcome.meta["run_id"])
+        page = _data_docs_page(context, suite, outcome)
         results = [r for r in outcome.results
                    if r.expectation_config.kwargs.get("column") not in ignore_columns
                    and r.expectation_config.type not in ignore_types]
-        if reference is not None:
-            drift = gx.ExpectationSuite(name=f"{suite}-drift", expectations=drift_expectations(reference, frame.columns))
+        if drift:
             batch = definition.batch_definition.get_batch(batch_parameters={"dataframe": frame})
-            results += batch.validate(drift).results
+            results += batch.validate(gx.ExpectationSuite(name=f"{suite}-drift", expectations=drift)).results
     failed = [r for r in results if not r.success]
     missing = {
         r.expectation_config.kwargs.get("column")
@@ -174,15 +226,21 @@ def check_frame(
         if r.expectation_config.type == "expect_column_to_exist"
     }
     # A missing column fails every check on it; its absence is the one reason worth reading.
+    def on_missing(kwargs) -> bool:
+        return kwargs.get("column") in missing or bool(missing & set(kwargs.get("column_list") or []))
+
     shown = [
         r for r in failed
-        if (r.expectation_config.type == "expect_column_to_exist"
-            or r.expectation_config.kwargs.get("column") not in missing)
+        if (r.expectation_config.type == "expect_column_to_exist" or not on_missing(r.expectation_config.kwargs))
         and not (r.expectation_config.type == "expect_table_columns_to_match_set"
                  and not ((r.result or {}).get("details") or {}).get("mismatched", {}).get("unexpected"))
     ]
-    errors = [_reason(r) for r in shown if str(r.expectation_config.severity.value) != "warning"]
-    warnings = [_reason(r) for r in shown if str(r.expectation_config.severity.value) == "warning"]
+    def warning(r) -> bool:
+        config = r.expectation_config
+        return str(config.severity.value) == "warning" or (config.type, config.kwargs.get("column")) in lenient
+
+    errors = [_reason(r) for r in shown if not warning(r)]
+    warnings = [_reason(r) for r in shown if warning(r)]
     return len(results), errors, warnings, page
 
 
@@ -194,16 +252,18 @@ def _file_digest(path: Path) -> str:
 
 
 def validation_cache_key(context, parameters: dict) -> str:
-    """Same file bytes, column mapping, suite JSON, reference profile and GX context: same report.
-
-    The context's location is part of the key because the report links to a Data Docs page in it.
-    """
-    suite_file = Path(parameters["expectations_dir"]) / "gx" / "expectations" / f"{parameters['suite']}.json"
+    """Same file (path and bytes), column mapping, schema version and suite JSON, reference profile and
+    GX context: same report. The path is part of it because the report names the file it read; the
+    context's location because the report links to a Data Docs page in it."""
+    extract, schema = parameters["extract"], parameters["schema"]
+    suite_file = Path(parameters["expectations_dir"]) / "gx" / "expectations" / f"{schema.suite}.json"
     parts = [
-        parameters["institution"],
-        _file_digest(parameters["path"]),
+        extract.institution,
+        str(Path(extract.path).resolve()),
+        _file_digest(extract.path),
+        schema.model_dump_json(),
         _file_digest(suite_file),
-        json.dumps(parameters["columns"] or {}, sort_keys=True),
+        json.dumps(extract.columns, sort_keys=True),
         json.dumps(parameters["reference"], sort_keys=True),
         str(Path(parameters["expectations_dir"]).resolve()),
     ]
@@ -212,39 +272,39 @@ def validation_cache_key(context, parameters: dict) -> str:
 
 @task(
     name="validate-institution",
-    task_run_name="validate-{institution}",
+    task_run_name="validate-{extract.institution}",
     # Unchanged data is not revalidated; a change to this module's code also invalidates.
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=validation_cache_key),
     persist_result=True,
 )
 def validate_institution(
-    institution: str,
-    path: Path,
-    columns: dict[str, str] | None,
-    suite: str,
+    extract: Extract,
+    schema: Schema,
     reference: dict | None = None,
     expectations_dir: Path = EXPECTATIONS_DIR,
 ) -> ValidationReport:
-    """Read and check one institution's extract (against `reference`, the profile of its last
-    accepted extract, when there is one); an unreadable file is a failed report, not a crash."""
+    """Read and check one institution's extract against its schema's suite (and against `reference`, the
+    profile of its last accepted extract, when there is one); an unreadable file is a failed report."""
+    institution, path, suite = extract.institution, str(extract.path), schema.suite
     try:
-        frame = read_institution(institution, path, columns)
+        frame, digest = read_extract(extract, schema)
     except InstitutionDataError as error:
-        return ValidationReport(institution, str(path), suite, passed=False, checks_evaluated=1,
+        return ValidationReport(institution, path, suite, passed=False, checks_evaluated=1,
                                 checks_failed=1, reasons=[str(error)])
-    evaluated, errors, warnings, page = check_frame(frame, suite, expectations_dir, reference, run_name=institution)
+    drift = drift_expectations(reference, schema, frame.columns) if reference is not None else None
+    evaluated, errors, warnings, page = check_frame(frame, suite, expectations_dir, drift, run_name=institution)
     return ValidationReport(
         institution=institution,
-        path=str(path),
+        path=path,
         suite=suite,
         passed=not errors,
         rows=len(frame),
-        digest=frame_digest(frame),
+        digest=digest,
         checks_evaluated=evaluated,
         checks_failed=len(errors) + len(warnings),
         reasons=errors,
         warnings=warnings,
-        profile=profile_frame(frame),
+        profile=profile_frame(frame, schema),
         data_docs=str(page),
     )
 

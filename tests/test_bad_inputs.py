@@ -68,7 +68,9 @@ CASES = {
     "empty file": (_text_change(lambda b: b""), "{file}: file is empty"),
     "header only": (_text_change(lambda b: b.split(b"\n")[0] + b"\n"), "at least 200 rows: observed 0"),
     "truncated mid-row": (_text_change(lambda b: b[: b.rindex(b"\n", 0, len(b) // 2) + 12]),
-                          "has no missing values: failed for 1 of"),
+                          "{file}: last line incomplete (line 498 has 2 of 25 fields; the file ends mid-line)"),
+    "header repeated": (_text_change(lambda b: b"\n".join([*b.split(b"\n")[:2], b.split(b"\n")[0], *b.split(b"\n")[2:]])),
+                        "{file}: header repeated at line 3"),
     "corrupt CSV": (_text_change(lambda b: b[:40] + b'"unterminated\n' + b[40:]), "{file}: malformed CSV"),
     "wrong delimiter": (_text_change(lambda b: b.replace(b",", b";")),
                         "{file}: one column found; the header is separated by ';', expected ','"),
@@ -84,7 +86,12 @@ CASES = {
     "duplicate IDs": (_frame_change(lambda f: f.assign(ID=f["ID"].where(f.index != 1, f["ID"][2]))),
                       "ID is unique: failed for 2 of 1000 rows"),
     "non-binary label": (_frame_change(_set("default.payment.next.month", [0], 3)),
-                         "default.payment.next.month in code set [0, 1]: failed for 1 of 1000 rows; e.g. 3"),
+                         "{file}: column default.payment.next.month has 1 values other than 1 (default) and 0, "
+                         "e.g. '3'"),
+    "a constant feature": (_frame_change(lambda f: f.assign(AGE=41)), "AGE is not constant: observed 1"),
+    "the same customers under new IDs": (_frame_change(lambda f: pd.concat(
+        [f.iloc[:950], f.iloc[:50].assign(ID=lambda c: c["ID"] + 10_000_000)], ignore_index=True)),
+        "at most 1.0% of rows repeat another row (the ID aside): failed for 100 of 1000 rows"),
     "single-class label": (_frame_change(lambda f: f.assign(**{"default.payment.next.month": 0})),
                            "default.payment.next.month positive rate between 0.01 and 0.6: observed 0"),
     "label rate out of bounds": (_frame_change(lambda f: f.assign(**{"default.payment.next.month": (f.index % 5 != 0).astype(int)})),
@@ -115,6 +122,32 @@ def test_bad_input(case, registry_with_champion, consortium, tmp_path, monkeypat
     assert expected.format(file=paths[BROKEN]) in message
     if write is not None:
         assert hashlib.sha256(paths[BROKEN].read_bytes()).hexdigest() == before
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+
+def test_a_file_replaced_after_validation_stops_the_run_and_registers_nothing(registry_with_champion, consortium,
+                                                                              tmp_path, monkeypatch):
+    import flows.retrain as flow
+    from tasks.data import InstitutionDataError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry_with_champion / 'mlflow.db'}")
+    paths = dict(consortium)
+    paths[BROKEN] = tmp_path / "cedar.csv"
+    paths[BROKEN].write_bytes(consortium[BROKEN].read_bytes())
+    find_champion = flow.find_champion
+
+    def replace_the_file_then_find_champion(*args, **kwargs):  # the first step after validation
+        paths[BROKEN].write_bytes(consortium["dune_finance"].read_bytes())  # rows nobody validated
+        return find_champion(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "find_champion", replace_the_file_then_find_champion)
+    with pytest.raises(InstitutionDataError) as stopped:
+        retrain(_config(paths, quorum=2))
+    assert str(stopped.value).startswith(f"institution '{BROKEN}': {paths[BROKEN]}: the file changed after it was "
+                                         f"validated (sha256 ")
+    assert "nothing was trained on it" in str(stopped.value)
     client = MlflowClient()
     assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"

@@ -178,11 +178,11 @@ def test_models_promote_overrides_the_policy_and_records_why(registered, registr
 
 @pytest.mark.usefixtures("prefect_api")
 def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tracking_uri, tmp_path, console):
+    from tasks.config import PrivacyConfig, TrainingConfig
     from tasks.privacy import plan_privacy, reserve_privacy_budget, settle_privacy_budget
 
-    privacy = {"mechanism": "record_level", "clip_norm": 1.0, "noise_multiplier": 1.5, "target_epsilon": None,
-               "delta": None, "adaptive_clipping": False}
-    plan = plan_privacy(privacy, {"rounds": 10, "batch_size": 100, "local_epochs": 1}, {"bank_a": 5000})
+    plan = plan_privacy(PrivacyConfig(mechanism="record_level", noise_multiplier=1.5),
+                        TrainingConfig(rounds=10, batch_size=100), {"bank_a": 5000})
     entry = reserve_privacy_budget(tracking_uri, "credit", "k1", "flow-1", plan, {"bank_a": None})
     settle_privacy_budget(tracking_uri, entry, plan)
     reserve_privacy_budget(tracking_uri, "fraud", "k2", "flow-2", plan, {"bank_a": None})

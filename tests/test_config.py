@@ -4,7 +4,9 @@ import pytest
 
 from flows.config import ConfigError, load_config, parse_config
 from flows.settings import PROJECT_ROOT
-from tasks.schema import FEATURE_COLUMNS
+from tasks.schema import load_schema
+
+FEATURE_COLUMNS = list(load_schema("credit_default").features)
 
 BASE = {"model_name": "m", "institutions": [{"name": "a", "path": "a.csv"}, {"name": "b", "path": "/abs/b.csv"}]}
 
@@ -18,7 +20,7 @@ def _error(data) -> str:
 def test_shipped_configs_load():
     demo = load_config(PROJECT_ROOT / "configs" / "demo.yaml")
     assert [i.name for i in demo.institutions] == ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance"]
-    assert demo.features == FEATURE_COLUMNS and demo.quorum == 3
+    assert demo.feature_names == FEATURE_COLUMNS and demo.quorum == 3 and demo.suite == "credit_default_v2"
     uci = load_config(PROJECT_ROOT / "configs" / "uci_default_credit.yaml")
     assert uci.institutions[0].path == (PROJECT_ROOT.parent / "shared/data/uci_default_credit/bank_a.csv").resolve()
 
@@ -46,11 +48,12 @@ def test_server_learning_rate_defaults_by_algorithm(algorithm, rate):
         ({"training": {"client_learning_rate": "fast"}}, "training.client_learning_rate: Input should be a valid number, unable to parse string as a number (got 'fast')"),
         ({"quorum": 3}, "quorum 3 is more than the 2 institutions configured"),
         ({"promotion": {"metric": "accuracy"}}, "promotion.metric: Input should be 'roc_auc', 'pr_auc', 'ks', 'gini', "
-         "'log_loss', 'brier', 'ece' or 'recall_at_fpr' (got 'accuracy')"),
+         "'log_loss', 'brier', 'ece', 'recall_at_fpr' or 'recall_at_alert_rate' (got 'accuracy')"),
         ({"promotion": {"max_institution_drop": -0.1}}, "promotion.max_institution_drop: Input should be greater "
          "than or equal to 0 (got -0.1)"),
         ({"evaluation": {"threshold": 1.5}}, "evaluation.threshold: Input should be less than 1 (got 1.5)"),
-        ({"features": ["AGE", "INCOME"]}, "features: not features of the schema: ['INCOME']"),
+        ({"features": ["AGE", "INCOME"]}, "features ['INCOME'] are not features of schema credit_default"),
+        ({"schema": "no_such_schema"}, "schema: unknown schema 'no_such_schema'"),
         ({"institutions": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]}, "institution names must be unique; repeated: ['a']"),
         ({"institutions": [{"name": "Bank A", "path": "x"}]}, "institutions.0.name: String should match pattern"),
         ({"rounds": 5}, "rounds: Extra inputs are not permitted (got 5)"),
@@ -128,3 +131,29 @@ def test_bad_overrides_name_the_key(overrides, expected):
     with pytest.raises(ConfigError) as error:
         load_config(PROJECT_ROOT / "configs" / "demo.yaml", overrides)
     assert expected in str(error.value)
+
+
+def test_every_shipped_config_names_a_schema_whose_suite_is_committed():
+    for path in sorted((PROJECT_ROOT / "configs").glob("*.yaml")):
+        config = load_config(path, expectations_dir=PROJECT_ROOT / "expectations")
+        assert config.suite == f"{config.data_schema.name}_v{config.data_schema.version}"
+
+
+def test_a_schema_change_without_a_version_bump_is_refused(tmp_path):
+    import shutil
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(PROJECT_ROOT / "schemas", schemas)
+    source = schemas / "credit_default.yaml"
+    source.write_text(source.read_text().replace("AGE: {type: numeric, dtype: int, min: 18, max: 100",
+                                                 "AGE: {type: numeric, dtype: int, min: 21, max: 100"))
+    with pytest.raises(ConfigError) as error:
+        parse_config(BASE, Path("/cfg"), "run.yaml", schemas_dir=schemas, expectations_dir=PROJECT_ROOT / "expectations")
+    assert str(error.value) == (
+        "invalid config run.yaml: schema credit_default version 2 no longer matches its committed suite "
+        "credit_default_v2 (new or changed: AGE between 21 and 100; no longer in the schema: AGE between 18 and 100): "
+        "a change to a check needs a new schema version (set version: 3, then `uv run python "
+        "expectations/build_suites.py`)")
+    source.write_text(source.read_text().replace("version: 2", "version: 3"))
+    with pytest.raises(ConfigError, match="schema credit_default version 3 has no committed suite"):
+        parse_config(BASE, Path("/cfg"), "run.yaml", schemas_dir=schemas, expectations_dir=PROJECT_ROOT / "expectations")

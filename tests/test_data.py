@@ -5,56 +5,21 @@ import pandas as pd
 import pytest
 
 from tasks.data import (
-    InstitutionDataError, balanced_positive_weight, combine_statistics, compute_local_statistics, frame_digest,
-    load_part, load_split, local_statistics, read_institution, split_holdout,
+    Extract, InstitutionDataError, Split, load_part, load_parts, read_extract, read_institution, split_holdout,
 )
-from tasks.schema import FEATURE_COLUMNS, LABEL_COLUMN
+from tasks.schema import load_schema
 
-
-def test_federated_statistics_equal_pooled_statistics_without_pooling(small_consortium):
-    per_institution = [
-        compute_local_statistics.fn(name, path, None, FEATURE_COLUMNS, LABEL_COLUMN, 0.2, 7)
-        for name, path in small_consortium.items()
-    ]
-    mean, std = combine_statistics(per_institution)
-    # The reference pools the same training splits; only the test ever sees them together.
-    pooled = np.concatenate([
-        load_split(name, path, None, FEATURE_COLUMNS, LABEL_COLUMN, part="train", holdout_fraction=0.2, seed=7).x
-        for name, path in small_consortium.items()
-    ])
-    np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(std, pooled.std(axis=0), rtol=1e-6, atol=1e-6)
-    assert sum(s.count for s in per_institution) == len(pooled)
-
-
-def test_statistics_carry_only_aggregates():
-    stats = local_statistics("bank", np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), np.array([1.0, 0.0, 1.0]))
-    assert stats.count == 3 and stats.sum == [9.0, 12.0] and stats.sum_of_squares == [35.0, 56.0]
-    assert stats.positives == 2
-
-
-def test_balanced_positive_weight_is_negatives_per_positive_over_all_institutions():
-    a = local_statistics("a", np.zeros((10, 1)), np.array([1.0] * 1 + [0.0] * 9))
-    b = local_statistics("b", np.zeros((30, 1)), np.array([1.0] * 3 + [0.0] * 27))
-    assert balanced_positive_weight([a, b]) == 36 / 4
-    with pytest.raises(ValueError, match="both classes"):
-        balanced_positive_weight([local_statistics("c", np.zeros((3, 1)), np.zeros(3))])
-
-
-def test_constant_feature_gets_unit_std():
-    stats = [local_statistics("a", np.array([[1.0, 5.0], [2.0, 5.0]]), np.array([0.0, 1.0])),
-             local_statistics("b", np.array([[3.0, 5.0]]), np.array([0.0]))]
-    mean, std = combine_statistics(stats)
-    np.testing.assert_allclose(mean, [2.0, 5.0])
-    np.testing.assert_allclose(std, [np.sqrt(2 / 3), 1.0])
+CREDIT = load_schema("credit_default")
+GERMAN = load_schema("german_credit")
+LABEL = CREDIT.label.column
 
 
 def test_holdout_split_is_stratified_and_deterministic(small_consortium):
-    frame = read_institution("alder_bank", small_consortium["alder_bank"])
-    train, holdout = split_holdout(frame, LABEL_COLUMN, fraction=0.2, seed=1, institution="alder_bank")
-    again, _ = split_holdout(frame, LABEL_COLUMN, fraction=0.2, seed=1, institution="alder_bank")
+    frame = read_institution("alder_bank", small_consortium["alder_bank"], CREDIT)
+    train, holdout = split_holdout(frame, LABEL, fraction=0.2, seed=1, institution="alder_bank")
+    again, _ = split_holdout(frame, LABEL, fraction=0.2, seed=1, institution="alder_bank")
     assert len(holdout) == len(frame) // 5
-    assert abs(holdout[LABEL_COLUMN].mean() - frame[LABEL_COLUMN].mean()) < 0.002
+    assert abs(holdout[LABEL].mean() - frame[LABEL].mean()) < 0.002
     assert list(train["ID"]) == list(again["ID"])
     assert set(train["ID"]).isdisjoint(holdout["ID"])
 
@@ -62,10 +27,10 @@ def test_holdout_split_is_stratified_and_deterministic(small_consortium):
 def test_column_mapping_renames_to_the_schema(tmp_path):
     path = tmp_path / "x.csv"
     pd.DataFrame({"cust_id": [1, 2], "limit": [10, 20]}).to_csv(path, index=False)
-    frame = read_institution("bank_x", path, {"cust_id": "ID", "limit": "LIMIT_BAL"})
+    frame = read_institution("bank_x", path, CREDIT, {"cust_id": "ID", "limit": "LIMIT_BAL"})
     assert list(frame.columns) == ["ID", "LIMIT_BAL"]
     with pytest.raises(InstitutionDataError, match=r"institution 'bank_x': .*x.csv: column mapping names columns not in the file: age"):
-        read_institution("bank_x", path, {"age": "AGE"})
+        read_institution("bank_x", path, CREDIT, {"age": "AGE"})
 
 
 @pytest.mark.parametrize(
@@ -75,16 +40,29 @@ def test_column_mapping_renames_to_the_schema(tmp_path):
         (b"", "file is empty"),
         (b"ID,AGE\n\xff\xfe\x00bad,1\n", "not UTF-8 text"),
         (b'ID,AGE\n1,"unterminated\n', "malformed CSV"),
+        (b"ID,AGE\n1,30\nID,AGE\n2,40\n", "header repeated at line 3"),
+        (b"ID,AGE,SEX\n1,30,1\n2,40", "last line incomplete (line 3 has 2 of 3 fields; the file ends mid-line)"),
+        (b"ID,AGE\n1,30\n2,forty\n", "column AGE has 1 non-numeric values, e.g. 'forty'"),
+        (b"ID,AGE\n1,30\n2,40.5\n", "column AGE has 1 non-integer values, e.g. '40.5'"),
     ],
 )
-def test_unreadable_files_name_the_institution_and_file(tmp_path, content, message):
+def test_unreadable_files_name_the_institution_file_and_what_is_wrong(tmp_path, content, message):
     path = tmp_path / "extract.csv"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(InstitutionDataError) as error:
-        read_institution("bank_q", path)
+        read_institution("bank_q", path, CREDIT)
     assert str(error.value).startswith(f"institution 'bank_q': {path}: ")
     assert message in str(error.value)
+
+
+def test_a_repeated_header_is_one_clear_reason_not_a_list_of_failed_checks(small_consortium, tmp_path):
+    lines = small_consortium["dune_finance"].read_text().splitlines()
+    path = tmp_path / "dune.csv"
+    path.write_text("\n".join([*lines[:200], lines[0], *lines[200:]]) + "\n")
+    with pytest.raises(InstitutionDataError) as error:
+        read_institution("dune_finance", path, CREDIT)
+    assert str(error.value) == f"institution 'dune_finance': {path}: header repeated at line 201"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
@@ -93,26 +71,57 @@ def test_permission_denied(tmp_path):
     path.write_text("ID\n1\n")
     path.chmod(0)
     with pytest.raises(InstitutionDataError, match="permission denied"):
-        read_institution("bank_p", path)
+        read_institution("bank_p", path, CREDIT)
 
 
-def test_digest_changes_with_content_not_with_reading_twice(small_consortium):
-    frame = read_institution("dune_finance", small_consortium["dune_finance"])
-    assert frame_digest(frame) == frame_digest(read_institution("dune_finance", small_consortium["dune_finance"]))
-    changed = frame.copy()
-    changed.loc[0, "AGE"] += 1
-    assert frame_digest(changed) != frame_digest(frame)
+def test_types_follow_the_schema_floats_stay_floats_text_labels_become_0_1(tmp_path):
+    fraud = load_schema("card_fraud")
+    path = tmp_path / "fraud.csv"
+    pd.DataFrame({"ID": [1, 2], "Time": [0.0, 12.0], **{f"V{i}": [0.25, -1.5] for i in range(1, 29)},
+                  "Amount": [9.99, 100.0], "Class": [0, 1]}).to_csv(path, index=False)
+    frame = read_institution("issuer", path, fraud)
+    assert frame["Amount"].tolist() == [9.99, 100.0] and frame["V1"].dtype == np.float64
+    german = tmp_path / "german.csv"
+    pd.DataFrame({"ID": [1, 2], "purpose": ["car (new)", "business"], "creditability": ["good", "bad"]}).to_csv(
+        german, index=False)
+    frame = read_institution("bank", german, GERMAN)
+    assert frame["creditability"].tolist() == [0, 1] and frame["purpose"].tolist() == ["car (new)", "business"]
+    german.write_text("ID,creditability\n1,good\n2,maybe\n")
+    with pytest.raises(InstitutionDataError, match=r"column creditability has 1 values other than 'bad' \(bad\) "
+                                                   r"and 'good', e.g. 'maybe'"):
+        read_institution("bank", german, GERMAN)
+
+
+def test_a_file_replaced_after_validation_is_refused(small_consortium, tmp_path):
+    path = tmp_path / "cedar.csv"
+    path.write_bytes(small_consortium["cedar_savings"].read_bytes())
+    _, digest = read_extract(Extract("cedar_savings", path), CREDIT)
+    validated = Extract("cedar_savings", path).validated(digest)
+    assert len(read_extract(validated, CREDIT)[0]) == 1000
+    path.write_bytes(small_consortium["dune_finance"].read_bytes())
+    with pytest.raises(InstitutionDataError) as error:
+        read_extract(validated, CREDIT)
+    assert str(error.value).startswith(f"institution 'cedar_savings': {path}: the file changed after it was "
+                                       f"validated (sha256 {digest[:16]} when validated")
+    assert "nothing was trained on it" in str(error.value)
+
+
+def test_a_read_is_a_copy_and_the_digest_follows_the_bytes(small_consortium):
+    extract = Extract("dune_finance", small_consortium["dune_finance"])
+    first, digest = read_extract(extract, CREDIT)
+    age = first["AGE"].iloc[0]
+    first.loc[first.index[0], "AGE"] = age + 1  # a caller's change does not reach the next read
+    second, again = read_extract(extract, CREDIT)
+    assert digest == again and len(digest) == 64 and second["AGE"].iloc[0] == age
 
 
 def test_fit_and_validation_partition_the_training_split(small_consortium):
-    path = small_consortium["birch_credit_union"]
-    split = dict(holdout_fraction=0.2, seed=4)
-    parts = {part: load_part("birch_credit_union", path, None, LABEL_COLUMN, part=part, validation_fraction=0.1,
-                             **split) for part in ("train", "holdout", "fit", "validation")}
+    extract = Extract("birch_credit_union", small_consortium["birch_credit_union"])
+    parts = load_parts(extract, CREDIT, Split(0.2, 0.1, 4), ("train", "holdout", "fit", "validation"))
     assert sorted(pd.concat([parts["fit"], parts["validation"]]).index) == sorted(parts["train"].index)
     assert len(parts["validation"]) == pytest.approx(0.1 * len(parts["train"]), abs=1)
     assert set(parts["validation"].index).isdisjoint(parts["holdout"].index)
-    rates = [parts[p][LABEL_COLUMN].mean() for p in ("fit", "validation")]
+    rates = [parts[p][LABEL].mean() for p in ("fit", "validation")]
     assert abs(rates[0] - rates[1]) < 0.01  # stratified
-    with pytest.raises(ValueError, match="needs a validation_fraction"):
-        load_part("birch_credit_union", path, None, LABEL_COLUMN, part="fit", **split)
+    with pytest.raises(ValueError, match="unknown part 'test'"):
+        load_part(extract, CREDIT, Split(0.2, 0.1, 4), "test")

@@ -27,15 +27,19 @@ def test_a_version_carries_its_lineage(store):
     assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] in ("true", "false")
     # The test harness is a real Prefect server on loopback, so the run has a UI page.
     assert tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{tags['prefect.flow_run_id']}")
-    assert tags["config.sha256"] == config_digest(store.config.model_dump(mode="json"))
-    assert tags["suite.name"] == "credit_default_v1"
+    assert tags["config.sha256"] == config_digest(store.config.plain())
+    assert tags["suite.name"] == "credit_default_v2"
     from flows.settings import Settings
-    assert tags["suite.sha256"] == suite_digest(Settings().expectations_dir, "credit_default_v1")
+    assert tags["suite.sha256"] == suite_digest(Settings().expectations_dir, "credit_default_v2")
+    schema = store.config.data_schema
+    assert (tags["schema.name"], tags["schema.version"], tags["schema.sha256"]) == (
+        "credit_default", "2", schema.fingerprint())
+    assert tags["security.worker_isolation"] == "loopback-bind (LD_PRELOAD)"
     assert tags["institutions"] == ",".join(store.data)
     for report in store.first.validation:
-        assert tags[f"institution.{report.institution}.digest"] == report.digest
+        assert tags[f"institution.{report.institution}.digest"] == report.digest[:16]
         assert tags[f"institution.{report.institution}.rows"] == str(report.rows)
-        assert tags[f"institution.{report.institution}.validation"] == "passed (103 checks, 0 failed)"
+        assert tags[f"institution.{report.institution}.validation"] == "passed (126 checks, 0 failed)"
     assert tags["training.algorithm"] == "fedavg" and tags["privacy.mechanism"] == "none"
     assert tags["simulation"] == "true"
     assert tags["promotion.decision"] == "promoted"
@@ -51,8 +55,9 @@ def test_fedrisk_lineage_resolves_every_link_it_prints(store, monkeypatch):
     links = lines[1:]
     assert links and all(line.strip().startswith("ok") for line in links), "\n".join(links)
     what = [line.split(":", 1)[0].strip().removeprefix("ok").strip() for line in links]
-    assert what == ["model", "MLflow run", "model card", "Prefect flow run", "code", "config", "suite",
-                    *[f"institution {name}" for name in store.data], "training", "privacy", "promotion"]
+    assert what == ["model", "MLflow run", "model card", "Prefect flow run", "code", "config", "schema", "suite",
+                    *[f"institution {name}" for name in store.data], "training", "privacy", "worker isolation",
+                    "promotion"]
     flow_run_id = mlflow.MlflowClient().get_model_version(store.name, "1").tags["prefect.flow_run_id"]
     [flow_run] = [line for line in links if "Prefect flow run:" in line]
     assert f"Prefect flow run: {flow_run_id}  (retrain-credit_registered, Completed; http" in flow_run
@@ -69,7 +74,7 @@ def test_lineage_reports_a_link_that_no_longer_resolves(store, monkeypatch, tmp_
     from flows.settings import Settings
 
     changed = shutil.copytree(Settings().expectations_dir, tmp_path / "expectations")
-    suite = changed / "gx" / "expectations" / "credit_default_v1.json"
+    suite = changed / "gx" / "expectations" / "credit_default_v2.json"
     suite.write_text(suite.read_text().replace('"min_value": 200', '"min_value": 100'))
     monkeypatch.setenv("FEDRISK_EXPECTATIONS_DIR", str(changed))
     buffer = io.StringIO()

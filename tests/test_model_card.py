@@ -28,7 +28,7 @@ def test_the_card_has_every_plot_and_section(registered, cards):
     for heading in ("Intended use", "Promotion decision", "Model and training", "Holdout metrics per institution",
                     "ROC curve per institution", "Calibration", "Data per institution", "Lineage"):
         assert f">{heading}</h" in card
-    assert registered.config.intended_use.replace("'", "&#x27;") in card
+    assert registered.config.use.replace("'", "&#x27;") in card
     assert "<b>Promoted to champion</b>: promoted: no champion yet" in card
     rows = re.findall(r"<tr><td>([a-z_]+)</td><td>([^<]+)</td><td>(0\.\d{4})</td>", card)
     # Every institution reports the new model and both simulation baselines on its holdout.

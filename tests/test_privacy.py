@@ -12,6 +12,7 @@ from fed_models.accounting import client_level_epsilon, record_level_epsilon, st
 from flows.config import parse_config
 from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT
+from tasks.config import PrivacyConfig, TrainingConfig
 from tasks.privacy import (LEDGER_EXPERIMENT, PrivacyBudgetExceeded, PrivacyPlanError, membership_advantage,
                            plan_privacy, read_ledger, reserve_privacy_budget, spent_privacy, spent_totals)
 from tests.conftest import TEST_EXPECTATIONS_DIR, require_uci
@@ -21,8 +22,12 @@ RECORD = {"mechanism": "record_level", "clip_norm": 1.0, "noise_multiplier": Non
           "delta": None, "adaptive_clipping": False}
 
 
+def _plan(privacy: dict, training: dict, rows: dict[str, int]):
+    return plan_privacy(PrivacyConfig(**privacy), TrainingConfig(**training), rows)
+
+
 def test_a_noise_multiplier_plans_each_institutions_epsilon_with_delta_one_over_its_rows():
-    plan = plan_privacy({**RECORD, "noise_multiplier": 1.2}, TRAINING, {"big": 16_000, "small": 1_600})
+    plan = _plan({**RECORD, "noise_multiplier": 1.2}, TRAINING, {"big": 16_000, "small": 1_600})
     big, small = plan.institution("big"), plan.institution("small")
     assert big.delta == 1 / 16_000 and small.delta == 1 / 1_600
     assert big.steps_per_round == steps_per_round(16_000, 128, 1) == 125
@@ -33,29 +38,29 @@ def test_a_noise_multiplier_plans_each_institutions_epsilon_with_delta_one_over_
 
 
 def test_a_target_epsilon_calibrates_each_institutions_noise_to_it():
-    plan = plan_privacy({**RECORD, "target_epsilon": 3.0, "delta": 1e-5}, TRAINING, {"big": 16_000, "small": 1_600})
+    plan = _plan({**RECORD, "target_epsilon": 3.0, "delta": 1e-5}, TRAINING, {"big": 16_000, "small": 1_600})
     for institution in plan.institutions:
         assert 2.98 < institution.epsilon <= 3.0 and institution.delta == 1e-5
     assert plan.institution("small").noise_multiplier > plan.institution("big").noise_multiplier
     fewer = spent_privacy(plan, {"big": 5, "small": 0})  # stopped early; small sampled out of every round
     assert fewer.institution("big").epsilon < 3.0 and fewer.institution("small").epsilon == 0.0
     with pytest.raises(PrivacyPlanError, match="institution 'small': privacy.target_epsilon: epsilon 1e-06"):
-        plan_privacy({**RECORD, "target_epsilon": 1e-6, "delta": 1e-12}, {**TRAINING, "rounds": 10_000},
+        _plan({**RECORD, "target_epsilon": 1e-6, "delta": 1e-12}, {**TRAINING, "rounds": 10_000},
                      {"small": 10})
 
 
 def test_client_level_noise_protects_each_institution_over_the_rounds_it_trains():
-    plan = plan_privacy({**RECORD, "mechanism": "client_level", "noise_multiplier": 4.0}, TRAINING, {"a": 10, "b": 20})
+    plan = _plan({**RECORD, "mechanism": "client_level", "noise_multiplier": 4.0}, TRAINING, {"a": 10, "b": 20})
     assert {i.delta for i in plan.institutions} == {1e-5}
     assert plan.institution("a").epsilon == client_level_epsilon(rounds=20, noise_multiplier=4.0, delta=1e-5)
-    assert plan.for_training() == {"mechanism": "client_level", "clip_norm": 1.0, "adaptive_clipping": False,
-                                   "noise_multipliers": {"a": 4.0, "b": 4.0}}
-    assert plan_privacy({**RECORD, "mechanism": "none"}, TRAINING, {"a": 10}) is None
+    assert (plan.mechanism, plan.clip_norm, plan.adaptive_clipping) == ("client_level", 1.0, False)
+    assert {i.institution: i.noise_multiplier for i in plan.institutions} == {"a": 4.0, "b": 4.0}
+    assert _plan({**RECORD, "mechanism": "none"}, TRAINING, {"a": 10}) is None
 
 
 @pytest.mark.usefixtures("prefect_api")
 def test_the_ledger_refuses_a_run_past_an_institutions_budget_and_records_nothing(tracking_uri):
-    plan = plan_privacy({**RECORD, "target_epsilon": 2.0}, TRAINING, {"bank_a": 7000, "bank_b": 3000})
+    plan = _plan({**RECORD, "target_epsilon": 2.0}, TRAINING, {"bank_a": 7000, "bank_b": 3000})
     first = reserve_privacy_budget(tracking_uri, "credit", "key-1", "flow-1", plan, {"bank_a": 5.0, "bank_b": 5.0})
     again = reserve_privacy_budget(tracking_uri, "credit", "key-1", "flow-2", plan, {"bank_a": 5.0, "bank_b": 5.0})
     assert again == first  # the same retraining resuming takes over its own reservation
@@ -135,12 +140,10 @@ def test_dp_blunts_a_membership_inference_attack_on_the_real_uci_banks():
         common = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "common.py"))
     finally:
         sys.path.remove(str(PROJECT_ROOT / "benchmarks"))
-    from tasks.data import combine_statistics, local_statistics
-
     frames, holdout = common["partition_uci"](common["UCI_DIR"], "iid")
     banks = [common["Institution"](i.name, i.x_fit[:400], i.y_fit[:400], i.x_validation, i.y_validation)
              for i in common["split_institutions"](frames, 0.1, 0)]
-    mean, std = combine_statistics([local_statistics(b.name, b.x_fit, b.y_fit) for b in banks])
+    mean, std = common["standardize"](banks)
     x_out, y_out = common["arrays"](holdout)
 
     advantage, auc = {}, {}

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from tasks.evaluation import InstitutionEvaluation
+from tasks.config import PromotionConfig
 from tasks.registry import decide_promotion
 
 POLICY = {"metric": "roc_auc", "min_improvement": 0.0, "max_institution_drop": 0.01, "max_calibration_error": 0.05}
@@ -23,7 +24,7 @@ def _evaluations(challenger: dict[str, float], champion: dict[str, float] | None
 
 
 def test_first_model_is_promoted_when_calibrated():
-    decision = decide_promotion(POLICY, _evaluations({"a": 0.75, "b": 0.77}), None)
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.75, "b": 0.77}), None)
     assert decision.promoted
     assert decision.checks == ["pass: no champion yet; challenger roc_auc 0.7600",
                                "pass: calibration error 0.0200 below 0.05"]
@@ -31,13 +32,13 @@ def test_first_model_is_promoted_when_calibrated():
 
 
 def test_first_model_that_is_badly_calibrated_is_not_made_champion():
-    decision = decide_promotion(POLICY, _evaluations({"a": 0.75}, ece=0.08), None)
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.75}, ece=0.08), None)
     assert not decision.promoted
     assert decision.reason == "not promoted, no champion set: calibration error 0.0800 not below 0.05"
 
 
 def test_better_on_average_but_worse_for_one_institution_is_refused():
-    decision = decide_promotion(POLICY, _evaluations({"a": 0.80, "b": 0.70}, {"a": 0.74, "b": 0.72}), "3")
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.80, "b": 0.70}, {"a": 0.74, "b": 0.72}), "3")
     assert not decision.promoted
     assert decision.checks[0] == ("pass: roc_auc 0.7500 vs champion v3 0.7300 on the same holdouts "
                                   "(+0.0200; needs > 0)")
@@ -48,7 +49,7 @@ def test_better_on_average_but_worse_for_one_institution_is_refused():
 
 
 def test_promoted_when_better_everywhere_within_the_guardrails():
-    decision = decide_promotion(POLICY, _evaluations({"a": 0.76, "b": 0.715}, {"a": 0.74, "b": 0.72}), "3")
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.76, "b": 0.715}, {"a": 0.74, "b": 0.72}), "3")
     assert decision.promoted
     assert decision.checks == [
         "pass: roc_auc 0.7375 vs champion v3 0.7300 on the same holdouts (+0.0075; needs > 0)",
@@ -75,18 +76,18 @@ def test_promoted_when_better_everywhere_within_the_guardrails():
 def test_primary_metric_and_minimum_improvement(policy, challenger, champion, promoted, first_check):
     policy = {**POLICY, "max_institution_drop": None, **policy}
     metric = policy["metric"]
-    decision = decide_promotion(policy, _evaluations({"a": challenger}, {"a": champion}, metric=metric), "1")
+    decision = decide_promotion(PromotionConfig(**policy), _evaluations({"a": challenger}, {"a": champion}, metric=metric), "1")
     assert decision.promoted is promoted
     assert decision.checks[0] == first_check
 
 
 def test_a_champion_that_could_not_be_scored_is_kept():
-    decision = decide_promotion(POLICY, _evaluations({"a": 0.9}), "2")
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.9}), "2")
     assert not decision.promoted
     assert decision.reason == "champion v2 kept: champion v2 could not be compared on the same data (its features differ)"
 
 
 def test_guardrails_can_be_turned_off():
     policy = {**POLICY, "max_institution_drop": None, "max_calibration_error": None}
-    decision = decide_promotion(policy, _evaluations({"a": 0.9, "b": 0.5}, {"a": 0.6, "b": 0.7}, ece=0.3), "1")
+    decision = decide_promotion(PromotionConfig(**policy), _evaluations({"a": 0.9, "b": 0.5}, {"a": 0.6, "b": 0.7}, ece=0.3), "1")
     assert decision.promoted and len(decision.checks) == 1

@@ -11,6 +11,7 @@ from prefect import flow
 
 from flows.config import ConfigError
 from tasks.data import InstitutionDataError, read_institution
+from tasks.schema import load_schema
 from tasks.registry import find_champion, use_tracking
 from tasks.retries import RETRY_DELAYS_SECONDS, is_transient
 from tasks.validation import QuorumNotMet
@@ -59,7 +60,7 @@ def test_what_counts_as_transient(tmp_path):
     assert is_transient(refused), refused
 
     (tmp_path / "bad.csv").write_text("ID;LIMIT_BAL\n1;2\n")
-    bad_file = _caught(lambda: read_institution("cedar", tmp_path / "bad.csv"))
+    bad_file = _caught(lambda: read_institution("cedar", tmp_path / "bad.csv", load_schema("credit_default")))
     assert isinstance(bad_file, InstitutionDataError) and not is_transient(bad_file)
     assert not is_transient(QuorumNotMet("1 of 3 institutions passed validation; quorum is 2"))
     assert not is_transient(ConfigError("invalid config x.yaml"))

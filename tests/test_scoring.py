@@ -16,9 +16,11 @@ import typer
 from rich.console import Console
 
 from flows import cli
-from tasks.schema import LABEL_COLUMN
+from tasks.schema import load_schema
 from tasks.scoring import score_band
 from tests.conftest import free_port, running, wait_for
+
+LABEL_COLUMN = load_schema("credit_default").label.column
 
 
 def test_score_bands_follow_the_master_scale():
@@ -50,7 +52,7 @@ def applicants(store, tmp_path) -> Path:
 
 def test_score_writes_the_champions_probabilities_and_bands(store, applicants, tmp_path, console):
     output = tmp_path / "out" / "scores.csv"
-    cli.score(model=f"{store.name}@champion", input=applicants, output=output)
+    cli.score(model=f"{store.name}@champion", input=applicants, output=output, reasons=0)
 
     scored = pd.read_csv(output)
     rows = pd.read_csv(applicants)
@@ -71,7 +73,7 @@ def test_input_that_fails_the_suite_is_rejected_and_nothing_is_written(store, ap
     frame.drop(columns=["PAY_AMT6"]).to_csv(bad, index=False)
     output = tmp_path / "scores.csv"
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@champion", input=bad, output=output)
+        cli.score(model=f"{store.name}@champion", input=bad, output=output, reasons=0)
     assert stop.value.exit_code == 1
     assert not output.exists() and not list(tmp_path.glob(".*partial"))
     text = console.getvalue()
@@ -102,7 +104,7 @@ def _answers(url: str) -> bool:
 def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp_path, console):
     """The README's serving command, run once: same version, same probabilities over HTTP."""
     output = tmp_path / "scores.csv"
-    cli.score(model=f"{store.name}@champion", input=applicants, output=output)
+    cli.score(model=f"{store.name}@champion", input=applicants, output=output, reasons=0)
     port = free_port()
     venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs uvicorn from PATH, as under `uv run`
     log = tmp_path / "serve.log"

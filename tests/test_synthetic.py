@@ -5,10 +5,16 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.schema import COLUMNS, FEATURE_COLUMNS, LABEL_COLUMN
-from tasks.synthetic import PORTFOLIOS, synthesize
-from tasks.validation import check_frame
+import pytest
+
+from tasks.data import Extract, read_institution
+from tasks.schema import available_schemas, load_schema
+from tasks.synthetic import PORTFOLIOS, split_file, synthesize
+from tasks.validation import check_frame, validate_institution
 from tests.conftest import TEST_EXPECTATIONS_DIR
+
+CREDIT = load_schema("credit_default")
+COLUMNS, FEATURE_COLUMNS, LABEL_COLUMN = CREDIT.columns, list(CREDIT.features), CREDIT.label.column
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
@@ -37,10 +43,33 @@ def test_institutions_are_non_iid(tmp_path):
 
 def test_rows_follow_the_schema_and_pass_the_suite(tmp_path):
     for path in synthesize(tmp_path, seed=5, rows_scale=0.2).values():
-        frame = pd.read_csv(path)
+        frame = read_institution("synthetic", path, CREDIT)
         assert list(frame.columns) == COLUMNS
-        evaluated, errors, warnings, page = check_frame(frame, "credit_default_v1", TEST_EXPECTATIONS_DIR)
-        assert evaluated == 103 and errors == [] and warnings == [] and page.is_file()
+        evaluated, errors, warnings, page = check_frame(frame, CREDIT.suite, TEST_EXPECTATIONS_DIR)
+        assert evaluated == 126 and errors == [] and warnings == [] and page.is_file()
+
+
+@pytest.mark.parametrize("name", available_schemas())
+def test_every_schema_has_a_synthetic_consortium_that_passes_its_suite(tmp_path, name):
+    schema = load_schema(name)
+    paths = synthesize(tmp_path, 3, seed=4, rows_scale=0.2, schema=schema)
+    rates = []
+    for institution, path in paths.items():
+        report = validate_institution.fn(Extract(institution, path), schema, expectations_dir=TEST_EXPECTATIONS_DIR)
+        assert report.passed and report.warnings == [], (institution, report.reasons)
+        rates.append(read_institution(institution, path, schema)[schema.label.column].mean())
+    assert max(rates) - min(rates) > 0.01  # non-IID
+
+
+def test_a_real_file_splits_into_stratified_institutions_with_ids(tmp_path):
+    frame = pd.DataFrame({"x": range(90), "bad": ["bad"] * 30 + ["good"] * 60})
+    paths = split_file(frame, "bad", ["a", "b", "c"], seed=1, id_column="ID", out_dir=tmp_path)
+    parts = [pd.read_csv(p) for p in paths.values()]
+    assert [len(p) for p in parts] == [30, 30, 30] and all((p["bad"] == "bad").sum() == 10 for p in parts)
+    assert sorted(pd.concat(parts)["x"]) == list(range(90)) and pd.concat(parts)["ID"].is_unique
+    assert list(parts[0].columns) == ["ID", "x", "bad"]
+    again = split_file(frame, "bad", ["a", "b", "c"], seed=1, id_column="ID", out_dir=tmp_path / "again")
+    assert all(paths[n].read_bytes() == again[n].read_bytes() for n in paths)
 
 
 def test_label_is_learnable_from_the_features(tmp_path):

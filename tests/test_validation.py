@@ -4,11 +4,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.schema import FEATURE_COLUMNS
+from tasks.data import Extract, read_institution
+from tasks.schema import load_schema
 from tests.conftest import TEST_EXPECTATIONS_DIR
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_institution
 
-SUITE = "credit_default_v1"
+CREDIT = load_schema("credit_default")
+SUITE = CREDIT.suite
+CHECKS = 126  # in the credit_default_v2 suite
 BROKEN_NAME = "cedar_savings"
 
 
@@ -20,8 +23,9 @@ def extract(small_consortium, tmp_path):
     return path
 
 
-def _validate(path) -> ValidationReport:
-    return validate_institution.fn("cedar_savings", path, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR)
+def _validate(path, reference=None, columns=None, schema=CREDIT) -> ValidationReport:
+    return validate_institution.fn(Extract("cedar_savings", path, columns or {}), schema, reference=reference,
+                                   expectations_dir=TEST_EXPECTATIONS_DIR)
 
 
 def _rewrite(path, change) -> None:
@@ -33,19 +37,18 @@ def _rewrite(path, change) -> None:
 def test_a_valid_extract_passes(extract):
     report = _validate(extract)
     assert report.passed and report.reasons == [] and report.warnings == []
-    assert report.rows == 1000 and report.checks_evaluated == 103 and len(report.digest) == 16
+    assert report.rows == 1000 and report.checks_evaluated == CHECKS and len(report.digest) == 64
     page = Path(report.data_docs)
-    assert page.is_file() and "/validations/credit_default_v1/cedar_savings/" in page.as_posix()
+    assert page.is_file() and "/validations/credit_default_v2/cedar_savings/" in page.as_posix()
     text = page.read_text()
-    assert all(part in text for part in ("cedar_savings", "credit_default_v1", "AGE between 18 and 100"))
+    assert all(part in text for part in ("cedar_savings", "credit_default_v2", "AGE between 18 and 100"))
 
 
 def test_a_parquet_extract_with_its_own_column_names_passes(extract, tmp_path):
     frame = pd.read_csv(extract).rename(columns={"LIMIT_BAL": "credit_limit", "AGE": "age_years"})
     path = tmp_path / "cedar.parquet"
     frame.to_parquet(path)
-    report = validate_institution.fn("cedar_savings", path, {"credit_limit": "LIMIT_BAL", "age_years": "AGE"}, SUITE,
-                                     expectations_dir=TEST_EXPECTATIONS_DIR)
+    report = _validate(path, columns={"credit_limit": "LIMIT_BAL", "age_years": "AGE"})
     assert report.passed and report.rows == 1000
 
 
@@ -117,7 +120,9 @@ def test_non_binary_label(extract):
         f.loc[0, "default.payment.next.month"] = 2
         return f
     _rewrite(extract, corrupt)
-    assert any(r.startswith("default.payment.next.month in code set [0, 1]") for r in _validate(extract).reasons)
+    assert _validate(extract).reasons == [
+        f"institution 'cedar_savings': {extract}: column default.payment.next.month has 1 values other than 1 "
+        f"(default) and 0, e.g. '2'"]
 
 
 def test_empty_file_and_header_only(extract):
@@ -170,25 +175,27 @@ def test_below_quorum_names_every_excluded_institution():
 
 
 def _reference(path):
-    return profile_frame(pd.read_csv(path))
+    return profile_frame(read_institution("cedar_savings", path, CREDIT), CREDIT)
 
 
 def test_profile_holds_only_aggregates(extract):
     profile = _reference(extract)
-    assert profile["rows"] == 1000 and set(profile["features"]) == set(FEATURE_COLUMNS)
-    assert set(profile["features"]["AGE"]) == {"mean", "std", "p05", "p50", "p95"}
+    assert profile["rows"] == 1000 and set(profile["features"]) == set(CREDIT.features)
+    assert set(profile["features"]["AGE"]) == {"missing", "distinct", "mean", "std", "p05", "p50", "p95"}
 
 
 def test_unchanged_extract_passes_the_drift_checks(extract):
-    report = validate_institution.fn("cedar_savings", extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR, reference=_reference(extract))
-    assert report.passed and report.checks_evaluated == 103 + 1 + len(FEATURE_COLUMNS)
+    reference = _reference(extract)
+    report = _validate(extract, reference)
+    distinct = sum(stats["distinct"] > 2 for stats in reference["features"].values())
+    assert report.passed and report.checks_evaluated == CHECKS + 1 + len(CREDIT.features) + distinct
 
 
 @pytest.mark.parametrize("factor, also_out_of_range", [(1000, True), (10, False)])
 def test_a_units_change_is_caught_by_the_drift_check(extract, factor, also_out_of_range):
     reference = _reference(extract)
     _rewrite(extract, lambda f: f.assign(LIMIT_BAL=f["LIMIT_BAL"] * factor))
-    report = validate_institution.fn("cedar_savings", extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR, reference=reference)
+    report = _validate(extract, reference)
     mean = reference["features"]["LIMIT_BAL"]["mean"]
     drift = [r for r in report.reasons if r.startswith("LIMIT_BAL mean within 1 std of the last accepted extract")]
     assert not report.passed and len(drift) == 1
@@ -199,14 +206,16 @@ def test_a_units_change_is_caught_by_the_drift_check(extract, factor, also_out_o
 
 @pytest.mark.parametrize("factor", [10, 0.1])
 def test_a_tenfold_row_count_spike_or_drop_is_caught(extract, factor):
-    frame = pd.read_csv(extract)
-    reference = profile_frame(pd.concat([frame] * 10, ignore_index=True) if factor == 0.1 else frame)
+    frame = read_institution("cedar_savings", extract, CREDIT)
+    reference = profile_frame(pd.concat([frame] * 10, ignore_index=True) if factor == 0.1 else frame, CREDIT)
     changed = pd.concat([frame] * 10, ignore_index=True) if factor == 10 else frame
     changed = changed.assign(ID=range(1, len(changed) + 1))
     changed.to_csv(extract, index=False)
-    report = validate_institution.fn("cedar_savings", extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR, reference=reference)
-    assert report.reasons == [
-        f"row count within 10x of the last accepted extract ({reference['rows']} rows): observed {len(changed)}"]
+    report = _validate(extract, reference)
+    spike = f"row count within 10x of the last accepted extract ({reference['rows']} rows): observed {len(changed)}"
+    # Ten copies under new IDs are also the same customers repeated.
+    repeated = [f"at most 1.0% of rows repeat another row (the ID aside): failed for 10000 of 10000 rows"]
+    assert report.reasons == [*(repeated if factor == 10 else []), spike]
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -215,7 +224,7 @@ def test_unchanged_data_is_not_revalidated(extract):
 
     @flow
     def check_twice():
-        return [validate_institution(BROKEN_NAME, extract, None, SUITE, expectations_dir=TEST_EXPECTATIONS_DIR,
+        return [validate_institution(Extract(BROKEN_NAME, extract), CREDIT, expectations_dir=TEST_EXPECTATIONS_DIR,
                                      return_state=True) for _ in range(2)]
 
     _rewrite(extract, lambda f: f.sample(frac=1, random_state=20261125))  # content no other test has
@@ -225,3 +234,60 @@ def test_unchanged_data_is_not_revalidated(extract):
     _rewrite(extract, lambda f: f.assign(AGE=f["AGE"] + 1))
     [changed, _] = check_twice()
     assert changed.name == "Completed"
+
+
+def test_a_constant_feature_is_quarantined(extract):
+    _rewrite(extract, lambda f: f.assign(AGE=35))  # every customer the same age
+    assert _validate(extract).reasons == ["AGE is not constant: observed 1"]
+
+
+def test_the_same_customers_under_new_ids_are_quarantined(extract):
+    def repeat(f):
+        copies = f.iloc[:40].assign(ID=lambda c: c["ID"] + 10_000_000)
+        return pd.concat([f.iloc[:960], copies], ignore_index=True)
+    _rewrite(extract, repeat)
+    # Counted, never shown: an example would be a whole customer row.
+    assert _validate(extract).reasons == [
+        "at most 1.0% of rows repeat another row (the ID aside): failed for 80 of 1000 rows"]
+
+
+def test_a_collapsing_number_of_distinct_values_is_drift(extract):
+    reference = _reference(extract)
+    _rewrite(extract, lambda f: f.assign(BILL_AMT1=(f["BILL_AMT1"] // 100_000) * 100_000))  # a default filled in
+    [reason] = _validate(extract, reference).reasons
+    before = reference["features"]["BILL_AMT1"]["distinct"]
+    assert reason.startswith(f"BILL_AMT1 has at least {-(-before // 5)} distinct values (the last accepted extract "
+                             f"had {before}): observed ")
+
+
+def test_a_mapping_that_leaves_no_schema_feature_is_a_clear_report_not_a_crash(extract):
+    columns = {c: f"{c}_renamed" for c in pd.read_csv(extract, nrows=0).columns}
+    report = _validate(extract, columns=columns)
+    assert not report.passed and report.rows == 1000
+    assert report.reasons[:2] == ["column ID is present: failed", "column LIMIT_BAL is present: failed"]
+    assert report.profile["features"] == {}
+
+
+def test_the_report_names_the_file_this_run_read(extract, tmp_path):
+    copy = tmp_path / "elsewhere" / "cedar.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(extract.read_bytes())
+    assert _validate(extract).path == str(extract) and _validate(copy).path == str(copy)
+
+
+def test_categorical_level_shares_drift_and_rare_levels_stay_out_of_the_profile(tmp_path):
+    from tasks.synthetic import synthesize
+
+    german = load_schema("german_credit")
+    path = synthesize(tmp_path, 1, seed=2, schema=german)["alder_bank"]
+    frame = pd.read_csv(path)
+    frame.loc[frame.index[:4], "purpose"] = "retraining"
+    frame.loc[frame.index[4:], "purpose"] = frame.loc[frame.index[4:], "purpose"].replace("retraining", "business")
+    frame.to_csv(path, index=False)
+    reference = profile_frame(read_institution("alder_bank", path, german), german)
+    assert "retraining" not in reference["features"]["purpose"]["levels"]  # 4 rows: below the schema's 10
+    assert _validate(path, reference, schema=german).passed
+    frame.loc[frame.index[: len(frame) // 2], "housing"] = "for free"  # half the book moves to one level
+    frame.to_csv(path, index=False)
+    [reason] = _validate(path, reference, schema=german).reasons
+    assert reason.startswith("housing level shares within KL divergence 0.1 of the last accepted extract's")

@@ -1,0 +1,136 @@
+"""Federated statistics: what each institution shares about its training rows (counts and sums), and
+what the coordinator makes of them: the model's feature layout and its standardization.
+
+One pass is enough: per numeric feature the count, sum and sum of squares of present values; per
+categorical feature the count of each level. The consortium's means fill missing values, levels held
+by fewer than the schema's `rare_level_min_rows` rows in all fold into '(other)', and the mean and
+standard deviation of every encoded column follow exactly from the same sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from riskmodel.layout import MISSING, FeatureEncoding, Layout
+from tasks.data import Extract, Split, labels, load_part
+from tasks.schema import CategoricalFeature, Schema
+
+
+@dataclass(frozen=True)
+class LocalStatistics:
+    """What one institution shares about its training split: counts and sums, never a row."""
+
+    institution: str
+    count: int
+    positives: int
+    present: dict[str, int] = field(default_factory=dict)  # numeric and boolean: rows with a value
+    sums: dict[str, float] = field(default_factory=dict)
+    sums_of_squares: dict[str, float] = field(default_factory=dict)
+    levels: dict[str, dict[str, int]] = field(default_factory=dict)  # categorical: rows per level, '(missing)'
+
+
+def level_text(values: pd.Series, feature: CategoricalFeature) -> pd.Series:
+    """A categorical column's levels as text, the form layouts and counts use (integer codes too)."""
+    if feature.coded:
+        return pd.to_numeric(values, errors="coerce").round().astype("Int64").astype(str)
+    return values.astype(str)
+
+
+def local_statistics(institution: str, rows: pd.DataFrame, schema: Schema, features: list[str]) -> LocalStatistics:
+    """Counts and sums of `features` over an institution's rows, in float64."""
+    present, sums, squares, levels = {}, {}, {}, {}
+    for name in features:
+        feature = schema.features[name]
+        values = rows[name]
+        if feature.type == "categorical":
+            counts = level_text(values[values.notna()], feature).value_counts()
+            levels[name] = {str(level): int(n) for level, n in counts.items()}
+            if values.isna().any():
+                levels[name][MISSING] = int(values.isna().sum())
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            numbers = numbers[~np.isnan(numbers)]
+            present[name], sums[name], squares[name] = int(len(numbers)), float(numbers.sum()), \
+                float(np.square(numbers).sum())
+    return LocalStatistics(institution, int(len(rows)), int(labels(rows, schema).sum()), present, sums, squares, levels)
+
+
+@task(name="local-statistics", task_run_name="statistics-{extract.institution}")
+def compute_local_statistics(extract: Extract, schema: Schema, features: list[str], split: Split) -> LocalStatistics:
+    """Federated-statistics aggregates of one institution's training split (no rows leave)."""
+    return local_statistics(extract.institution, load_part(extract, schema, split, "train"), schema, features)
+
+
+def consortium_layout(schema: Schema, features: list[str], statistics: list[LocalStatistics]) -> Layout:
+    """The model's inputs from the institutions' counts: fill values, kept levels (rare ones fold)."""
+    encodings = []
+    for name in features:
+        feature = schema.features[name]
+        allows_missing = feature.missing is not None
+        if feature.type == "categorical":
+            totals: dict[str, int] = {}
+            for s in statistics:
+                for level, n in s.levels.get(name, {}).items():
+                    totals[level] = totals.get(level, 0) + n
+            totals.pop(MISSING, None)
+            kept = {level for level, n in totals.items() if n >= schema.rare_level_min_rows}
+            if feature.levels == "open":
+                ordered = sorted(kept, key=lambda level: (-totals[level], level))
+            else:
+                ordered = [str(level) for level in feature.levels if str(level) in kept]
+            encodings.append(FeatureEncoding(name, "categorical", tuple(ordered), indicator=allows_missing,
+                                             coded=feature.coded))
+            continue
+        fill = 0.0
+        if allows_missing:
+            if feature.missing.impute == "constant":
+                fill = float(feature.missing.value)
+            else:
+                present = sum(s.present[name] for s in statistics)
+                fill = sum(s.sums[name] for s in statistics) / present if present else 0.0
+        encodings.append(FeatureEncoding(name, feature.type, fill=fill, indicator=allows_missing))
+    return Layout(tuple(encodings))
+
+
+def _column_sums(encoding: FeatureEncoding, s: LocalStatistics) -> list[tuple[float, float]]:
+    """(sum, sum of squares) of each of the feature's encoded columns over one institution's rows."""
+    if encoding.kind == "categorical":
+        counts = s.levels.get(encoding.name, {})
+        missing = counts.get(MISSING, 0)
+        kept = [counts.get(level, 0) for level in encoding.levels]
+        other = s.count - sum(kept) - (missing if encoding.indicator else 0)
+        columns = [*kept, other, *([missing] if encoding.indicator else [])]
+        return [(float(n), float(n)) for n in columns]  # 0/1 columns: sum of squares = sum
+    absent = s.count - s.present[encoding.name]
+    value = (s.sums[encoding.name] + absent * encoding.fill,
+             s.sums_of_squares[encoding.name] + absent * encoding.fill ** 2)
+    return [value, *([(float(absent), float(absent))] if encoding.indicator else [])]
+
+
+def standardization(layout: Layout, statistics: list[LocalStatistics]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and (population) standard deviation of every encoded column, exactly, from the sums.
+
+    A constant column gets std 1 so that standardizing it cannot divide by zero.
+    """
+    count = sum(s.count for s in statistics)
+    if count == 0:
+        raise ValueError("no rows to standardize: every institution reported zero rows")
+    sums = np.array([[pair for f in layout.features for pair in _column_sums(f, s)] for s in statistics],
+                    dtype=np.float64).sum(axis=0)
+    mean = sums[:, 0] / count
+    std = np.sqrt(np.maximum(sums[:, 1] / count - np.square(mean), 0.0))
+    std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean, std
+
+
+def balanced_positive_weight(statistics: list[LocalStatistics]) -> float:
+    """Negatives per positive over all institutions: the loss weight that balances the classes."""
+    count = sum(s.count for s in statistics)
+    positives = sum(s.positives for s in statistics)
+    if positives == 0 or positives == count:
+        raise ValueError("a balanced positive-class weight needs both classes in the training data")
+    return (count - positives) / positives

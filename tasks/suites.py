@@ -1,0 +1,167 @@
+"""Great Expectations suites generated from schemas: one committed suite per schema version.
+
+`expected_checks` turns a schema into the suite's checks as plain values (cheap, no GX import), so
+a run can confirm at the edge that the committed suite is the one its schema describes; a change
+to a check without a new schema version is refused. `write_suite` writes it with GX
+(`uv run python expectations/build_suites.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.schema import Schema
+
+NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"]
+TEXT_TYPES = ["object", "str", "string"]
+DATA_SOURCE = "institutions"
+DATA_ASSET = "extract"
+BATCH_DEFINITION = "whole_extract"
+
+
+class SuiteOutOfDate(ValueError):
+    """The committed suite of a schema version differs from what the schema describes."""
+
+
+def _check(type_: str, description: str, severity: str = "critical", **kwargs) -> dict:
+    return {"type": type_, "kwargs": kwargs, "severity": severity, "description": description}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def expected_checks(schema: Schema) -> list[dict]:
+    """Every check of `schema`'s suite, in order: columns, per-feature types/missing/ranges/levels,
+    ID, table size, label rate, repeated rows."""
+    columns, label = schema.columns, schema.label.column
+    checks = [_check("expect_column_to_exist", f"column {c} is present", column=c) for c in columns]
+    # Extra columns are reported but do not quarantine: they are ignored by training.
+    checks.append(_check("expect_table_columns_to_match_set", "no columns beyond the schema", "warning",
+                         column_set=columns))  # exact_match: GX's default
+    for name, feature in schema.features.items():
+        text = feature.type == "categorical" and not feature.coded
+        checks.append(_check("expect_column_values_to_be_in_type_list", f"{name} is {'text' if text else 'numeric'}",
+                             column=name, type_list=TEXT_TYPES if text else NUMERIC_TYPES))
+        if feature.missing is None:
+            checks.append(_check("expect_column_values_to_not_be_null", f"{name} has no missing values", column=name))
+        else:
+            rate = feature.missing.max_rate
+            checks.append(_check("expect_column_values_to_not_be_null", f"{name} missing in at most {rate:.0%} of rows",
+                                 column=name, mostly=round(1 - rate, 6)))
+        if feature.type == "numeric":
+            if feature.min is not None or feature.max is not None:
+                low, high = feature.min, feature.max
+                checks.append(_check("expect_column_values_to_be_between",
+                                     f"{name} between {_number(low) if low is not None else '-inf'} and "
+                                     f"{_number(high) if high is not None else 'inf'}",
+                                     column=name, min_value=None if low is None else _number(low),
+                                     max_value=None if high is None else _number(high)))
+            if feature.allowed is not None:
+                codes = [_number(v) for v in feature.allowed]
+                checks.append(_check("expect_column_values_to_be_in_set", f"{name} in code set {codes}",
+                                     column=name, value_set=codes))
+        elif feature.type == "categorical" and feature.levels != "open":
+            checks.append(_check("expect_column_values_to_be_in_set", f"{name} in its {len(feature.levels)} levels",
+                                 column=name, value_set=list(feature.levels)))
+        elif feature.type == "boolean":
+            checks.append(_check("expect_column_values_to_be_in_set", f"{name} is 0 or 1", column=name,
+                                 value_set=[0, 1]))
+        checks.append(_check("expect_column_unique_value_count_to_be_between", f"{name} is not constant",
+                             "warning" if schema.constant_features == "warning" else "critical",
+                             column=name, min_value=2))
+    checks.append(_check("expect_column_values_to_be_in_type_list", f"{label} is numeric", column=label,
+                         type_list=NUMERIC_TYPES))
+    checks.append(_check("expect_column_values_to_not_be_null", f"{label} has no missing values", column=label))
+    checks.append(_check("expect_column_values_to_be_in_set",
+                         f"{label} is {schema.label.positive!r} ({schema.label.meaning}) or {schema.label.negative!r}",
+                         column=label, value_set=[0, 1]))
+    if schema.id:
+        checks.append(_check("expect_column_values_to_not_be_null", f"{schema.id} has no missing values",
+                             column=schema.id))
+        checks.append(_check("expect_column_values_to_be_unique", f"{schema.id} is unique", column=schema.id))
+    checks.append(_check("expect_table_row_count_to_be_between", f"at least {schema.min_rows} rows",
+                         min_value=schema.min_rows, max_value=None))
+    low, high = schema.label_rate
+    checks.append(_check("expect_column_mean_to_be_between", f"{label} positive rate between {low:g} and {high:g}",
+                         column=label, min_value=low, max_value=high))
+    share = schema.max_duplicate_share
+    checks.append(_check("expect_compound_columns_to_be_unique",
+                         f"at most {share:.1%} of rows repeat another row (the ID aside)",
+                         column_list=[*schema.features, label], mostly=round(1 - share, 6)))
+    return checks
+
+
+def suite_path(expectations_dir: Path, suite: str) -> Path:
+    return Path(expectations_dir) / "gx" / "expectations" / f"{suite}.json"
+
+
+def committed_checks(expectations_dir: Path, suite: str) -> list[dict] | None:
+    """The committed suite's checks in `expected_checks`' form (ids and GX's defaults aside); None if absent."""
+    path = suite_path(expectations_dir, suite)
+    if not path.exists():
+        return None
+    return [_check(e["type"], e.get("description") or "", e.get("severity", "critical"), **e["kwargs"])
+            for e in json.loads(path.read_text())["expectations"]]
+
+
+def _plain(value):
+    """Numbers as GX writes them back (1000.0 -> 1000), recursively."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _normalized(checks: list[dict]) -> list[str]:
+    """Checks as comparable text: GX leaves out defaults (mostly 1, None bounds) when it writes a suite."""
+    return [json.dumps({**c, "kwargs": {k: _plain(v) for k, v in c["kwargs"].items()
+                                        if v is not None and not (k == "mostly" and v == 1.0)}}, sort_keys=True)
+            for c in checks]
+
+
+def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
+    """SuiteOutOfDate unless the committed suite for this schema version is exactly what it describes."""
+    committed = committed_checks(expectations_dir, schema.suite)
+    if committed is None:
+        raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} has no committed suite "
+                             f"{suite_path(expectations_dir, schema.suite)}; write it with "
+                             f"`uv run python expectations/build_suites.py` and commit it")
+    expected, found = _normalized(expected_checks(schema)), _normalized(committed)
+    if expected != found:
+        changed = [json.loads(c)["description"] for c in expected if c not in found]
+        dropped = [json.loads(c)["description"] for c in found if c not in expected]
+        detail = "; ".join(filter(None, [f"new or changed: {', '.join(changed[:5])}" if changed else "",
+                                         f"no longer in the schema: {', '.join(dropped[:5])}" if dropped else ""]))
+        raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} no longer matches its committed suite "
+                             f"{schema.suite} ({detail}): a change to a check needs a new schema version (set "
+                             f"version: {schema.version + 1}, then `uv run python expectations/build_suites.py`)")
+
+
+def write_suite(schema: Schema, expectations_dir: Path) -> int:
+    """Write the schema version's suite and validation definition into the GX context; return the checks.
+
+    Refuses (SuiteOutOfDate) to overwrite a committed suite of the same version with different checks.
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    existing = committed_checks(expectations_dir, schema.suite)
+    if existing is not None:
+        require_current_suite(schema, expectations_dir)
+    classes = {cls.__name__: cls for cls in vars(gxe).values() if isinstance(cls, type)}
+    expectations = []
+    for check in expected_checks(schema):
+        name = "".join(part.title() for part in check["type"].split("_"))
+        expectations.append(classes[name](**check["kwargs"], severity=check["severity"],
+                                          description=check["description"]))
+    context = gx.get_context(mode="file", project_root_dir=Path(expectations_dir))
+    if existing is None:
+        batch_definition = (context.data_sources.get(DATA_SOURCE).get_asset(DATA_ASSET)
+                            .get_batch_definition(BATCH_DEFINITION))
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=schema.suite, expectations=expectations))
+        context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=schema.suite, data=batch_definition, suite=suite))
+    return len(expectations)
