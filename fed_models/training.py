@@ -1,10 +1,11 @@
 """Federated training with TFF: FedAvg, FedProx and adaptive server optimizers over institutions.
 
-Each round a seeded sample of institutions trains locally from the global model; the server
-aggregates their updates (robustly by default) and applies them with its optimizer; every
-institution then scores the new model on its validation split, and only the summed metrics
-come back. The best round by federated validation loss is the one exported. Program state is
-checkpointed every round so a killed run resumes where it stopped.
+Each round a seeded sample of institutions trains locally from the global model (TFF client work,
+run where each institution's rows are: in this process in simulation, at its node across silos);
+the coordinator aggregates their updates with TFF's aggregator (robust by default) and applies them
+with its finalizer (the server optimizer); every institution then scores the new model on its
+validation split, and only the summed metrics come back. The best round by federated validation loss
+is the one exported. Program state is checkpointed every round so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import collections
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -157,6 +158,29 @@ def _server_optimizer(spec: TrainingSpec):
     raise ValueError(f"unknown algorithm {spec.algorithm!r}; one of {ALGORITHMS}")
 
 
+def _summed_metrics(metric_finalizers):
+    """A metrics aggregator that sums the institutions' unfinalized metrics and does not finalize them: the
+    coordinator adds up the sums of every call (one per institution, across silos) and finalizes once,
+    which is TFF's own sum-then-finalize with the boundary between institutions and coordinator inside it."""
+    del metric_finalizers
+
+    @tff.federated_computation
+    def summed(client_metrics):
+        return tff.federated_sum(client_metrics)
+
+    return summed
+
+
+def _withheld_metrics(metric_finalizers):
+    """A metrics aggregator that releases nothing (the institutions' metrics stay where they are)."""
+    @tff.federated_computation
+    def withhold(client_metrics):
+        del client_metrics
+        return tff.federated_value(collections.OrderedDict(), tff.SERVER)
+
+    return withhold
+
+
 def _client_work(spec: TrainingSpec, model_fn, weights_type, mean: np.ndarray, std: np.ndarray):
     """Local training: SGD, proximal SGD for FedProx, DP-SGD under record-level privacy."""
     if isinstance(spec.privacy, RecordLevelPrivacy):
@@ -177,18 +201,8 @@ def _client_work(spec: TrainingSpec, model_fn, weights_type, mean: np.ndarray, s
             model_fn, optimizer, tff.learning.ClientWeighting.UNIFORM, metrics_aggregator=_withheld_metrics,
             loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
     return tff.learning.templates.build_model_delta_client_work(
-        model_fn, optimizer, tff.learning.ClientWeighting.NUM_EXAMPLES,
+        model_fn, optimizer, tff.learning.ClientWeighting.NUM_EXAMPLES, metrics_aggregator=_summed_metrics,
         loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
-
-
-def _withheld_metrics(metric_finalizers):
-    """A metrics aggregator that releases nothing (the institutions' metrics stay where they are)."""
-    @tff.federated_computation
-    def withhold(client_metrics):
-        del client_metrics
-        return tff.federated_value(collections.OrderedDict(), tff.SERVER)
-
-    return withhold
 
 
 def _aggregator(spec: TrainingSpec, n_clients: int) -> tff.aggregators.WeightedAggregationFactory:
@@ -201,11 +215,60 @@ def _aggregator(spec: TrainingSpec, n_clients: int) -> tff.aggregators.WeightedA
     return build_aggregator(spec.aggregation)
 
 
-def build_learning_process(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_clients: int,
-                           with_faults: bool = False) -> tff.learning.templates.LearningProcess:
-    """The TFF learning process of `spec` over `n_clients` institutions: client work, aggregator, server optimizer."""
+def _evaluation(model_fn, weights_type, n_features: int):
+    """Federated validation: each institution runs the model over its rows and reports its unfinalized
+    metrics (sums and counts); the computation returns their sum (the coordinator finalizes)."""
+    data_type = tff.SequenceType(tff.StructWithPythonType(
+        [(name, tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape.as_list()))
+         for name, spec in element_spec(n_features).items()], collections.OrderedDict))
+
+    def evaluate_locally(model, weights, dataset):
+        tf.nest.map_structure(lambda v, t: v.assign(t), tff.learning.models.ModelWeights.from_model(model), weights)
+
+        def run(count, batch):
+            model.forward_pass(batch, training=False)
+            return count + 1
+
+        dataset.reduce(tf.constant(0, tf.int64), run)
+        return model.report_local_unfinalized_metrics()
+
+    @tff.tensorflow.computation(weights_type, data_type)
+    def local_metrics(weights, dataset):
+        # A tf.function orders the assignment, the passes and the final read, as TFF's own evaluation does.
+        return tf.function(evaluate_locally)(model_fn(), weights, dataset)
+
+    @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS))
+    def evaluate(weights, data):
+        return tff.federated_sum(tff.federated_map(local_metrics, (tff.federated_broadcast(weights), data)))
+
+    return evaluate
+
+
+@dataclass
+class Stages:
+    """TFF's learning-process stages of one training, built once: client work runs where an institution's
+    rows are; the aggregator (robust, compressed or client-level DP) and the finalizer (the server
+    optimizer) run at the coordinator, on the updates the institutions return. Metrics come back as sums
+    (unfinalized) and are finalized once, at the coordinator, with the model's own finalizers."""
+
+    spec: TrainingSpec
+    initial_weights: object
+    client_work: tff.learning.templates.ClientWorkProcess
+    aggregator: tff.templates.AggregationProcess
+    finalizer: tff.learning.templates.FinalizerProcess
+    evaluate: object
+    finalize_training: object  # summed training metrics -> finalized (None when nothing is released)
+    finalize_validation: object
+
+
+def build_stages(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_clients: int,
+                 with_faults: bool = False) -> Stages:
+    """The stages of `spec` over `n_clients` institutions (`with_faults`: clients multiply their update by a
+    factor, for robustness drills)."""
     if spec.algorithm == "fedprox" and spec.proximal_strength <= 0:
         raise ValueError("fedprox needs a proximal_strength > 0")
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    tf.keras.utils.set_random_seed(spec.seed)
     model_fn = _model_fn(spec, mean, std)
 
     @tff.tensorflow.computation()
@@ -217,13 +280,124 @@ def build_learning_process(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray
     if with_faults:
         client_work = with_update_faults(client_work)
     aggregator = _aggregator(spec, n_clients).create(weights_type.trainable, tff.TensorType(np.float32))
-    return tff.learning.templates.compose_learning_process(
-        initial_weights,
-        tff.learning.templates.build_broadcast_process(weights_type),
-        client_work,
-        aggregator,
-        tff.learning.templates.build_apply_optimizer_finalizer(_server_optimizer(spec), weights_type),
-    )
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(_server_optimizer(spec), weights_type)
+    evaluate = _evaluation(model_fn, weights_type, len(mean))
+    training_type = client_work.next.type_signature.result.measurements.member
+    return Stages(spec, initial_weights(), client_work, aggregator, finalizer, evaluate,
+                  _finalizing(model_fn, training_type.train) if "train" in dict(tff.structure.iter_elements(training_type))
+                  else None,
+                  _finalizing(model_fn, evaluate.type_signature.result.member))
+
+
+def _finalizing(model_fn, unfinalized_type):
+    """A computation that finalizes summed metrics of `unfinalized_type` with the model's finalizers (Keras
+    metrics are rebuilt from their state, which needs a traced computation); counts pass through."""
+    names = [name for name, _ in tff.structure.iter_elements(unfinalized_type)]
+
+    @tff.tensorflow.computation(unfinalized_type)
+    def finalize(metrics):
+        finalizers = model_fn().metric_finalizers()
+        finalized = collections.OrderedDict()
+        for name in names:
+            value = metrics[name]
+            leaves = tff.structure.flatten(value) if isinstance(value, tff.structure.Struct) else tf.nest.flatten(value)
+            finalized[name] = finalizers[name](list(leaves)) if name in finalizers else value
+        return finalized
+
+    return finalize
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one institution sends back from one round: its update (weight delta), its weight, and its
+    training metrics as unfinalized sums (nothing when privacy withholds them)."""
+
+    institution: str
+    update: list[np.ndarray]
+    weight: float
+    metrics: dict
+
+
+def _numpy(structure):
+    return tf.nest.map_structure(np.asarray, structure)
+
+
+def client_round(stages: Stages, client: ClientData, weights, *, seed: int, rng: np.random.Generator | None = None,
+                 update_factor: float | None = None) -> ClientUpdate:
+    """One institution's client work in one round, where its rows are: from the global `weights`, SGD (or
+    proximal SGD, or DP-SGD with noise drawn from `rng`) over its fit rows shuffled by `seed`."""
+    spec = stages.spec
+    if isinstance(spec.privacy, RecordLevelPrivacy):
+        noise = spec.privacy.noise_multipliers[client.institution] * spec.privacy.clip_norm
+        batches = poisson_steps(client.x, client.y, batch_size=spec.batch_size, noise_stddev=noise, rng=rng,
+                                steps=steps_per_round(len(client.y), spec.batch_size, spec.local_epochs))
+    else:
+        batches = client_dataset(client.x, client.y, batch_size=spec.batch_size, epochs=spec.local_epochs, seed=seed)
+    if update_factor is not None:
+        batches = faulty_client_data(batches, update_factor)
+    output = stages.client_work.next(stages.client_work.initialize(), [weights], [batches])
+    [result] = output.result
+    return ClientUpdate(client.institution, [np.asarray(u) for u in result.update], float(result.update_weight),
+                        _numpy(output.measurements.get("train", {})))
+
+
+def validation_metrics(stages: Stages, client: ClientData, weights) -> dict:
+    """One institution's federated-validation metrics for `weights`, as unfinalized sums."""
+    return _numpy(stages.evaluate(weights, [client_dataset(client.x, client.y, batch_size=1024, epochs=1, seed=0)]))
+
+
+def add_metrics(sums: list[dict]) -> dict:
+    """Unfinalized metrics of several institutions added up (what TFF's federated_sum does)."""
+    present = [s for s in sums if s]
+    if not present:
+        return {}
+    return tf.nest.map_structure(lambda *values: np.sum(np.stack([np.asarray(v) for v in values]), axis=0), *present)
+
+
+def finalize_metrics(finalize, sums: dict) -> dict[str, float]:
+    """Summed unfinalized metrics -> finalized values (`finalize`: one of the stages' finalizing computations)."""
+    if not sums:
+        return {}
+    return {name: float(np.asarray(value).reshape(-1)[0]) for name, value in finalize(sums).items()}
+
+
+class Institutions(Protocol):
+    """Where each institution's client work and validation run: in this process (simulation) or at the
+    institution's node (cross-silo). Indices follow `names`."""
+
+    names: list[str]
+    fit_rows: list[int]
+
+    def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]: ...
+
+    def validate(self, stages: Stages, weights) -> list[dict]: ...
+
+
+def client_seed(seed: int, round_num: int, client_index: int) -> int:
+    """The shuffle seed of one institution in one round: the same wherever its client work runs."""
+    return (seed * 1_000_003 + round_num * 1_009 + client_index) % (2**31 - 1)
+
+
+class LocalInstitutions:
+    """Simulation: every institution's rows in this process, each trained by `client_round` in turn."""
+
+    def __init__(self, clients: Sequence[ClientData], validation: Sequence[ClientData] | None = None,
+                 update_factors: dict[str, float] | None = None, privacy_rng: np.random.Generator | None = None):
+        self.clients, self.validation = list(clients), list(validation or [])
+        self.names = [c.institution for c in self.clients]
+        self.fit_rows = [len(c.y) for c in self.clients]
+        self.update_factors = update_factors or {}
+        self.rng = privacy_rng
+
+    def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]:
+        if isinstance(stages.spec.privacy, RecordLevelPrivacy) and self.rng is None:
+            self.rng = secure_rng()
+        return [client_round(stages, self.clients[i], weights, seed=client_seed(stages.spec.seed, round_num, i),
+                             rng=self.rng, update_factor=self.update_factors.get(self.clients[i].institution, HONEST)
+                             if self.update_factors else None) for i in chosen]
+
+    def validate(self, stages: Stages, weights) -> list[dict]:
+        return [validation_metrics(stages, client, weights) for client in self.validation]
 
 
 def sample_clients(n_clients: int, per_round: int | None, seed: int, round_num: int) -> list[int]:
@@ -232,10 +406,6 @@ def sample_clients(n_clients: int, per_round: int | None, seed: int, round_num: 
         return list(range(n_clients))
     rng = np.random.default_rng([seed, round_num])
     return sorted(int(i) for i in rng.choice(n_clients, size=per_round, replace=False))
-
-
-def _client_seed(seed: int, round_num: int, client_index: int) -> int:
-    return (seed * 1_000_003 + round_num * 1_009 + client_index) % (2**31 - 1)
 
 
 def _find(measurements, key: str) -> float:
@@ -250,11 +420,13 @@ def _find(measurements, key: str) -> float:
     return float("nan")
 
 
-def _program_state(state, history: list[RoundMetrics], best_weights, best_loss: float,
-                   best_round: int, stale: int):
+def _program_state(weights, aggregator_state, finalizer_state, history: list[RoundMetrics], best_weights,
+                   best_loss: float, best_round: int, stale: int):
     table = np.array([[float(getattr(m, f)) for f in _NUMERIC_FIELDS] for m in history], dtype=np.float64)
     return collections.OrderedDict(
-        learning=state,
+        weights=weights,
+        aggregator=aggregator_state,
+        finalizer=finalizer_state,
         history=table.reshape(len(history), len(_NUMERIC_FIELDS)),
         best_weights=[np.asarray(w) for w in best_weights],
         best=np.array([best_loss, best_round, stale], dtype=np.float64),
@@ -271,7 +443,7 @@ def _history(table: np.ndarray) -> list[RoundMetrics]:
 
 
 def train(
-    clients: Sequence[ClientData],
+    clients: Sequence[ClientData] | Institutions,
     mean: np.ndarray,
     std: np.ndarray,
     spec: TrainingSpec,
@@ -283,48 +455,43 @@ def train(
     privacy_rng: np.random.Generator | None = None,
     isolation: Isolation | None = None,
 ) -> TrainingResult:
-    """Train `spec` over `clients`; return the best round's weights and every round's metrics.
+    """Train `spec` over the institutions; return the best round's weights and every round's metrics.
 
-    `validation` (one split per institution) drives early stopping and the best-round choice;
-    without it the last round's weights are returned. `checkpoint_dir` makes the run resumable.
-    `update_factors` (institution -> factor) simulates faulty institutions; tests only.
-    `privacy_rng` replaces the OS's entropy for DP sampling and noise, to replay a run; tests only.
-    `isolation` keeps TFF's worker off the network (default: loopback, refused where impossible).
+    `clients` are the institutions' fit rows (simulation: their client work runs here) or an `Institutions`
+    whose client work runs elsewhere (their nodes). `validation` (simulation: one split per institution)
+    drives early stopping and the best-round choice; without it the last round's weights are returned.
+    `checkpoint_dir` makes the run resumable. `update_factors` (institution -> factor) simulates faulty
+    institutions; tests only. `privacy_rng` replaces the OS's entropy for DP sampling and noise, to replay
+    a run; tests only. `isolation` keeps TFF's worker off the network (default: loopback, refused where
+    impossible).
     """
     runtime.ensure_context(isolation)
+    institutions = clients if hasattr(clients, "train_round") else LocalInstitutions(
+        clients, validation, update_factors, privacy_rng)
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-    tf.keras.utils.set_random_seed(spec.seed)
-    with_faults = bool(update_factors)
-    process = build_learning_process(spec, mean, std, len(clients), with_faults=with_faults)
-    record_level = spec.privacy if isinstance(spec.privacy, RecordLevelPrivacy) else None
-    if record_level is not None:
-        unknown = sorted({c.institution for c in clients} - set(record_level.noise_multipliers))
+    n = len(institutions.names)
+    if isinstance(spec.privacy, RecordLevelPrivacy):
+        unknown = sorted(set(institutions.names) - set(spec.privacy.noise_multipliers))
         if unknown:
             raise ValueError(f"record-level privacy has no noise multiplier for {unknown}")
-        rng = privacy_rng or secure_rng()
-    evaluation = None
-    if validation:
-        evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(spec, mean, std))
-        eval_state = evaluation.initialize()
-        validation_data = [client_dataset(c.x, c.y, batch_size=1024, epochs=1, seed=0) for c in validation]
-
-    state = process.initialize()
-    shapes = [tuple(w.shape) for w in process.get_model_weights(state).trainable]
-    bytes_per_client = update_bytes(spec.aggregation, shapes)
+    stages = build_stages(spec, mean, std, n, with_faults=bool(update_factors))
+    weights = stages.initial_weights
+    aggregator_state, finalizer_state = stages.aggregator.initialize(), stages.finalizer.initialize()
+    bytes_per_client = update_bytes(spec.aggregation, [tuple(np.shape(w)) for w in weights.trainable])
     history: list[RoundMetrics] = []
-    best_weights = [np.asarray(w) for w in process.get_model_weights(state).trainable]
+    best_weights = [np.asarray(w) for w in weights.trainable]
     best_loss, best_round, stale = np.inf, 0, 0
     checkpoints = None
     if checkpoint_dir is not None:
         checkpoints = Checkpoints(checkpoint_dir, {
             "spec": asdict(spec), "mean": mean.tolist(), "std": std.tolist(),
-            "clients": [(c.institution, len(c.y)) for c in clients],
-            "validation": [(c.institution, len(c.y)) for c in validation or []],
+            "clients": list(zip(institutions.names, institutions.fit_rows, strict=True)),
             "update_factors": update_factors or {},
         })
-        saved = checkpoints.load(_program_state(state, [], best_weights, best_loss, best_round, stale))
+        saved = checkpoints.load(_program_state(weights, aggregator_state, finalizer_state, [], best_weights,
+                                                best_loss, best_round, stale))
         if saved is not None:
-            state = saved["learning"]
+            weights, aggregator_state, finalizer_state = saved["weights"], saved["aggregator"], saved["finalizer"]
             history = _history(saved["history"])
             best_weights = [np.asarray(w) for w in saved["best_weights"]]
             best_loss, best_round, stale = float(saved["best"][0]), int(saved["best"][1]), int(saved["best"][2])
@@ -337,59 +504,49 @@ def train(
     round_num = len(history)
     while round_num < spec.rounds and not stopped_early:
         round_num += 1
-        chosen = sample_clients(len(clients), spec.clients_per_round, spec.seed, round_num)
-        datasets = []
-        for i in chosen:
-            c = clients[i]
-            if record_level is not None:
-                noise_stddev = record_level.noise_multipliers[c.institution] * record_level.clip_norm
-                batches = poisson_steps(c.x, c.y, batch_size=spec.batch_size, noise_stddev=noise_stddev, rng=rng,
-                                        steps=steps_per_round(len(c.y), spec.batch_size, spec.local_epochs))
-            else:
-                batches = client_dataset(c.x, c.y, batch_size=spec.batch_size, epochs=spec.local_epochs,
-                                         seed=_client_seed(spec.seed, round_num, i))
-            if with_faults:
-                batches = faulty_client_data(batches, update_factors.get(c.institution, HONEST))
-            datasets.append(batches)
-        output = process.next(state, datasets)
-        state = output.state
-        weights = process.get_model_weights(state)
+        chosen = sample_clients(n, spec.clients_per_round, spec.seed, round_num)
+        updates = institutions.train_round(stages, round_num, weights, chosen)
+        aggregated = stages.aggregator.next(aggregator_state, [u.update for u in updates],
+                                            [np.float32(u.weight) for u in updates])
+        aggregator_state = aggregated.state
+        finalized = stages.finalizer.next(finalizer_state, weights, aggregated.result)
+        finalizer_state, weights = finalized.state, finalized.result
         validation_loss = validation_auc = float("nan")
-        if evaluation is not None:
-            eval_state = evaluation.set_model_weights(eval_state, weights)
-            eval_metrics = evaluation.next(eval_state, validation_data).metrics
-            current = eval_metrics["client_work"]["eval"]["current_round_metrics"]
-            validation_loss, validation_auc = float(current["loss"]), float(current["auc"])
-        train_metrics = output.metrics["client_work"]["train"]
-        aggregator = output.metrics["aggregator"]
+        checked = institutions.validate(stages, weights)
+        if checked:
+            scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
+            validation_loss, validation_auc = scores["loss"], scores["auc"]
+        train_metrics = finalize_metrics(stages.finalize_training, add_metrics([u.metrics for u in updates]))
+        aggregator = aggregated.measurements
         metrics = RoundMetrics(
             round=round_num,
             loss=float(train_metrics.get("loss", np.nan)),
             auc=float(train_metrics.get("auc", np.nan)),
             # Withheld under client-level DP: the examples the sampled institutions hold (public counts).
-            num_examples=int(train_metrics.get("num_examples", spec.local_epochs * sum(len(clients[i].y)
-                                                                                       for i in chosen))),
-            institutions=len(chosen),
+            num_examples=int(train_metrics.get("num_examples", spec.local_epochs * sum(
+                institutions.fit_rows[i] for i in chosen))),
+            institutions=len(updates),
             validation_loss=validation_loss,
             validation_auc=validation_auc,
             client_update_norm=_find(aggregator, "average_client_norm"),
             server_update_norm=_find(aggregator, "server_update_norm"),
             non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count"))),
-            bytes_sent=bytes_per_client * len(chosen),
+            bytes_sent=bytes_per_client * len(updates),
         )
         history.append(metrics)
-        if evaluation is None or validation_loss < best_loss - spec.min_delta:
+        if not checked or validation_loss < best_loss - spec.min_delta:
             best_loss, best_round, stale = validation_loss, round_num, 0
             best_weights = [np.asarray(w) for w in weights.trainable]
         else:
             stale += 1
         stopped_early = spec.patience is not None and stale >= spec.patience
         if checkpoints is not None:
-            checkpoints.save(_program_state(state, history, best_weights, best_loss, best_round, stale), round_num)
+            checkpoints.save(_program_state(weights, aggregator_state, finalizer_state, history, best_weights,
+                                            best_loss, best_round, stale), round_num)
         if on_round is not None:
             on_round(metrics)
-    trained = collections.Counter(clients[i].institution for r in range(1, len(history) + 1)
-                                  for i in sample_clients(len(clients), spec.clients_per_round, spec.seed, r))
+    trained = collections.Counter(institutions.names[i] for r in range(1, len(history) + 1)
+                                  for i in sample_clients(n, spec.clients_per_round, spec.seed, r))
     return TrainingResult(weights=best_weights, rounds=history, best_round=best_round, stopped_early=stopped_early,
                           resumed_from_round=resumed_from,
-                          rounds_trained={c.institution: trained.get(c.institution, 0) for c in clients})
+                          rounds_trained={name: trained.get(name, 0) for name in institutions.names})
