@@ -29,7 +29,8 @@ from flows.config import load_config
 from riskmodel import model as exported
 from tasks.data import Extract, Split, labels, load_part, load_parts
 from tasks.evaluation import binary_metrics
-from tasks.statistics import balanced_positive_weight, compute_local_statistics, consortium_layout, standardization
+from tasks.consortium import LocalConsortium
+from tasks.statistics import balanced_positive_weight, consortium_layout, standardization
 from tasks.synthetic import split_file
 from tasks.training import federated_training, train_pooled_baseline
 
@@ -59,15 +60,16 @@ def run_case(case: str, seed: int, work: Path) -> dict:
     paths = split_file(pd.read_csv(SOURCES[case]), schema.label.column, BANKS, seed=seed, id_column=schema.id,
                        out_dir=work / "data")
     extracts = [Extract(bank, paths[bank]) for bank in BANKS]
+    consortium = LocalConsortium(tuple(extracts))
     split = Split(config.holdout_fraction, config.training.validation_fraction, seed)
     features = config.feature_names
-    statistics = [compute_local_statistics.fn(e, schema, features, split) for e in extracts]
+    statistics = [consortium.statistics(bank, schema, features, split) for bank in BANKS]
     layout = consortium_layout(schema, features, statistics)
     mean, std = standardization(layout, statistics)
     weighting = config.training.positive_class_weight
     weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
     started = time.perf_counter()
-    federated = federated_training(extracts, schema, layout, split, mean.tolist(), std.tolist(), config.training,
+    federated = federated_training(consortium, schema, layout, split, mean.tolist(), std.tolist(), config.training,
                                    weight, model_dir=work / "federated")
     seconds = time.perf_counter() - started
     pooled = train_pooled_baseline.fn(extracts, schema, layout, split, mean.tolist(), std.tolist(),

@@ -6,8 +6,10 @@ Per retraining: building the loopback-bind library (first use on a host, then ca
 cached, and reading the worker's listening sockets from /proc after it starts. Per round: seconds
 per FedAvg round (MLP(64, 32), one local epoch at batch 64, as benchmarks/round_throughput.py) with
 the library preloaded, against the same rounds with a bare worker. The bare worker listens on every
-interface, so it runs in a network namespace of its own that has loopback only (`unshare -rn`):
-nothing is exposed while measuring. Runs alternate between the two, `--repeats` times each.
+interface, so both variants run in a network namespace of their own that has loopback only (`unshare
+-rn`; the same for both, so only the library differs): nothing is exposed while measuring. Runs
+alternate between the two (which goes first alternates too), `--repeats` times each, and must end with the
+same weights.
 """
 
 from __future__ import annotations
@@ -76,9 +78,8 @@ def library_seconds() -> dict:
 def run_child(institutions: int, rows: int, rounds: int, exposed: bool) -> dict:
     command = [sys.executable, __file__, "--child", "--institutions", str(institutions), "--rows", str(rows),
                "--rounds", str(rounds)] + (["--exposed"] if exposed else [])
-    if exposed:
-        command = ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-                   *command]
+    command = ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
+               *command]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
         sys.exit(f"measuring {'bare' if exposed else 'isolated'} rounds failed:\n{result.stderr[-2000:]}")
@@ -89,8 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--institutions", default="3,10")
     parser.add_argument("--rows", type=int, default=10_000, help="rows per institution")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds measured after the warm-up round")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds measured after the warm-up round")
+    parser.add_argument("--repeats", type=int, default=4, help="runs of each variant, alternating")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/worker_isolation.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--exposed", action="store_true", help=argparse.SUPPRESS)
@@ -107,9 +108,9 @@ def main() -> None:
           f"{'socket check ms':>16} weights")
     for n in [int(v) for v in args.institutions.split(",")]:
         isolated, bare = [], []
-        for _ in range(args.repeats):
-            isolated.append(run_child(n, args.rows, args.rounds, exposed=False))
-            bare.append(run_child(n, args.rows, args.rounds, exposed=True))
+        for repeat in range(args.repeats):  # alternate which goes first: a run after another is a little slower
+            for exposed in ((False, True) if repeat % 2 == 0 else (True, False)):
+                (bare if exposed else isolated).append(run_child(n, args.rows, args.rounds, exposed=exposed))
         with_library = statistics.median(r["seconds_per_round"] for r in isolated)
         without = statistics.median(r["seconds_per_round"] for r in bare)
         check = statistics.median(r["socket_check_seconds"] for r in isolated)

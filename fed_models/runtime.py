@@ -42,7 +42,8 @@ _STARTUP_TIMEOUT_S = 60.0
 _lock = threading.Lock()
 _process: subprocess.Popen | None = None
 _stub = None
-_context_installed = False
+_context = None
+_installed = threading.local()  # whether this thread's TFF context stack has it
 _isolation: loopback.Isolation | None = None
 
 
@@ -91,34 +92,35 @@ def stop_worker() -> None:
 
 
 def ensure_context(isolation: loopback.Isolation | None = None) -> None:
-    """Install the owned C++ execution context as TFF's default (once per process).
+    """Install the owned C++ execution context as TFF's default in this thread (TFF's context stack is per
+    thread; the context and its worker are one per process).
 
     `isolation` is how the worker is kept off the network; by default the loopback library, and
     WorkerExposureRefused where it cannot be built. A different isolation restarts the worker.
     """
-    global _context_installed, _isolation
+    global _context, _isolation
     with _lock:
         wanted = isolation or _isolation or loopback.isolation(allow_exposed=False)
         if wanted != _isolation:
             stop_worker()
             _isolation = wanted
-        if _context_installed:
-            return
+        if _context is None:
 
-        def executor_stack(cardinalities):
-            cardinalities.setdefault(tff.CLIENTS, 0)
-            with _lock:
-                stub = _ensure_worker()
-            executor = tff.framework.RemoteExecutor(stub)
-            executor.set_cardinalities(cardinalities)
-            return executor
+            def executor_stack(cardinalities):
+                cardinalities.setdefault(tff.CLIENTS, 0)
+                with _lock:
+                    stub = _ensure_worker()
+                executor = tff.framework.RemoteExecutor(stub)
+                executor.set_cardinalities(cardinalities)
+                return executor
 
-        context = tff.framework.SyncExecutionContext(
-            executor_fn=tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack),
-            compiler_fn=tff.backends.native.desugar_and_transform_to_native,
-            transform_args=tff.tensorflow.transform_args,
-            transform_result=tff.tensorflow.transform_result,
-        )
-        tff.framework.set_default_context(context)
-        atexit.register(stop_worker)
-        _context_installed = True
+            _context = tff.framework.SyncExecutionContext(
+                executor_fn=tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack),
+                compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+                transform_args=tff.tensorflow.transform_args,
+                transform_result=tff.tensorflow.transform_result,
+            )
+            atexit.register(stop_worker)
+        if not getattr(_installed, "done", False):
+            tff.framework.set_default_context(_context)
+            _installed.done = True

@@ -129,6 +129,7 @@ class TrainingResult:
     stopped_early: bool
     resumed_from_round: int
     rounds_trained: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, str] = field(default_factory=dict)  # institutions left out mid-run, and why
 
 
 def _model_fn(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray):
@@ -252,6 +253,8 @@ class Stages:
     (unfinalized) and are finalized once, at the coordinator, with the model's own finalizers."""
 
     spec: TrainingSpec
+    mean: np.ndarray
+    std: np.ndarray
     initial_weights: object
     client_work: tff.learning.templates.ClientWorkProcess
     aggregator: tff.templates.AggregationProcess
@@ -283,7 +286,7 @@ def build_stages(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_client
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(_server_optimizer(spec), weights_type)
     evaluate = _evaluation(model_fn, weights_type, len(mean))
     training_type = client_work.next.type_signature.result.measurements.member
-    return Stages(spec, initial_weights(), client_work, aggregator, finalizer, evaluate,
+    return Stages(spec, mean, std, initial_weights(), client_work, aggregator, finalizer, evaluate,
                   _finalizing(model_fn, training_type.train) if "train" in dict(tff.structure.iter_elements(training_type))
                   else None,
                   _finalizing(model_fn, evaluate.type_signature.result.member))
@@ -363,14 +366,19 @@ def finalize_metrics(finalize, sums: dict) -> dict[str, float]:
 
 class Institutions(Protocol):
     """Where each institution's client work and validation run: in this process (simulation) or at the
-    institution's node (cross-silo). Indices follow `names`."""
+    institution's node (cross-silo). Indices follow `names`; `lost` names institutions left out mid-run."""
 
     names: list[str]
     fit_rows: list[int]
+    lost: dict[str, str]
+
+    def prepare(self, stages: Stages) -> None: ...
 
     def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]: ...
 
     def validate(self, stages: Stages, weights) -> list[dict]: ...
+
+    def trained_rounds(self, rounds_run: int) -> dict[str, int]: ...
 
 
 def client_seed(seed: int, round_num: int, client_index: int) -> int:
@@ -388,6 +396,18 @@ class LocalInstitutions:
         self.fit_rows = [len(c.y) for c in self.clients]
         self.update_factors = update_factors or {}
         self.rng = privacy_rng
+        self.lost: dict[str, str] = {}
+        self.spec: TrainingSpec | None = None
+
+    def prepare(self, stages: Stages) -> None:
+        self.spec = stages.spec
+
+    def trained_rounds(self, rounds_run: int) -> dict[str, int]:
+        """The rounds each institution trained in, from the seeded sampling schedule (resumed rounds too)."""
+        n = len(self.names)
+        counts = collections.Counter(self.names[i] for r in range(1, rounds_run + 1)
+                                     for i in sample_clients(n, self.spec.clients_per_round, self.spec.seed, r))
+        return {name: counts.get(name, 0) for name in self.names}
 
     def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]:
         if isinstance(stages.spec.privacy, RecordLevelPrivacy) and self.rng is None:
@@ -475,6 +495,7 @@ def train(
         if unknown:
             raise ValueError(f"record-level privacy has no noise multiplier for {unknown}")
     stages = build_stages(spec, mean, std, n, with_faults=bool(update_factors))
+    institutions.prepare(stages)
     weights = stages.initial_weights
     aggregator_state, finalizer_state = stages.aggregator.initialize(), stages.finalizer.initialize()
     bytes_per_client = update_bytes(spec.aggregation, [tuple(np.shape(w)) for w in weights.trainable])
@@ -545,8 +566,38 @@ def train(
                                             best_loss, best_round, stale), round_num)
         if on_round is not None:
             on_round(metrics)
-    trained = collections.Counter(institutions.names[i] for r in range(1, len(history) + 1)
-                                  for i in sample_clients(n, spec.clients_per_round, spec.seed, r))
     return TrainingResult(weights=best_weights, rounds=history, best_round=best_round, stopped_early=stopped_early,
-                          resumed_from_round=resumed_from,
-                          rounds_trained={name: trained.get(name, 0) for name in institutions.names})
+                          resumed_from_round=resumed_from, rounds_trained=institutions.trained_rounds(len(history)),
+                          lost=dict(institutions.lost))
+
+
+def spec_as_dict(spec: TrainingSpec) -> dict:
+    """A training spec as plain values (what a node is sent; it rebuilds the spec with `spec_from_dict`)."""
+    plain = asdict(spec)
+    privacy = spec.privacy
+    plain["privacy"] = None if privacy is None else {
+        "kind": "record_level" if isinstance(privacy, RecordLevelPrivacy) else "client_level", **asdict(privacy)}
+    return plain
+
+
+def spec_from_dict(plain: dict) -> TrainingSpec:
+    """The spec `spec_as_dict` wrote: only fedrisk's own types, so a node builds its own computations."""
+    plain = dict(plain)
+    model = plain.pop("model")
+    privacy = plain.pop("privacy")
+    if privacy is not None:
+        kind = privacy.pop("kind")
+        privacy = RecordLevelPrivacy(**privacy) if kind == "record_level" else ClientLevelPrivacy(**privacy)
+    return TrainingSpec(model=ModelSpec(**{**model, "hidden_units": tuple(model["hidden_units"])}), privacy=privacy,
+                        **plain)
+
+
+def weights_as_lists(weights) -> dict[str, list[np.ndarray]]:
+    """TFF model weights as plain arrays (trainable, non-trainable)."""
+    return {"trainable": [np.asarray(w) for w in weights.trainable],
+            "non_trainable": [np.asarray(w) for w in weights.non_trainable]}
+
+
+def weights_from_lists(plain: dict):
+    return tff.learning.models.ModelWeights(trainable=list(plain["trainable"]),
+                                            non_trainable=list(plain["non_trainable"]))

@@ -24,6 +24,11 @@ models_app = typer.Typer(help="Registered models: list versions, promote by hand
 app.add_typer(models_app, name="models")
 schema_app = typer.Typer(help="Data contracts (schemas/NAME.yaml).", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
+node_app = typer.Typer(help="An institution's node (cross-silo): serve its fixed operations next to its data.",
+                       no_args_is_help=True)
+app.add_typer(node_app, name="node")
+pki_app = typer.Typer(help="A development certificate authority for a consortium (mutual TLS).", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
 console = Console()
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
@@ -128,6 +133,7 @@ def _run(config: RunConfig) -> None:
     from mlflow.exceptions import MlflowException
 
     from flows.prefect_api import prefect_api
+    from node.client import NodeError, TrainingStopped
     from flows.retrain import RetrainingBusy, retrain
     from hostguard.loopback import WorkerExposureRefused
     from tasks.data import InstitutionDataError
@@ -140,7 +146,7 @@ def _run(config: RunConfig) -> None:
         with prefect_api(), _round_progress():
             summary = retrain(config)
     except (QuorumNotMet, InstitutionDataError, RetrainingBusy, PrivacyBudgetExceeded,
-            WorkerExposureRefused) as error:
+            WorkerExposureRefused, NodeError, TrainingStopped) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
     except PrivacyPlanError as error:
@@ -157,6 +163,9 @@ def _run(config: RunConfig) -> None:
 @app.command()
 def demo(
     data_dir: Path = typer.Option(None, help="Where the synthetic institutions live (default: data/demo)."),
+    cross_silo: bool = typer.Option(False, "--cross-silo", help="Run each institution as a fedrisk node (its own "
+                                                                "process and directory, mutual TLS) and retrain "
+                                                                "through them."),
 ) -> None:
     """Synthesize the demo consortium if absent, then run one retraining on it."""
     from tasks.synthetic import data_file, synthesize
@@ -173,6 +182,12 @@ def demo(
             console.print(f"[red]{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios[/red]")
             raise typer.Exit(2)
         console.print(f"Synthesized {len(written)} institutions into {data_dir}")
+    if cross_silo:
+        from flows.cross_silo_demo import nodes_for
+
+        with nodes_for(config, data_dir.parent / "demo-cross-silo", console) as coordinator_config:
+            _run(coordinator_config)
+        return
     _run(config)
 
 
@@ -522,3 +537,68 @@ def trigger(
     colour = "green" if finished.state == "COMPLETED" else "red"
     console.print(f"[{colour}]{finished.name}: {finished.state}[/{colour}] {finished.message}", highlight=False)
     raise typer.Exit(EXIT_CODES.get(finished.state, 1))
+
+
+@pki_app.command("init")
+def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", help="Where the CA's files go.")) -> None:
+    """Create a development consortium CA (ca.crt, ca.key)."""
+    from node.pki import PkiError, init_ca
+
+    try:
+        console.print(f"CA: {init_ca(directory)}")
+    except PkiError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@pki_app.command("issue")
+def pki_issue(
+    name: str = typer.Argument(..., help="The holder: an institution's name, or coordinator."),
+    directory: Path = typer.Option(Path("pki"), "--dir", help="The CA's directory (certificates go there too)."),
+    host: list[str] = typer.Option([], "--host", help="A DNS name or IP the holder is reached at (repeatable)."),
+) -> None:
+    """Issue NAME.crt and NAME.key, signed by the development CA."""
+    from node.pki import PkiError, issue
+
+    try:
+        cert, key = issue(directory, name, tuple(host))
+    except PkiError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"{name}: {cert} (key {key})")
+
+
+@node_app.command("serve")
+def node_serve(config: Path = typer.Option(..., "--config", "-c", help="The node's config (YAML), kept at the "
+                                                                        "institution.")) -> None:
+    """Serve this institution's fixed operations to the consortium's coordinator (mutual TLS) until stopped."""
+    from hostguard import loopback
+    from node.config import NodeConfigError, load_node_config
+
+    try:
+        node_config = load_node_config(config)
+    except NodeConfigError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        isolation = loopback.isolation(Settings().allow_exposed_worker, "TFF worker")
+    except loopback.WorkerExposureRefused as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    from node.server import serve_until_stopped
+
+    def listening(port: int) -> None:
+        host = node_config.listen.rsplit(":", 1)[0]
+        console.print(f"node {node_config.institution} listening on {host}:{port} (mutual TLS; answers only "
+                      f"'{node_config.coordinator}'); schema {node_config.schema_name}; extract "
+                      f"{node_config.extract.path}", highlight=False, soft_wrap=True)
+
+    try:
+        serve_until_stopped(node_config, Settings().expectations_dir, isolation, listening)
+    except OSError as error:
+        console.print(f"[red]node {node_config.institution}: cannot listen on {node_config.listen}: {error}[/red]")
+        raise typer.Exit(1) from None
+
+
+if __name__ == "__main__":  # `python -m flows.cli`, as the cross-silo demo starts its nodes
+    app()

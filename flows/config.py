@@ -47,8 +47,12 @@ def parse_config(data: dict, base_dir: Path, source: str = "<dict>", schemas_dir
         except SuiteOutOfDate as error:
             raise ConfigError(f"invalid config {source}: {error}") from None
     for institution in config.institutions:
-        if not institution.path.is_absolute():
+        if institution.path is not None and not institution.path.is_absolute():
             institution.path = (base_dir / institution.path).resolve()
+    if config.tls is not None:
+        for name in ("ca", "cert", "key"):
+            if not getattr(config.tls, name).is_absolute():
+                setattr(config.tls, name, (base_dir / getattr(config.tls, name)).resolve())
     return config
 
 

@@ -31,7 +31,8 @@ from tasks.statistics import balanced_positive_weight, compute_local_statistics,
 from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
                             worker_isolation)
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
-from flows.validate import extracts, validate_consortium
+from flows.validate import consortium_of, validate_consortium
+from tasks.consortium import LocalConsortium
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,19 @@ def run_key(config: RunConfig, admitted: list[ValidationReport], layout, mean, s
         "mean": [float(m) for m in mean], "std": [float(s) for s in std],
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def training_id(run_dir: Path, key: str) -> str:
+    """This training's identity at the nodes: kept beside its checkpoints, so a resumed or retried training
+    is the same training (a node answers a round it trained again, and charges it once), while a later
+    retraining of the same inputs is a new one."""
+    import uuid
+
+    path = Path(run_dir) / "training_id"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{key}-{uuid.uuid4().hex[:12]}")
+    return path.read_text().strip()
 
 
 def flow_run_url(flow_run_id) -> str | None:
@@ -184,26 +198,28 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
     schema, features = config.data_schema, config.feature_names
     split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
 
-    validation = validate_consortium(config)
+    consortium = consortium_of(config)
+    validation = validate_consortium(config, consortium)
     try:
-        names = admitted_institutions(validation, config.quorum, config.quorum_row_share)
+        admitted_institutions(validation, config.quorum, config.quorum_row_share)
     except QuorumNotMet as error:
         publish_summary(config.model_name, summary_markdown(
             config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)))
         raise
     reports = {r.institution: r for r in validation}
-    # Every later read of an extract verifies it is the file validation read.
-    admitted = [e.validated(reports[e.institution].digest) for e in extracts(config) if e.institution in names]
+    # Every later read of an extract (or request to a node) is pinned to the digest validation saw.
+    admitted = consortium.admit(validation)
+    names = admitted.names
 
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
         # The registry is consulted before training so an unreachable one costs no training.
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
-        statistics = [compute_local_statistics(e, schema, features, split) for e in admitted]
+        statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]
         layout = consortium_layout(schema, features, statistics)
         mean, std = standardization(layout, statistics)
         weighting = config.training.positive_class_weight
         positive_weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
-        key = run_key(config, [reports[e.institution] for e in admitted], layout, mean, std)
+        key = run_key(config, [reports[name] for name in names], layout, mean, std)
         run_dir = settings.runs_dir / config.model_name / key
         # Privacy is planned, and the ledger consulted, before anything is trained.
         plan = plan_privacy(config.privacy, config.training, {
@@ -213,31 +229,33 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         training = train_federated(
             admitted, schema, layout, split, mean=mean.tolist(), std=std.tolist(), training=config.training,
             positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
-            privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()))
+            privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()),
+            run_key=training_id(run_dir, key))
         spent = spent_privacy(plan, training.rounds_trained) if plan else None
         if spent is not None:
             settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)
         models = {"challenger": training.model_path}
         if champion is not None and champion.features == features:
             models["champion"] = champion.path
-        per_institution = {e.institution: dict(models) for e in admitted}
-        if config.baselines.enabled:
+        per_institution = {name: dict(models) for name in names}
+        if config.baselines.enabled and isinstance(admitted, LocalConsortium):
             common = dict(model=config.training.model, baselines=config.baselines, positive_class_weight=positive_weight)
-            pooled = train_pooled_baseline(admitted, schema, layout, split, mean.tolist(), std.tolist(),
+            pooled = train_pooled_baseline(list(admitted.extracts), schema, layout, split, mean.tolist(), std.tolist(),
                                            model_dir=Path(work_dir) / "pooled", **common)
-            for e in admitted:
+            for e in admitted.extracts:
                 local = train_local_baseline(e, schema, features, split, model_dir=Path(work_dir) / f"local-{e.institution}",
                                              **common)
                 per_institution[e.institution].update(local_only=local, pooled=pooled)
-        evaluations = [evaluate_institution(e, schema, split, per_institution[e.institution], config.evaluation)
-                       for e in admitted]
+        trained = [name for name in names if name not in training.lost]
+        evaluations = [evaluate_institution(admitted, name, schema, split, per_institution[name], config.evaluation)
+                       for name in trained]
         decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None)
         commit, dirty = git_state(PROJECT_ROOT)
         lineage = lineage_tags(
             flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
             commit=commit, dirty=dirty, config=config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
-            validation=validation, admitted=[e.institution for e in admitted],
-            privacy=privacy_tags(spent, ledger_run), worker_isolation=isolation.mechanism)
+            validation=validation, admitted=names, privacy=privacy_tags(spent, ledger_run),
+            worker_isolation=isolation.mechanism, lost=training.lost)
         registration = register_model(
             settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,

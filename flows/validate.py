@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.settings import Settings
 from tasks.config import RunConfig
+from tasks.consortium import Consortium, LocalConsortium
 from tasks.data import Extract
 from tasks.registry import find_reference_profiles
 from tasks.reporting import publish_validation_table
 from tasks.validation import ValidationReport, validate_institution
 
 
-def extracts(config: RunConfig) -> list[Extract]:
-    """Each configured institution's extract, before validation."""
-    return [Extract(i.name, i.path, dict(i.columns)) for i in config.institutions]
+def consortium_of(config: RunConfig) -> Consortium:
+    """The configured institutions: their extracts (simulation) or their nodes (cross-silo)."""
+    if config.cross_silo:
+        from node.client import NodeConsortium, NodeHandle, Tls
+
+        return NodeConsortium(tuple(NodeHandle(i.name, i.node) for i in config.institutions),
+                              Tls(str(config.tls.ca), str(config.tls.cert), str(config.tls.key)), config.quorum)
+    return LocalConsortium(tuple(Extract(i.name, i.path, dict(i.columns)) for i in config.institutions))
 
 
 @flow(name="validate", flow_run_name="validate-{config.model_name}",
       task_runner=ThreadPoolTaskRunner(max_workers=4))
-def validate_consortium(config: RunConfig) -> list[ValidationReport]:
+def validate_consortium(config: RunConfig, consortium: Any = None) -> list[ValidationReport]:
     """One validation task per institution; failures are reports, so every institution is checked.
 
     Each institution is also checked for drift against the profile of its last accepted
@@ -28,10 +37,14 @@ def validate_consortium(config: RunConfig) -> list[ValidationReport]:
     """
     settings = Settings()
     references = find_reference_profiles(settings.mlflow_tracking_uri, config.model_name) if config.drift_checks else {}
+    consortium = consortium or consortium_of(config)
+    # A report is cached by the file it read; across silos only the node can read it, so every run asks.
+    validate = validate_institution.with_options(cache_policy=NO_CACHE) if consortium.cross_silo else \
+        validate_institution
     futures = [
-        validate_institution.submit(extract, config.data_schema, reference=references.get(extract.institution),
-                                    expectations_dir=settings.expectations_dir)
-        for extract in extracts(config)
+        validate.submit(consortium, name, config.data_schema, reference=references.get(name),
+                        expectations_dir=settings.expectations_dir)
+        for name in consortium.names
     ]
     reports = [future.result() for future in futures]
     publish_validation_table(config.model_name, reports)

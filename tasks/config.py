@@ -21,13 +21,35 @@ class InstitutionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Institution id (lowercase).")
-    path: Path = Field(description="Its extract (CSV); relative paths are relative to the config file.")
+    path: Path | None = Field(None, description="Simulation: its extract (CSV or Parquet); relative paths are "
+                                                "relative to the config file.")
+    node: str | None = Field(None, pattern=r"^[^:\s]+:\d{1,5}$", description="Cross-silo: host:port of its fedrisk "
+                                                                           "node (the coordinator has no path to its "
+                                                                           "data).")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Column renames for this institution: name in its file -> schema name."
     )
     privacy_budget: float | None = Field(
         None, gt=0, le=1000, description="Total epsilon this institution allows over every model trained on its "
                                          "rows (the ledger); overrides privacy.budget_epsilon.")
+
+    @model_validator(mode="after")
+    def _path_or_node(self) -> InstitutionConfig:
+        if (self.path is None) == (self.node is None):
+            raise ValueError(f"institution '{self.name}' needs exactly one of path (simulation) or node (cross-silo)")
+        if self.columns and self.node:
+            raise ValueError(f"institution '{self.name}': a node maps its own columns (in its node config)")
+        return self
+
+
+class TlsConfig(BaseModel):
+    """The coordinator's TLS material (PEM): the consortium CA, its certificate and key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class ModelConfig(BaseModel):
@@ -232,6 +254,8 @@ class RunConfig(BaseModel):
         True, description="Check each extract against the institution's last accepted one; turn off "
                           "once to accept a deliberate change (a new portfolio, a re-based currency).",
     )
+    tls: TlsConfig | None = Field(None, description="Cross-silo: the coordinator's certificate, key and the "
+                                                    "consortium CA (paths relative to this file).")
 
     @field_validator("data_schema", mode="before")
     @classmethod
@@ -269,6 +293,13 @@ class RunConfig(BaseModel):
         if budgeted and self.privacy.mechanism == "none":
             raise ValueError(f"institutions {budgeted} set a privacy_budget, but privacy.mechanism is none: "
                              f"training on their rows without differential privacy would spend an unbounded epsilon")
+        nodes = [i.name for i in self.institutions if i.node]
+        if nodes and len(nodes) != len(self.institutions):
+            raise ValueError("institutions are either all nodes (cross-silo) or all paths (simulation)")
+        if nodes and self.tls is None:
+            raise ValueError("cross-silo institutions need tls: {ca, cert, key} (the coordinator's certificate)")
+        if nodes and self.baselines.enabled:
+            raise ValueError("baselines need every institution's rows in one place: simulation only, not with nodes")
         if self.privacy.mechanism == "record_level" and self.training.algorithm == "fedprox":
             raise ValueError("record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "
                              "optimizer (fedadam, fedyogi, fedadagrad), not fedprox")
@@ -300,6 +331,10 @@ class RunConfig(BaseModel):
     def plain(self) -> dict:
         """The config as plain values (the schema by name), as logged and hashed."""
         return self.model_dump(mode="json", by_alias=True)
+
+    @property
+    def cross_silo(self) -> bool:
+        return self.institutions[0].node is not None
 
     def privacy_budgets(self) -> dict[str, float | None]:
         """Each institution's total epsilon budget: its own, else privacy.budget_epsilon (None: no limit)."""

@@ -123,10 +123,10 @@ def _scorer(model_path: str):
     return lambda rows: np.asarray(model.predict(rows[inputs])).reshape(-1)
 
 
-@task(name="evaluate-institution", task_run_name="evaluate-{extract.institution}")
-def evaluate_institution(extract: Extract, schema: Schema, split: Split, models: dict[str, str],
-                         evaluation: EvaluationConfig) -> InstitutionEvaluation:
-    """Score each model in `models` (role -> local model path) on this institution's raw holdout rows."""
+def evaluate_rows(extract: Extract, schema: Schema, split: Split, models: dict[str, str],
+                  evaluation: EvaluationConfig) -> InstitutionEvaluation:
+    """Score each model in `models` (role -> local model path) on this institution's raw holdout rows.
+    Runs where the rows are; returns only metrics and curve aggregates."""
     holdout = load_part(extract, schema, split, "holdout")
     y = labels(holdout, schema)
     scores = {role: _scorer(model)(holdout) for role, model in models.items()}
@@ -140,6 +140,13 @@ def evaluate_institution(extract: Extract, schema: Schema, split: Split, models:
         curves={role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)}
                 for role, p in scores.items()},
     )
+
+
+@task(name="evaluate-institution", task_run_name="evaluate-{institution}")
+def evaluate_institution(consortium, institution: str, schema: Schema, split: Split, models: dict[str, str],
+                         evaluation: EvaluationConfig) -> InstitutionEvaluation:
+    """One institution's holdout evaluation of `models`, where its rows are (tasks.consortium)."""
+    return consortium.evaluate(institution, schema, split, models, evaluation)
 
 
 def weighted_metrics(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, float]:

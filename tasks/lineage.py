@@ -51,6 +51,7 @@ def lineage_tags(
     admitted: list[str],
     privacy: dict[str, str],
     worker_isolation: str,
+    lost: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
     `privacy` are the privacy stage's tags (mechanism, each institution's epsilon); `worker_isolation`
@@ -73,8 +74,11 @@ def lineage_tags(
         "model.kind": training.model.kind,
         **privacy,
         "simulation": str(config.baselines.enabled).lower(),
+        "execution": "cross-silo (institution nodes, mutual TLS)" if config.cross_silo else "simulation (one process)",
         "security.worker_isolation": worker_isolation,
     }
+    for name, why in (lost or {}).items():  # an institution left out mid-training, while the quorum held
+        tags[f"institution.{name}.lost"] = why[:4000]
     if flow_run_url:
         tags["prefect.flow_run_url"] = flow_run_url
     if deployment:  # which schedule or trigger started it; absent for a local run

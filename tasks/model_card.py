@@ -193,7 +193,9 @@ def model_card_html(
         f"<p>{e(architecture)} trained with {e(t.algorithm)} over {len(training.rounds)} rounds "
         f"({'stopped early' if training.stopped_early else 'maximum rounds reached'}); exported round "
         f"{training.best_round} (best federated validation loss). Aggregation: {e(t.aggregation)}. "
-        f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}.</p>",
+        f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}. Execution: {e(lineage.get('execution', '-'))}.</p>",
+        *([f"<p class='fail'>Left out during training: " + "; ".join(
+            f"{e(name)} ({e(why)})" for name, why in training.lost.items()) + "</p>"] if training.lost else []),
         f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',
         "<h2>Features</h2>", _feature_table(schema, layout),
         *(["<h2>Scorecard points</h2>", _points_table(scorecard, config.scorecard)] if scorecard is not None else []),

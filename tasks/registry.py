@@ -102,8 +102,17 @@ def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Cha
         return None
     uri = f"models:/{model_name}/{version}"
     signature = mlflow.models.get_model_info(uri).signature
-    path = mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(download_dir) / f"champion-v{version}"))
-    return Champion(version=str(version), features=list(signature.inputs.input_names()), path=path)
+    path = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(download_dir) / f"champion-v{version}")))
+    return Champion(version=str(version), features=list(signature.inputs.input_names()),
+                    path=str(exported_model_dir(path)))
+
+
+def exported_model_dir(mlflow_model: Path) -> Path:
+    """The exported model (riskmodel: data) inside a downloaded MLflow model; the pyfunc around it is for
+    serving. A model registered before riskmodel existed is returned whole."""
+    from riskmodel.model import MANIFEST
+
+    return next((p.parent for p in Path(mlflow_model).glob(f"artifacts/*/{MANIFEST}")), Path(mlflow_model))
 
 
 def resolve_version(tracking_uri: str, name: str, alias: str | None, version: str | None):

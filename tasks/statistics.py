@@ -16,7 +16,7 @@ import pandas as pd
 from prefect import task
 
 from riskmodel.layout import MISSING, FeatureEncoding, Layout
-from tasks.data import Extract, Split, labels, load_part
+from tasks.data import Split, labels
 from tasks.schema import CategoricalFeature, Schema
 
 
@@ -59,10 +59,12 @@ def local_statistics(institution: str, rows: pd.DataFrame, schema: Schema, featu
     return LocalStatistics(institution, int(len(rows)), int(labels(rows, schema).sum()), present, sums, squares, levels)
 
 
-@task(name="local-statistics", task_run_name="statistics-{extract.institution}")
-def compute_local_statistics(extract: Extract, schema: Schema, features: list[str], split: Split) -> LocalStatistics:
-    """Federated-statistics aggregates of one institution's training split (no rows leave)."""
-    return local_statistics(extract.institution, load_part(extract, schema, split, "train"), schema, features)
+@task(name="local-statistics", task_run_name="statistics-{institution}")
+def compute_local_statistics(consortium, institution: str, schema: Schema, features: list[str],
+                             split: Split) -> LocalStatistics:
+    """Federated-statistics aggregates of one institution's training split, computed where its rows are
+    (tasks.consortium); no row leaves."""
+    return consortium.statistics(institution, schema, features, split)
 
 
 def consortium_layout(schema: Schema, features: list[str], statistics: list[LocalStatistics]) -> Layout:

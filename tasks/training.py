@@ -6,7 +6,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class TrainingOutcome:
     resumed_from_round: int
     positive_class_weight: float
     rounds_trained: dict[str, int]
+    lost: dict[str, str] = field(default_factory=dict)  # institutions left out mid-training, and why
 
 
 def _model_spec(model: ModelConfig, seed: int):
@@ -114,7 +115,7 @@ def export(weights: list[np.ndarray], model: ModelConfig, seed: int, layout: Lay
 
 
 def federated_training(
-    extracts: list[Extract],
+    consortium,
     schema: Schema,
     layout: Layout,
     split: Split,
@@ -128,24 +129,21 @@ def federated_training(
     isolation: Isolation | None = None,
     scaling: Scaling | None = None,
     on_round: Callable | None = None,
+    run_key: str = "",
 ) -> TrainingOutcome:
-    """Train `training` over the institutions; export the best round's model to `model_dir`.
+    """Train `training` over the consortium's institutions; export the best round's model to `model_dir`.
 
     Each institution fits on its fit split (encoded by `layout`) and reports validation metrics on its
-    validation split. In this simulation one process holds every client's dataset, as TFF's local
-    runtime needs; each institution's rows stay a separate client dataset and are never concatenated.
-    `privacy` makes the training differentially private; `isolation` (worker_isolation) keeps TFF's
-    worker off the network; `scaling` gives a logistic regression its scorecard points; `on_round`
-    receives each round's fed_models.training.RoundMetrics.
+    validation split, where its rows are (tasks.consortium: in this process in simulation, at its node
+    across silos); only updates and summed metrics come back. `run_key` identifies the training to the
+    nodes (idempotent rounds). `privacy` makes the training differentially private; `isolation`
+    (worker_isolation) keeps TFF's worker off the network; `scaling` gives a logistic regression its
+    scorecard points; `on_round` receives each round's fed_models.training.RoundMetrics.
     """
-    from fed_models.training import ClientData, TrainingSpec, train  # TF/TFF import paid only when training
+    from fed_models.training import TrainingSpec, train  # TF/TFF import paid only when training
 
-    clients, validation = [], []
-    for extract in extracts:
-        rows = load_parts(extract, schema, split, ("fit", "validation"))
-        clients.append(ClientData(extract.institution, layout.encode(rows["fit"]), labels(rows["fit"], schema)))
-        validation.append(ClientData(extract.institution, layout.encode(rows["validation"]),
-                                     labels(rows["validation"], schema)))
+    institutions = consortium.training(schema, layout, split, run_key,
+                                       {i.institution: i.delta for i in privacy.institutions} if privacy else None)
     stopping = training.early_stopping
     spec = TrainingSpec(
         model=_model_spec(training.model, split.seed),
@@ -164,35 +162,36 @@ def federated_training(
         seed=split.seed,
         privacy=_privacy_spec(privacy),
     )
-    result = train(clients, np.asarray(mean), np.asarray(std), spec, validation=validation,
+    result = train(institutions, np.asarray(mean), np.asarray(std), spec,
                    checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, on_round=on_round,
                    isolation=isolation)
     return TrainingOutcome(
         model_path=export(result.weights, training.model, split.seed, layout, mean, std, schema.output, model_dir,
                           scaling),
         rounds=[asdict(r) for r in result.rounds],
-        examples={c.institution: int(len(c.y)) for c in clients},
+        examples=dict(zip(institutions.names, institutions.fit_rows, strict=True)),
         best_round=result.best_round,
         stopped_early=result.stopped_early,
         resumed_from_round=result.resumed_from_round,
         positive_class_weight=positive_class_weight,
         rounds_trained=result.rounds_trained,
+        lost=result.lost,
     )
 
 
 # Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
 # round's checkpoint instead of starting over.
 @task(name="train-federated", retries=1, retry_delay_seconds=2)
-def train_federated(extracts: list[Extract], schema: Schema, layout: Layout, split: Split, mean: list[float],
+def train_federated(consortium, schema: Schema, layout: Layout, split: Split, mean: list[float],
                     std: list[float], training: TrainingConfig, positive_class_weight: float, model_dir: Path,
                     checkpoint_dir: Path, privacy: PrivacyPlan | None = None, isolation: Isolation | None = None,
-                    scaling: Scaling | None = None) -> TrainingOutcome:
+                    scaling: Scaling | None = None, run_key: str = "") -> TrainingOutcome:
     """`federated_training`, with each round logged, shown in a Prefect progress artifact and passed to the
     round listeners (the CLI's progress bar)."""
     logger = get_run_logger()
     max_rounds = training.rounds
     progress_id = create_progress_artifact(
-        progress=0.0, description=f"Federated rounds of {len(extracts)} institutions (max {max_rounds})")
+        progress=0.0, description=f"Federated rounds of {len(consortium.names)} institutions (max {max_rounds})")
 
     def report(metrics) -> None:
         m = asdict(metrics)
@@ -201,8 +200,9 @@ def train_federated(extracts: list[Extract], schema: Schema, layout: Layout, spl
         for listener in list(_round_listeners):
             listener({**m, "max_rounds": max_rounds})
 
-    outcome = federated_training(extracts, schema, layout, split, mean, std, training, positive_class_weight,
-                                 model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report)
+    outcome = federated_training(consortium, schema, layout, split, mean, std, training, positive_class_weight,
+                                 model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report,
+                                 run_key=run_key)
     if outcome.resumed_from_round:
         logger.info("resumed from the checkpoint of round %d in %s", outcome.resumed_from_round, checkpoint_dir)
     if outcome.stopped_early:

@@ -251,11 +251,13 @@ def _file_digest(path: Path) -> str:
         return f"unreadable:{type(error).__name__}"
 
 
-def validation_cache_key(context, parameters: dict) -> str:
+def validation_cache_key(context, parameters: dict) -> str | None:
     """Same file (path and bytes), column mapping, schema version and suite JSON, reference profile and
     GX context: same report. The path is part of it because the report names the file it read; the
-    context's location because the report links to a Data Docs page in it."""
-    extract, schema = parameters["extract"], parameters["schema"]
+    context's location because the report links to a Data Docs page in it. Simulation only (the flow turns
+    caching off across silos, where only the node reads the file)."""
+    consortium, schema = parameters["consortium"], parameters["schema"]
+    extract = consortium.extract(parameters["institution"])
     suite_file = Path(parameters["expectations_dir"]) / "gx" / "expectations" / f"{schema.suite}.json"
     parts = [
         extract.institution,
@@ -270,21 +272,11 @@ def validation_cache_key(context, parameters: dict) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-@task(
-    name="validate-institution",
-    task_run_name="validate-{extract.institution}",
-    # Unchanged data is not revalidated; a change to this module's code also invalidates.
-    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=validation_cache_key),
-    persist_result=True,
-)
-def validate_institution(
-    extract: Extract,
-    schema: Schema,
-    reference: dict | None = None,
-    expectations_dir: Path = EXPECTATIONS_DIR,
-) -> ValidationReport:
+def validate_extract(extract: Extract, schema: Schema, reference: dict | None = None,
+                     expectations_dir: Path = EXPECTATIONS_DIR) -> ValidationReport:
     """Read and check one institution's extract against its schema's suite (and against `reference`, the
-    profile of its last accepted extract, when there is one); an unreadable file is a failed report."""
+    profile of its last accepted extract, when there is one); an unreadable file is a failed report.
+    Runs where the extract is."""
     institution, path, suite = extract.institution, str(extract.path), schema.suite
     try:
         frame, digest = read_extract(extract, schema)
@@ -307,6 +299,20 @@ def validate_institution(
         profile=profile_frame(frame, schema),
         data_docs=str(page),
     )
+
+
+@task(
+    name="validate-institution",
+    task_run_name="validate-{institution}",
+    # Unchanged data is not revalidated; a change to this module's code also invalidates.
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=validation_cache_key),
+    persist_result=True,
+)
+def validate_institution(consortium, institution: str, schema: Schema, reference: dict | None = None,
+                         expectations_dir: Path = EXPECTATIONS_DIR) -> ValidationReport:
+    """One institution's validation, where its extract is (tasks.consortium): its report, or a failed one
+    naming why it could not be validated (unreadable file, unreachable node)."""
+    return consortium.validate(institution, schema, reference, expectations_dir)
 
 
 def admitted_institutions(reports: list[ValidationReport], quorum: int, min_row_share: float = 0.0) -> list[str]:

@@ -133,3 +133,35 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     assert re.search(r"Trained \d+ rounds \((stopped early|maximum rounds reached).*\); exported round \d+, "
                      r"the best by federated validation loss", demo)
     assert "Privacy: no differential privacy" in demo
+
+
+def test_worker_isolation_measures_the_library_and_rounds_with_and_without_it(tmp_path, capsys, monkeypatch):
+    if subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"], capture_output=True).returncode:
+        pytest.skip("unprivileged user and network namespaces are not available here (unshare -rn)")
+    out = _run("worker_isolation.py", "--institutions", "2", "--rows", "300", "--rounds", "1", "--repeats", "1",
+               "--json", str(tmp_path / "w.json"), capsys=capsys, monkeypatch=monkeypatch)
+    [row] = _results(tmp_path / "w.json")["rounds"]
+    assert row["same_weights"] and row["isolated_seconds_per_round"] > 0 and row["bare_seconds_per_round"] > 0
+    assert "found cached in" in out and "same weights" in out
+
+
+@pytest.mark.slow
+def test_use_cases_compares_federated_with_pooled_on_real_data(tmp_path, capsys, monkeypatch):
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "ulb_fraud_subset").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent)")
+    out = _run("use_cases.py", "--cases", "card_fraud", "--seeds", "0", "--json", str(tmp_path / "c.json"),
+               capsys=capsys, monkeypatch=monkeypatch)
+    [run] = _results(tmp_path / "c.json")["card_fraud"]["runs"]
+    assert run["federated"]["pr_auc"] > 0.85 and run["pooled"]["pr_auc"] > 0.85
+    assert "card_fraud: pr_auc federated" in out and "sklearn_boosting" in out
+
+
+@pytest.mark.slow
+def test_cross_silo_rounds_times_rounds_through_node_processes(tmp_path, capsys, monkeypatch):
+    out = _run("cross_silo_rounds.py", "--rows", "400", "--rounds", "1", "--json", str(tmp_path / "x.json"),
+               capsys=capsys, monkeypatch=monkeypatch)
+    [row] = _results(tmp_path / "x.json")
+    assert row["simulation"]["seconds_per_round"] > 0 and row["cross_silo"]["seconds_per_round"] > 0
+    assert "Starting 3 institution nodes" in out

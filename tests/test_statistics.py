@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from riskmodel.layout import Layout
+from tasks.consortium import LocalConsortium
 from tasks.data import Extract, Split, load_part
 from tasks.schema import Missing, load_schema
 from tasks.statistics import (
@@ -19,8 +20,9 @@ def _train_parts(consortium, schema, split):
 
 def test_federated_statistics_equal_pooled_statistics_without_pooling(small_consortium):
     split, features = Split(0.2, 0.1, 7), list(CREDIT.features)
-    per_institution = [compute_local_statistics.fn(Extract(name, path), CREDIT, features, split)
-                       for name, path in small_consortium.items()]
+    consortium = LocalConsortium(tuple(Extract(name, path) for name, path in small_consortium.items()))
+    per_institution = [compute_local_statistics.fn(consortium, name, CREDIT, features, split)
+                       for name in consortium.names]
     layout = consortium_layout(CREDIT, features, per_institution)
     mean, std = standardization(layout, per_institution)
     # The reference pools the same training splits; only the test ever sees them together.

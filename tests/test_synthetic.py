@@ -10,7 +10,7 @@ import pytest
 from tasks.data import Extract, read_institution
 from tasks.schema import available_schemas, load_schema
 from tasks.synthetic import PORTFOLIOS, split_file, synthesize
-from tasks.validation import check_frame, validate_institution
+from tasks.validation import check_frame, validate_extract
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")
@@ -55,7 +55,7 @@ def test_every_schema_has_a_synthetic_consortium_that_passes_its_suite(tmp_path,
     paths = synthesize(tmp_path, 3, seed=4, rows_scale=0.2, schema=schema)
     rates = []
     for institution, path in paths.items():
-        report = validate_institution.fn(Extract(institution, path), schema, expectations_dir=TEST_EXPECTATIONS_DIR)
+        report = validate_extract(Extract(institution, path), schema, expectations_dir=TEST_EXPECTATIONS_DIR)
         assert report.passed and report.warnings == [], (institution, report.reasons)
         rates.append(read_institution(institution, path, schema)[schema.label.column].mean())
     assert max(rates) - min(rates) > 0.01  # non-IID

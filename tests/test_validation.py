@@ -4,10 +4,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks.consortium import LocalConsortium
 from tasks.data import Extract, read_institution
 from tasks.schema import load_schema
 from tests.conftest import TEST_EXPECTATIONS_DIR
-from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_institution
+from tasks.validation import (QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_extract,
+                              validate_institution)
 
 CREDIT = load_schema("credit_default")
 SUITE = CREDIT.suite
@@ -24,8 +26,8 @@ def extract(small_consortium, tmp_path):
 
 
 def _validate(path, reference=None, columns=None, schema=CREDIT) -> ValidationReport:
-    return validate_institution.fn(Extract("cedar_savings", path, columns or {}), schema, reference=reference,
-                                   expectations_dir=TEST_EXPECTATIONS_DIR)
+    return validate_extract(Extract("cedar_savings", path, columns or {}), schema, reference=reference,
+                            expectations_dir=TEST_EXPECTATIONS_DIR)
 
 
 def _rewrite(path, change) -> None:
@@ -224,7 +226,8 @@ def test_unchanged_data_is_not_revalidated(extract):
 
     @flow
     def check_twice():
-        return [validate_institution(Extract(BROKEN_NAME, extract), CREDIT, expectations_dir=TEST_EXPECTATIONS_DIR,
+        consortium = LocalConsortium((Extract(BROKEN_NAME, extract),))
+        return [validate_institution(consortium, BROKEN_NAME, CREDIT, expectations_dir=TEST_EXPECTATIONS_DIR,
                                      return_state=True) for _ in range(2)]
 
     _rewrite(extract, lambda f: f.sample(frac=1, random_state=20261125))  # content no other test has

@@ -1,0 +1,91 @@
+"""`fedrisk demo --cross-silo`: the demo consortium as nodes on this machine, one process per institution.
+
+Each institution gets a directory of its own holding only its extract, its certificate and key, the CA's
+certificate and its node config; its node listens on a loopback port. The coordinator's config names the
+nodes' addresses and no path to any data. The nodes are this command's children: they end with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from hostguard.processes import spawn_owned, stop
+from tasks.config import RunConfig, TlsConfig
+
+COORDINATOR = "coordinator"
+_READY_TIMEOUT_S = 300.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def node_config(name: str, directory: Path, schema: str, extract: Path, port: int) -> Path:
+    """Write an institution's node directory: its extract, TLS files and config; return the config's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"institution": name, "listen": f"127.0.0.1:{port}", "schema": schema,
+            "extract": {"path": extract.name}, "coordinator": COORDINATOR, "work_dir": "state",
+            "tls": {"ca": "tls/ca.crt", "cert": f"tls/{name}.crt", "key": f"tls/{name}.key"}}
+    path = directory / "node.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _wait_listening(process, log: Path, name: str) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while "listening on" not in (log.read_text() if log.exists() else ""):
+        if process.poll() is not None:
+            raise RuntimeError(f"node {name} exited ({process.returncode}) on start; see {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node {name} did not start in {_READY_TIMEOUT_S:g} s; see {log}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]:
+    """Start a node per institution of `config` (simulation paths) under `work_dir`; yield the coordinator's
+    config (nodes only, mutual TLS); stop the nodes by pid when the block ends."""
+    from node.pki import init_ca, issue
+
+    work_dir = Path(work_dir).resolve()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    pki = work_dir / "pki"
+    init_ca(pki)
+    issue(pki, COORDINATOR, ("localhost", "127.0.0.1"))
+    processes, institutions = [], []
+    try:
+        for institution in config.institutions:
+            name, directory = institution.name, work_dir / institution.name
+            (directory / "tls").mkdir(parents=True)
+            issue(pki, name, ("localhost", "127.0.0.1"))
+            for file in ("ca.crt", f"{name}.crt", f"{name}.key"):
+                shutil.copy(pki / file, directory / "tls" / file)
+            shutil.copy(institution.path, directory / institution.path.name)  # only its own rows
+            port = _free_port()
+            path = node_config(name, directory, config.data_schema.name, directory / institution.path.name, port)
+            log = directory / "node.log"
+            processes.append((name, log, spawn_owned([sys.executable, "-m", "flows.cli", "node", "serve", "--config",
+                                                      str(path)], log, cwd=directory)))
+            institutions.append({"name": name, "node": f"127.0.0.1:{port}"})
+        console.print(f"Starting {len(processes)} institution nodes under {work_dir} (one process and directory "
+                      f"each, mutual TLS on loopback) ...")
+        for name, log, process in processes:
+            _wait_listening(process, log, name)
+        coordinator = RunConfig.model_validate({
+            **config.plain(), "institutions": institutions, "baselines": {"enabled": False},
+            "tls": TlsConfig(ca=pki / "ca.crt", cert=pki / f"{COORDINATOR}.crt", key=pki / f"{COORDINATOR}.key")})
+        yield coordinator
+    finally:
+        for _, _, process in processes:
+            stop(process)

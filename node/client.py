@@ -1,0 +1,271 @@
+"""The coordinator's side of cross-silo: a consortium of institutions' nodes (tasks.consortium's interface)
+and the training runner that sends each round to them (fed_models.training's Institutions).
+
+The coordinator never has a path to an institution's data: it sends settings, the feature layout, global
+weights and models, and gets back reports, aggregates, updates and metrics. Every call is mutual TLS with
+the consortium's CA; the node must present the certificate of the institution it is configured as. Calls
+carry deadlines; a node that fails a round is asked once more (re-prepared if it restarted), then left
+out while the quorum holds, or the run stops cleanly (it resumes from its checkpoint on the next run).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from node import wire
+from node.server import SERVICE, message_options
+from riskmodel.model import MANIFEST
+from tasks.evaluation import InstitutionEvaluation
+from tasks.statistics import LocalStatistics
+from tasks.validation import ValidationReport
+
+TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
+            "ValidateRound": 300, "Evaluate": 900}
+MAX_MESSAGE_MB = 64
+_channels: dict[tuple, grpc.Channel] = {}
+_channels_lock = threading.Lock()
+
+
+class NodeError(RuntimeError):
+    """A node that could not be reached, refused, or failed; the message names the institution and address."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class TrainingStopped(RuntimeError):
+    """Too few institutions left mid-training; nothing is registered and the next run resumes."""
+
+
+@dataclass(frozen=True)
+class NodeHandle:
+    institution: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The coordinator's PEM files: the consortium CA, its certificate and key."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+def _channel(handle: NodeHandle, tls: Tls) -> grpc.Channel:
+    key = (handle, tls)
+    with _channels_lock:
+        if key not in _channels:
+            credentials = grpc.ssl_channel_credentials(Path(tls.ca).read_bytes(), Path(tls.key).read_bytes(),
+                                                       Path(tls.cert).read_bytes())
+            # The node must hold the certificate of the institution it is configured as. A node that was down
+            # is dialled again within seconds, not after gRPC's default backoff of up to two minutes.
+            options = [("grpc.ssl_target_name_override", handle.institution), *message_options(MAX_MESSAGE_MB),
+                       ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
+            _channels[key] = grpc.secure_channel(handle.address, credentials, options=options)
+        return _channels[key]
+
+
+def call(handle: NodeHandle, tls: Tls, operation: str, request: dict):
+    """One operation at one node; NodeError with a sentence on any failure."""
+    method = _channel(handle, tls).unary_unary(f"/{SERVICE}/{operation}")
+    try:
+        return wire.decode(method(wire.encode(request), timeout=TIMEOUTS[operation]))
+    except grpc.RpcError as error:
+        code, details = error.code(), (error.details() or "").strip()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            with _channels_lock:  # the next call dials afresh (a restarted node is reached at once)
+                stale = _channels.pop((handle, tls), None)
+            if stale is not None:
+                stale.close()
+            message = f"institution '{handle.institution}': unreachable at {handle.address}: {details or code.name}"
+        else:
+            message = f"institution '{handle.institution}' node at {handle.address}: {details or code.name}"
+        raise NodeError(message, code) from None
+
+
+def _schema_ref(schema) -> dict:
+    return {"name": schema.name, "version": schema.version}
+
+
+def _zip_model(directory: Path) -> np.ndarray:
+    """An exported model's files (its manifest and engine file: data, no code) as bytes."""
+    directory = Path(directory)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
+        for name in (MANIFEST, "model.keras"):
+            bundle.write(directory / name, name)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class NodeConsortium:
+    """Cross-silo: each institution at its node. `digests` pins each admitted node to the extract it validated."""
+
+    nodes: tuple[NodeHandle, ...]
+    tls: Tls
+    quorum: int = 1
+    digests: tuple[tuple[str, str], ...] = ()
+    cross_silo = True
+
+    @property
+    def names(self) -> list[str]:
+        return [n.institution for n in self.nodes]
+
+    def node(self, institution: str) -> NodeHandle:
+        return next(n for n in self.nodes if n.institution == institution)
+
+    def digest(self, institution: str) -> str:
+        return dict(self.digests)[institution]
+
+    def validate(self, institution, schema, reference, expectations_dir) -> ValidationReport:
+        handle = self.node(institution)
+        try:
+            answer = call(handle, self.tls, "Validate", {"schema": _schema_ref(schema), "reference": reference})
+        except NodeError as error:  # unreachable or refusing: quarantined like a failed validation
+            return ValidationReport(institution, f"node {handle.address}", schema.suite, passed=False,
+                                    checks_evaluated=1, checks_failed=1, reasons=[str(error)])
+        report = ValidationReport(**answer["report"])
+        if answer.get("data_docs_html"):  # the node's page, kept here for the run (no path into the node)
+            page = Path(tempfile.mkdtemp(prefix="fedrisk-data-docs-")) / "institutions-extract.html"
+            page.write_text(answer["data_docs_html"])
+            report = replace(report, data_docs=str(page))
+        return report
+
+    def admit(self, reports: list[ValidationReport]) -> NodeConsortium:
+        passed = {r.institution: r.digest for r in reports if r.passed}
+        return NodeConsortium(tuple(n for n in self.nodes if n.institution in passed), self.tls, self.quorum,
+                              tuple(passed.items()))
+
+    def statistics(self, institution, schema, features, split) -> LocalStatistics:
+        result = call(self.node(institution), self.tls, "Statistics", {
+            "schema": _schema_ref(schema), "digest": self.digest(institution), "features": features,
+            "split": vars(split)})
+        return LocalStatistics(**result)
+
+    def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
+        return NodeInstitutions(self, schema, layout, split, run_key, deltas or {})
+
+    def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
+        result = call(self.node(institution), self.tls, "Evaluate", {
+            "schema": _schema_ref(schema), "digest": self.digest(institution), "split": vars(split),
+            "evaluation": evaluation.model_dump(), "models": {role: _zip_model(path) for role, path in models.items()}})
+        return InstitutionEvaluation(**result)
+
+
+@dataclass
+class NodeInstitutions:
+    """The training runner across silos: each round's client work and validation at the institutions' nodes,
+    in parallel; the coordinator aggregates (fed_models.training.train)."""
+
+    consortium: NodeConsortium
+    schema: object
+    layout: object
+    split: object
+    run_key: str
+    deltas: dict[str, float] = field(default_factory=dict)  # each institution's DP delta (the privacy plan's)
+    names: list[str] = field(init=False)
+    fit_rows: list[int] = field(init=False)
+    lost: dict[str, str] = field(default_factory=dict)
+    reported: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.names = self.consortium.names
+        self.fit_rows = [0] * len(self.names)
+        self._prepare_request = None
+        self.round = 0
+
+    def _prepare(self, index: int) -> None:
+        name = self.names[index]
+        answer = call(self.consortium.node(name), self.consortium.tls, "Prepare",
+                      {**self._prepare_request, "digest": self.consortium.digest(name), "delta": self.deltas.get(name)})
+        self.fit_rows[index] = answer["fit_rows"]
+        self.reported[name] = answer["rounds_trained"]
+
+    def prepare(self, stages) -> None:
+        """Every node checks the training against its policy, encodes its rows with the layout, builds its stages."""
+        from fed_models.training import spec_as_dict
+
+        self._prepare_request = {"schema": _schema_ref(self.schema), "run_key": self.run_key,
+                                 "spec": spec_as_dict(stages.spec), "mean": stages.mean, "std": stages.std,
+                                 "layout": self.layout.to_json(), "split": vars(self.split)}
+        self._each(list(range(len(self.names))), "preparing the training", self._prepare)
+
+    def _with_retry(self, index: int, operation):
+        """`operation()` at one node, asked once more after a failure (re-prepared if it restarted)."""
+        try:
+            return operation()
+        except NodeError as first:
+            if first.code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise  # a refusal is an answer, not a fault
+            try:
+                if first.code == grpc.StatusCode.NOT_FOUND or first.code == grpc.StatusCode.UNAVAILABLE:
+                    self._prepare(index)
+                return operation()
+            except NodeError as second:
+                return second
+
+    def _drop(self, failures: dict[str, NodeError], when: str) -> None:
+        active = [n for n in self.names if n not in self.lost and n not in failures]
+        reasons = "; ".join(f"{error}" for error in failures.values())
+        if len(active) < self.consortium.quorum:
+            raise TrainingStopped(
+                f"{when}: {reasons} (failed twice); {len(active)} institution(s) left, quorum is "
+                f"{self.consortium.quorum}: the run stops, nothing is registered, and the next run resumes from "
+                f"the last round's checkpoint")
+        for name, error in failures.items():
+            self.lost[name] = f"left out from {when}: {error}"
+
+    def _each(self, indices: list[int], when: str, operation) -> dict[int, object]:
+        """`operation(i)` at each node in parallel; a node failing twice is dropped (see `_drop`)."""
+        with ThreadPoolExecutor(max(1, len(indices))) as pool:
+            results = dict(zip(indices, pool.map(lambda i: self._with_retry(i, lambda: operation(i)), indices),
+                               strict=True))
+        failures = {self.names[i]: r for i, r in results.items() if isinstance(r, NodeError)}
+        if failures:
+            self._drop(failures, when)
+        return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
+
+    def train_round(self, stages, round_num, weights, chosen):
+        from fed_models.training import ClientUpdate, client_seed, weights_as_lists
+
+        plain = weights_as_lists(weights)
+        indices = [i for i in chosen if self.names[i] not in self.lost]
+
+        def train(i: int):
+            return call(self.consortium.node(self.names[i]), self.consortium.tls, "TrainRound", {
+                "run_key": self.run_key, "round": round_num, "weights": plain,
+                "client_seed": client_seed(stages.spec.seed, round_num, i)})
+
+        self.round = round_num
+        answers = self._each(indices, f"round {round_num}", train)
+        updates = []
+        for i, answer in sorted(answers.items()):
+            self.reported[self.names[i]] = answer["rounds_trained"]
+            updates.append(ClientUpdate(self.names[i], list(answer["update"]), float(answer["weight"]),
+                                        answer["metrics"]))
+        return updates
+
+    def validate(self, stages, weights):
+        from fed_models.training import weights_as_lists
+
+        plain = weights_as_lists(weights)
+        indices = [i for i, name in enumerate(self.names) if name not in self.lost]
+        answers = self._each(indices, f"validation of round {self.round}", lambda i: call(
+            self.consortium.node(self.names[i]), self.consortium.tls, "ValidateRound",
+            {"run_key": self.run_key, "weights": plain}))
+        return [answers[i]["metrics"] for i in sorted(answers)]
+
+    def trained_rounds(self, rounds_run: int) -> dict[str, int]:
+        """What each node reports it trained in this run (what its privacy is charged for)."""
+        return {name: self.reported.get(name, 0) for name in self.names}

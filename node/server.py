@@ -1,0 +1,92 @@
+"""The node's gRPC server: mutual TLS with the consortium CA, and only the configured coordinator answered.
+
+A client without a certificate signed by the consortium's CA does not complete the TLS handshake; a
+client with one whose name is not the node's configured coordinator is refused each call. Messages are
+bounded in size; every operation's failure goes back as a status with a sentence, never a traceback
+(the node's own log keeps the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from node import wire
+from node.config import NodeConfig
+from node.service import NodeRefusal, NodeService, UnknownRun
+from tasks.data import InstitutionDataError
+
+SERVICE = "fedrisk.Node"
+OPERATIONS = {"Describe": "describe", "Validate": "validate", "Statistics": "statistics", "Prepare": "prepare",
+              "TrainRound": "train_round", "ValidateRound": "validate_round", "Evaluate": "evaluate"}
+log = logging.getLogger("fedrisk.node")
+
+
+def message_options(max_mb: int) -> list[tuple[str, int]]:
+    size = max_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+def _handler(service: NodeService, operation: str, coordinator: str):
+    method = getattr(service, operation)
+
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        peer = (context.auth_context().get("x509_common_name") or [b""])[0].decode()
+        if peer != coordinator:
+            log.warning("refused %s from %r: this node answers only %r", operation, peer, coordinator)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"institution '{service.name}' answers only the coordinator '{coordinator}', not "
+                          f"'{peer or 'an unnamed client'}'")
+        try:
+            result = method(wire.decode(request))
+        except (NodeRefusal, InstitutionDataError) as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except UnknownRun as error:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except wire.WireError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"institution '{service.name}': {error}")
+        except Exception as error:  # the node's log has the traceback; the coordinator gets a sentence
+            log.error("%s failed:\n%s", operation, traceback.format_exc())
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"institution '{service.name}': {operation} failed ({type(error).__name__}: {error})")
+        log.info("%s for %s done", operation, peer)
+        return result if isinstance(result, bytes) else wire.encode(result)
+
+    return handle
+
+
+def start_server(config: NodeConfig, service: NodeService) -> tuple[grpc.Server, int]:
+    """Start the node's server on `config.listen`; return it and the port it listens on."""
+    ca, cert, key = config.tls.read()
+    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    server = grpc.server(ThreadPoolExecutor(max_workers=8), options=message_options(config.max_message_mb))
+    handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(service, operation, config.coordinator))
+                for name, operation in OPERATIONS.items()}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_secure_port(config.listen, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    server.start()
+    return server, port
+
+
+def serve_until_stopped(config: NodeConfig, expectations_dir, isolation, listening) -> None:
+    """`fedrisk node serve`: load TensorFlow/TFF once (they stay loaded between rounds), start the server,
+    call `listening(port)`, and serve until SIGTERM or SIGINT; then stop, letting calls in flight finish."""
+    import signal
+    import threading
+
+    from fed_models import runtime
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    runtime.ensure_context(isolation)
+    server, port = start_server(config, NodeService(config, expectations_dir, isolation))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    listening(port)
+    stop.wait()
+    server.stop(grace=5).wait()

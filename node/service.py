@@ -1,0 +1,243 @@
+"""What a node does: fedrisk's fixed per-institution operations on its own extract, nothing else.
+
+Each operation is the function the pipeline runs in simulation (tasks.consortium.LocalConsortium, the
+fed_models client work), called here with the request's plain values; no code or computation sent by
+the coordinator is ever run. The node enforces what its institution agreed to (schema, rounds, model
+kinds, privacy and its budget), trains each round of a run once (a repeated round id gets the same
+answer; the same round id with other weights is refused), and keeps its round log and privacy ledger
+on its own disk, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from node import wire
+from node.config import NodeConfig
+from tasks.config import EvaluationConfig
+from tasks.consortium import LocalConsortium
+from tasks.data import Extract, Split
+from tasks.validation import EXPECTATIONS_DIR
+
+MODEL_FILES = ("riskmodel.json", "model.keras")
+
+
+class NodeRefusal(ValueError):
+    """A request the node will not serve: outside its institution's policy, or not what its data is."""
+
+
+class UnknownRun(LookupError):
+    """A round of a training this node was not prepared for (it restarted): prepare it again."""
+
+
+@dataclass
+class _Run:
+    """A training prepared at this node: its stages and this institution's encoded rows."""
+
+    stages: object
+    fit: object
+    validation: object
+    delta: float
+
+
+def _weights_digest(weights: dict) -> str:
+    hasher = hashlib.sha256()
+    for array in [*weights["trainable"], *weights["non_trainable"]]:
+        hasher.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return hasher.hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+class NodeService:
+    def __init__(self, config: NodeConfig, expectations_dir: Path = EXPECTATIONS_DIR, isolation=None):
+        self.config, self.schema = config, config.schema()
+        self.name = config.institution
+        self.extract = Extract(self.name, config.extract.path, dict(config.extract.columns))
+        self.expectations_dir = Path(expectations_dir)
+        self.isolation = isolation
+        self.runs: dict[str, _Run] = {}
+        self.lock = threading.Lock()  # TFF's execution context is process-wide: one computation at a time
+        self.rounds_dir = config.work_dir / "rounds"
+        self.ledger_file = config.work_dir / "ledger.json"
+        self.rounds_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _computing(self):
+        """One TFF computation at a time, with TFF's context installed in this (gRPC worker) thread."""
+        from fed_models import runtime
+
+        with self.lock:
+            runtime.ensure_context(self.isolation)
+            yield
+
+    # --- checks ---------------------------------------------------------------------------------------
+    def _check_schema(self, request: dict) -> None:
+        asked = request.get("schema") or {}
+        if (asked.get("name"), str(asked.get("version"))) != (self.schema.name, str(self.schema.version)):
+            raise NodeRefusal(f"institution '{self.name}': its extract follows schema {self.schema.name} version "
+                              f"{self.schema.version}; the coordinator asked for {asked.get('name')} version "
+                              f"{asked.get('version')}")
+
+    def _admitted(self, request: dict) -> LocalConsortium:
+        """This institution's extract pinned to the digest the coordinator admitted (checked on every read)."""
+        return LocalConsortium((self.extract.validated(request["digest"]),))
+
+    def _check_policy(self, spec, rounds: int) -> None:
+        policy = self.config.policy
+        if rounds > policy.max_rounds:
+            raise NodeRefusal(f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run "
+                              f"plans {rounds}")
+        if spec.model.kind not in policy.model_kinds:
+            raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not {spec.model.kind}")
+        from fed_models.training import RecordLevelPrivacy
+
+        if policy.require_privacy == "record_level" and not isinstance(spec.privacy, RecordLevelPrivacy):
+            raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy "
+                              f"(DP-SGD); the run asks for {type(spec.privacy).__name__ if spec.privacy else 'none'}")
+
+    # --- privacy ledger -------------------------------------------------------------------------------
+    def _ledger(self) -> dict:
+        return json.loads(self.ledger_file.read_text()) if self.ledger_file.exists() else {}
+
+    def _charge(self, run_key: str, run: _Run, rounds: int) -> float:
+        """Epsilon of `rounds` rounds of this run at this node; refused past the institution's budget."""
+        from fed_models.accounting import record_level_epsilon, steps_per_round
+        from fed_models.training import RecordLevelPrivacy
+
+        spec = run.stages.spec
+        if not isinstance(spec.privacy, RecordLevelPrivacy):
+            return 0.0
+        rows = len(run.fit.y)
+        steps = steps_per_round(rows, spec.batch_size, spec.local_epochs) * rounds
+        epsilon = record_level_epsilon(rows=rows, batch_size=spec.batch_size, steps=steps,
+                                       noise_multiplier=spec.privacy.noise_multipliers[self.name], delta=run.delta)
+        ledger = self._ledger()
+        earlier = sum(entry["epsilon"] for key, entry in ledger.items() if key != run_key)
+        budget = self.config.policy.privacy_budget
+        if budget is not None and earlier + epsilon > budget + 1e-9:
+            raise NodeRefusal(f"institution '{self.name}': privacy budget exceeded: round {rounds} of this run would "
+                              f"bring its epsilon to {epsilon:.4f} on top of {earlier:.4f} spent before, over its "
+                              f"budget of {budget:g}")
+        ledger[run_key] = {"epsilon": epsilon, "delta": run.delta, "rounds": rounds}
+        _write_atomically(self.ledger_file, json.dumps(ledger, indent=1).encode())
+        return epsilon
+
+    # --- operations -----------------------------------------------------------------------------------
+    def describe(self, request: dict) -> dict:
+        return {"institution": self.name, "schema": {"name": self.schema.name, "version": self.schema.version},
+                "policy": self.config.policy.model_dump()}
+
+    def validate(self, request: dict) -> dict:
+        """The validation report, and its Data Docs page (the report, rendered) for the coordinator's run."""
+        self._check_schema(request)
+        consortium = LocalConsortium((self.extract,))
+        report = consortium.validate(self.name, self.schema, request.get("reference"), self.expectations_dir)
+        page = Path(report.data_docs).read_text() if report.data_docs else None
+        return {"report": asdict(report), "data_docs_html": page}
+
+    def statistics(self, request: dict) -> dict:
+        self._check_schema(request)
+        split = Split(**request["split"])
+        return asdict(self._admitted(request).statistics(self.name, self.schema, request["features"], split))
+
+    def prepare(self, request: dict) -> dict:
+        """Get ready for a training: check it against the policy, encode this institution's rows with the
+        run's layout, build the TFF stages. Returns how many rows it trains on."""
+        from fed_models.accounting import default_delta
+        from fed_models.training import build_stages, spec_from_dict
+        from riskmodel.layout import Layout
+
+        self._check_schema(request)
+        spec = spec_from_dict(request["spec"])
+        self._check_policy(spec, spec.rounds)
+        consortium = self._admitted(request)
+        runner = consortium.training(self.schema, Layout.from_json(request["layout"]), Split(**request["split"]),
+                                     request["run_key"])
+        [fit], [validation] = runner.clients, runner.validation
+        with self._computing():
+            stages = build_stages(spec, np.asarray(request["mean"]), np.asarray(request["std"]), n_clients=1)
+        delta = request.get("delta") or default_delta(len(fit.y))
+        self.runs[request["run_key"]] = _Run(stages, fit, validation, delta)
+        return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"]))}
+
+    def _run(self, run_key: str) -> _Run:
+        if run_key not in self.runs:
+            raise UnknownRun(f"institution '{self.name}' has no prepared run {run_key} (it restarted?)")
+        return self.runs[run_key]
+
+    def _logged_rounds(self, run_key: str) -> list[int]:
+        directory = self.rounds_dir / run_key
+        return sorted(int(p.stem.split("_")[1]) for p in directory.glob("round_*.json")) if directory.is_dir() else []
+
+    def train_round(self, request: dict) -> bytes:
+        """One round of this institution's client work, once: the same round id again gets the same answer;
+        with other weights it is refused (so privacy is charged for exactly what was trained)."""
+        from fed_models.training import client_round, weights_from_lists
+        from fed_models.dp_sgd import secure_rng
+
+        run_key, round_num = request["run_key"], int(request["round"])
+        digest = _weights_digest(request["weights"])
+        directory = self.rounds_dir / run_key
+        record, answer = directory / f"round_{round_num}.json", directory / f"round_{round_num}.msg"
+        if record.exists():
+            logged = json.loads(record.read_text())
+            if logged["weights_sha256"] != digest:
+                raise NodeRefusal(f"institution '{self.name}': round {round_num} of run {run_key} was already trained "
+                                  f"from other global weights; a round is trained once")
+            return answer.read_bytes()
+        run = self._run(run_key)
+        rounds = len(self._logged_rounds(run_key)) + 1
+        epsilon = self._charge(run_key, run, rounds)
+        with self._computing():
+            update = client_round(run.stages, run.fit, weights_from_lists(request["weights"]),
+                                  seed=int(request["client_seed"]), rng=secure_rng())
+        message = wire.encode({"update": update.update, "weight": update.weight, "metrics": update.metrics,
+                               "rounds_trained": rounds, "epsilon": epsilon})
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomically(answer, message)
+        _write_atomically(record, json.dumps({"weights_sha256": digest}).encode())
+        return message
+
+    def validate_round(self, request: dict) -> dict:
+        from fed_models.training import validation_metrics, weights_from_lists
+
+        run = self._run(request["run_key"])
+        with self._computing():
+            return {"metrics": validation_metrics(run.stages, run.validation, weights_from_lists(request["weights"]))}
+
+    def evaluate(self, request: dict) -> dict:
+        """Score the models it was sent (exported models: data, loaded with this node's own code) on its
+        holdout; only metrics and curve aggregates go back."""
+        self._check_schema(request)
+        consortium = self._admitted(request)
+        with tempfile.TemporaryDirectory(prefix="fedrisk-node-models-") as scratch:
+            models = {}
+            for role, archive in request["models"].items():
+                target = Path(scratch) / role
+                with zipfile.ZipFile(io.BytesIO(bytes(np.asarray(archive, dtype=np.uint8)))) as bundle:
+                    unexpected = sorted(set(bundle.namelist()) - set(MODEL_FILES))
+                    if unexpected:
+                        raise NodeRefusal(f"institution '{self.name}': a model holds files other than an exported "
+                                          f"model's: {unexpected}")
+                    bundle.extractall(target)
+                models[role] = str(target)
+            with self.lock:
+                evaluation = consortium.evaluate(self.name, self.schema, Split(**request["split"]), models,
+                                                 EvaluationConfig(**request["evaluation"]))
+        return asdict(evaluation)

@@ -1,0 +1,223 @@
+"""Cross-silo end to end: three institution nodes as separate OS processes on loopback, each with only its own
+directory and data, mutual TLS, and a coordinator whose config has no data path. The retraining registers the
+same model the simulation does, the coordinator opens none of the institutions' files, and a node that is down
+at the start or dies mid-training is handled: quarantined, left out while the quorum holds, or the run stops
+with nothing registered and resumes identically once the node is back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from flows.config import parse_config
+from flows.cross_silo_demo import COORDINATOR, node_config
+from flows.retrain import retrain
+from node.pki import init_ca, issue
+from tests.conftest import descendants, free_port, read_until, wait_until_gone
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+BANKS = ("alder_bank", "birch_credit_union", "cedar_savings")
+SETTINGS = {"training": {"rounds": 5, "algorithm": "fedadam", "model": {"kind": "mlp", "hidden_units": [8]}},
+            "seed": 4, "promotion": {"max_calibration_error": None}}
+
+
+class Node:
+    """One institution's node: its own directory (extract, TLS files, config) and process."""
+
+    def __init__(self, name: str, directory: Path, port: int):
+        self.name, self.directory, self.port = name, directory, port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "node", "serve", "--config", str(self.directory / "node.yaml")],
+            cwd=self.directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+
+    def wait(self) -> None:
+        read_until(self.process, "listening on", timeout=300)
+
+    def kill(self) -> None:
+        children = descendants(self.process.pid)
+        assert "worker_binary" in children.values()
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        assert wait_until_gone(children, timeout=30) == []  # its TFF worker dies with it
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def consortium(small_consortium, tmp_path_factory):
+    """The PKI, and a node per bank, each in a directory of its own with a copy of only its own extract."""
+    root = tmp_path_factory.mktemp("cross_silo")
+    pki = root / "pki"
+    init_ca(pki)
+    issue(pki, COORDINATOR, ("127.0.0.1",))
+    nodes = {}
+    for name in BANKS:
+        directory = root / "nodes" / name
+        (directory / "tls").mkdir(parents=True)
+        issue(pki, name, ("127.0.0.1",))
+        for file in ("ca.crt", f"{name}.crt", f"{name}.key"):
+            shutil.copy(pki / file, directory / "tls" / file)
+        shutil.copy(small_consortium[name], directory / "credit.csv")
+        node_config(name, directory, "credit_default", directory / "credit.csv", free_port())
+        nodes[name] = Node(name, directory, int(
+            (directory / "node.yaml").read_text().split("listen: 127.0.0.1:")[1].split()[0]))
+    for node in nodes.values():
+        node.start()
+    try:
+        for node in nodes.values():
+            node.wait()
+        yield root, pki, nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | None = None):
+    institutions = [{"name": n.name, "node": f"127.0.0.1:{n.port}"} for n in nodes] + list((extra or {}).values())
+    return parse_config({"model_name": name, "quorum": quorum, "institutions": institutions, **SETTINGS,
+                         "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{COORDINATOR}.crt"),
+                                 "key": str(pki / f"{COORDINATOR}.key")}}, Path("."))
+
+
+def _weights(tracking_uri: str, name: str, version: str, tmp_path: Path) -> list[np.ndarray]:
+    import mlflow
+
+    from riskmodel import model as exported
+
+    from tasks.registry import exported_model_dir
+
+    mlflow.set_tracking_uri(tracking_uri)
+    target = tmp_path / "downloads" / str(abs(hash(tracking_uri)))
+    path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(target)))
+    return exported.load(exported_model_dir(path)).predictor.get_weights()
+
+
+class OpenAudit:
+    """Every file path this process opens while active (Python's audit hook for open)."""
+
+    paths: list[str] = []
+    active = False
+
+    @classmethod
+    def hook(cls, event, args):
+        if cls.active and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            cls.paths.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(OpenAudit.hook)
+
+
+def test_nodes_train_the_same_model_as_the_simulation_and_the_coordinator_reads_no_row(
+        consortium, small_consortium, tmp_path, monkeypatch):
+    root, pki, nodes = consortium
+    simulation_store = f"sqlite:///{tmp_path / 'simulation' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", simulation_store)
+    simulated = retrain(parse_config({"model_name": "credit_xs", "quorum": 3, **SETTINGS, "institutions": [
+        {"name": n, "path": str(small_consortium[n])} for n in BANKS]}, Path(".")))
+
+    store = f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    config = _coordinator(pki, nodes.values(), "credit_xs")
+    assert all(i.path is None for i in config.institutions)  # the coordinator is never told where data is
+    OpenAudit.paths, OpenAudit.active = [], True
+    try:
+        across = retrain(config)
+    finally:
+        OpenAudit.active = False
+    opened = [p for p in OpenAudit.paths if str(root / "nodes") in os.path.abspath(p)
+              or any(os.path.abspath(p) == str(small_consortium[n]) for n in BANKS)]
+    assert opened == [] and OpenAudit.paths  # it opened files (its store, its suite), none of the institutions'
+
+    assert [r.passed for r in across.validation] == [True] * 3
+    assert [r.digest for r in across.validation] == [r.digest for r in simulated.validation]
+    for mine, theirs in zip(_weights(store, "credit_xs", "1", tmp_path),
+                            _weights(simulation_store, "credit_xs", "1", tmp_path), strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    assert across.training.best_round == simulated.training.best_round
+    for name, value in simulated.weighted.items():
+        assert across.weighted[name] == pytest.approx(value, abs=1e-6), name
+    tags = MlflowClient(store).get_model_version("credit_xs", "1").tags
+    assert tags["execution"] == "cross-silo (institution nodes, mutual TLS)" and tags["simulation"] == "false"
+
+
+def test_a_node_down_at_the_start_is_quarantined_and_the_quorum_decides(consortium, tracking_uri):
+    _, pki, nodes = consortium
+    address = f"127.0.0.1:{free_port()}"
+    config = _coordinator(pki, nodes.values(), "credit_xs_down", quorum=3,
+                          extra={"dune": {"name": "dune_finance", "node": address}})
+    summary = retrain(config)
+    [down] = [r for r in summary.validation if not r.passed]
+    assert down.institution == "dune_finance"
+    assert down.reasons[0].startswith(f"institution 'dune_finance': unreachable at {address}: ")
+    assert [e.institution for e in summary.evaluations] == list(BANKS)
+
+
+def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium, tracking_uri):
+    from tasks.training import round_listener
+
+    _, pki, nodes = consortium
+    victim = nodes["cedar_savings"]
+
+    def kill_after_round_2(metrics):
+        if metrics["round"] == 2 and victim.process.poll() is None:
+            victim.kill()
+
+    try:
+        with round_listener(kill_after_round_2):
+            summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_lost", quorum=2))
+    finally:
+        victim.start()
+        victim.wait()
+    assert [r["institutions"] for r in summary.training.rounds] == [3, 3, 2, 2, 2]
+    assert summary.training.lost["cedar_savings"].startswith("left out from round 3: institution 'cedar_savings': "
+                                                             "unreachable at ")
+    assert [e.institution for e in summary.evaluations] == ["alder_bank", "birch_credit_union"]
+    tags = MlflowClient(tracking_uri).get_model_version("credit_xs_lost", "1").tags
+    assert tags["institution.cedar_savings.lost"].startswith("left out from round 3")
+
+
+def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(
+        consortium, tracking_uri):
+    from node.client import TrainingStopped
+    from tasks.training import round_listener
+
+    _, pki, nodes = consortium
+    victim = nodes["birch_credit_union"]
+    config = _coordinator(pki, nodes.values(), "credit_xs_resume", quorum=3)
+    uninterrupted = retrain(_coordinator(pki, nodes.values(), "credit_xs_reference", quorum=3))
+
+    def kill_after_round_2(metrics):
+        if metrics["round"] == 2 and victim.process.poll() is None:
+            victim.kill()
+
+    with round_listener(kill_after_round_2), pytest.raises(TrainingStopped) as stopped:
+        retrain(config)
+    assert "2 institution(s) left, quorum is 3: the run stops, nothing is registered" in str(stopped.value)
+    client = MlflowClient(tracking_uri)
+    assert client.search_model_versions("name='credit_xs_resume'") == []
+
+    victim.start()
+    victim.wait()
+    resumed = retrain(config)
+    assert resumed.training.resumed_from_round == 2 and resumed.training.lost == {}
+    assert resumed.weighted == uninterrupted.weighted  # a node never trains a round twice: identical

@@ -1,0 +1,106 @@
+"""node.service: the institution is the authority over its data. A node serves only its schema, refuses
+trainings outside its policy or past its privacy budget, and trains each round of a training once."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fed_models.keras_models import ModelSpec
+from fed_models.training import RecordLevelPrivacy, TrainingSpec, spec_as_dict, weights_as_lists
+from node.config import NodeConfig, NodePolicy, TlsFiles
+from node.service import NodeRefusal, NodeService, UnknownRun
+from tasks.data import Split
+from tasks.schema import load_schema
+from tasks.statistics import consortium_layout, standardization
+from tests.conftest import TEST_EXPECTATIONS_DIR
+
+CREDIT = load_schema("credit_default")
+SPLIT = {"holdout_fraction": 0.2, "validation_fraction": 0.1, "seed": 1}
+
+
+def _service(small_consortium, tmp_path, **policy) -> NodeService:
+    config = NodeConfig.model_validate({
+        "institution": "dune_finance", "schema": "credit_default",
+        "extract": {"path": str(small_consortium["dune_finance"])}, "work_dir": str(tmp_path / "state"),
+        "tls": TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "c.crt", key=tmp_path / "c.key"),
+        "policy": NodePolicy(**policy)})
+    return NodeService(config, TEST_EXPECTATIONS_DIR)
+
+
+def _prepared(service, spec: TrainingSpec, run_key: str = "run-1") -> dict:
+    schema = {"name": CREDIT.name, "version": CREDIT.version}
+    report = service.validate({"schema": schema})
+    assert report["passed"], report["reasons"]
+    features = list(CREDIT.features)
+    statistics = service.statistics({"schema": schema, "digest": report["digest"], "features": features,
+                                     "split": SPLIT})
+    from tasks.statistics import LocalStatistics
+
+    stats = [LocalStatistics(**statistics)]
+    layout = consortium_layout(CREDIT, features, stats)
+    mean, std = standardization(layout, stats)
+    request = {"schema": schema, "digest": report["digest"], "run_key": run_key, "spec": spec_as_dict(spec),
+               "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT}
+    service.prepare(request)
+    return request
+
+
+def test_a_node_serves_only_its_schema(small_consortium, tmp_path):
+    service = _service(small_consortium, tmp_path)
+    with pytest.raises(NodeRefusal, match="its extract follows schema credit_default version 2; the coordinator "
+                                          "asked for german_credit version 1"):
+        service.validate({"schema": {"name": "german_credit", "version": 1}})
+
+
+@pytest.mark.parametrize("policy, spec, refusal", [
+    ({"max_rounds": 5}, TrainingSpec(rounds=6), "agreed to at most 5 rounds, the run plans 6"),
+    ({"model_kinds": ["logistic_regression"]}, TrainingSpec(model=ModelSpec("mlp", (8,))),
+     r"trains only \['logistic_regression'\], not mlp"),
+    ({"require_privacy": "record_level"}, TrainingSpec(), "trains only with record-level differential privacy"),
+])
+def test_a_training_outside_the_policy_is_refused(small_consortium, tmp_path, policy, spec, refusal):
+    with pytest.raises(NodeRefusal, match=refusal):
+        _prepared(_service(small_consortium, tmp_path, **policy), spec)
+
+
+def test_a_round_is_trained_once_and_a_restarted_node_is_prepared_again(small_consortium, tmp_path):
+    service = _service(small_consortium, tmp_path)
+    spec = TrainingSpec(rounds=3, seed=1)
+    _prepared(service, spec)
+    weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
+    round_1 = {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 7}
+    first = service.train_round(round_1)
+    assert service.train_round(round_1) == first  # asked again (a retry): the same answer, not a second training
+    moved = {**weights, "trainable": [w + 0.1 for w in weights["trainable"]]}
+    with pytest.raises(NodeRefusal, match="round 1 of run run-1 was already trained from other global weights"):
+        service.train_round({**round_1, "weights": moved})
+    restarted = _service(small_consortium, tmp_path)  # same work_dir: its round log survives
+    assert restarted.train_round(round_1) == first
+    with pytest.raises(UnknownRun, match="has no prepared run run-1"):
+        restarted.train_round({**round_1, "round": 2})
+
+
+def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_consortium, tmp_path):
+    from fed_models.accounting import record_level_epsilon, steps_per_round
+    from node import wire
+
+    service = _service(small_consortium, tmp_path, privacy_budget=1.0)
+    spec = TrainingSpec(rounds=50, batch_size=32, seed=1,
+                        privacy=RecordLevelPrivacy(1.0, {"dune_finance": 2.0}))
+    _prepared(service, spec)
+    weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
+    rows = len(service.runs["run-1"].fit.y)
+    steps = steps_per_round(rows, 32, 1)
+    epsilon = lambda rounds: record_level_epsilon(rows=rows, batch_size=32, steps=steps * rounds,  # noqa: E731
+                                                  noise_multiplier=2.0, delta=1 / rows)
+    allowed = max(r for r in range(1, 51) if epsilon(r) <= 1.0)
+    for round_num in range(1, allowed + 1):
+        answer = wire.decode(service.train_round({"run_key": "run-1", "round": round_num, "weights": weights,
+                                                  "client_seed": round_num}))
+        weights = {**weights, "trainable": [w - 0.01 * u for w, u in zip(weights["trainable"], answer["update"])]}
+    assert answer["rounds_trained"] == allowed and answer["epsilon"] == pytest.approx(epsilon(allowed))
+    with pytest.raises(NodeRefusal, match=rf"privacy budget exceeded: round {allowed + 1} of this run would bring "
+                                          rf"its epsilon to {epsilon(allowed + 1):.4f} on top of 0.0000 spent before, "
+                                          rf"over its budget of 1"):
+        service.train_round({"run_key": "run-1", "round": allowed + 1, "weights": weights, "client_seed": 99})
