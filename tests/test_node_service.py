@@ -30,7 +30,7 @@ def _service(small_consortium, tmp_path, **policy) -> NodeService:
 
 def _prepared(service, spec: TrainingSpec, run_key: str = "run-1") -> dict:
     schema = {"name": CREDIT.name, "version": CREDIT.version}
-    report = service.validate({"schema": schema})
+    report = service.validate({"schema": schema})["report"]
     assert report["passed"], report["reasons"]
     features = list(CREDIT.features)
     statistics = service.statistics({"schema": schema, "digest": report["digest"], "features": features,
