@@ -113,7 +113,7 @@ def _round_progress() -> Iterator[None]:
     bar: dict = {}
 
     def on_round(m: dict) -> None:
-        train = "" if math.isnan(m["loss"]) else f"train loss {m['loss']:.4f}  "  # unmeasured under DP
+        train = "" if math.isnan(m.get("loss", math.nan)) else f"train loss {m['loss']:.4f}  "  # not under DP, trees
         latest = f"{train}validation loss {m['validation_loss']:.4f}  validation AUC {m['validation_auc']:.4f}"
         if "task" not in bar:
             progress.start()
@@ -542,7 +542,7 @@ def trigger(
 @pki_app.command("init")
 def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", help="Where the CA's files go.")) -> None:
     """Create a development consortium CA (ca.crt, ca.key)."""
-    from node.pki import PkiError, init_ca
+    from hostguard.pki import PkiError, init_ca
 
     try:
         console.print(f"CA: {init_ca(directory)}")
@@ -558,7 +558,7 @@ def pki_issue(
     host: list[str] = typer.Option([], "--host", help="A DNS name or IP the holder is reached at (repeatable)."),
 ) -> None:
     """Issue NAME.crt and NAME.key, signed by the development CA."""
-    from node.pki import PkiError, issue
+    from hostguard.pki import PkiError, issue
 
     try:
         cert, key = issue(directory, name, tuple(host))

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from tasks.config import RunConfig
+from tasks.config import ENGINES, RunConfig
 from tasks.schema import SCHEMAS_DIR, SchemaError
 from tasks.suites import SuiteOutOfDate, require_current_suite
 
@@ -23,7 +23,10 @@ class ConfigError(ValueError):
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        # The training union's tag (training.tff.rounds) is not a key the user wrote: name the field as written.
+        loc = [part for i, part in enumerate(item["loc"])
+               if not (i == 1 and item["loc"][0] == "training" and part in ENGINES)]
+        where = ".".join(str(part) for part in loc) or "(top level)"
         value = item.get("input")
         shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
         message = item["msg"].removeprefix("Value error, ")

@@ -56,7 +56,7 @@ def _wait_listening(process, log: Path, name: str) -> None:
 def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]:
     """Start a node per institution of `config` (simulation paths) under `work_dir`; yield the coordinator's
     config (nodes only, mutual TLS); stop the nodes by pid when the block ends."""
-    from node.pki import init_ca, issue
+    from hostguard.pki import init_ca, issue
 
     work_dir = Path(work_dir).resolve()
     shutil.rmtree(work_dir, ignore_errors=True)

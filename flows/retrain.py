@@ -239,7 +239,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             models["champion"] = champion.path
         per_institution = {name: dict(models) for name in names}
         if config.baselines.enabled and isinstance(admitted, LocalConsortium):
-            common = dict(model=config.training.model, baselines=config.baselines, positive_class_weight=positive_weight)
+            common = dict(training=config.training, baselines=config.baselines, positive_class_weight=positive_weight)
             pooled = train_pooled_baseline(list(admitted.extracts), schema, layout, split, mean.tolist(), std.tolist(),
                                            model_dir=Path(work_dir) / "pooled", **common)
             for e in admitted.extracts:
@@ -255,7 +255,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
             commit=commit, dirty=dirty, config=config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
             validation=validation, admitted=names, privacy=privacy_tags(spent, ledger_run),
-            worker_isolation=isolation.mechanism, lost=training.lost)
+            worker_isolation=isolation.mechanism, lost=training.lost, engine=training.lineage)
         registration = register_model(
             settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,

@@ -23,7 +23,8 @@ def consortium_of(config: RunConfig) -> Consortium:
         from node.client import NodeConsortium, NodeHandle, Tls
 
         return NodeConsortium(tuple(NodeHandle(i.name, i.node) for i in config.institutions),
-                              Tls(str(config.tls.ca), str(config.tls.cert), str(config.tls.key)), config.quorum)
+                              Tls(str(config.tls.ca), str(config.tls.cert), str(config.tls.key)), config.quorum,
+                              server_host=config.tls.host)
     return LocalConsortium(tuple(Extract(i.name, i.path, dict(i.columns)) for i in config.institutions))
 
 

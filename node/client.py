@@ -23,13 +23,13 @@ import numpy as np
 
 from node import wire
 from node.server import SERVICE, message_options
-from riskmodel.model import MANIFEST
+from riskmodel.model import ENGINE_FILES, MANIFEST
 from tasks.evaluation import InstitutionEvaluation
 from tasks.statistics import LocalStatistics
 from tasks.validation import ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
-            "ValidateRound": 300, "Evaluate": 900}
+            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600}
 MAX_MESSAGE_MB = 64
 _channels: dict[tuple, grpc.Channel] = {}
 _channels_lock = threading.Lock()
@@ -103,8 +103,9 @@ def _zip_model(directory: Path) -> np.ndarray:
     directory = Path(directory)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
-        for name in (MANIFEST, "model.keras"):
-            bundle.write(directory / name, name)
+        for name in (MANIFEST, *ENGINE_FILES):
+            if (directory / name).exists():
+                bundle.write(directory / name, name)
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
 
 
@@ -116,6 +117,7 @@ class NodeConsortium:
     tls: Tls
     quorum: int = 1
     digests: tuple[tuple[str, str], ...] = ()
+    server_host: str = "localhost"  # where the nodes reach this coordinator (XGBoost's federated server)
     cross_silo = True
 
     @property
@@ -145,7 +147,7 @@ class NodeConsortium:
     def admit(self, reports: list[ValidationReport]) -> NodeConsortium:
         passed = {r.institution: r.digest for r in reports if r.passed}
         return NodeConsortium(tuple(n for n in self.nodes if n.institution in passed), self.tls, self.quorum,
-                              tuple(passed.items()))
+                              tuple(passed.items()), self.server_host)
 
     def statistics(self, institution, schema, features, split) -> LocalStatistics:
         result = call(self.node(institution), self.tls, "Statistics", {
@@ -155,6 +157,20 @@ class NodeConsortium:
 
     def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
         return NodeInstitutions(self, schema, layout, split, run_key, deltas or {})
+
+    def tree_training(self, schema, layout, split, spec, run_key: str, server: str) -> dict:
+        """Each node runs its institution's XGBoost worker against the coordinator's federated server at
+        `server` (in parallel, until the training ends); rank 0's answer holds the trees."""
+        base = {"schema": _schema_ref(schema), "layout": layout.to_json(), "split": vars(split),
+                "spec": spec.as_dict(), "run_key": run_key, "world_size": len(self.nodes), "server": server}
+
+        def train(rank: int) -> dict:
+            node = self.nodes[rank]
+            return call(node, self.tls, "TrainTrees", {**base, "rank": rank, "digest": self.digest(node.institution)})
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            answers = list(pool.map(train, range(len(self.nodes))))
+        return {"answer": answers[0], "rows": {n.institution: a["rows"] for n, a in zip(self.nodes, answers)}}
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         result = call(self.node(institution), self.tls, "Evaluate", {

@@ -45,8 +45,8 @@ class NodePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_rounds: int = Field(1000, ge=1, le=100_000)
-    model_kinds: list[Literal["logistic_regression", "mlp"]] = Field(default_factory=lambda: ["logistic_regression",
-                                                                                              "mlp"])
+    model_kinds: list[Literal["logistic_regression", "mlp", "gradient_boosted_trees"]] = Field(
+        default_factory=lambda: ["logistic_regression", "mlp", "gradient_boosted_trees"])
     require_privacy: Literal["none", "record_level"] = Field(
         "none", description="record_level: train only with DP-SGD (every customer protected).")
     privacy_budget: float | None = Field(None, gt=0, le=1000, description="Total epsilon this institution allows "

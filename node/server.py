@@ -21,7 +21,8 @@ from tasks.data import InstitutionDataError
 
 SERVICE = "fedrisk.Node"
 OPERATIONS = {"Describe": "describe", "Validate": "validate", "Statistics": "statistics", "Prepare": "prepare",
-              "TrainRound": "train_round", "ValidateRound": "validate_round", "Evaluate": "evaluate"}
+              "TrainRound": "train_round", "ValidateRound": "validate_round", "Evaluate": "evaluate",
+              "TrainTrees": "train_trees"}
 log = logging.getLogger("fedrisk.node")
 
 

@@ -30,7 +30,9 @@ from tasks.consortium import LocalConsortium
 from tasks.data import Extract, Split
 from tasks.validation import EXPECTATIONS_DIR
 
-MODEL_FILES = ("riskmodel.json", "model.keras")
+from riskmodel.model import ENGINE_FILES, MANIFEST
+
+MODEL_FILES = (MANIFEST, *ENGINE_FILES)
 
 
 class NodeRefusal(ValueError):
@@ -220,6 +222,39 @@ class NodeService:
         run = self._run(request["run_key"])
         with self._computing():
             return {"metrics": validation_metrics(run.stages, run.validation, weights_from_lists(request["weights"]))}
+
+    def train_trees(self, request: dict) -> dict:
+        """This institution's XGBoost worker for one training: its rows, encoded natively with the run's layout,
+        its node certificate; the coordinator's federated server sums the workers' histograms. Until the training
+        ends; rank 0 returns the trees (every worker holds the same) and the federated validation history."""
+        from fed_trees.spec import TreeSpec
+        from fed_trees.training import TreeTrainingFailed, run_worker
+        from riskmodel.layout import Layout
+
+        self._check_schema(request)
+        policy = self.config.policy
+        spec = TreeSpec.from_dict(request["spec"])
+        if "gradient_boosted_trees" not in policy.model_kinds:
+            raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not gradient_boosted_trees")
+        if spec.rounds > policy.max_rounds:
+            raise NodeRefusal(f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run "
+                              f"plans {spec.rounds}")
+        if policy.require_privacy != "none":
+            raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy, which "
+                              f"trees do not have")
+        [data] = self._admitted(request).tree_data(self.schema, Layout.from_json(request["layout"]),
+                                                   Split(**request["split"]))
+        tls = self.config.tls
+        try:
+            result = run_worker(data, spec, self.config.work_dir / "trees" / request["run_key"],
+                                rank=int(request["rank"]), world_size=int(request["world_size"]),
+                                server=request["server"], ca=tls.ca, cert=tls.cert, key=tls.key)
+        except TreeTrainingFailed as error:
+            raise NodeRefusal(f"institution '{self.name}': {error}") from None
+        if result is None:
+            return {"rows": int(len(data.y_fit))}
+        return {"rows": int(len(data.y_fit)), "booster": np.frombuffer(result.booster.read_bytes(), dtype=np.uint8),
+                "rounds": result.rounds, "best_round": result.best_round, "stopped_early": result.stopped_early}
 
     def evaluate(self, request: dict) -> dict:
         """Score the models it was sent (exported models: data, loaded with this node's own code) on its

@@ -79,6 +79,28 @@ class Layout:
                     parts.append(missing.astype(np.float64)[:, None])
         return np.hstack(parts) if parts else np.zeros((len(frame), 0))
 
+    def encode_native(self, frame: pd.DataFrame) -> np.ndarray:
+        """Raw rows -> one column per feature, for engines with native categorical and missing-value support
+        (XGBoost): numbers as they are (missing stays NaN), a categorical feature as the index of its kept
+        level, unseen and folded levels as one more index ('(other)'), missing as NaN."""
+        columns = []
+        for f in self.features:
+            values = frame[f.name]
+            if f.kind == "categorical":
+                text = (pd.to_numeric(values, errors="coerce").round().astype("Int64").astype(str) if f.coded
+                        else values.astype(str))
+                codes = pd.Categorical(text, categories=list(f.levels)).codes.astype(np.float64)
+                codes[codes < 0] = len(f.levels)
+                codes[values.isna().to_numpy()] = np.nan
+                columns.append(codes)
+            else:
+                columns.append(pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64))
+        return np.column_stack(columns) if columns else np.zeros((len(frame), 0))
+
+    def native_types(self) -> list[str]:
+        """XGBoost's feature types of `encode_native`'s columns: 'c' categorical, 'q' numeric."""
+        return ["c" if f.kind == "categorical" else "q" for f in self.features]
+
     def to_json(self) -> str:
         return json.dumps({"features": [asdict(f) for f in self.features]})
 

@@ -18,6 +18,8 @@ from riskmodel.layout import Layout
 
 MANIFEST = "riskmodel.json"
 KERAS_FILE = "model.keras"
+XGBOOST_FILE = "booster.json"
+ENGINE_FILES = (KERAS_FILE, XGBOOST_FILE)
 
 
 @dataclass
@@ -31,10 +33,24 @@ class RiskModel:
     scaling: object = None  # riskmodel.scorecard.Scaling of a logistic regression scorecard
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        x = self.layout.encode(frame)
         if self.engine == "keras":
+            x = self.layout.encode(frame)
             return self.predictor(x.astype(np.float32), training=False).numpy().reshape(-1).astype(np.float64)
+        if self.engine == "xgboost":
+            import xgboost
+
+            matrix = xgboost.DMatrix(self.layout.encode_native(frame), feature_types=self.layout.native_types(),
+                                     enable_categorical=True)
+            return self.predictor.predict(matrix).astype(np.float64)
         raise ValueError(f"unknown engine {self.engine!r}")
+
+    def feature_gain(self) -> dict[str, float]:
+        """XGBoost: total gain of each raw feature's splits (feature importance); empty for other engines."""
+        if self.engine != "xgboost":
+            return {}
+        names = self.layout.raw_features
+        return {names[int(key[1:])]: value for key, value in
+                self.predictor.get_score(importance_type="total_gain").items()}
 
 
 def save(directory: Path, *, engine: str, layout: Layout, output: str, engine_file: str,
@@ -57,6 +73,10 @@ def load(directory: Path) -> RiskModel:
         import tensorflow as tf
 
         predictor = tf.keras.models.load_model(directory / manifest["engine_file"], compile=False, safe_mode=True)
+    elif manifest["engine"] == "xgboost":
+        import xgboost
+
+        predictor = xgboost.Booster(model_file=str(directory / manifest["engine_file"]))
     else:
         raise ValueError(f"{directory}: unknown engine {manifest['engine']!r}")
     from riskmodel.scorecard import Scaling

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_serializer,
+                      field_validator, model_validator)
 
 from tasks.schema import SCHEMAS_DIR, Schema, load_schema
 
@@ -50,6 +50,8 @@ class TlsConfig(BaseModel):
     ca: Path
     cert: Path
     key: Path
+    host: str = Field("localhost", description="This coordinator's name as the nodes reach it (its certificate names "
+                                               "it): XGBoost's federated server, for engine: xgboost.")
 
 
 class ModelConfig(BaseModel):
@@ -83,8 +85,11 @@ DEFAULT_SERVER_LEARNING_RATE = {"fedavg": 1.0, "fedprox": 1.0, "fedadam": 0.01, 
 
 
 class TrainingConfig(BaseModel):
+    """The TFF engine: neural models (logistic regression, MLP) trained by federated averaging and its kin."""
+
     model_config = ConfigDict(extra="forbid")
 
+    engine: Literal["tff"] = "tff"
     algorithm: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = Field(
         "fedavg", description="Federated algorithm: server optimizer SGD (fedavg, fedprox) or adaptive.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -127,6 +132,47 @@ class TrainingConfig(BaseModel):
         if self.server_learning_rate is None:
             self.server_learning_rate = DEFAULT_SERVER_LEARNING_RATE[self.algorithm]
         return self
+
+
+class TreeTrainingConfig(BaseModel):
+    """The XGBoost engine: federated gradient-boosted trees (histogram method; XGBoost's federated mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["xgboost"]
+    rounds: int = Field(300, ge=1, le=10_000, description="Maximum trees (boosting rounds).")
+    max_depth: int = Field(4, ge=1, le=16)
+    learning_rate: float = Field(0.05, gt=0, le=1, description="eta: each tree's shrinkage.")
+    min_child_weight: float = Field(5.0, ge=0, le=1e6)
+    subsample: float = Field(1.0, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0, le=1e6)
+    max_bin: int = Field(256, ge=2, le=4096, description="Histogram bins per feature.")
+    positive_class_weight: float | Literal["balanced"] = Field(
+        1.0, description="scale_pos_weight; 'balanced' = negatives/positives from federated counts.")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    early_stopping: EarlyStoppingConfig | None = Field(
+        default_factory=lambda: EarlyStoppingConfig(patience=20),
+        description="Stop adding trees when the federated validation log loss stops improving.")
+    monotone: dict[str, Literal[1, -1]] = Field(
+        default_factory=dict, description="Monotone constraints by numeric feature: 1 never lowers the risk as "
+                                          "the feature grows (days past due), -1 never raises it.")
+
+    @field_validator("positive_class_weight")
+    @classmethod
+    def _positive_weight(cls, value):
+        if not isinstance(value, str) and not 0 < value <= 10_000:
+            raise ValueError("must be 'balanced' or a number in (0, 10000]")
+        return value
+
+
+def _engine(value) -> str:
+    return value.get("engine", "tff") if isinstance(value, dict) else getattr(value, "engine", "tff")
+
+
+ENGINES = ("tff", "xgboost")
+
+Training = Annotated[Annotated[TrainingConfig, Tag("tff")] | Annotated[TreeTrainingConfig, Tag("xgboost")],
+                     Discriminator(_engine)]
 
 
 class EvaluationConfig(BaseModel):
@@ -234,7 +280,7 @@ class RunConfig(BaseModel):
     institutions: list[InstitutionConfig] = Field(min_length=1)
     features: list[str] | None = Field(None, min_length=1, description="The schema's features the model uses; all "
                                                                         "when unset.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: Training = Field(default_factory=TrainingConfig, description="engine: tff (default) or xgboost.")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Stratified share each institution holds out.")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     quorum: int = Field(1, ge=1, description="Minimum institutions that must pass validation.")
@@ -285,7 +331,7 @@ class RunConfig(BaseModel):
                 raise ValueError("features are listed more than once")
         if self.quorum > len(self.institutions):
             raise ValueError(f"quorum {self.quorum} is more than the {len(self.institutions)} institutions configured")
-        sampled = self.training.clients_per_round
+        sampled = getattr(self.training, "clients_per_round", None)
         if sampled is not None and sampled > len(self.institutions):
             raise ValueError(f"training.clients_per_round {sampled} is more than the "
                              f"{len(self.institutions)} institutions configured")
@@ -300,7 +346,17 @@ class RunConfig(BaseModel):
             raise ValueError("cross-silo institutions need tls: {ca, cert, key} (the coordinator's certificate)")
         if nodes and self.baselines.enabled:
             raise ValueError("baselines need every institution's rows in one place: simulation only, not with nodes")
-        if self.privacy.mechanism == "record_level" and self.training.algorithm == "fedprox":
+        if self.training.engine == "xgboost":
+            if self.privacy.mechanism != "none":
+                raise ValueError(f"privacy.mechanism {self.privacy.mechanism} is not supported with engine: xgboost "
+                                 f"(fedrisk has no differential privacy for trees): train without it, or use "
+                                 f"engine: tff")
+            schema = self.data_schema
+            bad = [f for f in self.training.monotone if f not in self.feature_names
+                   or schema.features[f].type == "categorical"]
+            if bad:
+                raise ValueError(f"training.monotone: {bad} are not numeric features of this model")
+        if self.privacy.mechanism == "record_level" and getattr(self.training, "algorithm", None) == "fedprox":
             raise ValueError("record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "
                              "optimizer (fedadam, fedyogi, fedadagrad), not fedprox")
         return self

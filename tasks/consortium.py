@@ -78,5 +78,11 @@ class LocalConsortium:
                                          labels(rows["validation"], schema)))
         return LocalInstitutions(clients, validation)
 
+    def tree_data(self, schema, layout, split):
+        """The XGBoost engine's input: each institution's rows in the layout's native encoding (one worker each)."""
+        from tasks.trees import tree_data
+
+        return tree_data(self.extracts, schema, layout, split)
+
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         return evaluate_rows(self.extract(institution), schema, split, models, evaluation)

@@ -52,6 +52,7 @@ def lineage_tags(
     privacy: dict[str, str],
     worker_isolation: str,
     lost: dict[str, str] | None = None,
+    engine: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
     `privacy` are the privacy stage's tags (mechanism, each institution's epsilon); `worker_isolation`
@@ -68,10 +69,14 @@ def lineage_tags(
         "suite.name": config.suite,
         "suite.sha256": suite_sha256,
         "institutions": ",".join(admitted),
-        "training.algorithm": training.algorithm,
-        "training.aggregation": ("client-level DP (Gaussian, clipped, unweighted)"
-                                 if config.privacy.mechanism == "client_level" else training.aggregation),
-        "model.kind": training.model.kind,
+        **({"training.algorithm": "federated gradient-boosted trees (XGBoost, hist)",
+            "training.aggregation": "gradient histograms summed by XGBoost's federated server",
+            "model.kind": "gradient_boosted_trees"} if training.engine == "xgboost" else {
+            "training.algorithm": training.algorithm,
+            "training.aggregation": ("client-level DP (Gaussian, clipped, unweighted)"
+                                     if config.privacy.mechanism == "client_level" else training.aggregation),
+            "model.kind": training.model.kind}),
+        **(engine or {"training.engine": training.engine}),
         **privacy,
         "simulation": str(config.baselines.enabled).lower(),
         "execution": "cross-silo (institution nodes, mutual TLS)" if config.cross_silo else "simulation (one process)",

@@ -173,9 +173,16 @@ def model_card_html(
     simulated = any(role in ev.metrics for ev in evaluations for role in ("local_only", "pooled"))
     checks = "".join(f'<li class="{c.split(":")[0]}">{e(c)}</li>' for c in decision.checks)
     t = config.training
-    model = t.model
-    architecture = "logistic regression" if model.kind == "logistic_regression" else (
-        f"MLP {model.hidden_units} (dropout {model.dropout:g})")
+    if t.engine == "xgboost":
+        architecture = (f"gradient-boosted trees (XGBoost, histogram method; depth {t.max_depth}, eta "
+                        f"{t.learning_rate:g}, min child weight {t.min_child_weight:g}"
+                        + (f", monotone {t.monotone}" if t.monotone else "") + ")")
+        algorithm, aggregation = "XGBoost's federated mode", "gradient histograms summed by the federated server"
+    else:
+        model = t.model
+        architecture = "logistic regression" if model.kind == "logistic_regression" else (
+            f"MLP {model.hidden_units} (dropout {model.dropout:g})")
+        algorithm, aggregation = t.algorithm, t.aggregation
     sections = [
         f"<h1>Model card: {e(model_name)} version {e(version)}</h1>",
         f'<p class="muted">MLflow run <code>{e(run_id)}</code> &middot; Prefect flow run '
@@ -190,14 +197,17 @@ def model_card_html(
         f"<ul>{checks}</ul>",
         f"<p class='muted'>Policy: {e(str(config.promotion.model_dump()))}</p>",
         "<h2>Model and training</h2>",
-        f"<p>{e(architecture)} trained with {e(t.algorithm)} over {len(training.rounds)} rounds "
+        f"<p>{e(architecture)} trained with {e(algorithm)} over {len(training.rounds)} rounds "
         f"({'stopped early' if training.stopped_early else 'maximum rounds reached'}); exported round "
-        f"{training.best_round} (best federated validation loss). Aggregation: {e(t.aggregation)}. "
+        f"{training.best_round} (best federated validation loss). Aggregation: {e(aggregation)}. "
         f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}. Execution: {e(lineage.get('execution', '-'))}.</p>",
         *([f"<p class='fail'>Left out during training: " + "; ".join(
             f"{e(name)} ({e(why)})" for name, why in training.lost.items()) + "</p>"] if training.lost else []),
         f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',
         "<h2>Features</h2>", _feature_table(schema, layout),
+        *([f'<h3>Feature importance</h3><img alt="feature importance" '
+           f'src="data:image/png;base64,{_png(figures["feature_importance"])}">']
+          if "feature_importance" in figures else []),
         *(["<h2>Scorecard points</h2>", _points_table(scorecard, config.scorecard)] if scorecard is not None else []),
         "<h2>Privacy</h2>", _privacy_section(privacy),
         "<h2>Holdout metrics per institution</h2>",

@@ -20,8 +20,8 @@ def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
     loss_axis, auc_axis, norm_axis = figure.subplots(1, 3)
     steps = [r["round"] for r in rounds]
 
-    def plot(axis, key: str, label: str) -> None:  # a series differential privacy leaves unmeasured is left out
-        values = [r[key] for r in rounds]
+    def plot(axis, key: str, label: str) -> None:  # a series an engine or DP leaves unmeasured is left out
+        values = [r.get(key, np.nan) for r in rounds]
         if np.any(np.isfinite(values)):
             axis.plot(steps, values, marker=".", label=label)
 
@@ -34,10 +34,22 @@ def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
         axis.legend()
     plot(norm_axis, "client_update_norm", "mean client update")
     plot(norm_axis, "server_update_norm", "aggregated update")
-    norm_axis.set(title="Update L2 norm", xlabel="round", ylabel="L2 norm",
-                  yscale="log" if norm_axis.lines else "linear")
+    norm_axis.set(title="Update L2 norm" if norm_axis.lines else "(no model updates: trees)", xlabel="round",
+                  ylabel="L2 norm", yscale="log" if norm_axis.lines else "linear")
     if norm_axis.lines:
         norm_axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def importance_figure(gain: dict[str, float], top: int = 20) -> Figure:
+    """Gradient-boosted trees: each feature's share of the total gain of the splits on it (top `top`)."""
+    ranked = sorted(gain.items(), key=lambda item: item[1])[-top:]
+    total = sum(gain.values()) or 1.0
+    figure = Figure(figsize=(8, 0.3 * len(ranked) + 1.2))
+    axis = figure.subplots()
+    axis.barh([name for name, _ in ranked], [value / total for _, value in ranked])
+    axis.set(title="Feature importance (share of total gain)", xlabel="share of the trees' total gain")
     figure.tight_layout()
     return figure
 

@@ -332,7 +332,7 @@ def register_model(
     from mlflow.types import ColSpec, DataType, Schema as MlflowSchema
 
     from tasks.model_card import model_card_html
-    from tasks.plots import calibration_figure, convergence_figure, roc_figure
+    from tasks.plots import calibration_figure, convergence_figure, importance_figure, roc_figure
     from riskmodel import model as exported
     from riskmodel.scorecard import POINTS_TABLE_ARTIFACT, points_table
 
@@ -349,7 +349,8 @@ def register_model(
         mlflow.log_params(_flatten("", {k: v for k, v in plain.items() if k != "intended_use"}))
         mlflow.log_text(yaml.safe_dump(plain, sort_keys=False), CONFIG_ARTIFACT)
         for r in rounds:
-            mlflow.log_metrics({name: float(r[key]) for key, name in ROUND_METRICS.items()}, step=r["round"])
+            mlflow.log_metrics({ROUND_METRICS.get(key, key): float(value) for key, value in r.items() if key != "round"},
+                               step=r["round"])
         mlflow.log_metrics({"rounds_run": len(rounds), "best_round": training.best_round,
                             "resumed_from_round": training.resumed_from_round,
                             "positive_class_weight": training.positive_class_weight})
@@ -380,6 +381,10 @@ def register_model(
                 mlflow.log_artifact(report.data_docs, f"validation/data_docs/{report.institution}")
         figures = {"convergence": convergence_figure(rounds, training.best_round),
                    "roc": roc_figure(evaluations), "calibration": calibration_figure(evaluations)}
+        gain = trained.feature_gain()
+        if gain:
+            figures["feature_importance"] = importance_figure(gain)
+            mlflow.log_dict(gain, "feature_importance.json")
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{name}.png")
         if scorecard is not None:
@@ -396,7 +401,7 @@ def register_model(
             code_paths=[str(RISKMODEL_PACKAGE)],
             input_example=input_example(layout, types, mean),
             signature=signature,
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(trained.engine),
         )
         version = str(mlflow.register_model(info.model_uri, model_name, tags=lineage).version)
         previous_aliases = dict(client.get_registered_model(model_name).aliases)
@@ -428,15 +433,17 @@ def register_model(
     )
 
 
-def _requirements() -> list[str]:
+def _requirements(engine: str) -> list[str]:
     """What scoring needs (pinned to what trained the model); inferring them costs ~13 s."""
+    import importlib.metadata
+
     import mlflow
     import numpy as np
     import pandas as pd
-    import tensorflow as tf
 
-    return [f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}",
-            f"numpy=={np.__version__}"]
+    runtime = "xgboost" if engine == "xgboost" else "tensorflow"
+    return [f"{runtime}=={importlib.metadata.version(runtime)}", f"mlflow=={mlflow.__version__}",
+            f"pandas=={pd.__version__}", f"numpy=={np.__version__}"]
 
 
 @dataclass(frozen=True)

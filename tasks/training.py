@@ -68,6 +68,8 @@ class TrainingOutcome:
     positive_class_weight: float
     rounds_trained: dict[str, int]
     lost: dict[str, str] = field(default_factory=dict)  # institutions left out mid-training, and why
+    engine: str = "tff"
+    lineage: dict[str, str] = field(default_factory=dict)  # how the engine trained, as version tags
 
 
 def _model_spec(model: ModelConfig, seed: int):
@@ -91,12 +93,14 @@ def _privacy_spec(plan: PrivacyPlan | None):
 
 
 def _describe(m: dict, max_rounds: int) -> str:
-    """One round as logged; a figure differential privacy leaves unmeasured (NaN) is left out."""
-    train = "" if math.isnan(m["loss"]) else f"train loss {m['loss']:.4f}, "
-    norm = "" if math.isnan(m["client_update_norm"]) else f", mean update norm {m['client_update_norm']:.4g}"
+    """One round as logged; a figure the engine or differential privacy leaves unmeasured is left out."""
+    nan = float("nan")
+    train = "" if math.isnan(m.get("loss", nan)) else f"train loss {m['loss']:.4f}, "
+    norm = "" if math.isnan(m.get("client_update_norm", nan)) else f", mean update norm {m['client_update_norm']:.4g}"
+    members = f", {m['institutions']} institutions" if "institutions" in m else ""
     text = (f"round {m['round']}/{max_rounds}: {train}validation loss {m['validation_loss']:.4f}, validation AUC "
-            f"{m['validation_auc']:.4f}, {m['institutions']} institutions{norm}")
-    if m["non_finite_updates"]:
+            f"{m['validation_auc']:.4f}{members}{norm}")
+    if m.get("non_finite_updates"):
         text += f", {m['non_finite_updates']} non-finite update(s) dropped"
     return text
 
@@ -140,6 +144,11 @@ def federated_training(
     (worker_isolation) keeps TFF's worker off the network; `scaling` gives a logistic regression its
     scorecard points; `on_round` receives each round's fed_models.training.RoundMetrics.
     """
+    if training.engine == "xgboost":
+        from tasks.trees import tree_training
+
+        return tree_training(consortium, schema, layout, split, training, positive_class_weight, model_dir,
+                             isolation, on_round, run_key)
     from fed_models.training import TrainingSpec, train  # TF/TFF import paid only when training
 
     institutions = consortium.training(schema, layout, split, run_key,
@@ -176,6 +185,7 @@ def federated_training(
         positive_class_weight=positive_class_weight,
         rounds_trained=result.rounds_trained,
         lost=result.lost,
+        lineage={"training.engine": "tff"},
     )
 
 
@@ -194,7 +204,7 @@ def train_federated(consortium, schema: Schema, layout: Layout, split: Split, me
         progress=0.0, description=f"Federated rounds of {len(consortium.names)} institutions (max {max_rounds})")
 
     def report(metrics) -> None:
-        m = asdict(metrics)
+        m = metrics if isinstance(metrics, dict) else asdict(metrics)
         logger.info(_describe(m, max_rounds))
         update_progress_artifact(progress_id, 100.0 * m["round"] / max_rounds)
         for listener in list(_round_listeners):
@@ -213,10 +223,17 @@ def train_federated(consortium, schema: Schema, layout: Layout, split: Split, me
 
 
 def _train_centralized(fit: pd.DataFrame, validation: pd.DataFrame, schema: Schema, layout: Layout, mean, std,
-                       model: ModelConfig, baselines: BaselinesConfig, positive_class_weight: float, seed: int,
+                       training, baselines: BaselinesConfig, positive_class_weight: float, seed: int,
                        model_dir: Path) -> str:
+    """The run's model trained on rows in one place: the same architecture (Adam, early stopping), or the
+    same trees."""
+    if training.engine == "xgboost":
+        from tasks.trees import tree_baseline
+
+        return tree_baseline(fit, validation, schema, layout, training, positive_class_weight, seed, model_dir)
     from fed_models.centralized import train_centralized
 
+    model = training.model
     spec = _model_spec(model, seed)
     weights = train_centralized(
         layout.encode(fit), labels(fit, schema), layout.encode(validation), labels(validation, schema),
@@ -226,7 +243,7 @@ def _train_centralized(fit: pd.DataFrame, validation: pd.DataFrame, schema: Sche
 
 
 @task(name="train-local-baseline", task_run_name="local-baseline-{extract.institution}")
-def train_local_baseline(extract: Extract, schema: Schema, features: list[str], split: Split, model: ModelConfig,
+def train_local_baseline(extract: Extract, schema: Schema, features: list[str], split: Split, training,
                          baselines: BaselinesConfig, positive_class_weight: float, model_dir: Path) -> str:
     """Baseline: the same architecture trained on this institution's rows alone (its own layout,
     standardization, fit/validation split and loss); the model a member would have without federation."""
@@ -234,13 +251,13 @@ def train_local_baseline(extract: Extract, schema: Schema, features: list[str], 
     statistics = [local_statistics(extract.institution, rows["train"], schema, features)]
     layout = consortium_layout(schema, features, statistics)
     mean, std = standardization(layout, statistics)
-    return _train_centralized(rows["fit"], rows["validation"], schema, layout, mean, std, model, baselines,
+    return _train_centralized(rows["fit"], rows["validation"], schema, layout, mean, std, training, baselines,
                               positive_class_weight, split.seed, model_dir)
 
 
 @task(name="train-pooled-baseline")
 def train_pooled_baseline(extracts: list[Extract], schema: Schema, layout: Layout, split: Split, mean: list[float],
-                          std: list[float], model: ModelConfig, baselines: BaselinesConfig,
+                          std: list[float], training, baselines: BaselinesConfig,
                           positive_class_weight: float, model_dir: Path) -> str:
     """Baseline, simulation mode only: the same architecture trained on every institution's rows
     pooled in one place, which federation exists to avoid; the accuracy federation aims to match."""
@@ -249,5 +266,5 @@ def train_pooled_baseline(extracts: list[Extract], schema: Schema, layout: Layou
         rows = load_parts(extract, schema, split, ("fit", "validation"))
         fits.append(rows["fit"])
         validations.append(rows["validation"])
-    return _train_centralized(pd.concat(fits), pd.concat(validations), schema, layout, mean, std, model, baselines,
-                              positive_class_weight, split.seed, model_dir)
+    return _train_centralized(pd.concat(fits), pd.concat(validations), schema, layout, mean, std, training,
+                              baselines, positive_class_weight, split.seed, model_dir)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from flows.config import parse_config
 from flows.cross_silo_demo import COORDINATOR, node_config
 from flows.retrain import retrain
-from node.pki import init_ca, issue
+from hostguard.pki import init_ca, issue
 from tests.conftest import descendants, free_port, read_until, wait_until_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -69,7 +69,7 @@ def consortium(small_consortium, tmp_path_factory):
     root = tmp_path_factory.mktemp("cross_silo")
     pki = root / "pki"
     init_ca(pki)
-    issue(pki, COORDINATOR, ("127.0.0.1",))
+    issue(pki, COORDINATOR, ("localhost", "127.0.0.1"))  # also XGBoost's federated server, dialled as localhost
     nodes = {}
     for name in BANKS:
         directory = root / "nodes" / name
@@ -221,3 +221,22 @@ def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resume
     resumed = retrain(config)
     assert resumed.training.resumed_from_round == 2 and resumed.training.lost == {}
     assert resumed.weighted == uninterrupted.weighted  # a node never trains a round twice: identical
+
+
+def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation_grows(
+        consortium, small_consortium, tmp_path, monkeypatch):
+    _, pki, nodes = consortium
+    trees = {"training": {"engine": "xgboost", "rounds": 30, "max_depth": 3, "learning_rate": 0.2,
+                          "early_stopping": {"patience": 5}}}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'simulation' / 'mlflow.db'}")
+    simulated = retrain(parse_config({"model_name": "trees_xs", "quorum": 3, "seed": 4, **trees, "institutions": [
+        {"name": n, "path": str(small_consortium[n])} for n in BANKS]}, Path(".")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}")
+    config = _coordinator(pki, nodes.values(), "trees_xs")
+    config = type(config).model_validate({**config.plain(), **trees, "tls": config.tls})
+    across = retrain(config)
+    assert [r["validation_auc"] for r in across.training.rounds] == pytest.approx(
+        [r["validation_auc"] for r in simulated.training.rounds])
+    for name, value in simulated.weighted.items():
+        assert across.weighted[name] == pytest.approx(value, abs=1e-6), name
+    assert MlflowClient().get_model_version("trees_xs", "1").tags["training.engine"] == "xgboost"

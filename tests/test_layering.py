@@ -23,8 +23,11 @@ def _imports(package: str) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("package, forbidden", [
-    ("fed_models", {"prefect", "mlflow", "great_expectations", "tasks", "flows", "node"}),
-    ("tasks", {"tensorflow_federated", "flows", "node"}),
+    ("fed_models", {"prefect", "mlflow", "great_expectations", "tasks", "flows", "node", "xgboost", "fed_trees"}),
+    # The second engine, on the same terms: XGBoost only, no orchestration, no TFF.
+    ("fed_trees", {"prefect", "mlflow", "great_expectations", "tasks", "flows", "node", "tensorflow",
+                   "tensorflow_federated", "fed_models"}),
+    ("tasks", {"tensorflow_federated", "xgboost", "flows", "node"}),
     # An institution's node runs the tasks' per-institution functions; the coordinator's flow calls it.
     ("node", {"tensorflow_federated", "flows"}),
     ("flows", {"tensorflow_federated", "fed_models"}),

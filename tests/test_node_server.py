@@ -9,7 +9,7 @@ import pytest
 from node import wire
 from node.client import NodeError, NodeHandle, Tls, call
 from node.config import NodeConfig, TlsFiles
-from node.pki import init_ca, issue
+from hostguard.pki import init_ca, issue
 from node.server import SERVICE, start_server
 from node.service import NodeService
 

@@ -1,10 +1,10 @@
-"""node.pki: a development CA whose certificates name their holders."""
+"""hostguard.pki: a development CA whose certificates name their holders."""
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from node.pki import PkiError, init_ca, issue
+from hostguard.pki import PkiError, init_ca, issue
 
 
 def test_certificates_name_their_holder_and_chain_to_the_ca(tmp_path):

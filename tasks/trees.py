@@ -1,0 +1,123 @@
+"""The XGBoost engine's side of the training stage: federated gradient-boosted trees over the consortium,
+exported like any model (a riskmodel directory), and the same trees on pooled or local rows (baselines).
+
+The TFF engine's side is tasks.training; both return a TrainingOutcome, so evaluation, promotion,
+registration, the card, scoring and lineage need not know which engine ran.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from riskmodel import model as exported
+from riskmodel.layout import Layout
+from tasks.config import TreeTrainingConfig
+from tasks.data import Extract, Split, labels, load_parts
+from tasks.schema import Schema
+
+
+def tree_spec(training: TreeTrainingConfig, layout: Layout, positive_class_weight: float, seed: int):
+    """The run config's tree settings as fed_trees' TreeSpec, for this layout's columns."""
+    from fed_trees.spec import TreeSpec
+
+    stopping = training.early_stopping
+    return TreeSpec(rounds=training.rounds, max_depth=training.max_depth, learning_rate=training.learning_rate,
+                    min_child_weight=training.min_child_weight, subsample=training.subsample,
+                    reg_lambda=training.reg_lambda, max_bin=training.max_bin, scale_pos_weight=positive_class_weight,
+                    early_stopping_rounds=stopping.patience if stopping else None,
+                    feature_types=tuple(layout.native_types()),
+                    monotone=tuple(training.monotone.get(name, 0) for name in layout.raw_features), seed=seed)
+
+
+def lineage(spec) -> dict[str, str]:
+    """The tags that say how the trees were grown."""
+    return {"training.engine": "xgboost", **{f"xgboost.{k}": str(v) for k, v in spec.params().items()
+                                              if k not in ("nthread", "eval_metric")},
+            "xgboost.early_stopping_rounds": str(spec.early_stopping_rounds)}
+
+
+def export(booster: Path, layout: Layout, output: str, directory: Path) -> str:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(booster, directory / exported.XGBOOST_FILE)
+    exported.save(directory, engine="xgboost", layout=layout, output=output, engine_file=exported.XGBOOST_FILE)
+    return str(directory)
+
+
+def tree_training(consortium, schema: Schema, layout: Layout, split: Split, training: TreeTrainingConfig,
+                  positive_class_weight: float, model_dir: Path, isolation=None, on_round=None, run_key: str = ""):
+    """Federated trees over the consortium's institutions (one XGBoost worker each, in this process's children
+    in simulation, at their nodes across silos); the exported model."""
+    from fed_trees.training import train_federated
+    from hostguard.loopback import isolation as loopback_isolation
+    from tasks.training import TrainingOutcome
+
+    spec = tree_spec(training, layout, positive_class_weight, split.seed)
+    isolation = isolation or loopback_isolation(False)
+    with tempfile.TemporaryDirectory(prefix="fedrisk-trees-") as work:
+        if consortium.cross_silo:
+            result, rows = _across_silos(consortium, schema, layout, split, spec, Path(work), isolation, run_key)
+            for r in result.rounds:
+                on_round and on_round(r)
+        else:
+            data = consortium.tree_data(schema, layout, split)
+            result = train_federated(data, spec, Path(work), isolation=isolation, on_round=on_round)
+            rows = {d.institution: int(len(d.y_fit)) for d in data}
+        path = export(result.booster, layout, schema.output, model_dir)
+    return TrainingOutcome(
+        model_path=path, rounds=result.rounds, examples=rows, best_round=result.best_round,
+        stopped_early=result.stopped_early, resumed_from_round=0, positive_class_weight=positive_class_weight,
+        rounds_trained={name: len(result.rounds) for name in rows}, engine="xgboost", lineage=lineage(spec))
+
+
+def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation, run_key: str):
+    """The federated server here, behind the consortium's TLS (the coordinator's certificate, the consortium
+    CA for the nodes' workers); each node starts its own worker. On loopback the server stays on loopback."""
+    from fed_trees.training import TreeResult, TreeTls, start_server
+    from hostguard.processes import stop
+
+    from hostguard.loopback import Isolation, is_loopback
+
+    tls = TreeTls(Path(consortium.tls.ca), Path(consortium.tls.cert), Path(consortium.tls.key), {})
+    host = consortium.server_host
+    local = host == "localhost" or (host.replace(".", "").isdigit() and is_loopback(host))
+    if not local:  # the nodes are elsewhere: they must reach it, behind mutual TLS with the consortium's CA
+        isolation = Isolation("none: XGBoost's federated server on every interface for the nodes, mutual TLS", None)
+    server, port = start_server(len(consortium.names), tls, work, isolation)
+    try:
+        trained = consortium.tree_training(schema, layout, split, spec, run_key,
+                                           f"{consortium.server_host}:{port}")
+    finally:
+        stop(server)
+    answer = trained["answer"]
+    (work / "booster.json").write_bytes(bytes(answer["booster"]))
+    return TreeResult(work / "booster.json", answer["rounds"], answer["best_round"],
+                      answer["stopped_early"]), trained["rows"]
+
+
+def tree_baseline(fit: pd.DataFrame, validation: pd.DataFrame, schema: Schema, layout: Layout,
+                  training: TreeTrainingConfig, positive_class_weight: float, seed: int, model_dir: Path) -> str:
+    """The same trees trained on rows in one place (pooled, or one institution's own)."""
+    from fed_trees.training import train_centralized
+
+    spec = tree_spec(training, layout, positive_class_weight, seed)
+    with tempfile.TemporaryDirectory(prefix="fedrisk-trees-") as work:
+        result = train_centralized(layout.encode_native(fit), labels(fit, schema), layout.encode_native(validation),
+                                   labels(validation, schema), spec, Path(work) / "booster.json")
+        return export(result.booster, layout, schema.output, model_dir)
+
+
+def tree_data(extracts: tuple[Extract, ...], schema: Schema, layout: Layout, split: Split):
+    """Each institution's fit and validation rows in the layout's native encoding (simulation: read here)."""
+    from fed_trees.training import TreeData
+
+    found = []
+    for extract in extracts:
+        rows = load_parts(extract, schema, split, ("fit", "validation"))
+        found.append(TreeData(extract.institution, layout.encode_native(rows["fit"]), labels(rows["fit"], schema),
+                              layout.encode_native(rows["validation"]), labels(rows["validation"], schema)))
+    return found
