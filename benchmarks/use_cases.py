@@ -99,7 +99,7 @@ def run_case(case: str, seed: int, work: Path, engines: list[str]) -> dict:
                                    weight, model_dir=work / "federated")
     seconds = time.perf_counter() - started
     pooled = train_pooled_baseline.fn(extracts, schema, layout, split, mean.tolist(), std.tolist(),
-                                      config.training.model, config.baselines, weight, work / "pooled")
+                                      config.training, config.baselines, weight, work / "pooled")
     holdout = pd.concat(load_part(e, schema, split, "holdout") for e in extracts)
     train = pd.concat(load_parts(e, schema, split, ("train",))["train"] for e in extracts)
     y = labels(holdout, schema)
