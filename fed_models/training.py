@@ -319,6 +319,8 @@ class ClientUpdate:
     update: list[np.ndarray]
     weight: float
     metrics: dict
+    institutions: int = 1  # more than 1: a secure sum of several institutions' updates (already their mean)
+    non_finite: int = 0  # non-finite updates the institutions zeroed before a secure sum
 
 
 def _numpy(structure):
@@ -546,13 +548,14 @@ def train(
             # Withheld under client-level DP: the examples the sampled institutions hold (public counts).
             num_examples=int(train_metrics.get("num_examples", spec.local_epochs * sum(
                 institutions.fit_rows[i] for i in chosen))),
-            institutions=len(updates),
+            institutions=sum(u.institutions for u in updates),
             validation_loss=validation_loss,
             validation_auc=validation_auc,
             client_update_norm=_find(aggregator, "average_client_norm"),
             server_update_norm=_find(aggregator, "server_update_norm"),
-            non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count"))),
-            bytes_sent=bytes_per_client * len(updates),
+            non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count"))) + sum(
+                u.non_finite for u in updates),
+            bytes_sent=bytes_per_client * sum(u.institutions for u in updates),
         )
         history.append(metrics)
         if not checked or validation_loss < best_loss - spec.min_delta:

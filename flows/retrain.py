@@ -27,7 +27,8 @@ from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledge
                            settle_privacy_budget, spent_privacy)
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, summary_markdown
-from tasks.statistics import balanced_positive_weight, compute_local_statistics, consortium_layout, standardization
+from tasks.statistics import (balanced_positive_weight, compute_local_statistics, compute_secure_statistics,
+                              consortium_layout, standardization)
 from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
                             worker_isolation)
 from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
@@ -201,7 +202,13 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
     consortium = consortium_of(config)
     validation = validate_consortium(config, consortium)
     try:
-        admitted_institutions(validation, config.quorum, config.quorum_row_share)
+        passed = admitted_institutions(validation, config.quorum, config.quorum_row_share)
+        secure = config.secure_aggregation
+        if secure is not None and len(passed) < max(secure.min_institutions, consortium.secure_threshold):
+            raise QuorumNotMet(
+                f"secure aggregation needs at least {max(secure.min_institutions, consortium.secure_threshold)} "
+                f"institutions (min_institutions {secure.min_institutions}, threshold {consortium.secure_threshold}); "
+                f"{len(passed)} passed validation; nothing was trained or registered")
     except QuorumNotMet as error:
         publish_summary(config.model_name, summary_markdown(
             config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)))
@@ -214,7 +221,12 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
         # The registry is consulted before training so an unreachable one costs no training.
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
-        statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]
+        if config.secure_aggregation is not None:
+            summed, counts = compute_secure_statistics(admitted, schema, features, split)
+            statistics = [summed]
+        else:
+            statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]
+            counts = {s.institution: s.count for s in statistics}
         layout = consortium_layout(schema, features, statistics)
         mean, std = standardization(layout, statistics)
         weighting = config.training.positive_class_weight
@@ -223,7 +235,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         run_dir = settings.runs_dir / config.model_name / key
         # Privacy is planned, and the ledger consulted, before anything is trained.
         plan = plan_privacy(config.privacy, config.training, {
-            s.institution: fit_rows(s.count, config.training.validation_fraction) for s in statistics})
+            name: fit_rows(count, config.training.validation_fraction) for name, count in counts.items()})
         ledger_run = reserve_privacy_budget(settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id),
                                             plan, config.privacy_budgets()) if plan else None
         training = train_federated(

@@ -26,10 +26,12 @@ from node.server import SERVICE, message_options
 from riskmodel.model import ENGINE_FILES, MANIFEST
 from tasks.evaluation import InstitutionEvaluation
 from tasks.statistics import LocalStatistics
+from tasks.training import TrainingStopped
 from tasks.validation import ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
-            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600}
+            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "SecureBegin": 900, "SecureShare": 60,
+            "SecureMask": 120, "SecureUnmask": 60}
 MAX_MESSAGE_MB = 64
 _channels: dict[tuple, grpc.Channel] = {}
 _channels_lock = threading.Lock()
@@ -41,10 +43,6 @@ class NodeError(RuntimeError):
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.code = code
-
-
-class TrainingStopped(RuntimeError):
-    """Too few institutions left mid-training; nothing is registered and the next run resumes."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,14 @@ def call(handle: NodeHandle, tls: Tls, operation: str, request: dict):
         raise NodeError(message, code) from None
 
 
+def _attempt(operation):
+    """`operation()`, or the NodeError it raised."""
+    try:
+        return operation()
+    except NodeError as error:
+        return error
+
+
 def _schema_ref(schema) -> dict:
     return {"name": schema.name, "version": schema.version}
 
@@ -118,7 +124,21 @@ class NodeConsortium:
     quorum: int = 1
     digests: tuple[tuple[str, str], ...] = ()
     server_host: str = "localhost"  # where the nodes reach this coordinator (XGBoost's federated server)
+    secure_threshold: int = 0  # secure aggregation's t; 0: off (updates and statistics in the clear)
+    clip_norm: float = 10.0  # under secure aggregation: the L2 bound each node clips its update to
     cross_silo = True
+
+    @property
+    def secure(self) -> bool:
+        return self.secure_threshold > 0
+
+    def secure_tags(self) -> dict[str, str]:
+        """The version tags that say its updates and statistics were added by secure aggregation, and how."""
+        from node.secure import UPDATE_BITS
+
+        return {"secure_aggregation": "true", "secure_aggregation.institutions": str(len(self.names)),
+                "secure_aggregation.threshold": str(self.secure_threshold),
+                "secure_aggregation.bit_width": str(UPDATE_BITS), "secure_aggregation.clip_norm": f"{self.clip_norm:g}"}
 
     @property
     def names(self) -> list[str]:
@@ -146,14 +166,49 @@ class NodeConsortium:
 
     def admit(self, reports: list[ValidationReport]) -> NodeConsortium:
         passed = {r.institution: r.digest for r in reports if r.passed}
-        return NodeConsortium(tuple(n for n in self.nodes if n.institution in passed), self.tls, self.quorum,
-                              tuple(passed.items()), self.server_host)
+        return replace(self, nodes=tuple(n for n in self.nodes if n.institution in passed),
+                       digests=tuple(passed.items()))
 
     def statistics(self, institution, schema, features, split) -> LocalStatistics:
         result = call(self.node(institution), self.tls, "Statistics", {
             "schema": _schema_ref(schema), "digest": self.digest(institution), "features": features,
             "split": vars(split)})
         return LocalStatistics(**result)
+
+    def secure_statistics(self, schema, features, split) -> tuple[LocalStatistics, dict[str, int], str]:
+        """The consortium's statistics as one secure sum over every admitted node (each must complete it):
+        the summed statistics, each institution's row count (public, as in its validation report), and what
+        completed."""
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+        from tasks.statistics import statistics_from_vector
+
+        names = self.names
+        base = {"schema": _schema_ref(schema), "features": features, "split": vars(split)}
+
+        def each(indices, when, operation):
+            with ThreadPoolExecutor(max(1, len(indices))) as pool:
+                results = list(pool.map(lambda i: _attempt(lambda: operation(i)), indices))
+            failures = [r for r in results if isinstance(r, NodeError)]
+            if failures:
+                raise NodeError(f"{when}: " + "; ".join(str(f) for f in failures) + ": every admitted institution "
+                                f"must add its statistics; nothing was trained or registered")
+            return dict(zip(indices, results, strict=True))
+
+        def begin(i: int) -> dict:
+            return {"operation": "statistics", "participants": names, "threshold": self.secure_threshold,
+                    "vectors": {"sums": secure.specs_for(len(names), self.clip_norm)["sums"]},
+                    "request": {**base, "digest": self.digest(names[i])}}
+
+        try:
+            result = secure.run_session(names, list(range(len(names))), secure.new_session("statistics"), begin, each,
+                                        lambda i, op, request: call(self.node(names[i]), self.tls, op, request),
+                                        self.secure_threshold, "federated statistics")
+        except SecureAggregationError as error:
+            raise NodeError(f"federated statistics: {error}") from None
+        counts = {name: int(meta["count"]) for name, meta in result.meta.items()}
+        return (statistics_from_vector(result.sums["sums"], schema, features), counts,
+                result.describe(len(names), self.secure_threshold))
 
     def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
         return NodeInstitutions(self, schema, layout, split, run_key, deltas or {})
@@ -194,6 +249,7 @@ class NodeInstitutions:
     fit_rows: list[int] = field(init=False)
     lost: dict[str, str] = field(default_factory=dict)
     reported: dict[str, int] = field(default_factory=dict)
+    log: object = None  # a callable taking a line (the run's logger), for what each secure sum completed
 
     def __post_init__(self):
         self.names = self.consortium.names
@@ -214,7 +270,8 @@ class NodeInstitutions:
 
         self._prepare_request = {"schema": _schema_ref(self.schema), "run_key": self.run_key,
                                  "spec": spec_as_dict(stages.spec), "mean": stages.mean, "std": stages.std,
-                                 "layout": self.layout.to_json(), "split": vars(self.split)}
+                                 "layout": self.layout.to_json(), "split": vars(self.split),
+                                 "secure_aggregation": self.consortium.secure}
         self._each(list(range(len(self.names))), "preparing the training", self._prepare)
 
     def _with_retry(self, index: int, operation):
@@ -252,11 +309,39 @@ class NodeInstitutions:
             self._drop(failures, when)
         return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
 
+    def _secure_sum(self, indices: list[int], operation: str, request, extra: dict, when: str):
+        """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round);
+        TrainingStopped when fewer than the threshold complete it."""
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
+        consortium = self.consortium
+        participants = [self.names[i] for i in indices]
+
+        def begin(i: int) -> dict:
+            return {"operation": operation, "participants": participants, "threshold": consortium.secure_threshold,
+                    "vectors": secure.specs_for(len(participants), consortium.clip_norm), "request": request(i),
+                    **extra}
+
+        try:
+            result = secure.run_session(self.names, indices, secure.new_session(f"{self.run_key}/{when}"), begin,
+                                        self._each, lambda i, op, body: call(consortium.node(self.names[i]),
+                                                                             consortium.tls, op, body),
+                                        consortium.secure_threshold, when)
+        except SecureAggregationError as error:
+            raise TrainingStopped(f"{when}: {error}; the run stops, nothing is registered, and the next run resumes "
+                                  f"from the last round's checkpoint") from None
+        if self.log is not None:
+            self.log(f"{when}: {result.describe(len(indices), consortium.secure_threshold)}")
+        return result
+
     def train_round(self, stages, round_num, weights, chosen):
         from fed_models.training import ClientUpdate, client_seed, weights_as_lists
 
         plain = weights_as_lists(weights)
         indices = [i for i in chosen if self.names[i] not in self.lost]
+        if self.consortium.secure:
+            return self._secure_round(stages, round_num, plain, indices)
 
         def train(i: int):
             return call(self.consortium.node(self.names[i]), self.consortium.tls, "TrainRound", {
@@ -272,11 +357,36 @@ class NodeInstitutions:
                                         answer["metrics"]))
         return updates
 
+    def _secure_round(self, stages, round_num: int, plain: dict, indices: list[int]):
+        """The round's client work at each node, added up by a secure sum: one consortium update (the weighted mean
+        of the clipped updates), never one institution's."""
+        from fed_models.training import ClientUpdate, client_seed
+        from node import secure
+
+        self.round = round_num
+        total = float(sum(self.fit_rows[i] for i in indices) * stages.spec.local_epochs)
+        result = self._secure_sum(indices, "train_round", lambda i: {
+            "run_key": self.run_key, "round": round_num, "weights": plain,
+            "client_seed": client_seed(stages.spec.seed, round_num, i)},
+            {"clip_norm": self.consortium.clip_norm, "total_weight": total}, f"round {round_num}")
+        for name, meta in result.meta.items():
+            self.reported[name] = meta["rounds_trained"]
+        summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent))
+        return [ClientUpdate("consortium (secure sum)", summed.update, summed.weight, summed.metrics,
+                             institutions=summed.institutions, non_finite=summed.non_finite)]
+
     def validate(self, stages, weights):
         from fed_models.training import weights_as_lists
 
         plain = weights_as_lists(weights)
         indices = [i for i, name in enumerate(self.names) if name not in self.lost]
+        if self.consortium.secure:
+            from node import secure
+
+            result = self._secure_sum(indices, "validate_round", lambda i: {"run_key": self.run_key,
+                                                                          "weights": plain},
+                                      {}, f"validation of round {self.round}")
+            return [secure.unflatten(result.sums["sums"], result.meta[result.sent[0]]["metrics"])]
         answers = self._each(indices, f"validation of round {self.round}", lambda i: call(
             self.consortium.node(self.names[i]), self.consortium.tls, "ValidateRound",
             {"run_key": self.run_key, "weights": plain}))

@@ -51,6 +51,8 @@ class NodePolicy(BaseModel):
         "none", description="record_level: train only with DP-SGD (every customer protected).")
     privacy_budget: float | None = Field(None, gt=0, le=1000, description="Total epsilon this institution allows "
                                                                           "over every training on its rows.")
+    require_secure_aggregation: bool = Field(
+        False, description="Send statistics, updates and validation metrics only masked, in secure sums.")
 
 
 class NodeConfig(BaseModel):

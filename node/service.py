@@ -17,6 +17,7 @@ import os
 import tempfile
 import threading
 import zipfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +52,19 @@ class _Run:
     fit: object
     validation: object
     delta: float
+    secure: bool = False  # trained under secure aggregation: no plain update or metric leaves for this run
+
+
+@dataclass
+class _Session:
+    """One secure sum this node takes part in: its side of the protocol and each phase's answer (a phase asked
+    again gets the same answer)."""
+
+    participant: object
+    answers: dict
+
+
+MAX_SESSIONS = 64
 
 
 def _weights_digest(weights: dict) -> str:
@@ -74,6 +88,7 @@ class NodeService:
         self.expectations_dir = Path(expectations_dir)
         self.isolation = isolation
         self.runs: dict[str, _Run] = {}
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()  # secure sums in progress (the latest few)
         self.lock = threading.Lock()  # TFF's execution context is process-wide: one computation at a time
         self.rounds_dir = config.work_dir / "rounds"
         self.ledger_file = config.work_dir / "ledger.json"
@@ -153,8 +168,16 @@ class NodeService:
         page = Path(report.data_docs).read_text() if report.data_docs else None
         return {"report": asdict(report), "data_docs_html": page}
 
+    def _refuse_plain(self, what: str, run: _Run | None = None) -> None:
+        if self.config.policy.require_secure_aggregation or (run is not None and run.secure):
+            raise NodeRefusal(f"institution '{self.name}' sends its {what} only through secure aggregation")
+
     def statistics(self, request: dict) -> dict:
         self._check_schema(request)
+        self._refuse_plain("statistics")
+        return self._statistics(request)
+
+    def _statistics(self, request: dict) -> dict:
         split = Split(**request["split"])
         return asdict(self._admitted(request).statistics(self.name, self.schema, request["features"], split))
 
@@ -175,7 +198,10 @@ class NodeService:
         with self._computing():
             stages = build_stages(spec, np.asarray(request["mean"]), np.asarray(request["std"]), n_clients=1)
         delta = request.get("delta") or default_delta(len(fit.y))
-        self.runs[request["run_key"]] = _Run(stages, fit, validation, delta)
+        secure = bool(request.get("secure_aggregation"))
+        if not secure:
+            self._refuse_plain("model updates")
+        self.runs[request["run_key"]] = _Run(stages, fit, validation, delta, secure)
         return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"]))}
 
     def _run(self, run_key: str) -> _Run:
@@ -188,6 +214,11 @@ class NodeService:
         return sorted(int(p.stem.split("_")[1]) for p in directory.glob("round_*.json")) if directory.is_dir() else []
 
     def train_round(self, request: dict) -> bytes:
+        """One round of this institution's client work, its update in the clear (no secure aggregation)."""
+        self._refuse_plain("model updates", self._run(request["run_key"]))
+        return self._train_round(request)
+
+    def _train_round(self, request: dict) -> bytes:
         """One round of this institution's client work, once: the same round id again gets the same answer;
         with other weights it is refused (so privacy is charged for exactly what was trained)."""
         from fed_models.training import client_round, weights_from_lists
@@ -217,11 +248,105 @@ class NodeService:
         return message
 
     def validate_round(self, request: dict) -> dict:
+        self._refuse_plain("validation metrics", self._run(request["run_key"]))
+        return self._validate_round(request)
+
+    def _validate_round(self, request: dict) -> dict:
         from fed_models.training import validation_metrics, weights_from_lists
 
         run = self._run(request["run_key"])
         with self._computing():
             return {"metrics": validation_metrics(run.stages, run.validation, weights_from_lists(request["weights"]))}
+
+    # --- secure aggregation ---------------------------------------------------------------------------
+    def secure_begin(self, request: dict) -> dict:
+        """Compute this institution's input to a secure sum (a round's update and metrics, a validation's metric
+        sums, or its statistics), keep it here, and return fresh public keys signed with its TLS key."""
+        from node import secure
+        from secagg import ring
+        from secagg.protocol import MIN_INSTITUTIONS, Identity, Participant
+        from secagg.ring import VectorSpec
+        from tasks.statistics import LocalStatistics, statistics_vector
+
+        session = request["session"]
+        if session in self.sessions:
+            return self.sessions[session].answers["begin"]
+        participants, threshold = list(request["participants"]), int(request["threshold"])
+        if self.name not in participants:
+            raise NodeRefusal(f"institution '{self.name}' is not among the participants of this secure sum")
+        if len(participants) < MIN_INSTITUTIONS or not 2 <= threshold <= len(participants):
+            raise NodeRefusal(f"institution '{self.name}' takes part in secure sums of at least {MIN_INSTITUTIONS} "
+                              f"institutions with a threshold of at least 2; asked for {len(participants)} with "
+                              f"threshold {threshold}")
+        operation, inner = request["operation"], request["request"]
+        meta: dict = {}
+        if operation == "train_round":
+            run = self._run(inner["run_key"])
+            if not run.secure:
+                raise NodeRefusal(f"institution '{self.name}': run {inner['run_key']} was prepared without secure "
+                                  f"aggregation")
+            answer = wire.decode(self._train_round(inner))
+            values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"],
+                                               float(request["clip_norm"]), float(request["total_weight"]))
+            meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"])
+        elif operation == "validate_round":
+            flat, structure = secure.flatten(self._validate_round(inner)["metrics"])
+            values, meta = {"sums": flat}, {"metrics": structure}
+        elif operation == "statistics":
+            self._check_schema(inner)
+            statistics = LocalStatistics(**self._statistics(inner))
+            values = {"sums": statistics_vector(statistics, self.schema, inner["features"])}
+            meta = {"count": statistics.count}
+        else:
+            raise NodeRefusal(f"institution '{self.name}' adds no '{operation}' to a secure sum")
+        specs = {name: VectorSpec(len(v), **request["vectors"][name]) for name, v in values.items()}
+        ca, cert, key = self.config.tls.read()
+        participant = Participant(Identity(self.name, cert, key, ca), session,
+                                  {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs, threshold)
+        answer = {"keys": participant.advertise().as_dict(), "meta": meta,
+                  "sizes": {name: spec.size for name, spec in specs.items()}}
+        self.sessions[session] = _Session(participant, {"begin": answer})
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+        return answer
+
+    def _session(self, request: dict) -> _Session:
+        if request["session"] not in self.sessions:
+            raise UnknownRun(f"institution '{self.name}' has no secure sum {request['session']} (it restarted?)")
+        return self.sessions[request["session"]]
+
+    def _phase(self, request: dict, phase: str, compute) -> dict:
+        from secagg.protocol import SecureAggregationError
+
+        session = self._session(request)
+        if phase not in session.answers:
+            try:
+                session.answers[phase] = compute(session.participant)
+            except SecureAggregationError as error:
+                raise NodeRefusal(f"institution '{self.name}': {error}") from None
+        return session.answers[phase]
+
+    def secure_share(self, request: dict) -> dict:
+        """Check every relayed key against the consortium CA, then send encrypted shares of this node's secrets."""
+        from secagg.protocol import Advertisement
+
+        roster = {name: Advertisement.from_dict(a) for name, a in request["roster"].items()}
+        return self._phase(request, "share", lambda p: {"shares": {to: box.hex() for to, box in p.share(roster).items()}})
+
+    def secure_mask(self, request: dict) -> dict:
+        """This node's input, masked (the only form in which it leaves)."""
+        from secagg import ring
+
+        inbox = {sender: bytes.fromhex(box) for sender, box in request["inbox"].items()}
+
+        def mask(p):
+            return {"masked": {name: ring.to_bytes(value, p.specs[name]) for name, value in p.masked(inbox).items()}}
+
+        return self._phase(request, "mask", mask)
+
+    def secure_unmask(self, request: dict) -> dict:
+        sent = sorted(request["sent"])  # the participant answers one set of senders only, whatever is asked
+        return self._phase(request, "unmask " + ",".join(sent), lambda p: p.unmask(sent))
 
     def train_trees(self, request: dict) -> dict:
         """This institution's XGBoost worker for one training: its rows, encoded natively with the run's layout,

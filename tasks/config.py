@@ -270,6 +270,19 @@ class PrivacyConfig(BaseModel):
         return self
 
 
+class SecureAggregationConfig(BaseModel):
+    """Secure aggregation across nodes: the coordinator learns only the sums of updates and statistics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: int | None = Field(None, ge=2, description="Shares that rebuild a secret (t): a round completes while "
+                                                          "at least t nodes finish it. Default: a majority.")
+    min_institutions: int = Field(3, ge=3, description="Fewest institutions in a secure sum (a sum of two inputs "
+                                                       "reveals each to the other).")
+    clip_norm: float = Field(10.0, gt=0, le=1e6, description="L2 bound each node clips its update to (the robust "
+                                                              "aggregator's clipping, at the node).")
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -302,6 +315,45 @@ class RunConfig(BaseModel):
     )
     tls: TlsConfig | None = Field(None, description="Cross-silo: the coordinator's certificate, key and the "
                                                     "consortium CA (paths relative to this file).")
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        None, description="true (or settings): nodes send only masked updates and statistics; cross-silo, TFF.")
+
+    @field_validator("secure_aggregation", mode="before")
+    @classmethod
+    def _switch(cls, value):
+        return {} if value is True else None if value is False else value
+
+    def _check_secure_aggregation(self, cross_silo: bool) -> None:
+        secure, n = self.secure_aggregation, len(self.institutions)
+        if not cross_silo:
+            raise ValueError("secure_aggregation needs institutions at nodes (node: addresses): in simulation every "
+                             "row is in this process anyway")
+        if self.training.engine != "tff":
+            raise ValueError("secure_aggregation covers the TFF engine; XGBoost's federated server sums gradient "
+                             "histograms itself (engine: xgboost cannot use it)")
+        if self.training.aggregation == "compression":
+            raise ValueError("secure_aggregation sums exact fixed-point updates; it does not combine with "
+                             "training.aggregation: compression")
+        if self.privacy.mechanism == "client_level":
+            raise ValueError("secure_aggregation does not combine with privacy.mechanism client_level (the "
+                             "coordinator would have to clip and noise each update, which it no longer sees); "
+                             "use record_level (DP-SGD at each node)")
+        if n < secure.min_institutions:
+            raise ValueError(f"secure_aggregation needs at least {secure.min_institutions} institutions "
+                             f"(min_institutions); {n} configured: with two, each sees the other's input")
+        if secure.threshold is not None and secure.threshold > n:
+            raise ValueError(f"secure_aggregation.threshold {secure.threshold} is more than the {n} institutions")
+        for name in self.feature_names:
+            feature = self.data_schema.features[name]
+            if feature.type == "categorical" and feature.levels == "open":
+                raise ValueError(f"secure_aggregation needs the levels of categorical feature '{name}' declared in "
+                                 f"schema {self.data_schema.name}: open levels would be named in the clear")
+
+    def secure_threshold(self, institutions: int) -> int:
+        """t for a secure sum over `institutions` nodes: the configured one, else a majority (at least 2)."""
+        from secagg.protocol import default_threshold
+
+        return self.secure_aggregation.threshold or default_threshold(institutions)
 
     @field_validator("data_schema", mode="before")
     @classmethod
@@ -356,6 +408,8 @@ class RunConfig(BaseModel):
                    or schema.features[f].type == "categorical"]
             if bad:
                 raise ValueError(f"training.monotone: {bad} are not numeric features of this model")
+        if self.secure_aggregation is not None:
+            self._check_secure_aggregation(bool(nodes))
         if self.privacy.mechanism == "record_level" and getattr(self.training, "algorithm", None) == "fedprox":
             raise ValueError("record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "
                              "optimizer (fedadam, fedyogi, fedadagrad), not fedprox")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 
 from riskmodel.layout import MISSING, FeatureEncoding, Layout
 from tasks.data import Split, labels
@@ -65,6 +65,16 @@ def compute_local_statistics(consortium, institution: str, schema: Schema, featu
     """Federated-statistics aggregates of one institution's training split, computed where its rows are
     (tasks.consortium); no row leaves."""
     return consortium.statistics(institution, schema, features, split)
+
+
+@task(name="secure-statistics")
+def compute_secure_statistics(consortium, schema: Schema, features: list[str],
+                              split: Split) -> tuple[LocalStatistics, dict[str, int]]:
+    """The consortium's statistics as one secure sum over the nodes: the summed statistics (institution
+    'consortium') and each institution's row count; no institution's sums or counts per level in the clear."""
+    summed, counts, completed = consortium.secure_statistics(schema, features, split)
+    get_run_logger().info("federated statistics, %s", completed)
+    return summed, counts
 
 
 def consortium_layout(schema: Schema, features: list[str], statistics: list[LocalStatistics]) -> Layout:
@@ -136,3 +146,55 @@ def balanced_positive_weight(statistics: list[LocalStatistics]) -> float:
     if positives == 0 or positives == count:
         raise ValueError("a balanced positive-class weight needs both classes in the training data")
     return (count - positives) / positives
+
+
+def _statistics_slots(schema: Schema, features: list[str]) -> list[tuple[str, str, str]]:
+    """The fixed order of every count and sum an institution's statistics hold, from the schema alone (so that
+    a secure sum can add institutions' statistics as vectors). Needs declared levels: an open level set would
+    have to name an institution's levels in the clear."""
+    slots = [("count", "", ""), ("positives", "", "")]
+    for name in features:
+        feature = schema.features[name]
+        if feature.type == "categorical":
+            if feature.levels == "open":
+                raise ValueError(f"secure aggregation needs the levels of categorical feature '{name}' declared in "
+                                 f"schema {schema.name} (it has open levels, whose names would be sent in the clear)")
+            slots += [("levels", name, str(level)) for level in feature.levels] + [("levels", name, MISSING)]
+        else:
+            slots += [("present", name, ""), ("sums", name, ""), ("sums_of_squares", name, "")]
+    return slots
+
+
+def statistics_vector(statistics: LocalStatistics, schema: Schema, features: list[str]) -> np.ndarray:
+    """An institution's statistics as one vector (float64), in `_statistics_slots` order."""
+    values = []
+    for kind, name, level in _statistics_slots(schema, features):
+        if kind in ("count", "positives"):
+            values.append(getattr(statistics, kind))
+        elif kind == "levels":
+            counts = statistics.levels.get(name, {})
+            unknown = set(counts) - {str(level) for level in schema.features[name].levels} - {MISSING}
+            if unknown:  # validation stops undeclared levels; never send one in the clear
+                raise ValueError(f"feature '{name}' has {len(unknown)} level(s) the schema does not declare")
+            values.append(counts.get(level, 0))
+        else:
+            values.append(getattr(statistics, kind)[name])
+    return np.asarray(values, dtype=np.float64)
+
+
+def statistics_from_vector(values: np.ndarray, schema: Schema, features: list[str],
+                           institution: str = "consortium") -> LocalStatistics:
+    """The consortium's statistics from the sum of the institutions' vectors (counts rounded back to integers)."""
+    found = {"count": 0, "positives": 0, "present": {}, "sums": {}, "sums_of_squares": {}, "levels": {}}
+    for (kind, name, level), value in zip(_statistics_slots(schema, features), values, strict=True):
+        if kind in ("count", "positives"):
+            found[kind] = int(round(value))
+        elif kind == "levels":
+            if round(value):
+                found["levels"].setdefault(name, {})[level] = int(round(value))
+            found["levels"].setdefault(name, {})
+        elif kind == "present":
+            found["present"][name] = int(round(value))
+        else:
+            found[kind][name] = float(value)
+    return LocalStatistics(institution, **found)

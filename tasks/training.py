@@ -28,6 +28,17 @@ from tasks.statistics import consortium_layout, local_statistics, standardizatio
 _round_listeners: list[Callable[[dict], None]] = []
 
 
+class TrainingStopped(RuntimeError):
+    """Too few institutions left mid-training (quorum, or secure aggregation's threshold); nothing is
+    registered and the next run resumes from the last round's checkpoint."""
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    """A crash is retried (it resumes from the checkpoint); a stop the quorum rules decided is not."""
+    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(error, TrainingStopped)
+
+
 def import_engine_in_background() -> threading.Thread:
     """Start importing TensorFlow and TFF (10-15 s) on a daemon thread, so that a command which is
     about to retrain pays for it while the Prefect API starts and the institutions are validated."""
@@ -134,6 +145,7 @@ def federated_training(
     scaling: Scaling | None = None,
     on_round: Callable | None = None,
     run_key: str = "",
+    log: Callable[[str], None] | None = None,
 ) -> TrainingOutcome:
     """Train `training` over the consortium's institutions; export the best round's model to `model_dir`.
 
@@ -142,7 +154,8 @@ def federated_training(
     across silos); only updates and summed metrics come back. `run_key` identifies the training to the
     nodes (idempotent rounds). `privacy` makes the training differentially private; `isolation`
     (worker_isolation) keeps TFF's worker off the network; `scaling` gives a logistic regression its
-    scorecard points; `on_round` receives each round's fed_models.training.RoundMetrics.
+    scorecard points; `on_round` receives each round's fed_models.training.RoundMetrics; `log` lines on
+    how each secure sum went (under secure aggregation).
     """
     if training.engine == "xgboost":
         from tasks.trees import tree_training
@@ -153,6 +166,9 @@ def federated_training(
 
     institutions = consortium.training(schema, layout, split, run_key,
                                        {i.institution: i.delta for i in privacy.institutions} if privacy else None)
+    secure = getattr(consortium, "secure", False)
+    if secure:
+        institutions.log = log
     stopping = training.early_stopping
     spec = TrainingSpec(
         model=_model_spec(training.model, split.seed),
@@ -165,7 +181,9 @@ def federated_training(
         proximal_strength=training.proximal_strength,
         clients_per_round=training.clients_per_round,
         positive_weight=positive_class_weight,
-        aggregation=training.aggregation,
+        # Under secure aggregation each node clips its update and zeroes a non-finite one; the coordinator
+        # has only their sum, whose mean it takes.
+        aggregation="plain" if secure else training.aggregation,
         patience=stopping.patience if stopping else None,
         min_delta=stopping.min_delta if stopping else 0.0,
         seed=split.seed,
@@ -185,13 +203,13 @@ def federated_training(
         positive_class_weight=positive_class_weight,
         rounds_trained=result.rounds_trained,
         lost=result.lost,
-        lineage={"training.engine": "tff"},
+        lineage={"training.engine": "tff", **(consortium.secure_tags() if secure else {})},
     )
 
 
 # Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
-# round's checkpoint instead of starting over.
-@task(name="train-federated", retries=1, retry_delay_seconds=2)
+# round's checkpoint instead of starting over. A TrainingStopped is a decision, not retried.
+@task(name="train-federated", retries=1, retry_delay_seconds=2, retry_condition_fn=_worth_retrying)
 def train_federated(consortium, schema: Schema, layout: Layout, split: Split, mean: list[float],
                     std: list[float], training: TrainingConfig, positive_class_weight: float, model_dir: Path,
                     checkpoint_dir: Path, privacy: PrivacyPlan | None = None, isolation: Isolation | None = None,
@@ -212,7 +230,7 @@ def train_federated(consortium, schema: Schema, layout: Layout, split: Split, me
 
     outcome = federated_training(consortium, schema, layout, split, mean, std, training, positive_class_weight,
                                  model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report,
-                                 run_key=run_key)
+                                 run_key=run_key, log=logger.info)
     if outcome.resumed_from_round:
         logger.info("resumed from the checkpoint of round %d in %s", outcome.resumed_from_round, checkpoint_dir)
     if outcome.stopped_early:

@@ -155,7 +155,8 @@ def test_use_cases_compares_federated_with_pooled_on_real_data(tmp_path, capsys,
                capsys=capsys, monkeypatch=monkeypatch)
     [run] = _results(tmp_path / "c.json")["card_fraud"]["runs"]
     assert run["federated"]["pr_auc"] > 0.85 and run["pooled"]["pr_auc"] > 0.85
-    assert "card_fraud: pr_auc federated" in out and "sklearn_boosting" in out
+    assert run["xgboost_federated"]["pr_auc"] > 0.85 and run["xgboost_pooled"]["pr_auc"] > 0.85
+    assert "card_fraud: pr_auc federated" in out and "sklearn_boosting" in out and "xgboost_federated" in out
 
 
 @pytest.mark.slow

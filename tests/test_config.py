@@ -157,3 +157,32 @@ def test_a_schema_change_without_a_version_bump_is_refused(tmp_path):
     source.write_text(source.read_text().replace("version: 2", "version: 3"))
     with pytest.raises(ConfigError, match="schema credit_default version 3 has no committed suite"):
         parse_config(BASE, Path("/cfg"), "run.yaml", schemas_dir=schemas, expectations_dir=PROJECT_ROOT / "expectations")
+
+
+NODES = {"model_name": "m", "baselines": {"enabled": False}, "tls": {"ca": "ca.crt", "cert": "c.crt", "key": "c.key"},
+         "institutions": [{"name": n, "node": f"{n}.example:7100"} for n in ("a", "b", "c")]}
+
+
+def test_secure_aggregation_is_a_switch_with_settings():
+    config = parse_config({**NODES, "secure_aggregation": True}, Path("/cfg"))
+    assert config.secure_aggregation.clip_norm == 10.0 and config.secure_threshold(3) == 2
+    assert parse_config({**NODES, "secure_aggregation": False}, Path("/cfg")).secure_aggregation is None
+    tuned = parse_config({**NODES, "secure_aggregation": {"threshold": 3, "clip_norm": 2.5}}, Path("/cfg"))
+    assert tuned.secure_threshold(3) == 3 and tuned.secure_aggregation.clip_norm == 2.5
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"institutions": BASE["institutions"] + [{"name": "c", "path": "c.csv"}], "tls": None, "baselines": {}},
+     "secure_aggregation needs institutions at nodes (node: addresses)"),
+    ({"institutions": NODES["institutions"][:2], "quorum": 1},
+     "secure_aggregation needs at least 3 institutions (min_institutions); 2 configured"),
+    ({"secure_aggregation": {"threshold": 4}}, "secure_aggregation.threshold 4 is more than the 3 institutions"),
+    ({"secure_aggregation": {"threshold": 1}}, "secure_aggregation.threshold: Input should be greater than or equal to 2"),
+    ({"secure_aggregation": {"min_institutions": 2}}, "secure_aggregation.min_institutions: Input should be greater"),
+    ({"training": {"aggregation": "compression"}}, "does not combine with training.aggregation: compression"),
+    ({"training": {"engine": "xgboost"}}, "secure_aggregation covers the TFF engine"),
+    ({"privacy": {"mechanism": "client_level", "noise_multiplier": 1.0}}, "does not combine with privacy.mechanism client_level"),
+])
+def test_secure_aggregation_refuses_what_it_cannot_protect(change, expected):
+    data = {**NODES, "secure_aggregation": True, **change}
+    assert expected in _error({k: v for k, v in data.items() if v is not None})

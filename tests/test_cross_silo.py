@@ -240,3 +240,128 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     for name, value in simulated.weighted.items():
         assert across.weighted[name] == pytest.approx(value, abs=1e-6), name
     assert MlflowClient().get_model_version("trees_xs", "1").tags["training.engine"] == "xgboost"
+
+
+def _numbers(value):
+    """Every number in a decoded message (array elements included)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        yield from value.ravel().tolist()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def _arrays(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _arrays(v)
+    elif isinstance(value, np.ndarray):
+        yield value
+
+
+def _secure(config, **settings):
+    return type(config).model_validate({**config.plain(), "tls": config.tls, **settings})
+
+
+def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_the_same_model(
+        consortium, small_consortium, tracking_uri, monkeypatch, tmp_path):
+    """The same training with `training.aggregation: plain`, in the clear and under secure aggregation: the same
+    weights (to the quantization). Everything the coordinator received in the secure run is captured: no
+    institution's statistics or update is in it, and each masked update is uncorrelated with the update it hides
+    (read from the node's own round log)."""
+    import node.client as client
+    from node import wire
+    from secagg import ring
+    from secagg.ring import VectorSpec
+    from tasks.data import Extract, Split, load_parts
+    from tasks.statistics import local_statistics
+
+    root, pki, nodes = consortium
+    plain_aggregation = {"training": {**SETTINGS["training"], "aggregation": "plain"}}
+    plain = retrain(_secure(_coordinator(pki, nodes.values(), "credit_plain_sum"), **plain_aggregation))
+    received, real_call = [], client.call
+
+    def capture(handle, tls, operation, request):
+        answer = real_call(handle, tls, operation, request)
+        received.append((handle.institution, operation, answer))
+        return answer
+
+    def round_logs() -> set[Path]:
+        return {log for node in nodes.values() for log in (node.directory / "state" / "rounds").glob("*/round_*.msg")}
+
+    before = round_logs()
+    monkeypatch.setattr(client, "call", capture)
+    config = _secure(_coordinator(pki, nodes.values(), "credit_secure_sum"), secure_aggregation=True,
+                     **plain_aggregation)
+    secure = retrain(config)
+
+    for mine, theirs in zip(_weights(tracking_uri, "credit_secure_sum", "1", tmp_path),
+                            _weights(tracking_uri, "credit_plain_sum", "1", tmp_path), strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=2e-5)
+    assert [r["institutions"] for r in secure.training.rounds] == [3] * 5
+    tags = MlflowClient(tracking_uri).get_model_version("credit_secure_sum", "1").tags
+    assert {k: v for k, v in tags.items() if k.startswith("secure_aggregation")} == {
+        "secure_aggregation": "true", "secure_aggregation.institutions": "3", "secure_aggregation.threshold": "2",
+        "secure_aggregation.bit_width": "32", "secure_aggregation.clip_norm": "10"}
+
+    operations = {operation for _, operation, _ in received}
+    assert operations == {"Validate", "Prepare", "SecureBegin", "SecureShare", "SecureMask", "SecureUnmask",
+                          "Evaluate"}  # no Statistics, TrainRound or ValidateRound answered in the clear
+    # No institution's statistics: none of its sums or sums of squares appears in anything received after validation
+    # (the validation report, whole-extract counts and a profile, is visible by design).
+    split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
+    secrets = set()
+    for name in BANKS:
+        rows = load_parts(Extract(name, small_consortium[name]), config.data_schema, split, ("train",))["train"]
+        found = local_statistics(name, rows, config.data_schema, config.feature_names)
+        secrets |= {round(v, 3) for v in [*found.sums.values(), *found.sums_of_squares.values()] if abs(v) > 1000}
+    leaked = {(who, op, round(v, 3)) for who, op, answer in received if op != "Validate" for v in _numbers(answer)
+              if round(v, 3) in secrets}
+    assert secrets and not leaked
+    # No update: each node's own round log has its updates; what came back masked does not correlate with them.
+    masked = [a for _, op, answer in received if op == "SecureMask" for a in _arrays(answer)]
+    updates = [np.concatenate([np.ravel(u) for u in wire.decode(log.read_bytes())["update"]])
+               for log in sorted(round_logs() - before)]
+    assert len(updates) == 3 * 5
+    size = len(updates[0])
+    hidden = [m for m in masked if m.size == size * 4]
+    assert len(hidden) == 3 * 5  # one masked update per institution per round
+    floats = [a for _, op, answer in received if op.startswith("Secure") for a in _arrays(answer) if a.dtype.kind == "f"]
+    assert all(a.size != size for a in floats)  # no update-sized vector of floats at all
+    spec = VectorSpec(size, 32, ring.scale_for(10.0, 3, 32))
+    for vector in hidden:
+        decoded = ring.decode(ring.from_bytes(vector, spec), spec)
+        assert max(abs(np.corrcoef(decoded, u)[0, 1]) for u in updates) < 0.2
+
+
+def test_under_secure_aggregation_a_lost_node_ends_the_run_cleanly_when_too_few_remain(consortium, tracking_uri):
+    """cedar dies after round 2: the round it misses cannot be a secure sum of the two left (a sum of two
+    reveals each to the other), so the run stops, nothing is registered."""
+    from node.client import TrainingStopped
+    from tasks.training import round_listener
+
+    _, pki, nodes = consortium
+    victim = nodes["cedar_savings"]
+
+    def kill_after_round_2(metrics):
+        if metrics["round"] == 2 and victim.process.poll() is None:
+            victim.kill()
+
+    try:
+        with round_listener(kill_after_round_2), pytest.raises(TrainingStopped) as stopped:
+            retrain(_secure(_coordinator(pki, nodes.values(), "credit_secure_lost", quorum=2),
+                            secure_aggregation=True))
+    finally:
+        victim.start()
+        victim.wait()
+    assert "round 3" in str(stopped.value) and "nothing is registered" in str(stopped.value)
+    assert "only 2 institution(s) completed; a secure sum needs at least 3" in str(stopped.value)
+    assert MlflowClient(tracking_uri).search_model_versions("name='credit_secure_lost'") == []

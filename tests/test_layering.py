@@ -31,6 +31,9 @@ def _imports(package: str) -> dict[str, set[str]]:
     # An institution's node runs the tasks' per-institution functions; the coordinator's flow calls it.
     ("node", {"tensorflow_federated", "flows"}),
     ("flows", {"tensorflow_federated", "fed_models"}),
+    # Secure aggregation's protocol: cryptography and numpy, nothing of the training or the orchestration.
+    ("secagg", {"prefect", "mlflow", "great_expectations", "tensorflow", "tensorflow_federated", "xgboost", "tasks",
+                "flows", "fed_models", "fed_trees", "node", "riskmodel", "hostguard"}),
     ("hostguard", {"prefect", "mlflow", "great_expectations", "tensorflow", "tensorflow_federated", "tasks", "flows",
                    "fed_models", "riskmodel"}),
     # The exported model is shipped with every registered model: it may need nothing else of ours.

@@ -104,3 +104,31 @@ def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_conso
                                           rf"its epsilon to {epsilon(allowed + 1):.4f} on top of 0.0000 spent before, "
                                           rf"over its budget of 1"):
         service.train_round({"run_key": "run-1", "round": allowed + 1, "weights": weights, "client_seed": 99})
+
+
+def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(small_consortium, tmp_path):
+    """Its statistics and a training prepared without secure aggregation are refused; a run prepared for it
+    still refuses a plain round or validation (its updates leave only masked)."""
+    service = _service(small_consortium, tmp_path, require_secure_aggregation=True)
+    schema = {"name": CREDIT.name, "version": CREDIT.version}
+    report = service.validate({"schema": schema})["report"]
+    with pytest.raises(NodeRefusal, match="'dune_finance' sends its statistics only through secure aggregation"):
+        service.statistics({"schema": schema, "digest": report["digest"], "features": list(CREDIT.features),
+                            "split": SPLIT})
+    open_service = _service(small_consortium, tmp_path / "open")
+    request = _prepared(open_service, TrainingSpec(rounds=2))
+    with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
+        service.prepare(request)
+    service.prepare({**request, "secure_aggregation": True})
+    weights = weights_as_lists(open_service.runs["run-1"].stages.initial_weights)
+    with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
+        service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+    with pytest.raises(NodeRefusal, match="sends its validation metrics only through secure aggregation"):
+        service.validate_round({"run_key": "run-1", "weights": weights})
+
+
+def test_a_secure_sum_needs_three_institutions_at_the_node(small_consortium, tmp_path):
+    service = _service(small_consortium, tmp_path)
+    with pytest.raises(NodeRefusal, match="secure sums of at least 3 institutions .* asked for 2"):
+        service.secure_begin({"session": "s", "participants": ["dune_finance", "elm"], "threshold": 2,
+                              "operation": "statistics", "request": {}, "vectors": {}})
