@@ -77,8 +77,9 @@ def stage_seconds(prefect_home: Path) -> list[dict]:
 def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], list[dict]]:
     """Import times, and each demo run's (start, end) and stages, in a fresh `workspace`."""
     env = {**os.environ, "PREFECT_HOME": str(workspace / "prefect"), "FEDRISK_RUNS_DIR": str(workspace / "runs"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}", "COLUMNS": "160"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}"}
     env.pop("PREFECT_API_URL", None)
+    env.pop("COLUMNS", None)  # the demo writes to a file, as a scheduler logs it
     imports = import_seconds(env)
     data_dir = workspace / "data"
     walls = []

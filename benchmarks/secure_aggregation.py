@@ -1,6 +1,6 @@
 """What secure aggregation costs per round, and what it changes in the model.
 
-    uv run python benchmarks/secure_aggregation.py [--nodes 3,10] [--rows 8000] [--rounds 5] [--uci]
+    uv run python benchmarks/secure_aggregation.py [--nodes 3,10] [--rows 8000] [--rounds 20] [--uci]
 
 Rounds: `nodes` synthetic credit-default institutions of `rows` each, each at a `fedrisk node serve` process
 on loopback (mutual TLS); an MLP(64, 32), FedAvg, one local epoch at batch 64. The same training in the clear
@@ -150,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", default="3,10", help="institutions (one node process each)")
     parser.add_argument("--rows", type=int, default=8000, help="rows per institution")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds measured after the warm-up round")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds measured after the warm-up round")
     parser.add_argument("--uci", action="store_true", help="also train the UCI banks with and without it")
     parser.add_argument("--data-dir", type=Path, default=UCI_DIR)
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/secure_aggregation.json")

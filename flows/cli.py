@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,9 @@ node_app = typer.Typer(help="An institution's node (cross-silo): serve its fixed
 app.add_typer(node_app, name="node")
 pki_app = typer.Typer(help="A development certificate authority for a consortium (mutual TLS).", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
-console = Console()
+# A terminal gets Rich's own width; output that is piped or logged (CI, `| tee`, a scheduler) gets tables at
+# their full width, so that no figure, status or path is ever cut to fit 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=4096, soft_wrap=False)
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 

@@ -200,7 +200,12 @@ def model_card_html(
         f"<p>{e(architecture)} trained with {e(algorithm)} over {len(training.rounds)} rounds "
         f"({'stopped early' if training.stopped_early else 'maximum rounds reached'}); exported round "
         f"{training.best_round} (best federated validation loss). Aggregation: {e(aggregation)}. "
-        f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}. Execution: {e(lineage.get('execution', '-'))}.</p>",
+        f"Privacy: {e(lineage.get('privacy.mechanism', 'none'))}. Execution: {e(lineage.get('execution', '-'))}."
+        + (f" Secure aggregation: the coordinator saw only sums of the {e(lineage['secure_aggregation.institutions'])} "
+           f"institutions' updates and statistics (threshold {e(lineage['secure_aggregation.threshold'])}, "
+           f"{e(lineage['secure_aggregation.bit_width'])}-bit updates clipped to L2 "
+           f"{e(lineage['secure_aggregation.clip_norm'])} at each node)."
+           if lineage.get("secure_aggregation") == "true" else "") + "</p>",
         *([f"<p class='fail'>Left out during training: " + "; ".join(
             f"{e(name)} ({e(why)})" for name, why in training.lost.items()) + "</p>"] if training.lost else []),
         f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',

@@ -104,7 +104,7 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline_overhead.py"), "--runs", "1",
                              "--json", str(tmp_path / "p.json"), "--logs", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={**os.environ, "COLUMNS": "250"})
+                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
     assert result.returncode == 0, result.stdout + result.stderr
     results = _results(tmp_path / "p.json")
     [run] = results["runs"]
@@ -120,6 +120,10 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
 
     demo = (tmp_path / "demo-run-1.log").read_text()
     assert "Synthesized 4 institutions" in demo
+    # Written to a file (not a terminal): no value is cut to fit a width, every figure is whole.
+    assert "…" not in demo
+    assert re.search(r"│ weighted +│ +\d+ │ 0\.\d{4} │ 0\.\d{4} │ 0\.\d{4} │ 0\.\d{4} │ 0\.\d{4} │ 0\.\d{4} │", demo)
+    assert "recall@FPR" in demo and "admitted" in demo
     assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in demo
     assert "Champion: promoted: no champion yet; challenger roc_auc 0." in demo
     assert re.search(r"  pass: calibration error 0\.0\d{3} below 0\.05", demo)

@@ -272,7 +272,7 @@ def _secure(config, **settings):
 
 
 def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_the_same_model(
-        consortium, small_consortium, tracking_uri, monkeypatch, tmp_path):
+        consortium, small_consortium, tracking_uri, monkeypatch, tmp_path, caplog):
     """The same training with `training.aggregation: plain`, in the clear and under secure aggregation: the same
     weights (to the quantization). Everything the coordinator received in the secure run is captured: no
     institution's statistics or update is in it, and each masked update is uncorrelated with the update it hides
@@ -307,6 +307,9 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
                             _weights(tracking_uri, "credit_plain_sum", "1", tmp_path), strict=True):
         np.testing.assert_allclose(mine, theirs, atol=2e-5)
     assert [r["institutions"] for r in secure.training.rounds] == [3] * 5
+    complete = "secure sum: keys 3/3, shares 3/3, masked inputs 3/3, unmasking 3/3 (threshold 2)"
+    for line in ("federated statistics, " + complete, "round 5: " + complete, "validation of round 5: " + complete):
+        assert line in caplog.text  # the flow's round log says how many nodes completed each phase
     tags = MlflowClient(tracking_uri).get_model_version("credit_secure_sum", "1").tags
     assert {k: v for k, v in tags.items() if k.startswith("secure_aggregation")} == {
         "secure_aggregation": "true", "secure_aggregation.institutions": "3", "secure_aggregation.threshold": "2",
