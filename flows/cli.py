@@ -64,6 +64,7 @@ def _validation_table(reports) -> Table:
 
 
 def _print_summary(summary) -> None:
+    from tasks.evaluation import pooled_ece
     from tasks.privacy import privacy_sentence
     from tasks.reporting import training_sentence
 
@@ -81,6 +82,9 @@ def _print_summary(summary) -> None:
         table.add_row(e.institution, str(e.examples), *[f"{m[n]:.4f}" for n in names])
     w = summary.weighted
     table.add_row("weighted", str(sum(e.examples for e in summary.evaluations)), *[f"{w[n]:.4f}" for n in names])
+    table.caption = (f"weighted: each figure's mean over institutions, by holdout rows; pooled ECE over all holdout rows "
+                     f"(the promotion guardrail's figure): {pooled_ece(summary.evaluations):.4f}")
+    table.caption_justify = "left"
     console.print(table)
     others = {"champion": "champion", "local_only": "local-only", "pooled": "pooled data"}
     shown = [role for role in others if any(role in e.metrics for e in summary.evaluations)]
@@ -351,6 +355,11 @@ def ledger(config: Path = typer.Option(None, "--config", "-c", help="A run confi
     budgets = _load(config).privacy_budgets() if config is not None else {}
     uri = Settings().mlflow_tracking_uri
     entries = read_ledger(uri)
+    if not entries:
+        console.print(f"No differentially private retrainings yet in {uri}: nothing is spent"
+                      + (f" (budgets: {', '.join(f'{n} {b:g}' for n, b in sorted(budgets.items()))})" if budgets
+                         else "") + ".", highlight=False)
+        return
     table = Table(title=f"Privacy ledger ({uri})")
     for column in ("institution", "model", "version", "status", "epsilon", "delta"):
         table.add_column(column, justify="right" if column in ("epsilon", "delta") else "left")

@@ -6,10 +6,12 @@ Errors name the file, field and value; a config that passes is handed down typed
 from __future__ import annotations
 
 import copy
+import difflib
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tasks.config import ENGINES, RunConfig
 from tasks.schema import SCHEMAS_DIR, SchemaError
@@ -20,12 +22,46 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, field and value."""
 
 
+def _models(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, unions, lists and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in typing.get_args(annotation) for model in _models(argument)]
+
+
+def _keys_at(loc: list) -> list[str]:
+    """The keys a config section at `loc` (a list of names, list indices skipped) may hold."""
+    models: list[type[BaseModel]] = [RunConfig]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        models = [nested for model in models if part in _fields(model)
+                  for nested in _models(_fields(model)[part].annotation)]
+    return sorted({key for model in models for key in _fields(model)})
+
+
+def _fields(model: type[BaseModel]) -> dict:
+    return {(field.alias or name): field for name, field in model.model_fields.items()}
+
+
+def _unknown_key(loc: list) -> str:
+    key, section = str(loc[-1]), loc[:-1]
+    known = _keys_at(section)
+    near = difflib.get_close_matches(key, known, n=1)
+    where = ".".join(str(p) for p in section)
+    text = f"unknown key '{key}'" + (f" in section {where}" if where else "")
+    return text + (f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}")
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors():
         # The training union's tag (training.tff.rounds) is not a key the user wrote: name the field as written.
         loc = [part for i, part in enumerate(item["loc"])
                if not (i == 1 and item["loc"][0] == "training" and part in ENGINES)]
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {_unknown_key(loc)}")
+            continue
         where = ".".join(str(part) for part in loc) or "(top level)"
         value = item.get("input")
         shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"

@@ -168,3 +168,8 @@ def pooled_calibration(evaluations: list[InstitutionEvaluation], role: str) -> d
     """Calibration bins of `role` summed over institutions (the consortium's reliability curve)."""
     having = [e.curves[role]["calibration"] for e in evaluations if role in e.curves]
     return {key: np.sum([c[key] for c in having], axis=0).tolist() for key in ("examples", "predicted_sum", "positives")}
+
+
+def pooled_ece(evaluations: list[InstitutionEvaluation], role: str = "challenger") -> float:
+    """ECE over every institution's holdout rows together (what the promotion guardrail checks)."""
+    return calibration_error(pooled_calibration(evaluations, role))

@@ -22,7 +22,7 @@ from tasks.schema import Schema
 from tasks.validation import ValidationReport
 
 METRIC_LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "gini": "Gini", "log_loss": "log loss",
-                 "brier": "Brier", "ece": "calibration error", "recall_at_fpr": "recall at FPR",
+                 "brier": "Brier", "ece": "ECE", "recall_at_fpr": "recall at FPR",
                  "recall_at_alert_rate": "recall at alert rate"}
 PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}

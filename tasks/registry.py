@@ -16,8 +16,7 @@ from urllib.parse import urlparse
 from prefect import task
 
 from tasks.evaluation import (
-    HIGHER_IS_BETTER, InstitutionEvaluation, calibration_error, pooled_calibration, pooled_confusion,
-    weighted_metrics,
+    HIGHER_IS_BETTER, InstitutionEvaluation, pooled_confusion, pooled_ece, weighted_metrics,
 )
 from riskmodel.layout import Layout
 from tasks.config import PromotionConfig, RunConfig
@@ -177,8 +176,8 @@ def decide_promotion(policy: PromotionConfig, evaluations: list[InstitutionEvalu
     challenger = weighted_metrics(evaluations, CHALLENGER)[metric]
     checks: list[str] = []
     if policy.max_calibration_error is not None:
-        ece, limit = calibration_error(pooled_calibration(evaluations, CHALLENGER)), policy.max_calibration_error
-        checks.append(f"{'pass' if ece < limit else 'fail'}: calibration error {ece:.4f} "
+        ece, limit = pooled_ece(evaluations, CHALLENGER), policy.max_calibration_error
+        checks.append(f"{'pass' if ece < limit else 'fail'}: pooled ECE {ece:.4f} "
                       f"{'below' if ece < limit else 'not below'} {limit:g}")
     compared = champion_version is not None and all(CHAMPION in e.metrics for e in evaluations)
     if champion_version is None:
@@ -369,7 +368,7 @@ def register_model(
             if any(role in e.metrics for e in evaluations):
                 mlflow.log_metrics({f"{role}.weighted.{k}": v for k, v in weighted_metrics(evaluations, role).items()})
                 mlflow.log_metrics({f"{role}.pooled.{k}": v for k, v in pooled_confusion(evaluations, role).items()})
-                mlflow.log_metric(f"{role}.pooled.ece", calibration_error(pooled_calibration(evaluations, role)))
+                mlflow.log_metric(f"{role}.pooled.ece", pooled_ece(evaluations, role))
         mlflow.log_dict({"evaluations": [asdict(e) for e in evaluations]}, "evaluation/institutions.json")
         for report in validation:
             if report.passed:

@@ -23,10 +23,16 @@ def artifact_key(kind: str, model_name: str) -> str:
 
 def training_sentence(training: TrainingOutcome) -> str:
     """How training went, in one sentence: rounds, why it ended, which round was exported, resume."""
-    how = "stopped early: validation loss stopped improving" if training.stopped_early else "maximum rounds reached"
+    trained, limit = len(training.rounds), training.max_rounds
+    if training.stopped_early and trained < limit:
+        how = f"stopped early, before the limit of {limit}: validation loss stopped improving"
+    elif training.stopped_early:
+        how = "stopped: validation loss stopped improving" + (f", at the limit of {limit} rounds" if limit else "")
+    else:
+        how = f"the limit of {limit} rounds reached" if limit else "maximum rounds reached"
     resumed = (f"; resumed from the checkpoint of round {training.resumed_from_round}"
                if training.resumed_from_round else "")
-    return (f"Trained {len(training.rounds)} rounds ({how}); exported round {training.best_round}, the best by "
+    return (f"Trained {trained} rounds ({how}); exported round {training.best_round}, the best by "
             f"federated validation loss{resumed}")
 
 

@@ -81,6 +81,7 @@ class TrainingOutcome:
     lost: dict[str, str] = field(default_factory=dict)  # institutions left out mid-training, and why
     engine: str = "tff"
     lineage: dict[str, str] = field(default_factory=dict)  # how the engine trained, as version tags
+    max_rounds: int = 0  # the configured limit (0: unknown)
 
 
 def _model_spec(model: ModelConfig, seed: int):
@@ -204,6 +205,7 @@ def federated_training(
         rounds_trained=result.rounds_trained,
         lost=result.lost,
         lineage={"training.engine": "tff", **(consortium.secure_tags() if secure else {})},
+        max_rounds=training.rounds,
     )
 
 

@@ -71,7 +71,8 @@ def tree_training(consortium, schema: Schema, layout: Layout, split: Split, trai
     return TrainingOutcome(
         model_path=path, rounds=result.rounds, examples=rows, best_round=result.best_round,
         stopped_early=result.stopped_early, resumed_from_round=0, positive_class_weight=positive_class_weight,
-        rounds_trained={name: len(result.rounds) for name in rows}, engine="xgboost", lineage=lineage(spec))
+        rounds_trained={name: len(result.rounds) for name in rows}, engine="xgboost", lineage=lineage(spec),
+        max_rounds=training.rounds)
 
 
 def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation, run_key: str):

@@ -126,7 +126,8 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     assert "recall@FPR" in demo and "admitted" in demo
     assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in demo
     assert "Champion: promoted: no champion yet; challenger roc_auc 0." in demo
-    assert re.search(r"  pass: calibration error 0\.0\d{3} below 0\.05", demo)
+    assert re.search(r"  pass: pooled ECE 0\.0\d{3} below 0\.05", demo)
+    assert re.search(r"pooled ECE over all holdout rows \(the promotion guardrail's figure\): 0\.0\d{3}", demo)
     # Simulation baselines next to the federated model, for every institution.
     assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", demo)
     assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)) == 4
@@ -134,7 +135,8 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     bar = re.search(r"rounds .* (\d+)/(\d+) .* train loss 0\.\d{4}  validation loss 0\.\d{4}  "
                     r"validation AUC 0\.\d{4}", demo)
     assert bar and bar.group(1) == bar.group(2), demo
-    assert re.search(r"Trained \d+ rounds \((stopped early|maximum rounds reached).*\); exported round \d+, "
+    assert re.search(r"Trained \d+ rounds \((stopped early, before the limit of 15|stopped: validation loss stopped "
+                     r"improving, at the limit of 15 rounds|the limit of 15 rounds reached)\); exported round \d+, "
                      r"the best by federated validation loss", demo)
     assert "Privacy: no differential privacy" in demo
 

@@ -46,7 +46,7 @@ def test_the_card_has_every_plot_and_section(registered, cards):
 def test_the_challengers_card_compares_it_with_the_champion_and_states_the_decision(cards, registered):
     card = cards["2"]
     assert "<b>Not promoted</b>: champion v1 kept" in card
-    assert '<li class="fail">fail: roc_auc' in card and '<li class="pass">pass: calibration error' in card
+    assert '<li class="fail">fail: roc_auc' in card and '<li class="pass">pass: pooled ECE' in card
     assert all(f"<tr><td>{name}</td><td>champion</td>" in card for name in registered.data)
 
 

@@ -27,14 +27,14 @@ def test_first_model_is_promoted_when_calibrated():
     decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.75, "b": 0.77}), None)
     assert decision.promoted
     assert decision.checks == ["pass: no champion yet; challenger roc_auc 0.7600",
-                               "pass: calibration error 0.0200 below 0.05"]
+                               "pass: pooled ECE 0.0200 below 0.05"]
     assert decision.reason == "promoted: no champion yet; challenger roc_auc 0.7600"
 
 
 def test_first_model_that_is_badly_calibrated_is_not_made_champion():
     decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.75}, ece=0.08), None)
     assert not decision.promoted
-    assert decision.reason == "not promoted, no champion set: calibration error 0.0800 not below 0.05"
+    assert decision.reason == "not promoted, no champion set: pooled ECE 0.0800 not below 0.05"
 
 
 def test_better_on_average_but_worse_for_one_institution_is_refused():
@@ -53,7 +53,7 @@ def test_promoted_when_better_everywhere_within_the_guardrails():
     assert decision.promoted
     assert decision.checks == [
         "pass: roc_auc 0.7375 vs champion v3 0.7300 on the same holdouts (+0.0075; needs > 0)",
-        "pass: calibration error 0.0200 below 0.05",
+        "pass: pooled ECE 0.0200 below 0.05",
         "pass: no institution worse than under the champion by more than 0.01 on roc_auc (largest drop: b 0.0050)",
     ]
 

@@ -23,3 +23,18 @@ def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered
     for check in registration.checks:
         assert f"\n  - {check}\n" in markdown
     assert "| alder_bank | local_only |" in markdown and "| **weighted** | pooled |" in markdown
+
+
+def test_the_training_sentence_says_which_limit_ended_training():
+    from tasks.reporting import training_sentence
+    from tasks.training import TrainingOutcome
+
+    def outcome(rounds: int, stopped_early: bool) -> TrainingOutcome:
+        return TrainingOutcome("m", [{}] * rounds, {}, best_round=rounds - 2, stopped_early=stopped_early,
+                               resumed_from_round=0, positive_class_weight=1.0, rounds_trained={}, max_rounds=15)
+
+    assert training_sentence(outcome(9, True)).startswith(
+        "Trained 9 rounds (stopped early, before the limit of 15: validation loss stopped improving); exported round 7")
+    assert training_sentence(outcome(15, True)).startswith(
+        "Trained 15 rounds (stopped: validation loss stopped improving, at the limit of 15 rounds)")
+    assert training_sentence(outcome(15, False)).startswith("Trained 15 rounds (the limit of 15 rounds reached)")
