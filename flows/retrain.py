@@ -87,6 +87,16 @@ def flow_run_url(flow_run_id) -> str | None:
     return url_for("flow-run", obj_id=flow_run_id)
 
 
+def _trigger() -> str:
+    """How this run started: `scheduled` (a deployment's schedule), `triggered` (a deployment run on demand:
+    `fedrisk trigger`, the Prefect UI) or `manual` (`fedrisk retrain`, `demo`)."""
+    from prefect.runtime import deployment
+
+    if not deployment.id:
+        return "manual"
+    return "scheduled" if "auto-scheduled" in (flow_run.tags or []) else "triggered"
+
+
 def _deployment_name() -> str | None:
     """`flow/deployment` when a deployment (schedule or trigger) started this run."""
     from prefect.runtime import deployment
@@ -268,6 +278,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             commit=commit, dirty=dirty, config=config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
             validation=validation, admitted=names, privacy=privacy_tags(spent, ledger_run),
             worker_isolation=isolation.mechanism, lost=training.lost, engine=training.lineage)
+        lineage["prefect.trigger"] = _trigger()
         registration = register_model(
             settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,

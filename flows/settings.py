@@ -14,12 +14,18 @@ MLRUNS_DIR = PROJECT_ROOT / "mlruns"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
+    def model_post_init(self, context) -> None:
+        if not self.mlflow_ui_url:  # a tracking server serves its own UI
+            remote = self.mlflow_tracking_uri.startswith(("http://", "https://"))
+            self.mlflow_ui_url = self.mlflow_tracking_uri.rstrip("/") if remote else "http://127.0.0.1:5000"
+
     mlflow_tracking_uri: str = Field(
         default=f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}", validation_alias="MLFLOW_TRACKING_URI"
     )
     mlflow_ui_url: str = Field(
-        default="http://127.0.0.1:5000", validation_alias="FEDRISK_MLFLOW_UI_URL",
-        description="Where the MLflow UI serves this store (`mlflow ui`), for links in Prefect artifacts.",
+        default="", validation_alias="FEDRISK_MLFLOW_UI_URL",
+        description="Where the MLflow UI serves this store, for links in Prefect artifacts: the tracking server "
+                    "itself when MLFLOW_TRACKING_URI is http(s), else `mlflow ui`'s default http://127.0.0.1:5000.",
     )
     expectations_dir: Path = Field(
         default=PROJECT_ROOT / "expectations", validation_alias="FEDRISK_EXPECTATIONS_DIR",

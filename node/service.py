@@ -215,12 +215,13 @@ class NodeService:
 
     def train_round(self, request: dict) -> bytes:
         """One round of this institution's client work, its update in the clear (no secure aggregation)."""
-        self._refuse_plain("model updates", self._run(request["run_key"]))
-        return self._train_round(request)
+        self._refuse_plain("model updates", self.runs.get(request["run_key"]))
+        return self._train_round(request, secure=False)
 
-    def _train_round(self, request: dict) -> bytes:
+    def _train_round(self, request: dict, secure: bool) -> bytes:
         """One round of this institution's client work, once: the same round id again gets the same answer;
-        with other weights it is refused (so privacy is charged for exactly what was trained)."""
+        with other weights it is refused (so privacy is charged for exactly what was trained), and a round
+        trained for a secure sum is never answered in the clear (not even after a restart)."""
         from fed_models.training import client_round, weights_from_lists
         from fed_models.dp_sgd import secure_rng
 
@@ -233,6 +234,8 @@ class NodeService:
             if logged["weights_sha256"] != digest:
                 raise NodeRefusal(f"institution '{self.name}': round {round_num} of run {run_key} was already trained "
                                   f"from other global weights; a round is trained once")
+            if logged.get("secure") and not secure:
+                raise NodeRefusal(f"institution '{self.name}' sends its model updates only through secure aggregation")
             return answer.read_bytes()
         run = self._run(run_key)
         rounds = len(self._logged_rounds(run_key)) + 1
@@ -244,7 +247,7 @@ class NodeService:
                                "rounds_trained": rounds, "epsilon": epsilon})
         directory.mkdir(parents=True, exist_ok=True)
         _write_atomically(answer, message)
-        _write_atomically(record, json.dumps({"weights_sha256": digest}).encode())
+        _write_atomically(record, json.dumps({"weights_sha256": digest, "secure": secure}).encode())
         return message
 
     def validate_round(self, request: dict) -> dict:
@@ -285,7 +288,7 @@ class NodeService:
             if not run.secure:
                 raise NodeRefusal(f"institution '{self.name}': run {inner['run_key']} was prepared without secure "
                                   f"aggregation")
-            answer = wire.decode(self._train_round(inner))
+            answer = wire.decode(self._train_round(inner, secure=True))
             values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"],
                                                float(request["clip_norm"]), float(request["total_weight"]))
             meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"])

@@ -263,6 +263,37 @@ def _log_institution_input(report: ValidationReport) -> None:
 CONFIG_ARTIFACT = "config/run_config.yaml"
 MODEL_CARD_ARTIFACT = "model_card.html"
 ROLES = ("challenger", "champion", "local_only", "pooled")
+# How each model's figures are named in MLflow: grouped by prefix (the UI groups on "/"), never doubled.
+METRIC_PREFIX = {"challenger": "challenger", "champion": "champion", "local_only": "baseline_local_only",
+                 "pooled": "baseline_pooled_data"}
+
+
+def metric_name(role: str, scope: str, key: str) -> str:
+    """`challenger/weighted/roc_auc`, `baseline_pooled_data/all_holdouts/ece`, `champion/institution/bank_a/ks`:
+    scope is `weighted` (mean over institutions by holdout rows), `all_holdouts` (pooled rows) or an institution."""
+    where = scope if scope in ("weighted", "all_holdouts") else f"institution/{scope}"
+    return f"{METRIC_PREFIX[role]}/{where}/{key}"
+
+
+def headline_metrics(evaluations: list[InstitutionEvaluation]) -> dict[str, float]:
+    """The new model's figures a reader looks for first: weighted ROC AUC, PR AUC and KS, and the pooled ECE
+    the promotion guardrail checks."""
+    weighted = weighted_metrics(evaluations, CHALLENGER)
+    return {"roc_auc": weighted["roc_auc"], "pr_auc": weighted["pr_auc"], "ks": weighted["ks"],
+            "ece": pooled_ece(evaluations, CHALLENGER)}
+
+
+def run_name(version: str, lineage: dict[str, str]) -> str:
+    """`v7 scheduled credit-default-weekly`, `v8 manual`: the version and what started the run."""
+    deployment = lineage.get("prefect.deployment", "")
+    return " ".join(part for part in (f"v{version}", lineage.get("prefect.trigger", "manual"),
+                                      deployment.split("/")[-1]) if part)
+
+
+def version_description(decision: Decision) -> str:
+    """What the version's page says first: the promotion decision, its reason and each check."""
+    return "\n".join([f"{'Promoted to champion' if decision.promoted else 'Not promoted'}: {decision.reason}", "",
+                      *[f"- {check}" for check in decision.checks]])
 
 
 def _withdraw(client, model_name: str, version: str, previous_aliases: dict) -> None:
@@ -356,19 +387,22 @@ def register_model(
         mlflow.set_tag("training.stopped_early", str(training.stopped_early).lower())
         if privacy is not None:
             for i in privacy.institutions:
-                mlflow.log_metrics({f"privacy.epsilon.{i.institution}": i.epsilon, f"privacy.delta.{i.institution}":
-                                    i.delta, f"privacy.noise_multiplier.{i.institution}": i.noise_multiplier})
+                mlflow.log_metrics({f"privacy/epsilon/{i.institution}": i.epsilon, f"privacy/delta/{i.institution}":
+                                    i.delta, f"privacy/noise_multiplier/{i.institution}": i.noise_multiplier})
+        mlflow.log_metrics(headline_metrics(evaluations))
         for evaluation in evaluations:
             for role, metrics in evaluation.metrics.items():
-                mlflow.log_metrics({f"{role}.{evaluation.institution}.{k}": v for k, v in metrics.items()})
+                mlflow.log_metrics({metric_name(role, evaluation.institution, k): v for k, v in metrics.items()})
             for role, counts in evaluation.confusion.items():
-                mlflow.log_metrics({f"{role}.{evaluation.institution}.{k}": v for k, v in counts.items()})
-            mlflow.log_metric(f"holdout_rows.{evaluation.institution}", evaluation.examples)
+                mlflow.log_metrics({metric_name(role, evaluation.institution, k): v for k, v in counts.items()})
+            mlflow.log_metric(f"holdout_rows/{evaluation.institution}", evaluation.examples)
         for role in ROLES:
             if any(role in e.metrics for e in evaluations):
-                mlflow.log_metrics({f"{role}.weighted.{k}": v for k, v in weighted_metrics(evaluations, role).items()})
-                mlflow.log_metrics({f"{role}.pooled.{k}": v for k, v in pooled_confusion(evaluations, role).items()})
-                mlflow.log_metric(f"{role}.pooled.ece", pooled_ece(evaluations, role))
+                mlflow.log_metrics({metric_name(role, "weighted", k): v
+                                    for k, v in weighted_metrics(evaluations, role).items()})
+                mlflow.log_metrics({metric_name(role, "all_holdouts", k): v
+                                    for k, v in pooled_confusion(evaluations, role).items()})
+                mlflow.log_metric(metric_name(role, "all_holdouts", "ece"), pooled_ece(evaluations, role))
         mlflow.log_dict({"evaluations": [asdict(e) for e in evaluations]}, "evaluation/institutions.json")
         for report in validation:
             if report.passed:
@@ -409,9 +443,13 @@ def register_model(
                 model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
                 lineage=lineage, validation=validation, evaluations=evaluations, training=training,
                 figures=figures, privacy=privacy, layout=layout, scorecard=scorecard), MODEL_CARD_ARTIFACT)
-            for key, value in {**promotion_tags, "model_card": f"{run.info.artifact_uri}/{MODEL_CARD_ARTIFACT}"}.items():
+            # runs:/ resolves wherever the store is (a local path would not, on another machine).
+            for key, value in {**promotion_tags, "model_card": f"runs:/{run.info.run_id}/{MODEL_CARD_ARTIFACT}"}.items():
                 client.set_model_version_tag(model_name, version, key, value)
-            mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged"})
+            mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged",
+                             "mlflow.runName": run_name(version, lineage)})
+            client.update_model_version(model_name, version, description=version_description(decision))
+            client.update_registered_model(model_name, description=config.use)  # the card's intended use
             client.set_registered_model_alias(model_name, CHALLENGER, version)
             aliases = [CHALLENGER]
             if decision.promoted:  # last: once the champion moves, nothing is left to fail
@@ -487,9 +525,10 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
             created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
             aliases=sorted(aliases.get(str(v.version), [])),
             decision=v.tags.get("promotion.decision", "-"),
-            # ECE pooled over institutions (what the policy checks); the others example-weighted.
-            metrics={m: metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}", math.nan)
-                     for m in SUMMARY_METRICS},
+            # The run's headline figures: ECE pooled over institutions (what the policy checks), the others
+            # example-weighted (runs before they were headlined: their challenger's figures).
+            metrics={m: metrics.get(m, metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}",
+                                                   math.nan)) for m in SUMMARY_METRICS},
             run_id=v.run_id or "-",
             epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
         ))

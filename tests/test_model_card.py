@@ -55,10 +55,12 @@ def test_baselines_and_plots_are_logged_with_the_run(registered):
     run = client.get_run(registered.first.registration.run_id)
     metrics = run.data.metrics
     for name in registered.data:
-        for role in ("challenger", "local_only", "pooled"):
-            assert 0.5 < metrics[f"{role}.{name}.roc_auc"] < 1
-        assert sum(metrics[f"challenger.{name}.{k}"] for k in ("tp", "fp", "tn", "fn")) == metrics[f"holdout_rows.{name}"]
-    assert all(f"{role}.weighted.{m}" in metrics for role in ("challenger", "local_only", "pooled")
+        for role in ("challenger", "baseline_local_only", "baseline_pooled_data"):
+            assert 0.5 < metrics[f"{role}/institution/{name}/roc_auc"] < 1
+        assert sum(metrics[f"challenger/institution/{name}/{k}"] for k in ("tp", "fp", "tn", "fn")) == \
+            metrics[f"holdout_rows/{name}"]
+    assert all(f"{role}/weighted/{m}" in metrics for role in ("challenger", "baseline_local_only", "baseline_pooled_data")
                for m in ("roc_auc", "pr_auc", "gini", "ece", "recall_at_fpr"))
+    assert metrics["baseline_pooled_data/all_holdouts/ece"] > 0
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/convergence.png", "plots/roc.png", "plots/calibration.png"}

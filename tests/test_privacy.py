@@ -108,7 +108,7 @@ def test_a_dp_retraining_carries_its_epsilon_and_an_over_budget_one_leaves_the_c
     for name in small_consortium:
         epsilon = float(version.tags[f"privacy.epsilon.{name}"])
         assert 2.4 < epsilon <= 2.5 and epsilon == pytest.approx(entry.epsilon[name], abs=1e-4)
-        assert metrics[f"privacy.epsilon.{name}"] == pytest.approx(epsilon, abs=1e-4)
+        assert metrics[f"privacy/epsilon/{name}"] == pytest.approx(epsilon, abs=1e-4)
     card = Path(client.download_artifacts(version.run_id, "model_card.html")).read_text()
     assert "Record-level differential privacy" in card and f"{entry.epsilon['alder_bank']:.4f}" in card
     _, links = trace(tracking_uri, "credit_private@champion", PROJECT_ROOT, TEST_EXPECTATIONS_DIR)

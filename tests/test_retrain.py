@@ -68,7 +68,17 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     assert run.data.metrics["best_round"] == 1 + int(np.argmin(per_round["validation_loss"]))
     assert first.training.best_round == run.data.metrics["best_round"] and not first.training.stopped_early
     assert not any(Settings().runs_dir.glob("credit_e2e/*"))  # registered: its checkpoints are gone
-    assert run.data.metrics["challenger.weighted.roc_auc"] == pytest.approx(first.weighted["roc_auc"])
+    assert run.data.metrics["challenger/weighted/roc_auc"] == pytest.approx(first.weighted["roc_auc"])
+    # The MLflow page reads well: named by version and trigger, headline figures at the top level, the
+    # decision on the version and the intended use on the model.
+    assert run.data.tags["mlflow.runName"] == f"v{first.registration.version} manual"
+    assert {"roc_auc", "pr_auc", "ks", "ece"} <= set(run.data.metrics)
+    assert run.data.metrics["roc_auc"] == pytest.approx(first.weighted["roc_auc"])
+    assert not [m for m in run.data.metrics if "pooled.pooled" in m or "pooled/pooled" in m]
+    version = client.get_model_version("credit_e2e", first.registration.version)
+    assert version.description.startswith(("Promoted to champion: ", "Not promoted: "))
+    assert first.registration.reason in version.description
+    assert client.get_registered_model("credit_e2e").description.startswith("Card holders' default on next month")
     inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
     assert set(inputs) == set(small_consortium)
     assert inputs["alder_bank"].digest == first.validation[0].digest[:16]
@@ -229,8 +239,8 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri
     assert run.data.metrics["resumed_from_round"] == saved[-1]
     assert run.data.metrics["rounds_run"] == len(uninterrupted.training.rounds)
     # Exactly equal: the checkpoint restores every bit of server, optimizer and aggregator state.
-    assert run.data.metrics["challenger.weighted.roc_auc"] == uninterrupted.weighted["roc_auc"]
-    assert run.data.metrics["challenger.weighted.log_loss"] == uninterrupted.weighted["log_loss"]
+    assert run.data.metrics["challenger/weighted/roc_auc"] == uninterrupted.weighted["roc_auc"]
+    assert run.data.metrics["challenger/weighted/log_loss"] == uninterrupted.weighted["log_loss"]
 
 
 def test_a_crash_mid_training_is_retried_by_prefect_from_the_last_checkpoint(tracking_uri, small_consortium):

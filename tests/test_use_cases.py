@@ -92,7 +92,7 @@ def test_card_fraud_mlp_registers_on_pr_auc_with_recall_at_the_alert_rate(tmp_pa
     assert summary.weighted["pr_auc"] > 0.88 and summary.weighted["recall_at_alert_rate"] > 0.8
     assert summary.registration.checks[0].startswith("pass: no champion yet; challenger pr_auc ")
     run = MlflowClient().get_run(summary.registration.run_id)
-    assert run.data.metrics["challenger.weighted.recall_at_alert_rate"] == pytest.approx(
+    assert run.data.metrics["challenger/weighted/recall_at_alert_rate"] == pytest.approx(
         summary.weighted["recall_at_alert_rate"])
     assert run.data.params["evaluation.alert_rate"] == "0.1"
     # No transaction leaves its bank: no run of five consecutive feature values of any input row.
