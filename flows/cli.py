@@ -82,10 +82,9 @@ def _print_summary(summary) -> None:
         table.add_row(e.institution, str(e.examples), *[f"{m[n]:.4f}" for n in names])
     w = summary.weighted
     table.add_row("weighted", str(sum(e.examples for e in summary.evaluations)), *[f"{w[n]:.4f}" for n in names])
-    table.caption = (f"weighted: each figure's mean over institutions, by holdout rows; pooled ECE over all holdout rows "
-                     f"(the promotion guardrail's figure): {pooled_ece(summary.evaluations):.4f}")
-    table.caption_justify = "left"
     console.print(table)
+    console.print(f"weighted: each figure's mean over institutions, by holdout rows; pooled ECE over all holdout rows "
+                  f"(the promotion guardrail's figure): {pooled_ece(summary.evaluations):.4f}", highlight=False)
     others = {"champion": "champion", "local_only": "local-only", "pooled": "pooled data"}
     shown = [role for role in others if any(role in e.metrics for e in summary.evaluations)]
     if shown:

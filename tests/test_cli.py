@@ -181,7 +181,7 @@ def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tr
     from tasks.config import PrivacyConfig, TrainingConfig
     from tasks.privacy import plan_privacy, reserve_privacy_budget, settle_privacy_budget
 
-    assert _exit_code(cli.ledger) == 0
+    assert _exit_code(cli.ledger, config=None) == 0
     assert console().strip() == f"No differentially private retrainings yet in {tracking_uri}: nothing is spent."
 
     plan = plan_privacy(PrivacyConfig(mechanism="record_level", noise_multiplier=1.5),
