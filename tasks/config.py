@@ -7,10 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_serializer,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_serializer,
                       field_validator, model_validator)
 
 from tasks.schema import SCHEMAS_DIR, Schema, load_schema
+
+
+def _positive_weight(value):
+    if not isinstance(value, str) and not 0 < value <= 10_000:
+        raise ValueError("must be 'balanced' or a number in (0, 10000]")
+    return value
+
+
+# The loss weight of a positive (default, fraud): a number, or 'balanced' from the federated counts.
+PositiveClassWeight = Annotated[float | Literal["balanced"], AfterValidator(_positive_weight)]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 PromotionMetric = Literal["roc_auc", "pr_auc", "ks", "gini", "log_loss", "brier", "ece", "recall_at_fpr",
@@ -104,7 +114,7 @@ class TrainingConfig(BaseModel):
     proximal_strength: float = Field(0.0, ge=0, le=100, description="FedProx mu; required (> 0) for fedprox.")
     clients_per_round: int | None = Field(
         None, ge=1, description="Institutions sampled (seeded) each round; all when unset.")
-    positive_class_weight: float | Literal["balanced"] = Field(
+    positive_class_weight: PositiveClassWeight = Field(
         1.0, description="Weight of a default/fraud in the loss; 'balanced' = negatives/positives over all "
                          "institutions (from federated counts).")
     aggregation: Literal["robust", "plain", "compression"] = Field(
@@ -115,13 +125,6 @@ class TrainingConfig(BaseModel):
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when the federated validation loss stops improving; the best round is exported "
                           "either way.")
-
-    @field_validator("positive_class_weight")
-    @classmethod
-    def _positive_weight(cls, value):
-        if not isinstance(value, str) and not 0 < value <= 10_000:
-            raise ValueError("must be 'balanced' or a number in (0, 10000]")
-        return value
 
     @model_validator(mode="after")
     def _algorithm_settings(self) -> TrainingConfig:
@@ -147,7 +150,7 @@ class TreeTrainingConfig(BaseModel):
     subsample: float = Field(1.0, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0, le=1e6)
     max_bin: int = Field(256, ge=2, le=4096, description="Histogram bins per feature.")
-    positive_class_weight: float | Literal["balanced"] = Field(
+    positive_class_weight: PositiveClassWeight = Field(
         1.0, description="scale_pos_weight; 'balanced' = negatives/positives from federated counts.")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     early_stopping: EarlyStoppingConfig | None = Field(
@@ -156,13 +159,6 @@ class TreeTrainingConfig(BaseModel):
     monotone: dict[str, Literal[1, -1]] = Field(
         default_factory=dict, description="Monotone constraints by numeric feature: 1 never lowers the risk as "
                                           "the feature grows (days past due), -1 never raises it.")
-
-    @field_validator("positive_class_weight")
-    @classmethod
-    def _positive_weight(cls, value):
-        if not isinstance(value, str) and not 0 < value <= 10_000:
-            raise ValueError("must be 'balanced' or a number in (0, 10000]")
-        return value
 
 
 def _engine(value) -> str:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,25 @@ class Node:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+@contextmanager
+def _killed_after_round(victim: Node, round_num: int, restart: bool = True):
+    """Inside the block `victim` is killed (SIGKILL) once round `round_num` is trained; it starts again after the
+    block when `restart`."""
+    from tasks.training import round_listener
+
+    def kill(metrics):
+        if metrics["round"] == round_num and victim.process.poll() is None:
+            victim.kill()
+
+    try:
+        with round_listener(kill):
+            yield
+    finally:
+        if restart:
+            victim.start()
+            victim.wait()
 
 
 @pytest.fixture(scope="module")
@@ -173,21 +193,9 @@ def test_a_node_down_at_the_start_is_quarantined_and_the_quorum_decides(consorti
 
 
 def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium, tracking_uri):
-    from tasks.training import round_listener
-
     _, pki, nodes = consortium
-    victim = nodes["cedar_savings"]
-
-    def kill_after_round_2(metrics):
-        if metrics["round"] == 2 and victim.process.poll() is None:
-            victim.kill()
-
-    try:
-        with round_listener(kill_after_round_2):
-            summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_lost", quorum=2))
-    finally:
-        victim.start()
-        victim.wait()
+    with _killed_after_round(nodes["cedar_savings"], 2):
+        summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_lost", quorum=2))
     assert [r["institutions"] for r in summary.training.rounds] == [3, 3, 2, 2, 2]
     assert summary.training.lost["cedar_savings"].startswith("left out from round 3: institution 'cedar_savings': "
                                                              "unreachable at ")
@@ -199,18 +207,13 @@ def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium,
 def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(
         consortium, tracking_uri):
     from node.client import TrainingStopped
-    from tasks.training import round_listener
 
     _, pki, nodes = consortium
     victim = nodes["birch_credit_union"]
     config = _coordinator(pki, nodes.values(), "credit_xs_resume", quorum=3)
     uninterrupted = retrain(_coordinator(pki, nodes.values(), "credit_xs_reference", quorum=3))
 
-    def kill_after_round_2(metrics):
-        if metrics["round"] == 2 and victim.process.poll() is None:
-            victim.kill()
-
-    with round_listener(kill_after_round_2), pytest.raises(TrainingStopped) as stopped:
+    with _killed_after_round(victim, 2, restart=False), pytest.raises(TrainingStopped) as stopped:
         retrain(config)
     assert "2 institution(s) left, quorum is 3: the run stops, nothing is registered" in str(stopped.value)
     client = MlflowClient(tracking_uri)
@@ -242,29 +245,29 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     assert MlflowClient().get_model_version("trees_xs", "1").tags["training.engine"] == "xgboost"
 
 
-def _numbers(value):
-    """Every number in a decoded message (array elements included)."""
+def _leaves(value):
+    """Every value in a decoded message, through its dicts and lists."""
     if isinstance(value, dict):
         for v in value.values():
-            yield from _numbers(v)
+            yield from _leaves(v)
     elif isinstance(value, list):
         for v in value:
-            yield from _numbers(v)
-    elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        yield from value.ravel().tolist()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield from _leaves(v)
+    else:
         yield value
+
+
+def _numbers(value):
+    """Every number in a decoded message (array elements included)."""
+    for leaf in _leaves(value):
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind == "f":
+            yield from leaf.ravel().tolist()
+        elif isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+            yield leaf
 
 
 def _arrays(value):
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _arrays(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _arrays(v)
-    elif isinstance(value, np.ndarray):
-        yield value
+    return (leaf for leaf in _leaves(value) if isinstance(leaf, np.ndarray))
 
 
 def _secure(config, **settings):
@@ -349,22 +352,10 @@ def test_under_secure_aggregation_a_lost_node_ends_the_run_cleanly_when_too_few_
     """cedar dies after round 2: the round it misses cannot be a secure sum of the two left (a sum of two
     reveals each to the other), so the run stops, nothing is registered."""
     from node.client import TrainingStopped
-    from tasks.training import round_listener
 
     _, pki, nodes = consortium
-    victim = nodes["cedar_savings"]
-
-    def kill_after_round_2(metrics):
-        if metrics["round"] == 2 and victim.process.poll() is None:
-            victim.kill()
-
-    try:
-        with round_listener(kill_after_round_2), pytest.raises(TrainingStopped) as stopped:
-            retrain(_secure(_coordinator(pki, nodes.values(), "credit_secure_lost", quorum=2),
-                            secure_aggregation=True))
-    finally:
-        victim.start()
-        victim.wait()
+    with _killed_after_round(nodes["cedar_savings"], 2), pytest.raises(TrainingStopped) as stopped:
+        retrain(_secure(_coordinator(pki, nodes.values(), "credit_secure_lost", quorum=2), secure_aggregation=True))
     assert "round 3" in str(stopped.value) and "nothing is registered" in str(stopped.value)
     assert "only 2 institution(s) completed; a secure sum needs at least 3" in str(stopped.value)
     assert MlflowClient(tracking_uri).search_model_versions("name='credit_secure_lost'") == []

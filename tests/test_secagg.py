@@ -47,12 +47,17 @@ def _session(identities, names, inputs, specs, threshold, session="s"):
     return parts, Aggregator(session, threshold, specs)
 
 
+def _keys_and_shares(parts, aggregator):
+    """Phases 1 and 2 with everyone taking part: each institution's inbox of shares."""
+    roster = aggregator.keys([p.advertise() for p in parts.values()])
+    return aggregator.inboxes({n: p.share(roster) for n, p in parts.items()})
+
+
 def test_the_unmasked_sum_is_the_plain_sum_within_the_quantization(identities):
     names, specs = NAMES[:4], _specs(4)
     inputs = _inputs(names, specs, np.random.default_rng(0))
     parts, aggregator = _session(identities, names, inputs, specs, threshold=3)
-    roster = aggregator.keys([p.advertise() for p in parts.values()])
-    inboxes = aggregator.inboxes({n: p.share(roster) for n, p in parts.items()})
+    inboxes = _keys_and_shares(parts, aggregator)
     sent = aggregator.collect({n: p.masked(inboxes[n]) for n, p in parts.items()})
     total = aggregator.total({n: parts[n].unmask(sent) for n in names})
     for vector, spec in specs.items():
@@ -72,8 +77,7 @@ def test_a_masked_vector_is_indistinguishable_from_uniform(identities):
         inputs = _inputs(names, specs, rng)
         inputs["alder"]["update"] = np.linspace(-1.6, 1.6, 40) * rng.uniform(0.1, 1.0)  # structured, shifting
         parts, aggregator = _session(identities, names, inputs, specs, 2, session=f"s{s}")
-        roster = aggregator.keys([p.advertise() for p in parts.values()])
-        inboxes = aggregator.inboxes({n: p.share(roster) for n, p in parts.items()})
+        inboxes = _keys_and_shares(parts, aggregator)
         masked.append(parts["alder"].masked(inboxes["alder"])["update"])
         hidden.append(inputs["alder"]["update"])
     masked, hidden = np.array(masked, dtype=np.float64), np.array(hidden)
@@ -93,8 +97,7 @@ def test_institutions_that_drop_before_or_after_their_masked_input_are_survived(
     names, specs = NAMES, _specs(5)
     inputs = _inputs(names, specs, np.random.default_rng(2))
     parts, aggregator = _session(identities, names, inputs, specs, threshold=3)
-    roster = aggregator.keys([p.advertise() for p in parts.values()])
-    inboxes = aggregator.inboxes({n: p.share(roster) for n, p in parts.items()})
+    inboxes = _keys_and_shares(parts, aggregator)
     senders = [n for n in names if n != "dogwood"]
     sent = aggregator.collect({n: parts[n].masked(inboxes[n]) for n in senders})
     assert sent == sorted(senders)
@@ -110,8 +113,7 @@ def test_below_the_threshold_nothing_is_unmasked(identities):
     names, specs = NAMES[:4], _specs(4)
     inputs = _inputs(names, specs, np.random.default_rng(3))
     parts, aggregator = _session(identities, names, inputs, specs, threshold=3)
-    roster = aggregator.keys([p.advertise() for p in parts.values()])
-    inboxes = aggregator.inboxes({n: p.share(roster) for n, p in parts.items()})
+    inboxes = _keys_and_shares(parts, aggregator)
     with pytest.raises(SecureAggregationError, match="masked inputs: only 2 institution"):
         aggregator.collect({n: parts[n].masked(inboxes[n]) for n in names[:2]})
     parts["cedar"].masked(inboxes["cedar"])
@@ -127,8 +129,7 @@ def test_an_institution_answers_one_unmasking_only(identities):
     self-mask and the mask key of one institution, hence its input."""
     names, specs = NAMES[:4], _specs(4)
     parts, aggregator = _session(identities, names, _inputs(names, specs, np.random.default_rng(4)), specs, 2)
-    roster = aggregator.keys([p.advertise() for p in parts.values()])
-    inboxes = aggregator.inboxes({n: p.share(roster) for n, p in parts.items()})
+    inboxes = _keys_and_shares(parts, aggregator)
     for n in names:
         parts[n].masked(inboxes[n])
     parts["alder"].unmask(names)
