@@ -92,6 +92,12 @@ def call(handle: NodeHandle, tls: Tls, operation: str, request: dict):
         raise NodeError(message, code) from None
 
 
+def _in_parallel(indices: list[int], operation) -> dict[int, object]:
+    """`operation(i)` for each index, one thread per node (each call mostly waits on its node)."""
+    with ThreadPoolExecutor(max(1, len(indices))) as pool:
+        return dict(zip(indices, pool.map(operation, indices), strict=True))
+
+
 def _attempt(operation):
     """`operation()`, or the NodeError it raised."""
     try:
@@ -187,21 +193,19 @@ class NodeConsortium:
         base = {"schema": _schema_ref(schema), "features": features, "split": vars(split)}
 
         def each(indices, when, operation):
-            with ThreadPoolExecutor(max(1, len(indices))) as pool:
-                results = list(pool.map(lambda i: _attempt(lambda: operation(i)), indices))
-            failures = [r for r in results if isinstance(r, NodeError)]
+            results = _in_parallel(indices, lambda i: _attempt(lambda: operation(i)))
+            failures = [r for r in results.values() if isinstance(r, NodeError)]
             if failures:
                 raise NodeError(f"{when}: " + "; ".join(str(f) for f in failures) + ": every admitted institution "
                                 f"must add its statistics; nothing was trained or registered")
-            return dict(zip(indices, results, strict=True))
+            return results
 
         def begin(i: int) -> dict:
-            return {"operation": "statistics", "participants": names, "threshold": self.secure_threshold,
-                    "vectors": {"sums": secure.specs_for(len(names), self.clip_norm)["sums"]},
-                    "request": {**base, "digest": self.digest(names[i])}}
+            return {"operation": "statistics", "request": {**base, "digest": self.digest(names[i])}}
 
         try:
-            result = secure.run_session(names, list(range(len(names))), secure.new_session("statistics"), begin, each,
+            result = secure.run_session(names, list(range(len(names))), secure.new_session("statistics"),
+                                        {"sums": secure.specs_for(len(names), self.clip_norm)["sums"]}, begin, each,
                                         lambda i, op, request: call(self.node(names[i]), self.tls, op, request),
                                         self.secure_threshold, "federated statistics")
         except SecureAggregationError as error:
@@ -223,9 +227,8 @@ class NodeConsortium:
             node = self.nodes[rank]
             return call(node, self.tls, "TrainTrees", {**base, "rank": rank, "digest": self.digest(node.institution)})
 
-        with ThreadPoolExecutor(len(self.nodes)) as pool:
-            answers = list(pool.map(train, range(len(self.nodes))))
-        return {"answer": answers[0], "rows": {n.institution: a["rows"] for n, a in zip(self.nodes, answers)}}
+        answers = _in_parallel(list(range(len(self.nodes))), train)
+        return {"answer": answers[0], "rows": {n.institution: answers[rank]["rows"] for rank, n in enumerate(self.nodes)}}
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         result = call(self.node(institution), self.tls, "Evaluate", {
@@ -301,9 +304,7 @@ class NodeInstitutions:
 
     def _each(self, indices: list[int], when: str, operation) -> dict[int, object]:
         """`operation(i)` at each node in parallel; a node failing twice is dropped (see `_drop`)."""
-        with ThreadPoolExecutor(max(1, len(indices))) as pool:
-            results = dict(zip(indices, pool.map(lambda i: self._with_retry(i, lambda: operation(i)), indices),
-                               strict=True))
+        results = _in_parallel(indices, lambda i: self._with_retry(i, lambda: operation(i)))
         failures = {self.names[i]: r for i, r in results.items() if isinstance(r, NodeError)}
         if failures:
             self._drop(failures, when)
@@ -316,18 +317,13 @@ class NodeInstitutions:
         from secagg.protocol import SecureAggregationError
 
         consortium = self.consortium
-        participants = [self.names[i] for i in indices]
-
-        def begin(i: int) -> dict:
-            return {"operation": operation, "participants": participants, "threshold": consortium.secure_threshold,
-                    "vectors": secure.specs_for(len(participants), consortium.clip_norm), "request": request(i),
-                    **extra}
-
         try:
-            result = secure.run_session(self.names, indices, secure.new_session(f"{self.run_key}/{when}"), begin,
-                                        self._each, lambda i, op, body: call(consortium.node(self.names[i]),
-                                                                             consortium.tls, op, body),
-                                        consortium.secure_threshold, when)
+            result = secure.run_session(
+                self.names, indices, secure.new_session(f"{self.run_key}/{when}"),
+                secure.specs_for(len(indices), consortium.clip_norm),
+                lambda i: {"operation": operation, "request": request(i), **extra}, self._each,
+                lambda i, op, body: call(consortium.node(self.names[i]), consortium.tls, op, body),
+                consortium.secure_threshold, when)
         except SecureAggregationError as error:
             raise TrainingStopped(f"{when}: {error}; the run stops, nothing is registered, and the next run resumes "
                                   f"from the last round's checkpoint") from None

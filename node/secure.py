@@ -126,13 +126,16 @@ class SessionResult:
                 + f" (threshold {threshold})")
 
 
-def run_session(names: list[str], indices: list[int], session: str, begin: Callable[[int], dict],
-                each: Callable[[list[int], str, Callable[[int], object]], dict[int, object]],
+def run_session(names: list[str], indices: list[int], session: str, vectors: dict[str, dict],
+                begin: Callable[[int], dict], each: Callable[[list[int], str, Callable[[int], object]], dict[int, object]],
                 call: Callable[[int, str, dict], object], threshold: int, when: str) -> SessionResult:
-    """One secure sum over the nodes `indices`: `begin(i)` is node i's SecureBegin request, `each` runs a phase
-    at several nodes in parallel (dropping those that fail), `call(i, operation, request)` one call.
-    SecureAggregationError when fewer than `threshold` complete a phase."""
-    begun = each(indices, f"{when}: key exchange", lambda i: call(i, "SecureBegin", {**begin(i), "session": session}))
+    """One secure sum over the nodes `indices` of the `vectors` (name -> bits and scale, see `specs_for`):
+    `begin(i)` is what node i adds (its operation and request), `each` runs a phase at several nodes in parallel
+    (dropping those that fail), `call(i, operation, request)` one call. SecureAggregationError when fewer than
+    `threshold` complete a phase."""
+    common = {"session": session, "participants": [names[i] for i in indices], "threshold": threshold,
+              "vectors": vectors}
+    begun = each(indices, f"{when}: key exchange", lambda i: call(i, "SecureBegin", {**begin(i), **common}))
     metas = {i: answer["meta"] for i, answer in begun.items()}
     first = next(iter(begun.values()), None)
     sizes = first["sizes"] if first else {}
@@ -140,7 +143,6 @@ def run_session(names: list[str], indices: list[int], session: str, begin: Calla
         if answer["sizes"] != sizes:
             raise SecureAggregationError(f"institution '{names[i]}' sent vectors of sizes {answer['sizes']}, the "
                                          f"others {sizes}: they are not adding the same thing")
-    vectors = begin(indices[0])["vectors"]
     specs = {name: VectorSpec(int(sizes[name]), **vectors[name]) for name in sizes}
     aggregator = Aggregator(session, threshold, specs)
     roster = aggregator.keys([Advertisement.from_dict(answer["keys"]) for answer in begun.values()])

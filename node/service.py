@@ -20,6 +20,7 @@ import zipfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,7 @@ class NodeService:
         sums, or its statistics), keep it here, and return fresh public keys signed with its TLS key."""
         from node import secure
         from secagg import ring
-        from secagg.protocol import MIN_INSTITUTIONS, Identity, Participant
+        from secagg.protocol import MIN_INSTITUTIONS, Participant
         from secagg.ring import VectorSpec
         from tasks.statistics import LocalStatistics, statistics_vector
 
@@ -303,8 +304,7 @@ class NodeService:
         else:
             raise NodeRefusal(f"institution '{self.name}' adds no '{operation}' to a secure sum")
         specs = {name: VectorSpec(len(v), **request["vectors"][name]) for name, v in values.items()}
-        ca, cert, key = self.config.tls.read()
-        participant = Participant(Identity(self.name, cert, key, ca), session,
+        participant = Participant(self._identity, session,
                                   {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs, threshold)
         answer = {"keys": participant.advertise().as_dict(), "meta": meta,
                   "sizes": {name: spec.size for name, spec in specs.items()}}
@@ -312,6 +312,14 @@ class NodeService:
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return answer
+
+    @cached_property
+    def _identity(self):
+        """This institution's TLS identity, which signs its keys in every secure sum (read once)."""
+        from secagg.protocol import Identity
+
+        ca, cert, key = self.config.tls.read()
+        return Identity(self.name, cert, key, ca)
 
     def _session(self, request: dict) -> _Session:
         if request["session"] not in self.sessions:

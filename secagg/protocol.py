@@ -154,6 +154,7 @@ class Participant:
     _self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     _roster: dict[str, Advertisement] = field(default_factory=dict)
     _held: dict[str, tuple[int, int]] = field(default_factory=dict)  # from -> (mask key share, self seed share)
+    _shared: tuple[str, ...] = ()  # U2: who sent this institution its shares (itself included)
     _unmasked: tuple[str, ...] | None = None
 
     @property
@@ -224,7 +225,7 @@ class Participant:
                 mask = ring.expand(seed, name, spec)
                 value = ring.add(value, mask, spec) if self.name < other else ring.subtract(value, mask, spec)
             masked[name] = value
-        self._u2 = tuple(sorted(senders))
+        self._shared = tuple(sorted(senders))
         return masked
 
     def unmask(self, sent: list[str]) -> dict[str, dict[str, str]]:
@@ -236,12 +237,12 @@ class Participant:
         if len(sent) < self.threshold:
             raise SecureAggregationError(f"only {len(sent)} institution(s) sent masked vectors; the threshold is "
                                          f"{self.threshold}: nothing is unmasked")
-        u2 = getattr(self, "_u2", ())
-        if not set(sent) <= set(u2):
+        if not set(sent) <= set(self._shared):
             raise SecureAggregationError("the coordinator named senders that never shared their keys")
         self._unmasked = sent
         return {"self_seed": {name: hex(self._held[name][1]) for name in sent if name in self._held},
-                "mask_key": {name: hex(self._held[name][0]) for name in u2 if name not in sent and name in self._held}}
+                "mask_key": {name: hex(self._held[name][0]) for name in self._shared
+                             if name not in sent and name in self._held}}
 
 
 @dataclass

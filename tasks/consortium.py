@@ -24,6 +24,7 @@ from tasks.validation import ValidationReport, validate_extract
 class Consortium(Protocol):
     names: list[str]
     cross_silo: bool
+    secure: bool  # sums only: updates and statistics through secure aggregation
 
     def validate(self, institution: str, schema: Schema, reference: dict | None,
                  expectations_dir: Path) -> ValidationReport: ...
@@ -45,6 +46,7 @@ class LocalConsortium:
 
     extracts: tuple[Extract, ...]
     cross_silo = False
+    secure = False  # secure aggregation is for nodes only
 
     @property
     def names(self) -> list[str]:

@@ -167,7 +167,7 @@ def federated_training(
 
     institutions = consortium.training(schema, layout, split, run_key,
                                        {i.institution: i.delta for i in privacy.institutions} if privacy else None)
-    secure = getattr(consortium, "secure", False)
+    secure = consortium.secure
     if secure:
         institutions.log = log
     stopping = training.early_stopping
