@@ -189,13 +189,24 @@ def train_federated(institutions: list[TreeData], spec: TreeSpec, work_dir: Path
 def _follow(workers, server, server_log: Path, on_round, deadline: float) -> None:
     """Pass rank 0's rounds to `on_round` as they come; wait for every worker; a failure stops them all."""
     _, first_log, _ = workers[0]
-    seen = 0
-    while True:
-        lines = first_log.read_text(errors="replace").splitlines() if first_log.exists() else []
-        for line in lines[seen:]:
-            if line.startswith("{") and on_round is not None:
+    read = 0
+
+    def pass_new_rounds() -> None:
+        """The round lines rank 0 has completed since the last look (a line still being written waits)."""
+        nonlocal read
+        if on_round is None or not first_log.exists():
+            return
+        with first_log.open("rb") as log:
+            log.seek(read)
+            chunk = log.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        read += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            if line.startswith("{"):
                 on_round(json.loads(line))
-        seen = len(lines)
+
+    while True:
+        pass_new_rounds()
         failed = [(name, log, p.returncode) for name, log, p in workers if p.poll() not in (None, 0)]
         if failed:
             name, log, code = failed[0]
@@ -208,10 +219,7 @@ def _follow(workers, server, server_log: Path, on_round, deadline: float) -> Non
             raise TreeTrainingFailed("the XGBoost training did not finish in time; its processes were stopped and "
                                      "nothing was registered")
         if all(p.poll() == 0 for _, _, p in workers):
-            lines = first_log.read_text(errors="replace").splitlines()
-            for line in lines[seen:]:
-                if line.startswith("{") and on_round is not None:
-                    on_round(json.loads(line))
+            pass_new_rounds()
             return
         time.sleep(0.1)
 
