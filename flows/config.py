@@ -35,8 +35,8 @@ def _keys_at(loc: list) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        models = [nested for model in models if part in _fields(model)
-                  for nested in _models(_fields(model)[part].annotation)]
+        fields = [_fields(model).get(part) for model in models]
+        models = [nested for field in fields if field is not None for nested in _models(field.annotation)]
     return sorted({key for model in models for key in _fields(model)})
 
 

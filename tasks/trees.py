@@ -79,9 +79,8 @@ def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation
     """The federated server here, behind the consortium's TLS (the coordinator's certificate, the consortium
     CA for the nodes' workers); each node starts its own worker. On loopback the server stays on loopback."""
     from fed_trees.training import TreeResult, TreeTls, start_server
-    from hostguard.processes import stop
-
     from hostguard.loopback import Isolation, is_loopback
+    from hostguard.processes import stop
 
     tls = TreeTls(Path(consortium.tls.ca), Path(consortium.tls.cert), Path(consortium.tls.key), {})
     host = consortium.server_host
