@@ -4,7 +4,9 @@ import os
 
 # Quiet, offline-friendly defaults for the libraries the flows drive; the environment wins.
 for _name, _value in {
-    "TF_CPP_MIN_LOG_LEVEL": "2",
+    # TensorFlow's C++ log: "3" hides the "Unable to register cuDNN/cuFFT/cuBLAS factory" errors every CPU-only
+    # start prints (a real failure still raises in Python); `fedrisk --verbose` shows warnings and errors.
+    "TF_CPP_MIN_LOG_LEVEL": "3",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-import math
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 import flows  # noqa: F401  (sets library defaults before they are imported)
 from flows.config import ConfigError, load_config
 from flows.settings import PROJECT_ROOT, Settings
+from flows.terminal import console, status
 from tasks.config import RunConfig
 
+
+
+def _plain_placeholders(command) -> None:
+    """Conventional help placeholders for `command` and everything under it: `--config PATH`, `DEPLOYMENT`,
+    flags without one, instead of typer's type names (`<path>`, `{deployment}`, `<bool>`)."""
+    for param in [*command.params, command.get_help_option(typer.Context(command))]:
+        if param is not None and param.metavar is None:
+            param.metavar = "" if getattr(param, "is_flag", False) else param.name.upper()
+        if param is not None and param.param_type_name == "argument":
+            # typer 0.29 writes a required argument as {NAME} in the usage line and adds its type (<str>);
+            # tests/test_cli.py checks the help text, so a typer upgrade that changes these hooks shows.
+            param._usage_display_name = lambda name=param.metavar: name
+            param.display_type_rich = lambda ctx: None
+    for sub in getattr(command, "commands", {}).values():
+        _plain_placeholders(sub)
+
+
+class PlainHelpGroup(TyperGroup):
+    """The `fedrisk` command tree, with help that reads like the tools its users know."""
+
+    def __init__(self, **attrs) -> None:
+        super().__init__(**attrs)
+        _plain_placeholders(self)
+
+
 app = typer.Typer(help="Federated credit-risk retraining: validate, train, evaluate, register.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=PlainHelpGroup)
 data_app = typer.Typer(help="Data utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(help="Registered models: list versions, promote by hand.", no_args_is_help=True)
@@ -30,9 +52,6 @@ node_app = typer.Typer(help="An institution's node (cross-silo): serve its fixed
 app.add_typer(node_app, name="node")
 pki_app = typer.Typer(help="A development certificate authority for a consortium (mutual TLS).", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
-# A terminal gets Rich's own width; output that is piped or logged (CI, `| tee`, a scheduler) gets tables at
-# their full width, so that no figure, status or path is ever cut to fit 80 columns.
-console = Console() if sys.stdout.isatty() else Console(width=4096, soft_wrap=False)
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
@@ -44,31 +63,34 @@ def _load(path: Path) -> RunConfig:
         raise typer.Exit(2) from None
 
 
-def _validation_table(reports) -> Table:
+def _print_validation(reports, pages: dict[str, str]) -> None:
+    """The validation outcome per institution, then where each one's checks page is (`pages`), a line each so
+    that a link is never broken across lines."""
     from tasks.reporting import validation_rows
 
     table = Table(title="Validation")
     table.add_column("institution", no_wrap=True)
     for column in ("rows", "checks passed", "checks failed", "status", "reasons", "warnings"):
         table.add_column(column)
-    rows = validation_rows(reports)
-    for row in rows:
+    for row in validation_rows(reports):
         colour = "green" if row["status"] == "admitted" else "red"
         table.add_row(row["institution"], str(row["rows"]), str(row["checks passed"]), str(row["checks failed"]),
                       f"[{colour}]{row['status']}[/{colour}]", row["reasons"].replace("; ", "\n"),
                       row["warnings"].replace("; ", "\n"))
-    pages = [f"  {row['institution']}: {row['data docs']}" for row in rows if row["data docs"]]
-    table.caption = "Data Docs:\n" + "\n".join(pages) if pages else None
-    table.caption_justify = "left"
-    return table
+    console.print(table)
+    if pages:
+        console.print("Checks pages:")
+    for name, page in pages.items():
+        console.print(f"  {name}: {page}", soft_wrap=True, highlight=False)
 
 
 def _print_summary(summary) -> None:
     from tasks.evaluation import pooled_ece
     from tasks.privacy import privacy_sentence
-    from tasks.reporting import training_sentence
+    from tasks.reporting import training_sentence, validation_page_urls
 
-    console.print(_validation_table(summary.validation))
+    _print_validation(summary.validation, validation_page_urls(Settings().mlflow_ui_url, summary.registration,
+                                                              summary.validation))
     console.print(training_sentence(summary.training))
     console.print(privacy_sentence(summary.privacy), highlight=False)
     names = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "brier": "Brier", "ece": "ECE",
@@ -107,38 +129,30 @@ def _print_summary(summary) -> None:
         console.print(f"  [{colour}]{check}[/{colour}]")
 
 
-@contextmanager
-def _round_progress() -> Iterator[None]:
-    """A progress bar over federated rounds with the latest loss and AUC, while training runs here."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show what the libraries log "
+                                                                    "(TensorFlow, MLflow, Prefect's bookkeeping).")) -> None:
+    """Federated credit-risk retraining: validate, train, evaluate, register."""
+    from flows.terminal import set_up
 
-    from tasks.training import round_listener
+    set_up(verbose, Settings().log_file)
 
-    progress = Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[latest]}"), console=console, transient=False)
-    bar: dict = {}
 
-    def on_round(m: dict) -> None:
-        train = "" if math.isnan(m.get("loss", math.nan)) else f"train loss {m['loss']:.4f}  "  # not under DP, trees
-        latest = f"{train}validation loss {m['validation_loss']:.4f}  validation AUC {m['validation_auc']:.4f}"
-        if "task" not in bar:
-            progress.start()
-            bar["task"] = progress.add_task("rounds", total=m["max_rounds"], latest="")
-        progress.update(bar["task"], completed=m["round"], latest=latest)
+def _prefect_api():
+    """The Prefect API this command's flow runs go to, saying so when it has to start one (a few seconds)."""
+    from prefect.settings import PREFECT_API_URL
 
-    with round_listener(on_round):
-        try:
-            yield
-        finally:
-            if "task" in bar:
-                progress.update(bar["task"], total=progress.tasks[0].completed)  # early stop ends the bar
-            progress.stop()
+    from flows.prefect_api import prefect_api
+
+    if not PREFECT_API_URL.value():
+        status("starting a temporary Prefect API (set PREFECT_API_URL to use a Prefect server)")
+    return prefect_api()
 
 
 def _run(config: RunConfig) -> None:
     from mlflow.exceptions import MlflowException
 
-    from flows.prefect_api import prefect_api
+    from flows.terminal import quiet_mlflow, round_progress
     from node.client import NodeError, TrainingStopped
     from flows.retrain import RetrainingBusy, retrain
     from hostguard.loopback import WorkerExposureRefused
@@ -148,8 +162,9 @@ def _run(config: RunConfig) -> None:
     from tasks.validation import QuorumNotMet
 
     import_engine_in_background()
+    quiet_mlflow()
     try:
-        with prefect_api(), _round_progress():
+        with _prefect_api(), round_progress():
             summary = retrain(config)
     except (QuorumNotMet, InstitutionDataError, RetrainingBusy, PrivacyBudgetExceeded,
             WorkerExposureRefused, NodeError, TrainingStopped) as error:
@@ -168,7 +183,7 @@ def _run(config: RunConfig) -> None:
 
 @app.command()
 def demo(
-    data_dir: Path = typer.Option(None, help="Where the synthetic institutions live (default: data/demo)."),
+    data_dir: Path = typer.Option(None, metavar="DIR", help="Where the synthetic institutions live (default: data/demo)."),
     cross_silo: bool = typer.Option(False, "--cross-silo", help="Run each institution as a fedrisk node (its own "
                                                                 "process and directory, mutual TLS) and retrain "
                                                                 "through them."),
@@ -198,21 +213,20 @@ def demo(
 
 
 @app.command("retrain")
-def retrain_command(config: Path = typer.Option(..., "--config", "-c", help="Run config (YAML).")) -> None:
+def retrain_command(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="Run config (YAML).")) -> None:
     """Validate, train, evaluate and register the model a config describes."""
     _run(_load(config))
 
 
 @app.command()
-def validate(config: Path = typer.Option(..., "--config", "-c", help="Run config (YAML).")) -> None:
+def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="Run config (YAML).")) -> None:
     """Check every institution's extract; exit 1 when fewer than the quorum pass."""
-    from flows.prefect_api import prefect_api
     from flows.validate import validate_consortium
 
     run_config = _load(config)
-    with prefect_api():
+    with _prefect_api():
         reports = validate_consortium(run_config)
-    console.print(_validation_table(reports))
+    _print_validation(reports, {r.institution: r.data_docs for r in reports if r.data_docs})
     passed = sum(r.passed for r in reports)
     if passed < run_config.quorum:
         console.print(f"[red]{passed} of {len(reports)} institutions passed; quorum is {run_config.quorum}[/red]")
@@ -232,11 +246,11 @@ def _schema(name: str):
 
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", help="Directory to write <institution>/<schema file>.csv into."),
-    schema: str = typer.Option("credit_default", "--schema", help="Schema (schemas/NAME.yaml) to follow."),
-    institutions: int = typer.Option(4, min=1, max=100, help="How many institutions."),
-    seed: int = typer.Option(0, min=0, help="Random seed (same seed, same files)."),
-    rows_scale: float = typer.Option(1.0, min=0.01, max=100.0, help="Multiplier on each institution's rows."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Directory to write <institution>/<schema file>.csv into."),
+    schema: str = typer.Option("credit_default", "--schema", metavar="NAME", help="Schema (schemas/NAME.yaml) to follow."),
+    institutions: int = typer.Option(4, min=1, max=100, metavar="N", help="How many institutions."),
+    seed: int = typer.Option(0, min=0, metavar="SEED", help="Random seed (same seed, same files)."),
+    rows_scale: float = typer.Option(1.0, min=0.01, max=100.0, metavar="X", help="Multiplier on each institution's rows."),
 ) -> None:
     """Write a synthetic, non-IID consortium that follows a schema."""
     from tasks.synthetic import synthesize
@@ -247,11 +261,11 @@ def synth(
 
 @data_app.command("split")
 def split(
-    input: Path = typer.Option(..., "--input", help="One extract (CSV or Parquet) to split."),
-    schema: str = typer.Option(..., "--schema", help="Its schema: the label to stratify on, the ID column."),
-    out: Path = typer.Option(..., "--out", help="Directory to write <institution>.csv into."),
-    institutions: str = typer.Option("bank_a,bank_b,bank_c", "--institutions", help="Names, comma-separated."),
-    seed: int = typer.Option(0, min=0, help="Random seed (same seed, same split)."),
+    input: Path = typer.Option(..., "--input", metavar="FILE", help="One extract (CSV or Parquet) to split."),
+    schema: str = typer.Option(..., "--schema", metavar="NAME", help="Its schema: the label to stratify on, the ID column."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Directory to write <institution>.csv into."),
+    institutions: str = typer.Option("bank_a,bank_b,bank_c", "--institutions", metavar="A,B,C", help="Names, comma-separated."),
+    seed: int = typer.Option(0, min=0, metavar="SEED", help="Random seed (same seed, same split)."),
 ) -> None:
     """Split one real extract into institutions of equal size, stratified on the label (a simulated consortium)."""
     import pandas as pd
@@ -276,10 +290,10 @@ def split(
 
 @schema_app.command("infer")
 def schema_infer(
-    input: Path = typer.Option(..., "--input", help="An extract (CSV or Parquet) to draft a schema from."),
-    label: str = typer.Option(None, "--label", help="The label column (default: the last column)."),
-    name: str = typer.Option(None, "--name", help="Schema name (default: the file's name)."),
-    id_column: str = typer.Option(None, "--id", help="The ID column, if any."),
+    input: Path = typer.Option(..., "--input", metavar="FILE", help="An extract (CSV or Parquet) to draft a schema from."),
+    label: str = typer.Option(None, "--label", metavar="COLUMN", help="The label column (default: the last column)."),
+    name: str = typer.Option(None, "--name", metavar="NAME", help="Schema name (default: the file's name)."),
+    id_column: str = typer.Option(None, "--id", metavar="COLUMN", help="The ID column, if any."),
 ) -> None:
     """Draft a schema from an extract, for review: types, ranges (quantiles), levels. Prints aggregates only."""
     from tasks.data import InstitutionDataError
@@ -306,7 +320,7 @@ def _reference(reference: str) -> tuple[str, str | None, str | None]:
 @models_app.command("list")
 def models_list(name: str = typer.Argument(..., help="Registered model name.")) -> None:
     """Versions of a model, newest first: aliases, promotion decision, weighted holdout metrics."""
-    from tasks.registry import SUMMARY_METRICS, list_versions
+    from tasks.versions import SUMMARY_METRICS, list_versions
 
     try:
         versions = list_versions(Settings().mlflow_tracking_uri, name)
@@ -330,7 +344,7 @@ def models_list(name: str = typer.Argument(..., help="Registered model name.")) 
 def models_promote(
     name: str = typer.Argument(..., help="Registered model name."),
     version: str = typer.Argument(..., help="Version to make champion."),
-    reason: str = typer.Option(..., "--reason", help="Why the policy is overridden (recorded on the version)."),
+    reason: str = typer.Option(..., "--reason", metavar="TEXT", help="Why the policy is overridden (recorded on the version)."),
 ) -> None:
     """Make VERSION the champion by hand, overriding the promotion policy; who, when and why are recorded."""
     import getpass
@@ -346,10 +360,10 @@ def models_promote(
 
 
 @app.command()
-def ledger(config: Path = typer.Option(None, "--config", "-c", help="A run config: show its institutions' "
+def ledger(config: Path = typer.Option(None, "--config", "-c", metavar="PATH", help="A run config: show its institutions' "
                                                                     "privacy budgets and what is left.")) -> None:
     """The privacy budget ledger: the epsilon each retraining spent on each institution, and the totals."""
-    from tasks.privacy import read_ledger, spent_totals
+    from tasks.ledger import read_ledger, spent_totals
 
     budgets = _load(config).privacy_budgets() if config is not None else {}
     uri = Settings().mlflow_tracking_uri
@@ -383,14 +397,15 @@ def ledger(config: Path = typer.Option(None, "--config", "-c", help="A run confi
 
 
 @app.command()
-def lineage(reference: str = typer.Argument(..., help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION.")) -> None:
+def lineage(reference: str = typer.Argument(..., metavar="NAME@ALIAS|NAME/VERSION", help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION.")) -> None:
     """Trace a model version to its MLflow run, Prefect flow run, code, config, suite and data; check each link."""
     from tasks.lineage import trace
 
     _reference(reference)
     settings = Settings()
     try:
-        headline, links = trace(settings.mlflow_tracking_uri, reference, PROJECT_ROOT, settings.expectations_dir)
+        headline, links = trace(settings.mlflow_tracking_uri, reference, PROJECT_ROOT, settings.expectations_dir,
+                                settings.mlflow_ui_url)
     except LookupError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
@@ -405,11 +420,11 @@ def lineage(reference: str = typer.Argument(..., help="NAME@ALIAS (e.g. credit_d
 
 @app.command()
 def score(
-    model: str = typer.Option(..., "--model", help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION."),
-    input: Path = typer.Option(..., "--input", help="Raw rows to score (CSV or Parquet, the schema's columns)."),
-    output: Path = typer.Option(..., "--output", help="Where to write the ID, the schema's probability column and "
+    model: str = typer.Option(..., "--model", metavar="NAME@ALIAS", help="NAME@ALIAS (e.g. credit_default@champion) or NAME/VERSION."),
+    input: Path = typer.Option(..., "--input", metavar="FILE", help="Raw rows to score (CSV or Parquet, the schema's columns)."),
+    output: Path = typer.Option(..., "--output", metavar="FILE", help="Where to write the ID, the schema's probability column and "
                                                       "the score band (CSV)."),
-    reasons: int = typer.Option(0, "--reasons", min=0, max=20, help="A scorecard's score points and this many "
+    reasons: int = typer.Option(0, "--reasons", min=0, max=20, metavar="N", help="A scorecard's score points and this many "
                                                                     "reason codes per row."),
 ) -> None:
     """Check rows against the model's suite, then score them with the registered model."""
@@ -425,7 +440,7 @@ def score(
         console.print(f"[red]{input}: rejected, nothing was scored.[/red] Failed checks:")
         for reason in error.reasons:
             console.print(f"  - {reason}", highlight=False)
-        console.print(f"Data Docs: {error.data_docs}")
+        console.print(f"Checks page: {error.data_docs}")
         raise typer.Exit(1) from None
     except (InstitutionDataError, LookupError) as error:
         console.print(f"[red]{error}[/red]")
@@ -454,7 +469,7 @@ def _schedule_text(spec) -> str:
         or "no schedule (trigger only)"
 
 
-PREFECT_FILE_OPTION = typer.Option(PROJECT_ROOT / "prefect.yaml", "--prefect-file", help="Deployments to use.")
+PREFECT_FILE_OPTION = typer.Option(PROJECT_ROOT / "prefect.yaml", "--prefect-file", metavar="PATH", help="Deployments to use.")
 
 
 @app.command()
@@ -495,18 +510,18 @@ def deploy(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
 @app.command()
 def trigger(
     deployment: str = typer.Argument(..., help="Deployment name (credit-default-weekly) or FLOW/DEPLOYMENT."),
-    param: list[str] = typer.Option([], "--param", "-p", help="KEY=VALUE: config_file=..., or a dotted config key "
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="KEY=VALUE: config_file=..., or a dotted config key "
                                                              "such as training.rounds=5 (repeatable)."),
-    timeout: float = typer.Option(None, "--timeout", min=0, help="Stop following after this many seconds "
+    timeout: float = typer.Option(None, "--timeout", min=0, metavar="SECONDS", help="Stop following after this many seconds "
                                                                  "(the run goes on); exit code 5."),
 ) -> None:
     """Start a run of a deployment on the Prefect server and follow it to the end.
 
-    Exit code: 0 completed, 1 failed, 2 refused before starting (bad parameter or config, unknown
-    deployment, no server), 3 crashed, 4 cancelled, 5 still running when --timeout passed.
+    Exit code: 0 completed, 1 failed, 2 refused before starting (bad parameter or config, unknown deployment, no server), 3 crashed, 4 cancelled, 5 still running when --timeout passed.
     """
     from flows.config import ConfigError, load_config
     from flows.deployments import DeploymentError, require_server
+    from flows.terminal import is_status_line, verbose
     from flows.retrain import flow_run_url, resolve_config_file
     from flows.trigger import EXIT_CODES, STILL_RUNNING_EXIT_CODE, find_deployment, follow, parse_params, start
 
@@ -525,10 +540,9 @@ def trigger(
     page = flow_run_url(run.id)
     console.print(f"Started flow run [bold]{run.name}[/bold] ({run.id}) of {deployment}: {page}", highlight=False)
 
-    def on_log(log) -> None:
-        if log.message.startswith("Finished in state Completed"):  # one per task: noise here, kept in the UI
-            return
-        console.print(f"{log.timestamp:%H:%M:%S} {log.message}", highlight=False, markup=False)
+    def on_log(log) -> None:  # the run's status lines; libraries' lines and bookkeeping stay in the Prefect UI
+        if verbose() or is_status_line(log.name, log.level, log.message):
+            console.print(f"{log.timestamp:%H:%M:%S} {log.message}", highlight=False, markup=False)
 
     def on_state(state: str) -> None:
         console.print(f"[bold]state: {state}[/bold]")
@@ -551,7 +565,7 @@ def trigger(
 
 
 @pki_app.command("init")
-def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", help="Where the CA's files go.")) -> None:
+def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", metavar="DIR", help="Where the CA's files go.")) -> None:
     """Create a development consortium CA (ca.crt, ca.key)."""
     from hostguard.pki import PkiError, init_ca
 
@@ -565,8 +579,8 @@ def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", help="Where th
 @pki_app.command("issue")
 def pki_issue(
     name: str = typer.Argument(..., help="The holder: an institution's name, or coordinator."),
-    directory: Path = typer.Option(Path("pki"), "--dir", help="The CA's directory (certificates go there too)."),
-    host: list[str] = typer.Option([], "--host", help="A DNS name or IP the holder is reached at (repeatable)."),
+    directory: Path = typer.Option(Path("pki"), "--dir", metavar="DIR", help="The CA's directory (certificates go there too)."),
+    host: list[str] = typer.Option([], "--host", metavar="HOST", help="A DNS name or IP the holder is reached at (repeatable)."),
 ) -> None:
     """Issue NAME.crt and NAME.key, signed by the development CA."""
     from hostguard.pki import PkiError, issue
@@ -580,7 +594,7 @@ def pki_issue(
 
 
 @node_app.command("serve")
-def node_serve(config: Path = typer.Option(..., "--config", "-c", help="The node's config (YAML), kept at the "
+def node_serve(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="The node's config (YAML), kept at the "
                                                                         "institution.")) -> None:
     """Serve this institution's fixed operations to the consortium's coordinator (mutual TLS) until stopped."""
     from hostguard import loopback

@@ -228,9 +228,13 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
     admitted = consortium.admit(validation)
     names = admitted.names
 
+    logger = get_run_logger()
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
+        logger.info("looking up the champion of %s in MLflow", config.model_name)
         # The registry is consulted before training so an unreachable one costs no training.
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
+        logger.info("federated statistics of %d institutions (counts, sums and sums of squares; no rows)%s",
+                    len(names), " by secure aggregation" if config.secure_aggregation is not None else "")
         if config.secure_aggregation is not None:
             summed, counts = compute_secure_statistics(admitted, schema, features, split)
             statistics = [summed]
@@ -261,6 +265,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             models["champion"] = champion.path
         per_institution = {name: dict(models) for name in names}
         if config.baselines.enabled and isinstance(admitted, LocalConsortium):
+            logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")
             common = dict(training=config.training, baselines=config.baselines, positive_class_weight=positive_weight)
             pooled = train_pooled_baseline(list(admitted.extracts), schema, layout, split, mean.tolist(), std.tolist(),
                                            model_dir=Path(work_dir) / "pooled", **common)
@@ -269,6 +274,11 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
                                              **common)
                 per_institution[e.institution].update(local_only=local, pooled=pooled)
         trained = [name for name in names if name not in training.lost]
+        roles = {"challenger": "the new model", "champion": f"champion version {champion.version if champion else ''}",
+                 "local_only": "the local-only baselines", "pooled": "the pooled-data baseline"}
+        logger.info("evaluating %s on each institution's holdout: %s",
+                    ", ".join(roles[role] for role in per_institution[trained[0]]) if trained else "nothing",
+                    ", ".join(trained))
         evaluations = [evaluate_institution(admitted, name, schema, split, per_institution[name], config.evaluation)
                        for name in trained]
         decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None)
@@ -279,6 +289,8 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             validation=validation, admitted=names, privacy=privacy_tags(spent, ledger_run),
             worker_isolation=isolation.mechanism, lost=training.lost, engine=training.lineage)
         lineage["prefect.trigger"] = _trigger()
+        logger.info("%s; registering the new version of %s in MLflow (%s)", decision.reason, config.model_name,
+                    settings.mlflow_tracking_uri)
         registration = register_model(
             settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,
@@ -286,6 +298,8 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         if spent is not None:
             record_ledger_version(settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id)
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
+    logger.info("registered %s version %s (aliases: %s)", registration.model_name, registration.version,
+                ", ".join(registration.aliases))
     publish_summary(config.model_name, summary_markdown(
         config.model_name, validation, evaluations, registration, settings.mlflow_ui_url, training=training,
         privacy=spent))

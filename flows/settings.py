@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         default=MLRUNS_DIR / "runs", validation_alias="FEDRISK_RUNS_DIR",
         description="Working directory of each retraining (round checkpoints), kept until it registers.",
     )
+    log_file: Path = Field(
+        default=MLRUNS_DIR / "fedrisk.log", validation_alias="FEDRISK_LOG_FILE",
+        description="Every command's full log (libraries included); the terminal shows status lines only, "
+                    "unless --verbose.",
+    )
     lock_wait_seconds: float = Field(
         default=3600, ge=0, validation_alias="FEDRISK_LOCK_WAIT_SECONDS",
         description="How long a retraining waits for another retraining of the same model to finish before "

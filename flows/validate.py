@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -40,6 +40,9 @@ def validate_consortium(config: RunConfig, consortium: Any = None) -> list[Valid
     extract (kept with the model's last registered retraining), unless the config turns that off.
     """
     settings = Settings()
+    logger = get_run_logger()
+    logger.info("validating %d institutions against suite %s: %s", len(config.institutions), config.suite,
+                ", ".join(i.name for i in config.institutions))
     references = find_reference_profiles(settings.mlflow_tracking_uri, config.model_name) if config.drift_checks else {}
     consortium = consortium or consortium_of(config)
     # A report is cached by the file it read; across silos only the node can read it, so every run asks.
@@ -50,6 +53,14 @@ def validate_consortium(config: RunConfig, consortium: Any = None) -> list[Valid
                         expectations_dir=settings.expectations_dir)
         for name in consortium.names
     ]
+    from prefect.futures import as_completed
+
+    for future in as_completed(futures):  # each institution's outcome as it arrives
+        report = future.result()
+        logger.info("%s: %s rows, %d of %d checks passed: %s%s", report.institution, f"{report.rows:,}",
+                    report.checks_evaluated - report.checks_failed, report.checks_evaluated,
+                    "admitted" if report.passed else "quarantined",
+                    f" ({'; '.join(report.reasons)})" if report.reasons else "")
     reports = [future.result() for future in futures]
     publish_validation_table(config.model_name, reports)
     return reports

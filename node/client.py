@@ -165,7 +165,7 @@ class NodeConsortium:
                                     checks_evaluated=1, checks_failed=1, reasons=[str(error)])
         report = ValidationReport(**answer["report"])
         if answer.get("data_docs_html"):  # the node's page, kept here for the run (no path into the node)
-            page = Path(tempfile.mkdtemp(prefix="fedrisk-data-docs-")) / "institutions-extract.html"
+            page = Path(tempfile.mkdtemp(prefix="fedrisk-validation-page-")) / "validation.html"
             page.write_text(answer["data_docs_html"])
             report = replace(report, data_docs=str(page))
         return report

@@ -9,9 +9,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.config import RunConfig
-from tasks.registry import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version
-from tasks.validation import ValidationReport
+from typing import TYPE_CHECKING
+
+from tasks.versions import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version
+
+if TYPE_CHECKING:  # `fedrisk lineage` reads tags only: no Prefect or GX at start-up
+    from tasks.config import RunConfig
+    from tasks.validation import ValidationReport
 
 
 def git_state(root: Path) -> tuple[str, bool]:
@@ -108,6 +112,13 @@ class Link:
 
 
 def _resolve_flow_run(flow_run_id: str) -> tuple[bool, str]:
+    """The flow run, from the Prefect API when one is configured (or Prefect is already loaded here), else
+    from the local Prefect database, read-only: a lookup must not start a temporary Prefect API."""
+    import os
+    import sys
+
+    if not os.environ.get("PREFECT_API_URL") and "prefect.settings" not in sys.modules:
+        return _flow_run_in_local_database(flow_run_id)
     from prefect.client.orchestration import get_client
 
     try:
@@ -118,13 +129,35 @@ def _resolve_flow_run(flow_run_id: str) -> tuple[bool, str]:
     return True, f"{run.name}, {run.state.name if run.state else 'no state'}"
 
 
+def _flow_run_in_local_database(flow_run_id: str) -> tuple[bool, str]:
+    """Look the flow run up in the sqlite database a temporary Prefect API keeps (PREFECT_HOME/prefect.db)."""
+    import os
+    import sqlite3
+
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    database = Path(url.split(":///", 1)[1]) if url.startswith("sqlite") else home / "prefect.db"
+    if url and not url.startswith("sqlite"):
+        return False, "not checked: set PREFECT_API_URL to the Prefect server that ran it"
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            row = connection.execute("SELECT name, state_name FROM flow_run WHERE id = ?", (flow_run_id,)).fetchone()
+    except sqlite3.Error as error:
+        return False, f"not found: no readable Prefect database at {database} ({error})"
+    if row is None:
+        return False, f"not found in the Prefect database {database} (set PREFECT_API_URL for a Prefect server)"
+    return True, f"{row[0]}, {row[1] or 'no state'} (local Prefect database)"
+
+
 def _artifact_exists(client, run_id: str, path: str) -> bool:
     parent = path.rsplit("/", 1)[0] if "/" in path else None
     return any(a.path == path for a in client.list_artifacts(run_id, parent))
 
 
-def trace(tracking_uri: str, reference: str, project_root: Path, expectations_dir: Path) -> tuple[str, list[Link]]:
-    """Follow `reference` (NAME@ALIAS or NAME/VERSION) to every recorded origin; check each one.
+def trace(tracking_uri: str, reference: str, project_root: Path, expectations_dir: Path,
+          ui_url: str) -> tuple[str, list[Link]]:
+    """Follow `reference` (NAME@ALIAS or NAME/VERSION) to every recorded origin; check each one. Links are
+    runs:/ URIs (they resolve wherever the store is) or pages of the MLflow UI at `ui_url`.
 
     Returns a headline ("name version N") and the links in order. Raises LookupError when the
     reference itself does not resolve.
@@ -138,7 +171,8 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     name, alias, version = parse_reference(reference)
     found = resolve_version(tracking_uri, name, alias, version)
     version, tags, run_id = str(found.version), found.tags, found.run_id
-    links = [Link("model", f"models:/{name}/{version}", True, f"{found.status}, aliases: {', '.join(found.aliases)}")]
+    links = [Link("model", f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}", True,
+                  f"{found.status}, aliases: {', '.join(found.aliases)}")]
     try:
         run = client.get_run(run_id)
         links.append(Link("MLflow run", f"runs:/{run_id}", True, f"{run.info.run_name}, {run.info.status}"))
@@ -169,8 +203,9 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     suite = tags.get("suite.name", "-")
     path = suite_file(expectations_dir, suite)
     same = path.exists() and suite_digest(expectations_dir, suite) == tags.get("suite.sha256")
-    links.append(Link("suite", str(path), same, f"sha256 {tags.get('suite.sha256', '-')[:16]}"
-                      + ("" if same else ("; the suite has changed since" if path.exists() else "; suite file missing"))))
+    links.append(Link("suite", suite, same, f"sha256 {tags.get('suite.sha256', '-')[:16]}, "
+                      + ("as committed" if same else ("the committed suite has changed since" if path.exists()
+                                                      else "no such suite committed"))))
     for institution in [t.split(".")[1] for t in tags if t.startswith("institution.") and t.endswith(".validation")]:
         prefix = f"institution.{institution}"
         docs = [a.path for a in client.list_artifacts(run_id, f"validation/data_docs/{institution}")]
@@ -200,9 +235,10 @@ def _schema_link(tags: dict[str, str]) -> Link:
     except SchemaError as error:
         return Link("schema", f"{name} v{version}", False, str(error))
     same = str(current.version) == version and current.fingerprint() == digest
-    detail = f"sha256 {digest[:16]}" + ("" if same else f"; {schema_file(name)} is now version {current.version}"
-                                        + ("" if str(current.version) != version else " with other content"))
-    return Link("schema", f"{name} v{version} ({schema_file(name)})", same, detail)
+    committed = schema_file(name).relative_to(schema_file(name).parents[1]).as_posix()
+    detail = f"sha256 {digest[:16]}, " + ("as committed" if same else f"{committed} is now version {current.version}"
+                                          + ("" if str(current.version) != version else " with other content"))
+    return Link("schema", f"{name} v{version}", same, detail)
 
 
 def _privacy_link(client, tags: dict[str, str], version: str) -> Link:

@@ -23,6 +23,7 @@ from tasks.config import PromotionConfig, RunConfig
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.schema import Schema
 from tasks.validation import ValidationReport
+from tasks.versions import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, validation_page_artifact
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -112,20 +113,6 @@ def exported_model_dir(mlflow_model: Path) -> Path:
     from riskmodel.model import MANIFEST
 
     return next((p.parent for p in Path(mlflow_model).glob(f"artifacts/*/{MANIFEST}")), Path(mlflow_model))
-
-
-def resolve_version(tracking_uri: str, name: str, alias: str | None, version: str | None):
-    """The registered model version an alias (or number) points at."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(tracking_uri)
-    try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as error:
-        reference = f"{name}@{alias}" if alias else f"{name}/{version}"
-        raise LookupError(f"{reference}: no such model version in {tracking_uri} ({error.error_code})") from None
-
 
 
 @task(name="find-reference-profiles", **TRANSIENT_RETRIES)
@@ -260,8 +247,6 @@ def _log_institution_input(report: ValidationReport) -> None:
     mlflow.log_input(dataset, context="training", tags={"institution": report.institution})
 
 
-CONFIG_ARTIFACT = "config/run_config.yaml"
-MODEL_CARD_ARTIFACT = "model_card.html"
 ROLES = ("challenger", "champion", "local_only", "pooled")
 # How each model's figures are named in MLflow: grouped by prefix (the UI groups on "/"), never doubled.
 METRIC_PREFIX = {"challenger": "challenger", "champion": "champion", "local_only": "baseline_local_only",
@@ -411,7 +396,7 @@ def register_model(
         mlflow.log_dict({r.institution: r.profile for r in validation if r.passed}, PROFILES_ARTIFACT)
         for report in validation:
             if report.data_docs and Path(report.data_docs).exists():
-                mlflow.log_artifact(report.data_docs, f"validation/data_docs/{report.institution}")
+                mlflow.log_text(Path(report.data_docs).read_text(), validation_page_artifact(report.institution))
         figures = {"convergence": convergence_figure(rounds, training.best_round),
                    "roc": roc_figure(evaluations), "calibration": calibration_figure(evaluations)}
         gain = trained.feature_gain()
@@ -481,58 +466,6 @@ def _requirements(engine: str) -> list[str]:
     runtime = "xgboost" if engine == "xgboost" else "tensorflow"
     return [f"{runtime}=={importlib.metadata.version(runtime)}", f"mlflow=={mlflow.__version__}",
             f"pandas=={pd.__version__}", f"numpy=={np.__version__}"]
-
-
-@dataclass(frozen=True)
-class VersionSummary:
-    """One registered version as `fedrisk models list` shows it."""
-
-    version: str
-    created: str
-    aliases: list[str]
-    decision: str
-    metrics: dict[str, float]
-    run_id: str
-    epsilon: str = "none"
-
-
-SUMMARY_METRICS = ("roc_auc", "pr_auc", "ks", "ece")
-
-
-def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
-    """Every version of `model_name`, newest first, with its aliases, decision and weighted holdout metrics."""
-    import datetime
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(model_name)  # a clear error for an unknown name
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise LookupError(f"no registered model {model_name!r} in {tracking_uri}") from None
-        raise
-    aliases: dict[str, list[str]] = {}
-    for alias, number in client.get_registered_model(model_name).aliases.items():
-        aliases.setdefault(str(number), []).append(alias)
-    summaries = []
-    for v in client.search_model_versions(f"name='{model_name}'", order_by=["version_number DESC"]):
-        metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
-        summaries.append(VersionSummary(
-            version=str(v.version),
-            created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
-            aliases=sorted(aliases.get(str(v.version), [])),
-            decision=v.tags.get("promotion.decision", "-"),
-            # The run's headline figures: ECE pooled over institutions (what the policy checks), the others
-            # example-weighted (runs before they were headlined: their challenger's figures).
-            metrics={m: metrics.get(m, metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}",
-                                                   math.nan)) for m in SUMMARY_METRICS},
-            run_id=v.run_id or "-",
-            epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
-        ))
-    return summaries
 
 
 def promote_manually(tracking_uri: str, model_name: str, version: str, reason: str, user: str) -> str | None:

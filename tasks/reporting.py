@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -14,6 +13,7 @@ from tasks.registry import Registration
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.training import TrainingOutcome
 from tasks.validation import ValidationReport
+from tasks.versions import MODEL_CARD_ARTIFACT, validation_page_artifact
 
 
 def artifact_key(kind: str, model_name: str) -> str:
@@ -52,10 +52,14 @@ def summary_markdown(
     if failure:
         lines += [f"**Failed:** {failure}", ""]
     rows = validation_rows(validation)
-    lines += ["## Institutions", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
+    pages = validation_page_urls(mlflow_ui_url, registration, validation)
+    lines += ["## Institutions", "", "| " + " | ".join([*rows[0], "checks page"]) + " |",
+              "|---" * (len(rows[0]) + 1) + "|"]
     for row in rows:
-        row["data docs"] = f"[page]({row['data docs']})" if row["data docs"] else ""
-        lines.append("| " + " | ".join(str(v).replace("; ", "<br>") for v in row.values()) + " |")
+        page = pages.get(row["institution"])
+        # Without a registered run, the page stays with the institution's validation (`fedrisk validate`).
+        cells = [*row.values(), f"[checks]({page})" if page else "-"]
+        lines.append("| " + " | ".join(str(v).replace("; ", "<br>") for v in cells) + " |")
     if training:
         lines += ["", "## Training", "", training_sentence(training) + ".", "", privacy_sentence(privacy) + "."]
     if evaluations:
@@ -71,17 +75,33 @@ def summary_markdown(
             lines.append(f"| **weighted** | {role} | {sum(e.examples for e in evaluations if role in e.metrics)} | "
                          + " | ".join(f"{w[n]:.4f}" for n in names) + " |")
     if registration:
-        base = mlflow_ui_url.rstrip("/")
         lines += [
             "", "## Registration", "",
-            f"- MLflow run [{registration.run_id}]({base}/#/experiments/{registration.experiment_id}/runs/"
-            f"{registration.run_id})",
-            f"- Model `{registration.model_name}` [version {registration.version}]({base}/#/models/"
-            f"{registration.model_name}/versions/{registration.version}), aliases: {', '.join(registration.aliases)}",
+            f"- MLflow run [{registration.run_id}]({run_url(mlflow_ui_url, registration)}), "
+            f"[model card]({run_url(mlflow_ui_url, registration, MODEL_CARD_ARTIFACT)})",
+            f"- Model `{registration.model_name}` [version {registration.version}]({mlflow_ui_url.rstrip('/')}"
+            f"/#/models/{registration.model_name}/versions/{registration.version}), aliases: "
+            f"{', '.join(registration.aliases)}",
             f"- Decision: {registration.reason}",
             *[f"  - {check}" for check in registration.checks],
         ]
     return "\n".join(lines) + "\n"
+
+
+def run_url(mlflow_ui_url: str, registration: Registration, artifact: str | None = None) -> str:
+    """The MLflow UI's page of the registered run, or of one of its artifacts (shown in the UI's viewer, which
+    a browser opens from an http page, unlike a file:// link)."""
+    page = f"{mlflow_ui_url.rstrip('/')}/#/experiments/{registration.experiment_id}/runs/{registration.run_id}"
+    return f"{page}/artifactPath/{artifact}" if artifact else page
+
+
+def validation_page_urls(mlflow_ui_url: str, registration: Registration | None,
+                         reports: list[ValidationReport]) -> dict[str, str]:
+    """Each institution's validation page, as the registered run keeps it, in the MLflow UI."""
+    if registration is None:
+        return {}
+    return {r.institution: run_url(mlflow_ui_url, registration, validation_page_artifact(r.institution))
+            for r in reports if r.data_docs}
 
 
 def validation_rows(reports: list[ValidationReport]) -> list[dict]:
@@ -95,7 +115,6 @@ def validation_rows(reports: list[ValidationReport]) -> list[dict]:
             "status": "admitted" if r.passed else "quarantined",
             "reasons": "; ".join(r.reasons),
             "warnings": "; ".join(r.warnings),
-            "data docs": Path(r.data_docs).as_uri() if r.data_docs else "",
         }
         for r in reports
     ]

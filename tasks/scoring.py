@@ -76,7 +76,7 @@ def score_file(
     import mlflow
 
     from riskmodel.scorecard import score_points
-    from tasks.registry import resolve_version
+    from tasks.versions import resolve_version
     from tasks.validation import check_frame
 
     found = resolve_version(tracking_uri, name, alias, version)

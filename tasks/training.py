@@ -26,6 +26,7 @@ from tasks.schema import Schema
 from tasks.statistics import consortium_layout, local_statistics, standardization
 
 _round_listeners: list[Callable[[dict], None]] = []
+ROUND_RECORD = "fedrisk_round"  # set on a round's log record: a terminal's progress bar shows the same figures
 
 
 class TrainingStopped(RuntimeError):
@@ -58,7 +59,9 @@ def worker_isolation(allow_exposed: bool) -> Isolation:
 
 @contextmanager
 def round_listener(callback: Callable[[dict], None]) -> Iterator[None]:
-    """Call `callback(round metrics)` after every federated round trained in this process (CLI progress)."""
+    """Call `callback(event)` as federated training runs in this process (the CLI's progress bar): `event`
+    is {"event": "start"}, then {"event": "round", **round metrics} per round, then {"event": "end"}, each
+    with "max_rounds"."""
     _round_listeners.append(callback)
     try:
         yield
@@ -102,6 +105,15 @@ def _privacy_spec(plan: PrivacyPlan | None):
         return RecordLevelPrivacy(plan.clip_norm, noise)
     [multiplier] = set(noise.values())  # client level: one noise for the aggregate
     return ClientLevelPrivacy(plan.clip_norm, multiplier, plan.adaptive_clipping)
+
+
+def engine_name(training) -> str:
+    """The training engine and what it trains, as a status line names it."""
+    if training.engine == "xgboost":
+        return "federated gradient-boosted trees (XGBoost)"
+    model = training.model
+    layers = f"[{', '.join(map(str, model.hidden_units))}]" if model.hidden_units else ""
+    return f"{training.algorithm} of a {model.kind.replace('_', ' ')}{layers} (TensorFlow Federated)"
 
 
 def _describe(m: dict, max_rounds: int) -> str:
@@ -223,21 +235,32 @@ def train_federated(consortium, schema: Schema, layout: Layout, split: Split, me
     progress_id = create_progress_artifact(
         progress=0.0, description=f"Federated rounds of {len(consortium.names)} institutions (max {max_rounds})")
 
+    def tell(event: dict) -> None:
+        for listener in list(_round_listeners):
+            listener({**event, "max_rounds": max_rounds})
+
     def report(metrics) -> None:
         m = metrics if isinstance(metrics, dict) else asdict(metrics)
-        logger.info(_describe(m, max_rounds))
+        logger.info(_describe(m, max_rounds), extra={ROUND_RECORD: True})
         update_progress_artifact(progress_id, 100.0 * m["round"] / max_rounds)
-        for listener in list(_round_listeners):
-            listener({**m, "max_rounds": max_rounds})
+        tell({**m, "event": "round"})
 
-    outcome = federated_training(consortium, schema, layout, split, mean, std, training, positive_class_weight,
-                                 model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report,
-                                 run_key=run_key, log=logger.info)
+    logger.info("training: %s, up to %d rounds over %d institutions (%s); starting the training engine",
+                engine_name(training), max_rounds, len(consortium.names), ", ".join(consortium.names))
+    tell({"event": "start"})
+    try:
+        outcome = federated_training(consortium, schema, layout, split, mean, std, training, positive_class_weight,
+                                     model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report,
+                                     run_key=run_key, log=logger.info)
+    finally:
+        tell({"event": "end"})
     if outcome.resumed_from_round:
         logger.info("resumed from the checkpoint of round %d in %s", outcome.resumed_from_round, checkpoint_dir)
-    if outcome.stopped_early:
-        logger.info("stopped early after round %d: validation loss has not improved since round %d",
-                    len(outcome.rounds), outcome.best_round)
+    if outcome.stopped_early and len(outcome.rounds) < max_rounds:
+        logger.info("stopped early after round %d of %d: validation loss has not improved since round %d",
+                    len(outcome.rounds), max_rounds, outcome.best_round)
+    logger.info("training done: %d rounds; the model of round %d (the best by federated validation loss) is the "
+                "candidate", len(outcome.rounds), outcome.best_round)
     update_progress_artifact(progress_id, 100.0)
     return outcome
 
@@ -267,6 +290,7 @@ def train_local_baseline(extract: Extract, schema: Schema, features: list[str], 
                          baselines: BaselinesConfig, positive_class_weight: float, model_dir: Path) -> str:
     """Baseline: the same architecture trained on this institution's rows alone (its own layout,
     standardization, fit/validation split and loss); the model a member would have without federation."""
+    get_run_logger().info("local-only baseline of %s: the same model on its rows alone", extract.institution)
     rows = load_parts(extract, schema, split, ("train", "fit", "validation"))
     statistics = [local_statistics(extract.institution, rows["train"], schema, features)]
     layout = consortium_layout(schema, features, statistics)
@@ -281,6 +305,8 @@ def train_pooled_baseline(extracts: list[Extract], schema: Schema, layout: Layou
                           positive_class_weight: float, model_dir: Path) -> str:
     """Baseline, simulation mode only: the same architecture trained on every institution's rows
     pooled in one place, which federation exists to avoid; the accuracy federation aims to match."""
+    get_run_logger().info("pooled-data baseline: the same model on the %d institutions' rows in one place",
+                          len(extracts))
     fits, validations = [], []
     for extract in extracts:
         rows = load_parts(extract, schema, split, ("fit", "validation"))

@@ -21,6 +21,7 @@ from tasks.data import Extract, InstitutionDataError, read_extract
 from tasks.schema import Schema
 from tasks.statistics import level_text
 from tasks.suites import DATA_ASSET, DATA_SOURCE
+from tasks.validation_page import check_status, render_page
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
 _EXAMPLES = 3
@@ -52,7 +53,7 @@ class ValidationReport:
     reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
     warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
     profile: dict | None = None  # aggregates of this extract, the reference for the next run's drift checks
-    data_docs: str | None = None  # this validation's GX Data Docs page (at the institution)
+    data_docs: str | None = None  # this validation's page (tasks.validation_page; at the institution)
 
 
 class QuorumNotMet(RuntimeError):
@@ -69,27 +70,34 @@ def _context(expectations_dir: Path):
 
 def _reason(result) -> str:
     config = result.expectation_config
-    what = config.description or config.type
+    return f"{config.description or config.type}: {_outcome(result)}"
+
+
+def _outcome(result) -> str:
+    """What one check found, in words: the offending count (with a few values of one column), an observed
+    value, or why the check could not run."""
     exception = result.exception_info or {}
     if exception.get("raised_exception"):
         message = str(exception.get("exception_message", "")).strip().splitlines()
-        return f"{what}: check could not run ({message[0] if message else 'error'})"
+        return f"check could not run ({message[0] if message else 'error'})"
     outcome = result.result or {}
     mismatched = (outcome.get("details") or {}).get("mismatched") or {}
     if mismatched.get("unexpected"):
-        return f"{what}: unexpected {', '.join(map(str, mismatched['unexpected']))}"
+        return f"unexpected {', '.join(map(str, mismatched['unexpected']))}"
     if "unexpected_count" in outcome:
+        if not outcome["unexpected_count"]:
+            return f"all {outcome.get('element_count', '?')} rows as expected"
         # One column's offending values help find them; a multi-column check's would be whole rows: counts only.
-        rows = "column_list" in config.kwargs
+        rows = "column_list" in result.expectation_config.kwargs
         examples = [] if rows else list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
         shown = f"; e.g. {', '.join(examples)}" if examples else ""
-        return f"{what}: failed for {outcome['unexpected_count']} of {outcome.get('element_count', '?')} rows{shown}"
+        return f"failed for {outcome['unexpected_count']} of {outcome.get('element_count', '?')} rows{shown}"
     if "observed_value" in outcome:
         observed = outcome["observed_value"]
         if isinstance(observed, float):
             observed = f"{observed:.4g}"
-        return f"{what}: observed {observed}"
-    return f"{what}: failed"
+        return f"observed {observed}"
+    return "passed" if result.success else "failed"
 
 
 def profile_frame(frame, schema: Schema) -> dict:
@@ -169,9 +177,9 @@ _ROW_DETAILS = ("partial_unexpected_list", "partial_unexpected_counts", "partial
                 "unexpected_list", "unexpected_index_list", "unexpected_index_query")
 
 
-def _data_docs_page(context, suite: str, outcome) -> Path:
-    """Store one validation result without the rows a multi-column check found (a customer's whole row;
-    counts stay), build its Data Docs page from it, and return the page's HTML file."""
+def _store_result(context, suite: str, outcome) -> None:
+    """Keep the validation result in the GX context's store (GX's own record of it), without the rows a
+    multi-column check found (a customer's whole row; counts stay)."""
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier, ValidationResultIdentifier,
     )
@@ -186,8 +194,17 @@ def _data_docs_page(context, suite: str, outcome) -> Path:
             for key in _ROW_DETAILS:
                 result.result.pop(key, None)
     context.validation_results_store.set(identifier, outcome)
-    site = Path(context.build_data_docs(resource_identifiers=[identifier])["local_site"].removeprefix("file://"))
-    return site.parent / "validations" / Path(*identifier.to_tuple()).with_suffix(".html")
+
+
+def _write_page(expectations_dir: Path, suite: str, run_name: str, checks: list) -> Path:
+    """The validation's self-contained page (tasks.validation_page), beside the GX context's results."""
+    import time
+
+    page = (Path(expectations_dir) / "gx" / "uncommitted" / "validation_pages" / suite / run_name
+            / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}.html")
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(render_page(run_name, suite, run_name, checks))
+    return page
 
 
 def check_frame(
@@ -199,8 +216,8 @@ def check_frame(
 ) -> tuple[int, list[str], list[str], Path]:
     """Run `suite` (and `drift`, checks against the last accepted extract, see drift_expectations) on a DataFrame.
 
-    Returns (checks evaluated, failed `error` checks, failed `warning` checks, Data Docs page).
-    The suite's result is stored under `run_name` in the GX context and rendered as Data Docs.
+    Returns (checks evaluated, failed `error` checks, failed `warning` checks, validation page).
+    The suite's result is stored under `run_name` in the GX context and rendered as a self-contained page.
     Checks on `ignore_columns` or of `ignore_types` are left out of the outcome (scoring input
     has no label, and the suite's table-level checks describe a training extract). A failed check of
     a (type, column) in `lenient` is a warning (scoring maps unseen levels to '(other)').
@@ -212,7 +229,7 @@ def check_frame(
         context = _context(Path(expectations_dir))
         definition = context.validation_definitions.get(suite)
         outcome = definition.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
-        page = _data_docs_page(context, suite, outcome)
+        _store_result(context, suite, outcome)
         results = [r for r in outcome.results
                    if r.expectation_config.kwargs.get("column") not in ignore_columns
                    and r.expectation_config.type not in ignore_types]
@@ -241,6 +258,8 @@ def check_frame(
 
     errors = [_reason(r) for r in shown if not warning(r)]
     warnings = [_reason(r) for r in shown if warning(r)]
+    page = _write_page(expectations_dir, suite, run_name,
+                       [(r, check_status(r, warning(r)), _outcome(r)) for r in results])
     return len(results), errors, warnings, page
 
 

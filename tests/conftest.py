@@ -22,6 +22,7 @@ atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(Path(_SCRATCH) / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["FEDRISK_RUNS_DIR"] = str(Path(_SCRATCH) / "runs")
+os.environ["FEDRISK_LOG_FILE"] = str(Path(_SCRATCH) / "fedrisk.log")
 # GX writes every validation result into its context: give the tests a copy of the committed one.
 os.environ["FEDRISK_EXPECTATIONS_DIR"] = str(shutil.copytree(
     Path(__file__).resolve().parents[1] / "expectations", Path(_SCRATCH) / "expectations",

@@ -6,8 +6,8 @@ sharing the session's Prefect API and TFF runtime, with pytest capturing what th
 
 import io
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +57,17 @@ def _exit_code(command, **kwargs) -> int:
 
 def _invoke(*args):
     return runner.invoke(app, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", [[], ["trigger"], ["demo"], ["data", "synth"], ["models", "list"], ["lineage"]])
+def test_help_uses_the_placeholders_people_know(command):
+    help_text = _invoke(*command, "--help").output
+    assert not re.search(r"<(bool|str|int|float|path|list\[str\])[^>]*>|\{[A-Za-z@|/]+\}", help_text), help_text
+    if command == ["trigger"]:
+        assert re.search(r"Usage: \S+ trigger \[OPTIONS\] DEPLOYMENT\s", help_text)
+        assert re.search(r"--param +-p +KEY=VALUE", help_text) and re.search(r"--timeout +SECONDS", help_text)
+    if command == []:
+        assert re.search(r"--verbose +-v +Also show what the libraries log", help_text)
 
 
 def test_data_synth_writes_one_folder_per_institution(tmp_path):

@@ -71,7 +71,7 @@ def _killed_after_round(victim: Node, round_num: int, restart: bool = True):
     from tasks.training import round_listener
 
     def kill(metrics):
-        if metrics["round"] == round_num and victim.process.poll() is None:
+        if metrics.get("round") == round_num and victim.process.poll() is None:
             victim.kill()
 
     try:

@@ -83,7 +83,7 @@ def test_lineage_reports_a_link_that_no_longer_resolves(store, monkeypatch, tmp_
         cli.lineage(reference=f"{store.name}/2")
     assert stop.value.exit_code == 1
     [suite_line] = [line for line in buffer.getvalue().splitlines() if " suite: " in line]
-    assert suite_line.strip().startswith("UNRESOLVED") and "the suite has changed since" in suite_line
+    assert suite_line.strip().startswith("UNRESOLVED") and "the committed suite has changed since" in suite_line
 
 
 @pytest.mark.parametrize("reference, parsed", [

@@ -13,8 +13,9 @@ from flows.config import parse_config
 from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT
 from tasks.config import PrivacyConfig, TrainingConfig
-from tasks.privacy import (LEDGER_EXPERIMENT, PrivacyBudgetExceeded, PrivacyPlanError, membership_advantage,
-                           plan_privacy, read_ledger, reserve_privacy_budget, spent_privacy, spent_totals)
+from tasks.ledger import LEDGER_EXPERIMENT, read_ledger, spent_totals
+from tasks.privacy import (PrivacyBudgetExceeded, PrivacyPlanError, membership_advantage, plan_privacy,
+                           reserve_privacy_budget, spent_privacy)
 from tests.conftest import TEST_EXPECTATIONS_DIR, require_uci
 
 TRAINING = {"rounds": 20, "batch_size": 128, "local_epochs": 1}
@@ -111,7 +112,7 @@ def test_a_dp_retraining_carries_its_epsilon_and_an_over_budget_one_leaves_the_c
         assert metrics[f"privacy/epsilon/{name}"] == pytest.approx(epsilon, abs=1e-4)
     card = Path(client.download_artifacts(version.run_id, "model_card.html")).read_text()
     assert "Record-level differential privacy" in card and f"{entry.epsilon['alder_bank']:.4f}" in card
-    _, links = trace(tracking_uri, "credit_private@champion", PROJECT_ROOT, TEST_EXPECTATIONS_DIR)
+    _, links = trace(tracking_uri, "credit_private@champion", PROJECT_ROOT, TEST_EXPECTATIONS_DIR, "http://127.0.0.1:5000")
     privacy = next(link for link in links if link.what == "privacy")
     assert privacy.resolved and privacy.reference == f"record_level, ledger runs:/{entry.run_id}"
 

@@ -1,10 +1,23 @@
 """The Prefect summary artifact: the decision with its checks, and links to the MLflow run and version."""
 
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
+from rich.console import Console
 
+from flows import cli
 from flows.settings import Settings
+from tasks.reporting import summary_markdown
+from tests.conftest import free_port, running, wait_for
 
 
 def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered):
@@ -16,7 +29,8 @@ def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered
     registration = registered.second.registration
     ui = Settings().mlflow_ui_url
     assert (f"- MLflow run [{registration.run_id}]({ui}/#/experiments/{registration.experiment_id}/runs/"
-            f"{registration.run_id})") in markdown
+            f"{registration.run_id}), [model card]({ui}/#/experiments/{registration.experiment_id}/runs/"
+            f"{registration.run_id}/artifactPath/model_card.html)") in markdown
     assert (f"- Model `credit_registered` [version 2]({ui}/#/models/credit_registered/versions/2), "
             f"aliases: challenger") in markdown
     assert f"- Decision: {registration.reason}" in markdown
@@ -38,3 +52,91 @@ def test_the_training_sentence_says_which_limit_ended_training():
     assert training_sentence(outcome(15, True)).startswith(
         "Trained 15 rounds (stopped: validation loss stopped improving, at the limit of 15 rounds)")
     assert training_sentence(outcome(15, False)).startswith("Trained 15 rounds (the limit of 15 rounds reached)")
+
+
+# --- Every link a person is given opens: the summary artifact's and `fedrisk lineage`'s ---------------------
+
+URI = re.compile(r"\b[a-z][a-z0-9+.-]*:/[^\s)|<>\]]*")  # any URI in a text (http://, file://, runs:/, models:/)
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.-]+/)+[\w.-]+")  # a path on the machine that wrote it
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(registered, tmp_path_factory):
+    """`mlflow server` (UI and REST API) on the registered fixture's store, on loopback."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
+    server = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", registered.tracking_uri,
+              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(server, dict(os.environ), log) as process:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/health"), process, log, "mlflow server")
+        yield base
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _resolves(link: str, mlflow_base: str) -> bool:
+    """An MLflow UI page whose run, artifact or model version the server has; a Prefect UI flow run the
+    API knows; a runs:/ URI whose run or artifact the store has."""
+    if link.startswith("runs:/"):
+        run_id, _, artifact = link.removeprefix("runs:/").partition("/")
+        return bool(mlflow.artifacts.download_artifacts(link)) if artifact else bool(mlflow.MlflowClient().get_run(run_id))
+    if link.startswith(mlflow_base):
+        assert _answers(mlflow_base + "/"), "the MLflow UI page itself"
+        route = link.removeprefix(mlflow_base).removeprefix("/#/")
+        api = f"{mlflow_base}/ajax-api/2.0/mlflow"
+        if match := re.fullmatch(r"experiments/(\w+)/runs/(\w+)(?:/artifactPath/(.+))?", route):
+            experiment, run_id, artifact = match.groups()
+            run = httpx.get(f"{api}/runs/get", params={"run_id": run_id}).json()["run"]
+            if run["info"]["experiment_id"] != experiment:
+                return False
+            if artifact:
+                page = httpx.get(f"{mlflow_base}/get-artifact", params={"path": artifact, "run_uuid": run_id})
+                return page.status_code == 200 and len(page.content) > 0
+            return True
+        if match := re.fullmatch(r"models/(\w+)/versions/(\d+)", route):
+            name, version = match.groups()
+            return httpx.get(f"{api}/model-versions/get", params={"name": name, "version": version}).status_code == 200
+        return False
+    if match := re.search(r"/runs/flow-run/([0-9a-f-]{36})$", link):
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(match.group(1)) is not None
+    return False
+
+
+def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_resolves(registered, mlflow_ui,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.tracking_uri)
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    with get_client(sync_client=True) as client:
+        [published] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-credit-registered"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    # Published with the configured MLflow UI base (FEDRISK_MLFLOW_UI_URL); the same links, for the UI this test
+    # serves on the same store:
+    configured = Settings().mlflow_ui_url
+    assert all(link.startswith(configured) for link in URI.findall(published.data)), published.data
+    summary = registered.second
+    markdown = summary_markdown(summary.model_name, summary.validation, summary.evaluations, summary.registration,
+                                mlflow_ui, training=summary.training, privacy=summary.privacy)
+    assert markdown == published.data.replace(configured, mlflow_ui)
+    assert len(re.findall(r"\[checks\]\(", markdown)) == len(registered.data)  # each institution's checks page
+
+    monkeypatch.setenv("FEDRISK_MLFLOW_UI_URL", mlflow_ui)
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buffer, width=400))
+    cli.lineage(reference=f"{registered.name}@challenger")
+    lineage = buffer.getvalue()
+
+    for text in (markdown, lineage):
+        links = URI.findall(text)
+        assert links, text
+        assert not ABSOLUTE_PATH.findall(URI.sub("", text)), text
+        for link in links:
+            assert link.startswith(("http://", "https://", "runs:/")), link
+            assert _resolves(link, mlflow_ui), link

@@ -80,7 +80,7 @@ def test_input_that_fails_the_suite_is_rejected_and_nothing_is_written(store, ap
     assert f"{bad}: rejected, nothing was scored." in text
     assert "  - column PAY_AMT6 is present: failed\n" in text
     assert "  - AGE between 18 and 100: failed for 5 of 300 rows; e.g. 300\n" in text
-    assert "Data Docs: " in text
+    assert "Checks page: " in text
 
 
 def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, console):
@@ -88,6 +88,8 @@ def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, 
         cli.score(model=f"{store.name}@production", input=applicants, output=tmp_path / "s.csv")
     assert stop.value.exit_code == 1
     assert f"{store.name}@production: no such model version in {store.tracking_uri}" in console.getvalue()
+    assert f"; aliases: {store.name}@challenger (version " in console.getvalue()  # what does exist
+    assert f"{store.name}@champion (version " in console.getvalue()
     with pytest.raises(typer.Exit) as stop:
         cli.score(model=store.name, input=applicants, output=tmp_path / "s.csv")
     assert stop.value.exit_code == 2 and "must be NAME@ALIAS" in console.getvalue()

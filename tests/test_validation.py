@@ -41,9 +41,11 @@ def test_a_valid_extract_passes(extract):
     assert report.passed and report.reasons == [] and report.warnings == []
     assert report.rows == 1000 and report.checks_evaluated == CHECKS and len(report.digest) == 64
     page = Path(report.data_docs)
-    assert page.is_file() and "/validations/credit_default_v2/cedar_savings/" in page.as_posix()
+    assert page.is_file() and "/validation_pages/credit_default_v2/cedar_savings/" in page.as_posix()
     text = page.read_text()
-    assert all(part in text for part in ("cedar_savings", "credit_default_v2", "AGE between 18 and 100"))
+    assert all(part in text for part in ("cedar_savings", "credit_default_v2", "AGE between 18 and 100",
+                                         f"Admitted: all {CHECKS} checks passed"))
+    assert text.count(">PASSED<") == CHECKS and "http" not in text  # self-contained: nothing to fetch
 
 
 def test_a_parquet_extract_with_its_own_column_names_passes(extract, tmp_path):

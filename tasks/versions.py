@@ -1,0 +1,95 @@
+"""Reading the model registry for a person: each version with its aliases and headline figures, and what a
+reference (NAME@ALIAS, NAME/VERSION) resolves to. MLflow only -- no Prefect, scikit-learn or TensorFlow --
+so the CLI's read-only commands start in a few seconds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+CONFIG_ARTIFACT = "config/run_config.yaml"
+MODEL_CARD_ARTIFACT = "model_card.html"
+
+
+def validation_page_artifact(institution: str) -> str:
+    """Where a run keeps an institution's validation page (tasks.validation_page) among its artifacts."""
+    return f"validation/data_docs/{institution}/validation.html"
+
+
+def resolve_version(tracking_uri: str, name: str, alias: str | None, version: str | None):
+    """The registered model version an alias (or number) points at."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as error:
+        reference = f"{name}@{alias}" if alias else f"{name}/{version}"
+        raise LookupError(f"{reference}: no such model version in {tracking_uri} ({error.error_code})"
+                          + _what_exists(client, name)) from None
+
+
+def _what_exists(client, name: str) -> str:
+    """For an error about a reference that does not resolve: the model's aliases and versions that do."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return f"; there is no registered model {name}"
+    aliases = ", ".join(f"{name}@{alias} (version {v})" for alias, v in sorted(model.aliases.items()))
+    latest = max((int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=0)
+    return (f"; aliases: {aliases or 'none'}" + (f"; versions 1 to {latest}" if latest else "; no versions"))
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One registered version as `fedrisk models list` shows it."""
+
+    version: str
+    created: str
+    aliases: list[str]
+    decision: str
+    metrics: dict[str, float]
+    run_id: str
+    epsilon: str = "none"
+
+
+SUMMARY_METRICS = ("roc_auc", "pr_auc", "ks", "ece")
+
+
+def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
+    """Every version of `model_name`, newest first, with its aliases, decision and weighted holdout metrics."""
+    import datetime
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(model_name)  # a clear error for an unknown name
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise LookupError(f"no registered model {model_name!r} in {tracking_uri}") from None
+        raise
+    aliases: dict[str, list[str]] = {}
+    for alias, number in client.get_registered_model(model_name).aliases.items():
+        aliases.setdefault(str(number), []).append(alias)
+    summaries = []
+    for v in client.search_model_versions(f"name='{model_name}'", order_by=["version_number DESC"]):
+        metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+        summaries.append(VersionSummary(
+            version=str(v.version),
+            created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
+            aliases=sorted(aliases.get(str(v.version), [])),
+            decision=v.tags.get("promotion.decision", "-"),
+            # The run's headline figures: ECE pooled over institutions (what the policy checks), the others
+            # example-weighted (runs before they were headlined: their challenger's figures).
+            metrics={m: metrics.get(m, metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}",
+                                                   math.nan)) for m in SUMMARY_METRICS},
+            run_id=v.run_id or "-",
+            epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
+        ))
+    return summaries
