@@ -154,7 +154,8 @@ def _run(config: RunConfig) -> None:
 
     from flows.terminal import quiet_mlflow, round_progress
     from node.client import NodeError, TrainingStopped
-    from flows.retrain import RetrainingBusy, retrain
+    from flows.lock import LockUnavailable, RetrainingBusy
+    from flows.retrain import retrain
     from hostguard.loopback import WorkerExposureRefused
     from tasks.data import InstitutionDataError
     from tasks.privacy import PrivacyBudgetExceeded, PrivacyPlanError
@@ -166,7 +167,7 @@ def _run(config: RunConfig) -> None:
     try:
         with _prefect_api(), round_progress():
             summary = retrain(config)
-    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, PrivacyBudgetExceeded,
+    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, LockUnavailable, PrivacyBudgetExceeded,
             WorkerExposureRefused, NodeError, TrainingStopped) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None

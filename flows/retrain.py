@@ -6,8 +6,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.config import load_config
+from flows.lock import model_lock
 from flows.settings import PROJECT_ROOT, Settings
 from riskmodel.scorecard import Scaling
 from tasks.config import RunConfig
@@ -102,62 +101,6 @@ def _deployment_name() -> str | None:
     from prefect.runtime import deployment
 
     return f"{flow_run.flow_name}/{deployment.name}" if deployment.id else None
-
-
-class RetrainingBusy(RuntimeError):
-    """Another retraining of the same model is running; this one gave up waiting for it."""
-
-
-def lock_path(model_name: str) -> Path:
-    """The file whose lock serializes retrainings of one model (beside the unfinished runs' checkpoints)."""
-    return Settings().runs_dir / "locks" / f"{model_name}.lock"
-
-
-@contextmanager
-def model_lock(model_name: str, wait_seconds: float, poll_seconds: float = 1.0) -> Iterator[None]:
-    """Hold the model's lock for the whole retraining, so two runs (scheduled, triggered or local)
-    never race its registry entry. A second one waits up to `wait_seconds`, then raises RetrainingBusy.
-
-    An OS file lock: the kernel releases it the moment its holder exits, even when killed, so a
-    crashed run never blocks the next one. The file names the holder for whoever waits.
-    """
-    import fcntl
-    import os
-    import time
-    from datetime import datetime, timezone
-
-    logger = get_run_logger()
-    path = lock_path(model_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        deadline, warned = time.monotonic() + wait_seconds, False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                if time.monotonic() >= deadline:
-                    raise RetrainingBusy(
-                        f"another retraining of {model_name} is still running after waiting {wait_seconds:g} s "
-                        f"({holder}); nothing was trained or registered. Retry when it has finished.") from None
-                if not warned:
-                    logger.warning("another retraining of %s is running (%s); waiting up to %g s for it",
-                                   model_name, holder, wait_seconds)
-                    warned = True
-                time.sleep(poll_seconds)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"flow run {flow_run.id} ({flow_run.name}), pid {os.getpid()}, "
-                     f"since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field
@@ -18,6 +19,10 @@ class Settings(BaseSettings):
         if not self.mlflow_ui_url:  # a tracking server serves its own UI
             remote = self.mlflow_tracking_uri.startswith(("http://", "https://"))
             self.mlflow_ui_url = self.mlflow_tracking_uri.rstrip("/") if remote else "http://127.0.0.1:5000"
+        if not self.lock_database_url and self.mlflow_tracking_uri.startswith("postgresql"):
+            self.lock_database_url = self.mlflow_tracking_uri  # MLflow's own database server holds the lock
+        # psycopg takes postgresql:// URLs; SQLAlchemy's driver suffix (postgresql+psycopg://) is dropped.
+        self.lock_database_url = re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", self.lock_database_url)
 
     mlflow_tracking_uri: str = Field(
         default=f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}", validation_alias="MLFLOW_TRACKING_URI"
@@ -39,6 +44,12 @@ class Settings(BaseSettings):
         default=MLRUNS_DIR / "fedrisk.log", validation_alias="FEDRISK_LOG_FILE",
         description="Every command's full log (libraries included); the terminal shows status lines only, "
                     "unless --verbose.",
+    )
+    lock_database_url: str = Field(
+        default="", validation_alias="FEDRISK_LOCK_DATABASE_URL",
+        description="A PostgreSQL database (postgresql://USER@HOST/DB) whose advisory lock serializes the "
+                    "retrainings of a model across every host that runs them; default: the MLflow store when it "
+                    "is PostgreSQL, else a file lock on this machine.",
     )
     lock_wait_seconds: float = Field(
         default=3600, ge=0, validation_alias="FEDRISK_LOCK_WAIT_SECONDS",

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from prefect import flow
 
 from flows.config import load_config, parse_config
-from flows.retrain import RetrainingBusy, model_lock, retrain
+from flows.lock import RetrainingBusy, model_lock
+from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT, Settings
 from tasks.evaluation import binary_metrics
 from tasks.schema import load_schema
@@ -372,7 +373,7 @@ def test_a_second_retraining_of_the_same_model_is_refused_after_its_wait(trackin
     holder.join()
     assert re.fullmatch(
         r"another retraining of credit_busy is still running after waiting 1 s \(flow run [0-9a-f-]{36} \([\w-]+\), "
-        r"pid \d+, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); nothing was trained or registered. "
+        r"pid \d+ on [\w.-]+, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); nothing was trained or registered. "
         r"Retry when it has finished.", str(error.value)), str(error.value)
     assert MlflowClient().search_registered_models(filter_string="name='credit_busy'") == []
 
