@@ -127,6 +127,8 @@ def main() -> None:
                 "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "FEDRISK_LOCK_DATABASE_URL": args.postgres,
                 "FEDRISK_RUNS_DIR": str(work / "production" / "runs"), "FEDRISK_LOG_FILE": str(work / "production.log")},
         }
+        for env in setups.values():
+            Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         seconds: dict[str, list[float]] = {name: [] for name in setups}
         for run in range(1, args.runs + 1):
             for number, (name, env) in enumerate(setups.items()):

@@ -152,6 +152,7 @@ def _prefect_api():
 def _run(config: RunConfig) -> None:
     from mlflow.exceptions import MlflowException
 
+    from flows.prefect_api import PrefectApiUnavailable
     from flows.terminal import quiet_mlflow, round_progress
     from node.client import NodeError, TrainingStopped
     from flows.lock import LockUnavailable, RetrainingBusy
@@ -168,7 +169,7 @@ def _run(config: RunConfig) -> None:
         with _prefect_api(), round_progress():
             summary = retrain(config)
     except (QuorumNotMet, InstitutionDataError, RetrainingBusy, LockUnavailable, PrivacyBudgetExceeded,
-            WorkerExposureRefused, NodeError, TrainingStopped) as error:
+            WorkerExposureRefused, NodeError, TrainingStopped, PrefectApiUnavailable) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
     except PrivacyPlanError as error:
@@ -224,9 +225,15 @@ def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", 
     """Check every institution's extract; exit 1 when fewer than the quorum pass."""
     from flows.validate import validate_consortium
 
+    from flows.prefect_api import PrefectApiUnavailable
+
     run_config = _load(config)
-    with _prefect_api():
-        reports = validate_consortium(run_config)
+    try:
+        with _prefect_api():
+            reports = validate_consortium(run_config)
+    except PrefectApiUnavailable as error:
+        console.print(f"[red]Validation not run:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
     _print_validation(reports, {r.institution: r.data_docs for r in reports if r.data_docs})
     passed = sum(r.passed for r in reports)
     if passed < run_config.quorum:

@@ -22,6 +22,16 @@ _STARTUP_TIMEOUT_S = 120.0
 _temporary_url: str | None = None
 
 
+class PrefectApiUnavailable(RuntimeError):
+    """The temporary Prefect API did not start; nothing was run."""
+
+
+def _last_error(log: Path) -> str:
+    """The last error line of the API's log (the cause, under uvicorn's "startup failed")."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if "Error" in line]
+    return lines[-1] if lines else "no error logged"
+
+
 def _free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -40,12 +50,17 @@ def prefect_api() -> Iterator[str]:
     global _temporary_url
     import httpx
     import prefect
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
+    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings,
+                                  temporary_settings)
 
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return
+    try:
+        Path(PREFECT_HOME.value()).expanduser().mkdir(parents=True, exist_ok=True)  # where its database goes
+    except OSError as error:
+        raise PrefectApiUnavailable(f"PREFECT_HOME {PREFECT_HOME.value()} cannot be created: {error}") from None
     port = _free_loopback_port()
     url = f"http://127.0.0.1:{port}/api"
     log = Path(tempfile.gettempdir()) / f"fedrisk-prefect-api-{os.getpid()}.log"
@@ -59,15 +74,16 @@ def prefect_api() -> Iterator[str]:
         with httpx.Client() as client:
             while True:
                 if process.poll() is not None:
-                    raise RuntimeError(f"the temporary Prefect API exited with code {process.returncode} on "
-                                       f"start; see {log}")
+                    raise PrefectApiUnavailable(f"the temporary Prefect API exited with code {process.returncode} "
+                                                f"on start: {_last_error(log)} (see {log})")
                 try:
                     if client.get(f"{url}/health", timeout=2).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the temporary Prefect API did not answer in {_STARTUP_TIMEOUT_S:g} s; see {log}")
+                    raise PrefectApiUnavailable(f"the temporary Prefect API did not answer in "
+                                                f"{_STARTUP_TIMEOUT_S:g} s (see {log})")
                 time.sleep(0.1)
         _temporary_url = url
         # No UI links: the UI is off and the server is gone when the command ends.

@@ -124,6 +124,23 @@ def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp
     assert "round 1/" not in output
 
 
+def test_a_temporary_prefect_api_that_cannot_start_is_one_clear_line(small_consortium, tmp_path):
+    """No Prefect server configured and the local database unusable: the cause, exit 1, no traceback."""
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name: m\ninstitutions:\n" + "".join(
+        f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items()))
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "COLUMNS": "200",
+           "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'absent' / 'prefect.db'}"}
+    result = subprocess.run([str(Path(sys.executable).parent / "fedrisk"), "validate", "--config", str(config)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert re.search(r"Validation not run: the temporary Prefect API exited with code \d+ on start: .*unable to open "
+                     r"database file", output), output
+    assert "Traceback" not in output
+
+
 @pytest.mark.usefixtures("prefect_api")
 def test_validate_on_the_real_uci_banks_then_with_one_bank_corrupted(tmp_path, console):
     from tests.conftest import require_uci
