@@ -290,7 +290,6 @@ def train_local_baseline(extract: Extract, schema: Schema, features: list[str], 
                          baselines: BaselinesConfig, positive_class_weight: float, model_dir: Path) -> str:
     """Baseline: the same architecture trained on this institution's rows alone (its own layout,
     standardization, fit/validation split and loss); the model a member would have without federation."""
-    get_run_logger().info("local-only baseline of %s: the same model on its rows alone", extract.institution)
     rows = load_parts(extract, schema, split, ("train", "fit", "validation"))
     statistics = [local_statistics(extract.institution, rows["train"], schema, features)]
     layout = consortium_layout(schema, features, statistics)
@@ -305,8 +304,6 @@ def train_pooled_baseline(extracts: list[Extract], schema: Schema, layout: Layou
                           positive_class_weight: float, model_dir: Path) -> str:
     """Baseline, simulation mode only: the same architecture trained on every institution's rows
     pooled in one place, which federation exists to avoid; the accuracy federation aims to match."""
-    get_run_logger().info("pooled-data baseline: the same model on the %d institutions' rows in one place",
-                          len(extracts))
     fits, validations = [], []
     for extract in extracts:
         rows = load_parts(extract, schema, split, ("fit", "validation"))
