@@ -89,7 +89,6 @@ class _DatabaseLock:
     def __init__(self, url: str, model_name: str, flow_run_id: str) -> None:
         import psycopg
 
-        self.key_text = f"fedrisk retraining {model_name}"
         try:
             # The server's side of the keepalives (session settings) ends the session, and with it the lock,
             # about a minute after the holder's host is gone without closing the connection.
@@ -102,17 +101,13 @@ class _DatabaseLock:
             raise LockUnavailable(f"the retraining lock's database {without_password(url)} (FEDRISK_LOCK_DATABASE_URL) "
                                   f"cannot be reached: {first}; nothing was trained or registered") from None
 
+        # The lock's 64-bit key: a hash of the model's name, computed by the server.
+        self.key = int(self._one("SELECT hashtextextended(%s, 0)", f"fedrisk retraining {model_name}")[0])
+
     def _one(self, query: str, *parameters):
         with self.connection.cursor() as cursor:
             cursor.execute(query, parameters)
             return cursor.fetchone()
-
-    @property
-    def key(self) -> int:
-        """The lock's 64-bit key: a hash of the model's name, computed by the server."""
-        if not hasattr(self, "_key"):
-            self._key = int(self._one("SELECT hashtextextended(%s, 0)", self.key_text)[0])
-        return self._key
 
     def try_acquire(self, holder: str) -> bool:
         return bool(self._one("SELECT pg_try_advisory_lock(%s)", self.key)[0])

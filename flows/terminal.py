@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from logging.handlers import RotatingFileHandler
@@ -70,8 +71,6 @@ def is_status_line(logger: str, level: int, message: str) -> bool:
 
 def _line(created: float, message: str, style: str = "dim", source: str = "") -> None:
     """One status line, written in one piece (a live progress bar is redrawn below it, never on it)."""
-    import time
-
     from rich.text import Text
 
     parts = [(time.strftime("%H:%M:%S", time.localtime(created)), style), " "]
@@ -82,8 +81,6 @@ def _line(created: float, message: str, style: str = "dim", source: str = "") ->
 
 def status(message: str) -> None:
     """A status line from the command itself (before a flow runs: data synthesis, the Prefect API)."""
-    import time
-
     _line(time.time(), message)
 
 

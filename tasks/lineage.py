@@ -11,7 +11,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from tasks.versions import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version
+from tasks.versions import (CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version, validation_page_artifact,
+                            version_page_url)
 
 if TYPE_CHECKING:  # `fedrisk lineage` reads tags only: no Prefect or GX at start-up
     from tasks.config import RunConfig
@@ -135,10 +136,10 @@ def _flow_run_in_local_database(flow_run_id: str) -> tuple[bool, str]:
     import sqlite3
 
     url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    database = Path(url.split(":///", 1)[1]) if url.startswith("sqlite") else home / "prefect.db"
     if url and not url.startswith("sqlite"):
         return False, "not checked: set PREFECT_API_URL to the Prefect server that ran it"
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    database = Path(url.split(":///", 1)[1]) if url else home / "prefect.db"
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
             row = connection.execute("SELECT name, state_name FROM flow_run WHERE id = ?", (flow_run_id,)).fetchone()
@@ -171,7 +172,7 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     name, alias, version = parse_reference(reference)
     found = resolve_version(tracking_uri, name, alias, version)
     version, tags, run_id = str(found.version), found.tags, found.run_id
-    links = [Link("model", f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}", True,
+    links = [Link("model", version_page_url(ui_url, name, version), True,
                   f"{found.status}, aliases: {', '.join(found.aliases)}")]
     try:
         run = client.get_run(run_id)
@@ -208,7 +209,9 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
                                                       else "no such suite committed"))))
     for institution in [t.split(".")[1] for t in tags if t.startswith("institution.") and t.endswith(".validation")]:
         prefix = f"institution.{institution}"
-        docs = [a.path for a in client.list_artifacts(run_id, f"validation/data_docs/{institution}")]
+        # The folder, not the file: runs registered before the self-contained page kept GX's file name there.
+        folder = validation_page_artifact(institution).rsplit("/", 1)[0]
+        docs = [a.path for a in client.list_artifacts(run_id, folder)]
         unreadable = tags.get(prefix + ".digest") == "unreadable"  # no checks ran, so no Data Docs page
         links.append(Link(f"institution {institution}", f"runs:/{run_id}/{docs[0]}" if docs else "(no Data Docs)",
                           bool(docs) or unreadable, f"digest {tags.get(prefix + '.digest', '-')[:16]}, {tags.get(prefix + '.rows')} "

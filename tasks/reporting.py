@@ -13,7 +13,7 @@ from tasks.registry import Registration
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.training import TrainingOutcome
 from tasks.validation import ValidationReport
-from tasks.versions import MODEL_CARD_ARTIFACT, validation_page_artifact
+from tasks.versions import MODEL_CARD_ARTIFACT, run_page_url, validation_page_artifact, version_page_url
 
 
 def artifact_key(kind: str, model_name: str) -> str:
@@ -75,12 +75,13 @@ def summary_markdown(
             lines.append(f"| **weighted** | {role} | {sum(e.examples for e in evaluations if role in e.metrics)} | "
                          + " | ".join(f"{w[n]:.4f}" for n in names) + " |")
     if registration:
+        run = (registration.experiment_id, registration.run_id)
         lines += [
             "", "## Registration", "",
-            f"- MLflow run [{registration.run_id}]({run_url(mlflow_ui_url, registration)}), "
-            f"[model card]({run_url(mlflow_ui_url, registration, MODEL_CARD_ARTIFACT)})",
-            f"- Model `{registration.model_name}` [version {registration.version}]({mlflow_ui_url.rstrip('/')}"
-            f"/#/models/{registration.model_name}/versions/{registration.version}), aliases: "
+            f"- MLflow run [{registration.run_id}]({run_page_url(mlflow_ui_url, *run)}), "
+            f"[model card]({run_page_url(mlflow_ui_url, *run, MODEL_CARD_ARTIFACT)})",
+            f"- Model `{registration.model_name}` [version {registration.version}]("
+            f"{version_page_url(mlflow_ui_url, registration.model_name, registration.version)}), aliases: "
             f"{', '.join(registration.aliases)}",
             f"- Decision: {registration.reason}",
             *[f"  - {check}" for check in registration.checks],
@@ -88,19 +89,13 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def run_url(mlflow_ui_url: str, registration: Registration, artifact: str | None = None) -> str:
-    """The MLflow UI's page of the registered run, or of one of its artifacts (shown in the UI's viewer, which
-    a browser opens from an http page, unlike a file:// link)."""
-    page = f"{mlflow_ui_url.rstrip('/')}/#/experiments/{registration.experiment_id}/runs/{registration.run_id}"
-    return f"{page}/artifactPath/{artifact}" if artifact else page
-
-
 def validation_page_urls(mlflow_ui_url: str, registration: Registration | None,
                          reports: list[ValidationReport]) -> dict[str, str]:
     """Each institution's validation page, as the registered run keeps it, in the MLflow UI."""
     if registration is None:
         return {}
-    return {r.institution: run_url(mlflow_ui_url, registration, validation_page_artifact(r.institution))
+    return {r.institution: run_page_url(mlflow_ui_url, registration.experiment_id, registration.run_id,
+                                        validation_page_artifact(r.institution))
             for r in reports if r.data_docs}
 
 

@@ -203,7 +203,7 @@ def _write_page(expectations_dir: Path, suite: str, run_name: str, checks: list)
     page = (Path(expectations_dir) / "gx" / "uncommitted" / "validation_pages" / suite / run_name
             / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}.html")
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(render_page(run_name, suite, run_name, checks))
+    page.write_text(render_page(run_name, suite, checks))
     return page
 
 

@@ -30,8 +30,9 @@ def check_status(result, warning: bool) -> str:
     return "passed" if result.success else ("warning" if warning else "failed")
 
 
-def render_page(institution: str, suite: str, run_name: str, checks: list[tuple[object, str, str]]) -> str:
-    """The page of one validation: `checks` are (GX expectation result, status, result text)."""
+def render_page(run_name: str, suite: str, checks: list[tuple[object, str, str]]) -> str:
+    """The page of one validation named `run_name` (the institution's name when an extract is validated):
+    `checks` are (GX expectation result, status, result text)."""
     failed = sum(status == "failed" for _, status, _ in checks)
     warned = sum(status == "warning" for _, status, _ in checks)
     overall = "failed" if failed else ("warning" if warned else "passed")
@@ -39,13 +40,13 @@ def render_page(institution: str, suite: str, run_name: str, checks: list[tuple[
                f"Admitted: all {len(checks)} checks passed" + (f", {warned} with a warning" if warned else ""))
     rows = "\n".join(_row(result, status, text) for result, status, text in checks)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    title = f"Validation of {institution}: suite {suite}"
+    title = f"Validation of {run_name}: suite {suite}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<div class="meta">run {html.escape(run_name)}, {when}; Great Expectations suite {html.escape(suite)}</div>
+<div class="meta">{when}; Great Expectations suite {html.escape(suite)}</div>
 <div class="summary {overall}" id="verdict">{html.escape(verdict)}</div>
 <table id="checks">
 <thead><tr><th>status</th><th>check</th><th>column</th><th>parameters</th><th>result</th></tr></thead>

@@ -16,6 +16,18 @@ def validation_page_artifact(institution: str) -> str:
     return f"validation/data_docs/{institution}/validation.html"
 
 
+def run_page_url(mlflow_ui_url: str, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """The MLflow UI's page of a run, or of one of its artifacts (shown in the UI's viewer, which a browser
+    opens from an http page, unlike a file:// link)."""
+    page = f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{page}/artifactPath/{artifact}" if artifact else page
+
+
+def version_page_url(mlflow_ui_url: str, name: str, version: str) -> str:
+    """The MLflow UI's page of a registered model version."""
+    return f"{mlflow_ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+
+
 def resolve_version(tracking_uri: str, name: str, alias: str | None, version: str | None):
     """The registered model version an alias (or number) points at."""
     import mlflow
