@@ -226,3 +226,36 @@ def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tr
     assert re.search(rf"bank_a +│ credit +│ - +│ spent +│ +{epsilon:.4f} │ +0\.0002 │", out)
     assert re.search(rf"bank_a +│ fraud +│ - +│ reserved +│ +{epsilon:.4f} │", out)
     assert re.search(rf"bank_a +│ +{2 * epsilon:.4f} │ +0\.0004 │ +2 │ +5 │ +{5 - 2 * epsilon:.4f} │", out)
+
+
+HEAVY = ("tensorflow", "tensorflow_federated", "prefect", "sklearn", "great_expectations", "xgboost", "keras")
+FRESH_CLI = """
+import atexit, json, sys
+atexit.register(lambda: print("LOADED " + json.dumps([m for m in {heavy!r} if m in sys.modules])))
+sys.argv = ["fedrisk", *{args!r}]
+from flows.cli import app
+app()
+"""
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["ledger"], ["lineage"]])
+def test_read_only_commands_load_mlflow_and_nothing_heavy(registered, registry_copy, command):
+    """Each read-only command in its own interpreter, as a person runs it, with no Prefect server configured:
+    it answers from MLflow (lineage: and the local Prefect database, read-only) without importing TensorFlow,
+    Prefect or scikit-learn, or starting a temporary Prefect API. (Its time: benchmarks/cli_startup.py.)"""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    args = {"models": [*command, registered.name], "ledger": command,
+            "lineage": [*command, f"{registered.name}@champion"]}[command[0]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env.update(MLFLOW_TRACKING_URI=registry_copy, COLUMNS="200",
+               PREFECT_API_DATABASE_CONNECTION_URL=PREFECT_API_DATABASE_CONNECTION_URL.value())
+    done = subprocess.run([sys.executable, "-c", FRESH_CLI.format(heavy=HEAVY, args=args)], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
+    expected = {"models": f"{registered.name} ({registry_copy})", "ledger": "No differentially private retrainings yet",
+                "lineage": "Prefect flow run"}[command[0]]
+    assert expected in done.stdout
+    if command == ["lineage"]:
+        assert "(local Prefect database)" in done.stdout and "UNRESOLVED" not in done.stdout
