@@ -15,7 +15,6 @@ from flows.terminal import console, status
 from tasks.config import RunConfig
 
 
-
 def _plain_placeholders(command) -> None:
     """Conventional help placeholders for `command` and everything under it: `--config PATH`, `DEPLOYMENT`,
     flags without one, instead of typer's type names (`<path>`, `{deployment}`, `<bool>`)."""
@@ -223,9 +222,8 @@ def retrain_command(config: Path = typer.Option(..., "--config", "-c", metavar="
 @app.command()
 def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="Run config (YAML).")) -> None:
     """Check every institution's extract; exit 1 when fewer than the quorum pass."""
-    from flows.validate import validate_consortium
-
     from flows.prefect_api import PrefectApiUnavailable
+    from flows.validate import validate_consortium
 
     run_config = _load(config)
     try:

@@ -32,11 +32,6 @@ class LockUnavailable(RuntimeError):
     """The lock database cannot be reached: nothing is trained rather than trained unguarded."""
 
 
-def lock_path(model_name: str) -> Path:
-    """The file whose lock serializes retrainings of one model on this machine."""
-    return Settings().runs_dir / "locks" / f"{model_name}.lock"
-
-
 def without_password(url: str) -> str:
     """A database URL as it may be printed: the password left out."""
     parts = urlsplit(url)
@@ -49,8 +44,8 @@ def without_password(url: str) -> str:
 class _FileLock:
     """An flock(2) on the model's lock file; the file says who holds it."""
 
-    def __init__(self, model_name: str) -> None:
-        self.path = lock_path(model_name)
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+")
 
@@ -146,7 +141,7 @@ def model_lock(model_name: str, wait_seconds: float, poll_seconds: float = 1.0) 
         if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
             logger.warning("the retraining lock of %s covers this machine only (a file lock); with a shared "
                            "tracking server set FEDRISK_LOCK_DATABASE_URL so that it holds across hosts", model_name)
-        lock = _FileLock(model_name)
+        lock = _FileLock(settings.runs_dir / "locks" / f"{model_name}.lock")  # beside the runs' checkpoints
     try:
         holder = f"flow run {flow_run.id} ({flow_run.name}), pid {os.getpid()} on {socket.gethostname()}"
         deadline, warned = time.monotonic() + wait_seconds, False

@@ -210,8 +210,6 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         if config.baselines.enabled and isinstance(admitted, LocalConsortium):
             logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")
             common = dict(training=config.training, baselines=config.baselines, positive_class_weight=positive_weight)
-            logger.info("pooled-data baseline: the same model on the %d institutions' rows in one place",
-                        len(admitted.extracts))
             pooled = train_pooled_baseline(list(admitted.extracts), schema, layout, split, mean.tolist(), std.tolist(),
                                            model_dir=Path(work_dir) / "pooled", **common)
             for e in admitted.extracts:

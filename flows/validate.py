@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.settings import Settings
@@ -53,8 +54,6 @@ def validate_consortium(config: RunConfig, consortium: Any = None) -> list[Valid
                         expectations_dir=settings.expectations_dir)
         for name in consortium.names
     ]
-    from prefect.futures import as_completed
-
     for future in as_completed(futures):  # each institution's outcome as it arrives
         report = future.result()
         logger.info("%s: %s rows, %d of %d checks passed: %s%s", report.institution, f"{report.rows:,}",

@@ -81,13 +81,13 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     try:
-        client.get_registered_model(model_name)  # a clear error for an unknown name
+        model = client.get_registered_model(model_name)
     except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # a clear error for an unknown name
             raise LookupError(f"no registered model {model_name!r} in {tracking_uri}") from None
         raise
     aliases: dict[str, list[str]] = {}
-    for alias, number in client.get_registered_model(model_name).aliases.items():
+    for alias, number in model.aliases.items():
         aliases.setdefault(str(number), []).append(alias)
     summaries = []
     for v in client.search_model_versions(f"name='{model_name}'", order_by=["version_number DESC"]):
