@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -27,6 +28,14 @@ PAGE_REPORT = """JSON.stringify({
   })})"""
 
 
+def _above_9(fd: int) -> int:
+    """`fd` moved to 10 or above, so that the child's fds 3 and 4 are always copies of it: a pipe that os.pipe()
+    happened to open at 3 or 4 would otherwise stay close-on-exec there and be gone in chromium."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe), in a network
     namespace of its own (`unshare --net`: not even loopback is up), so nothing can be fetched."""
@@ -34,16 +43,18 @@ class Browser:
     def __init__(self, profile: Path) -> None:
         to_browser, self._write = os.pipe()
         self._read, from_browser = os.pipe()
-
-        def pipes() -> None:  # the protocol's fds 3 (commands in) and 4 (replies out)
-            os.dup2(to_browser, 3)
-            os.dup2(from_browser, 4)
-
-        self.process = subprocess.Popen(
-            ["unshare", "--net", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            preexec_fn=pipes, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        to_browser, from_browser = _above_9(to_browser), _above_9(from_browser)
+        self.log = profile.parent / "chromium.log"
+        command = ["unshare", "--net", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        # The protocol's fds 3 (commands in) and 4 (replies out), placed by bash rather than by Python code run
+        # between fork and exec (this process has gRPC's threads).
+        place = f"3<&{to_browser} 4>&{from_browser} {to_browser}<&- {from_browser}>&-"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(["bash", "-c", f'exec "$@" {place}', "bash", *command],
+                                            pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
+                                            stderr=log)
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._next, self.events = b"", 0, []
@@ -51,13 +62,24 @@ class Browser:
     def send(self, method: str, session: str | None = None, **params):
         self._next += 1
         message = {"id": self._next, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._write, json.dumps(message).encode() + b"\0")
+        try:
+            os.write(self._write, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise AssertionError(self._gone()) from None
         while True:
             reply = self._receive()
             if reply.get("id") == self._next:
                 assert "error" not in reply, reply
                 return reply["result"]
             self.events.append(reply)
+
+    def _gone(self) -> str:
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        return (f"chromium closed the protocol pipe (exit {self.process.poll()}); its last lines: "
+                + " | ".join(self.log.read_text(errors="replace").splitlines()[-5:]))
 
     def wait_for(self, method: str) -> dict:
         while not any(e.get("method") == method for e in self.events):
@@ -67,7 +89,7 @@ class Browser:
     def _receive(self) -> dict:
         while b"\0" not in self._buffer:
             chunk = os.read(self._read, 65536)
-            assert chunk, f"chromium closed the protocol pipe (exit {self.process.poll()})"
+            assert chunk, self._gone()
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
