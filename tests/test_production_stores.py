@@ -183,7 +183,8 @@ def test_two_retrainings_of_one_model_from_two_hosts_run_one_after_the_other(sto
                      r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); waiting up to 3600 s", waited[0]), waited[0]
     client = MlflowClient(stores.mlflow_url)
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{model}'")) == [1, 2]
-    first, second = sorted(_flow_runs(stores, f"retrain-{model}"), key=lambda run: run.start_time)
+    # Whichever took the lock first ran first; both flow runs start at once, so that is the one that ended first.
+    first, second = sorted(_flow_runs(stores, f"retrain-{model}"), key=lambda run: run.end_time)
     validations = sorted(_flow_runs(stores, f"validate-{model}"), key=lambda run: run.start_time)
     assert first.state.is_completed() and second.state.is_completed()
     assert validations[1].start_time >= first.end_time  # the second did nothing until the first had finished
