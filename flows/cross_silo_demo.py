@@ -31,12 +31,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def node_config(name: str, directory: Path, schema: str, extract: Path, port: int) -> Path:
-    """Write an institution's node directory: its extract, TLS files and config; return the config's path."""
+def node_config(name: str, directory: Path, schema: str, extract: Path, port: int, members: list[str]) -> Path:
+    """Write an institution's node directory: its extract, TLS files and config (the consortium's `members`, with
+    whom it takes part in secure sums); return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
     data = {"institution": name, "listen": f"127.0.0.1:{port}", "schema": schema,
             "extract": {"path": extract.name}, "coordinator": COORDINATOR, "work_dir": "state",
             "tls": {"ca": "tls/ca.crt", "cert": f"tls/{name}.crt", "key": f"tls/{name}.key"}}
+    if len(members) >= 3:  # a secure sum needs at least three
+        data["consortium"] = {"members": list(members)}
     path = directory / "node.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -73,7 +76,8 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
                 shutil.copy(pki / file, directory / "tls" / file)
             shutil.copy(institution.path, directory / institution.path.name)  # only its own rows
             port = _free_port()
-            path = node_config(name, directory, config.data_schema.name, directory / institution.path.name, port)
+            path = node_config(name, directory, config.data_schema.name, directory / institution.path.name, port,
+                               [i.name for i in config.institutions])
             log = directory / "node.log"
             processes.append((name, log, spawn_owned([sys.executable, "-m", "flows.cli", "node", "serve", "--config",
                                                       str(path)], log, cwd=directory)))

@@ -179,7 +179,8 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         logger.info("federated statistics of %d institutions (counts, sums and sums of squares; no rows)%s",
                     len(names), " by secure aggregation" if config.secure_aggregation is not None else "")
         if config.secure_aggregation is not None:
-            summed, counts = compute_secure_statistics(admitted, schema, features, split)
+            summed, counts = compute_secure_statistics(admitted, schema, features, split,
+                                                       settings.runs_dir / "secure_statistics")
             statistics = [summed]
         else:
             statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]

@@ -10,12 +10,14 @@ out while the quorum holds, or the run stops cleanly (it resumes from its checkp
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import io
 import tempfile
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -31,7 +33,7 @@ from tasks.validation import ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
             "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "SecureBegin": 900, "SecureShare": 60,
-            "SecureMask": 120, "SecureUnmask": 60}
+            "SecureMask": 120, "SecureConsistency": 60, "SecureUnmask": 60}
 MAX_MESSAGE_MB = 64
 _channels: dict[tuple, grpc.Channel] = {}
 _channels_lock = threading.Lock()
@@ -129,6 +131,7 @@ class NodeConsortium:
     tls: Tls
     quorum: int = 1
     digests: tuple[tuple[str, str], ...] = ()
+    rows: tuple[tuple[str, int], ...] = ()  # each admitted institution's row count (public: its validation report)
     server_host: str = "localhost"  # where the nodes reach this coordinator (XGBoost's federated server)
     secure_threshold: int = 0  # secure aggregation's t; 0: off (updates and statistics in the clear)
     clip_norm: float = 10.0  # under secure aggregation: the L2 bound each node clips its update to
@@ -149,6 +152,15 @@ class NodeConsortium:
     @property
     def names(self) -> list[str]:
         return [n.institution for n in self.nodes]
+
+    def encoding(self, spec):
+        """A run's secure encoding, the same for every node: the clip norm, the admitted institutions, and a weight
+        bound no institution's round reaches (its rows and a batch, times the local epochs)."""
+        from node.secure import Encoding
+
+        largest = max((rows for _, rows in self.rows), default=0)
+        return Encoding(self.clip_norm, max(len(self.nodes), 3),
+                        float((largest + spec.batch_size) * spec.local_epochs))
 
     def node(self, institution: str) -> NodeHandle:
         return next(n for n in self.nodes if n.institution == institution)
@@ -173,7 +185,7 @@ class NodeConsortium:
     def admit(self, reports: list[ValidationReport]) -> NodeConsortium:
         passed = {r.institution: r.digest for r in reports if r.passed}
         return replace(self, nodes=tuple(n for n in self.nodes if n.institution in passed),
-                       digests=tuple(passed.items()))
+                       digests=tuple(passed.items()), rows=tuple((r.institution, r.rows) for r in reports if r.passed))
 
     def statistics(self, institution, schema, features, split) -> LocalStatistics:
         result = call(self.node(institution), self.tls, "Statistics", {
@@ -181,16 +193,29 @@ class NodeConsortium:
             "split": vars(split)})
         return LocalStatistics(**result)
 
-    def secure_statistics(self, schema, features, split) -> tuple[LocalStatistics, dict[str, int], str]:
+    def secure_statistics(self, schema, features, split,
+                          kept: Path | None = None) -> tuple[LocalStatistics, dict[str, int], str]:
         """The consortium's statistics as one secure sum over every admitted node (each must complete it):
         the summed statistics, each institution's row count (public, as in its validation report), and what
-        completed."""
+        completed. A node adds an input to one sum only, so the sum over the same extracts is kept under `kept`
+        (a directory) and read back by later runs instead of being asked for again."""
+        import json
+
         from node import secure
         from secagg.protocol import SecureAggregationError
         from tasks.statistics import statistics_from_vector
 
         names = self.names
         base = {"schema": _schema_ref(schema), "features": features, "split": vars(split)}
+        kept_file = None
+        if kept is not None:
+            key = hashlib.sha256(json.dumps({**base, "digests": sorted(self.digests)}, sort_keys=True).encode())
+            kept_file = Path(kept) / f"{key.hexdigest()}.json"
+            if kept_file.exists():
+                plain = json.loads(kept_file.read_text())
+                return (LocalStatistics(**plain["statistics"]), plain["counts"],
+                        f"the secure sum of {plain['at']} over the same extracts (session {plain['session']}): each "
+                        f"node adds an input to one sum only")
 
         def each(indices, when, operation):
             results = _in_parallel(indices, lambda i: _attempt(lambda: operation(i)))
@@ -203,16 +228,21 @@ class NodeConsortium:
         def begin(i: int) -> dict:
             return {"operation": "statistics", "request": {**base, "digest": self.digest(names[i])}}
 
+        session = secure.new_session("statistics")
         try:
-            result = secure.run_session(names, list(range(len(names))), secure.new_session("statistics"),
-                                        {"sums": secure.specs_for(len(names), self.clip_norm)["sums"]}, begin, each,
+            result = secure.run_session(names, list(range(len(names))), session, {"sums": secure.SUMS}, begin, each,
                                         lambda i, op, request: call(self.node(names[i]), self.tls, op, request),
                                         self.secure_threshold, "federated statistics")
         except SecureAggregationError as error:
             raise NodeError(f"federated statistics: {error}") from None
         counts = {name: int(meta["count"]) for name, meta in result.meta.items()}
-        return (statistics_from_vector(result.sums["sums"], schema, features), counts,
-                result.describe(len(names), self.secure_threshold))
+        summed = statistics_from_vector(result.sums["sums"], schema, features)
+        if kept_file is not None:
+            kept_file.parent.mkdir(parents=True, exist_ok=True)
+            at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            kept_file.write_text(json.dumps({"statistics": asdict(summed), "counts": counts, "session": session,
+                                             "at": at}))
+        return summed, counts, result.describe(len(names), self.secure_threshold)
 
     def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
         return NodeInstitutions(self, schema, layout, split, run_key, deltas or {})
@@ -259,6 +289,7 @@ class NodeInstitutions:
         self.fit_rows = [0] * len(self.names)
         self._prepare_request = None
         self.round = 0
+        self.encoding = None  # node.secure.Encoding of this run, under secure aggregation
 
     def _prepare(self, index: int) -> None:
         name = self.names[index]
@@ -275,6 +306,9 @@ class NodeInstitutions:
                                  "spec": spec_as_dict(stages.spec), "mean": stages.mean, "std": stages.std,
                                  "layout": self.layout.to_json(), "split": vars(self.split),
                                  "secure_aggregation": self.consortium.secure}
+        if self.consortium.secure:
+            self.encoding = self.consortium.encoding(stages.spec)
+            self._prepare_request["secure_encoding"] = self.encoding.as_dict()
         self._each(list(range(len(self.names))), "preparing the training", self._prepare)
 
     def _with_retry(self, index: int, operation):
@@ -310,7 +344,7 @@ class NodeInstitutions:
             self._drop(failures, when)
         return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
 
-    def _secure_sum(self, indices: list[int], operation: str, request, extra: dict, when: str):
+    def _secure_sum(self, indices: list[int], operation: str, request, vectors: dict, when: str):
         """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round);
         TrainingStopped when fewer than the threshold complete it."""
         from node import secure
@@ -320,8 +354,7 @@ class NodeInstitutions:
         try:
             result = secure.run_session(
                 self.names, indices, secure.new_session(f"{self.run_key}/{when}"),
-                secure.specs_for(len(indices), consortium.clip_norm),
-                lambda i: {"operation": operation, "request": request(i), **extra}, self._each,
+                vectors, lambda i: {"operation": operation, "request": request(i)}, self._each,
                 lambda i, op, body: call(consortium.node(self.names[i]), consortium.tls, op, body),
                 consortium.secure_threshold, when)
         except SecureAggregationError as error:
@@ -358,16 +391,19 @@ class NodeInstitutions:
         of the clipped updates), never one institution's."""
         from fed_models.training import ClientUpdate, client_seed
         from node import secure
+        from secagg.protocol import SecureAggregationError
 
         self.round = round_num
-        total = float(sum(self.fit_rows[i] for i in indices) * stages.spec.local_epochs)
+        when = f"round {round_num}"
         result = self._secure_sum(indices, "train_round", lambda i: {
             "run_key": self.run_key, "round": round_num, "weights": plain,
-            "client_seed": client_seed(stages.spec.seed, round_num, i)},
-            {"clip_norm": self.consortium.clip_norm, "total_weight": total}, f"round {round_num}")
+            "client_seed": client_seed(stages.spec.seed, round_num, i)}, self.encoding.specs(), when)
         for name, meta in result.meta.items():
             self.reported[name] = meta["rounds_trained"]
-        summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent))
+        try:
+            summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
+        except SecureAggregationError as error:
+            raise TrainingStopped(f"{when}: {error}; nothing is registered") from None
         return [ClientUpdate("consortium (secure sum)", summed.update, summed.weight, summed.metrics,
                              institutions=summed.institutions, non_finite=summed.non_finite)]
 
@@ -381,7 +417,7 @@ class NodeInstitutions:
 
             result = self._secure_sum(indices, "validate_round", lambda i: {"run_key": self.run_key,
                                                                           "weights": plain},
-                                      {}, f"validation of round {self.round}")
+                                      {"sums": secure.SUMS}, f"validation of round {self.round}")
             return [secure.unflatten(result.sums["sums"], result.meta[result.sent[0]]["metrics"])]
         answers = self._each(indices, f"validation of round {self.round}", lambda i: call(
             self.consortium.node(self.names[i]), self.consortium.tls, "ValidateRound",

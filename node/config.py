@@ -3,11 +3,12 @@ material, which coordinator it answers, and what it agrees to (rounds, model kin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.schema import SCHEMAS_DIR, Schema, SchemaError, load_schema
 
@@ -55,10 +56,62 @@ class NodePolicy(BaseModel):
         False, description="Send statistics, updates and validation metrics only masked, in secure sums.")
 
 
+NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ConsortiumConfig(BaseModel):
+    """Who this institution sums with: the consortium's members (their certificate names), and what any secure sum
+    must satisfy, whatever the coordinator asks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: list[str] = Field(min_length=3, description="Every member institution's certificate name (CN), this "
+                                                         "one included; never the coordinator.")
+    fingerprints: dict[str, str] = Field(default_factory=dict, description="Optional: member -> SHA-256 of its "
+                                         "certificate (hex); its keys are then accepted from that certificate only.")
+    min_threshold: int | None = Field(None, ge=2, description="The lowest threshold t accepted. Default: a strict "
+                                                               "majority of the members.")
+    min_inputs: int = Field(3, ge=3, description="The fewest inputs any released sum may contain.")
+
+    @field_validator("members")
+    @classmethod
+    def _names(cls, members: list[str]) -> list[str]:
+        for name in members:
+            if not re.match(NAME, name):
+                raise ValueError(f"member {name!r} is not an institution name (lowercase letters, digits, _ and -)")
+        if len(set(members)) != len(members):
+            raise ValueError("a member is listed twice")
+        return members
+
+    @field_validator("fingerprints")
+    @classmethod
+    def _fingerprints(cls, fingerprints: dict[str, str]) -> dict[str, str]:
+        for name, value in fingerprints.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", value.lower().replace(":", "")):
+                raise ValueError(f"the fingerprint of {name!r} is not a SHA-256 in hex")
+        return fingerprints
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ConsortiumConfig:
+        unknown = sorted(set(self.fingerprints) - set(self.members))
+        if unknown:
+            raise ValueError(f"fingerprints for {unknown}, who are not members")
+        if self.min_threshold is not None and self.min_threshold > len(self.members):
+            raise ValueError(f"min_threshold {self.min_threshold} is more than the {len(self.members)} members")
+        if self.min_inputs > len(self.members):
+            raise ValueError(f"min_inputs {self.min_inputs} is more than the {len(self.members)} members")
+        return self
+
+    def threshold_floor(self) -> int:
+        from secagg.protocol import default_threshold
+
+        return self.min_threshold or default_threshold(len(self.members))
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    institution: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    institution: str = Field(pattern=NAME)
     listen: str = Field("127.0.0.1:7100", pattern=r"^[^:\s]+:\d{1,5}$",
                         description="host:port to listen on; 0.0.0.0 for every interface (TLS is required).")
     schema_name: str = Field(alias="schema")
@@ -67,7 +120,32 @@ class NodeConfig(BaseModel):
     coordinator: str = Field("coordinator", description="The certificate name (CN) of the only client answered.")
     work_dir: Path = Field(Path("node_state"), description="The node's round log and privacy ledger.")
     policy: NodePolicy = Field(default_factory=NodePolicy)
+    consortium: ConsortiumConfig | None = Field(None, description="The members it takes part in secure sums "
+                                                                  "with; without it, it takes part in none.")
     max_message_mb: int = Field(64, ge=1, le=2000)
+
+    @model_validator(mode="after")
+    def _membership(self) -> NodeConfig:
+        if self.consortium is None:
+            if self.policy.require_secure_aggregation:
+                raise ValueError("policy.require_secure_aggregation needs consortium.members: the node takes part "
+                                 "in secure sums only with the members it lists")
+            return self
+        if self.institution not in self.consortium.members:
+            raise ValueError(f"consortium.members must include this institution ({self.institution!r})")
+        if self.coordinator in self.consortium.members:
+            raise ValueError(f"consortium.members must not include the coordinator ({self.coordinator!r}): the "
+                             f"coordinator never takes part in a secure sum")
+        return self
+
+    def secure_rules(self):
+        """The rules this node applies to every secure sum (secagg.protocol.Rules); None without a consortium."""
+        from secagg.protocol import Rules
+
+        if self.consortium is None:
+            return None
+        return Rules(frozenset(self.consortium.members), self.coordinator, self.consortium.threshold_floor(),
+                     self.consortium.min_inputs, tuple(sorted(self.consortium.fingerprints.items())))
 
     @field_validator("listen")
     @classmethod

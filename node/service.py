@@ -27,6 +27,7 @@ import numpy as np
 
 from node import wire
 from node.config import NodeConfig
+from node.inputs import SecureInputs
 from tasks.config import EvaluationConfig
 from tasks.consortium import LocalConsortium
 from tasks.data import Extract, Split
@@ -54,6 +55,7 @@ class _Run:
     validation: object
     delta: float
     secure: bool = False  # trained under secure aggregation: no plain update or metric leaves for this run
+    encoding: object = None  # node.secure.Encoding: how this run's updates enter secure sums (fixed at Prepare)
 
 
 @dataclass
@@ -63,6 +65,9 @@ class _Session:
 
     participant: object
     answers: dict
+    begun: tuple  # (operation, participants, threshold, context): a retry must ask the same
+    digest: str  # node.secure.input_digest of this node's input
+    description: str  # the input, in words
 
 
 MAX_SESSIONS = 64
@@ -94,6 +99,8 @@ class NodeService:
         self.rounds_dir = config.work_dir / "rounds"
         self.ledger_file = config.work_dir / "ledger.json"
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
+        self.secure_inputs = SecureInputs(config.work_dir / "secure_inputs.jsonl")
+        self.secure_rules = config.secure_rules()
 
     @contextmanager
     def _computing(self):
@@ -200,10 +207,29 @@ class NodeService:
             stages = build_stages(spec, np.asarray(request["mean"]), np.asarray(request["std"]), n_clients=1)
         delta = request.get("delta") or default_delta(len(fit.y))
         secure = bool(request.get("secure_aggregation"))
-        if not secure:
+        encoding = None
+        if secure:
+            encoding = self._encoding(request.get("secure_encoding"))
+        else:
             self._refuse_plain("model updates")
-        self.runs[request["run_key"]] = _Run(stages, fit, validation, delta, secure)
+        self.runs[request["run_key"]] = _Run(stages, fit, validation, delta, secure, encoding)
         return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"]))}
+
+    def _encoding(self, plain: dict | None):
+        """The run's secure encoding, sent once at Prepare (the same to every node, bound into its signed keys)."""
+        from node.secure import Encoding
+        from secagg.protocol import RULE_ENCODING, SecureAggregationError
+
+        if self.secure_rules is None:
+            raise NodeRefusal(f"institution '{self.name}' takes part in no secure sum: its config lists no "
+                              f"consortium members (consortium.members)")
+        try:
+            if not plain:
+                raise SecureAggregationError("a run under secure aggregation must fix its encoding at Prepare",
+                                             RULE_ENCODING)
+            return Encoding.from_dict(plain)
+        except SecureAggregationError as error:
+            raise NodeRefusal(f"institution '{self.name}': {error}") from None
 
     def _run(self, run_key: str) -> _Run:
         if run_key not in self.runs:
@@ -265,53 +291,94 @@ class NodeService:
     # --- secure aggregation ---------------------------------------------------------------------------
     def secure_begin(self, request: dict) -> dict:
         """Compute this institution's input to a secure sum (a round's update and metrics, a validation's metric
-        sums, or its statistics), keep it here, and return fresh public keys signed with its TLS key."""
+        sums, or its statistics), keep it here, and return fresh public keys signed with its TLS key together with
+        the digest of the session's parameters. Refused outside its consortium's rules, for an input it already
+        added to another sum, or for a run's round encoded other than the run fixed at Prepare."""
         from node import secure
         from secagg import ring
-        from secagg.protocol import MIN_INSTITUTIONS, Participant
+        from secagg.protocol import RULE_ONE_SUM, RULE_ENCODING, Participant, SecureAggregationError, context_digest
         from secagg.ring import VectorSpec
         from tasks.statistics import LocalStatistics, statistics_vector
 
         session = request["session"]
-        if session in self.sessions:
-            return self.sessions[session].answers["begin"]
-        participants, threshold = list(request["participants"]), int(request["threshold"])
-        if self.name not in participants:
-            raise NodeRefusal(f"institution '{self.name}' is not among the participants of this secure sum")
-        if len(participants) < MIN_INSTITUTIONS or not 2 <= threshold <= len(participants):
-            raise NodeRefusal(f"institution '{self.name}' takes part in secure sums of at least {MIN_INSTITUTIONS} "
-                              f"institutions with a threshold of at least 2; asked for {len(participants)} with "
-                              f"threshold {threshold}")
+        participants, threshold = tuple(sorted(request["participants"])), int(request["threshold"])
         operation, inner = request["operation"], request["request"]
+        if session in self.sessions:
+            known = self.sessions[session]
+            if known.begun[:3] != (operation, participants, threshold):
+                raise NodeRefusal(f"institution '{self.name}': secure sum {session} began with other participants, "
+                                  f"threshold or operation; a retry continues the same session (rule: {RULE_ONE_SUM})")
+            return known.answers["begin"]
+        if self.secure_rules is None:
+            raise NodeRefusal(f"institution '{self.name}' takes part in no secure sum: its config lists no "
+                              f"consortium members (consortium.members)")
+        try:
+            self.secure_rules.check_session(self.name, participants, threshold)
+        except SecureAggregationError as error:
+            raise NodeRefusal(f"institution '{self.name}' refuses secure sum {session}: {error}") from None
         meta: dict = {}
         if operation == "train_round":
             run = self._run(inner["run_key"])
             if not run.secure:
                 raise NodeRefusal(f"institution '{self.name}': run {inner['run_key']} was prepared without secure "
                                   f"aggregation")
+            if len(participants) > run.encoding.institutions:
+                raise NodeRefusal(f"institution '{self.name}': {len(participants)} participants, but run "
+                                  f"{inner['run_key']} encodes sums of at most {run.encoding.institutions} "
+                                  f"(rule: {RULE_ENCODING})")
             answer = wire.decode(self._train_round(inner, secure=True))
-            values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"],
-                                               float(request["clip_norm"]), float(request["total_weight"]))
+            raw = {"update": np.concatenate([np.ravel(u) for u in answer["update"]]),
+                   "sums": secure.flatten(answer["metrics"])[0], "weight": np.asarray([answer["weight"]])}
+            try:
+                values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"], run.encoding)
+            except SecureAggregationError as error:
+                raise NodeRefusal(f"institution '{self.name}': {error}") from None
             meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"])
+            vectors = run.encoding.specs()
+            bound = {"run_key": inner["run_key"], "round": int(inner["round"]), "encoding": run.encoding.as_dict(),
+                     "weights": _weights_digest(inner["weights"])}
+            description = f"its update of round {int(inner['round'])} of run {inner['run_key']}"
         elif operation == "validate_round":
             flat, structure = secure.flatten(self._validate_round(inner)["metrics"])
-            values, meta = {"sums": flat}, {"metrics": structure}
+            values, meta, raw = {"sums": flat}, {"metrics": structure}, {"sums": flat}
+            vectors = {"sums": secure.SUMS}
+            weights = _weights_digest(inner["weights"])
+            bound = {"run_key": inner["run_key"], "weights": weights}
+            description = f"its validation metrics of run {inner['run_key']} for weights {weights[:12]}"
         elif operation == "statistics":
             self._check_schema(inner)
             statistics = LocalStatistics(**self._statistics(inner))
             values = {"sums": statistics_vector(statistics, self.schema, inner["features"])}
-            meta = {"count": statistics.count}
+            raw, meta, vectors = values, {"count": statistics.count}, {"sums": secure.SUMS}
+            bound = {"schema": inner["schema"], "features": list(inner["features"]), "split": inner["split"]}
+            description = f"the statistics of its extract {str(inner['digest'])[:12]}"
         else:
             raise NodeRefusal(f"institution '{self.name}' adds no '{operation}' to a secure sum")
-        specs = {name: VectorSpec(len(v), **request["vectors"][name]) for name, v in values.items()}
-        participant = Participant(self._identity, session,
-                                  {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs, threshold)
+        digest = secure.input_digest(operation, raw)
+        self._refuse_second_sum(digest, session)
+        specs = {name: VectorSpec(len(v), **vectors[name]) for name, v in values.items()}
+        context = context_digest({"session": session, "operation": operation, "participants": list(participants),
+                                  "threshold": threshold, **bound,
+                                  "vectors": {name: [spec.size, spec.bits, spec.scale] for name, spec in specs.items()}})
+        participant = Participant(self._identity, session, participants, threshold, self.secure_rules, context,
+                                  {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs)
         answer = {"keys": participant.advertise().as_dict(), "meta": meta,
                   "sizes": {name: spec.size for name, spec in specs.items()}}
-        self.sessions[session] = _Session(participant, {"begin": answer})
+        self.sessions[session] = _Session(participant, {"begin": answer}, (operation, participants, threshold, context),
+                                          digest, description)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return answer
+
+    def _refuse_second_sum(self, digest: str, session: str) -> None:
+        from secagg.protocol import RULE_ONE_SUM
+
+        earlier = self.secure_inputs.earlier(digest, session)
+        if earlier is not None:
+            raise NodeRefusal(
+                f"institution '{self.name}' already added {earlier.description} to secure sum {earlier.session} "
+                f"({earlier.at}, participants {list(earlier.participants)}); a second sum over the same input would "
+                f"let the coordinator subtract the sums and read it (rule: {RULE_ONE_SUM})")
 
     @cached_property
     def _identity(self):
@@ -345,19 +412,37 @@ class NodeService:
         return self._phase(request, "share", lambda p: {"shares": {to: box.hex() for to, box in p.share(roster).items()}})
 
     def secure_mask(self, request: dict) -> dict:
-        """This node's input, masked (the only form in which it leaves)."""
+        """This node's input, masked (the only form in which it leaves), recorded first as added to this sum."""
         from secagg import ring
+        from secagg.protocol import RULE_ONE_SUM
 
         inbox = {sender: bytes.fromhex(box) for sender, box in request["inbox"].items()}
+        session = self._session(request)
 
         def mask(p):
-            return {"masked": {name: ring.to_bytes(value, p.specs[name]) for name, value in p.masked(inbox).items()}}
+            masked = p.masked(inbox)
+            earlier = self.secure_inputs.record(session.digest, p.session, session.begun[0], session.description,
+                                                p.participants)
+            if earlier is not None:  # another session of the same input masked first: this one ends here
+                self.sessions.pop(p.session, None)
+                raise NodeRefusal(
+                    f"institution '{self.name}' already added {earlier.description} to secure sum {earlier.session}; "
+                    f"a second sum over the same input would let the coordinator subtract the sums and read it "
+                    f"(rule: {RULE_ONE_SUM})")
+            return {"masked": {name: ring.to_bytes(value, p.specs[name]) for name, value in masked.items()}}
 
         return self._phase(request, "mask", mask)
 
+    def secure_consistency(self, request: dict) -> dict:
+        """This node's signature on the coordinator's list of senders, if the list agrees with what it saw."""
+        sent = sorted(request["sent"])
+        return self._phase(request, "consistency " + ",".join(sent), lambda p: {"signature": p.consistency(sent).hex()})
+
     def secure_unmask(self, request: dict) -> dict:
-        sent = sorted(request["sent"])  # the participant answers one set of senders only, whatever is asked
-        return self._phase(request, "unmask " + ",".join(sent), lambda p: p.unmask(sent))
+        """Its shares for the list of senders it signed, once shown the threshold's signatures on that list."""
+        sent = sorted(request["sent"])
+        signatures = {name: bytes.fromhex(signature) for name, signature in request["signatures"].items()}
+        return self._phase(request, "unmask " + ",".join(sent), lambda p: p.unmask(sent, signatures))
 
     def train_trees(self, request: dict) -> dict:
         """This institution's XGBoost worker for one training: its rows, encoded natively with the run's layout,

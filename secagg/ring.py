@@ -20,7 +20,8 @@ BITS = (32, 64, 128)
 @dataclass(frozen=True)
 class VectorSpec:
     """How one vector of a secure sum is encoded: its length, the ring's bit width, and the fixed-point scale
-    (a real value v is sent as round(v * scale) modulo 2^bits; the sum decodes as a signed integer / scale)."""
+    (a real value v is sent as v * scale, rounded stochastically, modulo 2^bits; the sum decodes as a signed
+    integer / scale)."""
 
     size: int
     bits: int
@@ -53,18 +54,23 @@ def zeros(spec: VectorSpec) -> np.ndarray:
     return np.zeros(spec.size, dtype=object) if spec.bits > 64 else np.zeros(spec.size, dtype=f"uint{spec.bits}")
 
 
-def encode(values: np.ndarray, spec: VectorSpec) -> np.ndarray:
-    """Real values as ring elements (two's complement for negatives)."""
+def encode(values: np.ndarray, spec: VectorSpec, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Real values as ring elements (two's complement for negatives), rounded stochastically: v * scale goes to
+    its floor or ceiling with the probabilities that make the expected value exact, so that a small
+    institution's small coordinates are not rounded away (as Flower's SecAgg+ quantization does)."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size != spec.size:
         raise ValueError(f"expected {spec.size} values, got {values.size}")
     if not np.all(np.isfinite(values)):
         raise ValueError("cannot encode a non-finite value")
-    scaled = np.rint(values * spec.scale)
+    scaled = values * spec.scale
+    low = np.floor(scaled)
+    rng = rng if rng is not None else np.random.default_rng()
+    rounded = low + (rng.random(values.size) < (scaled - low))
     if spec.bits > 64:
         modulus = 1 << spec.bits
-        return np.array([int(v) % modulus for v in scaled], dtype=object)
-    return scaled.astype(np.int64).astype(f"uint{spec.bits}")
+        return np.array([int(v) % modulus for v in rounded], dtype=object)
+    return rounded.astype(np.int64).astype(f"uint{spec.bits}")
 
 
 def decode(ring: np.ndarray, spec: VectorSpec) -> np.ndarray:

@@ -10,6 +10,7 @@ standard deviation of every encoded column follow exactly from the same sums.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,11 +69,12 @@ def compute_local_statistics(consortium, institution: str, schema: Schema, featu
 
 
 @task(name="secure-statistics")
-def compute_secure_statistics(consortium, schema: Schema, features: list[str],
-                              split: Split) -> tuple[LocalStatistics, dict[str, int]]:
+def compute_secure_statistics(consortium, schema: Schema, features: list[str], split: Split,
+                              kept: Path | None = None) -> tuple[LocalStatistics, dict[str, int]]:
     """The consortium's statistics as one secure sum over the nodes: the summed statistics (institution
-    'consortium') and each institution's row count; no institution's sums or counts per level in the clear."""
-    summed, counts, completed = consortium.secure_statistics(schema, features, split)
+    'consortium') and each institution's row count; no institution's sums or counts per level in the clear.
+    The sum is kept under `kept` for later runs over the same extracts (a node adds an input to one sum only)."""
+    summed, counts, completed = consortium.secure_statistics(schema, features, split, kept)
     get_run_logger().info("federated statistics, %s", completed)
     return summed, counts
 

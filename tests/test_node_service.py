@@ -19,12 +19,15 @@ CREDIT = load_schema("credit_default")
 SPLIT = {"holdout_fraction": 0.2, "validation_fraction": 0.1, "seed": 1}
 
 
-def _service(small_consortium, tmp_path, **policy) -> NodeService:
+MEMBERS = ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance"]
+
+
+def _service(small_consortium, tmp_path, consortium: dict | None = None, **policy) -> NodeService:
     config = NodeConfig.model_validate({
         "institution": "dune_finance", "schema": "credit_default",
         "extract": {"path": str(small_consortium["dune_finance"])}, "work_dir": str(tmp_path / "state"),
         "tls": TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "c.crt", key=tmp_path / "c.key"),
-        "policy": NodePolicy(**policy)})
+        "policy": NodePolicy(**policy), "consortium": consortium})
     return NodeService(config, TEST_EXPECTATIONS_DIR)
 
 
@@ -109,7 +112,7 @@ def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_conso
 def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(small_consortium, tmp_path):
     """Its statistics and a training prepared without secure aggregation are refused; a run prepared for it
     still refuses a plain round or validation (its updates leave only masked)."""
-    service = _service(small_consortium, tmp_path, require_secure_aggregation=True)
+    service = _service(small_consortium, tmp_path, {"members": MEMBERS}, require_secure_aggregation=True)
     schema = {"name": CREDIT.name, "version": CREDIT.version}
     report = service.validate({"schema": schema})["report"]
     with pytest.raises(NodeRefusal, match="'dune_finance' sends its statistics only through secure aggregation"):
@@ -119,7 +122,8 @@ def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(smal
     request = _prepared(open_service, TrainingSpec(rounds=2))
     with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
         service.prepare(request)
-    service.prepare({**request, "secure_aggregation": True})
+    service.prepare({**request, "secure_aggregation": True,
+                     "secure_encoding": {"clip_norm": 10.0, "institutions": 4, "weight_bound": 1e6}})
     weights = weights_as_lists(open_service.runs["run-1"].stages.initial_weights)
     with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
         service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
@@ -127,8 +131,30 @@ def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(smal
         service.validate_round({"run_key": "run-1", "weights": weights})
 
 
-def test_a_secure_sum_needs_three_institutions_at_the_node(small_consortium, tmp_path):
-    service = _service(small_consortium, tmp_path)
-    with pytest.raises(NodeRefusal, match="secure sums of at least 3 institutions .* asked for 2"):
-        service.secure_begin({"session": "s", "participants": ["dune_finance", "elm"], "threshold": 2,
-                              "operation": "statistics", "request": {}, "vectors": {}})
+def test_a_node_takes_part_in_secure_sums_only_within_its_consortium(small_consortium, tmp_path):
+    """Without members in its config it takes part in none; with them, a sum of two or with a stranger is refused
+    (tests/test_adversarial_coordinator.py tries every rule against a deviating coordinator)."""
+    request = {"session": "s", "participants": ["dune_finance", "alder_bank", "birch_credit_union"], "threshold": 3,
+               "operation": "statistics", "request": {}}
+    with pytest.raises(NodeRefusal, match=r"takes part in no secure sum: its config lists no consortium members"):
+        _service(small_consortium, tmp_path).secure_begin(request)
+    service = _service(small_consortium, tmp_path / "member", {"members": MEMBERS})
+    with pytest.raises(NodeRefusal, match=r"a sum of 2 inputs is asked for; a released sum holds at least 3 "
+                                          r"\(rule: minimum inputs\)"):
+        service.secure_begin({**request, "participants": ["dune_finance", "alder_bank"], "threshold": 2})
+    with pytest.raises(NodeRefusal, match=r"\['elm'\] is not a member of the consortium"):
+        service.secure_begin({**request, "participants": ["dune_finance", "alder_bank", "elm"]})
+
+
+@pytest.mark.parametrize("consortium, error", [
+    ({"members": ["alder_bank", "birch_credit_union", "cedar_savings"]}, "must include this institution"),
+    ({"members": [*MEMBERS, "coordinator"]}, "must not include the coordinator"),
+    ({"members": MEMBERS, "min_threshold": 5}, "min_threshold 5 is more than the 4 members"),
+    ({"members": MEMBERS, "fingerprints": {"elm": "ab" * 32}}, r"fingerprints for \['elm'\], who are not members"),
+    (None, "require_secure_aggregation needs consortium.members"),
+])
+def test_a_node_config_names_its_consortium_consistently(small_consortium, tmp_path, consortium, error):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error):
+        _service(small_consortium, tmp_path, consortium, require_secure_aggregation=True)
