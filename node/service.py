@@ -357,9 +357,9 @@ class NodeService:
         digest = secure.input_digest(operation, raw)
         self._refuse_second_sum(digest, session)
         specs = {name: VectorSpec(len(v), **vectors[name]) for name, v in values.items()}
+        shapes = {name: [spec.size, spec.bits, spec.scale] for name, spec in specs.items()}
         context = context_digest({"session": session, "operation": operation, "participants": list(participants),
-                                  "threshold": threshold, **bound,
-                                  "vectors": {name: [spec.size, spec.bits, spec.scale] for name, spec in specs.items()}})
+                                  "threshold": threshold, **bound, "vectors": shapes})
         participant = Participant(self._identity, session, participants, threshold, self.secure_rules, context,
                                   {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs)
         answer = {"keys": participant.advertise().as_dict(), "meta": meta,
