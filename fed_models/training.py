@@ -588,9 +588,9 @@ def spec_from_dict(plain: dict) -> TrainingSpec:
     plain = dict(plain)
     model = plain.pop("model")
     privacy = plain.pop("privacy")
-    if privacy is not None:
-        kind = privacy.pop("kind")
-        privacy = RecordLevelPrivacy(**privacy) if kind == "record_level" else ClientLevelPrivacy(**privacy)
+    if privacy is not None:  # read, never changed: the caller's request stays as it was
+        settings = {k: v for k, v in privacy.items() if k != "kind"}
+        privacy = RecordLevelPrivacy(**settings) if privacy["kind"] == "record_level" else ClientLevelPrivacy(**settings)
     return TrainingSpec(model=ModelSpec(**{**model, "hidden_units": tuple(model["hidden_units"])}), privacy=privacy,
                         **plain)
 

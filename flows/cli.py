@@ -631,5 +631,38 @@ def node_serve(config: Path = typer.Option(..., "--config", "-c", metavar="PATH"
         raise typer.Exit(1) from None
 
 
+@node_app.command("audit")
+def node_audit(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="The node's config (YAML)."),
+               last: int = typer.Option(50, "--last", min=1, help="How many of the latest requests to show.")) -> None:
+    """What this node served and refused: each request of its audit trail (work_dir/audit.jsonl), newest last."""
+    from rich.table import Table
+
+    from node.audit import AuditTrail
+    from node.config import NodeConfigError, load_node_config
+
+    try:
+        node_config = load_node_config(config)
+    except NodeConfigError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    trail = AuditTrail(node_config.work_dir)
+    entries = trail.read()
+    if not entries:
+        console.print(f"node {node_config.institution}: no request recorded yet in {trail.path}", highlight=False)
+        return
+    table = Table(title=f"node {node_config.institution}: the last {min(last, len(entries))} of {len(entries)} "
+                        f"requests ({trail.path})", title_justify="left")
+    for column in ("time (UTC)", "peer", "operation", "outcome", "run", "round", "epsilon", "bytes", "settings / reason"):
+        table.add_column(column, overflow="fold")
+    for entry in entries[-last:]:
+        told = entry.reason or ", ".join(f"{k} {v}" for k, v in entry.parameters.items())
+        style = {"refused": "yellow", "failed": "red"}.get(entry.outcome, "")
+        table.add_row(entry.at[:23].replace("T", " "), entry.peer, entry.operation, entry.outcome, entry.run or "",
+                      "" if entry.round is None else str(entry.round),
+                      "" if entry.epsilon is None else f"{entry.epsilon:.4f}", f"{entry.bytes_returned:,}", told,
+                      style=style)
+    console.print(table)
+
+
 if __name__ == "__main__":  # `python -m flows.cli`, as the cross-silo demo starts its nodes
     app()

@@ -22,7 +22,8 @@ from rich.console import Console
 console = Console() if sys.stdout.isatty() else Console(width=4096, soft_wrap=False)
 
 _settings = {"verbose": False}
-RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # what the flow and its tasks say about the run
+# What the flow and its tasks say about the run; at a node, what it served and refused (its audit trail).
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "fedrisk.node")
 # Prefect's bookkeeping about its own runs: in the Prefect UI and the log file, not a status line.
 _BOOKKEEPING = re.compile(r"^(Beginning (sub)?flow run|Finished in state|Created (task|flow) run|Executing|"
                           r"View at|Submitting task|Running on|Task run .* received|Downloading flow code|"

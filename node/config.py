@@ -54,6 +54,12 @@ class NodePolicy(BaseModel):
                                                                           "over every training on its rows.")
     require_secure_aggregation: bool = Field(
         False, description="Send statistics, updates and validation metrics only masked, in secure sums.")
+    max_delta: float | None = Field(None, gt=0, lt=1, description="The DP delta this node accounts at (at most, "
+                                                                  "whatever the coordinator asks); default 1/rows.")
+    min_noise_multiplier: float | None = Field(None, gt=0, le=100, description="DP-SGD at this node only with at "
+                                                                               "least this noise multiplier.")
+    max_epsilon_per_run: float | None = Field(None, gt=0, le=1000, description="The most epsilon one training may "
+                                                                               "spend on this node's rows.")
 
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from node import wire
+from node.audit import AuditTrail
 from node.config import NodeConfig
 from node.service import NodeRefusal, NodeService, UnknownRun
 from tasks.data import InstitutionDataError
@@ -33,30 +34,46 @@ def message_options(max_mb: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
 
 
-def _handler(service: NodeService, operation: str, coordinator: str):
+def _epsilon(operation: str, answer) -> float | None:
+    """The privacy a served request charged (its run's epsilon at this node), from its answer."""
+    if operation == "TrainRound":
+        return wire.decode(answer).get("epsilon")
+    if operation == "SecureBegin" and isinstance(answer, dict):
+        return answer.get("meta", {}).get("epsilon")
+    return None
+
+
+def _handler(service: NodeService, name: str, operation: str, coordinator: str, audit: AuditTrail):
     method = getattr(service, operation)
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         peer = (context.auth_context().get("x509_common_name") or [b""])[0].decode()
         if peer != coordinator:
-            log.warning("refused %s from %r: this node answers only %r", operation, peer, coordinator)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"institution '{service.name}' answers only the coordinator '{coordinator}', not "
-                          f"'{peer or 'an unnamed client'}'")
+            reason = (f"institution '{service.name}' answers only the coordinator '{coordinator}', not "
+                      f"'{peer or 'an unnamed client'}'")
+            audit.record(peer, name, None, "refused", reason=reason)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         try:
-            result = method(wire.decode(request))
+            plain = wire.decode(request)
+        except wire.WireError as error:
+            audit.record(peer, name, None, "refused", reason=str(error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"institution '{service.name}': {error}")
+        try:
+            result = method(plain)
         except (NodeRefusal, InstitutionDataError) as error:
+            audit.record(peer, name, plain, "refused", reason=str(error))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except UnknownRun as error:
+            audit.record(peer, name, plain, "refused", reason=str(error))
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except wire.WireError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"institution '{service.name}': {error}")
         except Exception as error:  # the node's log has the traceback; the coordinator gets a sentence
-            log.error("%s failed:\n%s", operation, traceback.format_exc())
+            log.error("%s failed:\n%s", name, traceback.format_exc())
+            audit.record(peer, name, plain, "failed", reason=f"{type(error).__name__}: {error}")
             context.abort(grpc.StatusCode.INTERNAL,
-                          f"institution '{service.name}': {operation} failed ({type(error).__name__}: {error})")
-        log.info("%s for %s done", operation, peer)
-        return result if isinstance(result, bytes) else wire.encode(result)
+                          f"institution '{service.name}': {name} failed ({type(error).__name__}: {error})")
+        answer = result if isinstance(result, bytes) else wire.encode(result)
+        audit.record(peer, name, plain, "served", len(answer), _epsilon(name, result))
+        return answer
 
     return handle
 
@@ -66,7 +83,8 @@ def start_server(config: NodeConfig, service: NodeService) -> tuple[grpc.Server,
     ca, cert, key = config.tls.read()
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     server = grpc.server(ThreadPoolExecutor(max_workers=8), options=message_options(config.max_message_mb))
-    handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(service, operation, config.coordinator))
+    audit = AuditTrail(config.work_dir)
+    handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(service, name, operation, config.coordinator, audit))
                 for name, operation in OPERATIONS.items()}
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_secure_port(config.listen, credentials)
@@ -84,7 +102,6 @@ def serve_until_stopped(config: NodeConfig, expectations_dir, isolation, listeni
 
     from fed_models import runtime
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     runtime.ensure_context(isolation)
     server, port = start_server(config, NodeService(config, expectations_dir, isolation))
     stop = threading.Event()

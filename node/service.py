@@ -127,14 +127,22 @@ class NodeService:
         policy = self.config.policy
         if rounds > policy.max_rounds:
             raise NodeRefusal(f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run "
-                              f"plans {rounds}")
+                              f"plans {rounds} (policy.max_rounds)")
         if spec.model.kind not in policy.model_kinds:
-            raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not {spec.model.kind}")
+            raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not {spec.model.kind} "
+                              f"(policy.model_kinds)")
         from fed_models.training import RecordLevelPrivacy
 
         if policy.require_privacy == "record_level" and not isinstance(spec.privacy, RecordLevelPrivacy):
             raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy "
-                              f"(DP-SGD); the run asks for {type(spec.privacy).__name__ if spec.privacy else 'none'}")
+                              f"(DP-SGD); the run asks for {type(spec.privacy).__name__ if spec.privacy else 'none'} "
+                              f"(policy.require_privacy)")
+        if policy.min_noise_multiplier is not None and isinstance(spec.privacy, RecordLevelPrivacy):
+            noise = spec.privacy.noise_multipliers.get(self.name)
+            if noise is None or noise < policy.min_noise_multiplier:
+                raise NodeRefusal(f"institution '{self.name}' trains with DP-SGD only at a noise multiplier of at "
+                                  f"least {policy.min_noise_multiplier:g}; the run asks for {noise} "
+                                  f"(policy.min_noise_multiplier)")
 
     # --- privacy ledger -------------------------------------------------------------------------------
     def _ledger(self) -> dict:
@@ -158,7 +166,11 @@ class NodeService:
         if budget is not None and earlier + epsilon > budget + 1e-9:
             raise NodeRefusal(f"institution '{self.name}': privacy budget exceeded: round {rounds} of this run would "
                               f"bring its epsilon to {epsilon:.4f} on top of {earlier:.4f} spent before, over its "
-                              f"budget of {budget:g}")
+                              f"budget of {budget:g} (policy.privacy_budget)")
+        per_run = self.config.policy.max_epsilon_per_run
+        if per_run is not None and epsilon > per_run + 1e-9:
+            raise NodeRefusal(f"institution '{self.name}': round {rounds} of this run would bring its epsilon to "
+                              f"{epsilon:.4f}, over the {per_run:g} one training may spend (policy.max_epsilon_per_run)")
         ledger[run_key] = {"epsilon": epsilon, "delta": run.delta, "rounds": rounds}
         _write_atomically(self.ledger_file, json.dumps(ledger, indent=1).encode())
         return epsilon
@@ -205,7 +217,9 @@ class NodeService:
         [fit], [validation] = runner.clients, runner.validation
         with self._computing():
             stages = build_stages(spec, np.asarray(request["mean"]), np.asarray(request["std"]), n_clients=1)
-        delta = request.get("delta") or default_delta(len(fit.y))
+        # Privacy is accounted at the node's own delta: the coordinator may ask for a smaller one, never a larger.
+        own = self.config.policy.max_delta or default_delta(len(fit.y))
+        delta = min(float(request["delta"]), own) if request.get("delta") else own
         secure = bool(request.get("secure_aggregation"))
         encoding = None
         if secure:
@@ -265,6 +279,7 @@ class NodeService:
                 raise NodeRefusal(f"institution '{self.name}' sends its model updates only through secure aggregation")
             return answer.read_bytes()
         run = self._run(run_key)
+        self._check_round(run_key, run, round_num)
         rounds = len(self._logged_rounds(run_key)) + 1
         epsilon = self._charge(run_key, run, rounds)
         with self._computing():
@@ -276,6 +291,17 @@ class NodeService:
         _write_atomically(answer, message)
         _write_atomically(record, json.dumps({"weights_sha256": digest, "secure": secure}).encode())
         return message
+
+    def _check_round(self, run_key: str, run: _Run, round_num: int) -> None:
+        """Every round against what the run declared at Prepare and the institution's own limit (a coordinator
+        that declared few rounds and asks for more is refused at the first one past them)."""
+        declared, limit = run.stages.spec.rounds, self.config.policy.max_rounds
+        if round_num < 1 or round_num > declared:
+            raise NodeRefusal(f"institution '{self.name}': run {run_key} declared {declared} rounds at Prepare; round "
+                              f"{round_num} is not one of them (the declared rounds)")
+        if round_num > limit:
+            raise NodeRefusal(f"institution '{self.name}' agreed to at most {limit} rounds; round {round_num} of run "
+                              f"{run_key} is past them (policy.max_rounds)")
 
     def validate_round(self, request: dict) -> dict:
         self._refuse_plain("validation metrics", self._run(request["run_key"]))

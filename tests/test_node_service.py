@@ -109,6 +109,51 @@ def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_conso
         service.train_round({"run_key": "run-1", "round": allowed + 1, "weights": weights, "client_seed": 99})
 
 
+def test_every_round_is_checked_against_the_rounds_declared_at_prepare(small_consortium, tmp_path):
+    """A coordinator that declared 2 rounds cannot train a third, whatever round number it sends."""
+    service = _service(small_consortium, tmp_path, max_rounds=6)
+    _prepared(service, TrainingSpec(rounds=2, seed=1))
+    weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
+    service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+    for round_num in (3, 0):
+        with pytest.raises(NodeRefusal, match=rf"run run-1 declared 2 rounds at Prepare; round {round_num} is not one "
+                                              rf"of them \(the declared rounds\)"):
+            service.train_round({"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": 1})
+
+
+def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_per_run_limits(small_consortium,
+                                                                                           tmp_path):
+    """A coordinator that asks for delta 0.5 (which would make epsilon vanish) is accounted at the node's 1/rows;
+    a noise multiplier below the policy's minimum, or a round past its epsilon per run, is refused."""
+    from fed_models.accounting import record_level_epsilon, steps_per_round
+    from node import wire
+
+    spec = TrainingSpec(rounds=4, batch_size=32, seed=1, privacy=RecordLevelPrivacy(1.0, {"dune_finance": 1.0}))
+    service = _service(small_consortium, tmp_path)
+    request = _prepared(service, spec)
+    service.prepare({**request, "delta": 0.5})
+    rows = len(service.runs["run-1"].fit.y)
+    assert service.runs["run-1"].delta == pytest.approx(1 / rows)
+    weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
+    answer = wire.decode(service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1}))
+    def epsilon(rounds: int) -> float:
+        return record_level_epsilon(rows=rows, batch_size=32, steps=steps_per_round(rows, 32, 1) * rounds,
+                                    noise_multiplier=1.0, delta=1 / rows)
+
+    expected = epsilon(1)
+    assert answer["epsilon"] == pytest.approx(expected) and expected > 0.1
+
+    with pytest.raises(NodeRefusal, match=r"noise multiplier of at least 2; the run asks for 1.0 "
+                                          r"\(policy.min_noise_multiplier\)"):
+        _prepared(_service(small_consortium, tmp_path / "noisy", min_noise_multiplier=2.0), spec)
+    capped = _service(small_consortium, tmp_path / "capped", max_epsilon_per_run=(epsilon(1) + epsilon(2)) / 2)
+    _prepared(capped, spec)
+    capped.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+    with pytest.raises(NodeRefusal, match=r"round 2 of this run would bring its epsilon to .* over the .* one training "
+                                          r"may spend \(policy.max_epsilon_per_run\)"):
+        capped.train_round({"run_key": "run-1", "round": 2, "weights": weights, "client_seed": 2})
+
+
 def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(small_consortium, tmp_path):
     """Its statistics and a training prepared without secure aggregation are refused; a run prepared for it
     still refuses a plain round or validation (its updates leave only masked)."""
