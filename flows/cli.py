@@ -587,16 +587,53 @@ def pki_issue(
     name: str = typer.Argument(..., help="The holder: an institution's name, or coordinator."),
     directory: Path = typer.Option(Path("pki"), "--dir", metavar="DIR", help="The CA's directory (certificates go there too)."),
     host: list[str] = typer.Option([], "--host", metavar="HOST", help="A DNS name or IP the holder is reached at (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing certificate and key."),
 ) -> None:
-    """Issue NAME.crt and NAME.key, signed by the development CA."""
+    """Issue NAME.crt and NAME.key where the CA is (one machine; across institutions use request and sign)."""
     from hostguard.pki import PkiError, issue
 
     try:
-        cert, key = issue(directory, name, tuple(host))
+        cert, key = issue(directory, name, tuple(host), force)
     except PkiError as error:
         console.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
     console.print(f"{name}: {cert} (key {key})")
+
+
+@pki_app.command("request")
+def pki_request(
+    name: str = typer.Argument(..., help="This institution's name (or coordinator)."),
+    directory: Path = typer.Option(Path("tls"), "--dir", metavar="DIR", help="Where its key and request go."),
+    host: list[str] = typer.Option([], "--host", metavar="HOST", help="A DNS name or IP it is reached at (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key and request."),
+) -> None:
+    """At the institution: make its private key (mode 0600; it never leaves) and NAME.csr to send to the CA."""
+    from hostguard.pki import PkiError, request
+
+    try:
+        csr, key = request(directory, name, tuple(host), force)
+    except PkiError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"{name}: key {key} (keep it here), request {csr}: send it to the consortium's CA, which runs "
+                  f"`fedrisk pki sign {csr.name}` and sends back {name}.crt and ca.crt", highlight=False)
+
+
+@pki_app.command("sign")
+def pki_sign(
+    csr: Path = typer.Argument(..., metavar="CSR", help="A holder's certificate signing request (NAME.csr)."),
+    directory: Path = typer.Option(Path("pki"), "--dir", metavar="DIR", help="The CA's directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing certificate of that holder."),
+) -> None:
+    """At the CA: sign a holder's request into NAME.crt (the holder's key never comes here)."""
+    from hostguard.pki import PkiError, sign
+
+    try:
+        cert = sign(directory, csr, force)
+    except PkiError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"{cert}: send it with {directory / 'ca.crt'} back to its holder", highlight=False)
 
 
 @node_app.command("serve")
@@ -611,6 +648,15 @@ def node_serve(config: Path = typer.Option(..., "--config", "-c", metavar="PATH"
     except NodeConfigError as error:
         console.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(2) from None
+    from hostguard.pki import PkiError, validity
+
+    try:
+        warning = validity(node_config.tls.cert)
+    except PkiError as error:
+        console.print(f"[red]node {node_config.institution} does not start: {error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    if warning:
+        console.print(f"[yellow]node {node_config.institution}: {warning}[/yellow]", highlight=False)
     try:
         isolation = loopback.isolation(Settings().allow_exposed_worker, "TFF worker")
     except loopback.WorkerExposureRefused as error:
