@@ -38,7 +38,8 @@ class AuditEntry:
         where = " ".join(f"{k} {v}" for k, v in (("run", self.run), ("round", self.round)) if v is not None)
         charged = f", epsilon {self.epsilon:.4f}" if self.epsilon else ""
         told = f": {self.reason}" if self.reason else f" ({self.bytes_returned:,} bytes{charged})"
-        return f"{self.outcome} {self.operation} for {self.peer or 'an unnamed client'}{' ' + where if where else ''}{told}"
+        peer = self.peer or "an unnamed client"
+        return f"{self.outcome} {self.operation} for {peer}{' ' + where if where else ''}{told}"
 
 
 def _secure(request: dict) -> dict:

@@ -46,6 +46,11 @@ class NodeError(RuntimeError):
         super().__init__(message)
         self.code = code
 
+    @property
+    def refusal(self) -> bool:
+        """The node refused (its policy or its data): asked again, it answers the same."""
+        return self.code == grpc.StatusCode.FAILED_PRECONDITION
+
 
 @dataclass(frozen=True)
 class NodeHandle:
@@ -298,8 +303,20 @@ class NodeInstitutions:
         self.fit_rows[index] = answer["fit_rows"]
         self.reported[name] = answer["rounds_trained"]
 
+    def _prepare_or_refusal(self, index: int) -> NodeError | None:
+        """Prepare at one node; its refusal (the training is outside its policy) returned, not raised, so that the
+        institution is left out like a lost one and the quorum decides."""
+        try:
+            self._prepare(index)
+        except NodeError as error:
+            if not error.refusal:
+                raise
+            return error
+        return None
+
     def prepare(self, stages) -> None:
-        """Every node checks the training against its policy, encodes its rows with the layout, builds its stages."""
+        """Every node checks the training against its policy, encodes its rows with the layout, builds its stages;
+        one that refuses is left out while the quorum holds."""
         from fed_models.training import spec_as_dict
 
         self._prepare_request = {"schema": _schema_ref(self.schema), "run_key": self.run_key,
@@ -309,7 +326,7 @@ class NodeInstitutions:
         if self.consortium.secure:
             self.encoding = self.consortium.encoding(stages.spec)
             self._prepare_request["secure_encoding"] = self.encoding.as_dict()
-        self._each(list(range(len(self.names))), "preparing the training", self._prepare)
+        self._each(list(range(len(self.names))), "preparing the training", self._prepare_or_refusal)
 
     def _with_retry(self, index: int, operation):
         """`operation()` at one node, asked once more after a failure (re-prepared if it restarted)."""
@@ -327,10 +344,11 @@ class NodeInstitutions:
 
     def _drop(self, failures: dict[str, NodeError], when: str) -> None:
         active = [n for n in self.names if n not in self.lost and n not in failures]
-        reasons = "; ".join(f"{error}" for error in failures.values())
+        reasons = "; ".join(f"{error} ({'refused' if error.refusal else 'failed twice'})"
+                            for error in failures.values())
         if len(active) < self.consortium.quorum:
             raise TrainingStopped(
-                f"{when}: {reasons} (failed twice); {len(active)} institution(s) left, quorum is "
+                f"{when}: {reasons}; {len(active)} institution(s) left, quorum is "
                 f"{self.consortium.quorum}: the run stops, nothing is registered, and the next run resumes from "
                 f"the last round's checkpoint")
         for name, error in failures.items():

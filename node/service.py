@@ -170,7 +170,8 @@ class NodeService:
         per_run = self.config.policy.max_epsilon_per_run
         if per_run is not None and epsilon > per_run + 1e-9:
             raise NodeRefusal(f"institution '{self.name}': round {rounds} of this run would bring its epsilon to "
-                              f"{epsilon:.4f}, over the {per_run:g} one training may spend (policy.max_epsilon_per_run)")
+                              f"{epsilon:.4f}, over the {per_run:g} one training may spend "
+                              f"(policy.max_epsilon_per_run)")
         ledger[run_key] = {"epsilon": epsilon, "delta": run.delta, "rounds": rounds}
         _write_atomically(self.ledger_file, json.dumps(ledger, indent=1).encode())
         return epsilon
@@ -488,7 +489,10 @@ class NodeService:
                               f"plans {spec.rounds}")
         if policy.require_privacy != "none":
             raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy, which "
-                              f"trees do not have")
+                              f"trees do not have (policy.require_privacy)")
+        if policy.require_secure_aggregation:
+            raise NodeRefusal(f"institution '{self.name}' sends only masked sums (policy.require_secure_aggregation); "
+                              f"XGBoost's federated server sees each institution's gradient histograms")
         [data] = self._admitted(request).tree_data(self.schema, Layout.from_json(request["layout"]),
                                                    Split(**request["split"]))
         tls = self.config.tls

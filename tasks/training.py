@@ -35,9 +35,10 @@ class TrainingStopped(RuntimeError):
 
 
 def _worth_retrying(task, task_run, state) -> bool:
-    """A crash is retried (it resumes from the checkpoint); a stop the quorum rules decided is not."""
+    """A crash is retried (it resumes from the checkpoint); a stop the quorum rules decided is not, nor an
+    institution's refusal (its policy answers the same again)."""
     error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(error, TrainingStopped)
+    return not isinstance(error, TrainingStopped) and not getattr(error, "refusal", False)
 
 
 def import_engine_in_background() -> threading.Thread:

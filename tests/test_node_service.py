@@ -154,6 +154,16 @@ def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_pe
         capped.train_round({"run_key": "run-1", "round": 2, "weights": weights, "client_seed": 2})
 
 
+def test_a_node_that_requires_secure_aggregation_trains_no_trees(small_consortium, tmp_path):
+    """XGBoost's federated server sums each institution's gradient histograms itself: not a masked sum."""
+    from fed_trees.spec import TreeSpec
+
+    service = _service(small_consortium, tmp_path, {"members": MEMBERS}, require_secure_aggregation=True)
+    with pytest.raises(NodeRefusal, match=r"sends only masked sums \(policy.require_secure_aggregation\); XGBoost's "
+                                          r"federated server sees each institution's gradient histograms"):
+        service.train_trees({"schema": {"name": CREDIT.name, "version": CREDIT.version}, "spec": TreeSpec().as_dict()})
+
+
 def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(small_consortium, tmp_path):
     """Its statistics and a training prepared without secure aggregation are refused; a run prepared for it
     still refuses a plain round or validation (its updates leave only masked)."""

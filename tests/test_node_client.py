@@ -1,0 +1,91 @@
+"""node.client: the coordinator's side across silos. An institution whose node refuses the training at Prepare
+(outside its policy) is left out like a lost one and the quorum decides; a refusal is never retried. Real nodes
+(NodeService behind its gRPC server, mutual TLS on loopback) in this process."""
+
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+
+from fed_models.training import TrainingSpec, build_stages
+from hostguard.pki import init_ca, issue
+from node.client import NodeConsortium, NodeError, NodeHandle, Tls
+from node.config import NodeConfig
+from node.server import start_server
+from node.service import NodeService
+from tasks.data import Split
+from tasks.schema import load_schema
+from tasks.statistics import consortium_layout, standardization
+from tasks.training import TrainingStopped, _worth_retrying
+from tests.conftest import TEST_EXPECTATIONS_DIR
+
+CREDIT = load_schema("credit_default")
+BANKS = ("alder_bank", "birch_credit_union", "cedar_savings")
+SPLIT = Split(0.2, 0.1, 1)
+
+
+@pytest.fixture
+def nodes(small_consortium, tmp_path):
+    """Three nodes; cedar's policy allows at most 3 rounds. Yields the admitted consortium (quorum 2)."""
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    for name in (*BANKS, "coordinator"):
+        issue(pki, name, ("localhost", "127.0.0.1"))
+    with ExitStack() as stack:
+        handles = []
+        for name in BANKS:
+            config = NodeConfig.model_validate({
+                "institution": name, "listen": "127.0.0.1:0", "schema": "credit_default",
+                "extract": {"path": str(small_consortium[name])}, "work_dir": str(tmp_path / name),
+                "tls": {"ca": pki / "ca.crt", "cert": pki / f"{name}.crt", "key": pki / f"{name}.key"},
+                "policy": {"max_rounds": 3 if name == "cedar_savings" else 100}})
+            server, port = start_server(config, NodeService(config, TEST_EXPECTATIONS_DIR))
+            stack.callback(server.stop, None)
+            handles.append(NodeHandle(name, f"127.0.0.1:{port}"))
+        consortium = NodeConsortium(tuple(handles), Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"),
+                                                        str(pki / "coordinator.key")), quorum=2)
+        reports = [consortium.validate(name, CREDIT, None, TEST_EXPECTATIONS_DIR) for name in BANKS]
+        yield consortium.admit(reports)
+
+
+def _training(consortium, quorum: int):
+    from dataclasses import replace
+
+    consortium = replace(consortium, quorum=quorum)
+    features = list(CREDIT.features)
+    stats = [consortium.statistics(name, CREDIT, features, SPLIT) for name in consortium.names]
+    layout = consortium_layout(CREDIT, features, stats)
+    mean, std = standardization(layout, stats)
+    spec = TrainingSpec(rounds=5, seed=1)
+    from fed_models import runtime
+
+    runtime.ensure_context()
+    return consortium.training(CREDIT, layout, SPLIT, "run-refused"), build_stages(spec, mean, std, n_clients=3)
+
+
+def test_an_institution_refusing_at_prepare_is_left_out_and_the_quorum_decides(nodes):
+    institutions, stages = _training(nodes, quorum=2)
+    institutions.prepare(stages)
+    assert list(institutions.lost) == ["cedar_savings"]
+    assert "left out from preparing the training: institution 'cedar_savings'" in institutions.lost["cedar_savings"]
+    assert "agreed to at most 3 rounds, the run plans 5 (policy.max_rounds)" in institutions.lost["cedar_savings"]
+    updates = institutions.train_round(stages, 1, stages.initial_weights, [0, 1, 2])
+    assert [u.institution for u in updates] == ["alder_bank", "birch_credit_union"]
+
+    institutions, stages = _training(nodes, quorum=3)
+    with pytest.raises(TrainingStopped, match=r"preparing the training: .*cedar_savings.*\(policy.max_rounds\) "
+                                              r"\(refused\); 2 institution\(s\) left, quorum is 3"):
+        institutions.prepare(stages)
+
+
+def test_a_refusal_is_not_retried_a_fault_is():
+    def state(error):
+        return SimpleNamespace(data=error)
+
+    assert not _worth_retrying(None, None, state(NodeError("refused", grpc.StatusCode.FAILED_PRECONDITION)))
+    assert not _worth_retrying(None, None, state(TrainingStopped("quorum")))
+    assert _worth_retrying(None, None, state(NodeError("unreachable", grpc.StatusCode.UNAVAILABLE)))
+    assert _worth_retrying(None, None, state(RuntimeError("a lost TFF worker")))
