@@ -398,14 +398,17 @@ class NodeService:
         return answer
 
     def _refuse_second_sum(self, digest: str, session: str) -> None:
-        from secagg.protocol import RULE_ONE_SUM
-
         earlier = self.secure_inputs.earlier(digest, session)
         if earlier is not None:
-            raise NodeRefusal(
-                f"institution '{self.name}' already added {earlier.description} to secure sum {earlier.session} "
-                f"({earlier.at}, participants {list(earlier.participants)}); a second sum over the same input would "
-                f"let the coordinator subtract the sums and read it (rule: {RULE_ONE_SUM})")
+            raise self._second_sum(earlier)
+
+    def _second_sum(self, earlier) -> NodeRefusal:
+        from secagg.protocol import RULE_ONE_SUM
+
+        return NodeRefusal(
+            f"institution '{self.name}' already added {earlier.description} to secure sum {earlier.session} "
+            f"({earlier.at}, participants {list(earlier.participants)}); a second sum over the same input would let "
+            f"the coordinator subtract the sums and read it (rule: {RULE_ONE_SUM})")
 
     @cached_property
     def _identity(self):
@@ -441,7 +444,6 @@ class NodeService:
     def secure_mask(self, request: dict) -> dict:
         """This node's input, masked (the only form in which it leaves), recorded first as added to this sum."""
         from secagg import ring
-        from secagg.protocol import RULE_ONE_SUM
 
         inbox = {sender: bytes.fromhex(box) for sender, box in request["inbox"].items()}
         session = self._session(request)
@@ -452,10 +454,7 @@ class NodeService:
                                                 p.participants)
             if earlier is not None:  # another session of the same input masked first: this one ends here
                 self.sessions.pop(p.session, None)
-                raise NodeRefusal(
-                    f"institution '{self.name}' already added {earlier.description} to secure sum {earlier.session}; "
-                    f"a second sum over the same input would let the coordinator subtract the sums and read it "
-                    f"(rule: {RULE_ONE_SUM})")
+                raise self._second_sum(earlier)
             return {"masked": {name: ring.to_bytes(value, p.specs[name]) for name, value in masked.items()}}
 
         return self._phase(request, "mask", mask)
