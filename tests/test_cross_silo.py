@@ -67,7 +67,7 @@ class Node:
 @contextmanager
 def _killed_after_round(victim: Node, round_num: int, restart: bool = True):
     """Inside the block `victim` is killed (SIGKILL) once round `round_num` is trained; it starts again after the
-    block when `restart`."""
+    block when `restart` (if it was killed: starting a second one would leave the first running unstopped)."""
     from tasks.training import round_listener
 
     def kill(metrics):
@@ -78,7 +78,7 @@ def _killed_after_round(victim: Node, round_num: int, restart: bool = True):
         with round_listener(kill):
             yield
     finally:
-        if restart:
+        if restart and victim.process.poll() is not None:  # a victim still running (the run failed first) stays
             victim.start()
             victim.wait()
 
