@@ -570,16 +570,23 @@ def trigger(
     raise typer.Exit(EXIT_CODES.get(finished.state, 1))
 
 
-@pki_app.command("init")
-def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", metavar="DIR", help="Where the CA's files go.")) -> None:
-    """Create a development consortium CA (ca.crt, ca.key)."""
-    from hostguard.pki import PkiError, init_ca
+def _pki(action):
+    """A PKI step's result; its PkiError (an existing file, a bad name or host, no CA) is one red line, exit 1."""
+    from hostguard.pki import PkiError
 
     try:
-        console.print(f"CA: {init_ca(directory)}")
+        return action()
     except PkiError as error:
         console.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
+
+
+@pki_app.command("init")
+def pki_init(directory: Path = typer.Option(Path("pki"), "--dir", metavar="DIR", help="Where the CA's files go.")) -> None:
+    """Create a development consortium CA (ca.crt, ca.key)."""
+    from hostguard.pki import init_ca
+
+    console.print(f"CA: {_pki(lambda: init_ca(directory))}")
 
 
 @pki_app.command("issue")
@@ -590,13 +597,9 @@ def pki_issue(
     force: bool = typer.Option(False, "--force", help="Replace an existing certificate and key."),
 ) -> None:
     """Issue NAME.crt and NAME.key where the CA is (one machine; across institutions use request and sign)."""
-    from hostguard.pki import PkiError, issue
+    from hostguard.pki import issue
 
-    try:
-        cert, key = issue(directory, name, tuple(host), force)
-    except PkiError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(1) from None
+    cert, key = _pki(lambda: issue(directory, name, tuple(host), force))
     console.print(f"{name}: {cert} (key {key})")
 
 
@@ -608,13 +611,9 @@ def pki_request(
     force: bool = typer.Option(False, "--force", help="Replace an existing key and request."),
 ) -> None:
     """At the institution: make its private key (mode 0600; it never leaves) and NAME.csr to send to the CA."""
-    from hostguard.pki import PkiError, request
+    from hostguard.pki import request
 
-    try:
-        csr, key = request(directory, name, tuple(host), force)
-    except PkiError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(1) from None
+    csr, key = _pki(lambda: request(directory, name, tuple(host), force))
     console.print(f"{name}: key {key} (keep it here), request {csr}: send it to the consortium's CA, which runs "
                   f"`fedrisk pki sign {csr.name}` and sends back {name}.crt and ca.crt", highlight=False)
 
@@ -626,13 +625,9 @@ def pki_sign(
     force: bool = typer.Option(False, "--force", help="Replace an existing certificate of that holder."),
 ) -> None:
     """At the CA: sign a holder's request into NAME.crt (the holder's key never comes here)."""
-    from hostguard.pki import PkiError, sign
+    from hostguard.pki import sign
 
-    try:
-        cert = sign(directory, csr, force)
-    except PkiError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(1) from None
+    cert = _pki(lambda: sign(directory, csr, force))
     console.print(f"{cert}: send it with {directory / 'ca.crt'} back to its holder", highlight=False)
 
 
