@@ -1,5 +1,5 @@
 """Secure sums across nodes (secagg's protocol over the node service): what a node puts into a sum, and how
-the coordinator runs one session through its four phases.
+the coordinator runs one session through its five phases.
 
 A round's sum holds two vectors: the update (32-bit ring, each node's update clipped to the run's L2 bound
 and multiplied by its share: its own examples over the run's weight bound) and `sums` (128-bit, fixed point
@@ -150,7 +150,7 @@ class RoundSum:
 
 def decode_round(sums: dict[str, np.ndarray], meta: dict, completed: int, encoding: Encoding) -> RoundSum:
     """The round's mean update from the sum, refused when the sum is more than `completed` honest nodes can add
-    up to: a summed share outside (0, completed], or a weighted sum longer than the shares times the clip norm
+    up to: a summed share outside [0, completed], or a weighted sum longer than the shares times the clip norm
     (an institution that sent an out-of-range weight or wrapped the ring)."""
     share, non_finite, clipped, norm = sums["sums"][:4]
     if not 0 <= share <= completed * (1 + 1e-6):

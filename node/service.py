@@ -65,7 +65,7 @@ class _Session:
 
     participant: object
     answers: dict
-    begun: tuple  # (operation, participants, threshold, context): a retry must ask the same
+    begun: tuple  # (operation, participants, threshold): a retry must ask the same
     digest: str  # node.secure.input_digest of this node's input
     description: str  # the input, in words
 
@@ -332,7 +332,7 @@ class NodeService:
         operation, inner = request["operation"], request["request"]
         if session in self.sessions:
             known = self.sessions[session]
-            if known.begun[:3] != (operation, participants, threshold):
+            if known.begun != (operation, participants, threshold):
                 raise NodeRefusal(f"institution '{self.name}': secure sum {session} began with other participants, "
                                   f"threshold or operation; a retry continues the same session (rule: {RULE_ONE_SUM})")
             return known.answers["begin"]
@@ -391,8 +391,8 @@ class NodeService:
                                   {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs)
         answer = {"keys": participant.advertise().as_dict(), "meta": meta,
                   "sizes": {name: spec.size for name, spec in specs.items()}}
-        self.sessions[session] = _Session(participant, {"begin": answer}, (operation, participants, threshold, context),
-                                          digest, description)
+        self.sessions[session] = _Session(participant, {"begin": answer}, (operation, participants, threshold), digest,
+                                          description)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return answer
