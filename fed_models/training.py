@@ -130,6 +130,7 @@ class TrainingResult:
     resumed_from_round: int
     rounds_trained: dict[str, int] = field(default_factory=dict)
     lost: dict[str, str] = field(default_factory=dict)  # institutions left out mid-run, and why
+    charged: dict[str, tuple[float, float]] = field(default_factory=dict)  # cross-silo: each node's (epsilon, delta)
 
 
 def _model_fn(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray):
@@ -373,6 +374,7 @@ class Institutions(Protocol):
     names: list[str]
     fit_rows: list[int]
     lost: dict[str, str]
+    charged: dict[str, tuple[float, float]]  # the (epsilon, delta) each institution's own ledger charged (nodes)
 
     def prepare(self, stages: Stages) -> None: ...
 
@@ -399,6 +401,7 @@ class LocalInstitutions:
         self.update_factors = update_factors or {}
         self.rng = privacy_rng
         self.lost: dict[str, str] = {}
+        self.charged: dict[str, tuple[float, float]] = {}  # no ledger but the coordinator's in simulation
         self.spec: TrainingSpec | None = None
 
     def prepare(self, stages: Stages) -> None:
@@ -571,7 +574,7 @@ def train(
             on_round(metrics)
     return TrainingResult(weights=best_weights, rounds=history, best_round=best_round, stopped_early=stopped_early,
                           resumed_from_round=resumed_from, rounds_trained=institutions.trained_rounds(len(history)),
-                          lost=dict(institutions.lost))
+                          lost=dict(institutions.lost), charged=dict(institutions.charged))
 
 
 def spec_as_dict(spec: TrainingSpec) -> dict:

@@ -201,7 +201,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
             privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()),
             run_key=training_id(run_dir, key))
-        spent = spent_privacy(plan, training.rounds_trained) if plan else None
+        spent = spent_privacy(plan, training.rounds_trained, training.charged) if plan else None
         if spent is not None:
             settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)
         models = {"challenger": training.model_path}

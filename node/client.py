@@ -287,6 +287,7 @@ class NodeInstitutions:
     fit_rows: list[int] = field(init=False)
     lost: dict[str, str] = field(default_factory=dict)
     reported: dict[str, int] = field(default_factory=dict)
+    charged: dict[str, tuple[float, float]] = field(default_factory=dict)  # each node's own (epsilon, delta) of the run
     log: object = None  # a callable taking a line (the run's logger), for what each secure sum completed
 
     def __post_init__(self):
@@ -399,7 +400,7 @@ class NodeInstitutions:
         answers = self._each(indices, f"round {round_num}", train)
         updates = []
         for i, answer in sorted(answers.items()):
-            self.reported[self.names[i]] = answer["rounds_trained"]
+            self._reported(self.names[i], answer)
             updates.append(ClientUpdate(self.names[i], list(answer["update"]), float(answer["weight"]),
                                         answer["metrics"]))
         return updates
@@ -417,7 +418,7 @@ class NodeInstitutions:
             "run_key": self.run_key, "round": round_num, "weights": plain,
             "client_seed": client_seed(stages.spec.seed, round_num, i)}, self.encoding.specs(), when)
         for name, meta in result.meta.items():
-            self.reported[name] = meta["rounds_trained"]
+            self._reported(name, meta)
         try:
             summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
         except SecureAggregationError as error:
@@ -441,6 +442,13 @@ class NodeInstitutions:
             self.consortium.node(self.names[i]), self.consortium.tls, "ValidateRound",
             {"run_key": self.run_key, "weights": plain}))
         return [answers[i]["metrics"] for i in sorted(answers)]
+
+    def _reported(self, name: str, answer: dict) -> None:
+        """A node's account of the run after a round: the rounds it trained, and the epsilon its own ledger charged
+        at its own delta (what the coordinator records: the institution's accounting is the one that counts)."""
+        self.reported[name] = answer["rounds_trained"]
+        if answer.get("epsilon") is not None and answer.get("delta") is not None:
+            self.charged[name] = (float(answer["epsilon"]), float(answer["delta"]))
 
     def trained_rounds(self, rounds_run: int) -> dict[str, int]:
         """What each node reports it trained in this run (what its privacy is charged for)."""

@@ -228,7 +228,8 @@ class NodeService:
         else:
             self._refuse_plain("model updates")
         self.runs[request["run_key"]] = _Run(stages, fit, validation, delta, secure, encoding)
-        return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"]))}
+        return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"])),
+                "delta": delta}
 
     def _encoding(self, plain: dict | None):
         """The run's secure encoding, sent once at Prepare (the same to every node, bound into its signed keys)."""
@@ -287,7 +288,7 @@ class NodeService:
             update = client_round(run.stages, run.fit, weights_from_lists(request["weights"]),
                                   seed=int(request["client_seed"]), rng=secure_rng())
         message = wire.encode({"update": update.update, "weight": update.weight, "metrics": update.metrics,
-                               "rounds_trained": rounds, "epsilon": epsilon})
+                               "rounds_trained": rounds, "epsilon": epsilon, "delta": run.delta})
         directory.mkdir(parents=True, exist_ok=True)
         _write_atomically(answer, message)
         _write_atomically(record, json.dumps({"weights_sha256": digest, "secure": secure}).encode())
@@ -360,7 +361,7 @@ class NodeService:
                 values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"], run.encoding)
             except SecureAggregationError as error:
                 raise NodeRefusal(f"institution '{self.name}': {error}") from None
-            meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"])
+            meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"], delta=answer["delta"])
             vectors = run.encoding.specs()
             bound = {"run_key": inner["run_key"], "round": int(inner["round"]), "encoding": run.encoding.as_dict(),
                      "weights": _weights_digest(inner["weights"])}

@@ -111,10 +111,18 @@ def plan_privacy(privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dic
                        adaptive_clipping=privacy.adaptive_clipping, batch_size=batch_size, institutions=institutions)
 
 
-def spent_privacy(plan: PrivacyPlan, rounds_trained: dict[str, int]) -> PrivacyPlan:
-    """The plan with each institution's epsilon for the rounds it actually trained in."""
+def spent_privacy(plan: PrivacyPlan, rounds_trained: dict[str, int],
+                  charged: dict[str, tuple[float, float]] | None = None) -> PrivacyPlan:
+    """The plan with each institution's epsilon for the rounds it actually trained in. Across silos, DP-SGD runs
+    at the node, which accounts it at its own delta: `charged` (institution -> its ledger's epsilon and delta)
+    is recorded as it is, so the registry and the node's ledger say the same."""
+    charged = charged or {}
+
     def spent(i: InstitutionPrivacy) -> InstitutionPrivacy:
         rounds = rounds_trained.get(i.institution, 0)
+        if plan.mechanism == "record_level" and i.institution in charged:
+            epsilon, delta = charged[i.institution]
+            return replace(i, rounds=rounds, epsilon=epsilon, delta=delta)
         return replace(i, rounds=rounds, epsilon=_epsilon(plan.mechanism, i.rows, plan.batch_size,
                                                           i.steps_per_round * rounds, rounds, i.noise_multiplier,
                                                           i.delta))

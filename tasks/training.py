@@ -86,6 +86,7 @@ class TrainingOutcome:
     engine: str = "tff"
     lineage: dict[str, str] = field(default_factory=dict)  # how the engine trained, as version tags
     max_rounds: int = 0  # the configured limit (0: unknown)
+    charged: dict[str, tuple[float, float]] = field(default_factory=dict)  # each node's own (epsilon, delta)
 
 
 def _model_spec(model: ModelConfig, seed: int):
@@ -217,6 +218,7 @@ def federated_training(
         positive_class_weight=positive_class_weight,
         rounds_trained=result.rounds_trained,
         lost=result.lost,
+        charged=result.charged,
         lineage={"training.engine": "tff", **(consortium.secure_tags() if secure else {})},
         max_rounds=training.rounds,
     )

@@ -112,9 +112,9 @@ def consortium(small_consortium, tmp_path_factory):
             node.stop()
 
 
-def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | None = None):
+def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | None = None, **settings):
     institutions = [{"name": n.name, "node": f"127.0.0.1:{n.port}"} for n in nodes] + list((extra or {}).values())
-    return parse_config({"model_name": name, "quorum": quorum, "institutions": institutions, **SETTINGS,
+    return parse_config({"model_name": name, "quorum": quorum, "institutions": institutions, **SETTINGS, **settings,
                          "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{COORDINATOR}.crt"),
                                  "key": str(pki / f"{COORDINATOR}.key")}}, Path("."))
 
@@ -224,6 +224,30 @@ def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resume
     resumed = retrain(config)
     assert resumed.training.resumed_from_round == 2 and resumed.training.lost == {}
     assert resumed.weighted == uninterrupted.weighted  # a node never trains a round twice: identical
+
+
+def test_the_registry_records_the_privacy_each_node_charged_at_its_own_delta(consortium, tracking_uri):
+    """A coordinator asking for a lax delta (0.5, where DP-SGD's epsilon is about 0) cannot make the record say
+    less than the node spent: the node accounts at its own delta (1/rows) and the registry records its figures."""
+    import json
+
+    from tasks.ledger import read_ledger
+
+    _, pki, nodes = consortium
+    summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_dp",
+                                   training={"rounds": 2, "model": {"kind": "logistic_regression"}},
+                                   privacy={"mechanism": "record_level", "noise_multiplier": 1.1, "delta": 0.5}))
+    tags = MlflowClient(tracking_uri).get_model_version("credit_xs_dp", summary.registration.version).tags
+    [entry] = [e for e in read_ledger(tracking_uri) if e.model_name == "credit_xs_dp"]
+    for name, node in nodes.items():
+        ledger = json.loads((node.directory / "state" / "ledger.json").read_text())
+        [(training, charged)] = [(k, v) for k, v in ledger.items() if k.startswith(entry.run_key)]
+        rows = summary.training.examples[name]
+        assert charged["delta"] == pytest.approx(1 / rows) and charged["rounds"] == 2
+        assert charged["epsilon"] > 0.1  # at delta 0.5 the same rounds would cost about 0
+        assert float(tags[f"privacy.epsilon.{name}"]) == pytest.approx(charged["epsilon"], abs=1e-4), training
+        assert float(tags[f"privacy.delta.{name}"]) == pytest.approx(charged["delta"], rel=1e-2)
+        assert entry.epsilon[name] == pytest.approx(charged["epsilon"], abs=1e-9) and entry.status == "spent"
 
 
 def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation_grows(

@@ -50,6 +50,15 @@ def test_a_target_epsilon_calibrates_each_institutions_noise_to_it():
                      {"small": 10})
 
 
+def test_across_silos_the_spent_privacy_is_what_each_node_charged_at_its_own_delta():
+    plan = _plan({**RECORD, "noise_multiplier": 1.2, "delta": 0.5}, TRAINING, {"node": 1_600, "local": 1_600})
+    spent = spent_privacy(plan, {"node": 3, "local": 3}, charged={"node": (0.84, 1 / 1_600)})
+    assert (spent.institution("node").epsilon, spent.institution("node").delta) == (0.84, 1 / 1_600)
+    assert spent.institution("local").delta == 0.5  # no node's account: the coordinator's own
+    client = _plan({**RECORD, "mechanism": "client_level", "noise_multiplier": 4.0}, TRAINING, {"node": 10})
+    assert spent_privacy(client, {"node": 3}, {"node": (0.0, 1e-3)}).institution("node").epsilon > 0  # server-side
+
+
 def test_client_level_noise_protects_each_institution_over_the_rounds_it_trains():
     plan = _plan({**RECORD, "mechanism": "client_level", "noise_multiplier": 4.0}, TRAINING, {"a": 10, "b": 20})
     assert {i.delta for i in plan.institutions} == {1e-5}
