@@ -3,7 +3,7 @@
 It reads only its institution's rows (an .npz of its fit and validation parts, encoded by the run's
 layout), joins the federated server over mutual TLS, and trains; the server sums the workers' gradient
 histograms, so every worker ends with the same trees. Each boosting round's federated validation figures
-are printed as a JSON line (the coordinator's progress); rank 0 writes the booster and the history.
+are printed as a JSON line (the coordinator's progress); every rank saves the trees, rank 0 the history too.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class _Rounds(xgboost.callback.TrainingCallback):
         return False
 
 
+def booster_name(rank: int) -> str:
+    """The file a worker of `rank` saves the trees to (rank 0's is the training's result)."""
+    return "booster.json" if rank == 0 else f"booster.rank{rank}.json"
+
+
 def main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     spec = TreeSpec.from_dict(job["spec"])
@@ -48,9 +53,9 @@ def main(job_file: str) -> None:
                                 evals=[(matrices["validation"], "validation")], evals_result=history,
                                 early_stopping_rounds=spec.early_stopping_rounds,
                                 callbacks=[_Rounds()] if job["rank"] == 0 else [], verbose_eval=False)
+        out = Path(job["output"])
+        booster.save_model(str(out / booster_name(job["rank"])))  # every rank: a node ties its evaluations to it
         if job["rank"] == 0:
-            out = Path(job["output"])
-            booster.save_model(str(out / "booster.json"))
             best = getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1)
             (out / "history.json").write_text(json.dumps({"history": history.get("validation", {}),
                                                           "best_iteration": int(best)}))

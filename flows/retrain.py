@@ -196,6 +196,9 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             name: fit_rows(count, config.training.validation_fraction) for name, count in counts.items()})
         ledger_run = reserve_privacy_budget(settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id),
                                             plan, config.privacy_budgets()) if plan else None
+        evaluated = champion if champion is not None and champion.features == features else None
+        # Each node is told the training's id and the champion it will score; it evaluates no other model.
+        admitted = admitted.for_run(training_id(run_dir, key), Path(evaluated.path) if evaluated else None)
         training = train_federated(
             admitted, schema, layout, split, mean=mean.tolist(), std=std.tolist(), training=config.training,
             positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
@@ -205,8 +208,8 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         if spent is not None:
             settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)
         models = {"challenger": training.model_path}
-        if champion is not None and champion.features == features:
-            models["champion"] = champion.path
+        if evaluated is not None:
+            models["champion"] = evaluated.path
         per_institution = {name: dict(models) for name in names}
         if config.baselines.enabled and isinstance(admitted, LocalConsortium):
             logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")

@@ -140,7 +140,16 @@ class NodeConsortium:
     server_host: str = "localhost"  # where the nodes reach this coordinator (XGBoost's federated server)
     secure_threshold: int = 0  # secure aggregation's t; 0: off (updates and statistics in the clear)
     clip_norm: float = 10.0  # under secure aggregation: the L2 bound each node clips its update to
+    run_key: str = ""  # the training these nodes take part in (for_run): what Evaluate is tied to
+    champion: str | None = None  # riskmodel.model.files_digest of the champion the run evaluates, named at the start
     cross_silo = True
+
+    def for_run(self, run_key: str, champion: Path | None) -> NodeConsortium:
+        """The consortium for one training: its id, and the champion it will evaluate (named to each node when the
+        training begins; a node scores no other model)."""
+        from riskmodel.model import files_digest
+
+        return replace(self, run_key=run_key, champion=files_digest(champion) if champion is not None else None)
 
     @property
     def secure(self) -> bool:
@@ -256,7 +265,8 @@ class NodeConsortium:
         """Each node runs its institution's XGBoost worker against the coordinator's federated server at
         `server` (in parallel, until the training ends); rank 0's answer holds the trees."""
         base = {"schema": _schema_ref(schema), "layout": layout.to_json(), "split": vars(split),
-                "spec": spec.as_dict(), "run_key": run_key, "world_size": len(self.nodes), "server": server}
+                "spec": spec.as_dict(), "run_key": run_key, "world_size": len(self.nodes), "server": server,
+                "champion": self.champion}
 
         def train(rank: int) -> dict:
             node = self.nodes[rank]
@@ -268,7 +278,7 @@ class NodeConsortium:
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         result = call(self.node(institution), self.tls, "Evaluate", {
             "schema": _schema_ref(schema), "digest": self.digest(institution), "split": vars(split),
-            "evaluation": evaluation.model_dump(), "models": {role: _zip_model(path) for role, path in models.items()}})
+            "run_key": self.run_key, "evaluation": evaluation.model_dump(), "models": {role: _zip_model(path) for role, path in models.items()}})
         return InstitutionEvaluation(**result)
 
 
@@ -323,7 +333,7 @@ class NodeInstitutions:
         self._prepare_request = {"schema": _schema_ref(self.schema), "run_key": self.run_key,
                                  "spec": spec_as_dict(stages.spec), "mean": stages.mean, "std": stages.std,
                                  "layout": self.layout.to_json(), "split": vars(self.split),
-                                 "secure_aggregation": self.consortium.secure}
+                                 "secure_aggregation": self.consortium.secure, "champion": self.consortium.champion}
         if self.consortium.secure:
             self.encoding = self.consortium.encoding(stages.spec)
             self._prepare_request["secure_encoding"] = self.encoding.as_dict()

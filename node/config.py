@@ -60,6 +60,8 @@ class NodePolicy(BaseModel):
                                                                                "least this noise multiplier.")
     max_epsilon_per_run: float | None = Field(None, gt=0, le=1000, description="The most epsilon one training may "
                                                                                "spend on this node's rows.")
+    max_evaluations_per_run: int = Field(3, ge=1, le=100, description="Evaluate requests answered per training "
+                                                                      "(retries included), for its own models only.")
 
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"

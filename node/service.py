@@ -28,6 +28,7 @@ import numpy as np
 from node import wire
 from node.config import NodeConfig
 from node.inputs import SecureInputs
+from node.runs import RunRecords, weights_digest
 from tasks.config import EvaluationConfig
 from tasks.consortium import LocalConsortium
 from tasks.data import Extract, Split
@@ -74,10 +75,7 @@ MAX_SESSIONS = 64
 
 
 def _weights_digest(weights: dict) -> str:
-    hasher = hashlib.sha256()
-    for array in [*weights["trainable"], *weights["non_trainable"]]:
-        hasher.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
-    return hasher.hexdigest()
+    return weights_digest([*weights["trainable"], *weights["non_trainable"]])
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -101,6 +99,7 @@ class NodeService:
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
         self.secure_inputs = SecureInputs(config.work_dir / "secure_inputs.jsonl")
         self.secure_rules = config.secure_rules()
+        self.run_records = RunRecords(config.work_dir / "runs")
 
     @contextmanager
     def _computing(self):
@@ -228,6 +227,7 @@ class NodeService:
         else:
             self._refuse_plain("model updates")
         self.runs[request["run_key"]] = _Run(stages, fit, validation, delta, secure, encoding)
+        self.run_records.begin(request["run_key"], request["layout"], request.get("champion"))
         return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"])),
                 "delta": delta}
 
@@ -282,6 +282,7 @@ class NodeService:
             return answer.read_bytes()
         run = self._run(run_key)
         self._check_round(run_key, run, round_num)
+        self.run_records.saw_weights(run_key, request["weights"]["trainable"])
         rounds = len(self._logged_rounds(run_key)) + 1
         epsilon = self._charge(run_key, run, rounds)
         with self._computing():
@@ -313,6 +314,7 @@ class NodeService:
         from fed_models.training import validation_metrics, weights_from_lists
 
         run = self._run(request["run_key"])
+        self.run_records.saw_weights(request["run_key"], request["weights"]["trainable"])
         with self._computing():
             return {"metrics": validation_metrics(run.stages, run.validation, weights_from_lists(request["weights"]))}
 
@@ -477,6 +479,7 @@ class NodeService:
         ends; rank 0 returns the trees (every worker holds the same) and the federated validation history."""
         from fed_trees.spec import TreeSpec
         from fed_trees.training import TreeTrainingFailed, run_worker
+        from fed_trees.worker import booster_name
         from riskmodel.layout import Layout
 
         self._check_schema(request)
@@ -495,22 +498,34 @@ class NodeService:
                               f"XGBoost's federated server sees each institution's gradient histograms")
         [data] = self._admitted(request).tree_data(self.schema, Layout.from_json(request["layout"]),
                                                    Split(**request["split"]))
-        tls = self.config.tls
+        tls, rank, work = self.config.tls, int(request["rank"]), self.config.work_dir / "trees" / request["run_key"]
+        self.run_records.begin(request["run_key"], request["layout"], request.get("champion"))
         try:
-            result = run_worker(data, spec, self.config.work_dir / "trees" / request["run_key"],
-                                rank=int(request["rank"]), world_size=int(request["world_size"]),
+            result = run_worker(data, spec, work, rank=rank, world_size=int(request["world_size"]),
                                 server=request["server"], ca=tls.ca, cert=tls.cert, key=tls.key)
         except TreeTrainingFailed as error:
             raise NodeRefusal(f"institution '{self.name}': {error}") from None
+        grown = hashlib.sha256((work / booster_name(rank)).read_bytes()).hexdigest()
+        self.run_records.update(request["run_key"], lambda record: setattr(record, "booster", grown))
         if result is None:
             return {"rows": int(len(data.y_fit))}
         return {"rows": int(len(data.y_fit)), "booster": np.frombuffer(result.booster.read_bytes(), dtype=np.uint8),
                 "rounds": result.rounds, "best_round": result.best_round, "stopped_early": result.stopped_early}
 
     def evaluate(self, request: dict) -> dict:
-        """Score the models it was sent (exported models: data, loaded with this node's own code) on its
-        holdout; only metrics and curve aggregates go back."""
+        """Score the run's models on its holdout (exported models: data, loaded with this node's own code): only
+        the challenger this node helped train and the champion named when the run began, at most
+        policy.max_evaluations_per_run times per run; only metrics and curve aggregates go back."""
         self._check_schema(request)
+        run_key = str(request.get("run_key") or "")
+        limit = self.config.policy.max_evaluations_per_run
+        if self.run_records.get(run_key) is None:
+            raise NodeRefusal(f"institution '{self.name}' evaluates only the models of a training it took part in; "
+                              f"it took part in no run {run_key or '(none named)'}")
+        record = self.run_records.update(run_key, lambda r: setattr(r, "evaluations", r.evaluations + 1))
+        if record.evaluations > limit:
+            raise NodeRefusal(f"institution '{self.name}' evaluates the models of run {run_key} at most {limit} "
+                              f"times (policy.max_evaluations_per_run)")
         consortium = self._admitted(request)
         with tempfile.TemporaryDirectory(prefix="fedrisk-node-models-") as scratch:
             models = {}
@@ -522,8 +537,34 @@ class NodeService:
                         raise NodeRefusal(f"institution '{self.name}': a model holds files other than an exported "
                                           f"model's: {unexpected}")
                     bundle.extractall(target)
+                self._check_tied(run_key, record, role, target)
                 models[role] = str(target)
             with self.lock:
                 evaluation = consortium.evaluate(self.name, self.schema, Split(**request["split"]), models,
                                                  EvaluationConfig(**request["evaluation"]))
         return asdict(evaluation)
+
+    def _check_tied(self, run_key: str, record, role: str, directory: Path) -> None:
+        """A model is scored only if it is this run's: the champion by the digest named when the run began, the
+        challenger by its layout and the weights (or trees) this node took part in training."""
+        from riskmodel import model as exported
+
+        refused = f"institution '{self.name}' evaluates only the models of run {run_key}: the {role} sent"
+        if role == "champion":
+            if record.champion is None or exported.files_digest(directory) != record.champion:
+                raise NodeRefusal(f"{refused} is not the champion named when the run began")
+            return
+        if role != "challenger":
+            raise NodeRefusal(f"{refused} is neither its challenger nor its champion")
+        manifest = json.loads((directory / exported.MANIFEST).read_text())
+        if manifest.get("layout") != json.loads(record.layout or "null"):
+            raise NodeRefusal(f"{refused} encodes the features with another layout than the run's")
+        if manifest.get("engine") == "xgboost":
+            trees = directory / exported.XGBOOST_FILE
+            tied = trees.is_file() and hashlib.sha256(trees.read_bytes()).hexdigest() == record.booster
+        else:
+            with self.lock:
+                weights = exported.load(directory).predictor.get_weights()
+            tied = weights_digest(weights) in record.weights
+        if not tied:
+            raise NodeRefusal(f"{refused} holds weights this node never trained or validated in that run")

@@ -85,5 +85,17 @@ def load(directory: Path) -> RiskModel:
     return RiskModel(manifest["engine"], layout, manifest["output"], predictor, scaling)
 
 
+def files_digest(directory: Path) -> str:
+    """SHA-256 of an exported model's files (manifest and engine file): what names one model version exactly."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    for name in (MANIFEST, *ENGINE_FILES):
+        path = Path(directory) / name
+        if path.is_file():
+            hasher.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return hasher.hexdigest()
+
+
 def is_exported(directory: Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()

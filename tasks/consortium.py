@@ -31,6 +31,8 @@ class Consortium(Protocol):
 
     def admit(self, reports: list[ValidationReport]) -> Consortium: ...
 
+    def for_run(self, run_key: str, champion: Path | None) -> Consortium: ...
+
     def statistics(self, institution: str, schema: Schema, features: list[str], split: Split) -> LocalStatistics: ...
 
     def training(self, schema: Schema, layout: Layout, split: Split, run_key: str,
@@ -54,6 +56,10 @@ class LocalConsortium:
 
     def extract(self, institution: str) -> Extract:
         return next(e for e in self.extracts if e.institution == institution)
+
+    def for_run(self, run_key: str, champion: Path | None) -> LocalConsortium:
+        """The same: in simulation there is no node to name the training's models to."""
+        return self
 
     def validate(self, institution, schema, reference, expectations_dir) -> ValidationReport:
         return validate_extract(self.extract(institution), schema, reference, expectations_dir)

@@ -31,7 +31,7 @@ def _service(small_consortium, tmp_path, consortium: dict | None = None, **polic
     return NodeService(config, TEST_EXPECTATIONS_DIR)
 
 
-def _prepared(service, spec: TrainingSpec, run_key: str = "run-1") -> dict:
+def _prepared(service, spec: TrainingSpec, run_key: str = "run-1", champion: str | None = None) -> dict:
     schema = {"name": CREDIT.name, "version": CREDIT.version}
     report = service.validate({"schema": schema})["report"]
     assert report["passed"], report["reasons"]
@@ -44,7 +44,7 @@ def _prepared(service, spec: TrainingSpec, run_key: str = "run-1") -> dict:
     layout = consortium_layout(CREDIT, features, stats)
     mean, std = standardization(layout, stats)
     request = {"schema": schema, "digest": report["digest"], "run_key": run_key, "spec": spec_as_dict(spec),
-               "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT}
+               "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT, "champion": champion}
     service.prepare(request)
     return request
 
@@ -213,3 +213,57 @@ def test_a_node_config_names_its_consortium_consistently(small_consortium, tmp_p
 
     with pytest.raises(ValidationError, match=error):
         _service(small_consortium, tmp_path, consortium, require_secure_aggregation=True)
+
+
+def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_number_of_times(small_consortium,
+                                                                                            tmp_path):
+    """A coordinator cannot have a crafted model scored (per-institution ROC points and calibration bins would read
+    out a feature's distribution by label): only the weights the node validated in the run, with the run's layout,
+    and the champion named at Prepare, at most policy.max_evaluations_per_run times."""
+    import json
+
+    from node.client import _zip_model
+    from riskmodel.layout import Layout
+    from riskmodel.model import MANIFEST, files_digest
+    from tasks.config import EvaluationConfig, ModelConfig
+    from tasks.training import export
+
+    service = _service(small_consortium, tmp_path, max_evaluations_per_run=5)  # refused requests count too
+    spec = TrainingSpec(rounds=2, seed=1)
+    probe = _prepared(service, spec, "probe")  # a run, for its layout and weights
+    layout, weights = Layout.from_json(probe["layout"]), weights_as_lists(service.runs["probe"].stages.initial_weights)
+
+    def exported(name: str, shift: float, model_layout=layout) -> Path:
+        return Path(export([w + shift for w in weights["trainable"]], ModelConfig(), 1, model_layout, probe["mean"],
+                           probe["std"], CREDIT.output, tmp_path / name))
+
+    champion, other = exported("champion", 0.3), exported("other", 0.4)
+    request = _prepared(service, spec, "run-1", champion=files_digest(champion))
+    moved = {**weights, "trainable": [w + 0.2 for w in weights["trainable"]]}
+    service.validate_round({"run_key": "run-1", "weights": moved})  # the node sees (and records) these weights
+    challenger, crafted = exported("challenger", 0.2), exported("crafted", 0.25)
+    relaid = exported("relaid", 0.2)
+    manifest = json.loads((relaid / MANIFEST).read_text())
+    manifest["layout"]["features"] = list(reversed(manifest["layout"]["features"]))
+    (relaid / MANIFEST).write_text(json.dumps(manifest))
+
+    def evaluate(run_key: str, **models: Path) -> dict:
+        return service.evaluate({"schema": request["schema"], "digest": request["digest"], "split": SPLIT,
+                                 "run_key": run_key, "evaluation": EvaluationConfig().model_dump(),
+                                 "models": {role: _zip_model(path) for role, path in models.items()}})
+
+    with pytest.raises(NodeRefusal, match="evaluates only the models of a training it took part in; it took part "
+                                          "in no run run-9"):
+        evaluate("run-9", challenger=challenger)
+    answer = evaluate("run-1", challenger=challenger, champion=champion)
+    assert set(answer["metrics"]) == {"challenger", "champion"}
+    for models, refusal in [({"challenger": crafted}, "the challenger sent holds weights this node never trained or "
+                                                      "validated in that run"),
+                            ({"challenger": relaid}, "the challenger sent encodes the features with another layout"),
+                            ({"champion": other}, "the champion sent is not the champion named when the run began"),
+                            ({"pooled": challenger}, "the pooled sent is neither its challenger nor its champion")]:
+        with pytest.raises(NodeRefusal, match=refusal):
+            evaluate("run-1", **models)
+    with pytest.raises(NodeRefusal, match=r"evaluates the models of run run-1 at most 5 times "
+                                          r"\(policy.max_evaluations_per_run\)"):
+        evaluate("run-1", challenger=challenger)

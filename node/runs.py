@@ -1,0 +1,74 @@
+"""What a node remembers of each training it took part in, on its own disk: the layout and champion named when
+the training began, the models it trained (each global weights it was sent, the trees its worker grew), and how
+often the coordinator had models evaluated for it. `Evaluate` scores only models tied to a run this way, at most
+the policy's number of times per run: a crafted model cannot read out the institution's rows by label."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+def weights_digest(arrays) -> str:
+    """SHA-256 of a model's trainable weights as float32 (the same for TFF's weights and the exported Keras model)."""
+    hasher = hashlib.sha256()
+    for array in arrays:
+        hasher.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return hasher.hexdigest()
+
+
+@dataclass
+class RunRecord:
+    layout: str = ""  # the run's feature layout (JSON), as sent when it began
+    champion: str | None = None  # riskmodel.model.files_digest of the champion named when it began; None: none
+    weights: list[str] = field(default_factory=list)  # weights_digest of each global weights this node was sent
+    booster: str | None = None  # SHA-256 of the trees this node's XGBoost worker grew
+    evaluations: int = 0  # Evaluate requests served or refused for this run
+
+
+class RunRecords:
+    """One JSON file per training under `directory`; updates are serialized and written atomically."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+
+    def _file(self, run_key: str) -> Path:
+        return self.directory / f"{hashlib.sha256(run_key.encode()).hexdigest()[:32]}.json"
+
+    def get(self, run_key: str) -> RunRecord | None:
+        path = self._file(run_key)
+        return RunRecord(**json.loads(path.read_text())) if path.exists() else None
+
+    def update(self, run_key: str, change) -> RunRecord:
+        """`change(record)` applied to the run's record (a new one if there is none), saved, and returned."""
+        with self.lock:
+            record = self.get(run_key) or RunRecord()
+            change(record)
+            path = self._file(run_key)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(json.dumps(asdict(record)))
+            os.replace(partial, path)
+            return record
+
+    def begin(self, run_key: str, layout: str, champion: str | None) -> None:
+        def named(record: RunRecord) -> None:
+            record.layout, record.champion = layout, champion
+
+        self.update(run_key, named)
+
+    def saw_weights(self, run_key: str, arrays) -> None:
+        digest = weights_digest(arrays)
+
+        def add(record: RunRecord) -> None:
+            if digest not in record.weights:
+                record.weights.append(digest)
+
+        self.update(run_key, add)
