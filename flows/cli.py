@@ -448,8 +448,8 @@ def score(
             console.print(f"  - {reason}", highlight=False)
         console.print(f"Checks page: {error.data_docs}")
         raise typer.Exit(1) from None
-    except (InstitutionDataError, LookupError) as error:
-        console.print(f"[red]{error}[/red]")
+    except (InstitutionDataError, LookupError) as error:  # scoring is the institution's own: example values shown
+        console.print(f"[red]{getattr(error, 'detail', error)}[/red]")
         raise typer.Exit(1) from None
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")

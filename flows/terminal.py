@@ -23,7 +23,8 @@ console = Console() if sys.stdout.isatty() else Console(width=4096, soft_wrap=Fa
 
 _settings = {"verbose": False}
 # What the flow and its tasks say about the run; at a node, what it served and refused (its audit trail).
-RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "fedrisk.node")
+# What an institution reads about its own extract (example values): its screen and log file, never Prefect's API.
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "fedrisk.node", "fedrisk.institution")
 # Prefect's bookkeeping about its own runs: in the Prefect UI and the log file, not a status line.
 _BOOKKEEPING = re.compile(r"^(Beginning (sub)?flow run|Finished in state|Created (task|flow) run|Executing|"
                           r"View at|Submitting task|Running on|Task run .* received|Downloading flow code|"
@@ -106,7 +107,7 @@ def set_up(verbose: bool, log_file: Path) -> None:
         root.addHandler(to_file)
     except OSError:  # a read-only checkout still runs; its logs stay in Prefect
         pass
-    for name in ("mlflow", "tensorflow", "absl", "py.warnings"):
+    for name in ("mlflow", "tensorflow", "absl", "py.warnings", "fedrisk"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.captureWarnings(True)
 

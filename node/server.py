@@ -69,8 +69,9 @@ def _handler(service: NodeService, name: str, operation: str, coordinator: str, 
         except Exception as error:  # the node's log has the traceback; the coordinator gets a sentence
             log.error("%s failed:\n%s", name, traceback.format_exc())
             audit.record(peer, name, plain, "failed", reason=f"{type(error).__name__}: {error}")
-            context.abort(grpc.StatusCode.INTERNAL,
-                          f"institution '{service.name}': {name} failed ({type(error).__name__}: {error})")
+            context.abort(grpc.StatusCode.INTERNAL,  # the error's text may quote the extract: it stays here
+                          f"institution '{service.name}': {name} failed ({type(error).__name__}; the node's log "
+                          f"and audit trail say more)")
         answer = result if isinstance(result, bytes) else wire.encode(result)
         audit.record(peer, name, plain, "served", len(answer), _epsilon(name, result))
         return answer

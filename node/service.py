@@ -28,6 +28,7 @@ import numpy as np
 from node import wire
 from node.config import NodeConfig
 from node.inputs import SecureInputs
+from node.reference import Reference
 from node.runs import RunRecords, weights_digest
 from tasks.config import EvaluationConfig
 from tasks.consortium import LocalConsortium
@@ -100,6 +101,7 @@ class NodeService:
         self.secure_inputs = SecureInputs(config.work_dir / "secure_inputs.jsonl")
         self.secure_rules = config.secure_rules()
         self.run_records = RunRecords(config.work_dir / "runs")
+        self.reference = Reference(config.work_dir / "reference.json")
 
     @contextmanager
     def _computing(self):
@@ -181,12 +183,26 @@ class NodeService:
                 "policy": self.config.policy.model_dump()}
 
     def validate(self, request: dict) -> dict:
-        """The validation report, and its Data Docs page (the report, rendered) for the coordinator's run."""
+        """The validation report and its page as they may be shared (counts, check and declared names), for the
+        coordinator's run; example values, undeclared columns and the institution's own page stay in this node's
+        log. A node that requires secure aggregation sends no profile and checks drift against its own reference."""
+        from tasks.data import InstitutionDataError, read_bytes
+        from tasks.validation import validate_extract
+
         self._check_schema(request)
-        consortium = LocalConsortium((self.extract,))
-        report = consortium.validate(self.name, self.schema, request.get("reference"), self.expectations_dir)
+        private = self.config.policy.require_secure_aggregation
+        reference = request.get("reference")
+        if private:
+            try:
+                reference = self.reference.for_extract(read_bytes(self.name, self.extract.path)[1])
+            except InstitutionDataError:
+                reference = None  # unreadable: the validation says so
+        report = validate_extract(self.extract, self.schema, reference, self.expectations_dir,
+                                  private_reference=private)
+        if private and report.passed and report.profile is not None:
+            self.reference.accepted(report.digest, report.profile)
         page = Path(report.data_docs).read_text() if report.data_docs else None
-        return {"report": asdict(report), "data_docs_html": page}
+        return {"report": asdict(report.shared(profile=not private)), "data_docs_html": page}
 
     def _refuse_plain(self, what: str, run: _Run | None = None) -> None:
         if self.config.policy.require_secure_aggregation or (run is not None and run.secure):

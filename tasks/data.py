@@ -30,7 +30,13 @@ _FALSE = {"0", "false", "f", "no", "n"}
 
 
 class InstitutionDataError(ValueError):
-    """An institution's extract cannot be read; the message names the institution and file."""
+    """An institution's extract cannot be read. The message names the institution and file and says what is wrong
+    in counts and declared names only (it may leave the institution); `detail` adds example values, for the
+    institution's own log."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail or message
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,9 @@ def _examples(values: pd.Series) -> str:
     return ", ".join(repr(v) for v in list(dict.fromkeys(values.astype(str)))[:_EXAMPLES])
 
 
-def _coerce(frame: pd.DataFrame, schema: Schema) -> list[str]:
-    """Give the schema's columns their declared types in place; return what could not be (by column).
+def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
+    """Give the schema's columns their declared types in place; return what could not be, by column: what is
+    wrong (counts and names) and a few of the offending values (for the institution only).
 
     Numbers stay as they are (a float is not cast to int); whole-number columns without missing
     values become int64; text levels stay text; booleans and the label become 0/1.
@@ -109,8 +116,8 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[str]:
             text = values.astype(str).str.strip().str.lower()
             unknown = present & ~text.isin(_TRUE | _FALSE)
             if unknown.any():
-                problems.append(f"column {name} has {int(unknown.sum())} values that are not true/false, "
-                                f"e.g. {_examples(values[unknown])}")
+                problems.append((f"column {name} has {int(unknown.sum())} values that are not true/false",
+                                 f"e.g. {_examples(values[unknown])}"))
                 continue
             frame[name] = np.where(present, text.isin(_TRUE).astype(float), np.nan)
             if present.all():
@@ -119,14 +126,14 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[str]:
         numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values
         bad = numbers.isna() & present
         if bad.any():
-            problems.append(f"column {name} has {int(bad.sum())} non-numeric values, e.g. {_examples(values[bad])}")
+            problems.append((f"column {name} has {int(bad.sum())} non-numeric values", f"e.g. {_examples(values[bad])}"))
             continue
         whole = feature.type == "categorical" or feature.dtype == "int"
         if whole:
             fractional = numbers.notna() & (np.mod(numbers.fillna(0).astype(float), 1) != 0)
             if fractional.any():
-                problems.append(f"column {name} has {int(fractional.sum())} non-integer values, "
-                                f"e.g. {_examples(values[fractional])}")
+                problems.append((f"column {name} has {int(fractional.sum())} non-integer values",
+                                 f"e.g. {_examples(values[fractional])}"))
                 continue
             if numbers.notna().all():
                 numbers = numbers.astype("int64")
@@ -138,9 +145,9 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[str]:
         positive, negative = text == str(label.positive), text == str(label.negative)
         unknown = values.notna() & ~positive & ~negative
         if unknown.any():
-            problems.append(f"column {label.column} has {int(unknown.sum())} values other than "
-                            f"{label.positive!r} ({label.meaning}) and {label.negative!r}, e.g. "
-                            f"{_examples(values[unknown])}")
+            problems.append((f"column {label.column} has {int(unknown.sum())} values other than "
+                             f"{label.positive!r} ({label.meaning}) and {label.negative!r}",
+                             f"e.g. {_examples(values[unknown])}"))
         else:
             mapped = np.where(positive, 1.0, np.where(negative, 0.0, np.nan))
             frame[label.column] = mapped.astype("int64") if values.notna().all() else mapped
@@ -173,8 +180,9 @@ def read_bytes(institution: str, path: Path, expected_digest: str | None = None)
 
 def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], schema: Schema) -> pd.DataFrame:
     """The extract's bytes parsed, renamed to the schema's columns and typed as it declares."""
-    def fail(reason: str) -> InstitutionDataError:
-        return InstitutionDataError(f"institution '{institution}': {path}: {reason}")
+    def fail(reason: str, detail: str | None = None) -> InstitutionDataError:
+        where = f"institution '{institution}': {path}: "
+        return InstitutionDataError(where + reason, where + detail if detail else None)
 
     suffix = path.suffix.lower()
     if suffix not in {".parquet", ".pq"}:
@@ -197,6 +205,10 @@ def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], s
         delimiter = next((d for d in _OTHER_DELIMITERS if d in str(frame.columns[0])), None)
         if delimiter is not None:
             raise fail(f"one column found; the header is separated by {delimiter!r}, expected ','")
+        raise fail(f"one column found, the schema declares {len(schema.columns)}: not a comma-separated extract "
+                   f"with a header line naming its columns")
+    if suffix not in {".parquet", ".pq"}:
+        headerless(frame, fail)
     if columns:
         missing = sorted(set(columns) - set(frame.columns))
         if missing:
@@ -204,8 +216,29 @@ def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], s
         frame = frame.rename(columns=columns)
     problems = _coerce(frame, schema)
     if problems:
-        raise fail("; ".join(problems))
+        raise fail("; ".join(shared for shared, _ in problems),
+                   "; ".join(f"{shared}, {examples}" for shared, examples in problems))
     return frame
+
+
+def headerless(frame: pd.DataFrame, fail) -> None:
+    """Raise `fail(reason)` when a CSV's first line is a row rather than a header: most of its fields are numbers
+    or values that recur in their column (a header names columns). The reason counts; it quotes nothing."""
+    def number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    def like_data(name, column: pd.Series) -> bool:
+        text = str(name)  # pandas renames a repeated field x to x.1: a repeated number is still one
+        return number(text) or number(text.rsplit(".", 1)[0]) or text in set(column.head(1000).astype(str))
+
+    rowlike = sum(like_data(name, frame[name]) for name in frame.columns)
+    if len(frame.columns) > 1 and rowlike * 2 > len(frame.columns):
+        raise fail(f"the first line looks like a row, not a header ({rowlike} of {len(frame.columns)} fields are "
+                   f"numbers or values of their column): the file must start with a line naming its columns")
 
 
 _parsed: OrderedDict[tuple, pd.DataFrame] = OrderedDict()

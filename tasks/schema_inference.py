@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.data import read_bytes
+from tasks.data import headerless, read_bytes
 
 MIN_LEVEL_ROWS = 10
 MAX_LEVELS = 50
@@ -52,11 +52,13 @@ def infer_schema(path: Path, label: str | None = None, name: str | None = None, 
     read_bytes("input", path)
     try:
         frame = pd.read_parquet(path) if Path(path).suffix.lower() in {".parquet", ".pq"} else pd.read_csv(path)
-    except (ValueError, pd.errors.ParserError) as error:
+    except (ValueError, pd.errors.ParserError) as error:  # pandas' and pyarrow's messages quote no row
         raise SchemaInferenceError(f"{path}: cannot be read ({str(error).strip()})") from None
+    headerless(frame, lambda reason: SchemaInferenceError(f"{path}: {reason}"))
     label = label or frame.columns[-1]
     if label not in frame.columns:
-        raise SchemaInferenceError(f"{path}: no label column {label!r} (columns: {', '.join(frame.columns)})")
+        raise SchemaInferenceError(f"{path}: no label column {label!r} among its {len(frame.columns)} columns "
+                                   f"(pass --label with the name of one)")
     if id_column and id_column not in frame.columns:
         raise SchemaInferenceError(f"{path}: no ID column {id_column!r}")
     counts = frame[label].value_counts()

@@ -84,9 +84,10 @@ def score_file(
     schema = model_schema(found.tags, reference)
     frame = read_institution(SCORING_INPUT, Path(input_path), schema)
     lenient = {("expect_column_values_to_be_in_set", column) for column in schema.categorical()}
-    _, errors, warnings, page = check_frame(
+    checked = check_frame(  # scoring is the institution's own: it reads example values
         frame, schema.suite, expectations_dir, run_name=f"scoring-{Path(input_path).stem}",
         ignore_columns=(schema.label.column,), ignore_types=SCORING_IGNORED_CHECKS, lenient=lenient)
+    errors, warnings, page = checked.local_errors, checked.local_warnings, checked.local_page
     if errors:
         raise ScoringInputRejected(Path(input_path), schema.suite, errors, str(page))
     mlflow.set_tracking_uri(tracking_uri)

@@ -1,6 +1,8 @@
 """Validation stage: one institution's extract against a committed Great Expectations suite.
 
-Runs where the institution's rows are; returns only a report (counts, digest, reasons).
+Runs where the institution's rows are; returns only a report (counts, digest, reasons). What may leave the
+institution (the report's reasons, its shared checks page) holds counts, check names and declared column and
+level names only; example values and undeclared header text stay in its own checks page and log.
 """
 
 from __future__ import annotations
@@ -8,10 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prefect import task
@@ -26,6 +29,9 @@ from tasks.validation_page import check_status, render_page
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
 _EXAMPLES = 3
 _gx_lock = threading.Lock()
+# What an institution reads about its own extract (example values, undeclared columns): its terminal and log only.
+log = logging.getLogger("fedrisk.institution")
+AT_INSTITUTION = "in the institution's checks page"
 # Drift against an institution's last accepted extract. A feature's mean may move by up to one
 # reference standard deviation (a units change moves it by orders of magnitude); the row count
 # may grow or shrink by less than a factor of ten (a broken extract or a double load does not).
@@ -53,7 +59,13 @@ class ValidationReport:
     reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
     warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
     profile: dict | None = None  # aggregates of this extract, the reference for the next run's drift checks
-    data_docs: str | None = None  # this validation's page (tasks.validation_page; at the institution)
+    data_docs: str | None = None  # this validation's page as it may be shared (tasks.validation_page)
+    institution_page: str | None = None  # the page with example values: read at the institution, never sent
+
+    def shared(self, profile: bool = True) -> ValidationReport:
+        """The report as it leaves the institution: without its own page's path (and its profile, if not
+        `profile`)."""
+        return replace(self, institution_page=None, profile=self.profile if profile else None)
 
 
 class QuorumNotMet(RuntimeError):
@@ -68,32 +80,40 @@ def _context(expectations_dir: Path):
     return gx.get_context(mode="file", project_root_dir=expectations_dir)
 
 
-def _reason(result) -> str:
+def _reason(result, local: bool, aggregates: bool = True) -> str:
     config = result.expectation_config
-    return f"{config.description or config.type}: {_outcome(result)}"
+    return f"{config.description or config.type}: {_outcome(result, local, aggregates)}"
 
 
-def _outcome(result) -> str:
-    """What one check found, in words: the offending count (with a few values of one column), an observed
-    value, or why the check could not run."""
+def _outcome(result, local: bool, aggregates: bool = True) -> str:
+    """What one check found, in words: the offending count, an observed value, or why the check could not run.
+    `local` (for the institution): with a few values of one column and the undeclared columns' names. Otherwise
+    (what may leave it) counts and numbers only, and no observed aggregate unless `aggregates`."""
     exception = result.exception_info or {}
     if exception.get("raised_exception"):
         message = str(exception.get("exception_message", "")).strip().splitlines()
-        return f"check could not run ({message[0] if message else 'error'})"
+        return f"check could not run ({message[0] if message else 'error'})" if local else \
+            f"check could not run (why: {AT_INSTITUTION})"
     outcome = result.result or {}
     mismatched = (outcome.get("details") or {}).get("mismatched") or {}
     if mismatched.get("unexpected"):
-        return f"unexpected {', '.join(map(str, mismatched['unexpected']))}"
+        unexpected = mismatched["unexpected"]
+        return f"unexpected {', '.join(map(str, unexpected))}" if local else \
+            f"{len(unexpected)} unexpected column(s) (named {AT_INSTITUTION})"
     if "unexpected_count" in outcome:
         if not outcome["unexpected_count"]:
             return f"all {outcome.get('element_count', '?')} rows as expected"
         # One column's offending values help find them; a multi-column check's would be whole rows: counts only.
         rows = "column_list" in result.expectation_config.kwargs
-        examples = [] if rows else list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
+        examples = [] if rows or not local else list(dict.fromkeys(
+            map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
         shown = f"; e.g. {', '.join(examples)}" if examples else ""
         return f"failed for {outcome['unexpected_count']} of {outcome.get('element_count', '?')} rows{shown}"
     if "observed_value" in outcome:
         observed = outcome["observed_value"]
+        number = isinstance(observed, (int, float)) and not isinstance(observed, bool)
+        if not local and not (number and aggregates):
+            return ("passed" if result.success else "failed") + f" (observed value {AT_INSTITUTION})"
         if isinstance(observed, float):
             observed = f"{observed:.4g}"
         return f"observed {observed}"
@@ -125,27 +145,32 @@ def profile_frame(frame, schema: Schema) -> dict:
     return profile
 
 
-def drift_expectations(reference: dict, schema: Schema, columns) -> list:
-    """GX checks of an extract against the profile of the institution's last accepted extract."""
+def drift_expectations(reference: dict, schema: Schema, columns, private: bool = False) -> list:
+    """GX checks of an extract against the profile of the institution's last accepted extract. `private`: the
+    reference is the institution's own (it sends no profile), so the checks' descriptions give no figure of it."""
     import great_expectations.expectations as gxe
+
+    def figures(text: str) -> str:
+        return "" if private else text
 
     rows = reference["rows"]
     checks = [gxe.ExpectTableRowCountToBeBetween(
         min_value=rows // DRIFT_ROW_FACTOR + 1,
         max_value=rows * DRIFT_ROW_FACTOR - 1,
-        description=f"row count within {DRIFT_ROW_FACTOR}x of the last accepted extract ({rows} rows)",
+        description=f"row count within {DRIFT_ROW_FACTOR}x of the last accepted extract{figures(f' ({rows} rows)')}",
     )]
     for column, stats in reference["features"].items():
         if column not in columns:
             continue
         if "mean" in stats and not math.isnan(stats["mean"]):
             tolerance = DRIFT_MEAN_TOLERANCE_STD * max(stats["std"], 1e-6 * max(1.0, abs(stats["mean"])))
+            shown = figures(f" ({stats['mean']:.4g} +- {tolerance:.4g})")
             checks.append(gxe.ExpectColumnMeanToBeBetween(
                 column=column,
                 min_value=stats["mean"] - tolerance,
                 max_value=stats["mean"] + tolerance,
                 description=f"{column} mean within {DRIFT_MEAN_TOLERANCE_STD:g} std of the last accepted "
-                            f"extract ({stats['mean']:.4g} +- {tolerance:.4g})",
+                            f"extract{shown}",
             ))
         feature = schema.features.get(column)
         if stats.get("levels") and feature is not None and feature.type == "categorical" and feature.levels != "open":
@@ -157,8 +182,9 @@ def drift_expectations(reference: dict, schema: Schema, columns) -> list:
             floor = max(2, math.ceil(stats["distinct"] * DRIFT_DISTINCT_FLOOR))
             checks.append(gxe.ExpectColumnUniqueValueCountToBeBetween(
                 column=column, min_value=floor,
-                description=f"{column} has at least {floor} distinct values (the last accepted extract had "
-                            f"{stats['distinct']})"))
+                description=(f"{column} has at least a fifth of the distinct values of the last accepted extract"
+                             if private else f"{column} has at least {floor} distinct values (the last accepted "
+                                             f"extract had {stats['distinct']})")))
     return checks
 
 
@@ -196,15 +222,34 @@ def _store_result(context, suite: str, outcome) -> None:
     context.validation_results_store.set(identifier, outcome)
 
 
-def _write_page(expectations_dir: Path, suite: str, run_name: str, checks: list) -> Path:
-    """The validation's self-contained page (tasks.validation_page), beside the GX context's results."""
+def _write_pages(expectations_dir: Path, suite: str, run_name: str, local: list, shared: list,
+                 hidden: list[bool]) -> tuple[Path, Path]:
+    """The validation's self-contained pages (tasks.validation_page), beside the GX context's results: the
+    institution's own (example values) and the one that may be shared (`hidden`: checks whose parameters are
+    figures of the institution's private reference)."""
     import time
 
-    page = (Path(expectations_dir) / "gx" / "uncommitted" / "validation_pages" / suite / run_name
-            / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}.html")
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(render_page(run_name, suite, checks))
-    return page
+    stem = (Path(expectations_dir) / "gx" / "uncommitted" / "validation_pages" / suite / run_name
+            / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    own, sent = stem.with_name(stem.name + ".html"), stem.with_name(stem.name + ".shared.html")
+    own.write_text(render_page(run_name, suite, local))
+    sent.write_text(render_page(run_name, suite, shared, hidden))
+    return own, sent
+
+
+@dataclass(frozen=True)
+class CheckResults:
+    """One validation's outcome, as it may leave the institution (counts, check and declared names) and as the
+    institution reads it (`local_*`: with example values and undeclared column names)."""
+
+    evaluated: int
+    errors: list[str]  # failed `error` checks
+    warnings: list[str]  # failed `warning` checks
+    page: Path
+    local_errors: list[str]
+    local_warnings: list[str]
+    local_page: Path
 
 
 def check_frame(
@@ -213,11 +258,12 @@ def check_frame(
     ignore_columns: tuple[str, ...] = (),
     ignore_types: tuple[str, ...] = (),
     lenient: set[tuple[str, str]] = frozenset(),
-) -> tuple[int, list[str], list[str], Path]:
+    private_drift: bool = False,
+) -> CheckResults:
     """Run `suite` (and `drift`, checks against the last accepted extract, see drift_expectations) on a DataFrame.
 
-    Returns (checks evaluated, failed `error` checks, failed `warning` checks, validation page).
-    The suite's result is stored under `run_name` in the GX context and rendered as a self-contained page.
+    The suite's result is stored under `run_name` in the GX context and rendered as self-contained pages.
+    `private_drift`: the drift reference is the institution's own; what may be shared gives none of its figures.
     Checks on `ignore_columns` or of `ignore_types` are left out of the outcome (scoring input
     has no label, and the suite's table-level checks describe a training extract). A failed check of
     a (type, column) in `lenient` is a warning (scoring maps unseen levels to '(other)').
@@ -256,11 +302,17 @@ def check_frame(
         config = r.expectation_config
         return str(config.severity.value) == "warning" or (config.type, config.kwargs.get("column")) in lenient
 
-    errors = [_reason(r) for r in shown if not warning(r)]
-    warnings = [_reason(r) for r in shown if warning(r)]
-    page = _write_page(expectations_dir, suite, run_name,
-                       [(r, check_status(r, warning(r)), _outcome(r)) for r in results])
-    return len(results), errors, warnings, page
+    private = {id(r) for r in results[len(results) - len(drift or []):]} if private_drift and drift else set()
+
+    def reasons(local: bool, warned: bool) -> list[str]:
+        return [_reason(r, local, id(r) not in private) for r in shown if warning(r) == warned]
+
+    own, sent = _write_pages(
+        expectations_dir, suite, run_name, [(r, check_status(r, warning(r)), _outcome(r, True)) for r in results],
+        [(r, check_status(r, warning(r)), _outcome(r, False, id(r) not in private)) for r in results],
+        [id(r) in private for r in results])
+    return CheckResults(len(results), reasons(False, False), reasons(False, True), sent, reasons(True, False),
+                        reasons(True, True), own)
 
 
 def _file_digest(path: Path) -> str:
@@ -292,18 +344,29 @@ def validation_cache_key(context, parameters: dict) -> str | None:
 
 
 def validate_extract(extract: Extract, schema: Schema, reference: dict | None = None,
-                     expectations_dir: Path = EXPECTATIONS_DIR) -> ValidationReport:
+                     expectations_dir: Path = EXPECTATIONS_DIR, private_reference: bool = False) -> ValidationReport:
     """Read and check one institution's extract against its schema's suite (and against `reference`, the
     profile of its last accepted extract, when there is one); an unreadable file is a failed report.
-    Runs where the extract is."""
+    Runs where the extract is; what only the institution may read (example values, undeclared columns) goes
+    to its log and its own page. `private_reference`: `reference` is the institution's own, none of its figures
+    is in the report."""
     institution, path, suite = extract.institution, str(extract.path), schema.suite
     try:
         frame, digest = read_extract(extract, schema)
     except InstitutionDataError as error:
+        if error.detail != str(error):
+            log.warning("%s (at this institution only)", error.detail)
         return ValidationReport(institution, path, suite, passed=False, checks_evaluated=1,
                                 checks_failed=1, reasons=[str(error)])
-    drift = drift_expectations(reference, schema, frame.columns) if reference is not None else None
-    evaluated, errors, warnings, page = check_frame(frame, suite, expectations_dir, drift, run_name=institution)
+    drift = (drift_expectations(reference, schema, frame.columns, private_reference)
+             if reference is not None else None)
+    checked = check_frame(frame, suite, expectations_dir, drift, run_name=institution,
+                          private_drift=private_reference)
+    for reason in [*checked.local_errors, *checked.local_warnings]:
+        if reason not in checked.errors and reason not in checked.warnings:
+            log.warning("institution '%s': %s (at this institution only)", institution, reason)
+    log.info("institution '%s': its checks page with example values: %s", institution, checked.local_page)
+    evaluated, errors, warnings, page = checked.evaluated, checked.errors, checked.warnings, checked.page
     return ValidationReport(
         institution=institution,
         path=path,
@@ -317,6 +380,7 @@ def validate_extract(extract: Extract, schema: Schema, reference: dict | None = 
         warnings=warnings,
         profile=profile_frame(frame, schema),
         data_docs=str(page),
+        institution_page=str(checked.local_page),
     )
 
 

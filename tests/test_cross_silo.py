@@ -112,11 +112,31 @@ def consortium(small_consortium, tmp_path_factory):
             node.stop()
 
 
+def _coordinator_plain(pki: Path, nodes, name: str, quorum: int = 3, **settings) -> dict:
+    """A coordinator's run config (as its YAML would say it) for `nodes`."""
+    institutions = [{"name": n.name, "node": f"127.0.0.1:{n.port}"} for n in nodes]
+    return {"model_name": name, "quorum": quorum, "institutions": institutions, **SETTINGS, **settings,
+            "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{COORDINATOR}.crt"),
+                    "key": str(pki / f"{COORDINATOR}.key")}}
+
+
 def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | None = None, **settings):
-    institutions = [{"name": n.name, "node": f"127.0.0.1:{n.port}"} for n in nodes] + list((extra or {}).values())
-    return parse_config({"model_name": name, "quorum": quorum, "institutions": institutions, **SETTINGS, **settings,
-                         "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{COORDINATOR}.crt"),
-                                 "key": str(pki / f"{COORDINATOR}.key")}}, Path("."))
+    plain = _coordinator_plain(pki, nodes, name, quorum, **settings)
+    plain["institutions"] += list((extra or {}).values())
+    return parse_config(plain, Path("."))
+
+
+def _node(root: Path, pki: Path, name: str, extract: Path) -> Node:
+    """A node of one more bank, its extract `extract` (copied into its directory), not yet started."""
+    directory = root / "nodes" / name
+    (directory / "tls").mkdir(parents=True)
+    issue(pki, name, ("127.0.0.1",))
+    for file in ("ca.crt", f"{name}.crt", f"{name}.key"):
+        shutil.copy(pki / file, directory / "tls" / file)
+    shutil.copy(extract, directory / extract.name)
+    port = free_port()
+    node_config(name, directory, "credit_default", directory / extract.name, port, [*BANKS, name])
+    return Node(name, directory, port)
 
 
 def _weights(tracking_uri: str, name: str, version: str, tmp_path: Path) -> list[np.ndarray]:
@@ -248,6 +268,63 @@ def test_the_registry_records_the_privacy_each_node_charged_at_its_own_delta(con
         assert float(tags[f"privacy.epsilon.{name}"]) == pytest.approx(charged["epsilon"], abs=1e-4), training
         assert float(tags[f"privacy.delta.{name}"]) == pytest.approx(charged["delta"], rel=1e-2)
         assert entry.epsilon[name] == pytest.approx(charged["epsilon"], abs=1e-9) and entry.status == "spent"
+
+
+def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consortium, small_consortium, prefect_api,
+                                                                          tracking_uri, tmp_path, monkeypatch):
+    """Two careless banks: one exports its extract without the header line, one points its node at a system file.
+    Both are quarantined with a reason in counts, and no byte of their content reaches what the coordinator
+    receives, the MLflow store and artifacts, Prefect's database, or the coordinator's terminal and log file."""
+    import yaml
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from node import client, wire
+
+    root, pki, nodes = consortium
+    customer = "987654321,123457,2,2,1,24,2,2,-1,-1,-2,-2,3913,3102,689,0,0,0,0,689,0,0,0,0,1"
+    headerless = tmp_path / "eel.csv"
+    headerless.write_text(customer + "\n" + "\n".join(small_consortium["cedar_savings"].read_text().splitlines()[2:]))
+    system = tmp_path / "passwd"
+    system.write_text("fedrisk-marker-7f3a:x:0:0:root:/root:/bin/bash\nmarker-c2d9:x:2:2::/bin:/usr/sbin/nologin\n")
+    careless = [_node(root, pki, "eel_bank", headerless), _node(root, pki, "fir_bank", system)]
+    secrets = [b"987654321", b"fedrisk-marker-7f3a", b"marker-c2d9"]
+    received: list[bytes] = []
+    decode = wire.decode
+    monkeypatch.setattr(client.wire, "decode", lambda data: received.append(bytes(data)) or decode(data))
+    for node in careless:
+        node.start()
+    try:
+        for node in careless:
+            node.wait()
+        config = _coordinator_plain(pki, [*nodes.values(), *careless], "credit_xs_careless", quorum=3,
+                                    training={"rounds": 2, "model": {"kind": "logistic_regression"}})
+        (tmp_path / "coordinator.yaml").write_text(yaml.safe_dump(config))
+        log_file = tmp_path / "coordinator.log"
+        env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracking_uri,
+               "FEDRISK_LOG_FILE": str(log_file)}
+        terminal = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--config",
+                                   str(tmp_path / "coordinator.yaml")], env=env, capture_output=True, timeout=900)
+        assert terminal.returncode == 0, terminal.stdout.decode()[-3000:]
+        # The validation as the coordinator received it (its process ran the CLI; this one asks once more).
+        tls = client.Tls(str(pki / "ca.crt"), str(pki / f"{COORDINATOR}.crt"), str(pki / f"{COORDINATOR}.key"))
+        for node in careless:
+            client.call(client.NodeHandle(node.name, f"127.0.0.1:{node.port}"), tls, "Validate",
+                        {"schema": {"name": "credit_default", "version": 2}})
+    finally:
+        for node in careless:
+            node.stop()
+    database = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    searched = {"what the coordinator received": b"".join(received), "terminal": terminal.stdout + terminal.stderr,
+                "log file": log_file.read_bytes()}
+    for path in [*Path(tracking_uri.split("///", 1)[1]).parent.rglob("*"), *database.parent.glob(database.name + "*")]:
+        if path.is_file():
+            searched[str(path)] = path.read_bytes()
+    assert len(searched) > 5 and any(b"checks passed" in v or b"quarantined" in v for v in searched.values())
+    leaks = [(where, secret) for where, data in searched.items() for secret in secrets if secret in data]
+    assert leaks == []
+    shown = terminal.stdout.decode() + terminal.stderr.decode()
+    assert "eel_bank" in shown and "the first line looks like a row, not a header (25 of 25 fields" in shown
+    assert "fir_bank" in shown and "one column found, the schema declares 25" in shown
 
 
 def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation_grows(

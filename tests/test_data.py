@@ -42,8 +42,13 @@ def test_column_mapping_renames_to_the_schema(tmp_path):
         (b'ID,AGE\n1,"unterminated\n', "malformed CSV"),
         (b"ID,AGE\n1,30\nID,AGE\n2,40\n", "header repeated at line 3"),
         (b"ID,AGE,SEX\n1,30,1\n2,40", "last line incomplete (line 3 has 2 of 3 fields; the file ends mid-line)"),
-        (b"ID,AGE\n1,30\n2,forty\n", "column AGE has 1 non-numeric values, e.g. 'forty'"),
-        (b"ID,AGE\n1,30\n2,40.5\n", "column AGE has 1 non-integer values, e.g. '40.5'"),
+        (b"ID,AGE\n1,30\n2,forty\n", "column AGE has 1 non-numeric values"),
+        (b"ID,AGE\n1,30\n2,40.5\n", "column AGE has 1 non-integer values"),
+        (b"1,30,0\n2,40,1\n", "the first line looks like a row, not a header (3 of 3 fields are numbers or values of "
+                             "their column): the file must start with a line naming its columns"),
+        (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
+         "one column found, the schema declares 25: not a comma-separated extract with a header line naming its "
+         "columns"),
     ],
 )
 def test_unreadable_files_name_the_institution_file_and_what_is_wrong(tmp_path, content, message):
@@ -54,6 +59,17 @@ def test_unreadable_files_name_the_institution_file_and_what_is_wrong(tmp_path, 
         read_institution("bank_q", path, CREDIT)
     assert str(error.value).startswith(f"institution 'bank_q': {path}: ")
     assert message in str(error.value)
+    assert "forty" not in str(error.value) and "40.5" not in str(error.value) and "root:x" not in str(error.value)
+
+
+def test_a_bad_values_example_is_for_the_institution_only(tmp_path):
+    """What may leave the institution says how many values are wrong; the institution's own log shows which."""
+    path = tmp_path / "extract.csv"
+    path.write_bytes(b"ID,AGE\n1,30\n2,forty\n3,40.5\n")
+    with pytest.raises(InstitutionDataError) as error:
+        read_institution("bank_q", path, CREDIT)
+    assert str(error.value) == f"institution 'bank_q': {path}: column AGE has 1 non-numeric values"
+    assert error.value.detail == f"institution 'bank_q': {path}: column AGE has 1 non-numeric values, e.g. 'forty'"
 
 
 def test_a_repeated_header_is_one_clear_reason_not_a_list_of_failed_checks(small_consortium, tmp_path):
@@ -88,8 +104,9 @@ def test_types_follow_the_schema_floats_stay_floats_text_labels_become_0_1(tmp_p
     assert frame["creditability"].tolist() == [0, 1] and frame["purpose"].tolist() == ["car (new)", "business"]
     german.write_text("ID,creditability\n1,good\n2,maybe\n")
     with pytest.raises(InstitutionDataError, match=r"column creditability has 1 values other than 'bad' \(bad\) "
-                                                   r"and 'good', e.g. 'maybe'"):
+                                                   r"and 'good'$") as error:
         read_institution("bank", german, GERMAN)
+    assert error.value.detail.endswith("and 'good', e.g. 'maybe'")
 
 
 def test_a_file_replaced_after_validation_is_refused(small_consortium, tmp_path):

@@ -1,6 +1,7 @@
 """node.service: the institution is the authority over its data. A node serves only its schema, refuses
 trainings outside its policy or past its privacy budget, and trains each round of a training once."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,11 @@ SPLIT = {"holdout_fraction": 0.2, "validation_fraction": 0.1, "seed": 1}
 MEMBERS = ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance"]
 
 
-def _service(small_consortium, tmp_path, consortium: dict | None = None, **policy) -> NodeService:
+def _service(small_consortium, tmp_path, consortium: dict | None = None, extract: Path | None = None,
+             **policy) -> NodeService:
     config = NodeConfig.model_validate({
         "institution": "dune_finance", "schema": "credit_default",
-        "extract": {"path": str(small_consortium["dune_finance"])}, "work_dir": str(tmp_path / "state"),
+        "extract": {"path": str(extract or small_consortium["dune_finance"])}, "work_dir": str(tmp_path / "state"),
         "tls": TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "c.crt", key=tmp_path / "c.key"),
         "policy": NodePolicy(**policy), "consortium": consortium})
     return NodeService(config, TEST_EXPECTATIONS_DIR)
@@ -184,6 +186,35 @@ def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(smal
         service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
     with pytest.raises(NodeRefusal, match="sends its validation metrics only through secure aggregation"):
         service.validate_round({"run_key": "run-1", "weights": weights})
+
+
+def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_drift_against_its_own(
+        small_consortium, tmp_path):
+    """The profile (per-feature means, quantiles, level shares) is most of what the secure statistics sum hides: the
+    node keeps it as its own drift reference, and its drift reasons and shared page give none of its figures."""
+    import pandas as pd
+
+    extract = tmp_path / "dune.csv"
+    shutil.copy(small_consortium["dune_finance"], extract)
+    service = _service(small_consortium, tmp_path, {"members": MEMBERS}, extract=extract,
+                       require_secure_aggregation=True)
+    schema = {"name": CREDIT.name, "version": CREDIT.version}
+    first = service.validate({"schema": schema})
+    assert first["report"]["passed"] and first["report"]["profile"] is None
+    assert first["report"]["institution_page"] is None  # the node's own page stays unnamed, its path too
+    mean = pd.read_csv(extract)["LIMIT_BAL"].mean()
+    frame = pd.read_csv(extract)
+    frame["LIMIT_BAL"] = frame["LIMIT_BAL"] * 1000  # a units change: drift from the node's own reference
+    frame.to_csv(extract, index=False)
+    second = service.validate({"schema": schema, "reference": None})
+    report = second["report"]
+    assert not report["passed"] and report["profile"] is None
+    assert "LIMIT_BAL mean within 1 std of the last accepted extract: failed (observed value in the institution's " \
+           "checks page)" in report["reasons"]
+    figures = [f"{mean:.4g}", f"{mean * 1000:.4g}", str(round(mean))]
+    assert not [f for f in figures if f in " ".join(report["reasons"]) or f in second["data_docs_html"]]
+    again = service.validate({"schema": schema})  # the reference is still the accepted extract, not the drifted one
+    assert not again["report"]["passed"]
 
 
 def test_a_node_takes_part_in_secure_sums_only_within_its_consortium(small_consortium, tmp_path):

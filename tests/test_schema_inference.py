@@ -54,6 +54,23 @@ def test_a_label_that_is_not_binary_is_refused(extract):
         infer_schema(path, label="children")
 
 
+@pytest.mark.parametrize("label, refusal", [
+    (None, r"the first line looks like a row, not a header \(\d of 6 fields are numbers or values of their column\): "
+           r"the file must start with a line naming its columns"),
+    ("defaulted", "the first line looks like a row"),
+])
+def test_a_headerless_file_is_refused_and_no_error_quotes_a_row(extract, tmp_path, label, refusal):
+    path, frame = extract
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("\n".join(path.read_text().splitlines()[1:]))  # the first customer's row is line one
+    with pytest.raises(SchemaInferenceError, match=refusal) as error:
+        infer_schema(headerless, label=label)
+    assert frame["customer"].iloc[0] not in str(error.value)
+    with pytest.raises(SchemaInferenceError, match=r"no label column 'default' among its 6 columns \(pass --label "
+                                                   r"with the name of one\)$"):
+        infer_schema(path, label="default")
+
+
 def test_the_german_credit_file_drafts_into_the_shipped_layout():
     source = SHARED_DATA / "german_credit" / "germancredit.csv"
     if not source.is_file():
