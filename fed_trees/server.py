@@ -1,9 +1,10 @@
 """XGBoost's federated server, as its own process: `python -m fed_trees.server N PORT [KEY CERT CA]`.
 
-It sums the workers' gradient histograms; it binds every interface and has no option to choose the
-address, so in simulation it is started with hostguard's loopback-bind library (like TFF's worker) and
-its sockets are checked; across silos it must be reachable by the institutions' nodes, behind mutual TLS.
-It ends when the training ends.
+It sums the workers' gradient histograms; it binds every interface, has no option to choose the address
+and admits any certificate of its CA, so it is always started with hostguard's loopback-bind library (like
+TFF's worker) and its sockets are checked. In simulation the workers dial it on loopback over mutual TLS;
+across silos it runs without TLS and only fed_trees.gate reaches it (the gate admits the run's nodes). It ends
+when the training ends.
 """
 
 from __future__ import annotations

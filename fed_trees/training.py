@@ -108,13 +108,15 @@ def run_certificates(directory: Path, names: list[str]) -> TreeTls:
     return TreeTls(directory / "ca.crt", server_cert, server_key, {name: issue(directory, name) for name in names})
 
 
-def start_server(n_workers: int, tls: TreeTls, work_dir: Path, isolation: loopback.Isolation) -> tuple[object, int]:
-    """XGBoost's federated server for `n_workers`, as a child process on a free port (kept on loopback unless
-    `isolation` is an accepted exposure: across silos, where the nodes' workers must reach it)."""
+def start_server(n_workers: int, tls: TreeTls | None, work_dir: Path,
+                 isolation: loopback.Isolation) -> tuple[object, int]:
+    """XGBoost's federated server for `n_workers`, as a child process on a free port, kept on loopback unless
+    `isolation` is an accepted exposure. `tls` None: plain gRPC, for fed_trees.gate alone to reach (across silos)."""
     port = _free_port()
     log = Path(work_dir) / "server.log"
-    server = spawn_owned([sys.executable, "-m", "fed_trees.server", str(n_workers), str(port), str(tls.server_key),
-                          str(tls.server_cert), str(tls.ca)], log, env={**os.environ, **isolation.environment()})
+    certificates = [str(tls.server_key), str(tls.server_cert), str(tls.ca)] if tls is not None else []
+    server = spawn_owned([sys.executable, "-m", "fed_trees.server", str(n_workers), str(port), *certificates], log,
+                         env={**os.environ, **isolation.environment()})
     try:
         _wait_for_server(server, port, log, isolation)
     except BaseException:

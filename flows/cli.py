@@ -155,6 +155,7 @@ def _run(config: RunConfig) -> None:
     from flows.terminal import quiet_mlflow, round_progress
     from node.client import NodeError, TrainingStopped
     from flows.lock import LockUnavailable, RetrainingBusy
+    from fed_trees.training import FederatedTreesUnavailable, TreeTrainingFailed
     from flows.retrain import retrain
     from hostguard.loopback import WorkerExposureRefused
     from tasks.data import InstitutionDataError
@@ -168,7 +169,8 @@ def _run(config: RunConfig) -> None:
         with _prefect_api(), round_progress():
             summary = retrain(config)
     except (QuorumNotMet, InstitutionDataError, RetrainingBusy, LockUnavailable, PrivacyBudgetExceeded,
-            WorkerExposureRefused, NodeError, TrainingStopped, PrefectApiUnavailable) as error:
+            WorkerExposureRefused, NodeError, TrainingStopped, PrefectApiUnavailable, TreeTrainingFailed,
+            FederatedTreesUnavailable) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
     except PrivacyPlanError as error:

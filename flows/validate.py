@@ -25,7 +25,7 @@ def consortium_of(config: RunConfig) -> Consortium:
 
         return NodeConsortium(tuple(NodeHandle(i.name, i.node) for i in config.institutions),
                               Tls(str(config.tls.ca), str(config.tls.cert), str(config.tls.key)), config.quorum,
-                              server_host=config.tls.host,
+                              server_host=config.tls.host, trees_bind=config.tls.trees_bind,
                               secure_threshold=config.secure_threshold(len(config.institutions))
                               if config.secure_aggregation else 0,
                               clip_norm=config.secure_aggregation.clip_norm if config.secure_aggregation else 10.0)

@@ -32,7 +32,7 @@ from tasks.training import TrainingStopped
 from tasks.validation import ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
-            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "SecureBegin": 900, "SecureShare": 60,
+            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "TreeProgress": 30, "SecureBegin": 900, "SecureShare": 60,
             "SecureMask": 120, "SecureConsistency": 60, "SecureUnmask": 60}
 MAX_MESSAGE_MB = 64
 _channels: dict[tuple, grpc.Channel] = {}
@@ -138,6 +138,7 @@ class NodeConsortium:
     digests: tuple[tuple[str, str], ...] = ()
     rows: tuple[tuple[str, int], ...] = ()  # each admitted institution's row count (public: its validation report)
     server_host: str = "localhost"  # where the nodes reach this coordinator (XGBoost's federated server)
+    trees_bind: str = ""  # the address the gate to XGBoost's federated server listens on ("": server_host's)
     secure_threshold: int = 0  # secure aggregation's t; 0: off (updates and statistics in the clear)
     clip_norm: float = 10.0  # under secure aggregation: the L2 bound each node clips its update to
     run_key: str = ""  # the training these nodes take part in (for_run): what Evaluate is tied to
@@ -261,9 +262,10 @@ class NodeConsortium:
     def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
         return NodeInstitutions(self, schema, layout, split, run_key, deltas or {})
 
-    def tree_training(self, schema, layout, split, spec, run_key: str, server: str) -> dict:
+    def tree_training(self, schema, layout, split, spec, run_key: str, server: str, on_round=None) -> dict:
         """Each node runs its institution's XGBoost worker against the coordinator's federated server at
-        `server` (in parallel, until the training ends); rank 0's answer holds the trees."""
+        `server` (in parallel, until the training ends); rank 0's answer holds the trees. `on_round` gets each
+        boosting round's federated validation figures as rank 0's node reports them (asked twice a second)."""
         base = {"schema": _schema_ref(schema), "layout": layout.to_json(), "split": vars(split),
                 "spec": spec.as_dict(), "run_key": run_key, "world_size": len(self.nodes), "server": server,
                 "champion": self.champion}
@@ -272,7 +274,33 @@ class NodeConsortium:
             node = self.nodes[rank]
             return call(node, self.tls, "TrainTrees", {**base, "rank": rank, "digest": self.digest(node.institution)})
 
-        answers = _in_parallel(list(range(len(self.nodes))), train)
+        done, delivered = threading.Event(), []
+
+        def follow() -> None:
+            while True:
+                finished = done.wait(0.5)
+                try:
+                    rounds = call(self.nodes[0], self.tls, "TreeProgress", {"run_key": run_key})["rounds"]
+                except NodeError:
+                    rounds = []
+                for figures in rounds[len(delivered):]:
+                    delivered.append(figures)
+                    on_round(figures)
+                if finished:
+                    return
+
+        follower = threading.Thread(target=follow, daemon=True) if on_round is not None else None
+        if follower is not None:
+            follower.start()
+        try:
+            answers = _in_parallel(list(range(len(self.nodes))), train)
+        finally:
+            done.set()
+            if follower is not None:
+                follower.join(timeout=60)
+        if on_round is not None:  # what the follower did not see (rank 0's answer is the record)
+            for figures in answers[0]["rounds"][len(delivered):]:
+                on_round(figures)
         return {"answer": answers[0], "rows": {n.institution: answers[rank]["rows"] for rank, n in enumerate(self.nodes)}}
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:

@@ -528,6 +528,25 @@ class NodeService:
         return {"rows": int(len(data.y_fit)), "booster": np.frombuffer(result.booster.read_bytes(), dtype=np.uint8),
                 "rounds": result.rounds, "best_round": result.best_round, "stopped_early": result.stopped_early}
 
+    def tree_progress(self, request: dict) -> dict:
+        """The boosting rounds so far of a tree training this node's worker takes part in: the federated validation
+        log loss and AUC (over every worker's validation rows) that rank 0's worker prints each round."""
+        run_key = str(request.get("run_key") or "")
+        if self.run_records.get(run_key) is None:
+            raise NodeRefusal(f"institution '{self.name}' takes part in no tree training {run_key or '(none named)'}")
+        log = self.config.work_dir / "trees" / run_key / f"{self.name}.log"
+        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        rounds = []
+        for line in lines:
+            if line.startswith("{") and line.endswith("}"):
+                try:
+                    figures = json.loads(line)
+                    rounds.append({"round": int(figures["round"]), "validation_loss": float(figures["validation_loss"]),
+                                   "validation_auc": float(figures["validation_auc"])})
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    continue
+        return {"rounds": rounds}
+
     def evaluate(self, request: dict) -> dict:
         """Score the run's models on its holdout (exported models: data, loaded with this node's own code): only
         the challenger this node helped train and the champion named when the run began, at most

@@ -4,6 +4,7 @@ flows.config reads it from YAML at the edge; the tasks take these values as they
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -62,6 +63,15 @@ class TlsConfig(BaseModel):
     key: Path
     host: str = Field("localhost", description="This coordinator's name as the nodes reach it (its certificate names "
                                                "it): XGBoost's federated server, for engine: xgboost.")
+    trees_bind: str = Field("", description="The IP address of this host that the admission gate to XGBoost's "
+                                            "federated server listens on; default: the address `host` resolves to.")
+
+    @field_validator("trees_bind")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        if value:
+            ipaddress.ip_address(value)  # a ValueError names the field
+        return value
 
 
 class ModelConfig(BaseModel):

@@ -81,11 +81,11 @@ def lineage_tags(
             "training.aggregation": ("client-level DP (Gaussian, clipped, unweighted)"
                                      if config.privacy.mechanism == "client_level" else training.aggregation),
             "model.kind": training.model.kind}),
+        "security.worker_isolation": worker_isolation,  # TFF's worker; an engine without it says what it used
         **(engine or {"training.engine": training.engine}),
         **privacy,
         "simulation": str(config.baselines.enabled).lower(),
         "execution": "cross-silo (institution nodes, mutual TLS)" if config.cross_silo else "simulation (one process)",
-        "security.worker_isolation": worker_isolation,
     }
     for name, why in (lost or {}).items():  # an institution left out mid-training, while the quorum held
         tags[f"institution.{name}.lost"] = why[:4000]

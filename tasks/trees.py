@@ -60,43 +60,64 @@ def tree_training(consortium, schema: Schema, layout: Layout, split: Split, trai
     isolation = isolation or loopback_isolation(False)
     with tempfile.TemporaryDirectory(prefix="fedrisk-trees-") as work:
         if consortium.cross_silo:
-            result, rows = _across_silos(consortium, schema, layout, split, spec, Path(work), isolation, run_key)
-            for r in result.rounds:
-                on_round and on_round(r)
+            result, rows, kept = _across_silos(consortium, schema, layout, split, spec, Path(work), isolation,
+                                               run_key, on_round)
         else:
             data = consortium.tree_data(schema, layout, split)
             result = train_federated(data, spec, Path(work), isolation=isolation, on_round=on_round)
             rows = {d.institution: int(len(d.y_fit)) for d in data}
+            kept = f"XGBoost's federated server and workers on loopback ({isolation.mechanism}), mutual TLS"
         path = export(result.booster, layout, schema.output, model_dir)
     return TrainingOutcome(
         model_path=path, rounds=result.rounds, examples=rows, best_round=result.best_round,
         stopped_early=result.stopped_early, resumed_from_round=0, positive_class_weight=positive_class_weight,
-        rounds_trained={name: len(result.rounds) for name in rows}, engine="xgboost", lineage=lineage(spec),
+        rounds_trained={name: len(result.rounds) for name in rows}, engine="xgboost",
+        lineage={**lineage(spec), "security.worker_isolation": kept},
         max_rounds=training.rounds)
 
 
-def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation, run_key: str):
-    """The federated server here, behind the consortium's TLS (the coordinator's certificate, the consortium
-    CA for the nodes' workers); each node starts its own worker. On loopback the server stays on loopback."""
-    from fed_trees.training import TreeResult, TreeTls, start_server
-    from hostguard.loopback import Isolation, is_loopback
+def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation, run_key: str, on_round=None):
+    """The federated server here on loopback, reached only through fed_trees.gate on the configured address: mutual
+    TLS with the consortium's CA, the run's institutions from their nodes' addresses; each node starts its own
+    worker. Returns the result, each institution's rows, and what kept the server private (for the lineage)."""
+    import socket
+
+    from fed_trees.gate import Gate, node_addresses
+    from fed_trees.training import TreeResult, TreeTrainingFailed, start_server
     from hostguard.processes import stop
 
-    tls = TreeTls(Path(consortium.tls.ca), Path(consortium.tls.cert), Path(consortium.tls.key), {})
-    host = consortium.server_host
-    local = host == "localhost" or (host.replace(".", "").isdigit() and is_loopback(host))
-    if not local:  # the nodes are elsewhere: they must reach it, behind mutual TLS with the consortium's CA
-        isolation = Isolation("none: XGBoost's federated server on every interface for the nodes, mutual TLS", None)
-    server, port = start_server(len(consortium.names), tls, work, isolation)
+    if isolation.exposed:
+        raise TreeTrainingFailed("XGBoost's federated server cannot be kept on loopback on this host "
+                                 f"({isolation.mechanism}), and across silos it admits any certificate of the "
+                                 f"consortium from anywhere: trees are not trained across silos here")
     try:
-        trained = consortium.tree_training(schema, layout, split, spec, run_key,
-                                           f"{consortium.server_host}:{port}")
+        bind = consortium.trees_bind or socket.gethostbyname(consortium.server_host)
+        admitted = {n.institution: node_addresses(n.address) for n in consortium.nodes}
+    except OSError as error:
+        raise TreeTrainingFailed(f"cannot resolve the coordinator's host {consortium.server_host!r} (tls.host) or a "
+                                 f"node's address: {error}") from None
+    server, upstream = start_server(len(consortium.names), None, work, isolation)
+    gate = None
+    try:
+        try:
+            gate = Gate(bind, upstream, admitted, Path(consortium.tls.ca), Path(consortium.tls.cert),
+                        Path(consortium.tls.key))
+        except OSError as error:
+            raise TreeTrainingFailed(f"the gate to XGBoost's federated server cannot listen on {bind} "
+                                     f"(tls.trees_bind, or tls.host's address): {error}") from None
+        trained = consortium.tree_training(schema, layout, split, spec, run_key, f"{consortium.server_host}:{gate.port}",
+                                           on_round)
     finally:
+        if gate is not None:
+            gate.close()
         stop(server)
     answer = trained["answer"]
     (work / "booster.json").write_bytes(bytes(answer["booster"]))
+    kept = (f"XGBoost's federated server on loopback ({isolation.mechanism}), reached only through fedrisk's "
+            f"admission gate on {bind}:{gate.port}: mutual TLS, the run's institutions from their "
+            f"nodes' addresses" + (f"; refused {len(gate.refused)} connection(s)" if gate.refused else ""))
     return TreeResult(work / "booster.json", answer["rounds"], answer["best_round"],
-                      answer["stopped_early"]), trained["rows"]
+                      answer["stopped_early"]), trained["rows"], kept
 
 
 def tree_baseline(fit: pd.DataFrame, validation: pd.DataFrame, schema: Schema, layout: Layout,

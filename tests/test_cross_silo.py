@@ -338,9 +338,30 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}")
     config = _coordinator(pki, nodes.values(), "trees_xs")
     config = type(config).model_validate({**config.plain(), **trees, "tls": config.tls})
-    across = retrain(config)
+    from node import client
+    from tasks.training import round_listener
+
+    growing, shown = [], []  # TrainTrees calls in flight; each round shown, and whether trees were still growing
+    call = client.call
+
+    def counted(handle, tls, operation, request):
+        growing.append(operation) if operation == "TrainTrees" else None
+        try:
+            return call(handle, tls, operation, request)
+        finally:
+            growing.remove(operation) if operation == "TrainTrees" else None
+
+    monkeypatch.setattr(client, "call", counted)
+    with round_listener(lambda event: shown.append((event["round"], bool(growing)))
+                        if event.get("event") == "round" else None):
+        across = retrain(config)
     assert [r["validation_auc"] for r in across.training.rounds] == pytest.approx(
         [r["validation_auc"] for r in simulated.training.rounds])
+    assert [r for r, _ in shown] == [r["round"] for r in across.training.rounds]  # each once, in order
+    assert any(live for _, live in shown)  # round by round while the trees grew, not all at the end
+    tags = MlflowClient().get_model_version("trees_xs", "1").tags
+    assert tags["security.worker_isolation"].startswith("XGBoost's federated server on loopback (loopback-bind")
+    assert "reached only through fedrisk's admission gate on 127.0.0.1:" in tags["security.worker_isolation"]
     for name, value in simulated.weighted.items():
         assert across.weighted[name] == pytest.approx(value, abs=1e-6), name
     assert MlflowClient().get_model_version("trees_xs", "1").tags["training.engine"] == "xgboost"
