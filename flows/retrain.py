@@ -25,12 +25,13 @@ from tasks.lineage import git_state, lineage_tags, suite_digest
 from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
                            settle_privacy_budget, spent_privacy)
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
-from tasks.reporting import publish_summary, summary_markdown
+from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
 from tasks.statistics import (balanced_positive_weight, compute_local_statistics, compute_secure_statistics,
                               consortium_layout, standardization)
 from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
                             worker_isolation)
-from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions
+from tasks.validation import (REFUSED_AT_START, QuorumNotMet, ValidationReport, admitted_institutions,
+                              refused_at_start)
 from flows.validate import consortium_of, validate_consortium
 from tasks.consortium import LocalConsortium
 
@@ -204,6 +205,9 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
             privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()),
             run_key=training_id(run_dir, key))
+        if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
+            validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
+            publish_validation_table(config.model_name, validation)
         spent = spent_privacy(plan, training.rounds_trained, training.charged) if plan else None
         if spent is not None:
             settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)

@@ -29,12 +29,13 @@ from riskmodel.model import ENGINE_FILES, MANIFEST
 from tasks.evaluation import InstitutionEvaluation
 from tasks.statistics import LocalStatistics
 from tasks.training import TrainingStopped
-from tasks.validation import ValidationReport
+from tasks.validation import REFUSED_AT_START, ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
             "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "TreeProgress": 30, "SecureBegin": 900, "SecureShare": 60,
             "SecureMask": 120, "SecureConsistency": 60, "SecureUnmask": 60}
 MAX_MESSAGE_MB = 64
+START = "the start of the training"  # Prepare: a node checks the training against its policy
 _channels: dict[tuple, grpc.Channel] = {}
 _channels_lock = threading.Lock()
 
@@ -365,7 +366,7 @@ class NodeInstitutions:
         if self.consortium.secure:
             self.encoding = self.consortium.encoding(stages.spec)
             self._prepare_request["secure_encoding"] = self.encoding.as_dict()
-        self._each(list(range(len(self.names))), "preparing the training", self._prepare_or_refusal)
+        self._each(list(range(len(self.names))), START, self._prepare_or_refusal)
 
     def _with_retry(self, index: int, operation):
         """`operation()` at one node, asked once more after a failure (re-prepared if it restarted)."""
@@ -391,7 +392,8 @@ class NodeInstitutions:
                 f"{self.consortium.quorum}: the run stops, nothing is registered, and the next run resumes from "
                 f"the last round's checkpoint")
         for name, error in failures.items():
-            self.lost[name] = f"left out from {when}: {error}"
+            start = error.refusal and when == START
+            self.lost[name] = f"{REFUSED_AT_START}: {error}" if start else f"left out from {when}: {error}"
 
     def _each(self, indices: list[int], when: str, operation) -> dict[int, object]:
         """`operation(i)` at each node in parallel; a node failing twice is dropped (see `_drop`)."""

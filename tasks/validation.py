@@ -68,6 +68,17 @@ class ValidationReport:
         return replace(self, institution_page=None, profile=self.profile if profile else None)
 
 
+REFUSED_AT_START = "quarantined at the start of the training"
+
+
+def refused_at_start(reports: list[ValidationReport], lost: dict[str, str]) -> list[ValidationReport]:
+    """The reports with each institution that refused the training when it began (its node's policy) quarantined,
+    its refusal the reason: it is left out like a failed validation, and the quorum decided."""
+    refused = {name: why for name, why in lost.items() if why.startswith(REFUSED_AT_START)}
+    return [replace(r, passed=False, reasons=[*r.reasons, refused[r.institution]])
+            if r.institution in refused else r for r in reports]
+
+
 class QuorumNotMet(RuntimeError):
     """Too few institutions passed validation to train a consortium model."""
 

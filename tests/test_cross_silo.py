@@ -6,6 +6,7 @@ with nothing registered and resumes identically once the node is back."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -126,7 +127,7 @@ def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | Non
     return parse_config(plain, Path("."))
 
 
-def _node(root: Path, pki: Path, name: str, extract: Path) -> Node:
+def _node(root: Path, pki: Path, name: str, extract: Path, policy: dict | None = None) -> Node:
     """A node of one more bank, its extract `extract` (copied into its directory), not yet started."""
     directory = root / "nodes" / name
     (directory / "tls").mkdir(parents=True)
@@ -135,7 +136,11 @@ def _node(root: Path, pki: Path, name: str, extract: Path) -> Node:
         shutil.copy(pki / file, directory / "tls" / file)
     shutil.copy(extract, directory / extract.name)
     port = free_port()
-    node_config(name, directory, "credit_default", directory / extract.name, port, [*BANKS, name])
+    path = node_config(name, directory, "credit_default", directory / extract.name, port, [*BANKS, name])
+    if policy:
+        import yaml
+
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "policy": policy}))
     return Node(name, directory, port)
 
 
@@ -286,7 +291,8 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     headerless.write_text(customer + "\n" + "\n".join(small_consortium["cedar_savings"].read_text().splitlines()[2:]))
     system = tmp_path / "passwd"
     system.write_text("fedrisk-marker-7f3a:x:0:0:root:/root:/bin/bash\nmarker-c2d9:x:2:2::/bin:/usr/sbin/nologin\n")
-    careless = [_node(root, pki, "eel_bank", headerless), _node(root, pki, "fir_bank", system)]
+    careless = [_node(root, pki, "eel_bank", headerless), _node(root, pki, "fir_bank", system),
+                _node(root, pki, "gum_bank", small_consortium["dune_finance"], {"max_rounds": 1})]
     secrets = [b"987654321", b"fedrisk-marker-7f3a", b"marker-c2d9"]
     received: list[bytes] = []
     decode = wire.decode
@@ -325,6 +331,17 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     shown = terminal.stdout.decode() + terminal.stderr.decode()
     assert "eel_bank" in shown and "the first line looks like a row, not a header (25 of 25 fields" in shown
     assert "fir_bank" in shown and "one column found, the schema declares 25" in shown
+    # A bank whose policy refuses the training when it begins is quarantined like a failed validation, with why.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        [table] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-xs-careless"])), limit=1)
+    rows = {row["institution"]: row for row in json.loads(table.data)}
+    assert {name: rows[name]["status"] for name in ("alder_bank", "eel_bank", "fir_bank", "gum_bank")} == {
+        "alder_bank": "admitted", "eel_bank": "quarantined", "fir_bank": "quarantined", "gum_bank": "quarantined"}
+    assert "agreed to at most 1 rounds, the run plans 2 (policy.max_rounds)" in json.dumps(rows["gum_bank"])
 
 
 def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation_grows(

@@ -70,13 +70,14 @@ def test_an_institution_refusing_at_prepare_is_left_out_and_the_quorum_decides(n
     institutions, stages = _training(nodes, quorum=2)
     institutions.prepare(stages)
     assert list(institutions.lost) == ["cedar_savings"]
-    assert "left out from preparing the training: institution 'cedar_savings'" in institutions.lost["cedar_savings"]
+    assert institutions.lost["cedar_savings"].startswith("quarantined at the start of the training: institution "
+                                                         "'cedar_savings'")
     assert "agreed to at most 3 rounds, the run plans 5 (policy.max_rounds)" in institutions.lost["cedar_savings"]
     updates = institutions.train_round(stages, 1, stages.initial_weights, [0, 1, 2])
     assert [u.institution for u in updates] == ["alder_bank", "birch_credit_union"]
 
     institutions, stages = _training(nodes, quorum=3)
-    with pytest.raises(TrainingStopped, match=r"preparing the training: .*cedar_savings.*\(policy.max_rounds\) "
+    with pytest.raises(TrainingStopped, match=r"the start of the training: .*cedar_savings.*\(policy.max_rounds\) "
                                               r"\(refused\); 2 institution\(s\) left, quorum is 3"):
         institutions.prepare(stages)
 
