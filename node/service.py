@@ -205,8 +205,12 @@ class NodeService:
         return {"report": asdict(report.shared(profile=not private)), "data_docs_html": page}
 
     def _refuse_plain(self, what: str, run: _Run | None = None) -> None:
-        if self.config.policy.require_secure_aggregation or (run is not None and run.secure):
-            raise NodeRefusal(f"institution '{self.name}' sends its {what} only through secure aggregation")
+        if self.config.policy.require_secure_aggregation:
+            raise NodeRefusal(f"institution '{self.name}' sends its {what} only through secure aggregation "
+                              f"(policy.require_secure_aggregation)")
+        if run is not None and run.secure:
+            raise NodeRefusal(f"institution '{self.name}' sends its {what} only through secure aggregation (the run "
+                              f"was prepared for it)")
 
     def statistics(self, request: dict) -> dict:
         self._check_schema(request)
@@ -500,6 +504,9 @@ class NodeService:
 
         self._check_schema(request)
         policy = self.config.policy
+        if policy.require_secure_aggregation:
+            raise NodeRefusal(f"institution '{self.name}' sends only masked sums (policy.require_secure_aggregation); "
+                              f"XGBoost's federated server sees each institution's gradient histograms")
         spec = TreeSpec.from_dict(request["spec"])
         if "gradient_boosted_trees" not in policy.model_kinds:
             raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not gradient_boosted_trees")
@@ -509,9 +516,6 @@ class NodeService:
         if policy.require_privacy != "none":
             raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy, which "
                               f"trees do not have (policy.require_privacy)")
-        if policy.require_secure_aggregation:
-            raise NodeRefusal(f"institution '{self.name}' sends only masked sums (policy.require_secure_aggregation); "
-                              f"XGBoost's federated server sees each institution's gradient histograms")
         [data] = self._admitted(request).tree_data(self.schema, Layout.from_json(request["layout"]),
                                                    Split(**request["split"]))
         tls, rank, work = self.config.tls, int(request["rank"]), self.config.work_dir / "trees" / request["run_key"]

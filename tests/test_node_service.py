@@ -298,3 +298,126 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     with pytest.raises(NodeRefusal, match=r"evaluates the models of run run-1 at most 5 times "
                                           r"\(policy.max_evaluations_per_run\)"):
         evaluate("run-1", challenger=challenger)
+
+
+@pytest.mark.slow
+def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_processes(small_consortium, tmp_path):
+    """Two `fedrisk node serve` processes, dialled over mutual TLS by a scripted coordinator holding the consortium's
+    coordinator certificate. Each bypass of issue 27 is refused with the policy field it breaks, and the node's
+    audit trail has every one of them."""
+    import os
+    from contextlib import ExitStack
+
+    import yaml
+
+    from fed_models.training import spec_as_dict
+    from fed_trees.spec import TreeSpec
+    from hostguard.pki import init_ca, issue
+    from node.audit import AuditTrail
+    from node.client import NodeError, NodeHandle, Tls, _zip_model, call
+    from riskmodel.layout import Layout
+    from tasks.config import EvaluationConfig, ModelConfig
+    from tasks.statistics import LocalStatistics
+    from tasks.training import export
+    from tests.conftest import FEDRISK, free_port, running, wait_for
+
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    for name in ("coordinator", *MEMBERS):
+        issue(pki, name, ("127.0.0.1",))
+    policies = {"dune_finance": {"max_rounds": 6, "require_privacy": "record_level", "min_noise_multiplier": 0.8,
+                                 "max_evaluations_per_run": 2},
+                "alder_bank": {"require_secure_aggregation": True}}
+    handles, configs = {}, {}
+    with ExitStack() as stack:
+        for name, policy in policies.items():
+            directory = tmp_path / name
+            directory.mkdir()
+            configs[name] = config = {
+                "institution": name, "listen": f"127.0.0.1:{free_port()}", "schema": "credit_default",
+                "extract": {"path": str(small_consortium[name])}, "work_dir": str(directory / "state"),
+                "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
+                "policy": policy, "consortium": {"members": MEMBERS}}
+            (directory / "node.yaml").write_text(yaml.safe_dump(config))
+            log = directory / "node.log"
+            process = stack.enter_context(running([FEDRISK, "node", "serve", "--config", str(directory / "node.yaml")],
+                                                  dict(os.environ), log))
+            handles[name] = (NodeHandle(name, config["listen"]), process, log)
+        for name, (_, process, log) in handles.items():
+            wait_for(lambda log=log: "listening on" in log.read_text(), process, log, f"node {name}")
+        tls = Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key"))
+
+        def ask(name: str, operation: str, request: dict):
+            return call(handles[name][0], tls, operation, request)
+
+        def refused(name: str, operation: str, request: dict) -> str:
+            with pytest.raises(NodeError) as error:
+                ask(name, operation, request)
+            assert error.value.refusal, str(error.value)
+            return str(error.value)
+
+        schema = {"name": CREDIT.name, "version": CREDIT.version}
+        digest = ask("dune_finance", "Validate", {"schema": schema})["report"]["digest"]
+        features = list(CREDIT.features)
+        stats = [LocalStatistics(**ask("dune_finance", "Statistics", {"schema": schema, "digest": digest,
+                                                                      "features": features, "split": SPLIT}))]
+        layout = consortium_layout(CREDIT, features, stats)
+        mean, std = standardization(layout, stats)
+
+        def prepare(run_key: str, spec: TrainingSpec, **extra) -> dict:
+            request = {"schema": schema, "digest": digest, "run_key": run_key, "spec": spec_as_dict(spec),
+                       "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT, **extra}
+            return ask("dune_finance", "Prepare", request)
+
+        private = RecordLevelPrivacy(1.0, {"dune_finance": 1.0})
+        # Rounds: declared 2, asked for a third; declared past the policy's 6.
+        prepare("run-1", TrainingSpec(rounds=2, seed=1, privacy=private))
+        from fed_models.training import build_stages, weights_as_lists
+
+        weights = weights_as_lists(build_stages(TrainingSpec(rounds=2, seed=1, privacy=private), np.asarray(mean),
+                                                np.asarray(std), n_clients=1).initial_weights)
+        first = ask("dune_finance", "TrainRound", {"run_key": "run-1", "round": 1, "weights": weights,
+                                                   "client_seed": 1})
+        assert "round 3 is not one of them (the declared rounds)" in refused(
+            "dune_finance", "TrainRound", {"run_key": "run-1", "round": 3, "weights": weights, "client_seed": 3})
+        assert "(policy.max_rounds)" in refused("dune_finance", "Prepare", {
+            "schema": schema, "digest": digest, "run_key": "run-2", "spec": spec_as_dict(TrainingSpec(
+                rounds=10, privacy=private)), "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT})
+        # Privacy: no DP, too little noise, a lax delta (accounted at the node's own).
+        for spec, field in [(TrainingSpec(rounds=2), "policy.require_privacy"),
+                            (TrainingSpec(rounds=2, privacy=RecordLevelPrivacy(1.0, {"dune_finance": 0.3})),
+                             "policy.min_noise_multiplier")]:
+            with pytest.raises(NodeError, match=rf"\({field}\)"):
+                prepare("run-3", spec)
+        lax = prepare("run-4", TrainingSpec(rounds=2, seed=1, privacy=private), delta=0.5)
+        assert lax["delta"] == pytest.approx(1 / lax["fit_rows"])
+        assert first["delta"] == pytest.approx(1 / lax["fit_rows"]) and first["epsilon"] > 0
+        # Evaluate: a model crafted by the coordinator, then more often than the policy allows.
+        crafted = Path(export([w + 0.5 for w in weights["trainable"]], ModelConfig(), 1, Layout.from_json(
+            layout.to_json()), mean, std, CREDIT.output, tmp_path / "crafted"))
+        evaluate = {"schema": schema, "digest": digest, "split": SPLIT, "run_key": "run-1",
+                    "evaluation": EvaluationConfig().model_dump(), "models": {"challenger": _zip_model(crafted)}}
+        assert "holds weights this node never trained or validated in that run" in refused(
+            "dune_finance", "Evaluate", evaluate)
+        refused("dune_finance", "Evaluate", evaluate)
+        assert "(policy.max_evaluations_per_run)" in refused("dune_finance", "Evaluate", evaluate)
+        # A node that sends only masked sums: no statistics in the clear, no trees (the server sees histograms).
+        sealed = ask("alder_bank", "Validate", {"schema": schema})["report"]
+        assert sealed["profile"] is None
+        assert "(policy.require_secure_aggregation)" in refused("alder_bank", "TrainTrees", {
+            "schema": schema, "digest": sealed["digest"], "spec": TreeSpec().as_dict(), "layout": layout.to_json(),
+            "split": SPLIT,
+            "run_key": "trees-1", "rank": 0, "world_size": 3, "server": "127.0.0.1:1"})
+        assert "only through secure aggregation" in refused("alder_bank", "Statistics", {
+            "schema": schema, "digest": sealed["digest"], "features": features, "split": SPLIT})
+
+    trail = {name: AuditTrail(Path(configs[name]["work_dir"])).read() for name in policies}
+    refusals = [(e.operation, e.reason) for e in trail["dune_finance"] if e.outcome == "refused"]
+    for operation, field in [("TrainRound", "(the declared rounds)"), ("Prepare", "(policy.max_rounds)"),
+                             ("Prepare", "(policy.require_privacy)"), ("Prepare", "(policy.min_noise_multiplier)"),
+                             ("Evaluate", "never trained or validated"),
+                             ("Evaluate", "(policy.max_evaluations_per_run)")]:
+        assert any(o == operation and field in (reason or "") for o, reason in refusals), (operation, field)
+    served = [(e.operation, e.run) for e in trail["dune_finance"] if e.outcome == "served"]
+    assert ("TrainRound", "run-1") in served and ("Prepare", "run-4") in served
+    assert [e.operation for e in trail["alder_bank"] if e.outcome == "refused"] == ["TrainTrees", "Statistics"]
