@@ -22,9 +22,10 @@ from rich.console import Console
 console = Console() if sys.stdout.isatty() else Console(width=4096, soft_wrap=False)
 
 _settings = {"verbose": False}
-# What the flow and its tasks say about the run; at a node, what it served and refused (its audit trail).
-# What an institution reads about its own extract (example values): its screen and log file, never Prefect's API.
-RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "fedrisk.node", "fedrisk.institution")
+# What the flow and its tasks say about the run; at a node, what it served and refused (its audit trail); what an
+# institution reads about its own extract (example values: its screen and log file, never Prefect's API); who the
+# trees' admission gate refused.
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "fedrisk.node", "fedrisk.institution", "fedrisk.trees")
 # Prefect's bookkeeping about its own runs: in the Prefect UI and the log file, not a status line.
 _BOOKKEEPING = re.compile(r"^(Beginning (sub)?flow run|Finished in state|Created (task|flow) run|Executing|"
                           r"View at|Submitting task|Running on|Task run .* received|Downloading flow code|"
