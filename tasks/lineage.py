@@ -112,6 +112,17 @@ class Link:
     detail: str = ""
 
 
+FLOW_RUN_SOUND = ("Completed", "Running")  # a version's flow run in any other state (Failed, Crashed) is not sound
+
+
+def _flow_run_state(name: str, state: str | None, where: str = "") -> tuple[bool, str]:
+    """Whether the flow run that registered a version is sound, and its name and state in words."""
+    detail = f"{name}, {state or 'no state'}{where}"
+    if state in FLOW_RUN_SOUND:
+        return True, detail
+    return False, f"{detail}: the run that registered this version did not complete"
+
+
 def _resolve_flow_run(flow_run_id: str) -> tuple[bool, str]:
     """The flow run, from the Prefect API when one is configured (or Prefect is already loaded here), else
     from the local Prefect database, read-only: a lookup must not start a temporary Prefect API."""
@@ -127,7 +138,7 @@ def _resolve_flow_run(flow_run_id: str) -> tuple[bool, str]:
             run = client.read_flow_run(flow_run_id)
     except Exception as error:  # not found, or no Prefect API reachable
         return False, f"not found in the Prefect API ({type(error).__name__})"
-    return True, f"{run.name}, {run.state.name if run.state else 'no state'}"
+    return _flow_run_state(run.name, run.state.name if run.state else None)
 
 
 def _flow_run_in_local_database(flow_run_id: str) -> tuple[bool, str]:
@@ -147,7 +158,7 @@ def _flow_run_in_local_database(flow_run_id: str) -> tuple[bool, str]:
         return False, f"not found: no readable Prefect database at {database} ({error})"
     if row is None:
         return False, f"not found in the Prefect database {database} (set PREFECT_API_URL for a Prefect server)"
-    return True, f"{row[0]}, {row[1] or 'no state'} (local Prefect database)"
+    return _flow_run_state(row[0], row[1], " (local Prefect database)")
 
 
 def _artifact_exists(client, run_id: str, path: str) -> bool:

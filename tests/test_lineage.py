@@ -96,3 +96,21 @@ def test_references(reference, parsed):
 def test_bad_references_say_what_is_expected(reference):
     with pytest.raises(ValueError, match="must be NAME@ALIAS .* or NAME/VERSION"):
         parse_reference(reference)
+
+
+@pytest.mark.parametrize("state, sound", [("Completed", True), ("Failed", False), ("Crashed", False)])
+def test_a_version_whose_flow_run_failed_after_registering_is_not_sound(tmp_path, monkeypatch, state, sound):
+    """A run that registered a version and then failed (a lost lock, a crash) is no sound origin for it."""
+    import sqlite3
+
+    from tasks.lineage import _flow_run_in_local_database
+
+    database = tmp_path / "prefect.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE flow_run (id TEXT, name TEXT, state_name TEXT)")
+        connection.execute("INSERT INTO flow_run VALUES ('f1', 'retrain-credit', ?)", (state,))
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{database}")
+    resolved, detail = _flow_run_in_local_database("f1")
+    assert resolved is sound
+    assert detail.startswith(f"retrain-credit, {state} (local Prefect database)")
+    assert detail.endswith("the run that registered this version did not complete") is not sound
