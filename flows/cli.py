@@ -12,6 +12,7 @@ import flows  # noqa: F401  (sets library defaults before they are imported)
 from flows.config import ConfigError, load_config
 from flows.settings import PROJECT_ROOT, Settings
 from flows.terminal import console, status
+from hostguard.credentials import masked
 from tasks.config import RunConfig
 
 
@@ -178,7 +179,7 @@ def _run(config: RunConfig) -> None:
         raise typer.Exit(2) from None
     except MlflowException as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        console.print(f"[red]Retraining stopped: MLflow tracking at {Settings().mlflow_tracking_uri} "
+        console.print(f"[red]Retraining stopped: MLflow tracking at {masked(Settings().mlflow_tracking_uri)} "
                       f"failed:[/red] {first_line}\nNothing was registered.")
         raise typer.Exit(1) from None
     _print_summary(summary)
@@ -335,7 +336,7 @@ def models_list(name: str = typer.Argument(..., help="Registered model name.")) 
     except LookupError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
-    table = Table(title=f"{name} ({Settings().mlflow_tracking_uri})")
+    table = Table(title=f"{name} ({masked(Settings().mlflow_tracking_uri)})")
     for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS, "epsilon"):
         table.add_column(column, justify="left" if column in ("version", "registered", "aliases", "decision")
                          else "right")
@@ -377,11 +378,11 @@ def ledger(config: Path = typer.Option(None, "--config", "-c", metavar="PATH", h
     uri = Settings().mlflow_tracking_uri
     entries = read_ledger(uri)
     if not entries:
-        console.print(f"No differentially private retrainings yet in {uri}: nothing is spent"
+        console.print(f"No differentially private retrainings yet in {masked(uri)}: nothing is spent"
                       + (f" (budgets: {', '.join(f'{n} {b:g}' for n, b in sorted(budgets.items()))})" if budgets
                          else "") + ".", highlight=False)
         return
-    table = Table(title=f"Privacy ledger ({uri})")
+    table = Table(title=f"Privacy ledger ({masked(uri)})")
     for column in ("institution", "model", "version", "status", "epsilon", "delta"):
         table.add_column(column, justify="right" if column in ("epsilon", "delta") else "left")
     institutions = sorted({name for e in entries for name in e.epsilon} | set(budgets))
@@ -491,7 +492,7 @@ def serve(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
         for spec in specs:
             console.print(f"serving [bold]retrain-from-config/{spec.name}[/bold]: {_schedule_text(spec)}",
                           highlight=False)
-        console.print(f"Prefect API {url}: scheduled and triggered runs start in this process; Ctrl-C stops it "
+        console.print(f"Prefect API {masked(url)}: scheduled and triggered runs start in this process; Ctrl-C stops it "
                       f"(and pauses the schedules). Trigger one: fedrisk trigger {specs[0].name}", highlight=False)
 
     serve_deployments(specs, ready)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.config import NAME_PATTERN
 from flows.settings import PROJECT_ROOT
+from hostguard.credentials import masked
 
 PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"
 
@@ -107,7 +108,7 @@ def require_server() -> str:
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
-        raise DeploymentError(f"no Prefect API answers at {url}: {failure}")
+        raise DeploymentError(f"no Prefect API answers at {masked(url)}: {failure}")
     return url
 
 

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.settings import Settings
+from hostguard.credentials import masked
 
 
 class RetrainingBusy(RuntimeError):
@@ -30,15 +30,6 @@ class RetrainingBusy(RuntimeError):
 
 class LockUnavailable(RuntimeError):
     """The lock database cannot be reached: nothing is trained rather than trained unguarded."""
-
-
-def without_password(url: str) -> str:
-    """A database URL as it may be printed: the password left out."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class _FileLock:
@@ -93,7 +84,7 @@ class _DatabaseLock:
                 options="-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
         except psycopg.Error as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise LockUnavailable(f"the retraining lock's database {without_password(url)} (FEDRISK_LOCK_DATABASE_URL) "
+            raise LockUnavailable(f"the retraining lock's database {masked(url)} (FEDRISK_LOCK_DATABASE_URL) "
                                   f"cannot be reached: {first}; nothing was trained or registered") from None
 
         # The lock's 64-bit key: a hash of the model's name, computed by the server.

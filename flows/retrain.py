@@ -33,6 +33,7 @@ from tasks.training import (TrainingOutcome, train_federated, train_local_baseli
 from tasks.validation import (REFUSED_AT_START, QuorumNotMet, ValidationReport, admitted_institutions,
                               refused_at_start)
 from flows.validate import consortium_of, validate_consortium
+from hostguard.credentials import masked
 from tasks.consortium import LocalConsortium
 
 
@@ -242,7 +243,7 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             worker_isolation=isolation.mechanism, lost=training.lost, engine=training.lineage)
         lineage["prefect.trigger"] = _trigger()
         logger.info("%s; registering the new version of %s in MLflow (%s)", decision.reason, config.model_name,
-                    settings.mlflow_tracking_uri)
+                    masked(settings.mlflow_tracking_uri))
         registration = register_model(
             settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,

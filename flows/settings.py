@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hostguard.credentials import masked
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MLRUNS_DIR = PROJECT_ROOT / "mlruns"
 
@@ -18,7 +20,7 @@ class Settings(BaseSettings):
     def model_post_init(self, context) -> None:
         if not self.mlflow_ui_url:  # a tracking server serves its own UI
             remote = self.mlflow_tracking_uri.startswith(("http://", "https://"))
-            self.mlflow_ui_url = self.mlflow_tracking_uri.rstrip("/") if remote else "http://127.0.0.1:5000"
+            self.mlflow_ui_url = masked(self.mlflow_tracking_uri.rstrip("/")) if remote else "http://127.0.0.1:5000"
         if not self.lock_database_url and self.mlflow_tracking_uri.startswith("postgresql"):
             self.lock_database_url = self.mlflow_tracking_uri  # MLflow's own database server holds the lock
         # psycopg takes postgresql:// URLs; SQLAlchemy's driver suffix (postgresql+psycopg://) is dropped.

@@ -22,6 +22,7 @@ from riskmodel.layout import Layout
 from tasks.config import PromotionConfig, RunConfig
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.schema import Schema
+from hostguard.credentials import masked
 from tasks.validation import ValidationReport
 from tasks.versions import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, validation_page_artifact
 
@@ -483,7 +484,7 @@ def promote_manually(tracking_uri: str, model_name: str, version: str, reason: s
     try:
         client.get_model_version(model_name, version)
     except MlflowException:
-        raise LookupError(f"{model_name} has no version {version} in {tracking_uri}") from None
+        raise LookupError(f"{model_name} has no version {version} in {masked(tracking_uri)}") from None
     try:
         previous = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException:

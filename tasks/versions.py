@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hostguard.credentials import masked
+
 CONFIG_ARTIFACT = "config/run_config.yaml"
 MODEL_CARD_ARTIFACT = "model_card.html"
 
@@ -38,7 +40,7 @@ def resolve_version(tracking_uri: str, name: str, alias: str | None, version: st
         return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as error:
         reference = f"{name}@{alias}" if alias else f"{name}/{version}"
-        raise LookupError(f"{reference}: no such model version in {tracking_uri} ({error.error_code})"
+        raise LookupError(f"{reference}: no such model version in {masked(tracking_uri)} ({error.error_code})"
                           + _what_exists(client, name)) from None
 
 
@@ -84,7 +86,7 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
         model = client.get_registered_model(model_name)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # a clear error for an unknown name
-            raise LookupError(f"no registered model {model_name!r} in {tracking_uri}") from None
+            raise LookupError(f"no registered model {model_name!r} in {masked(tracking_uri)}") from None
         raise
     aliases: dict[str, list[str]] = {}
     for alias, number in model.aliases.items():

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from flows.lock import without_password
+from hostguard.credentials import masked
 from tests.test_production_stores import POSTGRES, _UNREACHABLE
 
 # A process that takes the retraining lock of model `m` (waiting up to WAIT s) inside a flow run, says so,
@@ -126,5 +126,5 @@ def test_an_unreachable_lock_database_stops_the_run_before_anything_is_trained(p
 
 
 def test_a_password_is_never_printed():
-    assert without_password("postgresql://u:pw@db.bank:5432/x") == "postgresql://u:***@db.bank:5432/x"
-    assert without_password("postgresql://u@db/x") == "postgresql://u@db/x"
+    assert masked("postgresql://u:pw@db.bank:5432/x") == "postgresql://u:***@db.bank:5432/x"
+    assert masked("postgresql://u@db/x") == "postgresql://u@db/x"

@@ -203,3 +203,45 @@ def _serve_and_score(stores, model: str, rows: Path) -> list[float]:
                             json={"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
         assert answer.status_code == 200, answer.text
     return [p["default_probability"] for p in answer.json()["predictions"]]
+
+
+def _with_password(url: str, password: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.netloc.rsplit('@', 1)[-1]}"))
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_and_the_lock_url_is_shown_and_stored_nowhere(small_consortium, tmp_path):
+    """MLflow's store and the lock on PostgreSQL with a password in their URLs (the server trusts loopback, so any
+    password connects): a retraining and the read commands print it nowhere, and neither the log file, Prefect's
+    database, MLflow's database nor its artifacts hold it."""
+    import psycopg
+
+    password = f"pw-{uuid.uuid4().hex[:12]}"
+    tracking = _with_password(_database(f"mlflow_secret_{uuid.uuid4().hex[:8]}"), password)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")},
+           "PREFECT_HOME": str(tmp_path / "prefect"), "MLFLOW_TRACKING_URI": tracking, "COLUMNS": "200",
+           "FEDRISK_LOCK_DATABASE_URL": _with_password(POSTGRES, password), "FEDRISK_RUNS_DIR": str(tmp_path / "runs"),
+           "FEDRISK_LOG_FILE": str(tmp_path / "fedrisk.log")}
+    config = write_config(tmp_path / "secret.yaml", small_consortium, model_name="credit_secret", quorum=3,
+                          training={"rounds": 2}, promotion={"max_calibration_error": None})
+    shown = []
+    for args in (["retrain", "--config", str(config)], ["models", "list", "credit_secret"],
+                 ["models", "list", "credit_absent"], ["ledger"], ["lineage", "credit_secret@champion"]):
+        done = subprocess.run([FEDRISK, *args], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        shown.append(done.stdout + done.stderr)
+    assert "credit_secret" in shown[1] and "postgres:***@" in shown[1], shown[1]  # the store, masked
+    assert "no registered model 'credit_absent'" in shown[2], shown[2]
+    stored = {str(path): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert any(name.endswith("prefect.db") for name in stored) and any("model_card" in name for name in stored)
+    with psycopg.connect(tracking.replace(password, "x"), autocommit=True) as connection:
+        tables = [row[0] for row in connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        for table in tables:
+            rows = connection.execute(f'SELECT row_to_json(t)::text FROM "{table}" t').fetchall()
+            stored[f"mlflow table {table}"] = "\n".join(r[0] for r in rows).encode()
+    leaks = [where for where, data in {**{f"command {i}": s.encode() for i, s in enumerate(shown)}, **stored}.items()
+             if password.encode() in data]
+    assert leaks == []
