@@ -528,6 +528,7 @@ def train(
 
     stopped_early = spec.patience is not None and stale >= spec.patience
     round_num = len(history)
+    left_out = frozenset(institutions.lost)  # validation losses compare only over the same institutions
     while round_num < spec.rounds and not stopped_early:
         round_num += 1
         chosen = sample_clients(n, spec.clients_per_round, spec.seed, round_num)
@@ -539,6 +540,9 @@ def train(
         finalizer_state, weights = finalized.state, finalized.result
         validation_loss = validation_auc = float("nan")
         checked = institutions.validate(stages, weights)
+        if frozenset(institutions.lost) != left_out:  # an institution was left out: later losses are over fewer
+            left_out = frozenset(institutions.lost)   # institutions, not comparable with the rounds before
+            best_loss, stale = np.inf, 0
         if checked:
             scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
             validation_loss, validation_auc = scores["loss"], scores["auc"]

@@ -234,7 +234,8 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
                     ", ".join(trained))
         evaluations = [evaluate_institution(admitted, name, schema, split, per_institution[name], config.evaluation)
                        for name in trained]
-        decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None)
+        decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None,
+                                    training.lost)
         commit, dirty = git_state(PROJECT_ROOT)
         lineage = lineage_tags(
             flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),

@@ -328,6 +328,7 @@ class NodeInstitutions:
     reported: dict[str, int] = field(default_factory=dict)
     charged: dict[str, tuple[float, float]] = field(default_factory=dict)  # each node's own (epsilon, delta) of the run
     log: object = None  # a callable taking a line (the run's logger), for what each secure sum completed
+    warn: object = None  # a callable taking a line (the run's logger's warning): an institution left out, at once
 
     def __post_init__(self):
         self.names = self.consortium.names
@@ -394,6 +395,9 @@ class NodeInstitutions:
         for name, error in failures.items():
             start = error.refusal and when == START
             self.lost[name] = f"{REFUSED_AT_START}: {error}" if start else f"left out from {when}: {error}"
+            if self.warn is not None:
+                self.warn(f"institution '{name}' {self.lost[name]}; the run goes on with {len(active)} institution(s) "
+                          f"(quorum {self.consortium.quorum})")
 
     def _each(self, indices: list[int], when: str, operation) -> dict[int, object]:
         """`operation(i)` at each node in parallel; a node failing twice is dropped (see `_drop`)."""

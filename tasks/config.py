@@ -206,6 +206,9 @@ class PromotionConfig(BaseModel):
     max_calibration_error: float | None = Field(
         0.05, gt=0.0, le=1.0, description="Guardrail: the challenger's expected calibration error (pooled over "
                                           "institutions) below this; null turns it off.")
+    promote_with_lost_institutions: bool = Field(
+        False, description="Promote a challenger trained and evaluated without an institution lost mid-training "
+                           "(registered either way); false: a person decides (fedrisk models promote).")
 
 
 class BaselinesConfig(BaseModel):

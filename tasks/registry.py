@@ -152,8 +152,10 @@ def _gain(metric: str, new: float, old: float) -> float:
     return new - old if HIGHER_IS_BETTER[metric] else old - new
 
 
-def decide_promotion(policy: PromotionConfig, evaluations: list[InstitutionEvaluation], champion_version: str | None) -> Decision:
-    """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations.
+def decide_promotion(policy: PromotionConfig, evaluations: list[InstitutionEvaluation], champion_version: str | None,
+                     lost: dict[str, str] | None = None) -> Decision:
+    """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations. `lost`:
+    institutions left out mid-training (the challenger was trained and evaluated without them).
 
     Promoted only when the challenger beats the champion on the primary metric (example-weighted
     over institutions) by at least `min_improvement`, no institution loses more than
@@ -196,6 +198,10 @@ def decide_promotion(policy: PromotionConfig, evaluations: list[InstitutionEvalu
                 detail = f" (largest drop: {name} {drop:.4f})" if name and drop > 0 else " (none worse)"
                 checks.append(f"pass: no institution worse than under the champion by more than {limit:g} "
                               f"on {metric}{detail}")
+    mid_training = {name: why for name, why in (lost or {}).items() if why.startswith("left out from")}
+    if mid_training and not policy.promote_with_lost_institutions:
+        checks.append(f"fail: trained and evaluated without {', '.join(sorted(mid_training))}, lost mid-training "
+                      f"(promotion.promote_with_lost_institutions is false: a person decides)")
     promoted = all(check.startswith("pass") for check in checks)
     if promoted:
         reason = f"promoted: {checks[0].removeprefix('pass: ')}"

@@ -161,6 +161,7 @@ def federated_training(
     on_round: Callable | None = None,
     run_key: str = "",
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainingOutcome:
     """Train `training` over the consortium's institutions; export the best round's model to `model_dir`.
 
@@ -170,7 +171,7 @@ def federated_training(
     nodes (idempotent rounds). `privacy` makes the training differentially private; `isolation`
     (worker_isolation) keeps TFF's worker off the network; `scaling` gives a logistic regression its
     scorecard points; `on_round` receives each round's fed_models.training.RoundMetrics; `log` lines on
-    how each secure sum went (under secure aggregation).
+    how each secure sum went (under secure aggregation), `warn` a line the moment a node is left out.
     """
     if training.engine == "xgboost":
         from tasks.trees import tree_training
@@ -182,8 +183,8 @@ def federated_training(
     institutions = consortium.training(schema, layout, split, run_key,
                                        {i.institution: i.delta for i in privacy.institutions} if privacy else None)
     secure = consortium.secure
-    if secure:
-        institutions.log = log
+    if consortium.cross_silo:
+        institutions.log, institutions.warn = log, warn
     stopping = training.early_stopping
     spec = TrainingSpec(
         model=_model_spec(training.model, split.seed),
@@ -254,7 +255,7 @@ def train_federated(consortium, schema: Schema, layout: Layout, split: Split, me
     try:
         outcome = federated_training(consortium, schema, layout, split, mean, std, training, positive_class_weight,
                                      model_dir, checkpoint_dir, privacy, isolation, scaling, on_round=report,
-                                     run_key=run_key, log=logger.info)
+                                     run_key=run_key, log=logger.info, warn=logger.warning)
     finally:
         tell({"event": "end"})
     if outcome.resumed_from_round:

@@ -217,14 +217,23 @@ def test_a_node_down_at_the_start_is_quarantined_and_the_quorum_decides(consorti
     assert [e.institution for e in summary.evaluations] == list(BANKS)
 
 
-def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium, tracking_uri):
+def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium, tracking_uri, caplog):
+    """The loss is said as it happens, the best round is chosen among rounds validated by the same institutions,
+    and the version, trained and evaluated without the lost bank, is registered but not promoted by default."""
     _, pki, nodes = consortium
     with _killed_after_round(nodes["cedar_savings"], 2):
         summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_lost", quorum=2))
     assert [r["institutions"] for r in summary.training.rounds] == [3, 3, 2, 2, 2]
     assert summary.training.lost["cedar_savings"].startswith("left out from round 3: institution 'cedar_savings': "
                                                              "unreachable at ")
+    said = caplog.messages
+    [warned] = [i for i, m in enumerate(said) if m.startswith("institution 'cedar_savings' left out from round 3: ")]
+    assert said[warned].endswith("the run goes on with 2 institution(s) (quorum 2)")
+    assert warned < min(i for i, m in enumerate(said) if m.startswith("round 3/5: "))  # at once, not at the end
+    assert summary.training.best_round >= 3  # losses over 2 banks are not compared with losses over 3
     assert [e.institution for e in summary.evaluations] == ["alder_bank", "birch_credit_union"]
+    assert not summary.registration.promoted
+    assert "trained and evaluated without cedar_savings, lost mid-training" in summary.registration.reason
     tags = MlflowClient(tracking_uri).get_model_version("credit_xs_lost", "1").tags
     assert tags["institution.cedar_savings.lost"].startswith("left out from round 3")
 

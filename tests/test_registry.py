@@ -91,3 +91,15 @@ def test_guardrails_can_be_turned_off():
     policy = {**POLICY, "max_institution_drop": None, "max_calibration_error": None}
     decision = decide_promotion(PromotionConfig(**policy), _evaluations({"a": 0.9, "b": 0.5}, {"a": 0.6, "b": 0.7}, ece=0.3), "1")
     assert decision.promoted and len(decision.checks) == 1
+
+
+def test_a_challenger_trained_without_an_institution_lost_mid_training_is_not_promoted_by_default():
+    lost = {"c": "left out from round 3: institution 'c': unreachable at 10.0.0.3:7100",
+            "d": "quarantined at the start of the training: institution 'd' agreed to at most 3 rounds"}
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.9}), "2", lost)
+    assert not decision.promoted
+    assert decision.reason.endswith("trained and evaluated without c, lost mid-training "
+                                    "(promotion.promote_with_lost_institutions is false: a person decides)")
+    allowed = decide_promotion(PromotionConfig(**POLICY, promote_with_lost_institutions=True),
+                               _evaluations({"a": 0.9}), None, lost)
+    assert allowed.promoted  # and one quarantined at the start is like a failed validation: no reason to hold
