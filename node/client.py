@@ -32,8 +32,8 @@ from tasks.training import TrainingStopped
 from tasks.validation import REFUSED_AT_START, ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
-            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "TreeProgress": 30, "SecureBegin": 900, "SecureShare": 60,
-            "SecureMask": 120, "SecureConsistency": 60, "SecureUnmask": 60}
+            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "TreeProgress": 30, "SecureBegin": 900,
+            "SecureShare": 60, "SecureMask": 120, "SecureConsistency": 60, "SecureUnmask": 60}
 MAX_MESSAGE_MB = 64
 START = "the start of the training"  # Prepare: a node checks the training against its policy
 _channels: dict[tuple, grpc.Channel] = {}
@@ -307,7 +307,8 @@ class NodeConsortium:
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         result = call(self.node(institution), self.tls, "Evaluate", {
             "schema": _schema_ref(schema), "digest": self.digest(institution), "split": vars(split),
-            "run_key": self.run_key, "evaluation": evaluation.model_dump(), "models": {role: _zip_model(path) for role, path in models.items()}})
+            "run_key": self.run_key, "evaluation": evaluation.model_dump(),
+            "models": {role: _zip_model(path) for role, path in models.items()}})
         return InstitutionEvaluation(**result)
 
 

@@ -23,8 +23,8 @@ from tasks.data import InstitutionDataError
 SERVICE = "fedrisk.Node"
 OPERATIONS = {"Describe": "describe", "Validate": "validate", "Statistics": "statistics", "Prepare": "prepare",
               "TrainRound": "train_round", "ValidateRound": "validate_round", "Evaluate": "evaluate",
-              "TrainTrees": "train_trees", "TreeProgress": "tree_progress", "SecureBegin": "secure_begin", "SecureShare": "secure_share",
-              "SecureMask": "secure_mask", "SecureConsistency": "secure_consistency",
+              "TrainTrees": "train_trees", "TreeProgress": "tree_progress", "SecureBegin": "secure_begin",
+              "SecureShare": "secure_share", "SecureMask": "secure_mask", "SecureConsistency": "secure_consistency",
               "SecureUnmask": "secure_unmask"}
 log = logging.getLogger("fedrisk.node")
 

@@ -126,7 +126,8 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
         numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values
         bad = numbers.isna() & present
         if bad.any():
-            problems.append((f"column {name} has {int(bad.sum())} non-numeric values", f"e.g. {_examples(values[bad])}"))
+            problems.append((f"column {name} has {int(bad.sum())} non-numeric values",
+                             f"e.g. {_examples(values[bad])}"))
             continue
         whole = feature.type == "categorical" or feature.dtype == "int"
         if whole:

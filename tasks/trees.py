@@ -105,8 +105,8 @@ def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation
         except OSError as error:
             raise TreeTrainingFailed(f"the gate to XGBoost's federated server cannot listen on {bind} "
                                      f"(tls.trees_bind, or tls.host's address): {error}") from None
-        trained = consortium.tree_training(schema, layout, split, spec, run_key, f"{consortium.server_host}:{gate.port}",
-                                           on_round)
+        trained = consortium.tree_training(schema, layout, split, spec, run_key,
+                                           f"{consortium.server_host}:{gate.port}", on_round)
     finally:
         if gate is not None:
             gate.close()

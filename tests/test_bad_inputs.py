@@ -87,7 +87,8 @@ CASES = {
     "AGE negative": (_frame_change(_set("AGE", [0], -3)), "AGE between 18 and 100: failed for 1 of 1000 rows"),
     "AGE 300": (_frame_change(_set("AGE", [0], 300)), "AGE between 18 and 100: failed for 1 of 1000 rows"),
     "PAY_ outside its code set": (_frame_change(_set("PAY_4", [7, 8], -5)),
-                                  "PAY_4 in code set [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]: failed for 2 of 1000 rows"),
+                                  "PAY_4 in code set [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]: failed for 2 of "
+                                  "1000 rows"),
     "nulls": (_frame_change(_set("SEX", [3], None)), "SEX has no missing values: failed for 1 of 1000 rows"),
     "duplicate IDs": (_frame_change(lambda f: f.assign(ID=f["ID"].where(f.index != 1, f["ID"][2]))),
                       "ID is unique: failed for 2 of 1000 rows"),
