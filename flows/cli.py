@@ -144,9 +144,10 @@ def _prefect_api():
 
     from flows.prefect_api import prefect_api
 
+    settings = Settings()
     if not PREFECT_API_URL.value():
         status("starting a temporary Prefect API (set PREFECT_API_URL to use a Prefect server)")
-    return prefect_api()
+    return prefect_api(settings.prefect_start_seconds, settings.log_file.parent, status)
 
 
 def _run(config: RunConfig) -> None:

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
                     "retrainings of a model across every host that runs them; default: the MLflow store when it "
                     "is PostgreSQL, else a file lock on this machine.",
     )
+    prefect_start_seconds: float = Field(
+        default=300, gt=0, le=3600, validation_alias="FEDRISK_PREFECT_START_SECONDS",
+        description="How long a command waits for the temporary Prefect API it starts (without PREFECT_API_URL) to "
+                    "answer; a busy machine may need minutes. Its log (prefect-api-PID.log beside the log file) is kept when it "
+                    "does not start.",
+    )
     lock_wait_seconds: float = Field(
         default=3600, ge=0, validation_alias="FEDRISK_LOCK_WAIT_SECONDS",
         description="How long a retraining waits for another retraining of the same model to finish before "

@@ -260,3 +260,23 @@ def test_read_only_commands_load_mlflow_and_nothing_heavy(registered, registry_c
         assert "No differentially private retrainings yet" in done.stdout
     else:
         assert "(local Prefect database)" in done.stdout and "UNRESOLVED" not in done.stdout
+
+
+def test_a_temporary_prefect_api_slower_than_its_budget_says_so_while_waiting_and_keeps_its_log(tmp_path):
+    """The wait shows progress, the refusal names the setting that gives it more time, and the log stays."""
+    script = (
+        "import flows.prefect_api as api\n"
+        "api._PROGRESS_EVERY_S = 0.5\n"
+        "try:\n"
+        f"    with api.prefect_api(2.0, {str(tmp_path / 'logs')!r}, lambda line: print('PROGRESS', line)):\n"
+        "        pass\n"
+        "except api.PrefectApiUnavailable as error:\n"
+        "    print('STOPPED', error)\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PREFECT_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("PROGRESS still starting the temporary Prefect API (") for line in lines) >= 2, lines
+    [stopped] = [line for line in lines if line.startswith("STOPPED")]
+    [log] = list((tmp_path / "logs").glob("prefect-api-*.log"))
+    assert stopped == (f"STOPPED the temporary Prefect API did not answer in 2 s (FEDRISK_PREFECT_START_SECONDS; "
+                       f"its log: {log})")
