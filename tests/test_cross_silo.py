@@ -343,10 +343,12 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     # A bank whose policy refuses the training when it begins is quarantined like a failed validation, with why.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as prefect:
+    with get_client(sync_client=True) as prefect:  # the latest table: republished once the training began
         [table] = prefect.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-xs-careless"])), limit=1)
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-xs-careless"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
     rows = {row["institution"]: row for row in json.loads(table.data)}
     assert {name: rows[name]["status"] for name in ("alder_bank", "eel_bank", "fir_bank", "gum_bank")} == {
         "alder_bank": "admitted", "eel_bank": "quarantined", "fir_bank": "quarantined", "gum_bank": "quarantined"}
