@@ -260,35 +260,14 @@ def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resume
     assert resumed.weighted == uninterrupted.weighted  # a node never trains a round twice: identical
 
 
-def test_the_registry_records_the_privacy_each_node_charged_at_its_own_delta(consortium, tracking_uri):
-    """A coordinator asking for a lax delta (0.5, where DP-SGD's epsilon is about 0) cannot make the record say
-    less than the node spent: the node accounts at its own delta (1/rows) and the registry records its figures."""
-    import json
-
-    from tasks.ledger import read_ledger
-
-    _, pki, nodes = consortium
-    summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_dp",
-                                   training={"rounds": 2, "model": {"kind": "logistic_regression"}},
-                                   privacy={"mechanism": "record_level", "noise_multiplier": 1.1, "delta": 0.5}))
-    tags = MlflowClient(tracking_uri).get_model_version("credit_xs_dp", summary.registration.version).tags
-    [entry] = [e for e in read_ledger(tracking_uri) if e.model_name == "credit_xs_dp"]
-    for name, node in nodes.items():
-        ledger = json.loads((node.directory / "state" / "ledger.json").read_text())
-        [(training, charged)] = [(k, v) for k, v in ledger.items() if k.startswith(entry.run_key)]
-        rows = summary.training.examples[name]
-        assert charged["delta"] == pytest.approx(1 / rows) and charged["rounds"] == 2
-        assert charged["epsilon"] > 0.1  # at delta 0.5 the same rounds would cost about 0
-        assert float(tags[f"privacy.epsilon.{name}"]) == pytest.approx(charged["epsilon"], abs=1e-4), training
-        assert float(tags[f"privacy.delta.{name}"]) == pytest.approx(charged["delta"], rel=1e-2)
-        assert entry.epsilon[name] == pytest.approx(charged["epsilon"], abs=1e-9) and entry.status == "spent"
-
-
 def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consortium, small_consortium, prefect_api,
                                                                           tracking_uri, tmp_path, monkeypatch):
     """Two careless banks: one exports its extract without the header line, one points its node at a system file.
     Both are quarantined with a reason in counts, and no byte of their content reaches what the coordinator
-    receives, the MLflow store and artifacts, Prefect's database, or the coordinator's terminal and log file."""
+    receives, the MLflow store and artifacts, Prefect's database, or the coordinator's terminal and log file.
+    A third bank's policy refuses the training when it begins: it is quarantined with its refusal. And the
+    coordinator asks for a lax DP delta (0.5, where DP-SGD's epsilon is about 0): each node accounts at its own
+    (1/rows) and the registry records the nodes' figures, so both ledgers agree."""
     import yaml
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
@@ -312,7 +291,8 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
         for node in careless:
             node.wait()
         config = _coordinator_plain(pki, [*nodes.values(), *careless], "credit_xs_careless", quorum=3,
-                                    training={"rounds": 2, "model": {"kind": "logistic_regression"}})
+                                    training={"rounds": 2, "model": {"kind": "logistic_regression"}},
+                                    privacy={"mechanism": "record_level", "noise_multiplier": 1.1, "delta": 0.5})
         (tmp_path / "coordinator.yaml").write_text(yaml.safe_dump(config))
         log_file = tmp_path / "coordinator.log"
         env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracking_uri,
@@ -353,6 +333,20 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     assert {name: rows[name]["status"] for name in ("alder_bank", "eel_bank", "fir_bank", "gum_bank")} == {
         "alder_bank": "admitted", "eel_bank": "quarantined", "fir_bank": "quarantined", "gum_bank": "quarantined"}
     assert "agreed to at most 1 rounds, the run plans 2 (policy.max_rounds)" in json.dumps(rows["gum_bank"])
+
+    from tasks.ledger import read_ledger
+
+    [entry] = [e for e in read_ledger(tracking_uri) if e.model_name == "credit_xs_careless"]
+    version = entry.version or "1"
+    tags = MlflowClient(tracking_uri).get_model_version("credit_xs_careless", version).tags
+    for name, node in nodes.items():
+        ledger = json.loads((node.directory / "state" / "ledger.json").read_text())
+        [(training, charged)] = [(k, v) for k, v in ledger.items() if k.startswith(entry.run_key)]
+        assert charged["delta"] < 0.01 and charged["rounds"] == 2  # 1/rows (720 and more), not the 0.5 asked for
+        assert charged["epsilon"] > 0.1  # at delta 0.5 the same rounds would cost about 0
+        assert float(tags[f"privacy.epsilon.{name}"]) == pytest.approx(charged["epsilon"], abs=1e-4), training
+        assert float(tags[f"privacy.delta.{name}"]) == pytest.approx(charged["delta"], rel=1e-2)
+        assert entry.epsilon[name] == pytest.approx(charged["epsilon"], abs=1e-9) and entry.status == "spent"
 
 
 def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation_grows(

@@ -229,7 +229,7 @@ def test_a_password_in_the_tracking_uri_and_the_lock_url_is_shown_and_stored_now
                           training={"rounds": 2}, promotion={"max_calibration_error": None})
     shown = []
     for args in (["retrain", "--config", str(config)], ["models", "list", "credit_secret"],
-                 ["models", "list", "credit_absent"], ["ledger"], ["lineage", "credit_secret@champion"]):
+                 ["models", "list", "credit_absent"], ["ledger"]):
         done = subprocess.run([FEDRISK, *args], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
         shown.append(done.stdout + done.stderr)
     assert "credit_secret" in shown[1] and "postgres:***@" in shown[1], shown[1]  # the store, masked
