@@ -54,6 +54,9 @@ def infer_schema(path: Path, label: str | None = None, name: str | None = None, 
         frame = pd.read_parquet(path) if Path(path).suffix.lower() in {".parquet", ".pq"} else pd.read_csv(path)
     except (ValueError, pd.errors.ParserError) as error:  # pandas' and pyarrow's messages quote no row
         raise SchemaInferenceError(f"{path}: cannot be read ({str(error).strip()})") from None
+    if len(frame.columns) < 2:
+        raise SchemaInferenceError(f"{path}: one column found: an extract is comma-separated, with a header line "
+                                   f"naming a label and at least one feature")
     headerless(frame, lambda reason: SchemaInferenceError(f"{path}: {reason}"))
     label = label or frame.columns[-1]
     if label not in frame.columns:

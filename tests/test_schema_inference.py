@@ -69,6 +69,11 @@ def test_a_headerless_file_is_refused_and_no_error_quotes_a_row(extract, tmp_pat
     with pytest.raises(SchemaInferenceError, match=r"no label column 'default' among its 6 columns \(pass --label "
                                                    r"with the name of one\)$"):
         infer_schema(path, label="default")
+    system = tmp_path / "passwd"
+    system.write_text("root:x:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:/usr/sbin/nologin\n")
+    with pytest.raises(SchemaInferenceError, match="one column found: an extract is comma-separated") as error:
+        infer_schema(system)
+    assert "root:x" not in str(error.value)
 
 
 def test_the_german_credit_file_drafts_into_the_shipped_layout():
