@@ -372,8 +372,10 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
         private = RecordLevelPrivacy(1.0, {"dune_finance": 1.0})
         # Rounds: declared 2, asked for a third; declared past the policy's 6.
         prepare("run-1", TrainingSpec(rounds=2, seed=1, privacy=private))
+        from fed_models import runtime
         from fed_models.training import build_stages, weights_as_lists
 
+        runtime.ensure_context()  # this process's own worker, stopped by its pid (TFF's stock one outlived it)
         weights = weights_as_lists(build_stages(TrainingSpec(rounds=2, seed=1, privacy=private), np.asarray(mean),
                                                 np.asarray(std), n_clients=1).initial_weights)
         first = ask("dune_finance", "TrainRound", {"run_key": "run-1", "round": 1, "weights": weights,
