@@ -216,6 +216,26 @@ def host_addresses() -> list[str]:
 FEDRISK = str(Path(sys.executable).parent / "fedrisk")  # the console script, as `uv run fedrisk` runs it
 
 
+def serve_nodes(stack, configs: dict[str, dict], root: Path) -> dict[str, str]:
+    """`fedrisk node serve` for each node config (institution -> its YAML as a dict), each in `root/NAME` with its
+    log, stopped by its process group's id when `stack` (an ExitStack) closes; returns each one's listen address
+    once every node listens."""
+    import yaml
+
+    started = {}
+    for name, config in configs.items():
+        directory = root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "node.yaml").write_text(yaml.safe_dump(config))
+        log = directory / "node.log"
+        process = stack.enter_context(running([FEDRISK, "node", "serve", "--config", str(directory / "node.yaml")],
+                                              dict(os.environ), log))
+        started[name] = (process, log)
+    for name, (process, log) in started.items():
+        wait_for(lambda log=log: "listening on" in log.read_text(), process, log, f"node {name}")
+    return {name: config["listen"] for name, config in configs.items()}
+
+
 def read_until(process: subprocess.Popen, text: str, timeout: float) -> str:
     """Read a process's (text) stdout line by line until a line contains `text`; return all read so far.
     Fails with the output when the process ends or `timeout` passes first."""

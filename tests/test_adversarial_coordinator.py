@@ -14,7 +14,6 @@ and a sum of two inputs released when one participant drops after sharing.
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 from contextlib import ExitStack
 from dataclasses import replace
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from hostguard.pki import init_ca, issue
 from node import secure, wire
@@ -32,7 +30,7 @@ from node.service import NodeRefusal, NodeService
 from secagg.protocol import (RULE_CERTIFICATE, RULE_CONSISTENCY, RULE_ENCODING, RULE_MEMBERS, RULE_MIN_INPUTS,
                              RULE_ONE_SUM, RULE_ROSTER, RULE_SAME_PARAMETERS, RULE_THRESHOLD, Advertisement, Identity)
 from tasks.schema import load_schema
-from tests.conftest import FEDRISK, TEST_EXPECTATIONS_DIR, free_port, running, wait_for
+from tests.conftest import TEST_EXPECTATIONS_DIR, free_port, serve_nodes
 
 CREDIT = load_schema("credit_default")
 SCHEMA = {"name": CREDIT.name, "version": CREDIT.version}
@@ -350,25 +348,18 @@ def test_a_deviating_coordinator_is_refused_by_node_processes(pki, digests, smal
     dials them with its valid certificate. Every attack above is refused there as in process."""
     from node.client import NodeError, NodeHandle, Tls, call
 
-    handles = {}
+    configs = {}
+    for name in BANKS:
+        (tmp_path / name).mkdir()
+        shutil.copy(small_consortium[name], tmp_path / name / "credit.csv")
+        configs[name] = _config(pki, name, tmp_path / name / "credit.csv", tmp_path / name / "state")
     with ExitStack() as stack:  # each node stopped by its process group's id, however the test ends
-        for name in BANKS:
-            directory = tmp_path / name
-            directory.mkdir()
-            shutil.copy(small_consortium[name], directory / "credit.csv")
-            config = _config(pki, name, directory / "credit.csv", directory / "state")
-            (directory / "node.yaml").write_text(yaml.safe_dump(config))
-            log = directory / "node.log"
-            process = stack.enter_context(running([FEDRISK, "node", "serve", "--config", str(directory / "node.yaml")],
-                                                  dict(os.environ), log))
-            handles[name] = (NodeHandle(name, config["listen"]), process, log)
-        for name, (_, process, log) in handles.items():
-            wait_for(lambda log=log: "listening on" in log.read_text(), process, log, f"node {name}")
+        handles = {name: NodeHandle(name, address) for name, address in serve_nodes(stack, configs, tmp_path).items()}
         tls = Tls(str(pki / "ca.crt"), str(pki / f"{COORDINATOR}.crt"), str(pki / f"{COORDINATOR}.key"))
 
         def over_tls(name: str, operation: str, request: dict):
             try:
-                return call(handles[name][0], tls, operation, request)
+                return call(handles[name], tls, operation, request)
             except NodeError as error:
                 raise Refused(str(error)) from None
 

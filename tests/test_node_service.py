@@ -305,10 +305,7 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
     """Two `fedrisk node serve` processes, dialled over mutual TLS by a scripted coordinator holding the consortium's
     coordinator certificate. Each bypass of issue 27 is refused with the policy field it breaks, and the node's
     audit trail has every one of them."""
-    import os
     from contextlib import ExitStack
-
-    import yaml
 
     from fed_models.training import spec_as_dict
     from fed_trees.spec import TreeSpec
@@ -319,7 +316,7 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
     from tasks.config import EvaluationConfig, ModelConfig
     from tasks.statistics import LocalStatistics
     from tasks.training import export
-    from tests.conftest import FEDRISK, free_port, running, wait_for
+    from tests.conftest import free_port, serve_nodes
 
     pki = tmp_path / "pki"
     init_ca(pki)
@@ -328,27 +325,17 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
     policies = {"dune_finance": {"max_rounds": 6, "require_privacy": "record_level", "min_noise_multiplier": 0.8,
                                  "max_evaluations_per_run": 2},
                 "alder_bank": {"require_secure_aggregation": True}}
-    handles, configs = {}, {}
+    configs = {name: {
+        "institution": name, "listen": f"127.0.0.1:{free_port()}", "schema": "credit_default",
+        "extract": {"path": str(small_consortium[name])}, "work_dir": str(tmp_path / name / "state"),
+        "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
+        "policy": policy, "consortium": {"members": MEMBERS}} for name, policy in policies.items()}
     with ExitStack() as stack:
-        for name, policy in policies.items():
-            directory = tmp_path / name
-            directory.mkdir()
-            configs[name] = config = {
-                "institution": name, "listen": f"127.0.0.1:{free_port()}", "schema": "credit_default",
-                "extract": {"path": str(small_consortium[name])}, "work_dir": str(directory / "state"),
-                "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
-                "policy": policy, "consortium": {"members": MEMBERS}}
-            (directory / "node.yaml").write_text(yaml.safe_dump(config))
-            log = directory / "node.log"
-            process = stack.enter_context(running([FEDRISK, "node", "serve", "--config", str(directory / "node.yaml")],
-                                                  dict(os.environ), log))
-            handles[name] = (NodeHandle(name, config["listen"]), process, log)
-        for name, (_, process, log) in handles.items():
-            wait_for(lambda log=log: "listening on" in log.read_text(), process, log, f"node {name}")
+        handles = {name: NodeHandle(name, address) for name, address in serve_nodes(stack, configs, tmp_path).items()}
         tls = Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key"))
 
         def ask(name: str, operation: str, request: dict):
-            return call(handles[name][0], tls, operation, request)
+            return call(handles[name], tls, operation, request)
 
         def refused(name: str, operation: str, request: dict) -> str:
             with pytest.raises(NodeError) as error:
