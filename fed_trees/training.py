@@ -188,6 +188,19 @@ def train_federated(institutions: list[TreeData], spec: TreeSpec, work_dir: Path
     return read_result(work_dir, spec)
 
 
+def round_figures(line: str) -> dict | None:
+    """One boosting round's federated validation figures from a line of rank 0's worker log (fed_trees.worker prints
+    them as JSON); None for any other line."""
+    if not (line.startswith("{") and line.rstrip().endswith("}")):
+        return None
+    try:
+        figures = json.loads(line)
+        return {"round": int(figures["round"]), "validation_loss": float(figures["validation_loss"]),
+                "validation_auc": float(figures["validation_auc"])}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def _follow(workers, server, server_log: Path, on_round, deadline: float) -> None:
     """Pass rank 0's rounds to `on_round` as they come; wait for every worker; a failure stops them all."""
     _, first_log, _ = workers[0]
@@ -204,8 +217,9 @@ def _follow(workers, server, server_log: Path, on_round, deadline: float) -> Non
         complete = chunk[:chunk.rfind(b"\n") + 1]
         read += len(complete)
         for line in complete.decode(errors="replace").splitlines():
-            if line.startswith("{"):
-                on_round(json.loads(line))
+            figures = round_figures(line)
+            if figures is not None:
+                on_round(figures)
 
     while True:
         pass_new_rounds()

@@ -29,7 +29,7 @@ from riskmodel.model import ENGINE_FILES, MANIFEST
 from tasks.evaluation import InstitutionEvaluation
 from tasks.statistics import LocalStatistics
 from tasks.training import TrainingStopped
-from tasks.validation import REFUSED_AT_START, ValidationReport
+from tasks.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 
 TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
             "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "TreeProgress": 30, "SecureBegin": 900,
@@ -395,7 +395,7 @@ class NodeInstitutions:
                 f"the last round's checkpoint")
         for name, error in failures.items():
             start = error.refusal and when == START
-            self.lost[name] = f"{REFUSED_AT_START}: {error}" if start else f"left out from {when}: {error}"
+            self.lost[name] = f"{REFUSED_AT_START}: {error}" if start else f"{LEFT_OUT} {when}: {error}"
             if self.warn is not None:
                 self.warn(f"institution '{name}' {self.lost[name]}; the run goes on with {len(active)} institution(s) "
                           f"(quorum {self.consortium.quorum})")

@@ -538,18 +538,11 @@ class NodeService:
         run_key = str(request.get("run_key") or "")
         if self.run_records.get(run_key) is None:
             raise NodeRefusal(f"institution '{self.name}' takes part in no tree training {run_key or '(none named)'}")
+        from fed_trees.training import round_figures
+
         log = self.config.work_dir / "trees" / run_key / f"{self.name}.log"
         lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-        rounds = []
-        for line in lines:
-            if line.startswith("{") and line.endswith("}"):
-                try:
-                    figures = json.loads(line)
-                    rounds.append({"round": int(figures["round"]), "validation_loss": float(figures["validation_loss"]),
-                                   "validation_auc": float(figures["validation_auc"])})
-                except (ValueError, TypeError, KeyError, AttributeError):
-                    continue
-        return {"rounds": rounds}
+        return {"rounds": [figures for figures in map(round_figures, lines) if figures is not None]}
 
     def evaluate(self, request: dict) -> dict:
         """Score the run's models on its holdout (exported models: data, loaded with this node's own code): only

@@ -23,7 +23,7 @@ from tasks.config import PromotionConfig, RunConfig
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.schema import Schema
 from hostguard.credentials import masked
-from tasks.validation import ValidationReport
+from tasks.validation import LEFT_OUT, ValidationReport
 from tasks.versions import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, validation_page_artifact
 
 CHAMPION = "champion"
@@ -198,7 +198,7 @@ def decide_promotion(policy: PromotionConfig, evaluations: list[InstitutionEvalu
                 detail = f" (largest drop: {name} {drop:.4f})" if name and drop > 0 else " (none worse)"
                 checks.append(f"pass: no institution worse than under the champion by more than {limit:g} "
                               f"on {metric}{detail}")
-    mid_training = {name: why for name, why in (lost or {}).items() if why.startswith("left out from")}
+    mid_training = {name: why for name, why in (lost or {}).items() if why.startswith(LEFT_OUT)}
     if mid_training and not policy.promote_with_lost_institutions:
         checks.append(f"fail: trained and evaluated without {', '.join(sorted(mid_training))}, lost mid-training "
                       f"(promotion.promote_with_lost_institutions is false: a person decides)")

@@ -68,7 +68,8 @@ class ValidationReport:
         return replace(self, institution_page=None, profile=self.profile if profile else None)
 
 
-REFUSED_AT_START = "quarantined at the start of the training"
+REFUSED_AT_START = "quarantined at the start of the training"  # why a node that refused at Prepare is left out
+LEFT_OUT = "left out from"  # why a node lost mid-training is: the version was trained without it
 
 
 def refused_at_start(reports: list[ValidationReport], lost: dict[str, str]) -> list[ValidationReport]:
