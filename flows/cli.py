@@ -156,7 +156,7 @@ def _run(config: RunConfig) -> None:
     from flows.prefect_api import PrefectApiUnavailable
     from flows.terminal import quiet_mlflow, round_progress
     from node.client import NodeError, TrainingStopped
-    from flows.lock import LockUnavailable, RetrainingBusy
+    from flows.lock import LockLost, LockUnavailable, RetrainingBusy
     from fed_trees.training import FederatedTreesUnavailable, TreeTrainingFailed
     from flows.retrain import retrain
     from hostguard.loopback import WorkerExposureRefused
@@ -170,7 +170,7 @@ def _run(config: RunConfig) -> None:
     try:
         with _prefect_api(), round_progress():
             summary = retrain(config)
-    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, LockUnavailable, PrivacyBudgetExceeded,
+    except (QuorumNotMet, InstitutionDataError, RetrainingBusy, LockUnavailable, LockLost, PrivacyBudgetExceeded,
             WorkerExposureRefused, NodeError, TrainingStopped, PrefectApiUnavailable, TreeTrainingFailed,
             FederatedTreesUnavailable) as error:
         console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
@@ -330,7 +330,7 @@ def _reference(reference: str) -> tuple[str, str | None, str | None]:
 @models_app.command("list")
 def models_list(name: str = typer.Argument(..., help="Registered model name.")) -> None:
     """Versions of a model, newest first: aliases, promotion decision, weighted holdout metrics."""
-    from tasks.versions import SUMMARY_METRICS, list_versions
+    from tasks.versions import COMPLETE, SUMMARY_METRICS, list_versions
 
     try:
         versions = list_versions(Settings().mlflow_tracking_uri, name)
@@ -342,12 +342,19 @@ def models_list(name: str = typer.Argument(..., help="Registered model name.")) 
         table.add_column(column, justify="left" if column in ("version", "registered", "aliases", "decision")
                          else "right")
     for v in versions:
-        table.add_row(v.version, v.created, ", ".join(v.aliases), v.decision,
-                      *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS], v.epsilon)
+        if v.registration == COMPLETE:
+            decision = v.decision + (f" (without {', '.join(v.lost)}, lost mid-training)" if v.lost else "")
+            table.add_row(v.version, v.created, ", ".join(v.aliases), decision,
+                          *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS], v.epsilon)
     table.caption = ("Holdout metrics of each version when registered: ece pooled over institutions, the others "
                      "example-weighted; epsilon: the most differential privacy spent on one institution. Where a "
                      "version came from: fedrisk lineage NAME/VERSION")
     console.print(table)
+    for v in versions:
+        if v.registration != COMPLETE:
+            console.print(f"[yellow]Version {v.version} is not listed: its registration did not finish "
+                          f"({v.registration}; its retraining failed while registering it). It is not scored or "
+                          f"promoted, and the next retraining of {name} deletes it.[/yellow]", highlight=False)
 
 
 @models_app.command("promote")

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.config import load_config
-from flows.lock import model_lock
+from flows.lock import LockHold, model_lock
 from flows.settings import PROJECT_ROOT, Settings
 from riskmodel.scorecard import Scaling
 from tasks.config import RunConfig
@@ -24,6 +24,7 @@ from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weight
 from tasks.lineage import git_state, lineage_tags, suite_digest
 from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
                            settle_privacy_budget, spent_privacy)
+from tasks.retries import service_retries
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
 from tasks.statistics import (balanced_positive_weight, compute_local_statistics, compute_secure_statistics,
@@ -108,8 +109,8 @@ def _deployment_name() -> str | None:
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")
 def retrain(config: RunConfig) -> RetrainSummary:
     """Retrain `config.model_name` on the institutions that pass validation, and register it."""
-    with model_lock(config.model_name, Settings().lock_wait_seconds):
-        return run_retraining(config)
+    with model_lock(config.model_name, Settings().lock_wait_seconds) as lock:
+        return run_retraining(config, lock)
 
 
 def _run_name_from_parameters() -> str:
@@ -139,18 +140,20 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
     """
     config = load_config(resolve_config_file(config_file), overrides or {},
                          expectations_dir=Settings().expectations_dir)
-    with model_lock(config.model_name, Settings().lock_wait_seconds):
-        summary = run_retraining(config)
+    with model_lock(config.model_name, Settings().lock_wait_seconds) as lock:
+        summary = run_retraining(config, lock)
     registration = summary.registration
     return {"model_name": registration.model_name, "version": registration.version,
             "aliases": registration.aliases, "promoted": registration.promoted, "reason": registration.reason,
             "mlflow_run_id": registration.run_id}
 
 
-def run_retraining(config: RunConfig) -> RetrainSummary:
-    """The retraining itself, inside whichever flow runs it (holding the model's lock)."""
+def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
+    """The retraining itself, inside whichever flow runs it, holding the model's lock: verified at each round
+    and before every write to the registry or the ledger."""
     settings = Settings()
     isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
+    after_training = service_retries(settings.registry_retry_seconds)  # a trained model rides out a restart
     schema, features = config.data_schema, config.feature_names
     split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
 
@@ -196,6 +199,8 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         # Privacy is planned, and the ledger consulted, before anything is trained.
         plan = plan_privacy(config.privacy, config.training, {
             name: fit_rows(count, config.training.validation_fraction) for name, count in counts.items()})
+        if plan:
+            lock.verify("before reserving the privacy budget")
         ledger_run = reserve_privacy_budget(settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id),
                                             plan, config.privacy_budgets()) if plan else None
         evaluated = champion if champion is not None and champion.features == features else None
@@ -205,13 +210,14 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
             admitted, schema, layout, split, mean=mean.tolist(), std=std.tolist(), training=config.training,
             positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
             privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()),
-            run_key=training_id(run_dir, key))
+            run_key=training_id(run_dir, key), lock_check=lock.verify)
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
             publish_validation_table(config.model_name, validation)
         spent = spent_privacy(plan, training.rounds_trained, training.charged) if plan else None
         if spent is not None:
-            settle_privacy_budget(settings.mlflow_tracking_uri, ledger_run, spent)
+            lock.verify("before settling the privacy ledger")
+            settle_privacy_budget.with_options(**after_training)(settings.mlflow_tracking_uri, ledger_run, spent)
         models = {"challenger": training.model_path}
         if evaluated is not None:
             models["champion"] = evaluated.path
@@ -245,12 +251,14 @@ def run_retraining(config: RunConfig) -> RetrainSummary:
         lineage["prefect.trigger"] = _trigger()
         logger.info("%s; registering the new version of %s in MLflow (%s)", decision.reason, config.model_name,
                     masked(settings.mlflow_tracking_uri))
-        registration = register_model(
+        registration = register_model.with_options(**after_training)(
             settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
             evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,
-        )
+            lock_check=lock.verify)
         if spent is not None:
-            record_ledger_version(settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id)
+            lock.verify("before recording the version in the privacy ledger")
+            record_ledger_version.with_options(**after_training)(
+                settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id)
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     logger.info("registered %s version %s (aliases: %s)", registration.model_name, registration.version,
                 ", ".join(registration.aliases))

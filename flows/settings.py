@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         description="How long a retraining waits for another retraining of the same model to finish before "
                     "it gives up (one retraining per model at a time).",
     )
+    registry_retry_seconds: float = Field(
+        default=240, ge=0, le=3600, validation_alias="FEDRISK_REGISTRY_RETRY_SECONDS",
+        description="How long a trained model's registration (and its ledger entries) keeps retrying the tracking "
+                    "server after a transient failure (a refused or dropped connection, an HTTP 5xx): long enough "
+                    "to ride out a server restart rather than lose the training. Retries back off from 2 s to at "
+                    "most 60 s apart. (Before training, an unreachable server stops the run within seconds.)",
+    )
     allow_exposed_worker: bool = Field(
         default=False, validation_alias="FEDRISK_ALLOW_EXPOSED_WORKER",
         description="Accept a TFF worker listening on every interface where it cannot be kept on loopback (no "

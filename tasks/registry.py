@@ -1,7 +1,10 @@
 """Registry stage: track one retraining in MLflow, register its model, move the aliases.
 
 Promotion is all-or-nothing: if anything fails after the model version exists, the version is
-deleted again and the champion alias is left where it was.
+deleted again and the champion alias is left where it was. A version says how far its registration got
+(tag `fedrisk.registration`): `incomplete` while its card and tags are written, `aliases pending` while its
+aliases move, `complete` at the end. Only complete versions are shown, scored or promoted; what a failure
+could not withdraw (the server gone) the next retraining settles (`settle_unfinished`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.evaluation import (
     HIGHER_IS_BETTER, InstitutionEvaluation, pooled_confusion, pooled_ece, weighted_metrics,
@@ -24,7 +28,9 @@ from tasks.retries import TRANSIENT_RETRIES
 from tasks.schema import Schema
 from hostguard.credentials import masked
 from tasks.validation import LEFT_OUT, ValidationReport
-from tasks.versions import CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, validation_page_artifact
+from tasks.versions import (ALIASES_PENDING, CHALLENGER, CHAMPION, COMPLETE, CONFIG_ARTIFACT, INCOMPLETE,
+                            MODEL_CARD_ARTIFACT, REGISTRATION_TAG, registration_complete, registration_state,
+                            validation_page_artifact)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -295,6 +301,70 @@ def _withdraw(client, model_name: str, version: str, previous_aliases: dict) -> 
         client.set_registered_model_alias(model_name, CHALLENGER, str(previous_aliases[CHALLENGER]))
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _fail_registration(client, model_name: str, version: str | None, previous_aliases: dict) -> None:
+    """After a failure: withdraw the version (if created) and end the MLflow run FAILED. What cannot be done now
+    (the server away) is logged; the version stays marked unfinished, hidden from users, and the run RUNNING,
+    until the next retraining settles both."""
+    import mlflow
+
+    logger = get_run_logger()
+    if version is not None:
+        try:
+            _withdraw(client, model_name, version, previous_aliases)
+        except Exception as error:
+            logger.warning("version %s of %s could not be withdrawn (%s); it stays marked unfinished (%s), hidden "
+                           "from `fedrisk models list`, scoring and promotion, until the next retraining of %s "
+                           "deletes it", version, model_name, _first_line(error), REGISTRATION_TAG, model_name)
+    try:
+        mlflow.end_run("FAILED")
+    except Exception as error:
+        logger.warning("the MLflow run of this registration could not be ended (%s); the next retraining of %s "
+                       "ends it FAILED", _first_line(error), model_name)
+
+
+def settle_unfinished(client, model_name: str) -> list[str]:
+    """Settle what failed registrations could not clean up (the server was away): a version whose registration
+    did not finish is completed when its final alias had moved (the registration had landed) and deleted when not;
+    the model's MLflow runs still RUNNING end FAILED. Only the holder of the model's retraining lock calls it:
+    then no registration is in progress. Returns one line per version settled."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    settled = []
+    for v in client.search_model_versions(f"name='{model_name}'"):
+        state = registration_state(v)
+        if state == COMPLETE:
+            continue
+        if registration_complete(v, model.aliases):
+            client.set_model_version_tag(model_name, v.version, REGISTRATION_TAG, COMPLETE)
+            settled.append(f"version {v.version} marked complete (its final alias had moved before the failure)")
+        else:
+            client.delete_model_version(model_name, v.version)
+            settled.append(f"version {v.version} deleted (registration {state}: its retraining failed while "
+                           f"registering it)")
+    experiment = client.get_experiment_by_name(experiment_name(model_name))
+    if experiment is not None:
+        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+            client.set_terminated(run.info.run_id, "FAILED")  # its retraining died while registering
+            settled.append(f"MLflow run {run.info.run_id} ended FAILED (its retraining died while registering)")
+    aliases = client.get_registered_model(model_name).aliases
+    if CHALLENGER not in aliases:  # deleted with a withdrawn version: the challenger is the newest complete one
+        newest = max((int(v.version) for v in client.search_model_versions(f"name='{model_name}'")), default=None)
+        if newest is not None:
+            client.set_registered_model_alias(model_name, CHALLENGER, str(newest))
+    return settled
+
+
 def signature_types(schema: Schema, features: list[str]) -> dict[str, str]:
     """Each input's MLflow type, as the schema declares it: whole numbers `long`, other numbers `double`
     (also whole numbers that may be missing), text levels `string`."""
@@ -328,7 +398,7 @@ def input_example(layout: Layout, types: dict[str, str], mean: list[float]):
     return frame.astype({name: "int64" for name, kind in types.items() if kind == "long" and name in frame})
 
 
-@task(name="register-model", **TRANSIENT_RETRIES)
+@task(name="register-model", **TRANSIENT_RETRIES, cache_policy=NO_CACHE)
 def register_model(
     tracking_uri: str,
     config: RunConfig,
@@ -340,6 +410,7 @@ def register_model(
     decision: Decision,
     lineage: dict[str, str],
     privacy=None,
+    lock_check=None,
 ) -> Registration:
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
@@ -347,6 +418,8 @@ def register_model(
     `training` is the TrainingOutcome (its model_path an exported model directory); `lineage` the tags
     that trace the version (see tasks.lineage); `privacy` what differential privacy spent (a
     tasks.privacy.PrivacyPlan), or None. If anything fails after the version exists it is deleted again.
+    `lock_check(where)` raises when the retraining's lock was lost: called before every registry write that
+    creates or changes a version, so a run that lost it registers nothing.
     """
     import mlflow
     import yaml
@@ -358,16 +431,22 @@ def register_model(
     from riskmodel import model as exported
     from riskmodel.scorecard import POINTS_TABLE_ARTIFACT, points_table
 
+    check = lock_check or (lambda where: None)
     model_name, schema, plain = config.model_name, config.data_schema, config.plain()
+    check("before registering")
     experiment_id = use_tracking(tracking_uri, model_name)
     client = mlflow.MlflowClient()
+    for line in settle_unfinished(client, model_name):  # this run holds the lock: none is in progress
+        get_run_logger().warning("an earlier registration of %s had not finished: %s", model_name, line)
     promotion_tags = {"promotion.metric": config.promotion.metric,
                       "promotion.decision": "promoted" if decision.promoted else "not promoted",
                       "promotion.reason": decision.reason, "promotion.checks": "\n".join(decision.checks)}
     rounds = training.rounds
     trained = exported.load(Path(training.model_path))
     scorecard = points_table(trained) if trained.scaling is not None else None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=lineage) as run:
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=lineage)
+    version, previous_aliases = None, {}
+    try:
         mlflow.log_params(_flatten("", {k: v for k, v in plain.items() if k != "intended_use"}))
         mlflow.log_text(yaml.safe_dump(plain, sort_keys=False), CONFIG_ARTIFACT)
         for r in rounds:
@@ -428,28 +507,38 @@ def register_model(
             signature=signature,
             pip_requirements=_requirements(trained.engine),
         )
-        version = str(mlflow.register_model(info.model_uri, model_name, tags=lineage).version)
+        check("before creating the model version")
+        version = str(mlflow.register_model(info.model_uri, model_name,
+                                            tags={**lineage, REGISTRATION_TAG: INCOMPLETE}).version)
         previous_aliases = dict(client.get_registered_model(model_name).aliases)
-        try:
-            mlflow.log_text(model_card_html(
-                model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
-                lineage=lineage, validation=validation, evaluations=evaluations, training=training,
-                figures=figures, privacy=privacy, layout=layout, scorecard=scorecard), MODEL_CARD_ARTIFACT)
-            # runs:/ resolves wherever the store is (a local path would not, on another machine).
-            for key, value in {**promotion_tags, "model_card": f"runs:/{run.info.run_id}/{MODEL_CARD_ARTIFACT}"}.items():
-                client.set_model_version_tag(model_name, version, key, value)
-            mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged",
-                             "mlflow.runName": run_name(version, lineage)})
-            client.update_model_version(model_name, version, description=version_description(decision))
-            client.update_registered_model(model_name, description=config.use)  # the card's intended use
-            client.set_registered_model_alias(model_name, CHALLENGER, version)
-            aliases = [CHALLENGER]
-            if decision.promoted:  # last: once the champion moves, nothing is left to fail
-                client.set_registered_model_alias(model_name, CHAMPION, version)
-                aliases.append(CHAMPION)
-        except Exception:
-            _withdraw(client, model_name, version, previous_aliases)
-            raise
+        mlflow.log_text(model_card_html(
+            model_name=model_name, version=version, run_id=run.info.run_id, config=config, decision=decision,
+            lineage=lineage, validation=validation, evaluations=evaluations, training=training,
+            figures=figures, privacy=privacy, layout=layout, scorecard=scorecard), MODEL_CARD_ARTIFACT)
+        # runs:/ resolves wherever the store is (a local path would not, on another machine).
+        for key, value in {**promotion_tags, "model_card": f"runs:/{run.info.run_id}/{MODEL_CARD_ARTIFACT}"}.items():
+            client.set_model_version_tag(model_name, version, key, value)
+        mlflow.set_tags({**promotion_tags, "model.version": version, PROFILES_TAG: "logged",
+                         "mlflow.runName": run_name(version, lineage)})
+        client.update_model_version(model_name, version, description=version_description(decision))
+        client.update_registered_model(model_name, description=config.use)  # the card's intended use
+        check(f"before moving the aliases to version {version}")
+        client.set_model_version_tag(model_name, version, REGISTRATION_TAG, ALIASES_PENDING)
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        aliases = [CHALLENGER]
+        if decision.promoted:  # last: once the champion moves, the version is registered
+            client.set_registered_model_alias(model_name, CHAMPION, version)
+            aliases.append(CHAMPION)
+    except BaseException:
+        _fail_registration(client, model_name, version, previous_aliases)
+        raise
+    # Registered (its final alias moved): what follows only records it, and is completed later if it fails.
+    try:
+        mlflow.end_run()
+        client.set_model_version_tag(model_name, version, REGISTRATION_TAG, COMPLETE)
+    except Exception as error:
+        get_run_logger().warning("version %s of %s is registered, but marking it complete failed (%s); the next "
+                                 "retraining marks it", version, model_name, _first_line(error))
     return Registration(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
@@ -488,9 +577,12 @@ def promote_manually(tracking_uri: str, model_name: str, version: str, reason: s
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     try:
-        client.get_model_version(model_name, version)
+        found = client.get_model_version(model_name, version)
     except MlflowException:
         raise LookupError(f"{model_name} has no version {version} in {masked(tracking_uri)}") from None
+    if not registration_complete(found, client.get_registered_model(model_name).aliases):
+        raise ValueError(f"{model_name} version {version}'s registration did not finish ({registration_state(found)}); "
+                         f"it cannot be promoted, and the next retraining of {model_name} deletes it")
     try:
         previous = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException:

@@ -33,6 +33,8 @@ def is_transient(error: BaseException) -> bool:
     """Whether `error` (or what caused it) is a failure worth retrying as it is."""
     import httpx
 
+    if getattr(error, "retryable", True) is False:  # it says so itself (a lost retraining lock)
+        return False
     for cause in _chain(error):
         if isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)):
             return True
@@ -49,6 +51,17 @@ def retry_if_transient(task, task_run, state) -> bool:
     """Prefect `retry_condition_fn`: retry a failed task run only when its exception is transient."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and is_transient(error)
+
+
+def service_retries(total_seconds: float) -> dict:
+    """Prefect retry options for a task that talks to a service, backing off from 2 s (doubling, at most 60 s
+    apart) until the delays cover `total_seconds`: a server restart (about 90 s for MLflow on a busy host) is
+    ridden out, a bad request is not retried at all."""
+    delays: list[float] = []
+    while sum(delays) < total_seconds:
+        delays.append(min(2.0 * 2 ** len(delays), 60.0))
+    return dict(retries=len(delays), retry_delay_seconds=delays or [0], retry_jitter_factor=0.2,
+                retry_condition_fn=retry_if_transient)
 
 
 TRANSIENT_RETRIES = dict(

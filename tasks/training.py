@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from hostguard import loopback
@@ -36,9 +37,11 @@ class TrainingStopped(RuntimeError):
 
 def _worth_retrying(task, task_run, state) -> bool:
     """A crash is retried (it resumes from the checkpoint); a stop the quorum rules decided is not, nor an
-    institution's refusal (its policy answers the same again)."""
+    institution's refusal (its policy answers the same again), nor an error that says it must not be
+    (`retryable = False`: a lost retraining lock)."""
     error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(error, TrainingStopped) and not getattr(error, "refusal", False)
+    return (not isinstance(error, TrainingStopped) and not getattr(error, "refusal", False)
+            and getattr(error, "retryable", True))
 
 
 def import_engine_in_background() -> threading.Thread:
@@ -227,13 +230,16 @@ def federated_training(
 
 # Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
 # round's checkpoint instead of starting over. A TrainingStopped is a decision, not retried.
-@task(name="train-federated", retries=1, retry_delay_seconds=2, retry_condition_fn=_worth_retrying)
+@task(name="train-federated", retries=1, retry_delay_seconds=2, retry_condition_fn=_worth_retrying,
+      cache_policy=NO_CACHE)
 def train_federated(consortium, schema: Schema, layout: Layout, split: Split, mean: list[float],
                     std: list[float], training: TrainingConfig, positive_class_weight: float, model_dir: Path,
                     checkpoint_dir: Path, privacy: PrivacyPlan | None = None, isolation: Isolation | None = None,
-                    scaling: Scaling | None = None, run_key: str = "") -> TrainingOutcome:
+                    scaling: Scaling | None = None, run_key: str = "",
+                    lock_check: Callable[[str], None] | None = None) -> TrainingOutcome:
     """`federated_training`, with each round logged, shown in a Prefect progress artifact and passed to the
-    round listeners (the CLI's progress bar)."""
+    round listeners (the CLI's progress bar). `lock_check(where)` runs after each round: it raises to stop the
+    training when the retraining's lock was lost."""
     logger = get_run_logger()
     max_rounds = training.rounds
     progress_id = create_progress_artifact(
@@ -248,6 +254,8 @@ def train_federated(consortium, schema: Schema, layout: Layout, split: Split, me
         logger.info(_describe(m, max_rounds), extra={ROUND_RECORD: True})
         update_progress_artifact(progress_id, 100.0 * m["round"] / max_rounds)
         tell({**m, "event": "round"})
+        if lock_check is not None:
+            lock_check(f"after round {m['round']}")
 
     logger.info("training: %s, up to %d rounds over %d institutions (%s); starting the training engine",
                 engine_name(training), max_rounds, len(consortium.names), ", ".join(consortium.names))

@@ -13,6 +13,28 @@ CONFIG_ARTIFACT = "config/run_config.yaml"
 MODEL_CARD_ARTIFACT = "model_card.html"
 
 
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# How far a version's registration got (tasks.registry): only complete versions are shown, scored or promoted.
+REGISTRATION_TAG = "fedrisk.registration"
+INCOMPLETE, ALIASES_PENDING, COMPLETE = "incomplete", "aliases pending", "complete"
+
+
+def registration_state(version) -> str:
+    """A version's registration state; versions registered before the tag existed are complete."""
+    return version.tags.get(REGISTRATION_TAG, COMPLETE)
+
+
+def registration_complete(version, aliases: dict) -> bool:
+    """Whether users may see the version: complete, or its aliases were moving and the final one (the champion
+    for a promoted version, else the challenger) had landed on it."""
+    state = registration_state(version)
+    if state == ALIASES_PENDING:
+        final = CHAMPION if version.tags.get("promotion.decision") == "promoted" else CHALLENGER
+        return str(aliases.get(final)) == str(version.version)
+    return state == COMPLETE
+
+
 def validation_page_artifact(institution: str) -> str:
     """Where a run keeps an institution's validation page (tasks.validation_page) among its artifacts."""
     return f"validation/data_docs/{institution}/validation.html"
@@ -36,12 +58,17 @@ def resolve_version(tracking_uri: str, name: str, alias: str | None, version: st
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(tracking_uri)
+    reference = f"{name}@{alias}" if alias else f"{name}/{version}"
     try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as error:
-        reference = f"{name}@{alias}" if alias else f"{name}/{version}"
         raise LookupError(f"{reference}: no such model version in {masked(tracking_uri)} ({error.error_code})"
                           + _what_exists(client, name)) from None
+    if not registration_complete(found, client.get_registered_model(name).aliases):
+        raise LookupError(f"{reference}: version {found.version}'s registration did not finish "
+                          f"({registration_state(found)}: its retraining failed while registering it); it is not "
+                          f"used, and the next retraining of {name} deletes it" + _what_exists(client, name))
+    return found
 
 
 def _what_exists(client, name: str) -> str:
@@ -68,13 +95,16 @@ class VersionSummary:
     metrics: dict[str, float]
     run_id: str
     epsilon: str = "none"
+    lost: tuple[str, ...] = ()  # institutions left out mid-training: trained and evaluated without them
+    registration: str = COMPLETE  # how far the registration got (only complete versions are shown as versions)
 
 
 SUMMARY_METRICS = ("roc_auc", "pr_auc", "ks", "ece")
 
 
 def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
-    """Every version of `model_name`, newest first, with its aliases, decision and weighted holdout metrics."""
+    """Every version of `model_name`, newest first, with its aliases, decision and weighted holdout metrics; one
+    whose registration did not finish is marked so (`registration`), for the caller to set apart."""
     import datetime
 
     import mlflow
@@ -105,5 +135,8 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
                                                    math.nan)) for m in SUMMARY_METRICS},
             run_id=v.run_id or "-",
             epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
+            lost=tuple(sorted(key.split(".")[1] for key in v.tags
+                              if key.startswith("institution.") and key.endswith(".lost"))),
+            registration=COMPLETE if registration_complete(v, model.aliases) else registration_state(v),
         ))
     return summaries

@@ -279,3 +279,55 @@ def write_config(path: Path, consortium: dict[str, Path], **settings) -> Path:
             **settings}
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))), None)
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of a test's own on a loopback port (initdb, pg_ctl), which the test may restart or
+    stop; run as the `postgres` user when the tests run as root (initdb refuses root). Stopped with `stop`."""
+
+    def __init__(self) -> None:
+        assert PG_BIN is not None
+        self.bin, self.port = PG_BIN.parent, free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="fedrisk-test-pg-"))  # outside pytest's 0700 tmp: postgres reads it
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_owner(f"{self.bin}/initdb -D {self.dir}/data --auth=trust -U postgres", chown=True)
+        self.start()
+
+    def _as_owner(self, command: str, chown: bool = False) -> None:
+        if os.getuid() == 0:
+            if chown:
+                subprocess.run(["chown", "-R", "postgres", str(self.dir)], check=True)
+            command = f"su postgres -s /bin/bash -c '{command}'"
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+
+    def _ctl(self, action: str) -> None:
+        self._as_owner(f"{self.bin}/pg_ctl -D {self.dir}/data -l {self.dir}/server.log -w -m fast "
+                       f"-o \"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}\" {action}")
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def restart(self) -> None:
+        """What `pg_ctl restart` does to a client: every connection dropped, every session's locks released."""
+        self._ctl("restart")
+
+    def stop(self) -> None:
+        self._ctl("stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_cluster():
+    """A PostgreSQL cluster the test may restart (skips, saying why, where PostgreSQL is not installed)."""
+    if PG_BIN is None:
+        pytest.skip("PostgreSQL's server binaries are not installed (/usr/lib/postgresql/*/bin; Debian's "
+                    "postgresql package, which `.ci/run` installs)")
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from hostguard.credentials import masked
+from tests.conftest import FEDRISK, write_config
 from tests.test_production_stores import POSTGRES, _UNREACHABLE
 
 # A process that takes the retraining lock of model `m` (waiting up to WAIT s) inside a flow run, says so,
@@ -38,11 +39,12 @@ hold(float(sys.argv[1]), float(sys.argv[2]))
 
 
 class Holder:
-    """A lock-holding process (HOLDER) and its output, read by one thread as it comes."""
+    """A lock-holding process (HOLDER, or the command `args`) and its output, read by one thread as it comes."""
 
-    def __init__(self, prefect_api: str, hold: float, wait: float) -> None:
-        env = {**os.environ, "PREFECT_API_URL": prefect_api, "FEDRISK_LOCK_DATABASE_URL": POSTGRES}
-        self.process = subprocess.Popen([sys.executable, "-c", HOLDER, str(hold), str(wait)], env=env,
+    def __init__(self, prefect_api: str, hold: float = 0, wait: float = 0, lock_url: str = POSTGRES,
+                 args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PREFECT_API_URL": prefect_api, "FEDRISK_LOCK_DATABASE_URL": lock_url, **(env or {})}
+        self.process = subprocess.Popen(args or [sys.executable, "-c", HOLDER, str(hold), str(wait)], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         start_new_session=True)
         self.lines: queue.Queue = queue.Queue()
@@ -68,9 +70,9 @@ class Holder:
             if text in line:
                 return line
 
-    def end(self) -> int:
+    def end(self, timeout: float = 120) -> int:
         """Wait for the process to end; its exit code (all its output is in `seen` then)."""
-        code = self.process.wait(timeout=120)
+        code = self.process.wait(timeout=timeout)
         while (line := self.lines.get(timeout=30)) is not None:
             self.seen.append(line)
         return code
@@ -128,3 +130,62 @@ def test_an_unreachable_lock_database_stops_the_run_before_anything_is_trained(p
 def test_a_password_is_never_printed():
     assert masked("postgresql://u:pw@db.bank:5432/x") == "postgresql://u:***@db.bank:5432/x"
     assert masked("postgresql://u@db/x") == "postgresql://u@db/x"
+
+
+@pytest.mark.slow
+def test_a_lock_database_restarted_mid_run_stops_the_holder_before_it_registers_and_the_waiter_waits_on(
+        prefect_api, postgres_cluster, small_consortium, tmp_path):
+    """The restart drops the holder's session, and its lock with it: the waiting run reconnects and takes the
+    lock; the holder notices at its next round and stops, registering nothing (two registrations would race)."""
+    from mlflow import MlflowClient
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = write_config(tmp_path / "m.yaml", small_consortium, quorum=4,
+                          training={"rounds": 400, "early_stopping": None})
+    holder = Holder(prefect_api, lock_url=postgres_cluster.url, args=[FEDRISK, "retrain", "--config", str(config)],
+                    env={"MLFLOW_TRACKING_URI": tracking, "FEDRISK_RUNS_DIR": str(tmp_path / "runs"),
+                         "FEDRISK_LOG_FILE": str(tmp_path / "fedrisk.log"), "COLUMNS": "200"})
+    waiter = None
+    try:
+        holder.until("round 2/400", timeout=300)
+        waiter = Holder(prefect_api, hold=0, wait=300, lock_url=postgres_cluster.url)
+        waiter.until("another retraining of m is running (flow run", timeout=120)
+        postgres_cluster.restart()
+        waiter.until("the retraining lock's database dropped this run's connection while it waited", timeout=60)
+        waiter.until("acquired the lock", timeout=60)  # the holder's lock went with its session
+        assert holder.end(timeout=120) == 1
+        output = "".join(holder.seen)
+        assert re.search(r"Retraining stopped: the retraining lock on m was lost at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
+                         r"\(its database connection dropped: .+; last confirmed .+\); noticed after round \d+, the run "
+                         r"stopped and nothing was registered", output), output[-3000:]
+        assert "Traceback" not in output  # nor did releasing the lost lock hide the outcome
+        assert MlflowClient(tracking).search_registered_models() == []
+        assert waiter.end() == 0
+    finally:
+        for process in (holder, waiter):
+            if process is not None:
+                process.kill()
+
+
+def test_a_lock_file_removed_while_held_is_lost(prefect_api, tmp_path, monkeypatch):
+    """Another run would take a new file's lock at once: the holder must notice before it registers."""
+    from prefect import flow
+
+    from flows.lock import LockLost, model_lock
+
+    monkeypatch.setenv("FEDRISK_RUNS_DIR", str(tmp_path))
+    monkeypatch.delenv("FEDRISK_LOCK_DATABASE_URL", raising=False)
+
+    @flow
+    def guarded() -> None:
+        with model_lock("m", 1) as lock:
+            lock.verify("after round 1")  # held
+            (tmp_path / "locks" / "m.lock").unlink()
+            lock.verify("before registering")
+
+    with pytest.raises(LockLost) as error:
+        guarded()
+    assert re.fullmatch(rf"the retraining lock on m was lost at .+ UTC \(its file {tmp_path}/locks/m.lock was removed or "
+                        r"replaced while held; last confirmed .+ UTC\); noticed before registering, the run stopped "
+                        r"and nothing was registered\. Another retraining may hold the lock now: retry when none "
+                        r"is running\.", str(error.value)), str(error.value)
