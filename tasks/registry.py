@@ -347,6 +347,8 @@ def settle_unfinished(client, model_name: str) -> list[str]:
             continue
         if registration_complete(v, model.aliases):
             client.set_model_version_tag(model_name, v.version, REGISTRATION_TAG, COMPLETE)
+            if v.run_id and client.get_run(v.run_id).info.status == "RUNNING":
+                client.set_terminated(v.run_id, "FINISHED")
             settled.append(f"version {v.version} marked complete (its final alias had moved before the failure)")
         else:
             client.delete_model_version(model_name, v.version)

@@ -331,3 +331,51 @@ def postgres_cluster():
         yield cluster
     finally:
         cluster.stop()
+
+
+class WatchedProcess:
+    """A process (its own process group) and its output, read by one thread as it comes, so that a test waits on
+    the line that says something happened."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import queue
+        import threading
+
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def until(self, text: str, timeout: float) -> str:
+        """Wait for a line with `text` (failing with the output if the process ends or time runs out)."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {text!r} in {timeout:g} s:\n{''.join(self.seen)[-3000:]}") from None
+            if line is None:
+                raise AssertionError(f"ended ({self.process.wait()}) before {text!r}:\n{''.join(self.seen)[-3000:]}")
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def end(self, timeout: float = 120) -> int:
+        """Wait for the process to end; its exit code (all its output is in `seen` then)."""
+        code = self.process.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=30)) is not None:
+            self.seen.append(line)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import queue
-import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 from hostguard.credentials import masked
-from tests.conftest import FEDRISK, write_config
+from tests.conftest import FEDRISK, WatchedProcess, write_config
 from tests.test_production_stores import POSTGRES, _UNREACHABLE
 
 # A process that takes the retraining lock of model `m` (waiting up to WAIT s) inside a flow run, says so,
@@ -38,49 +33,11 @@ hold(float(sys.argv[1]), float(sys.argv[2]))
 """
 
 
-class Holder:
-    """A lock-holding process (HOLDER, or the command `args`) and its output, read by one thread as it comes."""
-
-    def __init__(self, prefect_api: str, hold: float = 0, wait: float = 0, lock_url: str = POSTGRES,
-                 args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "PREFECT_API_URL": prefect_api, "FEDRISK_LOCK_DATABASE_URL": lock_url, **(env or {})}
-        self.process = subprocess.Popen(args or [sys.executable, "-c", HOLDER, str(hold), str(wait)], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def until(self, text: str, timeout: float) -> str:
-        """Wait for a line with `text` (failing with the output if the process ends or time runs out)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line with {text!r} in {timeout:g} s:\n{''.join(self.seen)[-3000:]}") from None
-            if line is None:
-                raise AssertionError(f"ended ({self.process.wait()}) before {text!r}:\n{''.join(self.seen)[-3000:]}")
-            self.seen.append(line)
-            if text in line:
-                return line
-
-    def end(self, timeout: float = 120) -> int:
-        """Wait for the process to end; its exit code (all its output is in `seen` then)."""
-        code = self.process.wait(timeout=timeout)
-        while (line := self.lines.get(timeout=30)) is not None:
-            self.seen.append(line)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+def Holder(prefect_api: str, hold: float = 0, wait: float = 0, lock_url: str = POSTGRES,
+           args: list[str] | None = None, env: dict[str, str] | None = None) -> WatchedProcess:
+    """A lock-holding process (HOLDER, or the command `args`) on the lock database `lock_url`."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "FEDRISK_LOCK_DATABASE_URL": lock_url, **(env or {})}
+    return WatchedProcess(args or [sys.executable, "-c", HOLDER, str(hold), str(wait)], env)
 
 
 @pytest.mark.skipif(_UNREACHABLE is not None, reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set "

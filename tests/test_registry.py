@@ -1,10 +1,19 @@
 import math
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from tasks.evaluation import InstitutionEvaluation
 from tasks.config import PromotionConfig
 from tasks.registry import decide_promotion
+from tasks.versions import REGISTRATION_TAG
+from tests.conftest import FEDRISK, WatchedProcess, free_port, running, wait_for, write_config
+from tests.test_production_stores import BIN, _answers
 
 POLICY = {"metric": "roc_auc", "min_improvement": 0.0, "max_institution_drop": 0.01, "max_calibration_error": 0.05}
 
@@ -103,3 +112,60 @@ def test_a_challenger_trained_without_an_institution_lost_mid_training_is_not_pr
     allowed = decide_promotion(PromotionConfig(**POLICY, promote_with_lost_institutions=True),
                                _evaluations({"a": 0.9}), None, lost)
     assert allowed.promoted  # and one quarantined at the start is like a failed validation: no reason to hold
+
+
+def _registration_rows(database: Path, model: str) -> dict[str, dict]:
+    """Each version's registration state, aliases and MLflow run, read from the tracking server's own database
+    (its server may be down)."""
+    with sqlite3.connect(database, timeout=30) as connection:
+        versions = connection.execute("SELECT version, run_id FROM model_versions WHERE name = ?", (model,)).fetchall()
+        tags = dict(connection.execute("SELECT version, value FROM model_version_tags WHERE name = ? AND key = ?",
+                                       (model, REGISTRATION_TAG)).fetchall())
+        aliases = connection.execute("SELECT alias, version FROM registered_model_aliases WHERE name = ?",
+                                     (model,)).fetchall()
+    return {str(v): {"registration": tags.get(v), "run_id": run, "aliases": sorted(a for a, n in aliases if n == v)}
+            for v, run in versions}
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the_retry_settles_it(
+        prefect_api, small_consortium, tmp_path):
+    """The MLflow server killed the moment the new version's row exists: nothing half-registered is visible (no
+    alias, marked unfinished), and once the server is back the registration's retry deletes that version, ends
+    its MLflow run FAILED and registers the model whole."""
+    database, port = tmp_path / "mlflow.db", free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{database}", "--serve-artifacts",
+              "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+              "--workers", "1"]
+    config = write_config(tmp_path / "m.yaml", small_consortium, quorum=4, training={"rounds": 3},
+                          promotion={"max_calibration_error": None})
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": url, "COLUMNS": "200",
+           "FEDRISK_RUNS_DIR": str(tmp_path / "runs"), "FEDRISK_LOG_FILE": str(tmp_path / "fedrisk.log"),
+           "FEDRISK_REGISTRY_RETRY_SECONDS": "300",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # each call fails at once; the task's retries back off
+    with running(server, env, tmp_path / "server.log") as tracking:
+        wait_for(lambda: _answers(f"{url}/health"), tracking, tmp_path / "server.log", "mlflow server")
+        retraining = WatchedProcess([FEDRISK, "retrain", "--config", str(config)], env)
+        try:
+            retraining.until("registering the new version of m", timeout=300)
+            while not (database.exists() and _registration_rows(database, "m")):
+                assert retraining.process.poll() is None, "".join(retraining.seen)
+                time.sleep(0.01)
+            os.killpg(tracking.pid, signal.SIGKILL)  # the server gone between the version's row and its aliases
+            retraining.until("the MLflow run of this registration could not be ended", timeout=120)
+            [(version, half)] = _registration_rows(database, "m").items()
+            assert half["registration"] in ("incomplete", "aliases pending") and half["aliases"] == [], half
+            with running(server, env, tmp_path / "server-again.log") as again:  # back, within the retries
+                wait_for(lambda: _answers(f"{url}/health"), again, tmp_path / "server-again.log", "mlflow server")
+                assert retraining.end(timeout=400) == 0, "".join(retraining.seen)[-3000:]
+                output = "".join(retraining.seen)
+                assert f"an earlier registration of m had not finished: version {version} deleted" in output
+                client = MlflowClient(url)
+                [registered] = client.search_model_versions("name='m'")
+                assert registered.version != version and registered.tags[REGISTRATION_TAG] == "complete"
+                assert str(client.get_model_version_by_alias("m", "champion").version) == str(registered.version)
+                assert client.get_run(half["run_id"]).info.status == "FAILED"  # never left RUNNING
+                assert client.get_run(registered.run_id).info.status == "FINISHED"
+        finally:
+            retraining.kill()
