@@ -23,6 +23,7 @@ from flows.config import parse_config
 from flows.cross_silo_demo import COORDINATOR, node_config
 from flows.retrain import retrain
 from hostguard.pki import init_ca, issue
+from tasks.versions import list_versions
 from tests.conftest import descendants, free_port, read_until, wait_until_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -236,6 +237,8 @@ def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium,
     assert "trained and evaluated without cedar_savings, lost mid-training" in summary.registration.reason
     tags = MlflowClient(tracking_uri).get_model_version("credit_xs_lost", "1").tags
     assert tags["institution.cedar_savings.lost"].startswith("left out from round 3")
+    [listed] = list_versions(tracking_uri, "credit_xs_lost")  # `fedrisk models list` says it too
+    assert listed.lost == ("cedar_savings",) and listed.decision == "not promoted"
 
 
 def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(
