@@ -1,18 +1,20 @@
-"""Where the temporary Prefect API's start-up goes: what `fedrisk retrain` / `demo` wait for before the first
-stage when no PREFECT_API_URL is set.
+"""The temporary Prefect API: what a command without PREFECT_API_URL waits for before its first stage.
 
     uv run python benchmarks/prefect_api_startup.py [--runs 3] [--json out.json]
 
-Each run starts the API exactly as the commands do (flows.prefect_api.prefect_api, in a fresh interpreter),
-on a new PREFECT_HOME (cold: the database is created and migrated) and then again on the same one (warm), and
-times when each line of its log appears: the server process started (Python and Prefect's imports), the
-application's start-up began and completed (database migrations, services), and when /health answered.
+Two measures, each on a new PREFECT_HOME (cold: its database is created and migrated) and again on the same
+one (warm):
+- `fedrisk retrain` on the demo consortium as a user runs it: seconds from the command's start until it
+  says it starts the API, and until its first stage ("validating ..."), where the command is stopped;
+- the API alone, started as the commands start it (flows.prefect_api.prefect_api, in a fresh interpreter):
+  seconds until /health answers; and what importing Prefect's server costs a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -22,41 +24,60 @@ from pathlib import Path
 
 from common import ROOT, write_json
 
-MARKS = {"Started server process": "server process started (imports)",
-         "Waiting for application startup": "application start-up began",
-         "Application startup complete": "application start-up complete (migrations, services)"}
-PROBE = """
+BIN = Path(sys.executable).parent
+ALONE = """
 import sys, time
 from pathlib import Path
 started = time.monotonic()
 from flows.prefect_api import prefect_api
-with prefect_api(600, Path(sys.argv[1])) as url:
-    print("ANSWERED", time.monotonic() - started, flush=True)
-    (Path(sys.argv[1]) / "keep").write_text("")
+with prefect_api(600, Path(sys.argv[1])):
+    print(time.monotonic() - started, flush=True)
 """
 
 
-def one_start(home: Path) -> dict[str, float]:
-    """Seconds from the command's start to each mark of the API's log, and to the first answer."""
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    env.pop("PREFECT_API_URL", None)
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    return {**env, "PREFECT_HOME": str(home / "prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "FEDRISK_RUNS_DIR": str(home / "runs"), "FEDRISK_LOG_FILE": str(home / "fedrisk.log"), "COLUMNS": "200"}
+
+
+def to_first_stage(home: Path, config: Path) -> dict[str, float]:
+    """`fedrisk retrain` until its first stage: seconds to 'starting a temporary Prefect API' and to 'validating'."""
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-c", PROBE, str(logs)], env=env, stdout=subprocess.PIPE, text=True,
-                               cwd=ROOT)
-    seen: dict[str, float] = {}
-    while process.poll() is None:
-        for log in logs.glob("prefect-api-*.log"):
-            text = log.read_text(errors="replace")
-            for mark, stage in MARKS.items():
-                if mark in text and stage not in seen:
-                    seen[stage] = time.monotonic() - started
-        time.sleep(0.02)
-    answered = [line for line in process.stdout.read().splitlines() if line.startswith("ANSWERED")]
-    assert process.returncode == 0 and answered, f"the temporary API did not start (exit {process.returncode})"
-    seen["answered /health (what the command waits for)"] = float(answered[0].split()[1])
-    return seen
+    process = subprocess.Popen([str(BIN / "fedrisk"), "retrain", "--config", str(config)], env=_env(home),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    marks: dict[str, float] = {}
+    try:
+        for line in process.stdout:
+            if "starting a temporary Prefect API" in line:
+                marks["says it starts the API"] = time.monotonic() - started
+            if "validating " in line:
+                marks["first stage (validating)"] = time.monotonic() - started
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # measured; its temporary API dies with it (an owned child)
+        process.wait(timeout=60)
+    assert "first stage (validating)" in marks, f"no first stage (exit {process.returncode})"
+    return marks
+
+
+def api_alone(home: Path) -> float:
+    env = {**_env(home), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", ALONE, str(home)], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.split()[-1])
+
+
+def import_server_seconds() -> float:
+    done = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); "
+                           "import prefect.server.api.server; print(time.perf_counter() - t)"],
+                          capture_output=True, text=True, timeout=300)
+    return float(done.stdout.split()[-1])
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
@@ -64,20 +85,31 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    results: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="fedrisk-prefect-home-") as home:
-            results["cold"].append(one_start(Path(home)))  # a new database: created and migrated
-            results["warm"].append(one_start(Path(home)))  # the same database again
-    summary = {}
-    for kind, runs in results.items():
-        print(f"{kind} ({len(runs)} runs), seconds from the command's start (median, min-max):")
-        summary[kind] = {}
-        for stage in runs[0]:
-            values = [r[stage] for r in runs if stage in r]
-            summary[kind][stage] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-            print(f"  {stage:<60} {statistics.median(values):6.1f}  ({min(values):.1f}-{max(values):.1f})")
-    print(f"written to {write_json(args.json, 'prefect_api_startup', args, {'runs': results, 'summary': summary})}")
+    runs: dict[str, list] = {"command cold": [], "command warm": [], "api alone cold": [], "api alone warm": [],
+                             "import prefect.server.api.server": []}
+    with tempfile.TemporaryDirectory(prefix="fedrisk-bench-") as scratch:
+        data = Path(scratch) / "data"
+        subprocess.run([str(BIN / "fedrisk"), "data", "synth", "--out", str(data)], check=True, capture_output=True,
+                       env=_env(Path(scratch)))
+        config = Path(scratch) / "demo.yaml"
+        config.write_text((ROOT / "configs" / "demo.yaml").read_text().replace("../data/demo", str(data)))
+        for run in range(args.runs):
+            home = Path(scratch) / f"run{run}"
+            runs["command cold"].append(to_first_stage(home, config))
+            runs["command warm"].append(to_first_stage(home, config))
+            alone = Path(scratch) / f"alone{run}"
+            runs["api alone cold"].append(api_alone(alone))
+            runs["api alone warm"].append(api_alone(alone))
+            runs["import prefect.server.api.server"].append(import_server_seconds())
+    summary: dict = {}
+    for name, values in runs.items():
+        if values and isinstance(values[0], dict):
+            summary[name] = {mark: _summary([v[mark] for v in values]) for mark in values[0]}
+        else:
+            summary[name] = {"seconds": _summary(values)}
+        for mark, figures in summary[name].items():
+            print(f"{name:<34} {mark:<26} {figures['median']:6.1f} s  ({figures['min']:.1f}-{figures['max']:.1f})")
+    print(f"written to {write_json(args.json, 'prefect_api_startup', args, {'runs': runs, 'summary': summary})}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -142,12 +144,26 @@ def _prefect_api():
     """The Prefect API this command's flow runs go to, saying so when it has to start one (a few seconds)."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.prefect_api import prefect_api
+    from flows.prefect_api import prefect_api, started_early
 
     settings = Settings()
-    if not PREFECT_API_URL.value():
+    if not PREFECT_API_URL.value() and not started_early():
         status("starting a temporary Prefect API (set PREFECT_API_URL to use a Prefect server)")
     return prefect_api(settings.prefect_start_seconds, settings.log_file.parent, status)
+
+
+@contextmanager
+def _prefect_api_starting_early() -> Iterator[None]:
+    """For a command that runs flows: start the temporary Prefect API (when no server is set) before anything
+    else, so that its start-up overlaps the command's own imports, config and data checks."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.prefect_api import starting_early
+
+    if not PREFECT_API_URL.value():
+        status("starting a temporary Prefect API (set PREFECT_API_URL to use a Prefect server)")
+    with starting_early(Settings().log_file.parent):
+        yield
 
 
 def _run(config: RunConfig) -> None:
@@ -194,33 +210,35 @@ def demo(
                                                                 "through them."),
 ) -> None:
     """Synthesize the demo consortium if absent, then run one retraining on it."""
-    from tasks.synthetic import data_file, synthesize
+    with _prefect_api_starting_early():
+        from tasks.synthetic import data_file, synthesize
 
-    config = _load(DEMO_CONFIG)
-    data_dir = (data_dir or Settings().demo_data_dir).resolve()
-    for institution in config.institutions:
-        institution.path = data_dir / institution.name / data_file(config.data_schema.name)
-    if not all(i.path.exists() for i in config.institutions):
-        written = synthesize(data_dir, n_institutions=len(config.institutions), seed=config.seed,
-                             schema=config.data_schema)
-        unknown = sorted({i.name for i in config.institutions} - set(written))
-        if unknown:
-            console.print(f"[red]{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios[/red]")
-            raise typer.Exit(2)
-        console.print(f"Synthesized {len(written)} institutions into {data_dir}")
-    if cross_silo:
-        from flows.cross_silo_demo import nodes_for
+        config = _load(DEMO_CONFIG)
+        data_dir = (data_dir or Settings().demo_data_dir).resolve()
+        for institution in config.institutions:
+            institution.path = data_dir / institution.name / data_file(config.data_schema.name)
+        if not all(i.path.exists() for i in config.institutions):
+            written = synthesize(data_dir, n_institutions=len(config.institutions), seed=config.seed,
+                                 schema=config.data_schema)
+            unknown = sorted({i.name for i in config.institutions} - set(written))
+            if unknown:
+                console.print(f"[red]{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios[/red]")
+                raise typer.Exit(2)
+            console.print(f"Synthesized {len(written)} institutions into {data_dir}")
+        if cross_silo:
+            from flows.cross_silo_demo import nodes_for
 
-        with nodes_for(config, data_dir.parent / "demo-cross-silo", console) as coordinator_config:
-            _run(coordinator_config)
-        return
-    _run(config)
+            with nodes_for(config, data_dir.parent / "demo-cross-silo", console) as coordinator_config:
+                _run(coordinator_config)
+            return
+        _run(config)
 
 
 @app.command("retrain")
 def retrain_command(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="Run config (YAML).")) -> None:
     """Validate, train, evaluate and register the model a config describes."""
-    _run(_load(config))
+    with _prefect_api_starting_early():
+        _run(_load(config))
 
 
 @app.command()
@@ -229,10 +247,11 @@ def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", 
     from flows.prefect_api import PrefectApiUnavailable
     from flows.validate import validate_consortium
 
-    run_config = _load(config)
     try:
-        with _prefect_api():
-            reports = validate_consortium(run_config)
+        with _prefect_api_starting_early():
+            run_config = _load(config)
+            with _prefect_api():
+                reports = validate_consortium(run_config)
     except PrefectApiUnavailable as error:
         console.print(f"[red]Validation not run:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None

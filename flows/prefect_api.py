@@ -21,6 +21,7 @@ from hostguard.processes import spawn_owned, stop
 _START_BUDGET_S = 300.0  # a busy 2-core machine took 30-76 s, and more than 120 s in 3 of 17 commands
 _PROGRESS_EVERY_S = 15.0
 _temporary_url: str | None = None
+_early: list = []  # a temporary API started ahead of its first use (starting_early), not yet adopted
 
 
 class PrefectApiUnavailable(RuntimeError):
@@ -44,6 +45,54 @@ def is_temporary(api_url: str | None) -> bool:
     return api_url is not None and api_url == _temporary_url
 
 
+def _spawn(log_dir: Path | None):
+    """Start the temporary API's process (loopback, UI off, the local database in PREFECT_HOME); its process,
+    URL and log. Blocks are not registered: fedrisk's flows use none, and it saves a second on a new database."""
+    import prefect
+    from prefect.settings import get_current_settings
+
+    port = _free_loopback_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = Path(log_dir or tempfile.gettempdir()) / f"prefect-api-{os.getpid()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_API_BLOCKS_REGISTER_ON_START": "0"}
+    process = spawn_owned([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                           "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                           "--port", str(port), "--log-level", "info", "--no-access-log", "--lifespan", "on"], log, env=env)
+    return process, url, log
+
+
+def started_early() -> bool:
+    """Whether a temporary API was started ahead of its first use and waits to be adopted."""
+    return bool(_early)
+
+
+@contextmanager
+def starting_early(log_dir: Path | None = None) -> Iterator[None]:
+    """Start the temporary API now, when the command will need one (no PREFECT_API_URL), so that its start-up
+    (Prefect's server imports, the database's migrations) overlaps the command's own; `prefect_api` adopts it.
+    One not adopted when the block ends (the command stopped earlier) is stopped."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value() or _early:
+        yield
+        return
+    try:
+        Path(PREFECT_HOME.value()).expanduser().mkdir(parents=True, exist_ok=True)
+        _early.append(_spawn(log_dir))
+    except OSError:  # reported by prefect_api, where it is needed
+        pass
+    try:
+        yield
+    finally:
+        while _early:
+            process, _, log = _early.pop()
+            stop(process)
+            log.unlink(missing_ok=True)
+
+
 @contextmanager
 def prefect_api(start_budget: float = _START_BUDGET_S, log_dir: Path | None = None,
                 progress: Callable[[str], None] | None = None) -> Iterator[str]:
@@ -53,9 +102,7 @@ def prefect_api(start_budget: float = _START_BUDGET_S, log_dir: Path | None = No
     `log_dir`/prefect-api-PID.log (default: the temp dir), kept when it fails to start, removed after a run."""
     global _temporary_url
     import httpx
-    import prefect
-    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings,
-                                  temporary_settings)
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, temporary_settings
 
     configured = PREFECT_API_URL.value()
     if configured:
@@ -65,15 +112,7 @@ def prefect_api(start_budget: float = _START_BUDGET_S, log_dir: Path | None = No
         Path(PREFECT_HOME.value()).expanduser().mkdir(parents=True, exist_ok=True)  # where its database goes
     except OSError as error:
         raise PrefectApiUnavailable(f"PREFECT_HOME {PREFECT_HOME.value()} cannot be created: {error}") from None
-    port = _free_loopback_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log = Path(log_dir or tempfile.gettempdir()) / f"prefect-api-{os.getpid()}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    process = spawn_owned([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                           "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                           "--port", str(port), "--log-level", "info", "--no-access-log", "--lifespan", "on"], log, env=env)
+    process, url, log = _early.pop() if _early else _spawn(log_dir)
     try:
         started = time.monotonic()
         deadline, said = started + start_budget, started

@@ -280,3 +280,22 @@ def test_a_temporary_prefect_api_slower_than_its_budget_says_so_while_waiting_an
     [log] = list((tmp_path / "logs").glob("prefect-api-*.log"))
     assert stopped == (f"STOPPED the temporary Prefect API did not answer in 2 s (FEDRISK_PREFECT_START_SECONDS; "
                        f"its log: {log})")
+
+
+def test_a_temporary_prefect_api_started_early_is_the_one_used_and_is_stopped_when_not_needed(tmp_path):
+    """`retrain`, `demo` and `validate` start the API first, so that its start-up overlaps theirs
+    (benchmarks/prefect_api_startup.py): the flows then use that one; a command that stops before (a bad config)
+    stops it."""
+    script = (
+        "import os, flows.prefect_api as api\n"
+        f"logs = {str(tmp_path / 'logs')!r}\n"
+        "with api.starting_early(logs):\n"
+        "    [(early, url, _)] = api._early\n"
+        "    with api.prefect_api(300, logs) as used:\n"
+        "        print('ADOPTED', used == url and not api._early)\n"
+        "with api.starting_early(logs):\n"
+        "    [(unused, _, _)] = api._early\n"
+        "print('STOPPED', early.poll() is not None, unused.poll() is not None)\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PREFECT_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.stdout.splitlines()[-2:] == ["ADOPTED True", "STOPPED True True"], result.stdout + result.stderr
