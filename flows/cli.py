@@ -591,10 +591,12 @@ def trigger(
     if finished is None:
         console.print(f"still running after {timeout:g} s; follow it in the Prefect UI: {page}", highlight=False)
         raise typer.Exit(STILL_RUNNING_EXIT_CODE)
-    if finished.summary:
+    if finished.summary and console.is_terminal:
         from rich.markdown import Markdown
 
         console.print(Markdown(finished.summary))
+    elif finished.summary:  # piped or logged: the summary's own Markdown, not centred across 4,096 columns
+        console.print(finished.summary, markup=False, highlight=False)
     colour = "green" if finished.state == "COMPLETED" else "red"
     console.print(f"[{colour}]{finished.name}: {finished.state}[/{colour}] {finished.message}", highlight=False)
     raise typer.Exit(EXIT_CODES.get(finished.state, 1))

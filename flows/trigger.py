@@ -14,6 +14,7 @@ DEFAULT_FLOW = "retrain-from-config"
 # The exit code of `fedrisk trigger` for each final state of the run it follows.
 EXIT_CODES = {"COMPLETED": 0, "FAILED": 1, "CRASHED": 3, "CANCELLED": 4}
 STILL_RUNNING_EXIT_CODE = 5
+LAST_LOGS_SECONDS = 10.0  # how long a finished run's last log lines may take to reach the API
 
 
 def parse_params(given: list[str], flow_parameters: set[str]) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def follow(flow_run_id, on_log: Callable[[Any], None], on_state: Callable[[str],
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, LogFilter
     from prefect.client.schemas.filters import FlowRunFilterId, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import ArtifactSort
 
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     seen_logs, last_state = 0, None
@@ -97,13 +99,22 @@ def follow(flow_run_id, on_log: Callable[[Any], None], on_state: Callable[[str],
                 last_state = state.name
                 on_state(state.name)
             if state and state.is_final():
-                for log in client.read_logs(log_filter=logs, offset=seen_logs, limit=200):
-                    on_log(log)
+                # The worker sends its last log lines in a batch after the final state: read until they stop.
+                quiet, settle_deadline = 0, time.monotonic() + LAST_LOGS_SECONDS
+                while quiet < 2 and time.monotonic() < settle_deadline:
+                    batch = client.read_logs(log_filter=logs, offset=seen_logs, limit=200)
+                    for log in batch:
+                        on_log(log)
+                    seen_logs += len(batch)
+                    quiet = 0 if batch else quiet + 1
+                    if quiet < 2:
+                        time.sleep(1.0)
                 artifacts = client.read_artifacts(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="retrain-")))
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="retrain-")),
+                    sort=ArtifactSort.CREATED_DESC)
                 return FinishedRun(str(flow_run_id), run.name, state.type.value, state.message or "",
-                                   artifacts[-1].data if artifacts else None)
+                                   artifacts[0].data if artifacts else None)
             if deadline is not None and time.monotonic() > deadline:
                 return None
             time.sleep(poll_seconds)

@@ -134,8 +134,10 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
         run_id, completed_output = _started_run_id(output), output
         assert "state: Running" in output and "state: Completed" in output
         assert re.search(r"round 3/3: train loss 0\.\d+, validation loss 0\.\d+", output)  # progress, as it runs
-        assert f"Model `{MODEL}` version 1" in output or f"Model {MODEL} version 1" in output  # the run's summary
+        assert f"- Model `{MODEL}` [version 1](" in output  # the run's summary (piped: its Markdown as written)
         assert f"retrain-{MODEL}: COMPLETED" in output
+        assert f"registered {MODEL} version 1 (aliases: challenger, champion)" in output  # the run's last log lines
+        assert max(len(line) for line in output.splitlines()) < 1000  # piped: no title padded to 4,096 columns
 
         # A validation failure fails the run at once (exit 1), with the reason, and is not retried.
         code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.broken}",
