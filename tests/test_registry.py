@@ -1,7 +1,6 @@
 import math
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from tasks.config import PromotionConfig
 from tasks.registry import decide_promotion
 from tasks.versions import REGISTRATION_TAG
 from tests.conftest import FEDRISK, WatchedProcess, free_port, running, wait_for, write_config
-from tests.test_production_stores import BIN, _answers
+from tests.test_production_stores import BIN, POSTGRES, _UNREACHABLE, _answers, _database
 
 POLICY = {"metric": "roc_auc", "min_improvement": 0.0, "max_institution_drop": 0.01, "max_calibration_error": 0.05}
 
@@ -114,42 +113,48 @@ def test_a_challenger_trained_without_an_institution_lost_mid_training_is_not_pr
     assert allowed.promoted  # and one quarantined at the start is like a failed validation: no reason to hold
 
 
-def _registration_rows(database: Path, model: str) -> dict[str, dict]:
+def _registration_rows(database: str, model: str) -> dict[str, dict]:
     """Each version's registration state, aliases and MLflow run, read from the tracking server's own database
     (its server may be down)."""
-    with sqlite3.connect(database, timeout=30) as connection:
-        versions = connection.execute("SELECT version, run_id FROM model_versions WHERE name = ?", (model,)).fetchall()
-        tags = dict(connection.execute("SELECT version, value FROM model_version_tags WHERE name = ? AND key = ?",
+    import psycopg
+
+    with psycopg.connect(database) as connection:
+        versions = connection.execute("SELECT version, run_id FROM model_versions WHERE name = %s", (model,)).fetchall()
+        tags = dict(connection.execute("SELECT version, value FROM model_version_tags WHERE name = %s AND key = %s",
                                        (model, REGISTRATION_TAG)).fetchall())
-        aliases = connection.execute("SELECT alias, version FROM registered_model_aliases WHERE name = ?",
+        aliases = connection.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s",
                                      (model,)).fetchall()
     return {str(v): {"registration": tags.get(v), "run_id": run, "aliases": sorted(a for a, n in aliases if n == v)}
             for v, run in versions}
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(_UNREACHABLE is not None, reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set "
+                                                       f"FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)")
 def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the_retry_settles_it(
         prefect_api, small_consortium, tmp_path):
-    """The MLflow server killed the moment the new version's row exists: nothing half-registered is visible (no
-    alias, marked unfinished), and once the server is back the registration's retry deletes that version, ends
-    its MLflow run FAILED and registers the model whole."""
-    database, port = tmp_path / "mlflow.db", free_port()
+    """The MLflow server (on PostgreSQL, as in production) killed the moment the new version's row exists: nothing
+    half-registered is visible (no alias, marked unfinished), and once the server is back the registration's retry
+    deletes that version, ends its MLflow run FAILED and registers the model whole."""
+    import uuid
+
+    database, port = _database(f"mlflow_{uuid.uuid4().hex[:8]}"), free_port()
     url = f"http://127.0.0.1:{port}"
-    server = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{database}", "--serve-artifacts",
+    server = [str(BIN / "mlflow"), "server", "--backend-store-uri", database, "--serve-artifacts",
               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
               "--workers", "1"]
     config = write_config(tmp_path / "m.yaml", small_consortium, quorum=4, training={"rounds": 3},
                           promotion={"max_calibration_error": None})
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": url, "COLUMNS": "200",
            "FEDRISK_RUNS_DIR": str(tmp_path / "runs"), "FEDRISK_LOG_FILE": str(tmp_path / "fedrisk.log"),
-           "FEDRISK_REGISTRY_RETRY_SECONDS": "300",
+           "FEDRISK_REGISTRY_RETRY_SECONDS": "60",  # 2, 4, 8, 16, 32 s apart: a restart takes 5-20 s
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # each call fails at once; the task's retries back off
     with running(server, env, tmp_path / "server.log") as tracking:
         wait_for(lambda: _answers(f"{url}/health"), tracking, tmp_path / "server.log", "mlflow server")
         retraining = WatchedProcess([FEDRISK, "retrain", "--config", str(config)], env)
         try:
             retraining.until("registering the new version of m", timeout=300)
-            while not (database.exists() and _registration_rows(database, "m")):
+            while not _registration_rows(database, "m"):
                 assert retraining.process.poll() is None, "".join(retraining.seen)
                 time.sleep(0.01)
             os.killpg(tracking.pid, signal.SIGKILL)  # the server gone between the version's row and its aliases
