@@ -14,12 +14,14 @@ ModelKind = Literal["logistic_regression", "mlp"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model: a logistic regression (scorecard) or an MLP with these hidden sizes and dropout."""
+    """Which model: a logistic regression (scorecard) or an MLP with these hidden sizes and dropout; its output
+    starts at `initial_bias` (the log-odds of the consortium's base rate: rounds are not spent reaching it)."""
 
     kind: ModelKind = "logistic_regression"
     hidden_units: tuple[int, ...] = ()
     dropout: float = 0.0
     seed: int = 0
+    initial_bias: float = 0.0
 
 
 def build_model(spec: ModelSpec, mean: np.ndarray, std: np.ndarray) -> tf.keras.Model:
@@ -47,7 +49,8 @@ def build_model(spec: ModelSpec, mean: np.ndarray, std: np.ndarray) -> tf.keras.
         output_init = tf.keras.initializers.GlorotUniform(seed=spec.seed)
     else:
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    probability = tf.keras.layers.Dense(1, activation="sigmoid", kernel_initializer=output_init, name="probability")(hidden)
+    probability = tf.keras.layers.Dense(1, activation="sigmoid", kernel_initializer=output_init, name="probability",
+                                        bias_initializer=tf.keras.initializers.Constant(spec.initial_bias))(hidden)
     return tf.keras.Model(inputs, probability, name=spec.kind)
 
 

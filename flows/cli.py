@@ -178,6 +178,7 @@ def _run(config: RunConfig) -> None:
     from hostguard.loopback import WorkerExposureRefused
     from tasks.data import InstitutionDataError
     from tasks.privacy import PrivacyBudgetExceeded, PrivacyPlanError
+    from tasks.retries import first_line
     from tasks.training import import_engine_in_background
     from tasks.validation import QuorumNotMet
 
@@ -195,9 +196,8 @@ def _run(config: RunConfig) -> None:
         console.print(f"[red]Retraining stopped, bad privacy settings:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
     except MlflowException as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         console.print(f"[red]Retraining stopped: MLflow tracking at {masked(Settings().mlflow_tracking_uri)} "
-                      f"failed:[/red] {first_line}\nNothing was registered.")
+                      f"failed:[/red] {first_line(error)}\nNothing was registered.")
         raise typer.Exit(1) from None
     _print_summary(summary)
 
@@ -293,17 +293,27 @@ def split(
     input: Path = typer.Option(..., "--input", metavar="FILE", help="One extract (CSV or Parquet) to split."),
     schema: str = typer.Option(..., "--schema", metavar="NAME", help="Its schema: the label to stratify on, the ID column."),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Directory to write <institution>.csv into."),
-    institutions: str = typer.Option("bank_a,bank_b,bank_c", "--institutions", metavar="A,B,C", help="Names, comma-separated."),
+    institutions: str = typer.Option(None, "--institutions", metavar="A,B,C", help="Names, comma-separated: "
+                                     "institutions of equal size, stratified on the label (default: bank_a,bank_b,bank_c)."),
+    by: str = typer.Option(None, "--by", metavar="COLUMN", help="One institution per value of this column (a "
+                           "state, a branch), named after the value; the column is dropped."),
+    keep_column: bool = typer.Option(False, "--keep-column", help="With --by: keep the column in the files (only "
+                                     "when the schema declares it)."),
     seed: int = typer.Option(0, min=0, metavar="SEED", help="Random seed (same seed, same split)."),
 ) -> None:
-    """Split one real extract into institutions of equal size, stratified on the label (a simulated consortium)."""
+    """Split one real extract into a simulated consortium: institutions of equal size, stratified on the label, or
+    one per value of a column (--by)."""
     import pandas as pd
 
     from tasks.data import InstitutionDataError, read_bytes
-    from tasks.synthetic import split_file
+    from tasks.synthetic import split_by_column, split_file
 
+    if by is not None and institutions is not None:
+        console.print("[red]give --institutions (equal, stratified parts) or --by COLUMN (one institution per "
+                      "value), not both[/red]")
+        raise typer.Exit(2)
     contract = _schema(schema)
-    names = [n.strip() for n in institutions.split(",") if n.strip()]
+    names = [n.strip() for n in (institutions or "bank_a,bank_b,bank_c").split(",") if n.strip()]
     try:
         read_bytes("input", input)
         frame = pd.read_parquet(input) if input.suffix.lower() in {".parquet", ".pq"} else pd.read_csv(input)
@@ -313,18 +323,27 @@ def split(
     if contract.label.column not in frame.columns:
         console.print(f"[red]{input}: no label column {contract.label.column!r} (schema {contract.name})[/red]")
         raise typer.Exit(1)
-    for name, path in split_file(frame, contract.label.column, names, seed, contract.id, out).items():
+    try:
+        written = (split_by_column(frame, by, contract.id, out, keep_column) if by is not None
+                   else split_file(frame, contract.label.column, names, seed, contract.id, out))
+    except ValueError as error:
+        console.print(f"[red]{input}: {error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    for name, path in written.items():
         console.print(f"{name}: {path}")
 
 
 @schema_app.command("infer")
 def schema_infer(
-    input: Path = typer.Option(..., "--input", metavar="FILE", help="An extract (CSV or Parquet) to draft a schema from."),
+    input: list[Path] = typer.Option(..., "--input", metavar="FILE", help="An extract (CSV or Parquet) to draft a "
+                                     "schema from; repeat it for several institutions' files of one layout."),
     label: str = typer.Option(None, "--label", metavar="COLUMN", help="The label column (default: the last column)."),
-    name: str = typer.Option(None, "--name", metavar="NAME", help="Schema name (default: the file's name)."),
-    id_column: str = typer.Option(None, "--id", metavar="COLUMN", help="The ID column, if any."),
+    name: str = typer.Option(None, "--name", metavar="NAME", help="Schema name (default: the first file's name)."),
+    id_column: str = typer.Option(None, "--id", metavar="COLUMN", help="The ID column (default: a column unique in "
+                                  "every row that looks like one)."),
 ) -> None:
-    """Draft a schema from an extract, for review: types, ranges (quantiles), levels. Prints aggregates only."""
+    """Draft a schema that accepts every row of its source files, for review: types, ranges, levels, limits.
+    Prints aggregates and level names only."""
     from tasks.data import InstitutionDataError
     from tasks.schema_inference import SchemaInferenceError, infer_schema
 

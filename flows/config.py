@@ -131,4 +131,6 @@ def load_config(path: Path, overrides: dict[str, object] | None = None, schemas_
     if overrides:
         data = apply_overrides(data, overrides)
         source += " with overrides " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
-    return parse_config(data, path.resolve().parent, source, schemas_dir, expectations_dir)
+    config = parse_config(data, path.resolve().parent, source, schemas_dir, expectations_dir)
+    config._source_file = path.resolve()
+    return config

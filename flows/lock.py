@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from flows.settings import Settings
 from hostguard.credentials import masked
+from tasks.retries import first_line
 
 
 class RetrainingBusy(RuntimeError):
@@ -111,14 +112,11 @@ class _DatabaseLock:
                 options="-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
         except psycopg.Error as error:
             raise LockUnavailable(f"the retraining lock's database {masked(self.url)} (FEDRISK_LOCK_DATABASE_URL) "
-                                  f"cannot be reached: {_first_line(error)}; nothing was trained or registered") from None
+                                  f"cannot be reached: {first_line(error)}; nothing was trained or registered") from None
 
     def reconnect(self) -> None:
         """A new session after the old one dropped (while waiting: nothing was held on it)."""
-        try:
-            self.connection.close()
-        except Exception:  # already broken
-            pass
+        self.connection.close()  # a broken connection closes without raising
         self.connection = self._connect()
 
     def _one(self, query: str, *parameters):
@@ -145,7 +143,7 @@ class _DatabaseLock:
                       AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s)""",
                                            (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF)
         except psycopg.Error as error:
-            return f"its database connection dropped: {_first_line(error)}"
+            return f"its database connection dropped: {first_line(error)}"
         if (pid, started) != self.session:
             return "its database session was replaced (the server restarted)"
         return None if held else "its database session no longer holds it"
@@ -167,11 +165,6 @@ class _DatabaseLock:
 
     def release(self) -> None:
         self._one("SELECT pg_advisory_unlock(%s)", self.key)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
     def close(self) -> None:
         self.connection.close()
@@ -208,7 +201,7 @@ def _acquire(lock: _FileLock | _DatabaseLock, model_name: str, holder: str, wait
             holding = lock.holder()
         except psycopg.Error as error:
             logger.warning("the retraining lock's database dropped this run's connection while it waited (%s); "
-                           "reconnecting and waiting on", _first_line(error))
+                           "reconnecting and waiting on", first_line(error))
             while True:
                 try:
                     lock.reconnect()
@@ -254,9 +247,6 @@ def model_lock(model_name: str, wait_seconds: float, poll_seconds: float = 1.0) 
                 lock.release()
             except Exception as error:  # a dropped connection released it already; the run's outcome stands
                 logger.warning("releasing the retraining lock of %s failed (%s); a lost connection's locks are "
-                               "released by the database server", model_name, _first_line(error))
+                               "released by the database server", model_name, first_line(error))
     finally:
-        try:
-            lock.close()
-        except Exception:  # closing a broken connection
-            pass
+        lock.close()  # closing a broken connection does not raise

@@ -21,7 +21,8 @@ from riskmodel.scorecard import Scaling
 from tasks.config import RunConfig
 from tasks.data import Split, fit_rows
 from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
-from tasks.lineage import git_state, lineage_tags, suite_digest
+from tasks.lineage import git_state, lineage_tags, suite_digest, suite_file
+from tasks.schema import schema_file
 from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
                            settle_privacy_budget, spent_privacy)
 from tasks.retries import service_retries
@@ -210,7 +211,8 @@ def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
             admitted, schema, layout, split, mean=mean.tolist(), std=std.tolist(), training=config.training,
             positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
             privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()),
-            run_key=training_id(run_dir, key), lock_check=lock.verify)
+            run_key=training_id(run_dir, key), lock_check=lock.verify,
+            base_rate=sum(s.positives for s in statistics) / max(1, sum(s.count for s in statistics)))
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
             publish_validation_table(config.model_name, validation)
@@ -242,10 +244,12 @@ def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
                        for name in trained]
         decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None,
                                     training.lost)
-        commit, dirty = git_state(PROJECT_ROOT)
+        inputs = [schema_file(schema.name), suite_file(settings.expectations_dir, config.suite),
+                  *([config.source_file] if config.source_file else [])]
+        commit, dirty, uncommitted = git_state(PROJECT_ROOT, inputs)
         lineage = lineage_tags(
             flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
-            commit=commit, dirty=dirty, config=config, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
+            commit=commit, dirty=dirty, config=config, uncommitted=uncommitted, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
             validation=validation, admitted=names, privacy=privacy_tags(spent, ledger_run),
             worker_isolation=isolation.mechanism, lost=training.lost, engine=training.lineage)
         lineage["prefect.trigger"] = _trigger()

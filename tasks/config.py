@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_serializer,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_serializer,
                       field_validator, model_validator)
 
 from tasks.schema import SCHEMAS_DIR, Schema, load_schema
@@ -294,6 +294,7 @@ class SecureAggregationConfig(BaseModel):
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _source_file: Path | None = PrivateAttr(None)
 
     model_name: str = Field(pattern=NAME_PATTERN, description="Registered model name in MLflow.")
     data_schema: Schema = Field(
@@ -446,6 +447,12 @@ class RunConfig(BaseModel):
             f"{schema.description.rstrip('.')}: the probability of {schema.label.meaning}, for ranking and "
             f"decisions on portfolios like those of the member institutions. Not validated for other products, "
             f"for customers outside the members' populations, or as the sole basis of a decision.")
+
+    @property
+    def source_file(self) -> Path | None:
+        """The YAML file this config was read from (None when built in code): whether it is committed is part of
+        the version's lineage."""
+        return self._source_file
 
     def plain(self) -> dict:
         """The config as plain values (the schema by name), as logged and hashed."""

@@ -63,6 +63,22 @@ class Split:
     seed: int
 
 
+# A cell a spreadsheet runs as a formula when it begins with one of these (OWASP, CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` for a CSV a person may open in a spreadsheet: a text cell that begins like a formula gets a leading
+    single quote, so that it is shown, never run (OWASP's rule for CSV injection). Numbers are left as they are."""
+    escaped = frame.copy()
+    for column in frame.columns[frame.dtypes == object]:
+        values = frame[column]
+        text = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
+        if text.any():
+            escaped[column] = values.where(~text, "'" + values.astype(str))
+    return escaped
+
+
 def file_digest(data: bytes) -> str:
     """sha256 of an extract's bytes: what lineage records and later reads verify."""
     return hashlib.sha256(data).hexdigest()
@@ -89,7 +105,18 @@ def _structure_problems(data: bytes) -> list[str]:
 def _parse(data: bytes, suffix: str) -> pd.DataFrame:
     if suffix in {".parquet", ".pq"}:
         return pd.read_parquet(io.BytesIO(data))
-    return pd.read_csv(io.BytesIO(data))
+    return _unescaped(pd.read_csv(io.BytesIO(data)))
+
+
+def _unescaped(frame: pd.DataFrame) -> pd.DataFrame:
+    """What `spreadsheet_safe` escaped, as it was: a CSV fedrisk (or a spreadsheet's safe export) wrote reads back
+    with its values unchanged."""
+    for column in frame.columns[frame.dtypes == object]:
+        values = frame[column]
+        quoted = values.map(lambda v: isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA_PREFIXES))
+        if quoted.any():
+            frame[column] = values.where(~quoted, values.astype(str).str[1:])
+    return frame
 
 
 def _examples(values: pd.Series) -> str:

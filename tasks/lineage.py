@@ -19,14 +19,27 @@ if TYPE_CHECKING:  # `fedrisk lineage` reads tags only: no Prefect or GX at star
     from tasks.validation import ValidationReport
 
 
-def git_state(root: Path) -> tuple[str, bool]:
-    """The commit of the code in `root` and whether tracked files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+def git_state(root: Path, inputs: list[Path] = ()) -> tuple[str, bool, list[str]]:
+    """The commit of the code in `root`, whether it is dirty (tracked files differ from it, or one of the run's
+    `inputs` inside `root` -- its schema, suite and config files -- is not committed at all), and those
+    uncommitted inputs (paths relative to `root`)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     try:
-        return git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain", "--untracked-files=no"))
+        commit = git("rev-parse", "HEAD").stdout.strip()
+        if not commit:
+            return "unknown", False, []
+        changed = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        root = Path(root).resolve()
+        inside = [Path(p).resolve() for p in inputs if Path(p).resolve().is_relative_to(root)]
+        untracked = [p.relative_to(root).as_posix() for p in inside
+                     if git("ls-files", "--error-unmatch", str(p)).returncode != 0]
+        return commit, changed or bool(untracked), untracked
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        return "unknown", False, []
+
+
+NOT_COMMITTED = "the same as the file here, but that file was not committed when the model was trained"
 
 
 def config_digest(config: dict) -> str:
@@ -51,6 +64,7 @@ def lineage_tags(
     commit: str,
     dirty: bool,
     config: RunConfig,
+    uncommitted: list[str] = (),
     suite_sha256: str,
     validation: list[ValidationReport],
     admitted: list[str],
@@ -61,12 +75,14 @@ def lineage_tags(
 ) -> dict[str, str]:
     """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
     `privacy` are the privacy stage's tags (mechanism, each institution's epsilon); `worker_isolation`
-    how the training workers were kept off the network (or that the operator accepted they were not)."""
+    how the training workers were kept off the network (or that the operator accepted they were not);
+    `uncommitted` the run's schema, suite or config files that git did not track."""
     training, schema = config.training, config.data_schema
     tags = {
         "prefect.flow_run_id": flow_run_id,
         "git.commit": commit,
         "git.dirty": str(dirty).lower(),
+        **({"git.uncommitted_inputs": ", ".join(uncommitted)} if uncommitted else {}),
         "config.sha256": config_digest(config.plain()),
         "schema.name": schema.name,
         "schema.version": str(schema.version),
@@ -201,8 +217,10 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     commit = tags.get("git.commit", "unknown")
     known = subprocess.run(["git", "-C", str(project_root), "cat-file", "-e", f"{commit}^{{commit}}"],
                            capture_output=True).returncode == 0
+    uncommitted = tags.get("git.uncommitted_inputs", "")
     links.append(Link("code", f"git {commit}", known,
                       ("with uncommitted changes at training time" if tags.get("git.dirty") == "true" else "clean")
+                      + (f" (not committed: {uncommitted})" if uncommitted else "")
                       + ("" if known else "; commit not in this repository")))
     try:
         config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}"))
@@ -215,9 +233,10 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     suite = tags.get("suite.name", "-")
     path = suite_file(expectations_dir, suite)
     same = path.exists() and suite_digest(expectations_dir, suite) == tags.get("suite.sha256")
-    links.append(Link("suite", suite, same, f"sha256 {tags.get('suite.sha256', '-')[:16]}, "
-                      + ("as committed" if same else ("the committed suite has changed since" if path.exists()
-                                                      else "no such suite committed"))))
+    suite_uncommitted = f"{suite}.json" in uncommitted
+    links.append(Link("suite", suite, same and not suite_uncommitted, f"sha256 {tags.get('suite.sha256', '-')[:16]}, "
+                      + (NOT_COMMITTED if same and suite_uncommitted else "as committed" if same
+                         else ("the committed suite has changed since" if path.exists() else "no such suite committed"))))
     for institution in [t.split(".")[1] for t in tags if t.startswith("institution.") and t.endswith(".validation")]:
         prefix = f"institution.{institution}"
         # The folder, not the file: runs registered before the self-contained page kept GX's file name there.
@@ -250,9 +269,11 @@ def _schema_link(tags: dict[str, str]) -> Link:
         return Link("schema", f"{name} v{version}", False, str(error))
     same = str(current.version) == version and current.fingerprint() == digest
     committed = schema_file(name).relative_to(schema_file(name).parents[1]).as_posix()
-    detail = f"sha256 {digest[:16]}, " + ("as committed" if same else f"{committed} is now version {current.version}"
+    uncommitted = committed in tags.get("git.uncommitted_inputs", "")
+    detail = f"sha256 {digest[:16]}, " + (NOT_COMMITTED if same and uncommitted else "as committed" if same
+                                          else f"{committed} is now version {current.version}"
                                           + ("" if str(current.version) != version else " with other content"))
-    return Link("schema", f"{name} v{version}", same, detail)
+    return Link("schema", f"{name} v{version}", same and not uncommitted, detail)
 
 
 def _privacy_link(client, tags: dict[str, str], version: str) -> Link:

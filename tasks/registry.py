@@ -24,7 +24,8 @@ from tasks.evaluation import (
 )
 from riskmodel.layout import Layout
 from tasks.config import PromotionConfig, RunConfig
-from tasks.retries import TRANSIENT_RETRIES
+from tasks.retries import TRANSIENT_RETRIES, first_line
+from tasks.data import spreadsheet_safe
 from tasks.schema import Schema
 from hostguard.credentials import masked
 from tasks.validation import LEFT_OUT, ValidationReport
@@ -301,11 +302,6 @@ def _withdraw(client, model_name: str, version: str, previous_aliases: dict) -> 
         client.set_registered_model_alias(model_name, CHALLENGER, str(previous_aliases[CHALLENGER]))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _fail_registration(client, model_name: str, version: str | None, previous_aliases: dict) -> None:
     """After a failure: withdraw the version (if created) and end the MLflow run FAILED. What cannot be done now
     (the server away) is logged; the version stays marked unfinished, hidden from users, and the run RUNNING,
@@ -319,12 +315,12 @@ def _fail_registration(client, model_name: str, version: str | None, previous_al
         except Exception as error:
             logger.warning("version %s of %s could not be withdrawn (%s); it stays marked unfinished (%s), hidden "
                            "from `fedrisk models list`, scoring and promotion, until the next retraining of %s "
-                           "deletes it", version, model_name, _first_line(error), REGISTRATION_TAG, model_name)
+                           "deletes it", version, model_name, first_line(error), REGISTRATION_TAG, model_name)
     try:
         mlflow.end_run("FAILED")
     except Exception as error:
         logger.warning("the MLflow run of this registration could not be ended (%s); the next retraining of %s "
-                       "ends it FAILED", _first_line(error), model_name)
+                       "ends it FAILED", first_line(error), model_name)
 
 
 def settle_unfinished(client, model_name: str) -> list[str]:
@@ -494,7 +490,7 @@ def register_model(
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{name}.png")
         if scorecard is not None:
-            mlflow.log_text(scorecard.to_csv(index=False), POINTS_TABLE_ARTIFACT)
+            mlflow.log_text(spreadsheet_safe(scorecard).to_csv(index=False), POINTS_TABLE_ARTIFACT)
         types = signature_types(schema, layout.raw_features)
         signature = ModelSignature(
             inputs=MlflowSchema([ColSpec(getattr(DataType, kind), name) for name, kind in types.items()]),
@@ -540,7 +536,7 @@ def register_model(
         client.set_model_version_tag(model_name, version, REGISTRATION_TAG, COMPLETE)
     except Exception as error:
         get_run_logger().warning("version %s of %s is registered, but marking it complete failed (%s); the next "
-                                 "retraining marks it", version, model_name, _first_line(error))
+                                 "retraining marks it", version, model_name, first_line(error))
     return Registration(
         run_id=run.info.run_id,
         experiment_id=experiment_id,

@@ -29,6 +29,12 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
+def first_line(error: BaseException) -> str:
+    """An error in one line, for a status line or a warning: its message's first line, else its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether `error` (or what caused it) is a failure worth retrying as it is."""
     import httpx

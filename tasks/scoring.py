@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.data import read_institution
+from tasks.data import read_institution, spreadsheet_safe
 from tasks.schema import Schema, SchemaError, load_schema
 
 # Master scale: a band is the range of the probability up to its upper bound.
@@ -107,7 +107,7 @@ def score_file(
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(f".{output_path.name}.partial")
-    scored.to_csv(partial, index=False)
+    spreadsheet_safe(scored).to_csv(partial, index=False)  # a credit officer opens it in a spreadsheet
     os.replace(partial, output_path)
     bands = scored["score_band"].value_counts().reindex([b for b, _ in SCORE_BANDS], fill_value=0)
     return ScoringResult(name, str(found.version), len(scored), str(output_path),

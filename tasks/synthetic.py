@@ -9,6 +9,7 @@ model can learn it, and everything is a function of the seed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pandas as pd
 
 from sklearn.model_selection import StratifiedKFold
 
-from tasks.data import institution_seed
+from tasks.data import institution_seed, spreadsheet_safe
 from tasks.schema import Schema
 
 # The credit-default layout, as the hand-made generator writes it (schemas/credit_default.yaml).
@@ -267,6 +268,51 @@ def split_file(frame: pd.DataFrame, label: str, names: list[str], seed: int, id_
     paths = {}
     for name, (_, rows) in zip(names, folds, strict=True):
         path = out_dir / f"{name}.csv"
-        frame.iloc[np.sort(rows)].to_csv(path, index=False)
+        spreadsheet_safe(frame.iloc[np.sort(rows)]).to_csv(path, index=False)
+        paths[name] = path
+    return paths
+
+
+MAX_INSTITUTIONS_BY_COLUMN = 100
+
+
+def institution_name(value) -> str:
+    """An institution name from a column's value (`CA` -> `ca`, `New York` -> `new_york`, 3.0 -> `3`)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    name = re.sub(r"[^a-z0-9]+", "_", str(value).strip().lower()).strip("_")
+    return name or "blank"
+
+
+def split_by_column(frame: pd.DataFrame, column: str, id_column: str | None, out_dir: Path,
+                    keep_column: bool = False) -> dict[str, Path]:
+    """Split one extract into one institution per value of `column` (a US state, a branch), each written to
+    `out_dir/<value>.csv`, the column dropped unless `keep_column`; adds a running `id_column` when the extract has
+    none. ValueError (naming the column) for a missing column, missing values, or too many or clashing names."""
+    if column not in frame.columns:
+        raise ValueError(f"no column {column!r} to split by (columns: {', '.join(map(str, frame.columns[:20]))})")
+    missing = int(frame[column].isna().sum())
+    if missing:
+        raise ValueError(f"{missing} row(s) have no {column} value: every row must belong to an institution "
+                         f"(fill them, or drop those rows)")
+    values = list(dict.fromkeys(frame[column]))
+    if len(values) > MAX_INSTITUTIONS_BY_COLUMN:
+        raise ValueError(f"{column} has {len(values)} distinct values: at most {MAX_INSTITUTIONS_BY_COLUMN} "
+                         f"institutions (is it the right column?)")
+    names: dict[str, object] = {}
+    for value in values:
+        name = institution_name(value)
+        if name in names:
+            raise ValueError(f"{column} values {names[name]!r} and {value!r} both name institution {name!r}")
+        names[name] = value
+    if id_column and id_column not in frame.columns:
+        frame = frame.assign(**{id_column: np.arange(1, len(frame) + 1)})[[id_column, *frame.columns]]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, value in sorted(names.items()):
+        rows = frame[frame[column] == value]
+        path = out_dir / f"{name}.csv"
+        spreadsheet_safe(rows if keep_column else rows.drop(columns=[column])).to_csv(path, index=False)
         paths[name] = path
     return paths

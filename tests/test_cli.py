@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -23,6 +24,7 @@ from rich.console import Console
 from flows import cli
 from flows.cli import app
 from flows.settings import PROJECT_ROOT
+from tasks.synthetic import synthesize
 from tests.conftest import free_port
 
 runner = CliRunner()
@@ -299,3 +301,32 @@ def test_a_temporary_prefect_api_started_early_is_the_one_used_and_is_stopped_wh
     env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PREFECT_HOME": str(tmp_path / "home")}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.stdout.splitlines()[-2:] == ["ADOPTED True", "STOPPED True True"], result.stdout + result.stderr
+
+
+def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, console):
+    """A loan book split by state: one institution per value, named after it, the column dropped; the same
+    command refuses a column that is not there, and --by with --institutions."""
+    from tasks.schema import load_schema
+
+    schema = load_schema("credit_default")
+    frame = pd.read_csv(synthesize(tmp_path / "source", n_institutions=1, seed=2, rows_scale=0.05)["alder_bank"])
+    frame["STATE"] = np.where(np.arange(len(frame)) % 3 == 0, "New York", "CA")
+    source = tmp_path / "book.csv"
+    frame.to_csv(source, index=False)
+
+    assert _exit_code(cli.split, input=source, schema="credit_default", out=tmp_path / "by_state",
+                      institutions=None, by="STATE", keep_column=False, seed=0) == 0
+    parts = {path.stem: pd.read_csv(path) for path in (tmp_path / "by_state").glob("*.csv")}
+    assert sorted(parts) == ["ca", "new_york"] and "STATE" not in parts["ca"].columns
+    assert len(parts["new_york"]) == (frame["STATE"] == "New York").sum()
+    assert sorted(pd.concat(parts.values())[schema.id]) == sorted(frame[schema.id])
+    said = console()
+    assert f"ca: {tmp_path / 'by_state' / 'ca.csv'}" in said and "new_york: " in said
+
+    assert _exit_code(cli.split, input=source, schema="credit_default", out=tmp_path / "x", institutions=None,
+                      by="REGION", keep_column=False, seed=0) == 1
+    assert f"{source}: no column 'REGION' to split by (columns: " in console()
+    assert _exit_code(cli.split, input=source, schema="credit_default", out=tmp_path / "x", institutions="a,b",
+                      by="STATE", keep_column=False, seed=0) == 2
+    assert "give --institutions (equal, stratified parts) or --by COLUMN (one institution per value), not both" \
+        in console()

@@ -142,3 +142,16 @@ def test_fit_and_validation_partition_the_training_split(small_consortium):
     assert abs(rates[0] - rates[1]) < 0.01  # stratified
     with pytest.raises(ValueError, match="unknown part 'test'"):
         load_part(extract, CREDIT, Split(0.2, 0.1, 4), "test")
+
+
+def test_every_csv_fedrisk_writes_is_spreadsheet_safe_and_reads_back_unchanged(tmp_path):
+    """Text cells that begin like a formula get a leading quote (OWASP); numbers do not; fedrisk reads its own
+    escaped files back with the values they had."""
+    from tasks.data import _parse, spreadsheet_safe
+
+    frame = pd.DataFrame({"id": ["=1+1", "@x", "-a", "plain", "'=quoted already"], "amount": [-5, 3, -1, 0, 2]})
+    safe = spreadsheet_safe(frame)
+    assert safe["id"].tolist() == ["'=1+1", "'@x", "'-a", "plain", "'=quoted already"]
+    assert safe["amount"].tolist() == [-5, 3, -1, 0, 2] and frame["id"].iloc[0] == "=1+1"  # the input is untouched
+    read = _parse(safe.to_csv(index=False).encode(), ".csv")
+    assert read["id"].tolist() == ["=1+1", "@x", "-a", "plain", "=quoted already"]

@@ -2,6 +2,7 @@
 
 import io
 import subprocess
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -114,3 +115,30 @@ def test_a_version_whose_flow_run_failed_after_registering_is_not_sound(tmp_path
     assert resolved is sound
     assert detail.startswith(f"retrain-credit, {state} (local Prefect database)")
     assert detail.endswith("the run that registered this version did not complete") is not sound
+
+
+def test_a_schema_suite_or_config_file_git_does_not_track_makes_the_code_dirty_and_is_never_as_committed(tmp_path):
+    """`git status --untracked-files=no` looked clean while the schema a model was trained on existed nowhere in
+    git: the run's own input files count, and lineage names them."""
+    from tasks.lineage import NOT_COMMITTED, _schema_link, git_state
+    from tasks.schema import load_schema
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "tracked.yaml").write_text("a: 1\n")
+    git("add", "tracked.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "first")
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "mine.yaml").write_text("b: 2\n")
+    commit, dirty, uncommitted = git_state(tmp_path, [tmp_path / "tracked.yaml"])
+    assert len(commit) == 40 and not dirty and uncommitted == []
+    assert git_state(tmp_path, [tmp_path / "tracked.yaml", tmp_path / "schemas" / "mine.yaml", Path("/etc/hosts")]) \
+        == (commit, True, ["schemas/mine.yaml"])  # a file outside the repository is recorded by its digest
+
+    schema = load_schema("credit_default")
+    tags = {"schema.name": schema.name, "schema.version": str(schema.version), "schema.sha256": schema.fingerprint()}
+    assert _schema_link(tags).resolved and "as committed" in _schema_link(tags).detail
+    unsure = _schema_link({**tags, "git.uncommitted_inputs": "schemas/credit_default.yaml"})
+    assert not unsure.resolved and unsure.detail.endswith(NOT_COMMITTED)

@@ -122,3 +122,18 @@ def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp
         predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
     served = [p["default_probability"] for p in predictions]
     np.testing.assert_allclose(served, pd.read_csv(output)["default_probability"], rtol=1e-5)
+
+
+def test_ids_that_a_spreadsheet_would_run_as_formulas_are_written_escaped(store, applicants, tmp_path, console):
+    """OWASP's rule for CSV injection: the output a credit officer opens shows `=HYPERLINK(...)`, never runs it."""
+    hostile = ["=cmd|' /C calc'!A0", "=HYPERLINK(\"http://evil.example\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTAB"]
+    rows = pd.read_csv(applicants).head(len(hostile) + 1)
+    rows["ID"] = [*hostile, "ordinary-7"]
+    given = tmp_path / "hostile.csv"
+    rows.to_csv(given, index=False)
+    output = tmp_path / "scores.csv"
+    cli.score(model=f"{store.name}@champion", input=given, output=output, reasons=0)
+
+    cells = [line.split(",")[0] for line in output.read_text().splitlines()[1:]]
+    written = pd.read_csv(output, dtype={"ID": str}, keep_default_na=False)["ID"].tolist()
+    assert written == ["'" + value for value in hostile] + ["ordinary-7"], cells
