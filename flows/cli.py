@@ -13,7 +13,9 @@ from typer.core import TyperGroup
 import flows  # noqa: F401  (sets library defaults before they are imported)
 from flows.config import ConfigError, load_config
 from flows.settings import PROJECT_ROOT, Settings
-from flows.terminal import console, status
+from rich.markup import escape
+
+from flows.terminal import console, print_error, status
 from hostguard.credentials import masked
 from tasks.config import RunConfig
 
@@ -61,7 +63,7 @@ def _load(path: Path) -> RunConfig:
     try:
         return load_config(path, expectations_dir=Settings().expectations_dir)
     except ConfigError as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(2) from None
 
 
@@ -190,14 +192,14 @@ def _run(config: RunConfig) -> None:
     except (QuorumNotMet, InstitutionDataError, RetrainingBusy, LockUnavailable, LockLost, PrivacyBudgetExceeded,
             WorkerExposureRefused, NodeError, TrainingStopped, PrefectApiUnavailable, TreeTrainingFailed,
             FederatedTreesUnavailable) as error:
-        console.print(f"[red]Retraining stopped:[/red] {error}", highlight=False)
+        console.print(f"[red]Retraining stopped:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     except PrivacyPlanError as error:
-        console.print(f"[red]Retraining stopped, bad privacy settings:[/red] {error}", highlight=False)
+        console.print(f"[red]Retraining stopped, bad privacy settings:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(2) from None
     except MlflowException as error:
-        console.print(f"[red]Retraining stopped: MLflow tracking at {masked(Settings().mlflow_tracking_uri)} "
-                      f"failed:[/red] {first_line(error)}\nNothing was registered.")
+        console.print(f"[red]Retraining stopped: MLflow tracking at {escape(masked(Settings().mlflow_tracking_uri))} "
+                      f"failed:[/red] {escape(first_line(error))}\nNothing was registered.")
         raise typer.Exit(1) from None
     _print_summary(summary)
 
@@ -222,7 +224,7 @@ def demo(
                                  schema=config.data_schema)
             unknown = sorted({i.name for i in config.institutions} - set(written))
             if unknown:
-                console.print(f"[red]{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios[/red]")
+                print_error(f"{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios")
                 raise typer.Exit(2)
             console.print(f"Synthesized {len(written)} institutions into {data_dir}")
         if cross_silo:
@@ -253,12 +255,12 @@ def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", 
             with _prefect_api():
                 reports = validate_consortium(run_config)
     except PrefectApiUnavailable as error:
-        console.print(f"[red]Validation not run:[/red] {error}", highlight=False)
+        console.print(f"[red]Validation not run:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     _print_validation(reports, {r.institution: r.data_docs for r in reports if r.data_docs})
     passed = sum(r.passed for r in reports)
     if passed < run_config.quorum:
-        console.print(f"[red]{passed} of {len(reports)} institutions passed; quorum is {run_config.quorum}[/red]")
+        print_error(f"{passed} of {len(reports)} institutions passed; quorum is {run_config.quorum}")
         raise typer.Exit(1)
     console.print(f"{passed} of {len(reports)} institutions passed; quorum {run_config.quorum} met")
 
@@ -269,7 +271,7 @@ def _schema(name: str):
     try:
         return load_schema(name)
     except SchemaError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(2) from None
 
 
@@ -309,8 +311,8 @@ def split(
     from tasks.synthetic import split_by_column, split_file
 
     if by is not None and institutions is not None:
-        console.print("[red]give --institutions (equal, stratified parts) or --by COLUMN (one institution per "
-                      "value), not both[/red]")
+        print_error("give --institutions (equal, stratified parts) or --by COLUMN (one institution per value), "
+                    "not both")
         raise typer.Exit(2)
     contract = _schema(schema)
     names = [n.strip() for n in (institutions or "bank_a,bank_b,bank_c").split(",") if n.strip()]
@@ -318,16 +320,16 @@ def split(
         read_bytes("input", input)
         frame = pd.read_parquet(input) if input.suffix.lower() in {".parquet", ".pq"} else pd.read_csv(input)
     except (InstitutionDataError, ValueError) as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(1) from None
     if contract.label.column not in frame.columns:
-        console.print(f"[red]{input}: no label column {contract.label.column!r} (schema {contract.name})[/red]")
+        print_error(f"{input}: no label column {contract.label.column!r} (schema {contract.name})")
         raise typer.Exit(1)
     try:
         written = (split_by_column(frame, by, contract.id, out, keep_column) if by is not None
                    else split_file(frame, contract.label.column, names, seed, contract.id, out))
     except ValueError as error:
-        console.print(f"[red]{input}: {error}[/red]", highlight=False)
+        print_error(f"{input}: {error}")
         raise typer.Exit(1) from None
     for name, path in written.items():
         console.print(f"{name}: {path}")
@@ -351,7 +353,7 @@ def schema_infer(
         console.print(infer_schema(input, label=label, name=name, id_column=id_column), highlight=False,
                       markup=False, soft_wrap=True)
     except (InstitutionDataError, SchemaInferenceError) as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(1) from None
 
 
@@ -361,7 +363,7 @@ def _reference(reference: str) -> tuple[str, str | None, str | None]:
     try:
         return parse_reference(reference)
     except ValueError as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(2) from None
 
 
@@ -373,7 +375,7 @@ def models_list(name: str = typer.Argument(..., help="Registered model name.")) 
     try:
         versions = list_versions(Settings().mlflow_tracking_uri, name)
     except LookupError as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(1) from None
     table = Table(title=f"{name} ({masked(Settings().mlflow_tracking_uri)})")
     for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS, "epsilon"):
@@ -409,9 +411,9 @@ def models_promote(
     try:
         previous = promote_manually(Settings().mlflow_tracking_uri, name, version, reason, getpass.getuser())
     except (LookupError, ValueError) as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(1) from None
-    console.print(f"{name} version {version} is now champion (was: {previous or 'none'}); reason recorded: {reason}")
+    console.print(f"{name} version {version} is now champion (was: {previous or 'none'}); reason recorded: {escape(reason)}")
 
 
 @app.command()
@@ -462,7 +464,7 @@ def lineage(reference: str = typer.Argument(..., metavar="NAME@ALIAS|NAME/VERSIO
         headline, links = trace(settings.mlflow_tracking_uri, reference, PROJECT_ROOT, settings.expectations_dir,
                                 settings.mlflow_ui_url)
     except LookupError as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(1) from None
     console.print(f"[bold]{reference}[/bold] -> {headline}")
     for link in links:
@@ -492,16 +494,16 @@ def score(
         result = score_file(settings.mlflow_tracking_uri, name, alias, version, input, output,
                             settings.expectations_dir, reasons=reasons)
     except ScoringInputRejected as error:
-        console.print(f"[red]{input}: rejected, nothing was scored.[/red] Failed checks:")
+        console.print(f"[red]{escape(str(input))}: rejected, nothing was scored.[/red] Failed checks:")
         for reason in error.reasons:
-            console.print(f"  - {reason}", highlight=False)
+            console.print(f"  - {escape(reason)}", highlight=False)
         console.print(f"Checks page: {error.data_docs}")
         raise typer.Exit(1) from None
     except (InstitutionDataError, LookupError) as error:  # scoring is the institution's own: example values shown
-        console.print(f"[red]{getattr(error, 'detail', error)}[/red]")
+        print_error(getattr(error, 'detail', error))
         raise typer.Exit(1) from None
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     bands = ", ".join(f"{band} (<= {upper:g}): {result.bands[band]}" for band, upper in SCORE_BANDS)
     console.print(f"Scored {result.rows} rows with {result.model_name} version {result.version} -> {result.output}")
     console.print(f"Score bands: {bands}")
@@ -514,7 +516,7 @@ def _deployments(prefect_file: Path):
         specs = load_deployments(prefect_file)
         url = require_server()
     except DeploymentError as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(2) from None
     return specs, url
 
@@ -553,7 +555,7 @@ def deploy(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
     try:
         deploy_deployments(specs)
     except DeploymentError as error:
-        console.print(f"[red]{error}[/red]")
+        print_error(error)
         raise typer.Exit(1) from None
     for spec in specs:
         console.print(f"deployed [bold]retrain-from-config/{spec.name}[/bold] to work pool {spec.work_pool.name}: "
@@ -589,7 +591,7 @@ def trigger(
         if config_file.is_file():  # checked here too, so a bad override never reaches the worker
             load_config(config_file, merged.get("overrides") or {}, expectations_dir=Settings().expectations_dir)
     except (DeploymentError, ConfigError, ValueError) as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(2) from None
     run = start(target, parameters)
     page = flow_run_url(run.id)
@@ -628,7 +630,7 @@ def _pki(action):
     try:
         return action()
     except PkiError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(1) from None
 
 
@@ -692,21 +694,21 @@ def node_serve(config: Path = typer.Option(..., "--config", "-c", metavar="PATH"
     try:
         node_config = load_node_config(config)
     except NodeConfigError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(2) from None
     from hostguard.pki import PkiError, validity
 
     try:
         warning = validity(node_config.tls.cert)
     except PkiError as error:
-        console.print(f"[red]node {node_config.institution} does not start: {error}[/red]", highlight=False)
+        print_error(f"node {node_config.institution} does not start: {error}")
         raise typer.Exit(1) from None
     if warning:
-        console.print(f"[yellow]node {node_config.institution}: {warning}[/yellow]", highlight=False)
+        console.print(f"[yellow]node {node_config.institution}: {escape(warning)}[/yellow]", highlight=False)
     try:
         isolation = loopback.isolation(Settings().allow_exposed_worker, "TFF worker")
     except loopback.WorkerExposureRefused as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(1) from None
     from node.server import serve_until_stopped
 
@@ -719,7 +721,7 @@ def node_serve(config: Path = typer.Option(..., "--config", "-c", metavar="PATH"
     try:
         serve_until_stopped(node_config, Settings().expectations_dir, isolation, listening)
     except OSError as error:
-        console.print(f"[red]node {node_config.institution}: cannot listen on {node_config.listen}: {error}[/red]")
+        print_error(f"node {node_config.institution}: cannot listen on {node_config.listen}: {error}")
         raise typer.Exit(1) from None
 
 
@@ -735,7 +737,7 @@ def node_audit(config: Path = typer.Option(..., "--config", "-c", metavar="PATH"
     try:
         node_config = load_node_config(config)
     except NodeConfigError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
+        print_error(error)
         raise typer.Exit(2) from None
     trail = AuditTrail(node_config.work_dir)
     entries = trail.read()

@@ -29,14 +29,18 @@ def _models(annotation) -> list[type[BaseModel]]:
     return [model for argument in typing.get_args(annotation) for model in _models(argument)]
 
 
-def _keys_at(loc: list) -> list[str]:
-    """The keys a config section at `loc` (a list of names, list indices skipped) may hold."""
+def _keys_at(loc: list, engine: str | None = None) -> list[str]:
+    """The keys a config section at `loc` (a list of names, list indices skipped) may hold; in the training
+    section, those of `engine` when given (each engine has its own settings)."""
     models: list[type[BaseModel]] = [RunConfig]
     for part in loc:
         if isinstance(part, int):
             continue
         fields = [_fields(model).get(part) for model in models]
         models = [nested for field in fields if field is not None for nested in _models(field.annotation)]
+        if engine is not None and loc[:1] == ["training"] and part == "training":
+            models = [m for m in models if "engine" in _fields(m)
+                      and typing.get_args(_fields(m)["engine"].annotation) == (engine,)]
     return sorted({key for model in models for key in _fields(model)})
 
 
@@ -44,12 +48,16 @@ def _fields(model: type[BaseModel]) -> dict:
     return {(field.alias or name): field for name, field in model.model_fields.items()}
 
 
-def _unknown_key(loc: list) -> str:
+def _unknown_key(loc: list, engine: str | None = None) -> str:
     key, section = str(loc[-1]), loc[:-1]
-    known = _keys_at(section)
+    known = _keys_at(section, engine)
     near = difflib.get_close_matches(key, known, n=1)
     where = ".".join(str(p) for p in section)
     text = f"unknown key '{key}'" + (f" in section {where}" if where else "")
+    if engine is not None:
+        other = [e for e in ENGINES if e != engine and key in _keys_at(section, e)]
+        if other:
+            text += f" (a setting of engine {other[0]}; this section's engine is {engine})"
     return text + (f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}")
 
 
@@ -59,8 +67,10 @@ def _describe(error: ValidationError, source: str) -> str:
         # The training union's tag (training.tff.rounds) is not a key the user wrote: name the field as written.
         loc = [part for i, part in enumerate(item["loc"])
                if not (i == 1 and item["loc"][0] == "training" and part in ENGINES)]
+        engine = item["loc"][1] if item["loc"][:1] == ("training",) and len(item["loc"]) > 1 \
+            and item["loc"][1] in ENGINES else None
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {_unknown_key(loc)}")
+            lines.append(f"  {_unknown_key(loc, engine)}")
             continue
         where = ".".join(str(part) for part in loc) or "(top level)"
         value = item.get("input")

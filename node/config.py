@@ -166,6 +166,9 @@ class NodeConfig(BaseModel):
         return load_schema(self.schema_name, schemas_dir)
 
 
+NAME_HINT = "; a name is lower-case letters, digits, '_' and '-', starting with a letter or digit (e.g. cedar_savings)"
+
+
 def load_node_config(path: Path) -> NodeConfig:
     """Read a node's YAML config; relative paths are relative to the file."""
     path = Path(path)
@@ -180,7 +183,9 @@ def load_node_config(path: Path) -> NodeConfig:
         config.schema()
     except ValidationError as error:
         lines = [f"invalid node config {path}:"] + [
-            f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
+            f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            + ("" if isinstance(e.get("input"), dict) or e["type"] == "missing" else f" (got {e.get('input')!r})")
+            + (NAME_HINT if e["loc"][-1:] == ("institution",) else "") for e in error.errors()]
         raise NodeConfigError("\n".join(lines)) from None
     except SchemaError as error:
         raise NodeConfigError(f"invalid node config {path}: schema: {error}") from None

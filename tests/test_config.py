@@ -60,6 +60,11 @@ def test_server_learning_rate_defaults_by_algorithm(algorithm, rate):
         ({"trainig": {}}, "unknown key 'trainig'; did you mean 'training'?"),
         ({"training": {"engine": "xgboost", "max_dept": 3}}, "unknown key 'max_dept' in section training; did you "
                                                              "mean 'max_depth'?"),
+        ({"training": {"learning_rate": 0.1}}, "unknown key 'learning_rate' in section training (a setting of engine "
+                                               "xgboost; this section's engine is tff); did you mean "
+                                               "'server_learning_rate'?"),
+        ({"training": {"engine": "xgboost", "client_learning_rate": 0.1}}, "unknown key 'client_learning_rate' in "
+         "section training (a setting of engine tff; this section's engine is xgboost); did you mean 'learning_rate'?"),
         ({"training": {"algorithm": "fedsgd"}}, "training.algorithm: Input should be 'fedavg', 'fedprox', 'fedadam', 'fedyogi' or 'fedadagrad' (got 'fedsgd')"),
         ({"training": {"algorithm": "fedprox"}}, "training: fedprox needs proximal_strength > 0 (e.g. 0.01)"),
         ({"training": {"proximal_strength": 0.1}}, "training: proximal_strength applies to fedprox only, not fedavg"),
