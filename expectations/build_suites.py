@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.schema import available_schemas, load_schema  # noqa: E402
+from tasks.schema import SchemaError, available_schemas, load_schema  # noqa: E402
 from tasks.suites import SuiteOutOfDate, committed_checks, write_suite  # noqa: E402
 
 
@@ -20,7 +20,12 @@ def main() -> None:
     here = Path(__file__).resolve().parent
     failed = False
     for name in available_schemas():
-        schema = load_schema(name)
+        try:
+            schema = load_schema(name)
+        except SchemaError as error:  # said, and the others still built
+            print(error)
+            failed = True
+            continue
         fresh = committed_checks(here, schema.suite) is None
         try:
             count = write_suite(schema, here)

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tasks.config import ENGINES, RunConfig
-from tasks.schema import SCHEMAS_DIR, SchemaError
+from tasks.schema import SCHEMAS_DIR, SchemaError, read_yaml
 from tasks.suites import SuiteOutOfDate, require_current_suite
 
 
@@ -132,7 +132,7 @@ def load_config(path: Path, overrides: dict[str, object] | None = None, schemas_
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} cannot be read: {error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):

@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.schema import SCHEMAS_DIR, Schema, SchemaError, load_schema
+from tasks.schema import SCHEMAS_DIR, Schema, SchemaError, load_schema, read_yaml
 
 
 class NodeConfigError(ValueError):
@@ -173,7 +173,7 @@ def load_node_config(path: Path) -> NodeConfig:
     """Read a node's YAML config; relative paths are relative to the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NodeConfigError(f"node config {path} not found") from None
     except (OSError, yaml.YAMLError) as error:

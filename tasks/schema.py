@@ -152,6 +152,26 @@ def available_schemas(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
     return sorted(p.stem for p in Path(schemas_dir).glob("*.yaml"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
+                                f"the second would silently replace the first", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str):
+    """YAML as fedrisk reads every schema and config: safe, and a repeated key is an error (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_schema(data: object, source: str) -> Schema:
     """Validate a schema mapping; SchemaError names the source and field."""
     if not isinstance(data, dict):
@@ -172,7 +192,7 @@ def load_schema(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Schema:
     if not path.is_file():
         raise SchemaError(f"unknown schema {name!r}: no {path} (schemas: {', '.join(available_schemas(schemas_dir))})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise SchemaError(f"schema file {path} cannot be read: {error}") from None
     schema = parse_schema(data, str(path))

@@ -195,3 +195,23 @@ def test_secure_aggregation_is_a_switch_with_settings():
 def test_secure_aggregation_refuses_what_it_cannot_protect(change, expected):
     data = {**NODES, "secure_aggregation": True, **change}
     assert expected in _error({k: v for k, v in data.items() if v is not None})
+
+
+def test_a_key_repeated_in_a_schema_or_a_config_is_refused_not_silently_replaced(tmp_path):
+    """PyYAML keeps a repeated key's last value: a schema whose AGE appeared twice quarantined every bank with a
+    confusing reason. The file is refused where it is read, naming the key and both lines."""
+    from flows.config import ConfigError, load_config
+    from tasks.schema import SchemaError, load_schema, schema_file
+
+    shipped = schema_file("credit_default").read_text()
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "credit_default.yaml").write_text(shipped.replace(
+        "features:\n", "features:\n  AGE: {type: numeric, dtype: int, min: 0, max: 5}\n", 1))
+    with pytest.raises(SchemaError, match=r"cannot be read: key 'AGE' appears twice \(lines \d+ and \d+\): the "
+                                          r"second would silently replace the first"):
+        load_schema("credit_default", schemas)
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name: m\nquorum: 1\ninstitutions: []\nquorum: 2\n")
+    with pytest.raises(ConfigError, match=r"key 'quorum' appears twice \(lines 2 and 4\)"):
+        load_config(config)
