@@ -221,6 +221,7 @@ def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], s
         structure = _structure_problems(data)
         if structure:
             raise fail("; ".join(structure))
+        _repeated_columns(data, set(schema.columns) | set(columns or {}), fail)
     try:
         frame = _parse(data, suffix)
     except pd.errors.EmptyDataError:
@@ -247,6 +248,26 @@ def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], s
         raise fail("; ".join(shared for shared, _ in problems),
                    "; ".join(f"{shared}, {examples}" for shared, examples in problems))
     return frame
+
+
+def _repeated_columns(data: bytes, declared: set[str], fail) -> None:
+    """Raise `fail` when the header names a column twice (pandas would keep both, the second as `AGE.1`, a column
+    not in the file). A declared name is said; an undeclared one only in the institution's own detail."""
+    first = data.decode("utf-8", errors="replace").splitlines()[:1]
+    header = [name.strip() for name in next(csv.reader(first), [])] if first else []
+    repeated = {name: [i + 1 for i, h in enumerate(header) if h == name] for name in set(header)
+                if header.count(name) > 1}
+    if not repeated:
+        return
+    def said(names) -> str:
+        return "; ".join(f"column {name} appears {len(repeated[name])} times in the header (fields "
+                         f"{', '.join(map(str, repeated[name]))})" for name in sorted(names))
+    shared = [n for n in repeated if n in declared]
+    undeclared = len(repeated) - len(shared)
+    reason = "; ".join(part for part in (said(shared), f"{undeclared} undeclared column name(s) appear more than "
+                                         f"once in the header (named in the institution's log)" if undeclared else "")
+                       if part)
+    raise fail(reason + ": each column must be named once", said(repeated) + ": each column must be named once")
 
 
 def headerless(frame: pd.DataFrame, fail) -> None:

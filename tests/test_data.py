@@ -155,3 +155,21 @@ def test_every_csv_fedrisk_writes_is_spreadsheet_safe_and_reads_back_unchanged(t
     assert safe["amount"].tolist() == [-5, 3, -1, 0, 2] and frame["id"].iloc[0] == "=1+1"  # the input is untouched
     read = _parse(safe.to_csv(index=False).encode(), ".csv")
     assert read["id"].tolist() == ["=1+1", "@x", "-a", "plain", "=quoted already"]
+
+
+def test_a_column_named_twice_is_refused_naming_only_declared_names_outside_the_institution(tmp_path):
+    """pandas kept both, the second as `AGE.1`, and the warning named a column that is not in the file."""
+    from tasks.data import InstitutionDataError, read_institution
+
+    schema = load_schema("credit_default")
+    lines = pd.DataFrame({c: [1, 2] for c in schema.columns}).to_csv(index=False).splitlines()
+    lines = [lines[0] + ",AGE,branch_code,branch_code", *[line + ",30,7,7" for line in lines[1:]]]
+    path = tmp_path / "extract.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InstitutionDataError) as error:
+        read_institution("bank_a", path, schema)
+    age = schema.columns.index("AGE") + 1
+    assert str(error.value) == (f"institution 'bank_a': {path}: column AGE appears 2 times in the header (fields "
+                                f"{age}, {len(schema.columns) + 1}); 1 undeclared column name(s) appear more than "
+                                f"once in the header (named in the institution's log): each column must be named once")
+    assert "branch_code appears 2 times" in error.value.detail  # the institution's own log and page
