@@ -187,7 +187,7 @@ def read_bytes(institution: str, path: Path, expected_digest: str | None = None)
     path = Path(path)
 
     def fail(reason: str) -> InstitutionDataError:
-        return InstitutionDataError(f"institution '{institution}': {path}: {reason}")
+        return InstitutionDataError(f"{_whose(institution)}{path}: {reason}")
 
     if not path.exists():
         raise fail("file not found")
@@ -206,10 +206,15 @@ def read_bytes(institution: str, path: Path, expected_digest: str | None = None)
     return data, digest
 
 
-def _frame(institution: str, path: Path, data: bytes, columns: dict[str, str], schema: Schema) -> pd.DataFrame:
+def _whose(institution: str | None) -> str:
+    """How an error names the file's owner: the institution, or nobody for a file of one's own (scoring input)."""
+    return f"institution '{institution}': " if institution else ""
+
+
+def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, str], schema: Schema) -> pd.DataFrame:
     """The extract's bytes parsed, renamed to the schema's columns and typed as it declares."""
     def fail(reason: str, detail: str | None = None) -> InstitutionDataError:
-        where = f"institution '{institution}': {path}: "
+        where = f"{_whose(institution)}{path}: "
         return InstitutionDataError(where + reason, where + detail if detail else None)
 
     suffix = path.suffix.lower()
@@ -316,8 +321,9 @@ def read_extract(extract: Extract, schema: Schema) -> tuple[pd.DataFrame, str]:
     return frame.copy(), digest
 
 
-def read_institution(institution: str, path: Path, schema: Schema, columns: dict[str, str] | None = None) -> pd.DataFrame:
-    """`read_extract` for a file outside a run (scoring input, a one-off check)."""
+def read_institution(institution: str | None, path: Path, schema: Schema,
+                     columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """`read_extract` for a file outside a run (a one-off check; None: the caller's own file, as scoring input)."""
     return read_extract(Extract(institution, Path(path), dict(columns or {})), schema)[0]
 
 

@@ -23,7 +23,6 @@ SCORE_BANDS = (("A", 0.02), ("B", 0.05), ("C", 0.10), ("D", 0.20), ("E", 0.40), 
 # rows) describe a training extract, not a batch of applications.
 SCORING_IGNORED_CHECKS = ("expect_table_row_count_to_be_between", "expect_column_unique_value_count_to_be_between",
                           "expect_compound_columns_to_be_unique")
-SCORING_INPUT = "scoring input"
 
 
 class ScoringInputRejected(ValueError):
@@ -82,7 +81,7 @@ def score_file(
     found = resolve_version(tracking_uri, name, alias, version)
     reference = f"{name}/{found.version}"
     schema = model_schema(found.tags, reference)
-    frame = read_institution(SCORING_INPUT, Path(input_path), schema)
+    frame = read_institution(None, Path(input_path), schema)  # the scorer's own file: errors name the path
     lenient = {("expect_column_values_to_be_in_set", column) for column in schema.categorical()}
     checked = check_frame(  # scoring is the institution's own: it reads example values
         frame, schema.suite, expectations_dir, run_name=f"scoring-{Path(input_path).stem}",

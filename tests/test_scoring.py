@@ -93,6 +93,10 @@ def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, 
     with pytest.raises(typer.Exit) as stop:
         cli.score(model=store.name, input=applicants, output=tmp_path / "s.csv")
     assert stop.value.exit_code == 2 and "must be NAME@ALIAS" in console.getvalue()
+    with pytest.raises(typer.Exit) as stop:  # the scorer's own file: named by its path, not as an institution
+        cli.score(model=f"{store.name}@champion", input=tmp_path / "absent.csv", output=tmp_path / "s.csv")
+    assert stop.value.exit_code == 1 and f"\n{tmp_path / 'absent.csv'}: file not found" in console.getvalue()
+    assert "institution" not in console.getvalue().splitlines()[-1]
 
 
 def _answers(url: str) -> bool:
