@@ -123,6 +123,9 @@ def _examples(values: pd.Series) -> str:
     return ", ".join(repr(v) for v in list(dict.fromkeys(values.astype(str)))[:_EXAMPLES])
 
 
+_INT64_LIMIT = float(2 ** 63 - 1024)  # the largest float that casts to int64 without wrapping
+
+
 def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
     """Give the schema's columns their declared types in place; return what could not be, by column: what is
     wrong (counts and names) and a few of the offending values (for the institution only).
@@ -162,6 +165,11 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
             if fractional.any():
                 problems.append((f"column {name} has {int(fractional.sum())} non-integer values",
                                  f"e.g. {_examples(values[fractional])}"))
+                continue
+            huge = numbers.notna() & (numbers.abs() > _INT64_LIMIT)
+            if huge.any():  # an int64 cast would wrap 1e308 round to -9223372036854775808
+                problems.append((f"column {name} has {int(huge.sum())} values too large for a whole number "
+                                 f"(beyond +/-{_INT64_LIMIT:.1e})", f"e.g. {_examples(values[huge])}"))
                 continue
             if numbers.notna().all():
                 numbers = numbers.astype("int64")

@@ -173,3 +173,18 @@ def test_a_column_named_twice_is_refused_naming_only_declared_names_outside_the_
                                 f"{age}, {len(schema.columns) + 1}); 1 undeclared column name(s) appear more than "
                                 f"once in the header (named in the institution's log): each column must be named once")
     assert "branch_code appears 2 times" in error.value.detail  # the institution's own log and page
+
+
+def test_a_number_too_large_for_a_whole_number_column_is_said_as_it_was_written(tmp_path):
+    """1e308 in an integer column was reported as e.g. -9223372036854775808 (the int64 cast wrapped it)."""
+    from tasks.data import InstitutionDataError, read_institution
+
+    schema = load_schema("credit_default")
+    frame = pd.DataFrame({c: [1, 0] for c in schema.columns})
+    frame["LIMIT_BAL"] = [1e308, 50000]
+    path = tmp_path / "extract.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(InstitutionDataError) as error:
+        read_institution("bank_a", path, schema)
+    assert str(error.value).endswith("column LIMIT_BAL has 1 values too large for a whole number (beyond +/-9.2e+18)")
+    assert "1e+308" in error.value.detail and "-9223372036854775808" not in error.value.detail
