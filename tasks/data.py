@@ -234,7 +234,6 @@ def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, 
         structure = _structure_problems(data)
         if structure:
             raise fail("; ".join(structure))
-        _repeated_columns(data, set(schema.columns) | set(columns or {}), fail)
     try:
         frame = _parse(data, suffix)
     except pd.errors.EmptyDataError:
@@ -249,8 +248,11 @@ def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, 
             raise fail(f"one column found; the header is separated by {delimiter!r}, expected ','")
         raise fail(f"one column found, the schema declares {len(schema.columns)}: not a comma-separated extract "
                    f"with a header line naming its columns")
+    if frame.empty and len(frame.columns) > 1:
+        raise fail("a header line and no rows: nothing to check or train on")
     if suffix not in {".parquet", ".pq"}:
-        headerless(frame, fail)
+        headerless(frame, fail)  # before the names are read as names
+        _repeated_columns(data, set(schema.columns) | set(columns or {}), fail)
     if columns:
         missing = sorted(set(columns) - set(frame.columns))
         if missing:

@@ -66,7 +66,8 @@ def _set(column, rows, value):
 CASES = {
     "file missing": (None, "{file}: file not found"),
     "empty file": (_text_change(lambda b: b""), "{file}: file is empty"),
-    "header only": (_text_change(lambda b: b.split(b"\n")[0] + b"\n"), "at least 200 rows: observed 0"),
+    "header only": (_text_change(lambda b: b.split(b"\n")[0] + b"\n"),
+                    "{file}: a header line and no rows: nothing to check or train on"),
     "truncated mid-row": (_text_change(lambda b: b[: b.rindex(b"\n", 0, len(b) // 2) + 12]),
                           "{file}: last line incomplete (line 498 has 2 of 25 fields; the file ends mid-line)"),
     "header repeated": (_text_change(lambda b: b"\n".join([*b.split(b"\n")[:2], b.split(b"\n")[0], *b.split(b"\n")[2:]])),

@@ -188,3 +188,14 @@ def test_a_number_too_large_for_a_whole_number_column_is_said_as_it_was_written(
         read_institution("bank_a", path, schema)
     assert str(error.value).endswith("column LIMIT_BAL has 1 values too large for a whole number (beyond +/-9.2e+18)")
     assert "1e+308" in error.value.detail and "-9223372036854775808" not in error.value.detail
+
+
+def test_a_header_only_extract_is_one_reason_not_a_list_of_failed_checks(tmp_path):
+    from tasks.data import InstitutionDataError, read_institution
+
+    schema = load_schema("credit_default")
+    path = tmp_path / "extract.csv"
+    path.write_text(",".join(schema.columns) + "\n")
+    with pytest.raises(InstitutionDataError) as error:
+        read_institution("bank_a", path, schema)
+    assert str(error.value) == f"institution 'bank_a': {path}: a header line and no rows: nothing to check or train on"

@@ -141,7 +141,8 @@ def test_empty_file_and_header_only(extract):
     extract.write_text(header + "\n")
     report = _validate(extract)
     assert not report.passed and report.rows == 0
-    assert "at least 200 rows: observed 0" in report.reasons
+    assert report.reasons == [f"institution 'cedar_savings': {extract}: a header line and no rows: nothing to check "
+                              f"or train on"]  # one reason, not 25 failed checks
     extract.write_text("")
     report = _validate(extract)
     assert report.reasons == [f"institution 'cedar_savings': {extract}: file is empty"]
