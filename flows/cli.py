@@ -15,7 +15,7 @@ from flows.config import ConfigError, load_config
 from flows.settings import PROJECT_ROOT, Settings
 from rich.markup import escape
 
-from flows.terminal import console, print_error, status
+from flows.terminal import console, status
 from hostguard.credentials import masked
 from tasks.config import RunConfig
 
@@ -41,6 +41,14 @@ class PlainHelpGroup(TyperGroup):
     def __init__(self, **attrs) -> None:
         super().__init__(**attrs)
         _plain_placeholders(self)
+
+
+def print_error(message: object) -> None:
+    """One red line of an error, printed as written: brackets in it (a name pattern `^[a-z][a-z0-9_]{0,62}$`, a
+    path) are text, not Rich markup."""
+    from rich.text import Text
+
+    console.print(Text(str(message), style="red"))
 
 
 app = typer.Typer(help="Federated credit-risk retraining: validate, train, evaluate, register.",

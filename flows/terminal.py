@@ -82,14 +82,6 @@ def _line(created: float, message: str, style: str = "dim", source: str = "") ->
     console.print(Text.assemble(*parts, message), highlight=False, soft_wrap=True)
 
 
-def print_error(message: object) -> None:
-    """One red line of an error, printed as written: brackets in it (a name pattern `^[a-z][a-z0-9_]{0,62}$`, a
-    path) are text, not Rich markup."""
-    from rich.text import Text
-
-    console.print(Text(str(message), style="red"))
-
-
 def status(message: str) -> None:
     """A status line from the command itself (before a flow runs: data synthesis, the Prefect API)."""
     _line(time.time(), message)
