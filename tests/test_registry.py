@@ -151,10 +151,9 @@ def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the
            "FEDRISK_REGISTRY_RETRY_SECONDS": "60",  # 2, 4, 8, 16, 32 s apart: a restart takes 5-20 s
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # each call fails at once; the task's retries back off
     with running(server, env, tmp_path / "server.log") as tracking:
-        # Both start at once: the retraining first needs the server after its imports and validation.
+        wait_for(lambda: _answers(f"{url}/health"), tracking, tmp_path / "server.log", "mlflow server")
         retraining = WatchedProcess([FEDRISK, "retrain", "--config", str(config)], env)
         try:
-            wait_for(lambda: _answers(f"{url}/health"), tracking, tmp_path / "server.log", "mlflow server")
             retraining.until("registering the new version of m", timeout=300)
             while not _registration_rows(database, "m"):
                 assert retraining.process.poll() is None, "".join(retraining.seen)
