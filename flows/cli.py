@@ -492,29 +492,40 @@ def score(
     reasons: int = typer.Option(0, "--reasons", min=0, max=20, metavar="N", help="A scorecard's score points and this many "
                                                                     "reason codes per row."),
 ) -> None:
-    """Check rows against the model's suite, then score them with the registered model."""
+    """Score each row with the registered model; a row that fails a check of the model's suite is written unscored,
+    with the checks it failed in the column not_scored_because."""
     from tasks.data import InstitutionDataError
-    from tasks.scoring import SCORE_BANDS, ScoringInputRejected, score_file
+    from tasks.scoring import REJECTED_COLUMN, SCORE_BANDS, ScoringInputRejected, score_file
+    from tasks.suites import SuiteOutOfDate
 
     name, alias, version = _reference(model)
     settings = Settings()
     try:
-        result = score_file(settings.mlflow_tracking_uri, name, alias, version, input, output,
-                            settings.expectations_dir, reasons=reasons)
+        with console.status(f"Scoring {escape(str(input))}") as status:
+            result = score_file(settings.mlflow_tracking_uri, name, alias, version, input, output,
+                                settings.expectations_dir, reasons=reasons,
+                                progress=lambda rows: status.update(f"Scoring {escape(str(input))}: {rows:,} rows"))
     except ScoringInputRejected as error:
         console.print(f"[red]{escape(str(input))}: rejected, nothing was scored.[/red] Failed checks:")
         for reason in error.reasons:
             console.print(f"  - {escape(reason)}", highlight=False)
-        console.print(f"Checks page: {error.data_docs}")
         raise typer.Exit(1) from None
-    except (InstitutionDataError, LookupError) as error:  # scoring is the institution's own: example values shown
-        print_error(getattr(error, 'detail', error))
+    except (InstitutionDataError, LookupError, SuiteOutOfDate) as error:  # the scorer's own file: values shown
+        print_error(getattr(error, 'detail', None) or error)
         raise typer.Exit(1) from None
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    console.print(f"Scored {result.scored} of {result.rows} rows with {result.model_name} version {result.version} "
+                  f"-> {result.output}", highlight=False)
+    if result.rejected:
+        console.print(f"[yellow]{result.rows - result.scored} rows not scored[/yellow] (their reasons are in column "
+                      f"{REJECTED_COLUMN}):", highlight=False)
+        for check, rows in result.rejected.items():
+            console.print(f"  - {escape(check)}: {rows} rows", highlight=False)
     bands = ", ".join(f"{band} (<= {upper:g}): {result.bands[band]}" for band, upper in SCORE_BANDS)
-    console.print(f"Scored {result.rows} rows with {result.model_name} version {result.version} -> {result.output}")
     console.print(f"Score bands: {bands}")
+    if not result.scored:
+        raise typer.Exit(1)
 
 
 def _deployments(prefect_file: Path):

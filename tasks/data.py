@@ -93,13 +93,22 @@ def _structure_problems(data: bytes) -> list[str]:
     header = lines[0].strip()
     problems = [f"header repeated at line {number}" for number, line in enumerate(lines[1:], start=2)
                 if line.strip() == header]
-    if not text.endswith(("\n", "\r")) and len(lines) > 1:
-        expected = len(next(csv.reader([lines[0]])))
-        found = len(next(csv.reader([lines[-1]]), []))
-        if found < expected:
-            problems.append(f"last line incomplete (line {len(lines)} has {found} of {expected} fields; the file "
-                            f"ends mid-line)")
+    if len(lines) > 1:
+        cut = cut_last_line(lines[0], lines[-1], text.endswith(("\n", "\r")), f"line {len(lines)}")
+        problems += [cut] if cut else []
     return problems
+
+
+def cut_last_line(header: str, last: str, ends_with_newline: bool, where: str = "it") -> str | None:
+    """The problem of a CSV whose last line (`where`: "line N") has fewer fields than its header and no line end: the
+    file was cut mid-line (a transfer or a disk filled up)."""
+    if ends_with_newline:
+        return None
+    expected = len(next(csv.reader([header])))
+    found = len(next(csv.reader([last]), []))
+    if found >= expected:
+        return None
+    return f"last line incomplete ({where} has {found} of {expected} fields; the file ends mid-line)"
 
 
 def _parse(data: bytes, suffix: str) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from tasks.config import EvaluationConfig, RunConfig, ScorecardConfig
 from tasks.evaluation import InstitutionEvaluation, weighted_metrics
 from tasks.plots import ROLE_LABELS
 from tasks.registry import Decision
-from tasks.schema import Schema
+from tasks.schema import Schema, percent
 from tasks.validation import ValidationReport
 
 METRIC_LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "ks": "KS", "gini": "Gini", "log_loss": "log loss",
@@ -132,7 +132,7 @@ def _feature_table(schema: Schema, layout: Layout) -> str:
             detail = "; ".join(filter(None, [declared.dtype, bounds, codes]))
         else:
             detail = "true / false"
-        missing = (f"allowed up to {declared.missing.max_rate:.0%}: " +
+        missing = (f"allowed up to {percent(declared.missing.max_rate)}: " +
                    ("own level" if f.kind == "categorical" else f"filled with {f.fill:.4g}, indicator added")
                    if declared.missing else "not allowed")
         unit = getattr(declared, "unit", None) or ""

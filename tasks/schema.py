@@ -144,6 +144,11 @@ class Schema(BaseModel):
         return [n for n, f in self.features.items() if f.type == "categorical"]
 
 
+def percent(rate: float) -> str:
+    """A rate as people read it, never rounded to a misleading "0%": 0.2 -> 20%, 0.125 -> 12.5%, 0.001 -> 0.1%."""
+    return f"{rate * 100:.3g}%"
+
+
 def schema_file(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Path:
     return Path(schemas_dir) / f"{name}.yaml"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.schema import Schema
+from tasks.schema import Schema, percent
 
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"]
 TEXT_TYPES = ["object", "str", "string"]
@@ -48,7 +48,7 @@ def expected_checks(schema: Schema) -> list[dict]:
             checks.append(_check("expect_column_values_to_not_be_null", f"{name} has no missing values", column=name))
         else:
             rate = feature.missing.max_rate
-            checks.append(_check("expect_column_values_to_not_be_null", f"{name} missing in at most {rate:.0%} of rows",
+            checks.append(_check("expect_column_values_to_not_be_null", f"{name} missing in at most {percent(rate)} of rows",
                                  column=name, mostly=round(1 - rate, 6)))
         if feature.type == "numeric":
             if feature.min is not None or feature.max is not None:
@@ -122,13 +122,34 @@ def _normalized(checks: list[dict]) -> list[str]:
             for c in checks]
 
 
+PROJECT_EXPECTATIONS = Path(__file__).resolve().parents[1] / "expectations"
+
+
+def _build_command(expectations_dir: Path) -> str:
+    """The command that writes suites where runs read them (build_suites.py honours FEDRISK_EXPECTATIONS_DIR)."""
+    moved = Path(expectations_dir).resolve() != PROJECT_EXPECTATIONS
+    return f"{f'FEDRISK_EXPECTATIONS_DIR={expectations_dir} ' if moved else ''}uv run python expectations/build_suites.py"
+
+
+def require_context(expectations_dir: Path) -> None:
+    """SuiteOutOfDate unless `expectations_dir` is a GX context fedrisk can read suites from (FEDRISK_EXPECTATIONS_DIR
+    names a whole context: its suites, validation definitions and results, not the results alone)."""
+    if not (Path(expectations_dir) / "gx" / "great_expectations.yml").is_file():
+        raise SuiteOutOfDate(
+            f"{expectations_dir} (FEDRISK_EXPECTATIONS_DIR) is not a Great Expectations context: it has no "
+            f"gx/great_expectations.yml. It must hold the suites extracts are checked with, as well as their "
+            f"results: copy the project's (`mkdir -p {expectations_dir} && cp -r {PROJECT_EXPECTATIONS / 'gx'} "
+            f"{expectations_dir}/`), or unset FEDRISK_EXPECTATIONS_DIR")
+
+
 def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
     """SuiteOutOfDate unless the committed suite for this schema version is exactly what it describes."""
+    require_context(expectations_dir)
     committed = committed_checks(expectations_dir, schema.suite)
     if committed is None:
         raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} has no committed suite "
                              f"{suite_path(expectations_dir, schema.suite)}; write it with "
-                             f"`uv run python expectations/build_suites.py` and commit it")
+                             f"`{_build_command(expectations_dir)}` and commit it")
     expected, found = _normalized(expected_checks(schema)), _normalized(committed)
     if expected != found:
         changed = [json.loads(c)["description"] for c in expected if c not in found]
@@ -137,19 +158,58 @@ def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
                                          f"no longer in the schema: {', '.join(dropped[:5])}" if dropped else ""]))
         raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} no longer matches its committed suite "
                              f"{schema.suite} ({detail}): a change to a check needs a new schema version (set "
-                             f"version: {schema.version + 1}, then `uv run python expectations/build_suites.py`)")
+                             f"version: {schema.version + 1}, then `{_build_command(expectations_dir)}`); "
+                             f"a draft no registered model was trained on can instead be rewritten in place: "
+                             f"`{_build_command(expectations_dir)} --redraft {schema.name}`")
 
 
-def write_suite(schema: Schema, expectations_dir: Path) -> int:
+REDRAFTS = "fedrisk.redrafts"  # the suite's meta: each in-place rewrite of a draft, when and what it replaced
+
+
+def models_trained_on(tracking_uri: str, schema: Schema) -> list[str]:
+    """The registered versions (NAME/VERSION) in the MLflow store at `tracking_uri` trained on this schema version;
+    registration tags each version with the schema's name and version (tasks.lineage)."""
+    from mlflow import MlflowClient
+
+    found = MlflowClient(tracking_uri).search_model_versions(f"tags.`schema.name` = '{schema.name}'")
+    return sorted(f"{v.name}/{v.version}" for v in found if v.tags.get("schema.version") == str(schema.version))
+
+
+def redraft_suite(schema: Schema, expectations_dir: Path, tracking_uri: str) -> int:
+    """Rewrite the committed suite of a schema version no registered model was trained on (a draft still being
+    edited), in place; the rewrite is recorded in the suite's meta (`fedrisk.redrafts`: when, and the sha256 of
+    the checks it replaced) and in git when the suite is committed. SuiteOutOfDate once a model used it."""
+    import datetime
+    import hashlib
+
+    from hostguard.credentials import masked
+
+    used = models_trained_on(tracking_uri, schema)
+    if used:
+        raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} trained {', '.join(used[:5])}"
+                             f"{' and more' if len(used) > 5 else ''} (registered in {masked(tracking_uri)}): its "
+                             f"suite stays as those models were checked with; set version: {schema.version + 1} "
+                             f"and run `uv run python expectations/build_suites.py`")
+    existing = committed_checks(expectations_dir, schema.suite)
+    if existing is None or _normalized(existing) == _normalized(expected_checks(schema)):
+        return write_suite(schema, expectations_dir)
+    record = {"at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "replaced_checks_sha256": hashlib.sha256("\n".join(_normalized(existing)).encode()).hexdigest(),
+              "no_model_trained_on_it_in": masked(tracking_uri)}
+    return write_suite(schema, expectations_dir, redraft=record)
+
+
+def write_suite(schema: Schema, expectations_dir: Path, redraft: dict | None = None) -> int:
     """Write the schema version's suite and validation definition into the GX context; return the checks.
 
-    Refuses (SuiteOutOfDate) to overwrite a committed suite of the same version with different checks.
+    Refuses (SuiteOutOfDate) to overwrite a committed suite of the same version with different checks, unless
+    `redraft` (from redraft_suite: the record of an in-place rewrite of an unused draft).
     """
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     existing = committed_checks(expectations_dir, schema.suite)
-    if existing is not None:
+    if existing is not None and redraft is None:
         require_current_suite(schema, expectations_dir)
     classes = {cls.__name__: cls for cls in vars(gxe).values() if isinstance(cls, type)}
     expectations = []
@@ -158,7 +218,12 @@ def write_suite(schema: Schema, expectations_dir: Path) -> int:
         expectations.append(classes[name](**check["kwargs"], severity=check["severity"],
                                           description=check["description"]))
     context = gx.get_context(mode="file", project_root_dir=Path(expectations_dir))
-    if existing is None:
+    if redraft is not None:
+        committed = context.suites.get(schema.suite)
+        meta = {**committed.meta, REDRAFTS: [*committed.meta.get(REDRAFTS, []), redraft]}
+        context.suites.add_or_update(gx.ExpectationSuite(name=schema.suite, expectations=expectations,
+                                                         id=committed.id, meta=meta))
+    elif existing is None:
         batch_definition = (context.data_sources.get(DATA_SOURCE).get_asset(DATA_ASSET)
                             .get_batch_definition(BATCH_DEFINITION))
         suite = context.suites.add_or_update(gx.ExpectationSuite(name=schema.suite, expectations=expectations))

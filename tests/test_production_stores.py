@@ -147,7 +147,7 @@ def test_a_deployment_run_on_a_worker_registers_through_both_servers_then_traces
     pd.read_csv(stores.data["birch_credit_union"]).head(200).drop(columns=[LABEL_COLUMN]).to_csv(applicants, index=False)
     code, output = _fedrisk(stores, "score", "--model", f"{model}@champion", "--input", str(applicants),
                             "--output", str(tmp_path / "scores.csv"))
-    assert code == 0 and f"Scored 200 rows with {model} version 1" in output, output
+    assert code == 0 and f"Scored 200 of 200 rows with {model} version 1" in output, output
     scored = pd.read_csv(tmp_path / "scores.csv")["default_probability"]
     np.testing.assert_allclose(_serve_and_score(stores, model, applicants), scored, rtol=1e-5)
 

@@ -1,5 +1,6 @@
-"""Batch scoring with a registered version: suite first, then probabilities and bands; and the
-same version served by `mlflow models serve`."""
+"""Scoring with a registered version, each row on its own: a row that fails a check of the suite is written
+unscored with its reason, the batch's rates are warnings, the file streams in chunks; and the same version
+served by `mlflow models serve`."""
 
 import io
 import json
@@ -17,8 +18,8 @@ from rich.console import Console
 
 from flows import cli
 from tasks.schema import load_schema
-from tasks.scoring import score_band
-from tests.conftest import free_port, running, wait_for
+from tasks.scoring import REJECTED_COLUMN, score_band, score_file
+from tests.conftest import TEST_EXPECTATIONS_DIR, free_port, running, wait_for
 
 LABEL_COLUMN = load_schema("credit_default").label.column
 
@@ -56,31 +57,94 @@ def test_score_writes_the_champions_probabilities_and_bands(store, applicants, t
 
     scored = pd.read_csv(output)
     rows = pd.read_csv(applicants)
-    assert scored.columns.tolist() == ["ID", "default_probability", "score_band"]
-    assert scored["ID"].tolist() == rows["ID"].tolist()
+    assert scored.columns.tolist() == ["ID", "default_probability", "score_band", REJECTED_COLUMN]
+    assert scored["ID"].tolist() == rows["ID"].tolist() and scored[REJECTED_COLUMN].isna().all()
     expected = mlflow.pyfunc.load_model(f"models:/{store.name}@champion").predict(rows)["default_probability"]
     np.testing.assert_allclose(scored["default_probability"], expected, rtol=1e-6)
     assert scored["score_band"].tolist() == score_band(scored["default_probability"].to_numpy()).tolist()
     text = console.getvalue()
-    assert f"Scored 300 rows with {store.name} version 1 -> {output}" in text
-    assert "Score bands: A (<= 0.02): " in text
+    assert f"Scored 300 of 300 rows with {store.name} version 1 -> {output}" in text
+    assert "Score bands: A (<= 0.02): " in text and "not scored" not in text
 
 
-def test_input_that_fails_the_suite_is_rejected_and_nothing_is_written(store, applicants, tmp_path, console):
+def test_each_row_that_fails_a_check_is_written_unscored_with_its_reason_and_the_rest_are_scored(
+        store, applicants, tmp_path, console):
+    frame = pd.read_csv(applicants, dtype={"AGE": object, "SEX": object, "LIMIT_BAL": object})
+    frame.loc[:4, "AGE"] = "300"
+    frame.loc[5, "SEX"] = "7"
+    frame.loc[6, "LIMIT_BAL"] = "lots"
+    frame.loc[7, "AGE"] = None  # no missing value is allowed: the model has nothing to fill it with
+    frame.loc[8, "AGE"] = "33.5"
+    frame.loc[9, ["AGE", "SEX"]] = ["17", "0"]
     bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    output = tmp_path / "scores.csv"
+    cli.score(model=f"{store.name}@champion", input=bad, output=output, reasons=0)
+
+    scored = pd.read_csv(output, dtype={REJECTED_COLUMN: str})
+    assert scored[REJECTED_COLUMN].head(10).tolist() == [
+        *["AGE between 18 and 100 (got '300')"] * 5, "SEX in code set [1, 2] (got '7')",
+        "LIMIT_BAL is numeric (got 'lots')", "AGE has no missing values (missing)", "AGE is a whole number (got '33.5')",
+        "SEX in code set [1, 2] (got '0'); AGE between 18 and 100 (got '17')"]
+    assert scored["default_probability"].head(10).isna().all() and scored["score_band"].head(10).isna().all()
+    clean = pd.read_csv(applicants).iloc[10:]
+    expected = mlflow.pyfunc.load_model(f"models:/{store.name}@champion").predict(clean)["default_probability"]
+    np.testing.assert_allclose(scored["default_probability"].iloc[10:], expected, rtol=1e-6)
+    assert scored[REJECTED_COLUMN].iloc[10:].isna().all()
+    text = console.getvalue()
+    assert f"Scored 290 of 300 rows with {store.name} version 1 -> {output}" in text
+    assert "10 rows not scored (their reasons are in column not_scored_because):\n" \
+           "  - AGE between 18 and 100: 6 rows\n" in text
+    assert "  - SEX in code set [1, 2]: 2 rows\n  - LIMIT_BAL is numeric: 1 rows\n" in text
+
+
+def test_one_application_is_scored_on_its_own_and_chunks_change_nothing(store, applicants, tmp_path):
+    one = tmp_path / "one.csv"
+    pd.read_csv(applicants).iloc[[17]].to_csv(one, index=False)
+    alone = score_file(store.tracking_uri, store.name, "champion", None, one, tmp_path / "one_out.csv",
+                       TEST_EXPECTATIONS_DIR)
+    assert (alone.rows, alone.scored, alone.warnings, alone.rejected) == (1, 1, [], {})
+    whole = score_file(store.tracking_uri, store.name, "champion", None, applicants, tmp_path / "whole.csv",
+                       TEST_EXPECTATIONS_DIR)
+    done = []
+    chunked = score_file(store.tracking_uri, store.name, "champion", None, applicants, tmp_path / "chunked.csv",
+                         TEST_EXPECTATIONS_DIR, chunk_rows=7, progress=done.append)
+    assert done == [*range(7, 300, 7), 300] and chunked.bands == whole.bands
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "chunked.csv"), pd.read_csv(tmp_path / "whole.csv"))
+    assert pd.read_csv(tmp_path / "one_out.csv")["default_probability"].iloc[0] == pytest.approx(
+        pd.read_csv(tmp_path / "whole.csv")["default_probability"].iloc[17], rel=1e-9)
+
+
+def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_written(
+        store, applicants, tmp_path, console):
     frame = pd.read_csv(applicants)
-    frame.loc[:4, "AGE"] = 300
-    frame.drop(columns=["PAY_AMT6"]).to_csv(bad, index=False)
+    output = tmp_path / "scores.csv"
+    frame.drop(columns=["PAY_AMT6"]).to_csv(tmp_path / "narrow.csv", index=False)
+    with pytest.raises(typer.Exit) as stop:
+        cli.score(model=f"{store.name}@champion", input=tmp_path / "narrow.csv", output=output, reasons=0)
+    assert stop.value.exit_code == 1
+    assert f"{tmp_path / 'narrow.csv'}: rejected, nothing was scored. Failed checks:\n" \
+           "  - column PAY_AMT6 is present: failed\n" in console.getvalue()
+    cut = tmp_path / "cut.csv"
+    text = applicants.read_text()
+    cut.write_text(text[:len(text) - 40])  # a transfer that stopped mid-line
+    with pytest.raises(typer.Exit) as stop:
+        cli.score(model=f"{store.name}@champion", input=cut, output=output, reasons=0)
+    assert stop.value.exit_code == 1
+    assert f"{cut}: last line incomplete (it has " in console.getvalue()
+    assert not output.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_a_batch_where_no_row_passes_is_written_with_reasons_and_exits_1(store, applicants, tmp_path, console):
+    frame = pd.read_csv(applicants).head(3)
+    frame["AGE"] = 5
+    frame.to_csv(tmp_path / "young.csv", index=False)
     output = tmp_path / "scores.csv"
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@champion", input=bad, output=output, reasons=0)
+        cli.score(model=f"{store.name}@champion", input=tmp_path / "young.csv", output=output, reasons=0)
     assert stop.value.exit_code == 1
-    assert not output.exists() and not list(tmp_path.glob(".*partial"))
-    text = console.getvalue()
-    assert f"{bad}: rejected, nothing was scored." in text
-    assert "  - column PAY_AMT6 is present: failed\n" in text
-    assert "  - AGE between 18 and 100: failed for 5 of 300 rows; e.g. 300\n" in text
-    assert "Checks page: " in text
+    assert pd.read_csv(output)[REJECTED_COLUMN].tolist() == ["AGE between 18 and 100 (got '5')"] * 3
+    assert f"Scored 0 of 3 rows with {store.name} version 1" in console.getvalue()
 
 
 def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, console):

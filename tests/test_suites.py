@@ -41,3 +41,68 @@ def test_writing_refuses_to_overwrite_a_version_with_other_checks(tmp_path):
     bumped = changed.model_copy(update={"version": 2})
     write_suite(bumped, tmp_path / "expectations")
     require_current_suite(bumped, tmp_path / "expectations")
+
+
+def _context_copy(tmp_path):
+    import shutil
+
+    return shutil.copytree(EXPECTATIONS, tmp_path / "expectations", ignore=shutil.ignore_patterns("uncommitted"))
+
+
+def test_a_draft_no_model_was_trained_on_is_rewritten_in_place_and_recorded_until_one_is(tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.suites import REDRAFTS, SuiteOutOfDate, redraft_suite
+
+    context = _context_copy(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    schema = load_schema("german_credit")
+    edited = schema.model_copy(update={"min_rows": 50})  # a draft's check edited, the version kept
+    with pytest.raises(SuiteOutOfDate, match="--redraft german_credit"):
+        require_current_suite(edited, context)
+    redraft_suite(edited, context, uri)
+    require_current_suite(edited, context)  # the edited draft's suite is now the committed one
+    suite = json.loads(suite_path(context, "german_credit_v1").read_text())
+    [record] = suite["meta"][REDRAFTS]
+    assert record["no_model_trained_on_it_in"] == uri and len(record["replaced_checks_sha256"]) == 64
+    assert suite["id"] == json.loads(suite_path(EXPECTATIONS, "german_credit_v1").read_text())["id"]
+
+    client = MlflowClient(uri)  # a model trained on version 1: its suite now stays as that model was checked with
+    client.create_registered_model("scorecard")
+    client.create_model_version("scorecard", "file:///nowhere", tags={"schema.name": "german_credit",
+                                                                      "schema.version": "1"})
+    with pytest.raises(SuiteOutOfDate, match=r"version 1 trained scorecard/1 \(registered in sqlite:///.*set "
+                                             r"version: 2"):
+        redraft_suite(schema, context, uri)
+    require_current_suite(edited, context)
+
+
+def test_a_moved_expectations_dir_is_one_whole_context_and_build_suites_writes_where_runs_read(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tasks.suites import SuiteOutOfDate
+
+    build = [sys.executable, str(EXPECTATIONS / "build_suites.py")]
+    empty = tmp_path / "results_only"
+    empty.mkdir()
+    with pytest.raises(SuiteOutOfDate, match=f"{empty} \\(FEDRISK_EXPECTATIONS_DIR\\) is not a Great Expectations "
+                                             f"context: .*copy the project's"):
+        require_current_suite(load_schema("german_credit"), empty)
+    refused = subprocess.run(build, env={**os.environ, "FEDRISK_EXPECTATIONS_DIR": str(empty)}, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 1 and "is not a Great Expectations context" in refused.stdout
+
+    context = _context_copy(tmp_path)
+    suite_path(context, "german_credit_v1").unlink()
+    with pytest.raises(SuiteOutOfDate, match=f"write it with `FEDRISK_EXPECTATIONS_DIR={context} uv run python "
+                                             f"expectations/build_suites.py`"):
+        require_current_suite(load_schema("german_credit"), context)
+    before = suite_path(EXPECTATIONS, "german_credit_v1").read_bytes()
+    built = subprocess.run(build, env={**os.environ, "FEDRISK_EXPECTATIONS_DIR": str(context)}, capture_output=True,
+                           text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "wrote suite german_credit_v1" in built.stdout
+    require_current_suite(load_schema("german_credit"), context)
+    assert suite_path(EXPECTATIONS, "german_credit_v1").read_bytes() == before  # the project's own untouched

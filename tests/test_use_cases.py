@@ -65,8 +65,9 @@ def test_german_credit_scorecard_registers_scores_with_reasons_and_leaks_no_rare
     applicants.to_csv(tmp_path / "applicants.csv", index=False)
     result = score_file(os.environ["MLFLOW_TRACKING_URI"], config.model_name, "champion", None, tmp_path / "applicants.csv",
                         tmp_path / "scored.csv", TEST_EXPECTATIONS_DIR, reasons=3)
-    assert result.rows == 20 and any(w.startswith("purpose in its 11 levels: failed for 1 of 20 rows")
-                                     for w in result.warnings)
+    assert result.rows == result.scored == 20
+    assert "purpose: 1 of 20 rows have a level the model was not trained on, scored as '(other)' (e.g. " \
+           "'crypto mining')" in result.warnings
     scored = pd.read_csv(tmp_path / "scored.csv")
     assert list(scored.columns[:4]) == ["ID", "bad_probability", "score_band", "score_points"]
     assert np.isfinite(scored["bad_probability"]).all() and scored["bad_probability"].between(0, 1).all()
@@ -74,6 +75,15 @@ def test_german_credit_scorecard_registers_scores_with_reasons_and_leaks_no_rare
     odds_points = scaling[1] + scaling[0] * np.log((1 - scored["bad_probability"]) / scored["bad_probability"])
     np.testing.assert_allclose(scored["score_points"], odds_points, atol=0.06)  # points are the odds, rescaled
     assert scored["reason_1"].fillna("").map(lambda r: r in ("", *config.data_schema.features)).all()
+    # One application on its own, its age missing: scored (the model fills it); the batch's rate only warned of.
+    applicants.iloc[[1]].to_csv(tmp_path / "one.csv", index=False)
+    one = score_file(os.environ["MLFLOW_TRACKING_URI"], config.model_name, "champion", None, tmp_path / "one.csv",
+                     tmp_path / "one_scored.csv", TEST_EXPECTATIONS_DIR)
+    assert one.scored == 1 and one.rejected == {}
+    assert "age_in_years missing in 1 of 1 rows (100%), more than the 5% its training data allowed; each was " \
+           "filled as the model fills a missing value" in one.warnings
+    assert pd.read_csv(tmp_path / "one_scored.csv")["bad_probability"].iloc[0] == \
+        pytest.approx(scored["bad_probability"].iloc[1], rel=1e-9)
 
     # Levels held by fewer than the schema's 10 rows in the whole consortium never appear in an artifact.
     training = pd.concat(pd.read_csv(i.path) for i in config.institutions)
