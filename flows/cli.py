@@ -254,6 +254,17 @@ def retrain_command(config: Path = typer.Option(..., "--config", "-c", metavar="
 @app.command()
 def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="Run config (YAML).")) -> None:
     """Check every institution's extract; exit 1 when fewer than the quorum pass."""
+    run_config, reports = _validate_institutions(config)
+    passed = sum(r.passed for r in reports)
+    if passed < run_config.quorum:
+        print_error(f"{passed} of {len(reports)} institutions passed; quorum is {run_config.quorum}")
+        raise typer.Exit(1)
+    console.print(f"{passed} of {len(reports)} institutions passed; quorum {run_config.quorum} met")
+
+
+def _validate_institutions(config: Path):
+    """The run config (its schema's committed suite confirmed current, else exit 2) and every institution's
+    validation report, printed."""
     from flows.prefect_api import PrefectApiUnavailable
     from flows.validate import validate_consortium
 
@@ -266,11 +277,21 @@ def validate(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", 
         console.print(f"[red]Validation not run:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     _print_validation(reports, {r.institution: r.data_docs for r in reports if r.data_docs})
-    passed = sum(r.passed for r in reports)
-    if passed < run_config.quorum:
-        print_error(f"{passed} of {len(reports)} institutions passed; quorum is {run_config.quorum}")
+    return run_config, reports
+
+
+@schema_app.command("check")
+def schema_check(config: Path = typer.Option(..., "--config", "-c", metavar="PATH", help="Run config (YAML).")) -> None:
+    """Before a retraining: is the config's schema valid and its suite current, and does every institution's
+    extract pass it? Exit 1 unless every institution passes (exit 2: the schema or its suite)."""
+    run_config, reports = _validate_institutions(config)
+    schema = run_config.data_schema
+    failing = [r.institution for r in reports if not r.passed]
+    said = f"schema {schema.name} version {schema.version} (suite {schema.suite}, current)"
+    if failing:
+        print_error(f"{said}: {len(failing)} of {len(reports)} institutions fail it: {', '.join(failing)}")
         raise typer.Exit(1)
-    console.print(f"{passed} of {len(reports)} institutions passed; quorum {run_config.quorum} met")
+    console.print(f"{said}: all {len(reports)} institutions pass it; a retraining can start", highlight=False)
 
 
 def _schema(name: str):

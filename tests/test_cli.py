@@ -108,6 +108,24 @@ def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp
     assert "1 of 2 institutions passed; quorum 1 met" in console()
 
 
+@pytest.mark.usefixtures("prefect_api")
+def test_schema_check_says_whether_every_institution_passes_before_a_retraining(tmp_path, small_consortium, console):
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name: m\nquorum: 1\ninstitutions:\n" + "".join(
+        f"  - {{name: {name}, path: {small_consortium[name]}}}\n" for name in ("cedar_savings", "dune_finance")))
+    assert _exit_code(cli.schema_check, config=config) == 0
+    assert "schema credit_default version 2 (suite credit_default_v2, current): all 2 institutions pass it; a " \
+           "retraining can start" in console()
+    young = pd.read_csv(small_consortium["dune_finance"])
+    young["AGE"] = 12
+    young.to_csv(tmp_path / "dune.csv", index=False)
+    config.write_text(config.read_text().replace(str(small_consortium["dune_finance"]), str(tmp_path / "dune.csv")))
+    assert _exit_code(cli.schema_check, config=config) == 1  # the quorum of 1 is met, but not every institution
+    output = console()
+    assert "AGE between 18 and 100: failed for " in output
+    assert "(suite credit_default_v2, current): 1 of 2 institutions fail it: dune_finance" in output
+
+
 def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp_path, prefect_api):
     """Run as a user would, in its own process: a dead MLflow URL fails fast, before any round."""
     port = free_port()  # a loopback port nobody listens on
