@@ -142,6 +142,23 @@ def require_context(expectations_dir: Path) -> None:
             f"{expectations_dir}/`), or unset FEDRISK_EXPECTATIONS_DIR")
 
 
+# The schema's settings that are not checks but decide what a version's models and artifacts are; a suite
+# records them in its meta, and a suite written before they were recorded was written under these defaults.
+SCHEMA_SETTINGS = "fedrisk.schema_settings"
+_SETTINGS_BEFORE_RECORDED = {"rare_level_min_rows": 10}
+
+
+def schema_settings(schema: Schema) -> dict:
+    """What a suite records of its schema beside the checks: the rare-level threshold (which levels every
+    artifact may name)."""
+    return {"rare_level_min_rows": schema.rare_level_min_rows}
+
+
+def committed_settings(expectations_dir: Path, suite: str) -> dict:
+    meta = json.loads(suite_path(expectations_dir, suite).read_text()).get("meta") or {}
+    return {**_SETTINGS_BEFORE_RECORDED, **meta.get(SCHEMA_SETTINGS, {})}
+
+
 def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
     """SuiteOutOfDate unless the committed suite for this schema version is exactly what it describes."""
     require_context(expectations_dir)
@@ -150,6 +167,16 @@ def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
         raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} has no committed suite "
                              f"{suite_path(expectations_dir, schema.suite)}; write it with "
                              f"`{_build_command(expectations_dir)}` and commit it")
+    recorded, now = committed_settings(expectations_dir, schema.suite), schema_settings(schema)
+    changed = [f"{key} from {recorded.get(key)} to {value}" for key, value in now.items() if recorded.get(key) != value]
+    if changed:
+        raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} changes {', '.join(changed)} under the "
+                             f"same version (its suite {schema.suite} was written with the former): it decides "
+                             f"which levels every model and artifact of the version may name, so it needs a new "
+                             f"schema version (set version: {schema.version + 1}, then "
+                             f"`{_build_command(expectations_dir)}`); a draft no registered model was trained on "
+                             f"can instead be rewritten in place: `{_build_command(expectations_dir)} --redraft "
+                             f"{schema.name}`")
     expected, found = _normalized(expected_checks(schema)), _normalized(committed)
     if expected != found:
         changed = [json.loads(c)["description"] for c in expected if c not in found]
@@ -191,7 +218,8 @@ def redraft_suite(schema: Schema, expectations_dir: Path, tracking_uri: str) -> 
                              f"suite stays as those models were checked with; set version: {schema.version + 1} "
                              f"and run `uv run python expectations/build_suites.py`")
     existing = committed_checks(expectations_dir, schema.suite)
-    if existing is None or _normalized(existing) == _normalized(expected_checks(schema)):
+    if existing is None or (_normalized(existing) == _normalized(expected_checks(schema))
+                            and committed_settings(expectations_dir, schema.suite) == schema_settings(schema)):
         return write_suite(schema, expectations_dir)
     record = {"at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "replaced_checks_sha256": hashlib.sha256("\n".join(_normalized(existing)).encode()).hexdigest(),
@@ -220,13 +248,15 @@ def write_suite(schema: Schema, expectations_dir: Path, redraft: dict | None = N
     context = gx.get_context(mode="file", project_root_dir=Path(expectations_dir))
     if redraft is not None:
         committed = context.suites.get(schema.suite)
-        meta = {**committed.meta, REDRAFTS: [*committed.meta.get(REDRAFTS, []), redraft]}
+        meta = {**committed.meta, REDRAFTS: [*committed.meta.get(REDRAFTS, []), redraft],
+                SCHEMA_SETTINGS: schema_settings(schema)}
         context.suites.add_or_update(gx.ExpectationSuite(name=schema.suite, expectations=expectations,
                                                          id=committed.id, meta=meta))
     elif existing is None:
         batch_definition = (context.data_sources.get(DATA_SOURCE).get_asset(DATA_ASSET)
                             .get_batch_definition(BATCH_DEFINITION))
-        suite = context.suites.add_or_update(gx.ExpectationSuite(name=schema.suite, expectations=expectations))
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=schema.suite, expectations=expectations,
+                                                                 meta={SCHEMA_SETTINGS: schema_settings(schema)}))
         context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=schema.suite, data=batch_definition, suite=suite))
     return len(expectations)

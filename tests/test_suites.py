@@ -106,3 +106,25 @@ def test_a_moved_expectations_dir_is_one_whole_context_and_build_suites_writes_w
     assert "wrote suite german_credit_v1" in built.stdout
     require_current_suite(load_schema("german_credit"), context)
     assert suite_path(EXPECTATIONS, "german_credit_v1").read_bytes() == before  # the project's own untouched
+
+
+def test_the_rare_level_threshold_cannot_change_under_the_same_version(tmp_path):
+    from tasks.suites import SCHEMA_SETTINGS, SuiteOutOfDate, redraft_suite
+
+    context = _context_copy(tmp_path)
+    schema = load_schema("german_credit")
+    bolder = schema.model_copy(update={"rare_level_min_rows": 1})  # would name every level in every artifact
+    with pytest.raises(SuiteOutOfDate, match="changes rare_level_min_rows from 10 to 1 under the same version .*"
+                                             "set version: 2"):
+        require_current_suite(bolder, context)
+    redraft_suite(bolder, context, f"sqlite:///{tmp_path / 'mlflow.db'}")  # a draft nothing was trained on
+    require_current_suite(bolder, context)
+    assert json.loads(suite_path(context, "german_credit_v1").read_text())["meta"][SCHEMA_SETTINGS] == {
+        "rare_level_min_rows": 1}
+    with pytest.raises(SuiteOutOfDate, match="rare_level_min_rows from 1 to 10"):
+        require_current_suite(schema, context)
+    fresh = schema.model_copy(update={"version": 2, "rare_level_min_rows": 20})
+    write_suite(fresh, context)  # a new version's suite records the threshold it was written with
+    require_current_suite(fresh, context)
+    with pytest.raises(SuiteOutOfDate, match="rare_level_min_rows from 20 to 10"):
+        require_current_suite(fresh.model_copy(update={"rare_level_min_rows": 10}), context)
