@@ -83,6 +83,10 @@ def test_federated_trees_equal_trees_grown_on_the_pooled_rows(small_consortium, 
     np.testing.assert_allclose(xgboost.Booster(model_file=str(federated.booster)).predict(grid),
                                xgboost.Booster(model_file=str(pooled.booster)).predict(grid), atol=1e-6)
     assert [r["round"] for r in federated.rounds] == list(range(1, 11))
+    # Early stopping watches the consortium's validation rows together (XGBoost sums the metric across
+    # workers), not any one institution's 50: each round's loss is the pooled validation rows' loss.
+    np.testing.assert_allclose([r["validation_loss"] for r in federated.rounds],
+                               [r["validation_loss"] for r in pooled.rounds], rtol=1e-5)
 
 
 def test_a_worker_without_a_consortium_certificate_is_refused(tmp_path):
