@@ -97,7 +97,7 @@ def _print_validation(reports, pages: dict[str, str]) -> None:
 
 
 def _print_summary(summary) -> None:
-    from tasks.evaluation import pooled_ece
+    from tasks.evaluation import pooled_ece, weighted_metrics
     from tasks.privacy import privacy_sentence
     from tasks.reporting import training_sentence, validation_page_urls
 
@@ -129,8 +129,16 @@ def _print_summary(summary) -> None:
         for e in summary.evaluations:
             compared.add_row(e.institution, f"{e.metrics['challenger']['roc_auc']:.4f}",
                              *["-" if r not in e.metrics else f"{e.metrics[r]['roc_auc']:.4f}" for r in shown])
-        if {"local_only", "pooled"} & set(shown):
-            compared.caption = "local-only, pooled data: simulation-mode baselines (this run read every institution's rows)"
+        # The same weighting as the new model's "weighted" row; over fewer institutions where one lacks a figure.
+        partial = [r for r in shown if not all(r in e.metrics for e in summary.evaluations)]
+        compared.add_row("weighted", f"{summary.weighted['roc_auc']:.4f}",
+                         *[f"{weighted_metrics(summary.evaluations, r)['roc_auc']:.4f}{'*' if r in partial else ''}"
+                           for r in shown])
+        notes = ["weighted: by holdout rows"] + (
+            ["* over the institutions that have the figure"] if partial else []) + (
+            ["local-only, pooled data: simulation-mode baselines (this run read every institution's rows)"]
+            if {"local_only", "pooled"} & set(shown) else [])
+        compared.caption = "; ".join(notes)
         console.print(compared)
     reg = summary.registration
     console.print(f"Registered [bold]{reg.model_name}[/bold] version [bold]{reg.version}[/bold] "

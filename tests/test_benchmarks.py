@@ -131,7 +131,8 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     assert re.search(r"pooled ECE over all holdout rows \(the promotion guardrail's figure\): 0\.0\d{3}", demo)
     # Simulation baselines next to the federated model, for every institution.
     assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", demo)
-    assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)) == 4
+    assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)) == 5  # and a weighted row
+    assert re.search(r"│ weighted +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)
     # Logged, not a terminal: a status line per stage and per round (no progress bar to redraw), no library noise.
     rounds = re.findall(r"^\d\d:\d\d:\d\d round (\d+)/15: train loss 0\.\d{4}, validation loss 0\.\d{4}, "
                         r"validation AUC 0\.\d{4}", demo, re.MULTILINE)

@@ -191,6 +191,18 @@ def registry_copy(registered, tmp_path, monkeypatch) -> str:
     return uri
 
 
+def test_the_comparison_with_the_baselines_has_a_weighted_row_as_the_new_models_table_does(registered, console):
+    from tasks.evaluation import weighted_metrics
+
+    summary = registered.first  # retrained with the simulation baselines
+    cli._print_summary(summary)
+    output = console()
+    figures = [summary.weighted["roc_auc"], *(weighted_metrics(summary.evaluations, role)["roc_auc"]
+                                              for role in ("local_only", "pooled"))]
+    assert re.search(r"│ weighted +│" + "".join(rf" +{f:.4f} │" for f in figures) + r"\n", output), output
+    assert "weighted: by holdout rows; local-only, pooled data:" in output
+
+
 def test_models_list_shows_versions_aliases_decisions_and_metrics(registered, registry_copy, console):
     cli.models_list(name=registered.name)
     lines = [line for line in console().splitlines() if line.startswith("│")]
