@@ -20,7 +20,8 @@ from flows.settings import PROJECT_ROOT, Settings
 from riskmodel.scorecard import Scaling
 from tasks.config import RunConfig
 from tasks.data import Split, fit_rows
-from tasks.evaluation import InstitutionEvaluation, evaluate_institution, weighted_metrics
+from tasks.evaluation import InstitutionEvaluation, weighted_metrics
+from tasks.per_institution import compute_local_statistics, compute_secure_statistics, evaluate_institution
 from tasks.lineage import git_state, lineage_tags, suite_digest, suite_file
 from tasks.schema import schema_file
 from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
@@ -28,8 +29,7 @@ from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledge
 from tasks.retries import service_retries
 from tasks.registry import Registration, decide_promotion, find_champion, register_model
 from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
-from tasks.statistics import (balanced_positive_weight, compute_local_statistics, compute_secure_statistics,
-                              consortium_layout, standardization)
+from tasks.statistics import balanced_positive_weight, consortium_layout, standardization
 from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
                             worker_isolation)
 from tasks.validation import (REFUSED_AT_START, QuorumNotMet, ValidationReport, admitted_institutions,

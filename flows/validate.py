@@ -15,7 +15,8 @@ from tasks.consortium import Consortium, LocalConsortium
 from tasks.data import Extract
 from tasks.registry import find_reference_profiles
 from tasks.reporting import publish_validation_table
-from tasks.validation import ValidationReport, validate_institution
+from tasks.per_institution import validate_institution
+from tasks.validation import ValidationReport
 
 
 def consortium_of(config: RunConfig) -> Consortium:

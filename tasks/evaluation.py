@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
 from riskmodel import model as exported
@@ -140,13 +139,6 @@ def evaluate_rows(extract: Extract, schema: Schema, split: Split, models: dict[s
         curves={role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)}
                 for role, p in scores.items()},
     )
-
-
-@task(name="evaluate-institution", task_run_name="evaluate-{institution}")
-def evaluate_institution(consortium, institution: str, schema: Schema, split: Split, models: dict[str, str],
-                         evaluation: EvaluationConfig) -> InstitutionEvaluation:
-    """One institution's holdout evaluation of `models`, where its rows are (tasks.consortium)."""
-    return consortium.evaluate(institution, schema, split, models, evaluation)
 
 
 def weighted_metrics(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, float]:

@@ -143,7 +143,8 @@ class _RowChecks:
                 typed[name] = pd.Series(np.where(present & ~unknown, words.isin(_TRUE).astype(float), np.nan),
                                         index=chunk.index)
                 continue
-            numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values.astype(float)
+            numbers = (values.astype(float) if pd.api.types.is_numeric_dtype(values)
+                       else pd.to_numeric(values.astype(object), errors="coerce"))
             parsed = numbers.notna().to_numpy()
             fail(present & ~parsed, "expect_column_values_to_be_in_type_list", name, values)
             whole = feature.type == "categorical" or feature.dtype == "int"

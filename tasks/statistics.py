@@ -10,11 +10,9 @@ standard deviation of every encoded column follow exactly from the same sums.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
 
 from riskmodel.layout import MISSING, FeatureEncoding, Layout
 from tasks.data import Split, labels
@@ -58,25 +56,6 @@ def local_statistics(institution: str, rows: pd.DataFrame, schema: Schema, featu
             present[name], sums[name], squares[name] = int(len(numbers)), float(numbers.sum()), \
                 float(np.square(numbers).sum())
     return LocalStatistics(institution, int(len(rows)), int(labels(rows, schema).sum()), present, sums, squares, levels)
-
-
-@task(name="local-statistics", task_run_name="statistics-{institution}")
-def compute_local_statistics(consortium, institution: str, schema: Schema, features: list[str],
-                             split: Split) -> LocalStatistics:
-    """Federated-statistics aggregates of one institution's training split, computed where its rows are
-    (tasks.consortium); no row leaves."""
-    return consortium.statistics(institution, schema, features, split)
-
-
-@task(name="secure-statistics")
-def compute_secure_statistics(consortium, schema: Schema, features: list[str], split: Split,
-                              kept: Path | None = None) -> tuple[LocalStatistics, dict[str, int]]:
-    """The consortium's statistics as one secure sum over the nodes: the summed statistics (institution
-    'consortium') and each institution's row count; no institution's sums or counts per level in the clear.
-    The sum is kept under `kept` for later runs over the same extracts (a node adds an input to one sum only)."""
-    summed, counts, completed = consortium.secure_statistics(schema, features, split, kept)
-    get_run_logger().info("federated statistics, %s", completed)
-    return summed, counts
 
 
 def consortium_layout(schema: Schema, features: list[str], statistics: list[LocalStatistics]) -> Layout:

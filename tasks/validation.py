@@ -8,8 +8,6 @@ level names only; example values and undeclared header text stay in its own chec
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import math
 import os
@@ -17,8 +15,6 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from tasks.data import Extract, InstitutionDataError, read_extract
 from tasks.schema import Schema
@@ -327,34 +323,6 @@ def check_frame(
                         reasons(True, True), own)
 
 
-def _file_digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as error:  # unreadable now: key on the reason, so a fixed file is re-checked
-        return f"unreadable:{type(error).__name__}"
-
-
-def validation_cache_key(context, parameters: dict) -> str | None:
-    """Same file (path and bytes), column mapping, schema version and suite JSON, reference profile and
-    GX context: same report. The path is part of it because the report names the file it read; the
-    context's location because the report links to a Data Docs page in it. Simulation only (the flow turns
-    caching off across silos, where only the node reads the file)."""
-    consortium, schema = parameters["consortium"], parameters["schema"]
-    extract = consortium.extract(parameters["institution"])
-    suite_file = Path(parameters["expectations_dir"]) / "gx" / "expectations" / f"{schema.suite}.json"
-    parts = [
-        extract.institution,
-        str(Path(extract.path).resolve()),
-        _file_digest(extract.path),
-        schema.model_dump_json(),
-        _file_digest(suite_file),
-        json.dumps(extract.columns, sort_keys=True),
-        json.dumps(parameters["reference"], sort_keys=True),
-        str(Path(parameters["expectations_dir"]).resolve()),
-    ]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-
 def validate_extract(extract: Extract, schema: Schema, reference: dict | None = None,
                      expectations_dir: Path = EXPECTATIONS_DIR, private_reference: bool = False) -> ValidationReport:
     """Read and check one institution's extract against its schema's suite (and against `reference`, the
@@ -394,20 +362,6 @@ def validate_extract(extract: Extract, schema: Schema, reference: dict | None = 
         data_docs=str(page),
         institution_page=str(checked.local_page),
     )
-
-
-@task(
-    name="validate-institution",
-    task_run_name="validate-{institution}",
-    # Unchanged data is not revalidated; a change to this module's code also invalidates.
-    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=validation_cache_key),
-    persist_result=True,
-)
-def validate_institution(consortium, institution: str, schema: Schema, reference: dict | None = None,
-                         expectations_dir: Path = EXPECTATIONS_DIR) -> ValidationReport:
-    """One institution's validation, where its extract is (tasks.consortium): its report, or a failed one
-    naming why it could not be validated (unreadable file, unreachable node)."""
-    return consortium.validate(institution, schema, reference, expectations_dir)
 
 
 def admitted_institutions(reports: list[ValidationReport], quorum: int, min_row_share: float = 0.0) -> list[str]:

@@ -43,3 +43,16 @@ def _imports(package: str) -> dict[str, set[str]]:
 def test_imports_point_one_way(package, forbidden):
     offenders = {f: sorted(names & forbidden) for f, names in _imports(package).items() if names & forbidden}
     assert offenders == {}
+
+
+def test_an_institutions_node_starts_without_prefect_or_tensorflow():
+    """The node serves validation, statistics, training and evaluation of its rows; Prefect's tasks wrap those
+    functions on the coordinator only (tasks.per_institution), so a node never pays Prefect's import."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; import flows.cli, node.server, node.service; "
+             "print(sorted(m for m in ('prefect', 'tensorflow', 'tensorflow_federated', 'mlflow') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"

@@ -113,6 +113,10 @@ def test_one_application_is_scored_on_its_own_and_chunks_change_nothing(store, a
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "chunked.csv"), pd.read_csv(tmp_path / "whole.csv"))
     assert pd.read_csv(tmp_path / "one_out.csv")["default_probability"].iloc[0] == pytest.approx(
         pd.read_csv(tmp_path / "whole.csv")["default_probability"].iloc[17], rel=1e-9)
+    pd.read_csv(applicants).to_parquet(tmp_path / "applicants.parquet")  # Parquet streams in row batches too
+    score_file(store.tracking_uri, store.name, "champion", None, tmp_path / "applicants.parquet",
+               tmp_path / "from_parquet.csv", TEST_EXPECTATIONS_DIR, chunk_rows=64)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "from_parquet.csv"), pd.read_csv(tmp_path / "whole.csv"))
 
 
 def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_written(

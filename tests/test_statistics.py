@@ -6,8 +6,9 @@ from riskmodel.layout import Layout
 from tasks.consortium import LocalConsortium
 from tasks.data import Extract, Split, load_part
 from tasks.schema import Missing, load_schema
+from tasks.per_institution import compute_local_statistics
 from tasks.statistics import (
-    balanced_positive_weight, compute_local_statistics, consortium_layout, local_statistics, standardization,
+    balanced_positive_weight, consortium_layout, local_statistics, standardization,
 )
 
 CREDIT = load_schema("credit_default")

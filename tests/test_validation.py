@@ -8,8 +8,8 @@ from tasks.consortium import LocalConsortium
 from tasks.data import Extract, read_institution
 from tasks.schema import load_schema
 from tests.conftest import TEST_EXPECTATIONS_DIR
-from tasks.validation import (QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_extract,
-                              validate_institution)
+from tasks.per_institution import validate_institution
+from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_extract
 
 CREDIT = load_schema("credit_default")
 SUITE = CREDIT.suite
