@@ -121,6 +121,19 @@ class Schema(BaseModel):
             raise ValueError(f"{reserved} are the ID or label column, not features")
         if self.label.positive == self.label.negative:
             raise ValueError("label.positive and label.negative must differ")
+        outcome = {str(self.label.positive).strip().lower(), str(self.label.negative).strip().lower()}
+        for name, feature in self.features.items():
+            if feature.type != "categorical" or feature.levels == "open":
+                continue
+            levels = {str(level).strip().lower() for level in feature.levels}
+            if self.label.column.strip().lower() in levels:
+                raise ValueError(f"features.{name}.levels: a level is the label column's name "
+                                 f"({self.label.column!r}): a header line read as data, or the label leaking into a "
+                                 f"feature")
+            if levels == outcome and not feature.coded:
+                raise ValueError(f"features.{name}.levels are exactly the label's values ({self.label.positive!r} "
+                                 f"and {self.label.negative!r}): the label itself under another name would leak "
+                                 f"the outcome into the model; rename the levels if it is truly another attribute")
         return self
 
     @property

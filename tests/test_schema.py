@@ -12,3 +12,20 @@ def test_small_rates_are_said_as_they_are_not_as_0_percent():
     savings = schema.features["savings_account_and_bonds"].model_copy(update={"missing": Missing(max_rate=0.004)})
     rare = schema.model_copy(update={"features": {**schema.features, "savings_account_and_bonds": savings}})
     assert "savings_account_and_bonds missing in at most 0.4% of rows" in [c["description"] for c in expected_checks(rare)]
+
+
+def test_levels_that_name_the_label_or_copy_its_values_are_refused():
+    import pytest
+
+    from tasks.schema import SchemaError, parse_schema
+
+    base = {"name": "loans", "version": 1, "output": "bad_probability",
+            "label": {"column": "outcome", "positive": "bad", "negative": "good", "meaning": "bad"},
+            "features": {"purpose": {"type": "categorical", "levels": ["car", "outcome", "home"]}}}
+    with pytest.raises(SchemaError, match="features.purpose.levels: a level is the label column's name"):
+        parse_schema(base, "loans.yaml")
+    base["features"]["purpose"]["levels"] = ["good", "bad"]
+    with pytest.raises(SchemaError, match="are exactly the label's values .*would leak the outcome"):
+        parse_schema(base, "loans.yaml")
+    base["features"]["purpose"]["levels"] = ["good", "bad", "fair"]  # an attribute that shares words: fine
+    assert parse_schema(base, "loans.yaml").features["purpose"].levels == ["good", "bad", "fair"]
