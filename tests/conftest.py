@@ -112,6 +112,16 @@ def registered(prefect_api, small_consortium, tmp_path_factory):
                            first=first, second=second, data=small_consortium, name=config.model_name)
 
 
+def answers(url: str, timeout: float = 2) -> bool:
+    """Whether the HTTP server a test started answers `url` with 200 yet (for wait_for)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as probe:

@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.schema import load_schema
-from tests.conftest import FEDRISK, free_port, running, wait_for, write_config
+from tests.conftest import FEDRISK, answers, free_port, running, wait_for, write_config
 
 POSTGRES = os.environ.get("FEDRISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 BIN = Path(sys.executable).parent
@@ -55,13 +55,6 @@ def _database(name: str) -> str:
     return POSTGRES.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, small_consortium):
     """A Prefect server and an MLflow tracking server, each on its own PostgreSQL database, on loopback; the
@@ -82,8 +75,8 @@ def stores(tmp_path_factory, small_consortium):
             running([str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db, "--serve-artifacts",
                      "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                      "--port", str(mlflow_port), "--workers", "1"], base, root / "mlflow-server.log") as tracking:
-        wait_for(lambda: _answers(f"{prefect_url}/health"), prefect, root / "prefect-server.log", "prefect server")
-        wait_for(lambda: _answers(f"{mlflow_url}/health"), tracking, root / "mlflow-server.log", "mlflow server")
+        wait_for(lambda: answers(f"{prefect_url}/health"), prefect, root / "prefect-server.log", "prefect server")
+        wait_for(lambda: answers(f"{mlflow_url}/health"), tracking, root / "mlflow-server.log", "mlflow server")
         yield SimpleNamespace(env=env, root=root, prefect_url=prefect_url, mlflow_url=mlflow_url,
                               artifacts=root / "artifacts", data=small_consortium)
 
@@ -197,7 +190,7 @@ def _serve_and_score(stores, model: str, rows: Path) -> list[float]:
     env = {**stores.env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # it execs uvicorn from PATH
     with running([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}@champion", "--env-manager", "local",
                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log) as serving:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/ping"), serving, log, "mlflow models serve")
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), serving, log, "mlflow models serve")
         frame = pd.read_csv(rows)
         answer = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                             json={"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})

@@ -11,8 +11,8 @@ from tasks.evaluation import InstitutionEvaluation
 from tasks.config import PromotionConfig
 from tasks.registry import decide_promotion
 from tasks.versions import REGISTRATION_TAG
-from tests.conftest import FEDRISK, WatchedProcess, free_port, running, wait_for, write_config
-from tests.test_production_stores import BIN, POSTGRES, _UNREACHABLE, _answers, _database
+from tests.conftest import FEDRISK, WatchedProcess, answers, free_port, running, wait_for, write_config
+from tests.test_production_stores import BIN, POSTGRES, _UNREACHABLE, _database
 
 POLICY = {"metric": "roc_auc", "min_improvement": 0.0, "max_institution_drop": 0.01, "max_calibration_error": 0.05}
 
@@ -151,7 +151,7 @@ def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the
            "FEDRISK_REGISTRY_RETRY_SECONDS": "60",  # 2, 4, 8, 16, 32 s apart: a restart takes 5-20 s
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # each call fails at once; the task's retries back off
     with running(server, env, tmp_path / "server.log") as tracking:
-        wait_for(lambda: _answers(f"{url}/health"), tracking, tmp_path / "server.log", "mlflow server")
+        wait_for(lambda: answers(f"{url}/health"), tracking, tmp_path / "server.log", "mlflow server")
         retraining = WatchedProcess([FEDRISK, "retrain", "--config", str(config)], env)
         try:
             retraining.until("registering the new version of m", timeout=300)
@@ -163,7 +163,7 @@ def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the
             [(version, half)] = _registration_rows(database, "m").items()
             assert half["registration"] in ("incomplete", "aliases pending") and half["aliases"] == [], half
             with running(server, env, tmp_path / "server-again.log") as again:  # back, within the retries
-                wait_for(lambda: _answers(f"{url}/health"), again, tmp_path / "server-again.log", "mlflow server")
+                wait_for(lambda: answers(f"{url}/health"), again, tmp_path / "server-again.log", "mlflow server")
                 assert retraining.end(timeout=400) == 0, "".join(retraining.seen)[-3000:]
                 output = "".join(retraining.seen)
                 assert f"an earlier registration of m had not finished: version {version} deleted" in output

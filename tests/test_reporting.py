@@ -17,7 +17,7 @@ from rich.console import Console
 from flows import cli
 from flows.settings import Settings
 from tasks.reporting import summary_markdown
-from tests.conftest import free_port, running, wait_for
+from tests.conftest import answers, free_port, running, wait_for
 
 
 def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered):
@@ -69,15 +69,8 @@ def mlflow_ui(registered, tmp_path_factory):
               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with running(server, dict(os.environ), log) as process:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(f"{base}/health"), process, log, "mlflow server")
+        wait_for(lambda: answers(f"{base}/health"), process, log, "mlflow server")
         yield base
-
-
-def _answers(url: str, timeout: float = 2) -> bool:
-    try:
-        return httpx.get(url, timeout=timeout).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _resolves(link: str, mlflow_base: str) -> bool:
@@ -87,7 +80,7 @@ def _resolves(link: str, mlflow_base: str) -> bool:
         run_id, _, artifact = link.removeprefix("runs:/").partition("/")
         return bool(mlflow.artifacts.download_artifacts(link)) if artifact else bool(mlflow.MlflowClient().get_run(run_id))
     if link.startswith(mlflow_base):
-        assert _answers(mlflow_base + "/", timeout=60), "the MLflow UI page itself"  # a busy 2-core CI is slow
+        assert answers(mlflow_base + "/", timeout=60), "the MLflow UI page itself"  # a busy 2-core CI is slow
         route = link.removeprefix(mlflow_base).removeprefix("/#/")
         api = f"{mlflow_base}/ajax-api/2.0/mlflow"
         if match := re.fullmatch(r"experiments/(\w+)/runs/(\w+)(?:/artifactPath/(.+))?", route):

@@ -19,7 +19,7 @@ from rich.console import Console
 from flows import cli
 from tasks.schema import load_schema
 from tasks.scoring import REJECTED_COLUMN, score_band, score_file
-from tests.conftest import TEST_EXPECTATIONS_DIR, free_port, running, wait_for
+from tests.conftest import TEST_EXPECTATIONS_DIR, answers, free_port, running, wait_for
 
 LABEL_COLUMN = load_schema("credit_default").label.column
 
@@ -167,14 +167,6 @@ def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, 
     assert "institution" not in console.getvalue().splitlines()[-1]
 
 
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2)
-        return True
-    except OSError:
-        return False
-
-
 def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp_path, console):
     """The README's serving command, run once: same version, same probabilities over HTTP."""
     output = tmp_path / "scores.csv"
@@ -186,7 +178,7 @@ def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp
                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                  {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri,
                   "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}, log) as server:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/ping"), server, log, "mlflow models serve")
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), server, log, "mlflow models serve")
         rows = pd.read_csv(applicants)
         body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
