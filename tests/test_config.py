@@ -162,7 +162,8 @@ def test_a_schema_change_without_a_version_bump_is_refused(tmp_path):
         "invalid config run.yaml: schema credit_default version 2 no longer matches its committed suite "
         "credit_default_v2 (new or changed: AGE between 21 and 100; no longer in the schema: AGE between 18 and 100): "
         "a change to a check needs a new schema version (set version: 3, then `uv run python "
-        "expectations/build_suites.py`)")
+        "expectations/build_suites.py`); a draft no registered model was trained on can instead be rewritten in "
+        "place: `uv run python expectations/build_suites.py --redraft credit_default`")
     source.write_text(source.read_text().replace("version: 2", "version: 3"))
     with pytest.raises(ConfigError, match="schema credit_default version 3 has no committed suite"):
         parse_config(BASE, Path("/cfg"), "run.yaml", schemas_dir=schemas, expectations_dir=PROJECT_ROOT / "expectations")
