@@ -389,3 +389,24 @@ class WatchedProcess:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """How the two CI workers share the suite (`--dist loadgroup`): the tests that share an expensive fixture run
+    on one worker (the session's registered model; a module's servers or nodes), grouped; every other test is
+    scheduled on its own. The long ones (marked slow, or a group) go first, so that short tests fill the end and
+    both workers finish together."""
+    def group(item) -> str | None:
+        if "registered" in item.fixturenames:
+            return "registered"
+        shared = item._fixtureinfo.name2fixturedefs
+        if any(definitions[-1].scope == "module" for definitions in shared.values()):
+            return item.nodeid.split("::")[0]
+        return None
+
+    for item in items:
+        name = group(item)
+        if name:
+            item.add_marker(pytest.mark.xdist_group(name))
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") or item.get_closest_marker("xdist_group") else 1)
