@@ -542,6 +542,9 @@ def score(
     except (InstitutionDataError, LookupError, SuiteOutOfDate) as error:  # the scorer's own file: values shown
         print_error(getattr(error, 'detail', None) or error)
         raise typer.Exit(1) from None
+    except OSError as error:  # the output's folder not writable, the disk full: nothing was written
+        print_error(f"{output}: cannot be written ({error.strerror or error}); nothing was written")
+        raise typer.Exit(1) from None
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     console.print(f"Scored {result.scored} of {result.rows} rows with {result.model_name} version {result.version} "

@@ -139,6 +139,16 @@ def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_wr
     assert not output.exists() and not list(tmp_path.glob(".*partial"))
 
 
+def test_an_output_that_cannot_be_written_is_one_line_and_leaves_nothing(store, applicants, tmp_path, console):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output's folder should be")
+    with pytest.raises(typer.Exit) as stop:
+        cli.score(model=f"{store.name}@champion", input=applicants, output=blocked / "scores.csv", reasons=0)
+    assert stop.value.exit_code == 1
+    assert f"{blocked / 'scores.csv'}: cannot be written (" in console.getvalue()
+    assert "Traceback" not in console.getvalue() and blocked.read_text().startswith("a file")
+
+
 def test_a_batch_where_no_row_passes_is_written_with_reasons_and_exits_1(store, applicants, tmp_path, console):
     frame = pd.read_csv(applicants).head(3)
     frame["AGE"] = 5
