@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.data import (
-    _EXAMPLES, _FALSE, _INT64_LIMIT, _TRUE, InstitutionDataError, _repeated_columns, _unescaped, cut_last_line,
-    headerless, spreadsheet_safe,
+    _EXAMPLES, _FALSE, _INT64_LIMIT, _OTHER_DELIMITERS, _TRUE, InstitutionDataError, _repeated_columns, _unescaped,
+    cut_last_line, headerless, spreadsheet_safe,
 )
 from tasks.schema import Schema, SchemaError, load_schema, percent
 from tasks.suites import expected_checks, require_current_suite
@@ -198,7 +198,7 @@ def _header(path: Path, schema: Schema) -> list[str]:
         raise fail("file is empty")
     fields = [name.strip() for name in next(csv.reader([first]))]
     if len(fields) == 1:
-        delimiter = next((d for d in (";", "\t", "|") if d in fields[0]), None)
+        delimiter = next((d for d in _OTHER_DELIMITERS if d in fields[0]), None)
         raise fail(f"one column found; the header is separated by {delimiter!r}, expected ','" if delimiter else
                    f"one column found, the schema declares {len(schema.columns)}: not a comma-separated file with a "
                    f"header line naming its columns")
