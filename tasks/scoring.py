@@ -107,6 +107,7 @@ class _RowChecks:
     def __init__(self, schema: Schema):
         self.schema = schema
         self.said = {(c["type"], c["kwargs"].get("column")): c["description"] for c in expected_checks(schema)}
+        self.said.update({("whole", name): f"{name} is a whole number" for name in schema.features})
 
     def apply(self, chunk: pd.DataFrame, tally: _Tally) -> tuple[pd.DataFrame, np.ndarray]:
         """The chunk's schema columns typed as declared, and each row's failed checks ('' for a row to score)."""
@@ -151,9 +152,7 @@ class _RowChecks:
             if whole:
                 number = numbers.fillna(0).to_numpy(dtype=float)
                 fractional = parsed & ((np.mod(number, 1) != 0) | (np.abs(number) > _INT64_LIMIT))
-                if fractional.any():
-                    self.said.setdefault(("whole", name), f"{name} is a whole number")
-                    fail(fractional, "whole", name, values)
+                fail(fractional, "whole", name, values)
                 numbers = numbers.where(~fractional)
                 parsed = parsed & ~fractional
             if feature.type == "categorical":

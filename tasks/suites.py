@@ -131,6 +131,13 @@ def _build_command(expectations_dir: Path) -> str:
     return f"{f'FEDRISK_EXPECTATIONS_DIR={expectations_dir} ' if moved else ''}uv run python expectations/build_suites.py"
 
 
+def _new_version_or_redraft(schema: Schema, expectations_dir: Path) -> str:
+    """The two ways out of a suite that no longer matches its schema version, as commands."""
+    build = _build_command(expectations_dir)
+    return (f"set version: {schema.version + 1}, then `{build}`); a draft no registered model was trained on can "
+            f"instead be rewritten in place: `{build} --redraft {schema.name}`")
+
+
 def require_context(expectations_dir: Path) -> None:
     """SuiteOutOfDate unless `expectations_dir` is a GX context fedrisk can read suites from (FEDRISK_EXPECTATIONS_DIR
     names a whole context: its suites, validation definitions and results, not the results alone)."""
@@ -168,15 +175,12 @@ def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
                              f"{suite_path(expectations_dir, schema.suite)}; write it with "
                              f"`{_build_command(expectations_dir)}` and commit it")
     recorded, now = committed_settings(expectations_dir, schema.suite), schema_settings(schema)
-    changed = [f"{key} from {recorded.get(key)} to {value}" for key, value in now.items() if recorded.get(key) != value]
-    if changed:
-        raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} changes {', '.join(changed)} under the "
+    settings = [f"{key} from {recorded.get(key)} to {value}" for key, value in now.items() if recorded.get(key) != value]
+    if settings:
+        raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} changes {', '.join(settings)} under the "
                              f"same version (its suite {schema.suite} was written with the former): it decides "
                              f"which levels every model and artifact of the version may name, so it needs a new "
-                             f"schema version (set version: {schema.version + 1}, then "
-                             f"`{_build_command(expectations_dir)}`); a draft no registered model was trained on "
-                             f"can instead be rewritten in place: `{_build_command(expectations_dir)} --redraft "
-                             f"{schema.name}`")
+                             f"schema version ({_new_version_or_redraft(schema, expectations_dir)}")
     expected, found = _normalized(expected_checks(schema)), _normalized(committed)
     if expected != found:
         changed = [json.loads(c)["description"] for c in expected if c not in found]
@@ -184,10 +188,8 @@ def require_current_suite(schema: Schema, expectations_dir: Path) -> None:
         detail = "; ".join(filter(None, [f"new or changed: {', '.join(changed[:5])}" if changed else "",
                                          f"no longer in the schema: {', '.join(dropped[:5])}" if dropped else ""]))
         raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} no longer matches its committed suite "
-                             f"{schema.suite} ({detail}): a change to a check needs a new schema version (set "
-                             f"version: {schema.version + 1}, then `{_build_command(expectations_dir)}`); "
-                             f"a draft no registered model was trained on can instead be rewritten in place: "
-                             f"`{_build_command(expectations_dir)} --redraft {schema.name}`")
+                             f"{schema.suite} ({detail}): a change to a check needs a new schema version "
+                             f"({_new_version_or_redraft(schema, expectations_dir)}")
 
 
 REDRAFTS = "fedrisk.redrafts"  # the suite's meta: each in-place rewrite of a draft, when and what it replaced
@@ -216,7 +218,7 @@ def redraft_suite(schema: Schema, expectations_dir: Path, tracking_uri: str) -> 
         raise SuiteOutOfDate(f"schema {schema.name} version {schema.version} trained {', '.join(used[:5])}"
                              f"{' and more' if len(used) > 5 else ''} (registered in {masked(tracking_uri)}): its "
                              f"suite stays as those models were checked with; set version: {schema.version + 1} "
-                             f"and run `uv run python expectations/build_suites.py`")
+                             f"and run `{_build_command(expectations_dir)}`")
     existing = committed_checks(expectations_dir, schema.suite)
     if existing is None or (_normalized(existing) == _normalized(expected_checks(schema))
                             and committed_settings(expectations_dir, schema.suite) == schema_settings(schema)):
