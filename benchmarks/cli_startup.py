@@ -18,8 +18,8 @@ and was installed without compiling). The script says whether the environment's 
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
+import json
 import os
 import shutil
 import statistics
@@ -53,14 +53,24 @@ def time_command(args: list[str], env: dict, repeats: int) -> dict:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
             pass
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", RUN.format(out=out.name, heavy=HEAVY, args=args)], env=env,
-                              cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", RUN.format(out=out.name, heavy=HEAVY, args=args)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         seconds.append(time.perf_counter() - start)
         code = done.returncode
         loaded = json.loads(Path(out.name).read_text() or "[]")
         os.unlink(out.name)
-    return {"command": "fedrisk " + " ".join(args), "median_seconds": statistics.median(seconds),
-            "seconds": seconds, "exit_code": code, "heavy_imports": loaded}
+    return {
+        "command": "fedrisk " + " ".join(args),
+        "median_seconds": statistics.median(seconds),
+        "seconds": seconds,
+        "exit_code": code,
+        "heavy_imports": loaded,
+    }
 
 
 def main() -> None:
@@ -72,21 +82,31 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, **({"MLFLOW_TRACKING_URI": args.tracking_uri} if args.tracking_uri else {})}
     cached = packages_have_bytecode_caches()
-    print(f"bytecode caches in the environment's packages: {'yes' if cached else 'NO (uv sync --compile-bytecode)'}; "
-          f"PYTHONDONTWRITEBYTECODE {'set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else 'unset'}")
+    print(
+        f"bytecode caches in the environment's packages: {'yes' if cached else 'NO (uv sync --compile-bytecode)'}; "
+        f"PYTHONDONTWRITEBYTECODE {'set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else 'unset'}"
+    )
     commands = [["--help"], ["models", "list", args.model], ["ledger"], ["lineage", f"{args.model}@champion"]]
     results = []
     with tempfile.TemporaryDirectory() as empty:
-        conditions = {"with caches": env,
-                      "from source": {**env, "PYTHONPYCACHEPREFIX": empty, "PYTHONDONTWRITEBYTECODE": "1"}}
+        conditions = {
+            "with caches": env,
+            "from source": {**env, "PYTHONPYCACHEPREFIX": empty, "PYTHONDONTWRITEBYTECODE": "1"},
+        }
         for command in commands:
             for condition, condition_env in conditions.items():
-                row = {**time_command(command, condition_env, args.repeats), "bytecode": condition,
-                       "packages_have_bytecode_caches": cached}
+                row = {
+                    **time_command(command, condition_env, args.repeats),
+                    "bytecode": condition,
+                    "packages_have_bytecode_caches": cached,
+                }
                 results.append(row)
-                print(f"{row['command']:<45} {condition:<12} {row['median_seconds']:6.2f} s median of "
-                      f"{args.repeats} (exit {row['exit_code']}; heavy imports: "
-                      f"{', '.join(row['heavy_imports']) or 'none'})", flush=True)
+                print(
+                    f"{row['command']:<45} {condition:<12} {row['median_seconds']:6.2f} s median of "
+                    f"{args.repeats} (exit {row['exit_code']}; heavy imports: "
+                    f"{', '.join(row['heavy_imports']) or 'none'})",
+                    flush=True,
+                )
     name = "cli_startup" + ("_tracking_server" if args.tracking_uri else "")
     print(f"written: {write_json(args.json, name, args, results)}")
 

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flows  # noqa: E402,F401  (library defaults: quiet TensorFlow, no telemetry)
-from tasks.data import read_institution, split_holdout  # noqa: E402
-from tasks.schema import load_schema  # noqa: E402
-from tasks.statistics import consortium_layout, local_statistics, standardization  # noqa: E402
+from contract.data import read_institution, split_holdout  # noqa: E402
+from contract.schema import load_schema  # noqa: E402
+from institution.statistics import consortium_layout, local_statistics, standardization  # noqa: E402
 
 CREDIT = load_schema("credit_default")
 FEATURE_COLUMNS, LABEL_COLUMN = list(CREDIT.features), CREDIT.label.column
@@ -33,8 +33,12 @@ BANKS = ("bank_a", "bank_b", "bank_c")
 # Non-IID re-partition of the same training rows by credit limit (NT$): four lenders of very
 # unequal size and risk, from a consumer lender of small limits (32 % default) to a private bank.
 # Rows (default rate): 6,234 (32 %), 10,138 (22 %), 6,217 (15 %), 1,411 (12 %).
-LIMIT_BANDS = {"consumer_lender": (0, 50_000), "retail_bank": (50_000, 200_000),
-               "premier_bank": (200_000, 400_000), "private_bank": (400_000, float("inf"))}
+LIMIT_BANDS = {
+    "consumer_lender": (0, 50_000),
+    "retail_bank": (50_000, 200_000),
+    "premier_bank": (200_000, 400_000),
+    "private_bank": (400_000, float("inf")),
+}
 PARTITIONS = ("iid", "limit_band")
 
 
@@ -70,8 +74,9 @@ def partition_uci(data_dir: Path, partition: str) -> tuple[dict[str, pd.DataFram
         return banks, holdout
     if partition == "limit_band":
         rows = pd.concat(banks.values(), ignore_index=True)
-        return {name: rows[(rows.LIMIT_BAL > low) & (rows.LIMIT_BAL <= high)]
-                for name, (low, high) in LIMIT_BANDS.items()}, holdout
+        return {
+            name: rows[(rows.LIMIT_BAL > low) & (rows.LIMIT_BAL <= high)] for name, (low, high) in LIMIT_BANDS.items()
+        }, holdout
     raise ValueError(f"unknown partition {partition!r}; one of {PARTITIONS}")
 
 
@@ -87,16 +92,22 @@ def split_institutions(frames: dict[str, pd.DataFrame], validation_fraction: flo
     """Each institution's rows split (stratified, seeded per institution) into fit and validation."""
     found = []
     for name, frame in frames.items():
-        fit, validation = split_holdout(frame, LABEL_COLUMN, fraction=validation_fraction, seed=seed,
-                                        institution=name)
+        fit, validation = split_holdout(frame, LABEL_COLUMN, fraction=validation_fraction, seed=seed, institution=name)
         found.append(Institution(name, *arrays(fit), *arrays(validation)))
     return found
 
 
 def standardize(institutions: list[Institution]) -> tuple[np.ndarray, np.ndarray]:
     """Pooled mean and std of the institutions' fit rows, through the pipeline's own federated statistics."""
-    statistics = [local_statistics(i.name, pd.DataFrame(i.x_fit, columns=FEATURE_COLUMNS).assign(
-        **{LABEL_COLUMN: i.y_fit}), CREDIT, FEATURE_COLUMNS) for i in institutions]
+    statistics = [
+        local_statistics(
+            i.name,
+            pd.DataFrame(i.x_fit, columns=FEATURE_COLUMNS).assign(**{LABEL_COLUMN: i.y_fit}),
+            CREDIT,
+            FEATURE_COLUMNS,
+        )
+        for i in institutions
+    ]
     return standardization(consortium_layout(CREDIT, FEATURE_COLUMNS, statistics), statistics)
 
 
@@ -104,28 +115,49 @@ def machine() -> dict[str, object]:
     """The machine the figures come from."""
     model = "unknown"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     memory_gib = None
     try:
-        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
+        kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
         memory_gib = round(kib / 2**20, 1)
     except (OSError, StopIteration):
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def write_json(path: Path | None, name: str, args, results) -> Path:
     """Write the figures with the arguments and machine that produced them (default benchmarks/results/)."""
     path = Path(path) if path else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": name, "command": " ".join(["uv run python", *sys.argv]),
-                                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                "machine": machine(), "results": results}, indent=2, default=float))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": name,
+                "command": " ".join(["uv run python", *sys.argv]),
+                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "machine": machine(),
+                "results": results,
+            },
+            indent=2,
+            default=float,
+        )
+    )
     return path
 
 

@@ -14,9 +14,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 from common import UCI_DIR, arrays, partition_uci, require_uci, split_institutions, standardize, write_json
-from tasks.evaluation import binary_metrics
+
+from institution.evaluation import binary_metrics
 
 FAULTS = {"clean": None, "x100": 100.0, "sign flip": -1.0, "x-10": -10.0, "NaN": float("nan")}
 
@@ -26,9 +26,12 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=UCI_DIR)
     parser.add_argument("--faulty", default="bank_b")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--faults", default=",".join(f for f in FAULTS if f != "clean"),
-                        help=f"comma-separated, of {list(FAULTS)[1:]}")
-    parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/faulty_institution_uci.json")
+    parser.add_argument(
+        "--faults", default=",".join(f for f in FAULTS if f != "clean"), help=f"comma-separated, of {list(FAULTS)[1:]}"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/faulty_institution_uci.json"
+    )
     args = parser.parse_args()
     require_uci(args.data_dir)
 
@@ -53,8 +56,10 @@ def main() -> None:
             auc = binary_metrics(y_test, p)["roc_auc"] if np.all(np.isfinite(p)) else float("nan")
             results[f"{aggregation} / {fault}"] = auc
             print(f"{aggregation:>10}  {fault:>9}: holdout AUC {auc:.4f}", flush=True)
-    print(f"\nfaulty institution: {args.faulty}; {args.rounds} rounds; AUC 0.5 under NaN = TFF's server rejected every "
-          "non-finite average, so the model never moved")
+    print(
+        f"\nfaulty institution: {args.faulty}; {args.rounds} rounds; AUC 0.5 under NaN = TFF's server rejected every "
+        "non-finite average, so the model never moved"
+    )
     print(f"wrote {write_json(args.json, 'faulty_institution_uci', args, results)}")
 
 

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import write_json
 from round_throughput import N_FEATURES, consortium
 
@@ -55,28 +54,50 @@ def main() -> None:
     def sample(metrics) -> None:
         worker = runtime.worker_pid()
         python_kib, worker_kib = _status_kib(os.getpid(), "VmRSS"), _status_kib(worker, "VmRSS") if worker else 0
-        samples.append({"round": metrics.round, "python_mib": python_kib / 1024, "worker_mib": worker_kib / 1024,
-                        "total_mib": (python_kib + worker_kib) / 1024})
+        samples.append(
+            {
+                "round": metrics.round,
+                "python_mib": python_kib / 1024,
+                "worker_mib": worker_kib / 1024,
+                "total_mib": (python_kib + worker_kib) / 1024,
+            }
+        )
         if metrics.round in {1, args.warmup, args.rounds} or metrics.round % 50 == 0:
             s = samples[-1]
-            print(f"round {metrics.round:>4}: RSS python {s['python_mib']:7.1f} MiB, TFF worker "
-                  f"{s['worker_mib']:7.1f} MiB, total {s['total_mib']:7.1f} MiB", flush=True)
+            print(
+                f"round {metrics.round:>4}: RSS python {s['python_mib']:7.1f} MiB, TFF worker "
+                f"{s['worker_mib']:7.1f} MiB, total {s['total_mib']:7.1f} MiB",
+                flush=True,
+            )
 
     with tempfile.TemporaryDirectory(prefix="fedrisk-memory-") as checkpoints:
-        train(clients, np.zeros(N_FEATURES), np.ones(N_FEATURES), spec, validation=validation,
-              checkpoint_dir=Path(checkpoints), on_round=sample)
+        train(
+            clients,
+            np.zeros(N_FEATURES),
+            np.ones(N_FEATURES),
+            spec,
+            validation=validation,
+            checkpoint_dir=Path(checkpoints),
+            on_round=sample,
+        )
     worker = runtime.worker_pid()
-    peak = {"python_mib": _status_kib(os.getpid(), "VmHWM") / 1024,
-            "worker_mib": (_status_kib(worker, "VmHWM") / 1024) if worker else 0.0}
+    peak = {
+        "python_mib": _status_kib(os.getpid(), "VmHWM") / 1024,
+        "worker_mib": (_status_kib(worker, "VmHWM") / 1024) if worker else 0.0,
+    }
     base = next(s for s in samples if s["round"] == min(args.warmup, args.rounds))
     last = samples[-1]
-    growth = {k: (last[k] - base[k]) / base[k] if base[k] else float("nan")
-              for k in ("python_mib", "worker_mib", "total_mib")}
+    growth = {
+        k: (last[k] - base[k]) / base[k] if base[k] else float("nan") for k in ("python_mib", "worker_mib", "total_mib")
+    }
     print(f"peak RSS: python {peak['python_mib']:.1f} MiB, TFF worker {peak['worker_mib']:.1f} MiB")
-    print(f"growth round {base['round']} -> {last['round']}: python {growth['python_mib']:+.1%}, "
-          f"worker {growth['worker_mib']:+.1%}, total {growth['total_mib']:+.1%}")
-    print(f"target (RSS growth under 10 % over {args.rounds} rounds): "
-          f"{'met' if growth['total_mib'] < 0.10 else 'MISSED'}")
+    print(
+        f"growth round {base['round']} -> {last['round']}: python {growth['python_mib']:+.1%}, "
+        f"worker {growth['worker_mib']:+.1%}, total {growth['total_mib']:+.1%}"
+    )
+    print(
+        f"target (RSS growth under 10 % over {args.rounds} rounds): {'met' if growth['total_mib'] < 0.10 else 'MISSED'}"
+    )
     print(f"wrote {write_json(args.json, 'memory_rounds', args, {'samples': samples, 'peak': peak, 'growth': growth})}")
 
 

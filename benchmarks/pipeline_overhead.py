@@ -26,58 +26,99 @@ from common import ROOT, write_json
 
 BIN = Path(sys.executable).parent
 STAGES = {  # how the retrain flow's task runs are named -> stage
-    "statistics-": "statistics", "find-champion-": "registry lookups", "train-federated-": "training",
-    "local-baseline-": "baselines (simulation)", "train-pooled-baseline-": "baselines (simulation)",
-    "evaluate-": "evaluation", "register-model-": "registration", "publish-summary-": "reporting",
+    "statistics-": "statistics",
+    "find-champion-": "registry lookups",
+    "train-federated-": "training",
+    "local-baseline-": "baselines (simulation)",
+    "train-pooled-baseline-": "baselines (simulation)",
+    "evaluate-": "evaluation",
+    "register-model-": "registration",
+    "publish-summary-": "reporting",
 }
-ORDER = ["start-up", "validation", "registry lookups", "statistics", "training", "baselines (simulation)",
-         "evaluation", "registration", "reporting", "other (flow bookkeeping, exit)"]
+ORDER = [
+    "start-up",
+    "validation",
+    "registry lookups",
+    "statistics",
+    "training",
+    "baselines (simulation)",
+    "evaluation",
+    "registration",
+    "reporting",
+    "other (flow bookkeeping, exit)",
+]
 
 
 def import_seconds(env: dict) -> dict[str, float]:
     """Seconds a fresh interpreter takes to import the CLI and flow, then TensorFlow and TFF."""
-    code = ("import time; t = time.perf_counter(); import flows.cli, flows.retrain; u = time.perf_counter(); "
-            "import fed_models.training; print(u - t, time.perf_counter() - u)")
+    code = (
+        "import time; t = time.perf_counter(); import flows.cli, flows.retrain; u = time.perf_counter(); "
+        "import fed_models.training; print(u - t, time.perf_counter() - u)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     flow, engine = (float(v) for v in out.stdout.strip().splitlines()[-1].split())
-    return {"fedrisk CLI and flow (Prefect, MLflow client, GX, pandas)": flow,
-            "TensorFlow + TFF (paid once, inside training)": engine}
+    return {
+        "fedrisk CLI and flow (Prefect, MLflow client, GX, pandas)": flow,
+        "TensorFlow + TFF (paid once, inside training)": engine,
+    }
 
 
 def stage_seconds(prefect_home: Path) -> list[dict]:
     """Each retrain flow run's stages, from the flow and task runs Prefect recorded in `prefect_home`."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
-                                                FlowRunFilterParentTaskRunId, TaskRunFilter, TaskRunFilterFlowRunId)
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        FlowRunFilterParentTaskRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     # A temporary API on the demo runs' own database (this process imported Prefect with another home).
-    with temporary_settings({PREFECT_HOME: prefect_home}, restore_defaults={PREFECT_API_URL}), \
-            get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)), sort=FlowRunSort.START_TIME_ASC)
+    with (
+        temporary_settings({PREFECT_HOME: prefect_home}, restore_defaults={PREFECT_API_URL}),
+        get_client(sync_client=True) as client,
+    ):
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
         breakdowns = []
         for run in runs:
             seconds: dict[str, float] = {}
-            subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+            subflows = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+            )
             for sub in subflows:  # validation runs its institutions concurrently: its wall time counts
                 seconds["validation"] = seconds.get("validation", 0.0) + (sub.end_time - sub.start_time).total_seconds()
-            tasks = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])))
+            tasks = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id]))
+            )
             for task in tasks:
                 stage = next((s for prefix, s in STAGES.items() if task.name.startswith(prefix)), None)
                 if stage is not None and task.start_time and task.end_time:
                     seconds[stage] = seconds.get(stage, 0.0) + (task.end_time - task.start_time).total_seconds()
-            breakdowns.append({"flow_run": run.name, "start": run.start_time.timestamp(),
-                               "end": run.end_time.timestamp(), "stages": seconds})
+            breakdowns.append(
+                {
+                    "flow_run": run.name,
+                    "start": run.start_time.timestamp(),
+                    "end": run.end_time.timestamp(),
+                    "stages": seconds,
+                }
+            )
     return breakdowns
 
 
 def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], list[dict]]:
     """Import times, and each demo run's (start, end) and stages, in a fresh `workspace`."""
-    env = {**os.environ, "PREFECT_HOME": str(workspace / "prefect"), "FEDRISK_RUNS_DIR": str(workspace / "runs"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(workspace / "prefect"),
+        "FEDRISK_RUNS_DIR": str(workspace / "runs"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}",
+    }
     env.pop("PREFECT_API_URL", None)
     env.pop("COLUMNS", None)  # the demo writes to a file, as a scheduler logs it
     imports = import_seconds(env)
@@ -85,12 +126,19 @@ def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], lis
     walls = []
     for number in range(1, args.runs + 1):
         started = time.time()
-        result = subprocess.run([str(BIN / "fedrisk"), "demo", "--data-dir", str(data_dir)], env=env, cwd=ROOT,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [str(BIN / "fedrisk"), "demo", "--data-dir", str(data_dir)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         finished = time.time()
         if result.returncode != 0:
-            sys.exit(f"fedrisk demo run {number} failed ({result.returncode}):\n"
-                     f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+            sys.exit(
+                f"fedrisk demo run {number} failed ({result.returncode}):\n"
+                f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            )
         walls.append((started, finished))
         if args.logs:
             args.logs.mkdir(parents=True, exist_ok=True)
@@ -123,8 +171,10 @@ def main() -> None:
     for what, seconds in imports.items():
         print(f"  {what}: {seconds:.1f} s")
     first = results[0]["wall_seconds"]
-    print(f"\ntarget (fedrisk demo under 90 s on this machine, {os.cpu_count()} cores): first run {first:.1f} s -> "
-          f"{'met' if first < 90 else 'MISSED'}")
+    print(
+        f"\ntarget (fedrisk demo under 90 s on this machine, {os.cpu_count()} cores): first run {first:.1f} s -> "
+        f"{'met' if first < 90 else 'MISSED'}"
+    )
     print(f"wrote {write_json(args.json, 'pipeline_overhead', args, {'imports': imports, 'runs': results})}")
 
 

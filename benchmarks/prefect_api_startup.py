@@ -37,15 +37,27 @@ with prefect_api(600, Path(sys.argv[1])):
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    return {**env, "PREFECT_HOME": str(home / "prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-            "FEDRISK_RUNS_DIR": str(home / "runs"), "FEDRISK_LOG_FILE": str(home / "fedrisk.log"), "COLUMNS": "200"}
+    return {
+        **env,
+        "PREFECT_HOME": str(home / "prefect"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "FEDRISK_RUNS_DIR": str(home / "runs"),
+        "FEDRISK_LOG_FILE": str(home / "fedrisk.log"),
+        "COLUMNS": "200",
+    }
 
 
 def to_first_stage(home: Path, config: Path) -> dict[str, float]:
     """`fedrisk retrain` until its first stage: seconds to 'starting a temporary Prefect API' and to 'validating'."""
     started = time.monotonic()
-    process = subprocess.Popen([str(BIN / "fedrisk"), "retrain", "--config", str(config)], env=_env(home),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "fedrisk"), "retrain", "--config", str(config)],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     marks: dict[str, float] = {}
     try:
         for line in process.stdout:
@@ -63,16 +75,24 @@ def to_first_stage(home: Path, config: Path) -> dict[str, float]:
 
 def api_alone(home: Path) -> float:
     env = {**_env(home), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", ALONE, str(home)], env=env, capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", ALONE, str(home)], env=env, capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return float(done.stdout.split()[-1])
 
 
 def import_server_seconds() -> float:
-    done = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); "
-                           "import prefect.server.api.server; print(time.perf_counter() - t)"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time; t = time.perf_counter(); import prefect.server.api.server; print(time.perf_counter() - t)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return float(done.stdout.split()[-1])
 
 
@@ -85,12 +105,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    runs: dict[str, list] = {"command cold": [], "command warm": [], "api alone cold": [], "api alone warm": [],
-                             "import prefect.server.api.server": []}
+    runs: dict[str, list] = {
+        "command cold": [],
+        "command warm": [],
+        "api alone cold": [],
+        "api alone warm": [],
+        "import prefect.server.api.server": [],
+    }
     with tempfile.TemporaryDirectory(prefix="fedrisk-bench-") as scratch:
         data = Path(scratch) / "data"
-        subprocess.run([str(BIN / "fedrisk"), "data", "synth", "--out", str(data)], check=True, capture_output=True,
-                       env=_env(Path(scratch)))
+        subprocess.run(
+            [str(BIN / "fedrisk"), "data", "synth", "--out", str(data)],
+            check=True,
+            capture_output=True,
+            env=_env(Path(scratch)),
+        )
         config = Path(scratch) / "demo.yaml"
         config.write_text((ROOT / "configs" / "demo.yaml").read_text().replace("../data/demo", str(data)))
         for run in range(args.runs):

@@ -78,8 +78,9 @@ def stop(process: subprocess.Popen) -> None:
 
 def timed_demo(env: dict, data_dir: Path, log: Path) -> float:
     start_time = time.perf_counter()
-    done = subprocess.run([str(BIN / "fedrisk"), "demo", "--data-dir", str(data_dir)], env=env, cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(BIN / "fedrisk"), "demo", "--data-dir", str(data_dir)], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start_time
     log.write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -89,43 +90,76 @@ def timed_demo(env: dict, data_dir: Path, log: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--postgres", default=os.environ.get("FEDRISK_TEST_POSTGRES_URL",
-                                                             "postgresql://postgres@127.0.0.1:55432/postgres"))
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("FEDRISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:55432/postgres"),
+    )
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fedrisk-production-bench-"))
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "FEDRISK_LOCK_DATABASE_URL")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "FEDRISK_LOCK_DATABASE_URL")
+    }
     data_dir = work / "demo-data"
-    subprocess.run([str(BIN / "fedrisk"), "data", "synth", "--out", str(data_dir)], env=base, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(BIN / "fedrisk"), "data", "synth", "--out", str(data_dir)], env=base, check=True, capture_output=True
+    )
     suffix = uuid.uuid4().hex[:8]
     prefect_db = create_database(args.postgres, f"prefect_bench_{suffix}")
     mlflow_db = create_database(args.postgres, f"mlflow_bench_{suffix}")
     prefect_port, mlflow_port = free_port(), free_port()
-    prefect_server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-                           {**base, "PREFECT_HOME": str(work / "prefect-server"),
-                            "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql://",
-                                                                                      "postgresql+asyncpg://")},
-                           work / "prefect-server.log")
-    mlflow_server = start([str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db, "--serve-artifacts",
-                           "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1",
-                           "--port", str(mlflow_port), "--workers", "1"], base, work / "mlflow-server.log")
+    prefect_server = start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+        {
+            **base,
+            "PREFECT_HOME": str(work / "prefect-server"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql://", "postgresql+asyncpg://"),
+        },
+        work / "prefect-server.log",
+    )
+    mlflow_server = start(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            mlflow_db,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(work / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        base,
+        work / "mlflow-server.log",
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{prefect_port}/api/health", prefect_server, "prefect server")
         wait_healthy(f"http://127.0.0.1:{mlflow_port}/health", mlflow_server, "mlflow server")
         setups = {
             "embedded (temporary Prefect API, sqlite, file lock)": {
-                **base, "PREFECT_HOME": str(work / "embedded" / "prefect"),
+                **base,
+                "PREFECT_HOME": str(work / "embedded" / "prefect"),
                 "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'embedded' / 'mlruns' / 'mlflow.db'}",
-                "FEDRISK_RUNS_DIR": str(work / "embedded" / "runs"), "FEDRISK_LOG_FILE": str(work / "embedded.log")},
+                "FEDRISK_RUNS_DIR": str(work / "embedded" / "runs"),
+                "FEDRISK_LOG_FILE": str(work / "embedded.log"),
+            },
             "production (Prefect server + MLflow tracking server on PostgreSQL, database lock)": {
-                **base, "PREFECT_HOME": str(work / "production" / "prefect"),
+                **base,
+                "PREFECT_HOME": str(work / "production" / "prefect"),
                 "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "FEDRISK_LOCK_DATABASE_URL": args.postgres,
-                "FEDRISK_RUNS_DIR": str(work / "production" / "runs"), "FEDRISK_LOG_FILE": str(work / "production.log")},
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                "FEDRISK_LOCK_DATABASE_URL": args.postgres,
+                "FEDRISK_RUNS_DIR": str(work / "production" / "runs"),
+                "FEDRISK_LOG_FILE": str(work / "production.log"),
+            },
         }
         for env in setups.values():
             Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -141,8 +175,10 @@ def main() -> None:
     results = [{"setup": name, "seconds": values} for name, values in seconds.items()]
     embedded, production = (values for values in seconds.values())
     for run in range(args.runs):
-        print(f"run {run + 1}: production {production[run]:.1f} s vs embedded {embedded[run]:.1f} s "
-              f"({production[run] / embedded[run] - 1:+.1%})")
+        print(
+            f"run {run + 1}: production {production[run]:.1f} s vs embedded {embedded[run]:.1f} s "
+            f"({production[run] / embedded[run] - 1:+.1%})"
+        )
     print(f"written: {write_json(args.json, 'production_stores', args, results)} (logs in {work})")
 
 

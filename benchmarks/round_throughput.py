@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import write_json
 
 N_FEATURES = 23
@@ -42,8 +41,13 @@ def federated_round_seconds(data, spec, rounds: int) -> list[float]:
     from fed_models.training import ClientData, train
 
     stamps = [time.perf_counter()]
-    train([ClientData(f"institution_{i}", x, y) for i, (x, y) in enumerate(data)], np.zeros(N_FEATURES),
-          np.ones(N_FEATURES), spec, on_round=lambda _: stamps.append(time.perf_counter()))
+    train(
+        [ClientData(f"institution_{i}", x, y) for i, (x, y) in enumerate(data)],
+        np.zeros(N_FEATURES),
+        np.ones(N_FEATURES),
+        spec,
+        on_round=lambda _: stamps.append(time.perf_counter()),
+    )
     return list(np.diff(stamps))
 
 
@@ -56,16 +60,26 @@ def keras_floor_seconds(data, spec, repeats: int) -> tuple[float, int]:
     best = (float("inf"), 0)
     for steps_per_execution in (1, 64):
         model = build_model(spec.model, np.zeros(N_FEATURES), np.ones(N_FEATURES))
-        model.compile(optimizer=tf.keras.optimizers.SGD(spec.client_learning_rate),
-                      loss=WeightedBinaryCrossentropy(), steps_per_execution=steps_per_execution)
-        model.fit(data[0][0][:spec.batch_size * 4], data[0][1][:spec.batch_size * 4], batch_size=spec.batch_size,
-                  verbose=0)  # compile and trace once
+        model.compile(
+            optimizer=tf.keras.optimizers.SGD(spec.client_learning_rate),
+            loss=WeightedBinaryCrossentropy(),
+            steps_per_execution=steps_per_execution,
+        )
+        model.fit(
+            data[0][0][: spec.batch_size * 4], data[0][1][: spec.batch_size * 4], batch_size=spec.batch_size, verbose=0
+        )  # compile and trace once
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
             for x, y in data:
-                model.fit(x.astype(np.float32), y.astype(np.float32), batch_size=spec.batch_size,
-                          epochs=spec.local_epochs, shuffle=True, verbose=0)
+                model.fit(
+                    x.astype(np.float32),
+                    y.astype(np.float32),
+                    batch_size=spec.batch_size,
+                    epochs=spec.local_epochs,
+                    shuffle=True,
+                    verbose=0,
+                )
             times.append(time.perf_counter() - started)
         best = min(best, (statistics.median(times), steps_per_execution))
     return best
@@ -85,8 +99,10 @@ def main() -> None:
     from fed_models.training import TrainingSpec
 
     results = []
-    print(f"{'model':<20} {'institutions':>12} {'rows each':>10} {'s/round':>9} {'examples/s':>11} "
-          f"{'floor s':>9} {'TFF/floor':>9}")
+    print(
+        f"{'model':<20} {'institutions':>12} {'rows each':>10} {'s/round':>9} {'examples/s':>11} "
+        f"{'floor s':>9} {'TFF/floor':>9}"
+    )
     for kind in args.models.split(","):
         model = ModelSpec(kind, MODELS[kind], 0.0)
         for n in [int(v) for v in args.institutions.split(",")]:
@@ -96,17 +112,29 @@ def main() -> None:
                 rounds = federated_round_seconds(data, spec, args.rounds + 1)
                 per_round = statistics.median(rounds[1:])
                 floor, steps_per_execution = keras_floor_seconds(data, spec, repeats=max(1, min(args.rounds, 3)))
-                row = {"model": kind, "institutions": n, "rows_per_institution": rows,
-                       "seconds_per_round": per_round, "first_round_seconds": rounds[0],
-                       "examples_per_second": n * rows / per_round, "floor_seconds": floor,
-                       "floor_steps_per_execution": steps_per_execution, "ratio": per_round / floor}
+                row = {
+                    "model": kind,
+                    "institutions": n,
+                    "rows_per_institution": rows,
+                    "seconds_per_round": per_round,
+                    "first_round_seconds": rounds[0],
+                    "examples_per_second": n * rows / per_round,
+                    "floor_seconds": floor,
+                    "floor_steps_per_execution": steps_per_execution,
+                    "ratio": per_round / floor,
+                }
                 results.append(row)
-                print(f"{kind:<20} {n:>12} {rows:>10} {per_round:>9.3f} {row['examples_per_second']:>11,.0f} "
-                      f"{floor:>9.3f} {row['ratio']:>9.2f}", flush=True)
+                print(
+                    f"{kind:<20} {n:>12} {rows:>10} {per_round:>9.3f} {row['examples_per_second']:>11,.0f} "
+                    f"{floor:>9.3f} {row['ratio']:>9.2f}",
+                    flush=True,
+                )
     target = [r for r in results if r["institutions"] == 10 and r["rows_per_institution"] == 10_000]
     for r in target:
-        print(f"target (TFF round <= 1.5x the floor at 10 institutions x 10k rows), {r['model']}: "
-              f"{r['ratio']:.2f}x -> {'met' if r['ratio'] <= 1.5 else 'MISSED'}")
+        print(
+            f"target (TFF round <= 1.5x the floor at 10 institutions x 10k rows), {r['model']}: "
+            f"{r['ratio']:.2f}x -> {'met' if r['ratio'] <= 1.5 else 'MISSED'}"
+        )
     print(f"wrote {write_json(args.json, 'round_throughput', args, results)}")
 
 

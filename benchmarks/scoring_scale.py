@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from common import ROOT, write_json
 
 
@@ -50,7 +49,7 @@ def main() -> None:
     parser.add_argument("--demo-data", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/scoring_scale.json")
     args = parser.parse_args()
-    from tasks.schema import load_schema
+    from contract.schema import load_schema
 
     schema = load_schema("credit_default")
     sources = sorted(args.demo_data.glob("*/*.csv"))
@@ -63,9 +62,13 @@ def main() -> None:
         print(f"{args.rows:,} rows ({size_mb:.0f} MB), {bad} of them out of range; scoring with {args.model}")
         fedrisk = Path(sys.executable).parent / "fedrisk"
         started = time.perf_counter()
-        process = subprocess.Popen([str(fedrisk), "score", "--model", args.model, "--input", str(given),
-                                    "--output", str(output)], cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [str(fedrisk), "score", "--model", args.model, "--input", str(given), "--output", str(output)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         said = process.stdout.read()
@@ -74,10 +77,14 @@ def main() -> None:
             sys.exit(f"fedrisk score failed:\n{said}")
         scored = pd.read_csv(output, usecols=[schema.output, "not_scored_because"])
         results = {
-            "rows": args.rows, "input_mb": round(size_mb, 1), "seconds": round(seconds, 1),
-            "rows_per_second": round(args.rows / seconds), "peak_rss_mib": round(usage.ru_maxrss / 1024),
+            "rows": args.rows,
+            "input_mb": round(size_mb, 1),
+            "seconds": round(seconds, 1),
+            "rows_per_second": round(args.rows / seconds),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024),
             "scored": int(scored[schema.output].notna().sum()),
-            "not_scored": int(scored["not_scored_because"].notna().sum()), "out_of_range_written": bad,
+            "not_scored": int(scored["not_scored_because"].notna().sum()),
+            "out_of_range_written": bad,
         }
     print(said.strip().splitlines()[-1])
     for key, value in results.items():

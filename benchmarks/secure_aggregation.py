@@ -21,22 +21,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-
 from common import ROOT, UCI_DIR, require_uci, write_json
 
-import node.client as client
+import consortium.nodes as client
+from contract.data import Split
+from contract.synthetic import PORTFOLIOS, Portfolio, synthesize_institution
+from engines.tff import federated_training
 from flows.config import load_config, parse_config
 from flows.cross_silo_demo import nodes_for
 from flows.validate import consortium_of
+from institution.evaluation import binary_metrics
+from institution.statistics import consortium_layout, standardization
 from node import wire
 from riskmodel import model as exported
-from tasks.data import Split
-from tasks.evaluation import binary_metrics
-from tasks.statistics import consortium_layout, standardization
-from tasks.synthetic import PORTFOLIOS, Portfolio, synthesize_institution
-from tasks.training import federated_training
 
 TRAINING = {"algorithm": "fedavg", "model": {"kind": "mlp", "hidden_units": [64, 32]}}
 
@@ -73,8 +71,9 @@ def institutions(directory: Path, count: int, rows: int) -> dict[str, Path]:
     for index in range(count):
         base = PORTFOLIOS[index % len(PORTFOLIOS)]
         name = f"{base.name}_{index}" if index >= len(PORTFOLIOS) else base.name
-        portfolio = Portfolio(name, rows, base.default_rate, base.median_limit, base.age_mean, base.education_mix,
-                              base.risk_shift)
+        portfolio = Portfolio(
+            name, rows, base.default_rate, base.median_limit, base.age_mean, base.education_mix, base.risk_shift
+        )
         path = directory / name / "credit.csv"
         path.parent.mkdir(parents=True)
         synthesize_institution(portfolio, seed=index, first_id=1 + index * rows).to_csv(path, index=False)
@@ -97,9 +96,19 @@ def train(config, work: Path, secure: bool, on_round=None):
         stats = [admitted.statistics(name, schema, features, split) for name in admitted.names]
     layout = consortium_layout(schema, features, stats)
     mean, std = standardization(layout, stats)
-    return federated_training(admitted, schema, layout, split, mean.tolist(), std.tolist(), config.training, 1.0,
-                              work / ("secure" if secure else "plain"), on_round=on_round,
-                              run_key=f"benchmark-{time.time_ns()}")
+    return federated_training(
+        admitted,
+        schema,
+        layout,
+        split,
+        mean.tolist(),
+        std.tolist(),
+        config.training,
+        1.0,
+        work / ("secure" if secure else "plain"),
+        on_round=on_round,
+        run_key=f"benchmark-{time.time_ns()}",
+    )
 
 
 def rounds_cost(config, work: Path, secure: bool) -> dict:
@@ -118,15 +127,26 @@ def rounds_cost(config, work: Path, secure: bool) -> dict:
     per_round_bytes = [b - a for a, b in zip(sizes[:-1], sizes[1:])]
     calls = {op: round(statistics.median(times) * 1000, 1) for op, times in _Bytes.seconds.items()}
     print(f"    {'secure' if secure else 'in the clear'}: median ms per call {calls}", flush=True)
-    return {"seconds_per_round": statistics.median(per_round), "rounds": per_round,
-            "bytes_per_round": statistics.median(per_round_bytes), "median_call_ms": calls}
+    return {
+        "seconds_per_round": statistics.median(per_round),
+        "rounds": per_round,
+        "bytes_per_round": statistics.median(per_round_bytes),
+        "median_call_ms": calls,
+    }
 
 
 def uci(args) -> dict:
     require_uci(args.data_dir)
     config = load_config(ROOT / "configs" / "uci_default_credit.yaml")
-    config = type(config).model_validate({**config.plain(), "baselines": {"enabled": False}, "institutions": [
-        {"name": n, "path": str(args.data_dir / f"{n}.csv")} for n in ("bank_a", "bank_b", "bank_c")]})
+    config = type(config).model_validate(
+        {
+            **config.plain(),
+            "baselines": {"enabled": False},
+            "institutions": [
+                {"name": n, "path": str(args.data_dir / f"{n}.csv")} for n in ("bank_a", "bank_b", "bank_c")
+            ],
+        }
+    )
     holdout = pd.read_csv(args.data_dir / "holdout.csv")
     y = holdout[config.data_schema.label.column].to_numpy()
     found = {}
@@ -137,13 +157,22 @@ def uci(args) -> dict:
             model = exported.load(Path(outcome.model_path))
             auc = binary_metrics(y, model.predict_proba(holdout))["roc_auc"]
             key = "secure" if secure else "plain"
-            found[key] = {"holdout_auc": auc, "rounds": len(outcome.rounds), "best_round": outcome.best_round,
-                          "seconds": time.perf_counter() - started}
-            print(f"UCI banks, 3 nodes, {key:>6}: holdout.csv AUC {auc:.4f} ({len(outcome.rounds)} rounds, best "
-                  f"{outcome.best_round}, {found[key]['seconds']:.0f} s)", flush=True)
+            found[key] = {
+                "holdout_auc": auc,
+                "rounds": len(outcome.rounds),
+                "best_round": outcome.best_round,
+                "seconds": time.perf_counter() - started,
+            }
+            print(
+                f"UCI banks, 3 nodes, {key:>6}: holdout.csv AUC {auc:.4f} ({len(outcome.rounds)} rounds, best "
+                f"{outcome.best_round}, {found[key]['seconds']:.0f} s)",
+                flush=True,
+            )
     gap = found["secure"]["holdout_auc"] - found["plain"]["holdout_auc"]
-    print(f"target (secure within 0.002 holdout AUC of the same run without it): {gap:+.4f} -> "
-          f"{'met' if abs(gap) <= 0.002 else 'MISSED'}")
+    print(
+        f"target (secure within 0.002 holdout AUC of the same run without it): {gap:+.4f} -> "
+        f"{'met' if abs(gap) <= 0.002 else 'MISSED'}"
+    )
     return {**found, "gap": gap}
 
 
@@ -160,25 +189,40 @@ def main() -> None:
     for count in [int(n) for n in args.nodes.split(",") if n]:
         with tempfile.TemporaryDirectory() as work:
             paths = institutions(Path(work) / "data", count, args.rows)
-            config = parse_config({"model_name": "benchmark", "quorum": count, "institutions": [
-                {"name": n, "path": str(p)} for n, p in paths.items()], "training": {**TRAINING,
-                                                                                  "rounds": args.rounds + 1}},
-                Path(work))
+            config = parse_config(
+                {
+                    "model_name": "benchmark",
+                    "quorum": count,
+                    "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
+                    "training": {**TRAINING, "rounds": args.rounds + 1},
+                },
+                Path(work),
+            )
             with nodes_for(config, Path(work) / "nodes", _Console()) as coordinator:
                 plain = rounds_cost(coordinator, Path(work), secure=False)
                 secure = rounds_cost(coordinator, Path(work), secure=True)
-        row = {"nodes": count, "rows_per_institution": args.rows, "plain": plain, "secure": secure,
-               "time_ratio": secure["seconds_per_round"] / plain["seconds_per_round"],
-               "bytes_ratio": secure["bytes_per_round"] / plain["bytes_per_round"]}
+        row = {
+            "nodes": count,
+            "rows_per_institution": args.rows,
+            "plain": plain,
+            "secure": secure,
+            "time_ratio": secure["seconds_per_round"] / plain["seconds_per_round"],
+            "bytes_ratio": secure["bytes_per_round"] / plain["bytes_per_round"],
+        }
         results["rounds"].append(row)
-        print(f"{count:>3} nodes: {plain['seconds_per_round']:.3f} s/round in the clear, "
-              f"{secure['seconds_per_round']:.3f} s secure ({row['time_ratio'] - 1:+.1%}); "
-              f"{plain['bytes_per_round'] / 1e6:.2f} MB/round in the clear, {secure['bytes_per_round'] / 1e6:.2f} MB "
-              f"secure ({row['bytes_ratio']:.2f}x)", flush=True)
+        print(
+            f"{count:>3} nodes: {plain['seconds_per_round']:.3f} s/round in the clear, "
+            f"{secure['seconds_per_round']:.3f} s secure ({row['time_ratio'] - 1:+.1%}); "
+            f"{plain['bytes_per_round'] / 1e6:.2f} MB/round in the clear, {secure['bytes_per_round'] / 1e6:.2f} MB "
+            f"secure ({row['bytes_ratio']:.2f}x)",
+            flush=True,
+        )
     for row in results["rounds"]:
         if row["nodes"] == 3:
-            print(f"target (at most 1.3x the time per round at 3 nodes): {row['time_ratio']:.2f}x -> "
-                  f"{'met' if row['time_ratio'] <= 1.3 else 'MISSED'}")
+            print(
+                f"target (at most 1.3x the time per round at 3 nodes): {row['time_ratio']:.2f}x -> "
+                f"{'met' if row['time_ratio'] <= 1.3 else 'MISSED'}"
+            )
     if args.uci:
         results["uci"] = uci(args)
     print(f"wrote {write_json(args.json, 'secure_aggregation', args, results)}")

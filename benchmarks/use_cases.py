@@ -24,22 +24,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from common import ROOT, mean_std, write_json
 
+from consortium.local import LocalConsortium
+from contract.data import Extract, Split, labels, load_part, load_parts
+from contract.synthetic import split_file
+from engines.tff import federated_training
+from engines.xgboost import tree_baseline, tree_training
 from flows.config import load_config
+from institution.evaluation import binary_metrics
+from institution.statistics import balanced_positive_weight, consortium_layout, standardization
 from riskmodel import model as exported
-from tasks.data import Extract, Split, labels, load_part, load_parts
-from tasks.evaluation import binary_metrics
-from tasks.consortium import LocalConsortium
-from tasks.statistics import balanced_positive_weight, consortium_layout, standardization
-from tasks.synthetic import split_file
-from tasks.config import TreeTrainingConfig
-from tasks.training import federated_training, train_pooled_baseline
-from tasks.trees import tree_baseline, tree_training
+from runconfig import TreeTrainingConfig
+from tasks.training import train_pooled_baseline
 
-SOURCES = {"german_credit": ROOT.parent / "shared" / "data" / "german_credit" / "germancredit.csv",
-           "card_fraud": ROOT.parent / "shared" / "data" / "ulb_fraud_subset" / "creditcard_subset.csv"}
+SOURCES = {
+    "german_credit": ROOT.parent / "shared" / "data" / "german_credit" / "germancredit.csv",
+    "card_fraud": ROOT.parent / "shared" / "data" / "ulb_fraud_subset" / "creditcard_subset.csv",
+}
 TARGETS = {"german_credit": ("roc_auc", 0.02), "card_fraud": ("pr_auc", 0.01)}
 BANKS = ["bank_a", "bank_b", "bank_c"]
 
@@ -51,8 +53,10 @@ def sklearn_references(x_train, y_train, x_test, y_test) -> dict[str, dict[str, 
     from sklearn.preprocessing import StandardScaler
 
     found = {}
-    for name, model in {"sklearn_logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
-                        "sklearn_boosting": HistGradientBoostingClassifier(random_state=0)}.items():
+    for name, model in {
+        "sklearn_logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+        "sklearn_boosting": HistGradientBoostingClassifier(random_state=0),
+    }.items():
         model.fit(x_train, y_train)
         found[name] = binary_metrics(y_test, model.predict_proba(x_test)[:, 1])
     return found
@@ -67,24 +71,53 @@ def run_trees(consortium, extracts, schema, layout, split, holdout, weight: floa
     seconds = time.perf_counter() - started
     parts = [load_parts(e, schema, split, ("fit", "validation")) for e in extracts]
     started = time.perf_counter()
-    pooled = tree_baseline(pd.concat(p["fit"] for p in parts), pd.concat(p["validation"] for p in parts), schema,
-                           layout, training, weight, split.seed, work / "trees-pooled")
+    pooled = tree_baseline(
+        pd.concat(p["fit"] for p in parts),
+        pd.concat(p["validation"] for p in parts),
+        schema,
+        layout,
+        training,
+        weight,
+        split.seed,
+        work / "trees-pooled",
+    )
     pooled_seconds = time.perf_counter() - started
-    local = [binary_metrics(y, exported.load(Path(tree_baseline(
-        p["fit"], p["validation"], schema, layout, training, weight, split.seed, work / f"trees-{e.institution}")
-    )).predict_proba(holdout)) for e, p in zip(extracts, parts)]
-    return {"xgboost_federated": binary_metrics(y, exported.load(Path(federated.model_path)).predict_proba(holdout)),
-            "xgboost_pooled": binary_metrics(y, exported.load(Path(pooled)).predict_proba(holdout)),
-            "xgboost_local": {k: float(np.mean([m[k] for m in local])) for k in ("roc_auc", "pr_auc")},
-            "xgboost_federated_seconds": seconds, "xgboost_pooled_seconds": pooled_seconds,
-            "xgboost_trees": federated.best_round}
+    local = [
+        binary_metrics(
+            y,
+            exported.load(
+                Path(
+                    tree_baseline(
+                        p["fit"],
+                        p["validation"],
+                        schema,
+                        layout,
+                        training,
+                        weight,
+                        split.seed,
+                        work / f"trees-{e.institution}",
+                    )
+                )
+            ).predict_proba(holdout),
+        )
+        for e, p in zip(extracts, parts)
+    ]
+    return {
+        "xgboost_federated": binary_metrics(y, exported.load(Path(federated.model_path)).predict_proba(holdout)),
+        "xgboost_pooled": binary_metrics(y, exported.load(Path(pooled)).predict_proba(holdout)),
+        "xgboost_local": {k: float(np.mean([m[k] for m in local])) for k in ("roc_auc", "pr_auc")},
+        "xgboost_federated_seconds": seconds,
+        "xgboost_pooled_seconds": pooled_seconds,
+        "xgboost_trees": federated.best_round,
+    }
 
 
 def run_case(case: str, seed: int, work: Path, engines: list[str]) -> dict:
     config = load_config(ROOT / "configs" / f"{case}.yaml")
     schema = config.data_schema
-    paths = split_file(pd.read_csv(SOURCES[case]), schema.label.column, BANKS, seed=seed, id_column=schema.id,
-                       out_dir=work / "data")
+    paths = split_file(
+        pd.read_csv(SOURCES[case]), schema.label.column, BANKS, seed=seed, id_column=schema.id, out_dir=work / "data"
+    )
     extracts = [Extract(bank, paths[bank]) for bank in BANKS]
     consortium = LocalConsortium(tuple(extracts))
     split = Split(config.holdout_fraction, config.training.validation_fraction, seed)
@@ -95,19 +128,42 @@ def run_case(case: str, seed: int, work: Path, engines: list[str]) -> dict:
     weighting = config.training.positive_class_weight
     weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
     started = time.perf_counter()
-    federated = federated_training(consortium, schema, layout, split, mean.tolist(), std.tolist(), config.training,
-                                   weight, model_dir=work / "federated")
+    federated = federated_training(
+        consortium,
+        schema,
+        layout,
+        split,
+        mean.tolist(),
+        std.tolist(),
+        config.training,
+        weight,
+        model_dir=work / "federated",
+    )
     seconds = time.perf_counter() - started
-    pooled = train_pooled_baseline.fn(extracts, schema, layout, split, mean.tolist(), std.tolist(),
-                                      config.training, config.baselines, weight, work / "pooled")
+    pooled = train_pooled_baseline.fn(
+        extracts,
+        schema,
+        layout,
+        split,
+        mean.tolist(),
+        std.tolist(),
+        config.training,
+        config.baselines,
+        weight,
+        work / "pooled",
+    )
     holdout = pd.concat(load_part(e, schema, split, "holdout") for e in extracts)
     train = pd.concat(load_parts(e, schema, split, ("train",))["train"] for e in extracts)
     y = labels(holdout, schema)
-    result = {"federated": binary_metrics(y, exported.load(Path(federated.model_path)).predict_proba(holdout)),
-              "pooled": binary_metrics(y, exported.load(Path(pooled)).predict_proba(holdout)),
-              **sklearn_references(layout.encode(train), labels(train, schema), layout.encode(holdout), y),
-              "federated_seconds": seconds, "rounds": len(federated.rounds), "best_round": federated.best_round,
-              "holdout_rows": int(len(y))}
+    result = {
+        "federated": binary_metrics(y, exported.load(Path(federated.model_path)).predict_proba(holdout)),
+        "pooled": binary_metrics(y, exported.load(Path(pooled)).predict_proba(holdout)),
+        **sklearn_references(layout.encode(train), labels(train, schema), layout.encode(holdout), y),
+        "federated_seconds": seconds,
+        "rounds": len(federated.rounds),
+        "best_round": federated.best_round,
+        "holdout_rows": int(len(y)),
+    }
     if "xgboost" in engines:
         result.update(run_trees(consortium, extracts, schema, layout, split, holdout, weight, work))
     return result
@@ -129,31 +185,57 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as work:
                 runs.append(run_case(case, seed, Path(work), args.engines.split(",")))
             r = runs[-1]
-            print(f"{case} seed {seed}: federated ROC AUC {r['federated']['roc_auc']:.4f} PR AUC "
-                  f"{r['federated']['pr_auc']:.4f} ({r['rounds']} rounds, {r['federated_seconds']:.0f} s) | pooled "
-                  f"{r['pooled']['roc_auc']:.4f} / {r['pooled']['pr_auc']:.4f} | scikit-learn LR "
-                  f"{r['sklearn_logistic']['roc_auc']:.4f} / {r['sklearn_logistic']['pr_auc']:.4f}, boosting "
-                  f"{r['sklearn_boosting']['roc_auc']:.4f} / {r['sklearn_boosting']['pr_auc']:.4f}", flush=True)
+            print(
+                f"{case} seed {seed}: federated ROC AUC {r['federated']['roc_auc']:.4f} PR AUC "
+                f"{r['federated']['pr_auc']:.4f} ({r['rounds']} rounds, {r['federated_seconds']:.0f} s) | pooled "
+                f"{r['pooled']['roc_auc']:.4f} / {r['pooled']['pr_auc']:.4f} | scikit-learn LR "
+                f"{r['sklearn_logistic']['roc_auc']:.4f} / {r['sklearn_logistic']['pr_auc']:.4f}, boosting "
+                f"{r['sklearn_boosting']['roc_auc']:.4f} / {r['sklearn_boosting']['pr_auc']:.4f}",
+                flush=True,
+            )
             if "xgboost_federated" in r:
-                print(f"  xgboost: federated {r['xgboost_federated']['roc_auc']:.4f} / "
-                      f"{r['xgboost_federated']['pr_auc']:.4f} ({r['xgboost_trees']} trees, "
-                      f"{r['xgboost_federated_seconds']:.0f} s) | pooled {r['xgboost_pooled']['roc_auc']:.4f} / "
-                      f"{r['xgboost_pooled']['pr_auc']:.4f} | local-only {r['xgboost_local']['roc_auc']:.4f} / "
-                      f"{r['xgboost_local']['pr_auc']:.4f}", flush=True)
+                print(
+                    f"  xgboost: federated {r['xgboost_federated']['roc_auc']:.4f} / "
+                    f"{r['xgboost_federated']['pr_auc']:.4f} ({r['xgboost_trees']} trees, "
+                    f"{r['xgboost_federated_seconds']:.0f} s) | pooled {r['xgboost_pooled']['roc_auc']:.4f} / "
+                    f"{r['xgboost_pooled']['pr_auc']:.4f} | local-only {r['xgboost_local']['roc_auc']:.4f} / "
+                    f"{r['xgboost_local']['pr_auc']:.4f}",
+                    flush=True,
+                )
         metric, tolerance = TARGETS[case]
         gap = float(np.mean([r["federated"][metric] - r["pooled"][metric] for r in runs]))
         results[case] = {"runs": runs, "metric": metric, "gap": gap, "tolerance": tolerance}
-        print(f"{case}: {metric} federated {mean_std([r['federated'][metric] for r in runs])} vs pooled "
-              f"{mean_std([r['pooled'][metric] for r in runs])} (gap {gap:+.4f}; target within {tolerance}) -> "
-              f"{'met' if abs(gap) <= tolerance or gap > 0 else 'MISSED'}", flush=True)
+        print(
+            f"{case}: {metric} federated {mean_std([r['federated'][metric] for r in runs])} vs pooled "
+            f"{mean_std([r['pooled'][metric] for r in runs])} (gap {gap:+.4f}; target within {tolerance}) -> "
+            f"{'met' if abs(gap) <= tolerance or gap > 0 else 'MISSED'}",
+            flush=True,
+        )
         for name in ("roc_auc", "pr_auc"):
-            print(f"  {name}: " + ", ".join(
-                f"{model} {mean_std([r[model][name] for r in runs])}" for model in
-                ("federated", "pooled", "sklearn_logistic", "sklearn_boosting", "xgboost_federated", "xgboost_pooled",
-                 "xgboost_local") if model in runs[0]))
-        print(f"  wall time per run: federated TFF {mean_std([r['federated_seconds'] for r in runs])} s"
-              + (f", federated XGBoost {mean_std([r['xgboost_federated_seconds'] for r in runs])} s"
-                 if "xgboost_federated" in runs[0] else ""))
+            print(
+                f"  {name}: "
+                + ", ".join(
+                    f"{model} {mean_std([r[model][name] for r in runs])}"
+                    for model in (
+                        "federated",
+                        "pooled",
+                        "sklearn_logistic",
+                        "sklearn_boosting",
+                        "xgboost_federated",
+                        "xgboost_pooled",
+                        "xgboost_local",
+                    )
+                    if model in runs[0]
+                )
+            )
+        print(
+            f"  wall time per run: federated TFF {mean_std([r['federated_seconds'] for r in runs])} s"
+            + (
+                f", federated XGBoost {mean_std([r['xgboost_federated_seconds'] for r in runs])} s"
+                if "xgboost_federated" in runs[0]
+                else ""
+            )
+        )
     print(f"wrote {write_json(args.json, 'use_cases', args, results)}")
 
 

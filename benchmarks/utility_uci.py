@@ -26,11 +26,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    PARTITIONS,
+    UCI_DIR,
+    Institution,
+    arrays,
+    mean_std,
+    partition_uci,
+    require_uci,
+    segment,
+    split_institutions,
+    standardize,
+    write_json,
+)
 
-from common import (PARTITIONS, UCI_DIR, Institution, arrays, mean_std, partition_uci, require_uci, segment,
-                    split_institutions, standardize, write_json)
-from tasks.config import DEFAULT_SERVER_LEARNING_RATE
-from tasks.evaluation import binary_metrics
+from institution.evaluation import binary_metrics
+from runconfig import DEFAULT_SERVER_LEARNING_RATE
 
 MODELS = {"logistic_regression": ((), 0.0), "mlp[64, 32]": ((64, 32), 0.3)}
 CENTRAL = {"patience": 5, "batch_size": 64, "learning_rate": 1e-3}
@@ -65,11 +76,22 @@ def run_seed(partition: str, seed: int, args) -> list[dict]:
     rows = []
 
     def record(method: str, model: str, scores: dict, seconds: float, **extra) -> None:
-        row = {"partition": partition, "seed": seed, "method": method, "model": model, **scores,
-               "seconds": round(seconds, 1), **extra}
+        row = {
+            "partition": partition,
+            "seed": seed,
+            "method": method,
+            "model": model,
+            **scores,
+            "seconds": round(seconds, 1),
+            **extra,
+        }
         rows.append(row)
-        print(f"  {partition} seed {seed} {method:>22} {model:<20} holdout AUC {row['holdout']['auc']:.4f} "
-              f"KS {row['holdout']['ks']:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"  {partition} seed {seed} {method:>22} {model:<20} holdout AUC {row['holdout']['auc']:.4f} "
+            f"KS {row['holdout']['ks']:.4f} ({seconds:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def predictor(spec, weights, mu=mean, sigma=std):
         model = build_model(spec, mu, sigma)
@@ -78,41 +100,78 @@ def run_seed(partition: str, seed: int, args) -> list[dict]:
 
     if "xgboost" in args.engines:
         run_trees(institutions, holdout, partition, names, seed, args, record)
-    for model_name, (hidden, dropout) in (MODELS.items() if "tff" in args.engines else ()):
+    for model_name, (hidden, dropout) in MODELS.items() if "tff" in args.engines else ():
         spec_model = ModelSpec("mlp" if hidden else "logistic_regression", hidden, dropout, seed=seed)
         for algorithm in args.algorithms:
             spec = TrainingSpec(
-                model=spec_model, algorithm=algorithm, rounds=args.rounds, batch_size=args.batch_size,
-                client_learning_rate=args.client_lr, server_learning_rate=DEFAULT_SERVER_LEARNING_RATE[algorithm],
+                model=spec_model,
+                algorithm=algorithm,
+                rounds=args.rounds,
+                batch_size=args.batch_size,
+                client_learning_rate=args.client_lr,
+                server_learning_rate=DEFAULT_SERVER_LEARNING_RATE[algorithm],
                 proximal_strength=args.proximal_strength if algorithm == "fedprox" else 0.0,
-                patience=args.patience, seed=seed)
+                patience=args.patience,
+                seed=seed,
+            )
             started = time.perf_counter()
-            result = train([ClientData(i.name, i.x_fit, i.y_fit) for i in institutions], mean, std, spec,
-                           validation=[ClientData(i.name, i.x_validation, i.y_validation) for i in institutions])
-            record(f"federated {algorithm}", model_name, _scores(predictor(spec_model, result.weights), holdout,
-                                                               partition, names),
-                   time.perf_counter() - started, rounds_run=len(result.rounds), best_round=result.best_round)
+            result = train(
+                [ClientData(i.name, i.x_fit, i.y_fit) for i in institutions],
+                mean,
+                std,
+                spec,
+                validation=[ClientData(i.name, i.x_validation, i.y_validation) for i in institutions],
+            )
+            record(
+                f"federated {algorithm}",
+                model_name,
+                _scores(predictor(spec_model, result.weights), holdout, partition, names),
+                time.perf_counter() - started,
+                rounds_run=len(result.rounds),
+                best_round=result.best_round,
+            )
 
         started = time.perf_counter()
         weights = train_centralized(
-            np.concatenate([i.x_fit for i in institutions]), np.concatenate([i.y_fit for i in institutions]),
+            np.concatenate([i.x_fit for i in institutions]),
+            np.concatenate([i.y_fit for i in institutions]),
             np.concatenate([i.x_validation for i in institutions]),
-            np.concatenate([i.y_validation for i in institutions]), mean, std, spec_model,
-            max_epochs=args.central_epochs, **CENTRAL)
-        record("centralized (pooled)", model_name, _scores(predictor(spec_model, weights), holdout, partition, names),
-               time.perf_counter() - started)
+            np.concatenate([i.y_validation for i in institutions]),
+            mean,
+            std,
+            spec_model,
+            max_epochs=args.central_epochs,
+            **CENTRAL,
+        )
+        record(
+            "centralized (pooled)",
+            model_name,
+            _scores(predictor(spec_model, weights), holdout, partition, names),
+            time.perf_counter() - started,
+        )
 
         started, local = time.perf_counter(), {}
         for i in institutions:
             own_mean, own_std = standardize([i])
-            weights = train_centralized(i.x_fit, i.y_fit, i.x_validation, i.y_validation, own_mean, own_std,
-                                        spec_model, max_epochs=args.central_epochs, **CENTRAL)
+            weights = train_centralized(
+                i.x_fit,
+                i.y_fit,
+                i.x_validation,
+                i.y_validation,
+                own_mean,
+                own_std,
+                spec_model,
+                max_epochs=args.central_epochs,
+                **CENTRAL,
+            )
             local[i.name] = predictor(spec_model, weights, own_mean, own_std)
         # Holdout: the mean over institutions of each one's own model; segments: each on its own customers.
         x, y = arrays(holdout)
         each = {name: _metrics(y, local[name](x)) for name in names}
-        scores = {"holdout": {k: float(np.mean([each[n][k] for n in names])) for k in ("auc", "ks")},
-                  "segments": _scores(local[names[0]], holdout, partition, names, own_model=local)["segments"]}
+        scores = {
+            "holdout": {k: float(np.mean([each[n][k] for n in names])) for k in ("auc", "ks")},
+            "segments": _scores(local[names[0]], holdout, partition, names, own_model=local)["segments"],
+        }
         record("local-only", model_name, scores, time.perf_counter() - started, per_institution=each)
 
     if "tff" not in args.engines:
@@ -121,16 +180,21 @@ def run_seed(partition: str, seed: int, args) -> list[dict]:
     x_train = np.concatenate([np.concatenate([i.x_fit, i.x_validation]) for i in institutions])
     y_train = np.concatenate([np.concatenate([i.y_fit, i.y_validation]) for i in institutions])
     boosting = HistGradientBoostingClassifier(random_state=seed).fit(x_train, y_train)
-    record("centralized", "gradient boosting", _scores(lambda x: boosting.predict_proba(x)[:, 1], holdout, partition,
-                                                       names), time.perf_counter() - started)
+    record(
+        "centralized",
+        "gradient boosting",
+        _scores(lambda x: boosting.predict_proba(x)[:, 1], holdout, partition, names),
+        time.perf_counter() - started,
+    )
     return rows
 
 
 TREES = "xgboost (depth 4)"
 
 
-def run_trees(institutions: list[Institution], holdout, partition: str, names: list[str], seed: int, args,
-              record) -> None:
+def run_trees(
+    institutions: list[Institution], holdout, partition: str, names: list[str], seed: int, args, record
+) -> None:
     """Federated XGBoost (one worker process per institution, the federated server on loopback), the same
     parameters centrally on the pooled rows, and each institution's own."""
     import tempfile
@@ -141,8 +205,14 @@ def run_trees(institutions: list[Institution], holdout, partition: str, names: l
     from fed_trees.training import TreeData, train_centralized, train_federated
     from hostguard.loopback import isolation
 
-    spec = TreeSpec(rounds=args.tree_rounds, max_depth=4, learning_rate=0.05, min_child_weight=5,
-                    early_stopping_rounds=20, seed=seed)
+    spec = TreeSpec(
+        rounds=args.tree_rounds,
+        max_depth=4,
+        learning_rate=0.05,
+        min_child_weight=5,
+        early_stopping_rounds=20,
+        seed=seed,
+    )
 
     def predictor(booster_path):
         booster = xgboost.Booster(model_file=str(booster_path))
@@ -150,27 +220,48 @@ def run_trees(institutions: list[Institution], holdout, partition: str, names: l
 
     with tempfile.TemporaryDirectory() as work:
         started = time.perf_counter()
-        result = train_federated([TreeData(i.name, i.x_fit, i.y_fit, i.x_validation, i.y_validation)
-                                  for i in institutions], spec, Path(work) / "federated", isolation=isolation(False))
-        record("federated xgboost", TREES, _scores(predictor(result.booster), holdout, partition, names),
-               time.perf_counter() - started, rounds_run=len(result.rounds), best_round=result.best_round)
+        result = train_federated(
+            [TreeData(i.name, i.x_fit, i.y_fit, i.x_validation, i.y_validation) for i in institutions],
+            spec,
+            Path(work) / "federated",
+            isolation=isolation(False),
+        )
+        record(
+            "federated xgboost",
+            TREES,
+            _scores(predictor(result.booster), holdout, partition, names),
+            time.perf_counter() - started,
+            rounds_run=len(result.rounds),
+            best_round=result.best_round,
+        )
         started = time.perf_counter()
-        pooled = train_centralized(np.concatenate([i.x_fit for i in institutions]),
-                                   np.concatenate([i.y_fit for i in institutions]),
-                                   np.concatenate([i.x_validation for i in institutions]),
-                                   np.concatenate([i.y_validation for i in institutions]), spec,
-                                   Path(work) / "pooled.json")
-        record("centralized (pooled)", TREES, _scores(predictor(pooled.booster), holdout, partition, names),
-               time.perf_counter() - started, best_round=pooled.best_round)
+        pooled = train_centralized(
+            np.concatenate([i.x_fit for i in institutions]),
+            np.concatenate([i.y_fit for i in institutions]),
+            np.concatenate([i.x_validation for i in institutions]),
+            np.concatenate([i.y_validation for i in institutions]),
+            spec,
+            Path(work) / "pooled.json",
+        )
+        record(
+            "centralized (pooled)",
+            TREES,
+            _scores(predictor(pooled.booster), holdout, partition, names),
+            time.perf_counter() - started,
+            best_round=pooled.best_round,
+        )
         started, local = time.perf_counter(), {}
         for i in institutions:
-            own = train_centralized(i.x_fit, i.y_fit, i.x_validation, i.y_validation, spec,
-                                    Path(work) / f"local-{i.name}.json")
+            own = train_centralized(
+                i.x_fit, i.y_fit, i.x_validation, i.y_validation, spec, Path(work) / f"local-{i.name}.json"
+            )
             local[i.name] = predictor(own.booster)
         x, y = arrays(holdout)
         each = {name: _metrics(y, local[name](x)) for name in names}
-        scores = {"holdout": {k: float(np.mean([each[n][k] for n in names])) for k in ("auc", "ks")},
-                  "segments": _scores(local[names[0]], holdout, partition, names, own_model=local)["segments"]}
+        scores = {
+            "holdout": {k: float(np.mean([each[n][k] for n in names])) for k in ("auc", "ks")},
+            "segments": _scores(local[names[0]], holdout, partition, names, own_model=local)["segments"],
+        }
         record("local-only", TREES, scores, time.perf_counter() - started, per_institution=each)
 
 
@@ -184,29 +275,44 @@ def print_tables(rows: list[dict]) -> None:
         print(f"{'method':<22} {'model':<20} {'AUC':>17} {'KS':>17}")
         for method, model in methods:
             runs = [r for r in mine if (r["method"], r["model"]) == (method, model)]
-            print(f"{method:<22} {model:<20} {mean_std([r['holdout']['auc'] for r in runs]):>17} "
-                  f"{mean_std([r['holdout']['ks'] for r in runs]):>17}")
+            print(
+                f"{method:<22} {model:<20} {mean_std([r['holdout']['auc'] for r in runs]):>17} "
+                f"{mean_std([r['holdout']['ks'] for r in runs]):>17}"
+            )
         print(f"\n{partition}: AUC on each institution's own holdout customers (mean over seeds)")
         print(f"{'method':<22} {'model':<20} " + " ".join(f"{n[:16]:>16}" for n in names))
         for method, model in methods:
             runs = [r for r in mine if (r["method"], r["model"]) == (method, model)]
-            print(f"{method:<22} {model:<20} " + " ".join(
-                f"{np.mean([r['segments'][n] for r in runs]):>16.4f}" for n in names))
-        central = [r["holdout"]["auc"] for r in mine if r["method"] == "centralized (pooled)" and r["model"] == "mlp[64, 32]"]
-        federated = {m: np.mean([r["holdout"]["auc"] for r in mine if (r["method"], r["model"]) == (m, "mlp[64, 32]")])
-                     for m, model in methods if m.startswith("federated") and model == "mlp[64, 32]"}
+            print(
+                f"{method:<22} {model:<20} "
+                + " ".join(f"{np.mean([r['segments'][n] for r in runs]):>16.4f}" for n in names)
+            )
+        central = [
+            r["holdout"]["auc"] for r in mine if r["method"] == "centralized (pooled)" and r["model"] == "mlp[64, 32]"
+        ]
+        federated = {
+            m: np.mean([r["holdout"]["auc"] for r in mine if (r["method"], r["model"]) == (m, "mlp[64, 32]")])
+            for m, model in methods
+            if m.startswith("federated") and model == "mlp[64, 32]"
+        }
         if central and federated:
             best = max(federated, key=federated.get)
             gap = np.mean(central) - federated[best]
-            print(f"\ntarget (federated MLP within 0.005 of the centralized MLP): {best} {federated[best]:.4f} vs "
-                  f"{np.mean(central):.4f}, gap {gap:+.4f} -> {'met' if gap <= 0.005 else 'MISSED'}")
-        trees = {m: [r["holdout"]["auc"] for r in mine if (r["method"], r["model"]) == (m, TREES)]
-                 for m in ("federated xgboost", "centralized (pooled)")}
+            print(
+                f"\ntarget (federated MLP within 0.005 of the centralized MLP): {best} {federated[best]:.4f} vs "
+                f"{np.mean(central):.4f}, gap {gap:+.4f} -> {'met' if gap <= 0.005 else 'MISSED'}"
+            )
+        trees = {
+            m: [r["holdout"]["auc"] for r in mine if (r["method"], r["model"]) == (m, TREES)]
+            for m in ("federated xgboost", "centralized (pooled)")
+        }
         if all(trees.values()):
             federated_auc, central_auc = np.mean(trees["federated xgboost"]), np.mean(trees["centralized (pooled)"])
             met = federated_auc >= 0.784 and abs(federated_auc - central_auc) <= 0.002
-            print(f"target (federated XGBoost >= 0.784 and within 0.002 of centralized XGBoost): {federated_auc:.4f} "
-                  f"vs {central_auc:.4f} ({federated_auc - central_auc:+.4f}) -> {'met' if met else 'MISSED'}")
+            print(
+                f"target (federated XGBoost >= 0.784 and within 0.002 of centralized XGBoost): {federated_auc:.4f} "
+                f"vs {central_auc:.4f} ({federated_auc - central_auc:+.4f}) -> {'met' if met else 'MISSED'}"
+            )
 
 
 def main() -> None:
@@ -219,8 +325,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=200, help="maximum rounds (early stopping ends most runs)")
     parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--central-epochs", type=int, default=200,
-                        help="maximum epochs of centralized and local-only training (Adam, early stopping)")
+    parser.add_argument(
+        "--central-epochs",
+        type=int,
+        default=200,
+        help="maximum epochs of centralized and local-only training (Adam, early stopping)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--client-lr", type=float, default=0.05)
     parser.add_argument("--proximal-strength", type=float, default=0.01)

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import ROOT, write_json
 from round_throughput import consortium
 
@@ -44,8 +43,13 @@ def measure_rounds(institutions: int, rows: int, rounds: int, exposed: bool) -> 
     spec = TrainingSpec(model=ModelSpec("mlp", (64, 32), 0.0), rounds=rounds + 1, seed=0)
     data = consortium(institutions, rows)
     stamps = [time.perf_counter()]
-    result = train([ClientData(f"institution_{i}", x, y) for i, (x, y) in enumerate(data)], np.zeros(data[0][0].shape[1]),
-                   np.ones(data[0][0].shape[1]), spec, on_round=lambda _: stamps.append(time.perf_counter()))
+    result = train(
+        [ClientData(f"institution_{i}", x, y) for i, (x, y) in enumerate(data)],
+        np.zeros(data[0][0].shape[1]),
+        np.ones(data[0][0].shape[1]),
+        spec,
+        on_round=lambda _: stamps.append(time.perf_counter()),
+    )
     seconds = list(np.diff(stamps))
     weights = hashlib.sha256(b"".join(np.asarray(w, dtype=np.float32).tobytes() for w in result.weights)).hexdigest()
     check = []
@@ -53,8 +57,11 @@ def measure_rounds(institutions: int, rows: int, rounds: int, exposed: bool) -> 
         started = time.perf_counter()
         loopback.listening_addresses(runtime.worker_pid())
         check.append(time.perf_counter() - started)
-    return {"seconds_per_round": statistics.median(seconds[1:]), "socket_check_seconds": statistics.median(check),
-            "weights_sha256": weights}
+    return {
+        "seconds_per_round": statistics.median(seconds[1:]),
+        "socket_check_seconds": statistics.median(check),
+        "weights_sha256": weights,
+    }
 
 
 def library_seconds() -> dict:
@@ -76,10 +83,27 @@ def library_seconds() -> dict:
 
 
 def run_child(institutions: int, rows: int, rounds: int, exposed: bool) -> dict:
-    command = [sys.executable, __file__, "--child", "--institutions", str(institutions), "--rows", str(rows),
-               "--rounds", str(rounds)] + (["--exposed"] if exposed else [])
-    command = ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-               *command]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--institutions",
+        str(institutions),
+        "--rows",
+        str(rows),
+        "--rounds",
+        str(rounds),
+    ] + (["--exposed"] if exposed else [])
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--net",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" "$@"',
+        *command,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
         sys.exit(f"measuring {'bare' if exposed else 'isolated'} rounds failed:\n{result.stderr[-2000:]}")
@@ -101,29 +125,45 @@ def main() -> None:
         return
 
     library = library_seconds()
-    print(f"loopback-bind library: built in {library['build_seconds']:.3f} s on first use, "
-          f"found cached in {library['cached_seconds'] * 1e3:.3f} ms per retraining")
+    print(
+        f"loopback-bind library: built in {library['build_seconds']:.3f} s on first use, "
+        f"found cached in {library['cached_seconds'] * 1e3:.3f} ms per retraining"
+    )
     results = {"library": library, "rounds": []}
-    print(f"{'institutions':>12} {'rows each':>10} {'isolated s/round':>17} {'bare s/round':>13} {'change':>8} "
-          f"{'socket check ms':>16} weights")
+    print(
+        f"{'institutions':>12} {'rows each':>10} {'isolated s/round':>17} {'bare s/round':>13} {'change':>8} "
+        f"{'socket check ms':>16} weights"
+    )
     for n in [int(v) for v in args.institutions.split(",")]:
         isolated, bare = [], []
         for repeat in range(args.repeats):  # alternate which goes first: a run after another is a little slower
-            for exposed in ((False, True) if repeat % 2 == 0 else (True, False)):
+            for exposed in (False, True) if repeat % 2 == 0 else (True, False):
                 (bare if exposed else isolated).append(run_child(n, args.rows, args.rounds, exposed=exposed))
         with_library = statistics.median(r["seconds_per_round"] for r in isolated)
         without = statistics.median(r["seconds_per_round"] for r in bare)
         check = statistics.median(r["socket_check_seconds"] for r in isolated)
         same = len({r["weights_sha256"] for r in isolated + bare}) == 1
-        row = {"institutions": n, "rows_per_institution": args.rows, "isolated_seconds_per_round": with_library,
-               "bare_seconds_per_round": without, "change": with_library / without - 1,
-               "socket_check_seconds": check, "same_weights": same, "runs": {"isolated": isolated, "bare": bare}}
+        row = {
+            "institutions": n,
+            "rows_per_institution": args.rows,
+            "isolated_seconds_per_round": with_library,
+            "bare_seconds_per_round": without,
+            "change": with_library / without - 1,
+            "socket_check_seconds": check,
+            "same_weights": same,
+            "runs": {"isolated": isolated, "bare": bare},
+        }
         results["rounds"].append(row)
-        print(f"{n:>12} {args.rows:>10} {with_library:>17.3f} {without:>13.3f} {row['change']:>+8.1%} "
-              f"{check * 1e3:>16.3f} {'same weights' if same else 'WEIGHTS DIFFER'}", flush=True)
+        print(
+            f"{n:>12} {args.rows:>10} {with_library:>17.3f} {without:>13.3f} {row['change']:>+8.1%} "
+            f"{check * 1e3:>16.3f} {'same weights' if same else 'WEIGHTS DIFFER'}",
+            flush=True,
+        )
     worst = max(abs(r["change"]) for r in results["rounds"])
-    print(f"target (round time moves by less than 5 %): largest change {worst:.1%} -> "
-          f"{'met' if worst < 0.05 else 'MISSED'}")
+    print(
+        f"target (round time moves by less than 5 %): largest change {worst:.1%} -> "
+        f"{'met' if worst < 0.05 else 'MISSED'}"
+    )
     print(f"wrote {write_json(args.json, 'worker_isolation', args, results)}")
 
 

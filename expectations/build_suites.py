@@ -3,7 +3,7 @@
     uv run python expectations/build_suites.py
     uv run python expectations/build_suites.py --redraft NAME   # rewrite an unused draft's suite in place
 
-The JSON under expectations/gx/ is what runs use; tasks/suites.py says how a schema becomes checks.
+The JSON under expectations/gx/ is what runs use; contract/suites.py says how a schema becomes checks.
 A schema whose checks changed without a new `version` is refused: bump the version, run this
 again, review the new suite's JSON and commit both. While no registered model (in the store of
 MLFLOW_TRACKING_URI) was trained on a version, `--redraft NAME` rewrites its suite in place instead,
@@ -16,16 +16,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.schema import SchemaError, available_schemas, load_schema  # noqa: E402
-from tasks.suites import (  # noqa: E402
-    SuiteOutOfDate, committed_checks, redraft_suite, require_context, write_suite,
+from contract.schema import SchemaError, available_schemas, load_schema  # noqa: E402
+from contract.suites import (  # noqa: E402
+    SuiteOutOfDate,
+    committed_checks,
+    redraft_suite,
+    require_context,
+    write_suite,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redraft", metavar="NAME", action="append", default=[],
-                        help="rewrite this schema's current suite in place (no registered model trained on it)")
+    parser.add_argument(
+        "--redraft",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="rewrite this schema's current suite in place (no registered model trained on it)",
+    )
     args = parser.parse_args()
     from flows.settings import Settings
 

@@ -30,8 +30,9 @@ def sampling_probability(rows: int, batch_size: int) -> float:
 
 
 def _record_event(rows: int, batch_size: int, steps: int, noise_multiplier: float) -> dp_accounting.DpEvent:
-    step = dp_accounting.PoissonSampledDpEvent(sampling_probability(rows, batch_size),
-                                               dp_accounting.GaussianDpEvent(noise_multiplier))
+    step = dp_accounting.PoissonSampledDpEvent(
+        sampling_probability(rows, batch_size), dp_accounting.GaussianDpEvent(noise_multiplier)
+    )
     return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
@@ -59,24 +60,46 @@ class EpsilonUnreachable(ValueError):
 
 def _calibrate(event_of, target_epsilon: float, delta: float, what: str) -> float:
     if _epsilon(event_of(_MAX_NOISE_MULTIPLIER), delta) > target_epsilon:
-        raise EpsilonUnreachable(f"epsilon {target_epsilon:g} at delta {delta:.3g} cannot be reached for {what}, "
-                                 f"even with noise multiplier {_MAX_NOISE_MULTIPLIER:g}")
-    return float(dp_accounting.calibrate_dp_mechanism(
-        dp_accounting.rdp.RdpAccountant, event_of, target_epsilon, delta,
-        dp_accounting.LowerEndpointAndGuess(0.0, 1.0), tol=1e-4)) + 1e-4  # the upper side of the tolerance
+        raise EpsilonUnreachable(
+            f"epsilon {target_epsilon:g} at delta {delta:.3g} cannot be reached for {what}, "
+            f"even with noise multiplier {_MAX_NOISE_MULTIPLIER:g}"
+        )
+    return (
+        float(
+            dp_accounting.calibrate_dp_mechanism(
+                dp_accounting.rdp.RdpAccountant,
+                event_of,
+                target_epsilon,
+                delta,
+                dp_accounting.LowerEndpointAndGuess(0.0, 1.0),
+                tol=1e-4,
+            )
+        )
+        + 1e-4
+    )  # the upper side of the tolerance
 
 
-def record_level_noise_multiplier(*, target_epsilon: float, rows: int, batch_size: int, steps: int,
-                                  delta: float) -> float:
+def record_level_noise_multiplier(
+    *, target_epsilon: float, rows: int, batch_size: int, steps: int, delta: float
+) -> float:
     """The smallest noise multiplier (within 1e-4) whose `steps` DP-SGD steps spend at most `target_epsilon`."""
-    return _calibrate(lambda z: _record_event(rows, batch_size, steps, z), target_epsilon, delta,
-                      f"{steps} steps over {rows} rows at batch {batch_size}")
+    return _calibrate(
+        lambda z: _record_event(rows, batch_size, steps, z),
+        target_epsilon,
+        delta,
+        f"{steps} steps over {rows} rows at batch {batch_size}",
+    )
 
 
 def client_level_noise_multiplier(*, target_epsilon: float, rounds: int, delta: float) -> float:
-    """The smallest noise multiplier (within 1e-4) for which `rounds` client-level releases spend at most `target_epsilon`."""
-    return _calibrate(lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
-                      target_epsilon, delta, f"{rounds} rounds")
+    """The smallest noise multiplier (within 1e-4) for which `rounds` client-level releases spend at most
+    `target_epsilon`."""
+    return _calibrate(
+        lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
+        target_epsilon,
+        delta,
+        f"{rounds} rounds",
+    )
 
 
 def default_delta(rows: int) -> float:

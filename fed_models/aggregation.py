@@ -50,8 +50,9 @@ class NonFiniteUpdateGuard(tff.aggregators.WeightedAggregationFactory):
         def next_fn(state, value, weight):
             guarded_value, guarded_weight, rejected = tff.federated_map(guard, (value, weight))
             output = inner.next(state, guarded_value, guarded_weight)
-            measurements = tff.federated_zip(collections.OrderedDict(
-                non_finite_count=tff.federated_sum(rejected), inner=output.measurements))
+            measurements = tff.federated_zip(
+                collections.OrderedDict(non_finite_count=tff.federated_sum(rejected), inner=output.measurements)
+            )
             return tff.templates.MeasuredProcessOutput(output.state, output.result, measurements)
 
         return tff.templates.AggregationProcess(inner.initialize, next_fn)
@@ -64,13 +65,15 @@ class NonFiniteUpdateGuard(tff.aggregators.WeightedAggregationFactory):
 # norms track the median institution, which a single faulty member cannot move.
 def _median_clipping(inner):
     norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
-        initial_estimate=1.0, target_quantile=0.5, learning_rate=0.2)
+        initial_estimate=1.0, target_quantile=0.5, learning_rate=0.2
+    )
     return tff.aggregators.clipping_factory(norm, inner)
 
 
 def _median_zeroing(inner):
     norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
-        initial_estimate=1.0, target_quantile=0.5, learning_rate=0.5, multiplier=ZEROING_MULTIPLE)
+        initial_estimate=1.0, target_quantile=0.5, learning_rate=0.5, multiplier=ZEROING_MULTIPLE
+    )
     return tff.aggregators.zeroing_factory(norm, inner)
 
 
@@ -87,12 +90,16 @@ def build_aggregator(kind: AggregationKind) -> tff.aggregators.WeightedAggregati
         return tff.learning.add_debug_measurements(tff.aggregators.MeanFactory())
     if kind == "tff_robust":
         return NonFiniteUpdateGuard(
-            tff.learning.robust_aggregator(debug_measurements_fn=tff.learning.add_debug_measurements))
+            tff.learning.robust_aggregator(debug_measurements_fn=tff.learning.add_debug_measurements)
+        )
     if kind == "robust":
         inner = tff.aggregators.MeanFactory()
     elif kind == "compression":
-        inner = tff.aggregators.MeanFactory(tff.aggregators.EncodedSumFactory.quantize_above_threshold(
-            quantization_bits=QUANTIZATION_BITS, threshold=QUANTIZE_ABOVE_ELEMENTS, **QUANTIZER_OPTIONS))
+        inner = tff.aggregators.MeanFactory(
+            tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+                quantization_bits=QUANTIZATION_BITS, threshold=QUANTIZE_ABOVE_ELEMENTS, **QUANTIZER_OPTIONS
+            )
+        )
     else:
         raise ValueError(f"unknown aggregation {kind!r}")
     return NonFiniteUpdateGuard(_median_zeroing(_median_clipping(tff.learning.add_debug_measurements(inner))))
@@ -111,15 +118,17 @@ def update_bytes(kind: AggregationKind, shapes: list[tuple[int, ...]]) -> int:
             total += elements * np.dtype(np.float32).itemsize
             continue
         encoder = te.encoders.as_simple_encoder(
-            te.encoders.uniform_quantization(QUANTIZATION_BITS, **QUANTIZER_OPTIONS), tf.TensorSpec(shape, tf.float32))
+            te.encoders.uniform_quantization(QUANTIZATION_BITS, **QUANTIZER_OPTIONS), tf.TensorSpec(shape, tf.float32)
+        )
         sample = tf.random.stateless_normal(shape, seed=(0, 0))
         encoded, _ = encoder.encode(sample, encoder.initial_state())
         total += sum(int(np.asarray(t).nbytes) for t in tf.nest.flatten(encoded))
     return total
 
 
-def build_client_dp_aggregator(*, noise_multiplier: float, clients_per_round: int, clip_norm: float,
-                               adaptive: bool) -> tff.aggregators.WeightedAggregationFactory:
+def build_client_dp_aggregator(
+    *, noise_multiplier: float, clients_per_round: int, clip_norm: float, adaptive: bool
+) -> tff.aggregators.WeightedAggregationFactory:
     """Client-level DP: each institution's update clipped to `clip_norm` (fixed, or adaptively to the
     median norm starting there), Gaussian noise of stddev noise_multiplier * clip on the sum, divided
     by `clients_per_round`. Unweighted, as the guarantee needs: an institution's weight would be a
@@ -130,8 +139,11 @@ def build_client_dp_aggregator(*, noise_multiplier: float, clients_per_round: in
         # TFF defaults the clipped-count noise to 0.05 * clients, which for a handful of members is
         # below what any useful noise multiplier needs; this spends about a quarter of the RDP on it.
         dp = tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
-            noise_multiplier, clients_per_round, initial_l2_norm_clip=clip_norm,
-            clipped_count_stddev=max(0.05 * clients_per_round, noise_multiplier))
+            noise_multiplier,
+            clients_per_round,
+            initial_l2_norm_clip=clip_norm,
+            clipped_count_stddev=max(0.05 * clients_per_round, noise_multiplier),
+        )
     else:
         dp = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(noise_multiplier, clients_per_round, clip_norm)
     return tff.aggregators.as_weighted_aggregator(dp)

@@ -33,8 +33,14 @@ def train_centralized(
     model = build_model(spec, mean, std)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=WeightedBinaryCrossentropy(positive_weight))
     stop = tf.keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    model.fit(np.asarray(x_fit, np.float32), np.asarray(y_fit, np.float32).reshape(-1, 1),
-              validation_data=(np.asarray(x_validation, np.float32), np.asarray(y_validation, np.float32).reshape(-1, 1)),
-              epochs=max_epochs, batch_size=batch_size, verbose=0, callbacks=[stop], shuffle=True)
+    model.fit(
+        np.asarray(x_fit, np.float32),
+        np.asarray(y_fit, np.float32).reshape(-1, 1),
+        validation_data=(np.asarray(x_validation, np.float32), np.asarray(y_validation, np.float32).reshape(-1, 1)),
+        epochs=max_epochs,
+        batch_size=batch_size,
+        verbose=0,
+        callbacks=[stop],
+        shuffle=True,
+    )
     return model.get_weights()
-

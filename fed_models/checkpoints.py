@@ -59,7 +59,7 @@ class ArrayStateManager(tff.program.ProgramStateManager):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)  # a crash mid-write leaves the previous version intact
-        for old in (await self.get_versions() or [])[:-self._keep_total]:
+        for old in (await self.get_versions() or [])[: -self._keep_total]:
             self._path(old).unlink(missing_ok=True)
 
 
@@ -72,8 +72,10 @@ class Checkpoints:
         spec_file = self.directory / "spec.json"
         text = json.dumps(fingerprint, sort_keys=True, default=str)
         if spec_file.exists() and spec_file.read_text() != text:
-            raise ValueError(f"checkpoints in {self.directory} belong to a different training spec or data; "
-                             "use another directory or delete it")
+            raise ValueError(
+                f"checkpoints in {self.directory} belong to a different training spec or data; "
+                "use another directory or delete it"
+            )
         spec_file.write_text(text)
         self._manager = ArrayStateManager(self.directory, keep_total=2)
 

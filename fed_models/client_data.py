@@ -16,9 +16,7 @@ def element_spec(n_features: int) -> collections.OrderedDict:
     )
 
 
-def client_dataset(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int
-) -> tf.data.Dataset:
+def client_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int) -> tf.data.Dataset:
     """Shuffled (by `seed`), repeated `epochs` times and batched examples of one institution."""
     data = collections.OrderedDict(
         x=np.asarray(x, dtype=np.float32),

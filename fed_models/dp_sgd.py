@@ -42,8 +42,9 @@ def secure_rng() -> np.random.Generator:
     return np.random.default_rng(secrets.randbits(128))
 
 
-def poisson_steps(x: np.ndarray, y: np.ndarray, *, batch_size: int, steps: int, noise_stddev: float,
-                  rng: np.random.Generator) -> tf.data.Dataset:
+def poisson_steps(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, steps: int, noise_stddev: float, rng: np.random.Generator
+) -> tf.data.Dataset:
     """`steps` DP-SGD steps over one institution's rows: each a Poisson sample (rate batch_size / n).
 
     A Poisson sample is a Binomial(n, q) number of rows chosen uniformly without replacement.
@@ -61,7 +62,8 @@ def poisson_steps(x: np.ndarray, y: np.ndarray, *, batch_size: int, steps: int, 
 
     def dense(step):  # each step's rows come out as a plain (k, features) tensor
         return collections.OrderedDict(
-            (key, value.to_tensor() if isinstance(value, tf.RaggedTensor) else value) for key, value in step.items())
+            (key, value.to_tensor() if isinstance(value, tf.RaggedTensor) else value) for key, value in step.items()
+        )
 
     return tf.data.Dataset.from_tensor_slices(rows).map(dense)
 
@@ -96,9 +98,22 @@ def is_dense_stack(model: tf.keras.Model) -> bool:
     """Whether every trainable weight of `model` is a Dense layer's kernel or bias (fedrisk's models are)."""
     dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
     owned = {id(v) for layer in dense for v in (layer.kernel, layer.bias) if v is not None}
-    return all(layer.use_bias for layer in dense) and all(id(v) in owned for v in model.trainable_variables) \
-        and all(isinstance(layer, (tf.keras.layers.Dense, tf.keras.layers.InputLayer, tf.keras.layers.Dropout,
-                                   tf.keras.layers.Normalization)) for layer in model.layers)
+    return (
+        all(layer.use_bias for layer in dense)
+        and all(id(v) in owned for v in model.trainable_variables)
+        and all(
+            isinstance(
+                layer,
+                (
+                    tf.keras.layers.Dense,
+                    tf.keras.layers.InputLayer,
+                    tf.keras.layers.Dropout,
+                    tf.keras.layers.Normalization,
+                ),
+            )
+            for layer in model.layers
+        )
+    )
 
 
 def clipped_gradient_sum_dense(model: tf.keras.Model, x, y, loss_fn, clip_norm: float) -> list[tf.Tensor]:
@@ -122,8 +137,12 @@ def clipped_gradient_sum_dense(model: tf.keras.Model, x, y, loss_fn, clip_norm: 
         # Each loss depends on its own row only, so the gradient of their sum holds every row's gradient.
         total = tf.reduce_sum(loss_fn(y, a))
     outputs = tape.gradient(total, [z for _, _, z in records])
-    squared = tf.add_n([(tf.reduce_sum(tf.square(a), axis=1) + 1.0) * tf.reduce_sum(tf.square(g), axis=1)
-                        for (_, a, _), g in zip(records, outputs, strict=True)])
+    squared = tf.add_n(
+        [
+            (tf.reduce_sum(tf.square(a), axis=1) + 1.0) * tf.reduce_sum(tf.square(g), axis=1)
+            for (_, a, _), g in zip(records, outputs, strict=True)
+        ]
+    )
     scale = _clip_scale(tf.sqrt(squared), clip_norm)[:, None]
     sums = {}
     for (layer, a, _), g in zip(records, outputs, strict=True):
@@ -132,20 +151,28 @@ def clipped_gradient_sum_dense(model: tf.keras.Model, x, y, loss_fn, clip_norm: 
     return [sums[id(v)] for v in model.trainable_variables]
 
 
-def build_dp_sgd_client_work(keras_model_fn, loss_fn, weights_type, *, learning_rate: float, clip_norm: float,
-                             batch_size: int, n_features: int) -> tff.learning.templates.ClientWorkProcess:
+def build_dp_sgd_client_work(
+    keras_model_fn, loss_fn, weights_type, *, learning_rate: float, clip_norm: float, batch_size: int, n_features: int
+) -> tff.learning.templates.ClientWorkProcess:
     """TFF client work: DP-SGD steps from the global weights. The update is the weight delta (global
     minus local, as TFF's server optimizers expect), weighted by the expected number of examples
     sampled (steps * batch_size: public, unlike the sample sizes drawn).
     `keras_model_fn()` builds the model, `loss_fn(y, p)` returns per-example losses. A non-finite
     update is sent as zeros with weight 0."""
-    data_type = tff.SequenceType(tff.StructWithPythonType(
-        [(name, tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape.as_list()))
-         for name, spec in dp_element_spec(n_features).items()], collections.OrderedDict))
+    data_type = tff.SequenceType(
+        tff.StructWithPythonType(
+            [
+                (name, tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape.as_list()))
+                for name, spec in dp_element_spec(n_features).items()
+            ],
+            collections.OrderedDict,
+        )
+    )
 
     def train_locally(model, initial, dataset):
-        weights = tff.learning.models.ModelWeights(trainable=list(model.trainable_variables),
-                                                   non_trainable=list(model.non_trainable_variables))
+        weights = tff.learning.models.ModelWeights(
+            trainable=list(model.trainable_variables), non_trainable=list(model.non_trainable_variables)
+        )
         tf.nest.map_structure(lambda v, t: v.assign(t), weights, initial)
         trainable = list(weights.trainable)
         dense = is_dense_stack(model)
@@ -179,12 +206,16 @@ def build_dp_sgd_client_work(keras_model_fn, loss_fn, weights_type, *, learning_
     def initialize():
         return tff.federated_value((), tff.SERVER)
 
-    @tff.federated_computation(initialize.type_signature.result, tff.FederatedType(weights_type, tff.CLIENTS),
-                               tff.FederatedType(data_type, tff.CLIENTS))
+    @tff.federated_computation(
+        initialize.type_signature.result,
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
+    )
     def next_fn(state, weights, data):
         result, examples = tff.federated_map(client_update, (weights, data))
-        measurements = tff.federated_zip(collections.OrderedDict(
-            train=collections.OrderedDict(num_examples=tff.federated_sum(examples))))
+        measurements = tff.federated_zip(
+            collections.OrderedDict(train=collections.OrderedDict(num_examples=tff.federated_sum(examples)))
+        )
         return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
     return tff.learning.templates.ClientWorkProcess(initialize, next_fn)

@@ -22,7 +22,9 @@ def faulty_client_data(batches: tf.data.Dataset, update_factor: float) -> collec
     return collections.OrderedDict(batches=batches, update_factor=factor)
 
 
-def with_update_faults(client_work: tff.learning.templates.ClientWorkProcess) -> tff.learning.templates.ClientWorkProcess:
+def with_update_faults(
+    client_work: tff.learning.templates.ClientWorkProcess,
+) -> tff.learning.templates.ClientWorkProcess:
     """Wrap `client_work` so each client's update is multiplied by its `update_factor`."""
     state_type, weights_type, data_type = client_work.next.type_signature.parameter
     batches_type = data_type.member

@@ -27,25 +27,31 @@ class ProximalSGD(tff.learning.optimizers.Optimizer):
         self._mu = proximal_strength
 
     def initialize(self, specs):
-        return collections.OrderedDict([
-            (_LEARNING_RATE, self._lr),
-            (_STRENGTH, self._mu),
-            (_ANCHOR, tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)),
-            (_ANCHORED, tf.constant(False)),
-        ])
+        return collections.OrderedDict(
+            [
+                (_LEARNING_RATE, self._lr),
+                (_STRENGTH, self._mu),
+                (_ANCHOR, tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)),
+                (_ANCHORED, tf.constant(False)),
+            ]
+        )
 
     def next(self, state, weights, gradients):
-        anchor = tf.cond(state[_ANCHORED], lambda: state[_ANCHOR],
-                         lambda: tf.nest.map_structure(tf.identity, weights))
+        anchor = tf.cond(state[_ANCHORED], lambda: state[_ANCHOR], lambda: tf.nest.map_structure(tf.identity, weights))
         lr, mu = state[_LEARNING_RATE], state[_STRENGTH]
 
         def step(w, g, w0):
             return w - tf.cast(lr, w.dtype) * (g + tf.cast(mu, w.dtype) * (w - w0))
 
         updated = tf.nest.map_structure(step, weights, gradients, anchor)
-        new_state = collections.OrderedDict([
-            (_LEARNING_RATE, lr), (_STRENGTH, mu), (_ANCHOR, anchor), (_ANCHORED, tf.constant(True)),
-        ])
+        new_state = collections.OrderedDict(
+            [
+                (_LEARNING_RATE, lr),
+                (_STRENGTH, mu),
+                (_ANCHOR, anchor),
+                (_ANCHORED, tf.constant(True)),
+            ]
+        )
         return new_state, updated
 
     def get_hparams(self, state):

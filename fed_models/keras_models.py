@@ -40,17 +40,25 @@ def build_model(spec: ModelSpec, mean: np.ndarray, std: np.ndarray) -> tf.keras.
     elif spec.kind == "mlp":
         for layer, units in enumerate(spec.hidden_units, start=1):
             hidden = tf.keras.layers.Dense(
-                units, activation="relu", name=f"hidden_{layer}",
+                units,
+                activation="relu",
+                name=f"hidden_{layer}",
                 kernel_initializer=tf.keras.initializers.GlorotUniform(seed=spec.seed + layer),
             )(hidden)
             if spec.dropout > 0:
-                hidden = tf.keras.layers.Dropout(spec.dropout, seed=spec.seed + 100 + layer,
-                                                  name=f"dropout_{layer}")(hidden)
+                hidden = tf.keras.layers.Dropout(spec.dropout, seed=spec.seed + 100 + layer, name=f"dropout_{layer}")(
+                    hidden
+                )
         output_init = tf.keras.initializers.GlorotUniform(seed=spec.seed)
     else:
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    probability = tf.keras.layers.Dense(1, activation="sigmoid", kernel_initializer=output_init, name="probability",
-                                        bias_initializer=tf.keras.initializers.Constant(spec.initial_bias))(hidden)
+    probability = tf.keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=output_init,
+        name="probability",
+        bias_initializer=tf.keras.initializers.Constant(spec.initial_bias),
+    )(hidden)
     return tf.keras.Model(inputs, probability, name=spec.kind)
 
 
@@ -74,8 +82,7 @@ class WeightedBinaryCrossentropy(tf.keras.losses.Loss):
         return {"positive_weight": self.positive_weight, "name": self.name}
 
 
-def export_model(weights: list[np.ndarray], spec: ModelSpec, mean: np.ndarray, std: np.ndarray,
-                 path: Path) -> Path:
+def export_model(weights: list[np.ndarray], spec: ModelSpec, mean: np.ndarray, std: np.ndarray, path: Path) -> Path:
     """Save the trained model (architecture, standardization and weights) as a .keras file."""
     model = build_model(spec, mean, std)
     model.set_weights(weights)

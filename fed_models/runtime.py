@@ -61,16 +61,15 @@ def _ensure_worker():
     log_path = Path(tempfile.gettempdir()) / f"fedrisk-tff-worker-{os.getpid()}.log"
     _process = spawn_owned(
         [str(_WORKER_BINARY), f"--port={port}", "--max_concurrent_computation_calls=-1"],
-        log_path, env={**os.environ, **_WORKER_MALLOC, **_isolation.environment()},
+        log_path,
+        env={**os.environ, **_WORKER_MALLOC, **_isolation.environment()},
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", _GRPC_OPTIONS)
     _stub = tff.framework.RemoteExecutorGrpcStub(channel)
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while not _stub.is_ready:
         if _process.poll() is not None:
-            raise RuntimeError(
-                f"TFF worker exited with code {_process.returncode} on start; see {log_path}"
-            )
+            raise RuntimeError(f"TFF worker exited with code {_process.returncode} on start; see {log_path}")
         if time.monotonic() > deadline:
             stop_worker()
             raise RuntimeError(f"TFF worker not ready after {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}")

@@ -21,15 +21,15 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fed_models import runtime
-from hostguard.loopback import Isolation
 from fed_models.accounting import steps_per_round
 from fed_models.aggregation import AggregationKind, build_aggregator, build_client_dp_aggregator, update_bytes
 from fed_models.checkpoints import Checkpoints
 from fed_models.client_data import client_dataset, element_spec
 from fed_models.dp_sgd import build_dp_sgd_client_work, poisson_steps, secure_rng
-from fed_models.fedprox import ProximalSGD
 from fed_models.faults import HONEST, faulty_client_data, with_update_faults
+from fed_models.fedprox import ProximalSGD
 from fed_models.keras_models import ModelSpec, WeightedBinaryCrossentropy, build_model
+from hostguard.loopback import Isolation
 
 Algorithm = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
 ALGORITHMS: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
@@ -175,6 +175,7 @@ def _summed_metrics(metric_finalizers):
 
 def _withheld_metrics(metric_finalizers):
     """A metrics aggregator that releases nothing (the institutions' metrics stay where they are)."""
+
     @tff.federated_computation
     def withhold(client_metrics):
         del client_metrics
@@ -189,9 +190,14 @@ def _client_work(spec: TrainingSpec, model_fn, weights_type, mean: np.ndarray, s
         if spec.algorithm == "fedprox":
             raise ValueError("record-level privacy trains locally with DP-SGD; it does not combine with fedprox")
         return build_dp_sgd_client_work(
-            lambda: build_model(spec.model, mean, std), WeightedBinaryCrossentropy(spec.positive_weight).call,
-            weights_type, learning_rate=spec.client_learning_rate, clip_norm=spec.privacy.clip_norm,
-            batch_size=spec.batch_size, n_features=len(mean))
+            lambda: build_model(spec.model, mean, std),
+            WeightedBinaryCrossentropy(spec.positive_weight).call,
+            weights_type,
+            learning_rate=spec.client_learning_rate,
+            clip_norm=spec.privacy.clip_norm,
+            batch_size=spec.batch_size,
+            n_features=len(mean),
+        )
     if spec.algorithm == "fedprox":
         optimizer = ProximalSGD(spec.client_learning_rate, spec.proximal_strength)
     else:
@@ -200,29 +206,45 @@ def _client_work(spec: TrainingSpec, model_fn, weights_type, mean: np.ndarray, s
         # Unweighted (a weight would be a second, unbounded channel), and no training-set metrics:
         # they would leave the institutions without noise.
         return tff.learning.templates.build_model_delta_client_work(
-            model_fn, optimizer, tff.learning.ClientWeighting.UNIFORM, metrics_aggregator=_withheld_metrics,
-            loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+            model_fn,
+            optimizer,
+            tff.learning.ClientWeighting.UNIFORM,
+            metrics_aggregator=_withheld_metrics,
+            loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE,
+        )
     return tff.learning.templates.build_model_delta_client_work(
-        model_fn, optimizer, tff.learning.ClientWeighting.NUM_EXAMPLES, metrics_aggregator=_summed_metrics,
-        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+        model_fn,
+        optimizer,
+        tff.learning.ClientWeighting.NUM_EXAMPLES,
+        metrics_aggregator=_summed_metrics,
+        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE,
+    )
 
 
 def _aggregator(spec: TrainingSpec, n_clients: int) -> tff.aggregators.WeightedAggregationFactory:
     """How updates combine: the configured aggregation, or the client-level DP mechanism."""
     if isinstance(spec.privacy, ClientLevelPrivacy):
         return build_client_dp_aggregator(
-            noise_multiplier=spec.privacy.noise_multiplier, clip_norm=spec.privacy.clip_norm,
+            noise_multiplier=spec.privacy.noise_multiplier,
+            clip_norm=spec.privacy.clip_norm,
             clients_per_round=min(spec.clients_per_round or n_clients, n_clients),
-            adaptive=spec.privacy.adaptive_clipping)
+            adaptive=spec.privacy.adaptive_clipping,
+        )
     return build_aggregator(spec.aggregation)
 
 
 def _evaluation(model_fn, weights_type, n_features: int):
     """Federated validation: each institution runs the model over its rows and reports its unfinalized
     metrics (sums and counts); the computation returns their sum (the coordinator finalizes)."""
-    data_type = tff.SequenceType(tff.StructWithPythonType(
-        [(name, tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape.as_list()))
-         for name, spec in element_spec(n_features).items()], collections.OrderedDict))
+    data_type = tff.SequenceType(
+        tff.StructWithPythonType(
+            [
+                (name, tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape.as_list()))
+                for name, spec in element_spec(n_features).items()
+            ],
+            collections.OrderedDict,
+        )
+    )
 
     def evaluate_locally(model, weights, dataset):
         tf.nest.map_structure(lambda v, t: v.assign(t), tff.learning.models.ModelWeights.from_model(model), weights)
@@ -265,8 +287,9 @@ class Stages:
     finalize_validation: object
 
 
-def build_stages(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_clients: int,
-                 with_faults: bool = False) -> Stages:
+def build_stages(
+    spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_clients: int, with_faults: bool = False
+) -> Stages:
     """The stages of `spec` over `n_clients` institutions (`with_faults`: clients multiply their update by a
     factor, for robustness drills)."""
     if spec.algorithm == "fedprox" and spec.proximal_strength <= 0:
@@ -287,10 +310,20 @@ def build_stages(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray, n_client
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(_server_optimizer(spec), weights_type)
     evaluate = _evaluation(model_fn, weights_type, len(mean))
     training_type = client_work.next.type_signature.result.measurements.member
-    return Stages(spec, mean, std, initial_weights(), client_work, aggregator, finalizer, evaluate,
-                  _finalizing(model_fn, training_type.train) if "train" in dict(tff.structure.iter_elements(training_type))
-                  else None,
-                  _finalizing(model_fn, evaluate.type_signature.result.member))
+    return Stages(
+        spec,
+        mean,
+        std,
+        initial_weights(),
+        client_work,
+        aggregator,
+        finalizer,
+        evaluate,
+        _finalizing(model_fn, training_type.train)
+        if "train" in dict(tff.structure.iter_elements(training_type))
+        else None,
+        _finalizing(model_fn, evaluate.type_signature.result.member),
+    )
 
 
 def _finalizing(model_fn, unfinalized_type):
@@ -328,23 +361,40 @@ def _numpy(structure):
     return tf.nest.map_structure(np.asarray, structure)
 
 
-def client_round(stages: Stages, client: ClientData, weights, *, seed: int, rng: np.random.Generator | None = None,
-                 update_factor: float | None = None) -> ClientUpdate:
+def client_round(
+    stages: Stages,
+    client: ClientData,
+    weights,
+    *,
+    seed: int,
+    rng: np.random.Generator | None = None,
+    update_factor: float | None = None,
+) -> ClientUpdate:
     """One institution's client work in one round, where its rows are: from the global `weights`, SGD (or
     proximal SGD, or DP-SGD with noise drawn from `rng`) over its fit rows shuffled by `seed`."""
     spec = stages.spec
     if isinstance(spec.privacy, RecordLevelPrivacy):
         noise = spec.privacy.noise_multipliers[client.institution] * spec.privacy.clip_norm
-        batches = poisson_steps(client.x, client.y, batch_size=spec.batch_size, noise_stddev=noise, rng=rng,
-                                steps=steps_per_round(len(client.y), spec.batch_size, spec.local_epochs))
+        batches = poisson_steps(
+            client.x,
+            client.y,
+            batch_size=spec.batch_size,
+            noise_stddev=noise,
+            rng=rng,
+            steps=steps_per_round(len(client.y), spec.batch_size, spec.local_epochs),
+        )
     else:
         batches = client_dataset(client.x, client.y, batch_size=spec.batch_size, epochs=spec.local_epochs, seed=seed)
     if update_factor is not None:
         batches = faulty_client_data(batches, update_factor)
     output = stages.client_work.next(stages.client_work.initialize(), [weights], [batches])
     [result] = output.result
-    return ClientUpdate(client.institution, [np.asarray(u) for u in result.update], float(result.update_weight),
-                        _numpy(output.measurements.get("train", {})))
+    return ClientUpdate(
+        client.institution,
+        [np.asarray(u) for u in result.update],
+        float(result.update_weight),
+        _numpy(output.measurements.get("train", {})),
+    )
 
 
 def validation_metrics(stages: Stages, client: ClientData, weights) -> dict:
@@ -393,8 +443,13 @@ def client_seed(seed: int, round_num: int, client_index: int) -> int:
 class LocalInstitutions:
     """Simulation: every institution's rows in this process, each trained by `client_round` in turn."""
 
-    def __init__(self, clients: Sequence[ClientData], validation: Sequence[ClientData] | None = None,
-                 update_factors: dict[str, float] | None = None, privacy_rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        clients: Sequence[ClientData],
+        validation: Sequence[ClientData] | None = None,
+        update_factors: dict[str, float] | None = None,
+        privacy_rng: np.random.Generator | None = None,
+    ):
         self.clients, self.validation = list(clients), list(validation or [])
         self.names = [c.institution for c in self.clients]
         self.fit_rows = [len(c.y) for c in self.clients]
@@ -410,16 +465,29 @@ class LocalInstitutions:
     def trained_rounds(self, rounds_run: int) -> dict[str, int]:
         """The rounds each institution trained in, from the seeded sampling schedule (resumed rounds too)."""
         n = len(self.names)
-        counts = collections.Counter(self.names[i] for r in range(1, rounds_run + 1)
-                                     for i in sample_clients(n, self.spec.clients_per_round, self.spec.seed, r))
+        counts = collections.Counter(
+            self.names[i]
+            for r in range(1, rounds_run + 1)
+            for i in sample_clients(n, self.spec.clients_per_round, self.spec.seed, r)
+        )
         return {name: counts.get(name, 0) for name in self.names}
 
     def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]:
         if isinstance(stages.spec.privacy, RecordLevelPrivacy) and self.rng is None:
             self.rng = secure_rng()
-        return [client_round(stages, self.clients[i], weights, seed=client_seed(stages.spec.seed, round_num, i),
-                             rng=self.rng, update_factor=self.update_factors.get(self.clients[i].institution, HONEST)
-                             if self.update_factors else None) for i in chosen]
+        return [
+            client_round(
+                stages,
+                self.clients[i],
+                weights,
+                seed=client_seed(stages.spec.seed, round_num, i),
+                rng=self.rng,
+                update_factor=self.update_factors.get(self.clients[i].institution, HONEST)
+                if self.update_factors
+                else None,
+            )
+            for i in chosen
+        ]
 
     def validate(self, stages: Stages, weights) -> list[dict]:
         return [validation_metrics(stages, client, weights) for client in self.validation]
@@ -445,8 +513,16 @@ def _find(measurements, key: str) -> float:
     return float("nan")
 
 
-def _program_state(weights, aggregator_state, finalizer_state, history: list[RoundMetrics], best_weights,
-                   best_loss: float, best_round: int, stale: int):
+def _program_state(
+    weights,
+    aggregator_state,
+    finalizer_state,
+    history: list[RoundMetrics],
+    best_weights,
+    best_loss: float,
+    best_round: int,
+    stale: int,
+):
     table = np.array([[float(getattr(m, f)) for f in _NUMERIC_FIELDS] for m in history], dtype=np.float64)
     return collections.OrderedDict(
         weights=weights,
@@ -461,8 +537,12 @@ def _program_state(weights, aggregator_state, finalizer_state, history: list[Rou
 def _history(table: np.ndarray) -> list[RoundMetrics]:
     types = {f.name: f.type for f in fields(RoundMetrics)}
     return [
-        RoundMetrics(**{name: (int(v) if types[name] == "int" else float(v))
-                        for name, v in zip(_NUMERIC_FIELDS, row, strict=True)})
+        RoundMetrics(
+            **{
+                name: (int(v) if types[name] == "int" else float(v))
+                for name, v in zip(_NUMERIC_FIELDS, row, strict=True)
+            }
+        )
         for row in np.asarray(table).reshape(-1, len(_NUMERIC_FIELDS))
     ]
 
@@ -491,8 +571,11 @@ def train(
     impossible).
     """
     runtime.ensure_context(isolation)
-    institutions = clients if hasattr(clients, "train_round") else LocalInstitutions(
-        clients, validation, update_factors, privacy_rng)
+    institutions = (
+        clients
+        if hasattr(clients, "train_round")
+        else LocalInstitutions(clients, validation, update_factors, privacy_rng)
+    )
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     n = len(institutions.names)
     if isinstance(spec.privacy, RecordLevelPrivacy):
@@ -509,13 +592,19 @@ def train(
     best_loss, best_round, stale = np.inf, 0, 0
     checkpoints = None
     if checkpoint_dir is not None:
-        checkpoints = Checkpoints(checkpoint_dir, {
-            "spec": asdict(spec), "mean": mean.tolist(), "std": std.tolist(),
-            "clients": list(zip(institutions.names, institutions.fit_rows, strict=True)),
-            "update_factors": update_factors or {},
-        })
-        saved = checkpoints.load(_program_state(weights, aggregator_state, finalizer_state, [], best_weights,
-                                                best_loss, best_round, stale))
+        checkpoints = Checkpoints(
+            checkpoint_dir,
+            {
+                "spec": asdict(spec),
+                "mean": mean.tolist(),
+                "std": std.tolist(),
+                "clients": list(zip(institutions.names, institutions.fit_rows, strict=True)),
+                "update_factors": update_factors or {},
+            },
+        )
+        saved = checkpoints.load(
+            _program_state(weights, aggregator_state, finalizer_state, [], best_weights, best_loss, best_round, stale)
+        )
         if saved is not None:
             weights, aggregator_state, finalizer_state = saved["weights"], saved["aggregator"], saved["finalizer"]
             history = _history(saved["history"])
@@ -533,15 +622,16 @@ def train(
         round_num += 1
         chosen = sample_clients(n, spec.clients_per_round, spec.seed, round_num)
         updates = institutions.train_round(stages, round_num, weights, chosen)
-        aggregated = stages.aggregator.next(aggregator_state, [u.update for u in updates],
-                                            [np.float32(u.weight) for u in updates])
+        aggregated = stages.aggregator.next(
+            aggregator_state, [u.update for u in updates], [np.float32(u.weight) for u in updates]
+        )
         aggregator_state = aggregated.state
         finalized = stages.finalizer.next(finalizer_state, weights, aggregated.result)
         finalizer_state, weights = finalized.state, finalized.result
         validation_loss = validation_auc = float("nan")
         checked = institutions.validate(stages, weights)
         if frozenset(institutions.lost) != left_out:  # an institution was left out: later losses are over fewer
-            left_out = frozenset(institutions.lost)   # institutions, not comparable with the rounds before
+            left_out = frozenset(institutions.lost)  # institutions, not comparable with the rounds before
             best_loss, stale = np.inf, 0
         if checked:
             scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
@@ -553,15 +643,16 @@ def train(
             loss=float(train_metrics.get("loss", np.nan)),
             auc=float(train_metrics.get("auc", np.nan)),
             # Withheld under client-level DP: the examples the sampled institutions hold (public counts).
-            num_examples=int(train_metrics.get("num_examples", spec.local_epochs * sum(
-                institutions.fit_rows[i] for i in chosen))),
+            num_examples=int(
+                train_metrics.get("num_examples", spec.local_epochs * sum(institutions.fit_rows[i] for i in chosen))
+            ),
             institutions=sum(u.institutions for u in updates),
             validation_loss=validation_loss,
             validation_auc=validation_auc,
             client_update_norm=_find(aggregator, "average_client_norm"),
             server_update_norm=_find(aggregator, "server_update_norm"),
-            non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count"))) + sum(
-                u.non_finite for u in updates),
+            non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count")))
+            + sum(u.non_finite for u in updates),
             bytes_sent=bytes_per_client * sum(u.institutions for u in updates),
         )
         history.append(metrics)
@@ -572,21 +663,35 @@ def train(
             stale += 1
         stopped_early = spec.patience is not None and stale >= spec.patience
         if checkpoints is not None:
-            checkpoints.save(_program_state(weights, aggregator_state, finalizer_state, history, best_weights,
-                                            best_loss, best_round, stale), round_num)
+            checkpoints.save(
+                _program_state(
+                    weights, aggregator_state, finalizer_state, history, best_weights, best_loss, best_round, stale
+                ),
+                round_num,
+            )
         if on_round is not None:
             on_round(metrics)
-    return TrainingResult(weights=best_weights, rounds=history, best_round=best_round, stopped_early=stopped_early,
-                          resumed_from_round=resumed_from, rounds_trained=institutions.trained_rounds(len(history)),
-                          lost=dict(institutions.lost), charged=dict(institutions.charged))
+    return TrainingResult(
+        weights=best_weights,
+        rounds=history,
+        best_round=best_round,
+        stopped_early=stopped_early,
+        resumed_from_round=resumed_from,
+        rounds_trained=institutions.trained_rounds(len(history)),
+        lost=dict(institutions.lost),
+        charged=dict(institutions.charged),
+    )
 
 
 def spec_as_dict(spec: TrainingSpec) -> dict:
     """A training spec as plain values (what a node is sent; it rebuilds the spec with `spec_from_dict`)."""
     plain = asdict(spec)
     privacy = spec.privacy
-    plain["privacy"] = None if privacy is None else {
-        "kind": "record_level" if isinstance(privacy, RecordLevelPrivacy) else "client_level", **asdict(privacy)}
+    plain["privacy"] = (
+        None
+        if privacy is None
+        else {"kind": "record_level" if isinstance(privacy, RecordLevelPrivacy) else "client_level", **asdict(privacy)}
+    )
     return plain
 
 
@@ -597,17 +702,23 @@ def spec_from_dict(plain: dict) -> TrainingSpec:
     privacy = plain.pop("privacy")
     if privacy is not None:  # read, never changed: the caller's request stays as it was
         settings = {k: v for k, v in privacy.items() if k != "kind"}
-        privacy = RecordLevelPrivacy(**settings) if privacy["kind"] == "record_level" else ClientLevelPrivacy(**settings)
-    return TrainingSpec(model=ModelSpec(**{**model, "hidden_units": tuple(model["hidden_units"])}), privacy=privacy,
-                        **plain)
+        privacy = (
+            RecordLevelPrivacy(**settings) if privacy["kind"] == "record_level" else ClientLevelPrivacy(**settings)
+        )
+    return TrainingSpec(
+        model=ModelSpec(**{**model, "hidden_units": tuple(model["hidden_units"])}), privacy=privacy, **plain
+    )
 
 
 def weights_as_lists(weights) -> dict[str, list[np.ndarray]]:
     """TFF model weights as plain arrays (trainable, non-trainable)."""
-    return {"trainable": [np.asarray(w) for w in weights.trainable],
-            "non_trainable": [np.asarray(w) for w in weights.non_trainable]}
+    return {
+        "trainable": [np.asarray(w) for w in weights.trainable],
+        "non_trainable": [np.asarray(w) for w in weights.non_trainable],
+    }
 
 
 def weights_from_lists(plain: dict):
-    return tff.learning.models.ModelWeights(trainable=list(plain["trainable"]),
-                                            non_trainable=list(plain["non_trainable"]))
+    return tff.learning.models.ModelWeights(
+        trainable=list(plain["trainable"]), non_trainable=list(plain["non_trainable"])
+    )

@@ -83,11 +83,17 @@ class Gate:
         subject = dict(pair for rdn in (secured.getpeercert() or {}).get("subject", ()) for pair in rdn)
         name = subject.get("commonName", "")
         if name not in self.admitted:
-            return self._refuse(secured, f"refused {name or 'an unnamed certificate'} from {address}: not an "
-                                         f"institution admitted to this training")
+            return self._refuse(
+                secured,
+                f"refused {name or 'an unnamed certificate'} from {address}: not an "
+                f"institution admitted to this training",
+            )
         if address not in self.admitted[name]:
-            return self._refuse(secured, f"refused {name} from {address}: not the address of {name}'s node "
-                                         f"({', '.join(sorted(self.admitted[name]))})")
+            return self._refuse(
+                secured,
+                f"refused {name} from {address}: not the address of {name}'s node "
+                f"({', '.join(sorted(self.admitted[name]))})",
+            )
         try:
             server = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
         except OSError as error:

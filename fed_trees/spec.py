@@ -23,10 +23,20 @@ class TreeSpec:
 
     def params(self) -> dict:
         """XGBoost's training parameters: histogram method, logistic loss, log loss and AUC reported."""
-        params = {"objective": "binary:logistic", "tree_method": "hist", "eval_metric": ["auc", "logloss"],
-                  "max_depth": self.max_depth, "eta": self.learning_rate, "min_child_weight": self.min_child_weight,
-                  "subsample": self.subsample, "lambda": self.reg_lambda, "max_bin": self.max_bin,
-                  "scale_pos_weight": self.scale_pos_weight, "seed": self.seed, "nthread": 1}
+        params = {
+            "objective": "binary:logistic",
+            "tree_method": "hist",
+            "eval_metric": ["auc", "logloss"],
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample,
+            "lambda": self.reg_lambda,
+            "max_bin": self.max_bin,
+            "scale_pos_weight": self.scale_pos_weight,
+            "seed": self.seed,
+            "nthread": 1,
+        }
         if any(self.monotone):
             params["monotone_constraints"] = "(" + ",".join(str(int(m)) for m in self.monotone) + ")"
         return params

@@ -23,8 +23,16 @@ class _Rounds(xgboost.callback.TrainingCallback):
 
     def after_iteration(self, model, epoch, evals_log) -> bool:
         validation = evals_log.get("validation", {})
-        print(json.dumps({"round": epoch + 1, "validation_loss": validation.get("logloss", [float("nan")])[-1],
-                          "validation_auc": validation.get("auc", [float("nan")])[-1]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "round": epoch + 1,
+                    "validation_loss": validation.get("logloss", [float("nan")])[-1],
+                    "validation_auc": validation.get("auc", [float("nan")])[-1],
+                }
+            ),
+            flush=True,
+        )
         return False
 
 
@@ -38,27 +46,47 @@ def main(job_file: str) -> None:
     spec = TreeSpec.from_dict(job["spec"])
     with np.load(job["data"], allow_pickle=False) as data:
         parts = {name: data[name] for name in data.files}
-    matrices = {part: xgboost.DMatrix(parts[f"x_{part}"], label=parts[f"y_{part}"],
-                                      feature_types=list(spec.feature_types) or None, enable_categorical=True)
-                for part in ("fit", "validation")}
-    communicator = {"dmlc_communicator": "federated", "federated_server_address": job["server"],
-                    "federated_world_size": job["world_size"], "federated_rank": job["rank"]}
+    matrices = {
+        part: xgboost.DMatrix(
+            parts[f"x_{part}"],
+            label=parts[f"y_{part}"],
+            feature_types=list(spec.feature_types) or None,
+            enable_categorical=True,
+        )
+        for part in ("fit", "validation")
+    }
+    communicator = {
+        "dmlc_communicator": "federated",
+        "federated_server_address": job["server"],
+        "federated_world_size": job["world_size"],
+        "federated_rank": job["rank"],
+    }
     if job.get("tls"):  # the CA verifies the server; the server verifies this worker's certificate
-        communicator.update(federated_secure=True, federated_server_cert_path=job["tls"]["ca"],
-                            federated_client_key_path=job["tls"]["key"],
-                            federated_client_cert_path=job["tls"]["cert"])
+        communicator.update(
+            federated_secure=True,
+            federated_server_cert_path=job["tls"]["ca"],
+            federated_client_key_path=job["tls"]["key"],
+            federated_client_cert_path=job["tls"]["cert"],
+        )
     with xgboost.collective.CommunicatorContext(**communicator):
         history: dict = {}
-        booster = xgboost.train(spec.params(), matrices["fit"], num_boost_round=spec.rounds,
-                                evals=[(matrices["validation"], "validation")], evals_result=history,
-                                early_stopping_rounds=spec.early_stopping_rounds,
-                                callbacks=[_Rounds()] if job["rank"] == 0 else [], verbose_eval=False)
+        booster = xgboost.train(
+            spec.params(),
+            matrices["fit"],
+            num_boost_round=spec.rounds,
+            evals=[(matrices["validation"], "validation")],
+            evals_result=history,
+            early_stopping_rounds=spec.early_stopping_rounds,
+            callbacks=[_Rounds()] if job["rank"] == 0 else [],
+            verbose_eval=False,
+        )
         out = Path(job["output"])
         booster.save_model(str(out / booster_name(job["rank"])))  # every rank: a node ties its evaluations to it
         if job["rank"] == 0:
             best = getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1)
-            (out / "history.json").write_text(json.dumps({"history": history.get("validation", {}),
-                                                          "best_iteration": int(best)}))
+            (out / "history.json").write_text(
+                json.dumps({"history": history.get("validation", {}), "best_iteration": int(best)})
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The run config at the edge: read YAML, apply dotted overrides, validate into tasks.config.RunConfig.
+"""The run config at the edge: read YAML, apply dotted overrides, validate into runconfig.RunConfig.
 
 Errors name the file, field and value; a config that passes is handed down typed, never as a dict.
 """
@@ -13,13 +13,16 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import ENGINES, RunConfig
-from tasks.schema import SCHEMAS_DIR, SchemaError, read_yaml
-from tasks.suites import SuiteOutOfDate, require_current_suite
+from contract.schema import SCHEMAS_DIR, SchemaError, read_yaml
+from contract.suites import SuiteOutOfDate, require_current_suite
+from errors import ExitCode, FedriskError
+from runconfig import ENGINES, RunConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(FedriskError, ValueError):
     """A config file that cannot be used; the message names the file, field and value."""
+
+    exit_code = ExitCode.USAGE
 
 
 def _models(annotation) -> list[type[BaseModel]]:
@@ -39,8 +42,11 @@ def _keys_at(loc: list, engine: str | None = None) -> list[str]:
         fields = [_fields(model).get(part) for model in models]
         models = [nested for field in fields if field is not None for nested in _models(field.annotation)]
         if engine is not None and loc[:1] == ["training"] and part == "training":
-            models = [m for m in models if "engine" in _fields(m)
-                      and typing.get_args(_fields(m)["engine"].annotation) == (engine,)]
+            models = [
+                m
+                for m in models
+                if "engine" in _fields(m) and typing.get_args(_fields(m)["engine"].annotation) == (engine,)
+            ]
     return sorted({key for model in models for key in _fields(model)})
 
 
@@ -65,10 +71,16 @@ def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors():
         # The training union's tag (training.tff.rounds) is not a key the user wrote: name the field as written.
-        loc = [part for i, part in enumerate(item["loc"])
-               if not (i == 1 and item["loc"][0] == "training" and part in ENGINES)]
-        engine = item["loc"][1] if item["loc"][:1] == ("training",) and len(item["loc"]) > 1 \
-            and item["loc"][1] in ENGINES else None
+        loc = [
+            part
+            for i, part in enumerate(item["loc"])
+            if not (i == 1 and item["loc"][0] == "training" and part in ENGINES)
+        ]
+        engine = (
+            item["loc"][1]
+            if item["loc"][:1] == ("training",) and len(item["loc"]) > 1 and item["loc"][1] in ENGINES
+            else None
+        )
         if item["type"] == "extra_forbidden":
             lines.append(f"  {_unknown_key(loc, engine)}")
             continue
@@ -80,8 +92,13 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, base_dir: Path, source: str = "<dict>", schemas_dir: Path = SCHEMAS_DIR,
-                 expectations_dir: Path | None = None) -> RunConfig:
+def parse_config(
+    data: dict,
+    base_dir: Path,
+    source: str = "<dict>",
+    schemas_dir: Path = SCHEMAS_DIR,
+    expectations_dir: Path | None = None,
+) -> RunConfig:
     """Validate a config mapping; resolve institution paths against `base_dir`. Given `expectations_dir`,
     also confirm that the committed suite is the one the schema describes (else a version bump is due)."""
     try:
@@ -116,13 +133,17 @@ def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
         for depth, part in enumerate(parts[:-1]):
             section = section.setdefault(part, {})
             if not isinstance(section, dict):
-                raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
         section[parts[-1]] = value
     return data
 
 
-def load_config(path: Path, overrides: dict[str, object] | None = None, schemas_dir: Path = SCHEMAS_DIR,
-                expectations_dir: Path | None = None) -> RunConfig:
+def load_config(
+    path: Path,
+    overrides: dict[str, object] | None = None,
+    schemas_dir: Path = SCHEMAS_DIR,
+    expectations_dir: Path | None = None,
+) -> RunConfig:
     """Read and validate a YAML run config, with dotted-key `overrides` applied before validation."""
     path = Path(path)
     try:

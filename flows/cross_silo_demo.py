@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from hostguard.processes import spawn_owned, stop
-from tasks.config import RunConfig, TlsConfig
+from runconfig import RunConfig, TlsConfig
 
 COORDINATOR = "coordinator"
 _READY_TIMEOUT_S = 300.0
@@ -35,9 +35,15 @@ def node_config(name: str, directory: Path, schema: str, extract: Path, port: in
     """Write an institution's node directory: its extract, TLS files and config (the consortium's `members`, with
     whom it takes part in secure sums); return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    data = {"institution": name, "listen": f"127.0.0.1:{port}", "schema": schema,
-            "extract": {"path": extract.name}, "coordinator": COORDINATOR, "work_dir": "state",
-            "tls": {"ca": "tls/ca.crt", "cert": f"tls/{name}.crt", "key": f"tls/{name}.key"}}
+    data = {
+        "institution": name,
+        "listen": f"127.0.0.1:{port}",
+        "schema": schema,
+        "extract": {"path": extract.name},
+        "coordinator": COORDINATOR,
+        "work_dir": "state",
+        "tls": {"ca": "tls/ca.crt", "cert": f"tls/{name}.crt", "key": f"tls/{name}.key"},
+    }
     if len(members) >= 3:  # a secure sum needs at least three
         data["consortium"] = {"members": list(members)}
     path = directory / "node.yaml"
@@ -76,19 +82,39 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
                 shutil.copy(pki / file, directory / "tls" / file)
             shutil.copy(institution.path, directory / institution.path.name)  # only its own rows
             port = _free_port()
-            path = node_config(name, directory, config.data_schema.name, directory / institution.path.name, port,
-                               [i.name for i in config.institutions])
+            path = node_config(
+                name,
+                directory,
+                config.data_schema.name,
+                directory / institution.path.name,
+                port,
+                [i.name for i in config.institutions],
+            )
             log = directory / "node.log"
-            processes.append((name, log, spawn_owned([sys.executable, "-m", "flows.cli", "node", "serve", "--config",
-                                                      str(path)], log, cwd=directory)))
+            processes.append(
+                (
+                    name,
+                    log,
+                    spawn_owned(
+                        [sys.executable, "-m", "flows.cli", "node", "serve", "--config", str(path)], log, cwd=directory
+                    ),
+                )
+            )
             institutions.append({"name": name, "node": f"127.0.0.1:{port}"})
-        console.print(f"Starting {len(processes)} institution nodes under {work_dir} (one process and directory "
-                      f"each, mutual TLS on loopback) ...")
+        console.print(
+            f"Starting {len(processes)} institution nodes under {work_dir} (one process and directory "
+            f"each, mutual TLS on loopback) ..."
+        )
         for name, log, process in processes:
             _wait_listening(process, log, name)
-        coordinator = RunConfig.model_validate({
-            **config.plain(), "institutions": institutions, "baselines": {"enabled": False},
-            "tls": TlsConfig(ca=pki / "ca.crt", cert=pki / f"{COORDINATOR}.crt", key=pki / f"{COORDINATOR}.key")})
+        coordinator = RunConfig.model_validate(
+            {
+                **config.plain(),
+                "institutions": institutions,
+                "baselines": {"enabled": False},
+                "tls": TlsConfig(ca=pki / "ca.crt", cert=pki / f"{COORDINATOR}.crt", key=pki / f"{COORDINATOR}.key"),
+            }
+        )
         yield coordinator
     finally:
         for _, _, process in processes:

@@ -15,15 +15,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.config import NAME_PATTERN
+from errors import ExitCode, FedriskError
 from flows.settings import PROJECT_ROOT
 from hostguard.credentials import masked
+from runconfig import NAME_PATTERN
 
 PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(FedriskError, RuntimeError):
     """prefect.yaml or the Prefect server cannot be used as they are; the message says which and why."""
+
+    exit_code = ExitCode.USAGE
 
 
 class ScheduleSpec(BaseModel):
@@ -103,8 +106,10 @@ def require_server() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise DeploymentError("PREFECT_API_URL is not set: start a server (`prefect server start`) and set "
-                              "PREFECT_API_URL=http://127.0.0.1:4200/api (README: Run it as a service)")
+        raise DeploymentError(
+            "PREFECT_API_URL is not set: start a server (`prefect server start`) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (README: Run it as a service)"
+        )
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
@@ -118,8 +123,8 @@ def serve(specs: list[DeploymentSpec], on_ready: Callable[[list[str]], None]) ->
     import asyncio
     import os
 
-    from prefect.runner import Runner
     from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
 
     os.chdir(PROJECT_ROOT)  # flow runs start from the entrypoint, relative to the project root
     runner = Runner(pause_on_shutdown=True)
@@ -127,9 +132,19 @@ def serve(specs: list[DeploymentSpec], on_ready: Callable[[list[str]], None]) ->
     for spec in specs:
         flow = load_flow(spec.entrypoint)
         _forget_worker_deployment(f"{flow.name}/{spec.name}")
-        ids.append(str(runner.add_deployment(flow.to_deployment(
-            name=spec.name, description=spec.description or None, parameters=spec.parameters,
-            schedules=_schedules(spec), tags=spec.tags))))
+        ids.append(
+            str(
+                runner.add_deployment(
+                    flow.to_deployment(
+                        name=spec.name,
+                        description=spec.description or None,
+                        parameters=spec.parameters,
+                        schedules=_schedules(spec),
+                        tags=spec.tags,
+                    )
+                )
+            )
+        )
     on_ready(ids)
     try:
         asyncio.run(runner.start())
@@ -163,12 +178,17 @@ def ensure_work_pool(name: str) -> bool:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(
-                name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
             return True
     if pool.type != "process":
-        raise DeploymentError(f"work pool {name!r} exists with type {pool.type!r}; fedrisk deployments need a "
-                              f"'process' pool (they run next to the code and data)")
+        raise DeploymentError(
+            f"work pool {name!r} exists with type {pool.type!r}; fedrisk deployments need a "
+            f"'process' pool (they run next to the code and data)"
+        )
     return False
 
 
@@ -180,8 +200,19 @@ def deploy(specs: list[DeploymentSpec]) -> list[str]:
     for spec in specs:
         ensure_work_pool(spec.work_pool.name)
         source = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec.entrypoint)
-        ids.append(str(source.deploy(
-            name=spec.name, work_pool_name=spec.work_pool.name, build=False, push=False,
-            description=spec.description or None, parameters=spec.parameters, schedules=_schedules(spec),
-            tags=spec.tags, print_next_steps=False)))
+        ids.append(
+            str(
+                source.deploy(
+                    name=spec.name,
+                    work_pool_name=spec.work_pool.name,
+                    build=False,
+                    push=False,
+                    description=spec.description or None,
+                    parameters=spec.parameters,
+                    schedules=_schedules(spec),
+                    tags=spec.tags,
+                    print_next_steps=False,
+                )
+            )
+        )
     return ids

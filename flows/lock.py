@@ -14,26 +14,26 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
+from errors import FedriskError, first_line
 from flows.settings import Settings
 from hostguard.credentials import masked
-from tasks.retries import first_line
 
 
-class RetrainingBusy(RuntimeError):
+class RetrainingBusy(FedriskError, RuntimeError):
     """Another retraining of the same model is running; this one gave up waiting for it."""
 
 
-class LockUnavailable(RuntimeError):
+class LockUnavailable(FedriskError, RuntimeError):
     """The lock database cannot be reached: nothing is trained rather than trained unguarded."""
 
 
-class LockLost(RuntimeError):
+class LockLost(FedriskError, RuntimeError):
     """The lock was lost while held (its database connection dropped, its file replaced): the run stops before
     anything more is registered, since another retraining may hold it now. Never retried."""
 
@@ -41,7 +41,7 @@ class LockLost(RuntimeError):
 
 
 def _utc_now() -> str:
-    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 class _FileLock:
@@ -61,7 +61,7 @@ class _FileLock:
             return False
         self.handle.seek(0)
         self.handle.truncate()
-        self.handle.write(f"{holder}, since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        self.handle.write(f"{holder}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
         self.handle.flush()
         return True
 
@@ -107,12 +107,21 @@ class _DatabaseLock:
             # The server's side of the keepalives (session settings) ends the session, and with it the lock,
             # about a minute after the holder's host is gone without closing the connection.
             return psycopg.connect(
-                self.url, autocommit=True, application_name=self.application_name,
-                connect_timeout=10, keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
-                options="-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
+                self.url,
+                autocommit=True,
+                application_name=self.application_name,
+                connect_timeout=10,
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
+                options="-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+            )
         except psycopg.Error as error:
-            raise LockUnavailable(f"the retraining lock's database {masked(self.url)} (FEDRISK_LOCK_DATABASE_URL) "
-                                  f"cannot be reached: {first_line(error)}; nothing was trained or registered") from None
+            raise LockUnavailable(
+                f"the retraining lock's database {masked(self.url)} (FEDRISK_LOCK_DATABASE_URL) "
+                f"cannot be reached: {first_line(error)}; nothing was trained or registered"
+            ) from None
 
     def reconnect(self) -> None:
         """A new session after the old one dropped (while waiting: nothing was held on it)."""
@@ -126,7 +135,8 @@ class _DatabaseLock:
 
     def try_acquire(self, holder: str) -> bool:
         acquired, pid, started = self._one(
-            "SELECT pg_try_advisory_lock(%s), pg_backend_pid(), pg_postmaster_start_time()", self.key)
+            "SELECT pg_try_advisory_lock(%s), pg_backend_pid(), pg_postmaster_start_time()", self.key
+        )
         if acquired:
             self.session = (pid, started)
         return bool(acquired)
@@ -137,11 +147,14 @@ class _DatabaseLock:
         import psycopg
 
         try:
-            pid, started, held = self._one("""
+            pid, started, held = self._one(
+                """
                 SELECT pg_backend_pid(), pg_postmaster_start_time(), EXISTS(
                     SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
                       AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s)""",
-                                           (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF)
+                (self.key >> 32) & 0xFFFFFFFF,
+                self.key & 0xFFFFFFFF,
+            )
         except psycopg.Error as error:
             return f"its database connection dropped: {first_line(error)}"
         if (pid, started) != self.session:
@@ -150,18 +163,23 @@ class _DatabaseLock:
 
     def holder(self) -> str:
         # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1.
-        row = self._one("""
+        row = self._one(
+            """
             SELECT a.application_name, host(a.client_addr), a.backend_start
             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
               AND l.classid::bigint = %s AND l.objid::bigint = %s""",
-                        (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF)
+            (self.key >> 32) & 0xFFFFFFFF,
+            self.key & 0xFFFFFFFF,
+        )
         if row is None:
             return "released meanwhile"
         name, host, since = row
         _, run, pid = (name.split(" ") + ["?", "?"])[:3]
-        return (f"flow run {run}, pid {pid} on {host or 'the database host'}, "
-                f"since {since.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        return (
+            f"flow run {run}, pid {pid} on {host or 'the database host'}, "
+            f"since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
 
     def release(self) -> None:
         self._one("SELECT pg_advisory_unlock(%s)", self.key)
@@ -182,13 +200,16 @@ class LockHold:
         if why is None:
             self.confirmed = _utc_now()
             return
-        raise LockLost(f"the retraining lock on {self.model_name} was lost at {_utc_now()} ({why}; last confirmed "
-                       f"{self.confirmed}); noticed {where}, the run stopped and nothing was registered. "
-                       f"Another retraining may hold the lock now: retry when none is running.")
+        raise LockLost(
+            f"the retraining lock on {self.model_name} was lost at {_utc_now()} ({why}; last confirmed "
+            f"{self.confirmed}); noticed {where}, the run stopped and nothing was registered. "
+            f"Another retraining may hold the lock now: retry when none is running."
+        )
 
 
-def _acquire(lock: _FileLock | _DatabaseLock, model_name: str, holder: str, wait_seconds: float,
-             poll_seconds: float, logger) -> None:
+def _acquire(
+    lock: _FileLock | _DatabaseLock, model_name: str, holder: str, wait_seconds: float, poll_seconds: float, logger
+) -> None:
     """Take the lock, waiting up to `wait_seconds` (RetrainingBusy after that). A lock database that drops the
     connection while this run waits is reconnected to, and the wait goes on (LockUnavailable if it stays away)."""
     import psycopg
@@ -200,25 +221,32 @@ def _acquire(lock: _FileLock | _DatabaseLock, model_name: str, holder: str, wait
                 return
             holding = lock.holder()
         except psycopg.Error as error:
-            logger.warning("the retraining lock's database dropped this run's connection while it waited (%s); "
-                           "reconnecting and waiting on", first_line(error))
+            logger.warning(
+                "the retraining lock's database dropped this run's connection while it waited (%s); "
+                "reconnecting and waiting on",
+                first_line(error),
+            )
             while True:
                 try:
                     lock.reconnect()
                     break
                 except LockUnavailable as unavailable:
                     if time.monotonic() >= deadline:
-                        raise LockUnavailable(f"{unavailable} (it dropped the connection while this run waited for "
-                                              f"the lock and was not back after {wait_seconds:g} s)") from None
+                        raise LockUnavailable(
+                            f"{unavailable} (it dropped the connection while this run waited for "
+                            f"the lock and was not back after {wait_seconds:g} s)"
+                        ) from None
                     time.sleep(poll_seconds)
             continue
         if time.monotonic() >= deadline:
             raise RetrainingBusy(
                 f"another retraining of {model_name} is still running after waiting {wait_seconds:g} s "
-                f"({holding}); nothing was trained or registered. Retry when it has finished.")
+                f"({holding}); nothing was trained or registered. Retry when it has finished."
+            )
         if not warned:
-            logger.warning("another retraining of %s is running (%s); waiting up to %g s for it",
-                           model_name, holding, wait_seconds)
+            logger.warning(
+                "another retraining of %s is running (%s); waiting up to %g s for it", model_name, holding, wait_seconds
+            )
             warned = True
         time.sleep(poll_seconds)
 
@@ -234,8 +262,11 @@ def model_lock(model_name: str, wait_seconds: float, poll_seconds: float = 1.0) 
         lock: _FileLock | _DatabaseLock = _DatabaseLock(settings.lock_database_url, model_name, str(flow_run.id))
     else:
         if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
-            logger.warning("the retraining lock of %s covers this machine only (a file lock); with a shared "
-                           "tracking server set FEDRISK_LOCK_DATABASE_URL so that it holds across hosts", model_name)
+            logger.warning(
+                "the retraining lock of %s covers this machine only (a file lock); with a shared "
+                "tracking server set FEDRISK_LOCK_DATABASE_URL so that it holds across hosts",
+                model_name,
+            )
         lock = _FileLock(settings.runs_dir / "locks" / f"{model_name}.lock")  # beside the runs' checkpoints
     try:
         holder = f"flow run {flow_run.id} ({flow_run.name}), pid {os.getpid()} on {socket.gethostname()}"
@@ -246,7 +277,11 @@ def model_lock(model_name: str, wait_seconds: float, poll_seconds: float = 1.0) 
             try:
                 lock.release()
             except Exception as error:  # a dropped connection released it already; the run's outcome stands
-                logger.warning("releasing the retraining lock of %s failed (%s); a lost connection's locks are "
-                               "released by the database server", model_name, first_line(error))
+                logger.warning(
+                    "releasing the retraining lock of %s failed (%s); a lost connection's locks are "
+                    "released by the database server",
+                    model_name,
+                    first_line(error),
+                )
     finally:
         lock.close()  # closing a broken connection does not raise

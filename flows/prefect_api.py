@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from errors import FedriskError
 from hostguard.processes import spawn_owned, stop
 
 _START_BUDGET_S = 300.0  # a busy 2-core machine took 30-76 s, and more than 120 s in 3 of 17 commands
@@ -24,7 +25,7 @@ _temporary_url: str | None = None
 _early: list = []  # a temporary API started ahead of its first use (starting_early), not yet adopted
 
 
-class PrefectApiUnavailable(RuntimeError):
+class PrefectApiUnavailable(FedriskError, RuntimeError):
     """The temporary Prefect API did not start; nothing was run."""
 
 
@@ -55,12 +56,36 @@ def _spawn(log_dir: Path | None):
     url = f"http://127.0.0.1:{port}/api"
     log = Path(log_dir or tempfile.gettempdir()) / f"prefect-api-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           "PREFECT_API_BLOCKS_REGISTER_ON_START": "0"}
-    process = spawn_owned([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                           "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                           "--port", str(port), "--log-level", "info", "--no-access-log", "--lifespan", "on"], log, env=env)
+    env = {
+        **os.environ,
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        "PREFECT_API_BLOCKS_REGISTER_ON_START": "0",
+    }
+    process = spawn_owned(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+            "--no-access-log",
+            "--lifespan",
+            "on",
+        ],
+        log,
+        env=env,
+    )
     return process, url, log
 
 
@@ -94,8 +119,9 @@ def starting_early(log_dir: Path | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def prefect_api(start_budget: float = _START_BUDGET_S, log_dir: Path | None = None,
-                progress: Callable[[str], None] | None = None) -> Iterator[str]:
+def prefect_api(
+    start_budget: float = _START_BUDGET_S, log_dir: Path | None = None, progress: Callable[[str], None] | None = None
+) -> Iterator[str]:
     """Yield the API URL: PREFECT_API_URL when set, else a temporary API on a loopback port, owned by
     this process and stopped (by pid) when the block ends or the process dies. It may take `start_budget`
     seconds to answer; `progress` hears how long it has waited every 15 s; its own log (start-up included) is
@@ -119,8 +145,10 @@ def prefect_api(start_budget: float = _START_BUDGET_S, log_dir: Path | None = No
         with httpx.Client() as client:
             while True:
                 if process.poll() is not None:
-                    raise PrefectApiUnavailable(f"the temporary Prefect API exited with code {process.returncode} "
-                                                f"on start: {_last_error(log)} (see {log})")
+                    raise PrefectApiUnavailable(
+                        f"the temporary Prefect API exited with code {process.returncode} "
+                        f"on start: {_last_error(log)} (see {log})"
+                    )
                 try:
                     if client.get(f"{url}/health", timeout=2).status_code == 200:
                         break
@@ -128,12 +156,16 @@ def prefect_api(start_budget: float = _START_BUDGET_S, log_dir: Path | None = No
                     pass
                 now = time.monotonic()
                 if now > deadline:
-                    raise PrefectApiUnavailable(f"the temporary Prefect API did not answer in {start_budget:g} s "
-                                                f"(FEDRISK_PREFECT_START_SECONDS; its log: {log})")
+                    raise PrefectApiUnavailable(
+                        f"the temporary Prefect API did not answer in {start_budget:g} s "
+                        f"(FEDRISK_PREFECT_START_SECONDS; its log: {log})"
+                    )
                 if progress is not None and now - said >= _PROGRESS_EVERY_S:
                     said = now
-                    progress(f"still starting the temporary Prefect API ({now - started:.0f} s of up to "
-                             f"{start_budget:g} s; its log: {log})")
+                    progress(
+                        f"still starting the temporary Prefect API ({now - started:.0f} s of up to "
+                        f"{start_budget:g} s; its log: {log})"
+                    )
                 time.sleep(0.1)
         _temporary_url = url
         # No UI links: the UI is off and the server is gone when the command ends.

@@ -14,29 +14,35 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from contract.data import Split, fit_rows
+from contract.schema import schema_file
+from engines.base import TrainingOutcome
+from engines.privacy import PrivacyPlan, plan_privacy, privacy_tags, spent_privacy
 from flows.config import load_config
 from flows.lock import LockHold, model_lock
 from flows.settings import PROJECT_ROOT, Settings
-from riskmodel.scorecard import Scaling
-from tasks.config import RunConfig
-from tasks.data import Split, fit_rows
-from tasks.evaluation import InstitutionEvaluation, weighted_metrics
-from tasks.per_institution import compute_local_statistics, compute_secure_statistics, evaluate_institution
-from tasks.lineage import git_state, lineage_tags, suite_digest, suite_file
-from tasks.schema import schema_file
-from tasks.privacy import (PrivacyPlan, plan_privacy, privacy_tags, record_ledger_version, reserve_privacy_budget,
-                           settle_privacy_budget, spent_privacy)
-from tasks.retries import service_retries
-from tasks.registry import Registration, decide_promotion, find_champion, register_model
-from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
-from tasks.statistics import balanced_positive_weight, consortium_layout, standardization
-from tasks.training import (TrainingOutcome, train_federated, train_local_baseline, train_pooled_baseline,
-                            worker_isolation)
-from tasks.validation import (REFUSED_AT_START, QuorumNotMet, ValidationReport, admitted_institutions,
-                              refused_at_start)
 from flows.validate import consortium_of, validate_consortium
 from hostguard.credentials import masked
-from tasks.consortium import LocalConsortium
+from institution.evaluation import InstitutionEvaluation, weighted_metrics
+from institution.statistics import balanced_positive_weight, consortium_layout, standardization
+from institution.validation import (
+    REFUSED_AT_START,
+    QuorumNotMet,
+    ValidationReport,
+    admitted_institutions,
+    refused_at_start,
+)
+from riskmodel.scaling import Scaling
+from runconfig import RunConfig
+from tasks.per_institution import compute_local_statistics, compute_secure_statistics, evaluate_institution
+from tasks.privacy import record_ledger_version, reserve_privacy_budget, settle_privacy_budget
+from tasks.registry import find_champion, register_model
+from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
+from tasks.retries import service_retries
+from tasks.training import train_federated, train_local_baseline, train_pooled_baseline, worker_isolation
+from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file
+from tracking.promotion import decide_promotion
+from tracking.registry import Registration
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,16 @@ def run_key(config: RunConfig, admitted: list[ValidationReport], layout, mean, s
     digest and the feature layout. A retraining with the same key resumes the checkpoints of an interrupted one.
     """
     decided_by = {
-        "training": config.training.model_dump(mode="json"), "privacy": config.privacy.model_dump(mode="json"),
-        "schema": [config.data_schema.name, config.data_schema.version], "features": config.feature_names,
-        "seed": config.seed, "holdout_fraction": config.holdout_fraction,
-        "extracts": {r.institution: r.digest for r in admitted}, "layout": layout.to_json(),
-        "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+        "training": config.training.model_dump(mode="json"),
+        "privacy": config.privacy.model_dump(mode="json"),
+        "schema": [config.data_schema.name, config.data_schema.version],
+        "features": config.feature_names,
+        "seed": config.seed,
+        "holdout_fraction": config.holdout_fraction,
+        "extracts": {r.institution: r.digest for r in admitted},
+        "layout": layout.to_json(),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -110,8 +121,9 @@ def _deployment_name() -> str | None:
 @flow(name="retrain", flow_run_name="retrain-{config.model_name}")
 def retrain(config: RunConfig) -> RetrainSummary:
     """Retrain `config.model_name` on the institutions that pass validation, and register it."""
-    with model_lock(config.model_name, Settings().lock_wait_seconds) as lock:
-        return run_retraining(config, lock)
+    settings = Settings()  # read once per flow run, from the environment of the process that runs it
+    with model_lock(config.model_name, settings.lock_wait_seconds) as lock:
+        return run_retraining(config, lock, settings)
 
 
 def _run_name_from_parameters() -> str:
@@ -139,20 +151,24 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
     `config_file` is relative to the project root unless absolute. A bad file or override fails
     the run at once with the config error (no retry).
     """
-    config = load_config(resolve_config_file(config_file), overrides or {},
-                         expectations_dir=Settings().expectations_dir)
-    with model_lock(config.model_name, Settings().lock_wait_seconds) as lock:
-        summary = run_retraining(config, lock)
+    settings = Settings()  # read once per flow run, from the environment of the process that runs it
+    config = load_config(resolve_config_file(config_file), overrides or {}, expectations_dir=settings.expectations_dir)
+    with model_lock(config.model_name, settings.lock_wait_seconds) as lock:
+        summary = run_retraining(config, lock, settings)
     registration = summary.registration
-    return {"model_name": registration.model_name, "version": registration.version,
-            "aliases": registration.aliases, "promoted": registration.promoted, "reason": registration.reason,
-            "mlflow_run_id": registration.run_id}
+    return {
+        "model_name": registration.model_name,
+        "version": registration.version,
+        "aliases": registration.aliases,
+        "promoted": registration.promoted,
+        "reason": registration.reason,
+        "mlflow_run_id": registration.run_id,
+    }
 
 
-def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
+def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> RetrainSummary:
     """The retraining itself, inside whichever flow runs it, holding the model's lock: verified at each round
-    and before every write to the registry or the ledger."""
-    settings = Settings()
+    and before every write to the registry or the ledger; `settings` as the flow read them."""
     isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
     after_training = service_retries(settings.registry_retry_seconds)  # a trained model rides out a restart
     schema, features = config.data_schema, config.feature_names
@@ -167,10 +183,13 @@ def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
             raise QuorumNotMet(
                 f"secure aggregation needs at least {max(secure.min_institutions, consortium.secure_threshold)} "
                 f"institutions (min_institutions {secure.min_institutions}, threshold {consortium.secure_threshold}); "
-                f"{len(passed)} passed validation; nothing was trained or registered")
+                f"{len(passed)} passed validation; nothing was trained or registered"
+            )
     except QuorumNotMet as error:
-        publish_summary(config.model_name, summary_markdown(
-            config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)))
+        publish_summary(
+            config.model_name,
+            summary_markdown(config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)),
+        )
         raise
     reports = {r.institution: r for r in validation}
     # Every later read of an extract (or request to a node) is pinned to the digest validation saw.
@@ -182,11 +201,15 @@ def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
         logger.info("looking up the champion of %s in MLflow", config.model_name)
         # The registry is consulted before training so an unreachable one costs no training.
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
-        logger.info("federated statistics of %d institutions (counts, sums and sums of squares; no rows)%s",
-                    len(names), " by secure aggregation" if config.secure_aggregation is not None else "")
+        logger.info(
+            "federated statistics of %d institutions (counts, sums and sums of squares; no rows)%s",
+            len(names),
+            " by secure aggregation" if config.secure_aggregation is not None else "",
+        )
         if config.secure_aggregation is not None:
-            summed, counts = compute_secure_statistics(admitted, schema, features, split,
-                                                       settings.runs_dir / "secure_statistics")
+            summed, counts = compute_secure_statistics(
+                admitted, schema, features, split, settings.runs_dir / "secure_statistics"
+            )
             statistics = [summed]
         else:
             statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]
@@ -198,21 +221,41 @@ def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
         key = run_key(config, [reports[name] for name in names], layout, mean, std)
         run_dir = settings.runs_dir / config.model_name / key
         # Privacy is planned, and the ledger consulted, before anything is trained.
-        plan = plan_privacy(config.privacy, config.training, {
-            name: fit_rows(count, config.training.validation_fraction) for name, count in counts.items()})
+        plan = plan_privacy(
+            config.privacy,
+            config.training,
+            {name: fit_rows(count, config.training.validation_fraction) for name, count in counts.items()},
+        )
         if plan:
             lock.verify("before reserving the privacy budget")
-        ledger_run = reserve_privacy_budget(settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id),
-                                            plan, config.privacy_budgets()) if plan else None
+        ledger_run = (
+            reserve_privacy_budget(
+                settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id), plan, config.privacy_budgets()
+            )
+            if plan
+            else None
+        )
         evaluated = champion if champion is not None and champion.features == features else None
         # Each node is told the training's id and the champion it will score; it evaluates no other model.
         admitted = admitted.for_run(training_id(run_dir, key), Path(evaluated.path) if evaluated else None)
         training = train_federated(
-            admitted, schema, layout, split, mean=mean.tolist(), std=std.tolist(), training=config.training,
-            positive_class_weight=positive_weight, model_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoints",
-            privacy=plan, isolation=isolation, scaling=Scaling(**config.scorecard.model_dump()),
-            run_key=training_id(run_dir, key), lock_check=lock.verify,
-            base_rate=sum(s.positives for s in statistics) / max(1, sum(s.count for s in statistics)))
+            admitted,
+            schema,
+            layout,
+            split,
+            mean=mean.tolist(),
+            std=std.tolist(),
+            training=config.training,
+            positive_class_weight=positive_weight,
+            model_dir=run_dir / "model",
+            checkpoint_dir=run_dir / "checkpoints",
+            privacy=plan,
+            isolation=isolation,
+            scaling=Scaling(**config.scorecard.model_dump()),
+            run_key=training_id(run_dir, key),
+            lock_check=lock.verify,
+            base_rate=sum(s.positives for s in statistics) / max(1, sum(s.count for s in statistics)),
+        )
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
             publish_validation_table(config.model_name, validation)
@@ -224,51 +267,110 @@ def run_retraining(config: RunConfig, lock: LockHold) -> RetrainSummary:
         if evaluated is not None:
             models["champion"] = evaluated.path
         per_institution = {name: dict(models) for name in names}
-        if config.baselines.enabled and isinstance(admitted, LocalConsortium):
+        if config.baselines.enabled and admitted.extracts:
             logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")
             common = dict(training=config.training, baselines=config.baselines, positive_class_weight=positive_weight)
-            pooled = train_pooled_baseline(list(admitted.extracts), schema, layout, split, mean.tolist(), std.tolist(),
-                                           model_dir=Path(work_dir) / "pooled", **common)
+            pooled = train_pooled_baseline(
+                list(admitted.extracts),
+                schema,
+                layout,
+                split,
+                mean.tolist(),
+                std.tolist(),
+                model_dir=Path(work_dir) / "pooled",
+                **common,
+            )
             for e in admitted.extracts:
                 logger.info("local-only baseline of %s: the same model on its rows alone", e.institution)
-                local = train_local_baseline(e, schema, features, split, model_dir=Path(work_dir) / f"local-{e.institution}",
-                                             **common)
+                local = train_local_baseline(
+                    e, schema, features, split, model_dir=Path(work_dir) / f"local-{e.institution}", **common
+                )
                 per_institution[e.institution].update(local_only=local, pooled=pooled)
         trained = [name for name in names if name not in training.lost]
-        roles = {"challenger": "the new model", "champion": f"champion version {champion.version if champion else ''}",
-                 "local_only": "the local-only baselines", "pooled": "the pooled-data baseline"}
-        logger.info("evaluating %s on each institution's holdout: %s",
-                    ", ".join(roles[role] for role in per_institution[trained[0]]) if trained else "nothing",
-                    ", ".join(trained))
-        evaluations = [evaluate_institution(admitted, name, schema, split, per_institution[name], config.evaluation)
-                       for name in trained]
-        decision = decide_promotion(config.promotion, evaluations, champion.version if champion else None,
-                                    training.lost)
-        inputs = [schema_file(schema.name), suite_file(settings.expectations_dir, config.suite),
-                  *([config.source_file] if config.source_file else [])]
+        roles = {
+            "challenger": "the new model",
+            "champion": f"champion version {champion.version if champion else ''}",
+            "local_only": "the local-only baselines",
+            "pooled": "the pooled-data baseline",
+        }
+        logger.info(
+            "evaluating %s on each institution's holdout: %s",
+            ", ".join(roles[role] for role in per_institution[trained[0]]) if trained else "nothing",
+            ", ".join(trained),
+        )
+        evaluations = [
+            evaluate_institution(admitted, name, schema, split, per_institution[name], config.evaluation)
+            for name in trained
+        ]
+        decision = decide_promotion(
+            config.promotion, evaluations, champion.version if champion else None, training.lost
+        )
+        inputs = [
+            schema_file(schema.name),
+            suite_file(settings.expectations_dir, config.suite),
+            *([config.source_file] if config.source_file else []),
+        ]
         commit, dirty, uncommitted = git_state(PROJECT_ROOT, inputs)
         lineage = lineage_tags(
-            flow_run_id=str(flow_run.id), flow_run_url=flow_run_url(flow_run.id), deployment=_deployment_name(),
-            commit=commit, dirty=dirty, config=config, uncommitted=uncommitted, suite_sha256=suite_digest(settings.expectations_dir, config.suite),
-            validation=validation, admitted=names, privacy=privacy_tags(spent, ledger_run),
-            worker_isolation=isolation.mechanism, lost=training.lost, engine=training.lineage)
+            flow_run_id=str(flow_run.id),
+            flow_run_url=flow_run_url(flow_run.id),
+            deployment=_deployment_name(),
+            commit=commit,
+            dirty=dirty,
+            config=config,
+            uncommitted=uncommitted,
+            suite_sha256=suite_digest(settings.expectations_dir, config.suite),
+            validation=validation,
+            admitted=names,
+            privacy=privacy_tags(spent, ledger_run),
+            worker_isolation=isolation.mechanism,
+            lost=training.lost,
+            engine=training.lineage,
+        )
         lineage["prefect.trigger"] = _trigger()
-        logger.info("%s; registering the new version of %s in MLflow (%s)", decision.reason, config.model_name,
-                    masked(settings.mlflow_tracking_uri))
+        logger.info(
+            "%s; registering the new version of %s in MLflow (%s)",
+            decision.reason,
+            config.model_name,
+            masked(settings.mlflow_tracking_uri),
+        )
         registration = register_model.with_options(**after_training)(
-            settings.mlflow_tracking_uri, config, training=training, layout=layout, mean=mean.tolist(),
-            evaluations=evaluations, validation=validation, decision=decision, lineage=lineage, privacy=spent,
-            lock_check=lock.verify)
+            settings.mlflow_tracking_uri,
+            config,
+            training=training,
+            layout=layout,
+            mean=mean.tolist(),
+            evaluations=evaluations,
+            validation=validation,
+            decision=decision,
+            lineage=lineage,
+            privacy=spent,
+            lock_check=lock.verify,
+        )
         if spent is not None:
             lock.verify("before recording the version in the privacy ledger")
             record_ledger_version.with_options(**after_training)(
-                settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id)
+                settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id
+            )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
-    logger.info("registered %s version %s (aliases: %s)", registration.model_name, registration.version,
-                ", ".join(registration.aliases))
-    publish_summary(config.model_name, summary_markdown(
-        config.model_name, validation, evaluations, registration, settings.mlflow_ui_url, training=training,
-        privacy=spent))
+    logger.info(
+        "registered %s version %s (aliases: %s)",
+        registration.model_name,
+        registration.version,
+        ", ".join(registration.aliases),
+    )
+    publish_summary(
+        config.model_name,
+        summary_markdown(
+            config.model_name,
+            validation,
+            evaluations,
+            registration,
+            settings.mlflow_ui_url,
+            training=training,
+            privacy=spent,
+        ),
+    )
     return RetrainSummary(
         model_name=config.model_name,
         validation=validation,

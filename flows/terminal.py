@@ -27,9 +27,11 @@ _settings = {"verbose": False}
 # trees' admission gate refused.
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "fedrisk.node", "fedrisk.institution", "fedrisk.trees")
 # Prefect's bookkeeping about its own runs: in the Prefect UI and the log file, not a status line.
-_BOOKKEEPING = re.compile(r"^(Beginning (sub)?flow run|Finished in state|Created (task|flow) run|Executing|"
-                          r"View at|Submitting task|Running on|Task run .* received|Downloading flow code|"
-                          r"Opening process|Process for flow run)")
+_BOOKKEEPING = re.compile(
+    r"^(Beginning (sub)?flow run|Finished in state|Created (task|flow) run|Executing|"
+    r"View at|Submitting task|Running on|Task run .* received|Downloading flow code|"
+    r"Opening process|Process for flow run)"
+)
 
 
 class TerminalHandler(logging.Handler):
@@ -144,8 +146,15 @@ def round_progress() -> Iterator[None]:
 
     from tasks.training import round_listener
 
-    progress = Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[latest]}"), console=console, transient=False)
+    progress = Progress(
+        TextColumn("[bold]rounds"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[latest]}"),
+        console=console,
+        transient=False,
+    )
     bar: dict = {}
 
     def on_round(m: dict) -> None:

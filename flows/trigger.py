@@ -8,12 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from errors import ExitCode
 from flows.deployments import DeploymentError
 
 DEFAULT_FLOW = "retrain-from-config"
 # The exit code of `fedrisk trigger` for each final state of the run it follows.
-EXIT_CODES = {"COMPLETED": 0, "FAILED": 1, "CRASHED": 3, "CANCELLED": 4}
-STILL_RUNNING_EXIT_CODE = 5
+EXIT_CODES = {
+    "COMPLETED": ExitCode.OK,
+    "FAILED": ExitCode.FAILED,
+    "CRASHED": ExitCode.CRASHED,
+    "CANCELLED": ExitCode.CANCELLED,
+}
+STILL_RUNNING_EXIT_CODE = ExitCode.STILL_RUNNING
 LAST_LOGS_SECONDS = 10.0  # how long a finished run's last log lines may take to reach the API
 
 
@@ -56,8 +62,10 @@ def find_deployment(name: str):
             return client.read_deployment_by_name(full)
         except ObjectNotFound:
             known = sorted(f"{d.name}" for d in client.read_deployments())
-            raise DeploymentError(f"no deployment {full!r} on the server; deployments: {known or 'none'} "
-                                  f"(register them with `fedrisk deploy` or `fedrisk serve`)") from None
+            raise DeploymentError(
+                f"no deployment {full!r} on the server; deployments: {known or 'none'} "
+                f"(register them with `fedrisk deploy` or `fedrisk serve`)"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,23 @@ def start(deployment, parameters: dict[str, Any]):
         return client.create_flow_run_from_deployment(deployment.id, parameters=parameters, tags=["triggered"])
 
 
-def follow(flow_run_id, on_log: Callable[[Any], None], on_state: Callable[[str], None],
-           poll_seconds: float = 2.0, timeout_seconds: float | None = None) -> FinishedRun | None:
+def follow(
+    flow_run_id,
+    on_log: Callable[[Any], None],
+    on_state: Callable[[str], None],
+    poll_seconds: float = 2.0,
+    timeout_seconds: float | None = None,
+) -> FinishedRun | None:
     """Print the run's logs and state changes as they come until it reaches a final state (None on timeout)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, LogFilter
-    from prefect.client.schemas.filters import FlowRunFilterId, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.client.schemas.sorting import ArtifactSort
 
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
@@ -112,9 +131,15 @@ def follow(flow_run_id, on_log: Callable[[Any], None], on_state: Callable[[str],
                 artifacts = client.read_artifacts(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                     artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="retrain-")),
-                    sort=ArtifactSort.CREATED_DESC)
-                return FinishedRun(str(flow_run_id), run.name, state.type.value, state.message or "",
-                                   artifacts[0].data if artifacts else None)
+                    sort=ArtifactSort.CREATED_DESC,
+                )
+                return FinishedRun(
+                    str(flow_run_id),
+                    run.name,
+                    state.type.value,
+                    state.message or "",
+                    artifacts[0].data if artifacts else None,
+                )
             if deadline is not None and time.monotonic() > deadline:
                 return None
             time.sleep(poll_seconds)

@@ -72,8 +72,9 @@ def build_preload() -> Path:
         raise _BuildFailed(f"no C compiler to build {SOURCE.name} ({compiler!r} not found; install gcc or set CC)")
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(built), str(SOURCE), "-ldl"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [compiler, "-shared", "-fPIC", "-O2", "-o", str(built), str(SOURCE), "-ldl"], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise _BuildFailed(f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[-500:]}")
         os.replace(built, target)
@@ -91,19 +92,21 @@ def isolation(allow_exposed: bool, what: str = "TFF worker") -> Isolation:
 
 
 def refusal(what: str, why: str) -> str:
-    return (f"refusing to start the {what}: it would listen on every network interface without "
-            f"authentication, and whoever reaches its port could run computations that read this host's "
-            f"files (every institution extract here) and write files as this user. It cannot be kept on "
-            f"loopback here: {why}. Nothing was trained or registered. Only on a host whose firewall blocks "
-            f"inbound connections to ports 1024-65535, set {OVERRIDE_VARIABLE}=1 to accept the exposure (it is "
-            f"recorded on the MLflow run and the model version).")
+    return (
+        f"refusing to start the {what}: it would listen on every network interface without "
+        f"authentication, and whoever reaches its port could run computations that read this host's "
+        f"files (every institution extract here) and write files as this user. It cannot be kept on "
+        f"loopback here: {why}. Nothing was trained or registered. Only on a host whose firewall blocks "
+        f"inbound connections to ports 1024-65535, set {OVERRIDE_VARIABLE}=1 to accept the exposure (it is "
+        f"recorded on the MLflow run and the model version)."
+    )
 
 
 def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     raw = bytes.fromhex(hex_address)
     if len(raw) == 4:
         return ipaddress.IPv4Address(raw[::-1])
-    return ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
 
 
 def listening_addresses(pid: int) -> list[tuple[str, int]]:
@@ -115,7 +118,7 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
         except OSError:  # closed meanwhile
             continue
         if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+            inodes.add(target[len("socket:[") : -1])
     found = []
     for table in ("tcp", "tcp6"):
         lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -139,6 +142,7 @@ def require_loopback(pid: int, what: str) -> list[tuple[str, int]]:
     sockets = listening_addresses(pid)
     exposed = [f"{address}:{port}" for address, port in sockets if not is_loopback(address)]
     if exposed:
-        raise WorkerExposureRefused(refusal(what, f"it listens on {', '.join(exposed)} despite the loopback-bind "
-                                                  f"library (pid {pid})"))
+        raise WorkerExposureRefused(
+            refusal(what, f"it listens on {', '.join(exposed)} despite the loopback-bind library (pid {pid})")
+        )
     return sockets

@@ -24,8 +24,9 @@ _DIE_WITH_PARENT = (
 )
 
 
-def spawn_owned(args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> subprocess.Popen:
+def spawn_owned(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start `args` with its output in `log_path`; the kernel stops it when this process ends.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, and tasks run in
@@ -39,7 +40,13 @@ def spawn_owned(args: list[str], log_path: Path, env: dict[str, str] | None = No
             with open(log_path, "ab") as log:
                 outcome["process"] = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *args],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True, env=env, cwd=cwd)
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    close_fds=True,
+                    env=env,
+                    cwd=cwd,
+                )
         except BaseException as error:  # handed to the caller below
             outcome["error"] = error
         started.set()

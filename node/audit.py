@@ -44,12 +44,18 @@ class AuditEntry:
 
 def _secure(request: dict) -> dict:
     inner = request.get("request") or {}
-    found = {"session": request.get("session"), "adds": request.get("operation"),
-             "participants": request.get("participants"), "threshold": request.get("threshold"),
-             "senders": request.get("sent")}
-    return {**{k: v for k, v in found.items() if v is not None},
-            **({"inner_run": inner["run_key"]} if "run_key" in inner else {}),
-            **({"inner_round": inner["round"]} if "round" in inner else {})}
+    found = {
+        "session": request.get("session"),
+        "adds": request.get("operation"),
+        "participants": request.get("participants"),
+        "threshold": request.get("threshold"),
+        "senders": request.get("sent"),
+    }
+    return {
+        **{k: v for k, v in found.items() if v is not None},
+        **({"inner_run": inner["run_key"]} if "run_key" in inner else {}),
+        **({"inner_round": inner["round"]} if "round" in inner else {}),
+    }
 
 
 def summary(operation: str, request) -> tuple[str | None, int | None, dict]:
@@ -67,21 +73,32 @@ def summary(operation: str, request) -> tuple[str | None, int | None, dict]:
     elif operation == "Prepare":
         model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
         privacy = spec.get("privacy")
-        parameters.update(rounds=spec.get("rounds"), model=model.get("kind"),
-                          privacy=privacy.get("kind") if isinstance(privacy, dict) else privacy,
-                          delta=request.get("delta"), secure_aggregation=bool(request.get("secure_aggregation")),
-                          secure_encoding=request.get("secure_encoding"))
+        parameters.update(
+            rounds=spec.get("rounds"),
+            model=model.get("kind"),
+            privacy=privacy.get("kind") if isinstance(privacy, dict) else privacy,
+            delta=request.get("delta"),
+            secure_aggregation=bool(request.get("secure_aggregation")),
+            secure_encoding=request.get("secure_encoding"),
+        )
     elif operation == "TrainRound":
         parameters.update(client_seed=request.get("client_seed"))
     elif operation == "TrainTrees":
-        parameters.update(rounds=spec.get("rounds"), rank=request.get("rank"), world_size=request.get("world_size"),
-                          server=request.get("server"))
+        parameters.update(
+            rounds=spec.get("rounds"),
+            rank=request.get("rank"),
+            world_size=request.get("world_size"),
+            server=request.get("server"),
+        )
     elif operation == "Evaluate":
         parameters.update(models=sorted((request.get("models") or {}).keys()))
     elif operation.startswith("Secure"):
         parameters.update(_secure(request))
-    return (str(run) if run is not None else None, int(round_num) if isinstance(round_num, int) else None,
-            {k: v for k, v in parameters.items() if v is not None})
+    return (
+        str(run) if run is not None else None,
+        int(round_num) if isinstance(round_num, int) else None,
+        {k: v for k, v in parameters.items() if v is not None},
+    )
 
 
 class AuditTrail:
@@ -91,11 +108,29 @@ class AuditTrail:
         self.path = Path(work_dir) / AUDIT_FILE
         self.lock = threading.Lock()
 
-    def record(self, peer: str, operation: str, request, outcome: str, bytes_returned: int = 0,
-               epsilon: float | None = None, reason: str | None = None) -> AuditEntry:
+    def record(
+        self,
+        peer: str,
+        operation: str,
+        request,
+        outcome: str,
+        bytes_returned: int = 0,
+        epsilon: float | None = None,
+        reason: str | None = None,
+    ) -> AuditEntry:
         run, round_num, parameters = summary(operation, request)
-        entry = AuditEntry(datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"), peer,
-                           operation, outcome, run, round_num, parameters, epsilon, bytes_returned, reason)
+        entry = AuditEntry(
+            datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            peer,
+            operation,
+            outcome,
+            run,
+            round_num,
+            parameters,
+            epsilon,
+            bytes_returned,
+            reason,
+        )
         with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as trail:
@@ -106,5 +141,8 @@ class AuditTrail:
     def read(self) -> list[AuditEntry]:
         if not self.path.exists():
             return []
-        return [AuditEntry(**json.loads(line)) for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return [
+            AuditEntry(**json.loads(line))
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]

@@ -10,11 +10,14 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.schema import SCHEMAS_DIR, Schema, SchemaError, load_schema, read_yaml
+from contract.schema import SCHEMAS_DIR, Schema, SchemaError, load_schema, read_yaml
+from errors import ExitCode, FedriskError
 
 
-class NodeConfigError(ValueError):
+class NodeConfigError(FedriskError, ValueError):
     """A node config that cannot be used; the message names the file and field."""
+
+    exit_code = ExitCode.USAGE
 
 
 class TlsFiles(BaseModel):
@@ -47,21 +50,35 @@ class NodePolicy(BaseModel):
 
     max_rounds: int = Field(1000, ge=1, le=100_000)
     model_kinds: list[Literal["logistic_regression", "mlp", "gradient_boosted_trees"]] = Field(
-        default_factory=lambda: ["logistic_regression", "mlp", "gradient_boosted_trees"])
+        default_factory=lambda: ["logistic_regression", "mlp", "gradient_boosted_trees"]
+    )
     require_privacy: Literal["none", "record_level"] = Field(
-        "none", description="record_level: train only with DP-SGD (every customer protected).")
-    privacy_budget: float | None = Field(None, gt=0, le=1000, description="Total epsilon this institution allows "
-                                                                          "over every training on its rows.")
+        "none", description="record_level: train only with DP-SGD (every customer protected)."
+    )
+    privacy_budget: float | None = Field(
+        None, gt=0, le=1000, description="Total epsilon this institution allows over every training on its rows."
+    )
     require_secure_aggregation: bool = Field(
-        False, description="Send statistics, updates and validation metrics only masked, in secure sums.")
-    max_delta: float | None = Field(None, gt=0, lt=1, description="The DP delta this node accounts at (at most, "
-                                                                  "whatever the coordinator asks); default 1/rows.")
-    min_noise_multiplier: float | None = Field(None, gt=0, le=100, description="DP-SGD at this node only with at "
-                                                                               "least this noise multiplier.")
-    max_epsilon_per_run: float | None = Field(None, gt=0, le=1000, description="The most epsilon one training may "
-                                                                               "spend on this node's rows.")
-    max_evaluations_per_run: int = Field(3, ge=1, le=100, description="Evaluate requests answered per training "
-                                                                      "(retries included), for its own models only.")
+        False, description="Send statistics, updates and validation metrics only masked, in secure sums."
+    )
+    max_delta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="The DP delta this node accounts at (at most, whatever the coordinator asks); default 1/rows.",
+    )
+    min_noise_multiplier: float | None = Field(
+        None, gt=0, le=100, description="DP-SGD at this node only with at least this noise multiplier."
+    )
+    max_epsilon_per_run: float | None = Field(
+        None, gt=0, le=1000, description="The most epsilon one training may spend on this node's rows."
+    )
+    max_evaluations_per_run: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Evaluate requests answered per training (retries included), for its own models only.",
+    )
 
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -73,12 +90,18 @@ class ConsortiumConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    members: list[str] = Field(min_length=3, description="Every member institution's certificate name (CN), this "
-                                                         "one included; never the coordinator.")
-    fingerprints: dict[str, str] = Field(default_factory=dict, description="Optional: member -> SHA-256 of its "
-                                         "certificate (hex); its keys are then accepted from that certificate only.")
-    min_threshold: int | None = Field(None, ge=2, description="The lowest threshold t accepted. Default: a strict "
-                                                               "majority of the members.")
+    members: list[str] = Field(
+        min_length=3,
+        description="Every member institution's certificate name (CN), this one included; never the coordinator.",
+    )
+    fingerprints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Optional: member -> SHA-256 of its "
+        "certificate (hex); its keys are then accepted from that certificate only.",
+    )
+    min_threshold: int | None = Field(
+        None, ge=2, description="The lowest threshold t accepted. Default: a strict majority of the members."
+    )
     min_inputs: int = Field(3, ge=3, description="The fewest inputs any released sum may contain.")
 
     @field_validator("members")
@@ -120,30 +143,38 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     institution: str = Field(pattern=NAME)
-    listen: str = Field("127.0.0.1:7100", pattern=r"^[^:\s]+:\d{1,5}$",
-                        description="host:port to listen on; 0.0.0.0 for every interface (TLS is required).")
+    listen: str = Field(
+        "127.0.0.1:7100",
+        pattern=r"^[^:\s]+:\d{1,5}$",
+        description="host:port to listen on; 0.0.0.0 for every interface (TLS is required).",
+    )
     schema_name: str = Field(alias="schema")
     extract: ExtractConfig
     tls: TlsFiles
     coordinator: str = Field("coordinator", description="The certificate name (CN) of the only client answered.")
     work_dir: Path = Field(Path("node_state"), description="The node's round log and privacy ledger.")
     policy: NodePolicy = Field(default_factory=NodePolicy)
-    consortium: ConsortiumConfig | None = Field(None, description="The members it takes part in secure sums "
-                                                                  "with; without it, it takes part in none.")
+    consortium: ConsortiumConfig | None = Field(
+        None, description="The members it takes part in secure sums with; without it, it takes part in none."
+    )
     max_message_mb: int = Field(64, ge=1, le=2000)
 
     @model_validator(mode="after")
     def _membership(self) -> NodeConfig:
         if self.consortium is None:
             if self.policy.require_secure_aggregation:
-                raise ValueError("policy.require_secure_aggregation needs consortium.members: the node takes part "
-                                 "in secure sums only with the members it lists")
+                raise ValueError(
+                    "policy.require_secure_aggregation needs consortium.members: the node takes part "
+                    "in secure sums only with the members it lists"
+                )
             return self
         if self.institution not in self.consortium.members:
             raise ValueError(f"consortium.members must include this institution ({self.institution!r})")
         if self.coordinator in self.consortium.members:
-            raise ValueError(f"consortium.members must not include the coordinator ({self.coordinator!r}): the "
-                             f"coordinator never takes part in a secure sum")
+            raise ValueError(
+                f"consortium.members must not include the coordinator ({self.coordinator!r}): the "
+                f"coordinator never takes part in a secure sum"
+            )
         return self
 
     def secure_rules(self):
@@ -152,8 +183,13 @@ class NodeConfig(BaseModel):
 
         if self.consortium is None:
             return None
-        return Rules(frozenset(self.consortium.members), self.coordinator, self.consortium.threshold_floor(),
-                     self.consortium.min_inputs, tuple(sorted(self.consortium.fingerprints.items())))
+        return Rules(
+            frozenset(self.consortium.members),
+            self.coordinator,
+            self.consortium.threshold_floor(),
+            self.consortium.min_inputs,
+            tuple(sorted(self.consortium.fingerprints.items())),
+        )
 
     @field_validator("listen")
     @classmethod
@@ -185,7 +221,9 @@ def load_node_config(path: Path) -> NodeConfig:
         lines = [f"invalid node config {path}:"] + [
             f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
             + ("" if isinstance(e.get("input"), dict) or e["type"] == "missing" else f" (got {e.get('input')!r})")
-            + (NAME_HINT if e["loc"][-1:] == ("institution",) else "") for e in error.errors()]
+            + (NAME_HINT if e["loc"][-1:] == ("institution",) else "")
+            for e in error.errors()
+        ]
         raise NodeConfigError("\n".join(lines)) from None
     except SchemaError as error:
         raise NodeConfigError(f"invalid node config {path}: schema: {error}") from None

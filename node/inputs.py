@@ -47,16 +47,23 @@ class SecureInputs:
         found = self.by_digest.get(digest)
         return found if found is not None and found.session != session else None
 
-    def record(self, digest: str, session: str, operation: str, description: str,
-               participants: tuple[str, ...]) -> Contribution | None:
+    def record(
+        self, digest: str, session: str, operation: str, description: str, participants: tuple[str, ...]
+    ) -> Contribution | None:
         """Record the input as added to `session` (durably, before its masked form leaves); return the earlier
         contribution to another session instead, when there is one (nothing recorded then)."""
         with self.lock:
             earlier = self.earlier(digest, session)
             if earlier is not None or digest in self.by_digest:
                 return earlier
-            contribution = Contribution(digest, session, operation, description, tuple(participants),
-                                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            contribution = Contribution(
+                digest,
+                session,
+                operation,
+                description,
+                tuple(participants),
+                datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as log:
                 log.write(json.dumps(asdict(contribution)) + "\n")

@@ -44,14 +44,15 @@ class Encoding:
         if not 3 <= self.institutions <= 10_000:
             raise SecureAggregationError(f"{self.institutions} institutions is not within [3, 10000]", RULE_ENCODING)
         if not (math.isfinite(self.weight_bound) and self.weight_bound >= 1):
-            raise SecureAggregationError(f"weight bound {self.weight_bound} is not a count of examples",
-                                         RULE_ENCODING)
+            raise SecureAggregationError(f"weight bound {self.weight_bound} is not a count of examples", RULE_ENCODING)
 
     def specs(self) -> dict[str, dict]:
         """Bit width and scale of a round's vectors: the sum of `institutions` clipped, weighted updates never
         wraps the 32-bit ring."""
-        return {"update": {"bits": UPDATE_BITS, "scale": ring.scale_for(self.clip_norm, self.institutions,
-                                                                          UPDATE_BITS)}, "sums": SUMS}
+        return {
+            "update": {"bits": UPDATE_BITS, "scale": ring.scale_for(self.clip_norm, self.institutions, UPDATE_BITS)},
+            "sums": SUMS,
+        }
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +62,7 @@ class Encoding:
         try:
             return cls(float(plain["clip_norm"]), int(plain["institutions"]), float(plain["weight_bound"]))
         except (KeyError, TypeError, ValueError) as error:
-            raise SecureAggregationError(f"the run's secure encoding is malformed ({error!r})", RULE_ENCODING) \
-                from None
+            raise SecureAggregationError(f"the run's secure encoding is malformed ({error!r})", RULE_ENCODING) from None
 
 
 def input_digest(operation: str, values: dict[str, np.ndarray]) -> str:
@@ -83,8 +83,9 @@ def flatten(tree) -> tuple[np.ndarray, object]:
     """Nested dicts/lists of arrays (unfinalized metrics) as one float64 vector and the structure to rebuild them."""
     if isinstance(tree, dict):
         parts = [(key, *flatten(value)) for key, value in tree.items()]
-        return (np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)), \
-            {"dict": [[key, structure] for key, _, structure in parts]}
+        return (np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)), {
+            "dict": [[key, structure] for key, _, structure in parts]
+        }
     if isinstance(tree, (list, tuple)):
         parts = [flatten(value) for value in tree]
         return (np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)), {"list": [p[1] for p in parts]}
@@ -94,6 +95,7 @@ def flatten(tree) -> tuple[np.ndarray, object]:
 
 def unflatten(values: np.ndarray, structure, offset: int = 0):
     """The inverse of `flatten` (each array in its own dtype; integer counts rounded back)."""
+
     def build(node, at: int):
         if "dict" in node:
             built = {}
@@ -108,20 +110,23 @@ def unflatten(values: np.ndarray, structure, offset: int = 0):
             return items, at
         size = int(np.prod(node["shape"], dtype=np.int64))
         dtype = np.dtype(node["dtype"])
-        part = np.asarray(values[at:at + size], dtype=np.float64)
+        part = np.asarray(values[at : at + size], dtype=np.float64)
         return (np.rint(part) if dtype.kind in "iu" else part).astype(dtype).reshape(node["shape"]), at + size
 
     return build(structure, offset)[0]
 
 
-def round_inputs(update: list[np.ndarray], weight: float, metrics: dict,
-                 encoding: Encoding) -> tuple[dict[str, np.ndarray], dict]:
+def round_inputs(
+    update: list[np.ndarray], weight: float, metrics: dict, encoding: Encoding
+) -> tuple[dict[str, np.ndarray], dict]:
     """A node's round as secure-sum inputs: its update clipped to the run's clip norm (a non-finite one zeroed,
     with weight 0) and multiplied by its share, its own examples over the run's weight bound; the share and
     flags lead the `sums` vector."""
     if weight > encoding.weight_bound:
-        raise SecureAggregationError(f"its round weighs {weight:g} examples, more than the run's weight bound "
-                                     f"{encoding.weight_bound:g}", RULE_ENCODING)
+        raise SecureAggregationError(
+            f"its round weighs {weight:g} examples, more than the run's weight bound {encoding.weight_bound:g}",
+            RULE_ENCODING,
+        )
     flat = np.concatenate([np.asarray(u, dtype=np.float64).ravel() for u in update])
     metric_values, structure = flatten(metrics)
     finite = bool(np.all(np.isfinite(flat)))
@@ -131,8 +136,10 @@ def round_inputs(update: list[np.ndarray], weight: float, metrics: dict,
     if not finite or not np.all(np.isfinite(metric_values)):
         flat, metric_values = np.zeros_like(flat), np.zeros_like(metric_values)
     sums = np.concatenate([[share, 0.0 if finite else 1.0, 1.0 if factor < 1 else 0.0, norm], metric_values])
-    return ({"update": flat * factor * share, "sums": sums},
-            {"shapes": [list(np.shape(u)) for u in update], "metrics": structure})
+    return (
+        {"update": flat * factor * share, "sums": sums},
+        {"shapes": [list(np.shape(u)) for u in update], "metrics": structure},
+    )
 
 
 @dataclass(frozen=True)
@@ -154,25 +161,36 @@ def decode_round(sums: dict[str, np.ndarray], meta: dict, completed: int, encodi
     (an institution that sent an out-of-range weight or wrapped the ring)."""
     share, non_finite, clipped, norm = sums["sums"][:4]
     if not 0 <= share <= completed * (1 + 1e-6):
-        raise SecureAggregationError(f"the round's summed weight is {share:g}, outside [0, {completed}] for "
-                                     f"{completed} institution(s): an institution sent an out-of-range weight; the "
-                                     f"round is refused")
+        raise SecureAggregationError(
+            f"the round's summed weight is {share:g}, outside [0, {completed}] for "
+            f"{completed} institution(s): an institution sent an out-of-range weight; the "
+            f"round is refused"
+        )
     spec = encoding.specs()["update"]
     slack = completed * math.sqrt(sums["update"].size) / spec["scale"]  # stochastic rounding: < 1/scale each
     length = float(np.linalg.norm(sums["update"]))
     if length > share * encoding.clip_norm * (1 + 1e-6) + slack:
-        raise SecureAggregationError(f"the round's weighted update sum has norm {length:g}, more than its summed "
-                                     f"weight {share:g} times the clip norm {encoding.clip_norm:g}: an institution "
-                                     f"sent an out-of-range update; the round is refused")
+        raise SecureAggregationError(
+            f"the round's weighted update sum has norm {length:g}, more than its summed "
+            f"weight {share:g} times the clip norm {encoding.clip_norm:g}: an institution "
+            f"sent an out-of-range update; the round is refused"
+        )
     total = sums["update"] / share if share > 0 else np.zeros_like(sums["update"])
     update, at = [], 0
     for shape in meta["shapes"]:
         size = int(np.prod(shape, dtype=np.int64))
-        update.append(np.asarray(total[at:at + size], dtype=np.float32).reshape(shape))
+        update.append(np.asarray(total[at : at + size], dtype=np.float32).reshape(shape))
         at += size
     finite = completed - int(round(non_finite))
-    return RoundSum(update, float(share), unflatten(sums["sums"], meta["metrics"], 4), int(round(non_finite)),
-                    int(round(clipped)), float(norm) / finite if finite else float("nan"), completed)
+    return RoundSum(
+        update,
+        float(share),
+        unflatten(sums["sums"], meta["metrics"], 4),
+        int(round(non_finite)),
+        int(round(clipped)),
+        float(norm) / finite if finite else float("nan"),
+        completed,
+    )
 
 
 @dataclass(frozen=True)
@@ -183,13 +201,24 @@ class SessionResult:
     sent: list[str]  # institutions whose input is in the sum
 
     def describe(self, asked: int, threshold: int) -> str:
-        return ("secure sum: " + ", ".join(f"{phase} {n}/{asked}" for phase, n in self.phases.items())
-                + f" (threshold {threshold})")
+        return (
+            "secure sum: "
+            + ", ".join(f"{phase} {n}/{asked}" for phase, n in self.phases.items())
+            + f" (threshold {threshold})"
+        )
 
 
-def run_session(names: list[str], indices: list[int], session: str, vectors: dict[str, dict],
-                begin: Callable[[int], dict], each: Callable[[list[int], str, Callable[[int], object]], dict[int, object]],
-                call: Callable[[int, str, dict], object], threshold: int, when: str) -> SessionResult:
+def run_session(
+    names: list[str],
+    indices: list[int],
+    session: str,
+    vectors: dict[str, dict],
+    begin: Callable[[int], dict],
+    each: Callable[[list[int], str, Callable[[int], object]], dict[int, object]],
+    call: Callable[[int, str, dict], object],
+    threshold: int,
+    when: str,
+) -> SessionResult:
     """One secure sum over the nodes `indices` of the `vectors` (name -> bits and scale, as each node derives them
     itself: `Encoding.specs` or `SUMS`): `begin(i)` is what node i adds (its operation and request), `each` runs a
     phase at several nodes in parallel (dropping those that fail), `call(i, operation, request)` one call.
@@ -201,29 +230,59 @@ def run_session(names: list[str], indices: list[int], session: str, vectors: dic
     sizes = first["sizes"] if first else {}
     for i, answer in begun.items():
         if answer["sizes"] != sizes:
-            raise SecureAggregationError(f"institution '{names[i]}' sent vectors of sizes {answer['sizes']}, the "
-                                         f"others {sizes}: they are not adding the same thing")
+            raise SecureAggregationError(
+                f"institution '{names[i]}' sent vectors of sizes {answer['sizes']}, the "
+                f"others {sizes}: they are not adding the same thing"
+            )
     specs = {name: VectorSpec(int(sizes[name]), **vectors[name]) for name in sizes}
     aggregator = Aggregator(session, threshold, specs)
     roster = aggregator.keys([Advertisement.from_dict(answer["keys"]) for answer in begun.values()])
     plain_roster = {name: advertisement.as_dict() for name, advertisement in roster.items()}
-    shared = each(sorted(begun), f"{when}: sharing keys", lambda i: call(
-        i, "SecureShare", {"session": session, "roster": plain_roster}))
-    inboxes = aggregator.inboxes({names[i]: {to: bytes.fromhex(box) for to, box in answer["shares"].items()}
-                                  for i, answer in shared.items()})
-    masked = each(sorted(shared), f"{when}: masked inputs", lambda i: call(
-        i, "SecureMask", {"session": session, "inbox": {sender: box.hex() for sender, box in
-                                                          inboxes[names[i]].items()}}))
-    sent = aggregator.collect({names[i]: {name: ring.from_bytes(data, specs[name])
-                                          for name, data in answer["masked"].items()}
-                               for i, answer in masked.items()})
-    signed = each(sorted(masked), f"{when}: consistency check", lambda i: call(
-        i, "SecureConsistency", {"session": session, "sent": sent}))
+    shared = each(
+        sorted(begun),
+        f"{when}: sharing keys",
+        lambda i: call(i, "SecureShare", {"session": session, "roster": plain_roster}),
+    )
+    inboxes = aggregator.inboxes(
+        {names[i]: {to: bytes.fromhex(box) for to, box in answer["shares"].items()} for i, answer in shared.items()}
+    )
+    masked = each(
+        sorted(shared),
+        f"{when}: masked inputs",
+        lambda i: call(
+            i,
+            "SecureMask",
+            {"session": session, "inbox": {sender: box.hex() for sender, box in inboxes[names[i]].items()}},
+        ),
+    )
+    sent = aggregator.collect(
+        {
+            names[i]: {name: ring.from_bytes(data, specs[name]) for name, data in answer["masked"].items()}
+            for i, answer in masked.items()
+        }
+    )
+    signed = each(
+        sorted(masked),
+        f"{when}: consistency check",
+        lambda i: call(i, "SecureConsistency", {"session": session, "sent": sent}),
+    )
     signatures = aggregator.consistency({names[i]: bytes.fromhex(answer["signature"]) for i, answer in signed.items()})
     plain_signatures = {name: signature.hex() for name, signature in signatures.items()}
-    unmasked = each(sorted(signed), f"{when}: unmasking", lambda i: call(
-        i, "SecureUnmask", {"session": session, "sent": sent, "signatures": plain_signatures}))
+    unmasked = each(
+        sorted(signed),
+        f"{when}: unmasking",
+        lambda i: call(i, "SecureUnmask", {"session": session, "sent": sent, "signatures": plain_signatures}),
+    )
     sums = aggregator.total({names[i]: answer for i, answer in unmasked.items()})
-    return SessionResult(sums, {names[i]: metas[i] for i in begun},
-                         {"keys": len(begun), "shares": len(shared), "masked inputs": len(masked),
-                          "consistency": len(signed), "unmasking": len(unmasked)}, sent)
+    return SessionResult(
+        sums,
+        {names[i]: metas[i] for i in begun},
+        {
+            "keys": len(begun),
+            "shares": len(shared),
+            "masked inputs": len(masked),
+            "consistency": len(signed),
+            "unmasking": len(unmasked),
+        },
+        sent,
+    )

@@ -14,18 +14,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from contract.data import InstitutionDataError
 from node import wire
 from node.audit import AuditTrail
 from node.config import NodeConfig
 from node.service import NodeRefusal, NodeService, UnknownRun
-from tasks.data import InstitutionDataError
 
 SERVICE = "fedrisk.Node"
-OPERATIONS = {"Describe": "describe", "Validate": "validate", "Statistics": "statistics", "Prepare": "prepare",
-              "TrainRound": "train_round", "ValidateRound": "validate_round", "Evaluate": "evaluate",
-              "TrainTrees": "train_trees", "TreeProgress": "tree_progress", "SecureBegin": "secure_begin",
-              "SecureShare": "secure_share", "SecureMask": "secure_mask", "SecureConsistency": "secure_consistency",
-              "SecureUnmask": "secure_unmask"}
+OPERATIONS = {
+    "Describe": "describe",
+    "Validate": "validate",
+    "Statistics": "statistics",
+    "Prepare": "prepare",
+    "TrainRound": "train_round",
+    "ValidateRound": "validate_round",
+    "Evaluate": "evaluate",
+    "TrainTrees": "train_trees",
+    "TreeProgress": "tree_progress",
+    "SecureBegin": "secure_begin",
+    "SecureShare": "secure_share",
+    "SecureMask": "secure_mask",
+    "SecureConsistency": "secure_consistency",
+    "SecureUnmask": "secure_unmask",
+}
 log = logging.getLogger("fedrisk.node")
 
 
@@ -49,8 +60,10 @@ def _handler(service: NodeService, name: str, operation: str, coordinator: str, 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         peer = (context.auth_context().get("x509_common_name") or [b""])[0].decode()
         if peer != coordinator:
-            reason = (f"institution '{service.name}' answers only the coordinator '{coordinator}', not "
-                      f"'{peer or 'an unnamed client'}'")
+            reason = (
+                f"institution '{service.name}' answers only the coordinator '{coordinator}', not "
+                f"'{peer or 'an unnamed client'}'"
+            )
             audit.record(peer, name, None, "refused", reason=reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         try:
@@ -69,9 +82,11 @@ def _handler(service: NodeService, name: str, operation: str, coordinator: str, 
         except Exception as error:  # the node's log has the traceback; the coordinator gets a sentence
             log.error("%s failed:\n%s", name, traceback.format_exc())
             audit.record(peer, name, plain, "failed", reason=f"{type(error).__name__}: {error}")
-            context.abort(grpc.StatusCode.INTERNAL,  # the error's text may quote the extract: it stays here
-                          f"institution '{service.name}': {name} failed ({type(error).__name__}; the node's log "
-                          f"and audit trail say more)")
+            context.abort(
+                grpc.StatusCode.INTERNAL,  # the error's text may quote the extract: it stays here
+                f"institution '{service.name}': {name} failed ({type(error).__name__}; the node's log "
+                f"and audit trail say more)",
+            )
         answer = result if isinstance(result, bytes) else wire.encode(result)
         audit.record(peer, name, plain, "served", len(answer), _epsilon(name, result))
         return answer
@@ -85,8 +100,10 @@ def start_server(config: NodeConfig, service: NodeService) -> tuple[grpc.Server,
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     server = grpc.server(ThreadPoolExecutor(max_workers=8), options=message_options(config.max_message_mb))
     audit = AuditTrail(config.work_dir)
-    handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(service, name, operation, config.coordinator, audit))
-                for name, operation in OPERATIONS.items()}
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(_handler(service, name, operation, config.coordinator, audit))
+        for name, operation in OPERATIONS.items()
+    }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_secure_port(config.listen, credentials)
     if port == 0:

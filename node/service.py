@@ -1,6 +1,6 @@
 """What a node does: fedrisk's fixed per-institution operations on its own extract, nothing else.
 
-Each operation is the function the pipeline runs in simulation (tasks.consortium.LocalConsortium, the
+Each operation is the function the pipeline runs in simulation (consortium.local.LocalConsortium, the
 fed_models client work), called here with the request's plain values; no code or computation sent by
 the coordinator is ever run. The node enforces what its institution agreed to (schema, rounds, model
 kinds, privacy and its budget), trains each round of a run once (a repeated round id gets the same
@@ -25,26 +25,26 @@ from pathlib import Path
 
 import numpy as np
 
+from consortium.local import LocalConsortium
+from contract.data import Extract, Split
+from errors import FedriskError
+from institution.validation import EXPECTATIONS_DIR
 from node import wire
 from node.config import NodeConfig
 from node.inputs import SecureInputs
 from node.reference import Reference
 from node.runs import RunRecords, weights_digest
-from tasks.config import EvaluationConfig
-from tasks.consortium import LocalConsortium
-from tasks.data import Extract, Split
-from tasks.validation import EXPECTATIONS_DIR
-
 from riskmodel.model import ENGINE_FILES, MANIFEST
+from runconfig import EvaluationConfig
 
 MODEL_FILES = (MANIFEST, *ENGINE_FILES)
 
 
-class NodeRefusal(ValueError):
+class NodeRefusal(FedriskError, ValueError):
     """A request the node will not serve: outside its institution's policy, or not what its data is."""
 
 
-class UnknownRun(LookupError):
+class UnknownRun(FedriskError, LookupError):
     """A round of a training this node was not prepared for (it restarted): prepare it again."""
 
 
@@ -116,9 +116,11 @@ class NodeService:
     def _check_schema(self, request: dict) -> None:
         asked = request.get("schema") or {}
         if (asked.get("name"), str(asked.get("version"))) != (self.schema.name, str(self.schema.version)):
-            raise NodeRefusal(f"institution '{self.name}': its extract follows schema {self.schema.name} version "
-                              f"{self.schema.version}; the coordinator asked for {asked.get('name')} version "
-                              f"{asked.get('version')}")
+            raise NodeRefusal(
+                f"institution '{self.name}': its extract follows schema {self.schema.name} version "
+                f"{self.schema.version}; the coordinator asked for {asked.get('name')} version "
+                f"{asked.get('version')}"
+            )
 
     def _admitted(self, request: dict) -> LocalConsortium:
         """This institution's extract pinned to the digest the coordinator admitted (checked on every read)."""
@@ -127,23 +129,31 @@ class NodeService:
     def _check_policy(self, spec, rounds: int) -> None:
         policy = self.config.policy
         if rounds > policy.max_rounds:
-            raise NodeRefusal(f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run "
-                              f"plans {rounds} (policy.max_rounds)")
+            raise NodeRefusal(
+                f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run "
+                f"plans {rounds} (policy.max_rounds)"
+            )
         if spec.model.kind not in policy.model_kinds:
-            raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not {spec.model.kind} "
-                              f"(policy.model_kinds)")
+            raise NodeRefusal(
+                f"institution '{self.name}' trains only {policy.model_kinds}, not {spec.model.kind} "
+                f"(policy.model_kinds)"
+            )
         from fed_models.training import RecordLevelPrivacy
 
         if policy.require_privacy == "record_level" and not isinstance(spec.privacy, RecordLevelPrivacy):
-            raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy "
-                              f"(DP-SGD); the run asks for {type(spec.privacy).__name__ if spec.privacy else 'none'} "
-                              f"(policy.require_privacy)")
+            raise NodeRefusal(
+                f"institution '{self.name}' trains only with record-level differential privacy "
+                f"(DP-SGD); the run asks for {type(spec.privacy).__name__ if spec.privacy else 'none'} "
+                f"(policy.require_privacy)"
+            )
         if policy.min_noise_multiplier is not None and isinstance(spec.privacy, RecordLevelPrivacy):
             noise = spec.privacy.noise_multipliers.get(self.name)
             if noise is None or noise < policy.min_noise_multiplier:
-                raise NodeRefusal(f"institution '{self.name}' trains with DP-SGD only at a noise multiplier of at "
-                                  f"least {policy.min_noise_multiplier:g}; the run asks for {noise} "
-                                  f"(policy.min_noise_multiplier)")
+                raise NodeRefusal(
+                    f"institution '{self.name}' trains with DP-SGD only at a noise multiplier of at "
+                    f"least {policy.min_noise_multiplier:g}; the run asks for {noise} "
+                    f"(policy.min_noise_multiplier)"
+                )
 
     # --- privacy ledger -------------------------------------------------------------------------------
     def _ledger(self) -> dict:
@@ -159,35 +169,47 @@ class NodeService:
             return 0.0
         rows = len(run.fit.y)
         steps = steps_per_round(rows, spec.batch_size, spec.local_epochs) * rounds
-        epsilon = record_level_epsilon(rows=rows, batch_size=spec.batch_size, steps=steps,
-                                       noise_multiplier=spec.privacy.noise_multipliers[self.name], delta=run.delta)
+        epsilon = record_level_epsilon(
+            rows=rows,
+            batch_size=spec.batch_size,
+            steps=steps,
+            noise_multiplier=spec.privacy.noise_multipliers[self.name],
+            delta=run.delta,
+        )
         ledger = self._ledger()
         earlier = sum(entry["epsilon"] for key, entry in ledger.items() if key != run_key)
         budget = self.config.policy.privacy_budget
         if budget is not None and earlier + epsilon > budget + 1e-9:
-            raise NodeRefusal(f"institution '{self.name}': privacy budget exceeded: round {rounds} of this run would "
-                              f"bring its epsilon to {epsilon:.4f} on top of {earlier:.4f} spent before, over its "
-                              f"budget of {budget:g} (policy.privacy_budget)")
+            raise NodeRefusal(
+                f"institution '{self.name}': privacy budget exceeded: round {rounds} of this run would "
+                f"bring its epsilon to {epsilon:.4f} on top of {earlier:.4f} spent before, over its "
+                f"budget of {budget:g} (policy.privacy_budget)"
+            )
         per_run = self.config.policy.max_epsilon_per_run
         if per_run is not None and epsilon > per_run + 1e-9:
-            raise NodeRefusal(f"institution '{self.name}': round {rounds} of this run would bring its epsilon to "
-                              f"{epsilon:.4f}, over the {per_run:g} one training may spend "
-                              f"(policy.max_epsilon_per_run)")
+            raise NodeRefusal(
+                f"institution '{self.name}': round {rounds} of this run would bring its epsilon to "
+                f"{epsilon:.4f}, over the {per_run:g} one training may spend "
+                f"(policy.max_epsilon_per_run)"
+            )
         ledger[run_key] = {"epsilon": epsilon, "delta": run.delta, "rounds": rounds}
         _write_atomically(self.ledger_file, json.dumps(ledger, indent=1).encode())
         return epsilon
 
     # --- operations -----------------------------------------------------------------------------------
     def describe(self, request: dict) -> dict:
-        return {"institution": self.name, "schema": {"name": self.schema.name, "version": self.schema.version},
-                "policy": self.config.policy.model_dump()}
+        return {
+            "institution": self.name,
+            "schema": {"name": self.schema.name, "version": self.schema.version},
+            "policy": self.config.policy.model_dump(),
+        }
 
     def validate(self, request: dict) -> dict:
         """The validation report and its page as they may be shared (counts, check and declared names), for the
         coordinator's run; example values, undeclared columns and the institution's own page stay in this node's
         log. A node that requires secure aggregation sends no profile and checks drift against its own reference."""
-        from tasks.data import InstitutionDataError, read_bytes
-        from tasks.validation import validate_extract
+        from contract.data import InstitutionDataError, read_bytes
+        from institution.validation import validate_extract
 
         self._check_schema(request)
         private = self.config.policy.require_secure_aggregation
@@ -197,8 +219,9 @@ class NodeService:
                 reference = self.reference.for_extract(read_bytes(self.name, self.extract.path)[1])
             except InstitutionDataError:
                 reference = None  # unreadable: the validation says so
-        report = validate_extract(self.extract, self.schema, reference, self.expectations_dir,
-                                  private_reference=private)
+        report = validate_extract(
+            self.extract, self.schema, reference, self.expectations_dir, private_reference=private
+        )
         if private and report.passed and report.profile is not None:
             self.reference.accepted(report.digest, report.profile)
         page = Path(report.data_docs).read_text() if report.data_docs else None
@@ -206,11 +229,15 @@ class NodeService:
 
     def _refuse_plain(self, what: str, run: _Run | None = None) -> None:
         if self.config.policy.require_secure_aggregation:
-            raise NodeRefusal(f"institution '{self.name}' sends its {what} only through secure aggregation "
-                              f"(policy.require_secure_aggregation)")
+            raise NodeRefusal(
+                f"institution '{self.name}' sends its {what} only through secure aggregation "
+                f"(policy.require_secure_aggregation)"
+            )
         if run is not None and run.secure:
-            raise NodeRefusal(f"institution '{self.name}' sends its {what} only through secure aggregation (the run "
-                              f"was prepared for it)")
+            raise NodeRefusal(
+                f"institution '{self.name}' sends its {what} only through secure aggregation (the run "
+                f"was prepared for it)"
+            )
 
     def statistics(self, request: dict) -> dict:
         self._check_schema(request)
@@ -232,8 +259,9 @@ class NodeService:
         spec = spec_from_dict(request["spec"])
         self._check_policy(spec, spec.rounds)
         consortium = self._admitted(request)
-        runner = consortium.training(self.schema, Layout.from_json(request["layout"]), Split(**request["split"]),
-                                     request["run_key"])
+        runner = consortium.training(
+            self.schema, Layout.from_json(request["layout"]), Split(**request["split"]), request["run_key"]
+        )
         [fit], [validation] = runner.clients, runner.validation
         with self._computing():
             stages = build_stages(spec, np.asarray(request["mean"]), np.asarray(request["std"]), n_clients=1)
@@ -248,8 +276,11 @@ class NodeService:
             self._refuse_plain("model updates")
         self.runs[request["run_key"]] = _Run(stages, fit, validation, delta, secure, encoding)
         self.run_records.begin(request["run_key"], request["layout"], request.get("champion"))
-        return {"fit_rows": int(len(fit.y)), "rounds_trained": len(self._logged_rounds(request["run_key"])),
-                "delta": delta}
+        return {
+            "fit_rows": int(len(fit.y)),
+            "rounds_trained": len(self._logged_rounds(request["run_key"])),
+            "delta": delta,
+        }
 
     def _encoding(self, plain: dict | None):
         """The run's secure encoding, sent once at Prepare (the same to every node, bound into its signed keys)."""
@@ -257,12 +288,15 @@ class NodeService:
         from secagg.protocol import RULE_ENCODING, SecureAggregationError
 
         if self.secure_rules is None:
-            raise NodeRefusal(f"institution '{self.name}' takes part in no secure sum: its config lists no "
-                              f"consortium members (consortium.members)")
+            raise NodeRefusal(
+                f"institution '{self.name}' takes part in no secure sum: its config lists no "
+                f"consortium members (consortium.members)"
+            )
         try:
             if not plain:
-                raise SecureAggregationError("a run under secure aggregation must fix its encoding at Prepare",
-                                             RULE_ENCODING)
+                raise SecureAggregationError(
+                    "a run under secure aggregation must fix its encoding at Prepare", RULE_ENCODING
+                )
             return Encoding.from_dict(plain)
         except SecureAggregationError as error:
             raise NodeRefusal(f"institution '{self.name}': {error}") from None
@@ -285,8 +319,8 @@ class NodeService:
         """One round of this institution's client work, once: the same round id again gets the same answer;
         with other weights it is refused (so privacy is charged for exactly what was trained), and a round
         trained for a secure sum is never answered in the clear (not even after a restart)."""
-        from fed_models.training import client_round, weights_from_lists
         from fed_models.dp_sgd import secure_rng
+        from fed_models.training import client_round, weights_from_lists
 
         run_key, round_num = request["run_key"], int(request["round"])
         digest = _weights_digest(request["weights"])
@@ -295,8 +329,10 @@ class NodeService:
         if record.exists():
             logged = json.loads(record.read_text())
             if logged["weights_sha256"] != digest:
-                raise NodeRefusal(f"institution '{self.name}': round {round_num} of run {run_key} was already trained "
-                                  f"from other global weights; a round is trained once")
+                raise NodeRefusal(
+                    f"institution '{self.name}': round {round_num} of run {run_key} was already trained "
+                    f"from other global weights; a round is trained once"
+                )
             if logged.get("secure") and not secure:
                 raise NodeRefusal(f"institution '{self.name}' sends its model updates only through secure aggregation")
             return answer.read_bytes()
@@ -306,10 +342,23 @@ class NodeService:
         rounds = len(self._logged_rounds(run_key)) + 1
         epsilon = self._charge(run_key, run, rounds)
         with self._computing():
-            update = client_round(run.stages, run.fit, weights_from_lists(request["weights"]),
-                                  seed=int(request["client_seed"]), rng=secure_rng())
-        message = wire.encode({"update": update.update, "weight": update.weight, "metrics": update.metrics,
-                               "rounds_trained": rounds, "epsilon": epsilon, "delta": run.delta})
+            update = client_round(
+                run.stages,
+                run.fit,
+                weights_from_lists(request["weights"]),
+                seed=int(request["client_seed"]),
+                rng=secure_rng(),
+            )
+        message = wire.encode(
+            {
+                "update": update.update,
+                "weight": update.weight,
+                "metrics": update.metrics,
+                "rounds_trained": rounds,
+                "epsilon": epsilon,
+                "delta": run.delta,
+            }
+        )
         directory.mkdir(parents=True, exist_ok=True)
         _write_atomically(answer, message)
         _write_atomically(record, json.dumps({"weights_sha256": digest, "secure": secure}).encode())
@@ -320,11 +369,15 @@ class NodeService:
         that declared few rounds and asks for more is refused at the first one past them)."""
         declared, limit = run.stages.spec.rounds, self.config.policy.max_rounds
         if round_num < 1 or round_num > declared:
-            raise NodeRefusal(f"institution '{self.name}': run {run_key} declared {declared} rounds at Prepare; round "
-                              f"{round_num} is not one of them (the declared rounds)")
+            raise NodeRefusal(
+                f"institution '{self.name}': run {run_key} declared {declared} rounds at Prepare; round "
+                f"{round_num} is not one of them (the declared rounds)"
+            )
         if round_num > limit:
-            raise NodeRefusal(f"institution '{self.name}' agreed to at most {limit} rounds; round {round_num} of run "
-                              f"{run_key} is past them (policy.max_rounds)")
+            raise NodeRefusal(
+                f"institution '{self.name}' agreed to at most {limit} rounds; round {round_num} of run "
+                f"{run_key} is past them (policy.max_rounds)"
+            )
 
     def validate_round(self, request: dict) -> dict:
         self._refuse_plain("validation metrics", self._run(request["run_key"]))
@@ -344,11 +397,11 @@ class NodeService:
         sums, or its statistics), keep it here, and return fresh public keys signed with its TLS key together with
         the digest of the session's parameters. Refused outside its consortium's rules, for an input it already
         added to another sum, or for a run's round encoded other than the run fixed at Prepare."""
+        from institution.statistics import LocalStatistics, statistics_vector
         from node import secure
         from secagg import ring
-        from secagg.protocol import RULE_ONE_SUM, RULE_ENCODING, Participant, SecureAggregationError, context_digest
+        from secagg.protocol import RULE_ENCODING, RULE_ONE_SUM, Participant, SecureAggregationError, context_digest
         from secagg.ring import VectorSpec
-        from tasks.statistics import LocalStatistics, statistics_vector
 
         session = request["session"]
         participants, threshold = tuple(sorted(request["participants"])), int(request["threshold"])
@@ -356,12 +409,16 @@ class NodeService:
         if session in self.sessions:
             known = self.sessions[session]
             if known.begun != (operation, participants, threshold):
-                raise NodeRefusal(f"institution '{self.name}': secure sum {session} began with other participants, "
-                                  f"threshold or operation; a retry continues the same session (rule: {RULE_ONE_SUM})")
+                raise NodeRefusal(
+                    f"institution '{self.name}': secure sum {session} began with other participants, "
+                    f"threshold or operation; a retry continues the same session (rule: {RULE_ONE_SUM})"
+                )
             return known.answers["begin"]
         if self.secure_rules is None:
-            raise NodeRefusal(f"institution '{self.name}' takes part in no secure sum: its config lists no "
-                              f"consortium members (consortium.members)")
+            raise NodeRefusal(
+                f"institution '{self.name}' takes part in no secure sum: its config lists no "
+                f"consortium members (consortium.members)"
+            )
         try:
             self.secure_rules.check_session(self.name, participants, threshold)
         except SecureAggregationError as error:
@@ -370,23 +427,33 @@ class NodeService:
         if operation == "train_round":
             run = self._run(inner["run_key"])
             if not run.secure:
-                raise NodeRefusal(f"institution '{self.name}': run {inner['run_key']} was prepared without secure "
-                                  f"aggregation")
+                raise NodeRefusal(
+                    f"institution '{self.name}': run {inner['run_key']} was prepared without secure aggregation"
+                )
             if len(participants) > run.encoding.institutions:
-                raise NodeRefusal(f"institution '{self.name}': {len(participants)} participants, but run "
-                                  f"{inner['run_key']} encodes sums of at most {run.encoding.institutions} "
-                                  f"(rule: {RULE_ENCODING})")
+                raise NodeRefusal(
+                    f"institution '{self.name}': {len(participants)} participants, but run "
+                    f"{inner['run_key']} encodes sums of at most {run.encoding.institutions} "
+                    f"(rule: {RULE_ENCODING})"
+                )
             answer = wire.decode(self._train_round(inner, secure=True))
-            raw = {"update": np.concatenate([np.ravel(u) for u in answer["update"]]),
-                   "sums": secure.flatten(answer["metrics"])[0], "weight": np.asarray([answer["weight"]])}
+            raw = {
+                "update": np.concatenate([np.ravel(u) for u in answer["update"]]),
+                "sums": secure.flatten(answer["metrics"])[0],
+                "weight": np.asarray([answer["weight"]]),
+            }
             try:
                 values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"], run.encoding)
             except SecureAggregationError as error:
                 raise NodeRefusal(f"institution '{self.name}': {error}") from None
             meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"], delta=answer["delta"])
             vectors = run.encoding.specs()
-            bound = {"run_key": inner["run_key"], "round": int(inner["round"]), "encoding": run.encoding.as_dict(),
-                     "weights": _weights_digest(inner["weights"])}
+            bound = {
+                "run_key": inner["run_key"],
+                "round": int(inner["round"]),
+                "encoding": run.encoding.as_dict(),
+                "weights": _weights_digest(inner["weights"]),
+            }
             description = f"its update of round {int(inner['round'])} of run {inner['run_key']}"
         elif operation == "validate_round":
             flat, structure = secure.flatten(self._validate_round(inner)["metrics"])
@@ -408,14 +475,34 @@ class NodeService:
         self._refuse_second_sum(digest, session)
         specs = {name: VectorSpec(len(v), **vectors[name]) for name, v in values.items()}
         shapes = {name: [spec.size, spec.bits, spec.scale] for name, spec in specs.items()}
-        context = context_digest({"session": session, "operation": operation, "participants": list(participants),
-                                  "threshold": threshold, **bound, "vectors": shapes})
-        participant = Participant(self._identity, session, participants, threshold, self.secure_rules, context,
-                                  {name: ring.encode(v, specs[name]) for name, v in values.items()}, specs)
-        answer = {"keys": participant.advertise().as_dict(), "meta": meta,
-                  "sizes": {name: spec.size for name, spec in specs.items()}}
-        self.sessions[session] = _Session(participant, {"begin": answer}, (operation, participants, threshold), digest,
-                                          description)
+        context = context_digest(
+            {
+                "session": session,
+                "operation": operation,
+                "participants": list(participants),
+                "threshold": threshold,
+                **bound,
+                "vectors": shapes,
+            }
+        )
+        participant = Participant(
+            self._identity,
+            session,
+            participants,
+            threshold,
+            self.secure_rules,
+            context,
+            {name: ring.encode(v, specs[name]) for name, v in values.items()},
+            specs,
+        )
+        answer = {
+            "keys": participant.advertise().as_dict(),
+            "meta": meta,
+            "sizes": {name: spec.size for name, spec in specs.items()},
+        }
+        self.sessions[session] = _Session(
+            participant, {"begin": answer}, (operation, participants, threshold), digest, description
+        )
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return answer
@@ -431,7 +518,8 @@ class NodeService:
         return NodeRefusal(
             f"institution '{self.name}' already added {earlier.description} to secure sum {earlier.session} "
             f"({earlier.at}, participants {list(earlier.participants)}); a second sum over the same input would let "
-            f"the coordinator subtract the sums and read it (rule: {RULE_ONE_SUM})")
+            f"the coordinator subtract the sums and read it (rule: {RULE_ONE_SUM})"
+        )
 
     @cached_property
     def _identity(self):
@@ -462,7 +550,9 @@ class NodeService:
         from secagg.protocol import Advertisement
 
         roster = {name: Advertisement.from_dict(a) for name, a in request["roster"].items()}
-        return self._phase(request, "share", lambda p: {"shares": {to: box.hex() for to, box in p.share(roster).items()}})
+        return self._phase(
+            request, "share", lambda p: {"shares": {to: box.hex() for to, box in p.share(roster).items()}}
+        )
 
     def secure_mask(self, request: dict) -> dict:
         """This node's input, masked (the only form in which it leaves), recorded first as added to this sum."""
@@ -473,8 +563,9 @@ class NodeService:
 
         def mask(p):
             masked = p.masked(inbox)
-            earlier = self.secure_inputs.record(session.digest, p.session, session.begun[0], session.description,
-                                                p.participants)
+            earlier = self.secure_inputs.record(
+                session.digest, p.session, session.begun[0], session.description, p.participants
+            )
             if earlier is not None:  # another session of the same input masked first: this one ends here
                 self.sessions.pop(p.session, None)
                 raise self._second_sum(earlier)
@@ -505,32 +596,52 @@ class NodeService:
         self._check_schema(request)
         policy = self.config.policy
         if policy.require_secure_aggregation:
-            raise NodeRefusal(f"institution '{self.name}' sends only masked sums (policy.require_secure_aggregation); "
-                              f"XGBoost's federated server sees each institution's gradient histograms")
+            raise NodeRefusal(
+                f"institution '{self.name}' sends only masked sums (policy.require_secure_aggregation); "
+                f"XGBoost's federated server sees each institution's gradient histograms"
+            )
         spec = TreeSpec.from_dict(request["spec"])
         if "gradient_boosted_trees" not in policy.model_kinds:
             raise NodeRefusal(f"institution '{self.name}' trains only {policy.model_kinds}, not gradient_boosted_trees")
         if spec.rounds > policy.max_rounds:
-            raise NodeRefusal(f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run "
-                              f"plans {spec.rounds}")
+            raise NodeRefusal(
+                f"institution '{self.name}' agreed to at most {policy.max_rounds} rounds, the run plans {spec.rounds}"
+            )
         if policy.require_privacy != "none":
-            raise NodeRefusal(f"institution '{self.name}' trains only with record-level differential privacy, which "
-                              f"trees do not have (policy.require_privacy)")
-        [data] = self._admitted(request).tree_data(self.schema, Layout.from_json(request["layout"]),
-                                                   Split(**request["split"]))
+            raise NodeRefusal(
+                f"institution '{self.name}' trains only with record-level differential privacy, which "
+                f"trees do not have (policy.require_privacy)"
+            )
+        [data] = self._admitted(request).tree_data(
+            self.schema, Layout.from_json(request["layout"]), Split(**request["split"])
+        )
         tls, rank, work = self.config.tls, int(request["rank"]), self.config.work_dir / "trees" / request["run_key"]
         self.run_records.begin(request["run_key"], request["layout"], request.get("champion"))
         try:
-            result = run_worker(data, spec, work, rank=rank, world_size=int(request["world_size"]),
-                                server=request["server"], ca=tls.ca, cert=tls.cert, key=tls.key)
+            result = run_worker(
+                data,
+                spec,
+                work,
+                rank=rank,
+                world_size=int(request["world_size"]),
+                server=request["server"],
+                ca=tls.ca,
+                cert=tls.cert,
+                key=tls.key,
+            )
         except TreeTrainingFailed as error:
             raise NodeRefusal(f"institution '{self.name}': {error}") from None
         grown = hashlib.sha256((work / booster_name(rank)).read_bytes()).hexdigest()
         self.run_records.update(request["run_key"], lambda record: setattr(record, "booster", grown))
         if result is None:
             return {"rows": int(len(data.y_fit))}
-        return {"rows": int(len(data.y_fit)), "booster": np.frombuffer(result.booster.read_bytes(), dtype=np.uint8),
-                "rounds": result.rounds, "best_round": result.best_round, "stopped_early": result.stopped_early}
+        return {
+            "rows": int(len(data.y_fit)),
+            "booster": np.frombuffer(result.booster.read_bytes(), dtype=np.uint8),
+            "rounds": result.rounds,
+            "best_round": result.best_round,
+            "stopped_early": result.stopped_early,
+        }
 
     def tree_progress(self, request: dict) -> dict:
         """The boosting rounds so far of a tree training this node's worker takes part in: the federated validation
@@ -552,12 +663,16 @@ class NodeService:
         run_key = str(request.get("run_key") or "")
         limit = self.config.policy.max_evaluations_per_run
         if self.run_records.get(run_key) is None:
-            raise NodeRefusal(f"institution '{self.name}' evaluates only the models of a training it took part in; "
-                              f"it took part in no run {run_key or '(none named)'}")
+            raise NodeRefusal(
+                f"institution '{self.name}' evaluates only the models of a training it took part in; "
+                f"it took part in no run {run_key or '(none named)'}"
+            )
         record = self.run_records.update(run_key, lambda r: setattr(r, "evaluations", r.evaluations + 1))
         if record.evaluations > limit:
-            raise NodeRefusal(f"institution '{self.name}' evaluates the models of run {run_key} at most {limit} "
-                              f"times (policy.max_evaluations_per_run)")
+            raise NodeRefusal(
+                f"institution '{self.name}' evaluates the models of run {run_key} at most {limit} "
+                f"times (policy.max_evaluations_per_run)"
+            )
         consortium = self._admitted(request)
         with tempfile.TemporaryDirectory(prefix="fedrisk-node-models-") as scratch:
             models = {}
@@ -566,14 +681,17 @@ class NodeService:
                 with zipfile.ZipFile(io.BytesIO(bytes(np.asarray(archive, dtype=np.uint8)))) as bundle:
                     unexpected = sorted(set(bundle.namelist()) - set(MODEL_FILES))
                     if unexpected:
-                        raise NodeRefusal(f"institution '{self.name}': a model holds files other than an exported "
-                                          f"model's: {unexpected}")
+                        raise NodeRefusal(
+                            f"institution '{self.name}': a model holds files other than an exported "
+                            f"model's: {unexpected}"
+                        )
                     bundle.extractall(target)
                 self._check_tied(run_key, record, role, target)
                 models[role] = str(target)
             with self.lock:
-                evaluation = consortium.evaluate(self.name, self.schema, Split(**request["split"]), models,
-                                                 EvaluationConfig(**request["evaluation"]))
+                evaluation = consortium.evaluate(
+                    self.name, self.schema, Split(**request["split"]), models, EvaluationConfig(**request["evaluation"])
+                )
         return asdict(evaluation)
 
     def _check_tied(self, run_key: str, record, role: str, directory: Path) -> None:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from errors import FedriskError
+
 _DTYPES = {"float32", "float64", "int32", "int64", "bool", "uint8"}
 
 
-class WireError(ValueError):
+class WireError(FedriskError, ValueError):
     """A message that is not fedrisk's wire format."""
 
 
@@ -25,8 +27,11 @@ def _tag(value):
         array = np.asarray(value)  # tobytes() is C order; ascontiguousarray would make a scalar (1,)
         if array.dtype.name not in _DTYPES:
             raise WireError(f"cannot send an array of dtype {array.dtype}")
-        return {"__array__": base64.b64encode(array.tobytes()).decode(), "dtype": array.dtype.name,
-                "shape": list(array.shape)}
+        return {
+            "__array__": base64.b64encode(array.tobytes()).decode(),
+            "dtype": array.dtype.name,
+            "shape": list(array.shape),
+        }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _tag(dataclasses.asdict(value))
     if isinstance(value, dict):

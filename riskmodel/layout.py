@@ -87,8 +87,11 @@ class Layout:
         for f in self.features:
             values = frame[f.name]
             if f.kind == "categorical":
-                text = (pd.to_numeric(values, errors="coerce").round().astype("Int64").astype(str) if f.coded
-                        else values.astype(str))
+                text = (
+                    pd.to_numeric(values, errors="coerce").round().astype("Int64").astype(str)
+                    if f.coded
+                    else values.astype(str)
+                )
                 codes = pd.Categorical(text, categories=list(f.levels)).codes.astype(np.float64)
                 codes[codes < 0] = len(f.levels)
                 codes[values.isna().to_numpy()] = np.nan

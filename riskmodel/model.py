@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from riskmodel.layout import Layout
+from riskmodel.scaling import Scaling
 
 MANIFEST = "riskmodel.json"
 KERAS_FILE = "model.keras"
 XGBOOST_FILE = "booster.json"
 ENGINE_FILES = (KERAS_FILE, XGBOOST_FILE)
+RUNTIME_PACKAGES = {"keras": "tensorflow", "xgboost": "xgboost"}  # the package that loads each format
 
 
 @dataclass
@@ -29,8 +32,8 @@ class RiskModel:
     engine: str
     layout: Layout
     output: str
-    predictor: object
-    scaling: object = None  # riskmodel.scorecard.Scaling of a logistic regression scorecard
+    predictor: Any  # a Keras model or an XGBoost Booster, as `engine` says
+    scaling: Scaling | None = None  # a logistic regression scorecard's points scaling
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         if self.engine == "keras":
@@ -39,8 +42,9 @@ class RiskModel:
         if self.engine == "xgboost":
             import xgboost
 
-            matrix = xgboost.DMatrix(self.layout.encode_native(frame), feature_types=self.layout.native_types(),
-                                     enable_categorical=True)
+            matrix = xgboost.DMatrix(
+                self.layout.encode_native(frame), feature_types=self.layout.native_types(), enable_categorical=True
+            )
             return self.predictor.predict(matrix).astype(np.float64)
         raise ValueError(f"unknown engine {self.engine!r}")
 
@@ -49,17 +53,24 @@ class RiskModel:
         if self.engine != "xgboost":
             return {}
         names = self.layout.raw_features
-        return {names[int(key[1:])]: value for key, value in
-                self.predictor.get_score(importance_type="total_gain").items()}
+        return {
+            names[int(key[1:])]: value for key, value in self.predictor.get_score(importance_type="total_gain").items()
+        }
 
 
-def save(directory: Path, *, engine: str, layout: Layout, output: str, engine_file: str,
-         scaling=None) -> Path:
+def save(
+    directory: Path, *, engine: str, layout: Layout, output: str, engine_file: str, scaling: Scaling | None = None
+) -> Path:
     """Write the manifest beside an engine file already in `directory`; `scaling` (a Scaling) makes a
     logistic regression a points scorecard."""
     directory = Path(directory)
-    manifest = {"engine": engine, "engine_file": engine_file, "output": output, "layout": json.loads(layout.to_json()),
-                "scorecard": None if scaling is None else vars(scaling)}
+    manifest = {
+        "engine": engine,
+        "engine_file": engine_file,
+        "output": output,
+        "layout": json.loads(layout.to_json()),
+        "scorecard": None if scaling is None else vars(scaling),
+    }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return directory
 
@@ -79,8 +90,6 @@ def load(directory: Path) -> RiskModel:
         predictor = xgboost.Booster(model_file=str(directory / manifest["engine_file"]))
     else:
         raise ValueError(f"{directory}: unknown engine {manifest['engine']!r}")
-    from riskmodel.scorecard import Scaling
-
     scaling = Scaling(**manifest["scorecard"]) if manifest.get("scorecard") else None
     return RiskModel(manifest["engine"], layout, manifest["output"], predictor, scaling)
 

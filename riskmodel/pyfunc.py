@@ -4,17 +4,20 @@ Logged as an MLflow "model from code" with this package in its code paths, so sc
 riskmodel, mlflow, pandas, numpy and the engine's runtime.
 """
 
+from typing import Any
+
 import mlflow
+import mlflow.pyfunc
 import pandas as pd
 
 from riskmodel import model as exported
 
 
-class RiskModelPyfunc(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
+class RiskModelPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]  # MLflow has no type information
+    def load_context(self, context: Any) -> None:
         self.model = exported.load(context.artifacts["riskmodel"])
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         probability = self.model.predict_proba(model_input)
         return pd.DataFrame({self.model.output: probability}, index=model_input.index)
 

@@ -9,36 +9,24 @@ that cost it the most points against the consortium's average applicant (the mod
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from riskmodel.model import RiskModel
+from riskmodel.scaling import Scaling
 
 POINTS_TABLE_ARTIFACT = "scorecard/points_table.csv"
 
 
-@dataclass(frozen=True)
-class Scaling:
-    points_to_double_odds: float = 20.0
-    base_score: float = 600.0
-    base_odds: float = 50.0
-
-    @property
-    def factor(self) -> float:
-        return self.points_to_double_odds / math.log(2)
-
-    @property
-    def offset(self) -> float:
-        return self.base_score - self.factor * math.log(self.base_odds)
+def _scaling(model: RiskModel) -> Scaling:
+    if model.engine != "keras" or model.scaling is None:
+        raise ValueError("a points scorecard needs a logistic regression model")
+    return model.scaling
 
 
 def _linear(model: RiskModel) -> tuple[np.ndarray, float, np.ndarray]:
     """(slope per encoded column, bias, column means) of a Keras logistic regression: logit = bias + slope . x."""
-    if model.engine != "keras" or model.scaling is None:
-        raise ValueError("a points scorecard needs a logistic regression model")
+    _scaling(model)
     standardize = model.predictor.get_layer("standardize")  # constants of the model, not weights
     mean = np.asarray(standardize.mean, dtype=np.float64).reshape(-1)
     std = np.sqrt(np.asarray(standardize.variance, dtype=np.float64)).reshape(-1)
@@ -50,7 +38,7 @@ def _linear(model: RiskModel) -> tuple[np.ndarray, float, np.ndarray]:
 
 def points_table(model: RiskModel) -> pd.DataFrame:
     """Base points, then points per unit of each numeric input and per level of each categorical one."""
-    scaling = model.scaling
+    scaling = _scaling(model)
     slope, intercept, _ = _linear(model)
     points = -scaling.factor * slope
     rows = [{"feature": "(base points)", "attribute": "", "points": scaling.offset - scaling.factor * intercept}]
@@ -66,21 +54,23 @@ def points_table(model: RiskModel) -> pd.DataFrame:
 def score_points(model: RiskModel, frame: pd.DataFrame, reasons: int = 0) -> pd.DataFrame:
     """Each row's score points and, given `reasons`, the features that cost it the most points
     against the average applicant (reason_1 the largest), with the points each cost."""
-    scaling = model.scaling
+    scaling = _scaling(model)
     slope, intercept, mean = _linear(model)
     points = -scaling.factor * slope
     x = model.layout.encode(frame)
     out = pd.DataFrame(index=frame.index)
     out["score_points"] = np.round(scaling.offset - scaling.factor * intercept + x @ points, 1)
     if reasons:
-        lost, names, position = [], [], 0
+        columns: list[np.ndarray] = []
+        names: list[str] = []
+        position = 0
         for f in model.layout.features:
             width = len(f.columns())
             part = slice(position, position + width)
-            lost.append(mean[part] @ points[part] - x[:, part] @ points[part])
+            columns.append(mean[part] @ points[part] - x[:, part] @ points[part])
             names.append(f.name)
             position += width
-        lost = np.column_stack(lost)
+        lost = np.column_stack(columns)
         order = np.argsort(-lost, axis=1, kind="stable")[:, :reasons]
         for k in range(min(reasons, len(names))):
             chosen = order[:, k]

@@ -109,8 +109,9 @@ class Rules:
     def check_session(self, me: str, participants: tuple[str, ...], threshold: int) -> None:
         """Refuse a session whose participants or threshold fall outside these rules."""
         if len(set(participants)) != len(participants):
-            raise SecureAggregationError(f"the participants {list(participants)} name an institution twice",
-                                         RULE_MEMBERS)
+            raise SecureAggregationError(
+                f"the participants {list(participants)} name an institution twice", RULE_MEMBERS
+            )
         if me not in participants:
             raise SecureAggregationError(f"'{me}' is not among the participants {list(participants)}", RULE_MEMBERS)
         strangers = sorted(p for p in participants if p not in self.members or p == self.coordinator)
@@ -118,15 +119,19 @@ class Rules:
             raise SecureAggregationError(
                 f"{strangers} {'is' if len(strangers) == 1 else 'are'} not a member of the consortium "
                 f"{sorted(self.members)}; only members take part in a secure sum, never the coordinator",
-                RULE_MEMBERS)
+                RULE_MEMBERS,
+            )
         if len(participants) < self.min_inputs:
-            raise SecureAggregationError(f"a sum of {len(participants)} inputs is asked for; a released sum holds at "
-                                         f"least {self.min_inputs}", RULE_MIN_INPUTS)
+            raise SecureAggregationError(
+                f"a sum of {len(participants)} inputs is asked for; a released sum holds at least {self.min_inputs}",
+                RULE_MIN_INPUTS,
+            )
         if not self.min_threshold <= threshold <= len(participants):
             raise SecureAggregationError(
                 f"threshold {threshold} for {len(participants)} participants is asked for; the threshold must be at "
                 f"least {self.min_threshold} (of {len(self.members)} members) and at most the participants",
-                RULE_THRESHOLD)
+                RULE_THRESHOLD,
+            )
 
     def pinned(self, institution: str) -> str | None:
         return dict(self.fingerprints).get(institution)
@@ -152,18 +157,40 @@ class Advertisement:
     signature: bytes
 
     def payload(self) -> bytes:
-        return b"|".join([PROTOCOL, b"keys", self.session.encode(), self.institution.encode(), self.context.encode(),
-                          self.encryption_key, self.mask_key])
+        return b"|".join(
+            [
+                PROTOCOL,
+                b"keys",
+                self.session.encode(),
+                self.institution.encode(),
+                self.context.encode(),
+                self.encryption_key,
+                self.mask_key,
+            ]
+        )
 
     def as_dict(self) -> dict:
-        return {"institution": self.institution, "session": self.session, "context": self.context,
-                "encryption_key": self.encryption_key.hex(), "mask_key": self.mask_key.hex(),
-                "certificate": self.certificate.decode(), "signature": self.signature.hex()}
+        return {
+            "institution": self.institution,
+            "session": self.session,
+            "context": self.context,
+            "encryption_key": self.encryption_key.hex(),
+            "mask_key": self.mask_key.hex(),
+            "certificate": self.certificate.decode(),
+            "signature": self.signature.hex(),
+        }
 
     @classmethod
     def from_dict(cls, plain: dict) -> Advertisement:
-        return cls(plain["institution"], plain["session"], plain["context"], bytes.fromhex(plain["encryption_key"]),
-                   bytes.fromhex(plain["mask_key"]), plain["certificate"].encode(), bytes.fromhex(plain["signature"]))
+        return cls(
+            plain["institution"],
+            plain["session"],
+            plain["context"],
+            bytes.fromhex(plain["encryption_key"]),
+            bytes.fromhex(plain["mask_key"]),
+            plain["certificate"].encode(),
+            bytes.fromhex(plain["signature"]),
+        )
 
 
 def _signed_by(certificate: x509.Certificate, signature: bytes, payload: bytes) -> bool:
@@ -180,8 +207,14 @@ def _signed_by(certificate: x509.Certificate, signature: bytes, payload: bytes) 
     return True
 
 
-def verify(advertisement: Advertisement, session: str, context: str, ca_pem: bytes, rules: Rules,
-           now: datetime.datetime | None = None) -> x509.Certificate:
+def verify(
+    advertisement: Advertisement,
+    session: str,
+    context: str,
+    ca_pem: bytes,
+    rules: Rules,
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
     """That `advertisement` is for `session` and this institution's `context`, signed by a valid consortium
     certificate of a member it names; its certificate, or SecureAggregationError."""
     who = advertisement.institution
@@ -194,31 +227,43 @@ def verify(advertisement: Advertisement, session: str, context: str, ca_pem: byt
     except (ValueError, TypeError, InvalidSignature):
         raise SecureAggregationError(
             f"the certificate sent with the keys of '{who}' is not issued by the consortium CA: the coordinator "
-            f"relayed keys that are not that institution's", RULE_CERTIFICATE) from None
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+            f"relayed keys that are not that institution's",
+            RULE_CERTIFICATE,
+        ) from None
+    now = now or datetime.datetime.now(datetime.UTC)
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise SecureAggregationError(
             f"the certificate of '{who}' is valid from {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now", RULE_CERTIFICATE)
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
+            RULE_CERTIFICATE,
+        )
     names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [who]:
-        raise SecureAggregationError(f"the keys said to be '{who}'s are signed by the certificate of {names}: the "
-                                     f"coordinator substituted them", RULE_CERTIFICATE)
+        raise SecureAggregationError(
+            f"the keys said to be '{who}'s are signed by the certificate of {names}: the coordinator substituted them",
+            RULE_CERTIFICATE,
+        )
     if who not in rules.members or who == rules.coordinator:
-        raise SecureAggregationError(f"keys from '{who}', who is not a member of the consortium "
-                                     f"{sorted(rules.members)}", RULE_MEMBERS)
+        raise SecureAggregationError(
+            f"keys from '{who}', who is not a member of the consortium {sorted(rules.members)}", RULE_MEMBERS
+        )
     pinned = rules.pinned(who)
     if pinned and certificate.fingerprint(hashes.SHA256()).hex() != pinned.lower().replace(":", ""):
-        raise SecureAggregationError(f"the certificate of '{who}' is not the one pinned for it in this "
-                                     f"institution's config", RULE_CERTIFICATE)
+        raise SecureAggregationError(
+            f"the certificate of '{who}' is not the one pinned for it in this institution's config", RULE_CERTIFICATE
+        )
     if not _signed_by(certificate, advertisement.signature, advertisement.payload()):
         raise SecureAggregationError(
             f"the public keys relayed for '{who}' are not signed by '{who}': the coordinator substituted a key; "
-            f"this institution sends nothing more in this session", RULE_CERTIFICATE)
+            f"this institution sends nothing more in this session",
+            RULE_CERTIFICATE,
+        )
     if advertisement.context != context:
         raise SecureAggregationError(
             f"'{who}' was given other session parameters (participants, threshold, encoding or weights) than this "
-            f"institution: the coordinator told the institutions different things", RULE_SAME_PARAMETERS)
+            f"institution: the coordinator told the institutions different things",
+            RULE_SAME_PARAMETERS,
+        )
     return certificate
 
 
@@ -230,12 +275,14 @@ def consistency_payload(session: str, context: str, sent: tuple[str, ...]) -> by
 def _agree(private: x25519.X25519PrivateKey, public: bytes, purpose: bytes, session: str) -> bytes:
     shared = private.exchange(x25519.X25519PublicKey.from_public_bytes(public))
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"fedrisk-secagg-" + purpose + b"|" + session.encode()).derive(
-        shared)
+        shared
+    )
 
 
 def _raw(private: x25519.X25519PrivateKey) -> bytes:
-    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())
+    return private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
 def _public(private: x25519.X25519PrivateKey) -> bytes:
@@ -265,7 +312,7 @@ class Participant:
     _shared: tuple[str, ...] = ()  # U2: who sent this institution its shares (itself included)
     _signed: tuple[str, ...] | None = None  # U3 as this institution signed it
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.participants = tuple(sorted(self.participants))
         self.rules.check_session(self.name, self.participants, self.threshold)
 
@@ -279,8 +326,15 @@ class Participant:
         return max(self.threshold, self.rules.min_inputs)
 
     def advertise(self) -> Advertisement:
-        unsigned = Advertisement(self.name, self.session, self.context, _public(self._encryption),
-                                 _public(self._mask), self.identity.certificate, b"")
+        unsigned = Advertisement(
+            self.name,
+            self.session,
+            self.context,
+            _public(self._encryption),
+            _public(self._mask),
+            self.identity.certificate,
+            b"",
+        )
         return Advertisement(**{**unsigned.__dict__, "signature": self.identity.sign(unsigned.payload())})
 
     def share(self, roster: dict[str, Advertisement]) -> dict[str, bytes]:
@@ -288,17 +342,20 @@ class Participant:
         if sorted(roster) != list(self.participants):
             raise SecureAggregationError(
                 f"the coordinator relayed keys of {sorted(roster)}, but the session began with the participants "
-                f"{list(self.participants)}", RULE_ROSTER)
+                f"{list(self.participants)}",
+                RULE_ROSTER,
+            )
         mine = roster[self.name]
         if (mine.encryption_key, mine.mask_key) != (_public(self._encryption), _public(self._mask)):
-            raise SecureAggregationError(f"the coordinator relayed keys for '{self.name}' that are not its own",
-                                         RULE_CERTIFICATE)
+            raise SecureAggregationError(
+                f"the coordinator relayed keys for '{self.name}' that are not its own", RULE_CERTIFICATE
+            )
         for name, advertisement in roster.items():
             if advertisement.institution != name:
-                raise SecureAggregationError(f"the keys listed for '{name}' are '{advertisement.institution}'s",
-                                             RULE_ROSTER)
-            self._certificates[name] = verify(advertisement, self.session, self.context, self.identity.ca,
-                                              self.rules)
+                raise SecureAggregationError(
+                    f"the keys listed for '{name}' are '{advertisement.institution}'s", RULE_ROSTER
+                )
+            self._certificates[name] = verify(advertisement, self.session, self.context, self.identity.ca, self.rules)
         self._roster = dict(sorted(roster.items()))
         holders = self._holders()
         mask_shares = shamir.split(_raw(self._mask), list(holders.values()), self.threshold)
@@ -328,9 +385,12 @@ class Participant:
             raise SecureAggregationError("asked for its masked input before the keys were shared", RULE_CONSISTENCY)
         senders = set(inbox) | {self.name}
         if len(senders) < self.least:
-            raise SecureAggregationError(f"only {len(senders)} institution(s) shared their keys with '{self.name}'; "
-                                         f"it masks its input only in a sum of at least {self.least} (threshold "
-                                         f"{self.threshold})", RULE_MIN_INPUTS)
+            raise SecureAggregationError(
+                f"only {len(senders)} institution(s) shared their keys with '{self.name}'; "
+                f"it masks its input only in a sum of at least {self.least} (threshold "
+                f"{self.threshold})",
+                RULE_MIN_INPUTS,
+            )
         for sender, sealed in inbox.items():
             if sender not in self._roster or sender == self.name:
                 raise SecureAggregationError(f"a share from '{sender}', who is not in this session", RULE_ROSTER)
@@ -359,23 +419,32 @@ class Participant:
         session: a second, different list is refused."""
         sent_set = tuple(sorted(set(sent)))
         if not self._shared:
-            raise SecureAggregationError(f"'{self.name}' sent no masked input in this session; it signs no list of "
-                                         f"senders", RULE_CONSISTENCY)
+            raise SecureAggregationError(
+                f"'{self.name}' sent no masked input in this session; it signs no list of senders", RULE_CONSISTENCY
+            )
         if self._signed is not None and self._signed != sent_set:
-            raise SecureAggregationError(f"asked to sign the senders {list(sent_set)} after signing "
-                                         f"{list(self._signed)}: this institution signs one list per session",
-                                         RULE_CONSISTENCY)
+            raise SecureAggregationError(
+                f"asked to sign the senders {list(sent_set)} after signing "
+                f"{list(self._signed)}: this institution signs one list per session",
+                RULE_CONSISTENCY,
+            )
         if self.name not in sent_set:
-            raise SecureAggregationError(f"the senders {list(sent_set)} leave out '{self.name}', which sent its "
-                                         f"masked input", RULE_CONSISTENCY)
+            raise SecureAggregationError(
+                f"the senders {list(sent_set)} leave out '{self.name}', which sent its masked input", RULE_CONSISTENCY
+            )
         unknown = sorted(set(sent_set) - set(self._shared))
         if unknown:
-            raise SecureAggregationError(f"the senders named include {unknown}, whose keys '{self.name}' never "
-                                         f"received: the coordinator shows the institutions different views",
-                                         RULE_CONSISTENCY)
+            raise SecureAggregationError(
+                f"the senders named include {unknown}, whose keys '{self.name}' never "
+                f"received: the coordinator shows the institutions different views",
+                RULE_CONSISTENCY,
+            )
         if len(sent_set) < self.least:
-            raise SecureAggregationError(f"only {len(sent_set)} institution(s) sent masked inputs; a released sum "
-                                         f"holds at least {self.least} (threshold {self.threshold})", RULE_MIN_INPUTS)
+            raise SecureAggregationError(
+                f"only {len(sent_set)} institution(s) sent masked inputs; a released sum "
+                f"holds at least {self.least} (threshold {self.threshold})",
+                RULE_MIN_INPUTS,
+            )
         self._signed = sent_set
         return self.identity.sign(consistency_payload(self.session, self.context, sent_set))
 
@@ -385,20 +454,32 @@ class Participant:
         shared its keys but did not send (never both for one institution)."""
         sent_set = tuple(sorted(set(sent)))
         if self._signed is None or self._signed != sent_set:
-            raise SecureAggregationError(f"asked to unmask the senders {list(sent_set)}; '{self.name}' signed "
-                                         f"{list(self._signed) if self._signed else 'no list'}: it unmasks only the "
-                                         f"list it signed", RULE_CONSISTENCY)
+            raise SecureAggregationError(
+                f"asked to unmask the senders {list(sent_set)}; '{self.name}' signed "
+                f"{list(self._signed) if self._signed else 'no list'}: it unmasks only the "
+                f"list it signed",
+                RULE_CONSISTENCY,
+            )
         payload = consistency_payload(self.session, self.context, sent_set)
-        valid = sorted(name for name, signature in signatures.items()
-                       if name in sent_set and name in self._certificates
-                       and _signed_by(self._certificates[name], signature, payload))
+        valid = sorted(
+            name
+            for name, signature in signatures.items()
+            if name in sent_set
+            and name in self._certificates
+            and _signed_by(self._certificates[name], signature, payload)
+        )
         if len(valid) < self.threshold:
             raise SecureAggregationError(
                 f"only {len(valid)} valid signature(s) on the senders {list(sent_set)} ({valid}); unmasking needs "
-                f"{self.threshold} (the threshold) from the senders themselves", RULE_CONSISTENCY)
-        return {"self_seed": {name: hex(self._held[name][1]) for name in sent_set if name in self._held},
-                "mask_key": {name: hex(self._held[name][0]) for name in self._shared
-                             if name not in sent_set and name in self._held}}
+                f"{self.threshold} (the threshold) from the senders themselves",
+                RULE_CONSISTENCY,
+            )
+        return {
+            "self_seed": {name: hex(self._held[name][1]) for name in sent_set if name in self._held},
+            "mask_key": {
+                name: hex(self._held[name][0]) for name in self._shared if name not in sent_set and name in self._held
+            },
+        }
 
 
 @dataclass
@@ -418,11 +499,14 @@ class Aggregator:
 
     def _need(self, count: int, phase: str) -> None:
         if count < self.threshold:
-            raise SecureAggregationError(f"{phase}: only {count} institution(s) completed; the secure sum needs "
-                                         f"{self.threshold} (its threshold)")
+            raise SecureAggregationError(
+                f"{phase}: only {count} institution(s) completed; the secure sum needs {self.threshold} (its threshold)"
+            )
         if count < self.min_inputs:
-            raise SecureAggregationError(f"{phase}: only {count} institution(s) completed; a secure sum needs at "
-                                         f"least {self.min_inputs} (a sum of two inputs reveals each to the other)")
+            raise SecureAggregationError(
+                f"{phase}: only {count} institution(s) completed; a secure sum needs at "
+                f"least {self.min_inputs} (a sum of two inputs reveals each to the other)"
+            )
 
     def keys(self, advertisements: list[Advertisement]) -> dict[str, Advertisement]:
         self.roster = dict(sorted((a.institution, a) for a in advertisements))
@@ -433,8 +517,10 @@ class Aggregator:
         """Shares regrouped by recipient; U2 is who sent them."""
         self.shared = sorted(sealed)
         self._need(len(self.shared), "sharing of keys")
-        return {recipient: {sender: boxes[recipient] for sender, boxes in sealed.items() if recipient in boxes}
-                for recipient in self.shared}
+        return {
+            recipient: {sender: boxes[recipient] for sender, boxes in sealed.items() if recipient in boxes}
+            for recipient in self.shared
+        }
 
     def collect(self, masked: dict[str, dict[str, np.ndarray]]) -> list[str]:
         self.sent = {name: vectors for name, vectors in masked.items() if name in self.shared}
@@ -458,19 +544,30 @@ class Aggregator:
                 total = ring.add(total, values[vector], spec)
             sums[vector] = total
         for name in self.sent:
-            seed = shamir.combine({holders[h]: int(a["self_seed"][name], 16) for h, a in answers.items()
-                                   if name in a["self_seed"]})
+            seed = shamir.combine(
+                {holders[h]: int(a["self_seed"][name], 16) for h, a in answers.items() if name in a["self_seed"]}
+            )
             for vector, spec in self.specs.items():
                 sums[vector] = ring.subtract(sums[vector], ring.expand(seed, vector, spec), spec)
         for dropped in sorted(set(self.shared) - set(self.sent)):
-            key = x25519.X25519PrivateKey.from_private_bytes(shamir.combine(
-                {holders[h]: int(a["mask_key"][dropped], 16) for h, a in answers.items() if dropped in a["mask_key"]}))
+            key = x25519.X25519PrivateKey.from_private_bytes(
+                shamir.combine(
+                    {
+                        holders[h]: int(a["mask_key"][dropped], 16)
+                        for h, a in answers.items()
+                        if dropped in a["mask_key"]
+                    }
+                )
+            )
             if _public(key) != self.roster[dropped].mask_key:
                 raise SecureAggregationError(f"the shares of '{dropped}'s mask key do not rebuild it")
             for name in self.sent:  # name's vector holds +mask towards later names, -mask towards earlier
                 seed = _agree(key, self.roster[name].mask_key, b"mask", self.session)
                 for vector, spec in self.specs.items():
                     mask = ring.expand(seed, vector, spec)
-                    sums[vector] = ring.subtract(sums[vector], mask, spec) if name < dropped else ring.add(
-                        sums[vector], mask, spec)
+                    sums[vector] = (
+                        ring.subtract(sums[vector], mask, spec)
+                        if name < dropped
+                        else ring.add(sums[vector], mask, spec)
+                    )
         return {vector: ring.decode(total, self.specs[vector]) for vector, total in sums.items()}

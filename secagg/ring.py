@@ -27,7 +27,7 @@ class VectorSpec:
     bits: int
     scale: float
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.bits not in BITS:
             raise ValueError(f"bit width must be one of {BITS}, not {self.bits}")
 
@@ -98,8 +98,9 @@ def subtract(a: np.ndarray, b: np.ndarray, spec: VectorSpec) -> np.ndarray:
 def expand(seed: bytes, label: str, spec: VectorSpec) -> np.ndarray:
     """A mask: `spec.size` uniform ring elements from a 32-byte seed, distinct for each `label`."""
     key = HKDF(hashes.SHA256(), 32, salt=None, info=b"fedrisk-secagg-prg|" + label.encode()).derive(seed)
-    stream = Cipher(algorithms.ChaCha20(key, b"\0" * 16), mode=None).encryptor().update(
-        bytes(spec.size * spec.bits // 8))
+    stream = (
+        Cipher(algorithms.ChaCha20(key, b"\0" * 16), mode=None).encryptor().update(bytes(spec.size * spec.bits // 8))
+    )
     return from_bytes(np.frombuffer(stream, dtype=np.uint8), spec)
 
 
@@ -115,9 +116,9 @@ def from_bytes(data: np.ndarray, spec: VectorSpec) -> np.ndarray:
     raw = np.asarray(data, dtype=np.uint8).tobytes()
     width = spec.bits // 8
     if len(raw) != spec.size * width:
-        raise ValueError(f"expected {spec.size * width} bytes for {spec.size} values of {spec.bits} bits, "
-                         f"got {len(raw)}")
+        raise ValueError(
+            f"expected {spec.size * width} bytes for {spec.size} values of {spec.bits} bits, got {len(raw)}"
+        )
     if spec.bits > 64:
-        return np.array([int.from_bytes(raw[i:i + width], "little") for i in range(0, len(raw), width)],
-                        dtype=object)
+        return np.array([int.from_bytes(raw[i : i + width], "little") for i in range(0, len(raw), width)], dtype=object)
     return np.frombuffer(raw, dtype=f"<u{width}").astype(f"uint{spec.bits}")

@@ -1,5 +1,5 @@
 """The pipeline's per-institution Prefect tasks: validate, compute statistics and evaluate where each
-institution's rows are (tasks.consortium decides where that is). Only flows import this module, and with it Prefect; an
+institution's rows are (consortium.local decides where that is). Only flows import this module, and with it Prefect; an
 institution's node imports the functions these tasks call and never Prefect (a node starts in a second,
 not after Prefect's import)."""
 
@@ -12,13 +12,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from tasks import data, suites, validation, validation_page
-from tasks.config import EvaluationConfig
-from tasks.data import Split
-from tasks.evaluation import InstitutionEvaluation
-from tasks.schema import Schema
-from tasks.statistics import LocalStatistics
-from tasks.validation import EXPECTATIONS_DIR, ValidationReport
+from contract import data, suites
+from contract.data import Split
+from contract.schema import Schema
+from institution import validation, validation_page
+from institution.evaluation import InstitutionEvaluation
+from institution.statistics import LocalStatistics
+from institution.validation import EXPECTATIONS_DIR, ValidationReport
+from runconfig import EvaluationConfig
 
 # The code that makes a validation report: a change to it makes every cached report stale.
 _VALIDATION_CODE = (validation, data, suites, validation_page)
@@ -60,31 +61,39 @@ def validation_cache_key(context, parameters: dict) -> str | None:
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=validation_cache_key),
     persist_result=True,
 )
-def validate_institution(consortium, institution: str, schema: Schema, reference: dict | None = None,
-                         expectations_dir: Path = EXPECTATIONS_DIR) -> ValidationReport:
-    """One institution's validation, where its extract is (tasks.consortium): its report, or a failed one
+def validate_institution(
+    consortium,
+    institution: str,
+    schema: Schema,
+    reference: dict | None = None,
+    expectations_dir: Path = EXPECTATIONS_DIR,
+) -> ValidationReport:
+    """One institution's validation, where its extract is (consortium.local): its report, or a failed one
     naming why it could not be validated (unreadable file, unreachable node)."""
     return consortium.validate(institution, schema, reference, expectations_dir)
 
 
 @task(name="evaluate-institution", task_run_name="evaluate-{institution}")
-def evaluate_institution(consortium, institution: str, schema: Schema, split: Split, models: dict[str, str],
-                         evaluation: EvaluationConfig) -> InstitutionEvaluation:
-    """One institution's holdout evaluation of `models`, where its rows are (tasks.consortium)."""
+def evaluate_institution(
+    consortium, institution: str, schema: Schema, split: Split, models: dict[str, str], evaluation: EvaluationConfig
+) -> InstitutionEvaluation:
+    """One institution's holdout evaluation of `models`, where its rows are (consortium.local)."""
     return consortium.evaluate(institution, schema, split, models, evaluation)
 
 
 @task(name="local-statistics", task_run_name="statistics-{institution}")
-def compute_local_statistics(consortium, institution: str, schema: Schema, features: list[str],
-                             split: Split) -> LocalStatistics:
+def compute_local_statistics(
+    consortium, institution: str, schema: Schema, features: list[str], split: Split
+) -> LocalStatistics:
     """Federated-statistics aggregates of one institution's training split, computed where its rows are
-    (tasks.consortium); no row leaves."""
+    (consortium.local); no row leaves."""
     return consortium.statistics(institution, schema, features, split)
 
 
 @task(name="secure-statistics")
-def compute_secure_statistics(consortium, schema: Schema, features: list[str], split: Split,
-                              kept: Path | None = None) -> tuple[LocalStatistics, dict[str, int]]:
+def compute_secure_statistics(
+    consortium, schema: Schema, features: list[str], split: Split, kept: Path | None = None
+) -> tuple[LocalStatistics, dict[str, int]]:
     """The consortium's statistics as one secure sum over the nodes: the summed statistics (institution
     'consortium') and each institution's row count; no institution's sums or counts per level in the clear.
     The sum is kept under `kept` for later runs over the same extracts (a node adds an input to one sum only)."""

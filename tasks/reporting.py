@@ -7,13 +7,13 @@ import re
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.evaluation import InstitutionEvaluation, weighted_metrics
-from tasks.privacy import privacy_sentence
-from tasks.registry import Registration
+from engines.base import TrainingOutcome
+from engines.privacy import privacy_sentence
+from institution.evaluation import InstitutionEvaluation, weighted_metrics
+from institution.validation import ValidationReport
 from tasks.retries import TRANSIENT_RETRIES
-from tasks.training import TrainingOutcome
-from tasks.validation import ValidationReport
-from tasks.versions import MODEL_CARD_ARTIFACT, run_page_url, validation_page_artifact, version_page_url
+from tracking.registry import Registration
+from tracking.versions import MODEL_CARD_ARTIFACT, run_page_url, validation_page_artifact, version_page_url
 
 
 def artifact_key(kind: str, model_name: str) -> str:
@@ -30,10 +30,13 @@ def training_sentence(training: TrainingOutcome) -> str:
         how = "stopped: validation loss stopped improving" + (f", at the limit of {limit} rounds" if limit else "")
     else:
         how = f"the limit of {limit} rounds reached" if limit else "maximum rounds reached"
-    resumed = (f"; resumed from the checkpoint of round {training.resumed_from_round}"
-               if training.resumed_from_round else "")
-    return (f"Trained {trained} rounds ({how}); exported round {training.best_round}, the best by "
-            f"federated validation loss{resumed}")
+    resumed = (
+        f"; resumed from the checkpoint of round {training.resumed_from_round}" if training.resumed_from_round else ""
+    )
+    return (
+        f"Trained {trained} rounds ({how}); exported round {training.best_round}, the best by "
+        f"federated validation loss{resumed}"
+    )
 
 
 def summary_markdown(
@@ -53,8 +56,12 @@ def summary_markdown(
         lines += [f"**Failed:** {failure}", ""]
     rows = validation_rows(validation)
     pages = validation_page_urls(mlflow_ui_url, registration, validation)
-    lines += ["## Institutions", "", "| " + " | ".join([*rows[0], "checks page"]) + " |",
-              "|---" * (len(rows[0]) + 1) + "|"]
+    lines += [
+        "## Institutions",
+        "",
+        "| " + " | ".join([*rows[0], "checks page"]) + " |",
+        "|---" * (len(rows[0]) + 1) + "|",
+    ]
     for row in rows:
         page = pages.get(row["institution"])
         # Without a registered run, the page stays with the institution's validation (`fedrisk validate`).
@@ -64,20 +71,31 @@ def summary_markdown(
         lines += ["", "## Training", "", training_sentence(training) + ".", "", privacy_sentence(privacy) + "."]
     if evaluations:
         names = ("roc_auc", "pr_auc", "ks", "log_loss", "brier", "ece", "recall_at_fpr")
-        lines += ["", "## Holdout metrics", "", "| institution | model | rows | " + " | ".join(names) + " |",
-                  "|---" * (len(names) + 3) + "|"]
+        lines += [
+            "",
+            "## Holdout metrics",
+            "",
+            "| institution | model | rows | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 3) + "|",
+        ]
         for e in evaluations:
             for role, m in e.metrics.items():
-                lines.append(f"| {e.institution} | {role} | {e.examples} | "
-                             + " | ".join(f"{m[n]:.4f}" for n in names) + " |")
+                lines.append(
+                    f"| {e.institution} | {role} | {e.examples} | " + " | ".join(f"{m[n]:.4f}" for n in names) + " |"
+                )
         for role in dict.fromkeys(role for e in evaluations for role in e.metrics):
             w = weighted_metrics(evaluations, role)
-            lines.append(f"| **weighted** | {role} | {sum(e.examples for e in evaluations if role in e.metrics)} | "
-                         + " | ".join(f"{w[n]:.4f}" for n in names) + " |")
+            lines.append(
+                f"| **weighted** | {role} | {sum(e.examples for e in evaluations if role in e.metrics)} | "
+                + " | ".join(f"{w[n]:.4f}" for n in names)
+                + " |"
+            )
     if registration:
         run = (registration.experiment_id, registration.run_id)
         lines += [
-            "", "## Registration", "",
+            "",
+            "## Registration",
+            "",
             f"- MLflow run [{registration.run_id}]({run_page_url(mlflow_ui_url, *run)}), "
             f"[model card]({run_page_url(mlflow_ui_url, *run, MODEL_CARD_ARTIFACT)})",
             f"- Model `{registration.model_name}` [version {registration.version}]("
@@ -89,14 +107,19 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def validation_page_urls(mlflow_ui_url: str, registration: Registration | None,
-                         reports: list[ValidationReport]) -> dict[str, str]:
+def validation_page_urls(
+    mlflow_ui_url: str, registration: Registration | None, reports: list[ValidationReport]
+) -> dict[str, str]:
     """Each institution's validation page, as the registered run keeps it, in the MLflow UI."""
     if registration is None:
         return {}
-    return {r.institution: run_page_url(mlflow_ui_url, registration.experiment_id, registration.run_id,
-                                        validation_page_artifact(r.institution))
-            for r in reports if r.data_docs}
+    return {
+        r.institution: run_page_url(
+            mlflow_ui_url, registration.experiment_id, registration.run_id, validation_page_artifact(r.institution)
+        )
+        for r in reports
+        if r.data_docs
+    }
 
 
 def validation_rows(reports: list[ValidationReport]) -> list[dict]:
@@ -117,11 +140,15 @@ def validation_rows(reports: list[ValidationReport]) -> list[dict]:
 
 @task(name="publish-validation-table", **TRANSIENT_RETRIES)
 def publish_validation_table(model_name: str, reports: list[ValidationReport]) -> None:
-    create_table_artifact(table=validation_rows(reports), key=artifact_key("validation", model_name),
-                          description=f"Data-quality checks per institution for {model_name}")
+    create_table_artifact(
+        table=validation_rows(reports),
+        key=artifact_key("validation", model_name),
+        description=f"Data-quality checks per institution for {model_name}",
+    )
 
 
 @task(name="publish-summary", **TRANSIENT_RETRIES)
 def publish_summary(model_name: str, markdown: str) -> None:
-    create_markdown_artifact(markdown=markdown, key=artifact_key("retrain", model_name),
-                             description=f"Retraining summary for {model_name}")
+    create_markdown_artifact(
+        markdown=markdown, key=artifact_key("retrain", model_name), description=f"Retraining summary for {model_name}"
+    )

@@ -29,12 +29,6 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def first_line(error: BaseException) -> str:
-    """An error in one line, for a status line or a warning: its message's first line, else its type."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def is_transient(error: BaseException) -> bool:
     """Whether `error` (or what caused it) is a failure worth retrying as it is."""
     import httpx
@@ -66,8 +60,12 @@ def service_retries(total_seconds: float) -> dict:
     delays: list[float] = []
     while sum(delays) < total_seconds:
         delays.append(min(2.0 * 2 ** len(delays), 60.0))
-    return dict(retries=len(delays), retry_delay_seconds=delays or [0], retry_jitter_factor=0.2,
-                retry_condition_fn=retry_if_transient)
+    return dict(
+        retries=len(delays),
+        retry_delay_seconds=delays or [0],
+        retry_jitter_factor=0.2,
+        retry_condition_fn=retry_if_transient,
+    )
 
 
 TRANSIENT_RETRIES = dict(

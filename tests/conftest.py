@@ -24,12 +24,16 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["FEDRISK_RUNS_DIR"] = str(Path(_SCRATCH) / "runs")
 os.environ["FEDRISK_LOG_FILE"] = str(Path(_SCRATCH) / "fedrisk.log")
 # GX writes every validation result into its context: give the tests a copy of the committed one.
-os.environ["FEDRISK_EXPECTATIONS_DIR"] = str(shutil.copytree(
-    Path(__file__).resolve().parents[1] / "expectations", Path(_SCRATCH) / "expectations",
-    ignore=shutil.ignore_patterns("uncommitted", "__pycache__")))
+os.environ["FEDRISK_EXPECTATIONS_DIR"] = str(
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "expectations",
+        Path(_SCRATCH) / "expectations",
+        ignore=shutil.ignore_patterns("uncommitted", "__pycache__"),
+    )
+)
 
 import flows  # noqa: E402,F401  (library defaults, before prefect/mlflow/GX are imported)
-from tasks.synthetic import synthesize  # noqa: E402
+from contract.synthetic import synthesize  # noqa: E402
 
 TEST_EXPECTATIONS_DIR = Path(os.environ["FEDRISK_EXPECTATIONS_DIR"])
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -91,14 +95,17 @@ def registered(prefect_api, small_consortium, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("registered")
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    config = parse_config({
-        "model_name": "credit_registered",
-        "institutions": [{"name": n, "path": str(p)} for n, p in small_consortium.items()],
-        "training": {"rounds": 8},
-        "baselines": {"enabled": True, "max_epochs": 20},
-        "quorum": 3,
-        "seed": 2,
-    }, Path("."))
+    config = parse_config(
+        {
+            "model_name": "credit_registered",
+            "institutions": [{"name": n, "path": str(p)} for n, p in small_consortium.items()],
+            "training": {"rounds": 8},
+            "baselines": {"enabled": True, "max_epochs": 20},
+            "quorum": 3,
+            "seed": 2,
+        },
+        Path("."),
+    )
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
@@ -108,8 +115,15 @@ def registered(prefect_api, small_consortium, tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    return SimpleNamespace(tracking_uri=uri, artifacts=root / "mlruns" / "artifacts", config=config,
-                           first=first, second=second, data=small_consortium, name=config.model_name)
+    return SimpleNamespace(
+        tracking_uri=uri,
+        artifacts=root / "mlruns" / "artifacts",
+        config=config,
+        first=first,
+        second=second,
+        data=small_consortium,
+        name=config.model_name,
+    )
 
 
 def answers(url: str, timeout: float = 2) -> bool:
@@ -173,7 +187,7 @@ def descendants(pid: int) -> dict[int, str]:
             stat = (entry / "stat").read_text()
         except OSError:  # exited meanwhile
             continue
-        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
         if rest[0] == "Z":  # a zombie has ended; only its parent has not reaped it
             continue
         parents.setdefault(int(rest[1]), []).append(int(entry.name))
@@ -238,8 +252,9 @@ def serve_nodes(stack, configs: dict[str, dict], root: Path) -> dict[str, str]:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "node.yaml").write_text(yaml.safe_dump(config))
         log = directory / "node.log"
-        process = stack.enter_context(running([FEDRISK, "node", "serve", "--config", str(directory / "node.yaml")],
-                                              dict(os.environ), log))
+        process = stack.enter_context(
+            running([FEDRISK, "node", "serve", "--config", str(directory / "node.yaml")], dict(os.environ), log)
+        )
         started[name] = (process, log)
     for name, (process, log) in started.items():
         wait_for(lambda log=log: "listening on" in log.read_text(), process, log, f"node {name}")
@@ -277,16 +292,20 @@ def cli_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `fedrisk` command run as its own process, as on a fresh machine: its own
     temporary Prefect API and MLflow store under `tmp_path`."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    return {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", **extra}
+    return {
+        **env,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "COLUMNS": "200",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        **extra,
+    }
 
 
 def write_config(path: Path, consortium: dict[str, Path], **settings) -> Path:
     """A run config over `consortium` with `settings` (YAML-able values) on top."""
     import yaml
 
-    data = {"model_name": "m", "institutions": [{"name": n, "path": str(p)} for n, p in consortium.items()],
-            **settings}
+    data = {"model_name": "m", "institutions": [{"name": n, "path": str(p)} for n, p in consortium.items()], **settings}
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -315,8 +334,10 @@ class PostgresCluster:
         assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
 
     def _ctl(self, action: str) -> None:
-        self._as_owner(f"{self.bin}/pg_ctl -D {self.dir}/data -l {self.dir}/server.log -w -m fast "
-                       f"-o \"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}\" {action}")
+        self._as_owner(
+            f"{self.bin}/pg_ctl -D {self.dir}/data -l {self.dir}/server.log -w -m fast "
+            f'-o "-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}" {action}'
+        )
 
     def start(self) -> None:
         self._ctl("start")
@@ -334,8 +355,10 @@ class PostgresCluster:
 def postgres_cluster():
     """A PostgreSQL cluster the test may restart (skips, saying why, where PostgreSQL is not installed)."""
     if PG_BIN is None:
-        pytest.skip("PostgreSQL's server binaries are not installed (/usr/lib/postgresql/*/bin; Debian's "
-                    "postgresql package, which `.ci/run` installs)")
+        pytest.skip(
+            "PostgreSQL's server binaries are not installed (/usr/lib/postgresql/*/bin; Debian's "
+            "postgresql package, which `.ci/run` installs)"
+        )
     cluster = PostgresCluster()
     try:
         yield cluster
@@ -351,8 +374,9 @@ class WatchedProcess:
         import queue
         import threading
 
-        self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -397,6 +421,7 @@ def pytest_collection_modifyitems(config, items):
     on one worker (the session's registered model; a module's servers or nodes), grouped; every other test is
     scheduled on its own. The long ones (marked slow, or a group) go first, so that short tests fill the end and
     both workers finish together."""
+
     def group(item) -> str | None:
         if "registered" in item.fixturenames:
             return "registered"

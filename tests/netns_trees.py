@@ -26,8 +26,9 @@ def coordinator(pki: Path, bind: str, admitted: str) -> None:
 
     with tempfile.TemporaryDirectory() as work:
         server, upstream = start_server(1, None, Path(work), loopback.isolation(False, "XGBoost federated server"))
-        gate = Gate(bind, upstream, {"alder_bank": {admitted}}, pki / "ca.crt", pki / "coordinator.crt",
-                    pki / "coordinator.key")
+        gate = Gate(
+            bind, upstream, {"alder_bank": {admitted}}, pki / "ca.crt", pki / "coordinator.crt", pki / "coordinator.key"
+        )
         try:
             print(gate.port, flush=True)
             sys.stdin.readline()
@@ -48,9 +49,18 @@ def worker(pki: Path, server: str) -> None:
     y = (x[:, 0] + rng.normal(size=400) > 0).astype(float)
     data = TreeData("alder_bank", x[:300], y[:300], x[300:], y[300:])
     with tempfile.TemporaryDirectory() as work:
-        result = run_worker(data, TreeSpec(rounds=3, max_depth=2, early_stopping_rounds=None), Path(work), rank=0,
-                            world_size=1, server=server, ca=pki / "ca.crt", cert=pki / "alder_bank.crt",
-                            key=pki / "alder_bank.key", timeout=120)
+        result = run_worker(
+            data,
+            TreeSpec(rounds=3, max_depth=2, early_stopping_rounds=None),
+            Path(work),
+            rank=0,
+            world_size=1,
+            server=server,
+            ca=pki / "ca.crt",
+            cert=pki / "alder_bank.crt",
+            key=pki / "alder_bank.key",
+            timeout=120,
+        )
         print(json.dumps({"rounds": len(result.rounds)}), flush=True)
 
 

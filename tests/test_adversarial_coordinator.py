@@ -22,14 +22,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.schema import load_schema
 from hostguard.pki import init_ca, issue
 from node import secure, wire
 from node.config import NodeConfig
 from node.server import OPERATIONS
 from node.service import NodeRefusal, NodeService
-from secagg.protocol import (RULE_CERTIFICATE, RULE_CONSISTENCY, RULE_ENCODING, RULE_MEMBERS, RULE_MIN_INPUTS,
-                             RULE_ONE_SUM, RULE_ROSTER, RULE_SAME_PARAMETERS, RULE_THRESHOLD, Advertisement, Identity)
-from tasks.schema import load_schema
+from secagg.protocol import (
+    RULE_CERTIFICATE,
+    RULE_CONSISTENCY,
+    RULE_ENCODING,
+    RULE_MEMBERS,
+    RULE_MIN_INPUTS,
+    RULE_ONE_SUM,
+    RULE_ROSTER,
+    RULE_SAME_PARAMETERS,
+    RULE_THRESHOLD,
+    Advertisement,
+    Identity,
+)
 from tests.conftest import TEST_EXPECTATIONS_DIR, free_port, serve_nodes
 
 CREDIT = load_schema("credit_default")
@@ -63,20 +74,37 @@ class Coordinator:
         return str(refused.value)
 
     def statistics(self, name: str, session: str, participants, threshold: int, seed: int) -> dict:
-        return {"session": session, "participants": list(participants), "threshold": threshold,
-                "operation": "statistics",
-                "request": {"schema": SCHEMA, "digest": self.digests[name], "features": list(CREDIT.features),
-                            "split": split(seed)}}
+        return {
+            "session": session,
+            "participants": list(participants),
+            "threshold": threshold,
+            "operation": "statistics",
+            "request": {
+                "schema": SCHEMA,
+                "digest": self.digests[name],
+                "features": list(CREDIT.features),
+                "split": split(seed),
+            },
+        }
 
     def honest_statistics(self, names, threshold: int, seed: int) -> secure.SessionResult:
         """A whole statistics sum by the protocol (what an honest coordinator does)."""
         session = f"statistics/{next(_sessions)}"
         return secure.run_session(
-            list(names), list(range(len(names))), session, {"sums": secure.SUMS},
-            lambda i: {k: v for k, v in self.statistics(names[i], session, names, threshold, seed).items()
-                       if k in ("operation", "request")},
+            list(names),
+            list(range(len(names))),
+            session,
+            {"sums": secure.SUMS},
+            lambda i: {
+                k: v
+                for k, v in self.statistics(names[i], session, names, threshold, seed).items()
+                if k in ("operation", "request")
+            },
             lambda indices, when, operation: {i: operation(i) for i in indices},
-            lambda i, op, request: self.ask(names[i], op, request), threshold, "statistics")
+            lambda i, op, request: self.ask(names[i], op, request),
+            threshold,
+            "statistics",
+        )
 
     def keys_and_shares(self, names, session: str, threshold: int, seed: int):
         """Phases 1 and 2 at every named node: their advertisements and each one's sealed shares."""
@@ -93,6 +121,7 @@ def _in_process_call(services: dict[str, NodeService]):
         except NodeRefusal as error:
             raise Refused(str(error)) from None
         return wire.decode(answer if isinstance(answer, bytes) else wire.encode(answer))
+
     return call
 
 
@@ -106,10 +135,16 @@ def pki(tmp_path_factory) -> Path:
 
 
 def _config(pki: Path, name: str, extract: Path, work_dir: Path, **consortium) -> dict:
-    return {"institution": name, "listen": f"127.0.0.1:{free_port()}", "schema": "credit_default",
-            "extract": {"path": str(extract)}, "work_dir": str(work_dir), "coordinator": COORDINATOR,
-            "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
-            "consortium": {"members": list(BANKS), **consortium}}
+    return {
+        "institution": name,
+        "listen": f"127.0.0.1:{free_port()}",
+        "schema": "credit_default",
+        "extract": {"path": str(extract)},
+        "work_dir": str(work_dir),
+        "coordinator": COORDINATOR,
+        "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
+        "consortium": {"members": list(BANKS), **consortium},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +153,9 @@ def digests(pki, small_consortium, tmp_path_factory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("validation")
     found = {}
     for name in BANKS:
-        service = NodeService(NodeConfig.model_validate(_config(pki, name, small_consortium[name], work / name)),
-                              TEST_EXPECTATIONS_DIR)
+        service = NodeService(
+            NodeConfig.model_validate(_config(pki, name, small_consortium[name], work / name)), TEST_EXPECTATIONS_DIR
+        )
         report = service.validate({"schema": SCHEMA})["report"]
         assert report["passed"], report["reasons"]
         found[name] = report["digest"]
@@ -127,22 +163,35 @@ def digests(pki, small_consortium, tmp_path_factory) -> dict[str, str]:
 
 
 def _identity(pki: Path) -> Identity:
-    return Identity(COORDINATOR, (pki / f"{COORDINATOR}.crt").read_bytes(), (pki / f"{COORDINATOR}.key").read_bytes(),
-                    (pki / "ca.crt").read_bytes())
+    return Identity(
+        COORDINATOR,
+        (pki / f"{COORDINATOR}.crt").read_bytes(),
+        (pki / f"{COORDINATOR}.key").read_bytes(),
+        (pki / "ca.crt").read_bytes(),
+    )
 
 
 @pytest.fixture
 def coordinator(pki, digests, small_consortium, tmp_path):
     """Four unmodified nodes in this process, each with a fresh work directory, and the coordinator's script."""
+
     def build(**consortium) -> Coordinator:
-        services = {name: NodeService(NodeConfig.model_validate(_config(
-            pki, name, small_consortium[name], tmp_path / f"{name}-{len(consortium)}", **consortium)),
-            TEST_EXPECTATIONS_DIR) for name in BANKS}
+        services = {
+            name: NodeService(
+                NodeConfig.model_validate(
+                    _config(pki, name, small_consortium[name], tmp_path / f"{name}-{len(consortium)}", **consortium)
+                ),
+                TEST_EXPECTATIONS_DIR,
+            )
+            for name in BANKS
+        }
         return Coordinator(_in_process_call(services), digests, _identity(pki))
+
     return build
 
 
 # --- the attacks: each returns nothing and asserts that every try was refused by the rule it breaks ----------
+
 
 def same_input_in_several_sums(c: Coordinator, seed: int) -> None:
     """1. A sum over {alder, birch, cedar}, then one over {alder, birch, dune}: their difference would be
@@ -153,14 +202,18 @@ def same_input_in_several_sums(c: Coordinator, seed: int) -> None:
     for name in (ALDER, BIRCH):
         message = c.refusal(name, "SecureBegin", c.statistics(name, second, [ALDER, BIRCH, DUNE], 3, seed))
         assert f"institution '{name}' already added the statistics of its extract" in message
-        assert f"a second sum over the same input would let the coordinator subtract the sums and read it (rule: " \
-               f"{RULE_ONE_SUM})" in message
+        assert (
+            f"a second sum over the same input would let the coordinator subtract the sums and read it (rule: "
+            f"{RULE_ONE_SUM})" in message
+        )
     # A retry of a session must ask the same: dune's input is new, but the session it began cannot change its
     # participants.
     c.ask(DUNE, "SecureBegin", c.statistics(DUNE, second, [ALDER, BIRCH, DUNE], 3, seed))
     message = c.refusal(DUNE, "SecureBegin", c.statistics(DUNE, second, [BIRCH, CEDAR, DUNE], 3, seed))
-    assert f"secure sum {second} began with other participants, threshold or operation; a retry continues the " \
-           f"same session (rule: {RULE_ONE_SUM})" in message
+    assert (
+        f"secure sum {second} began with other participants, threshold or operation; a retry continues the "
+        f"same session (rule: {RULE_ONE_SUM})" in message
+    )
 
 
 def coordinator_in_the_roster(c: Coordinator, seed: int) -> None:
@@ -172,19 +225,29 @@ def coordinator_in_the_roster(c: Coordinator, seed: int) -> None:
         assert f"['{COORDINATOR}'] is not a member of the consortium" in message
         assert f"(rule: {RULE_MEMBERS})" in message
     session = f"statistics/{next(_sessions)}"
-    begun = {n: c.ask(n, "SecureBegin", c.statistics(n, session, [ALDER, BIRCH, CEDAR], 3, seed))
-             for n in (ALDER, BIRCH, CEDAR)}
+    begun = {
+        n: c.ask(n, "SecureBegin", c.statistics(n, session, [ALDER, BIRCH, CEDAR], 3, seed))
+        for n in (ALDER, BIRCH, CEDAR)
+    }
     victim = Advertisement.from_dict(begun[ALDER]["keys"])
     own = replace(victim, institution=COORDINATOR, certificate=c.identity.certificate, signature=b"")
     own = replace(own, signature=c.identity.sign(own.payload()))
     roster = {ALDER: begun[ALDER]["keys"], BIRCH: begun[BIRCH]["keys"], COORDINATOR: own.as_dict()}
     message = c.refusal(ALDER, "SecureShare", {"session": session, "roster": roster})
-    assert f"relayed keys of ['{ALDER}', '{BIRCH}', '{COORDINATOR}'], but the session began with the participants " \
-           f"['{ALDER}', '{BIRCH}', '{CEDAR}'] (rule: {RULE_ROSTER})" in message
+    assert (
+        f"relayed keys of ['{ALDER}', '{BIRCH}', '{COORDINATOR}'], but the session began with the participants "
+        f"['{ALDER}', '{BIRCH}', '{CEDAR}'] (rule: {RULE_ROSTER})" in message
+    )
     posing = replace(own, institution=CEDAR)
     posing = replace(posing, signature=c.identity.sign(posing.payload()))
-    message = c.refusal(ALDER, "SecureShare", {"session": session, "roster": {
-        ALDER: begun[ALDER]["keys"], BIRCH: begun[BIRCH]["keys"], CEDAR: posing.as_dict()}})
+    message = c.refusal(
+        ALDER,
+        "SecureShare",
+        {
+            "session": session,
+            "roster": {ALDER: begun[ALDER]["keys"], BIRCH: begun[BIRCH]["keys"], CEDAR: posing.as_dict()},
+        },
+    )
     assert f"signed by the certificate of ['{COORDINATOR}']" in message and f"(rule: {RULE_CERTIFICATE})" in message
 
 
@@ -213,16 +276,21 @@ def inconsistent_views(c: Coordinator, seed: int) -> None:
         c.ask(name, "SecureMask", {"session": session, "inbox": inbox[name]})
     told = [ALDER, DUNE]  # birch and cedar "dropped"
     message = c.refusal(DUNE, "SecureConsistency", {"session": session, "sent": told})
-    assert f"only 2 institution(s) sent masked inputs; a released sum holds at least 3 (threshold 3) (rule: " \
-           f"{RULE_MIN_INPUTS})" in message
+    assert (
+        f"only 2 institution(s) sent masked inputs; a released sum holds at least 3 (threshold 3) (rule: "
+        f"{RULE_MIN_INPUTS})" in message
+    )
     message = c.refusal(ALDER, "SecureConsistency", {"session": session, "sent": [ALDER, BIRCH, DUNE]})
-    assert f"the senders named include ['{DUNE}'], whose keys '{ALDER}' never received: the coordinator shows the " \
-           f"institutions different views (rule: {RULE_CONSISTENCY})" in message
+    assert (
+        f"the senders named include ['{DUNE}'], whose keys '{ALDER}' never received: the coordinator shows the "
+        f"institutions different views (rule: {RULE_CONSISTENCY})" in message
+    )
     # Without signatures from the threshold's senders on one list, nobody unmasks; forged ones do not count.
     signed = {DUNE: c.ask(DUNE, "SecureConsistency", {"session": session, "sent": [BIRCH, CEDAR, DUNE]})["signature"]}
     forged = {name: c.identity.sign(b"anything").hex() for name in (ALDER, BIRCH, CEDAR)}
-    message = c.refusal(DUNE, "SecureUnmask", {"session": session, "sent": [BIRCH, CEDAR, DUNE],
-                                               "signatures": {**forged, **signed}})
+    message = c.refusal(
+        DUNE, "SecureUnmask", {"session": session, "sent": [BIRCH, CEDAR, DUNE], "signatures": {**forged, **signed}}
+    )
     assert "only 1 valid signature(s)" in message and f"(rule: {RULE_CONSISTENCY})" in message
     for name in (BIRCH, CEDAR):
         message = c.refusal(name, "SecureUnmask", {"session": session, "sent": told, "signatures": signed})
@@ -236,21 +304,29 @@ def sum_of_two_inputs(c: Coordinator, seed: int) -> None:
     names = [ALDER, BIRCH, CEDAR]
     _, shares = c.keys_and_shares(names, session, 3, seed)
     message = c.refusal(ALDER, "SecureMask", {"session": session, "inbox": {BIRCH: shares[BIRCH][ALDER]}})
-    assert f"only 2 institution(s) shared their keys with '{ALDER}'; it masks its input only in a sum of at least 3" \
-           in message and f"(rule: {RULE_MIN_INPUTS})" in message
+    assert (
+        f"only 2 institution(s) shared their keys with '{ALDER}'; it masks its input only in a sum of at least 3"
+        in message
+        and f"(rule: {RULE_MIN_INPUTS})" in message
+    )
     session = f"statistics/{next(_sessions)}"
     _, shares = c.keys_and_shares(names, session, 3, seed + 1000)
     for name in (ALDER, BIRCH):  # cedar's shares arrived, then cedar dropped
         c.ask(name, "SecureMask", {"session": session, "inbox": {s: b[name] for s, b in shares.items() if name in b}})
     for name in (ALDER, BIRCH):
         message = c.refusal(name, "SecureConsistency", {"session": session, "sent": [ALDER, BIRCH]})
-        assert f"only 2 institution(s) sent masked inputs; a released sum holds at least 3" in message
+        assert "only 2 institution(s) sent masked inputs; a released sum holds at least 3" in message
         message = c.refusal(name, "SecureUnmask", {"session": session, "sent": [ALDER, BIRCH], "signatures": {}})
         assert f"(rule: {RULE_CONSISTENCY})" in message
 
 
-STATISTICS_ATTACKS = [same_input_in_several_sums, coordinator_in_the_roster, threshold_of_its_choosing,
-                      inconsistent_views, sum_of_two_inputs]
+STATISTICS_ATTACKS = [
+    same_input_in_several_sums,
+    coordinator_in_the_roster,
+    threshold_of_its_choosing,
+    inconsistent_views,
+    sum_of_two_inputs,
+]
 
 
 @pytest.mark.parametrize("attack", STATISTICS_ATTACKS, ids=lambda a: a.__name__)
@@ -260,23 +336,38 @@ def test_a_deviating_coordinator_is_refused_by_nodes_in_process(coordinator, att
 
 # --- round updates: the run's encoding, and one sum per round's update ----------------------------------------
 
+
 def _prepare(c: Coordinator, names, run_key: str, encodings: dict[str, dict | None]) -> dict:
     """Plain statistics (these nodes allow them), the layout, and a secure run prepared at each node with the
     encoding the coordinator chose for it (None: none sent); returns the first round's request (without the
     seed)."""
     from fed_models.training import TrainingSpec, build_stages, spec_as_dict, weights_as_lists
-    from tasks.statistics import LocalStatistics, consortium_layout, standardization
+    from institution.statistics import LocalStatistics, consortium_layout, standardization
 
     features = list(CREDIT.features)
-    stats = [LocalStatistics(**c.ask(n, "Statistics", {"schema": SCHEMA, "digest": c.digests[n],
-                                                      "features": features, "split": split(7)})) for n in names]
+    stats = [
+        LocalStatistics(
+            **c.ask(
+                n, "Statistics", {"schema": SCHEMA, "digest": c.digests[n], "features": features, "split": split(7)}
+            )
+        )
+        for n in names
+    ]
     layout = consortium_layout(CREDIT, features, stats)
     mean, std = standardization(layout, stats)
     spec = TrainingSpec(rounds=2, batch_size=64, seed=1)
     for name in names:
-        request = {"schema": SCHEMA, "digest": c.digests[name], "run_key": run_key, "spec": spec_as_dict(spec),
-                   "mean": mean, "std": std, "layout": layout.to_json(), "split": split(7),
-                   "secure_aggregation": True}
+        request = {
+            "schema": SCHEMA,
+            "digest": c.digests[name],
+            "run_key": run_key,
+            "spec": spec_as_dict(spec),
+            "mean": mean,
+            "std": std,
+            "layout": layout.to_json(),
+            "split": split(7),
+            "secure_aggregation": True,
+        }
         if encodings[name] is None:
             raise Refused(c.refusal(name, "Prepare", request))
         c.ask(name, "Prepare", {**request, "secure_encoding": encodings[name]})
@@ -288,9 +379,15 @@ def _prepare(c: Coordinator, names, run_key: str, encodings: dict[str, dict | No
 
 
 def _round(name: str, session: str, participants, threshold: int, request: dict, seed: int) -> dict:
-    return {"session": session, "participants": list(participants), "threshold": threshold,
-            "operation": "train_round", "request": {**request, "client_seed": seed},
-            "clip_norm": 1e30, "total_weight": 1.0}  # per-node fields of old: ignored, the run's encoding rules
+    return {
+        "session": session,
+        "participants": list(participants),
+        "threshold": threshold,
+        "operation": "train_round",
+        "request": {**request, "client_seed": seed},
+        "clip_norm": 1e30,
+        "total_weight": 1.0,
+    }  # per-node fields of old: ignored, the run's encoding rules
 
 
 def rounds_attacks(c: Coordinator) -> None:
@@ -304,16 +401,23 @@ def rounds_attacks(c: Coordinator) -> None:
     session = f"round/{next(_sessions)}"
     trio = [ALDER, BIRCH, CEDAR]
     result = secure.run_session(
-        trio, [0, 1, 2], session, encoding.specs(),
+        trio,
+        [0, 1, 2],
+        session,
+        encoding.specs(),
         lambda i: {"operation": "train_round", "request": {**request, "client_seed": i}},
         lambda indices, when, operation: {i: operation(i) for i in indices},
-        lambda i, op, body: c.ask(trio[i], op, body), 3, "round 1")
+        lambda i, op, body: c.ask(trio[i], op, body),
+        3,
+        "round 1",
+    )
     summed = secure.decode_round(result.sums, result.meta[ALDER], 3, encoding)
     assert summed.institutions == 3 and 0 < summed.weight <= 3
     again = f"round/{next(_sessions)}"
     for name in (ALDER, BIRCH):
-        message = c.refusal(name, "SecureBegin", _round(name, again, [ALDER, BIRCH, DUNE], 3, request,
-                                                        trio.index(name)))
+        message = c.refusal(
+            name, "SecureBegin", _round(name, again, [ALDER, BIRCH, DUNE], 3, request, trio.index(name))
+        )
         assert f"already added its update of round 1 of run run-common to secure sum {session}" in message
         assert f"(rule: {RULE_ONE_SUM})" in message
 
@@ -324,15 +428,20 @@ def rounds_attacks(c: Coordinator) -> None:
     roster = {n: c.ask(n, "SecureBegin", _round(n, session, trio, 3, request, i))["keys"] for i, n in enumerate(trio)}
     for name in trio:
         message = c.refusal(name, "SecureShare", {"session": session, "roster": roster})
-        assert "was given other session parameters (participants, threshold, encoding or weights) than this " \
-               f"institution: the coordinator told the institutions different things (rule: {RULE_SAME_PARAMETERS})" \
-               in message
+        assert (
+            "was given other session parameters (participants, threshold, encoding or weights) than this "
+            f"institution: the coordinator told the institutions different things (rule: {RULE_SAME_PARAMETERS})"
+            in message
+        )
 
     request = _prepare(c, trio, "run-bound", {n: secure.Encoding(10.0, 3, 5.0).as_dict() for n in trio})
     message = c.refusal(ALDER, "SecureBegin", _round(ALDER, f"round/{next(_sessions)}", trio, 3, request, 0))
     assert "more than the run's weight bound 5" in message and f"(rule: {RULE_ENCODING})" in message
-    with pytest.raises(Refused, match=rf"a run under secure aggregation must fix its encoding at Prepare \(rule: "
-                                      rf"{RULE_ENCODING}\)"):
+    with pytest.raises(
+        Refused,
+        match=rf"a run under secure aggregation must fix its encoding at Prepare \(rule: "
+        rf"{RULE_ENCODING}\)",
+    ):
         _prepare(c, [ALDER], "run-none", {ALDER: None})
 
 
@@ -342,11 +451,12 @@ def test_round_updates_enter_one_sum_each_encoded_as_the_run_fixed_it(coordinato
 
 # --- the same script against node processes over mutual TLS ---------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_deviating_coordinator_is_refused_by_node_processes(pki, digests, small_consortium, tmp_path):
     """Four `fedrisk node serve` processes, each in its own directory with its own extract; the scripted coordinator
     dials them with its valid certificate. Every attack above is refused there as in process."""
-    from node.client import NodeError, NodeHandle, Tls, call
+    from consortium.nodes import NodeError, NodeHandle, Tls, call
 
     configs = {}
     for name in BANKS:

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from flows.config import parse_config
 from flows.retrain import retrain
-from tasks.validation import QuorumNotMet
+from institution.validation import QuorumNotMet
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 MODEL = "credit_matrix"
@@ -34,22 +34,29 @@ def registry_with_champion(tmp_path_factory, consortium):
 
 
 def _config(paths, quorum):
-    return parse_config({
-        "model_name": MODEL, "quorum": quorum, "training": {"rounds": 1},
-        "promotion": {"max_calibration_error": None},  # one round is not calibrated; not what is tested here
-        "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
-    }, Path("."))
+    return parse_config(
+        {
+            "model_name": MODEL,
+            "quorum": quorum,
+            "training": {"rounds": 1},
+            "promotion": {"max_calibration_error": None},  # one round is not calibrated; not what is tested here
+            "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
+        },
+        Path("."),
+    )
 
 
 def _frame_change(change):
     def write(source: Path, target: Path) -> None:
         change(pd.read_csv(source)).to_csv(target, index=False)
+
     return write
 
 
 def _text_change(change):
     def write(source: Path, target: Path) -> None:
         target.write_bytes(change(source.read_bytes()))
+
     return write
 
 
@@ -60,53 +67,86 @@ def _set(column, rows, value):
             frame[column] = frame[column].astype(object)
         frame.loc[rows, column] = value
         return frame
+
     return change
 
 
 CASES = {
     "file missing": (None, "{file}: file not found"),
     "empty file": (_text_change(lambda b: b""), "{file}: file is empty"),
-    "header only": (_text_change(lambda b: b.split(b"\n")[0] + b"\n"),
-                    "{file}: a header line and no rows: nothing to check or train on"),
-    "truncated mid-row": (_text_change(lambda b: b[: b.rindex(b"\n", 0, len(b) // 2) + 12]),
-                          "{file}: last line incomplete (line 498 has 2 of 25 fields; the file ends mid-line)"),
-    "header repeated": (_text_change(lambda b: b"\n".join([*b.split(b"\n")[:2], b.split(b"\n")[0], *b.split(b"\n")[2:]])),
-                        "{file}: header repeated at line 3"),
+    "header only": (
+        _text_change(lambda b: b.split(b"\n")[0] + b"\n"),
+        "{file}: a header line and no rows: nothing to check or train on",
+    ),
+    "truncated mid-row": (
+        _text_change(lambda b: b[: b.rindex(b"\n", 0, len(b) // 2) + 12]),
+        "{file}: last line incomplete (line 498 has 2 of 25 fields; the file ends mid-line)",
+    ),
+    "header repeated": (
+        _text_change(lambda b: b"\n".join([*b.split(b"\n")[:2], b.split(b"\n")[0], *b.split(b"\n")[2:]])),
+        "{file}: header repeated at line 3",
+    ),
     "corrupt CSV": (_text_change(lambda b: b[:40] + b'"unterminated\n' + b[40:]), "{file}: malformed CSV"),
-    "wrong delimiter": (_text_change(lambda b: b.replace(b",", b";")),
-                        "{file}: one column found; the header is separated by ';', expected ','"),
-    "headerless": (_text_change(lambda b: b.split(b"\n", 1)[1]),
-                   "{file}: the first line looks like a row, not a header (25 of 25 fields are numbers or values "
-                   "of their column): the file must start with a line naming its columns"),
-    "a system file, not an extract": (_text_change(lambda b: b"root:x:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:\n"),
-                                      "{file}: one column found, the schema declares 25: not a comma-separated "
-                                      "extract with a header line naming its columns"),
+    "wrong delimiter": (
+        _text_change(lambda b: b.replace(b",", b";")),
+        "{file}: one column found; the header is separated by ';', expected ','",
+    ),
+    "headerless": (
+        _text_change(lambda b: b.split(b"\n", 1)[1]),
+        "{file}: the first line looks like a row, not a header (25 of 25 fields are numbers or values "
+        "of their column): the file must start with a line naming its columns",
+    ),
+    "a system file, not an extract": (
+        _text_change(lambda b: b"root:x:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:\n"),
+        "{file}: one column found, the schema declares 25: not a comma-separated "
+        "extract with a header line naming its columns",
+    ),
     "non-UTF-8 bytes": (_text_change(lambda b: b[:60] + b"\xff\xfe" + b[60:]), "{file}: not UTF-8 text"),
     "missing column": (_frame_change(lambda f: f.drop(columns=["MARRIAGE"])), "column MARRIAGE is present: failed"),
-    "strings in a numeric column": (_frame_change(_set("BILL_AMT3", [1, 2], "1,200")),
-                                    "{file}: column BILL_AMT3 has 2 non-numeric values"),
+    "strings in a numeric column": (
+        _frame_change(_set("BILL_AMT3", [1, 2], "1,200")),
+        "{file}: column BILL_AMT3 has 2 non-numeric values",
+    ),
     "AGE negative": (_frame_change(_set("AGE", [0], -3)), "AGE between 18 and 100: failed for 1 of 1000 rows"),
     "AGE 300": (_frame_change(_set("AGE", [0], 300)), "AGE between 18 and 100: failed for 1 of 1000 rows"),
-    "PAY_ outside its code set": (_frame_change(_set("PAY_4", [7, 8], -5)),
-                                  "PAY_4 in code set [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]: failed for 2 of "
-                                  "1000 rows"),
+    "PAY_ outside its code set": (
+        _frame_change(_set("PAY_4", [7, 8], -5)),
+        "PAY_4 in code set [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]: failed for 2 of 1000 rows",
+    ),
     "nulls": (_frame_change(_set("SEX", [3], None)), "SEX has no missing values: failed for 1 of 1000 rows"),
-    "duplicate IDs": (_frame_change(lambda f: f.assign(ID=f["ID"].where(f.index != 1, f["ID"][2]))),
-                      "ID is unique: failed for 2 of 1000 rows"),
-    "non-binary label": (_frame_change(_set("default.payment.next.month", [0], 3)),
-                         "{file}: column default.payment.next.month has 1 values other than 1 (default) and 0"),
+    "duplicate IDs": (
+        _frame_change(lambda f: f.assign(ID=f["ID"].where(f.index != 1, f["ID"][2]))),
+        "ID is unique: failed for 2 of 1000 rows",
+    ),
+    "non-binary label": (
+        _frame_change(_set("default.payment.next.month", [0], 3)),
+        "{file}: column default.payment.next.month has 1 values other than 1 (default) and 0",
+    ),
     "a constant feature": (_frame_change(lambda f: f.assign(AGE=41)), "AGE is not constant: observed 1"),
-    "the same customers under new IDs": (_frame_change(lambda f: pd.concat(
-        [f.iloc[:950], f.iloc[:50].assign(ID=lambda c: c["ID"] + 10_000_000)], ignore_index=True)),
-        "at most 1.0% of rows repeat another row (the ID aside): failed for 100 of 1000 rows"),
-    "single-class label": (_frame_change(lambda f: f.assign(**{"default.payment.next.month": 0})),
-                           "default.payment.next.month positive rate between 0.01 and 0.6: observed 0"),
-    "label rate out of bounds": (_frame_change(lambda f: f.assign(**{"default.payment.next.month": (f.index % 5 != 0).astype(int)})),
-                                 "default.payment.next.month positive rate between 0.01 and 0.6: observed 0.8"),
-    "units change (LIMIT_BAL x1000)": (_frame_change(lambda f: f.assign(LIMIT_BAL=f["LIMIT_BAL"] * 1000)),
-                                       "LIMIT_BAL mean within 1 std of the last accepted extract"),
-    "10x row-count spike": (_frame_change(lambda f: pd.concat([f] * 10, ignore_index=True).assign(ID=lambda g: g.index + 1)),
-                            "row count within 10x of the last accepted extract (1000 rows): observed 10000"),
+    "the same customers under new IDs": (
+        _frame_change(
+            lambda f: pd.concat(
+                [f.iloc[:950], f.iloc[:50].assign(ID=lambda c: c["ID"] + 10_000_000)], ignore_index=True
+            )
+        ),
+        "at most 1.0% of rows repeat another row (the ID aside): failed for 100 of 1000 rows",
+    ),
+    "single-class label": (
+        _frame_change(lambda f: f.assign(**{"default.payment.next.month": 0})),
+        "default.payment.next.month positive rate between 0.01 and 0.6: observed 0",
+    ),
+    "label rate out of bounds": (
+        _frame_change(lambda f: f.assign(**{"default.payment.next.month": (f.index % 5 != 0).astype(int)})),
+        "default.payment.next.month positive rate between 0.01 and 0.6: observed 0.8",
+    ),
+    "units change (LIMIT_BAL x1000)": (
+        _frame_change(lambda f: f.assign(LIMIT_BAL=f["LIMIT_BAL"] * 1000)),
+        "LIMIT_BAL mean within 1 std of the last accepted extract",
+    ),
+    "10x row-count spike": (
+        _frame_change(lambda f: pd.concat([f] * 10, ignore_index=True).assign(ID=lambda g: g.index + 1)),
+        "row count within 10x of the last accepted extract (1000 rows): observed 10000",
+    ),
 }
 
 
@@ -124,7 +164,9 @@ def test_bad_input(case, registry_with_champion, consortium, tmp_path, monkeypat
         retrain(_config(paths, quorum=2))
 
     message = str(stopped.value)
-    assert message.startswith("only 1 of 2 institutions passed validation, quorum is 2; nothing was trained or registered.")
+    assert message.startswith(
+        "only 1 of 2 institutions passed validation, quorum is 2; nothing was trained or registered."
+    )
     assert f"Excluded: {BROKEN}: " in message and "dune_finance:" not in message
     assert expected.format(file=paths[BROKEN]) in message
     assert "e.g." not in message and "root:x" not in message  # example values stay at the institution
@@ -135,10 +177,11 @@ def test_bad_input(case, registry_with_champion, consortium, tmp_path, monkeypat
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
 
 
-def test_a_file_replaced_after_validation_stops_the_run_and_registers_nothing(registry_with_champion, consortium,
-                                                                              tmp_path, monkeypatch):
+def test_a_file_replaced_after_validation_stops_the_run_and_registers_nothing(
+    registry_with_champion, consortium, tmp_path, monkeypatch
+):
     import flows.retrain as flow
-    from tasks.data import InstitutionDataError
+    from contract.data import InstitutionDataError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry_with_champion / 'mlflow.db'}")
     paths = dict(consortium)
@@ -153,8 +196,9 @@ def test_a_file_replaced_after_validation_stops_the_run_and_registers_nothing(re
     monkeypatch.setattr(flow, "find_champion", replace_the_file_then_find_champion)
     with pytest.raises(InstitutionDataError) as stopped:
         retrain(_config(paths, quorum=2))
-    assert str(stopped.value).startswith(f"institution '{BROKEN}': {paths[BROKEN]}: the file changed after it was "
-                                         f"validated (sha256 ")
+    assert str(stopped.value).startswith(
+        f"institution '{BROKEN}': {paths[BROKEN]}: the file changed after it was validated (sha256 "
+    )
     assert "nothing was trained on it" in str(stopped.value)
     client = MlflowClient()
     assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]

@@ -35,14 +35,33 @@ def _results(path: Path) -> object:
 
 def test_utility_uci_compares_federated_with_centralized_local_only_and_boosting(tmp_path, capsys, monkeypatch):
     require_uci()
-    out = _run("utility_uci.py", "--partitions", "limit_band", "--seeds", "0", "--rounds", "2", "--algorithms",
-               "fedavg", "--central-epochs", "2", "--tree-rounds", "10", "--json", str(tmp_path / "u.json"),
-               capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "utility_uci.py",
+        "--partitions",
+        "limit_band",
+        "--seeds",
+        "0",
+        "--rounds",
+        "2",
+        "--algorithms",
+        "fedavg",
+        "--central-epochs",
+        "2",
+        "--tree-rounds",
+        "10",
+        "--json",
+        str(tmp_path / "u.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     rows = _results(tmp_path / "u.json")
     assert {(r["method"], r["model"]) for r in rows} == {
-        (method, model) for method in ("federated fedavg", "centralized (pooled)", "local-only")
-        for model in ("logistic_regression", "mlp[64, 32]")} | {("centralized", "gradient boosting")} | {
-        (method, "xgboost (depth 4)") for method in ("federated xgboost", "centralized (pooled)", "local-only")}
+        (method, model)
+        for method in ("federated fedavg", "centralized (pooled)", "local-only")
+        for model in ("logistic_regression", "mlp[64, 32]")
+    } | {("centralized", "gradient boosting")} | {
+        (method, "xgboost (depth 4)") for method in ("federated xgboost", "centralized (pooled)", "local-only")
+    }
     segments = {"consumer_lender", "retail_bank", "premier_bank", "private_bank"}
     for row in rows:
         assert set(row["segments"]) == segments and 0.5 < row["holdout"]["auc"] < 1 and 0 < row["holdout"]["ks"] < 1
@@ -53,8 +72,21 @@ def test_utility_uci_compares_federated_with_centralized_local_only_and_boosting
 
 
 def test_round_throughput_times_rounds_against_the_keras_floor(tmp_path, capsys, monkeypatch):
-    out = _run("round_throughput.py", "--institutions", "2", "--rows", "300", "--models", "logistic_regression",
-               "--rounds", "1", "--json", str(tmp_path / "t.json"), capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "round_throughput.py",
+        "--institutions",
+        "2",
+        "--rows",
+        "300",
+        "--models",
+        "logistic_regression",
+        "--rounds",
+        "1",
+        "--json",
+        str(tmp_path / "t.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     [row] = _results(tmp_path / "t.json")
     assert row["institutions"] == 2 and row["rows_per_institution"] == 300
     assert row["seconds_per_round"] > 0 and row["floor_seconds"] > 0
@@ -64,8 +96,19 @@ def test_round_throughput_times_rounds_against_the_keras_floor(tmp_path, capsys,
 
 
 def test_memory_rounds_reads_this_process_and_the_tff_worker(tmp_path, capsys, monkeypatch):
-    out = _run("memory_rounds.py", "--rounds", "3", "--rows", "300", "--warmup", "1", "--json",
-               str(tmp_path / "m.json"), capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "memory_rounds.py",
+        "--rounds",
+        "3",
+        "--rows",
+        "300",
+        "--warmup",
+        "1",
+        "--json",
+        str(tmp_path / "m.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     results = _results(tmp_path / "m.json")
     assert [s["round"] for s in results["samples"]] == [1, 2, 3]
     assert all(s["python_mib"] > 100 and s["worker_mib"] > 10 for s in results["samples"])  # both processes read
@@ -75,8 +118,17 @@ def test_memory_rounds_reads_this_process_and_the_tff_worker(tmp_path, capsys, m
 
 def test_faulty_institution_uci_shows_each_aggregator_under_each_fault(tmp_path, capsys, monkeypatch):
     require_uci()
-    out = _run("faulty_institution_uci.py", "--rounds", "2", "--faults", "x100", "--json", str(tmp_path / "f.json"),
-               capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "faulty_institution_uci.py",
+        "--rounds",
+        "2",
+        "--faults",
+        "x100",
+        "--json",
+        str(tmp_path / "f.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     figures = _results(tmp_path / "f.json")
     assert set(figures) == {f"{a} / {f}" for a in ("robust", "tff_robust", "plain") for f in ("clean", "x100")}
     assert all(0.5 < auc < 1 for auc in figures.values())
@@ -85,12 +137,34 @@ def test_faulty_institution_uci_shows_each_aggregator_under_each_fault(tmp_path,
 
 def test_privacy_uci_sets_dp_utility_and_attack_advantage_against_no_dp(tmp_path, capsys, monkeypatch):
     require_uci()
-    out = _run("privacy_uci.py", "--seeds", "0", "--epsilons", "8", "--models", "logistic_regression", "--rounds", "2",
-               "--attack-rows", "100", "--attack-rounds", "1", "--attack-epochs", "1", "--json", str(tmp_path / "d.json"),
-               capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "privacy_uci.py",
+        "--seeds",
+        "0",
+        "--epsilons",
+        "8",
+        "--models",
+        "logistic_regression",
+        "--rounds",
+        "2",
+        "--attack-rows",
+        "100",
+        "--attack-rounds",
+        "1",
+        "--attack-epochs",
+        "1",
+        "--json",
+        str(tmp_path / "d.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     rows = _results(tmp_path / "d.json")
-    assert [(r["setting"], r["epsilon"]) for r in rows] == [("utility", None), ("utility", 8.0), ("memorizing", None),
-                                                            ("memorizing", 8.0)]
+    assert [(r["setting"], r["epsilon"]) for r in rows] == [
+        ("utility", None),
+        ("utility", 8.0),
+        ("memorizing", None),
+        ("memorizing", 8.0),
+    ]
     for row in rows:
         assert 0 <= row["attack_advantage"] < 1 and 0 < row["holdout_auc"] < 1
         if row["epsilon"]:
@@ -102,21 +176,43 @@ def test_privacy_uci_sets_dp_utility_and_attack_advantage_against_no_dp(tmp_path
 def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     """Also `fedrisk demo` exactly as a user first runs it (its own process, a temporary Prefect API, the
     demo's data synthesized): what it prints."""
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline_overhead.py"), "--runs", "1",
-                             "--json", str(tmp_path / "p.json"), "--logs", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "pipeline_overhead.py"),
+            "--runs",
+            "1",
+            "--json",
+            str(tmp_path / "p.json"),
+            "--logs",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     results = _results(tmp_path / "p.json")
     [run] = results["runs"]
     stages = run["stages"]
-    for stage in ("start-up", "validation", "statistics", "training", "baselines (simulation)", "evaluation",
-                  "registration"):
+    for stage in (
+        "start-up",
+        "validation",
+        "statistics",
+        "training",
+        "baselines (simulation)",
+        "evaluation",
+        "registration",
+    ):
         assert stages[stage] > 0, stage
     assert sum(stages.values()) == pytest.approx(run["wall_seconds"])
     assert stages["training"] > stages["statistics"]
-    assert set(results["imports"]) == {"fedrisk CLI and flow (Prefect, MLflow client, GX, pandas)",
-                                       "TensorFlow + TFF (paid once, inside training)"}
+    assert set(results["imports"]) == {
+        "fedrisk CLI and flow (Prefect, MLflow client, GX, pandas)",
+        "TensorFlow + TFF (paid once, inside training)",
+    }
     assert "fedrisk demo run 1:" in result.stdout and "total (wall)" in result.stdout
 
     demo = (tmp_path / "demo-run-1.log").read_text()
@@ -134,23 +230,43 @@ def test_pipeline_overhead_splits_a_real_demo_run_into_stages(tmp_path):
     assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)) == 5  # and a weighted row
     assert re.search(r"│ weighted +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\n", demo)
     # Logged, not a terminal: a status line per stage and per round (no progress bar to redraw), no library noise.
-    rounds = re.findall(r"^\d\d:\d\d:\d\d round (\d+)/15: train loss 0\.\d{4}, validation loss 0\.\d{4}, "
-                        r"validation AUC 0\.\d{4}", demo, re.MULTILINE)
+    rounds = re.findall(
+        r"^\d\d:\d\d:\d\d round (\d+)/15: train loss 0\.\d{4}, validation loss 0\.\d{4}, "
+        r"validation AUC 0\.\d{4}",
+        demo,
+        re.MULTILINE,
+    )
     assert rounds and rounds == [str(n) for n in range(1, len(rounds) + 1)], demo
     assert re.search(r"^\d\d:\d\d:\d\d validating 4 institutions against suite", demo, re.MULTILINE)
     assert not re.search(r"rounds .*━", demo) and "Finished in state" not in demo
     assert not any(noise in demo for noise in ("Unable to register", "UserWarning", "HDF5", "compiled metrics"))
-    assert re.search(r"Trained \d+ rounds \((stopped early, before the limit of 15|stopped: validation loss stopped "
-                     r"improving, at the limit of 15 rounds|the limit of 15 rounds reached)\); exported round \d+, "
-                     r"the best by federated validation loss", demo)
+    assert re.search(
+        r"Trained \d+ rounds \((stopped early, before the limit of 15|stopped: validation loss stopped "
+        r"improving, at the limit of 15 rounds|the limit of 15 rounds reached)\); exported round \d+, "
+        r"the best by federated validation loss",
+        demo,
+    )
     assert "Privacy: no differential privacy" in demo
 
 
 def test_worker_isolation_measures_the_library_and_rounds_with_and_without_it(tmp_path, capsys, monkeypatch):
     if subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"], capture_output=True).returncode:
         pytest.skip("unprivileged user and network namespaces are not available here (unshare -rn)")
-    out = _run("worker_isolation.py", "--institutions", "2", "--rows", "300", "--rounds", "1", "--repeats", "1",
-               "--json", str(tmp_path / "w.json"), capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "worker_isolation.py",
+        "--institutions",
+        "2",
+        "--rows",
+        "300",
+        "--rounds",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+        str(tmp_path / "w.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     [row] = _results(tmp_path / "w.json")["rounds"]
     assert row["same_weights"] and row["isolated_seconds_per_round"] > 0 and row["bare_seconds_per_round"] > 0
     assert "found cached in" in out and "same weights" in out
@@ -162,8 +278,17 @@ def test_use_cases_compares_federated_with_pooled_on_real_data(tmp_path, capsys,
 
     if not (SHARED_DATA / "ulb_fraud_subset").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent)")
-    out = _run("use_cases.py", "--cases", "card_fraud", "--seeds", "0", "--json", str(tmp_path / "c.json"),
-               capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "use_cases.py",
+        "--cases",
+        "card_fraud",
+        "--seeds",
+        "0",
+        "--json",
+        str(tmp_path / "c.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     [run] = _results(tmp_path / "c.json")["card_fraud"]["runs"]
     assert run["federated"]["pr_auc"] > 0.85 and run["pooled"]["pr_auc"] > 0.85
     assert run["xgboost_federated"]["pr_auc"] > 0.85 and run["xgboost_pooled"]["pr_auc"] > 0.85
@@ -172,8 +297,17 @@ def test_use_cases_compares_federated_with_pooled_on_real_data(tmp_path, capsys,
 
 @pytest.mark.slow
 def test_cross_silo_rounds_times_rounds_through_node_processes(tmp_path, capsys, monkeypatch):
-    out = _run("cross_silo_rounds.py", "--rows", "400", "--rounds", "1", "--json", str(tmp_path / "x.json"),
-               capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(
+        "cross_silo_rounds.py",
+        "--rows",
+        "400",
+        "--rounds",
+        "1",
+        "--json",
+        str(tmp_path / "x.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     [row] = _results(tmp_path / "x.json")
     assert row["simulation"]["seconds_per_round"] > 0 and row["cross_silo"]["seconds_per_round"] > 0
     assert "Starting 3 institution nodes" in out

@@ -4,7 +4,7 @@ import numpy as np
 
 from fed_models.centralized import train_centralized
 from fed_models.keras_models import ModelSpec, build_model, predict_proba
-from tasks.evaluation import binary_metrics
+from institution.evaluation import binary_metrics
 
 
 def _data(n: int, seed: int):

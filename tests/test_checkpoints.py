@@ -8,8 +8,11 @@ import tensorflow_federated as tff
 
 from fed_models.checkpoints import ArrayStateManager, Checkpoints
 
-STATE = {"learning": [np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(0.5)],
-         "history": np.zeros((0, 4)), "best": np.array([np.inf, 0, 0])}
+STATE = {
+    "learning": [np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(0.5)],
+    "history": np.zeros((0, 4)),
+    "best": np.array([np.inf, 0, 0]),
+}
 
 
 def test_the_latest_state_comes_back_exactly_and_only_two_are_kept(tmp_path):

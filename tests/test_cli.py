@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from mlflow import MlflowClient
+from rich.console import Console
 from typer.testing import CliRunner
 
-import typer
-from rich.console import Console
-
+from contract.synthetic import synthesize
 from flows import cli
 from flows.cli import app
 from flows.settings import PROJECT_ROOT
-from tasks.synthetic import synthesize
 from tests.conftest import free_port
 
 runner = CliRunner()
@@ -75,7 +74,11 @@ def test_help_uses_the_placeholders_people_know(command):
 def test_data_synth_writes_one_folder_per_institution(tmp_path):
     result = _invoke("data", "synth", "--out", str(tmp_path), "--institutions", "3", "--rows-scale", "0.1")
     assert result.exit_code == 0
-    assert sorted(p.parent.name for p in tmp_path.glob("*/credit.csv")) == ["alder_bank", "birch_credit_union", "cedar_savings"]
+    assert sorted(p.parent.name for p in tmp_path.glob("*/credit.csv")) == [
+        "alder_bank",
+        "birch_credit_union",
+        "cedar_savings",
+    ]
     assert len(pd.read_csv(tmp_path / "cedar_savings" / "credit.csv")) == 400
 
 
@@ -111,11 +114,17 @@ def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp
 @pytest.mark.usefixtures("prefect_api")
 def test_schema_check_says_whether_every_institution_passes_before_a_retraining(tmp_path, small_consortium, console):
     config = tmp_path / "run.yaml"
-    config.write_text("model_name: m\nquorum: 1\ninstitutions:\n" + "".join(
-        f"  - {{name: {name}, path: {small_consortium[name]}}}\n" for name in ("cedar_savings", "dune_finance")))
+    config.write_text(
+        "model_name: m\nquorum: 1\ninstitutions:\n"
+        + "".join(
+            f"  - {{name: {name}, path: {small_consortium[name]}}}\n" for name in ("cedar_savings", "dune_finance")
+        )
+    )
     assert _exit_code(cli.schema_check, config=config) == 0
-    assert "schema credit_default version 2 (suite credit_default_v2, current): all 2 institutions pass it; a " \
-           "retraining can start" in console()
+    assert (
+        "schema credit_default version 2 (suite credit_default_v2, current): all 2 institutions pass it; a "
+        "retraining can start" in console()
+    )
     young = pd.read_csv(small_consortium["dune_finance"])
     young["AGE"] = 12
     young.to_csv(tmp_path / "dune.csv", index=False)
@@ -130,12 +139,23 @@ def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp
     """Run as a user would, in its own process: a dead MLflow URL fails fast, before any round."""
     port = free_port()  # a loopback port nobody listens on
     config = tmp_path / "run.yaml"
-    config.write_text("model_name: m\ninstitutions:\n" + "".join(
-        f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items()))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "COLUMNS": "200",
-           "PREFECT_API_URL": prefect_api}
-    result = subprocess.run([str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    config.write_text(
+        "model_name: m\ninstitutions:\n"
+        + "".join(f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items())
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "COLUMNS": "200",
+        "PREFECT_API_URL": prefect_api,
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"Retraining stopped: MLflow tracking at http://127.0.0.1:{port} failed:" in output
@@ -146,17 +166,30 @@ def test_unreachable_tracking_server_stops_before_training(small_consortium, tmp
 def test_a_temporary_prefect_api_that_cannot_start_is_one_clear_line(small_consortium, tmp_path):
     """No Prefect server configured and the local database unusable: the cause, exit 1, no traceback."""
     config = tmp_path / "run.yaml"
-    config.write_text("model_name: m\ninstitutions:\n" + "".join(
-        f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items()))
-    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "COLUMNS": "200",
-           "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'absent' / 'prefect.db'}"}
-    result = subprocess.run([str(Path(sys.executable).parent / "fedrisk"), "validate", "--config", str(config)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    config.write_text(
+        "model_name: m\ninstitutions:\n"
+        + "".join(f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items())
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+        "COLUMNS": "200",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'absent' / 'prefect.db'}",
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "fedrisk"), "validate", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert re.search(r"Validation not run: the temporary Prefect API exited with code \d+ on start: .*unable to open "
-                     r"database file", output), output
+    assert re.search(
+        r"Validation not run: the temporary Prefect API exited with code \d+ on start: .*unable to open "
+        r"database file",
+        output,
+    ), output
     assert "Traceback" not in output
 
 
@@ -171,10 +204,14 @@ def test_validate_on_the_real_uci_banks_then_with_one_bank_corrupted(tmp_path, c
     for bank in ("bank_a", "bank_b", "bank_c"):
         shutil.copy(uci / f"{bank}.csv", tmp_path / f"{bank}.csv")
     data = (tmp_path / "bank_b.csv").read_bytes()
-    (tmp_path / "bank_b.csv").write_bytes(data[: len(data) // 2] + b"\xff\xfe" + data[len(data) // 2:])
+    (tmp_path / "bank_b.csv").write_bytes(data[: len(data) // 2] + b"\xff\xfe" + data[len(data) // 2 :])
     config = tmp_path / "run.yaml"
-    config.write_text((PROJECT_ROOT / "configs" / "uci_default_credit.yaml").read_text()
-                      .replace("../../shared/data/uci_default_credit", str(tmp_path)).replace("quorum: 2", "quorum: 3"))
+    config.write_text(
+        (PROJECT_ROOT / "configs" / "uci_default_credit.yaml")
+        .read_text()
+        .replace("../../shared/data/uci_default_credit", str(tmp_path))
+        .replace("quorum: 2", "quorum: 3")
+    )
     assert _exit_code(cli.validate, config=config) == 1
     output = console()
     assert f"institution 'bank_b': {tmp_path / 'bank_b.csv'}: not UTF-8 text" in output.replace("\n", "")
@@ -192,13 +229,15 @@ def registry_copy(registered, tmp_path, monkeypatch) -> str:
 
 
 def test_the_comparison_with_the_baselines_has_a_weighted_row_as_the_new_models_table_does(registered, console):
-    from tasks.evaluation import weighted_metrics
+    from institution.evaluation import weighted_metrics
 
     summary = registered.first  # retrained with the simulation baselines
     cli._print_summary(summary)
     output = console()
-    figures = [summary.weighted["roc_auc"], *(weighted_metrics(summary.evaluations, role)["roc_auc"]
-                                              for role in ("local_only", "pooled"))]
+    figures = [
+        summary.weighted["roc_auc"],
+        *(weighted_metrics(summary.evaluations, role)["roc_auc"] for role in ("local_only", "pooled")),
+    ]
     assert re.search(r"│ weighted +│" + "".join(rf" +{f:.4f} │" for f in figures) + r"\n", output), output
     assert "weighted: by holdout rows; local-only, pooled data:" in output
 
@@ -207,7 +246,9 @@ def test_models_list_shows_versions_aliases_decisions_and_metrics(registered, re
     cli.models_list(name=registered.name)
     lines = [line for line in console().splitlines() if line.startswith("│")]
     first, second = registered.first.weighted, registered.second.weighted
-    assert re.match(rf"│ 2 .*│ challenger +│ not promoted +│ +{second['roc_auc']:.4f} │ +{second['pr_auc']:.4f} │", lines[0])
+    assert re.match(
+        rf"│ 2 .*│ challenger +│ not promoted +│ +{second['roc_auc']:.4f} │ +{second['pr_auc']:.4f} │", lines[0]
+    )
     assert re.match(rf"│ 1 .*│ champion +│ promoted +│ +{first['roc_auc']:.4f} │", lines[1])
     assert _exit_code(cli.models_list, name="no_such_model") == 1
     assert "no registered model 'no_such_model'" in console()
@@ -237,20 +278,26 @@ def test_models_promote_overrides_the_policy_and_records_why(registered, registr
 
 @pytest.mark.usefixtures("prefect_api")
 def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tracking_uri, tmp_path, console):
-    from tasks.config import PrivacyConfig, TrainingConfig
-    from tasks.privacy import plan_privacy, reserve_privacy_budget, settle_privacy_budget
+    from engines.privacy import plan_privacy
+    from runconfig import PrivacyConfig, TrainingConfig
+    from tasks.privacy import reserve_privacy_budget, settle_privacy_budget
 
     assert _exit_code(cli.ledger, config=None) == 0
     assert console().strip() == f"No differentially private retrainings yet in {tracking_uri}: nothing is spent."
 
-    plan = plan_privacy(PrivacyConfig(mechanism="record_level", noise_multiplier=1.5),
-                        TrainingConfig(rounds=10, batch_size=100), {"bank_a": 5000})
+    plan = plan_privacy(
+        PrivacyConfig(mechanism="record_level", noise_multiplier=1.5),
+        TrainingConfig(rounds=10, batch_size=100),
+        {"bank_a": 5000},
+    )
     entry = reserve_privacy_budget(tracking_uri, "credit", "k1", "flow-1", plan, {"bank_a": None})
     settle_privacy_budget(tracking_uri, entry, plan)
     reserve_privacy_budget(tracking_uri, "fraud", "k2", "flow-2", plan, {"bank_a": None})
     config = tmp_path / "run.yaml"
-    config.write_text("model_name: credit\ninstitutions:\n  - {name: bank_a, path: a.csv, privacy_budget: 5}\n"
-                      "privacy: {mechanism: record_level, noise_multiplier: 1.5}\n")
+    config.write_text(
+        "model_name: credit\ninstitutions:\n  - {name: bank_a, path: a.csv, privacy_budget: 5}\n"
+        "privacy: {mechanism: record_level, noise_multiplier: 1.5}\n"
+    )
     assert _exit_code(cli.ledger, config=config) == 0
     out = console()
     epsilon = plan.institution("bank_a").epsilon
@@ -276,13 +323,25 @@ def test_read_only_commands_load_mlflow_and_nothing_heavy(registered, registry_c
     Prefect or scikit-learn, or starting a temporary Prefect API. (Its time: benchmarks/cli_startup.py.)"""
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-    args = {"models": [*command, registered.name], "ledger": command,
-            "lineage": [*command, f"{registered.name}@champion"]}[command[0]]
+    args = {
+        "models": [*command, registered.name],
+        "ledger": command,
+        "lineage": [*command, f"{registered.name}@champion"],
+    }[command[0]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    env.update(MLFLOW_TRACKING_URI=registry_copy, COLUMNS="200",
-               PREFECT_API_DATABASE_CONNECTION_URL=PREFECT_API_DATABASE_CONNECTION_URL.value())
-    done = subprocess.run([sys.executable, "-c", FRESH_CLI.format(heavy=HEAVY, args=args)], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    env.update(
+        MLFLOW_TRACKING_URI=registry_copy,
+        COLUMNS="200",
+        PREFECT_API_DATABASE_CONNECTION_URL=PREFECT_API_DATABASE_CONNECTION_URL.value(),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_CLI.format(heavy=HEAVY, args=args)],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
     if command == ["models", "list"]:  # both versions, newest first (the title wraps with the store's path)
@@ -302,15 +361,17 @@ def test_a_temporary_prefect_api_slower_than_its_budget_says_so_while_waiting_an
         f"    with api.prefect_api(2.0, {str(tmp_path / 'logs')!r}, lambda line: print('PROGRESS', line)):\n"
         "        pass\n"
         "except api.PrefectApiUnavailable as error:\n"
-        "    print('STOPPED', error)\n")
+        "    print('STOPPED', error)\n"
+    )
     env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PREFECT_HOME": str(tmp_path / "home")}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     lines = result.stdout.splitlines()
     assert sum(line.startswith("PROGRESS still starting the temporary Prefect API (") for line in lines) >= 2, lines
     [stopped] = [line for line in lines if line.startswith("STOPPED")]
     [log] = list((tmp_path / "logs").glob("prefect-api-*.log"))
-    assert stopped == (f"STOPPED the temporary Prefect API did not answer in 2 s (FEDRISK_PREFECT_START_SECONDS; "
-                       f"its log: {log})")
+    assert stopped == (
+        f"STOPPED the temporary Prefect API did not answer in 2 s (FEDRISK_PREFECT_START_SECONDS; its log: {log})"
+    )
 
 
 def test_a_temporary_prefect_api_started_early_is_the_one_used_and_is_stopped_when_not_needed(tmp_path):
@@ -326,7 +387,8 @@ def test_a_temporary_prefect_api_started_early_is_the_one_used_and_is_stopped_wh
         "        print('ADOPTED', used == url and not api._early)\n"
         "with api.starting_early(logs):\n"
         "    [(unused, _, _)] = api._early\n"
-        "print('STOPPED', early.poll() is not None, unused.poll() is not None)\n")
+        "print('STOPPED', early.poll() is not None, unused.poll() is not None)\n"
+    )
     env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PREFECT_HOME": str(tmp_path / "home")}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.stdout.splitlines()[-2:] == ["ADOPTED True", "STOPPED True True"], result.stdout + result.stderr
@@ -335,7 +397,7 @@ def test_a_temporary_prefect_api_started_early_is_the_one_used_and_is_stopped_wh
 def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, console):
     """A loan book split by state: one institution per value, named after it, the column dropped; the same
     command refuses a column that is not there, and --by with --institutions."""
-    from tasks.schema import load_schema
+    from contract.schema import load_schema
 
     schema = load_schema("credit_default")
     frame = pd.read_csv(synthesize(tmp_path / "source", n_institutions=1, seed=2, rows_scale=0.05)["alder_bank"])
@@ -343,8 +405,19 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
     source = tmp_path / "book.csv"
     frame.to_csv(source, index=False)
 
-    assert _exit_code(cli.split, input=source, schema="credit_default", out=tmp_path / "by_state",
-                      institutions=None, by="STATE", keep_column=False, seed=0) == 0
+    assert (
+        _exit_code(
+            cli.split,
+            input=source,
+            schema="credit_default",
+            out=tmp_path / "by_state",
+            institutions=None,
+            by="STATE",
+            keep_column=False,
+            seed=0,
+        )
+        == 0
+    )
     parts = {path.stem: pd.read_csv(path) for path in (tmp_path / "by_state").glob("*.csv")}
     assert sorted(parts) == ["ca", "new_york"] and "STATE" not in parts["ca"].columns
     assert len(parts["new_york"]) == (frame["STATE"] == "New York").sum()
@@ -352,10 +425,34 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
     said = console()
     assert f"ca: {tmp_path / 'by_state' / 'ca.csv'}" in said and "new_york: " in said
 
-    assert _exit_code(cli.split, input=source, schema="credit_default", out=tmp_path / "x", institutions=None,
-                      by="REGION", keep_column=False, seed=0) == 1
+    assert (
+        _exit_code(
+            cli.split,
+            input=source,
+            schema="credit_default",
+            out=tmp_path / "x",
+            institutions=None,
+            by="REGION",
+            keep_column=False,
+            seed=0,
+        )
+        == 1
+    )
     assert f"{source}: no column 'REGION' to split by (columns: " in console()
-    assert _exit_code(cli.split, input=source, schema="credit_default", out=tmp_path / "x", institutions="a,b",
-                      by="STATE", keep_column=False, seed=0) == 2
-    assert "give --institutions (equal, stratified parts) or --by COLUMN (one institution per value), not both" \
+    assert (
+        _exit_code(
+            cli.split,
+            input=source,
+            schema="credit_default",
+            out=tmp_path / "x",
+            institutions="a,b",
+            by="STATE",
+            keep_column=False,
+            seed=0,
+        )
+        == 2
+    )
+    assert (
+        "give --institutions (equal, stratified parts) or --by COLUMN (one institution per value), not both"
         in console()
+    )

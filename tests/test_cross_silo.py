@@ -23,13 +23,16 @@ from flows.config import parse_config
 from flows.cross_silo_demo import COORDINATOR, node_config
 from flows.retrain import retrain
 from hostguard.pki import init_ca, issue
-from tasks.versions import list_versions
 from tests.conftest import descendants, free_port, read_until, wait_until_gone
+from tracking.versions import list_versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 BANKS = ("alder_bank", "birch_credit_union", "cedar_savings")
-SETTINGS = {"training": {"rounds": 5, "algorithm": "fedadam", "model": {"kind": "mlp", "hidden_units": [8]}},
-            "seed": 4, "promotion": {"max_calibration_error": None}}
+SETTINGS = {
+    "training": {"rounds": 5, "algorithm": "fedadam", "model": {"kind": "mlp", "hidden_units": [8]}},
+    "seed": 4,
+    "promotion": {"max_calibration_error": None},
+}
 
 
 class Node:
@@ -43,8 +46,13 @@ class Node:
         env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "node", "serve", "--config", str(self.directory / "node.yaml")],
-            cwd=self.directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            cwd=self.directory,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     def wait(self) -> None:
         read_until(self.process, "listening on", timeout=300)
@@ -101,8 +109,9 @@ def consortium(small_consortium, tmp_path_factory):
             shutil.copy(pki / file, directory / "tls" / file)
         shutil.copy(small_consortium[name], directory / "credit.csv")
         node_config(name, directory, "credit_default", directory / "credit.csv", free_port(), list(BANKS))
-        nodes[name] = Node(name, directory, int(
-            (directory / "node.yaml").read_text().split("listen: 127.0.0.1:")[1].split()[0]))
+        nodes[name] = Node(
+            name, directory, int((directory / "node.yaml").read_text().split("listen: 127.0.0.1:")[1].split()[0])
+        )
     for node in nodes.values():
         node.start()
     try:
@@ -117,9 +126,18 @@ def consortium(small_consortium, tmp_path_factory):
 def _coordinator_plain(pki: Path, nodes, name: str, quorum: int = 3, **settings) -> dict:
     """A coordinator's run config (as its YAML would say it) for `nodes`."""
     institutions = [{"name": n.name, "node": f"127.0.0.1:{n.port}"} for n in nodes]
-    return {"model_name": name, "quorum": quorum, "institutions": institutions, **SETTINGS, **settings,
-            "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{COORDINATOR}.crt"),
-                    "key": str(pki / f"{COORDINATOR}.key")}}
+    return {
+        "model_name": name,
+        "quorum": quorum,
+        "institutions": institutions,
+        **SETTINGS,
+        **settings,
+        "tls": {
+            "ca": str(pki / "ca.crt"),
+            "cert": str(pki / f"{COORDINATOR}.crt"),
+            "key": str(pki / f"{COORDINATOR}.key"),
+        },
+    }
 
 
 def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | None = None, **settings):
@@ -149,8 +167,7 @@ def _weights(tracking_uri: str, name: str, version: str, tmp_path: Path) -> list
     import mlflow
 
     from riskmodel import model as exported
-
-    from tasks.registry import exported_model_dir
+    from tracking.registry import exported_model_dir
 
     mlflow.set_tracking_uri(tracking_uri)
     target = tmp_path / "downloads" / str(abs(hash(tracking_uri)))
@@ -174,12 +191,22 @@ sys.addaudithook(OpenAudit.hook)
 
 
 def test_nodes_train_the_same_model_as_the_simulation_and_the_coordinator_reads_no_row(
-        consortium, small_consortium, tmp_path, monkeypatch):
+    consortium, small_consortium, tmp_path, monkeypatch
+):
     root, pki, nodes = consortium
     simulation_store = f"sqlite:///{tmp_path / 'simulation' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", simulation_store)
-    simulated = retrain(parse_config({"model_name": "credit_xs", "quorum": 3, **SETTINGS, "institutions": [
-        {"name": n, "path": str(small_consortium[n])} for n in BANKS]}, Path(".")))
+    simulated = retrain(
+        parse_config(
+            {
+                "model_name": "credit_xs",
+                "quorum": 3,
+                **SETTINGS,
+                "institutions": [{"name": n, "path": str(small_consortium[n])} for n in BANKS],
+            },
+            Path("."),
+        )
+    )
 
     store = f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
@@ -190,14 +217,19 @@ def test_nodes_train_the_same_model_as_the_simulation_and_the_coordinator_reads_
         across = retrain(config)
     finally:
         OpenAudit.active = False
-    opened = [p for p in OpenAudit.paths if str(root / "nodes") in os.path.abspath(p)
-              or any(os.path.abspath(p) == str(small_consortium[n]) for n in BANKS)]
+    opened = [
+        p
+        for p in OpenAudit.paths
+        if str(root / "nodes") in os.path.abspath(p)
+        or any(os.path.abspath(p) == str(small_consortium[n]) for n in BANKS)
+    ]
     assert opened == [] and OpenAudit.paths  # it opened files (its store, its suite), none of the institutions'
 
     assert [r.passed for r in across.validation] == [True] * 3
     assert [r.digest for r in across.validation] == [r.digest for r in simulated.validation]
-    for mine, theirs in zip(_weights(store, "credit_xs", "1", tmp_path),
-                            _weights(simulation_store, "credit_xs", "1", tmp_path), strict=True):
+    for mine, theirs in zip(
+        _weights(store, "credit_xs", "1", tmp_path), _weights(simulation_store, "credit_xs", "1", tmp_path), strict=True
+    ):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
     assert across.training.best_round == simulated.training.best_round
     for name, value in simulated.weighted.items():
@@ -209,8 +241,9 @@ def test_nodes_train_the_same_model_as_the_simulation_and_the_coordinator_reads_
 def test_a_node_down_at_the_start_is_quarantined_and_the_quorum_decides(consortium, tracking_uri):
     _, pki, nodes = consortium
     address = f"127.0.0.1:{free_port()}"
-    config = _coordinator(pki, nodes.values(), "credit_xs_down", quorum=3,
-                          extra={"dune": {"name": "dune_finance", "node": address}})
+    config = _coordinator(
+        pki, nodes.values(), "credit_xs_down", quorum=3, extra={"dune": {"name": "dune_finance", "node": address}}
+    )
     summary = retrain(config)
     [down] = [r for r in summary.validation if not r.passed]
     assert down.institution == "dune_finance"
@@ -225,8 +258,9 @@ def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium,
     with _killed_after_round(nodes["cedar_savings"], 2):
         summary = retrain(_coordinator(pki, nodes.values(), "credit_xs_lost", quorum=2))
     assert [r["institutions"] for r in summary.training.rounds] == [3, 3, 2, 2, 2]
-    assert summary.training.lost["cedar_savings"].startswith("left out from round 3: institution 'cedar_savings': "
-                                                             "unreachable at ")
+    assert summary.training.lost["cedar_savings"].startswith(
+        "left out from round 3: institution 'cedar_savings': unreachable at "
+    )
     said = caplog.messages
     [warned] = [i for i, m in enumerate(said) if m.startswith("institution 'cedar_savings' left out from round 3: ")]
     assert said[warned].endswith("the run goes on with 2 institution(s) (quorum 2)")
@@ -241,9 +275,8 @@ def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium,
     assert listed.lost == ("cedar_savings",) and listed.decision == "not promoted"
 
 
-def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(
-        consortium, tracking_uri):
-    from node.client import TrainingStopped
+def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(consortium, tracking_uri):
+    from consortium.nodes import TrainingStopped
 
     _, pki, nodes = consortium
     victim = nodes["birch_credit_union"]
@@ -263,8 +296,9 @@ def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resume
     assert resumed.weighted == uninterrupted.weighted  # a node never trains a round twice: identical
 
 
-def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consortium, small_consortium, prefect_api,
-                                                                          tracking_uri, tmp_path, monkeypatch):
+def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(
+    consortium, small_consortium, prefect_api, tracking_uri, tmp_path, monkeypatch
+):
     """Two careless banks: one exports its extract without the header line, one points its node at a system file.
     Both are quarantined with a reason in counts, and no byte of their content reaches what the coordinator
     receives, the MLflow store and artifacts, Prefect's database, or the coordinator's terminal and log file.
@@ -282,8 +316,11 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     headerless.write_text(customer + "\n" + "\n".join(small_consortium["cedar_savings"].read_text().splitlines()[2:]))
     system = tmp_path / "passwd"
     system.write_text("fedrisk-marker-7f3a:x:0:0:root:/root:/bin/bash\nmarker-c2d9:x:2:2::/bin:/usr/sbin/nologin\n")
-    careless = [_node(root, pki, "eel_bank", headerless), _node(root, pki, "fir_bank", system),
-                _node(root, pki, "gum_bank", small_consortium["dune_finance"], {"max_rounds": 1})]
+    careless = [
+        _node(root, pki, "eel_bank", headerless),
+        _node(root, pki, "fir_bank", system),
+        _node(root, pki, "gum_bank", small_consortium["dune_finance"], {"max_rounds": 1}),
+    ]
     secrets = [b"987654321", b"fedrisk-marker-7f3a", b"marker-c2d9"]
     received: list[bytes] = []
     decode = wire.decode
@@ -293,27 +330,47 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     try:
         for node in careless:
             node.wait()
-        config = _coordinator_plain(pki, [*nodes.values(), *careless], "credit_xs_careless", quorum=3,
-                                    training={"rounds": 2, "model": {"kind": "logistic_regression"}},
-                                    privacy={"mechanism": "record_level", "noise_multiplier": 1.1, "delta": 0.5})
+        config = _coordinator_plain(
+            pki,
+            [*nodes.values(), *careless],
+            "credit_xs_careless",
+            quorum=3,
+            training={"rounds": 2, "model": {"kind": "logistic_regression"}},
+            privacy={"mechanism": "record_level", "noise_multiplier": 1.1, "delta": 0.5},
+        )
         (tmp_path / "coordinator.yaml").write_text(yaml.safe_dump(config))
         log_file = tmp_path / "coordinator.log"
-        env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracking_uri,
-               "FEDRISK_LOG_FILE": str(log_file)}
-        terminal = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--config",
-                                   str(tmp_path / "coordinator.yaml")], env=env, capture_output=True, timeout=900)
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": prefect_api,
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "FEDRISK_LOG_FILE": str(log_file),
+        }
+        terminal = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "retrain", "--config", str(tmp_path / "coordinator.yaml")],
+            env=env,
+            capture_output=True,
+            timeout=900,
+        )
         assert terminal.returncode == 0, terminal.stdout.decode()[-3000:]
         # The validation as the coordinator received it (its process ran the CLI; this one asks once more).
         tls = client.Tls(str(pki / "ca.crt"), str(pki / f"{COORDINATOR}.crt"), str(pki / f"{COORDINATOR}.key"))
         for node in careless:
-            client.call(client.NodeHandle(node.name, f"127.0.0.1:{node.port}"), tls, "Validate",
-                        {"schema": {"name": "credit_default", "version": 2}})
+            client.call(
+                client.NodeHandle(node.name, f"127.0.0.1:{node.port}"),
+                tls,
+                "Validate",
+                {"schema": {"name": "credit_default", "version": 2}},
+            )
     finally:
         for node in careless:
             node.stop()
     database = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
-    searched = {"what the coordinator received": b"".join(received), "terminal": terminal.stdout + terminal.stderr,
-                "log file": log_file.read_bytes()}
+    searched = {
+        "what the coordinator received": b"".join(received),
+        "terminal": terminal.stdout + terminal.stderr,
+        "log file": log_file.read_bytes(),
+    }
     for path in [*Path(tracking_uri.split("///", 1)[1]).parent.rglob("*"), *database.parent.glob(database.name + "*")]:
         if path.is_file():
             searched[str(path)] = path.read_bytes()
@@ -331,13 +388,19 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
     with get_client(sync_client=True) as prefect:  # the latest table: republished once the training began
         [table] = prefect.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-xs-careless"])),
-            sort=ArtifactSort.CREATED_DESC, limit=1)
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
     rows = {row["institution"]: row for row in json.loads(table.data)}
     assert {name: rows[name]["status"] for name in ("alder_bank", "eel_bank", "fir_bank", "gum_bank")} == {
-        "alder_bank": "admitted", "eel_bank": "quarantined", "fir_bank": "quarantined", "gum_bank": "quarantined"}
+        "alder_bank": "admitted",
+        "eel_bank": "quarantined",
+        "fir_bank": "quarantined",
+        "gum_bank": "quarantined",
+    }
     assert "agreed to at most 1 rounds, the run plans 2 (policy.max_rounds)" in json.dumps(rows["gum_bank"])
 
-    from tasks.ledger import read_ledger
+    from tracking.ledger import read_ledger
 
     [entry] = [e for e in read_ledger(tracking_uri) if e.model_name == "credit_xs_careless"]
     version = entry.version or "1"
@@ -353,13 +416,31 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(consor
 
 
 def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation_grows(
-        consortium, small_consortium, tmp_path, monkeypatch):
+    consortium, small_consortium, tmp_path, monkeypatch
+):
     _, pki, nodes = consortium
-    trees = {"training": {"engine": "xgboost", "rounds": 30, "max_depth": 3, "learning_rate": 0.2,
-                          "early_stopping": {"patience": 5}}}
+    trees = {
+        "training": {
+            "engine": "xgboost",
+            "rounds": 30,
+            "max_depth": 3,
+            "learning_rate": 0.2,
+            "early_stopping": {"patience": 5},
+        }
+    }
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'simulation' / 'mlflow.db'}")
-    simulated = retrain(parse_config({"model_name": "trees_xs", "quorum": 3, "seed": 4, **trees, "institutions": [
-        {"name": n, "path": str(small_consortium[n])} for n in BANKS]}, Path(".")))
+    simulated = retrain(
+        parse_config(
+            {
+                "model_name": "trees_xs",
+                "quorum": 3,
+                "seed": 4,
+                **trees,
+                "institutions": [{"name": n, "path": str(small_consortium[n])} for n in BANKS],
+            },
+            Path("."),
+        )
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}")
     config = _coordinator(pki, nodes.values(), "trees_xs")
     config = type(config).model_validate({**config.plain(), **trees, "tls": config.tls})
@@ -377,11 +458,13 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
             growing.remove(operation) if operation == "TrainTrees" else None
 
     monkeypatch.setattr(client, "call", counted)
-    with round_listener(lambda event: shown.append((event["round"], bool(growing)))
-                        if event.get("event") == "round" else None):
+    with round_listener(
+        lambda event: shown.append((event["round"], bool(growing))) if event.get("event") == "round" else None
+    ):
         across = retrain(config)
     assert [r["validation_auc"] for r in across.training.rounds] == pytest.approx(
-        [r["validation_auc"] for r in simulated.training.rounds])
+        [r["validation_auc"] for r in simulated.training.rounds]
+    )
     assert [r for r, _ in shown] == [r["round"] for r in across.training.rounds]  # each once, in order
     assert any(live for _, live in shown)  # round by round while the trees grew, not all at the end
     tags = MlflowClient().get_model_version("trees_xs", "1").tags
@@ -422,21 +505,22 @@ def _secure(config, **settings):
 
 
 def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_the_same_model(
-        consortium, small_consortium, tracking_uri, monkeypatch, tmp_path, caplog):
+    consortium, small_consortium, tracking_uri, monkeypatch, tmp_path, caplog
+):
     """The same training with `training.aggregation: plain`, in the clear and under secure aggregation: the same
     weights (to the quantization). Everything the coordinator received in the secure run is captured: no
     institution's statistics or update is in it, and each masked update is uncorrelated with the update it hides
     (read from the node's own round log)."""
-    import node.client as client
+    import consortium.nodes as client
+    from contract.data import Extract, Split, load_parts
+    from institution.statistics import local_statistics
     from node import wire
     from secagg import ring
     from secagg.ring import VectorSpec
-    from tasks.data import Extract, Split, load_parts
-    from tasks.statistics import local_statistics
 
     root, pki, nodes = consortium
     plain_aggregation = {"training": {**SETTINGS["training"], "aggregation": "plain"}}
-    plain = retrain(_secure(_coordinator(pki, nodes.values(), "credit_plain_sum"), **plain_aggregation))
+    retrain(_secure(_coordinator(pki, nodes.values(), "credit_plain_sum"), **plain_aggregation))
     received, real_call = [], client.call
 
     def capture(handle, tls, operation, request):
@@ -449,12 +533,16 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
 
     before = round_logs()
     monkeypatch.setattr(client, "call", capture)
-    config = _secure(_coordinator(pki, nodes.values(), "credit_secure_sum"), secure_aggregation=True,
-                     **plain_aggregation)
+    config = _secure(
+        _coordinator(pki, nodes.values(), "credit_secure_sum"), secure_aggregation=True, **plain_aggregation
+    )
     secure = retrain(config)
 
-    for mine, theirs in zip(_weights(tracking_uri, "credit_secure_sum", "1", tmp_path),
-                            _weights(tracking_uri, "credit_plain_sum", "1", tmp_path), strict=True):
+    for mine, theirs in zip(
+        _weights(tracking_uri, "credit_secure_sum", "1", tmp_path),
+        _weights(tracking_uri, "credit_plain_sum", "1", tmp_path),
+        strict=True,
+    ):
         np.testing.assert_allclose(mine, theirs, atol=2e-5)
     assert [r["institutions"] for r in secure.training.rounds] == [3] * 5
     complete = "secure sum: keys 3/3, shares 3/3, masked inputs 3/3, consistency 3/3, unmasking 3/3 (threshold 2)"
@@ -462,12 +550,24 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
         assert line in caplog.text  # the flow's round log says how many nodes completed each phase
     tags = MlflowClient(tracking_uri).get_model_version("credit_secure_sum", "1").tags
     assert {k: v for k, v in tags.items() if k.startswith("secure_aggregation")} == {
-        "secure_aggregation": "true", "secure_aggregation.institutions": "3", "secure_aggregation.threshold": "2",
-        "secure_aggregation.bit_width": "32", "secure_aggregation.clip_norm": "10"}
+        "secure_aggregation": "true",
+        "secure_aggregation.institutions": "3",
+        "secure_aggregation.threshold": "2",
+        "secure_aggregation.bit_width": "32",
+        "secure_aggregation.clip_norm": "10",
+    }
 
     operations = {operation for _, operation, _ in received}
-    assert operations == {"Validate", "Prepare", "SecureBegin", "SecureShare", "SecureMask", "SecureConsistency",
-                          "SecureUnmask", "Evaluate"}  # no Statistics, TrainRound or ValidateRound answered in the clear
+    assert operations == {
+        "Validate",
+        "Prepare",
+        "SecureBegin",
+        "SecureShare",
+        "SecureMask",
+        "SecureConsistency",
+        "SecureUnmask",
+        "Evaluate",
+    }  # no Statistics, TrainRound or ValidateRound answered in the clear
     # No institution's statistics: none of its sums or sums of squares appears in anything received after validation
     # (the validation report, whole-extract counts and a profile, is visible by design).
     split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
@@ -476,18 +576,27 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
         rows = load_parts(Extract(name, small_consortium[name]), config.data_schema, split, ("train",))["train"]
         found = local_statistics(name, rows, config.data_schema, config.feature_names)
         secrets |= {round(v, 3) for v in [*found.sums.values(), *found.sums_of_squares.values()] if abs(v) > 1000}
-    leaked = {(who, op, round(v, 3)) for who, op, answer in received if op != "Validate" for v in _numbers(answer)
-              if round(v, 3) in secrets}
+    leaked = {
+        (who, op, round(v, 3))
+        for who, op, answer in received
+        if op != "Validate"
+        for v in _numbers(answer)
+        if round(v, 3) in secrets
+    }
     assert secrets and not leaked
     # No update: each node's own round log has its updates; what came back masked does not correlate with them.
     masked = [a for _, op, answer in received if op == "SecureMask" for a in _arrays(answer)]
-    updates = [np.concatenate([np.ravel(u) for u in wire.decode(log.read_bytes())["update"]])
-               for log in sorted(round_logs() - before)]
+    updates = [
+        np.concatenate([np.ravel(u) for u in wire.decode(log.read_bytes())["update"]])
+        for log in sorted(round_logs() - before)
+    ]
     assert len(updates) == 3 * 5
     size = len(updates[0])
     hidden = [m for m in masked if m.size == size * 4]
     assert len(hidden) == 3 * 5  # one masked update per institution per round
-    floats = [a for _, op, answer in received if op.startswith("Secure") for a in _arrays(answer) if a.dtype.kind == "f"]
+    floats = [
+        a for _, op, answer in received if op.startswith("Secure") for a in _arrays(answer) if a.dtype.kind == "f"
+    ]
     assert all(a.size != size for a in floats)  # no update-sized vector of floats at all
     spec = VectorSpec(size, 32, ring.scale_for(10.0, 3, 32))
     # A uniform vector's sample correlation with a fixed one has standard deviation 1/sqrt(size): 5 of them bound
@@ -502,14 +611,15 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
 def test_under_secure_aggregation_a_lost_node_ends_the_run_cleanly_when_too_few_remain(consortium, tracking_uri):
     """cedar dies after round 2: the round it misses cannot be a secure sum of the two left (a sum of two
     reveals each to the other), so the run stops, nothing is registered."""
-    from node.client import TrainingStopped
+    from consortium.nodes import TrainingStopped
 
     _, pki, nodes = consortium
     # Its own seed: the same data and settings as another secure training would make the same round updates, which
     # the nodes add to one sum only (tests/test_adversarial_coordinator.py).
     with _killed_after_round(nodes["cedar_savings"], 2), pytest.raises(TrainingStopped) as stopped:
-        retrain(_secure(_coordinator(pki, nodes.values(), "credit_secure_lost", quorum=2), secure_aggregation=True,
-                        seed=5))
+        retrain(
+            _secure(_coordinator(pki, nodes.values(), "credit_secure_lost", quorum=2), secure_aggregation=True, seed=5)
+        )
     assert "round 3" in str(stopped.value) and "nothing is registered" in str(stopped.value)
     assert "only 2 institution(s) completed; a secure sum needs at least 3" in str(stopped.value)
     assert MlflowClient(tracking_uri).search_model_versions("name='credit_secure_lost'") == []

@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import (
-    Extract, InstitutionDataError, Split, load_part, load_parts, read_extract, read_institution, split_holdout,
+from contract.data import (
+    Extract,
+    InstitutionDataError,
+    Split,
+    load_part,
+    load_parts,
+    read_extract,
+    read_institution,
+    split_holdout,
 )
-from tasks.schema import load_schema
+from contract.schema import load_schema
 
 CREDIT = load_schema("credit_default")
 GERMAN = load_schema("german_credit")
@@ -29,7 +36,9 @@ def test_column_mapping_renames_to_the_schema(tmp_path):
     pd.DataFrame({"cust_id": [1, 2], "limit": [10, 20]}).to_csv(path, index=False)
     frame = read_institution("bank_x", path, CREDIT, {"cust_id": "ID", "limit": "LIMIT_BAL"})
     assert list(frame.columns) == ["ID", "LIMIT_BAL"]
-    with pytest.raises(InstitutionDataError, match=r"institution 'bank_x': .*x.csv: column mapping names columns not in the file: age"):
+    with pytest.raises(
+        InstitutionDataError, match=r"institution 'bank_x': .*x.csv: column mapping names columns not in the file: age"
+    ):
         read_institution("bank_x", path, CREDIT, {"age": "AGE"})
 
 
@@ -44,11 +53,16 @@ def test_column_mapping_renames_to_the_schema(tmp_path):
         (b"ID,AGE,SEX\n1,30,1\n2,40", "last line incomplete (line 3 has 2 of 3 fields; the file ends mid-line)"),
         (b"ID,AGE\n1,30\n2,forty\n", "column AGE has 1 non-numeric values"),
         (b"ID,AGE\n1,30\n2,40.5\n", "column AGE has 1 non-integer values"),
-        (b"1,30,0\n2,40,1\n", "the first line looks like a row, not a header (3 of 3 fields are numbers or values of "
-                             "their column): the file must start with a line naming its columns"),
-        (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
-         "one column found, the schema declares 25: not a comma-separated extract with a header line naming its "
-         "columns"),
+        (
+            b"1,30,0\n2,40,1\n",
+            "the first line looks like a row, not a header (3 of 3 fields are numbers or values of "
+            "their column): the file must start with a line naming its columns",
+        ),
+        (
+            b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
+            "one column found, the schema declares 25: not a comma-separated extract with a header line naming its "
+            "columns",
+        ),
     ],
 )
 def test_unreadable_files_name_the_institution_file_and_what_is_wrong(tmp_path, content, message):
@@ -93,18 +107,29 @@ def test_permission_denied(tmp_path):
 def test_types_follow_the_schema_floats_stay_floats_text_labels_become_0_1(tmp_path):
     fraud = load_schema("card_fraud")
     path = tmp_path / "fraud.csv"
-    pd.DataFrame({"ID": [1, 2], "Time": [0.0, 12.0], **{f"V{i}": [0.25, -1.5] for i in range(1, 29)},
-                  "Amount": [9.99, 100.0], "Class": [0, 1]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "ID": [1, 2],
+            "Time": [0.0, 12.0],
+            **{f"V{i}": [0.25, -1.5] for i in range(1, 29)},
+            "Amount": [9.99, 100.0],
+            "Class": [0, 1],
+        }
+    ).to_csv(path, index=False)
     frame = read_institution("issuer", path, fraud)
     assert frame["Amount"].tolist() == [9.99, 100.0] and frame["V1"].dtype == np.float64
     german = tmp_path / "german.csv"
     pd.DataFrame({"ID": [1, 2], "purpose": ["car (new)", "business"], "creditability": ["good", "bad"]}).to_csv(
-        german, index=False)
+        german, index=False
+    )
     frame = read_institution("bank", german, GERMAN)
     assert frame["creditability"].tolist() == [0, 1] and frame["purpose"].tolist() == ["car (new)", "business"]
     german.write_text("ID,creditability\n1,good\n2,maybe\n")
-    with pytest.raises(InstitutionDataError, match=r"column creditability has 1 values other than 'bad' \(bad\) "
-                                                   r"and 'good'$") as error:
+    with pytest.raises(
+        InstitutionDataError,
+        match=r"column creditability has 1 values other than 'bad' \(bad\) "
+        r"and 'good'$",
+    ) as error:
         read_institution("bank", german, GERMAN)
     assert error.value.detail.endswith("and 'good', e.g. 'maybe'")
 
@@ -118,8 +143,10 @@ def test_a_file_replaced_after_validation_is_refused(small_consortium, tmp_path)
     path.write_bytes(small_consortium["dune_finance"].read_bytes())
     with pytest.raises(InstitutionDataError) as error:
         read_extract(validated, CREDIT)
-    assert str(error.value).startswith(f"institution 'cedar_savings': {path}: the file changed after it was "
-                                       f"validated (sha256 {digest[:16]} when validated")
+    assert str(error.value).startswith(
+        f"institution 'cedar_savings': {path}: the file changed after it was "
+        f"validated (sha256 {digest[:16]} when validated"
+    )
     assert "nothing was trained on it" in str(error.value)
 
 
@@ -147,7 +174,7 @@ def test_fit_and_validation_partition_the_training_split(small_consortium):
 def test_every_csv_fedrisk_writes_is_spreadsheet_safe_and_reads_back_unchanged(tmp_path):
     """Text cells that begin like a formula get a leading quote (OWASP); numbers do not; fedrisk reads its own
     escaped files back with the values they had."""
-    from tasks.data import _parse, spreadsheet_safe
+    from contract.data import _parse, spreadsheet_safe
 
     frame = pd.DataFrame({"id": ["=1+1", "@x", "-a", "plain", "'=quoted already"], "amount": [-5, 3, -1, 0, 2]})
     safe = spreadsheet_safe(frame)
@@ -159,7 +186,7 @@ def test_every_csv_fedrisk_writes_is_spreadsheet_safe_and_reads_back_unchanged(t
 
 def test_a_column_named_twice_is_refused_naming_only_declared_names_outside_the_institution(tmp_path):
     """pandas kept both, the second as `AGE.1`, and the warning named a column that is not in the file."""
-    from tasks.data import InstitutionDataError, read_institution
+    from contract.data import InstitutionDataError, read_institution
 
     schema = load_schema("credit_default")
     lines = pd.DataFrame({c: [1, 2] for c in schema.columns}).to_csv(index=False).splitlines()
@@ -169,15 +196,17 @@ def test_a_column_named_twice_is_refused_naming_only_declared_names_outside_the_
     with pytest.raises(InstitutionDataError) as error:
         read_institution("bank_a", path, schema)
     age = schema.columns.index("AGE") + 1
-    assert str(error.value) == (f"institution 'bank_a': {path}: column AGE appears 2 times in the header (fields "
-                                f"{age}, {len(schema.columns) + 1}); 1 undeclared column name(s) appear more than "
-                                f"once in the header (named in the institution's log): each column must be named once")
+    assert str(error.value) == (
+        f"institution 'bank_a': {path}: column AGE appears 2 times in the header (fields "
+        f"{age}, {len(schema.columns) + 1}); 1 undeclared column name(s) appear more than "
+        f"once in the header (named in the institution's log): each column must be named once"
+    )
     assert "branch_code appears 2 times" in error.value.detail  # the institution's own log and page
 
 
 def test_a_number_too_large_for_a_whole_number_column_is_said_as_it_was_written(tmp_path):
     """1e308 in an integer column was reported as e.g. -9223372036854775808 (the int64 cast wrapped it)."""
-    from tasks.data import InstitutionDataError, read_institution
+    from contract.data import InstitutionDataError, read_institution
 
     schema = load_schema("credit_default")
     frame = pd.DataFrame({c: [1, 0] for c in schema.columns})
@@ -191,7 +220,7 @@ def test_a_number_too_large_for_a_whole_number_column_is_said_as_it_was_written(
 
 
 def test_a_header_only_extract_is_one_reason_not_a_list_of_failed_checks(tmp_path):
-    from tasks.data import InstitutionDataError, read_institution
+    from contract.data import InstitutionDataError, read_institution
 
     schema = load_schema("credit_default")
     path = tmp_path / "extract.csv"

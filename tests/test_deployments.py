@@ -35,15 +35,23 @@ def test_prefect_yaml_schedules_the_retrainings_with_their_configs():
     assert weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"schedules": [{"cron": "0 25 * * *", "timezone": "Europe/London"}]}, "deployment 'nightly': "),
-    ({"schedules": [{"cron": "0 2 * * *", "timezone": "Europe/Londres"}]}, "Europe/Londres"),
-    ({"concurrency_limit": 2}, "concurrency_limit\n  Extra inputs are not permitted"),
-    ({"entrypoint": "retrain"}, "entrypoint\n  String should match pattern"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"schedules": [{"cron": "0 25 * * *", "timezone": "Europe/London"}]}, "deployment 'nightly': "),
+        ({"schedules": [{"cron": "0 2 * * *", "timezone": "Europe/Londres"}]}, "Europe/Londres"),
+        ({"concurrency_limit": 2}, "concurrency_limit\n  Extra inputs are not permitted"),
+        ({"entrypoint": "retrain"}, "entrypoint\n  String should match pattern"),
+    ],
+)
 def test_a_bad_deployment_is_refused_with_its_name_and_field(change, message, tmp_path):
-    entry = {"name": "nightly", "entrypoint": "flows/retrain.py:retrain_from_config",
-             "parameters": {"config_file": "configs/demo.yaml"}, "work_pool": {"name": "fedrisk-process"}, **change}
+    entry = {
+        "name": "nightly",
+        "entrypoint": "flows/retrain.py:retrain_from_config",
+        "parameters": {"config_file": "configs/demo.yaml"},
+        "work_pool": {"name": "fedrisk-process"},
+        **change,
+    }
     path = tmp_path / "prefect.yaml"
     path.write_text(yaml.safe_dump({"deployments": [entry]}))
     with pytest.raises(DeploymentError) as error:
@@ -58,17 +66,26 @@ def server(tmp_path_factory, small_consortium):
     root = tmp_path_factory.mktemp("service")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": url, "COLUMNS": "200",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "FEDRISK_RUNS_DIR": str(root / "runs")}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_API_URL": url,
+        "COLUMNS": "200",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        "FEDRISK_RUNS_DIR": str(root / "runs"),
+    }
     institutions = "".join(f"  - {{name: {name}, path: {path}}}\n" for name, path in small_consortium.items())
     good = root / "service.yaml"
-    good.write_text(f"model_name: {MODEL}\ninstitutions:\n{institutions}quorum: 4\ntraining: {{rounds: 5}}\n"
-                    f"promotion: {{max_calibration_error: null}}\n")
+    good.write_text(
+        f"model_name: {MODEL}\ninstitutions:\n{institutions}quorum: 4\ntraining: {{rounds: 5}}\n"
+        f"promotion: {{max_calibration_error: null}}\n"
+    )
     broken = root / "broken.yaml"  # one extract missing, every institution required
     broken.write_text(good.read_text().replace(str(small_consortium["cedar_savings"]), str(root / "absent.csv")))
     log = root / "server.log"
-    with running([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                 env, log) as process:
+    with running(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
+    ) as process:
         wait_for(lambda: _healthy(url), process, log, "prefect server start", timeout=180)
         yield SimpleNamespace(url=url, env=env, root=root, good=good, broken=broken, process=process)
     assert process.poll() is not None  # stopped by its pid
@@ -85,8 +102,9 @@ def _healthy(url: str) -> bool:
 
 
 def _fedrisk(server, *args: str, timeout: float = 600) -> tuple[int, str]:
-    result = subprocess.run([str(BIN / "fedrisk"), *args], env=server.env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(BIN / "fedrisk"), *args], env=server.env, capture_output=True, text=True, timeout=timeout
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -115,21 +133,36 @@ def _started_run_id(output: str) -> str:
 def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
     code, output = _fedrisk(server, "deploy")
     assert code == 0, output
-    assert ("deployed retrain-from-config/credit-default-weekly to work pool fedrisk-process: "
-            "cron '0 2 * * 1' (Europe/London)") in output
+    assert (
+        "deployed retrain-from-config/credit-default-weekly to work pool fedrisk-process: "
+        "cron '0 2 * * 1' (Europe/London)"
+    ) in output
     assert "Runs wait for a worker: prefect worker start --pool fedrisk-process" in output
     with _api(server) as client:
         weekly = client.read_deployment_by_name("retrain-from-config/credit-default-weekly")
         daily = client.read_deployment_by_name("retrain-from-config/credit-default-demo-daily")
     assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in weekly.schedules] == [
-        ("0 2 * * 1", "Europe/London", True)]
+        ("0 2 * * 1", "Europe/London", True)
+    ]
     assert [(s.schedule.cron, s.schedule.timezone) for s in daily.schedules] == [("30 6 * * *", "Europe/London")]
-    assert weekly.work_pool_name == "fedrisk-process" and weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
+    assert (
+        weekly.work_pool_name == "fedrisk-process"
+        and weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
+    )
 
     log = server.root / "worker.log"
     with running([str(BIN / "prefect"), "worker", "start", "--pool", "fedrisk-process"], server.env, log):
-        code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.good}",
-                                "--param", "training.rounds=3", "--timeout", "500")
+        code, output = _fedrisk(
+            server,
+            "trigger",
+            "credit-default-demo-daily",
+            "--param",
+            f"config_file={server.good}",
+            "--param",
+            "training.rounds=3",
+            "--timeout",
+            "500",
+        )
         assert code == 0, output + log.read_text()[-3000:]
         run_id, completed_output = _started_run_id(output), output
         assert "state: Running" in output and "state: Completed" in output
@@ -140,8 +173,15 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
         assert max(len(line) for line in output.splitlines()) < 1000  # piped: no title padded to 4,096 columns
 
         # A validation failure fails the run at once (exit 1), with the reason, and is not retried.
-        code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.broken}",
-                                "--timeout", "300")
+        code, output = _fedrisk(
+            server,
+            "trigger",
+            "credit-default-demo-daily",
+            "--param",
+            f"config_file={server.broken}",
+            "--timeout",
+            "300",
+        )
         assert code == 1, output
         failed_id = _started_run_id(output)
         assert f"retrain-{MODEL}: FAILED" in output
@@ -154,8 +194,9 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
 
     client = MlflowClient(server.env["MLFLOW_TRACKING_URI"])
     (version,) = client.search_model_versions(f"name='{MODEL}'")  # the failed run registered nothing
-    assert str(version.version) == "1" and {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()} == {
-        "champion": "1", "challenger": "1"}
+    assert str(version.version) == "1" and {
+        k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()
+    } == {"champion": "1", "challenger": "1"}
     assert version.tags["prefect.flow_run_id"] == run_id
     assert version.tags["prefect.deployment"] == "retrain-from-config/credit-default-demo-daily"
     page = f"{server.url.removesuffix('/api')}/runs/flow-run/{run_id}"  # what the trigger printed
@@ -173,8 +214,15 @@ def _triggered_runs(server) -> int:
 def test_trigger_refuses_bad_input_before_starting_a_run(server):
     _fedrisk(server, "deploy")
     runs_before = _triggered_runs(server)
-    code, output = _fedrisk(server, "trigger", "credit-default-demo-daily", "--param", f"config_file={server.good}",
-                            "--param", "training.roundz=3")
+    code, output = _fedrisk(
+        server,
+        "trigger",
+        "credit-default-demo-daily",
+        "--param",
+        f"config_file={server.good}",
+        "--param",
+        "training.roundz=3",
+    )
     assert code == 2 and "unknown key 'roundz' in section training; did you mean 'rounds'?" in output, output
     code, output = _fedrisk(server, "trigger", "credit-default-hourly")
     assert code == 2 and "no deployment 'retrain-from-config/credit-default-hourly' on the server" in output
@@ -186,8 +234,9 @@ def test_serve_runs_the_deployments_from_one_process(server):
     with running([str(BIN / "fedrisk"), "serve"], server.env, log) as serving:
         wait_for(lambda: "runs start in this process" in log.read_text(), serving, log, "fedrisk serve", timeout=120)
         assert "serving retrain-from-config/credit-default-weekly: cron '0 2 * * 1' (Europe/London)" in log.read_text()
-        code, output = _fedrisk(server, "trigger", "credit-default-weekly", "--param", f"config_file={server.broken}",
-                                "--timeout", "300")
+        code, output = _fedrisk(
+            server, "trigger", "credit-default-weekly", "--param", f"config_file={server.broken}", "--timeout", "300"
+        )
     assert code == 1 and "only 3 of 4 institutions passed validation, quorum is 4" in output, output
     assert "state: Running" in output and f"retrain-{MODEL}: FAILED" in output
 

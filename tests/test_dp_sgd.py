@@ -7,8 +7,15 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fed_models import runtime
-from fed_models.dp_sgd import (NOISE_SEED, NOISE_STDDEV, build_dp_sgd_client_work, clipped_gradient_sum_dense,
-                               clipped_gradient_sum_jacobian, is_dense_stack, poisson_steps)
+from fed_models.dp_sgd import (
+    NOISE_SEED,
+    NOISE_STDDEV,
+    build_dp_sgd_client_work,
+    clipped_gradient_sum_dense,
+    clipped_gradient_sum_jacobian,
+    is_dense_stack,
+    poisson_steps,
+)
 from fed_models.keras_models import ModelSpec, WeightedBinaryCrossentropy, build_model
 
 FEATURES = 5
@@ -41,9 +48,12 @@ def test_no_single_example_moves_the_clipped_sum_by_more_than_the_clip_norm(spec
 
     def pull(clip_norm: float) -> list[float]:
         """How far each example moves the batch's gradient sum: the sum with it minus the sum without it."""
+
         def total(rows):
-            return np.concatenate([np.ravel(t) for t in clipped_gradient_sum_dense(model, x[rows], y[rows], LOSS,
-                                                                                   clip_norm)])
+            return np.concatenate(
+                [np.ravel(t) for t in clipped_gradient_sum_dense(model, x[rows], y[rows], LOSS, clip_norm)]
+            )
+
         everyone = total(np.arange(32))
         return [float(np.linalg.norm(everyone - total(np.delete(np.arange(32), j)))) for j in range(32)]
 
@@ -81,6 +91,7 @@ def test_poisson_steps_sample_each_row_independently_at_the_batch_rate():
 
 def _client_work(spec: ModelSpec, **settings):
     """The model builder, DP-SGD client work over it, and its initial weights."""
+
     def keras_model():
         return build_model(spec, np.zeros(FEATURES), np.ones(FEATURES))
 

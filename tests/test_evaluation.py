@@ -3,9 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from tasks.evaluation import (
-    InstitutionEvaluation, binary_metrics, calibration_error, confusion_counts, pooled_calibration,
-    pooled_confusion, weighted_metrics,
+from institution.evaluation import (
+    InstitutionEvaluation,
+    binary_metrics,
+    calibration_error,
+    confusion_counts,
+    pooled_calibration,
+    pooled_confusion,
+    weighted_metrics,
 )
 
 
@@ -57,15 +62,23 @@ def test_weighted_mean_weights_by_holdout_rows():
 
 def test_pooled_calibration_and_confusion_equal_those_of_the_pooled_rows():
     """Summing what institutions report gives exactly what pooling their rows would."""
-    from tasks.evaluation import _calibration
+    from institution.evaluation import _calibration
 
     rng = np.random.default_rng(1)
     parts = [(rng.integers(0, 2, n).astype(float), rng.uniform(0, 1, n)) for n in (500, 120, 37)]
-    evaluations = [InstitutionEvaluation(str(i), len(y), int(y.sum()), {"challenger": {}},
-                                         confusion={"challenger": confusion_counts(y, p, 0.3)},
-                                         curves={"challenger": {"calibration": _calibration(y, p)}})
-                   for i, (y, p) in enumerate(parts)]
+    evaluations = [
+        InstitutionEvaluation(
+            str(i),
+            len(y),
+            int(y.sum()),
+            {"challenger": {}},
+            confusion={"challenger": confusion_counts(y, p, 0.3)},
+            curves={"challenger": {"calibration": _calibration(y, p)}},
+        )
+        for i, (y, p) in enumerate(parts)
+    ]
     y_all, p_all = np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts])
     assert pooled_confusion(evaluations, "challenger") == confusion_counts(y_all, p_all, 0.3)
     assert calibration_error(pooled_calibration(evaluations, "challenger")) == pytest.approx(
-        binary_metrics(y_all, p_all)["ece"])
+        binary_metrics(y_all, p_all)["ece"]
+    )

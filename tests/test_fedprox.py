@@ -32,8 +32,15 @@ def _hand_local_steps(c, lr, mu, steps):
 
 def test_two_local_steps_match_the_fedprox_objective():
     c = _client()
-    spec = TrainingSpec(algorithm="fedprox", proximal_strength=2.0, rounds=1, local_epochs=2, batch_size=4,
-                        client_learning_rate=0.3, aggregation="plain")
+    spec = TrainingSpec(
+        algorithm="fedprox",
+        proximal_strength=2.0,
+        rounds=1,
+        local_epochs=2,
+        batch_size=4,
+        client_learning_rate=0.3,
+        aggregation="plain",
+    )
     kernel, bias = train([c], MEAN, STD, spec).weights
     np.testing.assert_allclose(np.concatenate([kernel.ravel(), bias]), _hand_local_steps(c, 0.3, 2.0, 2), atol=1e-6)
 
@@ -44,11 +51,15 @@ def test_tff_087_fedprox_client_work_pushes_away_from_the_global_model():
     c = _client()
     spec = TrainingSpec(rounds=1, batch_size=4, client_learning_rate=0.3)
     work = proximal_client_work.build_model_delta_client_work(
-        _model_fn(spec, MEAN, STD), tff.learning.optimizers.build_sgdm(0.3),
-        tff.learning.ClientWeighting.NUM_EXAMPLES, delta_l2_regularizer=2.0,
-        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
-    weights = tff.learning.models.ModelWeights(trainable=[np.zeros((2, 1), np.float32), np.zeros(1, np.float32)],
-                                               non_trainable=[])
+        _model_fn(spec, MEAN, STD),
+        tff.learning.optimizers.build_sgdm(0.3),
+        tff.learning.ClientWeighting.NUM_EXAMPLES,
+        delta_l2_regularizer=2.0,
+        loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE,
+    )
+    weights = tff.learning.models.ModelWeights(
+        trainable=[np.zeros((2, 1), np.float32), np.zeros(1, np.float32)], non_trainable=[]
+    )
     output = work.next(work.initialize(), [weights], [client_dataset(c.x, c.y, batch_size=4, epochs=2, seed=0)])
     update = np.concatenate([np.ravel(u) for u in output.result[0].update])
     # model_delta updates are w_global - w_local.

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fed_models.keras_models import ModelSpec, WeightedBinaryCrossentropy, build_model, export_model, load_model, predict_proba
+from fed_models.keras_models import (
+    ModelSpec,
+    WeightedBinaryCrossentropy,
+    build_model,
+    export_model,
+    load_model,
+    predict_proba,
+)
 
 LR = ModelSpec()
 
@@ -42,4 +49,5 @@ def test_weighted_loss_multiplies_the_positive_terms():
     expected = -np.mean([4 * np.log(0.8), np.log(0.7), 4 * np.log(0.4)])
     assert float(WeightedBinaryCrossentropy(4.0)(y, p)) == pytest.approx(expected, rel=1e-5)
     assert float(WeightedBinaryCrossentropy(1.0)(y, p)) == pytest.approx(
-        float(tf.keras.losses.BinaryCrossentropy()(y, p)), rel=1e-5)
+        float(tf.keras.losses.BinaryCrossentropy()(y, p)), rel=1e-5
+    )

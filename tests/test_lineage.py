@@ -11,7 +11,7 @@ from rich.console import Console
 
 from flows import cli
 from flows.settings import PROJECT_ROOT
-from tasks.lineage import config_digest, parse_reference, suite_digest
+from tracking.lineage import config_digest, parse_reference, suite_digest
 
 
 @pytest.fixture
@@ -31,10 +31,14 @@ def test_a_version_carries_its_lineage(store):
     assert tags["config.sha256"] == config_digest(store.config.plain())
     assert tags["suite.name"] == "credit_default_v2"
     from flows.settings import Settings
+
     assert tags["suite.sha256"] == suite_digest(Settings().expectations_dir, "credit_default_v2")
     schema = store.config.data_schema
     assert (tags["schema.name"], tags["schema.version"], tags["schema.sha256"]) == (
-        "credit_default", "2", schema.fingerprint())
+        "credit_default",
+        "2",
+        schema.fingerprint(),
+    )
     assert tags["security.worker_isolation"] == "loopback-bind (LD_PRELOAD)"
     assert tags["institutions"] == ",".join(store.data)
     for report in store.first.validation:
@@ -56,9 +60,21 @@ def test_fedrisk_lineage_resolves_every_link_it_prints(store, monkeypatch):
     links = lines[1:]
     assert links and all(line.strip().startswith("ok") for line in links), "\n".join(links)
     what = [line.split(":", 1)[0].strip().removeprefix("ok").strip() for line in links]
-    assert what == ["model", "MLflow run", "model card", "Prefect flow run", "code", "config", "schema", "suite",
-                    *[f"institution {name}" for name in store.data], "training", "privacy", "worker isolation",
-                    "promotion"]
+    assert what == [
+        "model",
+        "MLflow run",
+        "model card",
+        "Prefect flow run",
+        "code",
+        "config",
+        "schema",
+        "suite",
+        *[f"institution {name}" for name in store.data],
+        "training",
+        "privacy",
+        "worker isolation",
+        "promotion",
+    ]
     flow_run_id = mlflow.MlflowClient().get_model_version(store.name, "1").tags["prefect.flow_run_id"]
     [flow_run] = [line for line in links if "Prefect flow run:" in line]
     assert f"Prefect flow run: {flow_run_id}  (retrain-credit_registered, Completed; http" in flow_run
@@ -87,8 +103,9 @@ def test_lineage_reports_a_link_that_no_longer_resolves(store, monkeypatch, tmp_
     assert suite_line.strip().startswith("UNRESOLVED") and "the committed suite has changed since" in suite_line
 
 
-@pytest.mark.parametrize("reference, parsed", [
-    ("credit@champion", ("credit", "champion", None)), ("credit/12", ("credit", None, "12"))])
+@pytest.mark.parametrize(
+    "reference, parsed", [("credit@champion", ("credit", "champion", None)), ("credit/12", ("credit", None, "12"))]
+)
 def test_references(reference, parsed):
     assert parse_reference(reference) == parsed
 
@@ -104,7 +121,7 @@ def test_a_version_whose_flow_run_failed_after_registering_is_not_sound(tmp_path
     """A run that registered a version and then failed (a lost lock, a crash) is no sound origin for it."""
     import sqlite3
 
-    from tasks.lineage import _flow_run_in_local_database
+    from tracking.lineage import _flow_run_in_local_database
 
     database = tmp_path / "prefect.db"
     with sqlite3.connect(database) as connection:
@@ -120,8 +137,8 @@ def test_a_version_whose_flow_run_failed_after_registering_is_not_sound(tmp_path
 def test_a_schema_suite_or_config_file_git_does_not_track_makes_the_code_dirty_and_is_never_as_committed(tmp_path):
     """`git status --untracked-files=no` looked clean while the schema a model was trained on existed nowhere in
     git: the run's own input files count, and lineage names them."""
-    from tasks.lineage import NOT_COMMITTED, _schema_link, git_state
-    from tasks.schema import load_schema
+    from contract.schema import load_schema
+    from tracking.lineage import NOT_COMMITTED, _schema_link, git_state
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -134,8 +151,11 @@ def test_a_schema_suite_or_config_file_git_does_not_track_makes_the_code_dirty_a
     (tmp_path / "schemas" / "mine.yaml").write_text("b: 2\n")
     commit, dirty, uncommitted = git_state(tmp_path, [tmp_path / "tracked.yaml"])
     assert len(commit) == 40 and not dirty and uncommitted == []
-    assert git_state(tmp_path, [tmp_path / "tracked.yaml", tmp_path / "schemas" / "mine.yaml", Path("/etc/hosts")]) \
-        == (commit, True, ["schemas/mine.yaml"])  # a file outside the repository is recorded by its digest
+    assert git_state(tmp_path, [tmp_path / "tracked.yaml", tmp_path / "schemas" / "mine.yaml", Path("/etc/hosts")]) == (
+        commit,
+        True,
+        ["schemas/mine.yaml"],
+    )  # a file outside the repository is recorded by its digest
 
     schema = load_schema("credit_default")
     tags = {"schema.name": schema.name, "schema.version": str(schema.version), "schema.sha256": schema.fingerprint()}

@@ -13,7 +13,7 @@ import pytest
 
 from hostguard.credentials import masked
 from tests.conftest import FEDRISK, WatchedProcess, write_config
-from tests.test_production_stores import POSTGRES, _UNREACHABLE
+from tests.test_production_stores import _UNREACHABLE, POSTGRES
 
 # A process that takes the retraining lock of model `m` (waiting up to WAIT s) inside a flow run, says so,
 # and holds it for HOLD s: a retraining reduced to its lock.
@@ -33,15 +33,23 @@ hold(float(sys.argv[1]), float(sys.argv[2]))
 """
 
 
-def Holder(prefect_api: str, hold: float = 0, wait: float = 0, lock_url: str = POSTGRES,
-           args: list[str] | None = None, env: dict[str, str] | None = None) -> WatchedProcess:
+def Holder(
+    prefect_api: str,
+    hold: float = 0,
+    wait: float = 0,
+    lock_url: str = POSTGRES,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> WatchedProcess:
     """A lock-holding process (HOLDER, or the command `args`) on the lock database `lock_url`."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "FEDRISK_LOCK_DATABASE_URL": lock_url, **(env or {})}
     return WatchedProcess(args or [sys.executable, "-c", HOLDER, str(hold), str(wait)], env)
 
 
-@pytest.mark.skipif(_UNREACHABLE is not None, reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set "
-                                                       f"FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)")
+@pytest.mark.skipif(
+    _UNREACHABLE is not None,
+    reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)",
+)
 def test_the_database_lock_makes_others_wait_names_its_holder_and_dies_with_it(prefect_api):
     holder = Holder(prefect_api, hold=600, wait=0)
     others: list[Holder] = []
@@ -51,9 +59,12 @@ def test_the_database_lock_makes_others_wait_names_its_holder_and_dies_with_it(p
         others.append(refused)
         assert refused.end() == 1
         output = "".join(refused.seen)
-        assert re.search(r"RetrainingBusy: another retraining of m is still running after waiting 1 s \(flow run "
-                         rf"[0-9a-f-]{{36}}, pid {holder.process.pid} on 127\.0\.0\.1, since \d{{4}}-\d\d-\d\d "
-                         r"\d\d:\d\d:\d\d UTC\); nothing was trained or registered", output), output
+        assert re.search(
+            r"RetrainingBusy: another retraining of m is still running after waiting 1 s \(flow run "
+            rf"[0-9a-f-]{{36}}, pid {holder.process.pid} on 127\.0\.0\.1, since \d{{4}}-\d\d-\d\d "
+            r"\d\d:\d\d:\d\d UTC\); nothing was trained or registered",
+            output,
+        ), output
 
         waiter = Holder(prefect_api, hold=0, wait=300)
         others.append(waiter)
@@ -79,8 +90,10 @@ def test_an_unreachable_lock_database_stops_the_run_before_anything_is_trained(p
     monkeypatch.setenv("FEDRISK_LOCK_DATABASE_URL", "postgresql://fedrisk:secret@127.0.0.1:1/registry")
     with pytest.raises(LockUnavailable) as error:
         guarded()
-    assert str(error.value).startswith("the retraining lock's database postgresql://fedrisk:***@127.0.0.1:1/registry "
-                                       "(FEDRISK_LOCK_DATABASE_URL) cannot be reached: ")
+    assert str(error.value).startswith(
+        "the retraining lock's database postgresql://fedrisk:***@127.0.0.1:1/registry "
+        "(FEDRISK_LOCK_DATABASE_URL) cannot be reached: "
+    )
     assert str(error.value).endswith("; nothing was trained or registered") and "secret" not in str(error.value)
 
 
@@ -91,18 +104,26 @@ def test_a_password_is_never_printed():
 
 @pytest.mark.slow
 def test_a_lock_database_restarted_mid_run_stops_the_holder_before_it_registers_and_the_waiter_waits_on(
-        prefect_api, postgres_cluster, small_consortium, tmp_path):
+    prefect_api, postgres_cluster, small_consortium, tmp_path
+):
     """The restart drops the holder's session, and its lock with it: the waiting run reconnects and takes the
     lock; the holder notices at its next round and stops, registering nothing (two registrations would race)."""
     from mlflow import MlflowClient
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     two = {name: small_consortium[name] for name in ("cedar_savings", "dune_finance")}  # the smallest: quick
-    config = write_config(tmp_path / "m.yaml", two, quorum=2,
-                          training={"rounds": 400, "early_stopping": None})
-    holder = Holder(prefect_api, lock_url=postgres_cluster.url, args=[FEDRISK, "retrain", "--config", str(config)],
-                    env={"MLFLOW_TRACKING_URI": tracking, "FEDRISK_RUNS_DIR": str(tmp_path / "runs"),
-                         "FEDRISK_LOG_FILE": str(tmp_path / "fedrisk.log"), "COLUMNS": "200"})
+    config = write_config(tmp_path / "m.yaml", two, quorum=2, training={"rounds": 400, "early_stopping": None})
+    holder = Holder(
+        prefect_api,
+        lock_url=postgres_cluster.url,
+        args=[FEDRISK, "retrain", "--config", str(config)],
+        env={
+            "MLFLOW_TRACKING_URI": tracking,
+            "FEDRISK_RUNS_DIR": str(tmp_path / "runs"),
+            "FEDRISK_LOG_FILE": str(tmp_path / "fedrisk.log"),
+            "COLUMNS": "200",
+        },
+    )
     waiter = None
     try:
         holder.until("round 2/400", timeout=300)
@@ -113,9 +134,12 @@ def test_a_lock_database_restarted_mid_run_stops_the_holder_before_it_registers_
         waiter.until("acquired the lock", timeout=60)  # the holder's lock went with its session
         assert holder.end(timeout=120) == 1
         output = "".join(holder.seen)
-        assert re.search(r"Retraining stopped: the retraining lock on m was lost at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
-                         r"\(its database connection dropped: .+; last confirmed .+\); noticed after round \d+, the run "
-                         r"stopped and nothing was registered", output), output[-3000:]
+        assert re.search(
+            r"Retraining stopped: the retraining lock on m was lost at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
+            r"\(its database connection dropped: .+; last confirmed .+\); noticed after round \d+, the run "
+            r"stopped and nothing was registered",
+            output,
+        ), output[-3000:]
         assert "Traceback" not in output  # nor did releasing the lost lock hide the outcome
         assert MlflowClient(tracking).search_registered_models() == []
         assert waiter.end() == 0
@@ -143,7 +167,10 @@ def test_a_lock_file_removed_while_held_is_lost(prefect_api, tmp_path, monkeypat
 
     with pytest.raises(LockLost) as error:
         guarded()
-    assert re.fullmatch(rf"the retraining lock on m was lost at .+ UTC \(its file {tmp_path}/locks/m.lock was removed or "
-                        r"replaced while held; last confirmed .+ UTC\); noticed before registering, the run stopped "
-                        r"and nothing was registered\. Another retraining may hold the lock now: retry when none "
-                        r"is running\.", str(error.value)), str(error.value)
+    assert re.fullmatch(
+        rf"the retraining lock on m was lost at .+ UTC \(its file {tmp_path}/locks/m.lock was removed or "
+        r"replaced while held; last confirmed .+ UTC\); noticed before registering, the run stopped "
+        r"and nothing was registered\. Another retraining may hold the lock now: retry when none "
+        r"is running\.",
+        str(error.value),
+    ), str(error.value)

@@ -36,8 +36,13 @@ def no_compiler(tmp_path, monkeypatch):
 
 def test_wildcard_binds_become_loopback_binds_for_both_families():
     preload = loopback.isolation(allow_exposed=False)
-    with subprocess.Popen([sys.executable, "-c", PROBE_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True, env={**preload.environment(), "PATH": "/usr/bin:/bin"}) as server:
+    with subprocess.Popen(
+        [sys.executable, "-c", PROBE_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**preload.environment(), "PATH": "/usr/bin:/bin"},
+    ) as server:
         try:
             ports = [int(p) for p in server.stdout.readline().split()]
             listening = loopback.listening_addresses(server.pid)
@@ -73,8 +78,9 @@ def test_without_a_compiler_the_worker_is_refused_naming_the_risk_and_the_overri
     with pytest.raises(loopback.WorkerExposureRefused) as refused:
         loopback.isolation(allow_exposed=False)
     message = str(refused.value)
-    assert message.startswith("refusing to start the TFF worker: it would listen on every network interface "
-                              "without authentication")
+    assert message.startswith(
+        "refusing to start the TFF worker: it would listen on every network interface without authentication"
+    )
     assert "no C compiler to build loopback_bind.c" in message
     assert "set FEDRISK_ALLOW_EXPOSED_WORKER=1 to accept the exposure" in message
     accepted = loopback.isolation(allow_exposed=True)
@@ -91,14 +97,20 @@ def test_a_shared_cache_directory_is_not_trusted(tmp_path, monkeypatch):
 
 
 def test_a_retraining_without_isolation_is_refused_before_reading_anything(
-        prefect_api, no_compiler, tracking_uri, small_consortium, tmp_path):
+    prefect_api, no_compiler, tracking_uri, small_consortium, tmp_path
+):
     from mlflow import MlflowClient
 
     from flows.config import parse_config
     from flows.retrain import retrain
 
-    config = parse_config({"model_name": "refused", "institutions": [
-        {"name": name, "path": str(path)} for name, path in small_consortium.items()]}, tmp_path)
+    config = parse_config(
+        {
+            "model_name": "refused",
+            "institutions": [{"name": name, "path": str(path)} for name, path in small_consortium.items()],
+        },
+        tmp_path,
+    )
     with pytest.raises(loopback.WorkerExposureRefused, match="Nothing was trained or registered"):
         retrain(config)
     assert MlflowClient(tracking_uri).search_registered_models() == []
@@ -115,11 +127,31 @@ def test_the_override_trains_with_an_exposed_worker_and_records_it(small_consort
     if subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"], capture_output=True).returncode:
         pytest.skip("unprivileged user and network namespaces are not available here (unshare -rn)")
     config = write_config(tmp_path / "run.yaml", small_consortium, training={"rounds": 2})
-    env = cli_environment(tmp_path, FEDRISK_ALLOW_EXPOSED_WORKER="1", XDG_CACHE_HOME=str(tmp_path / "cache"),
-                          CC=str(tmp_path / "no-such-cc"))
-    result = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "sh", "-c",
-                             'ip link set lo up && exec "$0" "$@"', FEDRISK, "retrain", "--config", str(config)],
-                            env=env, capture_output=True, text=True, timeout=600)
+    env = cli_environment(
+        tmp_path,
+        FEDRISK_ALLOW_EXPOSED_WORKER="1",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        CC=str(tmp_path / "no-such-cc"),
+    )
+    result = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "sh",
+            "-c",
+            'ip link set lo up && exec "$0" "$@"',
+            FEDRISK,
+            "retrain",
+            "--config",
+            str(config),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     version = client.get_model_version("m", "1")

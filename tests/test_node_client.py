@@ -1,25 +1,24 @@
-"""node.client: the coordinator's side across silos. An institution whose node refuses the training at Prepare
+"""consortium.nodes: the coordinator's side across silos. An institution whose node refuses the training at Prepare
 (outside its policy) is left out like a lost one and the quorum decides; a refusal is never retried. Real nodes
 (NodeService behind its gRPC server, mutual TLS on loopback) in this process."""
 
 from contextlib import ExitStack
-from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
-import numpy as np
 import pytest
 
+from consortium.nodes import NodeConsortium, NodeError, NodeHandle, Tls
+from consortium.protocol import TrainingStopped
+from contract.data import Split
+from contract.schema import load_schema
 from fed_models.training import TrainingSpec, build_stages
 from hostguard.pki import init_ca, issue
-from node.client import NodeConsortium, NodeError, NodeHandle, Tls
+from institution.statistics import consortium_layout, standardization
 from node.config import NodeConfig
 from node.server import start_server
 from node.service import NodeService
-from tasks.data import Split
-from tasks.schema import load_schema
-from tasks.statistics import consortium_layout, standardization
-from tasks.training import TrainingStopped, _worth_retrying
+from tasks.training import _worth_retrying
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")
@@ -37,16 +36,25 @@ def nodes(small_consortium, tmp_path):
     with ExitStack() as stack:
         handles = []
         for name in BANKS:
-            config = NodeConfig.model_validate({
-                "institution": name, "listen": "127.0.0.1:0", "schema": "credit_default",
-                "extract": {"path": str(small_consortium[name])}, "work_dir": str(tmp_path / name),
-                "tls": {"ca": pki / "ca.crt", "cert": pki / f"{name}.crt", "key": pki / f"{name}.key"},
-                "policy": {"max_rounds": 3 if name == "cedar_savings" else 100}})
+            config = NodeConfig.model_validate(
+                {
+                    "institution": name,
+                    "listen": "127.0.0.1:0",
+                    "schema": "credit_default",
+                    "extract": {"path": str(small_consortium[name])},
+                    "work_dir": str(tmp_path / name),
+                    "tls": {"ca": pki / "ca.crt", "cert": pki / f"{name}.crt", "key": pki / f"{name}.key"},
+                    "policy": {"max_rounds": 3 if name == "cedar_savings" else 100},
+                }
+            )
             server, port = start_server(config, NodeService(config, TEST_EXPECTATIONS_DIR))
             stack.callback(server.stop, None)
             handles.append(NodeHandle(name, f"127.0.0.1:{port}"))
-        consortium = NodeConsortium(tuple(handles), Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"),
-                                                        str(pki / "coordinator.key")), quorum=2)
+        consortium = NodeConsortium(
+            tuple(handles),
+            Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key")),
+            quorum=2,
+        )
         reports = [consortium.validate(name, CREDIT, None, TEST_EXPECTATIONS_DIR) for name in BANKS]
         yield consortium.admit(reports)
 
@@ -70,15 +78,19 @@ def test_an_institution_refusing_at_prepare_is_left_out_and_the_quorum_decides(n
     institutions, stages = _training(nodes, quorum=2)
     institutions.prepare(stages)
     assert list(institutions.lost) == ["cedar_savings"]
-    assert institutions.lost["cedar_savings"].startswith("quarantined at the start of the training: institution "
-                                                         "'cedar_savings'")
+    assert institutions.lost["cedar_savings"].startswith(
+        "quarantined at the start of the training: institution 'cedar_savings'"
+    )
     assert "agreed to at most 3 rounds, the run plans 5 (policy.max_rounds)" in institutions.lost["cedar_savings"]
     updates = institutions.train_round(stages, 1, stages.initial_weights, [0, 1, 2])
     assert [u.institution for u in updates] == ["alder_bank", "birch_credit_union"]
 
     institutions, stages = _training(nodes, quorum=3)
-    with pytest.raises(TrainingStopped, match=r"the start of the training: .*cedar_savings.*\(policy.max_rounds\) "
-                                              r"\(refused\); 2 institution\(s\) left, quorum is 3"):
+    with pytest.raises(
+        TrainingStopped,
+        match=r"the start of the training: .*cedar_savings.*\(policy.max_rounds\) "
+        r"\(refused\); 2 institution\(s\) left, quorum is 3",
+    ):
         institutions.prepare(stages)
 
 

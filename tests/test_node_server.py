@@ -6,10 +6,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from node import wire
-from node.client import NodeError, NodeHandle, Tls, call
-from node.config import NodeConfig, TlsFiles
+from consortium.nodes import NodeError, NodeHandle, Tls, call
 from hostguard.pki import init_ca, issue
+from node import wire
+from node.config import NodeConfig, TlsFiles
 from node.server import SERVICE, start_server
 from node.service import NodeService
 
@@ -27,10 +27,16 @@ def pki(tmp_path_factory) -> Path:
 
 
 def _node(pki: Path, tmp_path: Path, name: str = "bank_a", cert: str | None = None):
-    config = NodeConfig.model_validate({
-        "institution": name, "listen": "127.0.0.1:0", "schema": "credit_default",
-        "extract": {"path": str(tmp_path / "extract.csv")}, "work_dir": str(tmp_path / "state"),
-        "tls": TlsFiles(ca=pki / "ca.crt", cert=pki / f"{cert or name}.crt", key=pki / f"{cert or name}.key")})
+    config = NodeConfig.model_validate(
+        {
+            "institution": name,
+            "listen": "127.0.0.1:0",
+            "schema": "credit_default",
+            "extract": {"path": str(tmp_path / "extract.csv")},
+            "work_dir": str(tmp_path / "state"),
+            "tls": TlsFiles(ca=pki / "ca.crt", cert=pki / f"{cert or name}.crt", key=pki / f"{cert or name}.key"),
+        }
+    )
     server, port = start_server(config, NodeService(config))
     return server, NodeHandle(name, f"127.0.0.1:{port}")
 
@@ -51,12 +57,17 @@ def test_the_coordinator_is_answered(pki, tmp_path):
 def test_a_client_without_a_consortium_certificate_does_not_get_through_the_handshake(pki, tmp_path):
     server, handle = _node(pki, tmp_path)
     try:
-        for credentials in (grpc.ssl_channel_credentials((pki / "ca.crt").read_bytes()),  # no client certificate
-                            grpc.ssl_channel_credentials((pki / "ca.crt").read_bytes(),  # another CA's coordinator
-                                                         (pki / "other" / "coordinator.key").read_bytes(),
-                                                         (pki / "other" / "coordinator.crt").read_bytes())):
-            channel = grpc.secure_channel(handle.address, credentials,
-                                          options=[("grpc.ssl_target_name_override", "bank_a")])
+        for credentials in (
+            grpc.ssl_channel_credentials((pki / "ca.crt").read_bytes()),  # no client certificate
+            grpc.ssl_channel_credentials(
+                (pki / "ca.crt").read_bytes(),  # another CA's coordinator
+                (pki / "other" / "coordinator.key").read_bytes(),
+                (pki / "other" / "coordinator.crt").read_bytes(),
+            ),
+        ):
+            channel = grpc.secure_channel(
+                handle.address, credentials, options=[("grpc.ssl_target_name_override", "bank_a")]
+            )
             with pytest.raises(grpc.RpcError) as refused:
                 channel.unary_unary(f"/{SERVICE}/Describe")(wire.encode({}), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -72,8 +83,10 @@ def test_another_institution_is_not_the_coordinator(pki, tmp_path):
             call(handle, _tls(pki, "bank_b"), "Describe", {})
     finally:
         server.stop(None)
-    assert str(refused.value) == (f"institution 'bank_a' node at {handle.address}: institution 'bank_a' answers only "
-                                  f"the coordinator 'coordinator', not 'bank_b'")
+    assert str(refused.value) == (
+        f"institution 'bank_a' node at {handle.address}: institution 'bank_a' answers only "
+        f"the coordinator 'coordinator', not 'bank_b'"
+    )
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 

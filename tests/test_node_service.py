@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.schema import load_schema
 from fed_models.keras_models import ModelSpec
 from fed_models.training import RecordLevelPrivacy, TrainingSpec, spec_as_dict, weights_as_lists
+from institution.statistics import consortium_layout, standardization
 from node.config import NodeConfig, NodePolicy, TlsFiles
 from node.service import NodeRefusal, NodeService, UnknownRun
-from tasks.data import Split
-from tasks.schema import load_schema
-from tasks.statistics import consortium_layout, standardization
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")
@@ -23,13 +22,20 @@ SPLIT = {"holdout_fraction": 0.2, "validation_fraction": 0.1, "seed": 1}
 MEMBERS = ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance"]
 
 
-def _service(small_consortium, tmp_path, consortium: dict | None = None, extract: Path | None = None,
-             **policy) -> NodeService:
-    config = NodeConfig.model_validate({
-        "institution": "dune_finance", "schema": "credit_default",
-        "extract": {"path": str(extract or small_consortium["dune_finance"])}, "work_dir": str(tmp_path / "state"),
-        "tls": TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "c.crt", key=tmp_path / "c.key"),
-        "policy": NodePolicy(**policy), "consortium": consortium})
+def _service(
+    small_consortium, tmp_path, consortium: dict | None = None, extract: Path | None = None, **policy
+) -> NodeService:
+    config = NodeConfig.model_validate(
+        {
+            "institution": "dune_finance",
+            "schema": "credit_default",
+            "extract": {"path": str(extract or small_consortium["dune_finance"])},
+            "work_dir": str(tmp_path / "state"),
+            "tls": TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "c.crt", key=tmp_path / "c.key"),
+            "policy": NodePolicy(**policy),
+            "consortium": consortium,
+        }
+    )
     return NodeService(config, TEST_EXPECTATIONS_DIR)
 
 
@@ -38,32 +44,50 @@ def _prepared(service, spec: TrainingSpec, run_key: str = "run-1", champion: str
     report = service.validate({"schema": schema})["report"]
     assert report["passed"], report["reasons"]
     features = list(CREDIT.features)
-    statistics = service.statistics({"schema": schema, "digest": report["digest"], "features": features,
-                                     "split": SPLIT})
-    from tasks.statistics import LocalStatistics
+    statistics = service.statistics(
+        {"schema": schema, "digest": report["digest"], "features": features, "split": SPLIT}
+    )
+    from institution.statistics import LocalStatistics
 
     stats = [LocalStatistics(**statistics)]
     layout = consortium_layout(CREDIT, features, stats)
     mean, std = standardization(layout, stats)
-    request = {"schema": schema, "digest": report["digest"], "run_key": run_key, "spec": spec_as_dict(spec),
-               "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT, "champion": champion}
+    request = {
+        "schema": schema,
+        "digest": report["digest"],
+        "run_key": run_key,
+        "spec": spec_as_dict(spec),
+        "mean": mean,
+        "std": std,
+        "layout": layout.to_json(),
+        "split": SPLIT,
+        "champion": champion,
+    }
     service.prepare(request)
     return request
 
 
 def test_a_node_serves_only_its_schema(small_consortium, tmp_path):
     service = _service(small_consortium, tmp_path)
-    with pytest.raises(NodeRefusal, match="its extract follows schema credit_default version 2; the coordinator "
-                                          "asked for german_credit version 1"):
+    with pytest.raises(
+        NodeRefusal,
+        match="its extract follows schema credit_default version 2; the coordinator asked for german_credit version 1",
+    ):
         service.validate({"schema": {"name": "german_credit", "version": 1}})
 
 
-@pytest.mark.parametrize("policy, spec, refusal", [
-    ({"max_rounds": 5}, TrainingSpec(rounds=6), "agreed to at most 5 rounds, the run plans 6"),
-    ({"model_kinds": ["logistic_regression"]}, TrainingSpec(model=ModelSpec("mlp", (8,))),
-     r"trains only \['logistic_regression'\], not mlp"),
-    ({"require_privacy": "record_level"}, TrainingSpec(), "trains only with record-level differential privacy"),
-])
+@pytest.mark.parametrize(
+    "policy, spec, refusal",
+    [
+        ({"max_rounds": 5}, TrainingSpec(rounds=6), "agreed to at most 5 rounds, the run plans 6"),
+        (
+            {"model_kinds": ["logistic_regression"]},
+            TrainingSpec(model=ModelSpec("mlp", (8,))),
+            r"trains only \['logistic_regression'\], not mlp",
+        ),
+        ({"require_privacy": "record_level"}, TrainingSpec(), "trains only with record-level differential privacy"),
+    ],
+)
 def test_a_training_outside_the_policy_is_refused(small_consortium, tmp_path, policy, spec, refusal):
     with pytest.raises(NodeRefusal, match=refusal):
         _prepared(_service(small_consortium, tmp_path, **policy), spec)
@@ -91,23 +115,31 @@ def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_conso
     from node import wire
 
     service = _service(small_consortium, tmp_path, privacy_budget=1.0)
-    spec = TrainingSpec(rounds=50, batch_size=32, seed=1,
-                        privacy=RecordLevelPrivacy(1.0, {"dune_finance": 2.0}))
+    spec = TrainingSpec(rounds=50, batch_size=32, seed=1, privacy=RecordLevelPrivacy(1.0, {"dune_finance": 2.0}))
     _prepared(service, spec)
     weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
     rows = len(service.runs["run-1"].fit.y)
     steps = steps_per_round(rows, 32, 1)
-    epsilon = lambda rounds: record_level_epsilon(rows=rows, batch_size=32, steps=steps * rounds,  # noqa: E731
-                                                  noise_multiplier=2.0, delta=1 / rows)
+    epsilon = lambda rounds: record_level_epsilon(  # noqa: E731
+        rows=rows,
+        batch_size=32,
+        steps=steps * rounds,
+        noise_multiplier=2.0,
+        delta=1 / rows,
+    )
     allowed = max(r for r in range(1, 51) if epsilon(r) <= 1.0)
     for round_num in range(1, allowed + 1):
-        answer = wire.decode(service.train_round({"run_key": "run-1", "round": round_num, "weights": weights,
-                                                  "client_seed": round_num}))
+        answer = wire.decode(
+            service.train_round({"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": round_num})
+        )
         weights = {**weights, "trainable": [w - 0.01 * u for w, u in zip(weights["trainable"], answer["update"])]}
     assert answer["rounds_trained"] == allowed and answer["epsilon"] == pytest.approx(epsilon(allowed))
-    with pytest.raises(NodeRefusal, match=rf"privacy budget exceeded: round {allowed + 1} of this run would bring "
-                                          rf"its epsilon to {epsilon(allowed + 1):.4f} on top of 0.0000 spent before, "
-                                          rf"over its budget of 1"):
+    with pytest.raises(
+        NodeRefusal,
+        match=rf"privacy budget exceeded: round {allowed + 1} of this run would bring "
+        rf"its epsilon to {epsilon(allowed + 1):.4f} on top of 0.0000 spent before, "
+        rf"over its budget of 1",
+    ):
         service.train_round({"run_key": "run-1", "round": allowed + 1, "weights": weights, "client_seed": 99})
 
 
@@ -118,13 +150,17 @@ def test_every_round_is_checked_against_the_rounds_declared_at_prepare(small_con
     weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
     service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
     for round_num in (3, 0):
-        with pytest.raises(NodeRefusal, match=rf"run run-1 declared 2 rounds at Prepare; round {round_num} is not one "
-                                              rf"of them \(the declared rounds\)"):
+        with pytest.raises(
+            NodeRefusal,
+            match=rf"run run-1 declared 2 rounds at Prepare; round {round_num} is not one "
+            rf"of them \(the declared rounds\)",
+        ):
             service.train_round({"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": 1})
 
 
-def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_per_run_limits(small_consortium,
-                                                                                           tmp_path):
+def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_per_run_limits(
+    small_consortium, tmp_path
+):
     """A coordinator that asks for delta 0.5 (which would make epsilon vanish) is accounted at the node's 1/rows;
     a noise multiplier below the policy's minimum, or a round past its epsilon per run, is refused."""
     from fed_models.accounting import record_level_epsilon, steps_per_round
@@ -138,21 +174,29 @@ def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_pe
     assert service.runs["run-1"].delta == pytest.approx(1 / rows)
     weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
     answer = wire.decode(service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1}))
+
     def epsilon(rounds: int) -> float:
-        return record_level_epsilon(rows=rows, batch_size=32, steps=steps_per_round(rows, 32, 1) * rounds,
-                                    noise_multiplier=1.0, delta=1 / rows)
+        return record_level_epsilon(
+            rows=rows, batch_size=32, steps=steps_per_round(rows, 32, 1) * rounds, noise_multiplier=1.0, delta=1 / rows
+        )
 
     expected = epsilon(1)
     assert answer["epsilon"] == pytest.approx(expected) and expected > 0.1
 
-    with pytest.raises(NodeRefusal, match=r"noise multiplier of at least 2; the run asks for 1.0 "
-                                          r"\(policy.min_noise_multiplier\)"):
+    with pytest.raises(
+        NodeRefusal,
+        match=r"noise multiplier of at least 2; the run asks for 1.0 "
+        r"\(policy.min_noise_multiplier\)",
+    ):
         _prepared(_service(small_consortium, tmp_path / "noisy", min_noise_multiplier=2.0), spec)
     capped = _service(small_consortium, tmp_path / "capped", max_epsilon_per_run=(epsilon(1) + epsilon(2)) / 2)
     _prepared(capped, spec)
     capped.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
-    with pytest.raises(NodeRefusal, match=r"round 2 of this run would bring its epsilon to .* over the .* one training "
-                                          r"may spend \(policy.max_epsilon_per_run\)"):
+    with pytest.raises(
+        NodeRefusal,
+        match=r"round 2 of this run would bring its epsilon to .* over the .* one training "
+        r"may spend \(policy.max_epsilon_per_run\)",
+    ):
         capped.train_round({"run_key": "run-1", "round": 2, "weights": weights, "client_seed": 2})
 
 
@@ -161,8 +205,11 @@ def test_a_node_that_requires_secure_aggregation_trains_no_trees(small_consortiu
     from fed_trees.spec import TreeSpec
 
     service = _service(small_consortium, tmp_path, {"members": MEMBERS}, require_secure_aggregation=True)
-    with pytest.raises(NodeRefusal, match=r"sends only masked sums \(policy.require_secure_aggregation\); XGBoost's "
-                                          r"federated server sees each institution's gradient histograms"):
+    with pytest.raises(
+        NodeRefusal,
+        match=r"sends only masked sums \(policy.require_secure_aggregation\); XGBoost's "
+        r"federated server sees each institution's gradient histograms",
+    ):
         service.train_trees({"schema": {"name": CREDIT.name, "version": CREDIT.version}, "spec": TreeSpec().as_dict()})
 
 
@@ -173,14 +220,20 @@ def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(smal
     schema = {"name": CREDIT.name, "version": CREDIT.version}
     report = service.validate({"schema": schema})["report"]
     with pytest.raises(NodeRefusal, match="'dune_finance' sends its statistics only through secure aggregation"):
-        service.statistics({"schema": schema, "digest": report["digest"], "features": list(CREDIT.features),
-                            "split": SPLIT})
+        service.statistics(
+            {"schema": schema, "digest": report["digest"], "features": list(CREDIT.features), "split": SPLIT}
+        )
     open_service = _service(small_consortium, tmp_path / "open")
     request = _prepared(open_service, TrainingSpec(rounds=2))
     with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
         service.prepare(request)
-    service.prepare({**request, "secure_aggregation": True,
-                     "secure_encoding": {"clip_norm": 10.0, "institutions": 4, "weight_bound": 1e6}})
+    service.prepare(
+        {
+            **request,
+            "secure_aggregation": True,
+            "secure_encoding": {"clip_norm": 10.0, "institutions": 4, "weight_bound": 1e6},
+        }
+    )
     weights = weights_as_lists(open_service.runs["run-1"].stages.initial_weights)
     with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
         service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
@@ -189,15 +242,17 @@ def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(smal
 
 
 def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_drift_against_its_own(
-        small_consortium, tmp_path):
+    small_consortium, tmp_path
+):
     """The profile (per-feature means, quantiles, level shares) is most of what the secure statistics sum hides: the
     node keeps it as its own drift reference, and its drift reasons and shared page give none of its figures."""
     import pandas as pd
 
     extract = tmp_path / "dune.csv"
     shutil.copy(small_consortium["dune_finance"], extract)
-    service = _service(small_consortium, tmp_path, {"members": MEMBERS}, extract=extract,
-                       require_secure_aggregation=True)
+    service = _service(
+        small_consortium, tmp_path, {"members": MEMBERS}, extract=extract, require_secure_aggregation=True
+    )
     schema = {"name": CREDIT.name, "version": CREDIT.version}
     first = service.validate({"schema": schema})
     assert first["report"]["passed"] and first["report"]["profile"] is None
@@ -209,8 +264,10 @@ def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_dri
     second = service.validate({"schema": schema, "reference": None})
     report = second["report"]
     assert not report["passed"] and report["profile"] is None
-    assert "LIMIT_BAL mean within 1 std of the last accepted extract: failed (observed value in the institution's " \
-           "checks page)" in report["reasons"]
+    assert (
+        "LIMIT_BAL mean within 1 std of the last accepted extract: failed (observed value in the institution's "
+        "checks page)" in report["reasons"]
+    )
     figures = [f"{mean:.4g}", f"{mean * 1000:.4g}", str(round(mean))]
     assert not [f for f in figures if f in " ".join(report["reasons"]) or f in second["data_docs_html"]]
     again = service.validate({"schema": schema})  # the reference is still the accepted extract, not the drifted one
@@ -220,25 +277,36 @@ def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_dri
 def test_a_node_takes_part_in_secure_sums_only_within_its_consortium(small_consortium, tmp_path):
     """Without members in its config it takes part in none; with them, a sum of two or with a stranger is refused
     (tests/test_adversarial_coordinator.py tries every rule against a deviating coordinator)."""
-    request = {"session": "s", "participants": ["dune_finance", "alder_bank", "birch_credit_union"], "threshold": 3,
-               "operation": "statistics", "request": {}}
+    request = {
+        "session": "s",
+        "participants": ["dune_finance", "alder_bank", "birch_credit_union"],
+        "threshold": 3,
+        "operation": "statistics",
+        "request": {},
+    }
     with pytest.raises(NodeRefusal, match=r"takes part in no secure sum: its config lists no consortium members"):
         _service(small_consortium, tmp_path).secure_begin(request)
     service = _service(small_consortium, tmp_path / "member", {"members": MEMBERS})
-    with pytest.raises(NodeRefusal, match=r"a sum of 2 inputs is asked for; a released sum holds at least 3 "
-                                          r"\(rule: minimum inputs\)"):
+    with pytest.raises(
+        NodeRefusal,
+        match=r"a sum of 2 inputs is asked for; a released sum holds at least 3 "
+        r"\(rule: minimum inputs\)",
+    ):
         service.secure_begin({**request, "participants": ["dune_finance", "alder_bank"], "threshold": 2})
     with pytest.raises(NodeRefusal, match=r"\['elm'\] is not a member of the consortium"):
         service.secure_begin({**request, "participants": ["dune_finance", "alder_bank", "elm"]})
 
 
-@pytest.mark.parametrize("consortium, error", [
-    ({"members": ["alder_bank", "birch_credit_union", "cedar_savings"]}, "must include this institution"),
-    ({"members": [*MEMBERS, "coordinator"]}, "must not include the coordinator"),
-    ({"members": MEMBERS, "min_threshold": 5}, "min_threshold 5 is more than the 4 members"),
-    ({"members": MEMBERS, "fingerprints": {"elm": "ab" * 32}}, r"fingerprints for \['elm'\], who are not members"),
-    (None, "require_secure_aggregation needs consortium.members"),
-])
+@pytest.mark.parametrize(
+    "consortium, error",
+    [
+        ({"members": ["alder_bank", "birch_credit_union", "cedar_savings"]}, "must include this institution"),
+        ({"members": [*MEMBERS, "coordinator"]}, "must not include the coordinator"),
+        ({"members": MEMBERS, "min_threshold": 5}, "min_threshold 5 is more than the 4 members"),
+        ({"members": MEMBERS, "fingerprints": {"elm": "ab" * 32}}, r"fingerprints for \['elm'\], who are not members"),
+        (None, "require_secure_aggregation needs consortium.members"),
+    ],
+)
 def test_a_node_config_names_its_consortium_consistently(small_consortium, tmp_path, consortium, error):
     from pydantic import ValidationError
 
@@ -246,18 +314,19 @@ def test_a_node_config_names_its_consortium_consistently(small_consortium, tmp_p
         _service(small_consortium, tmp_path, consortium, require_secure_aggregation=True)
 
 
-def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_number_of_times(small_consortium,
-                                                                                            tmp_path):
+def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_number_of_times(
+    small_consortium, tmp_path
+):
     """A coordinator cannot have a crafted model scored (per-institution ROC points and calibration bins would read
     out a feature's distribution by label): only the weights the node validated in the run, with the run's layout,
     and the champion named at Prepare, at most policy.max_evaluations_per_run times."""
     import json
 
-    from node.client import _zip_model
+    from consortium.nodes import _zip_model
+    from engines.tff import export
     from riskmodel.layout import Layout
     from riskmodel.model import MANIFEST, files_digest
-    from tasks.config import EvaluationConfig, ModelConfig
-    from tasks.training import export
+    from runconfig import EvaluationConfig, ModelConfig
 
     service = _service(small_consortium, tmp_path, max_evaluations_per_run=5)  # refused requests count too
     spec = TrainingSpec(rounds=2, seed=1)
@@ -265,8 +334,18 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     layout, weights = Layout.from_json(probe["layout"]), weights_as_lists(service.runs["probe"].stages.initial_weights)
 
     def exported(name: str, shift: float, model_layout=layout) -> Path:
-        return Path(export([w + shift for w in weights["trainable"]], ModelConfig(), 1, model_layout, probe["mean"],
-                           probe["std"], CREDIT.output, tmp_path / name))
+        return Path(
+            export(
+                [w + shift for w in weights["trainable"]],
+                ModelConfig(),
+                1,
+                model_layout,
+                probe["mean"],
+                probe["std"],
+                CREDIT.output,
+                tmp_path / name,
+            )
+        )
 
     champion, other = exported("champion", 0.3), exported("other", 0.4)
     request = _prepared(service, spec, "run-1", champion=files_digest(champion))
@@ -279,24 +358,36 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     (relaid / MANIFEST).write_text(json.dumps(manifest))
 
     def evaluate(run_key: str, **models: Path) -> dict:
-        return service.evaluate({"schema": request["schema"], "digest": request["digest"], "split": SPLIT,
-                                 "run_key": run_key, "evaluation": EvaluationConfig().model_dump(),
-                                 "models": {role: _zip_model(path) for role, path in models.items()}})
+        return service.evaluate(
+            {
+                "schema": request["schema"],
+                "digest": request["digest"],
+                "split": SPLIT,
+                "run_key": run_key,
+                "evaluation": EvaluationConfig().model_dump(),
+                "models": {role: _zip_model(path) for role, path in models.items()},
+            }
+        )
 
-    with pytest.raises(NodeRefusal, match="evaluates only the models of a training it took part in; it took part "
-                                          "in no run run-9"):
+    with pytest.raises(
+        NodeRefusal, match="evaluates only the models of a training it took part in; it took part in no run run-9"
+    ):
         evaluate("run-9", challenger=challenger)
     answer = evaluate("run-1", challenger=challenger, champion=champion)
     assert set(answer["metrics"]) == {"challenger", "champion"}
-    for models, refusal in [({"challenger": crafted}, "the challenger sent holds weights this node never trained or "
-                                                      "validated in that run"),
-                            ({"challenger": relaid}, "the challenger sent encodes the features with another layout"),
-                            ({"champion": other}, "the champion sent is not the champion named when the run began"),
-                            ({"pooled": challenger}, "the pooled sent is neither its challenger nor its champion")]:
+    for models, refusal in [
+        ({"challenger": crafted}, "the challenger sent holds weights this node never trained or validated in that run"),
+        ({"challenger": relaid}, "the challenger sent encodes the features with another layout"),
+        ({"champion": other}, "the champion sent is not the champion named when the run began"),
+        ({"pooled": challenger}, "the pooled sent is neither its challenger nor its champion"),
+    ]:
         with pytest.raises(NodeRefusal, match=refusal):
             evaluate("run-1", **models)
-    with pytest.raises(NodeRefusal, match=r"evaluates the models of run run-1 at most 5 times "
-                                          r"\(policy.max_evaluations_per_run\)"):
+    with pytest.raises(
+        NodeRefusal,
+        match=r"evaluates the models of run run-1 at most 5 times "
+        r"\(policy.max_evaluations_per_run\)",
+    ):
         evaluate("run-1", challenger=challenger)
 
 
@@ -307,29 +398,43 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
     audit trail has every one of them."""
     from contextlib import ExitStack
 
+    from consortium.nodes import NodeError, NodeHandle, Tls, _zip_model, call
+    from engines.tff import export
     from fed_models.training import spec_as_dict
     from fed_trees.spec import TreeSpec
     from hostguard.pki import init_ca, issue
+    from institution.statistics import LocalStatistics
     from node.audit import AuditTrail
-    from node.client import NodeError, NodeHandle, Tls, _zip_model, call
     from riskmodel.layout import Layout
-    from tasks.config import EvaluationConfig, ModelConfig
-    from tasks.statistics import LocalStatistics
-    from tasks.training import export
+    from runconfig import EvaluationConfig, ModelConfig
     from tests.conftest import free_port, serve_nodes
 
     pki = tmp_path / "pki"
     init_ca(pki)
     for name in ("coordinator", *MEMBERS):
         issue(pki, name, ("127.0.0.1",))
-    policies = {"dune_finance": {"max_rounds": 6, "require_privacy": "record_level", "min_noise_multiplier": 0.8,
-                                 "max_evaluations_per_run": 2},
-                "alder_bank": {"require_secure_aggregation": True}}
-    configs = {name: {
-        "institution": name, "listen": f"127.0.0.1:{free_port()}", "schema": "credit_default",
-        "extract": {"path": str(small_consortium[name])}, "work_dir": str(tmp_path / name / "state"),
-        "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
-        "policy": policy, "consortium": {"members": MEMBERS}} for name, policy in policies.items()}
+    policies = {
+        "dune_finance": {
+            "max_rounds": 6,
+            "require_privacy": "record_level",
+            "min_noise_multiplier": 0.8,
+            "max_evaluations_per_run": 2,
+        },
+        "alder_bank": {"require_secure_aggregation": True},
+    }
+    configs = {
+        name: {
+            "institution": name,
+            "listen": f"127.0.0.1:{free_port()}",
+            "schema": "credit_default",
+            "extract": {"path": str(small_consortium[name])},
+            "work_dir": str(tmp_path / name / "state"),
+            "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
+            "policy": policy,
+            "consortium": {"members": MEMBERS},
+        }
+        for name, policy in policies.items()
+    }
     with ExitStack() as stack:
         handles = {name: NodeHandle(name, address) for name, address in serve_nodes(stack, configs, tmp_path).items()}
         tls = Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key"))
@@ -346,14 +451,30 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
         schema = {"name": CREDIT.name, "version": CREDIT.version}
         digest = ask("dune_finance", "Validate", {"schema": schema})["report"]["digest"]
         features = list(CREDIT.features)
-        stats = [LocalStatistics(**ask("dune_finance", "Statistics", {"schema": schema, "digest": digest,
-                                                                      "features": features, "split": SPLIT}))]
+        stats = [
+            LocalStatistics(
+                **ask(
+                    "dune_finance",
+                    "Statistics",
+                    {"schema": schema, "digest": digest, "features": features, "split": SPLIT},
+                )
+            )
+        ]
         layout = consortium_layout(CREDIT, features, stats)
         mean, std = standardization(layout, stats)
 
         def prepare(run_key: str, spec: TrainingSpec, **extra) -> dict:
-            request = {"schema": schema, "digest": digest, "run_key": run_key, "spec": spec_as_dict(spec),
-                       "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT, **extra}
+            request = {
+                "schema": schema,
+                "digest": digest,
+                "run_key": run_key,
+                "spec": spec_as_dict(spec),
+                "mean": mean,
+                "std": std,
+                "layout": layout.to_json(),
+                "split": SPLIT,
+                **extra,
+            }
             return ask("dune_finance", "Prepare", request)
 
         private = RecordLevelPrivacy(1.0, {"dune_finance": 1.0})
@@ -363,49 +484,104 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
         from fed_models.training import build_stages, weights_as_lists
 
         runtime.ensure_context()  # this process's own worker, stopped by its pid (TFF's stock one outlived it)
-        weights = weights_as_lists(build_stages(TrainingSpec(rounds=2, seed=1, privacy=private), np.asarray(mean),
-                                                np.asarray(std), n_clients=1).initial_weights)
-        first = ask("dune_finance", "TrainRound", {"run_key": "run-1", "round": 1, "weights": weights,
-                                                   "client_seed": 1})
+        weights = weights_as_lists(
+            build_stages(
+                TrainingSpec(rounds=2, seed=1, privacy=private), np.asarray(mean), np.asarray(std), n_clients=1
+            ).initial_weights
+        )
+        first = ask(
+            "dune_finance", "TrainRound", {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1}
+        )
         assert "round 3 is not one of them (the declared rounds)" in refused(
-            "dune_finance", "TrainRound", {"run_key": "run-1", "round": 3, "weights": weights, "client_seed": 3})
-        assert "(policy.max_rounds)" in refused("dune_finance", "Prepare", {
-            "schema": schema, "digest": digest, "run_key": "run-2", "spec": spec_as_dict(TrainingSpec(
-                rounds=10, privacy=private)), "mean": mean, "std": std, "layout": layout.to_json(), "split": SPLIT})
+            "dune_finance", "TrainRound", {"run_key": "run-1", "round": 3, "weights": weights, "client_seed": 3}
+        )
+        assert "(policy.max_rounds)" in refused(
+            "dune_finance",
+            "Prepare",
+            {
+                "schema": schema,
+                "digest": digest,
+                "run_key": "run-2",
+                "spec": spec_as_dict(TrainingSpec(rounds=10, privacy=private)),
+                "mean": mean,
+                "std": std,
+                "layout": layout.to_json(),
+                "split": SPLIT,
+            },
+        )
         # Privacy: no DP, too little noise, a lax delta (accounted at the node's own).
-        for spec, field in [(TrainingSpec(rounds=2), "policy.require_privacy"),
-                            (TrainingSpec(rounds=2, privacy=RecordLevelPrivacy(1.0, {"dune_finance": 0.3})),
-                             "policy.min_noise_multiplier")]:
+        for spec, field in [
+            (TrainingSpec(rounds=2), "policy.require_privacy"),
+            (
+                TrainingSpec(rounds=2, privacy=RecordLevelPrivacy(1.0, {"dune_finance": 0.3})),
+                "policy.min_noise_multiplier",
+            ),
+        ]:
             with pytest.raises(NodeError, match=rf"\({field}\)"):
                 prepare("run-3", spec)
         lax = prepare("run-4", TrainingSpec(rounds=2, seed=1, privacy=private), delta=0.5)
         assert lax["delta"] == pytest.approx(1 / lax["fit_rows"])
         assert first["delta"] == pytest.approx(1 / lax["fit_rows"]) and first["epsilon"] > 0
         # Evaluate: a model crafted by the coordinator, then more often than the policy allows.
-        crafted = Path(export([w + 0.5 for w in weights["trainable"]], ModelConfig(), 1, Layout.from_json(
-            layout.to_json()), mean, std, CREDIT.output, tmp_path / "crafted"))
-        evaluate = {"schema": schema, "digest": digest, "split": SPLIT, "run_key": "run-1",
-                    "evaluation": EvaluationConfig().model_dump(), "models": {"challenger": _zip_model(crafted)}}
+        crafted = Path(
+            export(
+                [w + 0.5 for w in weights["trainable"]],
+                ModelConfig(),
+                1,
+                Layout.from_json(layout.to_json()),
+                mean,
+                std,
+                CREDIT.output,
+                tmp_path / "crafted",
+            )
+        )
+        evaluate = {
+            "schema": schema,
+            "digest": digest,
+            "split": SPLIT,
+            "run_key": "run-1",
+            "evaluation": EvaluationConfig().model_dump(),
+            "models": {"challenger": _zip_model(crafted)},
+        }
         assert "holds weights this node never trained or validated in that run" in refused(
-            "dune_finance", "Evaluate", evaluate)
+            "dune_finance", "Evaluate", evaluate
+        )
         refused("dune_finance", "Evaluate", evaluate)
         assert "(policy.max_evaluations_per_run)" in refused("dune_finance", "Evaluate", evaluate)
         # A node that sends only masked sums: no statistics in the clear, no trees (the server sees histograms).
         sealed = ask("alder_bank", "Validate", {"schema": schema})["report"]
         assert sealed["profile"] is None
-        assert "(policy.require_secure_aggregation)" in refused("alder_bank", "TrainTrees", {
-            "schema": schema, "digest": sealed["digest"], "spec": TreeSpec().as_dict(), "layout": layout.to_json(),
-            "split": SPLIT,
-            "run_key": "trees-1", "rank": 0, "world_size": 3, "server": "127.0.0.1:1"})
-        assert "only through secure aggregation" in refused("alder_bank", "Statistics", {
-            "schema": schema, "digest": sealed["digest"], "features": features, "split": SPLIT})
+        assert "(policy.require_secure_aggregation)" in refused(
+            "alder_bank",
+            "TrainTrees",
+            {
+                "schema": schema,
+                "digest": sealed["digest"],
+                "spec": TreeSpec().as_dict(),
+                "layout": layout.to_json(),
+                "split": SPLIT,
+                "run_key": "trees-1",
+                "rank": 0,
+                "world_size": 3,
+                "server": "127.0.0.1:1",
+            },
+        )
+        assert "only through secure aggregation" in refused(
+            "alder_bank",
+            "Statistics",
+            {"schema": schema, "digest": sealed["digest"], "features": features, "split": SPLIT},
+        )
 
     trail = {name: AuditTrail(Path(configs[name]["work_dir"])).read() for name in policies}
     refusals = [(e.operation, e.reason) for e in trail["dune_finance"] if e.outcome == "refused"]
-    for operation, field in [("TrainRound", "(the declared rounds)"), ("Prepare", "(policy.max_rounds)"),
-                             ("Prepare", "(policy.require_privacy)"), ("Prepare", "(policy.min_noise_multiplier)"),
-                             ("Evaluate", "never trained or validated"),
-                             ("Evaluate", "(policy.max_evaluations_per_run)")]:
+    for operation, field in [
+        ("TrainRound", "(the declared rounds)"),
+        ("Prepare", "(policy.max_rounds)"),
+        ("Prepare", "(policy.require_privacy)"),
+        ("Prepare", "(policy.min_noise_multiplier)"),
+        ("Evaluate", "never trained or validated"),
+        ("Evaluate", "(policy.max_evaluations_per_run)"),
+    ]:
         assert any(o == operation and field in (reason or "") for o, reason in refusals), (operation, field)
     served = [(e.operation, e.run) for e in trail["dune_finance"] if e.outcome == "served"]
     assert ("TrainRound", "run-1") in served and ("Prepare", "run-4") in served

@@ -107,7 +107,7 @@ def test_a_node_does_not_start_with_a_certificate_that_is_not_valid_now(tmp_path
     from hostguard.pki import validity
 
     init_ca(tmp_path)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     expired, _ = issue(tmp_path, "old_bank", days=30, start=now - datetime.timedelta(days=40))
     future, _ = issue(tmp_path, "new_bank", start=now + datetime.timedelta(days=2))
     soon, _ = issue(tmp_path, "soon_bank", days=20)
@@ -118,8 +118,10 @@ def test_a_node_does_not_start_with_a_certificate_that_is_not_valid_now(tmp_path
     assert "expires on" in validity(soon) and validity(issue(tmp_path, "bank_a")[0]) is None
 
     config = tmp_path / "node.yaml"
-    config.write_text(f"institution: old_bank\nschema: credit_default\nextract: {{path: x.csv}}\n"
-                      f"tls: {{ca: ca.crt, cert: old_bank.crt, key: old_bank.key}}\n")
+    config.write_text(
+        "institution: old_bank\nschema: credit_default\nextract: {path: x.csv}\n"
+        "tls: {ca: ca.crt, cert: old_bank.crt, key: old_bank.key}\n"
+    )
     result = CliRunner().invoke(app, ["node", "serve", "--config", str(config)], env={"COLUMNS": "250"})
     assert result.exit_code == 1
     assert "node old_bank does not start: certificate" in result.output and "expired on" in result.output

@@ -8,19 +8,26 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from engines.privacy import PrivacyPlanError, membership_advantage, plan_privacy, spent_privacy
 from fed_models.accounting import client_level_epsilon, record_level_epsilon, steps_per_round
 from flows.config import parse_config
 from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT
-from tasks.config import PrivacyConfig, TrainingConfig
-from tasks.ledger import LEDGER_EXPERIMENT, read_ledger, spent_totals
-from tasks.privacy import (PrivacyBudgetExceeded, PrivacyPlanError, membership_advantage, plan_privacy,
-                           reserve_privacy_budget, spent_privacy)
+from runconfig import PrivacyConfig, TrainingConfig
+from tasks.privacy import reserve_privacy_budget
 from tests.conftest import TEST_EXPECTATIONS_DIR, require_uci
+from tracking.ledger import LEDGER_EXPERIMENT, read_ledger, spent_totals
+from tracking.privacy import PrivacyBudgetExceeded
 
 TRAINING = {"rounds": 20, "batch_size": 128, "local_epochs": 1}
-RECORD = {"mechanism": "record_level", "clip_norm": 1.0, "noise_multiplier": None, "target_epsilon": None,
-          "delta": None, "adaptive_clipping": False}
+RECORD = {
+    "mechanism": "record_level",
+    "clip_norm": 1.0,
+    "noise_multiplier": None,
+    "target_epsilon": None,
+    "delta": None,
+    "adaptive_clipping": False,
+}
 
 
 def _plan(privacy: dict, training: dict, rows: dict[str, int]):
@@ -32,8 +39,9 @@ def test_a_noise_multiplier_plans_each_institutions_epsilon_with_delta_one_over_
     big, small = plan.institution("big"), plan.institution("small")
     assert big.delta == 1 / 16_000 and small.delta == 1 / 1_600
     assert big.steps_per_round == steps_per_round(16_000, 128, 1) == 125
-    assert big.epsilon == record_level_epsilon(rows=16_000, batch_size=128, steps=125 * 20, noise_multiplier=1.2,
-                                               delta=1 / 16_000)
+    assert big.epsilon == record_level_epsilon(
+        rows=16_000, batch_size=128, steps=125 * 20, noise_multiplier=1.2, delta=1 / 16_000
+    )
     assert small.epsilon > big.epsilon  # a small institution's customers are sampled more often
     assert plan.max_epsilon == small.epsilon
 
@@ -46,8 +54,7 @@ def test_a_target_epsilon_calibrates_each_institutions_noise_to_it():
     fewer = spent_privacy(plan, {"big": 5, "small": 0})  # stopped early; small sampled out of every round
     assert fewer.institution("big").epsilon < 3.0 and fewer.institution("small").epsilon == 0.0
     with pytest.raises(PrivacyPlanError, match="institution 'small': privacy.target_epsilon: epsilon 1e-06"):
-        _plan({**RECORD, "target_epsilon": 1e-6, "delta": 1e-12}, {**TRAINING, "rounds": 10_000},
-                     {"small": 10})
+        _plan({**RECORD, "target_epsilon": 1e-6, "delta": 1e-12}, {**TRAINING, "rounds": 10_000}, {"small": 10})
 
 
 def test_across_silos_the_spent_privacy_is_what_each_node_charged_at_its_own_delta():
@@ -82,7 +89,8 @@ def test_the_ledger_refuses_a_run_past_an_institutions_budget_and_records_nothin
     assert str(refused.value) == (
         f"privacy budget exceeded, nothing was trained or registered: institution 'bank_b': this run would spend "
         f"epsilon {spent:.3f} (delta {1 / 3000:.2g}) on top of {2 * spent:.3f} already spent by 2 earlier "
-        f"retraining(s) (credit reserved, fraud reserved), over its budget of 5")
+        f"retraining(s) (credit reserved, fraud reserved), over its budget of 5"
+    )
     assert read_ledger(tracking_uri) == before  # the refused run left no charge
     assert spent_totals(before, "bank_a")[0] == pytest.approx(2 * plan.institution("bank_a").epsilon)
 
@@ -94,18 +102,24 @@ def test_the_membership_advantage_is_zero_for_lookalikes_and_one_for_giveaways()
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_a_dp_retraining_carries_its_epsilon_and_an_over_budget_one_leaves_the_champion(tracking_uri,
-                                                                                        small_consortium):
-    from tasks.lineage import trace
+def test_a_dp_retraining_carries_its_epsilon_and_an_over_budget_one_leaves_the_champion(tracking_uri, small_consortium):
+    from tracking.lineage import trace
 
-    config = parse_config({
-        "model_name": "credit_private",
-        "institutions": [{"name": n, "path": str(p), **({"privacy_budget": 4.0} if n == "cedar_savings" else {})}
-                         for n, p in small_consortium.items()],
-        "training": {"rounds": 4, "batch_size": 128, "client_learning_rate": 0.5},
-        "privacy": {"mechanism": "record_level", "target_epsilon": 2.5, "budget_epsilon": 20},
-        "quorum": 4, "seed": 1, "promotion": {"max_calibration_error": None},
-    }, Path("."))
+    config = parse_config(
+        {
+            "model_name": "credit_private",
+            "institutions": [
+                {"name": n, "path": str(p), **({"privacy_budget": 4.0} if n == "cedar_savings" else {})}
+                for n, p in small_consortium.items()
+            ],
+            "training": {"rounds": 4, "batch_size": 128, "client_learning_rate": 0.5},
+            "privacy": {"mechanism": "record_level", "target_epsilon": 2.5, "budget_epsilon": 20},
+            "quorum": 4,
+            "seed": 1,
+            "promotion": {"max_calibration_error": None},
+        },
+        Path("."),
+    )
     first = retrain(config)
     assert first.registration.version == "1" and first.registration.promoted
     assert first.weighted["roc_auc"] > 0.65  # private, and still a credit model
@@ -121,17 +135,24 @@ def test_a_dp_retraining_carries_its_epsilon_and_an_over_budget_one_leaves_the_c
         assert metrics[f"privacy/epsilon/{name}"] == pytest.approx(epsilon, abs=1e-4)
     card = Path(client.download_artifacts(version.run_id, "model_card.html")).read_text()
     assert "Record-level differential privacy" in card and f"{entry.epsilon['alder_bank']:.4f}" in card
-    _, links = trace(tracking_uri, "credit_private@champion", PROJECT_ROOT, TEST_EXPECTATIONS_DIR, "http://127.0.0.1:5000")
+    _, links = trace(
+        tracking_uri, "credit_private@champion", PROJECT_ROOT, TEST_EXPECTATIONS_DIR, "http://127.0.0.1:5000"
+    )
     privacy = next(link for link in links if link.what == "privacy")
     assert privacy.resolved and privacy.reference == f"record_level, ledger runs:/{entry.run_id}"
 
-    with pytest.raises(PrivacyBudgetExceeded, match=r"institution 'cedar_savings': this run would spend epsilon "
-                                                    r"2\.\d{3} .* on top of 2\.\d{3} already spent by 1 earlier "
-                                                    r"retraining\(s\) \(credit_private v1\), over its budget of 4"):
+    with pytest.raises(
+        PrivacyBudgetExceeded,
+        match=r"institution 'cedar_savings': this run would spend epsilon "
+        r"2\.\d{3} .* on top of 2\.\d{3} already spent by 1 earlier "
+        r"retraining\(s\) \(credit_private v1\), over its budget of 4",
+    ):
         retrain(config)
     assert [str(v.version) for v in client.search_model_versions("name='credit_private'")] == ["1"]
     assert {k: str(v) for k, v in client.get_registered_model("credit_private").aliases.items()} == {
-        "champion": "1", "challenger": "1"}
+        "champion": "1",
+        "challenger": "1",
+    }
     assert [e.run_id for e in read_ledger(tracking_uri)] == [entry.run_id]
     assert client.get_experiment_by_name(LEDGER_EXPERIMENT) is not None
 
@@ -151,16 +172,28 @@ def test_dp_blunts_a_membership_inference_attack_on_the_real_uci_banks():
     finally:
         sys.path.remove(str(PROJECT_ROOT / "benchmarks"))
     frames, holdout = common["partition_uci"](common["UCI_DIR"], "iid")
-    banks = [common["Institution"](i.name, i.x_fit[:400], i.y_fit[:400], i.x_validation, i.y_validation)
-             for i in common["split_institutions"](frames, 0.1, 0)]
+    banks = [
+        common["Institution"](i.name, i.x_fit[:400], i.y_fit[:400], i.x_validation, i.y_validation)
+        for i in common["split_institutions"](frames, 0.1, 0)
+    ]
     mean, std = common["standardize"](banks)
     x_out, y_out = common["arrays"](holdout)
 
     advantage, auc = {}, {}
     for epsilon in (None, 8.0):
-        spec, weights, _ = bench["_train"](banks, mean, std, bench["MEMORIZING"], epsilon=epsilon, rounds=10,
-                                           local_epochs=20, batch_size=64, learning_rate=0.2 if epsilon else 0.5,
-                                           seed=0, privacy_rng=np.random.default_rng(0))
+        spec, weights, _ = bench["_train"](
+            banks,
+            mean,
+            std,
+            bench["MEMORIZING"],
+            epsilon=epsilon,
+            rounds=10,
+            local_epochs=20,
+            batch_size=64,
+            learning_rate=0.2 if epsilon else 0.5,
+            seed=0,
+            privacy_rng=np.random.default_rng(0),
+        )
         auc[epsilon], advantage[epsilon] = bench["_score"](spec, weights, mean, std, banks, x_out, y_out)
     assert advantage[None] > 0.09  # 1,200 members against 1,200 others: chance stays under about 0.055
     assert advantage[8.0] < 0.05 and advantage[8.0] < advantage[None] / 2

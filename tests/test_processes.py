@@ -9,17 +9,33 @@ import sys
 import pytest
 
 from hostguard import loopback
-from hostguard.processes import spawn_owned
-from tests.conftest import (FEDRISK, cli_environment, descendants, host_addresses, read_until, wait_until_gone,
-                            write_config)
+from tests.conftest import (
+    FEDRISK,
+    cli_environment,
+    descendants,
+    host_addresses,
+    read_until,
+    wait_until_gone,
+    write_config,
+)
 
 
 def test_an_owned_child_ends_when_its_parent_is_killed(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys, threading; from pathlib import Path; from hostguard.processes import spawn_owned; "
-        f"child = spawn_owned(['sleep', '600'], Path({str(tmp_path / 'log')!r})); "
-        "print(child.pid, flush=True); threading.Event().wait()")],
-        stdout=subprocess.PIPE, text=True, cwd=os.getcwd(), start_new_session=True)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, threading; from pathlib import Path; from hostguard.processes import spawn_owned; "
+                f"child = spawn_owned(['sleep', '600'], Path({str(tmp_path / 'log')!r})); "
+                "print(child.pid, flush=True); threading.Event().wait()"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+        start_new_session=True,
+    )
     try:
         child = int(parent.stdout.readline())
         os.kill(parent.pid, signal.SIGKILL)
@@ -32,8 +48,14 @@ def test_an_owned_child_ends_when_its_parent_is_killed(tmp_path):
 @pytest.mark.slow
 def test_a_retraining_killed_mid_training_leaves_no_process_and_listened_on_loopback_only(small_consortium, tmp_path):
     config = write_config(tmp_path / "run.yaml", small_consortium, training={"rounds": 500})
-    cli = subprocess.Popen([FEDRISK, "retrain", "--config", str(config)], env=cli_environment(tmp_path),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cli = subprocess.Popen(
+        [FEDRISK, "retrain", "--config", str(config)],
+        env=cli_environment(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         read_until(cli, "round 2/500", timeout=300)
         children = descendants(cli.pid)

@@ -24,15 +24,20 @@ def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered
     with get_client(sync_client=True) as client:
         [latest] = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-credit-registered"])),
-            sort=ArtifactSort.CREATED_DESC, limit=1)
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
     markdown = latest.data
     registration = registered.second.registration
     ui = Settings().mlflow_ui_url
-    assert (f"- MLflow run [{registration.run_id}]({ui}/#/experiments/{registration.experiment_id}/runs/"
-            f"{registration.run_id}), [model card]({ui}/#/experiments/{registration.experiment_id}/runs/"
-            f"{registration.run_id}/artifactPath/model_card.html)") in markdown
-    assert (f"- Model `credit_registered` [version 2]({ui}/#/models/credit_registered/versions/2), "
-            f"aliases: challenger") in markdown
+    assert (
+        f"- MLflow run [{registration.run_id}]({ui}/#/experiments/{registration.experiment_id}/runs/"
+        f"{registration.run_id}), [model card]({ui}/#/experiments/{registration.experiment_id}/runs/"
+        f"{registration.run_id}/artifactPath/model_card.html)"
+    ) in markdown
+    assert (
+        f"- Model `credit_registered` [version 2]({ui}/#/models/credit_registered/versions/2), aliases: challenger"
+    ) in markdown
     assert f"- Decision: {registration.reason}" in markdown
     for check in registration.checks:
         assert f"\n  - {check}\n" in markdown
@@ -40,17 +45,28 @@ def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered
 
 
 def test_the_training_sentence_says_which_limit_ended_training():
+    from engines.base import TrainingOutcome
     from tasks.reporting import training_sentence
-    from tasks.training import TrainingOutcome
 
     def outcome(rounds: int, stopped_early: bool) -> TrainingOutcome:
-        return TrainingOutcome("m", [{}] * rounds, {}, best_round=rounds - 2, stopped_early=stopped_early,
-                               resumed_from_round=0, positive_class_weight=1.0, rounds_trained={}, max_rounds=15)
+        return TrainingOutcome(
+            "m",
+            [{}] * rounds,
+            {},
+            best_round=rounds - 2,
+            stopped_early=stopped_early,
+            resumed_from_round=0,
+            positive_class_weight=1.0,
+            rounds_trained={},
+            max_rounds=15,
+        )
 
     assert training_sentence(outcome(9, True)).startswith(
-        "Trained 9 rounds (stopped early, before the limit of 15: validation loss stopped improving); exported round 7")
+        "Trained 9 rounds (stopped early, before the limit of 15: validation loss stopped improving); exported round 7"
+    )
     assert training_sentence(outcome(15, True)).startswith(
-        "Trained 15 rounds (stopped: validation loss stopped improving, at the limit of 15 rounds)")
+        "Trained 15 rounds (stopped: validation loss stopped improving, at the limit of 15 rounds)"
+    )
     assert training_sentence(outcome(15, False)).startswith("Trained 15 rounds (the limit of 15 rounds reached)")
 
 
@@ -65,8 +81,18 @@ def mlflow_ui(registered, tmp_path_factory):
     """`mlflow server` (UI and REST API) on the registered fixture's store, on loopback."""
     port = free_port()
     log = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
-    server = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", registered.tracking_uri,
-              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        registered.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with running(server, dict(os.environ), log) as process:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: answers(f"{base}/health"), process, log, "mlflow server")
@@ -78,7 +104,9 @@ def _resolves(link: str, mlflow_base: str) -> bool:
     API knows; a runs:/ URI whose run or artifact the store has."""
     if link.startswith("runs:/"):
         run_id, _, artifact = link.removeprefix("runs:/").partition("/")
-        return bool(mlflow.artifacts.download_artifacts(link)) if artifact else bool(mlflow.MlflowClient().get_run(run_id))
+        return (
+            bool(mlflow.artifacts.download_artifacts(link)) if artifact else bool(mlflow.MlflowClient().get_run(run_id))
+        )
     if link.startswith(mlflow_base):
         assert answers(mlflow_base + "/", timeout=60), "the MLflow UI page itself"  # a busy 2-core CI is slow
         route = link.removeprefix(mlflow_base).removeprefix("/#/")
@@ -89,12 +117,19 @@ def _resolves(link: str, mlflow_base: str) -> bool:
             if run["info"]["experiment_id"] != experiment:
                 return False
             if artifact:
-                page = httpx.get(f"{mlflow_base}/get-artifact", params={"path": artifact, "run_uuid": run_id}, timeout=60)
+                page = httpx.get(
+                    f"{mlflow_base}/get-artifact", params={"path": artifact, "run_uuid": run_id}, timeout=60
+                )
                 return page.status_code == 200 and len(page.content) > 0
             return True
         if match := re.fullmatch(r"models/(\w+)/versions/(\d+)", route):
             name, version = match.groups()
-            return httpx.get(f"{api}/model-versions/get", params={"name": name, "version": version}, timeout=60).status_code == 200
+            return (
+                httpx.get(
+                    f"{api}/model-versions/get", params={"name": name, "version": version}, timeout=60
+                ).status_code
+                == 200
+            )
         return False
     if match := re.search(r"/runs/flow-run/([0-9a-f-]{36})$", link):
         with get_client(sync_client=True) as client:
@@ -102,21 +137,31 @@ def _resolves(link: str, mlflow_base: str) -> bool:
     return False
 
 
-def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_resolves(registered, mlflow_ui,
-                                                                                     monkeypatch):
+def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_resolves(
+    registered, mlflow_ui, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.tracking_uri)
     mlflow.set_tracking_uri(registered.tracking_uri)
     with get_client(sync_client=True) as client:
         [published] = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-credit-registered"])),
-            sort=ArtifactSort.CREATED_DESC, limit=1)
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
     # Published with the configured MLflow UI base (FEDRISK_MLFLOW_UI_URL); the same links, for the UI this test
     # serves on the same store:
     configured = Settings().mlflow_ui_url
     assert all(link.startswith(configured) for link in URI.findall(published.data)), published.data
     summary = registered.second
-    markdown = summary_markdown(summary.model_name, summary.validation, summary.evaluations, summary.registration,
-                                mlflow_ui, training=summary.training, privacy=summary.privacy)
+    markdown = summary_markdown(
+        summary.model_name,
+        summary.validation,
+        summary.evaluations,
+        summary.registration,
+        mlflow_ui,
+        training=summary.training,
+        privacy=summary.privacy,
+    )
     assert markdown == published.data.replace(configured, mlflow_ui)
     assert len(re.findall(r"\[checks\]\(", markdown)) == len(registered.data)  # each institution's checks page
 

@@ -14,13 +14,13 @@ import pytest
 from mlflow import MlflowClient
 from prefect import flow
 
+from contract.schema import load_schema
 from flows.config import load_config, parse_config
 from flows.lock import RetrainingBusy, model_lock
 from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT, Settings
-from tasks.evaluation import binary_metrics
-from tasks.schema import load_schema
-from tasks.validation import QuorumNotMet
+from institution.evaluation import binary_metrics
+from institution.validation import QuorumNotMet
 from tests.conftest import require_uci
 
 LABEL_COLUMN = load_schema("credit_default").label.column
@@ -29,15 +29,18 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def _config(paths: dict[str, Path], name: str, quorum: int = 3, rounds: int = 5):
-    return parse_config({
-        "model_name": name,
-        "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
-        "training": {"rounds": rounds, "client_learning_rate": 0.05},
-        "quorum": quorum,
-        "seed": 1,
-        # A few rounds do not calibrate a model; the calibration guardrail has tests of its own.
-        "promotion": {"max_calibration_error": None},
-    }, Path("."))
+    return parse_config(
+        {
+            "model_name": name,
+            "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
+            "training": {"rounds": rounds, "client_learning_rate": 0.05},
+            "quorum": quorum,
+            "seed": 1,
+            # A few rounds do not calibrate a model; the calibration guardrail has tests of its own.
+            "promotion": {"max_calibration_error": None},
+        },
+        Path("."),
+    )
 
 
 def _aliases(name: str) -> dict[str, str]:
@@ -59,9 +62,17 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     assert run.data.params["training.rounds"] == "5" and run.data.params["training.aggregation"] == "robust"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5] and history[-1].value < history[0].value
-    per_round = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
-                 for name in ("validation_loss", "validation_auc", "client_update_norm", "server_update_norm",
-                              "bytes_sent", "institutions")}
+    per_round = {
+        name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+        for name in (
+            "validation_loss",
+            "validation_auc",
+            "client_update_norm",
+            "server_update_norm",
+            "bytes_sent",
+            "institutions",
+        )
+    }
     assert per_round["validation_loss"][-1] < per_round["validation_loss"][0]
     assert all(0.5 < auc < 1 for auc in per_round["validation_auc"])
     assert all(n > 0 for n in per_round["client_update_norm"] + per_round["server_update_norm"])
@@ -84,7 +95,8 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     assert set(inputs) == set(small_consortium)
     assert inputs["alder_bank"].digest == first.validation[0].digest[:16]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")} | {
-        a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+        a.path for a in client.list_artifacts(run.info.run_id, "validation")
+    }
     assert {"plots/convergence.png", "validation/summary.json"} <= artifacts
     pages = client.list_artifacts(run.info.run_id, "validation/data_docs/alder_bank")
     assert [a.path for a in pages] == ["validation/data_docs/alder_bank/validation.html"]
@@ -95,19 +107,23 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     champion = mlflow.pyfunc.load_model("models:/credit_e2e@champion")
     evaluation = first.evaluations[2]
     frame = pd.read_csv(small_consortium[evaluation.institution])
-    from tasks.data import split_holdout
+    from contract.data import split_holdout
+
     _, holdout = split_holdout(frame, LABEL_COLUMN, fraction=0.2, seed=1, institution=evaluation.institution)
     scores = champion.predict(holdout)["default_probability"].to_numpy()
     assert np.all((scores > 0) & (scores < 1))
     assert binary_metrics(holdout[LABEL_COLUMN], scores)["roc_auc"] == pytest.approx(
-        evaluation.metrics["challenger"]["roc_auc"], abs=1e-6)
+        evaluation.metrics["challenger"]["roc_auc"], abs=1e-6
+    )
 
     second = retrain(config)
     assert second.registration.version == "2" and not second.registration.promoted
     assert second.registration.reason.startswith("champion v1 kept: roc_auc ")
     assert second.registration.reason.endswith("on the same holdouts (+0.0000; needs > 0)")
-    assert all(e.metrics["champion"]["roc_auc"] == pytest.approx(e.metrics["challenger"]["roc_auc"])
-               for e in second.evaluations)
+    assert all(
+        e.metrics["champion"]["roc_auc"] == pytest.approx(e.metrics["challenger"]["roc_auc"])
+        for e in second.evaluations
+    )
     assert _aliases("credit_e2e") == {"champion": "1", "challenger": "2"}
 
 
@@ -125,16 +141,23 @@ def test_an_excluded_institution_does_not_block_the_run(tracking_uri, small_cons
 
     excluded = [r for r in summary.validation if not r.passed]
     assert [r.institution for r in excluded] == ["cedar_savings"]
-    assert excluded[0].reasons == ["LIMIT_BAL between 1000 and 10000000: failed for 1 of 1000 rows",
-                                   "AGE between 18 and 100: failed for 10 of 1000 rows"]
+    assert excluded[0].reasons == [
+        "LIMIT_BAL between 1000 and 10000000: failed for 1 of 1000 rows",
+        "AGE between 18 and 100: failed for 10 of 1000 rows",
+    ]
     assert "12345679" in Path(excluded[0].institution_page).read_text()  # the institution's page: the values
     # In simulation too, nothing but counts and declared names reaches MLflow or Prefect.
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     database = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
     stores = [*Path(tracking_uri.split("///", 1)[1]).parent.rglob("*"), *database.parent.glob(database.name + "*")]
-    leaks = [(str(path), secret) for path in stores if path.is_file() for secret in (b"12345679", b"BRANCH_7f3a")
-             if secret in path.read_bytes()]
+    leaks = [
+        (str(path), secret)
+        for path in stores
+        if path.is_file()
+        for secret in (b"12345679", b"BRANCH_7f3a")
+        if secret in path.read_bytes()
+    ]
     assert leaks == [] and any(b"credit_quorum" in p.read_bytes() for p in stores if p.is_file())
     assert [e.institution for e in summary.evaluations] == ["alder_bank", "birch_credit_union", "dune_finance"]
     run = MlflowClient().get_run(summary.registration.run_id)
@@ -146,7 +169,8 @@ def test_an_excluded_institution_does_not_block_the_run(tracking_uri, small_cons
 
     with get_client(sync_client=True) as client:
         [table] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-quorum"])), limit=1)
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-credit-quorum"])), limit=1
+        )
     rows = {row["institution"]: row for row in json.loads(table.data)}
     assert rows["cedar_savings"]["status"] == "quarantined" and rows["cedar_savings"]["checks failed"] == 3
     assert rows["alder_bank"]["status"] == "admitted" and rows["alder_bank"]["checks passed"] == 126
@@ -162,7 +186,9 @@ def test_below_quorum_nothing_is_registered_and_the_champion_stays(tracking_uri,
     with pytest.raises(QuorumNotMet) as error:
         retrain(_config(paths, "credit_guarded", quorum=3, rounds=2))
 
-    assert str(error.value).startswith("only 2 of 4 institutions passed validation, quorum is 3; nothing was trained or registered.")
+    assert str(error.value).startswith(
+        "only 2 of 4 institutions passed validation, quorum is 3; nothing was trained or registered."
+    )
     assert "cedar_savings: column PAY_0 is present: failed" in str(error.value)
     client = MlflowClient()
     assert [str(v.version) for v in client.search_model_versions("name='credit_guarded'")] == ["1"]
@@ -200,13 +226,15 @@ def test_a_units_change_since_the_last_run_quarantines_that_institution(tracking
     third = retrain(_config(paths, "credit_drift", rounds=2))
     assert [r.institution for r in third.validation if not r.passed] == ["birch_credit_union"]
 
-    accepted = retrain(parse_config({**_config(paths, "credit_drift", rounds=2).plain(),
-                                     "drift_checks": False}, Path(".")))
+    accepted = retrain(
+        parse_config({**_config(paths, "credit_drift", rounds=2).plain(), "drift_checks": False}, Path("."))
+    )
     assert all(r.passed for r in accepted.validation)
 
 
-def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri, small_consortium, tmp_path,
-                                                                    prefect_api):
+def test_a_retraining_killed_mid_training_resumes_at_its_last_round(
+    tracking_uri, small_consortium, tmp_path, prefect_api
+):
     """Kill `fedrisk retrain` after a round's checkpoint; the next invocation resumes there and
     ends exactly where an uninterrupted run ends (same seed: same samples, shuffles and state)."""
     import os
@@ -217,19 +245,30 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri
 
     import yaml
 
-    config_data = {**_config(small_consortium, "credit_resume", rounds=20).plain(),
-                   "training": {"algorithm": "fedadam", "rounds": 20, "client_learning_rate": 0.05,
-                                "model": {"kind": "mlp", "hidden_units": [16], "dropout": 0.1}}}
+    config_data = {
+        **_config(small_consortium, "credit_resume", rounds=20).plain(),
+        "training": {
+            "algorithm": "fedadam",
+            "rounds": 20,
+            "client_learning_rate": 0.05,
+            "model": {"kind": "mlp", "hidden_units": [16], "dropout": 0.1},
+        },
+    }
     uninterrupted = retrain(parse_config(config_data, Path(".")))
 
     config_file = tmp_path / "resume.yaml"
     config_file.write_text(yaml.safe_dump(config_data))
     runs_dir = tmp_path / "runs"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}",
-           "FEDRISK_RUNS_DIR": str(runs_dir), "PREFECT_API_URL": prefect_api}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}",
+        "FEDRISK_RUNS_DIR": str(runs_dir),
+        "PREFECT_API_URL": prefect_api,
+    }
     command = [str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config_file)]
-    killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    killed = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(runs_dir.glob("credit_resume/*/checkpoints/program_state_3.npz")):
@@ -238,8 +277,9 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(tracking_uri
         os.killpg(killed.pid, signal.SIGKILL)
     finally:
         killed.wait(timeout=30)
-    saved = sorted(int(p.stem.rsplit("_", 1)[1])
-                   for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*.npz"))
+    saved = sorted(
+        int(p.stem.rsplit("_", 1)[1]) for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*.npz")
+    )
     assert saved and 3 <= saved[-1] < 20, saved
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -285,7 +325,7 @@ def _row_windows(paths) -> tuple[set[tuple[float, ...]], list[str]]:
         values = frame.drop(columns=["ID", LABEL_COLUMN]).to_numpy(dtype=float)
         for row in values:
             for start in range(len(row) - 5):
-                window = row[start:start + 6]
+                window = row[start : start + 6]
                 if np.abs(window).max() >= 1000 and np.count_nonzero(window) >= 3:
                     windows.add(tuple(window))
     return windows, lines
@@ -312,8 +352,9 @@ def test_no_artifact_of_a_run_holds_an_input_row(registered):
     assert len(windows) > 5000 and len(lines) == 8500
     texts = list(_texts(registered.artifacts))
     assert any(name.endswith("model_card.html") for name, _ in texts)
-    assert any("data_docs" in name for name, _ in texts) and any(name.endswith(".keras!model.weights.h5")
-                                                                 for name, _ in texts)
+    assert any("data_docs" in name for name, _ in texts) and any(
+        name.endswith(".keras!model.weights.h5") for name, _ in texts
+    )
     with get_client(sync_client=True) as client:
         texts += [(f"prefect artifact {a.key}", str(a.data)) for a in client.read_artifacts()]
     line_set = set(lines)
@@ -321,7 +362,7 @@ def test_no_artifact_of_a_run_holds_an_input_row(registered):
 
     def leaks(text: str) -> list:
         tokens = [float(t) for t in number.findall(text)]
-        found = [tuple(tokens[i:i + 6]) for i in range(len(tokens) - 5) if tuple(tokens[i:i + 6]) in windows]
+        found = [tuple(tokens[i : i + 6]) for i in range(len(tokens) - 5) if tuple(tokens[i : i + 6]) in windows]
         return found + sorted(line_set.intersection(text.splitlines()))
 
     # The scan finds a row however it is written: a JSON record, an HTML table row, a CSV line.
@@ -331,8 +372,9 @@ def test_no_artifact_of_a_run_holds_an_input_row(registered):
         assert not leaks(text), f"{name} holds input values {leaks(text)[:3]}"
 
 
-def test_a_registration_that_fails_midway_leaves_both_aliases_where_they_were(tracking_uri, small_consortium,
-                                                                               monkeypatch):
+def test_a_registration_that_fails_midway_leaves_both_aliases_where_they_were(
+    tracking_uri, small_consortium, monkeypatch
+):
     """The champion alias is moved last; when that fails the new version is withdrawn and the
     challenger alias, already moved to it, points back at the previous challenger."""
     from mlflow.exceptions import MlflowException
@@ -386,7 +428,9 @@ def test_a_second_retraining_of_the_same_model_is_refused_after_its_wait(trackin
     assert re.fullmatch(
         r"another retraining of credit_busy is still running after waiting 1 s \(flow run [0-9a-f-]{36} \([\w-]+\), "
         r"pid \d+ on [\w.-]+, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); nothing was trained or registered. "
-        r"Retry when it has finished.", str(error.value)), str(error.value)
+        r"Retry when it has finished.",
+        str(error.value),
+    ), str(error.value)
     assert MlflowClient().search_registered_models(filter_string="name='credit_busy'") == []
 
 
@@ -400,11 +444,12 @@ def test_a_second_retraining_waits_for_the_first_to_finish():
     assert waiter_acquired >= holder_released
 
 
-def test_a_logistic_model_on_a_five_percent_bad_book_is_calibrated_within_30_rounds(tracking_uri, small_consortium,
-                                                                                      tmp_path):
+def test_a_logistic_model_on_a_five_percent_bad_book_is_calibrated_within_30_rounds(
+    tracking_uri, small_consortium, tmp_path
+):
     """The network starts at the consortium's base rate (the federated label counts), not at p = 0.5: from there a
     5 %-bad book ended 30 rounds at pooled ECE 0.149 and needed 300 to pass the calibration guardrail."""
-    from tasks.evaluation import pooled_ece
+    from institution.evaluation import pooled_ece
 
     rng = np.random.default_rng(5)
     book = {}
@@ -423,5 +468,6 @@ def test_a_logistic_model_on_a_five_percent_bad_book_is_calibrated_within_30_rou
 
     rate = sum(e.positives for e in summary.evaluations) / sum(e.examples for e in summary.evaluations)
     assert 0.04 < rate < 0.06
-    assert pooled_ece(summary.evaluations, "challenger") < 0.05 and summary.registration.promoted, \
+    assert pooled_ece(summary.evaluations, "challenger") < 0.05 and summary.registration.promoted, (
         summary.registration.checks
+    )

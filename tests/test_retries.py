@@ -9,13 +9,14 @@ import pytest
 from mlflow import MlflowClient
 from prefect import flow
 
+from contract.data import InstitutionDataError, read_institution
+from contract.schema import load_schema
 from flows.config import ConfigError
-from tasks.data import InstitutionDataError, read_institution
-from tasks.schema import load_schema
-from tasks.registry import find_champion, use_tracking
+from institution.validation import QuorumNotMet
+from tasks.registry import find_champion
 from tasks.retries import RETRY_DELAYS_SECONDS, is_transient
-from tasks.validation import QuorumNotMet
 from tests.conftest import free_port
+from tracking.registry import use_tracking
 
 # tracking_uri: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which the fixture puts back.
 pytestmark = pytest.mark.usefixtures("prefect_api", "tracking_uri")
@@ -74,8 +75,10 @@ def _task_runs(flow_run_id, name):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
     with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)),
+        )
 
 
 @flow

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.schema import parse_schema
-from tasks.schema_inference import SchemaInferenceError, infer_schema
+from contract.schema import parse_schema
+from contract.schema_inference import SchemaInferenceError, infer_schema
 from tests.conftest import SHARED_DATA
 
 
@@ -16,14 +16,16 @@ from tests.conftest import SHARED_DATA
 def extract(tmp_path):
     rng = np.random.default_rng(0)
     n = 400
-    frame = pd.DataFrame({
-        "customer": [f"C{100000 + i}" for i in range(n)],
-        "income": np.round(rng.lognormal(10, 0.5, n), 2),
-        "children": rng.integers(0, 4, n),
-        "employer": [f"Employer {i}" for i in rng.integers(0, 300, n)],  # free text: never shown
-        "region": rng.choice(["north", "south", "east", "west"], n, p=[0.4, 0.3, 0.28, 0.02]),
-        "defaulted": rng.choice(["no", "yes"], n, p=[0.8, 0.2]),
-    })
+    frame = pd.DataFrame(
+        {
+            "customer": [f"C{100000 + i}" for i in range(n)],
+            "income": np.round(rng.lognormal(10, 0.5, n), 2),
+            "children": rng.integers(0, 4, n),
+            "employer": [f"Employer {i}" for i in rng.integers(0, 300, n)],  # free text: never shown
+            "region": rng.choice(["north", "south", "east", "west"], n, p=[0.4, 0.3, 0.28, 0.02]),
+            "defaulted": rng.choice(["no", "yes"], n, p=[0.8, 0.2]),
+        }
+    )
     frame.loc[frame.index[:12], "income"] = np.nan
     frame.loc[frame.index[20], "region"] = "Flat 3, 12 Acacia Road"  # one customer's text in a level column
     path = tmp_path / "extract.csv"
@@ -56,9 +58,13 @@ def test_a_count_keeps_an_open_upper_range_and_codes_with_rare_values_stay_level
     rare code was drafted as a continuous number."""
     rng = np.random.default_rng(1)
     n = 600
-    frame = pd.DataFrame({"delinquencies": np.where(rng.random(n) < 0.97, 0, rng.integers(1, 9, n)),
-                          "history": rng.choice([1, 2, 3, 4, 5, 6], n, p=[0.3, 0.3, 0.2, 0.17, 0.02, 0.01]),
-                          "bad": rng.choice([0, 1], n, p=[0.9, 0.1])})
+    frame = pd.DataFrame(
+        {
+            "delinquencies": np.where(rng.random(n) < 0.97, 0, rng.integers(1, 9, n)),
+            "history": rng.choice([1, 2, 3, 4, 5, 6], n, p=[0.3, 0.3, 0.2, 0.17, 0.02, 0.01]),
+            "bad": rng.choice([0, 1], n, p=[0.9, 0.1]),
+        }
+    )
     path = tmp_path / "book.csv"
     frame.to_csv(path, index=False)
     features = yaml.safe_load(infer_schema(path))["features"]
@@ -71,10 +77,10 @@ def test_several_institutions_files_draft_one_schema_that_each_of_them_passes(tm
     suite of the schema drafted from their files, unedited but for the description."""
     import shutil
 
-    from tasks.data import Extract
-    from tasks.suites import write_suite
-    from tasks.synthetic import split_file
-    from tasks.validation import validate_extract
+    from contract.data import Extract
+    from contract.suites import write_suite
+    from contract.synthetic import split_file
+    from institution.validation import validate_extract
     from tests.conftest import TEST_EXPECTATIONS_DIR, UCI_DIR
 
     german = SHARED_DATA / "german_credit" / "germancredit.csv"
@@ -82,8 +88,10 @@ def test_several_institutions_files_draft_one_schema_that_each_of_them_passes(tm
     if not (german.is_file() and fraud.is_file() and (UCI_DIR / "bank_a.csv").is_file()):
         pytest.skip(f"the real data sets are not in {SHARED_DATA} (../shared/data is absent)")
     consortia = {
-        "german_credit": ("creditability", split_file(pd.read_csv(german), "creditability", ["a", "b", "c"], 0, None,
-                                                      tmp_path / "german")),
+        "german_credit": (
+            "creditability",
+            split_file(pd.read_csv(german), "creditability", ["a", "b", "c"], 0, None, tmp_path / "german"),
+        ),
         "uci_banks": ("default.payment.next.month", {n: UCI_DIR / f"{n}.csv" for n in ("bank_a", "bank_b", "bank_c")}),
         "card_fraud": ("Class", split_file(pd.read_csv(fraud), "Class", ["a", "b"], 0, None, tmp_path / "fraud")),
     }
@@ -105,11 +113,17 @@ def test_a_label_that_is_not_binary_is_refused(extract):
         infer_schema(path, label="children")
 
 
-@pytest.mark.parametrize("label, refusal", [
-    (None, r"the first line looks like a row, not a header \(\d of 6 fields are numbers or values of their column\): "
-           r"the file must start with a line naming its columns"),
-    ("defaulted", "the first line looks like a row"),
-])
+@pytest.mark.parametrize(
+    "label, refusal",
+    [
+        (
+            None,
+            r"the first line looks like a row, not a header \(\d of 6 fields are numbers or values of their column\): "
+            r"the file must start with a line naming its columns",
+        ),
+        ("defaulted", "the first line looks like a row"),
+    ],
+)
 def test_a_headerless_file_is_refused_and_no_error_quotes_a_row(extract, tmp_path, label, refusal):
     path, frame = extract
     headerless = tmp_path / "headerless.csv"
@@ -117,8 +131,11 @@ def test_a_headerless_file_is_refused_and_no_error_quotes_a_row(extract, tmp_pat
     with pytest.raises(SchemaInferenceError, match=refusal) as error:
         infer_schema(headerless, label=label)
     assert frame["customer"].iloc[0] not in str(error.value)
-    with pytest.raises(SchemaInferenceError, match=r"no label column 'default' among its 6 columns \(pass --label "
-                                                   r"with the name of one\)$"):
+    with pytest.raises(
+        SchemaInferenceError,
+        match=r"no label column 'default' among its 6 columns \(pass --label "
+        r"with the name of one\)$",
+    ):
         infer_schema(path, label="default")
     system = tmp_path / "passwd"
     system.write_text("root:x:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:/usr/sbin/nologin\n")

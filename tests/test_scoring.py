@@ -16,9 +16,9 @@ import pytest
 import typer
 from rich.console import Console
 
+from contract.schema import load_schema
 from flows import cli
-from tasks.schema import load_schema
-from tasks.scoring import REJECTED_COLUMN, score_band, score_file
+from institution.scoring import REJECTED_COLUMN, score_band, score_file
 from tests.conftest import TEST_EXPECTATIONS_DIR, answers, free_port, running, wait_for
 
 LABEL_COLUMN = load_schema("credit_default").label.column
@@ -68,7 +68,8 @@ def test_score_writes_the_champions_probabilities_and_bands(store, applicants, t
 
 
 def test_each_row_that_fails_a_check_is_written_unscored_with_its_reason_and_the_rest_are_scored(
-        store, applicants, tmp_path, console):
+    store, applicants, tmp_path, console
+):
     frame = pd.read_csv(applicants, dtype={"AGE": object, "SEX": object, "LIMIT_BAL": object})
     frame.loc[:4, "AGE"] = "300"
     frame.loc[5, "SEX"] = "7"
@@ -83,9 +84,13 @@ def test_each_row_that_fails_a_check_is_written_unscored_with_its_reason_and_the
 
     scored = pd.read_csv(output, dtype={REJECTED_COLUMN: str})
     assert scored[REJECTED_COLUMN].head(10).tolist() == [
-        *["AGE between 18 and 100 (got '300')"] * 5, "SEX in code set [1, 2] (got '7')",
-        "LIMIT_BAL is numeric (got 'lots')", "AGE has no missing values (missing)", "AGE is a whole number (got '33.5')",
-        "SEX in code set [1, 2] (got '0'); AGE between 18 and 100 (got '17')"]
+        *["AGE between 18 and 100 (got '300')"] * 5,
+        "SEX in code set [1, 2] (got '7')",
+        "LIMIT_BAL is numeric (got 'lots')",
+        "AGE has no missing values (missing)",
+        "AGE is a whole number (got '33.5')",
+        "SEX in code set [1, 2] (got '0'); AGE between 18 and 100 (got '17')",
+    ]
     assert scored["default_probability"].head(10).isna().all() and scored["score_band"].head(10).isna().all()
     clean = pd.read_csv(applicants).iloc[10:]
     expected = mlflow.pyfunc.load_model(f"models:/{store.name}@champion").predict(clean)["default_probability"]
@@ -93,45 +98,70 @@ def test_each_row_that_fails_a_check_is_written_unscored_with_its_reason_and_the
     assert scored[REJECTED_COLUMN].iloc[10:].isna().all()
     text = console.getvalue()
     assert f"Scored 290 of 300 rows with {store.name} version 1 -> {output}" in text
-    assert "10 rows not scored (their reasons are in column not_scored_because):\n" \
-           "  - AGE between 18 and 100: 6 rows\n" in text
+    assert (
+        "10 rows not scored (their reasons are in column not_scored_because):\n"
+        "  - AGE between 18 and 100: 6 rows\n" in text
+    )
     assert "  - SEX in code set [1, 2]: 2 rows\n  - LIMIT_BAL is numeric: 1 rows\n" in text
 
 
 def test_one_application_is_scored_on_its_own_and_chunks_change_nothing(store, applicants, tmp_path):
     one = tmp_path / "one.csv"
     pd.read_csv(applicants).iloc[[17]].to_csv(one, index=False)
-    alone = score_file(store.tracking_uri, store.name, "champion", None, one, tmp_path / "one_out.csv",
-                       TEST_EXPECTATIONS_DIR)
+    alone = score_file(
+        store.tracking_uri, store.name, "champion", None, one, tmp_path / "one_out.csv", TEST_EXPECTATIONS_DIR
+    )
     assert (alone.rows, alone.scored, alone.warnings, alone.rejected) == (1, 1, [], {})
-    whole = score_file(store.tracking_uri, store.name, "champion", None, applicants, tmp_path / "whole.csv",
-                       TEST_EXPECTATIONS_DIR)
+    whole = score_file(
+        store.tracking_uri, store.name, "champion", None, applicants, tmp_path / "whole.csv", TEST_EXPECTATIONS_DIR
+    )
     done = []
-    chunked = score_file(store.tracking_uri, store.name, "champion", None, applicants, tmp_path / "chunked.csv",
-                         TEST_EXPECTATIONS_DIR, chunk_rows=7, progress=done.append)
+    chunked = score_file(
+        store.tracking_uri,
+        store.name,
+        "champion",
+        None,
+        applicants,
+        tmp_path / "chunked.csv",
+        TEST_EXPECTATIONS_DIR,
+        chunk_rows=7,
+        progress=done.append,
+    )
     assert done == [*range(7, 300, 7), 300] and chunked.bands == whole.bands
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "chunked.csv"), pd.read_csv(tmp_path / "whole.csv"))
     assert pd.read_csv(tmp_path / "one_out.csv")["default_probability"].iloc[0] == pytest.approx(
-        pd.read_csv(tmp_path / "whole.csv")["default_probability"].iloc[17], rel=1e-9)
+        pd.read_csv(tmp_path / "whole.csv")["default_probability"].iloc[17], rel=1e-9
+    )
     pd.read_csv(applicants).to_parquet(tmp_path / "applicants.parquet")  # Parquet streams in row batches too
-    score_file(store.tracking_uri, store.name, "champion", None, tmp_path / "applicants.parquet",
-               tmp_path / "from_parquet.csv", TEST_EXPECTATIONS_DIR, chunk_rows=64)
+    score_file(
+        store.tracking_uri,
+        store.name,
+        "champion",
+        None,
+        tmp_path / "applicants.parquet",
+        tmp_path / "from_parquet.csv",
+        TEST_EXPECTATIONS_DIR,
+        chunk_rows=64,
+    )
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "from_parquet.csv"), pd.read_csv(tmp_path / "whole.csv"))
 
 
 def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_written(
-        store, applicants, tmp_path, console):
+    store, applicants, tmp_path, console
+):
     frame = pd.read_csv(applicants)
     output = tmp_path / "scores.csv"
     frame.drop(columns=["PAY_AMT6"]).to_csv(tmp_path / "narrow.csv", index=False)
     with pytest.raises(typer.Exit) as stop:
         cli.score(model=f"{store.name}@champion", input=tmp_path / "narrow.csv", output=output, reasons=0)
     assert stop.value.exit_code == 1
-    assert f"{tmp_path / 'narrow.csv'}: rejected, nothing was scored. Failed checks:\n" \
-           "  - column PAY_AMT6 is present: failed\n" in console.getvalue()
+    assert (
+        f"{tmp_path / 'narrow.csv'}: rejected, nothing was scored. Failed checks:\n"
+        "  - column PAY_AMT6 is present: failed\n" in console.getvalue()
+    )
     cut = tmp_path / "cut.csv"
     text = applicants.read_text()
-    cut.write_text(text[:len(text) - 40])  # a transfer that stopped mid-line
+    cut.write_text(text[: len(text) - 40])  # a transfer that stopped mid-line
     with pytest.raises(typer.Exit) as stop:
         cli.score(model=f"{store.name}@champion", input=cut, output=output, reasons=0)
     assert stop.value.exit_code == 1
@@ -184,15 +214,35 @@ def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp
     port = free_port()
     venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs uvicorn from PATH, as under `uv run`
     log = tmp_path / "serve.log"
-    with running([str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{store.name}@champion", "--env-manager", "local",
-                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                 {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri,
-                  "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}, log) as server:
+    with running(
+        [
+            str(venv_bin / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{store.name}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": store.tracking_uri,
+            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        log,
+    ) as server:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), server, log, "mlflow models serve")
         rows = pd.read_csv(applicants)
         body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
     served = [p["default_probability"] for p in predictions]
     np.testing.assert_allclose(served, pd.read_csv(output)["default_probability"], rtol=1e-5)
@@ -200,7 +250,7 @@ def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp
 
 def test_ids_that_a_spreadsheet_would_run_as_formulas_are_written_escaped(store, applicants, tmp_path, console):
     """OWASP's rule for CSV injection: the output a credit officer opens shows `=HYPERLINK(...)`, never runs it."""
-    hostile = ["=cmd|' /C calc'!A0", "=HYPERLINK(\"http://evil.example\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTAB"]
+    hostile = ["=cmd|' /C calc'!A0", '=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB"]
     rows = pd.read_csv(applicants).head(len(hostile) + 1)
     rows["ID"] = [*hostile, "ordinary-7"]
     given = tmp_path / "hostile.csv"

@@ -18,9 +18,22 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from hostguard.pki import init_ca, issue
 from secagg import ring, shamir
-from secagg.protocol import (RULE_CERTIFICATE, RULE_CONSISTENCY, RULE_MEMBERS, RULE_MIN_INPUTS, RULE_ROSTER,
-                             RULE_SAME_PARAMETERS, RULE_THRESHOLD, Aggregator, Identity, Participant, Rules,
-                             SecureAggregationError, _agree, verify)
+from secagg.protocol import (
+    RULE_CERTIFICATE,
+    RULE_CONSISTENCY,
+    RULE_MEMBERS,
+    RULE_MIN_INPUTS,
+    RULE_ROSTER,
+    RULE_SAME_PARAMETERS,
+    RULE_THRESHOLD,
+    Aggregator,
+    Identity,
+    Participant,
+    Rules,
+    SecureAggregationError,
+    _agree,
+    verify,
+)
 from secagg.ring import VectorSpec
 
 NAMES = ["alder", "birch", "cedar", "dogwood", "elm"]
@@ -43,13 +56,29 @@ def _specs(n: int, size: int = 300) -> dict[str, VectorSpec]:
 
 
 def _inputs(names, specs, rng):
-    return {n: {"update": rng.uniform(-5, 5, specs["update"].size) / len(names),
-                "sums": rng.uniform(0, 1e10, specs["sums"].size)} for n in names}
+    return {
+        n: {
+            "update": rng.uniform(-5, 5, specs["update"].size) / len(names),
+            "sums": rng.uniform(0, 1e10, specs["sums"].size),
+        }
+        for n in names
+    }
 
 
 def _session(identities, names, inputs, specs, threshold, session="s", rules=RULES, contexts=None):
-    parts = {n: Participant(identities[n], session, tuple(names), threshold, rules, (contexts or {}).get(n, "c"),
-                            {k: ring.encode(v, specs[k]) for k, v in inputs[n].items()}, specs) for n in names}
+    parts = {
+        n: Participant(
+            identities[n],
+            session,
+            tuple(names),
+            threshold,
+            rules,
+            (contexts or {}).get(n, "c"),
+            {k: ring.encode(v, specs[k]) for k, v in inputs[n].items()},
+            specs,
+        )
+        for n in names
+    }
     return parts, Aggregator(session, threshold, specs)
 
 
@@ -75,8 +104,7 @@ def test_the_unmasked_sum_is_the_plain_sum_within_the_quantization(identities):
     for vector, spec in specs.items():
         plain = np.sum([inputs[n][vector] for n in names], axis=0)
         # each input is rounded (stochastically) to a neighbouring multiple of 1/scale: the sum is within n/scale
-        assert np.max(np.abs(total[vector] - plain)) <= len(names) / spec.scale * (1 + 1e-9) + abs(
-            plain).max() * 1e-15
+        assert np.max(np.abs(total[vector] - plain)) <= len(names) / spec.scale * (1 + 1e-9) + abs(plain).max() * 1e-15
 
 
 def test_a_masked_vector_is_indistinguishable_from_uniform(identities):
@@ -141,8 +169,9 @@ def test_below_the_threshold_nothing_is_unmasked(identities):
     with pytest.raises(SecureAggregationError, match=r"only 2 valid signature.*needs 3 \(the threshold\)"):
         parts["alder"].unmask(sent, signatures)
     with pytest.raises(SecureAggregationError, match="unmasking: only 2 institution.*needs 3"):
-        aggregator.total({n: parts[n].unmask(sent, {**signatures, "cedar": parts["cedar"].consistency(sent)})
-                          for n in names[:2]})
+        aggregator.total(
+            {n: parts[n].unmask(sent, {**signatures, "cedar": parts["cedar"].consistency(sent)}) for n in names[:2]}
+        )
 
 
 def test_an_institution_signs_one_list_of_senders_and_unmasks_only_that_one(identities):
@@ -193,14 +222,18 @@ def test_a_sender_declared_dropped_stays_hidden_by_its_self_mask(identities):
         aggregator.collect({n: masked[n] for n in others})
         answers = _unmask(parts, aggregator, others, others)
         holders = {name: i + 1 for i, name in enumerate(aggregator.roster)}
-        key = x25519.X25519PrivateKey.from_private_bytes(shamir.combine(
-            {holders[h]: int(a["mask_key"]["alder"], 16) for h, a in answers.items()}))
-        assert key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == \
-            aggregator.roster["alder"].mask_key  # the coordinator does hold alder's mask key
+        key = x25519.X25519PrivateKey.from_private_bytes(
+            shamir.combine({holders[h]: int(a["mask_key"]["alder"], 16) for h, a in answers.items()})
+        )
+        assert (
+            key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            == aggregator.roster["alder"].mask_key
+        )  # the coordinator does hold alder's mask key
         value = masked["alder"]["update"]
         for other in others:  # alder added its pairwise masks towards the later names
-            mask = ring.expand(_agree(key, aggregator.roster[other].mask_key, b"mask", session), "update",
-                               specs["update"])
+            mask = ring.expand(
+                _agree(key, aggregator.roster[other].mask_key, b"mask", session), "update", specs["update"]
+            )
             value = ring.subtract(value, mask, specs["update"])
         remainders.append(ring.decode(value, specs["update"]))
         hidden.append(inputs["alder"]["update"])
@@ -209,14 +242,18 @@ def test_a_sender_declared_dropped_stays_hidden_by_its_self_mask(identities):
     assert np.median(gap) > 1e5 * 2 / specs["update"].scale
 
 
-@pytest.mark.parametrize("participants, threshold, rule, refusal", [
-    (("alder", "birch", "coordinator"), 2, RULE_MEMBERS, r"\['coordinator'\] is not a member"),
-    (("alder", "birch", "mallory"), 2, RULE_MEMBERS, r"\['mallory'\] is not a member"),
-    (("alder", "birch"), 2, RULE_MIN_INPUTS, "a sum of 2 inputs is asked for; a released sum holds at least 3"),
-    (("alder", "birch", "cedar", "dogwood", "elm"), 2, RULE_THRESHOLD, "threshold 2 for 5 participants"),
-])
-def test_a_session_outside_the_institutions_rules_is_refused_at_its_start(identities, participants, threshold,
-                                                                           rule, refusal):
+@pytest.mark.parametrize(
+    "participants, threshold, rule, refusal",
+    [
+        (("alder", "birch", "coordinator"), 2, RULE_MEMBERS, r"\['coordinator'\] is not a member"),
+        (("alder", "birch", "mallory"), 2, RULE_MEMBERS, r"\['mallory'\] is not a member"),
+        (("alder", "birch"), 2, RULE_MIN_INPUTS, "a sum of 2 inputs is asked for; a released sum holds at least 3"),
+        (("alder", "birch", "cedar", "dogwood", "elm"), 2, RULE_THRESHOLD, "threshold 2 for 5 participants"),
+    ],
+)
+def test_a_session_outside_the_institutions_rules_is_refused_at_its_start(
+    identities, participants, threshold, rule, refusal
+):
     rules = Rules(frozenset(NAMES), "coordinator", min_threshold=3)
     with pytest.raises(SecureAggregationError, match=refusal) as refused:
         Participant(identities["alder"], "s", participants, threshold, rules, "c", {}, _specs(5))
@@ -230,10 +267,21 @@ def test_a_roster_other_than_the_participants_or_other_parameters_are_refused_at
     inputs = _inputs(names, specs, np.random.default_rng(8))
     parts, aggregator = _session(identities, names, inputs, specs, 2, contexts={"cedar": "threshold 3"})
     roster = aggregator.keys([p.advertise() for p in parts.values()])
-    own = Participant(identities["coordinator"], "s", ("coordinator", "alder", "birch"), 2,
-                      Rules(frozenset([*NAMES, "coordinator"]), "nobody", 2), "c", {}, specs).advertise()
-    with pytest.raises(SecureAggregationError, match=r"keys of \['alder', 'birch', 'cedar', 'coordinator'\], but the "
-                                                     r"session began with the participants") as refused:
+    own = Participant(
+        identities["coordinator"],
+        "s",
+        ("coordinator", "alder", "birch"),
+        2,
+        Rules(frozenset([*NAMES, "coordinator"]), "nobody", 2),
+        "c",
+        {},
+        specs,
+    ).advertise()
+    with pytest.raises(
+        SecureAggregationError,
+        match=r"keys of \['alder', 'birch', 'cedar', 'coordinator'\], but the "
+        r"session began with the participants",
+    ) as refused:
         parts["alder"].share({**roster, "coordinator": own})
     assert refused.value.rule == RULE_ROSTER
     with pytest.raises(SecureAggregationError, match="relayed keys of") as refused:
@@ -259,8 +307,10 @@ def test_a_list_of_senders_outside_an_institutions_view_is_not_signed(identities
 def test_an_expired_or_not_yet_valid_certificate_is_refused(identities):
     advertisement = Participant(identities["alder"], "s", tuple(NAMES[:3]), 2, RULES, "c", {}, _specs(3)).advertise()
     verify(advertisement, "s", "c", identities["alder"].ca, RULES)  # valid now
-    for when in (datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc),
-                 datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=20 * 365)):
+    for when in (
+        datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC),
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20 * 365),
+    ):
         with pytest.raises(SecureAggregationError, match="the certificate of 'alder' is valid from .* not now") as no:
             verify(advertisement, "s", "c", identities["alder"].ca, RULES, now=when)
         assert no.value.rule == RULE_CERTIFICATE
@@ -276,8 +326,16 @@ def test_a_pinned_certificate_is_the_only_one_accepted(identities):
 
 def test_no_key_or_seed_appears_in_a_repr(identities):
     specs = _specs(3)
-    part = Participant(identities["alder"], "s", tuple(NAMES[:3]), 2, RULES, "c",
-                       {"update": ring.encode(np.full(300, 0.123456), specs["update"])}, specs)
+    part = Participant(
+        identities["alder"],
+        "s",
+        tuple(NAMES[:3]),
+        2,
+        RULES,
+        "c",
+        {"update": ring.encode(np.full(300, 0.123456), specs["update"])},
+        specs,
+    )
     shown = repr(part) + repr(identities["alder"])
     assert "PRIVATE KEY" not in shown and identities["alder"].key.decode()[40:80] not in shown
     assert part._self_seed.hex() not in shown and repr(part._self_seed) not in shown
@@ -304,8 +362,11 @@ def test_a_coordinator_that_substitutes_a_public_key_is_detected(identities):
     names, specs = NAMES[:3], _specs(3)
     parts, aggregator = _session(identities, names, _inputs(names, specs, np.random.default_rng(5)), specs, 2)
     roster = aggregator.keys([p.advertise() for p in parts.values()])
-    mine = x25519.X25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
-                                                                         serialization.PublicFormat.Raw)
+    mine = (
+        x25519.X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
     forged = replace(roster["cedar"], mask_key=mine)
     with pytest.raises(SecureAggregationError, match="relayed for 'cedar' are not signed by 'cedar'"):
         parts["alder"].share({**roster, "cedar": forged})
@@ -322,8 +383,10 @@ def test_a_key_signed_under_another_ca_is_refused(identities, tmp_path):
     init_ca(other, "rogue CA")
     cert, key = issue(other, "cedar")
     rogue = Identity("cedar", Path(cert).read_bytes(), Path(key).read_bytes(), (other / "ca.crt").read_bytes())
-    assert x509.load_pem_x509_certificate(rogue.certificate).subject == x509.load_pem_x509_certificate(
-        identities["cedar"].certificate).subject
+    assert (
+        x509.load_pem_x509_certificate(rogue.certificate).subject
+        == x509.load_pem_x509_certificate(identities["cedar"].certificate).subject
+    )
     names, specs = NAMES[:3], _specs(3)
     inputs = _inputs(names, specs, np.random.default_rng(6))
     parts, aggregator = _session({**identities, "cedar": rogue}, names, inputs, specs, 2)

@@ -2,14 +2,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riskmodel.layout import Layout
-from tasks.consortium import LocalConsortium
-from tasks.data import Extract, Split, load_part
-from tasks.schema import Missing, load_schema
-from tasks.per_institution import compute_local_statistics
-from tasks.statistics import (
-    balanced_positive_weight, consortium_layout, local_statistics, standardization,
+from consortium.local import LocalConsortium
+from contract.data import Extract, Split, load_part
+from contract.schema import Missing, load_schema
+from institution.statistics import (
+    balanced_positive_weight,
+    consortium_layout,
+    local_statistics,
+    standardization,
 )
+from riskmodel.layout import Layout
+from tasks.per_institution import compute_local_statistics
 
 CREDIT = load_schema("credit_default")
 GERMAN = load_schema("german_credit")
@@ -22,8 +25,9 @@ def _train_parts(consortium, schema, split):
 def test_federated_statistics_equal_pooled_statistics_without_pooling(small_consortium):
     split, features = Split(0.2, 0.1, 7), list(CREDIT.features)
     consortium = LocalConsortium(tuple(Extract(name, path) for name, path in small_consortium.items()))
-    per_institution = [compute_local_statistics.fn(consortium, name, CREDIT, features, split)
-                       for name in consortium.names]
+    per_institution = [
+        compute_local_statistics.fn(consortium, name, CREDIT, features, split) for name in consortium.names
+    ]
     layout = consortium_layout(CREDIT, features, per_institution)
     mean, std = standardization(layout, per_institution)
     # The reference pools the same training splits; only the test ever sees them together.
@@ -35,7 +39,7 @@ def test_federated_statistics_equal_pooled_statistics_without_pooling(small_cons
 
 
 def test_categorical_levels_are_one_hot_from_counts_rare_ones_fold_into_other(tmp_path):
-    from tasks.synthetic import synthesize
+    from contract.synthetic import synthesize
 
     consortium = synthesize(tmp_path, 3, seed=5, rows_scale=0.1, schema=GERMAN)
     split, features = Split(0.2, 0.1, 0), list(GERMAN.features)
@@ -48,8 +52,9 @@ def test_categorical_levels_are_one_hot_from_counts_rare_ones_fold_into_other(tm
     layout = consortium_layout(GERMAN, features, statistics)
     purpose = next(f for f in layout.features if f.name == "purpose")
     assert "retraining" not in purpose.levels  # ... but a level this rare is folded and never named again
-    assert "purpose=(other)" in layout.columns() and all(level in GERMAN.features["purpose"].levels
-                                                         for level in purpose.levels)
+    assert "purpose=(other)" in layout.columns() and all(
+        level in GERMAN.features["purpose"].levels for level in purpose.levels
+    )
     mean, std = standardization(layout, statistics)
     pooled = np.concatenate([layout.encode(rows) for rows in parts.values()])
     np.testing.assert_allclose(mean, pooled.mean(axis=0), atol=1e-12)
@@ -76,13 +81,19 @@ def test_statistics_carry_only_aggregates():
     rows = pd.DataFrame({"AGE": [30, 40, 50], CREDIT.label.column: [1, 0, 1]})
     stats = local_statistics("bank", rows, CREDIT, ["AGE"])
     assert (stats.count, stats.positives, stats.present, stats.sums, stats.sums_of_squares) == (
-        3, 2, {"AGE": 3}, {"AGE": 120.0}, {"AGE": 5000.0})
+        3,
+        2,
+        {"AGE": 3},
+        {"AGE": 120.0},
+        {"AGE": 5000.0},
+    )
 
 
 def test_balanced_positive_weight_is_negatives_per_positive_over_all_institutions():
     def stats(name, positives, negatives):
-        rows = pd.DataFrame({"AGE": [30] * (positives + negatives),
-                             CREDIT.label.column: [1] * positives + [0] * negatives})
+        rows = pd.DataFrame(
+            {"AGE": [30] * (positives + negatives), CREDIT.label.column: [1] * positives + [0] * negatives}
+        )
         return local_statistics(name, rows, CREDIT, ["AGE"])
 
     assert balanced_positive_weight([stats("a", 1, 9), stats("b", 3, 27)]) == 36 / 4
@@ -92,8 +103,10 @@ def test_balanced_positive_weight_is_negatives_per_positive_over_all_institution
 
 def test_constant_feature_gets_unit_std():
     label = CREDIT.label.column
-    stats = [local_statistics("a", pd.DataFrame({"AGE": [1, 2], "SEX": [1, 1], label: [0, 1]}), CREDIT, ["AGE", "SEX"]),
-             local_statistics("b", pd.DataFrame({"AGE": [3], "SEX": [1], label: [0]}), CREDIT, ["AGE", "SEX"])]
+    stats = [
+        local_statistics("a", pd.DataFrame({"AGE": [1, 2], "SEX": [1, 1], label: [0, 1]}), CREDIT, ["AGE", "SEX"]),
+        local_statistics("b", pd.DataFrame({"AGE": [3], "SEX": [1], label: [0]}), CREDIT, ["AGE", "SEX"]),
+    ]
     mean, std = standardization(consortium_layout(CREDIT, ["AGE", "SEX"], stats), stats)
     np.testing.assert_allclose(mean, [2.0, 1.0])
     np.testing.assert_allclose(std, [np.sqrt(2 / 3), 1.0])

@@ -1,16 +1,15 @@
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-import pytest
-
-from tasks.data import Extract, read_institution
-from tasks.schema import available_schemas, load_schema
-from tasks.synthetic import PORTFOLIOS, split_file, synthesize
-from tasks.validation import check_frame, validate_extract
+from contract.data import Extract, read_institution
+from contract.schema import available_schemas, load_schema
+from contract.synthetic import PORTFOLIOS, split_file, synthesize
+from institution.validation import check_frame, validate_extract
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")

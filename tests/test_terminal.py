@@ -11,16 +11,33 @@ import struct
 import subprocess
 import termios
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.conftest import FEDRISK, cli_environment
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
-NOISE = ("Unable to register", "cuDNN", "cuFFT", "cuBLAS", "HDF5", "legacy", "compiled metrics", "UserWarning",
-         "Detected uv project", "pip version", "uv.lock", "already exists", "WARNING |", "INFO |", "tensorflow/",
-         "Traceback", "py.warnings", "Finished in state")
+NOISE = (
+    "Unable to register",
+    "cuDNN",
+    "cuFFT",
+    "cuBLAS",
+    "HDF5",
+    "legacy",
+    "compiled metrics",
+    "UserWarning",
+    "Detected uv project",
+    "pip version",
+    "uv.lock",
+    "already exists",
+    "WARNING |",
+    "INFO |",
+    "tensorflow/",
+    "Traceback",
+    "py.warnings",
+    "Finished in state",
+)
 STAMP = re.compile(r"\d\d:\d\d:\d\d ")  # a status line starts with the time of day (the bar's clock is H:MM:SS)
 # Each stage of the retraining (how Prefect names its first run) and the status line that must announce it.
 STAGES = {
@@ -38,8 +55,9 @@ def _run_in_terminal(command: list[str], env: dict[str, str], columns: int = 160
     in the order it arrived."""
     controller, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    process = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=terminal, stderr=terminal, env=env, start_new_session=True
+    )
     os.close(terminal)
     received: list[tuple[float, str]] = []
     try:
@@ -72,8 +90,7 @@ def _stage_starts(prefect_database) -> dict[str, float]:
         started = [(name, datetime.fromisoformat(str(when))) for name, when in runs if when]
     starts = {}
     for prefix in STAGES:
-        times = [when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-                 for name, when in started if name.startswith(prefix)]
+        times = [when if when.tzinfo else when.replace(tzinfo=UTC) for name, when in started if name.startswith(prefix)]
         assert times, f"no run of stage {prefix} in {prefect_database}"
         starts[prefix] = min(times).timestamp()
     return starts
@@ -81,9 +98,14 @@ def _stage_starts(prefect_database) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(tmp_path):
-    env = cli_environment(tmp_path, TERM="xterm-256color", COLUMNS="160",
-                          FEDRISK_DEMO_DATA_DIR=str(tmp_path / "demo"), FEDRISK_RUNS_DIR=str(tmp_path / "runs"),
-                          FEDRISK_LOG_FILE=str(tmp_path / "fedrisk.log"))
+    env = cli_environment(
+        tmp_path,
+        TERM="xterm-256color",
+        COLUMNS="160",
+        FEDRISK_DEMO_DATA_DIR=str(tmp_path / "demo"),
+        FEDRISK_RUNS_DIR=str(tmp_path / "runs"),
+        FEDRISK_LOG_FILE=str(tmp_path / "fedrisk.log"),
+    )
     received = _run_in_terminal([FEDRISK, "demo"], env)
     screen = "".join(text for _, text in received)
     # The screen as separate writes of a line: a carriage return, a new line or "erase line" ends one.

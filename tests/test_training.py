@@ -46,10 +46,14 @@ def _flat(weights):
 
 def _one_step_clients():
     rng = np.random.default_rng(0)
-    return [
-        ClientData("a", rng.normal(3, 2, size=(3, 2)), np.array([1.0, 0.0, 1.0])),
-        ClientData("b", rng.normal(3, 2, size=(5, 2)), np.array([0.0, 0.0, 1.0, 1.0, 0.0])),
-    ], np.array([3.0, 2.5]), np.array([2.0, 1.5])
+    return (
+        [
+            ClientData("a", rng.normal(3, 2, size=(3, 2)), np.array([1.0, 0.0, 1.0])),
+            ClientData("b", rng.normal(3, 2, size=(5, 2)), np.array([0.0, 0.0, 1.0, 1.0, 0.0])),
+        ],
+        np.array([3.0, 2.5]),
+        np.array([2.0, 1.5]),
+    )
 
 
 def _hand_fedavg_update(clients, mean, std, lr):
@@ -76,8 +80,14 @@ def test_fedadam_first_server_step_has_the_learning_rate_as_size_and_the_update_
     # TFF Adam's first bias-corrected step is lr * g / (|g| + eps / sqrt(1 - beta_2)), beta_2 = 0.99:
     # about lr in size whatever the update's scale.
     clients, mean, std = _one_step_clients()
-    spec = TrainingSpec(algorithm="fedadam", rounds=1, batch_size=16, client_learning_rate=0.3,
-                        server_learning_rate=0.01, aggregation="plain")
+    spec = TrainingSpec(
+        algorithm="fedadam",
+        rounds=1,
+        batch_size=16,
+        client_learning_rate=0.3,
+        server_learning_rate=0.01,
+        aggregation="plain",
+    )
     step = _flat(train(clients, mean, std, spec).weights)
     averaged = _hand_fedavg_update(clients, mean, std, 0.3)
     np.testing.assert_array_equal(np.sign(step), np.sign(averaged))
@@ -97,9 +107,16 @@ def test_fedprox_keeps_local_models_closer_to_the_global_model():
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_learns_an_mlp_and_is_deterministic_by_seed(algorithm):
     clients, validation = _institutions()
-    spec = TrainingSpec(model=MLP, algorithm=algorithm, rounds=6, batch_size=32, client_learning_rate=0.1,
-                        server_learning_rate={"fedadam": 0.1, "fedyogi": 0.1, "fedadagrad": 0.3}.get(algorithm, 1.0),
-                        proximal_strength=0.01 if algorithm == "fedprox" else 0.0, seed=7)
+    spec = TrainingSpec(
+        model=MLP,
+        algorithm=algorithm,
+        rounds=6,
+        batch_size=32,
+        client_learning_rate=0.1,
+        server_learning_rate={"fedadam": 0.1, "fedyogi": 0.1, "fedadagrad": 0.3}.get(algorithm, 1.0),
+        proximal_strength=0.01 if algorithm == "fedprox" else 0.0,
+        seed=7,
+    )
     seen = []
     first = train(clients, MEAN, STD, spec, validation=validation, on_round=seen.append)
     second = train(clients, MEAN, STD, spec, validation=validation)
@@ -143,8 +160,10 @@ def test_positive_class_weight_moves_predictions_toward_rare_positives():
 
     p_plain, p_weighted = probabilities(plain), probabilities(weighted)
     recall_plain, recall_weighted = (np.mean(p[y == 1] >= 0.5) for p in (p_plain, p_weighted))
-    print(f"mean probability {p_plain.mean():.3f} -> {p_weighted.mean():.3f}; "
-          f"recall at 0.5 {recall_plain:.3f} -> {recall_weighted:.3f}")
+    print(
+        f"mean probability {p_plain.mean():.3f} -> {p_weighted.mean():.3f}; "
+        f"recall at 0.5 {recall_plain:.3f} -> {recall_weighted:.3f}"
+    )
     assert p_plain.mean() < 0.15 < 0.3 < p_weighted.mean()
     assert recall_weighted > 0.8 > 0.5 > recall_plain
 
@@ -159,8 +178,7 @@ def test_early_stopping_exports_the_best_rounds_weights():
     one_round = train(clients, MEAN, STD, TrainingSpec(rounds=1, client_learning_rate=0.1, seed=3))
     np.testing.assert_array_equal(_flat(result.weights), _flat(one_round.weights))
 
-    patient = train(clients, MEAN, STD, TrainingSpec(rounds=6, client_learning_rate=0.1, seed=3),
-                    validation=validation)
+    patient = train(clients, MEAN, STD, TrainingSpec(rounds=6, client_learning_rate=0.1, seed=3), validation=validation)
     losses = [m.validation_loss for m in patient.rounds]
     assert not patient.stopped_early and patient.best_round == int(np.argmin(losses)) + 1
 
@@ -215,8 +233,9 @@ class _Interrupted(Exception):
 
 def test_checkpoints_resume_where_an_interrupted_run_stopped(tmp_path):
     clients, validation = _institutions()
-    spec = TrainingSpec(model=MLP, algorithm="fedadam", rounds=6, server_learning_rate=0.05, seed=3,
-                        clients_per_round=2)
+    spec = TrainingSpec(
+        model=MLP, algorithm="fedadam", rounds=6, server_learning_rate=0.05, seed=3, clients_per_round=2
+    )
     uninterrupted = train(clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "a")
 
     def interrupt_after_round_3(m):
@@ -224,11 +243,19 @@ def test_checkpoints_resume_where_an_interrupted_run_stopped(tmp_path):
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        train(clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "b",
-              on_round=interrupt_after_round_3)
+        train(
+            clients,
+            MEAN,
+            STD,
+            spec,
+            validation=validation,
+            checkpoint_dir=tmp_path / "b",
+            on_round=interrupt_after_round_3,
+        )
     seen = []
-    resumed = train(clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "b",
-                    on_round=seen.append)
+    resumed = train(
+        clients, MEAN, STD, spec, validation=validation, checkpoint_dir=tmp_path / "b", on_round=seen.append
+    )
     assert resumed.resumed_from_round == 3 and [m.round for m in seen] == [1, 2, 3, 4, 5, 6]
     # Exact: the server and optimizer state, the adaptive clipping norms and the best weights
     # are restored bit for bit, and each round's sample and shuffles derive from (seed, round).
@@ -236,8 +263,7 @@ def test_checkpoints_resume_where_an_interrupted_run_stopped(tmp_path):
     assert resumed.rounds == uninterrupted.rounds
 
     with pytest.raises(ValueError, match="different training spec"):
-        train(clients, MEAN, STD, TrainingSpec(rounds=6, seed=4), validation=validation,
-              checkpoint_dir=tmp_path / "b")
+        train(clients, MEAN, STD, TrainingSpec(rounds=6, seed=4), validation=validation, checkpoint_dir=tmp_path / "b")
 
 
 def test_client_level_dp_averages_clipped_updates_unweighted_and_measures_no_raw_norms():
@@ -245,8 +271,12 @@ def test_client_level_dp_averages_clipped_updates_unweighted_and_measures_no_raw
 
     clients, mean, std = _one_step_clients()
     clip = 0.05
-    noiseless = TrainingSpec(rounds=1, batch_size=16, client_learning_rate=0.3,
-                             privacy=ClientLevelPrivacy(clip_norm=clip, noise_multiplier=0.0))
+    noiseless = TrainingSpec(
+        rounds=1,
+        batch_size=16,
+        client_learning_rate=0.3,
+        privacy=ClientLevelPrivacy(clip_norm=clip, noise_multiplier=0.0),
+    )
     result = train(clients, mean, std, noiseless)
     expected = []
     for c in clients:  # each institution's own update, clipped, then the plain mean over institutions
@@ -256,8 +286,17 @@ def test_client_level_dp_averages_clipped_updates_unweighted_and_measures_no_raw
     first = result.rounds[0]
     assert all(np.isnan(v) for v in (first.client_update_norm, first.server_update_norm, first.loss, first.auc))
 
-    noisy = train(clients, mean, std, TrainingSpec(rounds=1, batch_size=16, client_learning_rate=0.3,
-                                                   privacy=ClientLevelPrivacy(clip_norm=clip, noise_multiplier=2.0)))
+    noisy = train(
+        clients,
+        mean,
+        std,
+        TrainingSpec(
+            rounds=1,
+            batch_size=16,
+            client_learning_rate=0.3,
+            privacy=ClientLevelPrivacy(clip_norm=clip, noise_multiplier=2.0),
+        ),
+    )
     assert np.linalg.norm(_flat(noisy.weights) - _flat(result.weights)) > clip / 10  # noise of stddev 2 * clip / 2
 
 
@@ -266,8 +305,12 @@ def test_client_level_dp_with_adaptive_clipping_runs_with_three_institutions():
     from fed_models.training import ClientLevelPrivacy
 
     clients, validation = _institutions()
-    spec = TrainingSpec(rounds=3, batch_size=32, client_learning_rate=0.1,
-                        privacy=ClientLevelPrivacy(clip_norm=0.1, noise_multiplier=0.5, adaptive_clipping=True))
+    spec = TrainingSpec(
+        rounds=3,
+        batch_size=32,
+        client_learning_rate=0.1,
+        privacy=ClientLevelPrivacy(clip_norm=0.1, noise_multiplier=0.5, adaptive_clipping=True),
+    )
     result = train(clients, MEAN, STD, spec, validation=validation)
     assert len(result.rounds) == 3 and np.all(np.isfinite(_flat(result.weights)))
     assert result.rounds_trained == {"a": 3, "b": 3, "c": 3}
@@ -277,8 +320,14 @@ def test_record_level_dp_reports_no_training_set_metrics_and_counts_rounds_per_i
     from fed_models.training import RecordLevelPrivacy
 
     clients, validation = _institutions()
-    spec = TrainingSpec(rounds=4, batch_size=32, client_learning_rate=0.5, clients_per_round=2, seed=3,
-                        privacy=RecordLevelPrivacy(1.0, {"a": 0.8, "b": 0.8, "c": 0.8}))
+    spec = TrainingSpec(
+        rounds=4,
+        batch_size=32,
+        client_learning_rate=0.5,
+        clients_per_round=2,
+        seed=3,
+        privacy=RecordLevelPrivacy(1.0, {"a": 0.8, "b": 0.8, "c": 0.8}),
+    )
     result = train(clients, MEAN, STD, spec, validation=validation)
     assert all(np.isnan(r.loss) and np.isnan(r.auc) and np.isfinite(r.validation_loss) for r in result.rounds)
     chosen = [sample_clients(3, 2, 3, r) for r in range(1, 5)]

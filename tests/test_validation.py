@@ -4,12 +4,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.consortium import LocalConsortium
-from tasks.data import Extract, read_institution
-from tasks.schema import load_schema
-from tests.conftest import TEST_EXPECTATIONS_DIR
+from consortium.local import LocalConsortium
+from contract.data import Extract, read_institution
+from contract.schema import load_schema
+from institution.validation import (
+    QuorumNotMet,
+    ValidationReport,
+    admitted_institutions,
+    profile_frame,
+    validate_extract,
+)
 from tasks.per_institution import validate_institution
-from tasks.validation import QuorumNotMet, ValidationReport, admitted_institutions, profile_frame, validate_extract
+from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")
 SUITE = CREDIT.suite
@@ -26,8 +32,12 @@ def extract(small_consortium, tmp_path):
 
 
 def _validate(path, reference=None, columns=None, schema=CREDIT) -> ValidationReport:
-    return validate_extract(Extract("cedar_savings", path, columns or {}), schema, reference=reference,
-                            expectations_dir=TEST_EXPECTATIONS_DIR)
+    return validate_extract(
+        Extract("cedar_savings", path, columns or {}),
+        schema,
+        reference=reference,
+        expectations_dir=TEST_EXPECTATIONS_DIR,
+    )
 
 
 def _rewrite(path, change) -> None:
@@ -43,8 +53,15 @@ def test_a_valid_extract_passes(extract):
     page = Path(report.data_docs)
     assert page.is_file() and "/validation_pages/credit_default_v2/cedar_savings/" in page.as_posix()
     text = page.read_text()
-    assert all(part in text for part in ("cedar_savings", "credit_default_v2", "AGE between 18 and 100",
-                                         f"Admitted: all {CHECKS} checks passed"))
+    assert all(
+        part in text
+        for part in (
+            "cedar_savings",
+            "credit_default_v2",
+            "AGE between 18 and 100",
+            f"Admitted: all {CHECKS} checks passed",
+        )
+    )
     assert text.count(">PASSED<") == CHECKS and "http" not in text  # self-contained: nothing to fetch
 
 
@@ -60,8 +77,9 @@ def test_an_unknown_extra_column_is_a_warning_and_admitted(extract):
     _rewrite(extract, lambda f: f.assign(BRANCH_CODE=7))
     report = _validate(extract)
     assert report.passed and report.reasons == []
-    assert report.warnings == ["no columns beyond the schema: 1 unexpected column(s) (named in the institution's "
-                               "checks page)"]  # an undeclared header is the institution's own
+    assert report.warnings == [
+        "no columns beyond the schema: 1 unexpected column(s) (named in the institution's checks page)"
+    ]  # an undeclared header is the institution's own
     assert "unexpected BRANCH_CODE" in Path(report.institution_page).read_text()
     assert "BRANCH_CODE" not in Path(report.data_docs).read_text()
 
@@ -69,7 +87,8 @@ def test_an_unknown_extra_column_is_a_warning_and_admitted(extract):
 def test_wrong_delimiter(extract):
     extract.write_text(extract.read_text().replace(",", ";"))
     assert _validate(extract).reasons == [
-        f"institution 'cedar_savings': {extract}: one column found; the header is separated by ';', expected ','"]
+        f"institution 'cedar_savings': {extract}: one column found; the header is separated by ';', expected ','"
+    ]
 
 
 def test_missing_column_is_reported_once(extract):
@@ -87,12 +106,16 @@ def test_strings_in_numeric_columns_name_the_column_and_count_with_values_in_the
         f["AGE"] = f["AGE"].astype(object)
         f.loc[6, "AGE"] = "forty"
         return f
+
     _rewrite(extract, corrupt)
     assert _validate(extract).reasons == [
         f"institution 'cedar_savings': {extract}: column LIMIT_BAL has 2 non-numeric values; "
-        "column AGE has 1 non-numeric values"]
-    assert (f"institution 'cedar_savings': {extract}: column LIMIT_BAL has 2 non-numeric values, e.g. '12k', 'abc'; "
-            "column AGE has 1 non-numeric values, e.g. 'forty' (at this institution only)") in caplog.messages
+        "column AGE has 1 non-numeric values"
+    ]
+    assert (
+        f"institution 'cedar_savings': {extract}: column LIMIT_BAL has 2 non-numeric values, e.g. '12k', 'abc'; "
+        "column AGE has 1 non-numeric values, e.g. 'forty' (at this institution only)"
+    ) in caplog.messages
 
 
 def test_out_of_range_and_out_of_code_set_values(extract):
@@ -101,6 +124,7 @@ def test_out_of_range_and_out_of_code_set_values(extract):
         f.loc[1, "AGE"] = -4
         f.loc[2, "PAY_0"] = 12
         return f
+
     _rewrite(extract, corrupt)
     report = _validate(extract)
     assert "AGE between 18 and 100: failed for 2 of 1000 rows" in report.reasons
@@ -113,6 +137,7 @@ def test_nulls(extract):
     def corrupt(f):
         f.loc[[3, 9], "EDUCATION"] = None
         return f
+
     _rewrite(extract, corrupt)
     assert "EDUCATION has no missing values: failed for 2 of 1000 rows" in _validate(extract).reasons
 
@@ -121,6 +146,7 @@ def test_duplicate_ids(extract):
     def corrupt(f):
         f.loc[5, "ID"] = f.loc[6, "ID"]
         return f
+
     _rewrite(extract, corrupt)
     reasons = _validate(extract).reasons
     assert any(r.startswith("ID is unique: failed for 2 of 1000 rows") for r in reasons)
@@ -130,10 +156,12 @@ def test_non_binary_label(extract):
     def corrupt(f):
         f.loc[0, "default.payment.next.month"] = 2
         return f
+
     _rewrite(extract, corrupt)
     assert _validate(extract).reasons == [
         f"institution 'cedar_savings': {extract}: column default.payment.next.month has 1 values other than 1 "
-        f"(default) and 0"]
+        f"(default) and 0"
+    ]
 
 
 def test_empty_file_and_header_only(extract):
@@ -141,8 +169,9 @@ def test_empty_file_and_header_only(extract):
     extract.write_text(header + "\n")
     report = _validate(extract)
     assert not report.passed and report.rows == 0
-    assert report.reasons == [f"institution 'cedar_savings': {extract}: a header line and no rows: nothing to check "
-                              f"or train on"]  # one reason, not 25 failed checks
+    assert report.reasons == [
+        f"institution 'cedar_savings': {extract}: a header line and no rows: nothing to check or train on"
+    ]  # one reason, not 25 failed checks
     extract.write_text("")
     report = _validate(extract)
     assert report.reasons == [f"institution 'cedar_savings': {extract}: file is empty"]
@@ -164,20 +193,26 @@ def test_quorum_admits_passing_institutions():
 
 
 def test_quorum_row_share_counts_the_rows_institutions_reported():
-    reports = [ValidationReport("big", "/b.csv", SUITE, passed=False, rows=9000, reasons=["AGE between 18 and 100: failed"]),
-               ValidationReport("s1", "/s1.csv", SUITE, passed=True, rows=500),
-               ValidationReport("s2", "/s2.csv", SUITE, passed=True, rows=500)]
+    reports = [
+        ValidationReport("big", "/b.csv", SUITE, passed=False, rows=9000, reasons=["AGE between 18 and 100: failed"]),
+        ValidationReport("s1", "/s1.csv", SUITE, passed=True, rows=500),
+        ValidationReport("s2", "/s2.csv", SUITE, passed=True, rows=500),
+    ]
     assert admitted_institutions(reports, quorum=2, min_row_share=0.1) == ["s1", "s2"]
     with pytest.raises(QuorumNotMet) as error:
         admitted_institutions(reports, quorum=2, min_row_share=0.5)
     assert str(error.value) == (
         "institutions that passed hold 10.0% of 10000 rows, policy requires 50.0%; nothing was trained or "
-        "registered. Excluded: big: AGE between 18 and 100: failed")
+        "registered. Excluded: big: AGE between 18 and 100: failed"
+    )
 
 
 def test_below_quorum_names_every_excluded_institution():
-    reports = [_report("a", True), _report("b", False, ["column AGE is present: failed"]),
-               _report("c", False, ["at least 200 rows: observed 10"])]
+    reports = [
+        _report("a", True),
+        _report("b", False, ["column AGE is present: failed"]),
+        _report("c", False, ["at least 200 rows: observed 10"]),
+    ]
     with pytest.raises(QuorumNotMet) as error:
         admitted_institutions(reports, quorum=2)
     assert str(error.value) == (
@@ -211,8 +246,10 @@ def test_a_units_change_is_caught_by_the_drift_check(extract, factor, also_out_o
     mean = reference["features"]["LIMIT_BAL"]["mean"]
     drift = [r for r in report.reasons if r.startswith("LIMIT_BAL mean within 1 std of the last accepted extract")]
     assert not report.passed and len(drift) == 1
-    assert drift[0] == (f"LIMIT_BAL mean within 1 std of the last accepted extract ({mean:.4g} +- "
-                        f"{reference['features']['LIMIT_BAL']['std']:.4g}): observed {mean * factor:.4g}")
+    assert drift[0] == (
+        f"LIMIT_BAL mean within 1 std of the last accepted extract ({mean:.4g} +- "
+        f"{reference['features']['LIMIT_BAL']['std']:.4g}): observed {mean * factor:.4g}"
+    )
     assert (len(report.reasons) == 2) == also_out_of_range  # x10 stays inside the plausible range
 
 
@@ -226,7 +263,7 @@ def test_a_tenfold_row_count_spike_or_drop_is_caught(extract, factor):
     report = _validate(extract, reference)
     spike = f"row count within 10x of the last accepted extract ({reference['rows']} rows): observed {len(changed)}"
     # Ten copies under new IDs are also the same customers repeated.
-    repeated = [f"at most 1.0% of rows repeat another row (the ID aside): failed for 10000 of 10000 rows"]
+    repeated = ["at most 1.0% of rows repeat another row (the ID aside): failed for 10000 of 10000 rows"]
     assert report.reasons == [*(repeated if factor == 10 else []), spike]
 
 
@@ -237,8 +274,12 @@ def test_unchanged_data_is_not_revalidated(extract):
     @flow
     def check_twice():
         consortium = LocalConsortium((Extract(BROKEN_NAME, extract),))
-        return [validate_institution(consortium, BROKEN_NAME, CREDIT, expectations_dir=TEST_EXPECTATIONS_DIR,
-                                     return_state=True) for _ in range(2)]
+        return [
+            validate_institution(
+                consortium, BROKEN_NAME, CREDIT, expectations_dir=TEST_EXPECTATIONS_DIR, return_state=True
+            )
+            for _ in range(2)
+        ]
 
     _rewrite(extract, lambda f: f.sample(frac=1, random_state=20261125))  # content no other test has
     first, second = check_twice()
@@ -258,10 +299,12 @@ def test_the_same_customers_under_new_ids_are_quarantined(extract):
     def repeat(f):
         copies = f.iloc[:40].assign(ID=lambda c: c["ID"] + 10_000_000)
         return pd.concat([f.iloc[:960], copies], ignore_index=True)
+
     _rewrite(extract, repeat)
     # Counted, never shown: an example would be a whole customer row.
     assert _validate(extract).reasons == [
-        "at most 1.0% of rows repeat another row (the ID aside): failed for 80 of 1000 rows"]
+        "at most 1.0% of rows repeat another row (the ID aside): failed for 80 of 1000 rows"
+    ]
 
 
 def test_a_collapsing_number_of_distinct_values_is_drift(extract):
@@ -269,8 +312,9 @@ def test_a_collapsing_number_of_distinct_values_is_drift(extract):
     _rewrite(extract, lambda f: f.assign(BILL_AMT1=(f["BILL_AMT1"] // 100_000) * 100_000))  # a default filled in
     [reason] = _validate(extract, reference).reasons
     before = reference["features"]["BILL_AMT1"]["distinct"]
-    assert reason.startswith(f"BILL_AMT1 has at least {-(-before // 5)} distinct values (the last accepted extract "
-                             f"had {before}): observed ")
+    assert reason.startswith(
+        f"BILL_AMT1 has at least {-(-before // 5)} distinct values (the last accepted extract had {before}): observed "
+    )
 
 
 def test_a_mapping_that_leaves_no_schema_feature_is_a_clear_report_not_a_crash(extract):
@@ -289,7 +333,7 @@ def test_the_report_names_the_file_this_run_read(extract, tmp_path):
 
 
 def test_categorical_level_shares_drift_and_rare_levels_stay_out_of_the_profile(tmp_path):
-    from tasks.synthetic import synthesize
+    from contract.synthetic import synthesize
 
     german = load_schema("german_credit")
     path = synthesize(tmp_path, 1, seed=2, schema=german)["alder_bank"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.data import Extract
-from tasks.schema import load_schema
-from tasks.validation import validate_extract
+from contract.data import Extract
+from contract.schema import load_schema
+from institution.validation import validate_extract
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,16 +45,31 @@ class Browser:
         self._read, from_browser = os.pipe()
         to_browser, from_browser = _above_9(to_browser), _above_9(from_browser)
         self.log = profile.parent / "chromium.log"
-        command = ["unshare", "--net", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        command = [
+            "unshare",
+            "--net",
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         # The protocol's fds 3 (commands in) and 4 (replies out), placed by bash rather than by Python code run
         # between fork and exec (this process has gRPC's threads).
         place = f"3<&{to_browser} 4>&{from_browser} {to_browser}<&- {from_browser}>&-"
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(["bash", "-c", f'exec "$@" {place}', "bash", *command],
-                                            pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
-                                            stderr=log)
+            self.process = subprocess.Popen(
+                ["bash", "-c", f'exec "$@" {place}', "bash", *command],
+                pass_fds=(to_browser, from_browser),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._next, self.events = b"", 0, []
@@ -78,8 +93,9 @@ class Browser:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        return (f"chromium closed the protocol pipe (exit {self.process.poll()}); its last lines: "
-                + " | ".join(self.log.read_text(errors="replace").splitlines()[-5:]))
+        return f"chromium closed the protocol pipe (exit {self.process.poll()}); its last lines: " + " | ".join(
+            self.log.read_text(errors="replace").splitlines()[-5:]
+        )
 
     def wait_for(self, method: str) -> dict:
         while not any(e.get("method") == method for e in self.events):
@@ -105,17 +121,21 @@ class Browser:
             self.process.wait()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed "
-                                             "(apt-get install chromium)")
-@pytest.mark.skipif(shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode,
-                    reason="needs `unshare --net` (root or user namespaces) to take the browser off the network")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
+)
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode,
+    reason="needs `unshare --net` (root or user namespaces) to take the browser off the network",
+)
 def test_a_quarantined_institutions_page_shows_each_checks_status_offline(small_consortium, tmp_path):
     path = tmp_path / "cedar.csv"
     frame = pd.read_csv(small_consortium["cedar_savings"])
     frame.loc[:24, "AGE"] = 150  # 25 customers aged 150: the AGE range check fails
     frame.to_csv(path, index=False)
-    report = validate_extract(Extract("cedar_savings", path, {}), load_schema("credit_default"),
-                              expectations_dir=TEST_EXPECTATIONS_DIR)
+    report = validate_extract(
+        Extract("cedar_savings", path, {}), load_schema("credit_default"), expectations_dir=TEST_EXPECTATIONS_DIR
+    )
     assert not report.passed
 
     browser = Browser(tmp_path / "profile")
@@ -131,7 +151,9 @@ def test_a_quarantined_institutions_page_shows_each_checks_status_offline(small_
         browser.close()
     page = json.loads(result["result"]["value"])
 
-    requested = [e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
+    requested = [
+        e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"
+    ]
     assert requested and all(url.startswith("file://") for url in requested), requested  # nothing else to fetch
     assert page["verdict"] == f"Quarantined: 1 of {report.checks_evaluated} checks failed"
     assert len(page["rows"]) == report.checks_evaluated

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from tasks.registry import promote_manually, settle_unfinished, use_tracking
-from tasks.versions import REGISTRATION_TAG, list_versions, resolve_version
+from tracking.registry import promote_manually, settle_unfinished, use_tracking
+from tracking.versions import REGISTRATION_TAG, list_versions, resolve_version
 
 
-def _version(client: MlflowClient, experiment_id: str, state: str | None, decision: str = "promoted",
-             finish: bool = True) -> tuple[str, str]:
+def _version(
+    client: MlflowClient, experiment_id: str, state: str | None, decision: str = "promoted", finish: bool = True
+) -> tuple[str, str]:
     """A registered version of model m as far as a registration got (`state`; None: before the tag existed)."""
     run = client.create_run(experiment_id)
     if finish:
@@ -38,16 +39,18 @@ def test_an_unfinished_registration_is_marked_and_never_resolved_or_promoted(reg
     listed = {v.version: v.registration for v in list_versions(tracking_uri, "m")}
     assert listed == {old: "complete", half: "incomplete"}
     assert str(resolve_version(tracking_uri, "m", "champion", None).version) == old
-    with pytest.raises(LookupError, match=rf"m/{half}: version {half}'s registration did not finish \(incomplete: its "
-                                          r"retraining failed while registering it\); it is not used, and the next "
-                                          r"retraining of m deletes it"):
+    with pytest.raises(
+        LookupError,
+        match=rf"m/{half}: version {half}'s registration did not finish \(incomplete: its "
+        r"retraining failed while registering it\); it is not used, and the next "
+        r"retraining of m deletes it",
+    ):
         resolve_version(tracking_uri, "m", None, half)
-    with pytest.raises(ValueError, match=rf"registration did not finish \(incomplete\); it cannot be promoted"):
+    with pytest.raises(ValueError, match=r"registration did not finish \(incomplete\); it cannot be promoted"):
         promote_manually(tracking_uri, "m", half, "because", "tester")
 
 
-def test_the_next_retraining_deletes_a_half_version_completes_one_whose_champion_moved_and_ends_their_runs(
-        registry):
+def test_the_next_retraining_deletes_a_half_version_completes_one_whose_champion_moved_and_ends_their_runs(registry):
     client, experiment = registry
     champion, _ = _version(client, experiment, "complete")
     client.set_registered_model_alias("m", "champion", champion)
@@ -59,11 +62,14 @@ def test_the_next_retraining_deletes_a_half_version_completes_one_whose_champion
 
     settled = settle_unfinished(client, "m")
     assert f"version {landed} marked complete (its final alias had moved before the failure)" in settled
-    assert f"version {half} deleted (registration aliases pending: its retraining failed while registering it)" \
-        in settled
+    assert (
+        f"version {half} deleted (registration aliases pending: its retraining failed while registering it)" in settled
+    )
     assert sorted(str(v.version) for v in client.search_model_versions("name='m'")) == sorted([champion, landed])
     assert client.get_model_version("m", landed).tags[REGISTRATION_TAG] == "complete"
-    assert {a: str(v) for a, v in client.get_registered_model("m").aliases.items()} == {"champion": landed,
-                                                                                          "challenger": landed}
+    assert {a: str(v) for a, v in client.get_registered_model("m").aliases.items()} == {
+        "champion": landed,
+        "challenger": landed,
+    }
     assert [client.get_run(r).info.status for r in (landed_run, half_run)] == ["FINISHED", "FAILED"]
     assert settle_unfinished(client, "m") == []  # settled once

@@ -7,8 +7,15 @@ from node import wire
 
 
 def test_arrays_and_plain_values_round_trip_exactly():
-    message = {"weights": [np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(0.5)], "round": 3,
-               "name": "bank_a", "none": None, "flag": True, "nan": float("nan"), "nested": {"x": [1, 2.5]}}
+    message = {
+        "weights": [np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(0.5)],
+        "round": 3,
+        "name": "bank_a",
+        "none": None,
+        "flag": True,
+        "nan": float("nan"),
+        "nested": {"x": [1, 2.5]},
+    }
     back = wire.decode(wire.encode(message))
     np.testing.assert_array_equal(back["weights"][0], message["weights"][0])
     assert back["weights"][0].dtype == np.float32 and back["weights"][0].shape == (2, 3)

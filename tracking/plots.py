@@ -8,10 +8,14 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
-from tasks.evaluation import InstitutionEvaluation, pooled_calibration
+from institution.evaluation import InstitutionEvaluation, pooled_calibration
 
-ROLE_LABELS = {"challenger": "new model", "champion": "champion", "local_only": "local-only (simulation)",
-               "pooled": "pooled data (simulation)"}
+ROLE_LABELS = {
+    "challenger": "new model",
+    "champion": "champion",
+    "local_only": "local-only (simulation)",
+    "pooled": "pooled data (simulation)",
+}
 
 
 def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
@@ -25,8 +29,10 @@ def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
         if np.any(np.isfinite(values)):
             axis.plot(steps, values, marker=".", label=label)
 
-    for axis, key, title, ylabel in ((loss_axis, "loss", "Loss", "weighted binary cross-entropy"),
-                                     (auc_axis, "auc", "ROC AUC", "ROC AUC")):
+    for axis, key, title, ylabel in (
+        (loss_axis, "loss", "Loss", "weighted binary cross-entropy"),
+        (auc_axis, "auc", "ROC AUC", "ROC AUC"),
+    ):
         plot(axis, key, "training (sampled institutions)")
         plot(axis, f"validation_{key}", "federated validation")
         axis.axvline(best_round, color="grey", linestyle="--", label=f"exported: round {best_round}")
@@ -34,8 +40,12 @@ def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
         axis.legend()
     plot(norm_axis, "client_update_norm", "mean client update")
     plot(norm_axis, "server_update_norm", "aggregated update")
-    norm_axis.set(title="Update L2 norm" if norm_axis.lines else "(no model updates: trees)", xlabel="round",
-                  ylabel="L2 norm", yscale="log" if norm_axis.lines else "linear")
+    norm_axis.set(
+        title="Update L2 norm" if norm_axis.lines else "(no model updates: trees)",
+        xlabel="round",
+        ylabel="L2 norm",
+        yscale="log" if norm_axis.lines else "linear",
+    )
     if norm_axis.lines:
         norm_axis.legend()
     figure.tight_layout()
@@ -60,11 +70,20 @@ def roc_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
     axes = np.atleast_1d(figure.subplots(1, len(evaluations)))
     for axis, e in zip(axes, evaluations):
         for role, curves in e.curves.items():
-            axis.plot(curves["roc"]["fpr"], curves["roc"]["tpr"], linestyle="-" if role == "challenger" else "--",
-                      label=f"{ROLE_LABELS.get(role, role)} (AUC {e.metrics[role]['roc_auc']:.3f})")
+            axis.plot(
+                curves["roc"]["fpr"],
+                curves["roc"]["tpr"],
+                linestyle="-" if role == "challenger" else "--",
+                label=f"{ROLE_LABELS.get(role, role)} (AUC {e.metrics[role]['roc_auc']:.3f})",
+            )
         axis.plot([0, 1], [0, 1], color="lightgrey", linewidth=1)
-        axis.set(title=f"{e.institution} ({e.examples} holdout rows)", xlabel="false positive rate",
-                 ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
+        axis.set(
+            title=f"{e.institution} ({e.examples} holdout rows)",
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            xlim=(0, 1),
+            ylim=(0, 1),
+        )
         axis.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     return figure
@@ -85,14 +104,19 @@ def calibration_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
 
     roles = list(dict.fromkeys(role for e in evaluations for role in e.curves))
     for role in roles:
-        plot(pooled_axis, pooled_calibration(evaluations, role), ROLE_LABELS.get(role, role),
-             "-" if role == "challenger" else "--")
+        plot(
+            pooled_axis,
+            pooled_calibration(evaluations, role),
+            ROLE_LABELS.get(role, role),
+            "-" if role == "challenger" else "--",
+        )
     for e in evaluations:
         plot(institution_axis, e.curves["challenger"]["calibration"], e.institution, "-")
     for axis, title in ((pooled_axis, "All institutions"), (institution_axis, "New model per institution")):
         axis.plot([0, 1], [0, 1], color="lightgrey", linewidth=1, label="perfect calibration")
-        axis.set(title=title, xlabel="mean predicted probability", ylabel="observed positive rate",
-                 xlim=(0, 1), ylim=(0, 1))
+        axis.set(
+            title=title, xlabel="mean predicted probability", ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1)
+        )
         axis.legend(fontsize="small")
     figure.tight_layout()
     return figure

@@ -15,14 +15,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
+from contract.data import Extract, Split, labels, load_part
+from contract.schema import Schema
 from riskmodel import model as exported
-from tasks.config import EvaluationConfig
-from tasks.data import Extract, Split, labels, load_part
-from tasks.schema import Schema
+from runconfig import EvaluationConfig
 
 HIGHER_IS_BETTER = {
-    "roc_auc": True, "pr_auc": True, "ks": True, "gini": True, "log_loss": False, "brier": False,
-    "ece": False, "recall_at_fpr": True, "recall_at_alert_rate": True,
+    "roc_auc": True,
+    "pr_auc": True,
+    "ks": True,
+    "gini": True,
+    "log_loss": False,
+    "brier": False,
+    "ece": False,
+    "recall_at_fpr": True,
+    "recall_at_alert_rate": True,
 }
 # ROC curves are shared at fixed score thresholds, even in logit space so that the low
 # probabilities of rare events (fraud, prime defaults) get as fine a grid as the middle.
@@ -57,7 +64,7 @@ def _roc_at_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
 def recall_at_alert_rate(y: np.ndarray, p: np.ndarray, alert_rate: float) -> float:
     """Share of positives among the `alert_rate` share of rows with the highest scores (what a review
     team sees when it can look at that many), ties broken by row order."""
-    flagged = np.argsort(-p, kind="stable")[:math.ceil(alert_rate * len(p))]
+    flagged = np.argsort(-p, kind="stable")[: math.ceil(alert_rate * len(p))]
     return float(y[flagged].sum() / y.sum())
 
 
@@ -91,8 +98,12 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, max_fpr: float = 0.05, alert_ra
 def confusion_counts(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
     """True/false positives and negatives when scores at or above `threshold` are flagged."""
     y, flagged = np.asarray(y) == 1, np.asarray(p) >= threshold
-    return {"tp": int(np.sum(flagged & y)), "fp": int(np.sum(flagged & ~y)),
-            "tn": int(np.sum(~flagged & ~y)), "fn": int(np.sum(~flagged & y))}
+    return {
+        "tp": int(np.sum(flagged & y)),
+        "fp": int(np.sum(flagged & ~y)),
+        "tn": int(np.sum(~flagged & ~y)),
+        "fn": int(np.sum(~flagged & y)),
+    }
 
 
 @dataclass(frozen=True)
@@ -122,8 +133,9 @@ def _scorer(model_path: str):
     return lambda rows: np.asarray(model.predict(rows[inputs])).reshape(-1)
 
 
-def evaluate_rows(extract: Extract, schema: Schema, split: Split, models: dict[str, str],
-                  evaluation: EvaluationConfig) -> InstitutionEvaluation:
+def evaluate_rows(
+    extract: Extract, schema: Schema, split: Split, models: dict[str, str], evaluation: EvaluationConfig
+) -> InstitutionEvaluation:
     """Score each model in `models` (role -> local model path) on this institution's raw holdout rows.
     Runs where the rows are; returns only metrics and curve aggregates."""
     holdout = load_part(extract, schema, split, "holdout")
@@ -133,11 +145,14 @@ def evaluate_rows(extract: Extract, schema: Schema, split: Split, models: dict[s
         institution=extract.institution,
         examples=int(len(y)),
         positives=int(y.sum()),
-        metrics={role: binary_metrics(y, p, evaluation.max_false_positive_rate, evaluation.alert_rate)
-                 for role, p in scores.items()},
+        metrics={
+            role: binary_metrics(y, p, evaluation.max_false_positive_rate, evaluation.alert_rate)
+            for role, p in scores.items()
+        },
         confusion={role: confusion_counts(y, p, evaluation.threshold) for role, p in scores.items()},
-        curves={role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)}
-                for role, p in scores.items()},
+        curves={
+            role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)} for role, p in scores.items()
+        },
     )
 
 
@@ -146,9 +161,7 @@ def weighted_metrics(evaluations: list[InstitutionEvaluation], role: str) -> dic
     having = [e for e in evaluations if role in e.metrics]
     total = sum(e.examples for e in having)
     names = having[0].metrics[role].keys()
-    return {
-        name: float(sum(e.examples * e.metrics[role][name] for e in having) / total) for name in names
-    }
+    return {name: float(sum(e.examples * e.metrics[role][name] for e in having) / total) for name in names}
 
 
 def pooled_confusion(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, int]:
@@ -159,7 +172,9 @@ def pooled_confusion(evaluations: list[InstitutionEvaluation], role: str) -> dic
 def pooled_calibration(evaluations: list[InstitutionEvaluation], role: str) -> dict[str, list[float]]:
     """Calibration bins of `role` summed over institutions (the consortium's reliability curve)."""
     having = [e.curves[role]["calibration"] for e in evaluations if role in e.curves]
-    return {key: np.sum([c[key] for c in having], axis=0).tolist() for key in ("examples", "predicted_sum", "positives")}
+    return {
+        key: np.sum([c[key] for c in having], axis=0).tolist() for key in ("examples", "predicted_sum", "positives")
+    }
 
 
 def pooled_ece(evaluations: list[InstitutionEvaluation], role: str = "challenger") -> float:

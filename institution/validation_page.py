@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; margin: 2rem; color: #1d2330; }
@@ -30,20 +30,25 @@ def check_status(result, warning: bool) -> str:
     return "passed" if result.success else ("warning" if warning else "failed")
 
 
-def render_page(run_name: str, suite: str, checks: list[tuple[object, str, str]],
-                hidden: list[bool] | None = None) -> str:
+def render_page(
+    run_name: str, suite: str, checks: list[tuple[object, str, str]], hidden: list[bool] | None = None
+) -> str:
     """The page of one validation named `run_name` (the institution's name when an extract is validated):
     `checks` are (GX expectation result, status, result text); `hidden[i]`: check i's parameters are not shown
     (figures of the institution's private reference)."""
     failed = sum(status == "failed" for _, status, _ in checks)
     warned = sum(status == "warning" for _, status, _ in checks)
     overall = "failed" if failed else ("warning" if warned else "passed")
-    verdict = (f"Quarantined: {failed} of {len(checks)} checks failed" if failed else
-               f"Admitted: all {len(checks)} checks passed" + (f", {warned} with a warning" if warned else ""))
+    verdict = (
+        f"Quarantined: {failed} of {len(checks)} checks failed"
+        if failed
+        else f"Admitted: all {len(checks)} checks passed" + (f", {warned} with a warning" if warned else "")
+    )
     hidden = hidden or [False] * len(checks)
-    rows = "\n".join(_row(result, status, text, hide) for (result, status, text), hide in zip(checks, hidden,
-                                                                                            strict=True))
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    rows = "\n".join(
+        _row(result, status, text, hide) for (result, status, text), hide in zip(checks, hidden, strict=True)
+    )
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     title = f"Validation of {run_name}: suite {suite}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -66,9 +71,14 @@ def _row(result, status: str, text: str, hidden: bool = False) -> str:
     kwargs = config.kwargs
     column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or []) or "(table)"
     params = {k: v for k, v in kwargs.items() if k not in _HIDDEN_KWARGS and v is not None}
-    shown = "(the institution's reference)" if hidden else "; ".join(
-        f"{k}={json.dumps(v, default=str)}" for k, v in params.items())
+    shown = (
+        "(the institution's reference)"
+        if hidden
+        else "; ".join(f"{k}={json.dumps(v, default=str)}" for k, v in params.items())
+    )
     check = config.description or config.type
-    return (f'<tr class="{status}"><td><span class="status {status}">{STATUS_TEXT[status]}</span></td>'
-            f"<td>{html.escape(check)}</td><td>{html.escape(str(column))}</td>"
-            f'<td class="params">{html.escape(shown)}</td><td class="result">{html.escape(text)}</td></tr>')
+    return (
+        f'<tr class="{status}"><td><span class="status {status}">{STATUS_TEXT[status]}</span></td>'
+        f"<td>{html.escape(check)}</td><td>{html.escape(str(column))}</td>"
+        f'<td class="params">{html.escape(shown)}</td><td class="result">{html.escape(text)}</td></tr>'
+    )

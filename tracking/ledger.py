@@ -1,5 +1,5 @@
 """Reading the privacy ledger: every retraining's epsilon charge per institution, kept as runs of an MLflow
-experiment. MLflow only (no Prefect), so `fedrisk ledger` starts in a few seconds; tasks.privacy charges it."""
+experiment. MLflow only (no Prefect), so `fedrisk ledger` starts in a few seconds; tracking.privacy charges it."""
 
 from __future__ import annotations
 
@@ -39,15 +39,25 @@ def read_ledger(tracking_uri: str) -> list[LedgerEntry]:
     def by_institution(prefix: str, metrics: dict) -> dict[str, float]:
         return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
-    return [LedgerEntry(run_id=r.info.run_id, model_name=r.data.tags.get("ledger.model", "?"),
-                        run_key=r.data.tags.get("ledger.run_key", ""), version=r.data.tags.get("ledger.version", ""),
-                        status=r.data.tags.get("ledger.status", "?"),
-                        epsilon=by_institution("epsilon.", r.data.metrics),
-                        delta=by_institution("delta.", r.data.metrics)) for r in runs]
+    return [
+        LedgerEntry(
+            run_id=r.info.run_id,
+            model_name=r.data.tags.get("ledger.model", "?"),
+            run_key=r.data.tags.get("ledger.run_key", ""),
+            version=r.data.tags.get("ledger.version", ""),
+            status=r.data.tags.get("ledger.status", "?"),
+            epsilon=by_institution("epsilon.", r.data.metrics),
+            delta=by_institution("delta.", r.data.metrics),
+        )
+        for r in runs
+    ]
 
 
 def spent_totals(entries: list[LedgerEntry], institution: str) -> tuple[float, float, list[str]]:
     """Total epsilon and delta an institution has spent (or has reserved) over `entries`, and on what."""
     charged = [e for e in entries if institution in e.epsilon]
-    return (math.fsum(e.epsilon[institution] for e in charged), math.fsum(e.delta[institution] for e in charged),
-            [e.label for e in charged])
+    return (
+        math.fsum(e.epsilon[institution] for e in charged),
+        math.fsum(e.delta[institution] for e in charged),
+        [e.label for e in charged],
+    )

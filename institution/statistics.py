@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from contract.data import labels
+from contract.schema import CategoricalFeature, Schema
 from riskmodel.layout import MISSING, FeatureEncoding, Layout
-from tasks.data import Split, labels
-from tasks.schema import CategoricalFeature, Schema
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,11 @@ def local_statistics(institution: str, rows: pd.DataFrame, schema: Schema, featu
         else:
             numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
             numbers = numbers[~np.isnan(numbers)]
-            present[name], sums[name], squares[name] = int(len(numbers)), float(numbers.sum()), \
-                float(np.square(numbers).sum())
+            present[name], sums[name], squares[name] = (
+                int(len(numbers)),
+                float(numbers.sum()),
+                float(np.square(numbers).sum()),
+            )
     return LocalStatistics(institution, int(len(rows)), int(labels(rows, schema).sum()), present, sums, squares, levels)
 
 
@@ -75,8 +78,9 @@ def consortium_layout(schema: Schema, features: list[str], statistics: list[Loca
                 ordered = sorted(kept, key=lambda level: (-totals[level], level))
             else:
                 ordered = [str(level) for level in feature.levels if str(level) in kept]
-            encodings.append(FeatureEncoding(name, "categorical", tuple(ordered), indicator=allows_missing,
-                                             coded=feature.coded))
+            encodings.append(
+                FeatureEncoding(name, "categorical", tuple(ordered), indicator=allows_missing, coded=feature.coded)
+            )
             continue
         fill = 0.0
         if allows_missing:
@@ -99,8 +103,10 @@ def _column_sums(encoding: FeatureEncoding, s: LocalStatistics) -> list[tuple[fl
         columns = [*kept, other, *([missing] if encoding.indicator else [])]
         return [(float(n), float(n)) for n in columns]  # 0/1 columns: sum of squares = sum
     absent = s.count - s.present[encoding.name]
-    value = (s.sums[encoding.name] + absent * encoding.fill,
-             s.sums_of_squares[encoding.name] + absent * encoding.fill ** 2)
+    value = (
+        s.sums[encoding.name] + absent * encoding.fill,
+        s.sums_of_squares[encoding.name] + absent * encoding.fill**2,
+    )
     return [value, *([(float(absent), float(absent))] if encoding.indicator else [])]
 
 
@@ -112,8 +118,9 @@ def standardization(layout: Layout, statistics: list[LocalStatistics]) -> tuple[
     count = sum(s.count for s in statistics)
     if count == 0:
         raise ValueError("no rows to standardize: every institution reported zero rows")
-    sums = np.array([[pair for f in layout.features for pair in _column_sums(f, s)] for s in statistics],
-                    dtype=np.float64).sum(axis=0)
+    sums = np.array(
+        [[pair for f in layout.features for pair in _column_sums(f, s)] for s in statistics], dtype=np.float64
+    ).sum(axis=0)
     mean = sums[:, 0] / count
     std = np.sqrt(np.maximum(sums[:, 1] / count - np.square(mean), 0.0))
     std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
@@ -138,8 +145,10 @@ def _statistics_slots(schema: Schema, features: list[str]) -> list[tuple[str, st
         feature = schema.features[name]
         if feature.type == "categorical":
             if feature.levels == "open":
-                raise ValueError(f"secure aggregation needs the levels of categorical feature '{name}' declared in "
-                                 f"schema {schema.name} (it has open levels, whose names would be sent in the clear)")
+                raise ValueError(
+                    f"secure aggregation needs the levels of categorical feature '{name}' declared in "
+                    f"schema {schema.name} (it has open levels, whose names would be sent in the clear)"
+                )
             slots += [("levels", name, str(level)) for level in feature.levels] + [("levels", name, MISSING)]
         else:
             slots += [("present", name, ""), ("sums", name, ""), ("sums_of_squares", name, "")]
@@ -163,8 +172,9 @@ def statistics_vector(statistics: LocalStatistics, schema: Schema, features: lis
     return np.asarray(values, dtype=np.float64)
 
 
-def statistics_from_vector(values: np.ndarray, schema: Schema, features: list[str],
-                           institution: str = "consortium") -> LocalStatistics:
+def statistics_from_vector(
+    values: np.ndarray, schema: Schema, features: list[str], institution: str = "consortium"
+) -> LocalStatistics:
     """The consortium's statistics from the sum of the institutions' vectors (counts rounded back to integers)."""
     found = {"count": 0, "positives": 0, "present": {}, "sums": {}, "sums_of_squares": {}, "levels": {}}
     for (kind, name, level), value in zip(_statistics_slots(schema, features), values, strict=True):

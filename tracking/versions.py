@@ -15,7 +15,7 @@ MODEL_CARD_ARTIFACT = "model_card.html"
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# How far a version's registration got (tasks.registry): only complete versions are shown, scored or promoted.
+# How far a version's registration got (tracking.registry): only complete versions are shown, scored or promoted.
 REGISTRATION_TAG = "fedrisk.registration"
 INCOMPLETE, ALIASES_PENDING, COMPLETE = "incomplete", "aliases pending", "complete"
 
@@ -36,7 +36,7 @@ def registration_complete(version, aliases: dict) -> bool:
 
 
 def validation_page_artifact(institution: str) -> str:
-    """Where a run keeps an institution's validation page (tasks.validation_page) among its artifacts."""
+    """Where a run keeps an institution's validation page (institution.validation_page) among its artifacts."""
     return f"validation/data_docs/{institution}/validation.html"
 
 
@@ -62,12 +62,16 @@ def resolve_version(tracking_uri: str, name: str, alias: str | None, version: st
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as error:
-        raise LookupError(f"{reference}: no such model version in {masked(tracking_uri)} ({error.error_code})"
-                          + _what_exists(client, name)) from None
+        raise LookupError(
+            f"{reference}: no such model version in {masked(tracking_uri)} ({error.error_code})"
+            + _what_exists(client, name)
+        ) from None
     if not registration_complete(found, client.get_registered_model(name).aliases):
-        raise LookupError(f"{reference}: version {found.version}'s registration did not finish "
-                          f"({registration_state(found)}: its retraining failed while registering it); it is not "
-                          f"used, and the next retraining of {name} deletes it" + _what_exists(client, name))
+        raise LookupError(
+            f"{reference}: version {found.version}'s registration did not finish "
+            f"({registration_state(found)}: its retraining failed while registering it); it is not "
+            f"used, and the next retraining of {name} deletes it" + _what_exists(client, name)
+        )
     return found
 
 
@@ -81,7 +85,7 @@ def _what_exists(client, name: str) -> str:
         return f"; there is no registered model {name}"
     aliases = ", ".join(f"{name}@{alias} (version {v})" for alias, v in sorted(model.aliases.items()))
     latest = max((int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=0)
-    return (f"; aliases: {aliases or 'none'}" + (f"; versions 1 to {latest}" if latest else "; no versions"))
+    return f"; aliases: {aliases or 'none'}" + (f"; versions 1 to {latest}" if latest else "; no versions")
 
 
 @dataclass(frozen=True)
@@ -124,19 +128,26 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
     summaries = []
     for v in client.search_model_versions(f"name='{model_name}'", order_by=["version_number DESC"]):
         metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
-        summaries.append(VersionSummary(
-            version=str(v.version),
-            created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
-            aliases=sorted(aliases.get(str(v.version), [])),
-            decision=v.tags.get("promotion.decision", "-"),
-            # The run's headline figures: ECE pooled over institutions (what the policy checks), the others
-            # example-weighted (runs before they were headlined: their challenger's figures).
-            metrics={m: metrics.get(m, metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}",
-                                                   math.nan)) for m in SUMMARY_METRICS},
-            run_id=v.run_id or "-",
-            epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
-            lost=tuple(sorted(key.split(".")[1] for key in v.tags
-                              if key.startswith("institution.") and key.endswith(".lost"))),
-            registration=COMPLETE if registration_complete(v, model.aliases) else registration_state(v),
-        ))
+        summaries.append(
+            VersionSummary(
+                version=str(v.version),
+                created=datetime.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
+                aliases=sorted(aliases.get(str(v.version), [])),
+                decision=v.tags.get("promotion.decision", "-"),
+                # The run's headline figures: ECE pooled over institutions (what the policy checks), the others
+                # example-weighted (runs before they were headlined: their challenger's figures).
+                metrics={
+                    m: metrics.get(m, metrics.get(f"challenger.{'pooled' if m == 'ece' else 'weighted'}.{m}", math.nan))
+                    for m in SUMMARY_METRICS
+                },
+                run_id=v.run_id or "-",
+                epsilon=v.tags.get("privacy.epsilon", "none").split(" ")[0],
+                lost=tuple(
+                    sorted(
+                        key.split(".")[1] for key in v.tags if key.startswith("institution.") and key.endswith(".lost")
+                    )
+                ),
+                registration=COMPLETE if registration_complete(v, model.aliases) else registration_state(v),
+            )
+        )
     return summaries

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.data import headerless, read_bytes
+from contract.data import headerless, read_bytes
+from errors import ExitCode, FedriskError
 
 MIN_LEVEL_ROWS = 10
 MAX_LEVELS = 50
@@ -32,8 +33,10 @@ RANGE_MARGIN = 0.1  # of the observed span, beyond the observed minimum and maxi
 ID_NAME = re.compile(r"(^|[_\W])(id|key|no|num|number)$|^id([_\W]|$)", re.IGNORECASE)
 
 
-class SchemaInferenceError(ValueError):
+class SchemaInferenceError(FedriskError, ValueError):
     """The extract cannot be drafted into a schema; the message names the file and column."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass
@@ -80,8 +83,10 @@ def _read(path: Path) -> pd.DataFrame:
     except (ValueError, pd.errors.ParserError) as error:  # pandas' and pyarrow's messages quote no row
         raise SchemaInferenceError(f"{path}: cannot be read ({str(error).strip()})") from None
     if len(frame.columns) < 2:
-        raise SchemaInferenceError(f"{path}: one column found: an extract is comma-separated, with a header line "
-                                   f"naming a label and at least one feature")
+        raise SchemaInferenceError(
+            f"{path}: one column found: an extract is comma-separated, with a header line "
+            f"naming a label and at least one feature"
+        )
     headerless(frame, lambda reason: SchemaInferenceError(f"{path}: {reason}"))
     return frame
 
@@ -90,8 +95,9 @@ def _column_profile(values: pd.Series) -> ColumnProfile:
     present = values.dropna()
     numbers = pd.to_numeric(present, errors="coerce")
     numeric = bool(len(present)) and bool(numbers.notna().all())
-    profile = ColumnProfile(rows=len(values), missing=int(values.isna().sum()), numeric=numeric,
-                            distinct=int(present.nunique()))
+    profile = ColumnProfile(
+        rows=len(values), missing=int(values.isna().sum()), numeric=numeric, distinct=int(present.nunique())
+    )
     if numeric and len(numbers):
         profile.whole = bool(np.all(np.mod(numbers, 1) == 0))
         profile.low, profile.high = float(numbers.min()), float(numbers.max())
@@ -109,15 +115,21 @@ def profile_file(path: Path, label: str | None) -> tuple[FileProfile, str, objec
     frame = _read(path)
     label = label or frame.columns[-1]
     if label not in frame.columns:
-        raise SchemaInferenceError(f"{path}: no label column {label!r} among its {len(frame.columns)} columns "
-                                   f"(pass --label with the name of one)")
+        raise SchemaInferenceError(
+            f"{path}: no label column {label!r} among its {len(frame.columns)} columns "
+            f"(pass --label with the name of one)"
+        )
     counts = frame[label].value_counts()
     if len(counts) != 2:
-        raise SchemaInferenceError(f"{path}: label {label!r} has {len(counts)} distinct values; a binary label "
-                                   f"has 2")
+        raise SchemaInferenceError(f"{path}: label {label!r} has {len(counts)} distinct values; a binary label has 2")
     positive, negative = counts.index[-1], counts.index[0]
-    profile = FileProfile(Path(path), len(frame), int(counts[positive]), 0,
-                          {c: _column_profile(frame[c]) for c in frame.columns if c != label})
+    profile = FileProfile(
+        Path(path),
+        len(frame),
+        int(counts[positive]),
+        0,
+        {c: _column_profile(frame[c]) for c in frame.columns if c != label},
+    )
     profile.duplicates = int(frame.drop(columns=[label]).duplicated().sum())
     return profile, label, positive, negative
 
@@ -131,13 +143,20 @@ def _pooled(profiles: list[ColumnProfile]) -> ColumnProfile:
             levels[level] = levels.get(level, 0) + rows
     present = [p for p in profiles if p.rows > p.missing]
     return ColumnProfile(
-        rows=sum(p.rows for p in profiles), missing=sum(p.missing for p in profiles),
-        numeric=all(p.numeric for p in present) and bool(present), whole=all(p.whole for p in present),
-        low=min((p.low for p in present), default=math.nan), high=max((p.high for p in present), default=math.nan),
-        p01=min((p.p01 for p in present), default=math.nan), p99=max((p.p99 for p in present), default=math.nan),
+        rows=sum(p.rows for p in profiles),
+        missing=sum(p.missing for p in profiles),
+        numeric=all(p.numeric for p in present) and bool(present),
+        whole=all(p.whole for p in present),
+        low=min((p.low for p in present), default=math.nan),
+        high=max((p.high for p in present), default=math.nan),
+        p01=min((p.p01 for p in present), default=math.nan),
+        p99=max((p.p99 for p in present), default=math.nan),
         zeros=sum(p.zeros for p in profiles),
-        distinct=len(levels) if complete and len(levels) <= MAX_LEVELS else max(MAX_LEVELS + 1, *(p.distinct for p in profiles)),
-        levels=levels if complete and len(levels) <= MAX_LEVELS else {})
+        distinct=len(levels)
+        if complete and len(levels) <= MAX_LEVELS
+        else max(MAX_LEVELS + 1, *(p.distinct for p in profiles)),
+        levels=levels if complete and len(levels) <= MAX_LEVELS else {},
+    )
 
 
 def _range(column: ColumnProfile) -> tuple[float, float]:
@@ -163,11 +182,14 @@ def _is_id(name: str, column: ColumnProfile) -> bool:
 
 def _feature(name: str, column: ColumnProfile, file_rates: list[float]) -> tuple[dict, str]:
     """A feature's draft and its note (aggregates and level counts only)."""
-    note = (f"{name}: {column.rows - column.missing} values, {column.missing / column.rows:.1%} missing, "
-            f"{'more than ' + str(MAX_LEVELS) if column.distinct > MAX_LEVELS else column.distinct} distinct")
+    note = (
+        f"{name}: {column.rows - column.missing} values, {column.missing / column.rows:.1%} missing, "
+        f"{'more than ' + str(MAX_LEVELS) if column.distinct > MAX_LEVELS else column.distinct} distinct"
+    )
     entry: dict
     mostly_zero = column.zeros * 2 >= column.rows - column.missing or (
-        bool(column.levels) and max(column.levels, key=column.levels.get) == 0)
+        bool(column.levels) and max(column.levels, key=column.levels.get) == 0
+    )
     if column.numeric and column.whole and column.low == 0 and column.distinct > 2 and mostly_zero:
         entry = {"type": "numeric", "dtype": "int", "min": 0}
         note += f"; a count (most rows 0): no upper limit (99th percentile {column.p99:g})"
@@ -177,14 +199,18 @@ def _feature(name: str, column: ColumnProfile, file_rates: list[float]) -> tuple
     elif column.numeric:
         low, high = _range(column)
         entry = {"type": "numeric", "dtype": "int" if column.whole else "float", "min": low, "max": high}
-        note += (f"; range: the observed minimum and maximum widened by {RANGE_MARGIN:.0%} of the span, {low:g} to "
-                 f"{high:g} (1st-99th percentiles {_nice(column.p01, up=False):g} to {_nice(column.p99, up=True):g})")
+        note += (
+            f"; range: the observed minimum and maximum widened by {RANGE_MARGIN:.0%} of the span, {low:g} to "
+            f"{high:g} (1st-99th percentiles {_nice(column.p01, up=False):g} to {_nice(column.p99, up=True):g})"
+        )
     elif column.levels and len(column.levels) < 0.5 * (column.rows - column.missing):
         entry = {"type": "categorical", "levels": sorted(column.levels)}
         rare = sum(1 for rows in column.levels.values() if rows < MIN_LEVEL_ROWS)
         if rare:
-            note += (f"; {rare} level(s) held by fewer than {MIN_LEVEL_ROWS} rows: kept here (remove any that is "
-                     f"not valid), folded into '(other)' in every artifact (rare_level_min_rows)")
+            note += (
+                f"; {rare} level(s) held by fewer than {MIN_LEVEL_ROWS} rows: kept here (remove any that is "
+                f"not valid), folded into '(other)' in every artifact (rare_level_min_rows)"
+            )
     else:
         entry = {"type": "categorical", "levels": "open"}
         note += "; too many distinct values to list (free text or identifiers?): levels open, none shown"
@@ -226,8 +252,9 @@ def rejected_rows(path: Path, draft: dict) -> dict[str, int]:
     return rejected
 
 
-def infer_schema(paths: Path | list[Path], label: str | None = None, name: str | None = None,
-                 id_column: str | None = None) -> str:
+def infer_schema(
+    paths: Path | list[Path], label: str | None = None, name: str | None = None, id_column: str | None = None
+) -> str:
     """A draft schema (YAML text, with comments of aggregates) that accepts every row of every file in `paths`
     (one institution's extract, or several institutions' of the same layout)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
@@ -237,8 +264,9 @@ def infer_schema(paths: Path | list[Path], label: str | None = None, name: str |
     columns = list(profiles[0].columns)
     for profile, other_label, *_ in found[1:]:
         if other_label != label or list(profile.columns) != columns:
-            raise SchemaInferenceError(f"{profile.path}: its columns differ from {paths[0]}'s (one schema drafts "
-                                       f"files of one layout)")
+            raise SchemaInferenceError(
+                f"{profile.path}: its columns differ from {paths[0]}'s (one schema drafts files of one layout)"
+            )
     if id_column and id_column not in columns:
         raise SchemaInferenceError(f"{paths[0]}: no ID column {id_column!r}")
     pooled = {c: _pooled([p.columns[c] for p in profiles]) for c in columns}
@@ -279,13 +307,16 @@ def infer_schema(paths: Path | list[Path], label: str | None = None, name: str |
         for column, count in rejected_rows(path, draft).items():
             rejected[column] += count
     sources = ", ".join(f"{p.path.name} ({p.rows} rows)" for p in profiles)
-    header = [f"# Draft schema from {sources}: {len(features)} features; review every line before committing it as "
-              f"schemas/{draft['name']}.yaml.",
-              f"# The label's rarer value was taken as the positive one ({sum(p.positives for p in profiles) / sum(rows):.1%} "
-              f"of rows): check it, and the meaning and output drafted from the label's name.",
-              f"# Rows of the source each feature's checks reject: {sum(rejected.values())} "
-              f"({', '.join(f'{c} {n}' for c, n in rejected.items() if n) or 'none by any check'}).",
-              *([f"# Constant in at least one file (a warning, not a refusal): {', '.join(constant)}"] if constant else []),
-              *[f"# {n}" for n in notes]]
+    header = [
+        f"# Draft schema from {sources}: {len(features)} features; review every line before committing it as "
+        f"schemas/{draft['name']}.yaml.",
+        f"# The label's rarer value was taken as the positive one "
+        f"({sum(p.positives for p in profiles) / sum(rows):.1%} "
+        f"of rows): check it, and the meaning and output drafted from the label's name.",
+        f"# Rows of the source each feature's checks reject: {sum(rejected.values())} "
+        f"({', '.join(f'{c} {n}' for c, n in rejected.items() if n) or 'none by any check'}).",
+        *([f"# Constant in at least one file (a warning, not a refusal): {', '.join(constant)}"] if constant else []),
+        *[f"# {n}" for n in notes],
+    ]
     body = yaml.safe_dump(draft, sort_keys=False, allow_unicode=True, width=120)
     return "\n".join(header) + "\n" + body

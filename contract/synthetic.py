@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from sklearn.model_selection import StratifiedKFold
 
-from tasks.data import institution_seed, spreadsheet_safe
-from tasks.schema import Schema
+from contract.data import institution_seed, spreadsheet_safe
+from contract.schema import Schema
 
 # The credit-default layout, as the hand-made generator writes it (schemas/credit_default.yaml).
 ID_COLUMN = "ID"
@@ -27,8 +26,18 @@ LABEL_COLUMN = "default.payment.next.month"
 PAY_STATUS_COLUMNS = ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"]
 BILL_COLUMNS = [f"BILL_AMT{i}" for i in range(1, 7)]
 PAYMENT_COLUMNS = [f"PAY_AMT{i}" for i in range(1, 7)]
-COLUMNS = [ID_COLUMN, "LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", *PAY_STATUS_COLUMNS, *BILL_COLUMNS,
-           *PAYMENT_COLUMNS, LABEL_COLUMN]
+COLUMNS = [
+    ID_COLUMN,
+    "LIMIT_BAL",
+    "SEX",
+    "EDUCATION",
+    "MARRIAGE",
+    "AGE",
+    *PAY_STATUS_COLUMNS,
+    *BILL_COLUMNS,
+    *PAYMENT_COLUMNS,
+    LABEL_COLUMN,
+]
 DATA_FILE = "credit.csv"
 
 
@@ -60,8 +69,16 @@ def portfolios(n_institutions: int, rows_scale: float = 1.0) -> list[Portfolio]:
         base = PORTFOLIOS[i % len(PORTFOLIOS)]
         name = base.name if i < len(PORTFOLIOS) else f"institution_{i + 1:02d}"
         rows = max(1, int(round(base.rows * rows_scale)))
-        chosen.append(Portfolio(name, rows, *[getattr(base, f) for f in (
-            "default_rate", "median_limit", "age_mean", "education_mix", "risk_shift")]))
+        chosen.append(
+            Portfolio(
+                name,
+                rows,
+                *[
+                    getattr(base, f)
+                    for f in ("default_rate", "median_limit", "age_mean", "education_mix", "risk_shift")
+                ],
+            )
+        )
     return chosen
 
 
@@ -170,8 +187,9 @@ def data_file(schema_name: str) -> str:
     return DATA_FILE if schema_name == "credit_default" else f"{schema_name}.csv"
 
 
-def synthesize(out_dir: Path, n_institutions: int = 4, seed: int = 0, rows_scale: float = 1.0,
-               schema: Schema | None = None) -> dict[str, Path]:
+def synthesize(
+    out_dir: Path, n_institutions: int = 4, seed: int = 0, rows_scale: float = 1.0, schema: Schema | None = None
+) -> dict[str, Path]:
     """Write each institution's extract to `out_dir/<institution>/<file>`; return the paths. The
     credit-default schema (the default) has its own generator; any other `schema` the generic one."""
     if schema is not None and schema.name != "credit_default":
@@ -210,8 +228,9 @@ def _numeric(rng, feature, n: int, shift: float) -> np.ndarray:
     return np.round(values) if feature.dtype == "int" else np.round(values, 4)
 
 
-def synthesize_schema(schema: Schema, out_dir: Path, n_institutions: int = 3, seed: int = 0,
-                      rows_scale: float = 1.0) -> dict[str, Path]:
+def synthesize_schema(
+    schema: Schema, out_dir: Path, n_institutions: int = 3, seed: int = 0, rows_scale: float = 1.0
+) -> dict[str, Path]:
     """A plausible non-IID consortium for any schema: each institution its own size, feature shifts, level
     mix and positive rate, the label a logistic function of the features."""
     rng = np.random.default_rng(seed)
@@ -256,8 +275,9 @@ def synthesize_schema(schema: Schema, out_dir: Path, n_institutions: int = 3, se
     return paths
 
 
-def split_file(frame: pd.DataFrame, label: str, names: list[str], seed: int, id_column: str | None,
-               out_dir: Path) -> dict[str, Path]:
+def split_file(
+    frame: pd.DataFrame, label: str, names: list[str], seed: int, id_column: str | None, out_dir: Path
+) -> dict[str, Path]:
     """Split one real extract into institutions of equal size, stratified on the label and seeded, each
     written to `out_dir/<name>.csv`; adds a running `id_column` when the extract has none."""
     if id_column and id_column not in frame.columns:
@@ -284,8 +304,9 @@ def institution_name(value) -> str:
     return name or "blank"
 
 
-def split_by_column(frame: pd.DataFrame, column: str, id_column: str | None, out_dir: Path,
-                    keep_column: bool = False) -> dict[str, Path]:
+def split_by_column(
+    frame: pd.DataFrame, column: str, id_column: str | None, out_dir: Path, keep_column: bool = False
+) -> dict[str, Path]:
     """Split one extract into one institution per value of `column` (a US state, a branch), each written to
     `out_dir/<value>.csv`, the column dropped unless `keep_column`; adds a running `id_column` when the extract has
     none. ValueError (naming the column) for a missing column, missing values, or too many or clashing names."""
@@ -293,12 +314,16 @@ def split_by_column(frame: pd.DataFrame, column: str, id_column: str | None, out
         raise ValueError(f"no column {column!r} to split by (columns: {', '.join(map(str, frame.columns[:20]))})")
     missing = int(frame[column].isna().sum())
     if missing:
-        raise ValueError(f"{missing} row(s) have no {column} value: every row must belong to an institution "
-                         f"(fill them, or drop those rows)")
+        raise ValueError(
+            f"{missing} row(s) have no {column} value: every row must belong to an institution "
+            f"(fill them, or drop those rows)"
+        )
     values = list(dict.fromkeys(frame[column]))
     if len(values) > MAX_INSTITUTIONS_BY_COLUMN:
-        raise ValueError(f"{column} has {len(values)} distinct values: at most {MAX_INSTITUTIONS_BY_COLUMN} "
-                         f"institutions (is it the right column?)")
+        raise ValueError(
+            f"{column} has {len(values)} distinct values: at most {MAX_INSTITUTIONS_BY_COLUMN} "
+            f"institutions (is it the right column?)"
+        )
     names: dict[str, object] = {}
     for value in values:
         name = institution_name(value)

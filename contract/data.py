@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tasks.schema import Schema
+from contract.schema import Schema
+from errors import ExitCode, FedriskError
 
 _EXAMPLES = 3
 _OTHER_DELIMITERS = [";", "\t", "|"]
@@ -29,10 +30,12 @@ _TRUE = {"1", "true", "t", "yes", "y"}
 _FALSE = {"0", "false", "f", "no", "n"}
 
 
-class InstitutionDataError(ValueError):
+class InstitutionDataError(FedriskError, ValueError):
     """An institution's extract cannot be read. The message names the institution and file and says what is wrong
     in counts and declared names only (it may leave the institution); `detail` adds example values, for the
     institution's own log."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, message: str, detail: str | None = None):
         super().__init__(message)
@@ -71,7 +74,7 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` for a CSV a person may open in a spreadsheet: a text cell that begins like a formula gets a leading
     single quote, so that it is shown, never run (OWASP's rule for CSV injection). Numbers are left as they are."""
     escaped = frame.copy()
-    for column in frame.columns[frame.dtypes == object]:
+    for column in frame.columns[frame.dtypes == object]:  # noqa: E721  (a column-wise comparison)
         values = frame[column]
         text = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
         if text.any():
@@ -91,8 +94,9 @@ def _structure_problems(data: bytes) -> list[str]:
     if not lines:
         return []
     header = lines[0].strip()
-    problems = [f"header repeated at line {number}" for number, line in enumerate(lines[1:], start=2)
-                if line.strip() == header]
+    problems = [
+        f"header repeated at line {number}" for number, line in enumerate(lines[1:], start=2) if line.strip() == header
+    ]
     if len(lines) > 1:
         cut = cut_last_line(lines[0], lines[-1], text.endswith(("\n", "\r")), f"line {len(lines)}")
         problems += [cut] if cut else []
@@ -120,7 +124,7 @@ def _parse(data: bytes, suffix: str) -> pd.DataFrame:
 def _unescaped(frame: pd.DataFrame) -> pd.DataFrame:
     """What `spreadsheet_safe` escaped, as it was: a CSV fedrisk (or a spreadsheet's safe export) wrote reads back
     with its values unchanged."""
-    for column in frame.columns[frame.dtypes == object]:
+    for column in frame.columns[frame.dtypes == object]:  # noqa: E721  (a column-wise comparison)
         values = frame[column]
         quoted = values.map(lambda v: isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA_PREFIXES))
         if quoted.any():
@@ -132,7 +136,7 @@ def _examples(values: pd.Series) -> str:
     return ", ".join(repr(v) for v in list(dict.fromkeys(values.astype(str)))[:_EXAMPLES])
 
 
-_INT64_LIMIT = float(2 ** 63 - 1024)  # the largest float that casts to int64 without wrapping
+_INT64_LIMIT = float(2**63 - 1024)  # the largest float that casts to int64 without wrapping
 
 
 def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
@@ -155,8 +159,12 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
             text = values.astype(str).str.strip().str.lower()
             unknown = present & ~text.isin(_TRUE | _FALSE)
             if unknown.any():
-                problems.append((f"column {name} has {int(unknown.sum())} values that are not true/false",
-                                 f"e.g. {_examples(values[unknown])}"))
+                problems.append(
+                    (
+                        f"column {name} has {int(unknown.sum())} values that are not true/false",
+                        f"e.g. {_examples(values[unknown])}",
+                    )
+                )
                 continue
             frame[name] = np.where(present, text.isin(_TRUE).astype(float), np.nan)
             if present.all():
@@ -165,20 +173,30 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
         numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values
         bad = numbers.isna() & present
         if bad.any():
-            problems.append((f"column {name} has {int(bad.sum())} non-numeric values",
-                             f"e.g. {_examples(values[bad])}"))
+            problems.append(
+                (f"column {name} has {int(bad.sum())} non-numeric values", f"e.g. {_examples(values[bad])}")
+            )
             continue
         whole = feature.type == "categorical" or feature.dtype == "int"
         if whole:
             fractional = numbers.notna() & (np.mod(numbers.fillna(0).astype(float), 1) != 0)
             if fractional.any():
-                problems.append((f"column {name} has {int(fractional.sum())} non-integer values",
-                                 f"e.g. {_examples(values[fractional])}"))
+                problems.append(
+                    (
+                        f"column {name} has {int(fractional.sum())} non-integer values",
+                        f"e.g. {_examples(values[fractional])}",
+                    )
+                )
                 continue
             huge = numbers.notna() & (numbers.abs() > _INT64_LIMIT)
             if huge.any():  # an int64 cast would wrap 1e308 round to -9223372036854775808
-                problems.append((f"column {name} has {int(huge.sum())} values too large for a whole number "
-                                 f"(beyond +/-{_INT64_LIMIT:.1e})", f"e.g. {_examples(values[huge])}"))
+                problems.append(
+                    (
+                        f"column {name} has {int(huge.sum())} values too large for a whole number "
+                        f"(beyond +/-{_INT64_LIMIT:.1e})",
+                        f"e.g. {_examples(values[huge])}",
+                    )
+                )
                 continue
             if numbers.notna().all():
                 numbers = numbers.astype("int64")
@@ -190,9 +208,13 @@ def _coerce(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
         positive, negative = text == str(label.positive), text == str(label.negative)
         unknown = values.notna() & ~positive & ~negative
         if unknown.any():
-            problems.append((f"column {label.column} has {int(unknown.sum())} values other than "
-                             f"{label.positive!r} ({label.meaning}) and {label.negative!r}",
-                             f"e.g. {_examples(values[unknown])}"))
+            problems.append(
+                (
+                    f"column {label.column} has {int(unknown.sum())} values other than "
+                    f"{label.positive!r} ({label.meaning}) and {label.negative!r}",
+                    f"e.g. {_examples(values[unknown])}",
+                )
+            )
         else:
             mapped = np.where(positive, 1.0, np.where(negative, 0.0, np.nan))
             frame[label.column] = mapped.astype("int64") if values.notna().all() else mapped
@@ -218,8 +240,10 @@ def read_bytes(institution: str, path: Path, expected_digest: str | None = None)
         raise fail(f"cannot be read ({error.strerror})") from None
     digest = file_digest(data)
     if expected_digest is not None and digest != expected_digest:
-        raise fail(f"the file changed after it was validated (sha256 {expected_digest[:16]} when validated, "
-                   f"{digest[:16]} now); nothing was trained on it. Run the retraining again to validate the new file")
+        raise fail(
+            f"the file changed after it was validated (sha256 {expected_digest[:16]} when validated, "
+            f"{digest[:16]} now); nothing was trained on it. Run the retraining again to validate the new file"
+        )
     return data, digest
 
 
@@ -230,6 +254,7 @@ def _whose(institution: str | None) -> str:
 
 def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, str], schema: Schema) -> pd.DataFrame:
     """The extract's bytes parsed, renamed to the schema's columns and typed as it declares."""
+
     def fail(reason: str, detail: str | None = None) -> InstitutionDataError:
         where = f"{_whose(institution)}{path}: "
         return InstitutionDataError(where + reason, where + detail if detail else None)
@@ -255,8 +280,10 @@ def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, 
         delimiter = next((d for d in _OTHER_DELIMITERS if d in str(frame.columns[0])), None)
         if delimiter is not None:
             raise fail(f"one column found; the header is separated by {delimiter!r}, expected ','")
-        raise fail(f"one column found, the schema declares {len(schema.columns)}: not a comma-separated extract "
-                   f"with a header line naming its columns")
+        raise fail(
+            f"one column found, the schema declares {len(schema.columns)}: not a comma-separated extract "
+            f"with a header line naming its columns"
+        )
     if frame.empty and len(frame.columns) > 1:
         raise fail("a header line and no rows: nothing to check or train on")
     if suffix not in {".parquet", ".pq"}:
@@ -269,8 +296,10 @@ def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, 
         frame = frame.rename(columns=columns)
     problems = _coerce(frame, schema)
     if problems:
-        raise fail("; ".join(shared for shared, _ in problems),
-                   "; ".join(f"{shared}, {examples}" for shared, examples in problems))
+        raise fail(
+            "; ".join(shared for shared, _ in problems),
+            "; ".join(f"{shared}, {examples}" for shared, examples in problems),
+        )
     return frame
 
 
@@ -279,24 +308,39 @@ def _repeated_columns(data: bytes, declared: set[str], fail) -> None:
     not in the file). A declared name is said; an undeclared one only in the institution's own detail."""
     first = data.decode("utf-8", errors="replace").splitlines()[:1]
     header = [name.strip() for name in next(csv.reader(first), [])] if first else []
-    repeated = {name: [i + 1 for i, h in enumerate(header) if h == name] for name in set(header)
-                if header.count(name) > 1}
+    repeated = {
+        name: [i + 1 for i, h in enumerate(header) if h == name] for name in set(header) if header.count(name) > 1
+    }
     if not repeated:
         return
+
     def said(names) -> str:
-        return "; ".join(f"column {name} appears {len(repeated[name])} times in the header (fields "
-                         f"{', '.join(map(str, repeated[name]))})" for name in sorted(names))
+        return "; ".join(
+            f"column {name} appears {len(repeated[name])} times in the header (fields "
+            f"{', '.join(map(str, repeated[name]))})"
+            for name in sorted(names)
+        )
+
     shared = [n for n in repeated if n in declared]
     undeclared = len(repeated) - len(shared)
-    reason = "; ".join(part for part in (said(shared), f"{undeclared} undeclared column name(s) appear more than "
-                                         f"once in the header (named in the institution's log)" if undeclared else "")
-                       if part)
+    reason = "; ".join(
+        part
+        for part in (
+            said(shared),
+            f"{undeclared} undeclared column name(s) appear more than "
+            f"once in the header (named in the institution's log)"
+            if undeclared
+            else "",
+        )
+        if part
+    )
     raise fail(reason + ": each column must be named once", said(repeated) + ": each column must be named once")
 
 
 def headerless(frame: pd.DataFrame, fail) -> None:
     """Raise `fail(reason)` when a CSV's first line is a row rather than a header: most of its fields are numbers
     or values that recur in their column (a header names columns). The reason counts; it quotes nothing."""
+
     def number(text: str) -> bool:
         try:
             float(text)
@@ -310,8 +354,10 @@ def headerless(frame: pd.DataFrame, fail) -> None:
 
     rowlike = sum(like_data(name, frame[name]) for name in frame.columns)
     if len(frame.columns) > 1 and rowlike * 2 > len(frame.columns):
-        raise fail(f"the first line looks like a row, not a header ({rowlike} of {len(frame.columns)} fields are "
-                   f"numbers or values of their column): the file must start with a line naming its columns")
+        raise fail(
+            f"the first line looks like a row, not a header ({rowlike} of {len(frame.columns)} fields are "
+            f"numbers or values of their column): the file must start with a line naming its columns"
+        )
 
 
 _parsed: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
@@ -340,8 +386,9 @@ def read_extract(extract: Extract, schema: Schema) -> tuple[pd.DataFrame, str]:
     return frame.copy(), digest
 
 
-def read_institution(institution: str | None, path: Path, schema: Schema,
-                     columns: dict[str, str] | None = None) -> pd.DataFrame:
+def read_institution(
+    institution: str | None, path: Path, schema: Schema, columns: dict[str, str] | None = None
+) -> pd.DataFrame:
     """`read_extract` for a file outside a run (a one-off check; None: the caller's own file, as scoring input)."""
     return read_extract(Extract(institution, Path(path), dict(columns or {})), schema)[0]
 
@@ -382,7 +429,8 @@ def load_parts(extract: Extract, schema: Schema, split: Split, parts: tuple[str,
     found = {"train": train, "holdout": holdout}
     if {"fit", "validation"} & set(parts):
         found["fit"], found["validation"] = split_holdout(
-            train, label, fraction=split.validation_fraction, seed=split.seed + 1, institution=name)
+            train, label, fraction=split.validation_fraction, seed=split.seed + 1, institution=name
+        )
     return {p: found[p] for p in parts}
 
 

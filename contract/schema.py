@@ -15,14 +15,18 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from errors import ExitCode, FedriskError
+
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 OTHER_LEVEL = "(other)"
 MISSING_LEVEL = "(missing)"
 
 
-class SchemaError(ValueError):
+class SchemaError(FedriskError, ValueError):
     """A schema that cannot be found or used; the message names the file and field."""
+
+    exit_code = ExitCode.USAGE
 
 
 class Missing(BaseModel):
@@ -54,8 +58,9 @@ class _Feature(BaseModel):
 
 class NumericFeature(_Feature):
     type: Literal["numeric"]
-    dtype: Literal["int", "float"] = Field("float", description="int: whole numbers (amounts, codes); a "
-                                                                "fractional value is an error.")
+    dtype: Literal["int", "float"] = Field(
+        "float", description="int: whole numbers (amounts, codes); a fractional value is an error."
+    )
     min: float | None = None
     max: float | None = None
     allowed: list[float] | None = Field(None, description="A code set: the only values allowed.")
@@ -65,7 +70,8 @@ class NumericFeature(_Feature):
 class CategoricalFeature(_Feature):
     type: Literal["categorical"]
     levels: list[str] | list[int] | Literal["open"] = Field(
-        description="The allowed levels (text or integer codes), or 'open' for any.")
+        description="The allowed levels (text or integer codes), or 'open' for any."
+    )
 
     @property
     def coded(self) -> bool:
@@ -102,13 +108,21 @@ class Schema(BaseModel):
     output: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="The scoring output, e.g. default_probability.")
     min_rows: int = Field(200, ge=1)
     label_rate: tuple[float, float] = Field((0.01, 0.6), description="Plausible share of positives (min, max).")
-    max_duplicate_share: float = Field(0.01, ge=0.0, le=1.0, description="Share of rows repeating another row "
-                                                                          "(the ID aside) above which the extract "
-                                                                          "is quarantined.")
-    constant_features: Literal["error", "warning"] = Field("error", description="A feature with one value in "
-                                                                                "the whole extract.")
-    rare_level_min_rows: int = Field(10, ge=1, description="Levels seen in fewer rows consortium-wide fold into "
-                                                           "'(other)', so no rare level identifies a customer.")
+    max_duplicate_share: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of rows repeating another row (the ID aside) above which the extract is quarantined.",
+    )
+    constant_features: Literal["error", "warning"] = Field(
+        "error", description="A feature with one value in the whole extract."
+    )
+    rare_level_min_rows: int = Field(
+        10,
+        ge=1,
+        description="Levels seen in fewer rows consortium-wide fold into "
+        "'(other)', so no rare level identifies a customer.",
+    )
     features: dict[str, Feature] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -127,13 +141,17 @@ class Schema(BaseModel):
                 continue
             levels = {str(level).strip().lower() for level in feature.levels}
             if self.label.column.strip().lower() in levels:
-                raise ValueError(f"features.{name}.levels: a level is the label column's name "
-                                 f"({self.label.column!r}): a header line read as data, or the label leaking into a "
-                                 f"feature")
+                raise ValueError(
+                    f"features.{name}.levels: a level is the label column's name "
+                    f"({self.label.column!r}): a header line read as data, or the label leaking into a "
+                    f"feature"
+                )
             if levels == outcome and not feature.coded:
-                raise ValueError(f"features.{name}.levels are exactly the label's values ({self.label.positive!r} "
-                                 f"and {self.label.negative!r}): the label itself under another name would leak "
-                                 f"the outcome into the model; rename the levels if it is truly another attribute")
+                raise ValueError(
+                    f"features.{name}.levels are exactly the label's values ({self.label.positive!r} "
+                    f"and {self.label.negative!r}): the label itself under another name would leak "
+                    f"the outcome into the model; rename the levels if it is truly another attribute"
+                )
         return self
 
     @property
@@ -179,8 +197,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
-                                f"the second would silently replace the first", key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
+                    f"the second would silently replace the first",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 

@@ -15,12 +15,12 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
-from tasks.data import Extract, InstitutionDataError, read_extract
-from tasks.schema import Schema
-from tasks.statistics import level_text
-from tasks.suites import DATA_ASSET, DATA_SOURCE
-from tasks.validation_page import check_status, render_page
+from contract.data import Extract, InstitutionDataError, read_extract
+from contract.schema import Schema
+from contract.suites import DATA_ASSET, DATA_SOURCE
+from errors import FedriskError
+from institution.statistics import level_text
+from institution.validation_page import check_status, render_page
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
 _EXAMPLES = 3
@@ -55,7 +55,7 @@ class ValidationReport:
     reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
     warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
     profile: dict | None = None  # aggregates of this extract, the reference for the next run's drift checks
-    data_docs: str | None = None  # this validation's page as it may be shared (tasks.validation_page)
+    data_docs: str | None = None  # this validation's page as it may be shared (institution.validation_page)
     institution_page: str | None = None  # the page with example values: read at the institution, never sent
 
     def shared(self, profile: bool = True) -> ValidationReport:
@@ -72,11 +72,13 @@ def refused_at_start(reports: list[ValidationReport], lost: dict[str, str]) -> l
     """The reports with each institution that refused the training when it began (its node's policy) quarantined,
     its refusal the reason: it is left out like a failed validation, and the quorum decided."""
     refused = {name: why for name, why in lost.items() if why.startswith(REFUSED_AT_START)}
-    return [replace(r, passed=False, reasons=[*r.reasons, refused[r.institution]])
-            if r.institution in refused else r for r in reports]
+    return [
+        replace(r, passed=False, reasons=[*r.reasons, refused[r.institution]]) if r.institution in refused else r
+        for r in reports
+    ]
 
 
-class QuorumNotMet(RuntimeError):
+class QuorumNotMet(FedriskError, RuntimeError):
     """Too few institutions passed validation to train a consortium model."""
 
 
@@ -100,21 +102,30 @@ def _outcome(result, local: bool, aggregates: bool = True) -> str:
     exception = result.exception_info or {}
     if exception.get("raised_exception"):
         message = str(exception.get("exception_message", "")).strip().splitlines()
-        return f"check could not run ({message[0] if message else 'error'})" if local else \
-            f"check could not run (why: {AT_INSTITUTION})"
+        return (
+            f"check could not run ({message[0] if message else 'error'})"
+            if local
+            else f"check could not run (why: {AT_INSTITUTION})"
+        )
     outcome = result.result or {}
     mismatched = (outcome.get("details") or {}).get("mismatched") or {}
     if mismatched.get("unexpected"):
         unexpected = mismatched["unexpected"]
-        return f"unexpected {', '.join(map(str, unexpected))}" if local else \
-            f"{len(unexpected)} unexpected column(s) (named {AT_INSTITUTION})"
+        return (
+            f"unexpected {', '.join(map(str, unexpected))}"
+            if local
+            else f"{len(unexpected)} unexpected column(s) (named {AT_INSTITUTION})"
+        )
     if "unexpected_count" in outcome:
         if not outcome["unexpected_count"]:
             return f"all {outcome.get('element_count', '?')} rows as expected"
         # One column's offending values help find them; a multi-column check's would be whole rows: counts only.
         rows = "column_list" in result.expectation_config.kwargs
-        examples = [] if rows or not local else list(dict.fromkeys(
-            map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
+        examples = (
+            []
+            if rows or not local
+            else list(dict.fromkeys(map(str, outcome.get("partial_unexpected_list") or [])))[:_EXAMPLES]
+        )
         shown = f"; e.g. {', '.join(examples)}" if examples else ""
         return f"failed for {outcome['unexpected_count']} of {outcome.get('element_count', '?')} rows{shown}"
     if "observed_value" in outcome:
@@ -147,8 +158,12 @@ def profile_frame(frame, schema: Schema) -> dict:
             entry["levels"] = {**shares, **({"(other)": other} if other > 0 else {})}
         elif values.dtype.kind in "iuf":
             described = values.astype(float).describe(percentiles=[0.05, 0.5, 0.95])
-            entry.update({stat: float(described[name_]) for stat, name_ in
-                          [("mean", "mean"), ("std", "std"), ("p05", "5%"), ("p50", "50%"), ("p95", "95%")]})
+            entry.update(
+                {
+                    stat: float(described[name_])
+                    for stat, name_ in [("mean", "mean"), ("std", "std"), ("p05", "5%"), ("p50", "50%"), ("p95", "95%")]
+                }
+            )
         profile["features"][name] = entry
     return profile
 
@@ -162,37 +177,54 @@ def drift_expectations(reference: dict, schema: Schema, columns, private: bool =
         return "" if private else text
 
     rows = reference["rows"]
-    checks = [gxe.ExpectTableRowCountToBeBetween(
-        min_value=rows // DRIFT_ROW_FACTOR + 1,
-        max_value=rows * DRIFT_ROW_FACTOR - 1,
-        description=f"row count within {DRIFT_ROW_FACTOR}x of the last accepted extract{figures(f' ({rows} rows)')}",
-    )]
+    checks = [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=rows // DRIFT_ROW_FACTOR + 1,
+            max_value=rows * DRIFT_ROW_FACTOR - 1,
+            description=f"row count within {DRIFT_ROW_FACTOR}x of the last accepted extract"
+            f"{figures(f' ({rows} rows)')}",
+        )
+    ]
     for column, stats in reference["features"].items():
         if column not in columns:
             continue
         if "mean" in stats and not math.isnan(stats["mean"]):
             tolerance = DRIFT_MEAN_TOLERANCE_STD * max(stats["std"], 1e-6 * max(1.0, abs(stats["mean"])))
             shown = figures(f" ({stats['mean']:.4g} +- {tolerance:.4g})")
-            checks.append(gxe.ExpectColumnMeanToBeBetween(
-                column=column,
-                min_value=stats["mean"] - tolerance,
-                max_value=stats["mean"] + tolerance,
-                description=f"{column} mean within {DRIFT_MEAN_TOLERANCE_STD:g} std of the last accepted "
-                            f"extract{shown}",
-            ))
+            checks.append(
+                gxe.ExpectColumnMeanToBeBetween(
+                    column=column,
+                    min_value=stats["mean"] - tolerance,
+                    max_value=stats["mean"] + tolerance,
+                    description=f"{column} mean within {DRIFT_MEAN_TOLERANCE_STD:g} std of the last accepted "
+                    f"extract{shown}",
+                )
+            )
         feature = schema.features.get(column)
         if stats.get("levels") and feature is not None and feature.type == "categorical" and feature.levels != "open":
-            checks.append(gxe.ExpectColumnKLDivergenceToBeLessThan(
-                column=column, threshold=DRIFT_LEVEL_DIVERGENCE, partition_object=_level_partition(stats, feature),
-                description=f"{column} level shares within KL divergence {DRIFT_LEVEL_DIVERGENCE:g} of the last "
-                            f"accepted extract's"))
+            checks.append(
+                gxe.ExpectColumnKLDivergenceToBeLessThan(
+                    column=column,
+                    threshold=DRIFT_LEVEL_DIVERGENCE,
+                    partition_object=_level_partition(stats, feature),
+                    description=f"{column} level shares within KL divergence {DRIFT_LEVEL_DIVERGENCE:g} of the last "
+                    f"accepted extract's",
+                )
+            )
         if stats.get("distinct", 0) > 2:
             floor = max(2, math.ceil(stats["distinct"] * DRIFT_DISTINCT_FLOOR))
-            checks.append(gxe.ExpectColumnUniqueValueCountToBeBetween(
-                column=column, min_value=floor,
-                description=(f"{column} has at least a fifth of the distinct values of the last accepted extract"
-                             if private else f"{column} has at least {floor} distinct values (the last accepted "
-                                             f"extract had {stats['distinct']})")))
+            checks.append(
+                gxe.ExpectColumnUniqueValueCountToBeBetween(
+                    column=column,
+                    min_value=floor,
+                    description=(
+                        f"{column} has at least a fifth of the distinct values of the last accepted extract"
+                        if private
+                        else f"{column} has at least {floor} distinct values (the last accepted "
+                        f"extract had {stats['distinct']})"
+                    ),
+                )
+            )
     return checks
 
 
@@ -207,15 +239,22 @@ def _level_partition(stats: dict, feature) -> dict:
     return {"values": declared, "weights": [w / sum(weights) for w in weights]}
 
 
-_ROW_DETAILS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
-                "unexpected_list", "unexpected_index_list", "unexpected_index_query")
+_ROW_DETAILS = (
+    "partial_unexpected_list",
+    "partial_unexpected_counts",
+    "partial_unexpected_index_list",
+    "unexpected_list",
+    "unexpected_index_list",
+    "unexpected_index_query",
+)
 
 
 def _store_result(context, suite: str, outcome) -> None:
     """Keep the validation result in the GX context's store (GX's own record of it), without the rows a
     multi-column check found (a customer's whole row; counts stay)."""
     from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier, ValidationResultIdentifier,
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
     )
 
     identifier = ValidationResultIdentifier(
@@ -230,15 +269,23 @@ def _store_result(context, suite: str, outcome) -> None:
     context.validation_results_store.set(identifier, outcome)
 
 
-def _write_pages(expectations_dir: Path, suite: str, run_name: str, local: list, shared: list,
-                 hidden: list[bool]) -> tuple[Path, Path]:
-    """The validation's self-contained pages (tasks.validation_page), beside the GX context's results: the
+def _write_pages(
+    expectations_dir: Path, suite: str, run_name: str, local: list, shared: list, hidden: list[bool]
+) -> tuple[Path, Path]:
+    """The validation's self-contained pages (institution.validation_page), beside the GX context's results: the
     institution's own (example values) and the one that may be shared (`hidden`: checks whose parameters are
     figures of the institution's private reference)."""
     import time
 
-    stem = (Path(expectations_dir) / "gx" / "uncommitted" / "validation_pages" / suite / run_name
-            / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}")
+    stem = (
+        Path(expectations_dir)
+        / "gx"
+        / "uncommitted"
+        / "validation_pages"
+        / suite
+        / run_name
+        / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}"
+    )
     stem.parent.mkdir(parents=True, exist_ok=True)
     own, sent = stem.with_name(stem.name + ".html"), stem.with_name(stem.name + ".shared.html")
     own.write_text(render_page(run_name, suite, local))
@@ -261,7 +308,10 @@ class CheckResults:
 
 
 def check_frame(
-    frame, suite: str, expectations_dir: Path = EXPECTATIONS_DIR, drift: list | None = None,
+    frame,
+    suite: str,
+    expectations_dir: Path = EXPECTATIONS_DIR,
+    drift: list | None = None,
     run_name: str = "adhoc",
     ignore_columns: tuple[str, ...] = (),
     ignore_types: tuple[str, ...] = (),
@@ -284,9 +334,12 @@ def check_frame(
         definition = context.validation_definitions.get(suite)
         outcome = definition.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
         _store_result(context, suite, outcome)
-        results = [r for r in outcome.results
-                   if r.expectation_config.kwargs.get("column") not in ignore_columns
-                   and r.expectation_config.type not in ignore_types]
+        results = [
+            r
+            for r in outcome.results
+            if r.expectation_config.kwargs.get("column") not in ignore_columns
+            and r.expectation_config.type not in ignore_types
+        ]
         if drift:
             batch = definition.batch_definition.get_batch(batch_parameters={"dataframe": frame})
             results += batch.validate(gx.ExpectationSuite(name=f"{suite}-drift", expectations=drift)).results
@@ -296,35 +349,50 @@ def check_frame(
         for r in failed
         if r.expectation_config.type == "expect_column_to_exist"
     }
+
     # A missing column fails every check on it; its absence is the one reason worth reading.
     def on_missing(kwargs) -> bool:
         return kwargs.get("column") in missing or bool(missing & set(kwargs.get("column_list") or []))
 
     shown = [
-        r for r in failed
+        r
+        for r in failed
         if (r.expectation_config.type == "expect_column_to_exist" or not on_missing(r.expectation_config.kwargs))
-        and not (r.expectation_config.type == "expect_table_columns_to_match_set"
-                 and not ((r.result or {}).get("details") or {}).get("mismatched", {}).get("unexpected"))
+        and not (
+            r.expectation_config.type == "expect_table_columns_to_match_set"
+            and not ((r.result or {}).get("details") or {}).get("mismatched", {}).get("unexpected")
+        )
     ]
+
     def warning(r) -> bool:
         config = r.expectation_config
         return str(config.severity.value) == "warning" or (config.type, config.kwargs.get("column")) in lenient
 
-    private = {id(r) for r in results[len(results) - len(drift or []):]} if private_drift and drift else set()
+    private = {id(r) for r in results[len(results) - len(drift or []) :]} if private_drift and drift else set()
 
     def reasons(local: bool, warned: bool) -> list[str]:
         return [_reason(r, local, id(r) not in private) for r in shown if warning(r) == warned]
 
     own, sent = _write_pages(
-        expectations_dir, suite, run_name, [(r, check_status(r, warning(r)), _outcome(r, True)) for r in results],
+        expectations_dir,
+        suite,
+        run_name,
+        [(r, check_status(r, warning(r)), _outcome(r, True)) for r in results],
         [(r, check_status(r, warning(r)), _outcome(r, False, id(r) not in private)) for r in results],
-        [id(r) in private for r in results])
-    return CheckResults(len(results), reasons(False, False), reasons(False, True), sent, reasons(True, False),
-                        reasons(True, True), own)
+        [id(r) in private for r in results],
+    )
+    return CheckResults(
+        len(results), reasons(False, False), reasons(False, True), sent, reasons(True, False), reasons(True, True), own
+    )
 
 
-def validate_extract(extract: Extract, schema: Schema, reference: dict | None = None,
-                     expectations_dir: Path = EXPECTATIONS_DIR, private_reference: bool = False) -> ValidationReport:
+def validate_extract(
+    extract: Extract,
+    schema: Schema,
+    reference: dict | None = None,
+    expectations_dir: Path = EXPECTATIONS_DIR,
+    private_reference: bool = False,
+) -> ValidationReport:
     """Read and check one institution's extract against its schema's suite (and against `reference`, the
     profile of its last accepted extract, when there is one); an unreadable file is a failed report.
     Runs where the extract is; what only the institution may read (example values, undeclared columns) goes
@@ -336,12 +404,11 @@ def validate_extract(extract: Extract, schema: Schema, reference: dict | None = 
     except InstitutionDataError as error:
         if error.detail != str(error):
             log.warning("%s (at this institution only)", error.detail)
-        return ValidationReport(institution, path, suite, passed=False, checks_evaluated=1,
-                                checks_failed=1, reasons=[str(error)])
-    drift = (drift_expectations(reference, schema, frame.columns, private_reference)
-             if reference is not None else None)
-    checked = check_frame(frame, suite, expectations_dir, drift, run_name=institution,
-                          private_drift=private_reference)
+        return ValidationReport(
+            institution, path, suite, passed=False, checks_evaluated=1, checks_failed=1, reasons=[str(error)]
+        )
+    drift = drift_expectations(reference, schema, frame.columns, private_reference) if reference is not None else None
+    checked = check_frame(frame, suite, expectations_dir, drift, run_name=institution, private_drift=private_reference)
     for reason in [*checked.local_errors, *checked.local_warnings]:
         if reason not in checked.errors and reason not in checked.warnings:
             log.warning("institution '%s': %s (at this institution only)", institution, reason)
@@ -377,8 +444,9 @@ def admitted_institutions(reports: list[ValidationReport], quorum: int, min_row_
     if len(admitted) < quorum:
         shortfalls.append(f"only {len(admitted)} of {len(reports)} institutions passed validation, quorum is {quorum}")
     if share < min_row_share:
-        shortfalls.append(f"institutions that passed hold {share:.1%} of {total_rows} rows, "
-                          f"policy requires {min_row_share:.1%}")
+        shortfalls.append(
+            f"institutions that passed hold {share:.1%} of {total_rows} rows, policy requires {min_row_share:.1%}"
+        )
     if shortfalls:
         excluded = "; ".join(f"{r.institution}: {' | '.join(r.reasons)}" for r in reports if not r.passed)
         raise QuorumNotMet(f"{'; '.join(shortfalls)}; nothing was trained or registered. Excluded: {excluded}")

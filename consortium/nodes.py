@@ -1,4 +1,4 @@
-"""The coordinator's side of cross-silo: a consortium of institutions' nodes (tasks.consortium's interface)
+"""The coordinator's side of cross-silo: a consortium of institutions' nodes (consortium.local's interface)
 and the training runner that sends each round to them (fed_models.training's Institutions).
 
 The coordinator never has a path to an institution's data: it sends settings, the feature layout, global
@@ -23,24 +23,38 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from consortium.protocol import TrainingStopped
+from errors import FedriskError
+from institution.evaluation import InstitutionEvaluation
+from institution.statistics import LocalStatistics
+from institution.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 from node import wire
 from node.server import SERVICE, message_options
 from riskmodel.model import ENGINE_FILES, MANIFEST
-from tasks.evaluation import InstitutionEvaluation
-from tasks.statistics import LocalStatistics
-from tasks.training import TrainingStopped
-from tasks.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 
-TIMEOUTS = {"Describe": 30, "Validate": 600, "Statistics": 300, "Prepare": 600, "TrainRound": 900,
-            "ValidateRound": 300, "Evaluate": 900, "TrainTrees": 3600, "TreeProgress": 30, "SecureBegin": 900,
-            "SecureShare": 60, "SecureMask": 120, "SecureConsistency": 60, "SecureUnmask": 60}
+TIMEOUTS = {
+    "Describe": 30,
+    "Validate": 600,
+    "Statistics": 300,
+    "Prepare": 600,
+    "TrainRound": 900,
+    "ValidateRound": 300,
+    "Evaluate": 900,
+    "TrainTrees": 3600,
+    "TreeProgress": 30,
+    "SecureBegin": 900,
+    "SecureShare": 60,
+    "SecureMask": 120,
+    "SecureConsistency": 60,
+    "SecureUnmask": 60,
+}
 MAX_MESSAGE_MB = 64
 START = "the start of the training"  # Prepare: a node checks the training against its policy
 _channels: dict[tuple, grpc.Channel] = {}
 _channels_lock = threading.Lock()
 
 
-class NodeError(RuntimeError):
+class NodeError(FedriskError, RuntimeError):
     """A node that could not be reached, refused, or failed; the message names the institution and address."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
@@ -72,12 +86,17 @@ def _channel(handle: NodeHandle, tls: Tls) -> grpc.Channel:
     key = (handle, tls)
     with _channels_lock:
         if key not in _channels:
-            credentials = grpc.ssl_channel_credentials(Path(tls.ca).read_bytes(), Path(tls.key).read_bytes(),
-                                                       Path(tls.cert).read_bytes())
+            credentials = grpc.ssl_channel_credentials(
+                Path(tls.ca).read_bytes(), Path(tls.key).read_bytes(), Path(tls.cert).read_bytes()
+            )
             # The node must hold the certificate of the institution it is configured as. A node that was down
             # is dialled again within seconds, not after gRPC's default backoff of up to two minutes.
-            options = [("grpc.ssl_target_name_override", handle.institution), *message_options(MAX_MESSAGE_MB),
-                       ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
+            options = [
+                ("grpc.ssl_target_name_override", handle.institution),
+                *message_options(MAX_MESSAGE_MB),
+                ("grpc.initial_reconnect_backoff_ms", 500),
+                ("grpc.max_reconnect_backoff_ms", 5000),
+            ]
             _channels[key] = grpc.secure_channel(handle.address, credentials, options=options)
         return _channels[key]
 
@@ -146,6 +165,14 @@ class NodeConsortium:
     champion: str | None = None  # riskmodel.model.files_digest of the champion the run evaluates, named at the start
     cross_silo = True
 
+    @property
+    def extracts(self) -> tuple:
+        """None: across silos this process reads no institution's file."""
+        return ()
+
+    def tree_data(self, schema, layout, split) -> list:
+        raise TypeError("across silos each node's worker reads its own rows; tree_data is for simulation")
+
     def for_run(self, run_key: str, champion: Path | None) -> NodeConsortium:
         """The consortium for one training: its id, and the champion it will evaluate (named to each node when the
         training begins; a node scores no other model)."""
@@ -161,9 +188,13 @@ class NodeConsortium:
         """The version tags that say its updates and statistics were added by secure aggregation, and how."""
         from node.secure import UPDATE_BITS
 
-        return {"secure_aggregation": "true", "secure_aggregation.institutions": str(len(self.names)),
-                "secure_aggregation.threshold": str(self.secure_threshold),
-                "secure_aggregation.bit_width": str(UPDATE_BITS), "secure_aggregation.clip_norm": f"{self.clip_norm:g}"}
+        return {
+            "secure_aggregation": "true",
+            "secure_aggregation.institutions": str(len(self.names)),
+            "secure_aggregation.threshold": str(self.secure_threshold),
+            "secure_aggregation.bit_width": str(UPDATE_BITS),
+            "secure_aggregation.clip_norm": f"{self.clip_norm:g}",
+        }
 
     @property
     def names(self) -> list[str]:
@@ -175,8 +206,7 @@ class NodeConsortium:
         from node.secure import Encoding
 
         largest = max((rows for _, rows in self.rows), default=0)
-        return Encoding(self.clip_norm, max(len(self.nodes), 3),
-                        float((largest + spec.batch_size) * spec.local_epochs))
+        return Encoding(self.clip_norm, max(len(self.nodes), 3), float((largest + spec.batch_size) * spec.local_epochs))
 
     def node(self, institution: str) -> NodeHandle:
         return next(n for n in self.nodes if n.institution == institution)
@@ -189,8 +219,15 @@ class NodeConsortium:
         try:
             answer = call(handle, self.tls, "Validate", {"schema": _schema_ref(schema), "reference": reference})
         except NodeError as error:  # unreachable or refusing: quarantined like a failed validation
-            return ValidationReport(institution, f"node {handle.address}", schema.suite, passed=False,
-                                    checks_evaluated=1, checks_failed=1, reasons=[str(error)])
+            return ValidationReport(
+                institution,
+                f"node {handle.address}",
+                schema.suite,
+                passed=False,
+                checks_evaluated=1,
+                checks_failed=1,
+                reasons=[str(error)],
+            )
         report = ValidationReport(**answer["report"])
         if answer.get("data_docs_html"):  # the node's page, kept here for the run (no path into the node)
             page = Path(tempfile.mkdtemp(prefix="fedrisk-validation-page-")) / "validation.html"
@@ -200,26 +237,39 @@ class NodeConsortium:
 
     def admit(self, reports: list[ValidationReport]) -> NodeConsortium:
         passed = {r.institution: r.digest for r in reports if r.passed}
-        return replace(self, nodes=tuple(n for n in self.nodes if n.institution in passed),
-                       digests=tuple(passed.items()), rows=tuple((r.institution, r.rows) for r in reports if r.passed))
+        return replace(
+            self,
+            nodes=tuple(n for n in self.nodes if n.institution in passed),
+            digests=tuple(passed.items()),
+            rows=tuple((r.institution, r.rows) for r in reports if r.passed),
+        )
 
     def statistics(self, institution, schema, features, split) -> LocalStatistics:
-        result = call(self.node(institution), self.tls, "Statistics", {
-            "schema": _schema_ref(schema), "digest": self.digest(institution), "features": features,
-            "split": vars(split)})
+        result = call(
+            self.node(institution),
+            self.tls,
+            "Statistics",
+            {
+                "schema": _schema_ref(schema),
+                "digest": self.digest(institution),
+                "features": features,
+                "split": vars(split),
+            },
+        )
         return LocalStatistics(**result)
 
-    def secure_statistics(self, schema, features, split,
-                          kept: Path | None = None) -> tuple[LocalStatistics, dict[str, int], str]:
+    def secure_statistics(
+        self, schema, features, split, kept: Path | None = None
+    ) -> tuple[LocalStatistics, dict[str, int], str]:
         """The consortium's statistics as one secure sum over every admitted node (each must complete it):
         the summed statistics, each institution's row count (public, as in its validation report), and what
         completed. A node adds an input to one sum only, so the sum over the same extracts is kept under `kept`
         (a directory) and read back by later runs instead of being asked for again."""
         import json
 
+        from institution.statistics import statistics_from_vector
         from node import secure
         from secagg.protocol import SecureAggregationError
-        from tasks.statistics import statistics_from_vector
 
         names = self.names
         base = {"schema": _schema_ref(schema), "features": features, "split": vars(split)}
@@ -229,16 +279,21 @@ class NodeConsortium:
             kept_file = Path(kept) / f"{key.hexdigest()}.json"
             if kept_file.exists():
                 plain = json.loads(kept_file.read_text())
-                return (LocalStatistics(**plain["statistics"]), plain["counts"],
-                        f"the secure sum of {plain['at']} over the same extracts (session {plain['session']}): each "
-                        f"node adds an input to one sum only")
+                return (
+                    LocalStatistics(**plain["statistics"]),
+                    plain["counts"],
+                    f"the secure sum of {plain['at']} over the same extracts (session {plain['session']}): each "
+                    f"node adds an input to one sum only",
+                )
 
         def each(indices, when, operation):
             results = _in_parallel(indices, lambda i: _attempt(lambda: operation(i)))
             failures = [r for r in results.values() if isinstance(r, NodeError)]
             if failures:
-                raise NodeError(f"{when}: " + "; ".join(str(f) for f in failures) + ": every admitted institution "
-                                f"must add its statistics; nothing was trained or registered")
+                raise NodeError(
+                    f"{when}: " + "; ".join(str(f) for f in failures) + ": every admitted institution "
+                    "must add its statistics; nothing was trained or registered"
+                )
             return results
 
         def begin(i: int) -> dict:
@@ -246,18 +301,27 @@ class NodeConsortium:
 
         session = secure.new_session("statistics")
         try:
-            result = secure.run_session(names, list(range(len(names))), session, {"sums": secure.SUMS}, begin, each,
-                                        lambda i, op, request: call(self.node(names[i]), self.tls, op, request),
-                                        self.secure_threshold, "federated statistics")
+            result = secure.run_session(
+                names,
+                list(range(len(names))),
+                session,
+                {"sums": secure.SUMS},
+                begin,
+                each,
+                lambda i, op, request: call(self.node(names[i]), self.tls, op, request),
+                self.secure_threshold,
+                "federated statistics",
+            )
         except SecureAggregationError as error:
             raise NodeError(f"federated statistics: {error}") from None
         counts = {name: int(meta["count"]) for name, meta in result.meta.items()}
         summed = statistics_from_vector(result.sums["sums"], schema, features)
         if kept_file is not None:
             kept_file.parent.mkdir(parents=True, exist_ok=True)
-            at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            kept_file.write_text(json.dumps({"statistics": asdict(summed), "counts": counts, "session": session,
-                                             "at": at}))
+            at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            kept_file.write_text(
+                json.dumps({"statistics": asdict(summed), "counts": counts, "session": session, "at": at})
+            )
         return summed, counts, result.describe(len(names), self.secure_threshold)
 
     def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
@@ -267,9 +331,16 @@ class NodeConsortium:
         """Each node runs its institution's XGBoost worker against the coordinator's federated server at
         `server` (in parallel, until the training ends); rank 0's answer holds the trees. `on_round` gets each
         boosting round's federated validation figures as rank 0's node reports them (asked twice a second)."""
-        base = {"schema": _schema_ref(schema), "layout": layout.to_json(), "split": vars(split),
-                "spec": spec.as_dict(), "run_key": run_key, "world_size": len(self.nodes), "server": server,
-                "champion": self.champion}
+        base = {
+            "schema": _schema_ref(schema),
+            "layout": layout.to_json(),
+            "split": vars(split),
+            "spec": spec.as_dict(),
+            "run_key": run_key,
+            "world_size": len(self.nodes),
+            "server": server,
+            "champion": self.champion,
+        }
 
         def train(rank: int) -> dict:
             node = self.nodes[rank]
@@ -284,7 +355,7 @@ class NodeConsortium:
                     rounds = call(self.nodes[0], self.tls, "TreeProgress", {"run_key": run_key})["rounds"]
                 except NodeError:
                     rounds = []
-                for figures in rounds[len(delivered):]:
+                for figures in rounds[len(delivered) :]:
                     delivered.append(figures)
                     on_round(figures)
                 if finished:
@@ -300,15 +371,27 @@ class NodeConsortium:
             if follower is not None:
                 follower.join(timeout=60)
         if on_round is not None:  # what the follower did not see (rank 0's answer is the record)
-            for figures in answers[0]["rounds"][len(delivered):]:
+            for figures in answers[0]["rounds"][len(delivered) :]:
                 on_round(figures)
-        return {"answer": answers[0], "rows": {n.institution: answers[rank]["rows"] for rank, n in enumerate(self.nodes)}}
+        return {
+            "answer": answers[0],
+            "rows": {n.institution: answers[rank]["rows"] for rank, n in enumerate(self.nodes)},
+        }
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
-        result = call(self.node(institution), self.tls, "Evaluate", {
-            "schema": _schema_ref(schema), "digest": self.digest(institution), "split": vars(split),
-            "run_key": self.run_key, "evaluation": evaluation.model_dump(),
-            "models": {role: _zip_model(path) for role, path in models.items()}})
+        result = call(
+            self.node(institution),
+            self.tls,
+            "Evaluate",
+            {
+                "schema": _schema_ref(schema),
+                "digest": self.digest(institution),
+                "split": vars(split),
+                "run_key": self.run_key,
+                "evaluation": evaluation.model_dump(),
+                "models": {role: _zip_model(path) for role, path in models.items()},
+            },
+        )
         return InstitutionEvaluation(**result)
 
 
@@ -340,8 +423,12 @@ class NodeInstitutions:
 
     def _prepare(self, index: int) -> None:
         name = self.names[index]
-        answer = call(self.consortium.node(name), self.consortium.tls, "Prepare",
-                      {**self._prepare_request, "digest": self.consortium.digest(name), "delta": self.deltas.get(name)})
+        answer = call(
+            self.consortium.node(name),
+            self.consortium.tls,
+            "Prepare",
+            {**self._prepare_request, "digest": self.consortium.digest(name), "delta": self.deltas.get(name)},
+        )
         self.fit_rows[index] = answer["fit_rows"]
         self.reported[name] = answer["rounds_trained"]
 
@@ -361,10 +448,17 @@ class NodeInstitutions:
         one that refuses is left out while the quorum holds."""
         from fed_models.training import spec_as_dict
 
-        self._prepare_request = {"schema": _schema_ref(self.schema), "run_key": self.run_key,
-                                 "spec": spec_as_dict(stages.spec), "mean": stages.mean, "std": stages.std,
-                                 "layout": self.layout.to_json(), "split": vars(self.split),
-                                 "secure_aggregation": self.consortium.secure, "champion": self.consortium.champion}
+        self._prepare_request = {
+            "schema": _schema_ref(self.schema),
+            "run_key": self.run_key,
+            "spec": spec_as_dict(stages.spec),
+            "mean": stages.mean,
+            "std": stages.std,
+            "layout": self.layout.to_json(),
+            "split": vars(self.split),
+            "secure_aggregation": self.consortium.secure,
+            "champion": self.consortium.champion,
+        }
         if self.consortium.secure:
             self.encoding = self.consortium.encoding(stages.spec)
             self._prepare_request["secure_encoding"] = self.encoding.as_dict()
@@ -386,19 +480,23 @@ class NodeInstitutions:
 
     def _drop(self, failures: dict[str, NodeError], when: str) -> None:
         active = [n for n in self.names if n not in self.lost and n not in failures]
-        reasons = "; ".join(f"{error} ({'refused' if error.refusal else 'failed twice'})"
-                            for error in failures.values())
+        reasons = "; ".join(
+            f"{error} ({'refused' if error.refusal else 'failed twice'})" for error in failures.values()
+        )
         if len(active) < self.consortium.quorum:
             raise TrainingStopped(
                 f"{when}: {reasons}; {len(active)} institution(s) left, quorum is "
                 f"{self.consortium.quorum}: the run stops, nothing is registered, and the next run resumes from "
-                f"the last round's checkpoint")
+                f"the last round's checkpoint"
+            )
         for name, error in failures.items():
             start = error.refusal and when == START
             self.lost[name] = f"{REFUSED_AT_START}: {error}" if start else f"{LEFT_OUT} {when}: {error}"
             if self.warn is not None:
-                self.warn(f"institution '{name}' {self.lost[name]}; the run goes on with {len(active)} institution(s) "
-                          f"(quorum {self.consortium.quorum})")
+                self.warn(
+                    f"institution '{name}' {self.lost[name]}; the run goes on with {len(active)} institution(s) "
+                    f"(quorum {self.consortium.quorum})"
+                )
 
     def _each(self, indices: list[int], when: str, operation) -> dict[int, object]:
         """`operation(i)` at each node in parallel; a node failing twice is dropped (see `_drop`)."""
@@ -417,13 +515,21 @@ class NodeInstitutions:
         consortium = self.consortium
         try:
             result = secure.run_session(
-                self.names, indices, secure.new_session(f"{self.run_key}/{when}"),
-                vectors, lambda i: {"operation": operation, "request": request(i)}, self._each,
+                self.names,
+                indices,
+                secure.new_session(f"{self.run_key}/{when}"),
+                vectors,
+                lambda i: {"operation": operation, "request": request(i)},
+                self._each,
                 lambda i, op, body: call(consortium.node(self.names[i]), consortium.tls, op, body),
-                consortium.secure_threshold, when)
+                consortium.secure_threshold,
+                when,
+            )
         except SecureAggregationError as error:
-            raise TrainingStopped(f"{when}: {error}; the run stops, nothing is registered, and the next run resumes "
-                                  f"from the last round's checkpoint") from None
+            raise TrainingStopped(
+                f"{when}: {error}; the run stops, nothing is registered, and the next run resumes "
+                f"from the last round's checkpoint"
+            ) from None
         if self.log is not None:
             self.log(f"{when}: {result.describe(len(indices), consortium.secure_threshold)}")
         return result
@@ -437,17 +543,26 @@ class NodeInstitutions:
             return self._secure_round(stages, round_num, plain, indices)
 
         def train(i: int):
-            return call(self.consortium.node(self.names[i]), self.consortium.tls, "TrainRound", {
-                "run_key": self.run_key, "round": round_num, "weights": plain,
-                "client_seed": client_seed(stages.spec.seed, round_num, i)})
+            return call(
+                self.consortium.node(self.names[i]),
+                self.consortium.tls,
+                "TrainRound",
+                {
+                    "run_key": self.run_key,
+                    "round": round_num,
+                    "weights": plain,
+                    "client_seed": client_seed(stages.spec.seed, round_num, i),
+                },
+            )
 
         self.round = round_num
         answers = self._each(indices, f"round {round_num}", train)
         updates = []
         for i, answer in sorted(answers.items()):
             self._reported(self.names[i], answer)
-            updates.append(ClientUpdate(self.names[i], list(answer["update"]), float(answer["weight"]),
-                                        answer["metrics"]))
+            updates.append(
+                ClientUpdate(self.names[i], list(answer["update"]), float(answer["weight"]), answer["metrics"])
+            )
         return updates
 
     def _secure_round(self, stages, round_num: int, plain: dict, indices: list[int]):
@@ -459,17 +574,34 @@ class NodeInstitutions:
 
         self.round = round_num
         when = f"round {round_num}"
-        result = self._secure_sum(indices, "train_round", lambda i: {
-            "run_key": self.run_key, "round": round_num, "weights": plain,
-            "client_seed": client_seed(stages.spec.seed, round_num, i)}, self.encoding.specs(), when)
+        result = self._secure_sum(
+            indices,
+            "train_round",
+            lambda i: {
+                "run_key": self.run_key,
+                "round": round_num,
+                "weights": plain,
+                "client_seed": client_seed(stages.spec.seed, round_num, i),
+            },
+            self.encoding.specs(),
+            when,
+        )
         for name, meta in result.meta.items():
             self._reported(name, meta)
         try:
             summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
         except SecureAggregationError as error:
             raise TrainingStopped(f"{when}: {error}; nothing is registered") from None
-        return [ClientUpdate("consortium (secure sum)", summed.update, summed.weight, summed.metrics,
-                             institutions=summed.institutions, non_finite=summed.non_finite)]
+        return [
+            ClientUpdate(
+                "consortium (secure sum)",
+                summed.update,
+                summed.weight,
+                summed.metrics,
+                institutions=summed.institutions,
+                non_finite=summed.non_finite,
+            )
+        ]
 
     def validate(self, stages, weights):
         from fed_models.training import weights_as_lists
@@ -479,13 +611,24 @@ class NodeInstitutions:
         if self.consortium.secure:
             from node import secure
 
-            result = self._secure_sum(indices, "validate_round", lambda i: {"run_key": self.run_key,
-                                                                          "weights": plain},
-                                      {"sums": secure.SUMS}, f"validation of round {self.round}")
+            result = self._secure_sum(
+                indices,
+                "validate_round",
+                lambda i: {"run_key": self.run_key, "weights": plain},
+                {"sums": secure.SUMS},
+                f"validation of round {self.round}",
+            )
             return [secure.unflatten(result.sums["sums"], result.meta[result.sent[0]]["metrics"])]
-        answers = self._each(indices, f"validation of round {self.round}", lambda i: call(
-            self.consortium.node(self.names[i]), self.consortium.tls, "ValidateRound",
-            {"run_key": self.run_key, "weights": plain}))
+        answers = self._each(
+            indices,
+            f"validation of round {self.round}",
+            lambda i: call(
+                self.consortium.node(self.names[i]),
+                self.consortium.tls,
+                "ValidateRound",
+                {"run_key": self.run_key, "weights": plain},
+            ),
+        )
         return [answers[i]["metrics"] for i in sorted(answers)]
 
     def _reported(self, name: str, answer: dict) -> None:

@@ -8,23 +8,29 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
-from tasks.versions import (CONFIG_ARTIFACT, MODEL_CARD_ARTIFACT, resolve_version, validation_page_artifact,
-                            version_page_url)
+from tracking.versions import (
+    CONFIG_ARTIFACT,
+    MODEL_CARD_ARTIFACT,
+    resolve_version,
+    validation_page_artifact,
+    version_page_url,
+)
 
 if TYPE_CHECKING:  # `fedrisk lineage` reads tags only: no Prefect or GX at start-up
-    from tasks.config import RunConfig
-    from tasks.validation import ValidationReport
+    from institution.validation import ValidationReport
+    from runconfig import RunConfig
 
 
 def git_state(root: Path, inputs: list[Path] = ()) -> tuple[str, bool, list[str]]:
     """The commit of the code in `root`, whether it is dirty (tracked files differ from it, or one of the run's
     `inputs` inside `root` -- its schema, suite and config files -- is not committed at all), and those
     uncommitted inputs (paths relative to `root`)."""
+
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
     try:
         commit = git("rev-parse", "HEAD").stdout.strip()
         if not commit:
@@ -32,8 +38,9 @@ def git_state(root: Path, inputs: list[Path] = ()) -> tuple[str, bool, list[str]
         changed = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
         root = Path(root).resolve()
         inside = [Path(p).resolve() for p in inputs if Path(p).resolve().is_relative_to(root)]
-        untracked = [p.relative_to(root).as_posix() for p in inside
-                     if git("ls-files", "--error-unmatch", str(p)).returncode != 0]
+        untracked = [
+            p.relative_to(root).as_posix() for p in inside if git("ls-files", "--error-unmatch", str(p)).returncode != 0
+        ]
         return commit, changed or bool(untracked), untracked
     except (OSError, subprocess.SubprocessError):
         return "unknown", False, []
@@ -78,6 +85,9 @@ def lineage_tags(
     how the training workers were kept off the network (or that the operator accepted they were not);
     `uncommitted` the run's schema, suite or config files that git did not track."""
     training, schema = config.training, config.data_schema
+    from engines.registry import engine_for  # here: reading lineage (`fedrisk lineage`) needs no engine
+
+    described = engine_for(training).architecture(config)
     tags = {
         "prefect.flow_run_id": flow_run_id,
         "git.commit": commit,
@@ -90,13 +100,9 @@ def lineage_tags(
         "suite.name": config.suite,
         "suite.sha256": suite_sha256,
         "institutions": ",".join(admitted),
-        **({"training.algorithm": "federated gradient-boosted trees (XGBoost, hist)",
-            "training.aggregation": "gradient histograms summed by XGBoost's federated server",
-            "model.kind": "gradient_boosted_trees"} if training.engine == "xgboost" else {
-            "training.algorithm": training.algorithm,
-            "training.aggregation": ("client-level DP (Gaussian, clipped, unweighted)"
-                                     if config.privacy.mechanism == "client_level" else training.aggregation),
-            "model.kind": training.model.kind}),
+        "training.algorithm": described.algorithm,
+        "training.aggregation": described.aggregation,
+        "model.kind": described.kind,
         "security.worker_isolation": worker_isolation,  # TFF's worker; an engine without it says what it used
         **(engine or {"training.engine": training.engine}),
         **privacy,
@@ -182,8 +188,9 @@ def _artifact_exists(client, run_id: str, path: str) -> bool:
     return any(a.path == path for a in client.list_artifacts(run_id, parent))
 
 
-def trace(tracking_uri: str, reference: str, project_root: Path, expectations_dir: Path,
-          ui_url: str) -> tuple[str, list[Link]]:
+def trace(
+    tracking_uri: str, reference: str, project_root: Path, expectations_dir: Path, ui_url: str
+) -> tuple[str, list[Link]]:
     """Follow `reference` (NAME@ALIAS or NAME/VERSION) to every recorded origin; check each one. Links are
     runs:/ URIs (they resolve wherever the store is) or pages of the MLflow UI at `ui_url`.
 
@@ -199,34 +206,59 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     name, alias, version = parse_reference(reference)
     found = resolve_version(tracking_uri, name, alias, version)
     version, tags, run_id = str(found.version), found.tags, found.run_id
-    links = [Link("model", version_page_url(ui_url, name, version), True,
-                  f"{found.status}, aliases: {', '.join(found.aliases)}")]
+    links = [
+        Link(
+            "model",
+            version_page_url(ui_url, name, version),
+            True,
+            f"{found.status}, aliases: {', '.join(found.aliases)}",
+        )
+    ]
     try:
         run = client.get_run(run_id)
         links.append(Link("MLflow run", f"runs:/{run_id}", True, f"{run.info.run_name}, {run.info.status}"))
     except MlflowException:
         links.append(Link("MLflow run", f"runs:/{run_id}", False, "not in the tracking store"))
         return f"{name} version {version}", links
-    links.append(Link("model card", f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}",
-                      _artifact_exists(client, run_id, MODEL_CARD_ARTIFACT)))
+    links.append(
+        Link(
+            "model card", f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}", _artifact_exists(client, run_id, MODEL_CARD_ARTIFACT)
+        )
+    )
     flow_run_id = tags.get("prefect.flow_run_id", "")
     resolved, detail = _resolve_flow_run(flow_run_id) if flow_run_id else (False, "no flow run recorded")
     if tags.get("prefect.flow_run_url"):
         detail += f"; {tags['prefect.flow_run_url']}"
     links.append(Link("Prefect flow run", flow_run_id or "-", resolved, detail))
     commit = tags.get("git.commit", "unknown")
-    known = subprocess.run(["git", "-C", str(project_root), "cat-file", "-e", f"{commit}^{{commit}}"],
-                           capture_output=True).returncode == 0
+    known = (
+        subprocess.run(
+            ["git", "-C", str(project_root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+        ).returncode
+        == 0
+    )
     uncommitted = tags.get("git.uncommitted_inputs", "")
-    links.append(Link("code", f"git {commit}", known,
-                      ("with uncommitted changes at training time" if tags.get("git.dirty") == "true" else "clean")
-                      + (f" (not committed: {uncommitted})" if uncommitted else "")
-                      + ("" if known else "; commit not in this repository")))
+    links.append(
+        Link(
+            "code",
+            f"git {commit}",
+            known,
+            ("with uncommitted changes at training time" if tags.get("git.dirty") == "true" else "clean")
+            + (f" (not committed: {uncommitted})" if uncommitted else "")
+            + ("" if known else "; commit not in this repository"),
+        )
+    )
     try:
         config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}"))
         matches = config_digest(config) == tags.get("config.sha256")
-        links.append(Link("config", f"runs:/{run_id}/{CONFIG_ARTIFACT}", matches,
-                          f"sha256 {tags.get('config.sha256', '-')[:16]}" + ("" if matches else " does not match")))
+        links.append(
+            Link(
+                "config",
+                f"runs:/{run_id}/{CONFIG_ARTIFACT}",
+                matches,
+                f"sha256 {tags.get('config.sha256', '-')[:16]}" + ("" if matches else " does not match"),
+            )
+        )
     except MlflowException:
         links.append(Link("config", f"runs:/{run_id}/{CONFIG_ARTIFACT}", False, "artifact missing"))
     links.append(_schema_link(tags))
@@ -234,31 +266,61 @@ def trace(tracking_uri: str, reference: str, project_root: Path, expectations_di
     path = suite_file(expectations_dir, suite)
     same = path.exists() and suite_digest(expectations_dir, suite) == tags.get("suite.sha256")
     suite_uncommitted = f"{suite}.json" in uncommitted
-    links.append(Link("suite", suite, same and not suite_uncommitted, f"sha256 {tags.get('suite.sha256', '-')[:16]}, "
-                      + (NOT_COMMITTED if same and suite_uncommitted else "as committed" if same
-                         else ("the committed suite has changed since" if path.exists() else "no such suite committed"))))
+    links.append(
+        Link(
+            "suite",
+            suite,
+            same and not suite_uncommitted,
+            f"sha256 {tags.get('suite.sha256', '-')[:16]}, "
+            + (
+                NOT_COMMITTED
+                if same and suite_uncommitted
+                else "as committed"
+                if same
+                else ("the committed suite has changed since" if path.exists() else "no such suite committed")
+            ),
+        )
+    )
     for institution in [t.split(".")[1] for t in tags if t.startswith("institution.") and t.endswith(".validation")]:
         prefix = f"institution.{institution}"
         # The folder, not the file: runs registered before the self-contained page kept GX's file name there.
         folder = validation_page_artifact(institution).rsplit("/", 1)[0]
         docs = [a.path for a in client.list_artifacts(run_id, folder)]
         unreadable = tags.get(prefix + ".digest") == "unreadable"  # no checks ran, so no Data Docs page
-        links.append(Link(f"institution {institution}", f"runs:/{run_id}/{docs[0]}" if docs else "(no Data Docs)",
-                          bool(docs) or unreadable, f"digest {tags.get(prefix + '.digest', '-')[:16]}, {tags.get(prefix + '.rows')} "
-                                      f"rows, {tags.get(prefix + '.validation')}"))
-    links.append(Link("training", tags.get("training.algorithm", "-"), True,
-                      f"aggregation {tags.get('training.aggregation')}, model {tags.get('model.kind')}"))
+        links.append(
+            Link(
+                f"institution {institution}",
+                f"runs:/{run_id}/{docs[0]}" if docs else "(no Data Docs)",
+                bool(docs) or unreadable,
+                f"digest {tags.get(prefix + '.digest', '-')[:16]}, {tags.get(prefix + '.rows')} "
+                f"rows, {tags.get(prefix + '.validation')}",
+            )
+        )
+    links.append(
+        Link(
+            "training",
+            tags.get("training.algorithm", "-"),
+            True,
+            f"aggregation {tags.get('training.aggregation')}, model {tags.get('model.kind')}",
+        )
+    )
     links.append(_privacy_link(client, tags, version))
     isolation = tags.get("security.worker_isolation", "not recorded")
-    links.append(Link("worker isolation", isolation, True,
-                      "the training workers were reachable from other hosts" if isolation.startswith("none") else ""))
+    links.append(
+        Link(
+            "worker isolation",
+            isolation,
+            True,
+            "the training workers were reachable from other hosts" if isolation.startswith("none") else "",
+        )
+    )
     links.append(Link("promotion", tags.get("promotion.decision", "-"), True, tags.get("promotion.reason", "")))
     return f"{name} version {version}", links
 
 
 def _schema_link(tags: dict[str, str]) -> Link:
     """The schema version the model was trained on, checked against the committed schema file."""
-    from tasks.schema import SchemaError, load_schema, schema_file
+    from contract.schema import SchemaError, load_schema, schema_file
 
     name, version, digest = tags.get("schema.name"), tags.get("schema.version"), tags.get("schema.sha256", "")
     if not name:
@@ -270,9 +332,14 @@ def _schema_link(tags: dict[str, str]) -> Link:
     same = str(current.version) == version and current.fingerprint() == digest
     committed = schema_file(name).relative_to(schema_file(name).parents[1]).as_posix()
     uncommitted = committed in tags.get("git.uncommitted_inputs", "")
-    detail = f"sha256 {digest[:16]}, " + (NOT_COMMITTED if same and uncommitted else "as committed" if same
-                                          else f"{committed} is now version {current.version}"
-                                          + ("" if str(current.version) != version else " with other content"))
+    detail = f"sha256 {digest[:16]}, " + (
+        NOT_COMMITTED
+        if same and uncommitted
+        else "as committed"
+        if same
+        else f"{committed} is now version {current.version}"
+        + ("" if str(current.version) != version else " with other content")
+    )
     return Link("schema", f"{name} v{version}", same and not uncommitted, detail)
 
 
@@ -281,14 +348,19 @@ def _privacy_link(client, tags: dict[str, str], version: str) -> Link:
     mechanism = tags.get("privacy.mechanism", "-")
     if mechanism not in ("record_level", "client_level"):
         return Link("privacy", mechanism, True, tags.get("privacy.epsilon", ""))
-    epsilons = {k.removeprefix("privacy.epsilon."): float(v) for k, v in tags.items() if k.startswith("privacy.epsilon.")}
+    epsilons = {
+        k.removeprefix("privacy.epsilon."): float(v) for k, v in tags.items() if k.startswith("privacy.epsilon.")
+    }
     detail = "epsilon " + ", ".join(f"{name} {value:.4f}" for name, value in sorted(epsilons.items()))
     ledger_run = tags.get("privacy.ledger_run", "")
     try:
         entry = client.get_run(ledger_run)
         charged = {name: entry.data.metrics.get(f"epsilon.{name}") for name in epsilons}
-        resolved = (entry.info.lifecycle_stage == "active" and entry.data.tags.get("ledger.version") == version
-                    and all(charged[n] is not None and abs(charged[n] - epsilons[n]) < 1e-4 for n in epsilons))
+        resolved = (
+            entry.info.lifecycle_stage == "active"
+            and entry.data.tags.get("ledger.version") == version
+            and all(charged[n] is not None and abs(charged[n] - epsilons[n]) < 1e-4 for n in epsilons)
+        )
         if not resolved:
             detail += "; the ledger entry does not show these charges for this version"
     except Exception:  # the ledger entry is gone
@@ -307,5 +379,7 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
         name, version = reference.rsplit("/", 1)
         if name and version.isdigit():
             return name, None, version
-    raise ValueError(f"model reference {reference!r} must be NAME@ALIAS (e.g. credit_default@champion) "
-                     f"or NAME/VERSION (e.g. credit_default/3)")
+    raise ValueError(
+        f"model reference {reference!r} must be NAME@ALIAS (e.g. credit_default@champion) "
+        f"or NAME/VERSION (e.g. credit_default/3)"
+    )

@@ -1,8 +1,9 @@
 """Where each institution's rows are, as the coordinator's flow sees them.
 
 Every per-institution step (validate, statistics, training rounds, federated validation, holdout
-evaluation) goes through a consortium: `LocalConsortium` runs it in this process on the institution's
-extract (simulation, the stand-in for a node), node.client.NodeConsortium at the institution's own node
+evaluation) goes through a consortium (consortium.protocol.Consortium): `LocalConsortium` runs it in this process
+on the institution's
+extract (simulation, the stand-in for a node), consortium.nodes.NodeConsortium at the institution's own node
 (cross-silo). Both call the same per-institution functions, so the flow, and the results, are the same.
 """
 
@@ -10,36 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from riskmodel.layout import Layout
-from tasks.config import EvaluationConfig
-from tasks.data import Extract, Split, labels, load_part, load_parts
-from tasks.evaluation import InstitutionEvaluation, evaluate_rows
-from tasks.schema import Schema
-from tasks.statistics import LocalStatistics, local_statistics
-from tasks.validation import ValidationReport, validate_extract
-
-
-class Consortium(Protocol):
-    names: list[str]
-    cross_silo: bool
-    secure: bool  # sums only: updates and statistics through secure aggregation
-
-    def validate(self, institution: str, schema: Schema, reference: dict | None,
-                 expectations_dir: Path) -> ValidationReport: ...
-
-    def admit(self, reports: list[ValidationReport]) -> Consortium: ...
-
-    def for_run(self, run_key: str, champion: Path | None) -> Consortium: ...
-
-    def statistics(self, institution: str, schema: Schema, features: list[str], split: Split) -> LocalStatistics: ...
-
-    def training(self, schema: Schema, layout: Layout, split: Split, run_key: str,
-                 deltas: dict[str, float] | None = None): ...
-
-    def evaluate(self, institution: str, schema: Schema, split: Split, models: dict[str, str],
-                 evaluation: EvaluationConfig) -> InstitutionEvaluation: ...
+from contract.data import Extract, labels, load_part, load_parts
+from institution.evaluation import InstitutionEvaluation, evaluate_rows
+from institution.statistics import LocalStatistics, local_statistics
+from institution.validation import ValidationReport, validate_extract
 
 
 @dataclass(frozen=True)
@@ -57,6 +33,10 @@ class LocalConsortium:
     def extract(self, institution: str) -> Extract:
         return next(e for e in self.extracts if e.institution == institution)
 
+    def secure_tags(self) -> dict[str, str]:
+        """None: secure aggregation is for nodes."""
+        return {}
+
     def for_run(self, run_key: str, champion: Path | None) -> LocalConsortium:
         """The same: in simulation there is no node to name the training's models to."""
         return self
@@ -67,12 +47,14 @@ class LocalConsortium:
     def admit(self, reports: list[ValidationReport]) -> LocalConsortium:
         """The institutions that passed, each pinned to the digest validation saw (every later read checks it)."""
         passed = {r.institution: r.digest for r in reports if r.passed}
-        return LocalConsortium(tuple(e.validated(passed[e.institution]) for e in self.extracts
-                                     if e.institution in passed))
+        return LocalConsortium(
+            tuple(e.validated(passed[e.institution]) for e in self.extracts if e.institution in passed)
+        )
 
     def statistics(self, institution, schema, features, split) -> LocalStatistics:
-        return local_statistics(institution, load_part(self.extract(institution), schema, split, "train"), schema,
-                                features)
+        return local_statistics(
+            institution, load_part(self.extract(institution), schema, split, "train"), schema, features
+        )
 
     def training(self, schema, layout, split, run_key, deltas=None):
         """The institutions' client work and validation, run here on their fit and validation rows."""
@@ -82,13 +64,14 @@ class LocalConsortium:
         for extract in self.extracts:
             rows = load_parts(extract, schema, split, ("fit", "validation"))
             clients.append(ClientData(extract.institution, layout.encode(rows["fit"]), labels(rows["fit"], schema)))
-            validation.append(ClientData(extract.institution, layout.encode(rows["validation"]),
-                                         labels(rows["validation"], schema)))
+            validation.append(
+                ClientData(extract.institution, layout.encode(rows["validation"]), labels(rows["validation"], schema))
+            )
         return LocalInstitutions(clients, validation)
 
     def tree_data(self, schema, layout, split):
         """The XGBoost engine's input: each institution's rows in the layout's native encoding (one worker each)."""
-        from tasks.trees import tree_data
+        from engines.xgboost import tree_data
 
         return tree_data(self.extracts, schema, layout, split)
 

@@ -23,12 +23,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.data import (
-    _EXAMPLES, _FALSE, _INT64_LIMIT, _OTHER_DELIMITERS, _TRUE, InstitutionDataError, _repeated_columns, _unescaped,
-    cut_last_line, headerless, spreadsheet_safe,
+from contract.data import (
+    _EXAMPLES,
+    _FALSE,
+    _INT64_LIMIT,
+    _OTHER_DELIMITERS,
+    _TRUE,
+    InstitutionDataError,
+    _repeated_columns,
+    _unescaped,
+    cut_last_line,
+    headerless,
+    spreadsheet_safe,
 )
-from tasks.schema import Schema, SchemaError, load_schema, percent
-from tasks.suites import expected_checks, require_current_suite
+from contract.schema import Schema, SchemaError, load_schema, percent
+from contract.suites import expected_checks, require_current_suite
+from errors import ExitCode, FedriskError
 
 # Master scale: a band is the range of the probability up to its upper bound.
 SCORE_BANDS = (("A", 0.02), ("B", 0.05), ("C", 0.10), ("D", 0.20), ("E", 0.40), ("F", 1.0))
@@ -37,8 +47,10 @@ CHUNK_ROWS = 50_000
 _TAIL_BYTES = 1 << 16
 
 
-class ScoringInputRejected(ValueError):
+class ScoringInputRejected(FedriskError, ValueError):
     """The file is not the schema's table (a declared column is absent): nothing was scored or written."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, path: Path, suite: str, reasons: list[str]):
         self.reasons = reasons
@@ -77,8 +89,10 @@ def model_schema(tags: dict[str, str], reference: str) -> Schema:
     except SchemaError as error:
         raise LookupError(f"{reference} was trained on schema {name}: {error}") from None
     if str(schema.version) != version:
-        raise LookupError(f"{reference} was trained on schema {name} version {version}, but schemas/{name}.yaml is "
-                          f"version {schema.version}: score with a version trained on it")
+        raise LookupError(
+            f"{reference} was trained on schema {name} version {version}, but schemas/{name}.yaml is "
+            f"version {schema.version}: score with a version trained on it"
+        )
     return schema
 
 
@@ -119,9 +133,14 @@ class _RowChecks:
                 return
             text = self.said[(check, column)]
             tally.rejected[text] += len(rows)
-            got = [" (missing)"] * len(rows) if values is None else [f" (got {_as_written(v)!r})" for v in
-                                                                       values.iloc[rows]]
-            reasons[rows] = [f"{before}; {text}{g}" if before else f"{text}{g}" for before, g in zip(reasons[rows], got)]
+            got = (
+                [" (missing)"] * len(rows)
+                if values is None
+                else [f" (got {_as_written(v)!r})" for v in values.iloc[rows]]
+            )
+            reasons[rows] = [
+                f"{before}; {text}{g}" if before else f"{text}{g}" for before, g in zip(reasons[rows], got)
+            ]
 
         typed = {}
         for name, feature in self.schema.features.items():
@@ -141,11 +160,15 @@ class _RowChecks:
                 words = values.astype(str).str.strip().str.lower()
                 unknown = present & ~words.isin(_TRUE | _FALSE).to_numpy()
                 fail(unknown, "expect_column_values_to_be_in_set", name, values)
-                typed[name] = pd.Series(np.where(present & ~unknown, words.isin(_TRUE).astype(float), np.nan),
-                                        index=chunk.index)
+                typed[name] = pd.Series(
+                    np.where(present & ~unknown, words.isin(_TRUE).astype(float), np.nan), index=chunk.index
+                )
                 continue
-            numbers = (values.astype(float) if pd.api.types.is_numeric_dtype(values)
-                       else pd.to_numeric(values.astype(object), errors="coerce"))
+            numbers = (
+                values.astype(float)
+                if pd.api.types.is_numeric_dtype(values)
+                else pd.to_numeric(values.astype(object), errors="coerce")
+            )
             parsed = numbers.notna().to_numpy()
             fail(present & ~parsed, "expect_column_values_to_be_in_type_list", name, values)
             whole = feature.type == "categorical" or feature.dtype == "int"
@@ -164,8 +187,12 @@ class _RowChecks:
                     outside = parsed & ~numbers.between(low, high).to_numpy()
                     fail(outside, "expect_column_values_to_be_between", name, values)
                 if feature.allowed is not None:
-                    fail(parsed & ~numbers.isin(feature.allowed).to_numpy(), "expect_column_values_to_be_in_set",
-                         name, values)
+                    fail(
+                        parsed & ~numbers.isin(feature.allowed).to_numpy(),
+                        "expect_column_values_to_be_in_set",
+                        name,
+                        values,
+                    )
             typed[name] = numbers.astype(float)
         identifier = self.schema.id
         if identifier:
@@ -180,11 +207,12 @@ class _RowChecks:
         if len(unseen):
             tally.unseen[name] += len(unseen)
             examples = tally.unseen_examples.setdefault(name, [])
-            examples += [v for v in dict.fromkeys(unseen) if v not in examples][:_EXAMPLES - len(examples)]
+            examples += [v for v in dict.fromkeys(unseen) if v not in examples][: _EXAMPLES - len(examples)]
 
 
 def _header(path: Path, schema: Schema) -> list[str]:
     """The CSV's header fields, after the checks that need only the header and the file's last line."""
+
     def fail(reason: str) -> InstitutionDataError:
         return InstitutionDataError(f"{path}: {reason}")
 
@@ -198,9 +226,12 @@ def _header(path: Path, schema: Schema) -> list[str]:
     fields = [name.strip() for name in next(csv.reader([first]))]
     if len(fields) == 1:
         delimiter = next((d for d in _OTHER_DELIMITERS if d in fields[0]), None)
-        raise fail(f"one column found; the header is separated by {delimiter!r}, expected ','" if delimiter else
-                   f"one column found, the schema declares {len(schema.columns)}: not a comma-separated file with a "
-                   f"header line naming its columns")
+        raise fail(
+            f"one column found; the header is separated by {delimiter!r}, expected ','"
+            if delimiter
+            else f"one column found, the schema declares {len(schema.columns)}: not a comma-separated file with a "
+            f"header line naming its columns"
+        )
     _repeated_columns(first.encode(), set(schema.columns), fail)
     with open(path, "rb") as file:
         size = file.seek(0, os.SEEK_END)
@@ -227,8 +258,7 @@ def _chunks(path: Path, schema: Schema, chunk_rows: int) -> tuple[list[str], Ite
     columns = _header(path, schema)
     text = {n for n, f in schema.features.items() if f.type == "categorical" and not f.coded}
     text |= {schema.id} if schema.id else set()
-    reader = pd.read_csv(path, chunksize=chunk_rows, encoding="utf-8",
-                         dtype={c: str for c in columns if c in text})
+    reader = pd.read_csv(path, chunksize=chunk_rows, encoding="utf-8", dtype={c: str for c in columns if c in text})
 
     def chunks() -> Iterator[pd.DataFrame]:
         first = True
@@ -254,20 +284,31 @@ def _batch_warnings(schema: Schema, tally: _Tally, extra: list[str]) -> list[str
     for name, count in tally.missing.items():
         limit = schema.features[name].missing.max_rate
         if count / tally.rows > limit:
-            warnings.append(f"{name} missing in {count} of {tally.rows} rows ({percent(count / tally.rows)}), more "
-                            f"than the {percent(limit)} its training data allowed; each was filled as the model fills "
-                            f"a missing value")
+            warnings.append(
+                f"{name} missing in {count} of {tally.rows} rows ({percent(count / tally.rows)}), more "
+                f"than the {percent(limit)} its training data allowed; each was filled as the model fills "
+                f"a missing value"
+            )
     for name, count in tally.unseen.items():
-        warnings.append(f"{name}: {count} of {tally.rows} rows have a level the model was not trained on, scored as "
-                        f"'(other)' (e.g. {', '.join(map(repr, tally.unseen_examples[name]))})")
+        warnings.append(
+            f"{name}: {count} of {tally.rows} rows have a level the model was not trained on, scored as "
+            f"'(other)' (e.g. {', '.join(map(repr, tally.unseen_examples[name]))})"
+        )
     if extra:
         warnings.append(f"columns not in schema {schema.name}, ignored: {', '.join(extra)}")
     return warnings
 
 
 def score_file(
-    tracking_uri: str, name: str, alias: str | None, version: str | None, input_path: Path, output_path: Path,
-    expectations_dir: Path, reasons: int = 0, chunk_rows: int = CHUNK_ROWS,
+    tracking_uri: str,
+    name: str,
+    alias: str | None,
+    version: str | None,
+    input_path: Path,
+    output_path: Path,
+    expectations_dir: Path,
+    reasons: int = 0,
+    chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
 ) -> ScoringResult:
     """Score `input_path` row by row with the registered version and write `output_path` (CSV) whole or not at
@@ -276,7 +317,7 @@ def score_file(
     import mlflow
 
     from riskmodel.scorecard import score_points
-    from tasks.versions import resolve_version
+    from tracking.versions import resolve_version
 
     found = resolve_version(tracking_uri, name, alias, version)
     reference = f"{name}/{found.version}"
@@ -303,9 +344,14 @@ def score_file(
         raise LookupError(f"{reference} is not a scorecard (a logistic regression): it has no points or reason codes")
     checks, tally = _RowChecks(schema), _Tally()
     explained = min(reasons, len(riskmodel.layout.features))
-    layout = [schema.id or "row", schema.output, "score_band",
-              *(["score_points"] if reasons else []),
-              *[c for k in range(1, explained + 1) for c in (f"reason_{k}", f"reason_{k}_points")], REJECTED_COLUMN]
+    layout = [
+        schema.id or "row",
+        schema.output,
+        "score_band",
+        *(["score_points"] if reasons else []),
+        *[c for k in range(1, explained + 1) for c in (f"reason_{k}", f"reason_{k}_points")],
+        REJECTED_COLUMN,
+    ]
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(f".{output_path.name}.partial")
     try:
@@ -313,11 +359,16 @@ def score_file(
             for chunk in chunks:
                 typed, failed = checks.apply(chunk, tally)
                 ok = failed == ""
-                scored = pd.DataFrame({
-                    schema.id or "row": chunk[schema.id] if schema.id else np.arange(tally.rows + 1,
-                                                                                   tally.rows + len(chunk) + 1),
-                    schema.output: np.nan, "score_band": "",
-                }, index=chunk.index)
+                scored = pd.DataFrame(
+                    {
+                        schema.id or "row": chunk[schema.id]
+                        if schema.id
+                        else np.arange(tally.rows + 1, tally.rows + len(chunk) + 1),
+                        schema.output: np.nan,
+                        "score_band": "",
+                    },
+                    index=chunk.index,
+                )
                 if ok.any():
                     rows = typed.loc[ok, list(kinds)]
                     for column, kind in kinds.items():
@@ -340,6 +391,13 @@ def score_file(
         os.replace(partial, output_path)
     finally:
         partial.unlink(missing_ok=True)
-    return ScoringResult(name, str(found.version), tally.rows, str(output_path),
-                         {band: tally.bands[band] for band, _ in SCORE_BANDS}, _batch_warnings(schema, tally, extra),
-                         schema.output, dict(tally.rejected.most_common()))
+    return ScoringResult(
+        name,
+        str(found.version),
+        tally.rows,
+        str(output_path),
+        {band: tally.bands[band] for band, _ in SCORE_BANDS},
+        _batch_warnings(schema, tally, extra),
+        schema.output,
+        dict(tally.rejected.most_common()),
+    )

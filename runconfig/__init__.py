@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_serializer,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from tasks.schema import SCHEMAS_DIR, Schema, load_schema
+from contract.schema import SCHEMAS_DIR, Schema, load_schema
 
 
 def _positive_weight(value):
@@ -24,25 +35,33 @@ def _positive_weight(value):
 PositiveClassWeight = Annotated[float | Literal["balanced"], AfterValidator(_positive_weight)]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-PromotionMetric = Literal["roc_auc", "pr_auc", "ks", "gini", "log_loss", "brier", "ece", "recall_at_fpr",
-                          "recall_at_alert_rate"]
+PromotionMetric = Literal[
+    "roc_auc", "pr_auc", "ks", "gini", "log_loss", "brier", "ece", "recall_at_fpr", "recall_at_alert_rate"
+]
 
 
 class InstitutionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Institution id (lowercase).")
-    path: Path | None = Field(None, description="Simulation: its extract (CSV or Parquet); relative paths are "
-                                                "relative to the config file.")
-    node: str | None = Field(None, pattern=r"^[^:\s]+:\d{1,5}$", description="Cross-silo: host:port of its fedrisk "
-                                                                           "node (the coordinator has no path to its "
-                                                                           "data).")
+    path: Path | None = Field(
+        None, description="Simulation: its extract (CSV or Parquet); relative paths are relative to the config file."
+    )
+    node: str | None = Field(
+        None,
+        pattern=r"^[^:\s]+:\d{1,5}$",
+        description="Cross-silo: host:port of its fedrisk node (the coordinator has no path to its data).",
+    )
     columns: dict[str, str] = Field(
         default_factory=dict, description="Column renames for this institution: name in its file -> schema name."
     )
     privacy_budget: float | None = Field(
-        None, gt=0, le=1000, description="Total epsilon this institution allows over every model trained on its "
-                                         "rows (the ledger); overrides privacy.budget_epsilon.")
+        None,
+        gt=0,
+        le=1000,
+        description="Total epsilon this institution allows over every model trained on its "
+        "rows (the ledger); overrides privacy.budget_epsilon.",
+    )
 
     @model_validator(mode="after")
     def _path_or_node(self) -> InstitutionConfig:
@@ -61,10 +80,16 @@ class TlsConfig(BaseModel):
     ca: Path
     cert: Path
     key: Path
-    host: str = Field("localhost", description="This coordinator's name as the nodes reach it (its certificate names "
-                                               "it): XGBoost's federated server, for engine: xgboost.")
-    trees_bind: str = Field("", description="The IP address of this host that the admission gate to XGBoost's "
-                                            "federated server listens on; default: the address `host` resolves to.")
+    host: str = Field(
+        "localhost",
+        description="This coordinator's name as the nodes reach it (its certificate names "
+        "it): XGBoost's federated server, for engine: xgboost.",
+    )
+    trees_bind: str = Field(
+        "",
+        description="The IP address of this host that the admission gate to XGBoost's "
+        "federated server listens on; default: the address `host` resolves to.",
+    )
 
     @field_validator("trees_bind")
     @classmethod
@@ -78,9 +103,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["logistic_regression", "mlp"] = Field(
-        "logistic_regression", description="logistic_regression (a scorecard) or mlp.")
+        "logistic_regression", description="logistic_regression (a scorecard) or mlp."
+    )
     hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default_factory=list, max_length=8, description="MLP hidden layer sizes, e.g. [32, 16].")
+        default_factory=list, max_length=8, description="MLP hidden layer sizes, e.g. [32, 16]."
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="MLP dropout after each hidden layer.")
 
     @model_validator(mode="after")
@@ -108,10 +135,13 @@ class TrainingConfig(BaseModel):
     """The TFF engine: neural models (logistic regression, MLP) trained by federated averaging and its kin."""
 
     model_config = ConfigDict(extra="forbid")
+    supports_privacy: ClassVar[bool] = True  # differential privacy (record or client level)
+    supports_secure_aggregation: ClassVar[bool] = True
 
     engine: Literal["tff"] = "tff"
     algorithm: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = Field(
-        "fedavg", description="Federated algorithm: server optimizer SGD (fedavg, fedprox) or adaptive.")
+        "fedavg", description="Federated algorithm: server optimizer SGD (fedavg, fedprox) or adaptive."
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     rounds: int = Field(10, ge=1, le=10_000, description="Maximum federated rounds.")
     local_epochs: int = Field(1, ge=1, le=100, description="Epochs each institution trains per round.")
@@ -119,22 +149,32 @@ class TrainingConfig(BaseModel):
     # Plain SGD on standardized features: 0.05 is stable for logistic regression and MLPs.
     client_learning_rate: float = Field(0.05, gt=0, le=10)
     server_learning_rate: float | None = Field(
-        None, gt=0, le=10, description="Default by algorithm: 1.0 for fedavg/fedprox, 0.01 for fedadam/fedyogi, "
-                                       "0.1 for fedadagrad.")
+        None,
+        gt=0,
+        le=10,
+        description="Default by algorithm: 1.0 for fedavg/fedprox, 0.01 for fedadam/fedyogi, 0.1 for fedadagrad.",
+    )
     proximal_strength: float = Field(0.0, ge=0, le=100, description="FedProx mu; required (> 0) for fedprox.")
     clients_per_round: int | None = Field(
-        None, ge=1, description="Institutions sampled (seeded) each round; all when unset.")
+        None, ge=1, description="Institutions sampled (seeded) each round; all when unset."
+    )
     positive_class_weight: PositiveClassWeight = Field(
-        1.0, description="Weight of a default/fraud in the loss; 'balanced' = negatives/positives over all "
-                         "institutions (from federated counts).")
+        1.0,
+        description="Weight of a default/fraud in the loss; 'balanced' = negatives/positives over all "
+        "institutions (from federated counts).",
+    )
     aggregation: Literal["robust", "plain", "compression"] = Field(
-        "robust", description="robust: drop non-finite updates, adaptive zeroing and clipping; compression: "
-                              "robust + 8-bit quantized updates; plain: bare weighted mean.")
+        "robust",
+        description="robust: drop non-finite updates, adaptive zeroing and clipping; compression: "
+        "robust + 8-bit quantized updates; plain: bare weighted mean.",
+    )
     validation_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5, description="Share of each institution's training split held for federated validation.")
+        0.1, gt=0.0, lt=0.5, description="Share of each institution's training split held for federated validation."
+    )
     early_stopping: EarlyStoppingConfig | None = Field(
-        None, description="Stop when the federated validation loss stops improving; the best round is exported "
-                          "either way.")
+        None,
+        description="Stop when the federated validation loss stops improving; the best round is exported either way.",
+    )
 
     @model_validator(mode="after")
     def _algorithm_settings(self) -> TrainingConfig:
@@ -151,6 +191,8 @@ class TreeTrainingConfig(BaseModel):
     """The XGBoost engine: federated gradient-boosted trees (histogram method; XGBoost's federated mode)."""
 
     model_config = ConfigDict(extra="forbid")
+    supports_privacy: ClassVar[bool] = False  # fedrisk has no differential privacy for trees
+    supports_secure_aggregation: ClassVar[bool] = False  # XGBoost's federated server sums the histograms itself
 
     engine: Literal["xgboost"]
     rounds: int = Field(300, ge=1, le=10_000, description="Maximum trees (boosting rounds).")
@@ -161,14 +203,18 @@ class TreeTrainingConfig(BaseModel):
     reg_lambda: float = Field(1.0, ge=0, le=1e6)
     max_bin: int = Field(256, ge=2, le=4096, description="Histogram bins per feature.")
     positive_class_weight: PositiveClassWeight = Field(
-        1.0, description="scale_pos_weight; 'balanced' = negatives/positives from federated counts.")
+        1.0, description="scale_pos_weight; 'balanced' = negatives/positives from federated counts."
+    )
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     early_stopping: EarlyStoppingConfig | None = Field(
         default_factory=lambda: EarlyStoppingConfig(patience=20),
-        description="Stop adding trees when the federated validation log loss stops improving.")
+        description="Stop adding trees when the federated validation log loss stops improving.",
+    )
     monotone: dict[str, Literal[1, -1]] = Field(
-        default_factory=dict, description="Monotone constraints by numeric feature: 1 never lowers the risk as "
-                                          "the feature grows (days past due), -1 never raises it.")
+        default_factory=dict,
+        description="Monotone constraints by numeric feature: 1 never lowers the risk as "
+        "the feature grows (days past due), -1 never raises it.",
+    )
 
 
 def _engine(value) -> str:
@@ -177,20 +223,27 @@ def _engine(value) -> str:
 
 ENGINES = ("tff", "xgboost")
 
-Training = Annotated[Annotated[TrainingConfig, Tag("tff")] | Annotated[TreeTrainingConfig, Tag("xgboost")],
-                     Discriminator(_engine)]
+Training = Annotated[
+    Annotated[TrainingConfig, Tag("tff")] | Annotated[TreeTrainingConfig, Tag("xgboost")], Discriminator(_engine)
+]
 
 
 class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Score at or above which a row counts as flagged "
-                                                              "(confusion counts).")
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Score at or above which a row counts as flagged (confusion counts)."
+    )
     max_false_positive_rate: float = Field(
-        0.05, gt=0.0, lt=1.0, description="recall_at_fpr: the share of positives caught at this false-positive rate.")
+        0.05, gt=0.0, lt=1.0, description="recall_at_fpr: the share of positives caught at this false-positive rate."
+    )
     alert_rate: float = Field(
-        0.01, gt=0.0, lt=1.0, description="recall_at_alert_rate: the share of positives caught when this share of "
-                                          "rows (the highest scores) is flagged, e.g. transactions sent to review.")
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="recall_at_alert_rate: the share of positives caught when this share of "
+        "rows (the highest scores) is flagged, e.g. transactions sent to review.",
+    )
 
 
 class PromotionConfig(BaseModel):
@@ -201,14 +254,24 @@ class PromotionConfig(BaseModel):
     metric: PromotionMetric = Field("roc_auc", description="Primary metric, example-weighted over institutions.")
     min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="How much better than the champion on `metric`.")
     max_institution_drop: float | None = Field(
-        0.01, ge=0.0, le=1.0, description="Guardrail: no institution's `metric` worse than under the champion by "
-                                          "more than this; null turns it off.")
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Guardrail: no institution's `metric` worse than under the champion by "
+        "more than this; null turns it off.",
+    )
     max_calibration_error: float | None = Field(
-        0.05, gt=0.0, le=1.0, description="Guardrail: the challenger's expected calibration error (pooled over "
-                                          "institutions) below this; null turns it off.")
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="Guardrail: the challenger's expected calibration error (pooled over "
+        "institutions) below this; null turns it off.",
+    )
     promote_with_lost_institutions: bool = Field(
-        False, description="Promote a challenger trained and evaluated without an institution lost mid-training "
-                           "(registered either way); false: a person decides (fedrisk models promote).")
+        False,
+        description="Promote a challenger trained and evaluated without an institution lost mid-training "
+        "(registered either way); false: a person decides (fedrisk models promote).",
+    )
 
 
 class BaselinesConfig(BaseModel):
@@ -216,8 +279,11 @@ class BaselinesConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(False, description="Train a local-only model per institution and a pooled model of the "
-                                             "same architecture, and evaluate them next to the federated one.")
+    enabled: bool = Field(
+        False,
+        description="Train a local-only model per institution and a pooled model of the "
+        "same architecture, and evaluate them next to the federated one.",
+    )
     max_epochs: int = Field(100, ge=1, le=10_000, description="Epochs of centralized training (Adam).")
     patience: int = Field(5, ge=1, le=1_000, description="Early stopping on the validation split's loss.")
     # Measured on the demo's institutions: batch 256 at 0.003 matches batch 64 at 0.001 (holdout AUC
@@ -231,8 +297,9 @@ class ScorecardConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    points_to_double_odds: float = Field(20.0, gt=0, le=1000, description="PDO: points that double the odds "
-                                                                          "of good to bad.")
+    points_to_double_odds: float = Field(
+        20.0, gt=0, le=1000, description="PDO: points that double the odds of good to bad."
+    )
     base_score: float = Field(600.0, ge=0, le=100_000, description="Score at the base odds.")
     base_odds: float = Field(50.0, gt=0, le=1e6, description="Odds of good to bad at the base score.")
 
@@ -248,29 +315,54 @@ class PrivacyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mechanism: Literal["none", "record_level", "client_level"] = Field("none")
-    clip_norm: float = Field(1.0, gt=0, le=1e6, description="L2 clip of each example's gradient (record_level) or "
-                                                          "of each institution's update (client_level).")
-    noise_multiplier: float | None = Field(None, gt=0, le=1e4, description="Noise stddev / clip norm; or give "
-                                                                            "target_epsilon.")
-    target_epsilon: float | None = Field(None, gt=0, le=1000, description="Spend at most this epsilon per "
-                                                                          "institution in this run (the noise is "
-                                                                          "calibrated to the planned rounds).")
-    delta: float | None = Field(None, gt=0, lt=1, description="Default: 1/n of each institution's training rows "
-                                                               "(record_level), 1e-5 (client_level).")
-    adaptive_clipping: bool = Field(False, description="client_level only: clip to the (privately estimated) median "
-                                                       "update norm, starting at clip_norm.")
-    budget_epsilon: float | None = Field(None, gt=0, le=1000, description="Total epsilon each institution allows over "
-                                                                          "every model version (ledger); null = no "
-                                                                          "limit. Per institution: privacy_budget.")
+    clip_norm: float = Field(
+        1.0,
+        gt=0,
+        le=1e6,
+        description="L2 clip of each example's gradient (record_level) or of each institution's update (client_level).",
+    )
+    noise_multiplier: float | None = Field(
+        None, gt=0, le=1e4, description="Noise stddev / clip norm; or give target_epsilon."
+    )
+    target_epsilon: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Spend at most this epsilon per "
+        "institution in this run (the noise is "
+        "calibrated to the planned rounds).",
+    )
+    delta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Default: 1/n of each institution's training rows (record_level), 1e-5 (client_level).",
+    )
+    adaptive_clipping: bool = Field(
+        False,
+        description="client_level only: clip to the (privately estimated) median update norm, starting at clip_norm.",
+    )
+    budget_epsilon: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Total epsilon each institution allows over "
+        "every model version (ledger); null = no "
+        "limit. Per institution: privacy_budget.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PrivacyConfig:
         if self.mechanism == "none":
-            given = [name for name in ("noise_multiplier", "target_epsilon", "delta", "budget_epsilon")
-                     if getattr(self, name) is not None] + (["adaptive_clipping"] if self.adaptive_clipping else [])
+            given = [
+                name
+                for name in ("noise_multiplier", "target_epsilon", "delta", "budget_epsilon")
+                if getattr(self, name) is not None
+            ] + (["adaptive_clipping"] if self.adaptive_clipping else [])
             if given:
-                raise ValueError(f"{', '.join(given)} given but mechanism is none; set mechanism: record_level or "
-                                 f"client_level")
+                raise ValueError(
+                    f"{', '.join(given)} given but mechanism is none; set mechanism: record_level or client_level"
+                )
             return self
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError(f"{self.mechanism} privacy needs exactly one of noise_multiplier or target_epsilon")
@@ -284,12 +376,21 @@ class SecureAggregationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: int | None = Field(None, ge=2, description="Shares that rebuild a secret (t): a round completes while "
-                                                          "at least t nodes finish it. Default: a majority.")
-    min_institutions: int = Field(3, ge=3, description="Fewest institutions in a secure sum (a sum of two inputs "
-                                                       "reveals each to the other).")
-    clip_norm: float = Field(10.0, gt=0, le=1e6, description="L2 bound each node clips its update to (the robust "
-                                                              "aggregator's clipping, at the node).")
+    threshold: int | None = Field(
+        None,
+        ge=2,
+        description="Shares that rebuild a secret (t): a round completes while "
+        "at least t nodes finish it. Default: a majority.",
+    )
+    min_institutions: int = Field(
+        3, ge=3, description="Fewest institutions in a secure sum (a sum of two inputs reveals each to the other)."
+    )
+    clip_norm: float = Field(
+        10.0,
+        gt=0,
+        le=1e6,
+        description="L2 bound each node clips its update to (the robust aggregator's clipping, at the node).",
+    )
 
 
 class RunConfig(BaseModel):
@@ -298,11 +399,15 @@ class RunConfig(BaseModel):
 
     model_name: str = Field(pattern=NAME_PATTERN, description="Registered model name in MLflow.")
     data_schema: Schema = Field(
-        "credit_default", alias="schema", validate_default=True,
-        description="The data contract (schemas/NAME.yaml): layout, checks, label and output; the suite follows.")
+        "credit_default",
+        alias="schema",
+        validate_default=True,
+        description="The data contract (schemas/NAME.yaml): layout, checks, label and output; the suite follows.",
+    )
     institutions: list[InstitutionConfig] = Field(min_length=1)
-    features: list[str] | None = Field(None, min_length=1, description="The schema's features the model uses; all "
-                                                                        "when unset.")
+    features: list[str] | None = Field(
+        None, min_length=1, description="The schema's features the model uses; all when unset."
+    )
     training: Training = Field(default_factory=TrainingConfig, description="engine: tff (default) or xgboost.")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Stratified share each institution holds out.")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -314,19 +419,29 @@ class RunConfig(BaseModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    scorecard: ScorecardConfig = Field(default_factory=ScorecardConfig,
-                                       description="Points scaling of a logistic regression (scorecard).")
-    intended_use: str | None = Field(None, min_length=1, max_length=4000,
-                                     description="What the model is for and not for (the model card's words); a "
-                                                 "sentence from the schema's description when unset.")
-    drift_checks: bool = Field(
-        True, description="Check each extract against the institution's last accepted one; turn off "
-                          "once to accept a deliberate change (a new portfolio, a re-based currency).",
+    scorecard: ScorecardConfig = Field(
+        default_factory=ScorecardConfig, description="Points scaling of a logistic regression (scorecard)."
     )
-    tls: TlsConfig | None = Field(None, description="Cross-silo: the coordinator's certificate, key and the "
-                                                    "consortium CA (paths relative to this file).")
+    intended_use: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4000,
+        description="What the model is for and not for (the model card's words); a "
+        "sentence from the schema's description when unset.",
+    )
+    drift_checks: bool = Field(
+        True,
+        description="Check each extract against the institution's last accepted one; turn off "
+        "once to accept a deliberate change (a new portfolio, a re-based currency).",
+    )
+    tls: TlsConfig | None = Field(
+        None,
+        description="Cross-silo: the coordinator's certificate, key and the "
+        "consortium CA (paths relative to this file).",
+    )
     secure_aggregation: SecureAggregationConfig | None = Field(
-        None, description="true (or settings): nodes send only masked updates and statistics; cross-silo, TFF.")
+        None, description="true (or settings): nodes send only masked updates and statistics; cross-silo, TFF."
+    )
 
     @field_validator("secure_aggregation", mode="before")
     @classmethod
@@ -336,28 +451,40 @@ class RunConfig(BaseModel):
     def _check_secure_aggregation(self, cross_silo: bool) -> None:
         secure, n = self.secure_aggregation, len(self.institutions)
         if not cross_silo:
-            raise ValueError("secure_aggregation needs institutions at nodes (node: addresses): in simulation every "
-                             "row is in this process anyway")
-        if self.training.engine != "tff":
-            raise ValueError("secure_aggregation covers the TFF engine; XGBoost's federated server sums gradient "
-                             "histograms itself (engine: xgboost cannot use it)")
+            raise ValueError(
+                "secure_aggregation needs institutions at nodes (node: addresses): in simulation every "
+                "row is in this process anyway"
+            )
+        if not self.training.supports_secure_aggregation:
+            raise ValueError(
+                "secure_aggregation covers the TFF engine; XGBoost's federated server sums gradient "
+                "histograms itself (engine: xgboost cannot use it)"
+            )
         if self.training.aggregation == "compression":
-            raise ValueError("secure_aggregation sums exact fixed-point updates; it does not combine with "
-                             "training.aggregation: compression")
+            raise ValueError(
+                "secure_aggregation sums exact fixed-point updates; it does not combine with "
+                "training.aggregation: compression"
+            )
         if self.privacy.mechanism == "client_level":
-            raise ValueError("secure_aggregation does not combine with privacy.mechanism client_level (the "
-                             "coordinator would have to clip and noise each update, which it no longer sees); "
-                             "use record_level (DP-SGD at each node)")
+            raise ValueError(
+                "secure_aggregation does not combine with privacy.mechanism client_level (the "
+                "coordinator would have to clip and noise each update, which it no longer sees); "
+                "use record_level (DP-SGD at each node)"
+            )
         if n < secure.min_institutions:
-            raise ValueError(f"secure_aggregation needs at least {secure.min_institutions} institutions "
-                             f"(min_institutions); {n} configured: with two, each sees the other's input")
+            raise ValueError(
+                f"secure_aggregation needs at least {secure.min_institutions} institutions "
+                f"(min_institutions); {n} configured: with two, each sees the other's input"
+            )
         if secure.threshold is not None and secure.threshold > n:
             raise ValueError(f"secure_aggregation.threshold {secure.threshold} is more than the {n} institutions")
         for name in self.feature_names:
             feature = self.data_schema.features[name]
             if feature.type == "categorical" and feature.levels == "open":
-                raise ValueError(f"secure_aggregation needs the levels of categorical feature '{name}' declared in "
-                                 f"schema {self.data_schema.name}: open levels would be named in the clear")
+                raise ValueError(
+                    f"secure_aggregation needs the levels of categorical feature '{name}' declared in "
+                    f"schema {self.data_schema.name}: open levels would be named in the clear"
+                )
 
     def secure_threshold(self, institutions: int) -> int:
         """t for a secure sum over `institutions` nodes: the configured one, else a majority (at least 2)."""
@@ -387,20 +514,26 @@ class RunConfig(BaseModel):
             known = list(self.data_schema.features)
             unknown = [f for f in self.features if f not in known]
             if unknown:
-                raise ValueError(f"features {unknown} are not features of schema {self.data_schema.name} "
-                                 f"(its features: {known}; the ID and label are not features)")
+                raise ValueError(
+                    f"features {unknown} are not features of schema {self.data_schema.name} "
+                    f"(its features: {known}; the ID and label are not features)"
+                )
             if len(set(self.features)) != len(self.features):
                 raise ValueError("features are listed more than once")
         if self.quorum > len(self.institutions):
             raise ValueError(f"quorum {self.quorum} is more than the {len(self.institutions)} institutions configured")
         sampled = getattr(self.training, "clients_per_round", None)
         if sampled is not None and sampled > len(self.institutions):
-            raise ValueError(f"training.clients_per_round {sampled} is more than the "
-                             f"{len(self.institutions)} institutions configured")
+            raise ValueError(
+                f"training.clients_per_round {sampled} is more than the "
+                f"{len(self.institutions)} institutions configured"
+            )
         budgeted = [i.name for i in self.institutions if i.privacy_budget is not None]
         if budgeted and self.privacy.mechanism == "none":
-            raise ValueError(f"institutions {budgeted} set a privacy_budget, but privacy.mechanism is none: "
-                             f"training on their rows without differential privacy would spend an unbounded epsilon")
+            raise ValueError(
+                f"institutions {budgeted} set a privacy_budget, but privacy.mechanism is none: "
+                f"training on their rows without differential privacy would spend an unbounded epsilon"
+            )
         nodes = [i.name for i in self.institutions if i.node]
         if nodes and len(nodes) != len(self.institutions):
             raise ValueError("institutions are either all nodes (cross-silo) or all paths (simulation)")
@@ -408,21 +541,23 @@ class RunConfig(BaseModel):
             raise ValueError("cross-silo institutions need tls: {ca, cert, key} (the coordinator's certificate)")
         if nodes and self.baselines.enabled:
             raise ValueError("baselines need every institution's rows in one place: simulation only, not with nodes")
-        if self.training.engine == "xgboost":
-            if self.privacy.mechanism != "none":
-                raise ValueError(f"privacy.mechanism {self.privacy.mechanism} is not supported with engine: xgboost "
-                                 f"(fedrisk has no differential privacy for trees): train without it, or use "
-                                 f"engine: tff")
-            schema = self.data_schema
-            bad = [f for f in self.training.monotone if f not in self.feature_names
-                   or schema.features[f].type == "categorical"]
-            if bad:
-                raise ValueError(f"training.monotone: {bad} are not numeric features of this model")
+        if not self.training.supports_privacy and self.privacy.mechanism != "none":
+            raise ValueError(
+                f"privacy.mechanism {self.privacy.mechanism} is not supported with engine: "
+                f"{self.training.engine} (fedrisk has no differential privacy for trees): train without "
+                f"it, or use engine: tff"
+            )
+        monotone = getattr(self.training, "monotone", {})  # the trees' monotone constraints
+        bad = [f for f in monotone if f not in self.feature_names or self.data_schema.features[f].type == "categorical"]
+        if bad:
+            raise ValueError(f"training.monotone: {bad} are not numeric features of this model")
         if self.secure_aggregation is not None:
             self._check_secure_aggregation(bool(nodes))
         if self.privacy.mechanism == "record_level" and getattr(self.training, "algorithm", None) == "fedprox":
-            raise ValueError("record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "
-                             "optimizer (fedadam, fedyogi, fedadagrad), not fedprox")
+            raise ValueError(
+                "record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "
+                "optimizer (fedadam, fedyogi, fedadagrad), not fedprox"
+            )
         return self
 
     @property
@@ -446,7 +581,8 @@ class RunConfig(BaseModel):
         return self.intended_use or (
             f"{schema.description.rstrip('.')}: the probability of {schema.label.meaning}, for ranking and "
             f"decisions on portfolios like those of the member institutions. Not validated for other products, "
-            f"for customers outside the members' populations, or as the sole basis of a decision.")
+            f"for customers outside the members' populations, or as the sole basis of a decision."
+        )
 
     @property
     def source_file(self) -> Path | None:
@@ -464,5 +600,7 @@ class RunConfig(BaseModel):
 
     def privacy_budgets(self) -> dict[str, float | None]:
         """Each institution's total epsilon budget: its own, else privacy.budget_epsilon (None: no limit)."""
-        return {i.name: i.privacy_budget if i.privacy_budget is not None else self.privacy.budget_epsilon
-                for i in self.institutions}
+        return {
+            i.name: i.privacy_budget if i.privacy_budget is not None else self.privacy.budget_epsilon
+            for i in self.institutions
+        }

@@ -1,0 +1,101 @@
+"""The promotion policy: whether a challenger replaces the champion, decided from the holdout evaluations alone
+(the run config's `promotion` section), with the one-sentence reason and every check made."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from institution.evaluation import HIGHER_IS_BETTER, InstitutionEvaluation, pooled_ece, weighted_metrics
+from institution.validation import LEFT_OUT
+from runconfig import PromotionConfig
+from tracking.versions import CHALLENGER, CHAMPION
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the challenger becomes champion, the one-sentence reason, and every check made."""
+
+    promoted: bool
+    reason: str
+    checks: list[str]
+
+
+def _gain(metric: str, new: float, old: float) -> float:
+    return new - old if HIGHER_IS_BETTER[metric] else old - new
+
+
+def decide_promotion(
+    policy: PromotionConfig,
+    evaluations: list[InstitutionEvaluation],
+    champion_version: str | None,
+    lost: dict[str, str] | None = None,
+) -> Decision:
+    """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations. `lost`:
+    institutions left out mid-training (the challenger was trained and evaluated without them).
+
+    Promoted only when the challenger beats the champion on the primary metric (example-weighted
+    over institutions) by at least `min_improvement`, no institution loses more than
+    `max_institution_drop` on it, and the pooled calibration error is below `max_calibration_error`.
+    With no champion yet, the guardrail on calibration alone decides.
+    """
+    metric = policy.metric
+    challenger = weighted_metrics(evaluations, CHALLENGER)[metric]
+    checks: list[str] = []
+    if policy.max_calibration_error is not None:
+        ece, limit = pooled_ece(evaluations, CHALLENGER), policy.max_calibration_error
+        checks.append(
+            f"{'pass' if ece < limit else 'fail'}: pooled ECE {ece:.4f} "
+            f"{'below' if ece < limit else 'not below'} {limit:g}"
+        )
+    compared = champion_version is not None and all(CHAMPION in e.metrics for e in evaluations)
+    if champion_version is None:
+        checks.insert(0, f"pass: no champion yet; challenger {metric} {challenger:.4f}")
+    elif not compared:
+        checks.insert(
+            0, f"fail: champion v{champion_version} could not be compared on the same data (its features differ)"
+        )
+    elif math.isnan(challenger):
+        checks.insert(0, f"fail: challenger {metric} is undefined")
+    else:
+        champion = weighted_metrics(evaluations, CHAMPION)[metric]
+        gain, needed = _gain(metric, challenger, champion), policy.min_improvement
+        better = gain > 0 and gain >= needed
+        checks.insert(
+            0,
+            f"{'pass' if better else 'fail'}: {metric} {challenger:.4f} vs champion v{champion_version} "
+            f"{champion:.4f} on the same holdouts ({gain:+.4f}; needs > 0"
+            f"{f' and >= {needed:g}' if needed else ''})",
+        )
+        if policy.max_institution_drop is not None:
+            limit = policy.max_institution_drop
+            drops = {
+                e.institution: -_gain(metric, e.metrics[CHALLENGER][metric], e.metrics[CHAMPION][metric])
+                for e in evaluations
+                if not math.isnan(e.metrics[CHALLENGER][metric] - e.metrics[CHAMPION][metric])
+            }
+            worse = {name: drop for name, drop in drops.items() if drop > limit}
+            if worse:
+                named = ", ".join(f"{name} worse by {drop:.4f}" for name, drop in worse.items())
+                checks.append(
+                    f"fail: institutions worse than under the champion by more than {limit:g} on {metric}: {named}"
+                )
+            else:
+                name, drop = max(drops.items(), key=lambda item: item[1], default=(None, 0.0))
+                detail = f" (largest drop: {name} {drop:.4f})" if name and drop > 0 else " (none worse)"
+                checks.append(
+                    f"pass: no institution worse than under the champion by more than {limit:g} on {metric}{detail}"
+                )
+    mid_training = {name: why for name, why in (lost or {}).items() if why.startswith(LEFT_OUT)}
+    if mid_training and not policy.promote_with_lost_institutions:
+        checks.append(
+            f"fail: trained and evaluated without {', '.join(sorted(mid_training))}, lost mid-training "
+            f"(promotion.promote_with_lost_institutions is false: a person decides)"
+        )
+    promoted = all(check.startswith("pass") for check in checks)
+    if promoted:
+        reason = f"promoted: {checks[0].removeprefix('pass: ')}"
+    else:
+        kept = f"champion v{champion_version} kept" if champion_version else "not promoted, no champion set"
+        reason = f"{kept}: " + "; ".join(c.removeprefix("fail: ") for c in checks if c.startswith("fail"))
+    return Decision(promoted=promoted, reason=reason, checks=checks)
