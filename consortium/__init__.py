@@ -1,2 +1,2 @@
-"""The consortium as the coordinator sees it: the typed run config, and where each institution's rows are (the
-in-process stand-in for simulation, and the institutions' nodes across silos) behind one protocol."""
+"""The consortium as the coordinator sees it: where each institution's rows are (the in-process stand-in for
+simulation, the institutions' nodes across silos) behind one protocol (consortium.protocol)."""

@@ -308,7 +308,8 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(
     import yaml
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-    from node import client, wire
+    import consortium.nodes as client
+    from node import wire
 
     root, pki, nodes = consortium
     customer = "987654321,123457,2,2,1,24,2,2,-1,-1,-2,-2,3913,3102,689,0,0,0,0,689,0,0,0,0,1"
@@ -444,7 +445,7 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}")
     config = _coordinator(pki, nodes.values(), "trees_xs")
     config = type(config).model_validate({**config.plain(), **trees, "tls": config.tls})
-    from node import client
+    import consortium.nodes as client
     from tasks.training import round_listener
 
     growing, shown = [], []  # TrainTrees calls in flight; each round shown, and whether trees were still growing
