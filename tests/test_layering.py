@@ -11,17 +11,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _imports(package: str) -> dict[str, set[str]]:
-    found = {}
-    for path in (ROOT / package).rglob("*.py"):
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names.add(node.module.split(".")[0])
-        found[str(path.relative_to(ROOT))] = names
+def _imported(path: Path) -> set[str]:
+    """What a file imports, at any depth (a function-local import is an import too): each module, and each
+    `module.name` of a `from module import name`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
     return found
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Each file of `package` -> the top-level packages it imports."""
+    return {
+        str(path.relative_to(ROOT)): {name.split(".")[0] for name in _imported(path)}
+        for path in (ROOT / package).rglob("*.py")
+    }
 
 
 @pytest.mark.parametrize(
@@ -206,23 +213,13 @@ PACKAGES = (
 
 
 def _module_graph() -> dict[str, set[str]]:
-    """Each project module -> the project modules it imports, at any depth of the file (a function-local import
-    is an import too: it only hides a cycle)."""
+    """Each project module -> the project modules it imports (a function-local import only hides a cycle)."""
     modules = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             modules[name] = path
-    graph = {}
-    for name, path in modules.items():
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
+    return {name: {m for m in _imported(path) if m in modules and m != name} for name, path in modules.items()}
 
 
 def test_no_module_imports_itself_through_others():
