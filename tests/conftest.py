@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import shutil
 import signal
@@ -286,6 +287,24 @@ def read_until(process: subprocess.Popen, text: str, timeout: float) -> str:
         seen.append(line)
         if text in line:
             return "".join(seen)
+
+
+def cli_output(monkeypatch, width: int = 250) -> io.StringIO:
+    """What the `fedrisk` commands print, into a buffer wide enough not to wrap cells (every module of the CLI).
+
+    Not capsys: Prefect rebuilds its log handlers on whatever sys.stderr is when a flow starts, and a capsys
+    buffer is closed after its test.
+    """
+    from rich.console import Console
+
+    import flows.cli  # noqa: F401  (imports every command's module)
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("flows.cli.") and hasattr(module, "console"):
+            monkeypatch.setattr(module, "console", console)
+    return buffer
 
 
 def cli_environment(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ Argument handling goes through Click's runner; commands that run flows are calle
 sharing the session's Prefect API and TFF runtime, with pytest capturing what they print.
 """
 
-import io
 import os
 import re
 import shutil
@@ -17,27 +16,20 @@ import pandas as pd
 import pytest
 import typer
 from mlflow import MlflowClient
-from rich.console import Console
 from typer.testing import CliRunner
 
 from contract.synthetic import synthesize
-from flows import cli
-from flows.cli import app
+from flows.cli import app, data, ledger, models, runs, schema
 from flows.settings import PROJECT_ROOT
-from tests.conftest import free_port
+from tests.conftest import cli_output, free_port
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def console(monkeypatch):
-    """The CLI's console writing to a buffer, wide enough not to wrap cells; returns a reader of new output.
-
-    Not capsys: Prefect rebuilds its log handlers on whatever sys.stderr is when a flow starts,
-    and a capsys buffer is closed after its test.
-    """
-    buffer = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buffer, width=250))
+    """The CLI's output since the last read (see tests.conftest.cli_output)."""
+    buffer = cli_output(monkeypatch)
 
     def read() -> str:
         text = buffer.getvalue()
@@ -100,14 +92,14 @@ def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp
         f"  - {{name: cedar_savings, path: {small_consortium['cedar_savings']}}}\n"
         f"  - {{name: dune_finance, path: {broken}}}\n"
     )
-    assert _exit_code(cli.validate, config=config) == 1
+    assert _exit_code(runs.validate, config=config) == 1
     output = console()
     assert "cedar_savings" in output and "admitted" in output
     assert "quarantined" in output and f"{broken}: a header line and no rows: nothing to check or train on" in output
     assert "1 of 2 institutions passed; quorum is 2" in output
 
     config.write_text(config.read_text().replace("quorum: 2", "quorum: 1"))
-    assert _exit_code(cli.validate, config=config) == 0
+    assert _exit_code(runs.validate, config=config) == 0
     assert "1 of 2 institutions passed; quorum 1 met" in console()
 
 
@@ -120,7 +112,7 @@ def test_schema_check_says_whether_every_institution_passes_before_a_retraining(
             f"  - {{name: {name}, path: {small_consortium[name]}}}\n" for name in ("cedar_savings", "dune_finance")
         )
     )
-    assert _exit_code(cli.schema_check, config=config) == 0
+    assert _exit_code(schema.check, config=config) == 0
     assert (
         "schema credit_default version 2 (suite credit_default_v2, current): all 2 institutions pass it; a "
         "retraining can start" in console()
@@ -129,7 +121,7 @@ def test_schema_check_says_whether_every_institution_passes_before_a_retraining(
     young["AGE"] = 12
     young.to_csv(tmp_path / "dune.csv", index=False)
     config.write_text(config.read_text().replace(str(small_consortium["dune_finance"]), str(tmp_path / "dune.csv")))
-    assert _exit_code(cli.schema_check, config=config) == 1  # the quorum of 1 is met, but not every institution
+    assert _exit_code(schema.check, config=config) == 1  # the quorum of 1 is met, but not every institution
     output = console()
     assert "AGE between 18 and 100: failed for " in output
     assert "(suite credit_default_v2, current): 1 of 2 institutions fail it: dune_finance" in output
@@ -198,7 +190,7 @@ def test_validate_on_the_real_uci_banks_then_with_one_bank_corrupted(tmp_path, c
     from tests.conftest import require_uci
 
     uci = require_uci()
-    assert _exit_code(cli.validate, config=PROJECT_ROOT / "configs" / "uci_default_credit.yaml") == 0
+    assert _exit_code(runs.validate, config=PROJECT_ROOT / "configs" / "uci_default_credit.yaml") == 0
     assert "3 of 3 institutions passed; quorum 2 met" in console()
 
     for bank in ("bank_a", "bank_b", "bank_c"):
@@ -212,7 +204,7 @@ def test_validate_on_the_real_uci_banks_then_with_one_bank_corrupted(tmp_path, c
         .replace("../../shared/data/uci_default_credit", str(tmp_path))
         .replace("quorum: 2", "quorum: 3")
     )
-    assert _exit_code(cli.validate, config=config) == 1
+    assert _exit_code(runs.validate, config=config) == 1
     output = console()
     assert f"institution 'bank_b': {tmp_path / 'bank_b.csv'}: not UTF-8 text" in output.replace("\n", "")
     assert "2 of 3 institutions passed; quorum is 3" in output
@@ -232,7 +224,7 @@ def test_the_comparison_with_the_baselines_has_a_weighted_row_as_the_new_models_
     from institution.evaluation import weighted_metrics
 
     summary = registered.first  # retrained with the simulation baselines
-    cli._print_summary(summary)
+    runs.print_summary(summary)
     output = console()
     figures = [
         summary.weighted["roc_auc"],
@@ -243,26 +235,26 @@ def test_the_comparison_with_the_baselines_has_a_weighted_row_as_the_new_models_
 
 
 def test_models_list_shows_versions_aliases_decisions_and_metrics(registered, registry_copy, console):
-    cli.models_list(name=registered.name)
+    models.list_versions(name=registered.name)
     lines = [line for line in console().splitlines() if line.startswith("│")]
     first, second = registered.first.weighted, registered.second.weighted
     assert re.match(
         rf"│ 2 .*│ challenger +│ not promoted +│ +{second['roc_auc']:.4f} │ +{second['pr_auc']:.4f} │", lines[0]
     )
     assert re.match(rf"│ 1 .*│ champion +│ promoted +│ +{first['roc_auc']:.4f} │", lines[1])
-    assert _exit_code(cli.models_list, name="no_such_model") == 1
+    assert _exit_code(models.list_versions, name="no_such_model") == 1
     assert "no registered model 'no_such_model'" in console()
 
 
 def test_models_promote_overrides_the_policy_and_records_why(registered, registry_copy, console):
     import getpass
 
-    assert _exit_code(cli.models_promote, name=registered.name, version="2", reason="  ") == 1
+    assert _exit_code(models.promote, name=registered.name, version="2", reason="  ") == 1
     assert "a manual promotion needs a reason" in console()
-    assert _exit_code(cli.models_promote, name=registered.name, version="9", reason="x") == 1
+    assert _exit_code(models.promote, name=registered.name, version="9", reason="x") == 1
     assert f"{registered.name} has no version 9" in console()
 
-    cli.models_promote(name=registered.name, version="2", reason="CRO sign-off 2026-11-25: v1 calibration drift")
+    models.promote(name=registered.name, version="2", reason="CRO sign-off 2026-11-25: v1 calibration drift")
     assert console().startswith(f"{registered.name} version 2 is now champion (was: 1)")
     client = MlflowClient(registry_copy)
     assert client.get_registered_model(registered.name).aliases["champion"] == 2
@@ -272,7 +264,7 @@ def test_models_promote_overrides_the_policy_and_records_why(registered, registr
     assert tags["promotion.override.reason"] == "CRO sign-off 2026-11-25: v1 calibration drift"
     assert tags["promotion.override.by"] == getpass.getuser() and tags["promotion.override.previous_champion"] == "1"
     assert tags["promotion.override.at"].startswith("20")
-    assert _exit_code(cli.models_promote, name=registered.name, version="2", reason="again") == 1
+    assert _exit_code(models.promote, name=registered.name, version="2", reason="again") == 1
     assert "already the champion" in console()
 
 
@@ -282,7 +274,7 @@ def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tr
     from runconfig import PrivacyConfig, TrainingConfig
     from tasks.privacy import reserve_privacy_budget, settle_privacy_budget
 
-    assert _exit_code(cli.ledger, config=None) == 0
+    assert _exit_code(ledger.ledger, config=None) == 0
     assert console().strip() == f"No differentially private retrainings yet in {tracking_uri}: nothing is spent."
 
     plan = plan_privacy(
@@ -298,7 +290,7 @@ def test_ledger_shows_each_retrainings_charge_and_what_is_left_of_each_budget(tr
         "model_name: credit\ninstitutions:\n  - {name: bank_a, path: a.csv, privacy_budget: 5}\n"
         "privacy: {mechanism: record_level, noise_multiplier: 1.5}\n"
     )
-    assert _exit_code(cli.ledger, config=config) == 0
+    assert _exit_code(ledger.ledger, config=config) == 0
     out = console()
     epsilon = plan.institution("bank_a").epsilon
     assert re.search(rf"bank_a +│ credit +│ - +│ spent +│ +{epsilon:.4f} │ +0\.0002 │", out)
@@ -407,7 +399,7 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
 
     assert (
         _exit_code(
-            cli.split,
+            data.split,
             input=source,
             schema="credit_default",
             out=tmp_path / "by_state",
@@ -427,7 +419,7 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
 
     assert (
         _exit_code(
-            cli.split,
+            data.split,
             input=source,
             schema="credit_default",
             out=tmp_path / "x",
@@ -441,7 +433,7 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
     assert f"{source}: no column 'REGION' to split by (columns: " in console()
     assert (
         _exit_code(
-            cli.split,
+            data.split,
             input=source,
             schema="credit_default",
             out=tmp_path / "x",

@@ -1,16 +1,15 @@
 """Lineage: a registered version's tags trace it to its flow run, code, config, suite and data."""
 
-import io
 import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
 import typer
-from rich.console import Console
 
-from flows import cli
+from flows.cli import lineage
 from flows.settings import PROJECT_ROOT
+from tests.conftest import cli_output
 from tracking.lineage import config_digest, parse_reference, suite_digest
 
 
@@ -52,9 +51,8 @@ def test_a_version_carries_its_lineage(store):
 
 
 def test_fedrisk_lineage_resolves_every_link_it_prints(store, monkeypatch):
-    buffer = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buffer, width=300))
-    cli.lineage(reference=f"{store.name}@champion")
+    buffer = cli_output(monkeypatch, width=300)
+    lineage.lineage(reference=f"{store.name}@champion")
     lines = buffer.getvalue().splitlines()
     assert lines[0] == f"{store.name}@champion -> {store.name} version 1"
     links = lines[1:]
@@ -94,10 +92,9 @@ def test_lineage_reports_a_link_that_no_longer_resolves(store, monkeypatch, tmp_
     suite = changed / "gx" / "expectations" / "credit_default_v2.json"
     suite.write_text(suite.read_text().replace('"min_value": 200', '"min_value": 100'))
     monkeypatch.setenv("FEDRISK_EXPECTATIONS_DIR", str(changed))
-    buffer = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buffer, width=300))
+    buffer = cli_output(monkeypatch, width=300)
     with pytest.raises(typer.Exit) as stop:
-        cli.lineage(reference=f"{store.name}/2")
+        lineage.lineage(reference=f"{store.name}/2")
     assert stop.value.exit_code == 1
     [suite_line] = [line for line in buffer.getvalue().splitlines() if " suite: " in line]
     assert suite_line.strip().startswith("UNRESOLVED") and "the committed suite has changed since" in suite_line

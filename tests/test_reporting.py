@@ -1,6 +1,5 @@
 """The Prefect summary artifact: the decision with its checks, and links to the MLflow run and version."""
 
-import io
 import os
 import re
 import sys
@@ -12,12 +11,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
-from rich.console import Console
 
-from flows import cli
+from flows.cli import lineage
 from flows.settings import Settings
 from tasks.reporting import summary_markdown
-from tests.conftest import answers, free_port, running, wait_for
+from tests.conftest import answers, cli_output, free_port, running, wait_for
 
 
 def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered):
@@ -166,12 +164,11 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
     assert len(re.findall(r"\[checks\]\(", markdown)) == len(registered.data)  # each institution's checks page
 
     monkeypatch.setenv("FEDRISK_MLFLOW_UI_URL", mlflow_ui)
-    buffer = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buffer, width=400))
-    cli.lineage(reference=f"{registered.name}@challenger")
-    lineage = buffer.getvalue()
+    buffer = cli_output(monkeypatch, width=400)
+    lineage.lineage(reference=f"{registered.name}@challenger")
+    traced = buffer.getvalue()
 
-    for text in (markdown, lineage):
+    for text in (markdown, traced):
         links = URI.findall(text)
         assert links, text
         assert not ABSOLUTE_PATH.findall(URI.sub("", text)), text

@@ -2,7 +2,6 @@
 unscored with its reason, the batch's rates are warnings, the file streams in chunks; and the same version
 served by `mlflow models serve`."""
 
-import io
 import json
 import os
 import sys
@@ -14,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
-from rich.console import Console
 
 from contract.schema import load_schema
-from flows import cli
+from flows.cli import score
 from institution.scoring import REJECTED_COLUMN, score_band, score_file
-from tests.conftest import TEST_EXPECTATIONS_DIR, answers, free_port, running, wait_for
+from tests.conftest import TEST_EXPECTATIONS_DIR, answers, cli_output, free_port, running, wait_for
 
 LABEL_COLUMN = load_schema("credit_default").label.column
 
@@ -38,8 +36,7 @@ def store(registered, monkeypatch):
 
 @pytest.fixture
 def console(monkeypatch):
-    buffer = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buffer, width=300))
+    buffer = cli_output(monkeypatch, width=300)
     return buffer
 
 
@@ -53,7 +50,7 @@ def applicants(store, tmp_path) -> Path:
 
 def test_score_writes_the_champions_probabilities_and_bands(store, applicants, tmp_path, console):
     output = tmp_path / "out" / "scores.csv"
-    cli.score(model=f"{store.name}@champion", input=applicants, output=output, reasons=0)
+    score.score(model=f"{store.name}@champion", input=applicants, output=output, reasons=0)
 
     scored = pd.read_csv(output)
     rows = pd.read_csv(applicants)
@@ -80,7 +77,7 @@ def test_each_row_that_fails_a_check_is_written_unscored_with_its_reason_and_the
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
     output = tmp_path / "scores.csv"
-    cli.score(model=f"{store.name}@champion", input=bad, output=output, reasons=0)
+    score.score(model=f"{store.name}@champion", input=bad, output=output, reasons=0)
 
     scored = pd.read_csv(output, dtype={REJECTED_COLUMN: str})
     assert scored[REJECTED_COLUMN].head(10).tolist() == [
@@ -153,7 +150,7 @@ def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_wr
     output = tmp_path / "scores.csv"
     frame.drop(columns=["PAY_AMT6"]).to_csv(tmp_path / "narrow.csv", index=False)
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@champion", input=tmp_path / "narrow.csv", output=output, reasons=0)
+        score.score(model=f"{store.name}@champion", input=tmp_path / "narrow.csv", output=output, reasons=0)
     assert stop.value.exit_code == 1
     assert (
         f"{tmp_path / 'narrow.csv'}: rejected, nothing was scored. Failed checks:\n"
@@ -163,7 +160,7 @@ def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_wr
     text = applicants.read_text()
     cut.write_text(text[: len(text) - 40])  # a transfer that stopped mid-line
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@champion", input=cut, output=output, reasons=0)
+        score.score(model=f"{store.name}@champion", input=cut, output=output, reasons=0)
     assert stop.value.exit_code == 1
     assert f"{cut}: last line incomplete (it has " in console.getvalue()
     assert not output.exists() and not list(tmp_path.glob(".*partial"))
@@ -173,7 +170,7 @@ def test_an_output_that_cannot_be_written_is_one_line_and_leaves_nothing(store, 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the output's folder should be")
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@champion", input=applicants, output=blocked / "scores.csv", reasons=0)
+        score.score(model=f"{store.name}@champion", input=applicants, output=blocked / "scores.csv", reasons=0)
     assert stop.value.exit_code == 1
     assert f"{blocked / 'scores.csv'}: cannot be written (" in console.getvalue()
     assert "Traceback" not in console.getvalue() and blocked.read_text().startswith("a file")
@@ -185,7 +182,7 @@ def test_a_batch_where_no_row_passes_is_written_with_reasons_and_exits_1(store, 
     frame.to_csv(tmp_path / "young.csv", index=False)
     output = tmp_path / "scores.csv"
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@champion", input=tmp_path / "young.csv", output=output, reasons=0)
+        score.score(model=f"{store.name}@champion", input=tmp_path / "young.csv", output=output, reasons=0)
     assert stop.value.exit_code == 1
     assert pd.read_csv(output)[REJECTED_COLUMN].tolist() == ["AGE between 18 and 100 (got '5')"] * 3
     assert f"Scored 0 of 3 rows with {store.name} version 1" in console.getvalue()
@@ -193,16 +190,16 @@ def test_a_batch_where_no_row_passes_is_written_with_reasons_and_exits_1(store, 
 
 def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, console):
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=f"{store.name}@production", input=applicants, output=tmp_path / "s.csv")
+        score.score(model=f"{store.name}@production", input=applicants, output=tmp_path / "s.csv")
     assert stop.value.exit_code == 1
     assert f"{store.name}@production: no such model version in {store.tracking_uri}" in console.getvalue()
     assert f"; aliases: {store.name}@challenger (version " in console.getvalue()  # what does exist
     assert f"{store.name}@champion (version " in console.getvalue()
     with pytest.raises(typer.Exit) as stop:
-        cli.score(model=store.name, input=applicants, output=tmp_path / "s.csv")
+        score.score(model=store.name, input=applicants, output=tmp_path / "s.csv")
     assert stop.value.exit_code == 2 and "must be NAME@ALIAS" in console.getvalue()
     with pytest.raises(typer.Exit) as stop:  # the scorer's own file: named by its path, not as an institution
-        cli.score(model=f"{store.name}@champion", input=tmp_path / "absent.csv", output=tmp_path / "s.csv")
+        score.score(model=f"{store.name}@champion", input=tmp_path / "absent.csv", output=tmp_path / "s.csv")
     assert stop.value.exit_code == 1 and f"\n{tmp_path / 'absent.csv'}: file not found" in console.getvalue()
     assert "institution" not in console.getvalue().splitlines()[-1]
 
@@ -210,7 +207,7 @@ def test_unknown_model_and_bad_reference_are_clear(store, applicants, tmp_path, 
 def test_mlflow_models_serve_scores_as_fedrisk_score_does(store, applicants, tmp_path, console):
     """The README's serving command, run once: same version, same probabilities over HTTP."""
     output = tmp_path / "scores.csv"
-    cli.score(model=f"{store.name}@champion", input=applicants, output=output, reasons=0)
+    score.score(model=f"{store.name}@champion", input=applicants, output=output, reasons=0)
     port = free_port()
     venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs uvicorn from PATH, as under `uv run`
     log = tmp_path / "serve.log"
@@ -256,7 +253,7 @@ def test_ids_that_a_spreadsheet_would_run_as_formulas_are_written_escaped(store,
     given = tmp_path / "hostile.csv"
     rows.to_csv(given, index=False)
     output = tmp_path / "scores.csv"
-    cli.score(model=f"{store.name}@champion", input=given, output=output, reasons=0)
+    score.score(model=f"{store.name}@champion", input=given, output=output, reasons=0)
 
     cells = [line.split(",")[0] for line in output.read_text().splitlines()[1:]]
     written = pd.read_csv(output, dtype={"ID": str}, keep_default_na=False)["ID"].tolist()

@@ -205,23 +205,20 @@ def test_trees_are_refused_with_differential_privacy():
 def test_fedrisk_score_and_mlflow_models_serve_agree_on_a_tree_model(
     small_consortium, tracking_uri, tmp_path, monkeypatch
 ):
-    import io
     import json
     import sys
     import urllib.request
 
-    from rich.console import Console
-
-    from flows import cli
-    from tests.conftest import free_port, running, wait_for
+    from flows.cli import score
+    from tests.conftest import cli_output, free_port, running, wait_for
 
     retrain(_config(_three(small_consortium), "trees_scored", TREES, promotion={"max_calibration_error": None}))
-    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=200))
+    cli_output(monkeypatch, width=200)
     applicants = tmp_path / "applicants.csv"
     pd.read_csv(small_consortium["dune_finance"]).head(200).drop(columns=["default.payment.next.month"]).to_csv(
         applicants, index=False
     )
-    cli.score(model="trees_scored@champion", input=applicants, output=tmp_path / "scored.csv", reasons=0)
+    score.score(model="trees_scored@champion", input=applicants, output=tmp_path / "scored.csv", reasons=0)
     scored = pd.read_csv(tmp_path / "scored.csv")
     port, venv = free_port(), Path(sys.executable).parent
     with running(
