@@ -26,7 +26,7 @@ from engines.tff import federated_training
 from flows.config import parse_config
 from flows.cross_silo_demo import nodes_for
 from flows.validate import consortium_of
-from institution.statistics import consortium_layout, standardization
+from institution.statistics import feature_space
 
 TRAINING = {"algorithm": "fedavg", "rounds": 6, "model": {"kind": "mlp", "hidden_units": [64, 32]}}
 
@@ -59,17 +59,12 @@ def seconds_per_round(config, rounds: int) -> dict:
     ]
     admitted = consortium_.admit(reports)
     stats = [admitted.statistics(name, schema, features, split) for name in admitted.names]
-    layout = consortium_layout(schema, features, stats)
-    mean, std = standardization(layout, stats)
+    space = feature_space(schema, features, split, stats)
     stamps = [time.perf_counter()]
     with tempfile.TemporaryDirectory() as work:
         federated_training(
             admitted,
-            schema,
-            layout,
-            split,
-            mean.tolist(),
-            std.tolist(),
+            space,
             config.training,
             1.0,
             Path(work) / "model",

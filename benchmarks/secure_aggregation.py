@@ -32,7 +32,7 @@ from flows.config import load_config, parse_config
 from flows.cross_silo_demo import nodes_for
 from flows.validate import consortium_of
 from institution.evaluation import binary_metrics
-from institution.statistics import consortium_layout, standardization
+from institution.statistics import feature_space
 from node import wire
 from riskmodel import model as exported
 
@@ -94,15 +94,9 @@ def train(config, work: Path, secure: bool, on_round=None):
         stats = [admitted.secure_statistics(schema, features, split)[0]]
     else:
         stats = [admitted.statistics(name, schema, features, split) for name in admitted.names]
-    layout = consortium_layout(schema, features, stats)
-    mean, std = standardization(layout, stats)
     return federated_training(
         admitted,
-        schema,
-        layout,
-        split,
-        mean.tolist(),
-        std.tolist(),
+        feature_space(schema, features, split, stats),
         config.training,
         1.0,
         work / ("secure" if secure else "plain"),

@@ -33,7 +33,7 @@ from engines.tff import federated_training
 from engines.xgboost import tree_baseline, tree_training
 from flows.config import load_config
 from institution.evaluation import binary_metrics
-from institution.statistics import balanced_positive_weight, consortium_layout, standardization
+from institution.statistics import FeatureSpace, feature_space
 from riskmodel import model as exported
 from runconfig import TreeTrainingConfig
 from tasks.training import train_pooled_baseline
@@ -62,23 +62,21 @@ def sklearn_references(x_train, y_train, x_test, y_test) -> dict[str, dict[str, 
     return found
 
 
-def run_trees(consortium, extracts, schema, layout, split, holdout, weight: float, work: Path) -> dict:
+def run_trees(consortium, extracts, space: FeatureSpace, holdout, weight: float, work: Path) -> dict:
     """Federated XGBoost, the same trees on the pooled rows, and each bank's own (mean over banks)."""
     training = TreeTrainingConfig(engine="xgboost")
-    y = labels(holdout, schema)
+    y = labels(holdout, space.schema)
     started = time.perf_counter()
-    federated = tree_training(consortium, schema, layout, split, training, weight, work / "trees-federated")
+    federated = tree_training(consortium, space, training, weight, work / "trees-federated")
     seconds = time.perf_counter() - started
-    parts = [load_parts(e, schema, split, ("fit", "validation")) for e in extracts]
+    parts = [load_parts(e, space.schema, space.split, ("fit", "validation")) for e in extracts]
     started = time.perf_counter()
     pooled = tree_baseline(
         pd.concat(p["fit"] for p in parts),
         pd.concat(p["validation"] for p in parts),
-        schema,
-        layout,
+        space,
         training,
         weight,
-        split.seed,
         work / "trees-pooled",
     )
     pooled_seconds = time.perf_counter() - started
@@ -86,18 +84,7 @@ def run_trees(consortium, extracts, schema, layout, split, holdout, weight: floa
         binary_metrics(
             y,
             exported.load(
-                Path(
-                    tree_baseline(
-                        p["fit"],
-                        p["validation"],
-                        schema,
-                        layout,
-                        training,
-                        weight,
-                        split.seed,
-                        work / f"trees-{e.institution}",
-                    )
-                )
+                Path(tree_baseline(p["fit"], p["validation"], space, training, weight, work / f"trees-{e.institution}"))
             ).predict_proba(holdout),
         )
         for e, p in zip(extracts, parts)
@@ -123,35 +110,13 @@ def run_case(case: str, seed: int, work: Path, engines: list[str]) -> dict:
     split = Split(config.holdout_fraction, config.training.validation_fraction, seed)
     features = config.feature_names
     statistics = [consortium.statistics(bank, schema, features, split) for bank in BANKS]
-    layout = consortium_layout(schema, features, statistics)
-    mean, std = standardization(layout, statistics)
-    weighting = config.training.positive_class_weight
-    weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
+    space = feature_space(schema, features, split, statistics)
+    layout = space.layout
+    weight = space.positive_weight(config.training.positive_class_weight)
     started = time.perf_counter()
-    federated = federated_training(
-        consortium,
-        schema,
-        layout,
-        split,
-        mean.tolist(),
-        std.tolist(),
-        config.training,
-        weight,
-        model_dir=work / "federated",
-    )
+    federated = federated_training(consortium, space, config.training, weight, model_dir=work / "federated")
     seconds = time.perf_counter() - started
-    pooled = train_pooled_baseline.fn(
-        extracts,
-        schema,
-        layout,
-        split,
-        mean.tolist(),
-        std.tolist(),
-        config.training,
-        config.baselines,
-        weight,
-        work / "pooled",
-    )
+    pooled = train_pooled_baseline.fn(extracts, space, config.training, config.baselines, weight, work / "pooled")
     holdout = pd.concat(load_part(e, schema, split, "holdout") for e in extracts)
     train = pd.concat(load_parts(e, schema, split, ("train",))["train"] for e in extracts)
     y = labels(holdout, schema)
@@ -165,7 +130,7 @@ def run_case(case: str, seed: int, work: Path, engines: list[str]) -> dict:
         "holdout_rows": int(len(y)),
     }
     if "xgboost" in engines:
-        result.update(run_trees(consortium, extracts, schema, layout, split, holdout, weight, work))
+        result.update(run_trees(consortium, extracts, space, holdout, weight, work))
     return result
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from contract.data import Extract, labels, load_part, load_parts
 from institution.evaluation import InstitutionEvaluation, evaluate_rows
-from institution.statistics import LocalStatistics, local_statistics
+from institution.statistics import FeatureSpace, LocalStatistics, local_statistics
 from institution.validation import ValidationReport, validate_extract
 
 
@@ -56,24 +56,37 @@ class LocalConsortium:
             institution, load_part(self.extract(institution), schema, split, "train"), schema, features
         )
 
-    def training(self, schema, layout, split, run_key, deltas=None):
+    def training(self, space: FeatureSpace, run_key: str, deltas=None):
         """The institutions' client work and validation, run here on their fit and validation rows."""
         from fed_models.training import ClientData, LocalInstitutions
 
         clients, validation = [], []
-        for extract in self.extracts:
-            rows = load_parts(extract, schema, split, ("fit", "validation"))
-            clients.append(ClientData(extract.institution, layout.encode(rows["fit"]), labels(rows["fit"], schema)))
+        for extract, rows in self._fit_and_validation(space):
+            encoded = {part: space.layout.encode(rows[part]) for part in ("fit", "validation")}
+            clients.append(ClientData(extract.institution, encoded["fit"], labels(rows["fit"], space.schema)))
             validation.append(
-                ClientData(extract.institution, layout.encode(rows["validation"]), labels(rows["validation"], schema))
+                ClientData(extract.institution, encoded["validation"], labels(rows["validation"], space.schema))
             )
         return LocalInstitutions(clients, validation)
 
-    def tree_data(self, schema, layout, split):
+    def tree_data(self, space: FeatureSpace):
         """The XGBoost engine's input: each institution's rows in the layout's native encoding (one worker each)."""
-        from engines.xgboost import tree_data
+        from fed_trees.training import TreeData
 
-        return tree_data(self.extracts, schema, layout, split)
+        return [
+            TreeData(
+                extract.institution,
+                space.layout.encode_native(rows["fit"]),
+                labels(rows["fit"], space.schema),
+                space.layout.encode_native(rows["validation"]),
+                labels(rows["validation"], space.schema),
+            )
+            for extract, rows in self._fit_and_validation(space)
+        ]
+
+    def _fit_and_validation(self, space: FeatureSpace):
+        for extract in self.extracts:
+            yield extract, load_parts(extract, space.schema, space.split, ("fit", "validation"))
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         return evaluate_rows(self.extract(institution), schema, split, models, evaluation)

@@ -26,7 +26,7 @@ import numpy as np
 from consortium.protocol import TrainingStopped
 from errors import FedriskError
 from institution.evaluation import InstitutionEvaluation
-from institution.statistics import LocalStatistics
+from institution.statistics import FeatureSpace, LocalStatistics
 from institution.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 from node import wire
 from node.server import SERVICE, message_options
@@ -170,7 +170,7 @@ class NodeConsortium:
         """None: across silos this process reads no institution's file."""
         return ()
 
-    def tree_data(self, schema, layout, split) -> list:
+    def tree_data(self, space) -> list:
         raise TypeError("across silos each node's worker reads its own rows; tree_data is for simulation")
 
     def for_run(self, run_key: str, champion: Path | None) -> NodeConsortium:
@@ -324,17 +324,17 @@ class NodeConsortium:
             )
         return summed, counts, result.describe(len(names), self.secure_threshold)
 
-    def training(self, schema, layout, split, run_key, deltas: dict[str, float] | None = None):
-        return NodeInstitutions(self, schema, layout, split, run_key, deltas or {})
+    def training(self, space: FeatureSpace, run_key: str, deltas: dict[str, float] | None = None):
+        return NodeInstitutions(self, space, run_key, deltas or {})
 
-    def tree_training(self, schema, layout, split, spec, run_key: str, server: str, on_round=None) -> dict:
+    def tree_training(self, space: FeatureSpace, spec, run_key: str, server: str, on_round=None) -> dict:
         """Each node runs its institution's XGBoost worker against the coordinator's federated server at
         `server` (in parallel, until the training ends); rank 0's answer holds the trees. `on_round` gets each
         boosting round's federated validation figures as rank 0's node reports them (asked twice a second)."""
         base = {
-            "schema": _schema_ref(schema),
-            "layout": layout.to_json(),
-            "split": vars(split),
+            "schema": _schema_ref(space.schema),
+            "layout": space.layout.to_json(),
+            "split": vars(space.split),
             "spec": spec.as_dict(),
             "run_key": run_key,
             "world_size": len(self.nodes),
@@ -401,9 +401,7 @@ class NodeInstitutions:
     in parallel; the coordinator aggregates (fed_models.training.train)."""
 
     consortium: NodeConsortium
-    schema: object
-    layout: object
-    split: object
+    space: FeatureSpace
     run_key: str
     deltas: dict[str, float] = field(default_factory=dict)  # each institution's DP delta (the privacy plan's)
     names: list[str] = field(init=False)
@@ -449,13 +447,13 @@ class NodeInstitutions:
         from fed_models.training import spec_as_dict
 
         self._prepare_request = {
-            "schema": _schema_ref(self.schema),
+            "schema": _schema_ref(self.space.schema),
             "run_key": self.run_key,
             "spec": spec_as_dict(stages.spec),
             "mean": stages.mean,
             "std": stages.std,
-            "layout": self.layout.to_json(),
-            "split": vars(self.split),
+            "layout": self.space.layout.to_json(),
+            "split": vars(self.space.split),
             "secure_aggregation": self.consortium.secure,
             "champion": self.consortium.champion,
         }

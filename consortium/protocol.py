@@ -15,9 +15,8 @@ if TYPE_CHECKING:
     from contract.data import Extract, Split
     from contract.schema import Schema
     from institution.evaluation import InstitutionEvaluation
-    from institution.statistics import LocalStatistics
+    from institution.statistics import FeatureSpace, LocalStatistics
     from institution.validation import ValidationReport
-    from riskmodel.layout import Layout
     from runconfig import EvaluationConfig
 
 
@@ -51,12 +50,10 @@ class Consortium(Protocol):
 
     def statistics(self, institution: str, schema: Schema, features: list[str], split: Split) -> LocalStatistics: ...
 
-    def training(
-        self, schema: Schema, layout: Layout, split: Split, run_key: str, deltas: dict[str, float] | None = None
-    ) -> Any:
+    def training(self, space: FeatureSpace, run_key: str, deltas: dict[str, float] | None = None) -> Any:
         """The institutions' client work and validation for the TFF engine (fed_models.training.Institutions)."""
 
-    def tree_data(self, schema: Schema, layout: Layout, split: Split) -> list[Any]:
+    def tree_data(self, space: FeatureSpace) -> list[Any]:
         """Simulation: each institution's rows for XGBoost's federated workers, read here."""
 
     def secure_tags(self) -> dict[str, str]:
@@ -89,9 +86,7 @@ class CrossSiloConsortium(Consortium, Protocol):
 
     def tree_training(
         self,
-        schema: Schema,
-        layout: Layout,
-        split: Split,
+        space: FeatureSpace,
         spec: Any,
         run_key: str,
         server: str,

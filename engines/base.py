@@ -12,11 +12,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from consortium.protocol import Consortium
-    from contract.data import Split
-    from contract.schema import Schema
     from engines.privacy import PrivacyPlan
     from hostguard.loopback import Isolation
-    from riskmodel.layout import Layout
+    from institution.statistics import FeatureSpace
     from riskmodel.scaling import Scaling
     from runconfig import BaselinesConfig, RunConfig
 
@@ -64,13 +62,9 @@ class Engine(Protocol):
     def train(
         self,
         consortium: Consortium,
-        schema: Schema,
-        layout: Layout,
-        split: Split,
-        mean: list[float],
-        std: list[float],
+        space: FeatureSpace,
         training: Any,
-        positive_class_weight: float,
+        positive_weight: float,
         model_dir: Path,
         *,
         checkpoint_dir: Path | None = None,
@@ -81,22 +75,18 @@ class Engine(Protocol):
         run_key: str = "",
         log: Callable[[str], None] | None = None,
         warn: Callable[[str], None] | None = None,
-        base_rate: float | None = None,
     ) -> TrainingOutcome:
-        """Train over the consortium's institutions where their rows are; export the candidate to `model_dir`."""
+        """Train over the consortium's institutions where their rows are, in `space`; export the candidate to
+        `model_dir`. `positive_weight` is the run's resolved loss weight of a positive example."""
 
     def baseline(
         self,
         fit: pd.DataFrame,
         validation: pd.DataFrame,
-        schema: Schema,
-        layout: Layout,
-        mean: list[float],
-        std: list[float],
+        space: FeatureSpace,
         training: Any,
         baselines: BaselinesConfig,
-        positive_class_weight: float,
-        seed: int,
+        positive_weight: float,
         model_dir: Path,
     ) -> str:
         """The same model trained on rows in one place (pooled, or one institution's own); its exported path."""

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from contract.data import Split, labels
-from contract.schema import Schema
+from contract.data import labels
 from engines.base import Architecture, TrainingOutcome
 from engines.privacy import PrivacyPlan
 from hostguard.loopback import Isolation
+from institution.statistics import FeatureSpace
 from riskmodel import model as exported
-from riskmodel.layout import Layout
 from riskmodel.scaling import Scaling
 from runconfig import BaselinesConfig, ModelConfig, RunConfig, TrainingConfig
 
@@ -29,13 +28,13 @@ def _model_spec(model: ModelConfig, seed: int, initial_bias: float = 0.0):
     return ModelSpec(model.kind, tuple(model.hidden_units), model.dropout, seed=seed, initial_bias=initial_bias)
 
 
-def base_rate_log_odds(base_rate: float | None, positive_class_weight: float) -> float:
+def base_rate_log_odds(base_rate: float, positive_weight: float) -> float:
     """Where the model's output starts: the log-odds of the base rate as the weighted loss sees it (positives
-    counted `positive_class_weight` times), so that the first rounds fit the features, not the intercept
-    (from p = 0.5, a 5 %-bad book needed 300 rounds to be calibrated). 0 when the rate is unknown."""
-    if base_rate is None or not 0.0 < base_rate < 1.0:
+    counted `positive_weight` times), so that the first rounds fit the features, not the intercept
+    (from p = 0.5, a 5 %-bad book needed 300 rounds to be calibrated). 0 for a rate of 0 or 1."""
+    if not 0.0 < base_rate < 1.0:
         return 0.0
-    return math.log(positive_class_weight * base_rate / (1.0 - base_rate))
+    return math.log(positive_weight * base_rate / (1.0 - base_rate))
 
 
 def _privacy_spec(plan: PrivacyPlan | None):
@@ -52,42 +51,64 @@ def _privacy_spec(plan: PrivacyPlan | None):
 
 
 def export(
-    weights: list[np.ndarray],
-    model: ModelConfig,
-    seed: int,
-    layout: Layout,
-    mean,
-    std,
-    output: str,
-    directory: Path,
-    scaling: Scaling | None = None,
+    weights: list[np.ndarray], model: ModelConfig, space: FeatureSpace, directory: Path, scaling: Scaling | None = None
 ) -> str:
-    """Write an exported model: the Keras network (standardization inside), its feature layout and, for
-    a logistic regression, its points scaling."""
+    """Write an exported model: the Keras network (the space's standardization inside), its feature layout and,
+    for a logistic regression, its points scaling."""
     from fed_models.keras_models import export_model
 
     directory = Path(directory)
-    export_model(weights, _model_spec(model, seed), np.asarray(mean), np.asarray(std), directory / exported.KERAS_FILE)
+    export_model(
+        weights,
+        _model_spec(model, space.split.seed),
+        np.asarray(space.mean),
+        np.asarray(space.std),
+        directory / exported.KERAS_FILE,
+    )
     exported.save(
         directory,
         engine="keras",
-        layout=layout,
-        output=output,
+        layout=space.layout,
+        output=space.schema.output,
         engine_file=exported.KERAS_FILE,
         scaling=scaling if model.kind == "logistic_regression" else None,
     )
     return str(directory)
 
 
+def training_spec(
+    training: TrainingConfig, space: FeatureSpace, positive_weight: float, privacy: PrivacyPlan | None, secure: bool
+):
+    """The run config's training section as fed_models' TrainingSpec: the one place its settings are mapped."""
+    from fed_models.training import TrainingSpec
+
+    stopping = training.early_stopping
+    return TrainingSpec(
+        model=_model_spec(training.model, space.split.seed, base_rate_log_odds(space.base_rate, positive_weight)),
+        algorithm=training.algorithm,
+        rounds=training.rounds,
+        local_epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        client_learning_rate=training.client_learning_rate,
+        server_learning_rate=training.server_learning_rate,
+        proximal_strength=training.proximal_strength,
+        clients_per_round=training.clients_per_round,
+        positive_weight=positive_weight,
+        # Under secure aggregation each node clips its update and zeroes a non-finite one; the coordinator
+        # has only their sum, whose mean it takes.
+        aggregation="plain" if secure else training.aggregation,
+        patience=stopping.patience if stopping else None,
+        min_delta=stopping.min_delta if stopping else 0.0,
+        seed=space.split.seed,
+        privacy=_privacy_spec(privacy),
+    )
+
+
 def federated_training(
     consortium,
-    schema: Schema,
-    layout: Layout,
-    split: Split,
-    mean: list[float],
-    std: list[float],
+    space: FeatureSpace,
     training: TrainingConfig,
-    positive_class_weight: float,
+    positive_weight: float,
     model_dir: Path,
     checkpoint_dir: Path | None = None,
     privacy: PrivacyPlan | None = None,
@@ -97,66 +118,43 @@ def federated_training(
     run_key: str = "",
     log: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
-    base_rate: float | None = None,
 ) -> TrainingOutcome:
-    """Train `training` over the consortium's institutions; export the best round's model to `model_dir`.
+    """Train `training` over the consortium's institutions in `space`; export the best round's model to
+    `model_dir`.
 
-    Each institution fits on its fit split (encoded by `layout`) and reports validation metrics on its
+    Each institution fits on its fit split (encoded by the space's layout) and reports validation metrics on its
     validation split, where its rows are (consortium.local: in this process in simulation, at its node
     across silos); only updates and summed metrics come back. `run_key` identifies the training to the
     nodes (idempotent rounds). `privacy` makes the training differentially private; `isolation`
     (worker_isolation) keeps TFF's worker off the network; `scaling` gives a logistic regression its
     scorecard points; `on_round` receives each round's fed_models.training.RoundMetrics; `log` lines on
-    how each secure sum went (under secure aggregation), `warn` a line the moment a node is left out;
-    `base_rate` (positives over rows, from the federated statistics) is where a network's output starts.
+    how each secure sum went (under secure aggregation), `warn` a line the moment a node is left out.
     """
-    from fed_models.training import TrainingSpec, train  # TF/TFF import paid only when training
+    from fed_models.training import train  # TF/TFF import paid only when training
 
     institutions = consortium.training(
-        schema, layout, split, run_key, {i.institution: i.delta for i in privacy.institutions} if privacy else None
+        space, run_key, {i.institution: i.delta for i in privacy.institutions} if privacy else None
     )
     secure = consortium.secure
     if consortium.cross_silo:
         institutions.log, institutions.warn = log, warn
-    stopping = training.early_stopping
-    spec = TrainingSpec(
-        model=_model_spec(training.model, split.seed, base_rate_log_odds(base_rate, positive_class_weight)),
-        algorithm=training.algorithm,
-        rounds=training.rounds,
-        local_epochs=training.local_epochs,
-        batch_size=training.batch_size,
-        client_learning_rate=training.client_learning_rate,
-        server_learning_rate=training.server_learning_rate,
-        proximal_strength=training.proximal_strength,
-        clients_per_round=training.clients_per_round,
-        positive_weight=positive_class_weight,
-        # Under secure aggregation each node clips its update and zeroes a non-finite one; the coordinator
-        # has only their sum, whose mean it takes.
-        aggregation="plain" if secure else training.aggregation,
-        patience=stopping.patience if stopping else None,
-        min_delta=stopping.min_delta if stopping else 0.0,
-        seed=split.seed,
-        privacy=_privacy_spec(privacy),
-    )
     result = train(
         institutions,
-        np.asarray(mean),
-        np.asarray(std),
-        spec,
+        np.asarray(space.mean),
+        np.asarray(space.std),
+        training_spec(training, space, positive_weight, privacy, secure),
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
         on_round=on_round,
         isolation=isolation,
     )
     return TrainingOutcome(
-        model_path=export(
-            result.weights, training.model, split.seed, layout, mean, std, schema.output, model_dir, scaling
-        ),
+        model_path=export(result.weights, training.model, space, model_dir, scaling),
         rounds=[asdict(r) for r in result.rounds],
         examples=dict(zip(institutions.names, institutions.fit_rows, strict=True)),
         best_round=result.best_round,
         stopped_early=result.stopped_early,
         resumed_from_round=result.resumed_from_round,
-        positive_class_weight=positive_class_weight,
+        positive_class_weight=positive_weight,
         rounds_trained=result.rounds_trained,
         lost=result.lost,
         charged=result.charged,
@@ -168,36 +166,31 @@ def federated_training(
 def train_centralized(
     fit: pd.DataFrame,
     validation: pd.DataFrame,
-    schema: Schema,
-    layout: Layout,
-    mean,
-    std,
-    training,
+    space: FeatureSpace,
+    training: TrainingConfig,
     baselines: BaselinesConfig,
-    positive_class_weight: float,
-    seed: int,
+    positive_weight: float,
     model_dir: Path,
 ) -> str:
     """The run's network trained on rows in one place: the same architecture (Adam, early stopping)."""
     from fed_models.centralized import train_centralized
 
-    model = training.model
-    spec = _model_spec(model, seed)
+    layout, schema = space.layout, space.schema
     weights = train_centralized(
         layout.encode(fit),
         labels(fit, schema),
         layout.encode(validation),
         labels(validation, schema),
-        np.asarray(mean),
-        np.asarray(std),
-        spec,
+        np.asarray(space.mean),
+        np.asarray(space.std),
+        _model_spec(training.model, space.split.seed),
         max_epochs=baselines.max_epochs,
         patience=baselines.patience,
         batch_size=baselines.batch_size,
         learning_rate=baselines.learning_rate,
-        positive_weight=positive_class_weight,
+        positive_weight=positive_weight,
     )
-    return export(weights, model, seed, layout, mean, std, schema.output, model_dir)
+    return export(weights, training.model, space, model_dir)
 
 
 class TffEngine:
@@ -229,13 +222,9 @@ class TffEngine:
     def train(
         self,
         consortium,
-        schema,
-        layout,
-        split,
-        mean,
-        std,
+        space,
         training,
-        positive_class_weight,
+        positive_weight,
         model_dir,
         *,
         checkpoint_dir=None,
@@ -246,17 +235,12 @@ class TffEngine:
         run_key="",
         log=None,
         warn=None,
-        base_rate=None,
     ) -> TrainingOutcome:
         return federated_training(
             consortium,
-            schema,
-            layout,
-            split,
-            mean,
-            std,
+            space,
             training,
-            positive_class_weight,
+            positive_weight,
             model_dir,
             checkpoint_dir,
             privacy,
@@ -266,15 +250,10 @@ class TffEngine:
             run_key,
             log,
             warn,
-            base_rate,
         )
 
-    def baseline(
-        self, fit, validation, schema, layout, mean, std, training, baselines, positive_class_weight, seed, model_dir
-    ) -> str:
-        return train_centralized(
-            fit, validation, schema, layout, mean, std, training, baselines, positive_class_weight, seed, model_dir
-        )
+    def baseline(self, fit, validation, space, training, baselines, positive_weight, model_dir) -> str:
+        return train_centralized(fit, validation, space, training, baselines, positive_weight, model_dir)
 
 
 TFF = TffEngine()

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from contract.data import Extract, Split, labels, load_parts
-from contract.schema import Schema
+from contract.data import labels
 from engines.base import Architecture, TrainingOutcome
+from institution.statistics import FeatureSpace
 from riskmodel import model as exported
-from riskmodel.layout import Layout
 from runconfig import RunConfig, TreeTrainingConfig
 
 
-def tree_spec(training: TreeTrainingConfig, layout: Layout, positive_class_weight: float, seed: int):
-    """The run config's tree settings as fed_trees' TreeSpec, for this layout's columns."""
+def tree_spec(training: TreeTrainingConfig, space: FeatureSpace, positive_weight: float):
+    """The run config's tree settings as fed_trees' TreeSpec, for the space's columns: the one place they are
+    mapped (XGBoost calls the positive weight scale_pos_weight)."""
     from fed_trees.spec import TreeSpec
 
     stopping = training.early_stopping
@@ -30,11 +30,11 @@ def tree_spec(training: TreeTrainingConfig, layout: Layout, positive_class_weigh
         subsample=training.subsample,
         reg_lambda=training.reg_lambda,
         max_bin=training.max_bin,
-        scale_pos_weight=positive_class_weight,
+        scale_pos_weight=positive_weight,
         early_stopping_rounds=stopping.patience if stopping else None,
-        feature_types=tuple(layout.native_types()),
-        monotone=tuple(training.monotone.get(name, 0) for name in layout.raw_features),
-        seed=seed,
+        feature_types=tuple(space.layout.native_types()),
+        monotone=tuple(training.monotone.get(name, 0) for name in space.layout.raw_features),
+        seed=space.split.seed,
     )
 
 
@@ -47,21 +47,26 @@ def lineage(spec) -> dict[str, str]:
     }
 
 
-def export(booster: Path, layout: Layout, output: str, directory: Path) -> str:
+def export(booster: Path, space: FeatureSpace, directory: Path) -> str:
+    """Write an exported model: the booster and the space's feature layout."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(booster, directory / exported.XGBOOST_FILE)
-    exported.save(directory, engine="xgboost", layout=layout, output=output, engine_file=exported.XGBOOST_FILE)
+    exported.save(
+        directory,
+        engine="xgboost",
+        layout=space.layout,
+        output=space.schema.output,
+        engine_file=exported.XGBOOST_FILE,
+    )
     return str(directory)
 
 
 def tree_training(
     consortium,
-    schema: Schema,
-    layout: Layout,
-    split: Split,
+    space: FeatureSpace,
     training: TreeTrainingConfig,
-    positive_class_weight: float,
+    positive_weight: float,
     model_dir: Path,
     isolation=None,
     on_round=None,
@@ -72,19 +77,17 @@ def tree_training(
     from fed_trees.training import train_federated
     from hostguard.loopback import isolation as loopback_isolation
 
-    spec = tree_spec(training, layout, positive_class_weight, split.seed)
+    spec = tree_spec(training, space, positive_weight)
     isolation = isolation or loopback_isolation(False)
     with tempfile.TemporaryDirectory(prefix="fedrisk-trees-") as work:
         if consortium.cross_silo:
-            result, rows, kept = _across_silos(
-                consortium, schema, layout, split, spec, Path(work), isolation, run_key, on_round
-            )
+            result, rows, kept = _across_silos(consortium, space, spec, Path(work), isolation, run_key, on_round)
         else:
-            data = consortium.tree_data(schema, layout, split)
+            data = consortium.tree_data(space)
             result = train_federated(data, spec, Path(work), isolation=isolation, on_round=on_round)
             rows = {d.institution: int(len(d.y_fit)) for d in data}
             kept = f"XGBoost's federated server and workers on loopback ({isolation.mechanism}), mutual TLS"
-        path = export(result.booster, layout, schema.output, model_dir)
+        path = export(result.booster, space, model_dir)
     return TrainingOutcome(
         model_path=path,
         rounds=result.rounds,
@@ -92,7 +95,7 @@ def tree_training(
         best_round=result.best_round,
         stopped_early=result.stopped_early,
         resumed_from_round=0,
-        positive_class_weight=positive_class_weight,
+        positive_class_weight=positive_weight,
         rounds_trained={name: len(result.rounds) for name in rows},
         engine="xgboost",
         lineage={**lineage(spec), "security.worker_isolation": kept},
@@ -100,7 +103,7 @@ def tree_training(
     )
 
 
-def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation, run_key: str, on_round=None):
+def _across_silos(consortium, space: FeatureSpace, spec, work: Path, isolation, run_key: str, on_round=None):
     """The federated server here on loopback, reached only through fed_trees.gate on the configured address: mutual
     TLS with the consortium's CA, the run's institutions from their nodes' addresses; each node starts its own
     worker. Returns the result, each institution's rows, and what kept the server private (for the lineage)."""
@@ -135,9 +138,7 @@ def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation
                 f"the gate to XGBoost's federated server cannot listen on {bind} "
                 f"(tls.trees_bind, or tls.host's address): {error}"
             ) from None
-        trained = consortium.tree_training(
-            schema, layout, split, spec, run_key, f"{consortium.server_host}:{gate.port}", on_round
-        )
+        trained = consortium.tree_training(space, spec, run_key, f"{consortium.server_host}:{gate.port}", on_round)
     finally:
         if gate is not None:
             gate.close()
@@ -159,46 +160,25 @@ def _across_silos(consortium, schema, layout, split, spec, work: Path, isolation
 def tree_baseline(
     fit: pd.DataFrame,
     validation: pd.DataFrame,
-    schema: Schema,
-    layout: Layout,
+    space: FeatureSpace,
     training: TreeTrainingConfig,
-    positive_class_weight: float,
-    seed: int,
+    positive_weight: float,
     model_dir: Path,
 ) -> str:
     """The same trees trained on rows in one place (pooled, or one institution's own)."""
     from fed_trees.training import train_centralized
 
-    spec = tree_spec(training, layout, positive_class_weight, seed)
+    layout, schema = space.layout, space.schema
     with tempfile.TemporaryDirectory(prefix="fedrisk-trees-") as work:
         result = train_centralized(
             layout.encode_native(fit),
             labels(fit, schema),
             layout.encode_native(validation),
             labels(validation, schema),
-            spec,
+            tree_spec(training, space, positive_weight),
             Path(work) / "booster.json",
         )
-        return export(result.booster, layout, schema.output, model_dir)
-
-
-def tree_data(extracts: tuple[Extract, ...], schema: Schema, layout: Layout, split: Split):
-    """Each institution's fit and validation rows in the layout's native encoding (simulation: read here)."""
-    from fed_trees.training import TreeData
-
-    found = []
-    for extract in extracts:
-        rows = load_parts(extract, schema, split, ("fit", "validation"))
-        found.append(
-            TreeData(
-                extract.institution,
-                layout.encode_native(rows["fit"]),
-                labels(rows["fit"], schema),
-                layout.encode_native(rows["validation"]),
-                labels(rows["validation"], schema),
-            )
-        )
-    return found
+        return export(result.booster, space, model_dir)
 
 
 class TreeEngine:
@@ -225,13 +205,9 @@ class TreeEngine:
     def train(
         self,
         consortium,
-        schema,
-        layout,
-        split,
-        mean,
-        std,
+        space,
         training,
-        positive_class_weight,
+        positive_weight,
         model_dir,
         *,
         checkpoint_dir=None,
@@ -242,16 +218,11 @@ class TreeEngine:
         run_key="",
         log=None,
         warn=None,
-        base_rate=None,
     ) -> TrainingOutcome:
-        return tree_training(
-            consortium, schema, layout, split, training, positive_class_weight, model_dir, isolation, on_round, run_key
-        )
+        return tree_training(consortium, space, training, positive_weight, model_dir, isolation, on_round, run_key)
 
-    def baseline(
-        self, fit, validation, schema, layout, mean, std, training, baselines, positive_class_weight, seed, model_dir
-    ) -> str:
-        return tree_baseline(fit, validation, schema, layout, training, positive_class_weight, seed, model_dir)
+    def baseline(self, fit, validation, space, training, baselines, positive_weight, model_dir) -> str:
+        return tree_baseline(fit, validation, space, training, positive_weight, model_dir)
 
 
 XGBOOST = TreeEngine()

@@ -24,7 +24,7 @@ from flows.settings import PROJECT_ROOT, Settings
 from flows.validate import consortium_of, validate_consortium
 from hostguard.credentials import masked
 from institution.evaluation import InstitutionEvaluation, weighted_metrics
-from institution.statistics import balanced_positive_weight, consortium_layout, standardization
+from institution.statistics import FeatureSpace, feature_space
 from institution.validation import (
     REFUSED_AT_START,
     QuorumNotMet,
@@ -56,7 +56,7 @@ class RetrainSummary:
     privacy: PrivacyPlan | None = None
 
 
-def run_key(config: RunConfig, admitted: list[ValidationReport], layout, mean, std) -> str:
+def run_key(config: RunConfig, admitted: list[ValidationReport], space: FeatureSpace) -> str:
     """What decides the trained weights: training settings, schema, data split, each admitted extract's
     digest and the feature layout. A retraining with the same key resumes the checkpoints of an interrupted one.
     """
@@ -68,9 +68,9 @@ def run_key(config: RunConfig, admitted: list[ValidationReport], layout, mean, s
         "seed": config.seed,
         "holdout_fraction": config.holdout_fraction,
         "extracts": {r.institution: r.digest for r in admitted},
-        "layout": layout.to_json(),
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
+        "layout": space.layout.to_json(),
+        "mean": list(space.mean),
+        "std": list(space.std),
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -214,11 +214,9 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
         else:
             statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]
             counts = {s.institution: s.count for s in statistics}
-        layout = consortium_layout(schema, features, statistics)
-        mean, std = standardization(layout, statistics)
-        weighting = config.training.positive_class_weight
-        positive_weight = balanced_positive_weight(statistics) if weighting == "balanced" else float(weighting)
-        key = run_key(config, [reports[name] for name in names], layout, mean, std)
+        space = feature_space(schema, features, split, statistics)
+        positive_weight = space.positive_weight(config.training.positive_class_weight)
+        key = run_key(config, [reports[name] for name in names], space)
         run_dir = settings.runs_dir / config.model_name / key
         # Privacy is planned, and the ledger consulted, before anything is trained.
         plan = plan_privacy(
@@ -240,13 +238,9 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
         admitted = admitted.for_run(training_id(run_dir, key), Path(evaluated.path) if evaluated else None)
         training = train_federated(
             admitted,
-            schema,
-            layout,
-            split,
-            mean=mean.tolist(),
-            std=std.tolist(),
+            space,
             training=config.training,
-            positive_class_weight=positive_weight,
+            positive_weight=positive_weight,
             model_dir=run_dir / "model",
             checkpoint_dir=run_dir / "checkpoints",
             privacy=plan,
@@ -254,7 +248,6 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
             scaling=Scaling(**config.scorecard.model_dump()),
             run_key=training_id(run_dir, key),
             lock_check=lock.verify,
-            base_rate=sum(s.positives for s in statistics) / max(1, sum(s.count for s in statistics)),
         )
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
@@ -269,16 +262,9 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
         per_institution = {name: dict(models) for name in names}
         if config.baselines.enabled and admitted.extracts:
             logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")
-            common = dict(training=config.training, baselines=config.baselines, positive_class_weight=positive_weight)
+            common = dict(training=config.training, baselines=config.baselines, positive_weight=positive_weight)
             pooled = train_pooled_baseline(
-                list(admitted.extracts),
-                schema,
-                layout,
-                split,
-                mean.tolist(),
-                std.tolist(),
-                model_dir=Path(work_dir) / "pooled",
-                **common,
+                list(admitted.extracts), space, model_dir=Path(work_dir) / "pooled", **common
             )
             for e in admitted.extracts:
                 logger.info("local-only baseline of %s: the same model on its rows alone", e.institution)
@@ -338,8 +324,7 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
             settings.mlflow_tracking_uri,
             config,
             training=training,
-            layout=layout,
-            mean=mean.tolist(),
+            space=space,
             evaluations=evaluations,
             validation=validation,
             decision=decision,

@@ -1,5 +1,6 @@
 """Federated statistics: what each institution shares about its training rows (counts and sums), and
-what the coordinator makes of them: the model's feature layout and its standardization.
+what the coordinator makes of them: the run's feature space (FeatureSpace: the layout, its standardization,
+the label's prevalence).
 
 One pass is enough: per numeric feature the count, sum and sum of squares of present values; per
 categorical feature the count of each level. The consortium's means fill missing values, levels held
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from contract.data import labels
+from contract.data import Split, labels
 from contract.schema import CategoricalFeature, Schema
 from riskmodel.layout import MISSING, FeatureEncoding, Layout
 
@@ -127,13 +128,54 @@ def standardization(layout: Layout, statistics: list[LocalStatistics]) -> tuple[
     return mean, std
 
 
-def balanced_positive_weight(statistics: list[LocalStatistics]) -> float:
-    """Negatives per positive over all institutions: the loss weight that balances the classes."""
-    count = sum(s.count for s in statistics)
-    positives = sum(s.positives for s in statistics)
-    if positives == 0 or positives == count:
-        raise ValueError("a balanced positive-class weight needs both classes in the training data")
-    return (count - positives) / positives
+@dataclass(frozen=True)
+class FeatureSpace:
+    """One run's prepared features, made once from the federated statistics and passed whole: the schema and how
+    every institution splits its rows, the layout that encodes them, each encoded column's pooled mean and
+    standard deviation (the exported model standardizes with them), and the rows and positives they came from
+    (None at a node, which encodes its rows in the space the coordinator sent and needs no totals)."""
+
+    schema: Schema
+    layout: Layout
+    split: Split
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rows: int | None = None
+    positives: int | None = None
+
+    @property
+    def base_rate(self) -> float:
+        """Positives over rows: where a network's output starts."""
+        return self._totals()[1] / max(1, self._totals()[0])
+
+    def positive_weight(self, weighting: float | str) -> float:
+        """The loss weight of a positive example: as configured, or `balanced` (negatives per positive)."""
+        if weighting != "balanced":
+            return float(weighting)
+        rows, positives = self._totals()
+        if positives == 0 or positives == rows:
+            raise ValueError("a balanced positive-class weight needs both classes in the training data")
+        return (rows - positives) / positives
+
+    def _totals(self) -> tuple[int, int]:
+        if self.rows is None or self.positives is None:
+            raise ValueError("this feature space has no row totals (a node's copy of the coordinator's)")
+        return self.rows, self.positives
+
+
+def feature_space(schema: Schema, features: list[str], split: Split, statistics: list[LocalStatistics]) -> FeatureSpace:
+    """The feature space the institutions' statistics give: layout, standardization, prevalence."""
+    layout = consortium_layout(schema, features, statistics)
+    mean, std = standardization(layout, statistics)
+    return FeatureSpace(
+        schema,
+        layout,
+        split,
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        sum(s.count for s in statistics),
+        sum(s.positives for s in statistics),
+    )
 
 
 def _statistics_slots(schema: Schema, features: list[str]) -> list[tuple[str, str, str]]:

@@ -28,6 +28,7 @@ import numpy as np
 from consortium.local import LocalConsortium
 from contract.data import Extract, Split
 from errors import FedriskError
+from institution.statistics import FeatureSpace
 from institution.validation import EXPECTATIONS_DIR
 from node import wire
 from node.config import NodeConfig
@@ -125,6 +126,18 @@ class NodeService:
     def _admitted(self, request: dict) -> LocalConsortium:
         """This institution's extract pinned to the digest the coordinator admitted (checked on every read)."""
         return LocalConsortium((self.extract.validated(request["digest"]),))
+
+    def _space(self, request: dict) -> FeatureSpace:
+        """The run's feature space as the coordinator sent it (layout, split; mean and std for a network)."""
+        from riskmodel.layout import Layout
+
+        return FeatureSpace(
+            self.schema,
+            Layout.from_json(request["layout"]),
+            Split(**request["split"]),
+            tuple(request.get("mean", ())),
+            tuple(request.get("std", ())),
+        )
 
     def _check_policy(self, spec, rounds: int) -> None:
         policy = self.config.policy
@@ -253,18 +266,15 @@ class NodeService:
         run's layout, build the TFF stages. Returns how many rows it trains on."""
         from fed_models.accounting import default_delta
         from fed_models.training import build_stages, spec_from_dict
-        from riskmodel.layout import Layout
 
         self._check_schema(request)
         spec = spec_from_dict(request["spec"])
         self._check_policy(spec, spec.rounds)
-        consortium = self._admitted(request)
-        runner = consortium.training(
-            self.schema, Layout.from_json(request["layout"]), Split(**request["split"]), request["run_key"]
-        )
+        space = self._space(request)
+        runner = self._admitted(request).training(space, request["run_key"])
         [fit], [validation] = runner.clients, runner.validation
         with self._computing():
-            stages = build_stages(spec, np.asarray(request["mean"]), np.asarray(request["std"]), n_clients=1)
+            stages = build_stages(spec, np.asarray(space.mean), np.asarray(space.std), n_clients=1)
         # Privacy is accounted at the node's own delta: the coordinator may ask for a smaller one, never a larger.
         own = self.config.policy.max_delta or default_delta(len(fit.y))
         delta = min(float(request["delta"]), own) if request.get("delta") else own
@@ -591,7 +601,6 @@ class NodeService:
         from fed_trees.spec import TreeSpec
         from fed_trees.training import TreeTrainingFailed, run_worker
         from fed_trees.worker import booster_name
-        from riskmodel.layout import Layout
 
         self._check_schema(request)
         policy = self.config.policy
@@ -612,9 +621,7 @@ class NodeService:
                 f"institution '{self.name}' trains only with record-level differential privacy, which "
                 f"trees do not have (policy.require_privacy)"
             )
-        [data] = self._admitted(request).tree_data(
-            self.schema, Layout.from_json(request["layout"]), Split(**request["split"])
-        )
+        [data] = self._admitted(request).tree_data(self._space(request))
         tls, rank, work = self.config.tls, int(request["rank"]), self.config.work_dir / "trees" / request["run_key"]
         self.run_records.begin(request["run_key"], request["layout"], request.get("champion"))
         try:

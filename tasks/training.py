@@ -23,8 +23,7 @@ from engines.privacy import PrivacyPlan
 from engines.registry import engine_for
 from hostguard import loopback
 from hostguard.loopback import Isolation
-from institution.statistics import consortium_layout, local_statistics, standardization
-from riskmodel.layout import Layout
+from institution.statistics import FeatureSpace, feature_space, local_statistics
 from riskmodel.scaling import Scaling
 from runconfig import BaselinesConfig, TrainingConfig
 
@@ -96,13 +95,9 @@ def _describe(m: dict, max_rounds: int) -> str:
 )
 def train_federated(
     consortium,
-    schema: Schema,
-    layout: Layout,
-    split: Split,
-    mean: list[float],
-    std: list[float],
+    space: FeatureSpace,
     training: TrainingConfig,
-    positive_class_weight: float,
+    positive_weight: float,
     model_dir: Path,
     checkpoint_dir: Path,
     privacy: PrivacyPlan | None = None,
@@ -110,7 +105,6 @@ def train_federated(
     scaling: Scaling | None = None,
     run_key: str = "",
     lock_check: Callable[[str], None] | None = None,
-    base_rate: float | None = None,
 ) -> TrainingOutcome:
     """The run's engine training the consortium, with each round logged, shown in a Prefect progress artifact and
     passed to the round listeners (the CLI's progress bar). `lock_check(where)` runs after each round: it raises to
@@ -145,13 +139,9 @@ def train_federated(
     try:
         outcome = engine.train(
             consortium,
-            schema,
-            layout,
-            split,
-            mean,
-            std,
+            space,
             training,
-            positive_class_weight,
+            positive_weight,
             model_dir,
             checkpoint_dir=checkpoint_dir,
             privacy=privacy,
@@ -161,7 +151,6 @@ def train_federated(
             run_key=run_key,
             log=logger.info,
             warn=logger.warning,
-            base_rate=base_rate,
         )
     finally:
         tell({"event": "end"})
@@ -191,60 +180,38 @@ def train_local_baseline(
     split: Split,
     training,
     baselines: BaselinesConfig,
-    positive_class_weight: float,
+    positive_weight: float,
     model_dir: Path,
 ) -> str:
     """Baseline: the same architecture trained on this institution's rows alone (its own layout,
     standardization, fit/validation split and loss); the model a member would have without federation."""
     rows = load_parts(extract, schema, split, ("train", "fit", "validation"))
-    statistics = [local_statistics(extract.institution, rows["train"], schema, features)]
-    layout = consortium_layout(schema, features, statistics)
-    mean, std = standardization(layout, statistics)
+    own = feature_space(
+        schema, features, split, [local_statistics(extract.institution, rows["train"], schema, features)]
+    )
     return engine_for(training).baseline(
-        rows["fit"],
-        rows["validation"],
-        schema,
-        layout,
-        mean,
-        std,
-        training,
-        baselines,
-        positive_class_weight,
-        split.seed,
-        model_dir,
+        rows["fit"], rows["validation"], own, training, baselines, positive_weight, model_dir
     )
 
 
 @task(name="train-pooled-baseline")
 def train_pooled_baseline(
     extracts: list[Extract],
-    schema: Schema,
-    layout: Layout,
-    split: Split,
-    mean: list[float],
-    std: list[float],
+    space: FeatureSpace,
     training,
     baselines: BaselinesConfig,
-    positive_class_weight: float,
+    positive_weight: float,
     model_dir: Path,
 ) -> str:
     """Baseline, simulation mode only: the same architecture trained on every institution's rows
     pooled in one place, which federation exists to avoid; the accuracy federation aims to match."""
-    fits, validations = [], []
-    for extract in extracts:
-        rows = load_parts(extract, schema, split, ("fit", "validation"))
-        fits.append(rows["fit"])
-        validations.append(rows["validation"])
+    parts = [load_parts(extract, space.schema, space.split, ("fit", "validation")) for extract in extracts]
     return engine_for(training).baseline(
-        pd.concat(fits),
-        pd.concat(validations),
-        schema,
-        layout,
-        mean,
-        std,
+        pd.concat(p["fit"] for p in parts),
+        pd.concat(p["validation"] for p in parts),
+        space,
         training,
         baselines,
-        positive_class_weight,
-        split.seed,
+        positive_weight,
         model_dir,
     )

@@ -14,7 +14,7 @@ from contract.data import Split
 from contract.schema import load_schema
 from fed_models.training import TrainingSpec, build_stages
 from hostguard.pki import init_ca, issue
-from institution.statistics import consortium_layout, standardization
+from institution.statistics import feature_space
 from node.config import NodeConfig
 from node.server import start_server
 from node.service import NodeService
@@ -65,13 +65,12 @@ def _training(consortium, quorum: int):
     consortium = replace(consortium, quorum=quorum)
     features = list(CREDIT.features)
     stats = [consortium.statistics(name, CREDIT, features, SPLIT) for name in consortium.names]
-    layout = consortium_layout(CREDIT, features, stats)
-    mean, std = standardization(layout, stats)
+    space = feature_space(CREDIT, features, SPLIT, stats)
     spec = TrainingSpec(rounds=5, seed=1)
     from fed_models import runtime
 
     runtime.ensure_context()
-    return consortium.training(CREDIT, layout, SPLIT, "run-refused"), build_stages(spec, mean, std, n_clients=3)
+    return consortium.training(space, "run-refused"), build_stages(spec, space.mean, space.std, n_clients=3)
 
 
 def test_an_institution_refusing_at_prepare_is_left_out_and_the_quorum_decides(nodes):

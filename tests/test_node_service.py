@@ -323,7 +323,9 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     import json
 
     from consortium.nodes import _zip_model
+    from contract.data import Split
     from engines.tff import export
+    from institution.statistics import FeatureSpace
     from riskmodel.layout import Layout
     from riskmodel.model import MANIFEST, files_digest
     from runconfig import EvaluationConfig, ModelConfig
@@ -338,11 +340,7 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
             export(
                 [w + shift for w in weights["trainable"]],
                 ModelConfig(),
-                1,
-                model_layout,
-                probe["mean"],
-                probe["std"],
-                CREDIT.output,
+                FeatureSpace(CREDIT, model_layout, Split(0.2, 0.2, 1), tuple(probe["mean"]), tuple(probe["std"]), 0, 0),
                 tmp_path / name,
             )
         )
@@ -399,11 +397,12 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
     from contextlib import ExitStack
 
     from consortium.nodes import NodeError, NodeHandle, Tls, _zip_model, call
+    from contract.data import Split
     from engines.tff import export
     from fed_models.training import spec_as_dict
     from fed_trees.spec import TreeSpec
     from hostguard.pki import init_ca, issue
-    from institution.statistics import LocalStatistics
+    from institution.statistics import FeatureSpace, LocalStatistics
     from node.audit import AuditTrail
     from riskmodel.layout import Layout
     from runconfig import EvaluationConfig, ModelConfig
@@ -527,11 +526,9 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
             export(
                 [w + 0.5 for w in weights["trainable"]],
                 ModelConfig(),
-                1,
-                Layout.from_json(layout.to_json()),
-                mean,
-                std,
-                CREDIT.output,
+                FeatureSpace(
+                    CREDIT, Layout.from_json(layout.to_json()), Split(0.2, 0.2, 1), tuple(mean), tuple(std), 0, 0
+                ),
                 tmp_path / "crafted",
             )
         )

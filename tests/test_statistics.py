@@ -6,8 +6,8 @@ from consortium.local import LocalConsortium
 from contract.data import Extract, Split, load_part
 from contract.schema import Missing, load_schema
 from institution.statistics import (
-    balanced_positive_weight,
     consortium_layout,
+    feature_space,
     local_statistics,
     standardization,
 )
@@ -89,16 +89,22 @@ def test_statistics_carry_only_aggregates():
     )
 
 
-def test_balanced_positive_weight_is_negatives_per_positive_over_all_institutions():
+def test_a_balanced_positive_weight_is_negatives_per_positive_over_all_institutions():
     def stats(name, positives, negatives):
         rows = pd.DataFrame(
             {"AGE": [30] * (positives + negatives), CREDIT.label.column: [1] * positives + [0] * negatives}
         )
         return local_statistics(name, rows, CREDIT, ["AGE"])
 
-    assert balanced_positive_weight([stats("a", 1, 9), stats("b", 3, 27)]) == 36 / 4
+    def space(*statistics):
+        return feature_space(CREDIT, ["AGE"], Split(0.2, 0.1, 7), list(statistics))
+
+    both = space(stats("a", 1, 9), stats("b", 3, 27))
+    assert both.positive_weight("balanced") == 36 / 4
+    assert both.positive_weight(2.5) == 2.5  # as configured
+    assert both.base_rate == 4 / 40
     with pytest.raises(ValueError, match="both classes"):
-        balanced_positive_weight([stats("c", 0, 3)])
+        space(stats("c", 0, 3)).positive_weight("balanced")
 
 
 def test_constant_feature_gets_unit_std():

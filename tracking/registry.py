@@ -27,9 +27,9 @@ from institution.evaluation import (
     pooled_ece,
     weighted_metrics,
 )
+from institution.statistics import FeatureSpace
 from institution.validation import ValidationReport
 from riskmodel import model as exported
-from riskmodel.layout import Layout
 from runconfig import RunConfig
 from tracking.promotion import Decision
 from tracking.versions import (
@@ -349,13 +349,14 @@ def signature_types(schema: Schema, features: list[str]) -> dict[str, str]:
     return types
 
 
-def input_example(layout: Layout, types: dict[str, str], mean: list[float]):
+def input_example(space: FeatureSpace, types: dict[str, str]):
     """An example input built from aggregates only (the consortium's mean, its most common kept level):
     no customer row serves as the example."""
     import pandas as pd
 
+    mean = space.mean
     values, position = {}, 0
-    for f in layout.features:
+    for f in space.layout.features:
         if f.kind == "categorical":
             level = f.levels[0] if f.levels else "(other)"
             values[f.name] = int(level) if f.coded and level.lstrip("-").isdigit() else level
@@ -370,8 +371,7 @@ def register_model(
     tracking_uri: str,
     config: RunConfig,
     training,
-    layout: Layout,
-    mean: list[float],
+    space: FeatureSpace,
     evaluations: list[InstitutionEvaluation],
     validation: list[ValidationReport],
     decision: Decision,
@@ -480,7 +480,7 @@ def register_model(
             mlflow.log_figure(figure, f"plots/{name}.png")
         if scorecard is not None:
             mlflow.log_text(spreadsheet_safe(scorecard).to_csv(index=False), POINTS_TABLE_ARTIFACT)
-        types = signature_types(schema, layout.raw_features)
+        types = signature_types(schema, space.layout.raw_features)
         signature = ModelSignature(
             inputs=MlflowSchema([ColSpec(getattr(DataType, kind), name) for name, kind in types.items()]),
             outputs=MlflowSchema([ColSpec(DataType.double, schema.output)]),
@@ -490,7 +490,7 @@ def register_model(
             python_model=SCORING_MODEL,
             artifacts={"riskmodel": str(training.model_path)},
             code_paths=[str(RISKMODEL_PACKAGE)],
-            input_example=input_example(layout, types, mean),
+            input_example=input_example(space, types),
             signature=signature,
             pip_requirements=_requirements(trained.engine),
         )
@@ -512,7 +512,7 @@ def register_model(
                 training=training,
                 figures=figures,
                 privacy=privacy,
-                layout=layout,
+                layout=space.layout,
                 scorecard=scorecard,
             ),
             MODEL_CARD_ARTIFACT,
