@@ -46,7 +46,7 @@ def test_both_engines_honour_the_training_interface(small_consortium, tmp_path, 
     from consortium.local import LocalConsortium
     from contract.data import Extract, Split
     from engines.registry import engine_for
-    from institution.statistics import consortium_layout, standardization
+    from institution.statistics import feature_space
     from riskmodel import model as exported
 
     config = _config(_three(small_consortium), "engines", training)
@@ -54,11 +54,8 @@ def test_both_engines_honour_the_training_interface(small_consortium, tmp_path, 
     consortium = LocalConsortium(tuple(Extract(n, p) for n, p in _three(small_consortium).items()))
     split = Split(0.2, config.training.validation_fraction, 1)
     statistics = [consortium.statistics(n, schema, features, split) for n in consortium.names]
-    layout = consortium_layout(schema, features, statistics)
-    mean, std = standardization(layout, statistics)
-    outcome = engine_for(config.training).train(
-        consortium, schema, layout, split, mean.tolist(), std.tolist(), config.training, 1.0, tmp_path / "model"
-    )
+    space = feature_space(schema, features, split, statistics)
+    outcome = engine_for(config.training).train(consortium, space, config.training, 1.0, tmp_path / "model")
     model = exported.load(Path(outcome.model_path))
     rows = pd.read_csv(small_consortium["dune_finance"]).head(50)  # raw rows of an institution it never saw
     probability = model.predict_proba(rows)
