@@ -29,25 +29,23 @@ from institution.evaluation import InstitutionEvaluation
 from institution.statistics import FeatureSpace, LocalStatistics
 from institution.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 from node import wire
+from node.messages import (
+    OPERATIONS,
+    Evaluate,
+    Prepare,
+    Request,
+    SchemaRef,
+    SplitRef,
+    Statistics,
+    TrainRound,
+    TrainTrees,
+    TreeProgress,
+    Validate,
+    ValidateRound,
+)
 from node.server import SERVICE, message_options
 from riskmodel.model import ENGINE_FILES, MANIFEST
 
-TIMEOUTS = {
-    "Describe": 30,
-    "Validate": 600,
-    "Statistics": 300,
-    "Prepare": 600,
-    "TrainRound": 900,
-    "ValidateRound": 300,
-    "Evaluate": 900,
-    "TrainTrees": 3600,
-    "TreeProgress": 30,
-    "SecureBegin": 900,
-    "SecureShare": 60,
-    "SecureMask": 120,
-    "SecureConsistency": 60,
-    "SecureUnmask": 60,
-}
 MAX_MESSAGE_MB = 64
 START = "the start of the training"  # Prepare: a node checks the training against its policy
 _channels: dict[tuple, grpc.Channel] = {}
@@ -101,11 +99,17 @@ def _channel(handle: NodeHandle, tls: Tls) -> grpc.Channel:
         return _channels[key]
 
 
-def call(handle: NodeHandle, tls: Tls, operation: str, request: dict):
-    """One operation at one node; NodeError with a sentence on any failure."""
+def call(handle: NodeHandle, tls: Tls, request: Request):
+    """One request (node.messages) at one node; its answer, or NodeError with a sentence on any failure."""
+    return send(handle, tls, request.operation, request.plain())
+
+
+def send(handle: NodeHandle, tls: Tls, operation: str, plain: dict):
+    """`plain` sent as `operation` as it is: what `call` does after typing; a test that plays a deviating
+    coordinator sends what no typed request would hold."""
     method = _channel(handle, tls).unary_unary(f"/{SERVICE}/{operation}")
     try:
-        return wire.decode(method(wire.encode(request), timeout=TIMEOUTS[operation]))
+        return wire.decode(method(wire.encode(plain), timeout=OPERATIONS[operation].timeout))
     except grpc.RpcError as error:
         code, details = error.code(), (error.details() or "").strip()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -131,10 +135,6 @@ def _attempt(operation):
         return operation()
     except NodeError as error:
         return error
-
-
-def _schema_ref(schema) -> dict:
-    return {"name": schema.name, "version": schema.version}
 
 
 def _zip_model(directory: Path) -> np.ndarray:
@@ -217,7 +217,7 @@ class NodeConsortium:
     def validate(self, institution, schema, reference, expectations_dir) -> ValidationReport:
         handle = self.node(institution)
         try:
-            answer = call(handle, self.tls, "Validate", {"schema": _schema_ref(schema), "reference": reference})
+            answer = call(handle, self.tls, Validate(SchemaRef.of(schema), reference))
         except NodeError as error:  # unreachable or refusing: quarantined like a failed validation
             return ValidationReport(
                 institution,
@@ -248,13 +248,7 @@ class NodeConsortium:
         result = call(
             self.node(institution),
             self.tls,
-            "Statistics",
-            {
-                "schema": _schema_ref(schema),
-                "digest": self.digest(institution),
-                "features": features,
-                "split": vars(split),
-            },
+            Statistics(SchemaRef.of(schema), self.digest(institution), list(features), SplitRef.of(split)),
         )
         return LocalStatistics(**result)
 
@@ -272,10 +266,11 @@ class NodeConsortium:
         from secagg.protocol import SecureAggregationError
 
         names = self.names
-        base = {"schema": _schema_ref(schema), "features": features, "split": vars(split)}
+        base = {"schema": SchemaRef.of(schema), "features": list(features), "split": SplitRef.of(split)}
         kept_file = None
         if kept is not None:
-            key = hashlib.sha256(json.dumps({**base, "digests": sorted(self.digests)}, sort_keys=True).encode())
+            described = {"schema": asdict(base["schema"]), "features": base["features"], "split": asdict(base["split"])}
+            key = hashlib.sha256(json.dumps({**described, "digests": sorted(self.digests)}, sort_keys=True).encode())
             kept_file = Path(kept) / f"{key.hexdigest()}.json"
             if kept_file.exists():
                 plain = json.loads(kept_file.read_text())
@@ -296,8 +291,8 @@ class NodeConsortium:
                 )
             return results
 
-        def begin(i: int) -> dict:
-            return {"operation": "statistics", "request": {**base, "digest": self.digest(names[i])}}
+        def begin(i: int) -> tuple[str, Statistics]:
+            return "statistics", Statistics(digest=self.digest(names[i]), **base)
 
         session = secure.new_session("statistics")
         try:
@@ -308,7 +303,7 @@ class NodeConsortium:
                 {"sums": secure.SUMS},
                 begin,
                 each,
-                lambda i, op, request: call(self.node(names[i]), self.tls, op, request),
+                lambda i, request: call(self.node(names[i]), self.tls, request),
                 self.secure_threshold,
                 "federated statistics",
             )
@@ -331,20 +326,22 @@ class NodeConsortium:
         """Each node runs its institution's XGBoost worker against the coordinator's federated server at
         `server` (in parallel, until the training ends); rank 0's answer holds the trees. `on_round` gets each
         boosting round's federated validation figures as rank 0's node reports them (asked twice a second)."""
-        base = {
-            "schema": _schema_ref(space.schema),
-            "layout": space.layout.to_json(),
-            "split": vars(space.split),
-            "spec": spec.as_dict(),
-            "run_key": run_key,
-            "world_size": len(self.nodes),
-            "server": server,
-            "champion": self.champion,
-        }
 
         def train(rank: int) -> dict:
             node = self.nodes[rank]
-            return call(node, self.tls, "TrainTrees", {**base, "rank": rank, "digest": self.digest(node.institution)})
+            request = TrainTrees(
+                schema=SchemaRef.of(space.schema),
+                digest=self.digest(node.institution),
+                layout=space.layout.to_json(),
+                split=SplitRef.of(space.split),
+                spec=spec.as_dict(),
+                run_key=run_key,
+                world_size=len(self.nodes),
+                rank=rank,
+                server=server,
+                champion=self.champion,
+            )
+            return call(node, self.tls, request)
 
         done, delivered = threading.Event(), []
 
@@ -352,7 +349,7 @@ class NodeConsortium:
             while True:
                 finished = done.wait(0.5)
                 try:
-                    rounds = call(self.nodes[0], self.tls, "TreeProgress", {"run_key": run_key})["rounds"]
+                    rounds = call(self.nodes[0], self.tls, TreeProgress(run_key))["rounds"]
                 except NodeError:
                     rounds = []
                 for figures in rounds[len(delivered) :]:
@@ -382,15 +379,14 @@ class NodeConsortium:
         result = call(
             self.node(institution),
             self.tls,
-            "Evaluate",
-            {
-                "schema": _schema_ref(schema),
-                "digest": self.digest(institution),
-                "split": vars(split),
-                "run_key": self.run_key,
-                "evaluation": evaluation.model_dump(),
-                "models": {role: _zip_model(path) for role, path in models.items()},
-            },
+            Evaluate(
+                schema=SchemaRef.of(schema),
+                digest=self.digest(institution),
+                split=SplitRef.of(split),
+                run_key=self.run_key,
+                evaluation=evaluation.model_dump(),
+                models={role: _zip_model(path) for role, path in models.items()},
+            ),
         )
         return InstitutionEvaluation(**result)
 
@@ -421,12 +417,8 @@ class NodeInstitutions:
 
     def _prepare(self, index: int) -> None:
         name = self.names[index]
-        answer = call(
-            self.consortium.node(name),
-            self.consortium.tls,
-            "Prepare",
-            {**self._prepare_request, "digest": self.consortium.digest(name), "delta": self.deltas.get(name)},
-        )
+        request = replace(self._prepare_request, digest=self.consortium.digest(name), delta=self.deltas.get(name))
+        answer = call(self.consortium.node(name), self.consortium.tls, request)
         self.fit_rows[index] = answer["fit_rows"]
         self.reported[name] = answer["rounds_trained"]
 
@@ -446,20 +438,21 @@ class NodeInstitutions:
         one that refuses is left out while the quorum holds."""
         from fed_models.training import spec_as_dict
 
-        self._prepare_request = {
-            "schema": _schema_ref(self.space.schema),
-            "run_key": self.run_key,
-            "spec": spec_as_dict(stages.spec),
-            "mean": stages.mean,
-            "std": stages.std,
-            "layout": self.space.layout.to_json(),
-            "split": vars(self.space.split),
-            "secure_aggregation": self.consortium.secure,
-            "champion": self.consortium.champion,
-        }
         if self.consortium.secure:
             self.encoding = self.consortium.encoding(stages.spec)
-            self._prepare_request["secure_encoding"] = self.encoding.as_dict()
+        self._prepare_request = Prepare(
+            schema=SchemaRef.of(self.space.schema),
+            digest="",  # each node's own, and its delta, at _prepare
+            run_key=self.run_key,
+            spec=spec_as_dict(stages.spec),
+            mean=stages.mean,
+            std=stages.std,
+            layout=self.space.layout.to_json(),
+            split=SplitRef.of(self.space.split),
+            secure_aggregation=self.consortium.secure,
+            champion=self.consortium.champion,
+            secure_encoding=self.encoding.as_dict() if self.encoding is not None else None,
+        )
         self._each(list(range(len(self.names))), START, self._prepare_or_refusal)
 
     def _with_retry(self, index: int, operation):
@@ -504,7 +497,7 @@ class NodeInstitutions:
             self._drop(failures, when)
         return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
 
-    def _secure_sum(self, indices: list[int], operation: str, request, vectors: dict, when: str):
+    def _secure_sum(self, indices: list[int], added: str, request, vectors: dict, when: str):
         """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round);
         TrainingStopped when fewer than the threshold complete it."""
         from node import secure
@@ -517,9 +510,9 @@ class NodeInstitutions:
                 indices,
                 secure.new_session(f"{self.run_key}/{when}"),
                 vectors,
-                lambda i: {"operation": operation, "request": request(i)},
+                lambda i: (added, request(i)),
                 self._each,
-                lambda i, op, body: call(consortium.node(self.names[i]), consortium.tls, op, body),
+                lambda i, body: call(consortium.node(self.names[i]), consortium.tls, body),
                 consortium.secure_threshold,
                 when,
             )
@@ -541,17 +534,8 @@ class NodeInstitutions:
             return self._secure_round(stages, round_num, plain, indices)
 
         def train(i: int):
-            return call(
-                self.consortium.node(self.names[i]),
-                self.consortium.tls,
-                "TrainRound",
-                {
-                    "run_key": self.run_key,
-                    "round": round_num,
-                    "weights": plain,
-                    "client_seed": client_seed(stages.spec.seed, round_num, i),
-                },
-            )
+            request = TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i))
+            return call(self.consortium.node(self.names[i]), self.consortium.tls, request)
 
         self.round = round_num
         answers = self._each(indices, f"round {round_num}", train)
@@ -575,12 +559,7 @@ class NodeInstitutions:
         result = self._secure_sum(
             indices,
             "train_round",
-            lambda i: {
-                "run_key": self.run_key,
-                "round": round_num,
-                "weights": plain,
-                "client_seed": client_seed(stages.spec.seed, round_num, i),
-            },
+            lambda i: TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i)),
             self.encoding.specs(),
             when,
         )
@@ -612,7 +591,7 @@ class NodeInstitutions:
             result = self._secure_sum(
                 indices,
                 "validate_round",
-                lambda i: {"run_key": self.run_key, "weights": plain},
+                lambda i: ValidateRound(self.run_key, plain),
                 {"sums": secure.SUMS},
                 f"validation of round {self.round}",
             )
@@ -621,10 +600,7 @@ class NodeInstitutions:
             indices,
             f"validation of round {self.round}",
             lambda i: call(
-                self.consortium.node(self.names[i]),
-                self.consortium.tls,
-                "ValidateRound",
-                {"run_key": self.run_key, "weights": plain},
+                self.consortium.node(self.names[i]), self.consortium.tls, ValidateRound(self.run_key, plain)
             ),
         )
         return [answers[i]["metrics"] for i in sorted(answers)]

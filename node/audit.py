@@ -46,7 +46,7 @@ def _secure(request: dict) -> dict:
     inner = request.get("request") or {}
     found = {
         "session": request.get("session"),
-        "adds": request.get("operation"),
+        "adds": request.get("added"),
         "participants": request.get("participants"),
         "threshold": request.get("threshold"),
         "senders": request.get("sent"),

@@ -16,9 +16,11 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from node.messages import Request, SecureBegin, SecureConsistency, SecureMask, SecureShare, SecureUnmask
 from secagg import ring
 from secagg.protocol import RULE_ENCODING, Advertisement, Aggregator, SecureAggregationError
 from secagg.ring import VectorSpec
@@ -213,18 +215,24 @@ def run_session(
     indices: list[int],
     session: str,
     vectors: dict[str, dict],
-    begin: Callable[[int], dict],
+    begin: Callable[[int], tuple[str, Request]],
     each: Callable[[list[int], str, Callable[[int], object]], dict[int, object]],
-    call: Callable[[int, str, dict], object],
+    call: Callable[[int, Request], Any],
     threshold: int,
     when: str,
 ) -> SessionResult:
     """One secure sum over the nodes `indices` of the `vectors` (name -> bits and scale, as each node derives them
-    itself: `Encoding.specs` or `SUMS`): `begin(i)` is what node i adds (its operation and request), `each` runs a
-    phase at several nodes in parallel (dropping those that fail), `call(i, operation, request)` one call.
+    itself: `Encoding.specs` or `SUMS`): `begin(i)` is what node i adds (node.messages.SECURE_INPUTS' name and the
+    request that computes it), `each` runs a phase at several nodes in parallel (dropping those that fail),
+    `call(i, request)` one call.
     SecureAggregationError when fewer than the threshold (or three) complete a phase."""
-    common = {"session": session, "participants": [names[i] for i in indices], "threshold": threshold}
-    begun = each(indices, f"{when}: key exchange", lambda i: call(i, "SecureBegin", {**begin(i), **common}))
+    participants = [names[i] for i in indices]
+
+    def begin_at(i: int):
+        added, request = begin(i)
+        return call(i, SecureBegin(session, participants, threshold, request.plain(), added))
+
+    begun = each(indices, f"{when}: key exchange", begin_at)
     metas = {i: answer["meta"] for i, answer in begun.items()}
     first = next(iter(begun.values()), None)
     sizes = first["sizes"] if first else {}
@@ -241,7 +249,7 @@ def run_session(
     shared = each(
         sorted(begun),
         f"{when}: sharing keys",
-        lambda i: call(i, "SecureShare", {"session": session, "roster": plain_roster}),
+        lambda i: call(i, SecureShare(session, plain_roster)),
     )
     inboxes = aggregator.inboxes(
         {names[i]: {to: bytes.fromhex(box) for to, box in answer["shares"].items()} for i, answer in shared.items()}
@@ -249,11 +257,7 @@ def run_session(
     masked = each(
         sorted(shared),
         f"{when}: masked inputs",
-        lambda i: call(
-            i,
-            "SecureMask",
-            {"session": session, "inbox": {sender: box.hex() for sender, box in inboxes[names[i]].items()}},
-        ),
+        lambda i: call(i, SecureMask(session, {sender: box.hex() for sender, box in inboxes[names[i]].items()})),
     )
     sent = aggregator.collect(
         {
@@ -264,14 +268,14 @@ def run_session(
     signed = each(
         sorted(masked),
         f"{when}: consistency check",
-        lambda i: call(i, "SecureConsistency", {"session": session, "sent": sent}),
+        lambda i: call(i, SecureConsistency(session, sent)),
     )
     signatures = aggregator.consistency({names[i]: bytes.fromhex(answer["signature"]) for i, answer in signed.items()})
     plain_signatures = {name: signature.hex() for name, signature in signatures.items()}
     unmasked = each(
         sorted(signed),
         f"{when}: unmasking",
-        lambda i: call(i, "SecureUnmask", {"session": session, "sent": sent, "signatures": plain_signatures}),
+        lambda i: call(i, SecureUnmask(session, sent, plain_signatures)),
     )
     sums = aggregator.total({names[i]: answer for i, answer in unmasked.items()})
     return SessionResult(

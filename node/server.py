@@ -18,25 +18,11 @@ from contract.data import InstitutionDataError
 from node import wire
 from node.audit import AuditTrail
 from node.config import NodeConfig
-from node.service import NodeRefusal, NodeService, UnknownRun
+from node.messages import OPERATIONS
+from node.policy import NodeRefusal, UnknownRun
+from node.service import NodeService
 
 SERVICE = "fedrisk.Node"
-OPERATIONS = {
-    "Describe": "describe",
-    "Validate": "validate",
-    "Statistics": "statistics",
-    "Prepare": "prepare",
-    "TrainRound": "train_round",
-    "ValidateRound": "validate_round",
-    "Evaluate": "evaluate",
-    "TrainTrees": "train_trees",
-    "TreeProgress": "tree_progress",
-    "SecureBegin": "secure_begin",
-    "SecureShare": "secure_share",
-    "SecureMask": "secure_mask",
-    "SecureConsistency": "secure_consistency",
-    "SecureUnmask": "secure_unmask",
-}
 log = logging.getLogger("fedrisk.node")
 
 
@@ -54,9 +40,7 @@ def _epsilon(operation: str, answer) -> float | None:
     return None
 
 
-def _handler(service: NodeService, name: str, operation: str, coordinator: str, audit: AuditTrail):
-    method = getattr(service, operation)
-
+def _handler(service: NodeService, name: str, coordinator: str, audit: AuditTrail):
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         peer = (context.auth_context().get("x509_common_name") or [b""])[0].decode()
         if peer != coordinator:
@@ -72,7 +56,10 @@ def _handler(service: NodeService, name: str, operation: str, coordinator: str, 
             audit.record(peer, name, None, "refused", reason=str(error))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"institution '{service.name}': {error}")
         try:
-            result = method(plain)
+            result = service.answer(name, plain)
+        except wire.WireError as error:  # a field missing, mistyped or unknown (node.messages)
+            audit.record(peer, name, plain, "refused", reason=str(error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"institution '{service.name}': {error}")
         except (NodeRefusal, InstitutionDataError) as error:
             audit.record(peer, name, plain, "refused", reason=str(error))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
@@ -101,8 +88,8 @@ def start_server(config: NodeConfig, service: NodeService) -> tuple[grpc.Server,
     server = grpc.server(ThreadPoolExecutor(max_workers=8), options=message_options(config.max_message_mb))
     audit = AuditTrail(config.work_dir)
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(_handler(service, name, operation, config.coordinator, audit))
-        for name, operation in OPERATIONS.items()
+        name: grpc.unary_unary_rpc_method_handler(_handler(service, name, config.coordinator, audit))
+        for name in OPERATIONS
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_secure_port(config.listen, credentials)

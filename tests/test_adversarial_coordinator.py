@@ -24,10 +24,10 @@ import pytest
 
 from contract.schema import load_schema
 from hostguard.pki import init_ca, issue
-from node import secure, wire
+from node import messages, secure, wire
 from node.config import NodeConfig
-from node.server import OPERATIONS
-from node.service import NodeRefusal, NodeService
+from node.policy import NodeRefusal
+from node.service import NodeService
 from secagg.protocol import (
     RULE_CERTIFICATE,
     RULE_CONSISTENCY,
@@ -78,7 +78,7 @@ class Coordinator:
             "session": session,
             "participants": list(participants),
             "threshold": threshold,
-            "operation": "statistics",
+            "added": "statistics",
             "request": {
                 "schema": SCHEMA,
                 "digest": self.digests[name],
@@ -95,13 +95,12 @@ class Coordinator:
             list(range(len(names))),
             session,
             {"sums": secure.SUMS},
-            lambda i: {
-                k: v
-                for k, v in self.statistics(names[i], session, names, threshold, seed).items()
-                if k in ("operation", "request")
-            },
+            lambda i: (
+                "statistics",
+                messages.parse("Statistics", self.statistics(names[i], session, names, threshold, seed)["request"]),
+            ),
             lambda indices, when, operation: {i: operation(i) for i in indices},
-            lambda i, op, request: self.ask(names[i], op, request),
+            lambda i, request: self.ask(names[i], request.operation, request.plain()),
             threshold,
             "statistics",
         )
@@ -117,8 +116,8 @@ class Coordinator:
 def _in_process_call(services: dict[str, NodeService]):
     def call(name: str, operation: str, request: dict):
         try:  # through the wire format both ways, as over gRPC
-            answer = getattr(services[name], OPERATIONS[operation])(wire.decode(wire.encode(request)))
-        except NodeRefusal as error:
+            answer = services[name].answer(operation, wire.decode(wire.encode(request)))
+        except (NodeRefusal, wire.WireError) as error:
             raise Refused(str(error)) from None
         return wire.decode(answer if isinstance(answer, bytes) else wire.encode(answer))
 
@@ -156,7 +155,7 @@ def digests(pki, small_consortium, tmp_path_factory) -> dict[str, str]:
         service = NodeService(
             NodeConfig.model_validate(_config(pki, name, small_consortium[name], work / name)), TEST_EXPECTATIONS_DIR
         )
-        report = service.validate({"schema": SCHEMA})["report"]
+        report = service.answer("Validate", {"schema": SCHEMA})["report"]
         assert report["passed"], report["reasons"]
         found[name] = report["digest"]
     return found
@@ -383,11 +382,9 @@ def _round(name: str, session: str, participants, threshold: int, request: dict,
         "session": session,
         "participants": list(participants),
         "threshold": threshold,
-        "operation": "train_round",
+        "added": "train_round",
         "request": {**request, "client_seed": seed},
-        "clip_norm": 1e30,
-        "total_weight": 1.0,
-    }  # per-node fields of old: ignored, the run's encoding rules
+    }
 
 
 def rounds_attacks(c: Coordinator) -> None:
@@ -405,9 +402,9 @@ def rounds_attacks(c: Coordinator) -> None:
         [0, 1, 2],
         session,
         encoding.specs(),
-        lambda i: {"operation": "train_round", "request": {**request, "client_seed": i}},
+        lambda i: ("train_round", messages.parse("TrainRound", {**request, "client_seed": i})),
         lambda indices, when, operation: {i: operation(i) for i in indices},
-        lambda i, op, body: c.ask(trio[i], op, body),
+        lambda i, body: c.ask(trio[i], body.operation, body.plain()),
         3,
         "round 1",
     )
@@ -434,6 +431,10 @@ def rounds_attacks(c: Coordinator) -> None:
             in message
         )
 
+    # A sum's encoding is the run's, fixed at Prepare: a per-sum clip norm or weight is no field of the protocol.
+    lax = {**_round(ALDER, f"round/{next(_sessions)}", trio, 3, request, 0), "clip_norm": 1e30}
+    assert "SecureBegin: field 'clip_norm': Unexpected keyword argument" in c.refusal(ALDER, "SecureBegin", lax)
+
     request = _prepare(c, trio, "run-bound", {n: secure.Encoding(10.0, 3, 5.0).as_dict() for n in trio})
     message = c.refusal(ALDER, "SecureBegin", _round(ALDER, f"round/{next(_sessions)}", trio, 3, request, 0))
     assert "more than the run's weight bound 5" in message and f"(rule: {RULE_ENCODING})" in message
@@ -456,7 +457,7 @@ def test_round_updates_enter_one_sum_each_encoded_as_the_run_fixed_it(coordinato
 def test_a_deviating_coordinator_is_refused_by_node_processes(pki, digests, small_consortium, tmp_path):
     """Four `fedrisk node serve` processes, each in its own directory with its own extract; the scripted coordinator
     dials them with its valid certificate. Every attack above is refused there as in process."""
-    from consortium.nodes import NodeError, NodeHandle, Tls, call
+    from consortium.nodes import NodeError, NodeHandle, Tls, send
 
     configs = {}
     for name in BANKS:
@@ -469,7 +470,7 @@ def test_a_deviating_coordinator_is_refused_by_node_processes(pki, digests, smal
 
         def over_tls(name: str, operation: str, request: dict):
             try:
-                return call(handles[name], tls, operation, request)
+                return send(handles[name], tls, operation, request)
             except NodeError as error:
                 raise Refused(str(error)) from None
 

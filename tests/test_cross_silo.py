@@ -357,7 +357,7 @@ def test_nothing_of_a_headerless_extract_or_a_system_file_leaves_its_node(
         # The validation as the coordinator received it (its process ran the CLI; this one asks once more).
         tls = client.Tls(str(pki / "ca.crt"), str(pki / f"{COORDINATOR}.crt"), str(pki / f"{COORDINATOR}.key"))
         for node in careless:
-            client.call(
+            client.send(
                 client.NodeHandle(node.name, f"127.0.0.1:{node.port}"),
                 tls,
                 "Validate",
@@ -449,16 +449,16 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     from tasks.training import round_listener
 
     growing, shown = [], []  # TrainTrees calls in flight; each round shown, and whether trees were still growing
-    call = client.call
+    send = client.send
 
     def counted(handle, tls, operation, request):
         growing.append(operation) if operation == "TrainTrees" else None
         try:
-            return call(handle, tls, operation, request)
+            return send(handle, tls, operation, request)
         finally:
             growing.remove(operation) if operation == "TrainTrees" else None
 
-    monkeypatch.setattr(client, "call", counted)
+    monkeypatch.setattr(client, "send", counted)
     with round_listener(
         lambda event: shown.append((event["round"], bool(growing))) if event.get("event") == "round" else None
     ):
@@ -522,7 +522,7 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
     root, pki, nodes = consortium
     plain_aggregation = {"training": {**SETTINGS["training"], "aggregation": "plain"}}
     retrain(_secure(_coordinator(pki, nodes.values(), "credit_plain_sum"), **plain_aggregation))
-    received, real_call = [], client.call
+    received, real_call = [], client.send
 
     def capture(handle, tls, operation, request):
         answer = real_call(handle, tls, operation, request)
@@ -533,7 +533,7 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
         return {log for node in nodes.values() for log in (node.directory / "state" / "rounds").glob("*/round_*.msg")}
 
     before = round_logs()
-    monkeypatch.setattr(client, "call", capture)
+    monkeypatch.setattr(client, "send", capture)
     config = _secure(
         _coordinator(pki, nodes.values(), "credit_secure_sum"), secure_aggregation=True, **plain_aggregation
     )

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from consortium.nodes import NodeError, NodeHandle, Tls, call
+from consortium.nodes import NodeError, NodeHandle, Tls, send
 from flows.cli import app
 from hostguard.pki import init_ca, issue
 from node.audit import AuditTrail
@@ -53,13 +53,13 @@ def test_every_request_served_or_refused_is_in_the_audit_trail_and_shown_by_the_
     server, port = start_server(config, NodeService(config, TEST_EXPECTATIONS_DIR))
     handle = NodeHandle("dune_finance", f"127.0.0.1:{port}")
     try:
-        call(handle, _tls(pki, "coordinator"), "Describe", {})
+        send(handle, _tls(pki, "coordinator"), "Describe", {})
         with pytest.raises(NodeError, match="follows schema credit_default version 2"):
-            call(handle, _tls(pki, "coordinator"), "Validate", {"schema": {"name": "german_credit", "version": 1}})
+            send(handle, _tls(pki, "coordinator"), "Validate", {"schema": {"name": "german_credit", "version": 1}})
         with pytest.raises(NodeError, match="answers only the coordinator 'coordinator', not 'bank_b'"):
-            call(handle, _tls(pki, "bank_b"), "Describe", {})
+            send(handle, _tls(pki, "bank_b"), "Describe", {})
         with pytest.raises(NodeError, match="no secure sum"):
-            call(
+            send(
                 handle,
                 _tls(pki, "coordinator"),
                 "SecureBegin",
@@ -67,7 +67,7 @@ def test_every_request_served_or_refused_is_in_the_audit_trail_and_shown_by_the_
                     "session": "s1",
                     "participants": ["dune_finance", "a", "b"],
                     "threshold": 2,
-                    "operation": "statistics",
+                    "added": "statistics",
                     "request": {},
                 },
             )

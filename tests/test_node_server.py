@@ -6,7 +6,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from consortium.nodes import NodeError, NodeHandle, Tls, call
+from consortium.nodes import NodeError, NodeHandle, Tls, send
 from hostguard.pki import init_ca, issue
 from node import wire
 from node.config import NodeConfig, TlsFiles
@@ -48,10 +48,32 @@ def _tls(pki: Path, name: str) -> Tls:
 def test_the_coordinator_is_answered(pki, tmp_path):
     server, handle = _node(pki, tmp_path)
     try:
-        answer = call(handle, _tls(pki, "coordinator"), "Describe", {})
+        answer = send(handle, _tls(pki, "coordinator"), "Describe", {})
     finally:
         server.stop(None)
     assert answer["institution"] == "bank_a" and answer["schema"] == {"name": "credit_default", "version": 2}
+
+
+def test_a_request_missing_or_mistyping_a_field_is_refused_naming_it_and_audited(pki, tmp_path):
+    """The node types every request before serving it (node.messages): the coordinator is told which field, the
+    value it sent is not echoed, and the audit trail records the refusal."""
+    from node.audit import AuditTrail
+
+    server, handle = _node(pki, tmp_path)
+    try:
+        with pytest.raises(NodeError) as refused:
+            send(handle, _tls(pki, "coordinator"), "TrainRound", {"run_key": "r", "round": "first", "weights": {}})
+    finally:
+        server.stop(None)
+    reason = (
+        "TrainRound: field 'round': Input should be a valid integer, unable to parse string as an integer; "
+        "field 'client_seed': Field required"
+    )
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(refused.value) == f"institution 'bank_a' node at {handle.address}: institution 'bank_a': {reason}"
+    assert "first" not in str(refused.value)
+    [entry] = AuditTrail(tmp_path / "state").read()
+    assert (entry.operation, entry.outcome, entry.reason) == ("TrainRound", "refused", reason)
 
 
 def test_a_client_without_a_consortium_certificate_does_not_get_through_the_handshake(pki, tmp_path):
@@ -80,7 +102,7 @@ def test_another_institution_is_not_the_coordinator(pki, tmp_path):
     server, handle = _node(pki, tmp_path)
     try:
         with pytest.raises(NodeError) as refused:
-            call(handle, _tls(pki, "bank_b"), "Describe", {})
+            send(handle, _tls(pki, "bank_b"), "Describe", {})
     finally:
         server.stop(None)
     assert str(refused.value) == (
@@ -94,7 +116,7 @@ def test_the_coordinator_refuses_a_node_presenting_another_institutions_certific
     server, handle = _node(pki, tmp_path, cert="bank_b")  # configured as bank_a, but holds bank_b's certificate
     try:
         with pytest.raises(NodeError) as refused:
-            call(handle, _tls(pki, "coordinator"), "Describe", {})
+            send(handle, _tls(pki, "coordinator"), "Describe", {})
     finally:
         server.stop(None)
     assert str(refused.value).startswith(f"institution 'bank_a': unreachable at {handle.address}: ")
@@ -106,4 +128,4 @@ def test_an_unreachable_node_is_named_with_its_address(pki):
 
     handle = NodeHandle("bank_c", f"127.0.0.1:{free_port()}")
     with pytest.raises(NodeError, match=rf"^institution 'bank_c': unreachable at {handle.address}: "):
-        call(handle, _tls(pki, "coordinator"), "Describe", {})
+        send(handle, _tls(pki, "coordinator"), "Describe", {})

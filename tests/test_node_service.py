@@ -12,7 +12,8 @@ from fed_models.keras_models import ModelSpec
 from fed_models.training import RecordLevelPrivacy, TrainingSpec, spec_as_dict, weights_as_lists
 from institution.statistics import consortium_layout, standardization
 from node.config import NodeConfig, NodePolicy, TlsFiles
-from node.service import NodeRefusal, NodeService, UnknownRun
+from node.policy import NodeRefusal, UnknownRun
+from node.service import NodeService
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")
@@ -41,11 +42,11 @@ def _service(
 
 def _prepared(service, spec: TrainingSpec, run_key: str = "run-1", champion: str | None = None) -> dict:
     schema = {"name": CREDIT.name, "version": CREDIT.version}
-    report = service.validate({"schema": schema})["report"]
+    report = service.answer("Validate", {"schema": schema})["report"]
     assert report["passed"], report["reasons"]
     features = list(CREDIT.features)
-    statistics = service.statistics(
-        {"schema": schema, "digest": report["digest"], "features": features, "split": SPLIT}
+    statistics = service.answer(
+        "Statistics", {"schema": schema, "digest": report["digest"], "features": features, "split": SPLIT}
     )
     from institution.statistics import LocalStatistics
 
@@ -63,7 +64,7 @@ def _prepared(service, spec: TrainingSpec, run_key: str = "run-1", champion: str
         "split": SPLIT,
         "champion": champion,
     }
-    service.prepare(request)
+    service.answer("Prepare", request)
     return request
 
 
@@ -73,7 +74,7 @@ def test_a_node_serves_only_its_schema(small_consortium, tmp_path):
         NodeRefusal,
         match="its extract follows schema credit_default version 2; the coordinator asked for german_credit version 1",
     ):
-        service.validate({"schema": {"name": "german_credit", "version": 1}})
+        service.answer("Validate", {"schema": {"name": "german_credit", "version": 1}})
 
 
 @pytest.mark.parametrize(
@@ -99,15 +100,17 @@ def test_a_round_is_trained_once_and_a_restarted_node_is_prepared_again(small_co
     _prepared(service, spec)
     weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
     round_1 = {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 7}
-    first = service.train_round(round_1)
-    assert service.train_round(round_1) == first  # asked again (a retry): the same answer, not a second training
+    first = service.answer("TrainRound", round_1)
+    assert (
+        service.answer("TrainRound", round_1) == first
+    )  # asked again (a retry): the same answer, not a second training
     moved = {**weights, "trainable": [w + 0.1 for w in weights["trainable"]]}
     with pytest.raises(NodeRefusal, match="round 1 of run run-1 was already trained from other global weights"):
-        service.train_round({**round_1, "weights": moved})
+        service.answer("TrainRound", {**round_1, "weights": moved})
     restarted = _service(small_consortium, tmp_path)  # same work_dir: its round log survives
-    assert restarted.train_round(round_1) == first
+    assert restarted.answer("TrainRound", round_1) == first
     with pytest.raises(UnknownRun, match="has no prepared run run-1"):
-        restarted.train_round({**round_1, "round": 2})
+        restarted.answer("TrainRound", {**round_1, "round": 2})
 
 
 def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_consortium, tmp_path):
@@ -130,7 +133,9 @@ def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_conso
     allowed = max(r for r in range(1, 51) if epsilon(r) <= 1.0)
     for round_num in range(1, allowed + 1):
         answer = wire.decode(
-            service.train_round({"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": round_num})
+            service.answer(
+                "TrainRound", {"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": round_num}
+            )
         )
         weights = {**weights, "trainable": [w - 0.01 * u for w, u in zip(weights["trainable"], answer["update"])]}
     assert answer["rounds_trained"] == allowed and answer["epsilon"] == pytest.approx(epsilon(allowed))
@@ -140,7 +145,7 @@ def test_the_node_charges_its_own_ledger_and_refuses_past_its_budget(small_conso
         rf"its epsilon to {epsilon(allowed + 1):.4f} on top of 0.0000 spent before, "
         rf"over its budget of 1",
     ):
-        service.train_round({"run_key": "run-1", "round": allowed + 1, "weights": weights, "client_seed": 99})
+        service.answer("TrainRound", {"run_key": "run-1", "round": allowed + 1, "weights": weights, "client_seed": 99})
 
 
 def test_every_round_is_checked_against_the_rounds_declared_at_prepare(small_consortium, tmp_path):
@@ -148,14 +153,14 @@ def test_every_round_is_checked_against_the_rounds_declared_at_prepare(small_con
     service = _service(small_consortium, tmp_path, max_rounds=6)
     _prepared(service, TrainingSpec(rounds=2, seed=1))
     weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
-    service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+    service.answer("TrainRound", {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
     for round_num in (3, 0):
         with pytest.raises(
             NodeRefusal,
             match=rf"run run-1 declared 2 rounds at Prepare; round {round_num} is not one "
             rf"of them \(the declared rounds\)",
         ):
-            service.train_round({"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": 1})
+            service.answer("TrainRound", {"run_key": "run-1", "round": round_num, "weights": weights, "client_seed": 1})
 
 
 def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_per_run_limits(
@@ -169,11 +174,13 @@ def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_pe
     spec = TrainingSpec(rounds=4, batch_size=32, seed=1, privacy=RecordLevelPrivacy(1.0, {"dune_finance": 1.0}))
     service = _service(small_consortium, tmp_path)
     request = _prepared(service, spec)
-    service.prepare({**request, "delta": 0.5})
+    service.answer("Prepare", {**request, "delta": 0.5})
     rows = len(service.runs["run-1"].fit.y)
     assert service.runs["run-1"].delta == pytest.approx(1 / rows)
     weights = weights_as_lists(service.runs["run-1"].stages.initial_weights)
-    answer = wire.decode(service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1}))
+    answer = wire.decode(
+        service.answer("TrainRound", {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+    )
 
     def epsilon(rounds: int) -> float:
         return record_level_epsilon(
@@ -191,13 +198,13 @@ def test_privacy_is_accounted_at_the_nodes_own_delta_and_within_its_noise_and_pe
         _prepared(_service(small_consortium, tmp_path / "noisy", min_noise_multiplier=2.0), spec)
     capped = _service(small_consortium, tmp_path / "capped", max_epsilon_per_run=(epsilon(1) + epsilon(2)) / 2)
     _prepared(capped, spec)
-    capped.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+    capped.answer("TrainRound", {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
     with pytest.raises(
         NodeRefusal,
         match=r"round 2 of this run would bring its epsilon to .* over the .* one training "
         r"may spend \(policy.max_epsilon_per_run\)",
     ):
-        capped.train_round({"run_key": "run-1", "round": 2, "weights": weights, "client_seed": 2})
+        capped.answer("TrainRound", {"run_key": "run-1", "round": 2, "weights": weights, "client_seed": 2})
 
 
 def test_a_node_that_requires_secure_aggregation_trains_no_trees(small_consortium, tmp_path):
@@ -210,7 +217,20 @@ def test_a_node_that_requires_secure_aggregation_trains_no_trees(small_consortiu
         match=r"sends only masked sums \(policy.require_secure_aggregation\); XGBoost's "
         r"federated server sees each institution's gradient histograms",
     ):
-        service.train_trees({"schema": {"name": CREDIT.name, "version": CREDIT.version}, "spec": TreeSpec().as_dict()})
+        service.answer(
+            "TrainTrees",
+            {
+                "schema": {"name": CREDIT.name, "version": CREDIT.version},
+                "digest": "0" * 64,
+                "layout": "{}",
+                "split": SPLIT,
+                "spec": TreeSpec().as_dict(),
+                "run_key": "trees-1",
+                "world_size": 3,
+                "rank": 0,
+                "server": "127.0.0.1:1",
+            },
+        )
 
 
 def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(small_consortium, tmp_path):
@@ -218,27 +238,29 @@ def test_a_node_that_requires_secure_aggregation_sends_nothing_in_the_clear(smal
     still refuses a plain round or validation (its updates leave only masked)."""
     service = _service(small_consortium, tmp_path, {"members": MEMBERS}, require_secure_aggregation=True)
     schema = {"name": CREDIT.name, "version": CREDIT.version}
-    report = service.validate({"schema": schema})["report"]
+    report = service.answer("Validate", {"schema": schema})["report"]
     with pytest.raises(NodeRefusal, match="'dune_finance' sends its statistics only through secure aggregation"):
-        service.statistics(
-            {"schema": schema, "digest": report["digest"], "features": list(CREDIT.features), "split": SPLIT}
+        service.answer(
+            "Statistics",
+            {"schema": schema, "digest": report["digest"], "features": list(CREDIT.features), "split": SPLIT},
         )
     open_service = _service(small_consortium, tmp_path / "open")
     request = _prepared(open_service, TrainingSpec(rounds=2))
     with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
-        service.prepare(request)
-    service.prepare(
+        service.answer("Prepare", request)
+    service.answer(
+        "Prepare",
         {
             **request,
             "secure_aggregation": True,
             "secure_encoding": {"clip_norm": 10.0, "institutions": 4, "weight_bound": 1e6},
-        }
+        },
     )
     weights = weights_as_lists(open_service.runs["run-1"].stages.initial_weights)
     with pytest.raises(NodeRefusal, match="sends its model updates only through secure aggregation"):
-        service.train_round({"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
+        service.answer("TrainRound", {"run_key": "run-1", "round": 1, "weights": weights, "client_seed": 1})
     with pytest.raises(NodeRefusal, match="sends its validation metrics only through secure aggregation"):
-        service.validate_round({"run_key": "run-1", "weights": weights})
+        service.answer("ValidateRound", {"run_key": "run-1", "weights": weights})
 
 
 def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_drift_against_its_own(
@@ -254,14 +276,14 @@ def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_dri
         small_consortium, tmp_path, {"members": MEMBERS}, extract=extract, require_secure_aggregation=True
     )
     schema = {"name": CREDIT.name, "version": CREDIT.version}
-    first = service.validate({"schema": schema})
+    first = service.answer("Validate", {"schema": schema})
     assert first["report"]["passed"] and first["report"]["profile"] is None
     assert first["report"]["institution_page"] is None  # the node's own page stays unnamed, its path too
     mean = pd.read_csv(extract)["LIMIT_BAL"].mean()
     frame = pd.read_csv(extract)
     frame["LIMIT_BAL"] = frame["LIMIT_BAL"] * 1000  # a units change: drift from the node's own reference
     frame.to_csv(extract, index=False)
-    second = service.validate({"schema": schema, "reference": None})
+    second = service.answer("Validate", {"schema": schema, "reference": None})
     report = second["report"]
     assert not report["passed"] and report["profile"] is None
     assert (
@@ -270,7 +292,9 @@ def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_dri
     )
     figures = [f"{mean:.4g}", f"{mean * 1000:.4g}", str(round(mean))]
     assert not [f for f in figures if f in " ".join(report["reasons"]) or f in second["data_docs_html"]]
-    again = service.validate({"schema": schema})  # the reference is still the accepted extract, not the drifted one
+    again = service.answer(
+        "Validate", {"schema": schema}
+    )  # the reference is still the accepted extract, not the drifted one
     assert not again["report"]["passed"]
 
 
@@ -281,20 +305,20 @@ def test_a_node_takes_part_in_secure_sums_only_within_its_consortium(small_conso
         "session": "s",
         "participants": ["dune_finance", "alder_bank", "birch_credit_union"],
         "threshold": 3,
-        "operation": "statistics",
+        "added": "statistics",
         "request": {},
     }
     with pytest.raises(NodeRefusal, match=r"takes part in no secure sum: its config lists no consortium members"):
-        _service(small_consortium, tmp_path).secure_begin(request)
+        _service(small_consortium, tmp_path).answer("SecureBegin", request)
     service = _service(small_consortium, tmp_path / "member", {"members": MEMBERS})
     with pytest.raises(
         NodeRefusal,
         match=r"a sum of 2 inputs is asked for; a released sum holds at least 3 "
         r"\(rule: minimum inputs\)",
     ):
-        service.secure_begin({**request, "participants": ["dune_finance", "alder_bank"], "threshold": 2})
+        service.answer("SecureBegin", {**request, "participants": ["dune_finance", "alder_bank"], "threshold": 2})
     with pytest.raises(NodeRefusal, match=r"\['elm'\] is not a member of the consortium"):
-        service.secure_begin({**request, "participants": ["dune_finance", "alder_bank", "elm"]})
+        service.answer("SecureBegin", {**request, "participants": ["dune_finance", "alder_bank", "elm"]})
 
 
 @pytest.mark.parametrize(
@@ -348,7 +372,7 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     champion, other = exported("champion", 0.3), exported("other", 0.4)
     request = _prepared(service, spec, "run-1", champion=files_digest(champion))
     moved = {**weights, "trainable": [w + 0.2 for w in weights["trainable"]]}
-    service.validate_round({"run_key": "run-1", "weights": moved})  # the node sees (and records) these weights
+    service.answer("ValidateRound", {"run_key": "run-1", "weights": moved})  # the node sees (and records) these weights
     challenger, crafted = exported("challenger", 0.2), exported("crafted", 0.25)
     relaid = exported("relaid", 0.2)
     manifest = json.loads((relaid / MANIFEST).read_text())
@@ -356,7 +380,8 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     (relaid / MANIFEST).write_text(json.dumps(manifest))
 
     def evaluate(run_key: str, **models: Path) -> dict:
-        return service.evaluate(
+        return service.answer(
+            "Evaluate",
             {
                 "schema": request["schema"],
                 "digest": request["digest"],
@@ -364,7 +389,7 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
                 "run_key": run_key,
                 "evaluation": EvaluationConfig().model_dump(),
                 "models": {role: _zip_model(path) for role, path in models.items()},
-            }
+            },
         )
 
     with pytest.raises(
@@ -396,7 +421,7 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
     audit trail has every one of them."""
     from contextlib import ExitStack
 
-    from consortium.nodes import NodeError, NodeHandle, Tls, _zip_model, call
+    from consortium.nodes import NodeError, NodeHandle, Tls, _zip_model, send
     from contract.data import Split
     from engines.tff import export
     from fed_models.training import spec_as_dict
@@ -439,7 +464,7 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
         tls = Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key"))
 
         def ask(name: str, operation: str, request: dict):
-            return call(handles[name], tls, operation, request)
+            return send(handles[name], tls, operation, request)
 
         def refused(name: str, operation: str, request: dict) -> str:
             with pytest.raises(NodeError) as error:
