@@ -2,7 +2,7 @@
 
 TFF 0.87's FedProx client work adds mu * (w_global - w) to the gradient, the negative of the
 proximal term's gradient, which pushes local models away from the global one and diverges
-for strong mu (tests/test_fedprox.py shows it). This optimizer adds mu * (w - w_global)
+for strong mu (tests/unit/test_fedprox.py shows it). This optimizer adds mu * (w - w_global)
 itself; the global model is the weights it first sees, since TFF initializes the client
 optimizer afresh for every institution and round.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import os
 import shutil
@@ -370,6 +371,41 @@ class PostgresCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+POSTGRES = os.environ.get("FEDRISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
+BIN = Path(sys.executable).parent  # this environment's prefect, mlflow and fedrisk commands
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the test PostgreSQL server (POSTGRES) cannot be used, or None (asked once per process)."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+        return None
+    except Exception as error:  # no driver, no server, refused
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
+def requires_postgres():
+    """A skip mark, saying why, for tests that need the test PostgreSQL server (`.ci/run` starts one)."""
+    why = postgres_unreachable()
+    return pytest.mark.skipif(
+        why is not None,
+        reason=f"no PostgreSQL server at {POSTGRES} ({why}); set FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)",
+    )
+
+
+def new_database(name: str) -> str:
+    """A new database on the test server (dropped with the server's cluster); its URL."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES, autocommit=True) as connection, connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    return POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
 def postgres_cluster():
     """A PostgreSQL cluster the test may restart (skips, saying why, where PostgreSQL is not installed)."""
@@ -434,9 +470,15 @@ class WatchedProcess:
             self.process.wait(timeout=30)
 
 
+# What only an end-to-end test may use: a Prefect API, the session's registered model, a PostgreSQL cluster.
+END_TO_END_FIXTURES = {"prefect_api", "registered", "postgres_cluster"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """How the two CI workers share the suite (`--dist loadgroup`): the tests that share an expensive fixture run
+    """A unit test (tests/unit/) that starts a service or runs a retraining is refused: it belongs in tests/e2e/.
+
+    How the two CI workers share the suite (`--dist loadgroup`): the tests that share an expensive fixture run
     on one worker (the session's registered model; a module's servers or nodes), grouped; every other test is
     scheduled on its own. The long ones (marked slow, or a group) go first, so that short tests fill the end and
     both workers finish together."""
@@ -449,6 +491,10 @@ def pytest_collection_modifyitems(config, items):
             return item.nodeid.split("::")[0]
         return None
 
+    for item in items:
+        started = sorted(END_TO_END_FIXTURES & set(item.fixturenames))
+        if item.nodeid.startswith("tests/unit/") and started:
+            raise pytest.UsageError(f"{item.nodeid} uses {', '.join(started)}: an end-to-end test, for tests/e2e/")
     for item in items:
         name = group(item)
         if name:

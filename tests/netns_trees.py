@@ -1,4 +1,4 @@
-"""The parties of tests/test_gate.py's network-namespace case, each run inside its own namespace:
+"""The parties of tests/unit/test_gate.py's network-namespace case, each run inside its own namespace:
 `python -m tests.netns_trees coordinator|worker|rogue ...`.
 
 coordinator PKI BIND ADMITTED_ADDRESS: XGBoost's federated server for one worker on loopback, behind the gate on

@@ -20,7 +20,7 @@ def _plain_placeholders(command) -> None:
             param.metavar = "" if getattr(param, "is_flag", False) else param.name.upper()
         if param is not None and param.param_type_name == "argument":
             # typer 0.29 writes a required argument as {NAME} in the usage line and adds its type (<str>);
-            # tests/test_cli.py checks the help text, so a typer upgrade that changes these hooks shows.
+            # tests/e2e/test_cli.py checks the help text, so a typer upgrade that changes these hooks shows.
             param._usage_display_name = lambda name=param.metavar: name
             param.display_type_rich = lambda ctx: None
     for sub in getattr(command, "commands", {}).values():

@@ -616,7 +616,7 @@ def test_under_secure_aggregation_a_lost_node_ends_the_run_cleanly_when_too_few_
 
     _, pki, nodes = consortium
     # Its own seed: the same data and settings as another secure training would make the same round updates, which
-    # the nodes add to one sum only (tests/test_adversarial_coordinator.py).
+    # the nodes add to one sum only (tests/e2e/test_adversarial_coordinator.py).
     with _killed_after_round(nodes["cedar_savings"], 2), pytest.raises(TrainingStopped) as stopped:
         retrain(
             _secure(_coordinator(pki, nodes.values(), "credit_secure_lost", quorum=2), secure_aggregation=True, seed=5)

@@ -2,7 +2,7 @@
 nothing about the input, dropouts on either side of the masked input are survived down to the threshold and
 refused below it, no unmasking hands over both secrets of one institution, and a coordinator that substitutes a
 key, names a stranger, lowers the threshold or shows institutions different views is caught by them.
-(tests/test_adversarial_coordinator.py runs the same attacks against real nodes.)"""
+(tests/e2e/test_adversarial_coordinator.py runs the same attacks against real nodes.)"""
 
 from __future__ import annotations
 

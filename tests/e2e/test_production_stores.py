@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,38 +21,21 @@ import pytest
 from mlflow import MlflowClient
 
 from contract.schema import load_schema
-from tests.conftest import FEDRISK, answers, free_port, running, wait_for, write_config
-
-POSTGRES = os.environ.get("FEDRISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
-BIN = Path(sys.executable).parent
-LABEL_COLUMN = load_schema("credit_default").label.column
-
-
-def _reachable(url: str) -> str | None:
-    try:
-        import psycopg
-
-        psycopg.connect(url, connect_timeout=3).close()
-        return None
-    except Exception as error:  # no driver, no server, refused
-        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-
-
-_UNREACHABLE = _reachable(POSTGRES)
-pytestmark = pytest.mark.skipif(
-    _UNREACHABLE is not None,
-    reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)",
+from tests.conftest import (
+    BIN,
+    FEDRISK,
+    POSTGRES,
+    answers,
+    free_port,
+    new_database,
+    requires_postgres,
+    running,
+    wait_for,
+    write_config,
 )
 
-
-def _database(name: str) -> str:
-    """A new database on the test server (dropped with the server's cluster); its URL."""
-    import psycopg
-
-    with psycopg.connect(POSTGRES, autocommit=True) as connection, connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    return POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+LABEL_COLUMN = load_schema("credit_default").label.column
+pytestmark = requires_postgres()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +44,7 @@ def stores(tmp_path_factory, small_consortium):
     environment of a `fedrisk` command that uses them (and the database lock), as a coordinator would."""
     root = tmp_path_factory.mktemp("production")
     suffix = uuid.uuid4().hex[:8]
-    prefect_db, mlflow_db = _database(f"prefect_{suffix}"), _database(f"mlflow_{suffix}")
+    prefect_db, mlflow_db = new_database(f"prefect_{suffix}"), new_database(f"mlflow_{suffix}")
     prefect_port, mlflow_port = free_port(), free_port()
     prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
     base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
@@ -314,7 +296,7 @@ def test_a_password_in_the_tracking_uri_and_the_lock_url_is_shown_and_stored_now
     import psycopg
 
     password = f"pw-{uuid.uuid4().hex[:12]}"
-    tracking = _with_password(_database(f"mlflow_secret_{uuid.uuid4().hex[:8]}"), password)
+    tracking = _with_password(new_database(f"mlflow_secret_{uuid.uuid4().hex[:8]}"), password)
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")},
         "PREFECT_HOME": str(tmp_path / "prefect"),

@@ -7,8 +7,18 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import FEDRISK, WatchedProcess, answers, free_port, running, wait_for, write_config
-from tests.test_production_stores import _UNREACHABLE, BIN, POSTGRES, _database
+from tests.conftest import (
+    BIN,
+    FEDRISK,
+    WatchedProcess,
+    answers,
+    free_port,
+    new_database,
+    requires_postgres,
+    running,
+    wait_for,
+    write_config,
+)
 from tracking.versions import REGISTRATION_TAG
 
 
@@ -34,10 +44,7 @@ def _registration_rows(database: str, model: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    _UNREACHABLE is not None,
-    reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)",
-)
+@requires_postgres()
 def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the_retry_settles_it(
     prefect_api, small_consortium, tmp_path
 ):
@@ -46,7 +53,7 @@ def test_a_tracking_server_lost_while_registering_leaves_no_half_version_and_the
     deletes that version, ends its MLflow run FAILED and registers the model whole."""
     import uuid
 
-    database, port = _database(f"mlflow_{uuid.uuid4().hex[:8]}"), free_port()
+    database, port = new_database(f"mlflow_{uuid.uuid4().hex[:8]}"), free_port()
     url = f"http://127.0.0.1:{port}"
     server = [
         str(BIN / "mlflow"),

@@ -300,7 +300,7 @@ def test_a_node_that_requires_secure_aggregation_sends_no_profile_and_checks_dri
 
 def test_a_node_takes_part_in_secure_sums_only_within_its_consortium(small_consortium, tmp_path):
     """Without members in its config it takes part in none; with them, a sum of two or with a stranger is refused
-    (tests/test_adversarial_coordinator.py tries every rule against a deviating coordinator)."""
+    (tests/e2e/test_adversarial_coordinator.py tries every rule against a deviating coordinator)."""
     request = {
         "session": "s",
         "participants": ["dune_finance", "alder_bank", "birch_credit_union"],

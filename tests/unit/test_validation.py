@@ -4,7 +4,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from consortium.local import LocalConsortium
 from contract.data import Extract, read_institution
 from contract.schema import load_schema
 from institution.validation import (
@@ -14,7 +13,6 @@ from institution.validation import (
     profile_frame,
     validate_extract,
 )
-from tasks.per_institution import validate_institution
 from tests.conftest import TEST_EXPECTATIONS_DIR
 
 CREDIT = load_schema("credit_default")
@@ -265,29 +263,6 @@ def test_a_tenfold_row_count_spike_or_drop_is_caught(extract, factor):
     # Ten copies under new IDs are also the same customers repeated.
     repeated = ["at most 1.0% of rows repeat another row (the ID aside): failed for 10000 of 10000 rows"]
     assert report.reasons == [*(repeated if factor == 10 else []), spike]
-
-
-@pytest.mark.usefixtures("prefect_api")
-def test_unchanged_data_is_not_revalidated(extract):
-    from prefect import flow
-
-    @flow
-    def check_twice():
-        consortium = LocalConsortium((Extract(BROKEN_NAME, extract),))
-        return [
-            validate_institution(
-                consortium, BROKEN_NAME, CREDIT, expectations_dir=TEST_EXPECTATIONS_DIR, return_state=True
-            )
-            for _ in range(2)
-        ]
-
-    _rewrite(extract, lambda f: f.sample(frac=1, random_state=20261125))  # content no other test has
-    first, second = check_twice()
-    assert first.name == "Completed" and second.name == "Cached"
-    assert second.result() == first.result()
-    _rewrite(extract, lambda f: f.assign(AGE=f["AGE"] + 1))
-    [changed, _] = check_twice()
-    assert changed.name == "Completed"
 
 
 def test_a_constant_feature_is_quarantined(extract):

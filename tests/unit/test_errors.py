@@ -6,7 +6,7 @@ from pathlib import Path
 
 from errors import ExitCode, FedriskError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The application's packages; the libraries beside them (secagg, hostguard, fed_models, fed_trees, riskmodel)
 # import nothing of the project, and the CLI words their errors where it meets them.
 APPLICATION = ("flows", "tasks", "consortium", "contract", "engines", "institution", "tracking", "node")

@@ -122,7 +122,7 @@ def test_a_banks_certificate_from_an_address_that_is_not_its_node_cannot_join_th
         ]
     setup.append(_netns(coordinator, "ip", "link", "set", "lo", "up"))
     python = [sys.executable, "-m", "tests.netns_trees"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     server = None
     try:
         for command in setup:

@@ -1,6 +1,6 @@
 """One retraining per model at a time, across hosts: the PostgreSQL advisory lock held by separate processes.
 
-(The file lock of one machine is tested with the retraining itself, in tests/test_retrain.py.)
+(The file lock of one machine is tested with the retraining itself, in tests/e2e/test_retrain.py.)
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import sys
 import pytest
 
 from hostguard.credentials import masked
-from tests.conftest import FEDRISK, WatchedProcess, write_config
-from tests.test_production_stores import _UNREACHABLE, POSTGRES
+from tests.conftest import FEDRISK, POSTGRES, WatchedProcess, requires_postgres, write_config
 
 # A process that takes the retraining lock of model `m` (waiting up to WAIT s) inside a flow run, says so,
 # and holds it for HOLD s: a retraining reduced to its lock.
@@ -46,10 +45,7 @@ def Holder(
     return WatchedProcess(args or [sys.executable, "-c", HOLDER, str(hold), str(wait)], env)
 
 
-@pytest.mark.skipif(
-    _UNREACHABLE is not None,
-    reason=f"no PostgreSQL server at {POSTGRES} ({_UNREACHABLE}); set FEDRISK_TEST_POSTGRES_URL (`.ci/run` starts one)",
-)
+@requires_postgres()
 def test_the_database_lock_makes_others_wait_names_its_holder_and_dies_with_it(prefect_api):
     holder = Holder(prefect_api, hold=600, wait=0)
     others: list[Holder] = []
