@@ -14,6 +14,7 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from consortium.protocol import Consortium
 from contract.data import Split, fit_rows
 from contract.schema import schema_file
 from engines.base import TrainingOutcome
@@ -168,175 +169,59 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
 
 def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> RetrainSummary:
     """The retraining itself, inside whichever flow runs it, holding the model's lock: verified at each round
-    and before every write to the registry or the ledger; `settings` as the flow read them."""
+    and before every write to the registry or the ledger; `settings` as the flow read them. A short list of
+    stages, each returning what the next needs."""
     isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
-    after_training = service_retries(settings.registry_retry_seconds)  # a trained model rides out a restart
-    schema, features = config.data_schema, config.feature_names
-    split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
-
-    consortium = consortium_of(config)
-    validation = validate_consortium(config, consortium)
-    try:
-        passed = admitted_institutions(validation, config.quorum, config.quorum_row_share)
-        secure = config.secure_aggregation
-        if secure is not None and len(passed) < max(secure.min_institutions, consortium.secure_threshold):
-            raise QuorumNotMet(
-                f"secure aggregation needs at least {max(secure.min_institutions, consortium.secure_threshold)} "
-                f"institutions (min_institutions {secure.min_institutions}, threshold {consortium.secure_threshold}); "
-                f"{len(passed)} passed validation; nothing was trained or registered"
-            )
-    except QuorumNotMet as error:
-        publish_summary(
-            config.model_name,
-            summary_markdown(config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)),
-        )
-        raise
-    reports = {r.institution: r for r in validation}
-    # Every later read of an extract (or request to a node) is pinned to the digest validation saw.
-    admitted = consortium.admit(validation)
-    names = admitted.names
-
+    admission = admit(config, settings)
     logger = get_run_logger()
     with tempfile.TemporaryDirectory(prefix="fedrisk-") as work_dir:
         logger.info("looking up the champion of %s in MLflow", config.model_name)
         # The registry is consulted before training so an unreachable one costs no training.
         champion = find_champion(settings.mlflow_tracking_uri, config.model_name, Path(work_dir))
-        logger.info(
-            "federated statistics of %d institutions (counts, sums and sums of squares; no rows)%s",
-            len(names),
-            " by secure aggregation" if config.secure_aggregation is not None else "",
-        )
-        if config.secure_aggregation is not None:
-            summed, counts = compute_secure_statistics(
-                admitted, schema, features, split, settings.runs_dir / "secure_statistics"
-            )
-            statistics = [summed]
-        else:
-            statistics = [compute_local_statistics(admitted, name, schema, features, split) for name in names]
-            counts = {s.institution: s.count for s in statistics}
-        space = feature_space(schema, features, split, statistics)
-        positive_weight = space.positive_weight(config.training.positive_class_weight)
-        key = run_key(config, [reports[name] for name in names], space)
+        features = prepare_features(config, admission, settings)
+        key = run_key(config, admission.admitted_reports, features.space)
         run_dir = settings.runs_dir / config.model_name / key
-        # Privacy is planned, and the ledger consulted, before anything is trained.
-        plan = plan_privacy(
-            config.privacy,
-            config.training,
-            {name: fit_rows(count, config.training.validation_fraction) for name, count in counts.items()},
-        )
-        if plan:
-            lock.verify("before reserving the privacy budget")
-        ledger_run = (
-            reserve_privacy_budget(
-                settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id), plan, config.privacy_budgets()
-            )
-            if plan
-            else None
-        )
-        evaluated = champion if champion is not None and champion.features == features else None
+        budget = reserve_privacy(config, settings, lock, features, key)
+        evaluated = champion if champion is not None and champion.features == config.feature_names else None
         # Each node is told the training's id and the champion it will score; it evaluates no other model.
-        admitted = admitted.for_run(training_id(run_dir, key), Path(evaluated.path) if evaluated else None)
+        training_key = training_id(run_dir, key)
+        consortium = admission.consortium.for_run(training_key, Path(evaluated.path) if evaluated else None)
         training = train_federated(
-            admitted,
-            space,
+            consortium,
+            features.space,
             training=config.training,
-            positive_weight=positive_weight,
+            positive_weight=features.positive_weight,
             model_dir=run_dir / "model",
             checkpoint_dir=run_dir / "checkpoints",
-            privacy=plan,
+            privacy=budget.plan,
             isolation=isolation,
             scaling=Scaling(**config.scorecard.model_dump()),
-            run_key=training_id(run_dir, key),
+            run_key=training_key,
             lock_check=lock.verify,
         )
+        validation = admission.validation
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
             publish_validation_table(config.model_name, validation)
-        spent = spent_privacy(plan, training.rounds_trained, training.charged) if plan else None
-        if spent is not None:
-            lock.verify("before settling the privacy ledger")
-            settle_privacy_budget.with_options(**after_training)(settings.mlflow_tracking_uri, ledger_run, spent)
-        models = {"challenger": training.model_path}
-        if evaluated is not None:
-            models["champion"] = evaluated.path
-        per_institution = {name: dict(models) for name in names}
-        if config.baselines.enabled and admitted.extracts:
-            logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")
-            common = dict(training=config.training, baselines=config.baselines, positive_weight=positive_weight)
-            pooled = train_pooled_baseline(
-                list(admitted.extracts), space, model_dir=Path(work_dir) / "pooled", **common
-            )
-            for e in admitted.extracts:
-                logger.info("local-only baseline of %s: the same model on its rows alone", e.institution)
-                local = train_local_baseline(
-                    e, schema, features, split, model_dir=Path(work_dir) / f"local-{e.institution}", **common
-                )
-                per_institution[e.institution].update(local_only=local, pooled=pooled)
-        trained = [name for name in names if name not in training.lost]
-        roles = {
-            "challenger": "the new model",
-            "champion": f"champion version {champion.version if champion else ''}",
-            "local_only": "the local-only baselines",
-            "pooled": "the pooled-data baseline",
-        }
-        logger.info(
-            "evaluating %s on each institution's holdout: %s",
-            ", ".join(roles[role] for role in per_institution[trained[0]]) if trained else "nothing",
-            ", ".join(trained),
-        )
-        evaluations = [
-            evaluate_institution(admitted, name, schema, split, per_institution[name], config.evaluation)
-            for name in trained
-        ]
+        spent = settle_privacy(settings, lock, budget, training)
+        evaluations = evaluate(config, consortium, features, training, evaluated, champion, Path(work_dir))
         decision = decide_promotion(
             config.promotion, evaluations, champion.version if champion else None, training.lost
         )
-        inputs = [
-            schema_file(schema.name),
-            suite_file(settings.expectations_dir, config.suite),
-            *([config.source_file] if config.source_file else []),
-        ]
-        commit, dirty, uncommitted = git_state(PROJECT_ROOT, inputs)
-        lineage = lineage_tags(
-            flow_run_id=str(flow_run.id),
-            flow_run_url=flow_run_url(flow_run.id),
-            deployment=_deployment_name(),
-            commit=commit,
-            dirty=dirty,
-            config=config,
-            uncommitted=uncommitted,
-            suite_sha256=suite_digest(settings.expectations_dir, config.suite),
-            validation=validation,
-            admitted=names,
-            privacy=privacy_tags(spent, ledger_run),
-            worker_isolation=isolation.mechanism,
-            lost=training.lost,
-            engine=training.lineage,
-        )
-        lineage["prefect.trigger"] = _trigger()
-        logger.info(
-            "%s; registering the new version of %s in MLflow (%s)",
-            decision.reason,
-            config.model_name,
-            masked(settings.mlflow_tracking_uri),
-        )
-        registration = register_model.with_options(**after_training)(
-            settings.mlflow_tracking_uri,
+        registration = register(
             config,
-            training=training,
-            space=space,
-            evaluations=evaluations,
+            settings,
+            lock,
             validation=validation,
+            admitted=consortium.names,
+            features=features,
+            training=training,
+            budget=budget,
+            spent=spent,
+            evaluations=evaluations,
             decision=decision,
-            lineage=lineage,
-            privacy=spent,
-            lock_check=lock.verify,
+            isolation=isolation,
         )
-        if spent is not None:
-            lock.verify("before recording the version in the privacy ledger")
-            record_ledger_version.with_options(**after_training)(
-                settings.mlflow_tracking_uri, ledger_run, registration.version, registration.run_id
-            )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     logger.info(
         "registered %s version %s (aliases: %s)",
@@ -365,3 +250,230 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
         registration=registration,
         privacy=spent,
     )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Validation's outcome: every institution's report, and the consortium of those admitted (each pinned to
+    the digest validation saw: every later read of an extract, or request to a node, checks it)."""
+
+    validation: list[ValidationReport]
+    consortium: Consortium
+
+    @property
+    def admitted_reports(self) -> list[ValidationReport]:
+        reports = {r.institution: r for r in self.validation}
+        return [reports[name] for name in self.consortium.names]
+
+
+def admit(config: RunConfig, settings: Settings) -> Admission:
+    """Validate every institution; QuorumNotMet (published as the run's summary) when too few pass, or too few
+    for secure aggregation's threshold."""
+    consortium = consortium_of(config)
+    validation = validate_consortium(config, consortium)
+    try:
+        passed = admitted_institutions(validation, config.quorum, config.quorum_row_share)
+        secure = config.secure_aggregation
+        if secure is not None and len(passed) < max(secure.min_institutions, consortium.secure_threshold):
+            raise QuorumNotMet(
+                f"secure aggregation needs at least {max(secure.min_institutions, consortium.secure_threshold)} "
+                f"institutions (min_institutions {secure.min_institutions}, threshold {consortium.secure_threshold}); "
+                f"{len(passed)} passed validation; nothing was trained or registered"
+            )
+    except QuorumNotMet as error:
+        publish_summary(
+            config.model_name,
+            summary_markdown(config.model_name, validation, [], None, settings.mlflow_ui_url, failure=str(error)),
+        )
+        raise
+    return Admission(validation, consortium.admit(validation))
+
+
+@dataclass(frozen=True)
+class PreparedFeatures:
+    """The feature space the admitted institutions' statistics give, each one's training rows (public, as in its
+    validation report), and the run's positive-class weight resolved from them."""
+
+    space: FeatureSpace
+    counts: dict[str, int]
+    positive_weight: float
+
+
+def prepare_features(config: RunConfig, admission: Admission, settings: Settings) -> PreparedFeatures:
+    """Federated statistics (counts, sums and sums of squares; a secure sum under secure aggregation) -> the
+    feature space."""
+    consortium, schema, features = admission.consortium, config.data_schema, config.feature_names
+    split = Split(config.holdout_fraction, config.training.validation_fraction, config.seed)
+    get_run_logger().info(
+        "federated statistics of %d institutions (counts, sums and sums of squares; no rows)%s",
+        len(consortium.names),
+        " by secure aggregation" if config.secure_aggregation is not None else "",
+    )
+    if config.secure_aggregation is not None:
+        summed, counts = compute_secure_statistics(
+            consortium, schema, features, split, settings.runs_dir / "secure_statistics"
+        )
+        statistics = [summed]
+    else:
+        statistics = [compute_local_statistics(consortium, name, schema, features, split) for name in consortium.names]
+        counts = {s.institution: s.count for s in statistics}
+    space = feature_space(schema, features, split, statistics)
+    return PreparedFeatures(space, counts, space.positive_weight(config.training.positive_class_weight))
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """What differential privacy will spend per institution (None: none), and the ledger entry reserving it."""
+
+    plan: PrivacyPlan | None
+    ledger_run: str | None
+
+
+def reserve_privacy(
+    config: RunConfig, settings: Settings, lock: LockHold, features: PreparedFeatures, key: str
+) -> PrivacyBudget:
+    """Privacy is planned, and the ledger consulted and reserved, before anything is trained."""
+    fit = {name: fit_rows(count, config.training.validation_fraction) for name, count in features.counts.items()}
+    plan = plan_privacy(config.privacy, config.training, fit)
+    if not plan:
+        return PrivacyBudget(None, None)
+    lock.verify("before reserving the privacy budget")
+    ledger_run = reserve_privacy_budget(
+        settings.mlflow_tracking_uri, config.model_name, key, str(flow_run.id), plan, config.privacy_budgets()
+    )
+    return PrivacyBudget(plan, ledger_run)
+
+
+def settle_privacy(
+    settings: Settings, lock: LockHold, budget: PrivacyBudget, training: TrainingOutcome
+) -> PrivacyPlan | None:
+    """What the training spent (the rounds each node reports it trained, at its own account), settled in the
+    ledger; None without differential privacy."""
+    if budget.plan is None:
+        return None
+    spent = spent_privacy(budget.plan, training.rounds_trained, training.charged)
+    lock.verify("before settling the privacy ledger")
+    settle_privacy_budget.with_options(**service_retries(settings.registry_retry_seconds))(
+        settings.mlflow_tracking_uri, budget.ledger_run, spent
+    )
+    return spent
+
+
+def evaluate(
+    config: RunConfig,
+    consortium: Consortium,
+    features: PreparedFeatures,
+    training: TrainingOutcome,
+    evaluated,
+    champion,
+    work_dir: Path,
+) -> list[InstitutionEvaluation]:
+    """Each institution that trained scores the new model (and the champion, `evaluated`, when it has the same
+    features) on its holdout; in simulation, also the pooled-data and local-only baselines."""
+    logger = get_run_logger()
+    models = {"challenger": training.model_path}
+    if evaluated is not None:
+        models["champion"] = evaluated.path
+    per_institution = {name: dict(models) for name in consortium.names}
+    if config.baselines.enabled and consortium.extracts:
+        logger.info("simulation baselines: the same model on the pooled rows, and on each institution's own")
+        common = dict(training=config.training, baselines=config.baselines, positive_weight=features.positive_weight)
+        pooled = train_pooled_baseline(
+            list(consortium.extracts), features.space, model_dir=work_dir / "pooled", **common
+        )
+        for e in consortium.extracts:
+            logger.info("local-only baseline of %s: the same model on its rows alone", e.institution)
+            local = train_local_baseline(
+                e,
+                config.data_schema,
+                config.feature_names,
+                features.space.split,
+                model_dir=work_dir / f"local-{e.institution}",
+                **common,
+            )
+            per_institution[e.institution].update(local_only=local, pooled=pooled)
+    trained = [name for name in consortium.names if name not in training.lost]
+    roles = {
+        "challenger": "the new model",
+        "champion": f"champion version {champion.version if champion else ''}",
+        "local_only": "the local-only baselines",
+        "pooled": "the pooled-data baseline",
+    }
+    logger.info(
+        "evaluating %s on each institution's holdout: %s",
+        ", ".join(roles[role] for role in per_institution[trained[0]]) if trained else "nothing",
+        ", ".join(trained),
+    )
+    return [
+        evaluate_institution(
+            consortium, name, config.data_schema, features.space.split, per_institution[name], config.evaluation
+        )
+        for name in trained
+    ]
+
+
+def register(
+    config: RunConfig,
+    settings: Settings,
+    lock: LockHold,
+    *,
+    validation: list[ValidationReport],
+    admitted: list[str],
+    features: PreparedFeatures,
+    training: TrainingOutcome,
+    budget: PrivacyBudget,
+    spent: PrivacyPlan | None,
+    evaluations: list[InstitutionEvaluation],
+    decision,
+    isolation,
+) -> Registration:
+    """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy), then its
+    version recorded in the privacy ledger."""
+    after_training = service_retries(settings.registry_retry_seconds)  # a trained model rides out a restart
+    inputs = [
+        schema_file(config.data_schema.name),
+        suite_file(settings.expectations_dir, config.suite),
+        *([config.source_file] if config.source_file else []),
+    ]
+    commit, dirty, uncommitted = git_state(PROJECT_ROOT, inputs)
+    lineage = lineage_tags(
+        flow_run_id=str(flow_run.id),
+        flow_run_url=flow_run_url(flow_run.id),
+        deployment=_deployment_name(),
+        commit=commit,
+        dirty=dirty,
+        config=config,
+        uncommitted=uncommitted,
+        suite_sha256=suite_digest(settings.expectations_dir, config.suite),
+        validation=validation,
+        admitted=admitted,
+        privacy=privacy_tags(spent, budget.ledger_run),
+        worker_isolation=isolation.mechanism,
+        lost=training.lost,
+        engine=training.lineage,
+    )
+    lineage["prefect.trigger"] = _trigger()
+    get_run_logger().info(
+        "%s; registering the new version of %s in MLflow (%s)",
+        decision.reason,
+        config.model_name,
+        masked(settings.mlflow_tracking_uri),
+    )
+    registration = register_model.with_options(**after_training)(
+        settings.mlflow_tracking_uri,
+        config,
+        training=training,
+        space=features.space,
+        evaluations=evaluations,
+        validation=validation,
+        decision=decision,
+        lineage=lineage,
+        privacy=spent,
+        lock_check=lock.verify,
+    )
+    if spent is not None:
+        lock.verify("before recording the version in the privacy ledger")
+        record_ledger_version.with_options(**after_training)(
+            settings.mlflow_tracking_uri, budget.ledger_run, registration.version, registration.run_id
+        )
+    return registration

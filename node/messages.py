@@ -15,6 +15,7 @@ from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass
 
 from contract.data import Split
+from contract.schema import Schema
 from node.wire import WireError
 
 _STRICT = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -28,7 +29,7 @@ class SchemaRef:
     version: str | int
 
     @classmethod
-    def of(cls, schema) -> SchemaRef:
+    def of(cls, schema: Schema) -> SchemaRef:
         return cls(schema.name, schema.version)
 
 

@@ -4,9 +4,15 @@ NodeRefusal whose sentence names the institution and the policy field."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from errors import FedriskError
 from node.config import NodeConfig
 from node.messages import SchemaRef
+
+if TYPE_CHECKING:
+    from fed_models.training import TrainingSpec
+    from fed_trees.spec import TreeSpec
 
 
 class NodeRefusal(FedriskError, ValueError):
@@ -32,7 +38,7 @@ class Policy:
                 f"{self.schema.version}; the coordinator asked for {asked.name} version {asked.version}"
             )
 
-    def check_training(self, spec) -> None:
+    def check_training(self, spec: TrainingSpec) -> None:
         """A TFF training (fed_models.training.TrainingSpec) within the agreed rounds, model kinds and privacy."""
         from fed_models.training import RecordLevelPrivacy
 
@@ -76,7 +82,7 @@ class Policy:
                 f"run {run_key} is past them (policy.max_rounds)"
             )
 
-    def check_trees(self, spec) -> None:
+    def check_trees(self, spec: TreeSpec) -> None:
         """A tree training (fed_trees.spec.TreeSpec): XGBoost's federated server sees each worker's gradient
         histograms and trees have no differential privacy, so a node that requires either refuses it."""
         agreed = self.agreed

@@ -9,13 +9,15 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def weights_digest(arrays) -> str:
+def weights_digest(arrays: Iterable[Any]) -> str:
     """SHA-256 of a model's trainable weights as float32 (the same for TFF's weights and the exported Keras model)."""
     hasher = hashlib.sha256()
     for array in arrays:
@@ -47,7 +49,7 @@ class RunRecords:
         path = self._file(run_key)
         return RunRecord(**json.loads(path.read_text())) if path.exists() else None
 
-    def update(self, run_key: str, change) -> RunRecord:
+    def update(self, run_key: str, change: Callable[[RunRecord], object]) -> RunRecord:
         """`change(record)` applied to the run's record (a new one if there is none), saved, and returned."""
         with self.lock:
             record = self.get(run_key) or RunRecord()
@@ -64,7 +66,7 @@ class RunRecords:
 
         self.update(run_key, named)
 
-    def saw_weights(self, run_key: str, arrays) -> None:
+    def saw_weights(self, run_key: str, arrays: Iterable[Any]) -> None:
         digest = weights_digest(arrays)
 
         def add(record: RunRecord) -> None:

@@ -321,6 +321,14 @@ def cli_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def run_config(consortium: dict[str, Path], **settings):
+    """A validated run config (runconfig.RunConfig) over `consortium` with `settings` on top (model "m")."""
+    from flows.config import parse_config
+
+    institutions = [{"name": n, "path": str(p)} for n, p in consortium.items()]
+    return parse_config({"model_name": "m", "institutions": institutions, **settings}, Path("."))
+
+
 def write_config(path: Path, consortium: dict[str, Path], **settings) -> Path:
     """A run config over `consortium` with `settings` (YAML-able values) on top."""
     import yaml

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from flows.config import parse_config
 from flows.retrain import retrain
 from institution.validation import QuorumNotMet
+from tests.conftest import run_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 MODEL = "credit_matrix"
@@ -34,15 +34,9 @@ def registry_with_champion(tmp_path_factory, consortium):
 
 
 def _config(paths, quorum):
-    return parse_config(
-        {
-            "model_name": MODEL,
-            "quorum": quorum,
-            "training": {"rounds": 1},
-            "promotion": {"max_calibration_error": None},  # one round is not calibrated; not what is tested here
-            "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
-        },
-        Path("."),
+    # One round is not calibrated; not what is tested here.
+    return run_config(
+        paths, model_name=MODEL, quorum=quorum, training={"rounds": 1}, promotion={"max_calibration_error": None}
     )
 
 

@@ -21,7 +21,7 @@ from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT, Settings
 from institution.evaluation import binary_metrics
 from institution.validation import QuorumNotMet
-from tests.conftest import require_uci
+from tests.conftest import require_uci, run_config
 
 LABEL_COLUMN = load_schema("credit_default").label.column
 
@@ -29,17 +29,14 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def _config(paths: dict[str, Path], name: str, quorum: int = 3, rounds: int = 5):
-    return parse_config(
-        {
-            "model_name": name,
-            "institutions": [{"name": n, "path": str(p)} for n, p in paths.items()],
-            "training": {"rounds": rounds, "client_learning_rate": 0.05},
-            "quorum": quorum,
-            "seed": 1,
-            # A few rounds do not calibrate a model; the calibration guardrail has tests of its own.
-            "promotion": {"max_calibration_error": None},
-        },
-        Path("."),
+    return run_config(
+        paths,
+        model_name=name,
+        training={"rounds": rounds, "client_learning_rate": 0.05},
+        quorum=quorum,
+        seed=1,
+        # A few rounds do not calibrate a model; the calibration guardrail has tests of its own.
+        promotion={"max_calibration_error": None},
     )
 
 

@@ -15,24 +15,14 @@ from mlflow import MlflowClient
 
 from flows.config import parse_config
 from flows.retrain import retrain
-from tests.conftest import descendants
+from tests.conftest import descendants, run_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TREES = {"engine": "xgboost", "rounds": 40, "max_depth": 3, "learning_rate": 0.2, "early_stopping": {"patience": 5}}
 
 
 def _config(consortium, name: str, training: dict, **settings):
-    return parse_config(
-        {
-            "model_name": name,
-            "quorum": 3,
-            "seed": 1,
-            "training": training,
-            "institutions": [{"name": n, "path": str(p)} for n, p in consortium.items()],
-            **settings,
-        },
-        Path("."),
-    )
+    return run_config(consortium, model_name=name, quorum=3, seed=1, training=training, **settings)
 
 
 def _three(small_consortium) -> dict[str, Path]:
