@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from contract.schema import Schema
 from errors import FedriskError
 from node.config import NodeConfig
 from node.messages import SchemaRef
@@ -27,8 +28,8 @@ class UnknownRun(FedriskError, LookupError):
 class Policy:
     """The node config's policy, with the institution's name and schema, as checks."""
 
-    def __init__(self, config: NodeConfig):
-        self.name, self.schema, self.agreed = config.institution, config.schema(), config.policy
+    def __init__(self, config: NodeConfig, schema: Schema):
+        self.name, self.schema, self.agreed = config.institution, schema, config.policy
 
     def check_schema(self, asked: SchemaRef) -> None:
         """The request is about the schema the institution's extract follows."""

@@ -79,7 +79,7 @@ class NodeService:
         self.extract = Extract(self.name, config.extract.path, dict(config.extract.columns))
         self.expectations_dir = Path(expectations_dir)
         self.isolation = isolation
-        self.policy = Policy(config)
+        self.policy = Policy(config, self.schema)
         self.ledger = PrivacyLedger(config.work_dir / "ledger.json", self.name, config.policy)
         self.round_log = RoundLog(config.work_dir / "rounds")
         self.secure = SecureParticipation(config)
