@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,7 @@ def federated_training(
     training: TrainingConfig,
     positive_weight: float,
     model_dir: Path,
+    *,
     checkpoint_dir: Path | None = None,
     privacy: PrivacyPlan | None = None,
     isolation: Isolation | None = None,
@@ -219,38 +221,8 @@ class TffEngine:
             kind=model.kind,
         )
 
-    def train(
-        self,
-        consortium,
-        space,
-        training,
-        positive_weight,
-        model_dir,
-        *,
-        checkpoint_dir=None,
-        privacy=None,
-        isolation=None,
-        scaling=None,
-        on_round=None,
-        run_key="",
-        log=None,
-        warn=None,
-    ) -> TrainingOutcome:
-        return federated_training(
-            consortium,
-            space,
-            training,
-            positive_weight,
-            model_dir,
-            checkpoint_dir,
-            privacy,
-            isolation,
-            scaling,
-            on_round,
-            run_key,
-            log,
-            warn,
-        )
+    def train(self, consortium, space, training, positive_weight, model_dir, **options: Any) -> TrainingOutcome:
+        return federated_training(consortium, space, training, positive_weight, model_dir, **options)
 
     def baseline(self, fit, validation, space, training, baselines, positive_weight, model_dir) -> str:
         return train_centralized(fit, validation, space, training, baselines, positive_weight, model_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -202,23 +203,10 @@ class TreeEngine:
             kind="gradient_boosted_trees",
         )
 
-    def train(
-        self,
-        consortium,
-        space,
-        training,
-        positive_weight,
-        model_dir,
-        *,
-        checkpoint_dir=None,
-        privacy=None,
-        isolation=None,
-        scaling=None,
-        on_round=None,
-        run_key="",
-        log=None,
-        warn=None,
-    ) -> TrainingOutcome:
+    def train(self, consortium, space, training, positive_weight, model_dir, **options: Any) -> TrainingOutcome:
+        """Only isolation, on_round and run_key apply to trees: the run config refuses differential privacy and
+        secure aggregation for this engine, scorecard points are a logistic regression's, trees keep no checkpoints."""
+        isolation, on_round, run_key = options.get("isolation"), options.get("on_round"), options.get("run_key", "")
         return tree_training(consortium, space, training, positive_weight, model_dir, isolation, on_round, run_key)
 
     def baseline(self, fit, validation, space, training, baselines, positive_weight, model_dir) -> str:
