@@ -1,6 +1,7 @@
 """fedrisk flows: the retraining pipeline, its CLI and deployments (orchestration only)."""
 
 import os
+from pathlib import Path
 
 # Quiet, offline-friendly defaults for the libraries the flows drive; the environment wins.
 for _name, _value in {
@@ -18,3 +19,11 @@ for _name, _value in {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Prefect creates its home folder but not the folders above it (and only warns): a PREFECT_HOME whose parent does
+# not exist yet (a new account's ~/.fedrisk/prefect) is made whole here, so Prefect finds it.
+if os.environ.get("PREFECT_HOME"):
+    try:
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # not ours to make: Prefect says it cannot create it

@@ -24,3 +24,22 @@ def test_the_retraining_lock_is_the_database_when_the_registry_is_one(monkeypatc
     assert Settings().lock_database_url == "postgresql://mlflow@db.bank.example/mlflow"
     monkeypatch.setenv("FEDRISK_LOCK_DATABASE_URL", "postgresql://fedrisk@locks.bank.example/fedrisk")
     assert Settings().lock_database_url == "postgresql://fedrisk@locks.bank.example/fedrisk"
+
+
+def test_a_prefect_home_in_a_folder_not_made_yet_is_made_whole(tmp_path):
+    """Prefect makes its home folder but not the folders above it (it warns, and a `fedrisk` command then failed
+    with a traceback): the flows package makes it before Prefect reads its settings."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "account" / ".fedrisk" / "prefect"
+    done = subprocess.run(
+        [sys.executable, "-c", "import flows, prefect.settings; print(prefect.settings.PREFECT_HOME.value())"],
+        env={**os.environ, "PREFECT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == str(home), done.stdout + done.stderr
+    assert home.is_dir() and "Failed to create the Prefect home directory" not in done.stderr
