@@ -74,11 +74,20 @@ def stage_seconds(prefect_home: Path) -> list[dict]:
         TaskRunFilterFlowRunId,
     )
     from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_DATABASE_CONNECTION_URL,
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        temporary_settings,
+    )
 
-    # A temporary API on the demo runs' own database (this process imported Prefect with another home).
+    # A temporary API on the demo runs' own database (this process may use another home or API).
+    database = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
     with (
-        temporary_settings({PREFECT_HOME: prefect_home}, restore_defaults={PREFECT_API_URL}),
+        temporary_settings(
+            {PREFECT_HOME: prefect_home, PREFECT_API_DATABASE_CONNECTION_URL: database},
+            restore_defaults={PREFECT_API_URL},
+        ),
         get_client(sync_client=True) as client,
     ):
         runs = client.read_flow_runs(
@@ -147,22 +156,20 @@ def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], lis
     return imports, walls, stage_seconds(workspace / "prefect")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=2, help="demo runs in the same workspace")
-    parser.add_argument("--logs", type=Path, default=None, help="keep each demo run's output in this directory")
-    parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/pipeline_overhead.json")
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="fedrisk-pipeline-") as workspace:
-        imports, walls, breakdowns = measure(Path(workspace), args)
+def split(walls: list[tuple[float, float]], breakdowns: list[dict]) -> list[dict]:
+    """Each demo run's wall time (its process's start and end) in stages: start-up until its retrain flow run
+    began, the stages Prefect recorded, and the rest."""
     retrains = [b for b in breakdowns if b["flow_run"].startswith("retrain-")]
     results = []
     for (started, finished), run in zip(walls, retrains, strict=True):
         stages = {"start-up": run["start"] - started, **run["stages"]}
         stages["other (flow bookkeeping, exit)"] = (finished - started) - sum(stages.values())
         results.append({"wall_seconds": finished - started, "stages": stages})
+    return results
 
+
+def report(imports: dict[str, float], results: list[dict]) -> None:
+    """The runs' stages side by side, the import costs, and the target."""
     print(f"\n{'stage':<34}" + "".join(f"{f'run {i}':>10}" for i in range(1, len(results) + 1)))
     for stage in ORDER:
         print(f"{stage:<34}" + "".join(f"{r['stages'].get(stage, 0.0):>10.1f}" for r in results))
@@ -175,6 +182,19 @@ def main() -> None:
         f"\ntarget (fedrisk demo under 90 s on this machine, {os.cpu_count()} cores): first run {first:.1f} s -> "
         f"{'met' if first < 90 else 'MISSED'}"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2, help="demo runs in the same workspace")
+    parser.add_argument("--logs", type=Path, default=None, help="keep each demo run's output in this directory")
+    parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/pipeline_overhead.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fedrisk-pipeline-") as workspace:
+        imports, walls, breakdowns = measure(Path(workspace), args)
+    results = split(walls, breakdowns)
+    report(imports, results)
     print(f"wrote {write_json(args.json, 'pipeline_overhead', args, {'imports': imports, 'runs': results})}")
 
 

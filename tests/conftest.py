@@ -321,6 +321,66 @@ def cli_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def run_in_terminal(command: list[str], env: dict[str, str], columns: int = 160) -> list[tuple[float, str]]:
+    """Run `command` on a pseudo-terminal of `columns` columns; return what it wrote, as (wall time, text)
+    in the order it arrived."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=terminal, stderr=terminal, env=env, start_new_session=True
+    )
+    os.close(terminal)
+    received: list[tuple[float, str]] = []
+    try:
+        while True:
+            if select.select([controller], [], [], 600)[0]:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: the terminal's last writer has gone
+                    break
+                if not chunk:
+                    break
+                received.append((time.time(), chunk.decode(errors="replace")))
+            else:
+                raise AssertionError("no output for 600 s:\n" + "".join(t for _, t in received)[-3000:])
+    finally:
+        os.close(controller)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=60)
+    assert process.returncode == 0, "".join(t for _, t in received)[-5000:]
+    return received
+
+
+@pytest.fixture(scope="session")
+def demo_in_terminal(tmp_path_factory):
+    """`fedrisk demo` exactly as a person first runs it: its own process on a pseudo-terminal (160 columns), a
+    temporary Prefect API, the demo's data synthesized, an MLflow store of its own, all under `root`. Run once
+    per session: what it showed (`received`, as run_in_terminal returns it) and when it began and ended (`started`,
+    `finished`) serve the terminal test and the pipeline-overhead benchmark's test."""
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("demo-in-terminal")
+    env = cli_environment(
+        root,
+        TERM="xterm-256color",
+        COLUMNS="160",
+        FEDRISK_DEMO_DATA_DIR=str(root / "demo"),
+        FEDRISK_RUNS_DIR=str(root / "runs"),
+        FEDRISK_LOG_FILE=str(root / "fedrisk.log"),
+    )
+    started = time.time()
+    received = run_in_terminal([FEDRISK, "demo"], env)
+    return SimpleNamespace(root=root, received=received, started=started, finished=time.time())
+
+
 def run_config(consortium: dict[str, Path], **settings):
     """A validated run config (runconfig.RunConfig) over `consortium` with `settings` on top (model "m")."""
     from flows.config import parse_config
@@ -479,7 +539,9 @@ class WatchedProcess:
 
 
 # What only an end-to-end test may use: a Prefect API, the session's registered model, a PostgreSQL cluster.
-END_TO_END_FIXTURES = {"prefect_api", "registered", "postgres_cluster"}
+END_TO_END_FIXTURES = {"prefect_api", "registered", "demo_in_terminal", "postgres_cluster"}
+# Session fixtures that run the product once for several tests: those tests share one worker.
+SHARED_RUNS = ("registered", "demo_in_terminal")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -487,13 +549,14 @@ def pytest_collection_modifyitems(config, items):
     """A unit test (tests/unit/) that starts a service or runs a retraining is refused: it belongs in tests/e2e/.
 
     How the two CI workers share the suite (`--dist loadgroup`): the tests that share an expensive fixture run
-    on one worker (the session's registered model; a module's servers or nodes), grouped; every other test is
+    on one worker (a session's run in SHARED_RUNS; a module's servers or nodes), grouped; every other test is
     scheduled on its own. The long ones (marked slow, or a group) go first, so that short tests fill the end and
     both workers finish together."""
 
     def group(item) -> str | None:
-        if "registered" in item.fixturenames:
-            return "registered"
+        for name in SHARED_RUNS:
+            if name in item.fixturenames:
+                return name
         shared = item._fixtureinfo.name2fixturedefs
         if any(definitions[-1].scope == "module" for definitions in shared.values()):
             return item.nodeid.split("::")[0]

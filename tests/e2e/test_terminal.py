@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import select
 import sqlite3
-import struct
-import subprocess
-import termios
-import time
 from datetime import UTC, datetime
 
 import pytest
-
-from tests.conftest import FEDRISK, cli_environment
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 NOISE = (
@@ -50,39 +41,6 @@ STAGES = {
 }
 
 
-def _run_in_terminal(command: list[str], env: dict[str, str], columns: int = 160) -> list[tuple[float, str]]:
-    """Run `command` on a pseudo-terminal of `columns` columns; return what it wrote, as (wall time, text)
-    in the order it arrived."""
-    controller, terminal = os.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    process = subprocess.Popen(
-        command, stdin=terminal, stdout=terminal, stderr=terminal, env=env, start_new_session=True
-    )
-    os.close(terminal)
-    received: list[tuple[float, str]] = []
-    try:
-        while True:
-            if select.select([controller], [], [], 600)[0]:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # EIO: the terminal's last writer has gone
-                    break
-                if not chunk:
-                    break
-                received.append((time.time(), chunk.decode(errors="replace")))
-            else:
-                raise AssertionError("no output for 600 s:\n" + "".join(t for _, t in received)[-3000:])
-    finally:
-        os.close(controller)
-        try:
-            os.killpg(process.pid, 15)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=60)
-    assert process.returncode == 0, "".join(t for _, t in received)[-5000:]
-    return received
-
-
 def _stage_starts(prefect_database) -> dict[str, float]:
     """When each stage's first flow or task run started, from the Prefect database the demo's API kept."""
     with sqlite3.connect(prefect_database) as db:
@@ -97,16 +55,8 @@ def _stage_starts(prefect_database) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(tmp_path):
-    env = cli_environment(
-        tmp_path,
-        TERM="xterm-256color",
-        COLUMNS="160",
-        FEDRISK_DEMO_DATA_DIR=str(tmp_path / "demo"),
-        FEDRISK_RUNS_DIR=str(tmp_path / "runs"),
-        FEDRISK_LOG_FILE=str(tmp_path / "fedrisk.log"),
-    )
-    received = _run_in_terminal([FEDRISK, "demo"], env)
+def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(demo_in_terminal):
+    received, tmp_path = demo_in_terminal.received, demo_in_terminal.root
     screen = "".join(text for _, text in received)
     # The screen as separate writes of a line: a carriage return, a new line or "erase line" ends one.
     fragments = [ANSI.sub("", f) for f in re.split(r"\r|\n|\x1b\[2K", screen)]
@@ -132,5 +82,21 @@ def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(tmp_
     status_lines = [f for f in fragments if any(line in f for line in STAGES.values())]
     assert all(STAMP.match(f.strip()) for f in status_lines), status_lines  # whole lines, each with its time
 
-    # And then the summary, as before.
-    assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in ANSI.sub("", screen)
+    # And then the summary: what was synthesized and admitted, each institution's figures and the weighted row,
+    # the promotion decision with its calibration guardrail, the simulation baselines, rounds and privacy.
+    shown = ANSI.sub("", screen)
+    assert "Synthesized 4 institutions" in shown and "admitted" in shown and "recall@FPR" in shown
+    assert re.search(r"│ weighted +│ +\d+ │" + r" +0\.\d{4} │" * 6, shown), shown
+    assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in shown
+    assert "Champion: promoted: no champion yet; challenger roc_auc 0." in shown
+    assert re.search(r"  pass: pooled ECE 0\.0\d{3} below 0\.05", shown)
+    assert re.search(r"pooled ECE over all holdout rows \(the promotion guardrail's figure\): 0\.0\d{3}", shown)
+    assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", shown)
+    assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\r?\n", shown)) == 5  # and a weighted row
+    assert re.search(
+        r"Trained \d+ rounds \((stopped early, before the limit of 15|stopped: validation loss stopped "
+        r"improving, at the limit of 15 rounds|the limit of 15 rounds reached)\); exported round \d+, "
+        r"the best by federated validation loss",
+        shown,
+    )
+    assert "Privacy: no differential privacy" in shown
