@@ -19,6 +19,7 @@ from flows.config import load_config, parse_config
 from flows.lock import RetrainingBusy, model_lock
 from flows.retrain import retrain
 from flows.settings import PROJECT_ROOT, Settings
+from flows.validate import validate_consortium
 from institution.evaluation import binary_metrics
 from institution.validation import QuorumNotMet
 from tests.conftest import require_uci, run_config
@@ -219,28 +220,40 @@ def test_a_units_change_since_the_last_run_quarantines_that_institution(tracking
     assert [e.institution for e in second.evaluations] == ["alder_bank", "cedar_savings", "dune_finance"]
     assert second.registration.version == "2"
 
-    # The next run still compares birch with its last *accepted* extract, not the rejected one.
-    third = retrain(_config(paths, "credit_drift", rounds=2))
-    assert [r.institution for r in third.validation if not r.passed] == ["birch_credit_union"]
+    # The next validation still compares birch with its last *accepted* extract, not the rejected one.
+    third = validate_consortium(_config(paths, "credit_drift", rounds=2))
+    assert [r.institution for r in third if not r.passed] == ["birch_credit_union"]
 
-    accepted = retrain(
+    accepted = validate_consortium(
         parse_config({**_config(paths, "credit_drift", rounds=2).plain(), "drift_checks": False}, Path("."))
     )
-    assert all(r.passed for r in accepted.validation)
+    assert all(r.passed for r in accepted)
 
 
-def test_a_retraining_killed_mid_training_resumes_at_its_last_round(
+def _checkpointed_rounds(runs_dir: Path) -> list[int]:
+    """The rounds whose checkpoints a retraining of credit_resume keeps in `runs_dir` (the last few)."""
+    return sorted(
+        int(p.stem.rsplit("_", 1)[1]) for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*.npz")
+    )
+
+
+@pytest.mark.slow
+def test_a_retraining_killed_mid_training_leaves_no_process_listened_on_loopback_only_and_resumes_at_its_last_round(
     tracking_uri, small_consortium, tmp_path, prefect_api
 ):
-    """Kill `fedrisk retrain` after a round's checkpoint; the next invocation resumes there and
-    ends exactly where an uninterrupted run ends (same seed: same samples, shuffles and state)."""
+    """`fedrisk retrain` as a person starts it (its own temporary Prefect API) killed by its pid after a round's
+    checkpoint: what it started listened on loopback only and ends with it; the next invocation resumes at that
+    checkpoint and ends exactly where an uninterrupted run ends (same seed: same samples, shuffles and state)."""
     import os
     import signal
+    import socket
     import subprocess
-    import sys
     import time
 
     import yaml
+
+    from hostguard import loopback
+    from tests.conftest import FEDRISK, cli_environment, descendants, host_addresses, read_until, wait_until_gone
 
     config_data = {
         **_config(small_consortium, "credit_resume", rounds=20).plain(),
@@ -256,40 +269,67 @@ def test_a_retraining_killed_mid_training_resumes_at_its_last_round(
     config_file = tmp_path / "resume.yaml"
     config_file.write_text(yaml.safe_dump(config_data))
     runs_dir = tmp_path / "runs"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}",
-        "FEDRISK_RUNS_DIR": str(runs_dir),
-        "PREFECT_API_URL": prefect_api,
-    }
-    command = [str(Path(sys.executable).parent / "fedrisk"), "retrain", "--config", str(config_file)]
+    env = cli_environment(tmp_path / "cli", FEDRISK_RUNS_DIR=str(runs_dir))  # its own MLflow store and Prefect API
+    command = [FEDRISK, "retrain", "--config", str(config_file)]
     killed = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
+        read_until(killed, "round 2/20", timeout=300)
+        children = descendants(killed.pid)
+        assert "worker_binary" in children.values(), children  # TFF's worker
+        assert any("python" in name for name in children.values()), children  # the temporary Prefect API
+        listening = {pid: loopback.listening_addresses(pid) for pid in children}
+        ports = [port for sockets in listening.values() for _, port in sockets]
+        assert len(ports) >= 2, listening
+        assert all(loopback.is_loopback(address) for sockets in listening.values() for address, _ in sockets), listening
+        for address in host_addresses():
+            for port in ports:
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection((address, port), timeout=5).close()
         deadline = time.monotonic() + 240
-        while not list(runs_dir.glob("credit_resume/*/checkpoints/program_state_3.npz")):
-            assert killed.poll() is None and time.monotonic() < deadline, "no round-3 checkpoint appeared"
+        while max(_checkpointed_rounds(runs_dir), default=0) < 3:
+            assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint of round 3 or later appeared"
             time.sleep(0.05)
-        os.killpg(killed.pid, signal.SIGKILL)
+        os.kill(killed.pid, signal.SIGKILL)  # the command only: what it started must end with it
+        killed.wait()
+        assert wait_until_gone(children, timeout=30) == [], descendants(1)
     finally:
+        try:
+            os.killpg(killed.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         killed.wait(timeout=30)
-    saved = sorted(
-        int(p.stem.rsplit("_", 1)[1]) for p in runs_dir.glob("credit_resume/*/checkpoints/program_state_*.npz")
-    )
+    saved = _checkpointed_rounds(runs_dir)
     assert saved and 3 <= saved[-1] < 20, saved
 
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command, env={**env, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True, timeout=300
+    )
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output
     assert f"resumed from the checkpoint of round {saved[-1]}" in output
     assert not list(runs_dir.glob("credit_resume/*"))
-    client = MlflowClient(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}")
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     [run] = client.search_runs([client.get_experiment_by_name("fedrisk-credit_resume").experiment_id])
     assert run.data.metrics["resumed_from_round"] == saved[-1]
     assert run.data.metrics["rounds_run"] == len(uninterrupted.training.rounds)
     # Exactly equal: the checkpoint restores every bit of server, optimizer and aggregator state.
     assert run.data.metrics["challenger/weighted/roc_auc"] == uninterrupted.weighted["roc_auc"]
+
+    # Piped, as a scheduler logs it: a status line per round (no progress bar to redraw), every figure whole,
+    # no library noise.
+    rounds = re.findall(
+        r"^\d\d:\d\d:\d\d round (\d+)/20: train loss 0\.\d{4}, validation loss 0\.\d{4}, validation AUC 0\.\d{4}",
+        output,
+        re.MULTILINE,
+    )
+    assert rounds == [str(n) for n in range(1, 21)], output  # those it resumed with, then the rest
+    assert re.search(r"^\d\d:\d\d:\d\d validating 4 institutions against suite", output, re.MULTILINE)
+    assert not re.search(r"rounds .*━", output) and "Finished in state" not in output and "…" not in output
+    assert not any(noise in output for noise in ("Unable to register", "UserWarning", "HDF5", "compiled metrics"))
+    assert re.search(r"Trained \d+ rounds .*; exported round \d+, the best by federated validation loss", output)
+    assert "Privacy: no differential privacy" in output
     assert run.data.metrics["challenger/weighted/log_loss"] == uninterrupted.weighted["log_loss"]
 
 
