@@ -62,6 +62,8 @@ def stores(tmp_path_factory, small_consortium):
         "FEDRISK_LOCK_DATABASE_URL": POSTGRES,
         "FEDRISK_RUNS_DIR": str(root / "runs"),
         "FEDRISK_LOG_FILE": str(root / "fedrisk.log"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # a worker or `fedrisk serve` asks for due runs every second
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
     with (
         running(
