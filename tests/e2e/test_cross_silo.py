@@ -190,10 +190,29 @@ class OpenAudit:
 sys.addaudithook(OpenAudit.hook)
 
 
+@pytest.fixture(scope="module")
+def across_nodes(consortium, prefect_api, tmp_path_factory):
+    """One retraining through the nodes (SETTINGS, quorum 3) into a store of its own, and every path the coordinator
+    opened meanwhile: the run the simulation is compared with, and the uninterrupted run a resumed one must equal."""
+    from types import SimpleNamespace
+
+    _, pki, nodes = consortium
+    store = f"sqlite:///{tmp_path_factory.mktemp('across_nodes') / 'mlflow.db'}"
+    config = _coordinator(pki, nodes.values(), "credit_xs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        OpenAudit.paths, OpenAudit.active = [], True
+        try:
+            summary = retrain(config)
+        finally:
+            OpenAudit.active = False
+    return SimpleNamespace(config=config, summary=summary, store=store, opened=list(OpenAudit.paths))
+
+
 def test_nodes_train_the_same_model_as_the_simulation_and_the_coordinator_reads_no_row(
-    consortium, small_consortium, tmp_path, monkeypatch
+    consortium, across_nodes, small_consortium, tmp_path, monkeypatch
 ):
-    root, pki, nodes = consortium
+    root, _, _ = consortium
     simulation_store = f"sqlite:///{tmp_path / 'simulation' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", simulation_store)
     simulated = retrain(
@@ -208,22 +227,15 @@ def test_nodes_train_the_same_model_as_the_simulation_and_the_coordinator_reads_
         )
     )
 
-    store = f"sqlite:///{tmp_path / 'nodes' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    config = _coordinator(pki, nodes.values(), "credit_xs")
-    assert all(i.path is None for i in config.institutions)  # the coordinator is never told where data is
-    OpenAudit.paths, OpenAudit.active = [], True
-    try:
-        across = retrain(config)
-    finally:
-        OpenAudit.active = False
+    across, store = across_nodes.summary, across_nodes.store
+    assert all(i.path is None for i in across_nodes.config.institutions)  # the coordinator is never told where data is
     opened = [
         p
-        for p in OpenAudit.paths
+        for p in across_nodes.opened
         if str(root / "nodes") in os.path.abspath(p)
         or any(os.path.abspath(p) == str(small_consortium[n]) for n in BANKS)
     ]
-    assert opened == [] and OpenAudit.paths  # it opened files (its store, its suite), none of the institutions'
+    assert opened == [] and across_nodes.opened  # it opened files (its store, its suite), none of the institutions'
 
     assert [r.passed for r in across.validation] == [True] * 3
     assert [r.digest for r in across.validation] == [r.digest for r in simulated.validation]
@@ -275,13 +287,15 @@ def test_a_node_lost_mid_training_is_left_out_while_the_quorum_holds(consortium,
     assert listed.lost == ("cedar_savings",) and listed.decision == "not promoted"
 
 
-def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(consortium, tracking_uri):
+def test_below_quorum_mid_training_nothing_is_registered_and_the_next_run_resumes_identically(
+    consortium, across_nodes, tracking_uri
+):
     from consortium.nodes import TrainingStopped
 
     _, pki, nodes = consortium
     victim = nodes["birch_credit_union"]
     config = _coordinator(pki, nodes.values(), "credit_xs_resume", quorum=3)
-    uninterrupted = retrain(_coordinator(pki, nodes.values(), "credit_xs_reference", quorum=3))
+    uninterrupted = across_nodes.summary  # the same settings, never interrupted
 
     with _killed_after_round(victim, 2, restart=False), pytest.raises(TrainingStopped) as stopped:
         retrain(config)
