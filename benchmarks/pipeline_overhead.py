@@ -27,13 +27,13 @@ from common import ROOT, write_json
 BIN = Path(sys.executable).parent
 STAGES = {  # how the retrain flow's task runs are named -> stage
     "statistics-": "statistics",
-    "find-champion-": "registry lookups",
-    "train-federated-": "training",
+    "find-champion": "registry lookups",
+    "train-federated": "training",
     "local-baseline-": "baselines (simulation)",
-    "train-pooled-baseline-": "baselines (simulation)",
+    "train-pooled-baseline": "baselines (simulation)",
     "evaluate-": "evaluation",
-    "register-model-": "registration",
-    "publish-summary-": "reporting",
+    "register-model": "registration",
+    "publish-summary": "reporting",
 }
 ORDER = [
     "start-up",
@@ -159,9 +159,8 @@ def measure(workspace: Path, args) -> tuple[dict, list[tuple[float, float]], lis
 def split(walls: list[tuple[float, float]], breakdowns: list[dict]) -> list[dict]:
     """Each demo run's wall time (its process's start and end) in stages: start-up until its retrain flow run
     began, the stages Prefect recorded, and the rest."""
-    retrains = [b for b in breakdowns if b["flow_run"].startswith("retrain-")]
     results = []
-    for (started, finished), run in zip(walls, retrains, strict=True):
+    for (started, finished), run in zip(walls, breakdowns, strict=True):  # the demo's top-level runs: its retrainings
         stages = {"start-up": run["start"] - started, **run["stages"]}
         stages["other (flow bookkeeping, exit)"] = (finished - started) - sum(stages.values())
         results.append({"wall_seconds": finished - started, "stages": stages})

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from tasks.retries import service_retries
 from tasks.training import train_federated, train_local_baseline, train_pooled_baseline, worker_isolation
 from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file
 from tracking.promotion import decide_promotion
-from tracking.registry import Registration
+from tracking.registry import Registration, run_name
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,23 @@ def _deployment_name() -> str | None:
     return f"{flow_run.flow_name}/{deployment.name}" if deployment.id else None
 
 
-@flow(name="retrain", flow_run_name="retrain-{config.model_name}")
+def name_flow_run(model_name: str, version: str | None = None) -> None:
+    """Name this retraining's Prefect flow run as its MLflow run is named, the model first (`credit_default_demo
+    manual`, once registered `credit_default_demo v8 manual`, `... v9 scheduled credit-default-weekly`), and tag
+    it with the model, what started it and the version, so that runs can be told apart and filtered."""
+    from prefect.client.orchestration import get_client
+
+    trigger, deployment = _trigger(), _deployment_name()
+    words = run_name(version, {"prefect.trigger": trigger, "prefect.deployment": deployment or ""})
+    tags = {*flow_run.tags, f"model:{model_name}", f"trigger:{trigger}", *([f"version:{version}"] if version else [])}
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{model_name} {words}", tags=sorted(tags))
+    except Exception as error:  # a name is for people: the retraining goes on without it
+        get_run_logger().warning("the Prefect flow run could not be renamed (%s)", error)
+
+
+@flow(name="retrain", flow_run_name="{config.model_name}")
 def retrain(config: RunConfig) -> RetrainSummary:
     """Retrain `config.model_name` on the institutions that pass validation, and register it."""
     settings = Settings()  # read once per flow run, from the environment of the process that runs it
@@ -135,7 +152,7 @@ def _run_name_from_parameters() -> str:
         model_name = yaml.safe_load(Path(resolve_config_file(config_file)).read_text())["model_name"]
     except Exception:  # the flow itself reports a bad config file; this only names the run
         model_name = Path(config_file).stem
-    return f"retrain-{model_name}"
+    return model_name  # renamed with what started it, and then its version (name_flow_run)
 
 
 def resolve_config_file(config_file: str) -> Path:
@@ -171,6 +188,8 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
     """The retraining itself, inside whichever flow runs it, holding the model's lock: verified at each round
     and before every write to the registry or the ledger; `settings` as the flow read them. A short list of
     stages, each returning what the next needs."""
+    started = time.time()
+    name_flow_run(config.model_name)
     isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
     admission = admit(config, settings)
     logger = get_run_logger()
@@ -187,6 +206,7 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
         training_key = training_id(run_dir, key)
         consortium = admission.consortium.for_run(training_key, Path(evaluated.path) if evaluated else None)
         training = train_federated(
+            config.model_name,
             consortium,
             features.space,
             training=config.training,
@@ -221,8 +241,10 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
             evaluations=evaluations,
             decision=decision,
             isolation=isolation,
+            started=started,
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
+    name_flow_run(config.model_name, registration.version)
     logger.info(
         "registered %s version %s (aliases: %s)",
         registration.model_name,
@@ -426,9 +448,10 @@ def register(
     evaluations: list[InstitutionEvaluation],
     decision,
     isolation,
+    started: float,
 ) -> Registration:
     """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy), then its
-    version recorded in the privacy ledger."""
+    version recorded in the privacy ledger. `started`: when the retraining began (its MLflow run's start)."""
     after_training = service_retries(settings.registry_retry_seconds)  # a trained model rides out a restart
     inputs = [
         schema_file(config.data_schema.name),
@@ -470,6 +493,7 @@ def register(
         lineage=lineage,
         privacy=spent,
         lock_check=lock.verify,
+        started=started,
     )
     if spent is not None:
         lock.verify("before recording the version in the privacy ledger")

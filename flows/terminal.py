@@ -34,6 +34,16 @@ _BOOKKEEPING = re.compile(
 )
 
 
+class RunFormatter(logging.Formatter):
+    """The log file's line, naming the Prefect task or flow run it comes from (`prefect.task_runs register-model:
+    Finished in state Completed()`): Prefect's own lines do not say which run they are about."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        record.run = f" {run}" if run else ""
+        return super().format(record)
+
+
 class TerminalHandler(logging.Handler):
     """Prints the run's status lines through the console (so they appear above a live progress bar, never
     glued to it); everything else a library logs is left to the log file, or shown too with `verbose`."""
@@ -106,7 +116,7 @@ def set_up(verbose: bool, log_file: Path) -> None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         to_file = RotatingFileHandler(log_file, maxBytes=5_000_000, backupCount=3)
         to_file.setLevel(logging.INFO)
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        to_file.setFormatter(RunFormatter("%(asctime)s %(levelname)s %(name)s%(run)s: %(message)s"))
         root.addHandler(to_file)
     except OSError:  # a read-only checkout still runs; its logs stay in Prefect
         pass

@@ -90,7 +90,7 @@ def compute_local_statistics(
     return consortium.statistics(institution, schema, features, split)
 
 
-@task(name="secure-statistics")
+@task(name="secure-statistics", task_run_name="secure-statistics")
 def compute_secure_statistics(
     consortium, schema: Schema, features: list[str], split: Split, kept: Path | None = None
 ) -> tuple[LocalStatistics, dict[str, int]]:

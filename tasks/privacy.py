@@ -8,6 +8,12 @@ from prefect import task
 from tasks.retries import TRANSIENT_RETRIES
 from tracking import privacy
 
-reserve_privacy_budget = task(name="reserve-privacy-budget", **TRANSIENT_RETRIES)(privacy.reserve_privacy_budget)
-settle_privacy_budget = task(name="settle-privacy-budget", **TRANSIENT_RETRIES)(privacy.settle_privacy_budget)
-record_ledger_version = task(name="record-ledger-version", **TRANSIENT_RETRIES)(privacy.record_ledger_version)
+reserve_privacy_budget = task(
+    name="reserve-privacy-budget", task_run_name="reserve-privacy-budget", **TRANSIENT_RETRIES
+)(privacy.reserve_privacy_budget)
+settle_privacy_budget = task(name="settle-privacy-budget", task_run_name="settle-privacy-budget", **TRANSIENT_RETRIES)(
+    privacy.settle_privacy_budget
+)
+record_ledger_version = task(name="record-ledger-version", task_run_name="record-ledger-version", **TRANSIENT_RETRIES)(
+    privacy.record_ledger_version
+)

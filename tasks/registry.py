@@ -9,6 +9,10 @@ from prefect.cache_policies import NO_CACHE
 from tasks.retries import TRANSIENT_RETRIES
 from tracking import registry
 
-find_champion = task(name="find-champion", **TRANSIENT_RETRIES)(registry.find_champion)
-find_reference_profiles = task(name="find-reference-profiles", **TRANSIENT_RETRIES)(registry.find_reference_profiles)
-register_model = task(name="register-model", **TRANSIENT_RETRIES, cache_policy=NO_CACHE)(registry.register_model)
+find_champion = task(name="find-champion", task_run_name="find-champion", **TRANSIENT_RETRIES)(registry.find_champion)
+find_reference_profiles = task(
+    name="find-reference-profiles", task_run_name="find-reference-profiles", **TRANSIENT_RETRIES
+)(registry.find_reference_profiles)
+register_model = task(
+    name="register-model", task_run_name="register-model", **TRANSIENT_RETRIES, cache_policy=NO_CACHE
+)(registry.register_model)

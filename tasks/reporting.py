@@ -24,10 +24,8 @@ def artifact_key(kind: str, model_name: str) -> str:
 def training_sentence(training: TrainingOutcome) -> str:
     """How training went, in one sentence: rounds, why it ended, which round was exported, resume."""
     trained, limit = len(training.rounds), training.max_rounds
-    if training.stopped_early and trained < limit:
+    if training.stopped_early:
         how = f"stopped early, before the limit of {limit}: validation loss stopped improving"
-    elif training.stopped_early:
-        how = "stopped: validation loss stopped improving" + (f", at the limit of {limit} rounds" if limit else "")
     else:
         how = f"the limit of {limit} rounds reached" if limit else "maximum rounds reached"
     resumed = (
@@ -138,7 +136,7 @@ def validation_rows(reports: list[ValidationReport]) -> list[dict]:
     ]
 
 
-@task(name="publish-validation-table", **TRANSIENT_RETRIES)
+@task(name="publish-validation-table", task_run_name="publish-validation-table", **TRANSIENT_RETRIES)
 def publish_validation_table(model_name: str, reports: list[ValidationReport]) -> None:
     create_table_artifact(
         table=validation_rows(reports),
@@ -147,7 +145,7 @@ def publish_validation_table(model_name: str, reports: list[ValidationReport]) -
     )
 
 
-@task(name="publish-summary", **TRANSIENT_RETRIES)
+@task(name="publish-summary", task_run_name="publish-summary", **TRANSIENT_RETRIES)
 def publish_summary(model_name: str, markdown: str) -> None:
     create_markdown_artifact(
         markdown=markdown, key=artifact_key("retrain", model_name), description=f"Retraining summary for {model_name}"

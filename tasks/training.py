@@ -26,6 +26,7 @@ from hostguard.loopback import Isolation
 from institution.statistics import FeatureSpace, feature_space, local_statistics
 from riskmodel.scaling import Scaling
 from runconfig import BaselinesConfig, TrainingConfig
+from tasks.reporting import artifact_key
 
 _round_listeners: list[Callable[[dict], None]] = []
 ROUND_RECORD = "fedrisk_round"  # set on a round's log record: a terminal's progress bar shows the same figures
@@ -91,9 +92,15 @@ def _describe(m: dict, max_rounds: int) -> str:
 # Retried once: a crash mid-training (a lost TFF worker, a full disk) resumes from the last
 # round's checkpoint instead of starting over. A TrainingStopped is a decision, not retried.
 @task(
-    name="train-federated", retries=1, retry_delay_seconds=2, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE
+    name="train-federated",
+    task_run_name="train-federated",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=_worth_retrying,
+    cache_policy=NO_CACHE,
 )
 def train_federated(
+    model_name: str,
     consortium,
     space: FeatureSpace,
     training: TrainingConfig,
@@ -106,14 +113,16 @@ def train_federated(
     run_key: str = "",
     lock_check: Callable[[str], None] | None = None,
 ) -> TrainingOutcome:
-    """The run's engine training the consortium, with each round logged, shown in a Prefect progress artifact and
-    passed to the round listeners (the CLI's progress bar). `lock_check(where)` runs after each round: it raises to
-    stop the training when the retraining's lock was lost."""
+    """The run's engine training `model_name` over the consortium, with each round logged, shown in a Prefect
+    progress artifact (keyed by the model) and passed to the round listeners (the CLI's progress bar).
+    `lock_check(where)` runs after each round: it raises to stop the training when the retraining's lock was lost."""
     logger = get_run_logger()
     engine = engine_for(training)
     max_rounds = training.rounds
-    progress_id = create_progress_artifact(
-        progress=0.0, description=f"Federated rounds of {len(consortium.names)} institutions (max {max_rounds})"
+    progress_id = create_progress_artifact(  # keyed: listed on the Artifacts page, the latest per model
+        progress=0.0,
+        key=artifact_key("training", model_name),
+        description=f"Federated rounds of {model_name} over {len(consortium.names)} institutions (max {max_rounds})",
     )
 
     def tell(event: dict) -> None:
@@ -156,7 +165,7 @@ def train_federated(
         tell({"event": "end"})
     if outcome.resumed_from_round:
         logger.info("resumed from the checkpoint of round %d in %s", outcome.resumed_from_round, checkpoint_dir)
-    if outcome.stopped_early and len(outcome.rounds) < max_rounds:
+    if outcome.stopped_early:
         logger.info(
             "stopped early after round %d of %d: validation loss has not improved since round %d",
             len(outcome.rounds),
@@ -194,7 +203,7 @@ def train_local_baseline(
     )
 
 
-@task(name="train-pooled-baseline")
+@task(name="train-pooled-baseline", task_run_name="train-pooled-baseline")
 def train_pooled_baseline(
     extracts: list[Extract],
     space: FeatureSpace,

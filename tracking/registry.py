@@ -48,7 +48,12 @@ from tracking.versions import (
 
 PROFILES_ARTIFACT = "validation/profiles.json"
 PROFILES_TAG = "fedrisk.profiles"
-RISKMODEL_PACKAGE = Path(__file__).resolve().parents[1] / "riskmodel"
+CHECKOUT = Path(__file__).resolve().parents[1]  # the fedrisk checkout a retraining runs from
+RISKMODEL_PACKAGE = CHECKOUT / "riskmodel"
+# MLflow's own tags: the experiment's page opens on its training runs (not the GenAI overview), and the
+# experiment and each run carry a description (MLflow's "note").
+EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
 SCORING_MODEL = str(RISKMODEL_PACKAGE / "pyfunc.py")
 
 
@@ -93,10 +98,25 @@ def use_tracking(tracking_uri: str, model_name: str) -> str:
         artifact_location = (database.parent / "artifacts").resolve().as_uri()
     mlflow.set_tracking_uri(tracking_uri)
     name = experiment_name(model_name)
+    tags = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT, NOTE_TAG: experiment_description(model_name)}
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():  # an experiment made by an earlier release, or a description edited away
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def experiment_description(model_name: str) -> str:
+    """What the model's experiment page says first (MLflow's experiment note, Markdown)."""
+    return (
+        f"Federated retrainings of **{model_name}**: one run per retraining, named by the version it registered "
+        "and what started it (`v8 manual`, `v9 scheduled credit-default-weekly`). Each run holds the run config, "
+        "every institution's validation, the per-round training metrics, the holdout metrics per institution "
+        f"(`challenger/weighted/roc_auc` first), plots and the model card. The versions: Models > {model_name}."
+    )
 
 
 def find_champion(tracking_uri: str, model_name: str, download_dir: Path) -> Champion | None:
@@ -168,6 +188,10 @@ def _flatten(prefix: str, value) -> dict[str, str]:
             name = item.get("name", str(len(flat)))
             flat.update(_flatten(f"{prefix}.{name}", {k: v for k, v in item.items() if k != "name"}))
         return flat
+    if value is None:
+        return {}  # a setting left unset is not a parameter ("None" said nothing)
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(CHECKOUT):
+        return {prefix: str(Path(value).relative_to(CHECKOUT))}  # where in the checkout, not on this machine
     return {prefix: json.dumps(value) if isinstance(value, list) else str(value)}
 
 
@@ -234,11 +258,39 @@ def headline_metrics(evaluations: list[InstitutionEvaluation]) -> dict[str, floa
     }
 
 
-def run_name(version: str, lineage: dict[str, str]) -> str:
-    """`v7 scheduled credit-default-weekly`, `v8 manual`: the version and what started the run."""
-    deployment = lineage.get("prefect.deployment", "")
-    return " ".join(
-        part for part in (f"v{version}", lineage.get("prefect.trigger", "manual"), deployment.split("/")[-1]) if part
+def run_name(version: str | None, lineage: dict[str, str]) -> str:
+    """`v7 scheduled credit-default-weekly`, `v8 manual`: the version (once there is one) and what started the
+    run. The MLflow run's name; its Prefect flow run's follows the model's name."""
+    deployment = lineage.get("prefect.deployment", "").split("/")[-1]
+    version_word = f"v{version}" if version else ""
+    return " ".join(part for part in (version_word, lineage.get("prefect.trigger", "manual"), deployment) if part)
+
+
+def run_description(
+    model_name: str,
+    version: str,
+    lineage: dict[str, str],
+    decision: Decision,
+    training,
+    evaluations: list[InstitutionEvaluation],
+) -> str:
+    """What the run's page says first (MLflow's run note, Markdown): what this retraining made and how."""
+    headline = headline_metrics(evaluations)
+    started_by = lineage.get("prefect.deployment", "").split("/")[-1] or "by hand (fedrisk retrain)"
+    return "\n".join(
+        [
+            f"Retraining of **{model_name}** that registered **version {version}**: "
+            f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason}).",
+            "",
+            f"- Started: {lineage.get('prefect.trigger', 'manual')}, {started_by}",
+            f"- Institutions: {', '.join(e.institution for e in evaluations)}",
+            f"- Training: {lineage.get('training.algorithm', '-')} of {lineage.get('model.kind', '-')}, "
+            f"{len(training.rounds)} rounds, exported round {training.best_round}",
+            f"- Holdouts (weighted): ROC AUC {headline['roc_auc']:.4f}, PR AUC {headline['pr_auc']:.4f}, "
+            f"KS {headline['ks']:.4f}; pooled ECE {headline['ece']:.4f}",
+            f"- Privacy: {lineage.get('privacy.mechanism', 'none')}; code: git {lineage.get('git.commit', 'unknown')}",
+            "- The model card, the checks pages and the plots are this run's artifacts.",
+        ]
     )
 
 
@@ -378,6 +430,7 @@ def register_model(
     lineage: dict[str, str],
     privacy=None,
     lock_check=None,
+    started: float | None = None,
 ) -> Registration:
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
@@ -386,7 +439,8 @@ def register_model(
     that trace the version (see tracking.lineage); `privacy` what differential privacy spent (a
     tracking.privacy.PrivacyPlan), or None. If anything fails after the version exists it is deleted again.
     `lock_check(where)` raises when the retraining's lock was lost: called before every registry write that
-    creates or changes a version, so a run that lost it registers nothing.
+    creates or changes a version, so a run that lost it registers nothing. `started` (epoch seconds): when the
+    retraining began, the run's start, so that its duration is the retraining's.
     """
     import mlflow
     import yaml
@@ -414,7 +468,19 @@ def register_model(
     rounds = training.rounds
     trained = exported.load(Path(training.model_path))
     scorecard = points_table(trained) if trained.scaling is not None else None
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"retrain-{model_name}", tags=lineage)
+    commit = lineage.get("git.commit", "unknown")
+    source = {  # MLflow's own fields for what ran (else the venv's `fedrisk` script and no commit)
+        "mlflow.source.name": "fedrisk retrain (flows/retrain.py)",
+        "mlflow.source.type": "JOB",
+        **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
+    }
+    begun = client.create_run(
+        experiment_id,
+        start_time=int(1000 * started) if started else None,
+        tags={**lineage, **source},
+        run_name=run_name(None, lineage),
+    )
+    run = mlflow.start_run(run_id=begun.info.run_id)
     version, previous_aliases = None, {}
     try:
         mlflow.log_params(_flatten("", {k: v for k, v in plain.items() if k != "intended_use"}))
@@ -526,6 +592,7 @@ def register_model(
                 "model.version": version,
                 PROFILES_TAG: "logged",
                 "mlflow.runName": run_name(version, lineage),
+                NOTE_TAG: run_description(model_name, version, lineage, decision, training, evaluations),
             }
         )
         client.update_model_version(model_name, version, description=version_description(decision))

@@ -171,7 +171,7 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
         assert "state: Running" in output and "state: Completed" in output
         assert re.search(r"round 3/3: train loss 0\.\d+, validation loss 0\.\d+", output)  # progress, as it runs
         assert f"- Model `{MODEL}` [version 1](" in output  # the run's summary (piped: its Markdown as written)
-        assert f"retrain-{MODEL}: COMPLETED" in output
+        assert f"{MODEL} v1 triggered credit-default-demo-daily: COMPLETED" in output  # named as its MLflow run
         assert f"registered {MODEL} version 1 (aliases: challenger, champion)" in output  # the run's last log lines
         assert max(len(line) for line in output.splitlines()) < 1000  # piped: no title padded to 4,096 columns
 
@@ -225,7 +225,7 @@ def test_serve_runs_the_deployments_from_one_process(server):
         )
     # A validation failure fails the run at once (exit 1), with the reason, and is not retried.
     assert code == 1 and "only 3 of 4 institutions passed validation, quorum is 4" in output, output
-    assert "state: Running" in output and f"retrain-{MODEL}: FAILED" in output
+    assert "state: Running" in output and f"{MODEL} triggered credit-default-weekly: FAILED" in output
     assert f"institution 'cedar_savings': {server.root / 'absent.csv'}: file not found" in output
     with _api(server) as client:
         failed = client.read_flow_run(_started_run_id(output))

@@ -75,7 +75,9 @@ def test_fedrisk_lineage_resolves_every_link_it_prints(store, monkeypatch):
     ]
     flow_run_id = mlflow.MlflowClient().get_model_version(store.name, "1").tags["prefect.flow_run_id"]
     [flow_run] = [line for line in links if "Prefect flow run:" in line]
-    assert f"Prefect flow run: {flow_run_id}  (retrain-credit_registered, Completed; http" in flow_run
+    assert f"Prefect flow run: {flow_run_id}  (credit_registered v1 manual, Completed; http" in flow_run
+    [privacy] = [line for line in links if " privacy:" in line]
+    assert privacy.strip() == "ok  privacy: none  (no differential privacy)"
     # Every runs:/ reference it printed is an artifact that downloads.
     for line in links:
         for word in line.split():

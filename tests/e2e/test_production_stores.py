@@ -110,13 +110,19 @@ def _fedrisk(stores, *args: str, timeout: float = 600) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-def _flow_runs(stores, name: str) -> list:
+def _flow_runs(stores, name: str | None = None, tag: str | None = None) -> list:
+    """The flow runs on the Prefect server named `name` or tagged `tag` (a retraining: `model:NAME`)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    wanted = (
+        FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        if name
+        else FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
+    )
     with temporary_settings({PREFECT_API_URL: stores.prefect_url}), get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+        return client.read_flow_runs(flow_run_filter=wanted)
 
 
 def _config(stores, model_name: str, **settings) -> Path:
@@ -156,7 +162,7 @@ def test_a_deployment_run_on_a_worker_registers_through_both_servers_then_traces
             "500",
         )
     assert code == 0, output + (stores.root / "worker.log").read_text()[-3000:]
-    assert f"retrain-{model}: COMPLETED" in output
+    assert f"{model} v1 triggered credit-default-demo-daily: COMPLETED" in output
 
     client = MlflowClient(stores.mlflow_url)
     version = client.get_model_version_by_alias(model, "champion")
@@ -168,7 +174,7 @@ def test_a_deployment_run_on_a_worker_registers_through_both_servers_then_traces
         a.path for a in client.list_artifacts(run.info.run_id)
     }
     assert list(stores.artifacts.rglob("model_card.html"))  # where the server keeps them
-    [flow_run] = _flow_runs(stores, f"retrain-{model}")  # the Prefect server's record, on PostgreSQL
+    [flow_run] = _flow_runs(stores, tag=f"model:{model}")  # the Prefect server's record, on PostgreSQL
     assert flow_run.state.is_completed() and version.tags["prefect.flow_run_id"] == str(flow_run.id)
 
     code, output = _fedrisk(stores, "lineage", f"{model}@champion")
@@ -208,7 +214,7 @@ def test_fedrisk_serve_runs_a_deployment_against_the_postgresql_server(stores):
         code, output = _fedrisk(
             stores, "trigger", "credit-default-weekly", "--param", f"config_file={broken}", "--timeout", "300"
         )
-    assert code == 1 and "retrain-credit_served: FAILED" in output, output
+    assert code == 1 and "credit_served triggered credit-default-weekly: FAILED" in output, output
     assert "institution 'cedar_savings'" in output and "file not found" in output
 
 
@@ -242,8 +248,8 @@ def test_two_retrainings_of_one_model_from_two_hosts_run_one_after_the_other(sto
     client = MlflowClient(stores.mlflow_url)
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{model}'")) == [1, 2]
     # Whichever took the lock first ran first; both flow runs start at once, so that is the one that ended first.
-    first, second = sorted(_flow_runs(stores, f"retrain-{model}"), key=lambda run: run.end_time)
-    validations = sorted(_flow_runs(stores, f"validate-{model}"), key=lambda run: run.start_time)
+    first, second = sorted(_flow_runs(stores, tag=f"model:{model}"), key=lambda run: run.end_time)
+    validations = sorted(_flow_runs(stores, name=f"validate-{model}"), key=lambda run: run.start_time)
     assert first.state.is_completed() and second.state.is_completed()
     assert validations[1].start_time >= first.end_time  # the second did nothing until the first had finished
 
