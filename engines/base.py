@@ -27,7 +27,7 @@ class TrainingOutcome:
     rounds: list[dict]
     examples: dict[str, int]
     best_round: int
-    stopped_early: bool
+    stopped_early: bool  # ended before its round limit (validation stopped improving); not when the limit ended it
     resumed_from_round: int
     positive_class_weight: float
     rounds_trained: dict[str, int]

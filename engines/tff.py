@@ -154,7 +154,7 @@ def federated_training(
         rounds=[asdict(r) for r in result.rounds],
         examples=dict(zip(institutions.names, institutions.fit_rows, strict=True)),
         best_round=result.best_round,
-        stopped_early=result.stopped_early,
+        stopped_early=result.stopped_early and len(result.rounds) < training.rounds,  # before its limit
         resumed_from_round=result.resumed_from_round,
         positive_class_weight=positive_weight,
         rounds_trained=result.rounds_trained,

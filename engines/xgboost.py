@@ -94,7 +94,7 @@ def tree_training(
         rounds=result.rounds,
         examples=rows,
         best_round=result.best_round,
-        stopped_early=result.stopped_early,
+        stopped_early=result.stopped_early and len(result.rounds) < training.rounds,  # before its limit
         resumed_from_round=0,
         positive_class_weight=positive_weight,
         rounds_trained={name: len(result.rounds) for name in rows},

@@ -346,6 +346,8 @@ def _schema_link(tags: dict[str, str]) -> Link:
 def _privacy_link(client, tags: dict[str, str], version: str) -> Link:
     """The privacy spent, checked against the ledger entry that charged it (same epsilons, this version)."""
     mechanism = tags.get("privacy.mechanism", "-")
+    if mechanism == "none":
+        return Link("privacy", "none", True, "no differential privacy")  # said once, not "none (none (...))"
     if mechanism not in ("record_level", "client_level"):
         return Link("privacy", mechanism, True, tags.get("privacy.epsilon", ""))
     epsilons = {

@@ -95,7 +95,7 @@ def print_validation(reports, pages: dict[str, str]) -> None:
         colour = "green" if row["status"] == "admitted" else "red"
         table.add_row(
             row["institution"],
-            str(row["rows"]),
+            f"{row['rows']:,}",  # as the status lines write a count: 20,000
             str(row["checks passed"]),
             str(row["checks failed"]),
             f"[{colour}]{row['status']}[/{colour}]",

@@ -50,9 +50,9 @@ def print_summary(summary) -> None:
         table.add_column(column, justify="right")
     for e in summary.evaluations:
         m = e.metrics["challenger"]
-        table.add_row(e.institution, str(e.examples), *[f"{m[n]:.4f}" for n in names])
+        table.add_row(e.institution, f"{e.examples:,}", *[f"{m[n]:.4f}" for n in names])
     w = summary.weighted
-    table.add_row("weighted", str(sum(e.examples for e in summary.evaluations)), *[f"{w[n]:.4f}" for n in names])
+    table.add_row("weighted", f"{sum(e.examples for e in summary.evaluations):,}", *[f"{w[n]:.4f}" for n in names])
     console.print(table)
     console.print(
         f"weighted: each figure's mean over institutions, by holdout rows; pooled ECE over all holdout rows "
@@ -97,6 +97,8 @@ def print_summary(summary) -> None:
     )
     console.print(f"Champion: {reg.reason}")
     for check in reg.checks:
+        if check.split(": ", 1)[-1] in reg.reason:
+            continue  # the decision's reason already says it
         colour = "green" if check.startswith("pass") else "red"
         console.print(f"  [{colour}]{check}[/{colour}]")
 

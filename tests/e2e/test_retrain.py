@@ -202,6 +202,7 @@ def test_real_uci_banks_reach_the_reference_auc(tracking_uri):
     # FedAdam MLP(64, 32): 0.770 weighted over the banks' holdouts (the logistic regression: 0.724).
     assert summary.weighted["roc_auc"] >= 0.76
     assert summary.training.stopped_early and summary.training.best_round < len(summary.training.rounds)
+    assert len(summary.training.rounds) < config.training.rounds  # stopped early: before its limit
     assert summary.registration.aliases == ["challenger", "champion"]
 
 

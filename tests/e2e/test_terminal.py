@@ -34,10 +34,10 @@ STAMP = re.compile(r"\d\d:\d\d:\d\d ")  # a status line starts with the time of 
 STAGES = {
     "validate-credit_default_demo": "validating 4 institutions against suite credit_default_v2",
     "statistics-": "federated statistics of 4 institutions",
-    "train-federated-": "training: fedavg of a logistic regression (TensorFlow Federated), up to 15 rounds",
-    "train-pooled-baseline-": "simulation baselines",
+    "train-federated": "training: fedavg of a logistic regression (TensorFlow Federated), up to 15 rounds",
+    "train-pooled-baseline": "simulation baselines",
     "evaluate-": "evaluating the new model",
-    "register-model-": "registering the new version of credit_default_demo in MLflow",
+    "register-model": "registering the new version of credit_default_demo in MLflow",
 }
 
 
@@ -66,6 +66,7 @@ def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(demo
         assert not any(noise in fragment for noise in NOISE), fragment
     log = (tmp_path / "fedrisk.log").read_text()
     assert "Finished in state Completed" in log and "round 1/15" in log
+    assert "INFO prefect.task_runs register-model: Finished in state Completed()" in log  # which run it is about
 
     # The progress bar is shown, and nothing is ever written onto it.
     bars = [f for f in fragments if re.search(r"rounds .*━", f)]
@@ -86,16 +87,18 @@ def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(demo
     # the promotion decision with its calibration guardrail, the simulation baselines, rounds and privacy.
     shown = ANSI.sub("", screen)
     assert "Synthesized 4 institutions" in shown and "admitted" in shown and "recall@FPR" in shown
-    assert re.search(r"│ weighted +│ +\d+ │" + r" +0\.\d{4} │" * 6, shown), shown
+    assert re.search(r"│ alder_bank +│ 20,000 │ 126 ", shown)  # a count written one way: 20,000
+    assert re.search(r"│ weighted +│ +\d{1,2},\d{3} │" + r" +0\.\d{4} │" * 6, shown), shown  # 6,800: as status lines
     assert "Registered credit_default_demo version 1 (aliases: challenger, champion)" in shown
     assert "Champion: promoted: no champion yet; challenger roc_auc 0." in shown
+    assert "pass: no champion yet" not in shown  # the decision's reason, said once
     assert re.search(r"  pass: pooled ECE 0\.0\d{3} below 0\.05", shown)
     assert re.search(r"pooled ECE over all holdout rows \(the promotion guardrail's figure\): 0\.0\d{3}", shown)
     assert re.search(r"institution +┃ new model ┃ local-only ┃ pooled data", shown)
     assert len(re.findall(r"│ \w+ +│ +0\.\d{4} │ +0\.\d{4} │ +0\.\d{4} │\r?\n", shown)) == 5  # and a weighted row
     assert re.search(
-        r"Trained \d+ rounds \((stopped early, before the limit of 15|stopped: validation loss stopped "
-        r"improving, at the limit of 15 rounds|the limit of 15 rounds reached)\); exported round \d+, "
+        r"Trained \d+ rounds \((stopped early, before the limit of 15: validation loss stopped improving|the "
+        r"limit of 15 rounds reached)\); exported round \d+, "
         r"the best by federated validation loss",
         shown,
     )
