@@ -14,6 +14,7 @@ from tracking.versions import (
     CONFIG_ARTIFACT,
     MODEL_CARD_ARTIFACT,
     resolve_version,
+    run_page_url,
     validation_page_artifact,
     version_page_url,
 )
@@ -216,13 +217,17 @@ def trace(
     ]
     try:
         run = client.get_run(run_id)
-        links.append(Link("MLflow run", f"runs:/{run_id}", True, f"{run.info.run_name}, {run.info.status}"))
+        page = run_page_url(ui_url, run.info.experiment_id, run_id)  # each runs:/ also as the UI page that shows it
+        links.append(Link("MLflow run", f"runs:/{run_id}", True, f"{run.info.run_name}, {run.info.status}; {page}"))
     except MlflowException:
         links.append(Link("MLflow run", f"runs:/{run_id}", False, "not in the tracking store"))
         return f"{name} version {version}", links
     links.append(
         Link(
-            "model card", f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}", _artifact_exists(client, run_id, MODEL_CARD_ARTIFACT)
+            "model card",
+            f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}",
+            _artifact_exists(client, run_id, MODEL_CARD_ARTIFACT),
+            run_page_url(ui_url, run.info.experiment_id, run_id, MODEL_CARD_ARTIFACT),
         )
     )
     flow_run_id = tags.get("prefect.flow_run_id", "")
@@ -293,7 +298,8 @@ def trace(
                 f"runs:/{run_id}/{docs[0]}" if docs else "(no Data Docs)",
                 bool(docs) or unreadable,
                 f"digest {tags.get(prefix + '.digest', '-')[:16]}, {tags.get(prefix + '.rows')} "
-                f"rows, {tags.get(prefix + '.validation')}",
+                f"rows, {tags.get(prefix + '.validation')}"
+                + (f"; {run_page_url(ui_url, run.info.experiment_id, run_id, docs[0])}" if docs else ""),
             )
         )
     links.append(

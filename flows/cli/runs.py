@@ -30,6 +30,7 @@ def print_summary(summary) -> None:
     from engines.privacy import privacy_sentence
     from institution.evaluation import pooled_ece, weighted_metrics
     from tasks.reporting import training_sentence, validation_page_urls
+    from tracking.versions import MODEL_CARD_ARTIFACT, run_page_url, version_page_url
 
     print_validation(
         summary.validation, validation_page_urls(settings().mlflow_ui_url, summary.registration, summary.validation)
@@ -91,16 +92,21 @@ def print_summary(summary) -> None:
         compared.caption = "; ".join(notes)
         console.print(compared)
     reg = summary.registration
-    console.print(
-        f"Registered [bold]{reg.model_name}[/bold] version [bold]{reg.version}[/bold] "
-        f"(aliases: {', '.join(reg.aliases)}); MLflow run {reg.run_id}"
-    )
+    aliases = ", ".join(reg.aliases)
+    console.print(f"Registered [bold]{reg.model_name}[/bold] version [bold]{reg.version}[/bold] (aliases: {aliases})")
     console.print(f"Champion: {reg.reason}")
     for check in reg.checks:
         if check.split(": ", 1)[-1] in reg.reason:
             continue  # the decision's reason already says it
         colour = "green" if check.startswith("pass") else "red"
         console.print(f"  [{colour}]{check}[/{colour}]")
+    ui = settings().mlflow_ui_url
+    for what, link in (  # a line each, never broken: what a terminal opens with a click
+        ("Version", version_page_url(ui, reg.model_name, reg.version)),
+        ("MLflow run", run_page_url(ui, reg.experiment_id, reg.run_id)),
+        ("Model card", run_page_url(ui, reg.experiment_id, reg.run_id, MODEL_CARD_ARTIFACT)),
+    ):
+        console.print(f"{what}: {link}", soft_wrap=True, highlight=False)
 
 
 def _run(config: RunConfig) -> None:

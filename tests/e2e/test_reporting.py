@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.cli import lineage
+from flows.cli import lineage, runs
 from flows.settings import Settings
 from tasks.reporting import summary_markdown
 from tests.conftest import answers, cli_output, free_port, running, wait_for
@@ -222,8 +222,12 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
     buffer = cli_output(monkeypatch, width=400)
     lineage.lineage(reference=f"{registered.name}@challenger")
     traced = buffer.getvalue()
+    buffer = cli_output(monkeypatch, width=400)
+    runs.print_summary(summary)  # what `fedrisk retrain` and the demo print at the end
+    printed = buffer.getvalue()
+    assert {"Version:", "MLflow run:", "Model card:", "Checks pages:"} <= set(printed.split()), printed
 
-    for text in (markdown, traced):
+    for text in (markdown, traced, printed):
         links = URI.findall(text)
         assert links, text
         assert not ABSOLUTE_PATH.findall(URI.sub("", text)), text
