@@ -102,7 +102,12 @@ def _schedules(spec: DeploymentSpec) -> list:
 def require_server() -> str:
     """The Prefect API URL, checked to answer: serving or deploying against a temporary API would vanish."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import (
+        PREFECT_API_REQUEST_TIMEOUT,
+        PREFECT_API_URL,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -110,7 +115,10 @@ def require_server() -> str:
             "PREFECT_API_URL is not set: start a server (`prefect server start`) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (README: Run it as a service)"
         )
-    with get_client(sync_client=True) as client:
+    # Asked once, for 10 s: with the client's retries and its 60 s timeout a server that accepted the connection
+    # and never answered took a minute to be reported.
+    once = {PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: 10.0}
+    with temporary_settings(once), get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
         raise DeploymentError(f"no Prefect API answers at {masked(url)}: {failure}")
@@ -200,19 +208,13 @@ def deploy(specs: list[DeploymentSpec]) -> list[str]:
     for spec in specs:
         ensure_work_pool(spec.work_pool.name)
         source = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec.entrypoint)
-        ids.append(
-            str(
-                source.deploy(
-                    name=spec.name,
-                    work_pool_name=spec.work_pool.name,
-                    build=False,
-                    push=False,
-                    description=spec.description or None,
-                    parameters=spec.parameters,
-                    schedules=_schedules(spec),
-                    tags=spec.tags,
-                    print_next_steps=False,
-                )
-            )
+        deployment = source.to_deployment(  # applied as is: Flow.deploy printed its own tables and advice
+            name=spec.name,
+            work_pool_name=spec.work_pool.name,
+            description=spec.description or None,
+            parameters=spec.parameters,
+            schedules=_schedules(spec),
+            tags=spec.tags,
         )
+        ids.append(str(deployment.apply()))
     return ids

@@ -141,6 +141,7 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
         "cron '0 2 * * 1' (Europe/London)"
     ) in output
     assert "Runs wait for a worker: prefect worker start --pool fedrisk-process" in output
+    assert "Looks like you're deploying" not in output and "Successfully created" not in output  # ours, once
     with _api(server) as client:
         weekly = client.read_deployment_by_name("retrain-from-config/credit-default-weekly")
         daily = client.read_deployment_by_name("retrain-from-config/credit-default-demo-daily")
@@ -195,6 +196,24 @@ def _triggered_runs(server) -> int:
 
     with _api(server) as client:  # the scheduler's own future runs are not counted
         return len(client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["triggered"]))))
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["nothing listens", "a server that never answers"])
+def test_deploy_to_a_server_that_does_not_answer_is_one_line(listening, tmp_path):
+    import socket
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        port = hung.getsockname()[1]
+        if listening:
+            hung.listen(8)  # the kernel completes the handshake; nobody ever reads the request
+        else:
+            hung.close()
+        env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_HOME": str(tmp_path)}
+        done = subprocess.run([str(BIN / "fedrisk"), "deploy"], env=env, capture_output=True, text=True, timeout=150)
+    output = done.stdout + done.stderr  # asked once for 10 s; retried at 60 s each it outlasts 150 s
+    assert done.returncode == 2 and f"no Prefect API answers at http://127.0.0.1:{port}/api" in output, output
+    assert "Traceback" not in output and len(output.strip().splitlines()) <= 2, output
 
 
 def test_trigger_refuses_bad_input_before_starting_a_run(server):
