@@ -89,8 +89,11 @@ def print_validation(reports, pages: dict[str, str]) -> None:
 
     table = Table(title="Validation")
     table.add_column("institution", no_wrap=True)
-    for column in ("rows", "checks passed", "checks failed", "status", "reasons", "warnings"):
-        table.add_column(column)
+    for column in ("rows", "checks passed", "checks failed"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=len("quarantined"))  # never cut: the reasons wrap instead
+    for column in ("reasons", "warnings"):
+        table.add_column(column, overflow="fold")  # a long path folds onto the next line, never cut off
     for row in validation_rows(reports):
         colour = "green" if row["status"] == "admitted" else "red"
         table.add_row(
