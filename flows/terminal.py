@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,7 +86,13 @@ def is_status_line(logger: str, level: int, message: str) -> bool:
 
 
 def _line(created: float, message: str, style: str = "dim", source: str = "") -> None:
-    """One status line, written in one piece (a live progress bar is redrawn below it, never on it)."""
+    """One status line, written in one piece (a live progress bar is redrawn below it, never on it); what the
+    command is doing from now on, as far as the heartbeat can tell."""
+    _print_line(created, message, style, source)
+    heartbeat.said(message.splitlines()[0] if message else None)
+
+
+def _print_line(created: float, message: str, style: str = "dim", source: str = "") -> None:
     from rich.text import Text
 
     parts = [(time.strftime("%H:%M:%S", time.localtime(created)), style), " "]
@@ -99,11 +106,71 @@ def status(message: str) -> None:
     _line(time.time(), message)
 
 
+QUIET_SECONDS = 7.0  # on a terminal, never longer than this without a line (the bar counts: it moves)
+
+
+class Heartbeat:
+    """On a terminal, a line after every QUIET_SECONDS without one, saying what the command is still doing and
+    for how long ("still: evaluating the new model ... (14 s)"), so that no one watches a silent screen; paused
+    while the progress bar moves. Piped or logged output gets none: its status lines have their times."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = self._since = time.monotonic()
+        self._activity: str | None = None
+        self.paused = False
+        self._thread: threading.Thread | None = None
+
+    def said(self, activity: str | None = None, wrote: bool = True) -> None:
+        """Something was written (`wrote`); `activity`: what the command is doing from now on."""
+        with self._lock:
+            now = time.monotonic()
+            if wrote:
+                self._last = now
+            if activity:
+                # "promoted: ...; registering the new version ...": what it does is the last clause
+                self._activity, self._since = activity.rsplit("; ", 1)[-1], now
+
+    def start(self) -> None:
+        if self._thread is None and console.is_terminal:
+            self._thread = threading.Thread(target=self._beat, name="terminal-heartbeat", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                now = time.monotonic()
+                due = bool(self._activity) and not self.paused and now - self._last >= QUIET_SECONDS
+                if due:
+                    self._last = now
+                    line = f"still: {_shortened(self._activity or '')} ({now - self._since:.0f} s)"
+            if due:
+                try:
+                    _print_line(time.time(), line)
+                except Exception:  # never let the screen break a run
+                    return
+
+
+def _shortened(activity: str, limit: int = 90) -> str:
+    return activity if len(activity) <= limit else activity[: limit - 1] + "…"
+
+
+heartbeat = Heartbeat()
+
+
+def activity(what: str) -> None:
+    """What the command does next, for the heartbeat, where no status line says it (the screen shows it only
+    if it takes a while)."""
+    heartbeat.said(what, wrote=False)
+
+
 def set_up(verbose: bool, log_file: Path) -> None:
     """Route this command's logging before Prefect, MLflow or TensorFlow are imported: status lines to the
     screen, everything at INFO and above to `log_file`; with `verbose`, everything on the screen too,
     TensorFlow's C++ warnings included."""
     _settings["verbose"] = verbose
+    heartbeat.start()
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # MLflow's lines reach the handlers below
@@ -169,6 +236,7 @@ def round_progress() -> Iterator[None]:
 
     def on_round(m: dict) -> None:
         if "task" not in bar:
+            heartbeat.paused = True  # the bar moves: the screen is not silent
             progress.start()
             bar["task"] = progress.add_task("rounds", total=m["max_rounds"], latest="starting the training engine")
         if m["event"] == "round":
@@ -183,6 +251,8 @@ def round_progress() -> Iterator[None]:
             progress.update(bar["task"], total=progress.tasks[0].completed)  # early stop ends the bar
             progress.stop()
             bar["closed"] = True
+            heartbeat.paused = False
+            heartbeat.said()
 
     with round_listener(on_round):
         try:

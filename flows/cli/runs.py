@@ -18,7 +18,7 @@ from flows.cli.common import (
     settings,
 )
 from flows.settings import PROJECT_ROOT
-from flows.terminal import console
+from flows.terminal import activity, console
 from hostguard.credentials import masked
 from runconfig import RunConfig
 
@@ -30,7 +30,7 @@ def print_summary(summary) -> None:
     from engines.privacy import privacy_sentence
     from institution.evaluation import pooled_ece, weighted_metrics
     from tasks.reporting import training_sentence, validation_page_urls
-    from tracking.versions import MODEL_CARD_ARTIFACT, run_page_url, version_page_url
+    from tracking.versions import MODEL_CARD_ARTIFACT, experiment_page_url, run_page_url, version_page_url
 
     print_validation(
         summary.validation, validation_page_urls(settings().mlflow_ui_url, summary.registration, summary.validation)
@@ -103,6 +103,7 @@ def print_summary(summary) -> None:
     ui = settings().mlflow_ui_url
     for what, link in (  # a line each, never broken: what a terminal opens with a click
         ("Version", version_page_url(ui, reg.model_name, reg.version)),
+        ("Experiment (every retraining)", experiment_page_url(ui, reg.experiment_id)),
         ("MLflow run", run_page_url(ui, reg.experiment_id, reg.run_id)),
         ("Model card", run_page_url(ui, reg.experiment_id, reg.run_id, MODEL_CARD_ARTIFACT)),
     ):
@@ -128,6 +129,7 @@ def _run(config: RunConfig) -> None:
 
     import_engine_in_background()
     quiet_mlflow()
+    activity(f"starting the retraining of {config.model_name}")
     try:
         with prefect_api(), round_progress():
             summary = retrain(config)
@@ -157,6 +159,7 @@ def _run(config: RunConfig) -> None:
         )
         raise typer.Exit(ExitCode.FAILED) from None
     print_summary(summary)
+    activity("finishing: the last log lines to Prefect, then stopping what this command started")
 
 
 def demo(

@@ -83,7 +83,9 @@ def test_bad_config_exits_2_naming_the_field(tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp_path, small_consortium, console):
+def test_validate_shows_the_quarantined_institution_and_exits_1_below_quorum(tmp_path, small_consortium, monkeypatch):
+    wide = cli_output(monkeypatch, width=400)  # the reason's whole path on one line (a narrower table folds it)
+    console = wide.getvalue
     broken = tmp_path / "dune.csv"
     broken.write_bytes(small_consortium["dune_finance"].read_bytes()[:50])  # cut inside the header
     config = tmp_path / "run.yaml"

@@ -74,6 +74,13 @@ def test_the_demo_in_a_terminal_is_quiet_unbroken_and_says_what_it_is_doing(demo
     for bar in bars:
         assert not STAMP.search(bar) and "|" not in bar, bar
 
+    # Never a silence longer than 10 s, from the start to the exit: where no stage line comes, a line says what
+    # the command is still doing.
+    moments = [demo_in_terminal.started, *(when for when, _ in received), demo_in_terminal.finished]
+    texts = ["(started)", *(ANSI.sub("", text) for _, text in received), "(exited)"]
+    gap, after = max((b - a, i) for i, (a, b) in enumerate(zip(moments, moments[1:])))
+    assert gap <= 10, f"{gap:.1f} s of silence after {texts[after][-200:]!r}, before {texts[after + 1][:200]!r}"
+
     # A status line for each stage, on the screen within 10 s of the stage starting.
     starts = _stage_starts(tmp_path / "prefect" / "prefect.db")
     for prefix, line in STAGES.items():
