@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import io
+import json
 import os
 import shutil
 import signal
@@ -319,6 +321,105 @@ def cli_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         **extra,
     }
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _above_9(fd: int) -> int:
+    """`fd` moved to 10 or above, so that the child's fds 3 and 4 are always copies of it: a pipe that os.pipe()
+    happened to open at 3 or 4 would otherwise stay close-on-exec there and be gone in chromium."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe). `offline`: in a
+    network namespace of its own (`unshare --net`: not even loopback is up), so nothing can be fetched; else it
+    reaches this machine's loopback only (every other host name resolves to nothing)."""
+
+    def __init__(self, profile: Path, offline: bool = True, size: tuple[int, int] = (1400, 1000)) -> None:
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        to_browser, from_browser = _above_9(to_browser), _above_9(from_browser)
+        self.log = profile.parent / "chromium.log"
+        assert CHROMIUM is not None
+        command = [
+            *(["unshare", "--net"] if offline else []),
+            CHROMIUM,
+            "--headless",
+            f"--window-size={size[0]},{size[1]}",
+            *([] if offline else ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]),
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        # The protocol's fds 3 (commands in) and 4 (replies out), placed by bash rather than by Python code run
+        # between fork and exec (this process has gRPC's threads).
+        place = f"3<&{to_browser} 4>&{from_browser} {to_browser}<&- {from_browser}>&-"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", f'exec "$@" {place}', "bash", *command],
+                pass_fds=(to_browser, from_browser),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        os.close(to_browser)
+        os.close(from_browser)
+        self._buffer, self._next, self.events = b"", 0, []
+
+    def send(self, method: str, session: str | None = None, **params):
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        try:
+            os.write(self._write, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise AssertionError(self._gone()) from None
+        while True:
+            reply = self._receive()
+            if reply.get("id") == self._next:
+                assert "error" not in reply, reply
+                return reply["result"]
+            self.events.append(reply)
+
+    def _gone(self) -> str:
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        return f"chromium closed the protocol pipe (exit {self.process.poll()}); its last lines: " + " | ".join(
+            self.log.read_text(errors="replace").splitlines()[-5:]
+        )
+
+    def wait_for(self, method: str) -> dict:
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._receive())
+        return next(e for e in self.events if e.get("method") == method)
+
+    def _receive(self) -> dict:
+        while b"\0" not in self._buffer:
+            chunk = os.read(self._read, 65536)
+            assert chunk, self._gone()
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def close(self) -> None:
+        os.close(self._write)
+        os.close(self._read)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def run_in_terminal(command: list[str], env: dict[str, str], columns: int = 160) -> list[tuple[float, str]]:

@@ -40,6 +40,12 @@ def validation_page_artifact(institution: str) -> str:
     return f"validation/data_docs/{institution}/validation.html"
 
 
+def experiment_page_url(mlflow_ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment, in its model-training view: the UI's GenAI/model-training switch
+    is global and starts on GenAI (an overview of traces), whatever the experiment's kind tag says."""
+    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def run_page_url(mlflow_ui_url: str, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
     """The MLflow UI's page of a run, or of one of its artifacts (shown in the UI's viewer, which a browser
     opens from an http page, unlike a file:// link)."""

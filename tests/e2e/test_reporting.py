@@ -15,7 +15,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.cli import lineage, runs
 from flows.settings import Settings
 from tasks.reporting import summary_markdown
-from tests.conftest import answers, cli_output, free_port, running, wait_for
+from tests.conftest import CHROMIUM, Browser, answers, cli_output, free_port, running, wait_for
 
 
 def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered):
@@ -164,6 +164,8 @@ def _resolves(link: str, mlflow_base: str) -> bool:
         assert answers(mlflow_base + "/", timeout=60), "the MLflow UI page itself"  # a busy 2-core CI is slow
         route = link.removeprefix(mlflow_base).removeprefix("/#/")
         api = f"{mlflow_base}/ajax-api/2.0/mlflow"
+        if match := re.fullmatch(r"experiments/(\w+)\?workflowType=machine_learning", route):
+            return httpx.get(f"{api}/experiments/get", params={"experiment_id": match.group(1)}, timeout=60).is_success
         if match := re.fullmatch(r"experiments/(\w+)/runs/(\w+)(?:/artifactPath/(.+))?", route):
             experiment, run_id, artifact = match.groups()
             run = httpx.get(f"{api}/runs/get", params={"run_id": run_id}, timeout=60).json()["run"]
@@ -225,7 +227,8 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
     buffer = cli_output(monkeypatch, width=400)
     runs.print_summary(summary)  # what `fedrisk retrain` and the demo print at the end
     printed = buffer.getvalue()
-    assert {"Version:", "MLflow run:", "Model card:", "Checks pages:"} <= set(printed.split()), printed
+    assert all(f"\n{what}: http" in printed for what in ("Version", "MLflow run", "Model card")), printed
+    assert "\nExperiment (every retraining): http" in printed
 
     for text in (markdown, traced, printed):
         links = URI.findall(text)
@@ -234,3 +237,68 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
         for link in links:
             assert link.startswith(("http://", "https://", "runs:/")), link
             assert _resolves(link, mlflow_ui), link
+
+
+SCREENSHOTS = os.environ.get("FEDRISK_SCREENSHOTS_DIR")  # set: the pages are also saved there (docs/images)
+PAGE_TEXT = "document.body ? document.body.innerText : ''"
+
+
+def _page(browser, session: str, url: str, shown: list[str], name: str, timeout: float = 90) -> str:
+    """Open `url` and wait until its text holds everything in `shown` (MLflow's UI renders in the browser);
+    the text it ended with. Saved as NAME.png under FEDRISK_SCREENSHOTS_DIR when that is set."""
+    import base64
+    import time
+
+    browser.send("Page.navigate", session, url=url)
+    deadline, text = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        text = browser.send("Runtime.evaluate", session, expression=PAGE_TEXT, returnByValue=True)["result"]["value"]
+        if all(s in text for s in shown):
+            break
+        time.sleep(0.5)  # the page has no event for "rendered": poll what it shows
+    if SCREENSHOTS:
+        image = browser.send("Page.captureScreenshot", session, format="png")["data"]
+        (Path(SCREENSHOTS) / f"{name}.png").write_bytes(base64.b64decode(image))
+    return text
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_mlflow_ui_opens_the_experiment_on_its_runs_and_the_run_on_its_description_and_metrics(
+    registered, mlflow_ui, tmp_path
+):
+    """What a risk-model engineer sees in MLflow's own UI: the experiment's page lists the retrainings by version
+    (not the GenAI overview with "Traces 0"), the run's page starts with its description and shows the headline
+    metrics, the version's page the decision."""
+    from tracking.versions import experiment_page_url, run_page_url
+
+    registration = registered.second.registration
+    browser = Browser(tmp_path / "profile", offline=False)
+    try:
+        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        browser.send("Page.enable", session)
+        experiment = experiment_page_url(mlflow_ui, registration.experiment_id)  # as the summary prints it
+        runs = _page(browser, session, experiment, ["v1 manual", "v2 manual"], "mlflow-experiment")
+        run = _page(
+            browser,
+            session,
+            run_page_url(mlflow_ui, registration.experiment_id, registration.run_id),
+            ["Retraining of credit_registered", "challenger/weighted/roc_auc"],
+            "mlflow-run",
+        )
+        version = _page(
+            browser,
+            session,
+            f"{mlflow_ui}/#/models/credit_registered/versions/2",
+            ["Not promoted"],
+            "mlflow-version",
+        )
+    finally:
+        browser.close()
+    assert "v1 manual" in runs and "v2 manual" in runs and "No data available" not in runs, runs[:2000]
+    assert "Retraining of credit_registered that registered version 2" in run, run[:3000]
+    for metric in ("roc_auc", "pr_auc", "ks", "ece"):
+        assert metric in run, metric
+    assert "Not promoted" in version, version[:2000]
