@@ -34,8 +34,10 @@ METRIC_LABELS = {
     "recall_at_alert_rate": "recall at alert rate",
 }
 PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+# Long names, digests and paths break rather than widen the page; a table wider than the page scrolls by itself.
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222;overflow-wrap:anywhere}
+table{border-collapse:collapse;margin:.5em 0 1.5em;display:block;max-width:100%;overflow-x:auto}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.pass{color:#176b2c}.fail{color:#a3171b}img{max-width:100%}
 .muted{color:#666}"""
 
@@ -221,8 +223,20 @@ def _feature_table(schema: Schema, layout: Layout) -> str:
     return _table(["feature", "type", "values", "unit", "missing values", "description"], rows)
 
 
+def _points(value: float) -> str:
+    """Points to two decimals; a value that rounds to zero is 0.00, never -0.00."""
+    return f"{round(float(value), 2) + 0.0:.2f}"
+
+
+def _policy(promotion) -> str:
+    """The promotion policy in words a reader scans: `metric roc_auc, min improvement 0, ...` (unset: none)."""
+    return ", ".join(
+        f"{key.replace('_', ' ')} {'none' if value is None else value}" for key, value in promotion.model_dump().items()
+    )
+
+
 def _points_table(scorecard, scaling: ScorecardConfig) -> str:
-    rows = [[html.escape(r.feature), html.escape(r.attribute), f"{r.points:.2f}"] for r in scorecard.itertuples()]
+    rows = [[html.escape(r.feature), html.escape(r.attribute), _points(r.points)] for r in scorecard.itertuples()]
     return (
         f"<p>Score = base points + the points of each feature; {scaling.points_to_double_odds:g} points double "
         f"the odds of good to bad, {scaling.base_score:g} points mean odds of {scaling.base_odds:g} to 1. Reason "
@@ -270,7 +284,7 @@ def model_card_html(
         "<h2>Promotion decision</h2>",
         f"<p><b>{'Promoted to champion' if decision.promoted else 'Not promoted'}</b>: {e(decision.reason)}</p>",
         f"<ul>{checks}</ul>",
-        f"<p class='muted'>Policy: {e(str(config.promotion.model_dump()))}</p>",
+        f"<p class='muted'>Policy: {e(_policy(config.promotion))}</p>",
         "<h2>Model and training</h2>",
         f"<p>{e(architecture)} trained with {e(algorithm)} over {len(training.rounds)} rounds "
         f"({'stopped early' if training.stopped_early else 'maximum rounds reached'}); exported round "

@@ -2,9 +2,13 @@
 
 import base64
 import re
+import shutil
+import subprocess
 
 import mlflow
 import pytest
+
+from tests.conftest import CHROMIUM, Browser
 
 
 @pytest.fixture
@@ -42,6 +46,7 @@ def test_the_card_has_every_plot_and_section(registered, cards):
         assert f">{heading}</h" in card
     assert registered.config.use.replace("'", "&#x27;") in card
     assert "<b>Promoted to champion</b>: promoted: no champion yet" in card
+    assert "Policy: metric roc_auc, min improvement 0.0, " in card and "{&#x27;" not in card  # words, not a dict
     rows = re.findall(r"<tr><td>([a-z_]+)</td><td>([^<]+)</td><td>(0\.\d{4})</td>", card)
     # Every institution reports the new model and both simulation baselines on its holdout.
     assert {(name, role) for name, role, _ in rows} == {
@@ -83,3 +88,34 @@ def test_baselines_and_plots_are_logged_with_the_run(registered):
     assert metrics["baseline_pooled_data/all_holdouts/ece"] > 0
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/convergence.png", "plots/roc.png", "plots/calibration.png"}
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
+)
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode,
+    reason="needs `unshare --net` (root or user namespaces) to take the browser off the network",
+)
+def test_the_card_fits_a_1400_pixel_window_without_scrolling_sideways(cards, tmp_path):
+    """Long names, digests and paths break; a table wider than the page scrolls inside itself."""
+    page = tmp_path / "card.html"
+    page.write_text(cards["2"])
+    browser = Browser(tmp_path / "profile", size=(1400, 1000))
+    try:
+        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        browser.send("Page.enable", session)
+        window = {"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": False}
+        browser.send("Emulation.setDeviceMetricsOverride", session, **window)
+        browser.send("Page.navigate", session, url=page.as_uri())
+        browser.wait_for("Page.loadEventFired")
+        widths = browser.send(
+            "Runtime.evaluate",
+            session,
+            expression="[document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+            returnByValue=True,
+        )["result"]["value"]
+    finally:
+        browser.close()
+    assert widths[0] <= widths[1] <= 1400, widths
