@@ -71,11 +71,12 @@ def validate_consortium(config: RunConfig, consortium: Any = None) -> list[Valid
     for future in as_completed(futures):  # each institution's outcome as it arrives
         report = future.result()
         logger.info(
-            "%s: %s rows, %d of %d checks passed: %s%s",
+            "%s: %s rows, %d of %d checks passed%s: %s%s",
             report.institution,
             f"{report.rows:,}",
             report.checks_evaluated - report.checks_failed,
             report.checks_evaluated,
+            f" ({report.drift_checks} of them against its last accepted extract)" if report.drift_checks else "",
             "admitted" if report.passed else "quarantined",
             f" ({'; '.join(report.reasons)})" if report.reasons else "",
         )

@@ -52,6 +52,7 @@ class ValidationReport:
     digest: str | None = None
     checks_evaluated: int = 0
     checks_failed: int = 0
+    drift_checks: int = 0  # of checks_evaluated, those against its last accepted extract (not the suite's)
     reasons: list[str] = field(default_factory=list)  # failed `error` checks: why it is quarantined
     warnings: list[str] = field(default_factory=list)  # failed `warning` checks: reported, admitted
     profile: dict | None = None  # aggregates of this extract, the reference for the next run's drift checks
@@ -423,6 +424,7 @@ def validate_extract(
         digest=digest,
         checks_evaluated=evaluated,
         checks_failed=len(errors) + len(warnings),
+        drift_checks=len(drift or []),
         reasons=errors,
         warnings=warnings,
         profile=profile_frame(frame, schema),

@@ -12,6 +12,8 @@ from engines.privacy import privacy_sentence
 from institution.evaluation import InstitutionEvaluation, weighted_metrics
 from institution.validation import ValidationReport
 from tasks.retries import TRANSIENT_RETRIES
+from tracking.model_card import METRIC_LABELS
+from tracking.plots import ROLE_LABELS
 from tracking.registry import Registration
 from tracking.versions import MODEL_CARD_ARTIFACT, run_page_url, validation_page_artifact, version_page_url
 
@@ -73,18 +75,21 @@ def summary_markdown(
             "",
             "## Holdout metrics",
             "",
-            "| institution | model | rows | " + " | ".join(names) + " |",
+            "| institution | model | rows | " + " | ".join(METRIC_LABELS[n] for n in names) + " |",
             "|---" * (len(names) + 3) + "|",
         ]
         for e in evaluations:
             for role, m in e.metrics.items():
                 lines.append(
-                    f"| {e.institution} | {role} | {e.examples} | " + " | ".join(f"{m[n]:.4f}" for n in names) + " |"
+                    f"| {e.institution} | {ROLE_LABELS.get(role, role)} | {e.examples:,} | "
+                    + " | ".join(f"{m[n]:.4f}" for n in names)
+                    + " |"
                 )
         for role in dict.fromkeys(role for e in evaluations for role in e.metrics):
             w = weighted_metrics(evaluations, role)
             lines.append(
-                f"| **weighted** | {role} | {sum(e.examples for e in evaluations if role in e.metrics)} | "
+                f"| **weighted** | {ROLE_LABELS.get(role, role)} | "
+                f"{sum(e.examples for e in evaluations if role in e.metrics):,} | "
                 + " | ".join(f"{w[n]:.4f}" for n in names)
                 + " |"
             )

@@ -18,7 +18,7 @@ from flows.cli.common import (
     settings,
 )
 from flows.settings import PROJECT_ROOT
-from flows.terminal import activity, console
+from flows.terminal import activity, console, status
 from hostguard.credentials import masked
 from runconfig import RunConfig
 
@@ -190,7 +190,7 @@ def demo(
             if unknown:
                 print_error(f"{DEMO_CONFIG}: institutions {unknown} are not synthetic portfolios")
                 raise typer.Exit(ExitCode.USAGE)
-            console.print(f"Synthesized {len(written)} institutions into {data_dir}")
+            status(f"Synthesized {len(written)} institutions into {data_dir}")  # a status line, with its time
         if cross_silo:
             from flows.cross_silo_demo import nodes_for
 

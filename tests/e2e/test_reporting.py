@@ -39,7 +39,12 @@ def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered
     assert f"- Decision: {registration.reason}" in markdown
     for check in registration.checks:
         assert f"\n  - {check}\n" in markdown
-    assert "| alder_bank | local_only |" in markdown and "| **weighted** | pooled |" in markdown
+    # The roles and metrics named as the card and the CLI name them (it said local_only and was cut at recall_at_fp…)
+    assert (
+        "| alder_bank | local-only (simulation) |" in markdown
+        and "| **weighted** | pooled data (simulation) |" in markdown
+    )
+    assert "| institution | model | rows | ROC AUC | PR AUC | KS | log loss | Brier | ECE | recall at FPR |" in markdown
 
 
 def test_prefect_runs_are_named_and_tagged_like_their_mlflow_runs_with_stable_task_names(registered):
@@ -229,6 +234,8 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
     printed = buffer.getvalue()
     assert all(f"\n{what}: http" in printed for what in ("Version", "MLflow run", "Model card")), printed
     assert "\nExperiment (every retraining): http" in printed
+    drift = summary.validation[0].drift_checks  # the second retraining also checked drift: said, not a puzzle
+    assert drift and f"checks: the suite's, and {drift} against each institution's last accepted extract" in printed
 
     for text in (markdown, traced, printed):
         links = URI.findall(text)
