@@ -422,6 +422,22 @@ class Browser:
             self.process.wait()
 
 
+@functools.cache
+def offline_browser_missing() -> str | None:
+    """Why a headless-browser test off the network cannot run here (Chromium, `unshare --net`), or None."""
+    if CHROMIUM is None:
+        return "headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode:
+        return "needs `unshare --net` (root or user namespaces) to take the browser off the network"
+    return None
+
+
+def requires_offline_browser():
+    """A skip mark, saying why, for a test that opens a page in Chromium with no network at all."""
+    why = offline_browser_missing()
+    return pytest.mark.skipif(why is not None, reason=why or "")
+
+
 def run_in_terminal(command: list[str], env: dict[str, str], columns: int = 160) -> list[tuple[float, str]]:
     """Run `command` on a pseudo-terminal of `columns` columns; return what it wrote, as (wall time, text)
     in the order it arrived."""

@@ -2,13 +2,11 @@
 
 import base64
 import re
-import shutil
-import subprocess
 
 import mlflow
 import pytest
 
-from tests.conftest import CHROMIUM, Browser
+from tests.conftest import Browser, requires_offline_browser
 
 
 @pytest.fixture
@@ -90,13 +88,7 @@ def test_baselines_and_plots_are_logged_with_the_run(registered):
     assert plots == {"plots/convergence.png", "plots/roc.png", "plots/calibration.png"}
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
-)
-@pytest.mark.skipif(
-    shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode,
-    reason="needs `unshare --net` (root or user namespaces) to take the browser off the network",
-)
+@requires_offline_browser()
 def test_the_card_fits_a_1400_pixel_window_without_scrolling_sideways(cards, tmp_path):
     """Long names, digests and paths break; a table wider than the page scrolls inside itself."""
     page = tmp_path / "card.html"

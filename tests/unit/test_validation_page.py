@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from contract.data import Extract
 from contract.schema import load_schema
 from institution.validation import validate_extract
-from tests.conftest import CHROMIUM, TEST_EXPECTATIONS_DIR, Browser
+from tests.conftest import TEST_EXPECTATIONS_DIR, Browser, requires_offline_browser
 
 STYLED = {"PASSED": "rgb(227, 245, 231)", "FAILED": "rgb(253, 231, 231)", "WARNING": "rgb(255, 244, 214)"}
 PAGE_REPORT = """JSON.stringify({
@@ -25,13 +22,7 @@ PAGE_REPORT = """JSON.stringify({
   })})"""
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
-)
-@pytest.mark.skipif(
-    shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode,
-    reason="needs `unshare --net` (root or user namespaces) to take the browser off the network",
-)
+@requires_offline_browser()
 def test_a_quarantined_institutions_page_shows_each_checks_status_offline(small_consortium, tmp_path):
     path = tmp_path / "cedar.csv"
     frame = pd.read_csv(small_consortium["cedar_savings"])
