@@ -120,6 +120,7 @@ class Heartbeat:
         self._activity: str | None = None
         self.paused = False
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def said(self, activity: str | None = None, wrote: bool = True) -> None:
         """Something was written (`wrote`); `activity`: what the command is doing from now on."""
@@ -136,9 +137,11 @@ class Heartbeat:
             self._thread = threading.Thread(target=self._beat, name="terminal-heartbeat", daemon=True)
             self._thread.start()
 
+    def stop(self) -> None:
+        self._stopped.set()
+
     def _beat(self) -> None:
-        while True:
-            time.sleep(0.5)
+        while not self._stopped.wait(0.5):
             with self._lock:
                 now = time.monotonic()
                 due = bool(self._activity) and not self.paused and now - self._last >= QUIET_SECONDS
@@ -161,7 +164,9 @@ heartbeat = Heartbeat()
 
 def activity(what: str) -> None:
     """What the command does next, for the heartbeat, where no status line says it (the screen shows it only
-    if it takes a while)."""
+    if it takes a while). The first call starts the heartbeat: a command that works towards an end (a retraining),
+    not a server that waits for requests (`fedrisk node serve`, `fedrisk serve`), whose quiet is no silence."""
+    heartbeat.start()
     heartbeat.said(what, wrote=False)
 
 
@@ -170,7 +175,6 @@ def set_up(verbose: bool, log_file: Path) -> None:
     screen, everything at INFO and above to `log_file`; with `verbose`, everything on the screen too,
     TensorFlow's C++ warnings included."""
     _settings["verbose"] = verbose
-    heartbeat.start()
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # MLflow's lines reach the handlers below

@@ -13,7 +13,7 @@ from rich.table import Table
 from errors import ExitCode
 from flows.config import ConfigError, load_config
 from flows.settings import Settings
-from flows.terminal import console, status
+from flows.terminal import activity, console, status
 from runconfig import RunConfig
 
 
@@ -76,6 +76,7 @@ def prefect_api_starting_early() -> Iterator[None]:
 
     from flows.prefect_api import starting_early
 
+    activity("getting ready: the run config, the institutions' files, the Prefect API")  # a command with an end
     if not PREFECT_API_URL.value():
         status("starting a temporary Prefect API (set PREFECT_API_URL to use a Prefect server)")
     with starting_early(settings().log_file.parent):
