@@ -74,20 +74,12 @@ def stage_seconds(prefect_home: Path) -> list[dict]:
         TaskRunFilterFlowRunId,
     )
     from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.settings import (
-        PREFECT_API_DATABASE_CONNECTION_URL,
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    # A temporary API on the demo runs' own database (this process may use another home or API).
-    database = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
+    # A temporary API on the demo runs' own database (this process imported Prefect with another home; it must
+    # hold no Prefect API of its own: the client would reach that one whatever the settings say).
     with (
-        temporary_settings(
-            {PREFECT_HOME: prefect_home, PREFECT_API_DATABASE_CONNECTION_URL: database},
-            restore_defaults={PREFECT_API_URL},
-        ),
+        temporary_settings({PREFECT_HOME: prefect_home}, restore_defaults={PREFECT_API_URL}),
         get_client(sync_client=True) as client,
     ):
         runs = client.read_flow_runs(

@@ -20,6 +20,24 @@ from contract.schema import Schema
 from riskmodel import model as exported
 from runconfig import EvaluationConfig
 
+# How the card, the plots, the CLI and the Prefect summary name the roles and the metrics (one vocabulary).
+ROLE_LABELS = {
+    "challenger": "new model",
+    "champion": "champion",
+    "local_only": "local-only (simulation)",
+    "pooled": "pooled data (simulation)",
+}
+METRIC_LABELS = {
+    "roc_auc": "ROC AUC",
+    "pr_auc": "PR AUC",
+    "ks": "KS",
+    "gini": "Gini",
+    "log_loss": "log loss",
+    "brier": "Brier",
+    "ece": "ECE",
+    "recall_at_fpr": "recall at FPR",
+    "recall_at_alert_rate": "recall at alert rate",
+}
 HIGHER_IS_BETTER = {
     "roc_auc": True,
     "pr_auc": True,

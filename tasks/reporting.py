@@ -9,11 +9,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from engines.base import TrainingOutcome
 from engines.privacy import privacy_sentence
-from institution.evaluation import InstitutionEvaluation, weighted_metrics
+from institution.evaluation import METRIC_LABELS, ROLE_LABELS, InstitutionEvaluation, weighted_metrics
 from institution.validation import ValidationReport
 from tasks.retries import TRANSIENT_RETRIES
-from tracking.model_card import METRIC_LABELS
-from tracking.plots import ROLE_LABELS
 from tracking.registry import Registration
 from tracking.versions import MODEL_CARD_ARTIFACT, run_page_url, validation_page_artifact, version_page_url
 

@@ -15,24 +15,12 @@ from matplotlib.figure import Figure
 
 from contract.schema import Schema, percent
 from engines.registry import engine_for
-from institution.evaluation import InstitutionEvaluation, weighted_metrics
+from institution.evaluation import METRIC_LABELS, ROLE_LABELS, InstitutionEvaluation, weighted_metrics
 from institution.validation import ValidationReport
 from riskmodel.layout import Layout
 from runconfig import EvaluationConfig, RunConfig, ScorecardConfig
-from tracking.plots import ROLE_LABELS
 from tracking.promotion import Decision
 
-METRIC_LABELS = {
-    "roc_auc": "ROC AUC",
-    "pr_auc": "PR AUC",
-    "ks": "KS",
-    "gini": "Gini",
-    "log_loss": "log loss",
-    "brier": "Brier",
-    "ece": "ECE",
-    "recall_at_fpr": "recall at FPR",
-    "recall_at_alert_rate": "recall at alert rate",
-}
 PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
 # Long names, digests and paths break rather than widen the page; a table wider than the page scrolls by itself.
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222;overflow-wrap:anywhere}

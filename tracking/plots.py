@@ -8,14 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
-from institution.evaluation import InstitutionEvaluation, pooled_calibration
-
-ROLE_LABELS = {
-    "challenger": "new model",
-    "champion": "champion",
-    "local_only": "local-only (simulation)",
-    "pooled": "pooled data (simulation)",
-}
+from institution.evaluation import ROLE_LABELS, InstitutionEvaluation, pooled_calibration
 
 
 def convergence_figure(rounds: list[dict], best_round: int) -> Figure:
