@@ -258,3 +258,20 @@ def test_ids_that_a_spreadsheet_would_run_as_formulas_are_written_escaped(store,
     cells = [line.split(",")[0] for line in output.read_text().splitlines()[1:]]
     written = pd.read_csv(output, dtype={"ID": str}, keep_default_na=False)["ID"].tolist()
     assert written == ["'" + value for value in hostile] + ["ordinary-7"], cells
+
+
+def test_the_model_declares_a_pinned_environment(store):
+    """What `mlflow models serve` or a bank's own build installs: what scoring imports, each pinned, and a pinned
+    pip in conda.yaml (MLflow writes a bare `pip` when the training environment has none)."""
+    import importlib.metadata
+
+    import yaml
+
+    model = Path(mlflow.artifacts.download_artifacts(f"models:/{store.name}@champion"))
+    requirements = (model / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in requirements} == {"tensorflow", "mlflow", "pandas", "numpy"}
+    assert all("==" in r for r in requirements), requirements
+    conda = yaml.safe_load((model / "conda.yaml").read_text())
+    assert [d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("pip")] == [
+        f"pip<={importlib.metadata.version('pip')}"
+    ]
