@@ -334,6 +334,15 @@ def _above_9(fd: int) -> int:
     return moved
 
 
+SCREENSHOTS = os.environ.get("FEDRISK_SCREENSHOTS_DIR")  # set: pages a test opens are also saved there
+# A page's text with its frames' (MLflow shows an HTML artifact, the model card, in a sandboxed iframe from a blob:
+# URL: its document is out of reach, the blob is not).
+PAGE_TEXT = """(async () => [document.body ? document.body.innerText : '', ...(await Promise.all(
+    [...document.querySelectorAll('iframe')].map(async f => {
+        try { return f.contentDocument.body.innerText } catch (e) {}
+        try { return await (await fetch(f.src)).text() } catch (e) { return '' } })))].join('\\n'))()"""
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe). `offline`: in a
     network namespace of its own (`unshare --net`: not even loopback is up), so nothing can be fetched; else it
@@ -397,6 +406,32 @@ class Browser:
         return f"chromium closed the protocol pipe (exit {self.process.poll()}); its last lines: " + " | ".join(
             self.log.read_text(errors="replace").splitlines()[-5:]
         )
+
+    def tab(self) -> str:
+        """A new page with its events on; the session id the page's commands take."""
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.send("Page.enable", session)
+        return session
+
+    def text_once_shown(self, session: str, url: str, shown: list[str], name: str, timeout: float = 90) -> str:
+        """Open `url` and wait until its text (with its frames') holds everything in `shown` (the MLflow and
+        Prefect UIs render in the browser); the text it ended with. Saved as NAME.png under
+        FEDRISK_SCREENSHOTS_DIR when that is set (docs/images)."""
+        import base64
+
+        self.send("Page.navigate", session, url=url)
+        deadline, text = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            page = self.send("Runtime.evaluate", session, expression=PAGE_TEXT, awaitPromise=True, returnByValue=True)
+            text = page["result"]["value"]
+            if all(s in text for s in shown):
+                break
+            time.sleep(0.5)  # a rendered single-page app sends no event: poll what it shows
+        if SCREENSHOTS:
+            image = self.send("Page.captureScreenshot", session, format="png")["data"]
+            (Path(SCREENSHOTS) / f"{name}.png").write_bytes(base64.b64decode(image))
+        return text
 
     def wait_for(self, method: str) -> dict:
         while not any(e.get("method") == method for e in self.events):

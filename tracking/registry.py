@@ -485,6 +485,7 @@ def register_model(
     try:
         mlflow.log_params(_flatten("", {k: v for k, v in plain.items() if k != "intended_use"}))
         mlflow.log_text(yaml.safe_dump(plain, sort_keys=False), CONFIG_ARTIFACT)
+        mlflow.log_metrics(headline_metrics(evaluations))  # first: MLflow's run page lists metrics as logged
         for r in rounds:
             mlflow.log_metrics(
                 {ROUND_METRICS.get(key, key): float(value) for key, value in r.items() if key != "round"},
@@ -508,7 +509,6 @@ def register_model(
                         f"privacy/noise_multiplier/{i.institution}": i.noise_multiplier,
                     }
                 )
-        mlflow.log_metrics(headline_metrics(evaluations))
         for evaluation in evaluations:
             for role, metrics in evaluation.metrics.items():
                 mlflow.log_metrics({metric_name(role, evaluation.institution, k): v for k, v in metrics.items()})

@@ -12,12 +12,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from mlflow import MlflowClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.config import load_config
 from flows.deployments import DeploymentError, load_deployments
 from flows.retrain import resolve_config_file, retrain_from_config
 from flows.settings import PROJECT_ROOT
-from tests.conftest import free_port, running, wait_for
+from tasks.reporting import artifact_key
+from tests.conftest import CHROMIUM, Browser, free_port, running, wait_for
 
 BIN = Path(sys.executable).parent
 MODEL = "credit_service"
@@ -133,7 +135,7 @@ def _started_run_id(output: str) -> str:
     return re.search(r"Started flow run \S+ \(([0-9a-f-]{36})\)", output).group(1)
 
 
-def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
+def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server, tmp_path_factory):
     code, output = _fedrisk(server, "deploy")
     assert code == 0, output
     assert (
@@ -189,6 +191,35 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server):
     page = f"{server.url.removesuffix('/api')}/runs/flow-run/{run_id}"  # what the trigger printed
     assert version.tags["prefect.flow_run_url"] == page and page in completed_output
     assert client.get_run(version.run_id).data.params["training.rounds"] == "3"  # the trigger's override
+    if CHROMIUM is not None:
+        _prefect_ui_shows_the_run(server, page, tmp_path_factory.mktemp("browser"))
+
+
+def _prefect_ui_shows_the_run(server, run_page: str, root: Path) -> None:
+    """In the Prefect UI `prefect server start` serves: the flow run's page, named like its MLflow run with its
+    tags; the model's retraining summary listed on the Artifacts page by its key, and shown."""
+    ui = server.url.removesuffix("/api")
+    name, key = f"{MODEL} v1 triggered credit-default-demo-daily", artifact_key("retrain", MODEL)
+    with _api(server) as client:
+        [summary_id] = [
+            a.id for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        ]
+    browser = Browser(root / "profile", offline=False)
+    try:
+        session = browser.tab()
+        run = browser.text_once_shown(session, run_page, [name, "version:1", "submitted to"], "prefect-flow-run")
+        listed = browser.text_once_shown(session, f"{ui}/artifacts/key/{key}", [name], "prefect-artifact-key")
+        summary = browser.text_once_shown(
+            session,
+            f"{ui}/artifacts/artifact/{summary_id}",
+            [f"Retraining of {MODEL}", "Holdout metrics"],
+            "prefect-artifact",
+        )
+    finally:
+        browser.close()
+    assert name in run and f"model:{MODEL}" in run and "trigger:triggered" in run and "version:1" in run, run[:2000]
+    assert f"Retraining summary for {MODEL}" in listed and name in listed, listed[:2000]
+    assert f"Model {MODEL} version 1" in summary and "Holdout metrics" in summary, summary[:2000]
 
 
 def _triggered_runs(server) -> int:

@@ -246,29 +246,6 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
             assert _resolves(link, mlflow_ui), link
 
 
-SCREENSHOTS = os.environ.get("FEDRISK_SCREENSHOTS_DIR")  # set: the pages are also saved there (docs/images)
-PAGE_TEXT = "document.body ? document.body.innerText : ''"
-
-
-def _page(browser, session: str, url: str, shown: list[str], name: str, timeout: float = 90) -> str:
-    """Open `url` and wait until its text holds everything in `shown` (MLflow's UI renders in the browser);
-    the text it ended with. Saved as NAME.png under FEDRISK_SCREENSHOTS_DIR when that is set."""
-    import base64
-    import time
-
-    browser.send("Page.navigate", session, url=url)
-    deadline, text = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        text = browser.send("Runtime.evaluate", session, expression=PAGE_TEXT, returnByValue=True)["result"]["value"]
-        if all(s in text for s in shown):
-            break
-        time.sleep(0.5)  # the page has no event for "rendered": poll what it shows
-    if SCREENSHOTS:
-        image = browser.send("Page.captureScreenshot", session, format="png")["data"]
-        (Path(SCREENSHOTS) / f"{name}.png").write_bytes(base64.b64decode(image))
-    return text
-
-
 @pytest.mark.skipif(
     CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
 )
@@ -277,35 +254,39 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_runs_and_the_run_on_its_descr
 ):
     """What a risk-model engineer sees in MLflow's own UI: the experiment's page lists the retrainings by version
     (not the GenAI overview with "Traces 0"), the run's page starts with its description and shows the headline
-    metrics, the version's page the decision."""
-    from tracking.versions import experiment_page_url, run_page_url
+    metrics, the version's page the decision, the card's link the card itself."""
+    from tracking.versions import MODEL_CARD_ARTIFACT, experiment_page_url, run_page_url
 
     registration = registered.second.registration
     browser = Browser(tmp_path / "profile", offline=False)
     try:
-        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        browser.send("Page.enable", session)
+        session = browser.tab()
         experiment = experiment_page_url(mlflow_ui, registration.experiment_id)  # as the summary prints it
-        runs = _page(browser, session, experiment, ["v1 manual", "v2 manual"], "mlflow-experiment")
-        run = _page(
-            browser,
+        runs = browser.text_once_shown(session, experiment, ["v1 manual", "v2 manual"], "mlflow-experiment")
+        run = browser.text_once_shown(
             session,
             run_page_url(mlflow_ui, registration.experiment_id, registration.run_id),
             ["Retraining of credit_registered", "challenger/weighted/roc_auc"],
             "mlflow-run",
         )
-        version = _page(
-            browser,
+        version = browser.text_once_shown(
             session,
             f"{mlflow_ui}/#/models/credit_registered/versions/2",
             ["Not promoted"],
             "mlflow-version",
         )
+        card = browser.text_once_shown(
+            session,
+            run_page_url(mlflow_ui, registration.experiment_id, registration.run_id, MODEL_CARD_ARTIFACT),
+            ["Model card: credit_registered version 2", "Promotion decision"],
+            "mlflow-model-card",
+        )
     finally:
         browser.close()
     assert "v1 manual" in runs and "v2 manual" in runs and "No data available" not in runs, runs[:2000]
     assert "Retraining of credit_registered that registered version 2" in run, run[:3000]
-    for metric in ("roc_auc", "pr_auc", "ks", "ece"):
-        assert metric in run, metric
+    logged = mlflow.MlflowClient(registered.tracking_uri).get_run(registration.run_id).data.metrics
+    listed = [line for line in run.splitlines() if line in logged]
+    assert listed[:4] == ["roc_auc", "pr_auc", "ks", "ece"], listed[:10]  # the headline figures first
     assert "Not promoted" in version, version[:2000]
+    assert "Model card: credit_registered version 2" in card and "Holdout metrics per institution" in card, card[:2000]
