@@ -231,6 +231,9 @@ def test_a_units_change_since_the_last_run_quarantines_that_institution(tracking
     assert all(r.passed for r in accepted)
 
 
+RESUME_ROUNDS = 10  # the killed retraining's limit: killed once round 3 (or a later one) is checkpointed
+
+
 def _checkpointed_rounds(runs_dir: Path) -> list[int]:
     """The rounds whose checkpoints a retraining of credit_resume keeps in `runs_dir` (the last few)."""
     return sorted(
@@ -257,10 +260,10 @@ def test_a_retraining_killed_mid_training_leaves_no_process_listened_on_loopback
     from tests.conftest import FEDRISK, cli_environment, descendants, host_addresses, read_until, wait_until_gone
 
     config_data = {
-        **_config(small_consortium, "credit_resume", rounds=20).plain(),
+        **_config(small_consortium, "credit_resume", rounds=RESUME_ROUNDS).plain(),
         "training": {
             "algorithm": "fedadam",
-            "rounds": 20,
+            "rounds": RESUME_ROUNDS,
             "client_learning_rate": 0.05,
             "model": {"kind": "mlp", "hidden_units": [16], "dropout": 0.1},
         },
@@ -276,7 +279,7 @@ def test_a_retraining_killed_mid_training_leaves_no_process_listened_on_loopback
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        read_until(killed, "round 2/20", timeout=300)
+        read_until(killed, f"round 2/{RESUME_ROUNDS}", timeout=300)
         children = descendants(killed.pid)
         assert "worker_binary" in children.values(), children  # TFF's worker
         assert any("python" in name for name in children.values()), children  # the temporary Prefect API
@@ -302,7 +305,7 @@ def test_a_retraining_killed_mid_training_leaves_no_process_listened_on_loopback
             pass
         killed.wait(timeout=30)
     saved = _checkpointed_rounds(runs_dir)
-    assert saved and 3 <= saved[-1] < 20, saved
+    assert saved and 3 <= saved[-1] < RESUME_ROUNDS, saved
 
     resumed = subprocess.run(
         command, env={**env, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True, timeout=300
@@ -321,11 +324,12 @@ def test_a_retraining_killed_mid_training_leaves_no_process_listened_on_loopback
     # Piped, as a scheduler logs it: a status line per round (no progress bar to redraw), every figure whole,
     # no library noise.
     rounds = re.findall(
-        r"^\d\d:\d\d:\d\d round (\d+)/20: train loss 0\.\d{4}, validation loss 0\.\d{4}, validation AUC 0\.\d{4}",
+        rf"^\d\d:\d\d:\d\d round (\d+)/{RESUME_ROUNDS}: train loss 0\.\d{{4}}, validation loss 0\.\d{{4}}, "
+        r"validation AUC 0\.\d{4}",
         output,
         re.MULTILINE,
     )
-    assert rounds == [str(n) for n in range(1, 21)], output  # those it resumed with, then the rest
+    assert rounds == [str(n) for n in range(1, RESUME_ROUNDS + 1)], output  # those it resumed with, then the rest
     assert re.search(r"^\d\d:\d\d:\d\d validating 4 institutions against suite", output, re.MULTILINE)
     assert not re.search(r"rounds .*━", output) and "Finished in state" not in output and "…" not in output
     assert not any(noise in output for noise in ("Unable to register", "UserWarning", "HDF5", "compiled metrics"))
