@@ -14,6 +14,7 @@ import math
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,7 +304,7 @@ def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, 
     return frame
 
 
-def _repeated_columns(data: bytes, declared: set[str], fail) -> None:
+def _repeated_columns(data: bytes, declared: set[str], fail: Callable[[str, str], Exception]) -> None:
     """Raise `fail` when the header names a column twice (pandas would keep both, the second as `AGE.1`, a column
     not in the file). A declared name is said; an undeclared one only in the institution's own detail."""
     first = data.decode("utf-8", errors="replace").splitlines()[:1]
@@ -314,7 +315,7 @@ def _repeated_columns(data: bytes, declared: set[str], fail) -> None:
     if not repeated:
         return
 
-    def said(names) -> str:
+    def said(names: Iterable[str]) -> str:
         return "; ".join(
             f"column {name} appears {len(repeated[name])} times in the header (fields "
             f"{', '.join(map(str, repeated[name]))})"
@@ -337,7 +338,7 @@ def _repeated_columns(data: bytes, declared: set[str], fail) -> None:
     raise fail(reason + ": each column must be named once", said(repeated) + ": each column must be named once")
 
 
-def headerless(frame: pd.DataFrame, fail) -> None:
+def headerless(frame: pd.DataFrame, fail: Callable[[str], Exception]) -> None:
     """Raise `fail(reason)` when a CSV's first line is a row rather than a header: most of its fields are numbers
     or values that recur in their column (a header names columns). The reason counts; it quotes nothing."""
 
@@ -348,7 +349,7 @@ def headerless(frame: pd.DataFrame, fail) -> None:
             return False
         return True
 
-    def like_data(name, column: pd.Series) -> bool:
+    def like_data(name: object, column: pd.Series) -> bool:
         text = str(name)  # pandas renames a repeated field x to x.1: a repeated number is still one
         return number(text) or number(text.rsplit(".", 1)[0]) or text in set(column.head(1000).astype(str))
 
@@ -390,7 +391,7 @@ def read_institution(
     institution: str | None, path: Path, schema: Schema, columns: dict[str, str] | None = None
 ) -> pd.DataFrame:
     """`read_extract` for a file outside a run (a one-off check; None: the caller's own file, as scoring input)."""
-    return read_extract(Extract(institution, Path(path), dict(columns or {})), schema)[0]
+    return read_extract(Extract(institution or "", Path(path), dict(columns or {})), schema)[0]  # "": named by nobody
 
 
 def institution_seed(seed: int, institution: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -188,11 +188,11 @@ def available_schemas(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
     return sorted(p.stem for p in Path(schemas_dir).glob("*.yaml"))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints
     """YAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last one, silently)."""
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[object, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
@@ -207,7 +207,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(text: str):
+def read_yaml(text: str) -> Any:
     """YAML as fedrisk reads every schema and config: safe, and a repeated key is an error (yaml.YAMLError)."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 

@@ -188,7 +188,7 @@ def _feature(name: str, column: ColumnProfile, file_rates: list[float]) -> tuple
     )
     entry: dict
     mostly_zero = column.zeros * 2 >= column.rows - column.missing or (
-        bool(column.levels) and max(column.levels, key=column.levels.get) == 0
+        bool(column.levels) and max(column.levels, key=lambda level: column.levels[level]) == 0
     )
     if column.numeric and column.whole and column.low == 0 and column.distinct > 2 and mostly_zero:
         entry = {"type": "numeric", "dtype": "int", "min": 0}
@@ -288,7 +288,10 @@ def infer_schema(
     rates = [p.positives / p.rows for p in profiles]
     duplicate_share = max(p.duplicates / p.rows for p in profiles)
     meaning, output = _label_names(str(label))
-    plain = lambda v: v.item() if hasattr(v, "item") else v  # noqa: E731
+
+    def plain(value: object) -> object:
+        return value.item() if hasattr(value, "item") else value
+
     draft = {
         "name": name or paths[0].stem.lower().replace("-", "_").replace(" ", "_"),
         "version": 1,

@@ -27,7 +27,7 @@ class SuiteOutOfDate(FedriskError, ValueError):
     exit_code = ExitCode.USAGE
 
 
-def _check(type_: str, description: str, severity: str = "critical", **kwargs) -> dict:
+def _check(type_: str, description: str, severity: str = "critical", **kwargs: object) -> dict:
     return {"type": type_, "kwargs": kwargs, "severity": severity, "description": description}
 
 
@@ -170,7 +170,7 @@ def committed_checks(expectations_dir: Path, suite: str) -> list[dict] | None:
     ]
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     """Numbers as GX writes them back (1000.0 -> 1000), recursively."""
     if isinstance(value, float) and value.is_integer():
         return int(value)

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from contract.data import institution_seed, spreadsheet_safe
-from contract.schema import Schema
+from contract.schema import NumericFeature, Schema
 
 # The credit-default layout, as the hand-made generator writes it (schemas/credit_default.yaml).
 ID_COLUMN = "ID"
@@ -210,7 +210,7 @@ def synthesize(
 GENERIC_ROWS = (4_000, 2_000, 1_000, 600)
 
 
-def _numeric(rng, feature, n: int, shift: float) -> np.ndarray:
+def _numeric(rng: np.random.Generator, feature: NumericFeature, n: int, shift: float) -> np.ndarray:
     """Values inside the feature's declared range (or code set), centred differently per institution."""
     if feature.allowed:
         codes = np.asarray(feature.allowed, dtype=float)
@@ -296,7 +296,7 @@ def split_file(
 MAX_INSTITUTIONS_BY_COLUMN = 100
 
 
-def institution_name(value) -> str:
+def institution_name(value: object) -> str:
     """An institution name from a column's value (`CA` -> `ca`, `New York` -> `new_york`, 3.0 -> `3`)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)

@@ -25,7 +25,7 @@ from pydantic import (
 from contract.schema import SCHEMAS_DIR, Schema, load_schema
 
 
-def _positive_weight(value):
+def _positive_weight(value: float | str) -> float | str:
     if not isinstance(value, str) and not 0 < value <= 10_000:
         raise ValueError("must be 'balanced' or a number in (0, 10000]")
     return value
@@ -217,7 +217,7 @@ class TreeTrainingConfig(BaseModel):
     )
 
 
-def _engine(value) -> str:
+def _engine(value: object) -> str:
     return value.get("engine", "tff") if isinstance(value, dict) else getattr(value, "engine", "tff")
 
 
@@ -445,11 +445,12 @@ class RunConfig(BaseModel):
 
     @field_validator("secure_aggregation", mode="before")
     @classmethod
-    def _switch(cls, value):
+    def _switch(cls, value: object) -> object:
         return {} if value is True else None if value is False else value
 
     def _check_secure_aggregation(self, cross_silo: bool) -> None:
         secure, n = self.secure_aggregation, len(self.institutions)
+        assert secure is not None  # called only when it is set
         if not cross_silo:
             raise ValueError(
                 "secure_aggregation needs institutions at nodes (node: addresses): in simulation every "
@@ -460,7 +461,7 @@ class RunConfig(BaseModel):
                 "secure_aggregation covers the TFF engine; XGBoost's federated server sums gradient "
                 "histograms itself (engine: xgboost cannot use it)"
             )
-        if self.training.aggregation == "compression":
+        if isinstance(self.training, TrainingConfig) and self.training.aggregation == "compression":
             raise ValueError(
                 "secure_aggregation sums exact fixed-point updates; it does not combine with "
                 "training.aggregation: compression"
@@ -490,11 +491,12 @@ class RunConfig(BaseModel):
         """t for a secure sum over `institutions` nodes: the configured one, else a majority (at least 2)."""
         from secagg.protocol import default_threshold
 
-        return self.secure_aggregation.threshold or default_threshold(institutions)
+        configured = self.secure_aggregation.threshold if self.secure_aggregation is not None else None
+        return configured or default_threshold(institutions)
 
     @field_validator("data_schema", mode="before")
     @classmethod
-    def _load_schema(cls, value, info: ValidationInfo):
+    def _load_schema(cls, value: object, info: ValidationInfo) -> object:
         """A schema name is looked up in the schemas directory (the edge passes it as validation context)."""
         if isinstance(value, str):
             return load_schema(value, (info.context or {}).get("schemas_dir", SCHEMAS_DIR))
