@@ -73,10 +73,16 @@ class ScoringResult:
         return sum(self.bands.values())
 
 
+def band_index(probability: np.ndarray) -> np.ndarray:
+    """The master-scale band of each probability as an index into SCORE_BANDS (0: A, the best); a probability on
+    a band's upper bound is in that band."""
+    uppers = np.array([upper for _, upper in SCORE_BANDS[:-1]])
+    return np.searchsorted(uppers, np.asarray(probability, dtype=float), side="left")
+
+
 def score_band(probability: np.ndarray) -> np.ndarray:
     """The master-scale band (A best .. F worst) of each probability."""
-    edges = np.array([upper for _, upper in SCORE_BANDS[:-1]])
-    return np.array([name for name, _ in SCORE_BANDS])[np.searchsorted(edges, probability, side="left")]
+    return np.array([name for name, _ in SCORE_BANDS])[band_index(probability)]
 
 
 def model_schema(tags: dict[str, str], reference: str) -> Schema:

@@ -72,6 +72,26 @@ def _imports(package: str) -> dict[str, set[str]]:
                 "fed_trees",
             },
         ),
+        # A champion's monitoring report: statistics of counts, below what runs or records it.
+        (
+            "monitoring",
+            {
+                "prefect",
+                "mlflow",
+                "great_expectations",
+                "tensorflow",
+                "tensorflow_federated",
+                "xgboost",
+                "flows",
+                "tasks",
+                "node",
+                "consortium",
+                "engines",
+                "tracking",
+                "fed_models",
+                "fed_trees",
+            },
+        ),
         # The run config: types only, below everything that takes it.
         (
             "runconfig",
@@ -200,6 +220,7 @@ PACKAGES = (
     "engines",
     "errors",
     "institution",
+    "monitoring",
     "runconfig",
     "tracking",
     "fed_models",
