@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-
-from matplotlib.figure import Figure
 
 from contract.schema import Schema, percent
 from engines.registry import engine_for
@@ -30,10 +27,8 @@ td:first-child,th:first-child{text-align:left}.pass{color:#176b2c}.fail{color:#a
 .muted{color:#666}"""
 
 
-def _png(figure: Figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode()
+def _png(image: bytes) -> str:
+    return base64.b64encode(image).decode()
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -244,14 +239,15 @@ def model_card_html(
     validation: list[ValidationReport],
     evaluations: list[InstitutionEvaluation],
     training,
-    figures: dict[str, Figure],
+    figures: dict[str, bytes],
     layout: Layout,
     privacy=None,
     scorecard=None,
 ) -> str:
     """The card of `model_name` version `version`: intended use, decision, metrics, plots, privacy, features,
-    data, lineage. `training` is the TrainingOutcome; `privacy` what differential privacy spent (a
-    tracking.privacy.PrivacyPlan), or None; `scorecard` a logistic regression's points table."""
+    data, lineage. `figures` are the run's plots as PNGs (tracking.plots.png); `training` is the TrainingOutcome;
+    `privacy` what differential privacy spent (a tracking.privacy.PrivacyPlan), or None; `scorecard` a logistic
+    regression's points table."""
     e = html.escape
     schema = config.data_schema
     simulated = any(role in ev.metrics for ev in evaluations for role in ("local_only", "pooled"))

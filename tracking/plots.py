@@ -5,10 +5,19 @@ Built from aggregates only (per-round metrics, ROC rates at fixed thresholds, ca
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
 from institution.evaluation import ROLE_LABELS, InstitutionEvaluation, pooled_calibration
+
+
+def png(figure: Figure) -> bytes:
+    """The figure as a PNG, rendered once: logged as the run's plot and embedded in the card as it is."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
 
 
 def convergence_figure(rounds: list[dict], best_round: int) -> Figure:

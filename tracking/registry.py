@@ -10,6 +10,7 @@ could not withdraw (the server gone) the next retraining settles (`settle_unfini
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -450,7 +451,7 @@ def register_model(
 
     from riskmodel.scorecard import POINTS_TABLE_ARTIFACT, points_table
     from tracking.model_card import model_card_html
-    from tracking.plots import calibration_figure, convergence_figure, importance_figure, roc_figure
+    from tracking.plots import calibration_figure, convergence_figure, importance_figure, png, roc_figure
 
     check = lock_check or (lambda where: None)
     model_name, schema, plain = config.model_name, config.data_schema, config.plain()
@@ -542,8 +543,11 @@ def register_model(
         if gain:
             figures["feature_importance"] = importance_figure(gain)
             mlflow.log_dict(gain, "feature_importance.json")
-        for name, figure in figures.items():
-            mlflow.log_figure(figure, f"plots/{name}.png")
+        plots = {name: png(figure) for name, figure in figures.items()}  # rendered once: logged, and in the card
+        with tempfile.TemporaryDirectory() as folder:
+            for name, image in plots.items():
+                (Path(folder) / f"{name}.png").write_bytes(image)
+            mlflow.log_artifacts(folder, "plots")
         if scorecard is not None:
             mlflow.log_text(spreadsheet_safe(scorecard).to_csv(index=False), POINTS_TABLE_ARTIFACT)
         types = signature_types(schema, space.layout.raw_features)
@@ -576,7 +580,7 @@ def register_model(
                 validation=validation,
                 evaluations=evaluations,
                 training=training,
-                figures=figures,
+                figures=plots,
                 privacy=privacy,
                 layout=space.layout,
                 scorecard=scorecard,

@@ -135,8 +135,31 @@ def _started_run_id(output: str) -> str:
     return re.search(r"Started flow run \S+ \(([0-9a-f-]{36})\)", output).group(1)
 
 
-def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server, tmp_path_factory):
-    code, output = _fedrisk(server, "deploy")
+@pytest.fixture(scope="module")
+def triggered(server):
+    """`fedrisk deploy`, then a process worker and `fedrisk trigger` of the daily deployment (3 rounds): what each
+    command printed and exited with, and the flow run the trigger started."""
+    deployed = _fedrisk(server, "deploy")
+    log = server.root / "worker.log"
+    with running([str(BIN / "prefect"), "worker", "start", "--pool", "fedrisk-process"], server.env, log):
+        code, output = _fedrisk(
+            server,
+            "trigger",
+            "credit-default-demo-daily",
+            "--param",
+            f"config_file={server.good}",
+            "--param",
+            "training.rounds=3",
+            "--timeout",
+            "500",
+        )
+    assert code == 0, output + log.read_text()[-3000:]
+    run_page = f"{server.url.removesuffix('/api')}/runs/flow-run/{_started_run_id(output)}"
+    return SimpleNamespace(deployed=deployed, output=output, run_id=_started_run_id(output), run_page=run_page)
+
+
+def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server, triggered):
+    code, output = triggered.deployed
     assert code == 0, output
     assert (
         "deployed retrain-from-config/credit-default-weekly to work pool fedrisk-process: "
@@ -156,27 +179,13 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server, tm
         and weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
     )
 
-    log = server.root / "worker.log"
-    with running([str(BIN / "prefect"), "worker", "start", "--pool", "fedrisk-process"], server.env, log):
-        code, output = _fedrisk(
-            server,
-            "trigger",
-            "credit-default-demo-daily",
-            "--param",
-            f"config_file={server.good}",
-            "--param",
-            "training.rounds=3",
-            "--timeout",
-            "500",
-        )
-        assert code == 0, output + log.read_text()[-3000:]
-        run_id, completed_output = _started_run_id(output), output
-        assert "state: Running" in output and "state: Completed" in output
-        assert re.search(r"round 3/3: train loss 0\.\d+, validation loss 0\.\d+", output)  # progress, as it runs
-        assert f"- Model `{MODEL}` [version 1](" in output  # the run's summary (piped: its Markdown as written)
-        assert f"{MODEL} v1 triggered credit-default-demo-daily: COMPLETED" in output  # named as its MLflow run
-        assert f"registered {MODEL} version 1 (aliases: challenger, champion)" in output  # the run's last log lines
-        assert max(len(line) for line in output.splitlines()) < 1000  # piped: no title padded to 4,096 columns
+    output, run_id = triggered.output, triggered.run_id
+    assert "state: Running" in output and "state: Completed" in output
+    assert re.search(r"round 3/3: train loss 0\.\d+, validation loss 0\.\d+", output)  # progress, as it runs
+    assert f"- Model `{MODEL}` [version 1](" in output  # the run's summary (piped: its Markdown as written)
+    assert f"{MODEL} v1 triggered credit-default-demo-daily: COMPLETED" in output  # named as its MLflow run
+    assert f"registered {MODEL} version 1 (aliases: challenger, champion)" in output  # the run's last log lines
+    assert max(len(line) for line in output.splitlines()) < 1000  # piped: no title padded to 4,096 columns
 
     with _api(server) as client:
         assert client.read_flow_run(run_id).state.is_completed()
@@ -188,26 +197,30 @@ def test_deploy_then_trigger_runs_on_a_worker_and_registers_the_model(server, tm
     } == {"champion": "1", "challenger": "1"}
     assert version.tags["prefect.flow_run_id"] == run_id
     assert version.tags["prefect.deployment"] == "retrain-from-config/credit-default-demo-daily"
-    page = f"{server.url.removesuffix('/api')}/runs/flow-run/{run_id}"  # what the trigger printed
-    assert version.tags["prefect.flow_run_url"] == page and page in completed_output
+    assert version.tags["prefect.flow_run_url"] == triggered.run_page and triggered.run_page in output  # printed
     assert client.get_run(version.run_id).data.params["training.rounds"] == "3"  # the trigger's override
-    if CHROMIUM is not None:
-        _prefect_ui_shows_the_run(server, page, tmp_path_factory.mktemp("browser"))
 
 
-def _prefect_ui_shows_the_run(server, run_page: str, root: Path) -> None:
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless-browser test: Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_prefect_ui_shows_the_triggered_run_by_name_and_its_summary_by_key(server, triggered, tmp_path):
     """In the Prefect UI `prefect server start` serves: the flow run's page, named like its MLflow run with its
     tags; the model's retraining summary listed on the Artifacts page by its key, and shown."""
     ui = server.url.removesuffix("/api")
     name, key = f"{MODEL} v1 triggered credit-default-demo-daily", artifact_key("retrain", MODEL)
     with _api(server) as client:
         [summary_id] = [
-            a.id for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            a.id
+            for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            if a.flow_run_id is not None and str(a.flow_run_id) == triggered.run_id
         ]
-    browser = Browser(root / "profile", offline=False)
+    browser = Browser(tmp_path / "profile", offline=False)
     try:
         session = browser.tab()
-        run = browser.text_once_shown(session, run_page, [name, "version:1", "submitted to"], "prefect-flow-run")
+        run = browser.text_once_shown(
+            session, triggered.run_page, [name, "version:1", "submitted to"], "prefect-flow-run"
+        )
         listed = browser.text_once_shown(session, f"{ui}/artifacts/key/{key}", [name], "prefect-artifact-key")
         summary = browser.text_once_shown(
             session,
