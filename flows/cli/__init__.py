@@ -5,6 +5,11 @@ The command table below is the whole CLI; each command's code is in the module i
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
+
 import typer
 from typer.core import TyperGroup
 
@@ -72,3 +77,26 @@ app.add_typer(models.app, name="models")
 app.add_typer(schema.app, name="schema")
 app.add_typer(node.app, name="node")
 app.add_typer(pki.app, name="pki")
+
+
+def run() -> None:
+    """The `fedrisk` command: the app, then its exit. Once TensorFlow is loaded, Python's own teardown of it takes
+    5-10 s after the last line on 2 cores (C++ state freed module by module), with nothing left to do; so the exit
+    does what Python would before that teardown (waits for the threads, runs the exit handlers: workers stopped
+    by pid, logs flushed) and ends the process there."""
+    try:
+        app()
+        code = 0
+    except SystemExit as ended:
+        if isinstance(ended.code, str):
+            print(ended.code, file=sys.stderr)
+        code = ended.code if isinstance(ended.code, int) else 0 if ended.code is None else 1
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -450,3 +450,21 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
         "give --institutions (equal, stratified parts) or --by COLUMN (one institution per value), not both"
         in console()
     )
+
+
+def test_a_command_that_loaded_tensorflow_ends_with_its_last_line_keeping_its_exit_code_and_handlers(tmp_path):
+    """`fedrisk` (flows.cli.run) once TensorFlow is loaded: the exit code and the last line as the command left
+    them, the exit handlers run (a worker stopped by pid, logs flushed), and no 5-10 s of Python tearing
+    TensorFlow's C++ state down after the last line."""
+    script = f"""
+import atexit, sys
+import tensorflow  # as a retraining has it loaded by its end
+atexit.register(lambda: open({str(tmp_path / "handler-ran")!r}, "w").close())
+sys.argv = ["fedrisk", "validate", "--config", {str(tmp_path / "absent.yaml")!r}]
+from flows.cli import run
+run()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"config file {tmp_path / 'absent.yaml'} not found" in done.stdout + done.stderr
+    assert (tmp_path / "handler-ran").exists()
