@@ -219,8 +219,9 @@ class _RowChecks:
 def _header(path: Path, schema: Schema) -> list[str]:
     """The CSV's header fields, after the checks that need only the header and the file's last line."""
 
-    def fail(reason: str) -> InstitutionDataError:
-        return InstitutionDataError(f"{path}: {reason}")
+    def fail(reason: str, detail: str | None = None) -> InstitutionDataError:
+        # The scoring file is the institution's own, read where it is: what only it may read (`detail`) is shown.
+        return InstitutionDataError(f"{path}: {detail or reason}")
 
     try:
         with open(path, encoding="utf-8", newline="") as file:

@@ -163,6 +163,14 @@ def test_a_file_that_is_not_the_schemas_table_is_refused_whole_and_nothing_is_wr
         score.score(model=f"{store.name}@champion", input=cut, output=output, reasons=0)
     assert stop.value.exit_code == 1
     assert f"{cut}: last line incomplete (it has " in console.getvalue()
+    repeated = tmp_path / "repeated.csv"  # a column named twice (a careless export), its own file: named whole
+    repeated.write_text(text.replace("\n", ",LIMIT_BAL\n", 1))
+    with pytest.raises(typer.Exit) as stop:
+        score.score(model=f"{store.name}@champion", input=repeated, output=output, reasons=0)
+    assert stop.value.exit_code == 1
+    assert f"{repeated}: column LIMIT_BAL appears 2 times in the header (fields 2, 25): each column must be" in (
+        console.getvalue().replace("\n", " ")
+    )
     assert not output.exists() and not list(tmp_path.glob(".*partial"))
 
 
