@@ -388,7 +388,7 @@ class NodeConsortium:
                 models={role: _zip_model(path) for role, path in models.items()},
             ),
         )
-        return InstitutionEvaluation(**result)
+        return InstitutionEvaluation.from_wire(result)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from contract.data import labels
 from engines.base import Architecture, TrainingOutcome
 from engines.privacy import PrivacyPlan
 from hostguard.loopback import Isolation
+from institution.monitoring import development_bins
 from institution.statistics import FeatureSpace
 from riskmodel import model as exported
 from riskmodel.scaling import Scaling
@@ -71,6 +72,7 @@ def export(
         engine="keras",
         layout=space.layout,
         output=space.schema.output,
+        bins=development_bins(space),
         engine_file=exported.KERAS_FILE,
         scaling=scaling if model.kind == "logistic_regression" else None,
     )

@@ -12,6 +12,7 @@ import pandas as pd
 
 from contract.data import labels
 from engines.base import Architecture, TrainingOutcome
+from institution.monitoring import development_bins
 from institution.statistics import FeatureSpace
 from riskmodel import model as exported
 from runconfig import RunConfig, TreeTrainingConfig
@@ -58,6 +59,7 @@ def export(booster: Path, space: FeatureSpace, directory: Path) -> str:
         engine="xgboost",
         layout=space.layout,
         output=space.schema.output,
+        bins=development_bins(space),
         engine_file=exported.XGBOOST_FILE,
     )
     return str(directory)

@@ -2,7 +2,9 @@
 
 What leaves an institution per model: metric values, confusion counts at the decision threshold,
 true/false positive rates at a fixed grid of score thresholds (its ROC curve), and per-bin counts
-and sums for calibration. None of these is a row or a single customer's score.
+and sums for calibration; for the new model also its monitoring counts over the institution's development
+rows (rows, predictions and defaults per grade, rows per feature bin), the reference later months are
+compared with. None of these is a row or a single customer's score.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
-from contract.data import Extract, Split, labels, load_part
+from contract.data import Extract, Split, labels, load_parts
 from contract.schema import Schema
+from institution.monitoring import MonitoringCounts, monitoring_counts
 from riskmodel import model as exported
 from runconfig import EvaluationConfig
 
@@ -135,6 +139,13 @@ class InstitutionEvaluation:
     metrics: dict[str, dict[str, float]]
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
     curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    reference: MonitoringCounts | None = None  # the challenger's monitoring counts on all development rows
+
+    @classmethod
+    def from_wire(cls, answer: dict) -> InstitutionEvaluation:
+        """An evaluation as a node sent it (dataclasses.asdict of one)."""
+        reference = answer.get("reference")
+        return cls(**{**answer, "reference": MonitoringCounts(**reference) if reference else None})
 
 
 @functools.lru_cache(maxsize=16)
@@ -156,9 +167,19 @@ def evaluate_rows(
 ) -> InstitutionEvaluation:
     """Score each model in `models` (role -> local model path) on this institution's raw holdout rows.
     Runs where the rows are; returns only metrics and curve aggregates."""
-    holdout = load_part(extract, schema, split, "holdout")
+    parts = load_parts(extract, schema, split, ("train", "holdout"))
+    holdout = parts["holdout"]
     y = labels(holdout, schema)
     scores = {role: _scorer(model)(holdout) for role, model in models.items()}
+    reference = None
+    if "challenger" in models and exported.is_exported(Path(models["challenger"])):
+        # The development reference counts every development row (training and holdout): the later months'
+        # stability and each grade's PD are read against it, and a small bank's holdout alone is too few rows.
+        challenger = models["challenger"]
+        development = pd.concat([parts["train"], holdout])
+        probabilities = np.concatenate([_scorer(challenger)(parts["train"]), scores["challenger"]])
+        bins = exported.load_manifest_bins(Path(challenger))
+        reference = monitoring_counts(probabilities, development, bins, labels(development, schema))
     return InstitutionEvaluation(
         institution=extract.institution,
         examples=int(len(y)),
@@ -171,6 +192,7 @@ def evaluate_rows(
         curves={
             role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)} for role, p in scores.items()
         },
+        reference=reference,
     )
 
 

@@ -9,46 +9,54 @@ secure sum gives the same), and the report's statistics (monitoring.statistics) 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 
-from institution.scoring import SCORE_BANDS, band_index
+from contract.data import InstitutionDataError
+from contract.schema import Schema
+from institution.scoring import (
+    CHUNK_ROWS,
+    SCORE_BANDS,
+    ScoringInputRejected,
+    _as_written,
+    _chunks,
+    _RowChecks,
+    _Tally,
+    band_index,
+)
+from institution.statistics import FeatureSpace
+from riskmodel.bins import FeatureBins
+from riskmodel.model import RiskModel
 
 GRADES = tuple(name for name, _ in SCORE_BANDS)  # the master scale's bands, A (best) to F
+NUMERIC_BINS = 10  # a numeric feature's bins: the deciles of a normal with the consortium's mean and deviation
 
 
-@dataclass(frozen=True)
-class FeatureBins:
-    """The development sample's bins of one feature: `edges` cut a numeric feature into len(edges) + 1 bins
-    (a value on an edge goes to the bin above it); `levels` name a categorical feature's bins, and values that are
-    none of them count in one more bin, "(other)". Missing values count in a last bin of their own."""
+def _significant(value: float, digits: int = 3) -> float:
+    return float(f"{value:.{digits}g}")
 
-    name: str
-    edges: tuple[float, ...] = ()
-    levels: tuple[str, ...] = ()
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """A name per bin, in the order of the counts."""
-        if self.levels:
-            return (*self.levels, "(other)", "(missing)")
-        bounds = ("-inf", *(f"{e:g}" for e in self.edges), "inf")
-        return (*(f"[{low}, {high})" for low, high in zip(bounds, bounds[1:], strict=False)), "(missing)")
-
-    def counts(self, values: np.ndarray | Sequence[object]) -> list[int]:
-        """Rows per bin of `values` (numbers for a numeric feature, anything for a categorical one)."""
-        if self.levels:
-            text = np.asarray(values, dtype=object)
-            missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in text], dtype=bool)
-            index = {level: i for i, level in enumerate(self.levels)}
-            which = np.array([index.get(str(v), len(self.levels)) for v in text], dtype=int)
-            which[missing] = len(self.levels) + 1
-            return np.bincount(which, minlength=len(self.levels) + 2).tolist()
-        numbers = np.asarray(values, dtype=float)
-        missing = np.isnan(numbers)
-        which = np.searchsorted(np.asarray(self.edges, dtype=float), numbers[~missing], side="right")
-        return [*np.bincount(which, minlength=len(self.edges) + 1).tolist(), int(missing.sum())]
+def development_bins(space: FeatureSpace) -> tuple[FeatureBins, ...]:
+    """Each feature's bins, from the run's federated statistics alone (no row): a categorical feature's kept
+    levels; a boolean's two values; a numeric feature's cut at the deciles of a normal with the consortium's mean
+    and standard deviation, to three significant figures (roughly ten equal bins for a bell-shaped feature, fewer
+    where rounding joins edges). Fixed with the model (its manifest), so every month counts the same bins."""
+    bins, position = [], 0
+    for f in space.layout.features:
+        if f.kind == "categorical":
+            bins.append(FeatureBins(f.name, levels=f.levels, coded=f.coded))
+        elif f.kind == "boolean":
+            bins.append(FeatureBins(f.name, edges=(0.5,)))
+        else:
+            mean, std = space.mean[position], space.std[position]
+            cuts = (NormalDist(mean, std).inv_cdf(k / NUMERIC_BINS) for k in range(1, NUMERIC_BINS))
+            bins.append(FeatureBins(f.name, edges=tuple(sorted({_significant(c) for c in cuts}))))
+        position += len(f.columns())
+    return tuple(bins)
 
 
 @dataclass(frozen=True)
@@ -104,3 +112,88 @@ def add_counts(parts: Sequence[MonitoringCounts]) -> MonitoringCounts:
             name: np.sum([p.features[name] for p in parts], axis=0).astype(int).tolist() for name in parts[0].features
         },
     )
+
+
+REFERENCE_ARTIFACT = "monitoring/reference.json"  # where a version's run keeps its development reference
+
+
+@dataclass(frozen=True)
+class DevelopmentReference:
+    """A version's development sample as monitoring counts it: each institution's holdout scored by the new model
+    when it was evaluated, and their sum (the consortium's). Later months are compared with it."""
+
+    institutions: dict[str, MonitoringCounts]
+
+    @property
+    def consortium(self) -> MonitoringCounts:
+        return add_counts(list(self.institutions.values()))
+
+    def to_json(self) -> dict:
+        return {"institutions": {name: asdict(counts) for name, counts in self.institutions.items()}}
+
+    @classmethod
+    def from_json(cls, document: dict) -> DevelopmentReference:
+        return cls({name: MonitoringCounts(**counts) for name, counts in document["institutions"].items()})
+
+
+@dataclass(frozen=True)
+class MonitoredExtract:
+    """What monitoring made of one institution's extract: its counts (all that leaves), and how many of its rows
+    the suite's per-row checks kept out of them."""
+
+    counts: MonitoringCounts
+    rows: int
+    not_counted: int
+
+
+def _outcomes(values: pd.Series, schema: Schema, path: Path) -> np.ndarray:
+    """The label column as 0/1: every counted row needs a matured outcome, or none is back-tested."""
+    label = schema.label
+    text = values.map(lambda v: None if pd.isna(v) else _as_written(v))
+    positive, negative = text == str(label.positive), text == str(label.negative)
+    unknown = int((~positive & ~negative).sum())
+    if unknown:
+        raise InstitutionDataError(
+            f"{path}: column {label.column} has {unknown} rows that are neither {label.positive!r} "
+            f"({label.meaning}) nor {label.negative!r}: a back-test needs every row's matured outcome (leave the "
+            f"column out to check stability alone)"
+        )
+    return positive.to_numpy(dtype=float)
+
+
+def monitor_extract(
+    path: Path,
+    schema: Schema,
+    model: RiskModel,
+    columns: dict[str, str] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> MonitoredExtract:
+    """Score an institution's extract of its scoring population with the champion, in chunks, and count it over
+    the model's grades and development bins; with the schema's label column, also the defaults (a back-test).
+    Rows that fail the suite's per-row checks are not counted (as scoring leaves them unscored). `columns` renames
+    the institution's columns to the schema's (name in its file -> schema name). Runs where the rows are; returns
+    counts only."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstitutionDataError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    renames = columns or {}
+    header, chunks = _chunks(path, schema, chunk_rows)
+    header = [renames.get(c, c) for c in header]
+    absent = [c for c in schema.features if c not in header]
+    if absent:
+        raise ScoringInputRejected(path, schema.suite, [f"column {c} is present: failed" for c in absent])
+    with_outcomes = schema.label.column in header
+    checks, tally, parts = _RowChecks(schema), _Tally(), []
+    for chunk in chunks:
+        chunk = chunk.rename(columns=renames)
+        typed, failed = checks.apply(chunk, tally)
+        ok = failed == ""
+        rows = typed.loc[ok]
+        outcomes = _outcomes(chunk.loc[ok, schema.label.column], schema, path) if with_outcomes else None
+        probabilities = model.predict_proba(rows) if len(rows) else np.zeros(0)
+        parts.append(monitoring_counts(probabilities, rows, model.bins, outcomes))
+        tally.rows += len(chunk)
+    if tally.rows == 0:
+        raise InstitutionDataError(f"{path}: a header line and no rows: nothing to monitor")
+    counts = add_counts(parts)
+    return MonitoredExtract(counts, tally.rows, tally.rows - counts.total)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from riskmodel.bins import FeatureBins
 from riskmodel.layout import Layout
 from riskmodel.scaling import Scaling
 
@@ -34,6 +35,7 @@ class RiskModel:
     output: str
     predictor: Any  # a Keras model or an XGBoost Booster, as `engine` says
     scaling: Scaling | None = None  # a logistic regression scorecard's points scaling
+    bins: tuple[FeatureBins, ...] = ()  # each feature's development bins, which monitoring counts
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         if self.engine == "keras":
@@ -59,10 +61,17 @@ class RiskModel:
 
 
 def save(
-    directory: Path, *, engine: str, layout: Layout, output: str, engine_file: str, scaling: Scaling | None = None
+    directory: Path,
+    *,
+    engine: str,
+    layout: Layout,
+    output: str,
+    engine_file: str,
+    scaling: Scaling | None = None,
+    bins: tuple[FeatureBins, ...] = (),
 ) -> Path:
     """Write the manifest beside an engine file already in `directory`; `scaling` (a Scaling) makes a
-    logistic regression a points scorecard."""
+    logistic regression a points scorecard; `bins` are the features' development bins monitoring counts."""
     directory = Path(directory)
     manifest = {
         "engine": engine,
@@ -70,6 +79,7 @@ def save(
         "output": output,
         "layout": json.loads(layout.to_json()),
         "scorecard": None if scaling is None else vars(scaling),
+        "monitoring_bins": [b.to_manifest() for b in bins],
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return directory
@@ -91,7 +101,13 @@ def load(directory: Path) -> RiskModel:
     else:
         raise ValueError(f"{directory}: unknown engine {manifest['engine']!r}")
     scaling = Scaling(**manifest["scorecard"]) if manifest.get("scorecard") else None
-    return RiskModel(manifest["engine"], layout, manifest["output"], predictor, scaling)
+    return RiskModel(manifest["engine"], layout, manifest["output"], predictor, scaling, load_manifest_bins(directory))
+
+
+def load_manifest_bins(directory: Path) -> tuple[FeatureBins, ...]:
+    """An exported model's development bins, without loading its engine."""
+    manifest = json.loads((Path(directory) / MANIFEST).read_text())
+    return tuple(FeatureBins.from_manifest(entry) for entry in manifest.get("monitoring_bins", []))
 
 
 def files_digest(directory: Path) -> str:

@@ -28,6 +28,7 @@ from institution.evaluation import (
     pooled_ece,
     weighted_metrics,
 )
+from institution.monitoring import REFERENCE_ARTIFACT, DevelopmentReference
 from institution.statistics import FeatureSpace
 from institution.validation import ValidationReport
 from riskmodel import model as exported
@@ -83,6 +84,16 @@ def experiment_name(model_name: str) -> str:
     return f"fedrisk-{model_name}"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """A new experiment's artifact location: with a sqlite store, `artifacts/` beside the database (absolute, so
+    runs and models resolve from any working directory); else the server's default."""
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return (database.parent / "artifacts").resolve().as_uri()
+
+
 def use_tracking(tracking_uri: str, model_name: str) -> str:
     """Point MLflow at `tracking_uri`; return the model's experiment id (created on first use).
 
@@ -91,18 +102,12 @@ def use_tracking(tracking_uri: str, model_name: str) -> str:
     """
     import mlflow
 
-    parsed = urlparse(tracking_uri)
-    artifact_location = None
-    if parsed.scheme == "sqlite":
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
-        database.parent.mkdir(parents=True, exist_ok=True)
-        artifact_location = (database.parent / "artifacts").resolve().as_uri()
     mlflow.set_tracking_uri(tracking_uri)
     name = experiment_name(model_name)
     tags = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT, NOTE_TAG: experiment_description(model_name)}
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow.create_experiment(name, artifact_location=artifact_location, tags=tags)
+        return mlflow.create_experiment(name, artifact_location=artifact_location(tracking_uri), tags=tags)
     client = mlflow.MlflowClient()
     for key, value in tags.items():  # an experiment made by an earlier release, or a description edited away
         if key not in experiment.tags:
@@ -526,6 +531,9 @@ def register_model(
                 )
                 mlflow.log_metric(metric_name(role, "all_holdouts", "ece"), pooled_ece(evaluations, role))
         mlflow.log_dict({"evaluations": [asdict(e) for e in evaluations]}, "evaluation/institutions.json")
+        references = {e.institution: e.reference for e in evaluations if e.reference is not None}
+        if references:  # what the champion's monitoring compares each later month with
+            mlflow.log_dict(DevelopmentReference(references).to_json(), REFERENCE_ARTIFACT)
         for report in validation:
             if report.passed:
                 _log_institution_input(report)

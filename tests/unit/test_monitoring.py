@@ -8,8 +8,11 @@ import pytest
 from scipy import integrate, stats
 from sklearn.metrics import roc_auc_score
 
-from institution.monitoring import GRADES, FeatureBins, add_counts, monitoring_counts
+from contract.data import Extract, Split, load_part
+from contract.schema import load_schema
+from institution.monitoring import GRADES, DevelopmentReference, add_counts, development_bins, monitoring_counts
 from institution.scoring import band_index
+from institution.statistics import feature_space, local_statistics
 from monitoring.statistics import (
     auc_drop_p_value,
     grade_auc,
@@ -17,7 +20,11 @@ from monitoring.statistics import (
     jeffreys_p_value,
     ks_distance,
     stability_index,
+    stability_p_value,
 )
+from riskmodel import model as exported
+from riskmodel.bins import FeatureBins
+from riskmodel.layout import Layout
 
 LIMIT = FeatureBins("LIMIT_BAL", edges=(50_000.0, 150_000.0, 300_000.0))
 EDUCATION = FeatureBins("EDUCATION", levels=("graduate", "university", "high_school"))
@@ -155,3 +162,47 @@ def test_discriminatory_power_needs_both_outcomes():
         grade_auc([0, 0, 0, 0, 0, 0], [5, 5, 5, 5, 5, 5])
     with pytest.raises(ValueError, match="at most the rows"):
         ks_distance([6, 0, 0, 0, 0, 0], [5, 5, 5, 5, 5, 5])
+
+
+def test_development_bins_come_from_the_federated_statistics_and_cut_the_pooled_rows_near_deciles(small_consortium):
+    schema, split = load_schema("credit_default"), Split(0.2, 0.1, 7)
+    features = ["LIMIT_BAL", "AGE", "PAY_0", "EDUCATION"]
+    parts = {n: load_part(Extract(n, p), schema, split, "train") for n, p in small_consortium.items()}
+    space = feature_space(
+        schema, features, split, [local_statistics(n, rows, schema, features) for n, rows in parts.items()]
+    )
+    bins = {b.name: b for b in development_bins(space)}
+    pooled = np.concatenate([rows["AGE"].to_numpy(dtype=float) for rows in parts.values()])
+    age = bins["AGE"]
+    assert len(age.edges) == 9 and list(age.edges) == sorted(age.edges)
+    # The deciles of a normal with the pooled mean and deviation, to three figures: from the counts alone.
+    expected = [float(f"{stats.norm.ppf(k / 10, pooled.mean(), pooled.std()):.3g}") for k in range(1, 10)]
+    assert list(age.edges) == pytest.approx(expected, rel=1e-3)
+    shares = np.asarray(age.counts(pooled)[:-1]) / len(pooled)
+    assert shares.min() > 0.02 and shares.max() < 0.25  # every bin holds a share of the development rows
+    categorical = next(f for f in space.layout.features if f.name == "EDUCATION")
+    assert bins["EDUCATION"].levels == categorical.levels and bins["EDUCATION"].coded == categorical.coded
+
+
+def test_an_exported_model_keeps_its_bins_in_its_manifest(tmp_path):
+    bins = (LIMIT, EDUCATION, FeatureBins("SEX", levels=("1", "2"), coded=True))
+    exported.save(tmp_path, engine="xgboost", layout=Layout(), output="p", engine_file="booster.json", bins=bins)
+    assert exported.load_manifest_bins(tmp_path) == bins
+    assert bins[2].counts([1.0, 2, "2", 3, None]) == [1, 2, 1, 1]  # codes compared as whole numbers
+
+
+def test_the_development_reference_is_each_institutions_counts_and_their_sum(months):
+    reference = DevelopmentReference({name: _counts(m) for name, m in zip("abc", months, strict=True)})
+    again = DevelopmentReference.from_json(reference.to_json())
+    assert again == reference and again.consortium.total == 4700
+    assert again.consortium.rows == add_counts([_counts(m) for m in months]).rows
+
+
+def test_the_stability_p_value_is_uniform_between_samples_of_one_population_and_small_for_a_shifted_one():
+    rng = np.random.default_rng(17)
+    shares = np.array([0.05, 0.1, 0.2, 0.3, 0.2, 0.1, 0.05])
+    p = [stability_p_value(rng.multinomial(2000, shares), rng.multinomial(500, shares)) for _ in range(400)]
+    assert 0.02 < np.mean(np.array(p) < 0.05) < 0.09  # about 5 % below 0.05, as a test's size should be
+    moved = np.roll(shares, 1)
+    assert stability_p_value(rng.multinomial(2000, shares), rng.multinomial(500, moved)) < 1e-6
+    assert stability_p_value([10, 0, 5], [0, 0, 5]) == stability_p_value([10, 5], [0, 5])  # empty bins left out
