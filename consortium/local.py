@@ -14,6 +14,7 @@ from pathlib import Path
 
 from contract.data import Extract, labels, load_part, load_parts
 from institution.evaluation import InstitutionEvaluation, evaluate_rows
+from institution.monitoring import MonitoredExtract, monitor_extract
 from institution.statistics import FeatureSpace, LocalStatistics, local_statistics
 from institution.validation import ValidationReport, validate_extract
 
@@ -90,3 +91,10 @@ class LocalConsortium:
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         return evaluate_rows(self.extract(institution), schema, split, models, evaluation)
+
+    def monitor(self, institution, schema, model: Path) -> MonitoredExtract:
+        """The champion (an exported model, `model`) on the institution's extract: monitoring counts."""
+        from riskmodel import model as exported
+
+        extract = self.extract(institution)
+        return monitor_extract(extract.path, schema, exported.load(model), extract.columns)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from contract.data import Extract, Split
     from contract.schema import Schema
     from institution.evaluation import InstitutionEvaluation
+    from institution.monitoring import MonitoredExtract
     from institution.statistics import FeatureSpace, LocalStatistics
     from institution.validation import ValidationReport
     from runconfig import EvaluationConfig
@@ -62,6 +63,9 @@ class Consortium(Protocol):
     def evaluate(
         self, institution: str, schema: Schema, split: Split, models: dict[str, str], evaluation: EvaluationConfig
     ) -> InstitutionEvaluation: ...
+
+    def monitor(self, institution: str, schema: Schema, model: Path) -> MonitoredExtract:
+        """The champion (an exported model) on the institution's extract of its scoring population: counts."""
 
 
 class CrossSiloConsortium(Consortium, Protocol):

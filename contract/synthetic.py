@@ -10,8 +10,9 @@ model can learn it, and everything is a function of the seed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ COLUMNS = [
     LABEL_COLUMN,
 ]
 DATA_FILE = "credit.csv"
+CHANGEABLE = ("rows", "default_rate", "median_limit", "age_mean", "risk_shift")  # what a later month may change
 
 
 @dataclass(frozen=True)
@@ -188,16 +190,34 @@ def data_file(schema_name: str) -> str:
 
 
 def synthesize(
-    out_dir: Path, n_institutions: int = 4, seed: int = 0, rows_scale: float = 1.0, schema: Schema | None = None
+    out_dir: Path,
+    n_institutions: int = 4,
+    seed: int = 0,
+    rows_scale: float = 1.0,
+    schema: Schema | None = None,
+    changes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write each institution's extract to `out_dir/<institution>/<file>`; return the paths. The
-    credit-default schema (the default) has its own generator; any other `schema` the generic one."""
+    credit-default schema (the default) has its own generator; any other `schema` the generic one. Another seed
+    gives another month of the same portfolios; `changes` (credit-default only) alters an institution's portfolio
+    that month, e.g. {"dune_finance": {"median_limit": 120_000, "default_rate": 0.5}}."""
     if schema is not None and schema.name != "credit_default":
+        if changes:
+            raise ValueError("portfolio changes are for the credit-default generator")
         return synthesize_schema(schema, out_dir, n_institutions, seed, rows_scale)
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     next_id = 1
-    for index, portfolio in enumerate(portfolios(n_institutions, rows_scale)):
+    chosen = portfolios(n_institutions, rows_scale)
+    unknown = set(changes or {}) - {p.name for p in chosen}
+    if unknown:
+        raise ValueError(f"no portfolio named {sorted(unknown)} (they are {', '.join(p.name for p in chosen)})")
+    for fields in (changes or {}).values():
+        if set(fields) - set(CHANGEABLE):
+            raise ValueError(f"a portfolio's changeable fields are {', '.join(CHANGEABLE)}")
+    for index, portfolio in enumerate(chosen):
+        changed = (changes or {}).get(portfolio.name, {})
+        portfolio = replace(portfolio, **{k: int(v) if k == "rows" else v for k, v in changed.items()})
         frame = synthesize_institution(portfolio, seed=seed * 7_919 + index, first_id=next_id)
         next_id += portfolio.rows
         path = out_dir / portfolio.name / DATA_FILE

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     CRASHED = 3  # `fedrisk trigger`: the deployment's run crashed (its process died)
     CANCELLED = 4  # `fedrisk trigger`: the deployment's run was cancelled
     STILL_RUNNING = 5  # `fedrisk trigger --timeout`: the run had not finished when the wait ended
+    BREACHED = 6  # `fedrisk monitor`: a monitoring threshold calls for retraining (the report says which)
 
 
 class FedriskError(Exception):

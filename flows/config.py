@@ -115,6 +115,8 @@ def parse_config(
     for institution in config.institutions:
         if institution.path is not None and not institution.path.is_absolute():
             institution.path = (base_dir / institution.path).resolve()
+        if institution.monitoring_path is not None and not institution.monitoring_path.is_absolute():
+            institution.monitoring_path = (base_dir / institution.monitoring_path).resolve()
     if config.tls is not None:
         for name in ("ca", "cert", "key"):
             if not getattr(config.tls, name).is_absolute():

@@ -39,6 +39,19 @@ def stability_index(development: Sequence[float], current: Sequence[float]) -> f
     return float(np.sum((c - d) * np.log(c / d)))
 
 
+def stability_p_value(development: Sequence[float], current: Sequence[float]) -> float:
+    """p-value of the chi-square test that both samples' counts over the same bins come from one population (bins
+    neither fills left out): whether a stability index is more than the sampling noise of two finite samples,
+    which moves it by about (bins - 1) * (1/N_development + 1/N_current) on its own."""
+    d, c = _counts(development), _counts(current)
+    if d.shape != c.shape or d.sum() == 0 or c.sum() == 0:
+        raise ValueError("stability needs counts over the same bins, neither sample empty")
+    filled = (d + c) > 0
+    if filled.sum() < 2:
+        return 1.0
+    return float(stats.chi2_contingency(np.vstack([d[filled], c[filled]]), correction=False)[1])
+
+
 def _outcomes(defaults: Sequence[float], rows: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     pos, total = _counts(defaults), _counts(rows)
     neg = total - pos

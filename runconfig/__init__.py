@@ -55,6 +55,11 @@ class InstitutionConfig(BaseModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="Column renames for this institution: name in its file -> schema name."
     )
+    monitoring_path: Path | None = Field(
+        None,
+        description="Simulation: this period's extract of its scoring population, on which `fedrisk monitor` checks "
+        "the champion (with the label column once outcomes have matured); relative to the config file.",
+    )
     privacy_budget: float | None = Field(
         None,
         gt=0,
@@ -69,6 +74,8 @@ class InstitutionConfig(BaseModel):
             raise ValueError(f"institution '{self.name}' needs exactly one of path (simulation) or node (cross-silo)")
         if self.columns and self.node:
             raise ValueError(f"institution '{self.name}': a node maps its own columns (in its node config)")
+        if self.monitoring_path and self.node:
+            raise ValueError(f"institution '{self.name}': a node names its own extract to monitor (in its node config)")
         return self
 
 
@@ -393,6 +400,48 @@ class SecureAggregationConfig(BaseModel):
     )
 
 
+class MonitoringConfig(BaseModel):
+    """When the champion's monitoring report calls for a look (warn) or a retraining (act)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stability_warn: float = Field(
+        0.10, gt=0.0, le=10.0, description="Population stability index of the grades or a feature's bins: a look."
+    )
+    stability_act: float = Field(0.25, gt=0.0, le=10.0, description="The same index at which the population changed.")
+    stability_p_floor: float = Field(
+        0.01,
+        gt=0.0,
+        lt=0.5,
+        description="An index counts only when the chi-square test of the two samples' bins puts it beyond sampling "
+        "noise (p below this): a small bank's month moves its index by chance.",
+    )
+    jeffreys_p_floor: float = Field(
+        0.01,
+        gt=0.0,
+        lt=0.5,
+        description="The portfolio's default rate above its PD at this significance (the Jeffreys test's p-value "
+        "below it) calls for a retraining; one grade's, for a look.",
+    )
+    max_auc_drop: float = Field(
+        0.05, gt=0.0, lt=1.0, description="The grades' AUC lower than at development by more than this: retrain."
+    )
+    grade_pd: Literal["development", "predicted"] = Field(
+        "development",
+        description="The PD each grade's back-test tests: its default rate over the development sample (the master "
+        "scale's calibration), or the model's mean predicted probability in the grade.",
+    )
+    cooldown_hours: float = Field(
+        24.0, ge=0.0, le=24 * 365, description="After a retraining that monitoring started, none other for so long."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitoringConfig:
+        if self.stability_act <= self.stability_warn:
+            raise ValueError("monitoring.stability_act must be above monitoring.stability_warn")
+        return self
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _source_file: Path | None = PrivateAttr(None)
@@ -418,6 +467,9 @@ class RunConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    monitoring: MonitoringConfig = Field(
+        default_factory=MonitoringConfig, description="Thresholds of the champion's monitoring (fedrisk monitor)."
+    )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     scorecard: ScorecardConfig = Field(
         default_factory=ScorecardConfig, description="Points scaling of a logistic regression (scorecard)."

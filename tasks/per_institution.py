@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
 from contract import data, suites
 from contract.data import Split
 from contract.schema import Schema
 from institution import validation, validation_page
 from institution.evaluation import InstitutionEvaluation
+from institution.monitoring import MonitoredExtract
 from institution.statistics import LocalStatistics
 from institution.validation import EXPECTATIONS_DIR, ValidationReport
 from runconfig import EvaluationConfig
@@ -79,6 +80,13 @@ def evaluate_institution(
 ) -> InstitutionEvaluation:
     """One institution's holdout evaluation of `models`, where its rows are (consortium.local)."""
     return consortium.evaluate(institution, schema, split, models, evaluation)
+
+
+@task(name="monitor-institution", task_run_name="monitor-{institution}", cache_policy=NO_CACHE)
+def monitor_institution(consortium, institution: str, schema: Schema, model: Path) -> MonitoredExtract:
+    """The champion's monitoring counts on one institution's extract of its scoring population, where its rows
+    are (consortium.local); counts only leave."""
+    return consortium.monitor(institution, schema, model)
 
 
 @task(name="local-statistics", task_run_name="statistics-{institution}")

@@ -153,3 +153,11 @@ def publish_summary(model_name: str, markdown: str) -> None:
     create_markdown_artifact(
         markdown=markdown, key=artifact_key("retrain", model_name), description=f"Retraining summary for {model_name}"
     )
+
+
+@task(name="publish-monitoring", task_run_name="publish-monitoring", **TRANSIENT_RETRIES)
+def publish_monitoring(model_name: str, markdown: str) -> None:
+    """The monitoring report as the flow run's Markdown artifact, under one key per model (a series in the UI)."""
+    create_markdown_artifact(
+        markdown=markdown, key=artifact_key("monitor", model_name), description=f"Monitoring of {model_name}"
+    )

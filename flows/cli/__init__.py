@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 import flows  # noqa: F401  (sets library defaults before they are imported)
-from flows.cli import common, data, deployments, ledger, lineage, models, node, pki, runs, schema, score
+from flows.cli import common, data, deployments, ledger, lineage, models, monitor, node, pki, runs, schema, score
 
 
 def _plain_placeholders(command) -> None:
@@ -69,6 +69,7 @@ app.command()(runs.validate)
 app.command()(ledger.ledger)
 app.command()(lineage.lineage)
 app.command()(score.score)
+app.command()(monitor.monitor)
 app.command()(deployments.serve)
 app.command()(deployments.deploy)
 app.command()(deployments.trigger)

@@ -37,11 +37,34 @@ def synth(
     rows_scale: float = typer.Option(
         1.0, min=0.01, max=100.0, metavar="X", help="Multiplier on each institution's rows."
     ),
+    change: list[str] = typer.Option(
+        [],
+        "--change",
+        metavar="INSTITUTION.FIELD=VALUE",
+        help="credit_default: change one portfolio this time (a later month with another --seed), e.g. "
+        "dune_finance.median_limit=25000 or dune_finance.default_rate=0.5 (repeatable).",
+    ),
 ) -> None:
-    """Write a synthetic, non-IID consortium that follows a schema."""
-    from contract.synthetic import synthesize
+    """Write a synthetic, non-IID consortium that follows a schema (another seed: another month of it)."""
+    from contract.synthetic import CHANGEABLE, synthesize
 
-    for name, path in synthesize(out, institutions, seed, rows_scale, schema=schema_named(schema)).items():
+    changes: dict[str, dict[str, float]] = {}
+    for item in change:
+        target, _, value = item.partition("=")
+        institution, _, field = target.partition(".")
+        try:
+            if field not in CHANGEABLE:
+                raise ValueError(f"FIELD is one of {', '.join(CHANGEABLE)}")
+            changes.setdefault(institution, {})[field] = float(value)
+        except ValueError as error:
+            print_error(f"--change {item}: {error} (INSTITUTION.FIELD=NUMBER)")
+            raise typer.Exit(ExitCode.USAGE) from None
+    try:
+        written = synthesize(out, institutions, seed, rows_scale, schema=schema_named(schema), changes=changes)
+    except ValueError as error:
+        print_error(f"--change: {error}")
+        raise typer.Exit(ExitCode.USAGE) from None
+    for name, path in written.items():
         console.print(f"{name}: {path}")
 
 

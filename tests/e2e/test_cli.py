@@ -52,7 +52,9 @@ def _invoke(*args):
     return runner.invoke(app, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", [[], ["trigger"], ["demo"], ["data", "synth"], ["models", "list"], ["lineage"]])
+@pytest.mark.parametrize(
+    "command", [[], ["trigger"], ["demo"], ["data", "synth"], ["models", "list"], ["lineage"], ["monitor"]]
+)
 def test_help_uses_the_placeholders_people_know(command):
     help_text = _invoke(*command, "--help").output
     assert not re.search(r"<(bool|str|int|float|path|list\[str\])[^>]*>|\{[A-Za-z@|/]+\}", help_text), help_text
