@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,6 +43,28 @@ class WorkPoolSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
 
 
+class TriggerSpec(BaseModel):
+    """An event trigger of a deployment (Prefect's own keys): an automation that runs the deployment when an event
+    named in `expect` arrives for a resource that `match` names, with `parameters` (Jinja: `{{ event.payload }}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["event"] = "event"
+    name: str | None = None
+    description: str = ""
+    enabled: bool = True
+    expect: list[str] = Field(min_length=1)
+    match: dict[str, str] = Field(default_factory=dict)
+    for_each: list[str] = Field(default_factory=list, description="Count events apart per these labels' values.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    def prefect(self):
+        """As Prefect's deployment trigger."""
+        from prefect.events import DeploymentEventTrigger
+
+        return DeploymentEventTrigger(**self.model_dump(exclude={"type"}))
+
+
 class DeploymentSpec(BaseModel):
     """One deployment of prefect.yaml, as fedrisk uses it (Prefect's own keys, a checked subset)."""
 
@@ -53,8 +75,14 @@ class DeploymentSpec(BaseModel):
     entrypoint: str = Field(pattern=r"^[\w/]+\.py:\w+$", description="path/to/module.py:flow_function")
     parameters: dict[str, Any] = Field(default_factory=dict)
     schedules: list[ScheduleSpec] = Field(default_factory=list)
+    triggers: list[TriggerSpec] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     work_pool: WorkPoolSpec
+
+    @property
+    def full_name(self) -> str:
+        """`flow/deployment`, as Prefect names it."""
+        return f"{load_flow(self.entrypoint).name}/{self.name}"
 
 
 def load_deployments(path: Path = PREFECT_FILE) -> list[DeploymentSpec]:
@@ -148,6 +176,7 @@ def serve(specs: list[DeploymentSpec], on_ready: Callable[[list[str]], None]) ->
                         description=spec.description or None,
                         parameters=spec.parameters,
                         schedules=_schedules(spec),
+                        triggers=[t.prefect() for t in spec.triggers],
                         tags=spec.tags,
                     )
                 )
@@ -214,6 +243,7 @@ def deploy(specs: list[DeploymentSpec]) -> list[str]:
             description=spec.description or None,
             parameters=spec.parameters,
             schedules=_schedules(spec),
+            triggers=[t.prefect() for t in spec.triggers],
             tags=spec.tags,
         )
         ids.append(str(deployment.apply()))

@@ -22,6 +22,7 @@ from engines.base import TrainingOutcome
 from engines.privacy import PrivacyPlan, plan_privacy, privacy_tags, spent_privacy
 from flows.config import load_config
 from flows.lock import LockHold, model_lock
+from flows.monitor import MonitoringBreach
 from flows.settings import PROJECT_ROOT, Settings
 from flows.validate import consortium_of, validate_consortium
 from hostguard.credentials import masked
@@ -43,6 +44,7 @@ from tasks.reporting import publish_summary, publish_validation_table, summary_m
 from tasks.retries import service_retries
 from tasks.training import train_federated, train_local_baseline, train_pooled_baseline, worker_isolation
 from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file
+from tracking.monitoring import cooldown_left
 from tracking.promotion import decide_promotion
 from tracking.registry import Registration, run_name
 
@@ -120,13 +122,13 @@ def _deployment_name() -> str | None:
     return f"{flow_run.flow_name}/{deployment.name}" if deployment.id else None
 
 
-def name_flow_run(model_name: str, version: str | None = None) -> None:
+def name_flow_run(model_name: str, version: str | None = None, trigger: str | None = None) -> None:
     """Name this retraining's Prefect flow run as its MLflow run is named, the model first (`credit_default_demo
     manual`, once registered `credit_default_demo v8 manual`, `... v9 scheduled credit-default-weekly`), and tag
     it with the model, what started it and the version, so that runs can be told apart and filtered."""
     from prefect.client.orchestration import get_client
 
-    trigger, deployment = _trigger(), _deployment_name()
+    trigger, deployment = trigger or _trigger(), _deployment_name()
     words = run_name(version, {"prefect.trigger": trigger, "prefect.deployment": deployment or ""})
     tags = {*flow_run.tags, f"model:{model_name}", f"trigger:{trigger}", *([f"version:{version}"] if version else [])}
     try:
@@ -162,9 +164,13 @@ def resolve_config_file(config_file: str) -> Path:
 
 
 @flow(name="retrain-from-config", flow_run_name=_run_name_from_parameters)
-def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def retrain_from_config(
+    config_file: str, overrides: dict[str, Any] | None = None, monitoring: MonitoringBreach | None = None
+) -> dict[str, Any]:
     """The deployments' entry point: retrain what a committed config file describes, with dotted-key
-    overrides (`{"training.rounds": 5}`) applied, and return what was registered.
+    overrides (`{"training.rounds": 5}`) applied, and return what was registered. `monitoring`: the breach
+    that started it (the automation of the retrain-on-breach deployment), recorded in the version's lineage; within
+    the config's monitoring.cooldown_hours of the last such retraining nothing is trained.
 
     `config_file` is relative to the project root unless absolute. A bad file or override fails
     the run at once with the config error (no retry).
@@ -172,7 +178,18 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
     settings = Settings()  # read once per flow run, from the environment of the process that runs it
     config = load_config(resolve_config_file(config_file), overrides or {}, expectations_dir=settings.expectations_dir)
     with model_lock(config.model_name, settings.lock_wait_seconds) as lock:
-        summary = run_retraining(config, lock, settings)
+        if monitoring is not None:
+            waiting = cooldown_left(settings.mlflow_tracking_uri, config.model_name, config.monitoring.cooldown_hours)
+            if waiting:
+                get_run_logger().warning(
+                    "not retrained: %s; the breach (%s, %s) is in monitoring run %s",
+                    waiting,
+                    monitoring.period,
+                    monitoring.reason,
+                    monitoring.mlflow_run_id,
+                )
+                return {"model_name": config.model_name, "skipped": waiting}
+        summary = run_retraining(config, lock, settings, monitoring)
     registration = summary.registration
     return {
         "model_name": registration.model_name,
@@ -184,12 +201,15 @@ def retrain_from_config(config_file: str, overrides: dict[str, Any] | None = Non
     }
 
 
-def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> RetrainSummary:
+def run_retraining(
+    config: RunConfig, lock: LockHold, settings: Settings, monitoring: MonitoringBreach | None = None
+) -> RetrainSummary:
     """The retraining itself, inside whichever flow runs it, holding the model's lock: verified at each round
-    and before every write to the registry or the ledger; `settings` as the flow read them. A short list of
-    stages, each returning what the next needs."""
+    and before every write to the registry or the ledger; `settings` as the flow read them; `monitoring` the
+    breach that started it, if one did. A short list of stages, each returning what the next needs."""
     started = time.time()
-    name_flow_run(config.model_name)
+    trigger = "monitoring" if monitoring is not None else _trigger()
+    name_flow_run(config.model_name, trigger=trigger)
     isolation = worker_isolation(settings.allow_exposed_worker)  # refused here: nothing read or trained
     admission = admit(config, settings)
     logger = get_run_logger()
@@ -242,9 +262,11 @@ def run_retraining(config: RunConfig, lock: LockHold, settings: Settings) -> Ret
             decision=decision,
             isolation=isolation,
             started=started,
+            trigger=trigger,
+            monitoring=monitoring,
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
-    name_flow_run(config.model_name, registration.version)
+    name_flow_run(config.model_name, registration.version, trigger=trigger)
     logger.info(
         "registered %s version %s (aliases: %s)",
         registration.model_name,
@@ -449,6 +471,8 @@ def register(
     decision,
     isolation,
     started: float,
+    trigger: str,
+    monitoring: MonitoringBreach | None = None,
 ) -> Registration:
     """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy), then its
     version recorded in the privacy ledger. `started`: when the retraining began (its MLflow run's start)."""
@@ -475,7 +499,14 @@ def register(
         lost=training.lost,
         engine=training.lineage,
     )
-    lineage["prefect.trigger"] = _trigger()
+    lineage["prefect.trigger"] = trigger
+    if monitoring is not None:  # the breach that started it: what a reviewer asks first of such a version
+        lineage |= {
+            "monitoring.reason": monitoring.reason[:5000],
+            "monitoring.period": monitoring.period,
+            "monitoring.version": monitoring.version,
+            "monitoring.run_id": monitoring.mlflow_run_id,
+        }
     get_run_logger().info(
         "%s; registering the new version of %s in MLflow (%s)",
         decision.reason,

@@ -12,6 +12,7 @@ from errors import ExitCode
 from flows.deployments import DeploymentError
 
 DEFAULT_FLOW = "retrain-from-config"
+SUMMARY_KEYS = ("retrain-", "monitor-")  # the artifacts a followed run ends by printing
 # The exit code of `fedrisk trigger` for each final state of the run it follows.
 EXIT_CODES = {
     "COMPLETED": ExitCode.OK,
@@ -52,8 +53,10 @@ def parse_params(given: list[str], flow_parameters: set[str]) -> dict[str, Any]:
 
 
 def find_deployment(name: str):
-    """A deployment by `flow/deployment`, or by deployment name alone for the retraining flow."""
+    """A deployment by `flow/deployment`, or by deployment name alone (the retraining flow's, else the one
+    deployment of any flow with that name)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.exceptions import ObjectNotFound
 
     full = name if "/" in name else f"{DEFAULT_FLOW}/{name}"
@@ -61,6 +64,13 @@ def find_deployment(name: str):
         try:
             return client.read_deployment_by_name(full)
         except ObjectNotFound:
+            named = (
+                []
+                if "/" in name
+                else client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+            )
+            if len(named) == 1:
+                return named[0]
             known = sorted(f"{d.name}" for d in client.read_deployments())
             raise DeploymentError(
                 f"no deployment {full!r} on the server; deployments: {known or 'none'} "
@@ -128,11 +138,15 @@ def follow(
                     quiet = 0 if batch else quiet + 1
                     if quiet < 2:
                         time.sleep(1.0)
-                artifacts = client.read_artifacts(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="retrain-")),
-                    sort=ArtifactSort.CREATED_DESC,
-                )
+                artifacts = [  # the run's summary: a retraining's, or a monitoring's report
+                    a
+                    for a in client.read_artifacts(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(exists_=True)),
+                        sort=ArtifactSort.CREATED_DESC,
+                    )
+                    if a.key and a.key.startswith(SUMMARY_KEYS)
+                ]
                 return FinishedRun(
                     str(flow_run_id),
                     run.name,

@@ -26,10 +26,10 @@ def _deployments(prefect_file: Path):
 
 
 def _schedule_text(spec) -> str:
-    return (
-        "; ".join(f"cron '{s.cron}' ({s.timezone})" + ("" if s.active else ", paused") for s in spec.schedules)
-        or "no schedule (trigger only)"
-    )
+    """When a deployment runs: its schedules, and the events that start it."""
+    when = [f"cron '{s.cron}' ({s.timezone})" + ("" if s.active else ", paused") for s in spec.schedules]
+    when += [f"on event {', '.join(t.expect)}" for t in spec.triggers if t.enabled]
+    return "; ".join(when) or "no schedule (trigger only)"
 
 
 PREFECT_FILE_OPTION = typer.Option(
@@ -45,9 +45,7 @@ def serve(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
 
     def ready(ids: list[str]) -> None:
         for spec in specs:
-            console.print(
-                f"serving [bold]retrain-from-config/{spec.name}[/bold]: {_schedule_text(spec)}", highlight=False
-            )
+            console.print(f"serving [bold]{spec.full_name}[/bold]: {_schedule_text(spec)}", highlight=False)
         console.print(
             f"Prefect API {masked(url)}: scheduled and triggered runs start in this process; Ctrl-C stops it "
             f"(and pauses the schedules). Trigger one: fedrisk trigger {specs[0].name}",
@@ -70,8 +68,7 @@ def deploy(prefect_file: Path = PREFECT_FILE_OPTION) -> None:
         raise typer.Exit(ExitCode.FAILED) from None
     for spec in specs:
         console.print(
-            f"deployed [bold]retrain-from-config/{spec.name}[/bold] to work pool {spec.work_pool.name}: "
-            f"{_schedule_text(spec)}",
+            f"deployed [bold]{spec.full_name}[/bold] to work pool {spec.work_pool.name}: {_schedule_text(spec)}",
             highlight=False,
         )
     pools = sorted({s.work_pool.name for s in specs})

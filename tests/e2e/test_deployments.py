@@ -2,6 +2,7 @@
 `fedrisk deploy` and run by a process worker, or served by `fedrisk serve`; runs started and followed
 with `fedrisk trigger`, each command in its own process as a user runs it."""
 
+import inspect
 import os
 import re
 import subprocess
@@ -14,8 +15,10 @@ import yaml
 from mlflow import MlflowClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from contract.synthetic import synthesize
 from flows.config import load_config
 from flows.deployments import DeploymentError, load_deployments
+from flows.monitor import BREACH_EVENT
 from flows.retrain import resolve_config_file, retrain_from_config
 from flows.settings import PROJECT_ROOT
 from tasks.reporting import artifact_key
@@ -27,16 +30,30 @@ MODEL = "credit_service"
 QUICK_PICKUP = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
 
 
-def test_prefect_yaml_schedules_the_retrainings_with_their_configs():
+def test_prefect_yaml_schedules_the_retrainings_and_the_monitoring_with_their_configs():
     specs = {spec.name: spec for spec in load_deployments()}
-    assert set(specs) == {"credit-default-weekly", "credit-default-demo-daily"}
-    weekly, daily = specs["credit-default-weekly"], specs["credit-default-demo-daily"]
+    assert set(specs) == {"credit-default-weekly", "credit-default-demo-daily", "credit-default-demo-monitor",
+                          "retrain-on-breach"}  # fmt: skip
+    weekly, daily, monitor = (
+        specs["credit-default-weekly"],
+        specs["credit-default-demo-daily"],
+        specs["credit-default-demo-monitor"],
+    )
     assert [(s.cron, s.timezone) for s in weekly.schedules] == [("0 2 * * 1", "Europe/London")]
     assert [(s.cron, s.timezone) for s in daily.schedules] == [("30 6 * * *", "Europe/London")]
+    assert [(s.cron, s.timezone) for s in monitor.schedules] == [("0 7 1 * *", "Europe/London")]
     for spec in specs.values():
-        assert spec.entrypoint == "flows/retrain.py:retrain_from_config" and spec.work_pool.name == "fedrisk-process"
+        assert spec.work_pool.name == "fedrisk-process"
         load_config(resolve_config_file(spec.parameters["config_file"]))  # each names a valid committed config
+    assert monitor.full_name == "monitor-from-config/credit-default-demo-monitor"
     assert weekly.parameters["config_file"] == "configs/uci_default_credit.yaml"
+    # The automation: any model's breach runs the retraining with the config monitoring read and the breach.
+    on_breach = specs["retrain-on-breach"]
+    [trigger] = on_breach.triggers
+    assert on_breach.full_name == "retrain-from-config/retrain-on-breach" and on_breach.schedules == []
+    assert trigger.expect == [BREACH_EVENT] and trigger.match == {"prefect.resource.id": "fedrisk.model.*"}
+    assert trigger.parameters["monitoring"] == "{{ event.payload }}"
+    assert set(trigger.parameters) == set(inspect.signature(retrain_from_config.fn).parameters)
 
 
 @pytest.mark.parametrize(
@@ -299,3 +316,101 @@ def test_the_deployed_flow_reads_its_config_like_the_cli():
     assert retrain_from_config.name == "retrain-from-config"
     assert resolve_config_file("configs/demo.yaml") == PROJECT_ROOT / "configs" / "demo.yaml"
     assert resolve_config_file("/abs/run.yaml") == Path("/abs/run.yaml")
+
+
+def _month_config(server, name: str, months: dict[str, Path]) -> Path:
+    """The service's run config with each institution's extract of a later month as its monitoring_path."""
+    config = yaml.safe_load(server.good.read_text())
+    for institution in config["institutions"]:
+        institution["monitoring_path"] = str(months[institution["name"]])
+    path = server.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _runs_of(server, deployment: str) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with _api(server) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
+
+
+def _finished_runs(server, deployment: str, count: int):
+    runs = _runs_of(server, deployment)
+    return len(runs) >= count and all(r.state and r.state.is_final() for r in runs)
+
+
+def test_a_breach_found_by_monitoring_starts_the_retraining_that_its_lineage_names(server, triggered):
+    """The scenario of a later month on the service: a stable month is a report and nothing more; a month where one
+    bank's limits fall and its default rate rises is a breach at that bank, whose Prefect event the automation
+    of retrain-on-breach (deployed from prefect.yaml) answers with a retraining; the new version's lineage names
+    the breach; a second breach within the cool-down trains nothing."""
+    stable = synthesize(server.root / "month-stable", 4, seed=21, rows_scale=0.25)
+    shifted = synthesize(
+        server.root / "month-shifted",
+        4,
+        seed=22,
+        rows_scale=0.25,
+        changes={"dune_finance": {"median_limit": 12_000, "default_rate": 0.6}},
+    )
+    stable_config, shifted_config = _month_config(server, "stable", stable), _month_config(server, "shifted", shifted)
+    log = server.root / "monitoring-worker.log"
+    with running([str(BIN / "prefect"), "worker", "start", "--pool", "fedrisk-process"], server.env, log) as worker:
+        code, output = _fedrisk(server, "monitor", "--config", str(stable_config))
+        assert code == 0, output
+        assert f"Monitoring {MODEL} version 1 for " in output and "act:" not in output, output
+        code, output = _fedrisk(server, "monitor", "--config", str(shifted_config))
+        assert code == 6, output
+        assert re.search(
+            r"dune_finance: 500 rows against \d+ at development \(its own development sample\): act", output
+        )
+        assert re.search(r"act: LIMIT_BAL stability index \d\.\d+ at or above 0\.25", output), output
+        assert re.search(r"act: the portfolio defaulted at [\d.]+% against its PD", output), output
+        monitoring_run = re.search(r"MLflow run: \S+/runs/([0-9a-f]{32})", output).group(1)
+        wait_for(lambda: _finished_runs(server, "retrain-on-breach", 1), worker, log, "retraining on breach", 600)
+        [retraining] = _runs_of(server, "retrain-on-breach")
+        assert retraining.state.is_completed(), log.read_text()[-3000:]
+
+        client = MlflowClient(server.env["MLFLOW_TRACKING_URI"])
+        version = client.get_model_version(MODEL, "2")
+        tags = version.tags
+        assert tags["prefect.trigger"] == "monitoring" and tags["prefect.flow_run_id"] == str(retraining.id)
+        assert tags["prefect.deployment"] == "retrain-from-config/retrain-on-breach"
+        assert tags["monitoring.run_id"] == monitoring_run and tags["monitoring.version"] == "1"
+        assert tags["monitoring.reason"].startswith("dune_finance: LIMIT_BAL stability index")
+        assert "consortium:" not in tags["monitoring.reason"].split(";")[0]
+        assert retraining.name == f"{MODEL} v2 monitoring retrain-on-breach"
+        monitoring = client.get_run(monitoring_run)
+        assert monitoring.data.tags["monitoring.status"] == "act" and monitoring.data.tags["model.version"] == "1"
+        assert monitoring.data.metrics["dune_finance/feature_stability/LIMIT_BAL"] >= 0.25
+        assert client.get_model_version(MODEL, "1").tags["monitoring.run_id"] == monitoring_run
+
+        # The same breach again, within the cool-down: the automation runs the deployment, which trains nothing.
+        code, output = _fedrisk(server, "monitor", "--config", str(shifted_config))
+        assert code == 6, output
+        wait_for(lambda: _finished_runs(server, "retrain-on-breach", 2), worker, log, "second retraining", 300)
+        second = _runs_of(server, "retrain-on-breach")[1]
+        assert second.state.is_completed()
+
+        def said_why() -> bool:  # the worker sends a run's last log lines after its final state
+            with _api(server) as api:
+                logged = [entry.message for entry in api.read_logs(log_filter=_logs_of(second.id))]
+            return any(
+                line.startswith(f"not retrained: monitoring started a retraining of {MODEL}")
+                and "the cool-down is 24 h (monitoring.cooldown_hours)" in line
+                for line in logged
+            )
+
+        wait_for(said_why, worker, log, "the cool-down's reason in the run's logs", 60)
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")) == ["1", "2"]
+    assert len(_runs_of(server, "retrain-on-breach")) == 2  # the stable month started none
+
+
+def _logs_of(flow_run_id):
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    return LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
