@@ -25,6 +25,7 @@ from runconfig import RunConfig
 from tasks.per_institution import monitor_institution
 from tasks.registry import log_monitoring, monitored_version
 from tasks.reporting import publish_monitoring
+from tracking.monitoring import PAGE_ARTIFACT
 from tracking.versions import CHAMPION, run_page_url
 
 BREACH_EVENT = "fedrisk.monitoring.breach"
@@ -91,7 +92,6 @@ def _reports(monitored, extracts: dict[str, MonitoredExtract], config: RunConfig
             reference.institutions.get(name, reference.consortium),
             extract.counts,
             config.monitoring,
-            reference.consortium,
         )
         for name, extract in extracts.items()
     ]
@@ -135,8 +135,13 @@ def monitor_champion(config: RunConfig, period: str | None = None) -> Monitoring
         )
     reports = _reports(monitored, extracts, config)
     tags = {"prefect.flow_run_id": str(_flow_run_id()), **{f"unmonitored.{n}": r for n, r in unmonitored.items()}}
-    experiment_id, run_id = log_monitoring(settings.mlflow_tracking_uri, monitored, period, reports, tags)
-    links = [f"MLflow run: {run_page_url(settings.mlflow_ui_url, experiment_id, run_id)}"]
+    experiment_id, run_id = log_monitoring(
+        settings.mlflow_tracking_uri, monitored, period, reports, tags, config.monitoring
+    )
+    links = [
+        f"MLflow run: {run_page_url(settings.mlflow_ui_url, experiment_id, run_id)}",
+        f"Report: {run_page_url(settings.mlflow_ui_url, experiment_id, run_id, PAGE_ARTIFACT)}",
+    ]
     outcome = MonitoringOutcome(monitored.label, monitored.version, period, reports, run_id, unmonitored, links)
     title = f"Monitoring of {monitored.label}, {period}"
     publish_monitoring(config.model_name, report_markdown(title, reports, links))

@@ -4,6 +4,7 @@ form a series on MLflow's charts; the version's tags say its latest monitoring s
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from contract.schema import Schema
 from institution.monitoring import REFERENCE_ARTIFACT, DevelopmentReference
 from institution.scoring import model_schema
 from monitoring.report import MonitoringReport, worst
+from runconfig import MonitoringConfig
 from tracking.registry import NOTE_TAG, artifact_location, experiment_name, exported_model_dir
 from tracking.versions import resolve_version
 
@@ -18,6 +20,7 @@ STATUS_TAG = "monitoring.status"  # on the version: its latest monitoring's stat
 RUN_TAG = "monitoring.run_id"  # on the version: that monitoring's MLflow run
 PERIOD_TAG = "monitoring.period"
 REPORT_ARTIFACT = "monitoring/report.json"
+PAGE_ARTIFACT = "monitoring/report.html"
 
 
 def monitoring_experiment(model_name: str) -> str:
@@ -56,10 +59,13 @@ def monitored_version(
     try:
         document = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}")
     except MlflowException:
-        raise LookupError(
-            f"{label} has no development reference ({REFERENCE_ARTIFACT} in its run {found.run_id}): it was "
-            f"registered before fedrisk monitored models; retrain it to monitor it"
-        ) from None
+        why = (
+            "its institutions trained under secure aggregation, which lets no institution's counts leave in the "
+            "clear; summing the development counts securely is not built yet"
+            if found.tags.get("secure_aggregation") == "true"
+            else "it was registered before fedrisk monitored models; retrain it to monitor it"
+        )
+        raise LookupError(f"{label} has no development reference ({REFERENCE_ARTIFACT} in its run): {why}") from None
     target = Path(download_dir) / f"{name}-v{found.version}"
     downloaded = mlflow.artifacts.download_artifacts(f"models:/{name}/{found.version}", dst_path=str(target))
     return MonitoredVersion(
@@ -88,11 +94,20 @@ def log_monitoring(
     period: str,
     reports: list[MonitoringReport],
     tags: dict[str, str],
-    report_html: str | None = None,
+    thresholds: MonitoringConfig,
 ) -> tuple[str, str]:
-    """One MLflow run for this period's reports, and the version's monitoring tags; returns the experiment's and
-    the run's ids."""
+    """One MLflow run for this period's reports (figures as metrics, the report as JSON and as an HTML page with
+    its plots), and the version's monitoring tags; returns the experiment's and the run's ids."""
     import mlflow
+
+    from tracking.monitoring_page import monitoring_page_html
+    from tracking.plots import backtest_figure, png, stability_figure
+
+    plots = {
+        "stability": png(stability_figure(reports, thresholds.stability_warn, thresholds.stability_act)),
+        "back_test": png(backtest_figure(reports)),
+    }
+    page = monitoring_page_html(monitored.label, period, reports, thresholds, plots)
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name(monitoring_experiment(monitored.name))
@@ -122,8 +137,11 @@ def log_monitoring(
         for report in reports:
             client.log_batch(run_id, metrics=[_metric(k, v) for k, v in report.metrics().items()])
         client.log_dict(run_id, {"period": period, "reports": [asdict(r) for r in reports]}, REPORT_ARTIFACT)
-        if report_html is not None:
-            client.log_text(run_id, report_html, "monitoring/report.html")
+        client.log_text(run_id, page, PAGE_ARTIFACT)
+        with tempfile.TemporaryDirectory() as folder:
+            for name, image in plots.items():
+                (Path(folder) / f"{name}.png").write_bytes(image)
+            client.log_artifacts(run_id, folder, "plots")
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise

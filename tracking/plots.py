@@ -122,3 +122,48 @@ def calibration_figure(evaluations: list[InstitutionEvaluation]) -> Figure:
         axis.legend(fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def stability_figure(reports, warn: float, act: float, top: int = 8) -> Figure:
+    """Monitoring: per scope (institution, consortium) the grades' stability index and its `top` features', with
+    the look (`warn`) and retrain (`act`) thresholds."""
+    figure = Figure(figsize=(5 * len(reports), 0.32 * (top + 1) + 1.6))
+    axes = np.atleast_1d(figure.subplots(1, len(reports), sharex=True))
+    for axis, report in zip(axes, reports, strict=True):
+        ranked = sorted(report.feature_stability.items(), key=lambda item: item[1])[-top:]
+        names, values = [name for name, _ in ranked] + ["(grades)"], [v for _, v in ranked] + [report.grade_stability]
+        colours = ["#a3171b" if v >= act else "#c77c02" if v >= warn else "#4c72b0" for v in values]
+        axis.barh(names, values, color=colours)
+        axis.axvline(warn, color="#c77c02", linestyle="--", linewidth=1, label=f"look {warn:g}")
+        axis.axvline(act, color="#a3171b", linestyle="--", linewidth=1, label=f"retrain {act:g}")
+        axis.set(title=f"{report.scope}: {report.status}", xlabel="stability index (PSI)")
+    axes[0].legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def backtest_figure(reports) -> Figure:
+    """Monitoring: per scope with matured outcomes, each grade's observed default rate and its 95 % Jeffreys
+    interval, against its PD and the model's mean prediction."""
+    from scipy import stats
+
+    tested = [r for r in reports if r.backtest is not None]
+    figure = Figure(figsize=(5 * max(1, len(tested)), 3.8))
+    axes = np.atleast_1d(figure.subplots(1, max(1, len(tested)), sharey=True))
+    for axis, report in zip(axes, tested, strict=False):
+        grades = [g for g in report.backtest.grades if g.rows]
+        x = np.arange(len(grades))
+        low = [stats.beta.ppf(0.025, g.defaults + 0.5, g.rows - g.defaults + 0.5) for g in grades]
+        high = [stats.beta.ppf(0.975, g.defaults + 0.5, g.rows - g.defaults + 0.5) for g in grades]
+        axis.vlines(x, low, high, color="#4c72b0", alpha=0.5, linewidth=6, label="Jeffreys 95 % interval")
+        axis.plot(x, [g.observed_rate for g in grades], "o", color="#4c72b0", label="observed")
+        axis.plot(x, [g.pd for g in grades], "s", color="#a3171b", label="PD (development)")
+        axis.plot(x, [g.predicted_rate for g in grades], "x", color="grey", label="model's mean prediction")
+        axis.set_xticks(x, [g.grade for g in grades])
+        axis.set(title=f"{report.scope}: default rate by grade", xlabel="grade", ylabel="default rate")
+    if not tested:
+        axes[0].set(title="(no matured outcomes: no back-test)")
+    else:
+        axes[0].legend(loc="upper left")
+    figure.tight_layout()
+    return figure

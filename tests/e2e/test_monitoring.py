@@ -18,8 +18,8 @@ from flows.cli import monitor as monitor_command
 from flows.config import parse_config
 from institution.monitoring import REFERENCE_ARTIFACT, DevelopmentReference, add_counts, monitor_extract
 from riskmodel import model as exported
-from tests.conftest import cli_output
-from tracking.monitoring import STATUS_TAG, monitored_version, monitoring_experiment
+from tests.conftest import Browser, cli_output, requires_offline_browser
+from tracking.monitoring import PAGE_ARTIFACT, STATUS_TAG, monitored_version, monitoring_experiment
 
 SCHEMA = load_schema("credit_default")
 SHIFT = {"dune_finance": {"median_limit": 12_000, "default_rate": 0.6}}  # its limits fall, its defaults rise
@@ -136,15 +136,23 @@ def _config(store, months: dict[str, Path]):
     return parse_config(config, Path("."))
 
 
+@pytest.fixture(scope="module")
+def consortium_month(store, prefect_api):
+    """The monitoring flow over the four banks' shifted month, in this process: its outcome."""
+    from flows.monitor import monitor_champion
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store.uri)
+        return monitor_champion(_config(store, store.shifted), period="2026-11")
+
+
 def test_the_consortiums_monitoring_reports_each_bank_logs_a_run_beside_the_version_and_sums_as_pooled(
-    tracking, prefect_api, tmp_path
+    tracking, consortium_month, tmp_path
 ):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.monitor import monitor_champion
-
-    outcome = monitor_champion(_config(tracking, tracking.shifted), period="2026-11")
+    outcome = consortium_month
     reports = {r.scope: r for r in outcome.reports}
     assert list(reports) == ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance", "consortium"]
     assert reports["dune_finance"].status == "act" and outcome.status == "act"
@@ -177,3 +185,32 @@ def test_the_consortiums_monitoring_reports_each_bank_logs_a_run_beside_the_vers
         )
     assert artifact.data.startswith("# Monitoring of credit_registered version 1, 2026-11\n\nStatus: **act**")
     assert "| dune_finance | 500 | act |" in artifact.data and "- act: LIMIT_BAL stability index" in artifact.data
+    plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
+    assert plots == {"plots/stability.png", "plots/back_test.png"}
+
+
+@requires_offline_browser()
+def test_the_monitoring_report_opens_offline_with_its_findings_and_plots(tracking, consortium_month, tmp_path):
+    page = Path(
+        mlflow.artifacts.download_artifacts(f"runs:/{consortium_month.run_id}/{PAGE_ARTIFACT}", dst_path=str(tmp_path))
+    )
+    browser = Browser(tmp_path / "profile")  # no network at all: everything the page shows is in it
+    try:
+        session = browser.tab()
+        text = browser.text_once_shown(
+            session,
+            page.as_uri(),
+            ["Monitoring of credit_registered version 1, 2026-11", "Thresholds"],
+            "monitoring-report",
+        )
+        images = browser.send(
+            "Runtime.evaluate",
+            session,
+            expression="[...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0])",
+            returnByValue=True,
+        )["result"]["value"]
+    finally:
+        browser.close()
+    assert "Status: act" in text and "dune_finance: act" in text and "act: LIMIT_BAL stability index" in text
+    assert "consortium:" in text and "grade AUC (development)" in text
+    assert images == [["stability", True], ["back_test", True]]
