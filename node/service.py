@@ -16,7 +16,7 @@ import tempfile
 import threading
 import zipfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -468,6 +468,11 @@ class NodeService:
                 evaluation = consortium.evaluate(
                     self.name, self.schema, request.split.split(), models, EvaluationConfig(**request.evaluation)
                 )
+        prepared = self.runs.get(run_key)
+        if self.config.policy.require_secure_aggregation or (prepared is not None and prepared.secure):
+            # This institution's own counts per grade and feature bin are what secure aggregation hides: under it
+            # they do not leave in the clear (the version then has no development reference to monitor against).
+            evaluation = replace(evaluation, reference=None)
         return asdict(evaluation)
 
     def _check_tied(self, run_key: str, record, role: str, directory: Path) -> None:

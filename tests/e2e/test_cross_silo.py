@@ -563,7 +563,12 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
     complete = "secure sum: keys 3/3, shares 3/3, masked inputs 3/3, consistency 3/3, unmasking 3/3 (threshold 2)"
     for line in ("federated statistics, " + complete, "round 5: " + complete, "validation of round 5: " + complete):
         assert line in caplog.text  # the flow's round log says how many nodes completed each phase
-    tags = MlflowClient(tracking_uri).get_model_version("credit_secure_sum", "1").tags
+    registry = MlflowClient(tracking_uri)
+    tags = registry.get_model_version("credit_secure_sum", "1").tags
+    # Each node's counts per grade and feature bin (the development reference) leave in the clear only without it.
+    for model, kept in (("credit_plain_sum", ["monitoring/reference.json"]), ("credit_secure_sum", [])):
+        run_id = registry.get_model_version(model, "1").run_id
+        assert [a.path for a in registry.list_artifacts(run_id, "monitoring")] == kept
     assert {k: v for k, v in tags.items() if k.startswith("secure_aggregation")} == {
         "secure_aggregation": "true",
         "secure_aggregation.institutions": "3",
