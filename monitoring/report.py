@@ -157,14 +157,10 @@ def _backtest(
 
 
 def monitoring_report(
-    scope: str,
-    development: MonitoringCounts,
-    current: MonitoringCounts,
-    thresholds: MonitoringConfig,
-    calibration: MonitoringCounts | None = None,
+    scope: str, development: MonitoringCounts, current: MonitoringCounts, thresholds: MonitoringConfig
 ) -> MonitoringReport:
-    """`current`'s figures against `development`'s (the same grades and bins), judged by `thresholds`; grade PDs
-    from `calibration` (the consortium's development sample: one master scale for all; `development` when None)."""
+    """`current`'s figures against `development`'s (the same grades and bins; each grade's PD from `development`,
+    so that a bank is read against its own calibration, which differs from another's), judged by `thresholds`."""
     if current.total == 0:
         raise ValueError(f"{scope}: no scored rows to monitor")
     grade_stability = stability_index(development.rows, current.rows)
@@ -173,7 +169,7 @@ def monitoring_report(
     }
     backtest = None
     if current.defaults is not None and development.defaults is not None and 0 < sum(current.defaults) < current.total:
-        backtest = _backtest(development, calibration or development, current, thresholds.grade_pd)
+        backtest = _backtest(development, development, current, thresholds.grade_pd)
     breaches, shifts = [], []
 
     def stability(what: str, value: float, development_counts, current_counts) -> None:
@@ -194,8 +190,11 @@ def monitoring_report(
         floor = thresholds.jeffreys_p_floor
         # The portfolio's test is the breach; a single grade's is a look: with six grades per institution each
         # month, one grade in a calibrated model falls below a 1 % floor every few months by chance alone.
+        # Each needs the rate also above its PD by the config's share (materiality), not only significance.
+        excess = 1 + thresholds.min_default_rate_excess
         for g in [*backtest.grades, backtest.overall]:
-            if g.rows and g.p_value < floor:
+            # Significant and material: with 100,000 rows a rate a few tenths of a point above its PD is significant.
+            if g.rows and g.p_value < floor and g.observed_rate >= excess * g.pd:
                 where = "the portfolio" if g.grade == "all" else f"grade {g.grade}"
                 (breaches if g.grade == "all" else shifts).append(
                     f"{where} defaulted at {g.observed_rate:.2%} against its PD {g.pd:.2%} "

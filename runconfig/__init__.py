@@ -423,6 +423,13 @@ class MonitoringConfig(BaseModel):
         description="The portfolio's default rate above its PD at this significance (the Jeffreys test's p-value "
         "below it) calls for a retraining; one grade's, for a look.",
     )
+    min_default_rate_excess: float = Field(
+        0.1,
+        ge=0.0,
+        le=10.0,
+        description="A default rate calls for action only when it is also this share above its PD (0.1: 10 % "
+        "above): with 100,000 rows a rate a few tenths of a point above its PD is significant, and immaterial.",
+    )
     max_auc_drop: float = Field(
         0.05, gt=0.0, lt=1.0, description="The grades' AUC lower than at development by more than this: retrain."
     )

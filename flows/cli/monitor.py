@@ -142,9 +142,7 @@ def _local(model: str, input: Path, institution: str | None, config: Path | None
             f"{monitored.schema.suite} and were not counted (fedrisk score names each row's failed checks)",
             highlight=False,
         )
-    report = monitoring_report(
-        institution or input.name, development, extract.counts, thresholds, monitored.reference.consortium
-    )
+    report = monitoring_report(institution or input.name, development, extract.counts, thresholds)
     console.print(f"Monitoring {monitored.label} on {escape(str(input))}", highlight=False)
     print_report(report, against, thresholds.stability_warn)
     if report.status == "act":

@@ -132,3 +132,15 @@ def test_the_consortiums_report_sums_the_institutions_and_the_markdown_names_eac
 def test_thresholds_are_checked_when_the_config_is_read():
     with pytest.raises(ValueError, match="stability_act must be above"):
         MonitoringConfig(stability_warn=0.3, stability_act=0.2)
+
+
+def test_a_significant_but_immaterial_excess_over_the_pd_is_not_a_breach():
+    development, month = _month(12, 200_000), _month(13, 200_000, extra_risk=0.05)  # a few tenths of a point more
+    report = monitoring_report("alder_bank", development, month, THRESHOLDS)
+    overall = report.backtest.overall
+    assert overall.p_value < 0.01 and overall.observed_rate < 1.1 * overall.pd  # significant, under 10 % above
+    assert not any(b.startswith("the portfolio") for b in report.breaches)
+    strict = MonitoringConfig(min_default_rate_excess=0.0)
+    assert any(
+        b.startswith("the portfolio") for b in monitoring_report("alder_bank", development, month, strict).breaches
+    )
