@@ -94,9 +94,10 @@ def run() -> None:
         code = ended.code if isinstance(ended.code, int) else 0 if ended.code is None else 1
     if "tensorflow" not in sys.modules:
         sys.exit(code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # What Python's exit does first, in its order: threading's own exit callbacks (a thread pool's idle workers,
+    # MLflow's artifact uploads, are told to stop) and then the join of every non-daemon thread; joining first
+    # waited for ever on an idle pool worker.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -456,12 +456,16 @@ def test_data_split_by_a_column_gives_one_institution_per_value(tmp_path, consol
 
 def test_a_command_that_loaded_tensorflow_ends_with_its_last_line_keeping_its_exit_code_and_handlers(tmp_path):
     """`fedrisk` (flows.cli.run) once TensorFlow is loaded: the exit code and the last line as the command left
-    them, the exit handlers run (a worker stopped by pid, logs flushed), and no 5-10 s of Python tearing
-    TensorFlow's C++ state down after the last line."""
+    them, the exit handlers run (a worker stopped by pid, logs flushed), an idle thread pool does not hold the exit
+    (`fedrisk monitor` hung there), and no 5-10 s of Python tearing TensorFlow's C++ state down after the last
+    line."""
     script = f"""
 import atexit, sys
+from concurrent.futures import ThreadPoolExecutor
 import tensorflow  # as a retraining has it loaded by its end
 atexit.register(lambda: open({str(tmp_path / "handler-ran")!r}, "w").close())
+pool = ThreadPoolExecutor(1)  # kept, with an idle worker, as MLflow's artifact uploads keep theirs
+pool.submit(int).result()
 sys.argv = ["fedrisk", "validate", "--config", {str(tmp_path / "absent.yaml")!r}]
 from flows.cli import run
 run()
