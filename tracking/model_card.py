@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 
 from contract.schema import Schema, percent
 from engines.registry import engine_for
@@ -25,6 +26,34 @@ table{border-collapse:collapse;margin:.5em 0 1.5em;display:block;max-width:100%;
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.pass{color:#176b2c}.fail{color:#a3171b}img{max-width:100%}
 .muted{color:#666}"""
+
+
+MONITORING_SECTION = re.compile(r"<section id=monitoring>.*?</section>", re.S)
+
+
+def monitoring_section(latest: tuple[str, str, list[str], str] | None) -> str:
+    """The card's monitoring status: none yet, or the latest (status, period, findings, report link); rewritten
+    on the stored card after each monitoring (`with_monitoring`)."""
+    if latest is None:
+        body = "<p class=muted>Not monitored yet (fedrisk monitor).</p>"
+    else:
+        status, period, findings, link = latest
+        shown = "".join(f"<li>{html.escape(f)}</li>" for f in findings[:10])
+        more = f"<li class=muted>and {len(findings) - 10} more</li>" if len(findings) > 10 else ""
+        body = (
+            f"<p>Latest, {html.escape(period)}: <b class={'fail' if status == 'act' else 'pass'}>"
+            f"{html.escape(status)}</b>. <a href='{html.escape(link)}'>The report</a></p>"
+            + (f"<ul>{shown}{more}</ul>" if findings else "")
+        )
+    return f"<section id=monitoring><h2>Monitoring</h2>{body}</section>"
+
+
+def with_monitoring(card: str, latest: tuple[str, str, list[str], str]) -> str:
+    """A stored card with its monitoring section replaced by the latest status (added to a card made before)."""
+    section = monitoring_section(latest)
+    if MONITORING_SECTION.search(card):
+        return MONITORING_SECTION.sub(lambda _: section, card, count=1)
+    return card.replace("<h2>Promotion decision</h2>", section + "\n<h2>Promotion decision</h2>", 1)
 
 
 def _png(image: bytes) -> str:
@@ -265,6 +294,7 @@ def model_card_html(
         f"<p class='muted'>Output <code>{e(schema.output)}</code>: the probability of {e(schema.label.meaning)} "
         f"(label <code>{e(schema.label.column)}</code> = {e(str(schema.label.positive))}). Schema "
         f"<code>{e(schema.name)}</code> version {schema.version}.</p>",
+        monitoring_section(None),
         "<h2>Promotion decision</h2>",
         f"<p><b>{'Promoted to champion' if decision.promoted else 'Not promoted'}</b>: {e(decision.reason)}</p>",
         f"<ul>{checks}</ul>",

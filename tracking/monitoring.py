@@ -14,7 +14,7 @@ from institution.scoring import model_schema
 from monitoring.report import MonitoringReport, worst
 from runconfig import MonitoringConfig
 from tracking.registry import NOTE_TAG, artifact_location, experiment_name, exported_model_dir
-from tracking.versions import resolve_version
+from tracking.versions import resolve_version, run_page_url
 
 STATUS_TAG = "monitoring.status"  # on the version: its latest monitoring's status (stable, warn, act)
 RUN_TAG = "monitoring.run_id"  # on the version: that monitoring's MLflow run
@@ -95,6 +95,7 @@ def log_monitoring(
     reports: list[MonitoringReport],
     tags: dict[str, str],
     thresholds: MonitoringConfig,
+    mlflow_ui_url: str,
 ) -> tuple[str, str]:
     """One MLflow run for this period's reports (figures as metrics, the report as JSON and as an HTML page with
     its plots), and the version's monitoring tags; returns the experiment's and the run's ids."""
@@ -148,7 +149,21 @@ def log_monitoring(
     client.set_terminated(run_id, "FINISHED")
     for key, value in {STATUS_TAG: status, RUN_TAG: run_id, PERIOD_TAG: period}.items():
         client.set_model_version_tag(monitored.name, monitored.version, key, value)
+    link = run_page_url(mlflow_ui_url, experiment_id, run_id, PAGE_ARTIFACT)
+    _update_card(client, monitored, status, period, reports, link)
     return experiment_id, run_id
+
+
+def _update_card(client, monitored: MonitoredVersion, status: str, period: str, reports, link: str) -> None:
+    """The version's model card, its monitoring section replaced by this status (the card is the version's
+    page for a reviewer: it says how the model has held up since)."""
+    from tracking.model_card import with_monitoring
+    from tracking.versions import MODEL_CARD_ARTIFACT
+
+    findings = [f"{r.scope}: {text}" for r in reports for text in r.breaches + r.shifts]
+    with tempfile.TemporaryDirectory() as folder:
+        card = Path(client.download_artifacts(monitored.run_id, MODEL_CARD_ARTIFACT, folder)).read_text()
+    client.log_text(monitored.run_id, with_monitoring(card, (status, period, findings, link)), MODEL_CARD_ARTIFACT)
 
 
 def _metric(key: str, value: float):

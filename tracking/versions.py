@@ -107,6 +107,7 @@ class VersionSummary:
     epsilon: str = "none"
     lost: tuple[str, ...] = ()  # institutions left out mid-training: trained and evaluated without them
     registration: str = COMPLETE  # how far the registration got (only complete versions are shown as versions)
+    monitoring: str = "-"  # its latest monitoring: status and period (`act 2026-11`), or - when never monitored
 
 
 SUMMARY_METRICS = ("roc_auc", "pr_auc", "ks", "ece")
@@ -154,6 +155,8 @@ def list_versions(tracking_uri: str, model_name: str) -> list[VersionSummary]:
                     )
                 ),
                 registration=COMPLETE if registration_complete(v, model.aliases) else registration_state(v),
+                monitoring=" ".join(v.tags[key] for key in ("monitoring.status", "monitoring.period") if key in v.tags)
+                or "-",
             )
         )
     return summaries

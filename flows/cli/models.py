@@ -16,7 +16,7 @@ app = typer.Typer(help="Registered models: list versions, promote by hand.", no_
 
 @app.command("list")
 def list_versions(name: str = typer.Argument(..., help="Registered model name.")) -> None:
-    """Versions of a model, newest first: aliases, promotion decision, weighted holdout metrics."""
+    """Versions of a model, newest first: aliases, promotion decision, weighted holdout metrics, monitoring."""
     from tracking.versions import COMPLETE, SUMMARY_METRICS
     from tracking.versions import list_versions as read_versions
 
@@ -26,7 +26,7 @@ def list_versions(name: str = typer.Argument(..., help="Registered model name.")
         print_error(error)
         raise typer.Exit(ExitCode.FAILED) from None
     table = Table(title=f"{name} ({masked(settings().mlflow_tracking_uri)})")
-    for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS, "epsilon"):
+    for column in ("version", "registered", "aliases", "decision", *SUMMARY_METRICS, "epsilon", "monitoring"):
         table.add_column(
             column, justify="left" if column in ("version", "registered", "aliases", "decision") else "right"
         )
@@ -40,11 +40,12 @@ def list_versions(name: str = typer.Argument(..., help="Registered model name.")
                 decision,
                 *[f"{v.metrics[m]:.4f}" for m in SUMMARY_METRICS],
                 v.epsilon,
+                v.monitoring,
             )
     table.caption = (
         "Holdout metrics of each version when registered: ece pooled over institutions, the others "
-        "example-weighted; epsilon: the most differential privacy spent on one institution. Where a "
-        "version came from: fedrisk lineage NAME/VERSION"
+        "example-weighted; epsilon: the most differential privacy spent on one institution; monitoring: the "
+        "latest status and period (fedrisk monitor). Where a version came from: fedrisk lineage NAME/VERSION"
     )
     console.print(table)
     for v in versions:

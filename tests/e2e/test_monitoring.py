@@ -20,6 +20,7 @@ from institution.monitoring import REFERENCE_ARTIFACT, DevelopmentReference, add
 from riskmodel import model as exported
 from tests.conftest import Browser, cli_output, requires_offline_browser
 from tracking.monitoring import PAGE_ARTIFACT, STATUS_TAG, monitored_version, monitoring_experiment
+from tracking.versions import list_versions
 
 SCHEMA = load_schema("credit_default")
 SHIFT = {"dune_finance": {"median_limit": 12_000, "default_rate": 0.6}}  # its limits fall, its defaults rise
@@ -30,17 +31,42 @@ def store(registered, tmp_path_factory):
     """A copy of the registered model's store (monitoring writes runs and version tags; the shared one stays as it
     is), and two later months of the same four institutions: one like development, one where dune_finance moved."""
     root = tmp_path_factory.mktemp("monitored")
-    (root / "mlruns").mkdir()
-    shutil.copy(registered.tracking_uri.removeprefix("sqlite:///"), root / "mlruns" / "mlflow.db")
+    _copy_store(Path(registered.tracking_uri.removeprefix("sqlite:///")).parent, root / "mlruns")
     stable = synthesize(root / "stable", 4, seed=31, rows_scale=0.25)
     shifted = synthesize(root / "shifted", 4, seed=32, rows_scale=0.25, changes=SHIFT)
-    return SimpleNamespace(
+    yield SimpleNamespace(
         uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
         root=root,
         registered=registered,
         stable=stable,
         shifted=shifted,
     )
+    _forget_artifact_locations()  # the next tests of this process read the shared store's runs by the same ids
+
+
+def _copy_store(source: Path, target: Path) -> None:
+    """A sqlite MLflow store (database and artifacts) copied whole, its artifact locations pointed at the copy:
+    what monitoring writes (runs, the card of the version) stays out of the shared store."""
+    import sqlite3
+
+    shutil.copytree(source, target)
+    old, new = (source / "artifacts").resolve().as_uri(), (target / "artifacts").resolve().as_uri()
+    with sqlite3.connect(target / "mlflow.db") as database:
+        for table, column in (
+            ("experiments", "artifact_location"),
+            ("runs", "artifact_uri"),
+            ("model_versions", "storage_location"),
+            ("logged_models", "artifact_location"),
+        ):
+            database.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    _forget_artifact_locations()
+
+
+def _forget_artifact_locations() -> None:
+    """MLflow caches each run's artifact location by run id for the process: the copy's runs have the same ids."""
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.clear()
 
 
 @pytest.fixture
@@ -187,6 +213,20 @@ def test_the_consortiums_monitoring_reports_each_bank_logs_a_run_beside_the_vers
     assert "| dune_finance | 500 | act |" in artifact.data and "- act: LIMIT_BAL stability index" in artifact.data
     plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
     assert plots == {"plots/stability.png", "plots/back_test.png"}
+
+    # Where a reviewer looks: the version's card and `fedrisk models list` say how it has held up since.
+    card = Path(client.download_artifacts(version.run_id, "model_card.html", str(tmp_path))).read_text()
+    assert "<section id=monitoring><h2>Monitoring</h2><p>Latest, 2026-11: <b class=fail>act</b>" in card
+    assert f"runs/{outcome.run_id}/artifactPath/monitoring/report.html" in card
+    assert "<li>dune_finance: LIMIT_BAL stability index" in card
+    second = Path(
+        client.download_artifacts(
+            client.get_model_version("credit_registered", "2").run_id, "model_card.html", str(tmp_path / "2")
+        )
+    ).read_text()
+    assert "Not monitored yet (fedrisk monitor)." in second
+    listed = {v.version: v.monitoring for v in list_versions(tracking.uri, "credit_registered")}
+    assert listed == {"2": "-", "1": "act 2026-11"}
 
 
 @requires_offline_browser()
