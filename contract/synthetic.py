@@ -217,7 +217,8 @@ def synthesize(
             raise ValueError(f"a portfolio's changeable fields are {', '.join(CHANGEABLE)}")
     for index, portfolio in enumerate(chosen):
         changed = (changes or {}).get(portfolio.name, {})
-        portfolio = replace(portfolio, **{k: int(v) if k == "rows" else v for k, v in changed.items()})
+        moved: dict[str, Any] = {k: int(v) if k == "rows" else float(v) for k, v in changed.items()}
+        portfolio = replace(portfolio, **moved)
         frame = synthesize_institution(portfolio, seed=seed * 7_919 + index, first_id=next_id)
         next_id += portfolio.rows
         path = out_dir / portfolio.name / DATA_FILE

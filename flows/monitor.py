@@ -136,7 +136,7 @@ def monitor_champion(config: RunConfig, period: str | None = None) -> Monitoring
     reports = _reports(monitored, extracts, config)
     tags = {"prefect.flow_run_id": str(_flow_run_id()), **{f"unmonitored.{n}": r for n, r in unmonitored.items()}}
     experiment_id, run_id = log_monitoring(
-        settings.mlflow_tracking_uri, monitored, period, reports, tags, config.monitoring
+        settings.mlflow_tracking_uri, monitored, period, reports, tags, config.monitoring, settings.mlflow_ui_url
     )
     links = [
         f"MLflow run: {run_page_url(settings.mlflow_ui_url, experiment_id, run_id)}",

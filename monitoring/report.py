@@ -170,9 +170,10 @@ def monitoring_report(
     backtest = None
     if current.defaults is not None and development.defaults is not None and 0 < sum(current.defaults) < current.total:
         backtest = _backtest(development, development, current, thresholds.grade_pd)
-    breaches, shifts = [], []
+    breaches: list[str] = []
+    shifts: list[str] = []
 
-    def stability(what: str, value: float, development_counts, current_counts) -> None:
+    def stability(what: str, value: float, development_counts: list[int], current_counts: list[int]) -> None:
         if value < thresholds.stability_warn:
             return
         p = stability_p_value(development_counts, current_counts)
