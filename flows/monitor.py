@@ -68,11 +68,13 @@ class MonitoringOutcome:
 
 
 def monitoring_consortium(config: RunConfig) -> Consortium:
-    """Where each institution's extract of this period is: its node (cross-silo), or its monitoring_path."""
+    """Where each institution's extract of this period is: its monitoring_path (simulation)."""
     if config.cross_silo:
-        from flows.validate import consortium_of
-
-        return consortium_of(config)
+        raise LookupError(
+            "monitoring across silos is not built yet: each node would count its own extract of the period (a "
+            "Monitor operation) and only counts would leave it; until then each bank can check its own file "
+            "with fedrisk monitor --model NAME@champion --input FILE"
+        )
     missing = [i.name for i in config.institutions if i.monitoring_path is None]
     if missing:
         raise LookupError(

@@ -75,7 +75,9 @@ class InstitutionConfig(BaseModel):
         if self.columns and self.node:
             raise ValueError(f"institution '{self.name}': a node maps its own columns (in its node config)")
         if self.monitoring_path and self.node:
-            raise ValueError(f"institution '{self.name}': a node names its own extract to monitor (in its node config)")
+            raise ValueError(
+                f"institution '{self.name}': monitoring_path is for simulation; a node's extract is the node's to read"
+            )
         return self
 
 
