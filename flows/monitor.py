@@ -86,7 +86,7 @@ def monitoring_consortium(config: RunConfig) -> Consortium:
 
 def _reports(monitored, extracts: dict[str, MonitoredExtract], config: RunConfig) -> list[MonitoringReport]:
     """Each institution's counts against its own development sample (the consortium's where it had none), then
-    the consortium's sum against the consortium's."""
+    the sum of those monitored against the sum of their development samples (all of them, when one had none)."""
     reference = monitored.reference
     reports = [
         monitoring_report(
@@ -97,8 +97,10 @@ def _reports(monitored, extracts: dict[str, MonitoredExtract], config: RunConfig
         )
         for name, extract in extracts.items()
     ]
+    developed = [reference.institutions[n] for n in extracts if n in reference.institutions]
+    development = add_counts(developed) if len(developed) == len(extracts) else reference.consortium
     summed = add_counts([e.counts for e in extracts.values()])
-    return [*reports, monitoring_report(CONSORTIUM, reference.consortium, summed, config.monitoring)]
+    return [*reports, monitoring_report(CONSORTIUM, development, summed, config.monitoring)]
 
 
 @flow(name="monitor", flow_run_name="monitor-{config.model_name}", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -120,9 +122,15 @@ def monitor_champion(config: RunConfig, period: str | None = None) -> Monitoring
         extracts, unmonitored = {}, {}
         for name, future in futures.items():
             try:
-                extracts[name] = future.result()
+                extract = future.result()
             except FedriskError as error:  # a bad or missing extract: the others are still monitored
                 unmonitored[name] = first_line(error)
+            else:
+                if extract.counts.total:
+                    extracts[name] = extract
+                else:
+                    unmonitored[name] = f"none of its {extract.rows:,} rows passed the suite's per-row checks"
+            if name in unmonitored:
                 logger.warning("%s not monitored: %s", name, unmonitored[name])
     if not extracts:
         raise LookupError(

@@ -358,6 +358,10 @@ def test_a_breach_found_by_monitoring_starts_the_retraining_that_its_lineage_nam
         changes={"dune_finance": {"median_limit": 12_000, "default_rate": 0.6}},
     )
     stable_config, shifted_config = _month_config(server, "stable", stable), _month_config(server, "shifted", shifted)
+    code, output = _fedrisk(server, "deploy")  # for the worker again (test_serve served them from its process)
+    assert code == 0 and "retrain-from-config/retrain-on-breach to work pool fedrisk-process: on event" in output, (
+        output
+    )
     log = server.root / "monitoring-worker.log"
     with running([str(BIN / "prefect"), "worker", "start", "--pool", "fedrisk-process"], server.env, log) as worker:
         code, output = _fedrisk(server, "monitor", "--config", str(stable_config))

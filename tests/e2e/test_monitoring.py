@@ -254,3 +254,27 @@ def test_the_monitoring_report_opens_offline_with_its_findings_and_plots(trackin
     assert "Status: act" in text and "dune_finance: act" in text and "act: LIMIT_BAL stability index" in text
     assert "consortium:" in text and "grade AUC (development)" in text
     assert images == [["stability", True], ["back_test", True]]
+
+
+def test_an_institution_that_cannot_be_monitored_is_named_and_the_others_are_read_against_their_own(
+    tracking, prefect_api, tmp_path
+):
+    from flows.monitor import monitor_champion
+
+    unreadable = tmp_path / "alder.csv"  # every row fails a per-row check: none is counted
+    pd.read_csv(tracking.stable["alder_bank"]).assign(AGE=300).to_csv(unreadable, index=False)
+    months = {**tracking.stable, "cedar_savings": tmp_path / "absent.csv", "alder_bank": unreadable}
+    outcome = monitor_champion(_config(tracking, months), period="2026-10")
+    assert outcome.unmonitored == {
+        "alder_bank": "none of its 5,000 rows passed the suite's per-row checks",
+        "cedar_savings": f"{tmp_path / 'absent.csv'}: file not found",
+    }
+    assert [r.scope for r in outcome.reports] == ["birch_credit_union", "dune_finance", "consortium"]
+    reference = tracking.registered.data  # the consortium's figure: these two against their own development
+    consortium = outcome.reports[-1]
+    assert consortium.development_rows == sum(
+        len(pd.read_csv(reference[n])) for n in ("birch_credit_union", "dune_finance")
+    )
+    assert consortium.status != "act", consortium.breaches
+    run = mlflow.MlflowClient(tracking.uri).get_run(outcome.run_id)
+    assert run.data.tags["unmonitored.cedar_savings"].endswith("absent.csv: file not found")
