@@ -76,6 +76,22 @@ def test_data_synth_writes_one_folder_per_institution(tmp_path):
     assert len(pd.read_csv(tmp_path / "cedar_savings" / "credit.csv")) == 400
 
 
+def test_data_synth_writes_a_later_month_in_which_one_portfolio_moved(tmp_path):
+    base = ["data", "synth", "--institutions", "2", "--rows-scale", "0.1", "--seed", "5"]
+    result = _invoke(*base, "--out", str(tmp_path / "a"), "--change", "birch_credit_union.median_limit=20000")
+    assert result.exit_code == 0, result.output
+    moved = pd.read_csv(tmp_path / "a" / "birch_credit_union" / "credit.csv")["LIMIT_BAL"].median()
+    _invoke(*base, "--out", str(tmp_path / "b"))
+    assert moved < 0.3 * pd.read_csv(tmp_path / "b" / "birch_credit_union" / "credit.csv")["LIMIT_BAL"].median()
+    for change, message in (
+        ("birch_credit_union.colour=3", "--change birch_credit_union.colour=3: FIELD is one of rows, default_rate"),
+        ("birch_credit_union.rows=many", "--change birch_credit_union.rows=many: could not convert"),
+        ("elm_bank.rows=5", "--change: no portfolio named ['elm_bank'] (they are alder_bank, birch_credit_union)"),
+    ):
+        result = _invoke(*base, "--out", str(tmp_path / "c"), "--change", change)
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_bad_config_exits_2_naming_the_field(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("model_name: m\ninstitutions: [{name: a, path: a.csv}]\ntraining: {rounds: -3}\n")
