@@ -1,7 +1,8 @@
 """Retry policy for tasks that talk to services: transient failures are retried with backoff, nothing else.
 
 Transient means the same call may succeed a few seconds later: a sqlite database locked by
-another writer, a refused or dropped connection, a timeout, a 5xx or 429 from an HTTP API. A
+another writer, a refused or dropped connection (also one dropped mid-answer), a timeout, a 5xx or 429 from an
+HTTP API. A
 bad extract, a failed validation or a bad config is never retried: it fails the run at once.
 """
 
@@ -17,6 +18,7 @@ TRANSIENT_MESSAGES = (
     "temporarily unavailable",
     "connection reset",
     "remote end closed connection",
+    "connection broken",  # a server gone mid-answer (requests' IncompleteRead, as MLflow reports it)
 )
 RETRY_DELAYS_SECONDS = [2, 5, 10]
 

@@ -3,6 +3,7 @@
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,39 @@ def _hold_exclusive_lock(database: Path, seconds: float) -> threading.Thread:
     return thread
 
 
-def test_what_counts_as_transient(tmp_path):
+@contextmanager
+def _answering_half(monkeypatch):
+    """A loopback HTTP server whose every answer promises more bytes than it sends, then closes; its URL."""
+    import socket
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries: not what is tested
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3093\r\n\r\n{"
+                )
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_what_counts_as_transient(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     use_tracking(uri, "m")
     holder = _hold_exclusive_lock(tmp_path / "mlflow.db", 6)  # a new client's first query waits 5 s
@@ -59,6 +92,10 @@ def test_what_counts_as_transient(tmp_path):
     port = free_port()  # a loopback port nobody listens on
     refused = _caught(lambda: MlflowClient(f"http://127.0.0.1:{port}").search_experiments())
     assert is_transient(refused), refused
+
+    with _answering_half(monkeypatch) as half:  # a server killed while it answers: the body cut short
+        broken = _caught(lambda: MlflowClient(half).search_experiments())
+    assert "Connection broken" in str(broken) and is_transient(broken), broken
 
     (tmp_path / "bad.csv").write_text("ID;LIMIT_BAL\n1;2\n")
     bad_file = _caught(lambda: read_institution("cedar", tmp_path / "bad.csv", load_schema("credit_default")))
