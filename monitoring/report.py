@@ -112,13 +112,11 @@ def grade_pds(calibration: MonitoringCounts, current: MonitoringCounts, basis: s
     return pds
 
 
-def _backtest(
-    development: MonitoringCounts, calibration: MonitoringCounts, current: MonitoringCounts, basis: str
-) -> Backtest:
+def _backtest(development: MonitoringCounts, current: MonitoringCounts, basis: str) -> Backtest:
     assert development.defaults is not None and current.defaults is not None
     auc, error = grade_auc(current.defaults, current.rows)
     development_auc, _ = grade_auc(development.defaults, development.rows)
-    pds = grade_pds(calibration, current, basis)
+    pds = grade_pds(development, current, basis)
     grades = [
         GradeBacktest(
             grade,
@@ -169,7 +167,7 @@ def monitoring_report(
     }
     backtest = None
     if current.defaults is not None and development.defaults is not None and 0 < sum(current.defaults) < current.total:
-        backtest = _backtest(development, development, current, thresholds.grade_pd)
+        backtest = _backtest(development, current, thresholds.grade_pd)
     breaches: list[str] = []
     shifts: list[str] = []
 
