@@ -92,8 +92,9 @@ class LocalConsortium:
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         return evaluate_rows(self.extract(institution), schema, split, models, evaluation)
 
-    def monitor(self, institution, schema, model: Path) -> MonitoredExtract:
-        """The champion (an exported model, `model`) on the institution's extract: monitoring counts."""
+    def monitor(self, institution, schema, model: Path, period: str, thresholds) -> MonitoredExtract:
+        """The champion (an exported model, `model`) on the institution's extract of `period`: monitoring counts
+        (the reports are judged where they are read: `thresholds` serve a node's own report)."""
         from riskmodel import model as exported
 
         extract = self.extract(institution)

@@ -26,12 +26,15 @@ import numpy as np
 from consortium.protocol import TrainingStopped
 from errors import FedriskError
 from institution.evaluation import InstitutionEvaluation
+from institution.monitoring import MonitoredExtract, MonitoringCounts
 from institution.statistics import FeatureSpace, LocalStatistics
 from institution.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 from node import wire
 from node.messages import (
     OPERATIONS,
+    DevelopmentCounts,
     Evaluate,
+    Monitor,
     Prepare,
     Request,
     SchemaRef,
@@ -339,6 +342,8 @@ class NodeConsortium:
                 world_size=len(self.nodes),
                 rank=rank,
                 server=server,
+                mean=np.asarray(space.mean, dtype=np.float64),
+                std=np.asarray(space.std, dtype=np.float64),
                 champion=self.champion,
             )
             return call(node, self.tls, request)
@@ -375,6 +380,79 @@ class NodeConsortium:
             "rows": {n.institution: answers[rank]["rows"] for rank, n in enumerate(self.nodes)},
         }
 
+    def monitor(self, institution, schema, model: Path, period: str, thresholds) -> MonitoredExtract:
+        """The institution's node counts its extract of this period with `model` (in the clear)."""
+        from institution.monitoring import MonitoredExtract, MonitoringCounts
+
+        request = Monitor(SchemaRef.of(schema), period, _zip_model(model), thresholds.model_dump())
+        answer = call(self.node(institution), self.tls, request)
+        return MonitoredExtract(MonitoringCounts(**answer["counts"]), int(answer["rows"]), int(answer["not_counted"]))
+
+    def secure_monitor(self, schema, model: Path, period: str, thresholds) -> SecureMonitoring:
+        """This period's monitoring counts of every node as one secure sum: the consortium's counts, and from each
+        institution only its row counts and its own report's status and findings by name (its figures stay at its
+        node). A node that cannot count (no extract, a refused model) is named with its reason; the others are
+        summed if enough of them remain."""
+        from institution.monitoring import counts_from_vector
+        from riskmodel.model import load_manifest_bins
+
+        request = Monitor(SchemaRef.of(schema), period, _zip_model(model), thresholds.model_dump())
+        result, failed = self._secure_sum_of("monitor", lambda i: request, f"monitoring of {period}")
+        if result is None:
+            return SecureMonitoring(None, {}, failed, "")
+        counts = counts_from_vector(result.sums["sums"], load_manifest_bins(model), len(result.sent))
+        unmonitored = {name: failed.get(name, "its counts were not in the secure sum") for name in self.names}
+        for name in result.sent:
+            unmonitored.pop(name)
+        completed = result.describe(len(self.names), self.secure_threshold)
+        return SecureMonitoring(counts, {name: result.meta[name] for name in result.sent}, unmonitored, completed)
+
+    def secure_development(self, model: Path) -> tuple[MonitoringCounts, list[str], str]:
+        """The development reference of the challenger `model` this run evaluated, as one secure sum of each node's
+        counts of its development rows (kept back from its Evaluate answer): the sum, whose it is, what completed.
+        NodeError when the sum cannot complete."""
+        from institution.monitoring import counts_from_vector
+        from riskmodel.model import files_digest, load_manifest_bins
+
+        request = DevelopmentCounts(self.run_key, files_digest(model))
+        result, failed = self._secure_sum_of("development_counts", lambda i: request, "development reference")
+        if result is None:
+            raise NodeError("development reference: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+        counts = counts_from_vector(result.sums["sums"], load_manifest_bins(model), len(result.sent))
+        return counts, list(result.sent), result.describe(len(self.names), self.secure_threshold)
+
+    def _secure_sum_of(self, added: str, request, when: str):
+        """A secure sum over every node of what `request(i)` computes, those failing a phase left out: the result
+        (None when too few completed) and each left-out institution's reason."""
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
+        names, failed = self.names, {}
+
+        def each(indices, phase, operation):
+            results = _in_parallel(indices, lambda i: _attempt(lambda: operation(i)))
+            for i, result in results.items():
+                if isinstance(result, NodeError):
+                    failed[names[i]] = str(result)
+            return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
+
+        try:
+            result = secure.run_session(
+                names,
+                list(range(len(names))),
+                secure.new_session(added),
+                {"sums": secure.SUMS},
+                lambda i: (added, request(i)),
+                each,
+                lambda i, body: call(self.node(names[i]), self.tls, body),
+                self.secure_threshold,
+                when,
+            )
+        except SecureAggregationError as error:
+            failed["(secure sum)"] = str(error)
+            return None, failed
+        return result, failed
+
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         result = call(
             self.node(institution),
@@ -389,6 +467,18 @@ class NodeConsortium:
             ),
         )
         return InstitutionEvaluation.from_wire(result)
+
+
+@dataclass(frozen=True)
+class SecureMonitoring:
+    """A period's monitoring as one secure sum: the consortium's counts (None when too few nodes completed it),
+    each summed institution's public part (rows, not_counted, status, findings), each other's reason, and what
+    completed."""
+
+    counts: MonitoringCounts | None
+    institutions: dict[str, dict]
+    unmonitored: dict[str, str]
+    completed: str
 
 
 @dataclass

@@ -15,10 +15,10 @@ if TYPE_CHECKING:
     from contract.data import Extract, Split
     from contract.schema import Schema
     from institution.evaluation import InstitutionEvaluation
-    from institution.monitoring import MonitoredExtract
+    from institution.monitoring import MonitoredExtract, MonitoringCounts
     from institution.statistics import FeatureSpace, LocalStatistics
     from institution.validation import ValidationReport
-    from runconfig import EvaluationConfig
+    from runconfig import EvaluationConfig, MonitoringConfig
 
 
 class TrainingStopped(FedriskError, RuntimeError):
@@ -64,8 +64,11 @@ class Consortium(Protocol):
         self, institution: str, schema: Schema, split: Split, models: dict[str, str], evaluation: EvaluationConfig
     ) -> InstitutionEvaluation: ...
 
-    def monitor(self, institution: str, schema: Schema, model: Path) -> MonitoredExtract:
-        """The champion (an exported model) on the institution's extract of its scoring population: counts."""
+    def monitor(
+        self, institution: str, schema: Schema, model: Path, period: str, thresholds: MonitoringConfig
+    ) -> MonitoredExtract:
+        """The champion (an exported model) on the institution's extract of `period`'s scoring population: counts
+        (`thresholds` judge the institution's own report where it keeps one: a node)."""
 
 
 class CrossSiloConsortium(Consortium, Protocol):
@@ -87,6 +90,12 @@ class CrossSiloConsortium(Consortium, Protocol):
     def secure_statistics(
         self, schema: Schema, features: list[str], split: Split, kept: Path | None = None
     ) -> tuple[LocalStatistics, dict[str, int], str]: ...
+
+    def secure_monitor(self, schema: Schema, model: Path, period: str, thresholds: MonitoringConfig) -> Any:
+        """A period's monitoring counts as one secure sum (consortium.nodes.SecureMonitoring)."""
+
+    def secure_development(self, model: Path) -> tuple[MonitoringCounts, list[str], str]:
+        """The run's new model's development counts as one secure sum: the sum, whose it is, what completed."""
 
     def tree_training(
         self,

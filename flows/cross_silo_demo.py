@@ -31,15 +31,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def node_config(name: str, directory: Path, schema: str, extract: Path, port: int, members: list[str]) -> Path:
+def node_config(
+    name: str,
+    directory: Path,
+    schema: str,
+    extract: Path,
+    port: int,
+    members: list[str],
+    monitoring: Path | None = None,
+) -> Path:
     """Write an institution's node directory: its extract, TLS files and config (the consortium's `members`, with
-    whom it takes part in secure sums); return the config's path."""
+    whom it takes part in secure sums; `monitoring`, the file monitoring will read); return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
     data = {
         "institution": name,
         "listen": f"127.0.0.1:{port}",
         "schema": schema,
         "extract": {"path": extract.name},
+        **({"monitoring": {"path": str(monitoring)}} if monitoring is not None else {}),
         "coordinator": COORDINATOR,
         "work_dir": "state",
         "tls": {"ca": "tls/ca.crt", "cert": f"tls/{name}.crt", "key": f"tls/{name}.key"},

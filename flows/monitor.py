@@ -20,9 +20,9 @@ from errors import FedriskError, first_line
 from flows.config import load_config
 from flows.settings import PROJECT_ROOT, Settings
 from institution.monitoring import MonitoredExtract, add_counts
-from monitoring.report import MonitoringReport, monitoring_report, report_markdown, worst
+from monitoring.report import MonitoringReport, monitoring_report, node_summary, report_markdown, worst
 from runconfig import RunConfig
-from tasks.per_institution import monitor_institution
+from tasks.per_institution import monitor_institution, monitor_securely
 from tasks.registry import log_monitoring, monitored_version
 from tasks.reporting import publish_monitoring
 from tracking.monitoring import PAGE_ARTIFACT
@@ -68,13 +68,12 @@ class MonitoringOutcome:
 
 
 def monitoring_consortium(config: RunConfig) -> Consortium:
-    """Where each institution's extract of this period is: its monitoring_path (simulation)."""
+    """Where each institution's extract of this period is: its node (which reads its own monitoring extract) or,
+    in simulation, its monitoring_path."""
     if config.cross_silo:
-        raise LookupError(
-            "monitoring across silos is not built yet: each node would count its own extract of the period (a "
-            "Monitor operation) and only counts would leave it; until then each bank can check its own file "
-            "with fedrisk monitor --model NAME@champion --input FILE"
-        )
+        from flows.validate import consortium_of
+
+        return consortium_of(config)
     missing = [i.name for i in config.institutions if i.monitoring_path is None]
     if missing:
         raise LookupError(
@@ -103,6 +102,70 @@ def _reports(monitored, extracts: dict[str, MonitoredExtract], config: RunConfig
     return [*reports, monitoring_report(CONSORTIUM, development, summed, config.monitoring)]
 
 
+def _plain_reports(consortium, monitored, period: str, config: RunConfig):
+    """Each institution counts its extract (in simulation here, across silos at its node) and sends its counts:
+    every institution's report and the consortium's, and each institution that could not be monitored, with why."""
+    logger = get_run_logger()
+    futures = {
+        name: monitor_institution.submit(
+            consortium, name, monitored.schema, monitored.model_path, period, config.monitoring
+        )
+        for name in consortium.names
+    }
+    extracts, unmonitored = {}, {}
+    for name, future in futures.items():
+        try:
+            extract = future.result()
+        except FedriskError as error:  # a bad or missing extract, a refusing node: the others are still monitored
+            unmonitored[name] = first_line(error)
+        else:
+            if extract.counts.total:
+                extracts[name] = extract
+            else:
+                unmonitored[name] = f"none of its {extract.rows:,} rows passed the suite's per-row checks"
+        if name in unmonitored:
+            logger.warning("%s not monitored: %s", name, unmonitored[name])
+    if not extracts:
+        raise LookupError(
+            f"no institution could be monitored: {'; '.join(f'{n}: {r}' for n, r in unmonitored.items())}"
+        )
+    for name, extract in extracts.items():
+        logger.info(
+            "%s: %s rows counted%s",
+            name,
+            f"{extract.counts.total:,}",
+            f" ({extract.not_counted:,} failed a per-row check)" if extract.not_counted else "",
+        )
+    return _reports(monitored, extracts, config), unmonitored
+
+
+def _secure_reports(consortium, monitored, period: str, config: RunConfig):
+    """Under secure aggregation: the consortium's report from one secure sum of the nodes' counts, against the
+    secure sum of their development counts; of each institution only its status and findings by name (its own
+    report, with the figures, stays at its node)."""
+    logger = get_run_logger()
+    secured = monitor_securely(consortium, monitored.schema, monitored.model_path, period, config.monitoring)
+    for name, why in secured.unmonitored.items():
+        logger.warning("%s not monitored: %s", name, why)
+    if secured.counts is None or secured.counts.total == 0:
+        raise LookupError(
+            "no secure sum of this period's counts: " + "; ".join(f"{n}: {r}" for n, r in secured.unmonitored.items())
+        )
+    nodes = [
+        node_summary(name, int(meta["rows"]) - int(meta["not_counted"]), meta["status"], meta["findings"])
+        for name, meta in secured.institutions.items()
+    ]
+    development = monitored.reference.consortium
+    if monitored.reference.summed_over and set(monitored.reference.summed_over) != set(secured.institutions):
+        logger.warning(
+            "the development reference sums %s, this period's counts %s",
+            ", ".join(monitored.reference.summed_over),
+            ", ".join(secured.institutions),
+        )
+    summed = monitoring_report(CONSORTIUM, development, secured.counts, config.monitoring)
+    return [*nodes, summed], dict(secured.unmonitored)
+
+
 @flow(name="monitor", flow_run_name="monitor-{config.model_name}", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def monitor_champion(config: RunConfig, period: str | None = None) -> MonitoringOutcome:
     """Monitor `config.model_name`'s champion on every institution's extract of `period` (this month by default)."""
@@ -115,35 +178,10 @@ def monitor_champion(config: RunConfig, period: str | None = None) -> Monitoring
             "monitoring %s for %s at %s", monitored.label, period, ", ".join(i.name for i in config.institutions)
         )
         consortium = monitoring_consortium(config)
-        futures = {
-            name: monitor_institution.submit(consortium, name, monitored.schema, monitored.model_path)
-            for name in consortium.names
-        }
-        extracts, unmonitored = {}, {}
-        for name, future in futures.items():
-            try:
-                extract = future.result()
-            except FedriskError as error:  # a bad or missing extract: the others are still monitored
-                unmonitored[name] = first_line(error)
-            else:
-                if extract.counts.total:
-                    extracts[name] = extract
-                else:
-                    unmonitored[name] = f"none of its {extract.rows:,} rows passed the suite's per-row checks"
-            if name in unmonitored:
-                logger.warning("%s not monitored: %s", name, unmonitored[name])
-    if not extracts:
-        raise LookupError(
-            f"no institution could be monitored: {'; '.join(f'{n}: {r}' for n, r in unmonitored.items())}"
-        )
-    for name, extract in extracts.items():
-        logger.info(
-            "%s: %s rows counted%s",
-            name,
-            f"{extract.counts.total:,}",
-            f" ({extract.not_counted:,} failed a per-row check)" if extract.not_counted else "",
-        )
-    reports = _reports(monitored, extracts, config)
+        if consortium.cross_silo and consortium.secure:
+            reports, unmonitored = _secure_reports(consortium, monitored, period, config)
+        else:
+            reports, unmonitored = _plain_reports(consortium, monitored, period, config)
     tags = {"prefect.flow_run_id": str(_flow_run_id()), **{f"unmonitored.{n}": r for n, r in unmonitored.items()}}
     experiment_id, run_id = log_monitoring(
         settings.mlflow_tracking_uri, monitored, period, reports, tags, config.monitoring, settings.mlflow_ui_url

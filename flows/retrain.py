@@ -20,6 +20,7 @@ from contract.data import Split, fit_rows
 from contract.schema import schema_file
 from engines.base import TrainingOutcome
 from engines.privacy import PrivacyPlan, plan_privacy, privacy_tags, spent_privacy
+from errors import FedriskError, first_line
 from flows.config import load_config
 from flows.lock import LockHold, model_lock
 from flows.monitor import MonitoringBreach
@@ -27,6 +28,7 @@ from flows.settings import PROJECT_ROOT, Settings
 from flows.validate import consortium_of, validate_consortium
 from hostguard.credentials import masked
 from institution.evaluation import InstitutionEvaluation, weighted_metrics
+from institution.monitoring import DevelopmentReference
 from institution.statistics import FeatureSpace, feature_space
 from institution.validation import (
     REFUSED_AT_START,
@@ -37,7 +39,12 @@ from institution.validation import (
 )
 from riskmodel.scaling import Scaling
 from runconfig import RunConfig
-from tasks.per_institution import compute_local_statistics, compute_secure_statistics, evaluate_institution
+from tasks.per_institution import (
+    compute_local_statistics,
+    compute_secure_statistics,
+    evaluate_institution,
+    sum_development_counts,
+)
 from tasks.privacy import record_ledger_version, reserve_privacy_budget, settle_privacy_budget
 from tasks.registry import find_champion, register_model
 from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
@@ -245,6 +252,7 @@ def run_retraining(
             publish_validation_table(config.model_name, validation)
         spent = settle_privacy(settings, lock, budget, training)
         evaluations = evaluate(config, consortium, features, training, evaluated, champion, Path(work_dir))
+        reference = development_reference(consortium, training, evaluations)
         decision = decide_promotion(
             config.promotion, evaluations, champion.version if champion else None, training.lost
         )
@@ -264,6 +272,7 @@ def run_retraining(
             started=started,
             trigger=trigger,
             monitoring=monitoring,
+            reference=reference,
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     name_flow_run(config.model_name, registration.version, trigger=trigger)
@@ -456,6 +465,25 @@ def evaluate(
     ]
 
 
+def development_reference(
+    consortium: Consortium, training: TrainingOutcome, evaluations: list[InstitutionEvaluation]
+) -> DevelopmentReference | None:
+    """What the new version's monitoring compares later months with: each institution's counts of its development
+    rows, sent with its evaluation; under secure aggregation, which keeps them back, their secure sum. None (and a
+    warning) when there is none: the version is registered all the same, and monitoring it says why it cannot."""
+    references = {e.institution: e.reference for e in evaluations if e.reference is not None}
+    if references:
+        return DevelopmentReference(references)
+    if not (consortium.cross_silo and consortium.secure):
+        return None
+    try:
+        counts, summed_over, completed = sum_development_counts(consortium, training.model_path)
+    except FedriskError as error:
+        get_run_logger().warning("no development reference for monitoring: %s", first_line(error))
+        return None
+    return DevelopmentReference({}, counts, tuple(summed_over))
+
+
 def register(
     config: RunConfig,
     settings: Settings,
@@ -473,6 +501,7 @@ def register(
     started: float,
     trigger: str,
     monitoring: MonitoringBreach | None = None,
+    reference: DevelopmentReference | None = None,
 ) -> Registration:
     """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy), then its
     version recorded in the privacy ledger. `started`: when the retraining began (its MLflow run's start)."""
@@ -525,6 +554,7 @@ def register(
         privacy=spent,
         lock_check=lock.verify,
         started=started,
+        reference=reference,
     )
     if spent is not None:
         lock.verify("before recording the version in the privacy ledger")

@@ -52,7 +52,9 @@ def development_bins(space: FeatureSpace) -> tuple[FeatureBins, ...]:
         elif f.kind == "boolean":
             bins.append(FeatureBins(f.name, edges=(0.5,)))
         else:
-            mean, std = space.mean[position], space.std[position]
+            # As float32, the precision the model standardizes with and a node receives them in: the node derives
+            # the same bins from its run's feature space (node.service), whichever precision reached it.
+            mean, std = float(np.float32(space.mean[position])), float(np.float32(space.std[position]))
             cuts = (NormalDist(mean, std).inv_cdf(k / NUMERIC_BINS) for k in range(1, NUMERIC_BINS))
             bins.append(FeatureBins(f.name, edges=tuple(sorted({_significant(c) for c in cuts}))))
         position += len(f.columns())
@@ -114,26 +116,69 @@ def add_counts(parts: Sequence[MonitoringCounts]) -> MonitoringCounts:
     )
 
 
+def counts_vector(counts: MonitoringCounts, bins: Sequence[FeatureBins]) -> np.ndarray:
+    """The counts as one vector for a secure sum: rows, predictions and defaults per grade, whether the defaults
+    are there (1 or 0: the consortium back-tests only when every institution's extract had its outcomes), then
+    each feature's bins in the model's order. Every institution lays it out the same way from the model alone."""
+    defaults = counts.defaults if counts.defaults is not None else [0] * len(GRADES)
+    parts = [counts.rows, counts.predicted, defaults, [float(counts.defaults is not None)]]
+    parts += [counts.features[b.name] for b in bins]
+    return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
+
+
+def counts_from_vector(vector: np.ndarray, bins: Sequence[FeatureBins], institutions: int) -> MonitoringCounts:
+    """The summed counts of `institutions` institutions from a secure sum of their counts_vector (counts rounded
+    back to whole numbers: the fixed-point sum is exact for them)."""
+    vector = np.asarray(vector, dtype=np.float64)
+    n = len(GRADES)
+    whole = np.rint(vector).astype(np.int64)
+    with_outcomes = int(whole[3 * n])
+    features, at = {}, 3 * n + 1
+    for b in bins:
+        size = len(b.labels)
+        features[b.name] = whole[at : at + size].tolist()
+        at += size
+    if at != len(vector):
+        raise ValueError(f"a monitoring sum of {len(vector)} values, where the model's grades and bins make {at}")
+    return MonitoringCounts(
+        rows=whole[:n].tolist(),
+        predicted=vector[n : 2 * n].tolist(),
+        defaults=whole[2 * n : 3 * n].tolist() if with_outcomes == institutions else None,
+        features=features,
+    )
+
+
 REFERENCE_ARTIFACT = "monitoring/reference.json"  # where a version's run keeps its development reference
 
 
 @dataclass(frozen=True)
 class DevelopmentReference:
-    """A version's development sample as monitoring counts it: each institution's holdout scored by the new model
-    when it was evaluated, and their sum (the consortium's). Later months are compared with it."""
+    """A version's development sample as monitoring counts it: each institution's development rows scored by the
+    new model when it was evaluated, and their sum (the consortium's). Later months are compared with it. Under
+    secure aggregation only the sum is known (`summed`, over the institutions `summed_over`)."""
 
     institutions: dict[str, MonitoringCounts]
+    summed: MonitoringCounts | None = None
+    summed_over: tuple[str, ...] = ()
 
     @property
     def consortium(self) -> MonitoringCounts:
-        return add_counts(list(self.institutions.values()))
+        return self.summed if self.summed is not None else add_counts(list(self.institutions.values()))
 
     def to_json(self) -> dict:
-        return {"institutions": {name: asdict(counts) for name, counts in self.institutions.items()}}
+        document: dict = {"institutions": {name: asdict(counts) for name, counts in self.institutions.items()}}
+        if self.summed is not None:
+            document["secure_sum"] = {"institutions": list(self.summed_over), "counts": asdict(self.summed)}
+        return document
 
     @classmethod
     def from_json(cls, document: dict) -> DevelopmentReference:
-        return cls({name: MonitoringCounts(**counts) for name, counts in document["institutions"].items()})
+        secure = document.get("secure_sum")
+        return cls(
+            {name: MonitoringCounts(**counts) for name, counts in document["institutions"].items()},
+            MonitoringCounts(**secure["counts"]) if secure else None,
+            tuple(secure["institutions"]) if secure else (),
+        )
 
 
 @dataclass(frozen=True)

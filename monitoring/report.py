@@ -66,6 +66,8 @@ class MonitoringReport:
     backtest: Backtest | None
     breaches: list[str] = field(default_factory=list)  # "act": each a reason to retrain
     shifts: list[str] = field(default_factory=list)  # "warn": worth a look
+    findings: list[str] = field(default_factory=list)  # each breach and shift by name only ("act: grade stability")
+    at_node: bool = False  # an institution's report under secure aggregation: its figures stayed at its node
 
     @property
     def status(self) -> str:
@@ -74,6 +76,8 @@ class MonitoringReport:
     def metrics(self) -> dict[str, float]:
         """The report's figures as MLflow metrics (one run per period, so that months form a series)."""
         prefix = f"{self.scope}/"
+        if self.at_node:
+            return {f"{prefix}rows": float(self.rows)}
         figures = {
             "rows": float(self.rows),
             "grade_stability": self.grade_stability,
@@ -94,6 +98,18 @@ class MonitoringReport:
                 **{f"jeffreys_p_value/{g.grade}": g.p_value for g in b.grades if g.rows},
             }
         return {prefix + name: float(value) for name, value in figures.items()}
+
+
+def node_summary(scope: str, rows: int, status: str, findings: list[str]) -> MonitoringReport:
+    """An institution's report as its node shares it under secure aggregation: its rows, its status and each
+    finding by name ("act: grade stability"); the figures, counts in them, stay in the node's own report."""
+    kept = "its figures stay in its node's own report"
+    breaches = [f"{f.removeprefix('act: ')} ({kept})" for f in findings if f.startswith("act: ")]
+    shifts = [f"{f.removeprefix('warn: ')} ({kept})" for f in findings if f.startswith("warn: ")]
+    if status not in STATUSES:
+        shifts.append("its node holds no development counts of this model: its own report could not be judged")
+    nan = float("nan")
+    return MonitoringReport(scope, rows, 0, nan, {}, nan, None, breaches, shifts, list(findings), at_node=True)
 
 
 def grade_pds(calibration: MonitoringCounts, current: MonitoringCounts, basis: str) -> list[float]:
@@ -170,6 +186,11 @@ def monitoring_report(
         backtest = _backtest(development, current, thresholds.grade_pd)
     breaches: list[str] = []
     shifts: list[str] = []
+    findings: list[str] = []
+
+    def found(act: bool, name: str, text: str) -> None:
+        (breaches if act else shifts).append(text)
+        findings.append(f"{'act' if act else 'warn'}: {name}")
 
     def stability(what: str, value: float, development_counts: list[int], current_counts: list[int]) -> None:
         if value < thresholds.stability_warn:
@@ -177,9 +198,10 @@ def monitoring_report(
         p = stability_p_value(development_counts, current_counts)
         if p >= thresholds.stability_p_floor:  # no more than two finite samples differ by chance
             return
-        level = thresholds.stability_act if value >= thresholds.stability_act else thresholds.stability_warn
-        (breaches if level == thresholds.stability_act else shifts).append(
-            f"{what} stability index {value:.3f} at or above {level:g} (chi-square p {p:.2g})"
+        act = value >= thresholds.stability_act
+        level = thresholds.stability_act if act else thresholds.stability_warn
+        found(
+            act, f"{what} stability", f"{what} stability index {value:.3f} at or above {level:g} (chi-square p {p:.2g})"
         )
 
     stability("grade", grade_stability, development.rows, current.rows)
@@ -195,15 +217,19 @@ def monitoring_report(
             # Significant and material: with 100,000 rows a rate a few tenths of a point above its PD is significant.
             if g.rows and g.p_value < floor and g.observed_rate >= excess * g.pd:
                 where = "the portfolio" if g.grade == "all" else f"grade {g.grade}"
-                (breaches if g.grade == "all" else shifts).append(
+                found(
+                    g.grade == "all",
+                    f"{where.removeprefix('the ')} default rate",
                     f"{where} defaulted at {g.observed_rate:.2%} against its PD {g.pd:.2%} "
-                    f"({g.defaults:,} of {g.rows:,}; Jeffreys p {g.p_value:.2g} below {floor:g})"
+                    f"({g.defaults:,} of {g.rows:,}; Jeffreys p {g.p_value:.2g} below {floor:g})",
                 )
         drop = backtest.development_auc - backtest.auc
         if drop > thresholds.max_auc_drop:
-            breaches.append(
+            found(
+                True,
+                "grade AUC",
                 f"grade AUC {backtest.auc:.3f} against {backtest.development_auc:.3f} at development: "
-                f"{drop:.3f} lower, more than {thresholds.max_auc_drop:g} (p {backtest.auc_p_value:.2g})"
+                f"{drop:.3f} lower, more than {thresholds.max_auc_drop:g} (p {backtest.auc_p_value:.2g})",
             )
     return MonitoringReport(
         scope,
@@ -215,6 +241,7 @@ def monitoring_report(
         backtest,
         breaches,
         shifts,
+        findings,
     )
 
 
@@ -251,7 +278,8 @@ def report_markdown(title: str, reports: list[MonitoringReport], links: list[str
         b = r.backtest
         auc = f"{b.auc:.3f} ({b.development_auc:.3f})" if b else "-"
         rate = f"{b.overall.observed_rate:.2%} ({b.overall.pd:.2%})" if b else "-"
-        cells = (r.scope, f"{r.rows:,}", r.status, f"{r.grade_stability:.3f}", f"{feature} {value:.3f}", auc, rate)
+        psi = ("at its node", "at its node") if r.at_node else (f"{r.grade_stability:.3f}", f"{feature} {value:.3f}")
+        cells = (r.scope, f"{r.rows:,}", r.status, *psi, auc, rate)
         lines.append("| " + " | ".join(cells) + " |")
     for r in reports:
         if r.breaches or r.shifts:

@@ -150,6 +150,11 @@ class NodeConfig(BaseModel):
     )
     schema_name: str = Field(alias="schema")
     extract: ExtractConfig
+    monitoring: ExtractConfig | None = Field(
+        None,
+        description="This period's extract of the scoring population (replaced each month), which monitoring of "
+        "the champion counts; with the label column, its matured outcomes too.",
+    )
     tls: TlsFiles
     coordinator: str = Field("coordinator", description="The certificate name (CN) of the only client answered.")
     work_dir: Path = Field(Path("node_state"), description="The node's round log and privacy ledger.")
@@ -229,8 +234,9 @@ def load_node_config(path: Path) -> NodeConfig:
         raise NodeConfigError(f"invalid node config {path}: schema: {error}") from None
     base = path.resolve().parent
     config.tls = config.tls.resolved(base)
-    if not config.extract.path.is_absolute():
-        config.extract.path = (base / config.extract.path).resolve()
+    for extract in (config.extract, config.monitoring):
+        if extract is not None and not extract.path.is_absolute():
+            extract.path = (base / extract.path).resolve()
     if not config.work_dir.is_absolute():
         config.work_dir = (base / config.work_dir).resolve()
     return config

@@ -167,7 +167,35 @@ class TrainTrees(Request):
     world_size: int
     rank: int
     server: str
+    mean: Any  # the feature space's standardization: the model's development bins are cut from it
+    std: Any
     champion: str | None = None
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Monitor(Request):
+    """Count this period's extract of the scoring population (the node's `monitoring` extract) with `model`, a
+    model this node evaluated as a run's challenger: counts per grade and development bin; `thresholds`
+    (runconfig.MonitoringConfig) judge the institution's own report, which the node keeps."""
+
+    operation = "Monitor"
+    timeout = 900
+    schema: SchemaRef
+    period: str
+    model: Any  # zipped exported model (uint8 array)
+    thresholds: dict
+
+
+@dataclass(frozen=True, config=_STRICT)
+class DevelopmentCounts(Request):
+    """A secure sum's input only: this node's monitoring counts of its development rows for the challenger it
+    evaluated in run `run_key` (riskmodel.model.files_digest `model`), which secure aggregation kept out of
+    its Evaluate answer."""
+
+    operation = "DevelopmentCounts"
+    timeout = 60
+    run_key: str
+    model: str
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -181,8 +209,8 @@ class TreeProgress(Request):
 
 @dataclass(frozen=True, config=_STRICT)
 class SecureBegin(Request):
-    """Begin a secure sum of what `request` computes (a TrainRound, ValidateRound or Statistics request, named by
-    `operation`): the node keeps its input and answers with signed public keys."""
+    """Begin a secure sum of what `request` computes (one of SECURE_INPUTS, named by `added`): the node keeps its
+    input and answers with signed public keys."""
 
     operation = "SecureBegin"
     timeout = 900
@@ -190,13 +218,13 @@ class SecureBegin(Request):
     participants: list[str]
     threshold: int
     request: dict
-    added: str  # "train_round", "validate_round" or "statistics": what the sum adds (SECURE_INPUTS)
+    added: str  # what the sum adds: a key of SECURE_INPUTS
 
-    def inner(self) -> TrainRound | ValidateRound | Statistics:
+    def inner(self) -> TrainRound | ValidateRound | Statistics | Monitor | DevelopmentCounts:
         """The request whose answer this node adds, checked like any request."""
         if self.added not in SECURE_INPUTS:
             raise WireError(f"SecureBegin: field 'added': no secure sum adds {self.added!r}")
-        return parse(SECURE_INPUTS[self.added].operation, self.request)
+        return _typed(SECURE_INPUTS[self.added], self.request)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -243,6 +271,7 @@ OPERATIONS: dict[str, type[Request]] = {
         TrainRound,
         ValidateRound,
         Evaluate,
+        Monitor,
         TrainTrees,
         TreeProgress,
         SecureBegin,
@@ -257,6 +286,8 @@ SECURE_INPUTS: dict[str, type[Request]] = {
     "train_round": TrainRound,
     "validate_round": ValidateRound,
     "statistics": Statistics,
+    "monitor": Monitor,
+    "development_counts": DevelopmentCounts,  # a secure sum's input only: not an operation of its own
 }
 
 
@@ -265,10 +296,15 @@ def parse(operation: str, plain: object) -> Any:
     or unknown (or the operation, when there is none by that name)."""
     if operation not in OPERATIONS:
         raise WireError(f"no operation {operation!r}")
+    return _typed(OPERATIONS[operation], plain)
+
+
+def _typed(request: type[Request], plain: object) -> Any:
+    operation = request.operation
     if not isinstance(plain, dict):
         raise WireError(f"{operation}: a request is an object of fields, not a {type(plain).__name__}")
     try:
-        return OPERATIONS[operation](**plain)
+        return request(**plain)
     except ValidationError as error:
         problems = "; ".join(
             f"field '{'.'.join(str(part) for part in problem['loc'])}': {problem['msg']}"

@@ -1,7 +1,9 @@
-"""What a node remembers of each training it took part in, on its own disk: the layout and champion named when
-the training began, the models it trained (each global weights it was sent, the trees its worker grew), and how
-often the coordinator had models evaluated for it. `Evaluate` scores only models tied to a run this way, at most
-the policy's number of times per run: a crafted model cannot read out the institution's rows by label."""
+"""What a node remembers of each training it took part in, on its own disk: the layout, development bins and
+champion named when the training began, the models it trained (each global weights it was sent, the trees its
+worker grew), how often the coordinator had models evaluated for it, and each challenger it evaluated with its
+own development counts. `Evaluate` scores only models tied to a run this way, at most the policy's number of
+times per run, and `Monitor` only a challenger evaluated here: a crafted model cannot read out the institution's
+rows by label, nor crafted bins its customers' values."""
 
 from __future__ import annotations
 
@@ -27,11 +29,17 @@ def weights_digest(arrays: Iterable[Any]) -> str:
 
 @dataclass
 class RunRecord:
+    run_key: str = ""
     layout: str = ""  # the run's feature layout (JSON), as sent when it began
+    bins: list[dict] | None = None  # the development bins its models must count (riskmodel.bins manifest entries)
+    secure: bool = False  # trained under secure aggregation: its models' counts leave only in secure sums
     champion: str | None = None  # riskmodel.model.files_digest of the champion named when it began; None: none
     weights: list[str] = field(default_factory=list)  # weights_digest of each global weights this node was sent
     booster: str | None = None  # SHA-256 of the trees this node's XGBoost worker grew
     evaluations: int = 0  # Evaluate requests served or refused for this run
+    # riskmodel.model.files_digest of each challenger evaluated here -> its counts of this institution's development
+    # rows (institution.monitoring.MonitoringCounts as a dict): what Monitor compares the institution's months with
+    challengers: dict[str, dict] = field(default_factory=dict)
 
 
 class RunRecords:
@@ -60,11 +68,21 @@ class RunRecords:
             os.replace(partial, path)
             return record
 
-    def begin(self, run_key: str, layout: str, champion: str | None) -> None:
+    def begin(self, run_key: str, layout: str, champion: str | None, bins: list[dict], secure: bool = False) -> None:
         def named(record: RunRecord) -> None:
-            record.layout, record.champion = layout, champion
+            record.run_key, record.layout, record.champion, record.bins = run_key, layout, champion, bins
+            record.secure = record.secure or secure
 
         self.update(run_key, named)
+
+    def with_challenger(self, model: str) -> RunRecord | None:
+        """The record of the run whose challenger, by files digest, this node evaluated; None if none."""
+        with self.lock:
+            for path in self.directory.glob("*.json"):
+                record = RunRecord(**json.loads(path.read_text()))
+                if model in record.challengers:
+                    return record
+        return None
 
     def saw_weights(self, run_key: str, arrays: Iterable[Any]) -> None:
         digest = weights_digest(arrays)

@@ -30,7 +30,9 @@ from node.config import NodeConfig
 from node.ledger import PrivacyLedger, RoundLog
 from node.messages import (
     Describe,
+    DevelopmentCounts,
     Evaluate,
+    Monitor,
     Prepare,
     SecureBegin,
     SecureConsistency,
@@ -64,6 +66,14 @@ class _Run:
     delta: float
     secure: bool = False  # trained under secure aggregation: no plain update or metric leaves for this run
     encoding: object = None  # node.secure.Encoding: how this run's updates enter secure sums (fixed at Prepare)
+
+
+def _bins(space: FeatureSpace) -> list[dict]:
+    """The development bins a model of a run over `space` must count (manifest entries): the node derives them
+    from the run's feature space itself, as the export does."""
+    from institution.monitoring import development_bins
+
+    return [b.to_manifest() for b in development_bins(space)]
 
 
 def _weights_digest(weights: dict) -> str:
@@ -182,7 +192,9 @@ class NodeService:
         else:
             self.policy.refuse_plain("model updates")
         self.runs[request.run_key] = _Run(stages, fit, validation, delta, request.secure_aggregation, encoding)
-        self.run_records.begin(request.run_key, request.layout, request.champion)
+        self.run_records.begin(
+            request.run_key, request.layout, request.champion, _bins(space), secure=request.secure_aggregation
+        )
         return {
             "fit_rows": int(len(fit.y)),
             "rounds_trained": len(self.round_log.rounds(request.run_key)),
@@ -296,6 +308,10 @@ class NodeService:
             added = self._round_input(inner, len(request.participants))
         elif isinstance(inner, ValidateRound):
             added = self._validation_input(inner)
+        elif isinstance(inner, Monitor):
+            added = self._monitoring_input(inner)
+        elif isinstance(inner, DevelopmentCounts):
+            added = self._development_input(inner)
         else:
             added = self._statistics_input(inner)
         return self.secure.begin(request, added)
@@ -395,9 +411,10 @@ class NodeService:
         self.policy.check_schema(request.schema)
         spec = TreeSpec.from_dict(request.spec)
         self.policy.check_trees(spec)
-        [data] = self._admitted(request.digest).tree_data(self._space(request.layout, request.split))
+        space = self._space(request.layout, request.split, request.mean, request.std)
+        [data] = self._admitted(request.digest).tree_data(space)
         tls, rank, work = self.config.tls, request.rank, self.config.work_dir / "trees" / request.run_key
-        self.run_records.begin(request.run_key, request.layout, request.champion)
+        self.run_records.begin(request.run_key, request.layout, request.champion, _bins(space))
         try:
             result = run_worker(
                 data,
@@ -453,27 +470,36 @@ class NodeService:
         with tempfile.TemporaryDirectory(prefix="fedrisk-node-models-") as scratch:
             models = {}
             for role, archive in request.models.items():
-                target = Path(scratch) / role
-                with zipfile.ZipFile(io.BytesIO(bytes(np.asarray(archive, dtype=np.uint8)))) as bundle:
-                    unexpected = sorted(set(bundle.namelist()) - set(MODEL_FILES))
-                    if unexpected:
-                        raise NodeRefusal(
-                            f"institution '{self.name}': a model holds files other than an exported "
-                            f"model's: {unexpected}"
-                        )
-                    bundle.extractall(target)
+                target = self._unpacked(archive, Path(scratch) / role)
                 self._check_tied(run_key, record, role, target)
                 models[role] = str(target)
             with self.lock:
                 evaluation = consortium.evaluate(
                     self.name, self.schema, request.split.split(), models, EvaluationConfig(**request.evaluation)
                 )
+            if "challenger" in models:
+                from riskmodel import model as exported
+
+                digest = exported.files_digest(Path(models["challenger"]))
+                kept = asdict(evaluation.reference) if evaluation.reference is not None else None
+                self.run_records.update(run_key, lambda r: r.challengers.__setitem__(digest, kept))
         prepared = self.runs.get(run_key)
-        if self.config.policy.require_secure_aggregation or (prepared is not None and prepared.secure):
+        if self.config.policy.require_secure_aggregation or record.secure or (prepared is not None and prepared.secure):
             # This institution's own counts per grade and feature bin are what secure aggregation hides: under it
             # they do not leave in the clear (the version then has no development reference to monitor against).
             evaluation = replace(evaluation, reference=None)
         return asdict(evaluation)
+
+    def _unpacked(self, archive, target: Path) -> Path:
+        """A zipped exported model unpacked into `target`; refused if it holds any file but an exported model's."""
+        with zipfile.ZipFile(io.BytesIO(bytes(np.asarray(archive, dtype=np.uint8)))) as bundle:
+            unexpected = sorted(set(bundle.namelist()) - set(MODEL_FILES))
+            if unexpected:
+                raise NodeRefusal(
+                    f"institution '{self.name}': a model holds files other than an exported model's: {unexpected}"
+                )
+            bundle.extractall(target)
+        return target
 
     def _check_tied(self, run_key: str, record, role: str, directory: Path) -> None:
         """A model is scored only if it is this run's: the champion by the digest named when the run began, the
@@ -490,6 +516,13 @@ class NodeService:
         manifest = json.loads((directory / exported.MANIFEST).read_text())
         if manifest.get("layout") != json.loads(record.layout or "null"):
             raise NodeRefusal(f"{refused} encodes the features with another layout than the run's")
+        if record.bins is None or manifest.get(exported.BINS_KEY) != record.bins:
+            # Its monitoring counts per bin leave the institution: bins narrower than the run's would count single
+            # customers' values.
+            raise NodeRefusal(
+                f"{refused} counts features in other bins than the run's development bins (cut from the federated "
+                f"statistics the run began with)"
+            )
         if manifest.get("engine") == "xgboost":
             trees = directory / exported.XGBOOST_FILE
             tied = trees.is_file() and hashlib.sha256(trees.read_bytes()).hexdigest() == record.booster
@@ -499,3 +532,122 @@ class NodeService:
             tied = weights_digest(weights) in record.weights
         if not tied:
             raise NodeRefusal(f"{refused} holds weights this node never trained or validated in that run")
+
+    # --- monitoring ---------------------------------------------------------------------------------------------
+    def monitor(self, request: Monitor) -> dict:
+        """This period's monitoring counts of a challenger this node evaluated, in the clear (refused when the
+        institution or the model's run uses secure aggregation), with this institution's own report's status and
+        findings by name; the report itself stays in this node's work directory and log."""
+        monitored = self._monitored(request)
+        self.policy.refuse_plain("monitoring counts", monitored.secure)
+        return {
+            "counts": asdict(monitored.extract.counts),
+            "rows": monitored.extract.rows,
+            "not_counted": monitored.extract.not_counted,
+            **monitored.summary,
+        }
+
+    def _monitoring_input(self, request: Monitor) -> SecureInput:
+        from institution.monitoring import counts_vector
+        from node import secure
+
+        monitored = self._monitored(request)
+        vector = counts_vector(monitored.extract.counts, monitored.bins)
+        return SecureInput(
+            {"sums": vector},
+            {"sums": secure.SUMS},
+            {"sums": vector},
+            {"rows": monitored.extract.rows, "not_counted": monitored.extract.not_counted, **monitored.summary},
+            {"model": monitored.digest, "period": request.period},
+            f"its monitoring counts of model {monitored.digest[:12]} for {request.period}",
+        )
+
+    def _development_input(self, request: DevelopmentCounts) -> SecureInput:
+        from institution.monitoring import MonitoringCounts, counts_vector
+        from node import secure
+        from riskmodel.bins import FeatureBins
+
+        record = self.run_records.get(request.run_key)
+        counts = (record.challengers.get(request.model) if record is not None else None) or None
+        if counts is None:
+            raise NodeRefusal(
+                f"institution '{self.name}' adds the development counts only of a challenger it evaluated: it "
+                f"evaluated no model {request.model[:12]} in run {request.run_key or '(none named)'}"
+            )
+        bins = [FeatureBins.from_manifest(entry) for entry in record.bins or []]
+        vector = counts_vector(MonitoringCounts(**counts), bins)
+        return SecureInput(
+            {"sums": vector},
+            {"sums": secure.SUMS},
+            {"sums": vector},
+            {},
+            {"run_key": request.run_key, "model": request.model},
+            f"its development counts of model {request.model[:12]}",
+        )
+
+    def _monitored(self, request: Monitor) -> _Monitored:
+        """Count the node's monitoring extract with the model sent, if it is a challenger evaluated here (its
+        development bins were then checked against the run's); write the institution's own report."""
+        from institution.monitoring import MonitoringCounts, monitor_extract
+        from riskmodel import model as exported
+        from runconfig import MonitoringConfig
+
+        self.policy.check_schema(request.schema)
+        if self.config.monitoring is None:
+            raise NodeRefusal(
+                f"institution '{self.name}' has no monitoring extract: its node config names none (monitoring.path)"
+            )
+        with tempfile.TemporaryDirectory(prefix="fedrisk-node-monitor-") as scratch:
+            directory = self._unpacked(request.model, Path(scratch) / "model")
+            digest = exported.files_digest(directory)
+            record = self.run_records.with_challenger(digest)
+            if record is None:
+                raise NodeRefusal(
+                    f"institution '{self.name}' monitors only a model it evaluated as a training's challenger: "
+                    f"model {digest[:12]} is none of them"
+                )
+            with self.lock:
+                model = exported.load(directory)
+            extract = monitor_extract(
+                self.config.monitoring.path, self.schema, model, dict(self.config.monitoring.columns)
+            )
+        summary = {"status": "unknown", "findings": []}
+        own = record.challengers[digest]
+        if own is not None and extract.counts.total:
+            from monitoring.report import monitoring_report
+
+            report = monitoring_report(
+                self.name, MonitoringCounts(**own), extract.counts, MonitoringConfig(**request.thresholds)
+            )
+            self._keep_report(request.period, digest, report)
+            summary = {"status": report.status, "findings": report.findings}
+        secure = self.config.policy.require_secure_aggregation or record.secure
+        return _Monitored(digest, model.bins, extract, summary, secure)
+
+    def _keep_report(self, period: str, digest: str, report) -> None:
+        """The institution's own monitoring report, with its figures, in its work directory and log."""
+        import logging
+        import re
+
+        from monitoring.report import report_markdown
+
+        title = f"Monitoring of model {digest[:12]} at {self.name}, {period}"
+        folder = self.config.work_dir / "monitoring"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", period)[:40]
+        (folder / f"{name}-{digest[:12]}.md").write_text(report_markdown(title, [report], []))
+        logging.getLogger("fedrisk.node").info(
+            "%s: %s%s", title, report.status, "".join(f"; {text}" for text in [*report.breaches, *report.shifts])
+        )
+
+
+@dataclass(frozen=True)
+class _Monitored:
+    """A Monitor request's counting: the model's digest and bins, the counts, the institution's own report's
+    status and findings by name, and whether its counts leave only in secure sums."""
+
+    digest: str
+    bins: tuple
+    extract: object  # institution.monitoring.MonitoredExtract
+    summary: dict
+    secure: bool

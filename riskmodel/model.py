@@ -23,6 +23,7 @@ MANIFEST = "riskmodel.json"
 KERAS_FILE = "model.keras"
 XGBOOST_FILE = "booster.json"
 ENGINE_FILES = (KERAS_FILE, XGBOOST_FILE)
+BINS_KEY = "monitoring_bins"  # the manifest's development bins (riskmodel.bins.FeatureBins entries)
 RUNTIME_PACKAGES = {"keras": "tensorflow", "xgboost": "xgboost"}  # the package that loads each format
 
 
@@ -79,7 +80,7 @@ def save(
         "output": output,
         "layout": json.loads(layout.to_json()),
         "scorecard": None if scaling is None else vars(scaling),
-        "monitoring_bins": [b.to_manifest() for b in bins],
+        BINS_KEY: [b.to_manifest() for b in bins],
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return directory
@@ -107,7 +108,7 @@ def load(directory: Path) -> RiskModel:
 def load_manifest_bins(directory: Path) -> tuple[FeatureBins, ...]:
     """An exported model's development bins, without loading its engine."""
     manifest = json.loads((Path(directory) / MANIFEST).read_text())
-    return tuple(FeatureBins.from_manifest(entry) for entry in manifest.get("monitoring_bins", []))
+    return tuple(FeatureBins.from_manifest(entry) for entry in manifest.get(BINS_KEY, []))
 
 
 def files_digest(directory: Path) -> str:

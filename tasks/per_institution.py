@@ -17,10 +17,10 @@ from contract.data import Split
 from contract.schema import Schema
 from institution import validation, validation_page
 from institution.evaluation import InstitutionEvaluation
-from institution.monitoring import MonitoredExtract
+from institution.monitoring import MonitoredExtract, MonitoringCounts
 from institution.statistics import LocalStatistics
 from institution.validation import EXPECTATIONS_DIR, ValidationReport
-from runconfig import EvaluationConfig
+from runconfig import EvaluationConfig, MonitoringConfig
 
 # The code that makes a validation report: a change to it makes every cached report stale.
 _VALIDATION_CODE = (validation, data, suites, validation_page)
@@ -83,10 +83,30 @@ def evaluate_institution(
 
 
 @task(name="monitor-institution", task_run_name="monitor-{institution}", cache_policy=NO_CACHE)
-def monitor_institution(consortium, institution: str, schema: Schema, model: Path) -> MonitoredExtract:
+def monitor_institution(
+    consortium, institution: str, schema: Schema, model: Path, period: str, thresholds: MonitoringConfig
+) -> MonitoredExtract:
     """The champion's monitoring counts on one institution's extract of its scoring population, where its rows
-    are (consortium.local); counts only leave."""
-    return consortium.monitor(institution, schema, model)
+    are (consortium.local, or its node); counts only leave."""
+    return consortium.monitor(institution, schema, model, period, thresholds)
+
+
+@task(name="secure-monitoring", task_run_name="secure-monitoring-{period}", cache_policy=NO_CACHE)
+def monitor_securely(consortium, schema: Schema, model: Path, period: str, thresholds: MonitoringConfig):
+    """This period's monitoring counts of every node as one secure sum (consortium.nodes.SecureMonitoring)."""
+    monitored = consortium.secure_monitor(schema, model, period, thresholds)
+    if monitored.completed:
+        get_run_logger().info("monitoring of %s, %s", period, monitored.completed)
+    return monitored
+
+
+@task(name="secure-development-counts", task_run_name="secure-development-counts", cache_policy=NO_CACHE)
+def sum_development_counts(consortium, model: Path) -> tuple[MonitoringCounts, list[str], str]:
+    """The development reference of the run's new model as one secure sum of each node's counts of its
+    development rows (which secure aggregation kept out of its evaluation): the sum and whose it is."""
+    counts, summed_over, completed = consortium.secure_development(model)
+    get_run_logger().info("development reference for monitoring, %s", completed)
+    return counts, summed_over, completed
 
 
 @task(name="local-statistics", task_run_name="statistics-{institution}")

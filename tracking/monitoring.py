@@ -60,8 +60,8 @@ def monitored_version(
         document = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}")
     except MlflowException:
         why = (
-            "its institutions trained under secure aggregation, which lets no institution's counts leave in the "
-            "clear; summing the development counts securely is not built yet"
+            "its institutions trained under secure aggregation and the secure sum of their development counts did "
+            "not complete (the retraining's log says why)"
             if found.tags.get("secure_aggregation") == "true"
             else "it was registered before fedrisk monitored models; retrain it to monitor it"
         )
@@ -104,9 +104,10 @@ def log_monitoring(
     from tracking.monitoring_page import monitoring_page_html
     from tracking.plots import backtest_figure, png, stability_figure
 
+    figured = [r for r in reports if not r.at_node]  # an institution's figures under secure aggregation: at its node
     plots = {
-        "stability": png(stability_figure(reports, thresholds.stability_warn, thresholds.stability_act)),
-        "back_test": png(backtest_figure(reports)),
+        "stability": png(stability_figure(figured, thresholds.stability_warn, thresholds.stability_act)),
+        "back_test": png(backtest_figure(figured)),
     }
     page = monitoring_page_html(monitored.label, period, reports, thresholds, plots)
 

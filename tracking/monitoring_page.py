@@ -13,6 +13,8 @@ STATUS_CLASS = {"stable": "pass", "warn": "warn", "act": "fail"}
 
 
 def _figures(report: MonitoringReport) -> list[list[str]]:
+    if report.at_node:
+        return [["rows", f"{report.rows:,}"], ["figures", "kept in its node's own report (secure aggregation)"]]
     rows = [
         ["rows (development)", f"{report.rows:,} ({report.development_rows:,})"],
         ["grade stability index", f"{report.grade_stability:.3f}"],

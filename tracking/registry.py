@@ -437,6 +437,7 @@ def register_model(
     privacy=None,
     lock_check=None,
     started: float | None = None,
+    reference: DevelopmentReference | None = None,
 ) -> Registration:
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
@@ -446,7 +447,8 @@ def register_model(
     tracking.privacy.PrivacyPlan), or None. If anything fails after the version exists it is deleted again.
     `lock_check(where)` raises when the retraining's lock was lost: called before every registry write that
     creates or changes a version, so a run that lost it registers nothing. `started` (epoch seconds): when the
-    retraining began, the run's start, so that its duration is the retraining's.
+    retraining began, the run's start, so that its duration is the retraining's. `reference`: the development
+    counts later months' monitoring compares with (institution.monitoring.DevelopmentReference), kept with the run.
     """
     import mlflow
     import yaml
@@ -531,9 +533,8 @@ def register_model(
                 )
                 mlflow.log_metric(metric_name(role, "all_holdouts", "ece"), pooled_ece(evaluations, role))
         mlflow.log_dict({"evaluations": [asdict(e) for e in evaluations]}, "evaluation/institutions.json")
-        references = {e.institution: e.reference for e in evaluations if e.reference is not None}
-        if references:  # what the champion's monitoring compares each later month with
-            mlflow.log_dict(DevelopmentReference(references).to_json(), REFERENCE_ARTIFACT)
+        if reference is not None:  # what the champion's monitoring compares each later month with
+            mlflow.log_dict(reference.to_json(), REFERENCE_ARTIFACT)
         for report in validation:
             if report.passed:
                 _log_institution_input(report)

@@ -108,7 +108,8 @@ def consortium(small_consortium, tmp_path_factory):
         for file in ("ca.crt", f"{name}.crt", f"{name}.key"):
             shutil.copy(pki / file, directory / "tls" / file)
         shutil.copy(small_consortium[name], directory / "credit.csv")
-        node_config(name, directory, "credit_default", directory / "credit.csv", free_port(), list(BANKS))
+        month = directory / "month.csv"  # this period's extract of its scoring population, replaced each month
+        node_config(name, directory, "credit_default", directory / "credit.csv", free_port(), list(BANKS), month)
         nodes[name] = Node(
             name, directory, int((directory / "node.yaml").read_text().split("listen: 127.0.0.1:")[1].split()[0])
         )
@@ -565,10 +566,14 @@ def test_with_secure_aggregation_the_coordinator_receives_only_sums_and_trains_t
         assert line in caplog.text  # the flow's round log says how many nodes completed each phase
     registry = MlflowClient(tracking_uri)
     tags = registry.get_model_version("credit_secure_sum", "1").tags
-    # Each node's counts per grade and feature bin (the development reference) leave in the clear only without it.
-    for model, kept in (("credit_plain_sum", ["monitoring/reference.json"]), ("credit_secure_sum", [])):
+    # Each node's counts per grade and feature bin (the development reference) leave in the clear only without it;
+    # with it the version keeps their secure sum alone.
+    for model, secure_sum in (("credit_plain_sum", False), ("credit_secure_sum", True)):
         run_id = registry.get_model_version(model, "1").run_id
-        assert [a.path for a in registry.list_artifacts(run_id, "monitoring")] == kept
+        local = registry.download_artifacts(run_id, "monitoring/reference.json", str(tmp_path / model))
+        reference = json.loads(Path(local).read_text())
+        assert (reference["institutions"] == {}) == secure_sum and ("secure_sum" in reference) == secure_sum
+    assert "development reference for monitoring, " + complete in caplog.text
     assert {k: v for k, v in tags.items() if k.startswith("secure_aggregation")} == {
         "secure_aggregation": "true",
         "secure_aggregation.institutions": "3",
@@ -643,3 +648,156 @@ def test_under_secure_aggregation_a_lost_node_ends_the_run_cleanly_when_too_few_
     assert "round 3" in str(stopped.value) and "nothing is registered" in str(stopped.value)
     assert "only 2 institution(s) completed; a secure sum needs at least 3" in str(stopped.value)
     assert MlflowClient(tracking_uri).search_model_versions("name='credit_secure_lost'") == []
+
+
+def test_monitoring_across_silos_under_secure_aggregation_names_the_bank_that_moved_and_its_retraining_says_why(
+    consortium, small_consortium, tracking_uri, monkeypatch, tmp_path, caplog
+):
+    """The monitoring scenario across node processes with secure aggregation on. The version's development reference
+    is a secure sum of the nodes' counts of their development rows (their totals: every row of their extracts);
+    each month every node counts its own month extract and the counts are summed securely: the coordinator reads the
+    consortium's report, and of each bank only its status and its findings by name (the bank's own report, with its
+    figures, stays at its node). A stable month: no breach. A month where cedar_savings' limits fall and its defaults
+    rise: cedar_savings acts, the breach event names it, and the retraining it starts records it in its lineage.
+    Nothing a node counted reaches the coordinator in the clear; a node refuses to count in the clear for a model
+    trained under secure aggregation, and to count with a model it did not evaluate as a challenger."""
+    import json
+
+    import mlflow
+    import pandas as pd
+    import prefect.events
+    import yaml
+
+    import consortium.nodes as client
+    from contract.synthetic import synthesize
+    from flows.config import load_config
+    from flows.monitor import MonitoringBreach, monitor_champion
+    from flows.retrain import retrain_from_config
+    from institution.monitoring import REFERENCE_ARTIFACT, counts_vector, monitor_extract
+    from riskmodel import model as exported
+    from runconfig import MonitoringConfig
+    from tracking.registry import exported_model_dir
+
+    root, pki, nodes = consortium
+    plain = _coordinator_plain(pki, nodes.values(), "credit_watch", secure_aggregation=True, seed=6)
+    plain["training"] = {**plain["training"], "rounds": 3}
+    config_file = tmp_path / "credit_watch.yaml"
+    config_file.write_text(yaml.safe_dump(plain))
+    config = load_config(config_file)
+    received, real_send = [], client.send
+
+    def capture(handle, tls, operation, request):
+        answer = real_send(handle, tls, operation, request)
+        received.append((handle.institution, operation, answer))
+        return answer
+
+    monkeypatch.setattr(client, "send", capture)
+    retrain_from_config(str(config_file))
+    registry = MlflowClient(tracking_uri)
+    version = registry.get_model_version("credit_watch", "1")
+    reference = json.loads(
+        Path(registry.download_artifacts(version.run_id, REFERENCE_ARTIFACT, str(tmp_path))).read_text()
+    )
+    extracts = [pd.read_csv(small_consortium[name]) for name in BANKS]
+    assert reference["institutions"] == {} and reference["secure_sum"]["institutions"] == list(BANKS)
+    summed = reference["secure_sum"]["counts"]
+    assert sum(summed["rows"]) == sum(len(e) for e in extracts)
+    assert sum(summed["defaults"]) == sum(int(e[config.data_schema.label.column].sum()) for e in extracts)
+    assert all(a["reference"] is None for _, op, a in received if op == "Evaluate")  # no bank's own counts
+    complete = "secure sum: keys 3/3, shares 3/3, masked inputs 3/3, consistency 3/3, unmasking 3/3 (threshold 2)"
+    assert f"development reference for monitoring, {complete}" in caplog.text
+
+    model = exported_model_dir(
+        Path(mlflow.artifacts.download_artifacts("models:/credit_watch/1", dst_path=str(tmp_path / "v1")))
+    )
+    stable = synthesize(tmp_path / "stable", 4, seed=31, rows_scale=0.25)
+    shifted = synthesize(
+        tmp_path / "shifted",
+        4,
+        seed=32,
+        rows_scale=0.25,
+        changes={"cedar_savings": {"median_limit": 12_000, "default_rate": 0.6}},
+    )
+    emitted, real_emit = [], prefect.events.emit_event
+
+    def emit(**event):
+        emitted.append(event)
+        return real_emit(**event)
+
+    monkeypatch.setattr(prefect.events, "emit_event", emit)
+
+    def month(files: dict[str, Path], period: str):
+        for name in BANKS:
+            shutil.copy(files[name], nodes[name].directory / "month.csv")
+        del received[:]
+        return monitor_champion(config, period)
+
+    calm = month(stable, "2026-11")
+    assert calm.status != "act" and emitted == [] and calm.unmonitored == {}
+    assert [r.scope for r in calm.reports] == [*BANKS, "consortium"]
+    assert calm.reports[-1].rows == sum(len(pd.read_csv(stable[name])) for name in BANKS)
+
+    moved = month(shifted, "2026-12")
+    by_scope = {r.scope: r for r in moved.reports}
+    assert moved.status == "act" and by_scope["cedar_savings"].status == "act"
+    assert {by_scope[name].status for name in ("alder_bank", "birch_credit_union")} <= {"stable", "warn"}
+    assert all(f.startswith(("act: ", "warn: ")) for f in by_scope["cedar_savings"].findings)
+    assert f"monitoring of 2026-12, {complete}" in caplog.text
+    [event] = emitted
+    breach = MonitoringBreach(**event["payload"])
+    assert "cedar_savings" in breach.reason and breach.version == "1" and breach.period == "2026-12"
+    # Only secure sums crossed, and nothing a node counted is in them in the clear (its report's status and its
+    # findings' names, and its row total, as public as its validation report, are).
+    assert {op for _, op, _ in received} <= {
+        "SecureBegin",
+        "SecureShare",
+        "SecureMask",
+        "SecureConsistency",
+        "SecureUnmask",
+    }
+    loaded = exported.load(model)
+    for name in BANKS:
+        counted = monitor_extract(shifted[name], config.data_schema, loaded)
+        secrets = {round(v, 3) for v in counts_vector(counted.counts, loaded.bins) if v > 100} - {
+            counted.counts.total,
+            counted.rows,
+        }
+        assert secrets
+        leaked = {round(v, 3) for who, _, answer in received if who == name for v in _numbers(answer)} & secrets
+        assert not leaked, (name, leaked)
+    # The same month's counts in a second sum (which could leave one bank out, and the difference be its counts):
+    # every node refuses, naming the sum it added them to.
+    from flows.validate import consortium_of
+
+    again = consortium_of(config).secure_monitor(config.data_schema, model, "2026-12", MonitoringConfig())
+    assert again.counts is None and set(again.unmonitored) >= set(BANKS)
+    for name in BANKS:
+        assert "already added its monitoring counts of model" in again.unmonitored[name]
+        assert "(rule: one sum per input)" in again.unmonitored[name]
+    digest = exported.files_digest(model)
+    own = nodes["cedar_savings"].directory / "state" / "monitoring" / f"2026-12-{digest[:12]}.md"
+    assert "act" in own.read_text() and "stability" in own.read_text()  # the bank's own report, with its figures
+    # In the clear the node counts nothing for this model, nor anything for a model it did not evaluate.
+    handle, tls = (
+        client.NodeHandle("alder_bank", f"127.0.0.1:{nodes['alder_bank'].port}"),
+        client.Tls(str(pki / "ca.crt"), str(pki / f"{COORDINATOR}.crt"), str(pki / f"{COORDINATOR}.key")),
+    )
+    request = {
+        "schema": {"name": "credit_default", "version": config.data_schema.version},
+        "period": "2026-12",
+        "thresholds": MonitoringConfig().model_dump(),
+    }
+    with pytest.raises(client.NodeError, match="sends its monitoring counts only through secure aggregation"):
+        real_send(handle, tls, "Monitor", {**request, "model": client._zip_model(model)})
+    stranger = tmp_path / "stranger"
+    shutil.copytree(model, stranger)
+    manifest = json.loads((stranger / exported.MANIFEST).read_text())
+    (stranger / exported.MANIFEST).write_text(json.dumps({**manifest, "note": "not the one trained"}))
+    with pytest.raises(client.NodeError, match="monitors only a model it evaluated as a training's challenger"):
+        real_send(handle, tls, "Monitor", {**request, "model": client._zip_model(stranger)})
+
+    # The retraining the breach starts (the automation's parameters), its own seed: its rounds are new inputs.
+    retrain_from_config(str(config_file), {"seed": 7}, breach)
+    tags = registry.get_model_version("credit_watch", "2").tags
+    assert tags["prefect.trigger"] == "monitoring" and "cedar_savings" in tags["monitoring.reason"]
+    assert tags["monitoring.period"] == "2026-12" and tags["monitoring.version"] == "1"

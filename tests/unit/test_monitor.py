@@ -1,5 +1,5 @@
-"""The monitoring flow's consortium: each institution's monitoring_path in simulation, said plainly when absent or
-when the institutions are nodes (monitoring across silos is not built yet)."""
+"""The monitoring flow's consortium: each institution's monitoring_path in simulation, said plainly when absent; across
+silos the nodes, each reading the monitoring extract its own config names (the coordinator names no path)."""
 
 from pathlib import Path
 
@@ -24,7 +24,7 @@ def test_an_institution_without_a_monitoring_path_is_named():
         monitoring_consortium(_config(path="a.csv"))
 
 
-def test_nodes_are_refused_in_words_and_a_node_institution_cannot_name_a_path():
+def test_across_silos_the_nodes_count_and_a_node_institution_cannot_name_a_path():
     with pytest.raises(ConfigError, match="monitoring_path is for simulation"):
         _config(node="127.0.0.1:7000", monitoring_path="x.csv")
     config = parse_config(
@@ -35,5 +35,5 @@ def test_nodes_are_refused_in_words_and_a_node_institution_cannot_name_a_path():
         },
         Path("/data"),
     )
-    with pytest.raises(LookupError, match="monitoring across silos is not built yet"):
-        monitoring_consortium(config)
+    consortium = monitoring_consortium(config)
+    assert consortium.cross_silo and consortium.names == ["alder_bank"] and consortium.extracts == ()

@@ -10,7 +10,15 @@ from sklearn.metrics import roc_auc_score
 
 from contract.data import Extract, Split, load_part
 from contract.schema import load_schema
-from institution.monitoring import GRADES, DevelopmentReference, add_counts, development_bins, monitoring_counts
+from institution.monitoring import (
+    GRADES,
+    DevelopmentReference,
+    add_counts,
+    counts_from_vector,
+    counts_vector,
+    development_bins,
+    monitoring_counts,
+)
 from institution.scoring import band_index
 from institution.statistics import feature_space, local_statistics
 from monitoring.statistics import (
@@ -196,6 +204,38 @@ def test_the_development_reference_is_each_institutions_counts_and_their_sum(mon
     again = DevelopmentReference.from_json(reference.to_json())
     assert again == reference and again.consortium.total == 4700
     assert again.consortium.rows == add_counts([_counts(m) for m in months]).rows
+
+
+def _secure_sum(vectors: list[np.ndarray]) -> np.ndarray:
+    """What a secure sum releases: the vectors encoded in the protocol's fixed-point ring, added there, decoded."""
+    from node.secure import SUMS
+    from secagg import ring
+    from secagg.ring import VectorSpec
+
+    spec = VectorSpec(len(vectors[0]), **SUMS)
+    total = ring.zeros(spec)
+    for vector in vectors:
+        total = ring.add(total, ring.encode(vector, spec), spec)
+    return ring.decode(total, spec)
+
+
+def test_a_secure_sum_of_the_counts_vectors_is_the_pooled_rows_counts_exactly(months):
+    bins = [LIMIT, EDUCATION]
+    summed = counts_from_vector(_secure_sum([counts_vector(_counts(m), bins) for m in months]), bins, len(months))
+    pooled = monitoring_counts(
+        _pooled(months, "probability"), _pooled(months, "features"), bins, _pooled(months, "outcome")
+    )
+    assert summed.rows == pooled.rows and summed.defaults == pooled.defaults and summed.features == pooled.features
+    np.testing.assert_allclose(summed.predicted, pooled.predicted, atol=3 * 2.0**-24)  # the ring's resolution
+    # One institution without matured outcomes: the consortium back-tests nothing (its zeros are not outcomes).
+    unlabelled = monitoring_counts(months[0]["probability"], months[0]["features"], bins)
+    vectors = [counts_vector(c, bins) for c in (unlabelled, _counts(months[1]), _counts(months[2]))]
+    assert counts_from_vector(_secure_sum(vectors), bins, 3).defaults is None
+    with pytest.raises(ValueError, match="where the model's grades and bins make"):
+        counts_from_vector(_secure_sum(vectors)[:-1], bins, 3)
+    # A secure development reference holds the sum alone, and keeps it through its JSON.
+    reference = DevelopmentReference({}, summed, ("a", "b", "c"))
+    assert DevelopmentReference.from_json(reference.to_json()) == reference and reference.consortium == summed
 
 
 def test_the_stability_p_value_is_uniform_between_samples_of_one_population_and_small_for_a_shifted_one():

@@ -18,6 +18,7 @@ def test_every_operation_has_a_service_method_and_a_deadline():
         "TrainRound",
         "ValidateRound",
         "Evaluate",
+        "Monitor",
         "TrainTrees",
         "TreeProgress",
         "SecureBegin",
@@ -65,4 +66,8 @@ def test_a_secure_sum_adds_only_what_a_node_computes():
         begin.inner()
     with pytest.raises(wire.WireError, match="no secure sum adds 'evaluate'"):
         SecureBegin("s", ["a", "b", "c"], 3, {}, "evaluate").inner()
-    assert set(SECURE_INPUTS) == {"train_round", "validate_round", "statistics"}
+    assert set(SECURE_INPUTS) == {"train_round", "validate_round", "statistics", "monitor", "development_counts"}
+    # A node's development counts are added to a secure sum only: there is no operation that answers them plainly.
+    assert "DevelopmentCounts" not in OPERATIONS
+    with pytest.raises(wire.WireError, match="DevelopmentCounts: field 'model': Field required"):
+        SecureBegin("s", ["a", "b", "c"], 3, {"run_key": "r"}, "development_counts").inner()

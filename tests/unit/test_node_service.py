@@ -24,13 +24,19 @@ MEMBERS = ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance"]
 
 
 def _service(
-    small_consortium, tmp_path, consortium: dict | None = None, extract: Path | None = None, **policy
+    small_consortium,
+    tmp_path,
+    consortium: dict | None = None,
+    extract: Path | None = None,
+    monitoring: Path | None = None,
+    **policy,
 ) -> NodeService:
     config = NodeConfig.model_validate(
         {
             "institution": "dune_finance",
             "schema": "credit_default",
             "extract": {"path": str(extract or small_consortium["dune_finance"])},
+            "monitoring": {"path": str(monitoring)} if monitoring is not None else None,
             "work_dir": str(tmp_path / "state"),
             "tls": TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "c.crt", key=tmp_path / "c.key"),
             "policy": NodePolicy(**policy),
@@ -229,6 +235,8 @@ def test_a_node_that_requires_secure_aggregation_trains_no_trees(small_consortiu
                 "world_size": 3,
                 "rank": 0,
                 "server": "127.0.0.1:1",
+                "mean": [],
+                "std": [],
             },
         )
 
@@ -351,10 +359,10 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     from engines.tff import export
     from institution.statistics import FeatureSpace
     from riskmodel.layout import Layout
-    from riskmodel.model import MANIFEST, files_digest
+    from riskmodel.model import BINS_KEY, MANIFEST, files_digest
     from runconfig import EvaluationConfig, ModelConfig
 
-    service = _service(small_consortium, tmp_path, max_evaluations_per_run=5)  # refused requests count too
+    service = _service(small_consortium, tmp_path, max_evaluations_per_run=6)  # refused requests count too
     spec = TrainingSpec(rounds=2, seed=1)
     probe = _prepared(service, spec, "probe")  # a run, for its layout and weights
     layout, weights = Layout.from_json(probe["layout"]), weights_as_lists(service.runs["probe"].stages.initial_weights)
@@ -378,6 +386,15 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     manifest = json.loads((relaid / MANIFEST).read_text())
     manifest["layout"]["features"] = list(reversed(manifest["layout"]["features"]))
     (relaid / MANIFEST).write_text(json.dumps(manifest))
+    # The run's weights and layout, but bins a thousand times finer than the run's: counts per bin that leave the
+    # node with the development reference and each month's monitoring would place single customers' values.
+    rebinned = exported("rebinned", 0.2)
+    manifest = json.loads((rebinned / MANIFEST).read_text())
+    for entry in manifest[BINS_KEY]:
+        if entry["edges"]:
+            low, high = entry["edges"][0], entry["edges"][-1]
+            entry["edges"] = list(np.linspace(low, high, 10_000))
+    (rebinned / MANIFEST).write_text(json.dumps(manifest))
 
     def evaluate(run_key: str, **models: Path) -> dict:
         return service.answer(
@@ -401,6 +418,7 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
     for models, refusal in [
         ({"challenger": crafted}, "the challenger sent holds weights this node never trained or validated in that run"),
         ({"challenger": relaid}, "the challenger sent encodes the features with another layout"),
+        ({"challenger": rebinned}, "the challenger sent counts features in other bins than the run's development"),
         ({"champion": other}, "the champion sent is not the champion named when the run began"),
         ({"pooled": challenger}, "the pooled sent is neither its challenger nor its champion"),
     ]:
@@ -408,7 +426,7 @@ def test_evaluate_scores_only_the_runs_challenger_and_named_champion_a_policy_nu
             evaluate("run-1", **models)
     with pytest.raises(
         NodeRefusal,
-        match=r"evaluates the models of run run-1 at most 5 times "
+        match=r"evaluates the models of run run-1 at most 6 times "
         r"\(policy.max_evaluations_per_run\)",
     ):
         evaluate("run-1", challenger=challenger)
@@ -586,6 +604,8 @@ def test_a_coordinator_with_a_valid_certificate_is_refused_each_bypass_by_node_p
                 "rank": 0,
                 "world_size": 3,
                 "server": "127.0.0.1:1",
+                "mean": [],
+                "std": [],
             },
         )
         assert "only through secure aggregation" in refused(
