@@ -72,8 +72,9 @@ def _wait_listening(process, log: Path, name: str) -> None:
 
 @contextmanager
 def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]:
-    """Start a node per institution of `config` (simulation paths) under `work_dir`; yield the coordinator's
-    config (nodes only, mutual TLS); stop the nodes by pid when the block ends."""
+    """Start a node per institution of `config` (simulation paths; each node gets a copy of its institution's
+    extract and of its monitoring_path) under `work_dir`; yield the coordinator's config (nodes only, mutual TLS);
+    stop the nodes by pid when the block ends."""
     from hostguard.pki import init_ca, issue
 
     work_dir = Path(work_dir).resolve()
@@ -90,6 +91,11 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
             for file in ("ca.crt", f"{name}.crt", f"{name}.key"):
                 shutil.copy(pki / file, directory / "tls" / file)
             shutil.copy(institution.path, directory / institution.path.name)  # only its own rows
+            month = None
+            if institution.monitoring_path is not None:  # and its own month of the scoring population
+                month = directory / "monitoring" / institution.monitoring_path.name
+                month.parent.mkdir()
+                shutil.copy(institution.monitoring_path, month)
             port = _free_port()
             path = node_config(
                 name,
@@ -98,6 +104,7 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
                 directory / institution.path.name,
                 port,
                 [i.name for i in config.institutions],
+                month,
             )
             log = directory / "node.log"
             processes.append(

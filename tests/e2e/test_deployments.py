@@ -33,7 +33,11 @@ QUICK_PICKUP = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_RUNNER_POLL_FREQUE
 def test_prefect_yaml_schedules_the_retrainings_and_the_monitoring_with_their_configs():
     specs = {spec.name: spec for spec in load_deployments()}
     assert set(specs) == {"credit-default-weekly", "credit-default-demo-daily", "credit-default-demo-monitor",
-                          "retrain-on-breach"}  # fmt: skip
+                          "credit-default-monitor", "retrain-on-breach"}  # fmt: skip
+    # A monitoring deployment for each model a retraining deployment trains, on the same config.
+    retrained = {s.parameters["config_file"] for s in specs.values() if s.full_name.startswith("retrain-from-config/")}
+    monitored = {s.parameters["config_file"] for s in specs.values() if s.full_name.startswith("monitor-from-config/")}
+    assert monitored == retrained == {"configs/uci_default_credit.yaml", "configs/demo.yaml"}
     weekly, daily, monitor = (
         specs["credit-default-weekly"],
         specs["credit-default-demo-daily"],

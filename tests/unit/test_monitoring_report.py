@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from institution.monitoring import GRADES, add_counts, monitoring_counts
-from monitoring.report import grade_pds, grade_table, monitoring_report, report_markdown, worst
+from monitoring.report import grade_pds, grade_table, monitoring_report, node_summary, report_markdown, worst
 from riskmodel.bins import FeatureBins
 from runconfig import MonitoringConfig
 
@@ -54,6 +54,16 @@ def test_shifted_limits_and_a_higher_default_rate_are_breaches_named_with_their_
     assert any(
         b.startswith(f"the portfolio defaulted at {overall.observed_rate:.2%} against its PD") for b in report.breaches
     )
+    # The same findings by name alone: what a node shares of its own report under secure aggregation.
+    assert "act: LIMIT_BAL stability" in report.findings and "act: portfolio default rate" in report.findings
+    assert not any(character.isdigit() for finding in report.findings for character in finding)
+    assert len(report.findings) == len(report.breaches) + len(report.shifts)
+    shared = node_summary("dune_finance", report.rows, report.status, report.findings)
+    assert shared.status == "act" and shared.at_node and shared.metrics() == {"dune_finance/rows": report.rows}
+    assert "LIMIT_BAL stability (its figures stay in its node's own report)" in shared.breaches
+    markdown = report_markdown("t", [shared], [])
+    assert "| dune_finance | 5,000 | act | at its node | at its node | - | - |" in markdown
+    assert node_summary("a", 10, "unknown", []).status == "warn"  # no development counts at its node: said
 
 
 def test_a_small_banks_month_that_moves_the_index_by_chance_alone_is_not_a_finding():
