@@ -95,6 +95,44 @@ class Label(BaseModel):
     meaning: str = Field(pattern=r"^[a-z][a-z ]{0,30}$", description="What the positive value means, e.g. default.")
 
 
+class ProtectedAttribute(BaseModel):
+    """A protected attribute (sex, age, ...) read from one declared feature, for fair-lending tests only: never a
+    model input. A categorical feature's levels are gathered into `groups`; a numeric feature is cut into
+    `bands` at `cuts` (a value on a cut falls in the band above; `bands` names them, one more than the cuts).
+    `reference`: the group the others are compared with (the adverse impact ratio's denominator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    groups: dict[str, list[str | int]] | None = None
+    cuts: list[float] | None = None
+    bands: list[str] | None = None
+    reference: str
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ProtectedAttribute:
+        if (self.groups is None) == (self.cuts is None):
+            raise ValueError("give either groups (a categorical column's levels by group) or cuts and bands (a number)")
+        if self.cuts is not None:
+            if self.cuts != sorted(set(self.cuts)):
+                raise ValueError(f"cuts must increase, got {self.cuts}")
+            if self.bands is None or len(self.bands) != len(self.cuts) + 1:
+                raise ValueError(f"bands must name the {len(self.cuts) + 1} bands the cuts make")
+        elif self.bands is not None:
+            raise ValueError("bands go with cuts (a numeric column); a categorical column's groups name themselves")
+        names = self.names
+        if len(set(names)) != len(names):
+            raise ValueError(f"group names repeat: {names}")
+        if self.reference not in names:
+            raise ValueError(f"reference {self.reference!r} is not one of its groups {names}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The groups, in order (a band's or a group's name)."""
+        return list(self.groups) if self.groups is not None else list(self.bands or [])
+
+
 class Schema(BaseModel):
     """One data layout, versioned: a change that changes a check needs a new version (and suite)."""
 
@@ -124,6 +162,11 @@ class Schema(BaseModel):
         "'(other)', so no rare level identifies a customer.",
     )
     features: dict[str, Feature] = Field(min_length=1)
+    protected: dict[str, ProtectedAttribute] = Field(
+        default_factory=dict,
+        description="Protected attributes by name (sex, age): declared features that are never model inputs and "
+        "are used only to test the model for fair lending.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Schema:
@@ -135,6 +178,33 @@ class Schema(BaseModel):
             raise ValueError(f"{reserved} are the ID or label column, not features")
         if self.label.positive == self.label.negative:
             raise ValueError("label.positive and label.negative must differ")
+        for name, attribute in self.protected.items():
+            feature = self.features.get(attribute.column)
+            if feature is None:
+                raise ValueError(f"protected.{name}.column {attribute.column!r} is not a declared feature")
+            if attribute.groups is not None:
+                coded = getattr(feature, "allowed", None) if feature.type == "numeric" else None
+                if feature.type == "categorical" and feature.levels != "open":
+                    declared = [str(level) for level in feature.levels]
+                elif coded:
+                    declared = [f"{float(code):g}" for code in coded]
+                else:
+                    raise ValueError(
+                        f"protected.{name}: groups need a categorical column with declared levels or a numeric "
+                        f"one with allowed codes"
+                    )
+                listed = [
+                    f"{float(level):g}" if coded else str(level)
+                    for levels in attribute.groups.values()
+                    for level in levels
+                ]
+                if sorted(listed) != sorted(declared):
+                    raise ValueError(
+                        f"protected.{name}.groups must place each of {attribute.column}'s values in one group "
+                        f"exactly (its values: {declared})"
+                    )
+            elif feature.type != "numeric":
+                raise ValueError(f"protected.{name}: cuts need a numeric column; {attribute.column} is {feature.type}")
         outcome = {str(self.label.positive).strip().lower(), str(self.label.negative).strip().lower()}
         for name, feature in self.features.items():
             if feature.type != "categorical" or feature.levels == "open":
@@ -167,6 +237,16 @@ class Schema(BaseModel):
     def fingerprint(self) -> str:
         """sha256 of the schema's content (comments and layout of the YAML aside), for lineage."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    @property
+    def protected_references(self) -> dict[str, str]:
+        """Each protected attribute's reference group (what its other groups are compared with)."""
+        return {name: attribute.reference for name, attribute in self.protected.items()}
+
+    @property
+    def protected_columns(self) -> set[str]:
+        """The columns protected attributes are read from: never model inputs."""
+        return {attribute.column for attribute in self.protected.values()}
 
     def numeric(self) -> list[str]:
         return [n for n, f in self.features.items() if f.type == "numeric"]

@@ -40,7 +40,8 @@ COLUMNS = [
     LABEL_COLUMN,
 ]
 DATA_FILE = "credit.csv"
-CHANGEABLE = ("rows", "default_rate", "median_limit", "age_mean", "risk_shift")  # what a later month may change
+# What a later month (or a scenario) may change of a portfolio.
+CHANGEABLE = ("rows", "default_rate", "median_limit", "age_mean", "risk_shift", "sex_bias")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Portfolio:
     age_mean: float
     education_mix: tuple[float, float, float, float]  # graduate, university, high school, other
     risk_shift: float  # extra latent delinquency of this customer base
+    # A history biased against women (SEX 2): their limits were set lower, by exp(-sex_bias), and their defaults
+    # recorded at exp(sex_bias) times the odds of a man's with the same record (0: none).
+    sex_bias: float = 0.0
 
 
 PORTFOLIOS = [
@@ -135,6 +139,7 @@ def synthesize_institution(portfolio: Portfolio, seed: int, first_id: int = 1) -
     marriage[rng.random(n) < 0.002] = 0
     education_boost = np.array([1.0, 1.4, 1.15, 0.85, 1.0, 1.0, 1.0])[education]
     limit = portfolio.median_limit * education_boost * np.exp(rng.normal(0, 0.6, size=n))
+    limit = limit * np.where(sex == 2, np.exp(-portfolio.sex_bias), 1.0)
     limit = np.clip(np.round(limit / 10_000) * 10_000, 10_000, 1_000_000).astype(int)
 
     # Latent delinquency drives payment statuses month by month (PAY_6 oldest, PAY_0 latest).
@@ -178,7 +183,7 @@ def synthesize_institution(portfolio: Portfolio, seed: int, first_id: int = 1) -
     for i, column in enumerate(PAYMENT_COLUMNS):
         frame[column] = payments[:, i].astype(int)
 
-    logit = _default_logit(frame)
+    logit = _default_logit(frame) + portfolio.sex_bias * (sex == 2)
     probability = _sigmoid(logit + _intercept_for_rate(logit, portfolio.default_rate))
     frame[LABEL_COLUMN] = (rng.random(n) < probability).astype(int)
     return frame[COLUMNS]

@@ -253,8 +253,9 @@ def run_retraining(
         spent = settle_privacy(settings, lock, budget, training)
         evaluations = evaluate(config, consortium, features, training, evaluated, champion, Path(work_dir))
         reference = development_reference(consortium, training, evaluations)
+        protected = config.data_schema.protected_references
         decision = decide_promotion(
-            config.promotion, evaluations, champion.version if champion else None, training.lost
+            config.promotion, evaluations, champion.version if champion else None, training.lost, protected
         )
         registration = register(
             config,
@@ -292,6 +293,7 @@ def run_retraining(
             settings.mlflow_ui_url,
             training=training,
             privacy=spent,
+            protected=config.data_schema.protected_references,
         ),
     )
     return RetrainSummary(

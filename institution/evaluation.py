@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 
 from contract.data import Extract, Split, labels, load_parts
 from contract.schema import Schema
+from institution.fairness import FairnessCounts, fairness_counts, with_proxies
 from institution.monitoring import MonitoringCounts, monitoring_counts
 from riskmodel import model as exported
 from runconfig import EvaluationConfig
@@ -57,6 +58,7 @@ HIGHER_IS_BETTER = {
 # probabilities of rare events (fraud, prime defaults) get as fine a grid as the middle.
 ROC_THRESHOLDS = np.concatenate([[0.0], 1 / (1 + np.exp(-np.linspace(-9, 9, 181))), [1.0 + 1e-9]])
 CALIBRATION_BINS = 10
+FAIRNESS_ROLES = ("challenger", "champion")  # the models the fair-lending figures and guardrail compare
 
 
 def _calibration(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
@@ -140,12 +142,20 @@ class InstitutionEvaluation:
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
     curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     reference: MonitoringCounts | None = None  # the challenger's monitoring counts on all development rows
+    # Per role (challenger, champion) its counts by protected group, score and outcome (schemas with protected
+    # attributes): what the fair-lending figures and the promotion's fairness guardrail are computed from.
+    fairness: dict[str, FairnessCounts] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, answer: dict) -> InstitutionEvaluation:
         """An evaluation as a node sent it (dataclasses.asdict of one)."""
         reference = answer.get("reference")
-        return cls(**{**answer, "reference": MonitoringCounts(**reference) if reference else None})
+        fairness = {
+            role: FairnessCounts.from_json(c["attributes"]) for role, c in (answer.get("fairness") or {}).items()
+        }
+        return cls(
+            **{**answer, "reference": MonitoringCounts(**reference) if reference else None, "fairness": fairness}
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -180,6 +190,13 @@ def evaluate_rows(
         probabilities = np.concatenate([_scorer(challenger)(parts["train"]), scores["challenger"]])
         bins = exported.load_manifest_bins(Path(challenger))
         reference = monitoring_counts(probabilities, development, bins, labels(development, schema))
+    fairness = {
+        role: fairness_counts(scores[role], holdout, y, schema, evaluation.threshold)
+        for role in FAIRNESS_ROLES
+        if role in scores and schema.protected
+    }
+    if fairness.get("challenger") is not None and reference is not None:  # the features' proxies, over development
+        fairness["challenger"] = with_proxies(fairness["challenger"], development, bins, schema)
     return InstitutionEvaluation(
         institution=extract.institution,
         examples=int(len(y)),
@@ -193,6 +210,7 @@ def evaluate_rows(
             role: {"roc": _roc_at_thresholds(y, p), "calibration": _calibration(y, p)} for role, p in scores.items()
         },
         reference=reference,
+        fairness={role: counts for role, counts in fairness.items() if counts is not None},
     )
 
 

@@ -291,9 +291,11 @@ def _batch_warnings(schema: Schema, tally: _Tally, extra: list[str]) -> list[str
     for name, count in tally.missing.items():
         limit = schema.features[name].missing.max_rate
         if count / tally.rows > limit:
+            missing = f"{name} missing in {count} of {tally.rows} rows ({percent(count / tally.rows)}), more than "
             warnings.append(
-                f"{name} missing in {count} of {tally.rows} rows ({percent(count / tally.rows)}), more "
-                f"than the {percent(limit)} its training data allowed; each was filled as the model fills "
+                f"{missing}the {percent(limit)} the schema allows (a protected attribute: not a model input)"
+                if name in schema.protected_columns
+                else f"{missing}the {percent(limit)} its training data allowed; each was filled as the model fills "
                 f"a missing value"
             )
     for name, count in tally.unseen.items():

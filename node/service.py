@@ -485,9 +485,10 @@ class NodeService:
                 self.run_records.update(run_key, lambda r: r.challengers.__setitem__(digest, kept))
         prepared = self.runs.get(run_key)
         if self.config.policy.require_secure_aggregation or record.secure or (prepared is not None and prepared.secure):
-            # This institution's own counts per grade and feature bin are what secure aggregation hides: under it
-            # they do not leave in the clear (the version then has no development reference to monitor against).
-            evaluation = replace(evaluation, reference=None)
+            # This institution's own counts per grade and feature bin, and by protected group, are what secure
+            # aggregation hides: under it they do not leave in the clear (the development reference is then a secure
+            # sum; the fair-lending counts are not summed securely yet, and the promotion says so).
+            evaluation = replace(evaluation, reference=None, fairness={})
         return asdict(evaluation)
 
     def _unpacked(self, archive, target: Path) -> Path:

@@ -241,7 +241,11 @@ class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description="Score at or above which a row counts as flagged (confusion counts)."
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="The decision: a probability at or above it is flagged (declined), below it approved: confusion "
+        "counts and the fair-lending figures are at this cutoff.",
     )
     max_false_positive_rate: float = Field(
         0.05, gt=0.0, lt=1.0, description="recall_at_fpr: the share of positives caught at this false-positive rate."
@@ -275,6 +279,25 @@ class PromotionConfig(BaseModel):
         le=1.0,
         description="Guardrail: the challenger's expected calibration error (pooled over "
         "institutions) below this; null turns it off.",
+    )
+    min_adverse_impact_ratio: float | None = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Guardrail (schemas with protected attributes): no group's approval rate below this share of "
+        "its reference group's, over the consortium (the four-fifths rule); null turns it off.",
+    )
+    max_adverse_impact_drop: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Guardrail: no group's adverse impact ratio lower than under the champion by more than this.",
+    )
+    min_group_rows: int = Field(
+        30,
+        ge=1,
+        description="A protected group with fewer holdout rows over the consortium is reported, not judged by the "
+        "fairness guardrails (its ratio is mostly chance).",
     )
     promote_with_lost_institutions: bool = Field(
         False,
@@ -583,6 +606,14 @@ class RunConfig(BaseModel):
                 )
             if len(set(self.features)) != len(self.features):
                 raise ValueError("features are listed more than once")
+            protected = {a.column: name for name, a in self.data_schema.protected.items()}
+            inputs = [f for f in self.features if f in protected]
+            if inputs:
+                named = ", ".join(f"{f} (protected attribute {protected[f]})" for f in inputs)
+                raise ValueError(
+                    f"features {named} are protected in schema {self.data_schema.name}: used only to test the "
+                    f"model for fair lending, never as its inputs"
+                )
         if self.quorum > len(self.institutions):
             raise ValueError(f"quorum {self.quorum} is more than the {len(self.institutions)} institutions configured")
         sampled = getattr(self.training, "clients_per_round", None)
@@ -625,8 +656,8 @@ class RunConfig(BaseModel):
 
     @property
     def feature_names(self) -> list[str]:
-        """The features the model uses, in the schema's order."""
-        chosen = set(self.features or self.data_schema.features)
+        """The features the model uses, in the schema's order (never a protected attribute's column)."""
+        chosen = set(self.features or self.data_schema.features) - self.data_schema.protected_columns
         return [f for f in self.data_schema.features if f in chosen]
 
     @property

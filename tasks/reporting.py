@@ -12,6 +12,7 @@ from engines.privacy import privacy_sentence
 from institution.evaluation import METRIC_LABELS, ROLE_LABELS, InstitutionEvaluation, weighted_metrics
 from institution.validation import ValidationReport
 from tasks.retries import TRANSIENT_RETRIES
+from tracking.fairness import consortium_fairness
 from tracking.registry import Registration
 from tracking.versions import MODEL_CARD_ARTIFACT, run_page_url, validation_page_artifact, version_page_url
 
@@ -46,9 +47,11 @@ def summary_markdown(
     failure: str | None = None,
     training: TrainingOutcome | None = None,
     privacy=None,
+    protected: dict[str, str] | None = None,
 ) -> str:
-    """The retraining's story for the Prefect UI: institutions, training, metrics, the decision and its
-    checks, with links to the MLflow run and model version (`mlflow_ui_url` is where `mlflow ui` serves)."""
+    """The retraining's story for the Prefect UI: institutions, training, metrics, fair lending (`protected`: the
+    schema's protected attributes and their reference groups), the decision and its checks, with links to the
+    MLflow run and model version (`mlflow_ui_url` is where `mlflow ui` serves)."""
     lines = [f"# Retraining of `{model_name}`", ""]
     if failure:
         lines += [f"**Failed:** {failure}", ""]
@@ -91,6 +94,22 @@ def summary_markdown(
                 + " | ".join(f"{w[n]:.4f}" for n in names)
                 + " |"
             )
+    fair = consortium_fairness(evaluations, protected or {}) if evaluations else None
+    if fair:
+        lines += [
+            "",
+            "## Fair lending (new model, every holdout)",
+            "",
+            "| attribute | group | rows | approval rate | adverse impact ratio | approval among goods | AUC |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for attribute in fair:
+            for g in attribute.groups:
+                reference = " (reference)" if g.group == attribute.reference else ""
+                lines.append(
+                    f"| {attribute.attribute} | {g.group}{reference} | {g.rows:,} | {g.approval_rate:.3f} | "
+                    f"{g.adverse_impact_ratio:.3f} | {g.equal_opportunity:.3f} | {g.auc:.3f} |"
+                )
     if registration:
         run = (registration.experiment_id, registration.run_id)
         lines += [

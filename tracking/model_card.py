@@ -17,6 +17,7 @@ from institution.evaluation import METRIC_LABELS, ROLE_LABELS, InstitutionEvalua
 from institution.validation import ValidationReport
 from riskmodel.layout import Layout
 from runconfig import EvaluationConfig, RunConfig, ScorecardConfig
+from tracking.fairness import consortium_fairness, consortium_proxies, fairness_section, institution_fairness
 from tracking.promotion import Decision
 
 PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
@@ -257,6 +258,21 @@ def _points_table(scorecard, scaling: ScorecardConfig) -> str:
     )
 
 
+def _fairness(config: RunConfig, evaluations: list[InstitutionEvaluation], figures: dict[str, bytes]) -> str:
+    """The Fair lending section: the new model's figures over the consortium and each institution's ratios."""
+    protected = config.data_schema.protected_references
+    images = {name: _png(figures[f"fairness_{name}"]) for name in protected if f"fairness_{name}" in figures}
+    return fairness_section(
+        consortium_fairness(evaluations, protected),
+        institution_fairness(evaluations, protected),
+        config.evaluation.threshold,
+        images,
+        "No counts by protected group reached the coordinator (under secure aggregation they are not summed yet): "
+        "the fair-lending figures of this version are unknown.",
+        consortium_proxies(evaluations),
+    )
+
+
 def model_card_html(
     *,
     model_name: str,
@@ -351,6 +367,7 @@ def model_card_html(
         f'<img alt="roc" src="data:image/png;base64,{_png(figures["roc"])}">',
         "<h3>Calibration</h3>",
         f'<img alt="calibration" src="data:image/png;base64,{_png(figures["calibration"])}">',
+        *([_fairness(config, evaluations, figures)] if schema.protected else []),
         "<h2>Data per institution</h2>",
         f"<p>Checked against suite <code>{e(lineage.get('suite.name', '-'))}</code> (sha256 "
         f"<code>{e(lineage.get('suite.sha256', '-')[:16])}</code>). Aggregates only.</p>",

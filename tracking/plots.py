@@ -167,3 +167,35 @@ def backtest_figure(reports) -> Figure:
         axes[0].legend(loc="upper left")
     figure.tight_layout()
     return figure
+
+
+def fairness_figure(figures, minimum_ratio: float | None) -> Figure:
+    """One protected attribute (fairness.figures.AttributeFigures): each group's approval rate with its 95 %
+    interval and its adverse impact ratio (the four-fifths line), and its observed against predicted bad rate."""
+    figure = Figure(figsize=(11, 3.6))
+    approval_axis, calibration_axis = figure.subplots(1, 2)
+    groups = [g for g in figures.groups if g.rows]
+    names = [f"{g.group}\n({g.rows:,})" for g in groups]
+    rates = np.array([g.approval_rate for g in groups])
+    low = rates - np.array([g.approval_interval[0] for g in groups])
+    high = np.array([g.approval_interval[1] for g in groups]) - rates
+    colours = ["tab:grey" if g.group == figures.reference else "tab:blue" for g in groups]
+    approval_axis.bar(names, rates, yerr=[low, high], color=colours, capsize=4)
+    for position, g in enumerate(groups):
+        approval_axis.annotate(f"AIR {g.adverse_impact_ratio:.2f}", (position, 0.02), ha="center", color="white")
+    if minimum_ratio is not None:
+        reference = next(g for g in groups if g.group == figures.reference)
+        approval_axis.axhline(minimum_ratio * reference.approval_rate, color="tab:red", linestyle="--",
+                              label=f"{minimum_ratio:g} x {figures.reference}'s rate")  # fmt: skip
+        approval_axis.legend(loc="lower right")
+    approval_axis.set(title=f"{figures.attribute}: approval rate (95 % interval)", ylabel="approved", ylim=(0, 1))
+    observed = [g.observed_bad_rate for g in groups]
+    predicted = [g.predicted_bad_rate for g in groups]
+    positions = np.arange(len(groups))
+    calibration_axis.bar(positions - 0.2, observed, width=0.4, label="observed bad rate")
+    calibration_axis.bar(positions + 0.2, predicted, width=0.4, label="predicted (mean probability)")
+    calibration_axis.set_xticks(positions, names)
+    calibration_axis.set(title=f"{figures.attribute}: calibration per group", ylabel="bad rate")
+    calibration_axis.legend()
+    figure.tight_layout()
+    return figure

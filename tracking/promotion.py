@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fairness.figures import fairness_figures, judged_groups
 from institution.evaluation import HIGHER_IS_BETTER, InstitutionEvaluation, pooled_ece, weighted_metrics
+from institution.fairness import add_fairness
 from institution.validation import LEFT_OUT
 from runconfig import PromotionConfig
 from tracking.versions import CHALLENGER, CHAMPION
@@ -30,9 +32,11 @@ def decide_promotion(
     evaluations: list[InstitutionEvaluation],
     champion_version: str | None,
     lost: dict[str, str] | None = None,
+    protected: dict[str, str] | None = None,
 ) -> Decision:
     """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations. `lost`:
-    institutions left out mid-training (the challenger was trained and evaluated without them).
+    institutions left out mid-training (the challenger was trained and evaluated without them); `protected`: the
+    schema's protected attributes and each one's reference group (the fairness guardrails judge them).
 
     Promoted only when the challenger beats the champion on the primary metric (example-weighted
     over institutions) by at least `min_improvement`, no institution loses more than
@@ -86,6 +90,7 @@ def decide_promotion(
                 checks.append(
                     f"pass: no institution worse than under the champion by more than {limit:g} on {metric}{detail}"
                 )
+    checks += _fairness_checks(policy, evaluations, champion_version if compared else None, protected or {})
     mid_training = {name: why for name, why in (lost or {}).items() if why.startswith(LEFT_OUT)}
     if mid_training and not policy.promote_with_lost_institutions:
         checks.append(
@@ -99,3 +104,72 @@ def decide_promotion(
         kept = f"champion v{champion_version} kept" if champion_version else "not promoted, no champion set"
         reason = f"{kept}: " + "; ".join(c.removeprefix("fail: ") for c in checks if c.startswith("fail"))
     return Decision(promoted=promoted, reason=reason, checks=checks)
+
+
+def _fairness_checks(
+    policy: PromotionConfig, evaluations: list[InstitutionEvaluation], champion_version: str | None, protected: dict
+) -> list[str]:
+    """The fair-lending guardrails over the consortium's counts: no judged group's adverse impact ratio below
+    `min_adverse_impact_ratio`, nor lower than under the champion by more than `max_adverse_impact_drop`."""
+    if not protected or (policy.min_adverse_impact_ratio is None and policy.max_adverse_impact_drop is None):
+        return []
+    without = [e.institution for e in evaluations if CHALLENGER not in e.fairness]
+    if without or not evaluations:
+        return [
+            f"fail: fair lending could not be tested: no counts by protected group from {', '.join(without)} "
+            f"(under secure aggregation they are not summed yet)"
+        ]
+    challenger = fairness_figures(add_fairness([e.fairness[CHALLENGER] for e in evaluations]), protected)
+    champion = None
+    if champion_version is not None and all(CHAMPION in e.fairness for e in evaluations):
+        champion = {
+            f.attribute: f
+            for f in fairness_figures(add_fairness([e.fairness[CHAMPION] for e in evaluations]), protected)
+        }
+    checks = []
+    for figures in challenger:
+        judged, small = judged_groups(figures, policy.min_group_rows)
+        aside = f"; too few rows to judge: {', '.join(f'{g.group} ({g.rows})' for g in small)}" if small else ""
+        reference = figures.group(figures.reference)
+        limit = policy.min_adverse_impact_ratio
+        if limit is not None:
+            low = [g for g in judged if g.adverse_impact_ratio < limit]
+            if low:
+                named = ", ".join(
+                    f"{figures.attribute} {g.group} {g.adverse_impact_ratio:.3f} (approved {g.approved:,} of "
+                    f"{g.rows:,}, {g.approval_rate:.1%}, against {figures.reference} {reference.approval_rate:.1%})"
+                    for g in low
+                )
+                checks.append(f"fail: adverse impact ratio below {limit:g}: {named}")
+            else:
+                lowest = min(judged, key=lambda g: g.adverse_impact_ratio, default=None)
+                detail = f" (lowest: {lowest.group} {lowest.adverse_impact_ratio:.3f})" if lowest else ""
+                checks.append(
+                    f"pass: no {figures.attribute} group's adverse impact ratio below {limit:g} against "
+                    f"{figures.reference}{detail}{aside}"
+                )
+        drop = policy.max_adverse_impact_drop
+        if drop is not None and champion is not None:
+            before = champion[figures.attribute]
+            fallen = [
+                (g, before.group(g.group).adverse_impact_ratio - g.adverse_impact_ratio)
+                for g in judged
+                if g.group in {b.group for b in before.groups}
+            ]
+            worse = [(g, d) for g, d in fallen if d > drop]
+            if worse:
+                named = ", ".join(
+                    f"{figures.attribute} {g.group} {g.adverse_impact_ratio:.3f} "
+                    f"against {g.adverse_impact_ratio + d:.3f}"
+                    for g, d in worse
+                )
+                checks.append(
+                    f"fail: adverse impact ratio lower than under champion v{champion_version} by more than "
+                    f"{drop:g}: {named}"
+                )
+            else:
+                checks.append(
+                    f"pass: no {figures.attribute} group's adverse impact ratio lower than under champion "
+                    f"v{champion_version} by more than {drop:g}"
+                )
+    return checks

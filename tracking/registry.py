@@ -33,6 +33,13 @@ from institution.statistics import FeatureSpace
 from institution.validation import ValidationReport
 from riskmodel import model as exported
 from runconfig import RunConfig
+from tracking.fairness import (
+    FAIRNESS_ARTIFACT,
+    consortium_fairness,
+    consortium_proxies,
+    fairness_metrics,
+    institution_fairness,
+)
 from tracking.promotion import Decision
 from tracking.versions import (
     ALIASES_PENDING,
@@ -458,7 +465,14 @@ def register_model(
 
     from riskmodel.scorecard import POINTS_TABLE_ARTIFACT, points_table
     from tracking.model_card import model_card_html
-    from tracking.plots import calibration_figure, convergence_figure, importance_figure, png, roc_figure
+    from tracking.plots import (
+        calibration_figure,
+        convergence_figure,
+        fairness_figure,
+        importance_figure,
+        png,
+        roc_figure,
+    )
 
     check = lock_check or (lambda where: None)
     model_name, schema, plain = config.model_name, config.data_schema, config.plain()
@@ -548,6 +562,18 @@ def register_model(
             "roc": roc_figure(evaluations),
             "calibration": calibration_figure(evaluations),
         }
+        protected = config.data_schema.protected_references
+        fair = consortium_fairness(evaluations, protected)
+        if fair is not None:  # the fair-lending figures: metrics, their JSON, a plot per protected attribute
+            mlflow.log_metrics(
+                fairness_metrics(fair, institution_fairness(evaluations, protected), consortium_proxies(evaluations))
+            )
+            mlflow.log_dict({"cutoff": config.evaluation.threshold, "attributes": [asdict(f) for f in fair]},
+                            FAIRNESS_ARTIFACT)  # fmt: skip
+            for attribute in fair:
+                figures[f"fairness_{attribute.attribute}"] = fairness_figure(
+                    attribute, config.promotion.min_adverse_impact_ratio
+                )
         gain = trained.feature_gain()
         if gain:
             figures["feature_importance"] = importance_figure(gain)

@@ -85,7 +85,13 @@ def test_baselines_and_plots_are_logged_with_the_run(registered):
     )
     assert metrics["baseline_pooled_data/all_holdouts/ece"] > 0
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"plots/convergence.png", "plots/roc.png", "plots/calibration.png"}
+    assert plots == {
+        "plots/convergence.png",
+        "plots/roc.png",
+        "plots/calibration.png",
+        "plots/fairness_sex.png",  # the schema's protected attributes: one plot each
+        "plots/fairness_age.png",
+    }
 
 
 @requires_offline_browser()

@@ -74,7 +74,8 @@ def test_retrain_registers_a_champion_then_a_challenger(tracking_uri, small_cons
     assert per_round["validation_loss"][-1] < per_round["validation_loss"][0]
     assert all(0.5 < auc < 1 for auc in per_round["validation_auc"])
     assert all(n > 0 for n in per_round["client_update_norm"] + per_round["server_update_norm"])
-    assert per_round["bytes_sent"] == [4 * (4 * 24 + 4)] * 5 and per_round["institutions"] == [4] * 5
+    # One weight per encoded input and a bias, float32, per institution (SEX and AGE are protected: not inputs)
+    assert per_round["bytes_sent"] == [4 * (4 * 22 + 4)] * 5 and per_round["institutions"] == [4] * 5
     assert run.data.metrics["best_round"] == 1 + int(np.argmin(per_round["validation_loss"]))
     assert first.training.best_round == run.data.metrics["best_round"] and not first.training.stopped_early
     assert not any(Settings().runs_dir.glob("credit_e2e/*"))  # registered: its checkpoints are gone

@@ -127,7 +127,8 @@ def test_one_application_is_scored_on_its_own_and_chunks_change_nothing(store, a
     assert done == [*range(7, 300, 7), 300] and chunked.bands == whole.bands
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "chunked.csv"), pd.read_csv(tmp_path / "whole.csv"))
     assert pd.read_csv(tmp_path / "one_out.csv")["default_probability"].iloc[0] == pytest.approx(
-        pd.read_csv(tmp_path / "whole.csv")["default_probability"].iloc[17], rel=1e-9
+        pd.read_csv(tmp_path / "whole.csv")["default_probability"].iloc[17],
+        rel=1e-6,  # float32: one row or many
     )
     pd.read_csv(applicants).to_parquet(tmp_path / "applicants.parquet")  # Parquet streams in row batches too
     score_file(

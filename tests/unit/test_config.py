@@ -20,7 +20,9 @@ def _error(data) -> str:
 def test_shipped_configs_load():
     demo = load_config(PROJECT_ROOT / "configs" / "demo.yaml")
     assert [i.name for i in demo.institutions] == ["alder_bank", "birch_credit_union", "cedar_savings", "dune_finance"]
-    assert demo.feature_names == FEATURE_COLUMNS and demo.quorum == 3 and demo.suite == "credit_default_v2"
+    # SEX and AGE are protected attributes of the schema: tested for fair lending, never the model's inputs.
+    assert demo.feature_names == [f for f in FEATURE_COLUMNS if f not in ("SEX", "AGE")]
+    assert demo.quorum == 3 and demo.suite == "credit_default_v2"
     uci = load_config(PROJECT_ROOT / "configs" / "uci_default_credit.yaml")
     assert uci.institutions[0].path == (PROJECT_ROOT.parent / "shared/data/uci_default_credit/bank_a.csv").resolve()
 
@@ -64,6 +66,11 @@ def test_server_learning_rate_defaults_by_algorithm(algorithm, rate):
         ),
         ({"evaluation": {"threshold": 1.5}}, "evaluation.threshold: Input should be less than 1 (got 1.5)"),
         ({"features": ["AGE", "INCOME"]}, "features ['INCOME'] are not features of schema credit_default"),
+        (
+            {"features": ["LIMIT_BAL", "SEX"]},
+            "features SEX (protected attribute sex) are protected in schema credit_default: used only to test the "
+            "model for fair lending, never as its inputs",
+        ),
         ({"schema": "no_such_schema"}, "schema: unknown schema 'no_such_schema'"),
         (
             {"institutions": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]},

@@ -92,6 +92,26 @@ def _imports(package: str) -> dict[str, set[str]]:
                 "fed_trees",
             },
         ),
+        # A model's fair-lending figures: statistics of counts, below what runs or records it (as monitoring).
+        (
+            "fairness",
+            {
+                "prefect",
+                "mlflow",
+                "great_expectations",
+                "tensorflow",
+                "tensorflow_federated",
+                "xgboost",
+                "flows",
+                "tasks",
+                "node",
+                "consortium",
+                "engines",
+                "tracking",
+                "fed_models",
+                "fed_trees",
+            },
+        ),
         # The run config: types only, below everything that takes it.
         (
             "runconfig",
@@ -221,6 +241,7 @@ PACKAGES = (
     "errors",
     "institution",
     "monitoring",
+    "fairness",
     "runconfig",
     "tracking",
     "fed_models",

@@ -144,3 +144,69 @@ def test_a_challenger_trained_without_an_institution_lost_mid_training_is_not_pr
         PromotionConfig(**POLICY, promote_with_lost_institutions=True), _evaluations({"a": 0.9}), None, lost
     )
     assert allowed.promoted  # and one quarantined at the start is like a failed validation: no reason to hold
+
+
+def _with_fairness(evaluation: InstitutionEvaluation, approval: dict[str, float], role: str = "challenger", rows=200):
+    """`evaluation` with counts by sex where each group's approval rate is `approval[group]` (half of each group
+    good, the approved goods as many as the rate allows)."""
+    from dataclasses import replace
+
+    import numpy as np
+    import pandas as pd
+
+    from contract.schema import load_schema
+    from institution.fairness import add_fairness, fairness_counts
+
+    schema = load_schema("credit_default")
+    parts = []
+    for code, rate in zip((1, 2), approval.values(), strict=True):  # male, female
+        probabilities = np.where(np.arange(rows) < rate * rows, 0.1, 0.9)
+        frame = pd.DataFrame({"SEX": [code] * rows, "AGE": [40] * rows})
+        parts.append(fairness_counts(probabilities, frame, np.arange(rows) % 2, schema, 0.5))
+    return replace(evaluation, fairness={**evaluation.fairness, role: add_fairness(parts)})
+
+
+PROTECTED = {"sex": "male", "age": "25 to 60"}
+
+
+def test_a_group_approved_at_under_four_fifths_of_its_reference_blocks_promotion_and_is_named():
+    [fair] = [_with_fairness(e, {"male": 0.8, "female": 0.7}) for e in _evaluations({"a": 0.8})]
+    decision = decide_promotion(PromotionConfig(**POLICY), [fair], None, protected=PROTECTED)
+    assert decision.promoted
+    assert "pass: no sex group's adverse impact ratio below 0.8 against male (lowest: female 0.875)" in decision.checks
+    [unfair] = [_with_fairness(e, {"male": 0.8, "female": 0.6}) for e in _evaluations({"a": 0.8})]
+    decision = decide_promotion(PromotionConfig(**POLICY), [unfair], None, protected=PROTECTED)
+    assert not decision.promoted
+    assert decision.reason == (
+        "not promoted, no champion set: adverse impact ratio below 0.8: sex female 0.750 (approved 120 of 200, "
+        "60.0%, against male 80.0%)"
+    )
+    # Too few rows in a group to judge it: reported, not judged.
+    small = PromotionConfig(**POLICY, min_group_rows=500)
+    assert decide_promotion(small, [unfair], None, protected=PROTECTED).promoted
+    # Off: no fairness check at all; and none without protected attributes.
+    off = PromotionConfig(**POLICY, min_adverse_impact_ratio=None)
+    assert decide_promotion(off, [unfair], None, protected=PROTECTED).promoted
+    assert decide_promotion(PromotionConfig(**POLICY), [unfair], None).promoted
+
+
+def test_a_ratio_fallen_from_the_champions_beyond_the_margin_blocks_promotion():
+    [evaluation] = _evaluations({"a": 0.81}, champion={"a": 0.80})
+    before = _with_fairness(evaluation, {"male": 0.8, "female": 0.78}, role="champion")
+    policy = PromotionConfig(**POLICY, max_adverse_impact_drop=0.05)
+    kept = _with_fairness(before, {"male": 0.8, "female": 0.76})
+    assert decide_promotion(policy, [kept], "3", protected=PROTECTED).promoted
+    fallen = _with_fairness(before, {"male": 0.8, "female": 0.7})
+    decision = decide_promotion(policy, [fallen], "3", protected=PROTECTED)
+    assert not decision.promoted
+    assert (
+        "fail: adverse impact ratio lower than under champion v3 by more than 0.05: sex female 0.875 against 0.975"
+        in (decision.checks)
+    )
+
+
+def test_without_counts_by_group_the_fairness_of_a_model_cannot_be_tested_and_it_is_not_promoted():
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.8}), None, protected=PROTECTED)
+    assert not decision.promoted and "fair lending could not be tested: no counts by protected group from a" in (
+        decision.reason
+    )

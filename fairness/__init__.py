@@ -1,0 +1,1 @@
+"""Fair-lending figures of a model from the institutions' summed counts (institution.fairness)."""
