@@ -46,6 +46,7 @@ from node.messages import (
     Validate,
     ValidateRound,
 )
+from node.messages import FairnessCounts as FairnessCountsRequest
 from node.server import SERVICE, message_options
 from riskmodel.model import ENGINE_FILES, MANIFEST
 
@@ -420,6 +421,29 @@ class NodeConsortium:
             raise NodeError("development reference: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
         counts = counts_from_vector(result.sums["sums"], load_manifest_bins(model), len(result.sent))
         return counts, list(result.sent), result.describe(len(self.names), self.secure_threshold)
+
+    def secure_fairness(self, schema, model: Path) -> tuple[dict, str]:
+        """The run's counts by protected group (the challenger `model`, with its proxies, and the champion) as one
+        secure sum of each node's, which secure aggregation kept out of Evaluate: role -> the consortium's
+        institution.fairness.FairnessCounts (a role only when every node had it), and what completed."""
+        from institution.fairness import fairness_from_vector, fairness_vector
+        from riskmodel.model import files_digest, load_manifest_bins
+
+        request = FairnessCountsRequest(self.run_key, files_digest(model))
+        result, failed = self._secure_sum_of("fairness_counts", lambda i: request, "fair-lending counts")
+        if result is None:
+            raise NodeError("fair-lending counts: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+        bins = load_manifest_bins(model)
+        size = len(fairness_vector(None, schema, bins))
+        summed, everyone = {}, len(result.sent)
+        for role, part, with_bins in (
+            ("challenger", result.sums["sums"][:size], bins),
+            ("champion", result.sums["sums"][size:], None),
+        ):
+            counts, having = fairness_from_vector(part, schema, with_bins)
+            if having == everyone and len(result.sent) == len(self.names):
+                summed[role] = counts
+        return summed, result.describe(len(self.names), self.secure_threshold)
 
     def _secure_sum_of(self, added: str, request, when: str):
         """A secure sum over every node of what `request(i)` computes, those failing a phase left out: the result

@@ -94,6 +94,9 @@ class CrossSiloConsortium(Consortium, Protocol):
     def secure_monitor(self, schema: Schema, model: Path, period: str, thresholds: MonitoringConfig) -> Any:
         """A period's monitoring counts as one secure sum (consortium.nodes.SecureMonitoring)."""
 
+    def secure_fairness(self, schema: Schema, model: Path) -> tuple[dict[str, Any], str]:
+        """The run's counts by protected group per role as one secure sum, and what completed."""
+
     def secure_development(self, model: Path) -> tuple[MonitoringCounts, list[str], str]:
         """The run's new model's development counts as one secure sum: the sum, whose it is, what completed."""
 

@@ -44,12 +44,14 @@ from tasks.per_institution import (
     compute_secure_statistics,
     evaluate_institution,
     sum_development_counts,
+    sum_fairness_counts,
 )
 from tasks.privacy import record_ledger_version, reserve_privacy_budget, settle_privacy_budget
 from tasks.registry import find_champion, register_model
 from tasks.reporting import publish_summary, publish_validation_table, summary_markdown
 from tasks.retries import service_retries
 from tasks.training import train_federated, train_local_baseline, train_pooled_baseline, worker_isolation
+from tracking.fairness import summed_fairness
 from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file
 from tracking.monitoring import cooldown_left
 from tracking.promotion import decide_promotion
@@ -253,9 +255,10 @@ def run_retraining(
         spent = settle_privacy(settings, lock, budget, training)
         evaluations = evaluate(config, consortium, features, training, evaluated, champion, Path(work_dir))
         reference = development_reference(consortium, training, evaluations)
+        fairness = consortium_fairness_counts(config, consortium, training, evaluations)
         protected = config.data_schema.protected_references
         decision = decide_promotion(
-            config.promotion, evaluations, champion.version if champion else None, training.lost, protected
+            config.promotion, evaluations, champion.version if champion else None, training.lost, protected, fairness
         )
         registration = register(
             config,
@@ -274,6 +277,7 @@ def run_retraining(
             trigger=trigger,
             monitoring=monitoring,
             reference=reference,
+            fairness=fairness,
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     name_flow_run(config.model_name, registration.version, trigger=trigger)
@@ -294,6 +298,7 @@ def run_retraining(
             training=training,
             privacy=spent,
             protected=config.data_schema.protected_references,
+            fairness=fairness,
         ),
     )
     return RetrainSummary(
@@ -486,6 +491,23 @@ def development_reference(
     return DevelopmentReference({}, counts, tuple(summed_over))
 
 
+def consortium_fairness_counts(
+    config: RunConfig, consortium: Consortium, training: TrainingOutcome, evaluations: list[InstitutionEvaluation]
+) -> dict:
+    """The consortium's counts by protected group per role (challenger, champion): the institutions' as they sent
+    them, summed; under secure aggregation, which keeps them at the nodes, their secure sum. Empty (and the
+    promotion then says fair lending could not be tested) when there are none."""
+    if not config.data_schema.protected:
+        return {}
+    if not (consortium.cross_silo and consortium.secure):
+        return summed_fairness(evaluations)
+    try:
+        return sum_fairness_counts(consortium, config.data_schema, training.model_path)
+    except FedriskError as error:
+        get_run_logger().warning("no fair-lending counts: %s", first_line(error))
+        return {}
+
+
 def register(
     config: RunConfig,
     settings: Settings,
@@ -504,6 +526,7 @@ def register(
     trigger: str,
     monitoring: MonitoringBreach | None = None,
     reference: DevelopmentReference | None = None,
+    fairness: dict | None = None,
 ) -> Registration:
     """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy), then its
     version recorded in the privacy ledger. `started`: when the retraining began (its MLflow run's start)."""
@@ -557,6 +580,7 @@ def register(
         lock_check=lock.verify,
         started=started,
         reference=reference,
+        fairness=fairness,
     )
     if spent is not None:
         lock.verify("before recording the version in the privacy ledger")

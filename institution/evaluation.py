@@ -150,9 +150,7 @@ class InstitutionEvaluation:
     def from_wire(cls, answer: dict) -> InstitutionEvaluation:
         """An evaluation as a node sent it (dataclasses.asdict of one)."""
         reference = answer.get("reference")
-        fairness = {
-            role: FairnessCounts.from_json(c["attributes"]) for role, c in (answer.get("fairness") or {}).items()
-        }
+        fairness = {role: FairnessCounts.from_json(counts) for role, counts in (answer.get("fairness") or {}).items()}
         return cls(
             **{**answer, "reference": MonitoringCounts(**reference) if reference else None, "fairness": fairness}
         )

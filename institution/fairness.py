@@ -175,3 +175,78 @@ def add_fairness(parts: Sequence[FairnessCounts]) -> FairnessCounts:
             for name, features in parts[0].proxies.items()
         }
     return FairnessCounts(attributes, proxies)
+
+
+_SCALARS = ("rows", "bads", "approved", "approved_goods", "score_sum", "score_squares")
+_LISTS = ("grade_rows", "grade_predicted", "grade_bads", "bin_goods", "bin_bads")
+
+
+def _layout(schema: Schema, bins: Sequence[FeatureBins] | None) -> list[tuple[str, ...]]:
+    """The fixed order of a fairness vector: every attribute's groups (MISSING included), then, with `bins`, every
+    attribute's table of each feature's bins by group. The same at every institution: from the schema and model."""
+    parts: list[tuple[str, ...]] = []
+    for name, attribute in schema.protected.items():
+        parts += [("group", name, group) for group in [*attribute.names, MISSING]]
+    for name in schema.protected if bins is not None else ():
+        parts += [("proxy", name, b.name) for b in bins or ()]
+    return parts
+
+
+def fairness_vector(counts: FairnessCounts | None, schema: Schema, bins: Sequence[FeatureBins] | None) -> np.ndarray:
+    """Counts as one vector for a secure sum: a first 1 (0 where `counts` is None: the institution had none),
+    then each group's counts and, with `bins`, the proxies, in _layout's order (absent groups as zeros)."""
+    groups_per = {name: len(a.names) + 1 for name, a in schema.protected.items()}
+    empty_group = [0.0] * (len(_SCALARS) + 3 * len(SCORE_BANDS) + 2 * (len(SCORE_EDGES) + 1))
+    values = [1.0 if counts is not None else 0.0]
+    by_bins = {b.name: b for b in bins or ()}
+    for kind, name, key in _layout(schema, bins):
+        if kind == "group":
+            found = counts.attributes.get(name, {}).get(key) if counts is not None else None
+            values += (
+                [float(getattr(found, f)) for f in _SCALARS] + [float(v) for f in _LISTS for v in getattr(found, f)]
+                if found is not None
+                else empty_group
+            )
+        else:
+            size = len(by_bins[key].labels) * groups_per[name]
+            table = (counts.proxies.get(name, {}).get(key) if counts is not None else None) or [[0] * size]
+            values += [float(v) for row in table for v in row]
+    return np.asarray(values, dtype=np.float64)
+
+
+def fairness_from_vector(
+    vector: np.ndarray, schema: Schema, bins: Sequence[FeatureBins] | None
+) -> tuple[FairnessCounts | None, int]:
+    """The summed counts from a secure sum of fairness_vector's, and how many institutions had counts (None when
+    not every institution had: a partial sum is not the consortium's). MISSING is kept only when it has rows."""
+    vector = np.asarray(vector, dtype=np.float64)
+    having, at = int(round(vector[0])), 1
+    n, edges = len(SCORE_BANDS), len(SCORE_EDGES) + 1
+    sizes = dict(zip(_LISTS, (n, n, n, edges, edges), strict=True))
+    attributes: dict[str, dict[str, GroupCounts]] = {name: {} for name in schema.protected}
+    proxies: dict[str, dict[str, list[list[int]]]] = {}
+    by_bins = {b.name: b for b in bins or ()}
+    for kind, name, key in _layout(schema, bins):
+        if kind == "group":
+            scalars = vector[at : at + len(_SCALARS)]
+            at += len(_SCALARS)
+            lists = {}
+            for field_name in _LISTS:
+                part = vector[at : at + sizes[field_name]]
+                at += sizes[field_name]
+                lists[field_name] = (
+                    part.tolist() if field_name == "grade_predicted" else np.rint(part).astype(int).tolist()
+                )
+            whole = [int(round(v)) for v in scalars[:4]]
+            counts = GroupCounts(*whole, float(scalars[4]), float(scalars[5]), **lists)
+            if key != MISSING or counts.rows:
+                attributes[name][key] = counts
+        else:
+            columns = len(schema.protected[name].names) + 1
+            rows = len(by_bins[key].labels)
+            table = np.rint(vector[at : at + rows * columns]).astype(int).reshape(rows, columns)
+            at += rows * columns
+            proxies.setdefault(name, {})[key] = table.tolist()
+    if at != len(vector):
+        raise ValueError(f"a fairness sum of {len(vector)} values, where the schema and model make {at}")
+    return FairnessCounts(attributes, proxies), having

@@ -40,6 +40,9 @@ class RunRecord:
     # riskmodel.model.files_digest of each challenger evaluated here -> its counts of this institution's development
     # rows (institution.monitoring.MonitoringCounts as a dict): what Monitor compares the institution's months with
     challengers: dict[str, dict] = field(default_factory=dict)
+    # The last evaluation's counts by protected group per role (institution.fairness.FairnessCounts as a dict): what
+    # this node adds to the run's secure sum of fair-lending counts, which secure aggregation kept out of Evaluate
+    fairness: dict[str, dict] = field(default_factory=dict)
 
 
 class RunRecords:

@@ -32,6 +32,7 @@ from node.messages import (
     Describe,
     DevelopmentCounts,
     Evaluate,
+    FairnessCounts,
     Monitor,
     Prepare,
     SecureBegin,
@@ -312,6 +313,8 @@ class NodeService:
             added = self._monitoring_input(inner)
         elif isinstance(inner, DevelopmentCounts):
             added = self._development_input(inner)
+        elif isinstance(inner, FairnessCounts):
+            added = self._fairness_input(inner)
         else:
             added = self._statistics_input(inner)
         return self.secure.begin(request, added)
@@ -482,7 +485,12 @@ class NodeService:
 
                 digest = exported.files_digest(Path(models["challenger"]))
                 kept = asdict(evaluation.reference) if evaluation.reference is not None else None
-                self.run_records.update(run_key, lambda r: r.challengers.__setitem__(digest, kept))
+                fair = {role: asdict(counts) for role, counts in evaluation.fairness.items()}
+
+                def keep(r) -> None:
+                    r.challengers[digest], r.fairness = kept, fair
+
+                self.run_records.update(run_key, keep)
         prepared = self.runs.get(run_key)
         if self.config.policy.require_secure_aggregation or record.secure or (prepared is not None and prepared.secure):
             # This institution's own counts per grade and feature bin, and by protected group, are what secure
@@ -584,6 +592,34 @@ class NodeService:
             {},
             {"run_key": request.run_key, "model": request.model},
             f"its development counts of model {request.model[:12]}",
+        )
+
+    def _fairness_input(self, request: FairnessCounts) -> SecureInput:
+        from institution import fairness
+        from node import secure
+        from riskmodel.bins import FeatureBins
+
+        record = self.run_records.get(request.run_key)
+        if record is None or request.model not in record.challengers or not record.fairness:
+            raise NodeRefusal(
+                f"institution '{self.name}' adds counts by protected group only of a challenger it evaluated: it "
+                f"evaluated no model {request.model[:12]} in run {request.run_key or '(none named)'}"
+            )
+        bins = [FeatureBins.from_manifest(entry) for entry in record.bins or []]
+        kept = {role: fairness.FairnessCounts.from_json(counts) for role, counts in record.fairness.items()}
+        vector = np.concatenate(
+            [
+                fairness.fairness_vector(kept.get("challenger"), self.schema, bins),
+                fairness.fairness_vector(kept.get("champion"), self.schema, None),
+            ]
+        )
+        return SecureInput(
+            {"sums": vector},
+            {"sums": secure.SUMS},
+            {"sums": vector},
+            {},
+            {"run_key": request.run_key, "model": request.model},
+            f"its counts by protected group for model {request.model[:12]}",
         )
 
     def _monitored(self, request: Monitor) -> _Monitored:

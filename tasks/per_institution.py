@@ -109,6 +109,15 @@ def sum_development_counts(consortium, model: Path) -> tuple[MonitoringCounts, l
     return counts, summed_over, completed
 
 
+@task(name="secure-fairness-counts", task_run_name="secure-fairness-counts", cache_policy=NO_CACHE)
+def sum_fairness_counts(consortium, schema: Schema, model: Path) -> dict:
+    """The run's counts by protected group (the new model's, with its proxies, and the champion's) as one secure
+    sum of each node's: role -> the consortium's counts."""
+    summed, completed = consortium.secure_fairness(schema, model)
+    get_run_logger().info("fair-lending counts, %s", completed)
+    return summed
+
+
 @task(name="local-statistics", task_run_name="statistics-{institution}")
 def compute_local_statistics(
     consortium, institution: str, schema: Schema, features: list[str], split: Split

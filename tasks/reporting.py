@@ -48,10 +48,11 @@ def summary_markdown(
     training: TrainingOutcome | None = None,
     privacy=None,
     protected: dict[str, str] | None = None,
+    fairness: dict | None = None,
 ) -> str:
     """The retraining's story for the Prefect UI: institutions, training, metrics, fair lending (`protected`: the
-    schema's protected attributes and their reference groups), the decision and its checks, with links to the
-    MLflow run and model version (`mlflow_ui_url` is where `mlflow ui` serves)."""
+    schema's protected attributes and their reference groups; `fairness`: the summed counts per role), the decision
+    and its checks, with links to the MLflow run and model version (`mlflow_ui_url` is where `mlflow ui` serves)."""
     lines = [f"# Retraining of `{model_name}`", ""]
     if failure:
         lines += [f"**Failed:** {failure}", ""]
@@ -94,7 +95,7 @@ def summary_markdown(
                 + " | ".join(f"{w[n]:.4f}" for n in names)
                 + " |"
             )
-    fair = consortium_fairness(evaluations, protected or {}) if evaluations else None
+    fair = consortium_fairness(fairness or {}, protected or {})
     if fair:
         lines += [
             "",

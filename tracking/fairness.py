@@ -8,29 +8,37 @@ import math
 
 from fairness.figures import AttributeFigures, fairness_figures, proxy_strengths
 from institution.evaluation import InstitutionEvaluation
-from institution.fairness import add_fairness
+from institution.fairness import FairnessCounts, add_fairness
 
 CHALLENGER = "challenger"
 FAIRNESS_ARTIFACT = "fairness/figures.json"  # the new model's figures over the consortium, in the version's run
 
 
+def summed_fairness(evaluations: list[InstitutionEvaluation]) -> dict[str, FairnessCounts]:
+    """The consortium's counts by protected group per role (challenger, champion): the institutions' summed, for a
+    role every institution sent (in the clear; under secure aggregation the flow sums them securely instead)."""
+    roles = ("challenger", "champion")
+    return {
+        role: add_fairness([e.fairness[role] for e in evaluations])
+        for role in roles
+        if evaluations and all(role in e.fairness for e in evaluations)
+    }
+
+
 def consortium_fairness(
-    evaluations: list[InstitutionEvaluation], protected: dict[str, str]
+    fairness: dict[str, FairnessCounts], protected: dict[str, str]
 ) -> list[AttributeFigures] | None:
-    """The new model's figures over every institution's holdout (their counts summed); None without counts."""
-    parts = [e.fairness[CHALLENGER] for e in evaluations if CHALLENGER in e.fairness]
-    if not protected or not parts or len(parts) < len(evaluations):
+    """The new model's figures over every institution's holdout; None without its summed counts."""
+    if not protected or CHALLENGER not in fairness:
         return None
-    return fairness_figures(add_fairness(parts), protected)
+    return fairness_figures(fairness[CHALLENGER], protected)
 
 
-def consortium_proxies(evaluations: list[InstitutionEvaluation]) -> dict[str, dict[str, float]]:
+def consortium_proxies(fairness: dict[str, FairnessCounts]) -> dict[str, dict[str, float]]:
     """Each model feature's association with each protected attribute over every institution's development rows
-    (Cramér's V, strongest first); empty without every institution's counts."""
-    parts = [e.fairness[CHALLENGER] for e in evaluations if CHALLENGER in e.fairness]
-    if not parts or len(parts) < len(evaluations) or not all(p.proxies for p in parts):
-        return {}
-    return proxy_strengths(add_fairness(parts))
+    (Cramér's V, strongest first); empty without them."""
+    counts = fairness.get(CHALLENGER)
+    return proxy_strengths(counts) if counts is not None and counts.proxies else {}
 
 
 def institution_fairness(

@@ -258,18 +258,21 @@ def _points_table(scorecard, scaling: ScorecardConfig) -> str:
     )
 
 
-def _fairness(config: RunConfig, evaluations: list[InstitutionEvaluation], figures: dict[str, bytes]) -> str:
-    """The Fair lending section: the new model's figures over the consortium and each institution's ratios."""
+def _fairness(
+    config: RunConfig, evaluations: list[InstitutionEvaluation], figures: dict[str, bytes], fairness: dict
+) -> str:
+    """The Fair lending section: the new model's figures over the consortium (`fairness`: the summed counts per
+    role) and each institution's ratios where they came in the clear."""
     protected = config.data_schema.protected_references
     images = {name: _png(figures[f"fairness_{name}"]) for name in protected if f"fairness_{name}" in figures}
     return fairness_section(
-        consortium_fairness(evaluations, protected),
+        consortium_fairness(fairness, protected),
         institution_fairness(evaluations, protected),
         config.evaluation.threshold,
         images,
-        "No counts by protected group reached the coordinator (under secure aggregation they are not summed yet): "
-        "the fair-lending figures of this version are unknown.",
-        consortium_proxies(evaluations),
+        "The consortium's counts by protected group are missing (an institution sent none, or their secure sum did "
+        "not complete): the fair-lending figures of this version are unknown.",
+        consortium_proxies(fairness),
     )
 
 
@@ -288,11 +291,12 @@ def model_card_html(
     layout: Layout,
     privacy=None,
     scorecard=None,
+    fairness: dict | None = None,
 ) -> str:
     """The card of `model_name` version `version`: intended use, decision, metrics, plots, privacy, features,
     data, lineage. `figures` are the run's plots as PNGs (tracking.plots.png); `training` is the TrainingOutcome;
     `privacy` what differential privacy spent (a tracking.privacy.PrivacyPlan), or None; `scorecard` a logistic
-    regression's points table."""
+    regression's points table; `fairness` the consortium's counts by protected group per role."""
     e = html.escape
     schema = config.data_schema
     simulated = any(role in ev.metrics for ev in evaluations for role in ("local_only", "pooled"))
@@ -367,7 +371,7 @@ def model_card_html(
         f'<img alt="roc" src="data:image/png;base64,{_png(figures["roc"])}">',
         "<h3>Calibration</h3>",
         f'<img alt="calibration" src="data:image/png;base64,{_png(figures["calibration"])}">',
-        *([_fairness(config, evaluations, figures)] if schema.protected else []),
+        *([_fairness(config, evaluations, figures, fairness or {})] if schema.protected else []),
         "<h2>Data per institution</h2>",
         f"<p>Checked against suite <code>{e(lineage.get('suite.name', '-'))}</code> (sha256 "
         f"<code>{e(lineage.get('suite.sha256', '-')[:16])}</code>). Aggregates only.</p>",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fairness.figures import fairness_figures, judged_groups
 from institution.evaluation import HIGHER_IS_BETTER, InstitutionEvaluation, pooled_ece, weighted_metrics
-from institution.fairness import add_fairness
+from institution.fairness import FairnessCounts
 from institution.validation import LEFT_OUT
 from runconfig import PromotionConfig
 from tracking.versions import CHALLENGER, CHAMPION
@@ -33,10 +33,12 @@ def decide_promotion(
     champion_version: str | None,
     lost: dict[str, str] | None = None,
     protected: dict[str, str] | None = None,
+    fairness: dict[str, FairnessCounts] | None = None,
 ) -> Decision:
     """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations. `lost`:
     institutions left out mid-training (the challenger was trained and evaluated without them); `protected`: the
-    schema's protected attributes and each one's reference group (the fairness guardrails judge them).
+    schema's protected attributes and each one's reference group, `fairness` the consortium's counts by group per
+    role (institution.fairness): the fairness guardrails judge them.
 
     Promoted only when the challenger beats the champion on the primary metric (example-weighted
     over institutions) by at least `min_improvement`, no institution loses more than
@@ -90,7 +92,7 @@ def decide_promotion(
                 checks.append(
                     f"pass: no institution worse than under the champion by more than {limit:g} on {metric}{detail}"
                 )
-    checks += _fairness_checks(policy, evaluations, champion_version if compared else None, protected or {})
+    checks += _fairness_checks(policy, fairness or {}, champion_version if compared else None, protected or {})
     mid_training = {name: why for name, why in (lost or {}).items() if why.startswith(LEFT_OUT)}
     if mid_training and not policy.promote_with_lost_institutions:
         checks.append(
@@ -107,25 +109,21 @@ def decide_promotion(
 
 
 def _fairness_checks(
-    policy: PromotionConfig, evaluations: list[InstitutionEvaluation], champion_version: str | None, protected: dict
+    policy: PromotionConfig, fairness: dict[str, FairnessCounts], champion_version: str | None, protected: dict
 ) -> list[str]:
     """The fair-lending guardrails over the consortium's counts: no judged group's adverse impact ratio below
     `min_adverse_impact_ratio`, nor lower than under the champion by more than `max_adverse_impact_drop`."""
     if not protected or (policy.min_adverse_impact_ratio is None and policy.max_adverse_impact_drop is None):
         return []
-    without = [e.institution for e in evaluations if CHALLENGER not in e.fairness]
-    if without or not evaluations:
+    if CHALLENGER not in fairness:
         return [
-            f"fail: fair lending could not be tested: no counts by protected group from {', '.join(without)} "
-            f"(under secure aggregation they are not summed yet)"
+            "fail: fair lending could not be tested: the consortium's counts by protected group are missing (an "
+            "institution sent none, or their secure sum did not complete)"
         ]
-    challenger = fairness_figures(add_fairness([e.fairness[CHALLENGER] for e in evaluations]), protected)
+    challenger = fairness_figures(fairness[CHALLENGER], protected)
     champion = None
-    if champion_version is not None and all(CHAMPION in e.fairness for e in evaluations):
-        champion = {
-            f.attribute: f
-            for f in fairness_figures(add_fairness([e.fairness[CHAMPION] for e in evaluations]), protected)
-        }
+    if champion_version is not None and CHAMPION in fairness:
+        champion = {f.attribute: f for f in fairness_figures(fairness[CHAMPION], protected)}
     checks = []
     for figures in challenger:
         judged, small = judged_groups(figures, policy.min_group_rows)

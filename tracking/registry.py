@@ -445,6 +445,7 @@ def register_model(
     lock_check=None,
     started: float | None = None,
     reference: DevelopmentReference | None = None,
+    fairness: dict | None = None,
 ) -> Registration:
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
@@ -455,7 +456,8 @@ def register_model(
     `lock_check(where)` raises when the retraining's lock was lost: called before every registry write that
     creates or changes a version, so a run that lost it registers nothing. `started` (epoch seconds): when the
     retraining began, the run's start, so that its duration is the retraining's. `reference`: the development
-    counts later months' monitoring compares with (institution.monitoring.DevelopmentReference), kept with the run.
+    counts later months' monitoring compares with (institution.monitoring.DevelopmentReference), kept with the run;
+    `fairness` the consortium's counts by protected group per role (institution.fairness.FairnessCounts).
     """
     import mlflow
     import yaml
@@ -563,10 +565,10 @@ def register_model(
             "calibration": calibration_figure(evaluations),
         }
         protected = config.data_schema.protected_references
-        fair = consortium_fairness(evaluations, protected)
+        fair = consortium_fairness(fairness or {}, protected)
         if fair is not None:  # the fair-lending figures: metrics, their JSON, a plot per protected attribute
             mlflow.log_metrics(
-                fairness_metrics(fair, institution_fairness(evaluations, protected), consortium_proxies(evaluations))
+                fairness_metrics(fair, institution_fairness(evaluations, protected), consortium_proxies(fairness or {}))
             )
             mlflow.log_dict({"cutoff": config.evaluation.threshold, "attributes": [asdict(f) for f in fair]},
                             FAIRNESS_ARTIFACT)  # fmt: skip
@@ -619,6 +621,7 @@ def register_model(
                 privacy=privacy,
                 layout=space.layout,
                 scorecard=scorecard,
+                fairness=fairness,
             ),
             MODEL_CARD_ARTIFACT,
         )

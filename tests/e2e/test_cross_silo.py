@@ -703,9 +703,19 @@ def test_monitoring_across_silos_under_secure_aggregation_names_the_bank_that_mo
     summed = reference["secure_sum"]["counts"]
     assert sum(summed["rows"]) == sum(len(e) for e in extracts)
     assert sum(summed["defaults"]) == sum(int(e[config.data_schema.label.column].sum()) for e in extracts)
-    assert all(a["reference"] is None for _, op, a in received if op == "Evaluate")  # no bank's own counts
+    # No bank's own counts: its development counts and its counts by protected group come only as secure sums.
+    assert all(a["reference"] is None and a["fairness"] == {} for _, op, a in received if op == "Evaluate")
     complete = "secure sum: keys 3/3, shares 3/3, masked inputs 3/3, consistency 3/3, unmasking 3/3 (threshold 2)"
     assert f"development reference for monitoring, {complete}" in caplog.text
+    assert f"fair-lending counts, {complete}" in caplog.text
+    # The fair-lending figures come from that secure sum: every holdout row in one group of each attribute, and
+    # the guardrail judged them (the version is champion: monitoring reads it below).
+    metrics = registry.get_run(version.run_id).data.metrics
+    holdouts = sum(metrics[f"holdout_rows/{name}"] for name in BANKS)
+    assert metrics["fairness/sex/female/rows"] + metrics["fairness/sex/male/rows"] == holdouts
+    assert not any(key.startswith(f"fairness/{name}/") for key in metrics for name in BANKS)  # no bank's own
+    assert version.tags["promotion.decision"] == "promoted", version.tags["promotion.reason"]
+    assert "pass: no sex group's adverse impact ratio below 0.8" in version.tags["promotion.checks"]
 
     model = exported_model_dir(
         Path(mlflow.artifacts.download_artifacts("models:/credit_watch/1", dst_path=str(tmp_path / "v1")))

@@ -173,3 +173,56 @@ def test_each_features_association_with_a_protected_attribute_is_cramers_v_on_th
         with_proxies(fairness_counts(probabilities, coded, bad, SCHEMA, CUTOFF), coded, bins, SCHEMA)
     )
     assert perfect["sex"]["housing"] == pytest.approx(1.0)
+
+
+def test_a_secure_sum_of_the_fairness_vectors_is_the_summed_counts(scored):
+    """What the nodes add under secure aggregation (node.service, consortium.nodes.secure_fairness): one vector per
+    bank in a fixed layout, summed in the protocol's fixed-point ring, decoded to the counts add_fairness gives."""
+    from institution.fairness import fairness_from_vector, fairness_vector, with_proxies
+    from node.secure import SUMS
+    from riskmodel.bins import FeatureBins
+    from secagg import ring
+    from secagg.ring import VectorSpec
+
+    rows, bad, probabilities, banks = scored
+    bins = [FeatureBins("duration_in_month", edges=(12.0, 24.0)), FeatureBins("housing", levels=("rent", "own"))]
+    parts = [
+        with_proxies(
+            fairness_counts(probabilities[b], rows.iloc[b], bad[b], SCHEMA, CUTOFF), rows.iloc[b], bins, SCHEMA
+        )
+        for b in banks
+    ]
+    vectors = [fairness_vector(part, SCHEMA, bins) for part in parts]
+    spec = VectorSpec(len(vectors[0]), **SUMS)
+    total = ring.zeros(spec)
+    for vector in vectors:
+        total = ring.add(total, ring.encode(vector, spec), spec)
+    summed, having = fairness_from_vector(ring.decode(total, spec), SCHEMA, bins)
+    expected = add_fairness(parts)
+    assert having == 3 and summed.proxies == expected.proxies
+    for attribute, groups in expected.attributes.items():
+        assert list(summed.attributes[attribute]) == list(groups)  # no MISSING group: no row had one
+        for group, counts in groups.items():
+            got = summed.attributes[attribute][group]
+            assert (got.rows, got.bads, got.approved, got.approved_goods, got.bin_bads, got.grade_rows) == (
+                counts.rows, counts.bads, counts.approved, counts.approved_goods, counts.bin_bads, counts.grade_rows
+            )  # fmt: skip
+            assert got.score_sum == pytest.approx(counts.score_sum, abs=3 * 2.0**-24)
+    # A bank without counts adds zeros and says so: the sum is then not the consortium's.
+    missing = [fairness_vector(None, SCHEMA, bins), *vectors[1:]]
+    assert fairness_from_vector(np.sum(missing, axis=0), SCHEMA, bins)[1] == 2
+
+
+def test_an_evaluation_with_its_counts_by_group_crosses_from_a_node_intact(scored):
+    from dataclasses import asdict
+
+    from institution.evaluation import InstitutionEvaluation
+    from institution.fairness import with_proxies
+    from node import wire
+    from riskmodel.bins import FeatureBins
+
+    rows, bad, probabilities, _ = scored
+    counts = fairness_counts(probabilities, rows, bad, SCHEMA, CUTOFF)
+    counts = with_proxies(counts, rows, [FeatureBins("housing", levels=("rent", "own"))], SCHEMA)
+    evaluation = InstitutionEvaluation("bank_a", 1000, 300, {}, fairness={"challenger": counts, "champion": counts})
+    assert InstitutionEvaluation.from_wire(wire.decode(wire.encode(asdict(evaluation)))) == evaluation

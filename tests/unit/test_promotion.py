@@ -6,6 +6,7 @@ import pytest
 
 from institution.evaluation import InstitutionEvaluation
 from runconfig import PromotionConfig
+from tracking.fairness import summed_fairness
 from tracking.promotion import decide_promotion
 
 POLICY = {"metric": "roc_auc", "min_improvement": 0.0, "max_institution_drop": 0.01, "max_calibration_error": 0.05}
@@ -171,11 +172,15 @@ PROTECTED = {"sex": "male", "age": "25 to 60"}
 
 def test_a_group_approved_at_under_four_fifths_of_its_reference_blocks_promotion_and_is_named():
     [fair] = [_with_fairness(e, {"male": 0.8, "female": 0.7}) for e in _evaluations({"a": 0.8})]
-    decision = decide_promotion(PromotionConfig(**POLICY), [fair], None, protected=PROTECTED)
+    decision = decide_promotion(
+        PromotionConfig(**POLICY), [fair], None, protected=PROTECTED, fairness=summed_fairness([fair])
+    )
     assert decision.promoted
     assert "pass: no sex group's adverse impact ratio below 0.8 against male (lowest: female 0.875)" in decision.checks
     [unfair] = [_with_fairness(e, {"male": 0.8, "female": 0.6}) for e in _evaluations({"a": 0.8})]
-    decision = decide_promotion(PromotionConfig(**POLICY), [unfair], None, protected=PROTECTED)
+    decision = decide_promotion(
+        PromotionConfig(**POLICY), [unfair], None, protected=PROTECTED, fairness=summed_fairness([unfair])
+    )
     assert not decision.promoted
     assert decision.reason == (
         "not promoted, no champion set: adverse impact ratio below 0.8: sex female 0.750 (approved 120 of 200, "
@@ -183,10 +188,10 @@ def test_a_group_approved_at_under_four_fifths_of_its_reference_blocks_promotion
     )
     # Too few rows in a group to judge it: reported, not judged.
     small = PromotionConfig(**POLICY, min_group_rows=500)
-    assert decide_promotion(small, [unfair], None, protected=PROTECTED).promoted
+    assert decide_promotion(small, [unfair], None, protected=PROTECTED, fairness=summed_fairness([unfair])).promoted
     # Off: no fairness check at all; and none without protected attributes.
     off = PromotionConfig(**POLICY, min_adverse_impact_ratio=None)
-    assert decide_promotion(off, [unfair], None, protected=PROTECTED).promoted
+    assert decide_promotion(off, [unfair], None, protected=PROTECTED, fairness=summed_fairness([unfair])).promoted
     assert decide_promotion(PromotionConfig(**POLICY), [unfair], None).promoted
 
 
@@ -195,9 +200,9 @@ def test_a_ratio_fallen_from_the_champions_beyond_the_margin_blocks_promotion():
     before = _with_fairness(evaluation, {"male": 0.8, "female": 0.78}, role="champion")
     policy = PromotionConfig(**POLICY, max_adverse_impact_drop=0.05)
     kept = _with_fairness(before, {"male": 0.8, "female": 0.76})
-    assert decide_promotion(policy, [kept], "3", protected=PROTECTED).promoted
+    assert decide_promotion(policy, [kept], "3", protected=PROTECTED, fairness=summed_fairness([kept])).promoted
     fallen = _with_fairness(before, {"male": 0.8, "female": 0.7})
-    decision = decide_promotion(policy, [fallen], "3", protected=PROTECTED)
+    decision = decide_promotion(policy, [fallen], "3", protected=PROTECTED, fairness=summed_fairness([fallen]))
     assert not decision.promoted
     assert (
         "fail: adverse impact ratio lower than under champion v3 by more than 0.05: sex female 0.875 against 0.975"
@@ -206,7 +211,11 @@ def test_a_ratio_fallen_from_the_champions_beyond_the_margin_blocks_promotion():
 
 
 def test_without_counts_by_group_the_fairness_of_a_model_cannot_be_tested_and_it_is_not_promoted():
-    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.8}), None, protected=PROTECTED)
-    assert not decision.promoted and "fair lending could not be tested: no counts by protected group from a" in (
-        decision.reason
+    evaluations = _evaluations({"a": 0.8})
+    decision = decide_promotion(
+        PromotionConfig(**POLICY), evaluations, None, protected=PROTECTED, fairness=summed_fairness(evaluations)
+    )
+    assert (
+        not decision.promoted
+        and "fair lending could not be tested: the consortium's counts by protected group " in (decision.reason)
     )
