@@ -811,3 +811,41 @@ def test_monitoring_across_silos_under_secure_aggregation_names_the_bank_that_mo
     tags = registry.get_model_version("credit_watch", "2").tags
     assert tags["prefect.trigger"] == "monitoring" and "cedar_savings" in tags["monitoring.reason"]
     assert tags["monitoring.period"] == "2026-12" and tags["monitoring.version"] == "1"
+
+
+def test_across_silos_under_secure_aggregation_a_bank_biased_against_women_keeps_the_model_from_champion(
+    consortium, tracking_uri, tmp_path, caplog
+):
+    """The fair-lending scenario at node processes with secure aggregation: alder_bank's history is biased against
+    women (tests/e2e/test_fairness.py in simulation). The consortium's counts by group are one secure sum, no bank's
+    own figures reach the coordinator, and the guardrail keeps the model from champion naming the group."""
+    from contract.synthetic import synthesize
+
+    root, pki, nodes = consortium
+    changes = {name: {"age_mean": 36} for name in BANKS}
+    changes["alder_bank"]["sex_bias"] = 3.0
+    biased = synthesize(tmp_path / "biased", 3, seed=3, rows_scale=0.25, changes=changes)
+    kept = {name: nodes[name].directory / "credit.csv" for name in BANKS}
+    for name, extract in kept.items():  # each node's extract replaced for this run, restored after it
+        shutil.copy(extract, tmp_path / f"{name}.original.csv")
+        shutil.copy(biased[name], extract)
+    try:
+        config = _secure(
+            _coordinator(pki, nodes.values(), "credit_biased"),
+            secure_aggregation=True,
+            seed=9,
+            training={"rounds": 8, "model": {"kind": "logistic_regression"}},
+            evaluation={"threshold": 0.25},
+            promotion={"max_calibration_error": 0.1},
+        )
+        summary = retrain(config)
+    finally:
+        for name, extract in kept.items():
+            shutil.copy(tmp_path / f"{name}.original.csv", extract)
+    registration = summary.registration
+    assert not registration.promoted
+    assert registration.reason.startswith("not promoted, no champion set: adverse impact ratio below 0.8: sex female ")
+    assert "fair-lending counts, secure sum: keys 3/3" in caplog.text
+    metrics = MlflowClient(tracking_uri).get_run(registration.run_id).data.metrics
+    assert metrics["fairness/sex/female/adverse_impact_ratio"] < 0.8
+    assert not any(key.startswith(f"fairness/{name}/") for key in metrics for name in BANKS)
