@@ -19,3 +19,7 @@ class Scaling:
     @property
     def offset(self) -> float:
         return self.base_score - self.factor * math.log(self.base_odds)
+
+    def probability_at(self, points: float) -> float:
+        """The bad probability whose score is `points` (points = offset + factor * ln(odds of good to bad))."""
+        return 1.0 / (1.0 + math.exp((points - self.offset) / self.factor))

@@ -247,6 +247,11 @@ class EvaluationConfig(BaseModel):
         description="The decision: a probability at or above it is flagged (declined), below it approved: confusion "
         "counts and the fair-lending figures are at this cutoff.",
     )
+    approve_at_points: float | None = Field(
+        None,
+        description="A scorecard's decision in points: approved at or above them. Sets `threshold` to the bad "
+        "probability with that score (the config's scorecard scaling).",
+    )
     max_false_positive_rate: float = Field(
         0.05, gt=0.0, lt=1.0, description="recall_at_fpr: the share of positives caught at this false-positive rate."
     )
@@ -592,6 +597,13 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.evaluation.approve_at_points is not None:  # the decision in points, as a probability cutoff
+            from riskmodel.scaling import Scaling
+
+            threshold = Scaling(**self.scorecard.model_dump()).probability_at(self.evaluation.approve_at_points)
+            if not 0.0 < threshold < 1.0:
+                raise ValueError(f"evaluation.approve_at_points {self.evaluation.approve_at_points:g} is no score")
+            self.evaluation = self.evaluation.model_copy(update={"threshold": threshold})
         names = [i.name for i in self.institutions]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

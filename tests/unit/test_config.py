@@ -352,3 +352,12 @@ def test_a_key_repeated_in_a_schema_or_a_config_is_refused_not_silently_replaced
     config.write_text("model_name: m\nquorum: 1\ninstitutions: []\nquorum: 2\n")
     with pytest.raises(ConfigError, match=r"key 'quorum' appears twice \(lines 2 and 4\)"):
         load_config(config)
+
+
+def test_a_scorecards_decision_in_points_is_the_probability_with_that_score():
+    """600 points are the base odds of 50 good to 1 bad: a bad probability of 1/51; 20 points fewer double the odds
+    of bad (the default scorecard scaling)."""
+    config = parse_config({**BASE, "evaluation": {"approve_at_points": 600}}, Path("/cfg"))
+    assert config.evaluation.threshold == pytest.approx(1 / 51)
+    lower = parse_config({**BASE, "evaluation": {"approve_at_points": 580}}, Path("/cfg"))
+    assert lower.evaluation.threshold == pytest.approx(1 / 26)
