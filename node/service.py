@@ -573,39 +573,15 @@ class NodeService:
 
     def _development_input(self, request: DevelopmentCounts) -> SecureInput:
         from institution.monitoring import MonitoringCounts, counts_vector
-        from node import secure
-        from riskmodel.bins import FeatureBins
 
-        record = self.run_records.get(request.run_key)
-        counts = (record.challengers.get(request.model) if record is not None else None) or None
-        if counts is None:
-            raise NodeRefusal(
-                f"institution '{self.name}' adds the development counts only of a challenger it evaluated: it "
-                f"evaluated no model {request.model[:12]} in run {request.run_key or '(none named)'}"
-            )
-        bins = [FeatureBins.from_manifest(entry) for entry in record.bins or []]
-        vector = counts_vector(MonitoringCounts(**counts), bins)
-        return SecureInput(
-            {"sums": vector},
-            {"sums": secure.SUMS},
-            {"sums": vector},
-            {},
-            {"run_key": request.run_key, "model": request.model},
-            f"its development counts of model {request.model[:12]}",
-        )
+        record, bins = self._evaluated(request, "the development counts", lambda r: r.challengers.get(request.model))
+        vector = counts_vector(MonitoringCounts(**record.challengers[request.model]), bins)
+        return self._kept_input(request, vector, f"its development counts of model {request.model[:12]}")
 
     def _fairness_input(self, request: FairnessCounts) -> SecureInput:
         from institution import fairness
-        from node import secure
-        from riskmodel.bins import FeatureBins
 
-        record = self.run_records.get(request.run_key)
-        if record is None or request.model not in record.challengers or not record.fairness:
-            raise NodeRefusal(
-                f"institution '{self.name}' adds counts by protected group only of a challenger it evaluated: it "
-                f"evaluated no model {request.model[:12]} in run {request.run_key or '(none named)'}"
-            )
-        bins = [FeatureBins.from_manifest(entry) for entry in record.bins or []]
+        record, bins = self._evaluated(request, "counts by protected group", lambda r: r.fairness)
         kept = {role: fairness.FairnessCounts.from_json(counts) for role, counts in record.fairness.items()}
         vector = np.concatenate(
             [
@@ -613,14 +589,27 @@ class NodeService:
                 fairness.fairness_vector(kept.get("champion"), self.schema, None),
             ]
         )
-        return SecureInput(
-            {"sums": vector},
-            {"sums": secure.SUMS},
-            {"sums": vector},
-            {},
-            {"run_key": request.run_key, "model": request.model},
-            f"its counts by protected group for model {request.model[:12]}",
-        )
+        return self._kept_input(request, vector, f"its counts by protected group for model {request.model[:12]}")
+
+    def _evaluated(self, request: DevelopmentCounts | FairnessCounts, what: str, kept) -> tuple:
+        """The record of the run whose challenger `request.model` this node evaluated, with what it kept then
+        (`kept(record)`), and the run's development bins; refused otherwise."""
+        from riskmodel.bins import FeatureBins
+
+        record = self.run_records.get(request.run_key)
+        if record is None or request.model not in record.challengers or not kept(record):
+            raise NodeRefusal(
+                f"institution '{self.name}' adds {what} only of a challenger it evaluated: it evaluated no model "
+                f"{request.model[:12]} in run {request.run_key or '(none named)'}"
+            )
+        return record, [FeatureBins.from_manifest(entry) for entry in record.bins or []]
+
+    def _kept_input(self, request: DevelopmentCounts | FairnessCounts, vector: np.ndarray, description: str):
+        """What this node kept at evaluation, as its input to a secure sum bound to the run and the model."""
+        from node import secure
+
+        bound = {"run_key": request.run_key, "model": request.model}
+        return SecureInput({"sums": vector}, {"sums": secure.SUMS}, {"sums": vector}, {}, bound, description)
 
     def _monitored(self, request: Monitor) -> _Monitored:
         """Count the node's monitoring extract with the model sent, if it is a challenger evaluated here (its

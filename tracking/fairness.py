@@ -3,7 +3,6 @@ institution's adverse impact ratios), a plot per protected attribute and the car
 
 from __future__ import annotations
 
-import html
 import math
 
 from fairness.figures import AttributeFigures, fairness_figures, proxy_strengths
@@ -94,88 +93,3 @@ def fairness_metrics(
                     if _finite(value):
                         metrics[f"{prefix}/{name}"] = float(value)
     return metrics
-
-
-def _interval(low: float, high: float, digits: int = 3) -> str:
-    return f"[{low:.{digits}f}, {high:.{digits}f}]" if _finite(low) and _finite(high) else ""
-
-
-def _ratio(figures: AttributeFigures, group: str) -> str:
-    """One institution's adverse impact ratio of `group` ("-" where it has none of the group)."""
-    return _value(figures.group(group).adverse_impact_ratio) if any(g.group == group for g in figures.groups) else "-"
-
-
-def _value(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if _finite(value) else "-"
-
-
-def fairness_section(
-    consortium: list[AttributeFigures] | None,
-    institutions: dict[str, list[AttributeFigures]],
-    cutoff: float,
-    images: dict[str, str],
-    why_not: str = "",
-    proxies: dict[str, dict[str, float]] | None = None,
-) -> str:
-    """The card's Fair lending section: per protected attribute a table of its groups over the consortium, each
-    institution's adverse impact ratios, and the attribute's plot (`images`: attribute -> base64 PNG)."""
-    e = html.escape
-    if consortium is None:
-        return f"<section id=fairness><h2>Fair lending</h2><p class='muted'>{e(why_not)}</p></section>"
-    parts = [
-        "<section id=fairness><h2>Fair lending</h2>",
-        f"<p>At the decision: approved when the probability is below {cutoff:g}. Over every institution's holdout "
-        f"(their counts by protected group summed: the pooled rows' figures), with 95 % intervals. Protected "
-        f"attributes are never model inputs.</p>",
-    ]
-    header = [
-        "group", "rows", "approved", "approval rate", "adverse impact ratio", "approval among goods",
-        "std. mean difference", "AUC", "bad rate observed / predicted",
-    ]  # fmt: skip
-    for attribute in consortium:
-        rows = [
-            [
-                e(g.group) + (" (reference)" if g.group == attribute.reference else ""),
-                f"{g.rows:,}",
-                f"{g.approved:,}",
-                f"{_value(g.approval_rate)} {_interval(*g.approval_interval)}",
-                f"{_value(g.adverse_impact_ratio)} {_interval(*g.adverse_impact_interval)}",
-                f"{_value(g.equal_opportunity)} {_interval(*g.equal_opportunity_interval)}",
-                _value(g.standardized_mean_difference),
-                f"{_value(g.auc)} {_interval(*g.auc_interval)}",
-                f"{_value(g.observed_bad_rate)} / {_value(g.predicted_bad_rate)}",
-            ]
-            for g in attribute.groups
-        ]
-        parts.append(f"<h3>{e(attribute.attribute)}</h3>")
-        parts.append(
-            "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-            + "</table>"
-        )  # fmt: skip
-        others = [g.group for g in attribute.groups if g.group != attribute.reference]
-        if institutions and others:
-            per = [
-                [e(name), *[_ratio(f, group) for group in others]]
-                for name, figures in institutions.items()
-                for f in figures
-                if f.attribute == attribute.attribute
-            ]
-            parts.append(f"<p class='muted'>Adverse impact ratio against {e(attribute.reference)} per institution</p>")
-            parts.append(
-                "<table><tr><th>institution</th>" + "".join(f"<th>{e(g)}</th>" for g in others) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in per)
-                + "</table>"
-            )  # fmt: skip
-        strongest = list((proxies or {}).get(attribute.attribute, {}).items())[:5]
-        if strongest:
-            named = ", ".join(f"{e(feature)} {value:.3f}" for feature, value in strongest)
-            parts.append(
-                f"<p>Strongest proxies of {e(attribute.attribute)} among the model's features (Cramér's V over every "
-                f"institution's development rows; 0 none, 1 the feature tells the group): {named}</p>"
-            )
-        if attribute.attribute in images:
-            image = images[attribute.attribute]
-            parts.append(f'<img alt="fairness {e(attribute.attribute)}" src="data:image/png;base64,{image}">')
-    parts.append("</section>")
-    return "\n".join(parts)

@@ -13,11 +13,12 @@ import re
 
 from contract.schema import Schema, percent
 from engines.registry import engine_for
+from fairness.figures import AttributeFigures
 from institution.evaluation import METRIC_LABELS, ROLE_LABELS, InstitutionEvaluation, weighted_metrics
 from institution.validation import ValidationReport
 from riskmodel.layout import Layout
 from runconfig import EvaluationConfig, RunConfig, ScorecardConfig
-from tracking.fairness import consortium_fairness, consortium_proxies, fairness_section, institution_fairness
+from tracking.fairness import consortium_fairness, consortium_proxies, institution_fairness
 from tracking.promotion import Decision
 
 PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
@@ -258,6 +259,81 @@ def _points_table(scorecard, scaling: ScorecardConfig) -> str:
     )
 
 
+def _interval(low: float, high: float, digits: int = 3) -> str:
+    return f"[{low:.{digits}f}, {high:.{digits}f}]" if math.isfinite(low) and math.isfinite(high) else ""
+
+
+def _ratio(figures: AttributeFigures, group: str) -> str:
+    """One institution's adverse impact ratio of `group` ("-" where it has none of the group)."""
+    return (
+        _number(figures.group(group).adverse_impact_ratio, 3) if any(g.group == group for g in figures.groups) else "-"
+    )
+
+
+def _fairness_section(
+    consortium: list[AttributeFigures] | None,
+    institutions: dict[str, list[AttributeFigures]],
+    cutoff: float,
+    images: dict[str, str],
+    why_not: str = "",
+    proxies: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """The card's Fair lending section: per protected attribute a table of its groups over the consortium, each
+    institution's adverse impact ratios, and the attribute's plot (`images`: attribute -> base64 PNG)."""
+    e = html.escape
+    if consortium is None:
+        return f"<section id=fairness><h2>Fair lending</h2><p class='muted'>{e(why_not)}</p></section>"
+    parts = [
+        "<section id=fairness><h2>Fair lending</h2>",
+        f"<p>At the decision: approved when the probability is below {cutoff:g}. Over every institution's holdout "
+        f"(their counts by protected group summed: the pooled rows' figures), with 95 % intervals. Protected "
+        f"attributes are never model inputs.</p>",
+    ]
+    header = [
+        "group", "rows", "approved", "approval rate", "adverse impact ratio", "approval among goods",
+        "std. mean difference", "AUC", "bad rate observed / predicted",
+    ]  # fmt: skip
+    for attribute in consortium:
+        rows = [
+            [
+                e(g.group) + (" (reference)" if g.group == attribute.reference else ""),
+                f"{g.rows:,}",
+                f"{g.approved:,}",
+                f"{_number(g.approval_rate, 3)} {_interval(*g.approval_interval)}",
+                f"{_number(g.adverse_impact_ratio, 3)} {_interval(*g.adverse_impact_interval)}",
+                f"{_number(g.equal_opportunity, 3)} {_interval(*g.equal_opportunity_interval)}",
+                _number(g.standardized_mean_difference, 3),
+                f"{_number(g.auc, 3)} {_interval(*g.auc_interval)}",
+                f"{_number(g.observed_bad_rate, 3)} / {_number(g.predicted_bad_rate, 3)}",
+            ]
+            for g in attribute.groups
+        ]
+        parts.append(f"<h3>{e(attribute.attribute)}</h3>")
+        parts.append(_table(header, rows))
+        others = [g.group for g in attribute.groups if g.group != attribute.reference]
+        if institutions and others:
+            per = [
+                [e(name), *[_ratio(f, group) for group in others]]
+                for name, figures in institutions.items()
+                for f in figures
+                if f.attribute == attribute.attribute
+            ]
+            parts.append(f"<p class='muted'>Adverse impact ratio against {e(attribute.reference)} per institution</p>")
+            parts.append(_table(["institution", *others], per))
+        strongest = list((proxies or {}).get(attribute.attribute, {}).items())[:5]
+        if strongest:
+            named = ", ".join(f"{e(feature)} {value:.3f}" for feature, value in strongest)
+            parts.append(
+                f"<p>Strongest proxies of {e(attribute.attribute)} among the model's features (Cramér's V over every "
+                f"institution's development rows; 0 none, 1 the feature tells the group): {named}</p>"
+            )
+        if attribute.attribute in images:
+            image = images[attribute.attribute]
+            parts.append(f'<img alt="fairness {e(attribute.attribute)}" src="data:image/png;base64,{image}">')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def _fairness(
     config: RunConfig, evaluations: list[InstitutionEvaluation], figures: dict[str, bytes], fairness: dict
 ) -> str:
@@ -265,7 +341,7 @@ def _fairness(
     role) and each institution's ratios where they came in the clear."""
     protected = config.data_schema.protected_references
     images = {name: _png(figures[f"fairness_{name}"]) for name in protected if f"fairness_{name}" in figures}
-    return fairness_section(
+    return _fairness_section(
         consortium_fairness(fairness, protected),
         institution_fairness(evaluations, protected),
         config.evaluation.threshold,

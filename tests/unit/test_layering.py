@@ -31,6 +31,25 @@ def _imports(package: str) -> dict[str, set[str]]:
     }
 
 
+# What turns counts into a report's statistics imports no orchestration, tracking, engine or node.
+STATISTICS_OF_COUNTS = {
+    "prefect",
+    "mlflow",
+    "great_expectations",
+    "tensorflow",
+    "tensorflow_federated",
+    "xgboost",
+    "flows",
+    "tasks",
+    "node",
+    "consortium",
+    "engines",
+    "tracking",
+    "fed_models",
+    "fed_trees",
+}
+
+
 @pytest.mark.parametrize(
     "package, forbidden",
     [
@@ -75,42 +94,12 @@ def _imports(package: str) -> dict[str, set[str]]:
         # A champion's monitoring report: statistics of counts, below what runs or records it.
         (
             "monitoring",
-            {
-                "prefect",
-                "mlflow",
-                "great_expectations",
-                "tensorflow",
-                "tensorflow_federated",
-                "xgboost",
-                "flows",
-                "tasks",
-                "node",
-                "consortium",
-                "engines",
-                "tracking",
-                "fed_models",
-                "fed_trees",
-            },
+            STATISTICS_OF_COUNTS,
         ),
         # A model's fair-lending figures: statistics of counts, below what runs or records it (as monitoring).
         (
             "fairness",
-            {
-                "prefect",
-                "mlflow",
-                "great_expectations",
-                "tensorflow",
-                "tensorflow_federated",
-                "xgboost",
-                "flows",
-                "tasks",
-                "node",
-                "consortium",
-                "engines",
-                "tracking",
-                "fed_models",
-                "fed_trees",
-            },
+            STATISTICS_OF_COUNTS,
         ),
         # The run config: types only, below everything that takes it.
         (
