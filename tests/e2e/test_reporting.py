@@ -12,10 +12,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
+from contract.schema import load_schema
 from flows.cli import lineage, runs
 from flows.settings import Settings
 from tasks.reporting import summary_markdown
 from tests.conftest import CHROMIUM, Browser, answers, cli_output, free_port, running, wait_for
+from tracking.fairness import summed_fairness
 
 
 def test_the_summary_artifact_states_the_decision_and_links_to_mlflow(registered):
@@ -221,8 +223,11 @@ def test_every_link_in_the_summary_artifact_and_lineage_is_http_or_runs_and_reso
         mlflow_ui,
         training=summary.training,
         privacy=summary.privacy,
+        protected=load_schema("credit_default").protected_references,
+        fairness=summed_fairness(summary.evaluations),  # in simulation: the institutions' counts, summed
     )
     assert markdown == published.data.replace(configured, mlflow_ui)
+    assert "## Fair lending (new model, every holdout)" in markdown
     assert len(re.findall(r"\[checks\]\(", markdown)) == len(registered.data)  # each institution's checks page
 
     monkeypatch.setenv("FEDRISK_MLFLOW_UI_URL", mlflow_ui)
