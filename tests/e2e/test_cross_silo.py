@@ -834,7 +834,7 @@ def test_across_silos_under_secure_aggregation_a_bank_biased_against_women_keeps
             _coordinator(pki, nodes.values(), "credit_biased"),
             secure_aggregation=True,
             seed=9,
-            training={"rounds": 8, "model": {"kind": "logistic_regression"}},
+            training={"rounds": 4, "model": {"kind": "logistic_regression"}},
             evaluation={"threshold": 0.25},
             promotion={"max_calibration_error": 0.1},
         )

@@ -13,11 +13,11 @@ from tests.conftest import run_config
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 BANKS = ("alder_bank", "birch_credit_union", "cedar_savings", "dune_finance")
 SETTINGS = {
-    "training": {"rounds": 10, "model": {"kind": "logistic_regression"}},
+    "training": {"rounds": 6, "model": {"kind": "logistic_regression"}},
     "baselines": {"enabled": False},
     "evaluation": {"threshold": 0.25},  # approved when the default probability is below 25 %
     "seed": 2,
-    "promotion": {"max_calibration_error": 0.1},  # ten rounds: the fairness guardrail is the one under test
+    "promotion": {"max_calibration_error": 0.1},  # six rounds: the fairness guardrail is the one under test
 }
 
 

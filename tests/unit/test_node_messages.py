@@ -66,8 +66,16 @@ def test_a_secure_sum_adds_only_what_a_node_computes():
         begin.inner()
     with pytest.raises(wire.WireError, match="no secure sum adds 'evaluate'"):
         SecureBegin("s", ["a", "b", "c"], 3, {}, "evaluate").inner()
-    assert set(SECURE_INPUTS) == {"train_round", "validate_round", "statistics", "monitor", "development_counts"}
-    # A node's development counts are added to a secure sum only: there is no operation that answers them plainly.
-    assert "DevelopmentCounts" not in OPERATIONS
+    assert set(SECURE_INPUTS) == {
+        "train_round",
+        "validate_round",
+        "statistics",
+        "monitor",
+        "development_counts",
+        "fairness_counts",
+    }
+    # A node's development counts and counts by protected group are added to a secure sum only: no operation
+    # answers them plainly (in the clear they come with Evaluate, when the run has no secure aggregation).
+    assert "DevelopmentCounts" not in OPERATIONS and "FairnessCounts" not in OPERATIONS
     with pytest.raises(wire.WireError, match="DevelopmentCounts: field 'model': Field required"):
         SecureBegin("s", ["a", "b", "c"], 3, {"run_key": "r"}, "development_counts").inner()
