@@ -34,6 +34,7 @@ from node.messages import (
     OPERATIONS,
     DevelopmentCounts,
     Evaluate,
+    GroupCountsSum,
     Monitor,
     Prepare,
     Request,
@@ -46,7 +47,6 @@ from node.messages import (
     Validate,
     ValidateRound,
 )
-from node.messages import FairnessCounts as FairnessCountsRequest
 from node.server import SERVICE, message_options
 from riskmodel.model import ENGINE_FILES, MANIFEST
 
@@ -429,7 +429,7 @@ class NodeConsortium:
         from institution.fairness import fairness_from_vector, fairness_vector
         from riskmodel.model import files_digest, load_manifest_bins
 
-        request = FairnessCountsRequest(self.run_key, files_digest(model))
+        request = GroupCountsSum(self.run_key, files_digest(model))
         result, failed = self._secure_sum_of("fairness_counts", lambda i: request, "fair-lending counts")
         if result is None:
             raise NodeError("fair-lending counts: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))

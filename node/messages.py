@@ -199,11 +199,11 @@ class DevelopmentCounts(Request):
 
 
 @dataclass(frozen=True, config=_STRICT)
-class FairnessCounts(Request):
+class GroupCountsSum(Request):
     """A secure sum's input only: this node's counts by protected group of the challenger it evaluated in run
     `run_key` (files digest `model`) and of the run's champion, which secure aggregation kept out of Evaluate."""
 
-    operation = "FairnessCounts"
+    operation = "GroupCountsSum"
     timeout = 60
     run_key: str
     model: str
@@ -231,7 +231,7 @@ class SecureBegin(Request):
     request: dict
     added: str  # what the sum adds: a key of SECURE_INPUTS
 
-    def inner(self) -> TrainRound | ValidateRound | Statistics | Monitor | DevelopmentCounts | FairnessCounts:
+    def inner(self) -> TrainRound | ValidateRound | Statistics | Monitor | DevelopmentCounts | GroupCountsSum:
         """The request whose answer this node adds, checked like any request."""
         if self.added not in SECURE_INPUTS:
             raise WireError(f"SecureBegin: field 'added': no secure sum adds {self.added!r}")
@@ -299,7 +299,7 @@ SECURE_INPUTS: dict[str, type[Request]] = {
     "statistics": Statistics,
     "monitor": Monitor,
     "development_counts": DevelopmentCounts,  # a secure sum's input only: not an operation of its own
-    "fairness_counts": FairnessCounts,  # the same
+    "fairness_counts": GroupCountsSum,  # the same
 }
 
 

@@ -32,7 +32,7 @@ from node.messages import (
     Describe,
     DevelopmentCounts,
     Evaluate,
-    FairnessCounts,
+    GroupCountsSum,
     Monitor,
     Prepare,
     SecureBegin,
@@ -313,7 +313,7 @@ class NodeService:
             added = self._monitoring_input(inner)
         elif isinstance(inner, DevelopmentCounts):
             added = self._development_input(inner)
-        elif isinstance(inner, FairnessCounts):
+        elif isinstance(inner, GroupCountsSum):
             added = self._fairness_input(inner)
         else:
             added = self._statistics_input(inner)
@@ -578,7 +578,7 @@ class NodeService:
         vector = counts_vector(MonitoringCounts(**record.challengers[request.model]), bins)
         return self._kept_input(request, vector, f"its development counts of model {request.model[:12]}")
 
-    def _fairness_input(self, request: FairnessCounts) -> SecureInput:
+    def _fairness_input(self, request: GroupCountsSum) -> SecureInput:
         from institution import fairness
 
         record, bins = self._evaluated(request, "counts by protected group", lambda r: r.fairness)
@@ -591,7 +591,7 @@ class NodeService:
         )
         return self._kept_input(request, vector, f"its counts by protected group for model {request.model[:12]}")
 
-    def _evaluated(self, request: DevelopmentCounts | FairnessCounts, what: str, kept) -> tuple:
+    def _evaluated(self, request: DevelopmentCounts | GroupCountsSum, what: str, kept) -> tuple:
         """The record of the run whose challenger `request.model` this node evaluated, with what it kept then
         (`kept(record)`), and the run's development bins; refused otherwise."""
         from riskmodel.bins import FeatureBins
@@ -604,7 +604,7 @@ class NodeService:
             )
         return record, [FeatureBins.from_manifest(entry) for entry in record.bins or []]
 
-    def _kept_input(self, request: DevelopmentCounts | FairnessCounts, vector: np.ndarray, description: str):
+    def _kept_input(self, request: DevelopmentCounts | GroupCountsSum, vector: np.ndarray, description: str):
         """What this node kept at evaluation, as its input to a secure sum bound to the run and the model."""
         from node import secure
 

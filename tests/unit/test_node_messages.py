@@ -76,6 +76,6 @@ def test_a_secure_sum_adds_only_what_a_node_computes():
     }
     # A node's development counts and counts by protected group are added to a secure sum only: no operation
     # answers them plainly (in the clear they come with Evaluate, when the run has no secure aggregation).
-    assert "DevelopmentCounts" not in OPERATIONS and "FairnessCounts" not in OPERATIONS
+    assert "DevelopmentCounts" not in OPERATIONS and "GroupCountsSum" not in OPERATIONS
     with pytest.raises(wire.WireError, match="DevelopmentCounts: field 'model': Field required"):
         SecureBegin("s", ["a", "b", "c"], 3, {"run_key": "r"}, "development_counts").inner()
