@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
+import queue
 import tempfile
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -493,6 +495,15 @@ class NodeConsortium:
         return InstitutionEvaluation.from_wire(result)
 
 
+class _Work:
+    """One piece of client work in flight at a node: the round it is logged under there, the model version it
+    trains from, and its answer once back (a NodeError when it failed twice or was refused)."""
+
+    def __init__(self, index: int, task: int, started_from: int):
+        self.index, self.task, self.started_from = index, task, started_from
+        self.answer: object = None
+
+
 @dataclass(frozen=True)
 class SecureMonitoring:
     """A period's monitoring as one secure sum: the consortium's counts (None when too few nodes completed it),
@@ -528,6 +539,10 @@ class NodeInstitutions:
         self._prepare_request = None
         self.round = 0
         self.encoding = None  # node.secure.Encoding of this run, under secure aggregation
+        self.missed: list[str] = []  # asked in the last round, its update not in when the round closed
+        self.working: dict[int, _Work] = {}  # under a deadline or a buffer: each node's client work in flight
+        self.arrivals: queue.Queue[_Work] = queue.Queue()  # work whose answer (or failure) came back
+        self.schedule = None  # fed_models.training.Schedule of the run
 
     def _prepare(self, index: int) -> None:
         name = self.names[index]
@@ -567,6 +582,7 @@ class NodeInstitutions:
             champion=self.consortium.champion,
             secure_encoding=self.encoding.as_dict() if self.encoding is not None else None,
         )
+        self.schedule = stages.spec.schedule
         self._each(list(range(len(self.names))), START, self._prepare_or_refusal)
 
     def _with_retry(self, index: int, operation):
@@ -644,6 +660,8 @@ class NodeInstitutions:
 
         plain = weights_as_lists(weights)
         indices = [i for i in chosen if self.names[i] not in self.lost]
+        if self.schedule.mode != "synchronous" and not self.consortium.secure:
+            return self._scheduled_round(stages, round_num, plain, indices)
         if self.consortium.secure:
             return self._secure_round(stages, round_num, plain, indices)
 
@@ -660,6 +678,123 @@ class NodeInstitutions:
                 ClientUpdate(self.names[i], list(answer["update"]), float(answer["weight"]), answer["metrics"])
             )
         return updates
+
+    # --- a deadline or a buffer: client work runs on while rounds close --------------------------------------------
+    def _start(self, index: int, stages, version: int, plain: dict) -> None:
+        """Client work at node `index` from model `version` (rounds applied), in a thread of its own; its answer
+        (or failure) lands in `arrivals`. Under a deadline the work is logged at the node as this round; under a
+        buffer as the node's next round of the run (a node trains at most the rounds it was declared)."""
+        from fed_models.training import client_seed
+
+        if index in self.working or self.names[index] in self.lost:
+            return
+        task = version + 1 if self.schedule.mode == "deadline" else self.reported.get(self.names[index], 0) + 1
+        if task > stages.spec.rounds:
+            return
+        request = TrainRound(self.run_key, task, plain, client_seed(stages.spec.seed, task, index))
+        work = _Work(index, task, version)
+        self.working[index] = work
+
+        def run() -> None:
+            try:
+                work.answer = self._with_retry(
+                    index, lambda: call(self.consortium.node(self.names[index]), self.consortium.tls, request)
+                )
+            except NodeError as error:  # a refusal
+                work.answer = error
+            self.arrivals.put(work)
+
+        threading.Thread(target=run, name=f"round-{task}-{self.names[index]}", daemon=True).start()
+
+    def _scheduled_round(self, stages, round_num: int, plain: dict, asked: list[int]):
+        """The updates for server step `round_num` under a deadline (the round closes at the deadline once
+        `min_share` of the fit rows reported; an institution whose late update arrives meanwhile starts again
+        from this round's model) or a buffer (the step is made when `buffer_size` updates have arrived; every
+        institution starts again from the latest model as soon as it reports)."""
+        from fed_models.training import ClientUpdate
+
+        schedule, version = self.schedule, round_num - 1
+        self.round, when = round_num, f"round {round_num}"
+        buffered = schedule.mode == "buffered"
+        for i in asked:
+            self._start(i, stages, version, plain)
+        closes = None if buffered else time.monotonic() + schedule.deadline_seconds
+        active = [i for i, name in enumerate(self.names) if name not in self.lost]
+        total = sum(self.fit_rows[i] for i in active) or 1
+        arrived: list[_Work] = []
+        fresh: set[int] = set()
+        failures: dict[str, NodeError] = {}
+        while True:
+            if buffered:
+                if len(arrived) >= schedule.buffer_size or not self.working:
+                    break
+                timeout = None
+            else:
+                waiting = [i for i in asked if i in self.working and self.working[i].started_from == version]
+                now = time.monotonic()
+                reported = sum(self.fit_rows[i] for i in fresh) / total
+                if not waiting or (now >= closes and reported >= schedule.min_share):
+                    break
+                timeout = closes - now if now < closes else None
+            try:
+                work = self.arrivals.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            self.working.pop(work.index, None)
+            name = self.names[work.index]
+            if isinstance(work.answer, NodeError):
+                failures[name] = work.answer
+                continue
+            self._reported(name, work.answer)
+            arrived.append(work)
+            if work.started_from == version:
+                fresh.add(work.index)
+            if buffered or (work.index in asked and work.started_from < version):
+                self._start(work.index, stages, version, plain)  # free again: it starts from the latest model
+        if failures:
+            self._drop(failures, when)
+        self.missed = (
+            [] if buffered else [self.names[i] for i in asked if i not in fresh and self.names[i] not in self.lost]
+        )
+        arrived.sort(key=lambda w: (w.started_from, w.index, w.task))
+        self._log_participation(round_num, arrived, asked)
+        return [
+            ClientUpdate(
+                self.names[w.index],
+                list(w.answer["update"]),
+                float(w.answer["weight"]),
+                w.answer["metrics"],
+                started_from=w.started_from,
+            )
+            for w in arrived
+        ]
+
+    def _log_participation(self, round_num: int, arrived: list[_Work], asked: list[int]) -> None:
+        """The round in one line of the run's log: who was on time, whose late update was applied or dropped,
+        who missed the deadline and is still training."""
+        if self.log is None:
+            return
+        version = round_num - 1
+        parts = []
+        on_time = [self.names[w.index] for w in arrived if w.started_from == version]
+        if on_time:
+            parts.append("on time: " + ", ".join(on_time))
+        for w in arrived:
+            age = version - w.started_from
+            if age > 0:
+                fate = (
+                    f"applied at {self.schedule.discount(age):.2f} of its weight"
+                    if self.schedule.applies(age)
+                    else "dropped"
+                )
+                parts.append(f"{self.names[w.index]}'s update from round {w.started_from + 1} late by {age}: {fate}")
+        for name in self.missed:
+            busy = self.working.get(self.names.index(name))
+            parts.append(
+                f"{name} missed the deadline"
+                + (f" (still training from round {busy.started_from + 1})" if busy is not None else "")
+            )
+        self.log(f"round {round_num}: " + "; ".join(parts or ["no update arrived"]))
 
     def _secure_round(self, stages, round_num: int, plain: dict, indices: list[int]):
         """The round's client work at each node, added up by a secure sum: one consortium update (the weighted mean
@@ -699,6 +834,8 @@ class NodeInstitutions:
 
         plain = weights_as_lists(weights)
         indices = [i for i, name in enumerate(self.names) if name not in self.lost]
+        if self.schedule.mode != "synchronous" and not self.consortium.secure:
+            return self._validate_by_deadline(indices, plain)
         if self.consortium.secure:
             from node import secure
 
@@ -718,6 +855,43 @@ class NodeInstitutions:
             ),
         )
         return [answers[i]["metrics"] for i in sorted(answers)]
+
+    def _validate_by_deadline(self, indices: list[int], plain: dict) -> list[dict] | None:
+        """Validation while client work runs on (a node validates beside its training): every node's metrics,
+        or None when one has not answered within the schedule's deadline (the round is then not compared)."""
+        results: dict[int, object] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def validate(i: int) -> None:
+            request = ValidateRound(self.run_key, plain)
+            result = self._with_retry(
+                i, lambda: call(self.consortium.node(self.names[i]), self.consortium.tls, request)
+            )
+            with lock:
+                results[i] = result
+                if len(results) == len(indices):
+                    done.set()
+
+        for i in indices:
+            threading.Thread(target=validate, args=(i,), name=f"validate-{self.names[i]}", daemon=True).start()
+        done.wait(self.schedule.deadline_seconds)
+        with lock:
+            answered = dict(results)
+        when = f"validation of round {self.round}"
+        failures = {self.names[i]: r for i, r in answered.items() if isinstance(r, NodeError)}
+        if failures:
+            self._drop(failures, when)
+        late = [self.names[i] for i in indices if i not in answered]
+        if late:
+            if self.log is not None:
+                self.log(f"{when}: {', '.join(late)} did not answer in time; this round is not compared with others")
+            return None
+        return [answered[i]["metrics"] for i in sorted(answered) if not isinstance(answered[i], NodeError)]
+
+    def finish(self) -> None:
+        """Work still in flight is not waited for (its node has logged and charged it; its update is unused)."""
+        self.working.clear()
 
     def _reported(self, name: str, answer: dict) -> None:
         """A node's account of the run after a round: the rounds it trained, and the epsilon its own ledger charged

@@ -36,6 +36,8 @@ class TrainingOutcome:
     lineage: dict[str, str] = field(default_factory=dict)  # how the engine trained, as version tags
     max_rounds: int = 0  # the configured limit (0: unknown)
     charged: dict[str, tuple[float, float]] = field(default_factory=dict)  # each node's own (epsilon, delta)
+    # under a deadline or a buffer: institution -> per round [on time, late applied, late dropped, missed]
+    participation: dict[str, list[list[int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

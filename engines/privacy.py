@@ -65,10 +65,14 @@ def _epsilon(
     return client_level_epsilon(rounds=rounds, noise_multiplier=noise_multiplier, delta=delta)
 
 
-def plan_privacy(privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dict[str, int]) -> PrivacyPlan | None:
-    """Each institution's noise multiplier and planned epsilon, assuming it trains in every one of the
-    maximum rounds (the most it can spend). `fit_rows` the rows each institution trains on. None when
-    the config asks for no privacy.
+def plan_privacy(
+    privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dict[str, int], seed: int = 0
+) -> PrivacyPlan | None:
+    """Each institution's noise multiplier and planned epsilon, assuming it trains in every round it can: each of
+    the maximum rounds, or under partial participation each round the seeded sampler (`seed`) picks it for (a
+    public schedule: no amplification by sampling is claimed). A buffered schedule restarts an institution as
+    soon as it reports, so it is planned for every round. `fit_rows` the rows each institution trains on, in
+    the consortium's order. None when the config asks for no privacy.
     """
     from fed_models.accounting import (
         EpsilonUnreachable,
@@ -77,13 +81,18 @@ def plan_privacy(privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dic
         record_level_noise_multiplier,
         steps_per_round,
     )
+    from fed_models.schedule import rounds_sampled
 
     mechanism = privacy.mechanism
     if mechanism == "none":
         return None
-    rounds, batch_size = training.rounds, training.batch_size
+    batch_size = training.batch_size
+    buffered = training.schedule.mode == "buffered"
+    sampled = None if buffered else training.sampled(len(fit_rows))
+    most = rounds_sampled(len(fit_rows), sampled, seed, training.rounds)
     institutions = []
-    for name, rows in fit_rows.items():
+    for (name, rows), sampled_in in zip(fit_rows.items(), most, strict=True):
+        rounds = max(1, sampled_in)  # a plan for no round at all would calibrate nothing
         record = mechanism == "record_level"
         delta = privacy.delta or (default_delta(rows) if record else CLIENT_LEVEL_DELTA)
         steps = steps_per_round(rows, batch_size, training.local_epochs) if record else 1

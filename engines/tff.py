@@ -80,10 +80,16 @@ def export(
 
 
 def training_spec(
-    training: TrainingConfig, space: FeatureSpace, positive_weight: float, privacy: PrivacyPlan | None, secure: bool
+    training: TrainingConfig,
+    space: FeatureSpace,
+    positive_weight: float,
+    privacy: PrivacyPlan | None,
+    secure: bool,
+    institutions: int,
 ):
-    """The run config's training section as fed_models' TrainingSpec: the one place its settings are mapped."""
-    from fed_models.training import TrainingSpec
+    """The run config's training section over `institutions` as fed_models' TrainingSpec: the one place its
+    settings are mapped."""
+    from fed_models.training import Schedule, TrainingSpec
 
     stopping = training.early_stopping
     return TrainingSpec(
@@ -95,7 +101,7 @@ def training_spec(
         client_learning_rate=training.client_learning_rate,
         server_learning_rate=training.server_learning_rate,
         proximal_strength=training.proximal_strength,
-        clients_per_round=training.clients_per_round,
+        clients_per_round=training.sampled(institutions),
         positive_weight=positive_weight,
         # Under secure aggregation each node clips its update and zeroes a non-finite one; the coordinator
         # has only their sum, whose mean it takes.
@@ -104,7 +110,24 @@ def training_spec(
         min_delta=stopping.min_delta if stopping else 0.0,
         seed=space.split.seed,
         privacy=_privacy_spec(privacy),
+        schedule=Schedule(**training.schedule.model_dump()),
     )
+
+
+def describe_schedule(schedule) -> str:
+    """How rounds waited for institutions, as the version's lineage says it."""
+    late = (
+        f"updates up to {schedule.max_staleness} versions old applied at "
+        f"1/(1+staleness)^{schedule.staleness_exponent:g} of their weight"
+    )
+    if schedule.mode == "deadline":
+        return (
+            f"deadline {schedule.deadline_seconds:g} s, at least {schedule.min_share:.0%} of the fit rows reported; "
+            + ("late updates dropped" if schedule.late_updates == "drop" else f"late {late}")
+        )
+    if schedule.mode == "buffered":
+        return f"buffered asynchronous (FedBuff), a server step per {schedule.buffer_size} updates; {late}"
+    return "synchronous: every sampled institution in every round"
 
 
 def federated_training(
@@ -146,13 +169,14 @@ def federated_training(
         institutions,
         np.asarray(space.mean),
         np.asarray(space.std),
-        training_spec(training, space, positive_weight, privacy, secure),
+        training_spec(training, space, positive_weight, privacy, secure, len(institutions.names)),
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
         on_round=on_round,
         isolation=isolation,
     )
     return TrainingOutcome(
         model_path=export(result.weights, training.model, space, model_dir, scaling),
+        participation=result.participation if training.schedule.mode != "synchronous" else {},
         rounds=[asdict(r) for r in result.rounds],
         examples=dict(zip(institutions.names, institutions.fit_rows, strict=True)),
         best_round=result.best_round,
@@ -162,7 +186,11 @@ def federated_training(
         rounds_trained=result.rounds_trained,
         lost=result.lost,
         charged=result.charged,
-        lineage={"training.engine": "tff", **(consortium.secure_tags() if secure else {})},
+        lineage={
+            "training.engine": "tff",
+            "training.schedule": describe_schedule(training.schedule),
+            **(consortium.secure_tags() if secure else {}),
+        },
         max_rounds=training.rounds,
     )
 

@@ -11,8 +11,9 @@ is the one exported. Program state is checkpointed every round so a killed run r
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -29,6 +30,7 @@ from fed_models.dp_sgd import build_dp_sgd_client_work, poisson_steps, secure_rn
 from fed_models.faults import HONEST, faulty_client_data, with_update_faults
 from fed_models.fedprox import ProximalSGD
 from fed_models.keras_models import ModelSpec, WeightedBinaryCrossentropy, build_model
+from fed_models.schedule import LATE_APPLIED, LATE_DROPPED, MISSED, ON_TIME, PARTICIPATION, Schedule, sample_clients
 from hostguard.loopback import Isolation
 
 Algorithm = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
@@ -89,6 +91,7 @@ class TrainingSpec:
     min_delta: float = 0.0
     seed: int = 0
     privacy: RecordLevelPrivacy | ClientLevelPrivacy | None = None
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class RoundMetrics:
     are of the updates as averaged (after robust zeroing and clipping); bytes are what the
     sampled institutions sent. Under differential privacy, what would fall outside the guarantee
     is not measured (NaN): training-set loss and AUC, and with client-level DP the update norms.
+    Under a deadline or a buffer: updates applied on time and late (their mean staleness, in model
+    versions), late ones dropped, institutions that missed the deadline; validation is NaN when an
+    institution did not validate in time. `seconds`: the round's wall time at the coordinator.
     """
 
     round: int
@@ -113,6 +119,11 @@ class RoundMetrics:
     server_update_norm: float
     non_finite_updates: int
     bytes_sent: int
+    late_applied: int = 0
+    late_dropped: int = 0
+    missed_deadline: int = 0
+    staleness: float = 0.0
+    seconds: float = field(default=float("nan"), compare=False)  # wall time: not what makes two rounds the same
 
 
 _NUMERIC_FIELDS = [f.name for f in fields(RoundMetrics)]
@@ -131,6 +142,8 @@ class TrainingResult:
     rounds_trained: dict[str, int] = field(default_factory=dict)
     lost: dict[str, str] = field(default_factory=dict)  # institutions left out mid-run, and why
     charged: dict[str, tuple[float, float]] = field(default_factory=dict)  # cross-silo: each node's (epsilon, delta)
+    # institution -> one count vector per round (ON_TIME, LATE_APPLIED, LATE_DROPPED, MISSED)
+    participation: dict[str, list[list[int]]] = field(default_factory=dict)
 
 
 def _model_fn(spec: TrainingSpec, mean: np.ndarray, std: np.ndarray):
@@ -355,6 +368,7 @@ class ClientUpdate:
     metrics: dict
     institutions: int = 1  # more than 1: a secure sum of several institutions' updates (already their mean)
     non_finite: int = 0  # non-finite updates the institutions zeroed before a secure sum
+    started_from: int | None = None  # the model version (rounds applied) it trained from; None: this round's
 
 
 def _numpy(structure):
@@ -419,20 +433,33 @@ def finalize_metrics(finalize, sums: dict) -> dict[str, float]:
 
 class Institutions(Protocol):
     """Where each institution's client work and validation run: in this process (simulation) or at the
-    institution's node (cross-silo). Indices follow `names`; `lost` names institutions left out mid-run."""
+    institution's node (cross-silo). Indices follow `names`; `lost` names institutions left out mid-run;
+    `missed` those asked in the last round whose update had not arrived when it closed (deadline, buffer)."""
 
     names: list[str]
     fit_rows: list[int]
     lost: dict[str, str]
+    missed: list[str]
     charged: dict[str, tuple[float, float]]  # the (epsilon, delta) each institution's own ledger charged (nodes)
 
     def prepare(self, stages: Stages) -> None: ...
 
-    def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]: ...
+    def train_round(self, stages: Stages, round_num: int, weights, chosen: list[int]) -> list[ClientUpdate]:
+        """The updates for the server step after `round_num - 1` steps: this round's, and under a deadline or
+        a buffer also earlier rounds' that arrived late (their `started_from` says which model they trained
+        from); nothing when no institution can train any more."""
+        ...
 
-    def validate(self, stages: Stages, weights) -> list[dict]: ...
+    def validate(self, stages: Stages, weights) -> list[dict] | None:
+        """Each institution's validation sums of `weights`; None when one did not answer in time (the round's
+        validation is then not compared with others')."""
+        ...
 
     def trained_rounds(self, rounds_run: int) -> dict[str, int]: ...
+
+    def finish(self) -> None:
+        """The training ended: work still running at an institution is no longer waited for."""
+        ...
 
 
 def client_seed(seed: int, round_num: int, client_index: int) -> int:
@@ -456,8 +483,12 @@ class LocalInstitutions:
         self.update_factors = update_factors or {}
         self.rng = privacy_rng
         self.lost: dict[str, str] = {}
+        self.missed: list[str] = []  # every institution trains in turn here: none is ever late
         self.charged: dict[str, tuple[float, float]] = {}  # no ledger but the coordinator's in simulation
         self.spec: TrainingSpec | None = None
+
+    def finish(self) -> None:
+        pass
 
     def prepare(self, stages: Stages) -> None:
         self.spec = stages.spec
@@ -493,14 +524,6 @@ class LocalInstitutions:
         return [validation_metrics(stages, client, weights) for client in self.validation]
 
 
-def sample_clients(n_clients: int, per_round: int | None, seed: int, round_num: int) -> list[int]:
-    """The institutions (indices) that train in `round_num`: all, or a seeded k of N."""
-    if per_round is None or per_round >= n_clients:
-        return list(range(n_clients))
-    rng = np.random.default_rng([seed, round_num])
-    return sorted(int(i) for i in rng.choice(n_clients, size=per_round, replace=False))
-
-
 def _find(measurements, key: str) -> float:
     """The first value named `key` anywhere in TFF's nested measurements (NaN if absent)."""
     if isinstance(measurements, collections.abc.Mapping):
@@ -522,6 +545,7 @@ def _program_state(
     best_loss: float,
     best_round: int,
     stale: int,
+    participation: np.ndarray,
 ):
     table = np.array([[float(getattr(m, f)) for f in _NUMERIC_FIELDS] for m in history], dtype=np.float64)
     return collections.OrderedDict(
@@ -531,6 +555,7 @@ def _program_state(
         history=table.reshape(len(history), len(_NUMERIC_FIELDS)),
         best_weights=[np.asarray(w) for w in best_weights],
         best=np.array([best_loss, best_round, stale], dtype=np.float64),
+        participation=np.asarray(participation, dtype=np.int64),
     )
 
 
@@ -545,6 +570,14 @@ def _history(table: np.ndarray) -> list[RoundMetrics]:
         )
         for row in np.asarray(table).reshape(-1, len(_NUMERIC_FIELDS))
     ]
+
+
+def _examples(spec: TrainingSpec, institutions: Institutions, updates: list[ClientUpdate], chosen: list[int]) -> int:
+    """The examples behind a round's updates: each named institution's fit rows (a secure sum names none: then
+    the sampled institutions')."""
+    index = {name: i for i, name in enumerate(institutions.names)}
+    named = [index[u.institution] for u in updates if u.institution in index]
+    return spec.local_epochs * sum(institutions.fit_rows[i] for i in (named if len(named) == len(updates) else chosen))
 
 
 def train(
@@ -590,6 +623,7 @@ def train(
     history: list[RoundMetrics] = []
     best_weights = [np.asarray(w) for w in weights.trainable]
     best_loss, best_round, stale = np.inf, 0, 0
+    participation = np.zeros((0, n, len(PARTICIPATION)), dtype=np.int64)
     checkpoints = None
     if checkpoint_dir is not None:
         checkpoints = Checkpoints(
@@ -603,74 +637,128 @@ def train(
             },
         )
         saved = checkpoints.load(
-            _program_state(weights, aggregator_state, finalizer_state, [], best_weights, best_loss, best_round, stale)
+            _program_state(
+                weights,
+                aggregator_state,
+                finalizer_state,
+                [],
+                best_weights,
+                best_loss,
+                best_round,
+                stale,
+                participation,
+            )
         )
         if saved is not None:
             weights, aggregator_state, finalizer_state = saved["weights"], saved["aggregator"], saved["finalizer"]
             history = _history(saved["history"])
             best_weights = [np.asarray(w) for w in saved["best_weights"]]
             best_loss, best_round, stale = float(saved["best"][0]), int(saved["best"][1]), int(saved["best"][2])
+            participation = np.asarray(saved["participation"], dtype=np.int64).reshape(-1, n, len(PARTICIPATION))
     resumed_from = len(history)
     for m in history:
         if on_round is not None:
             on_round(m)
 
+    schedule = spec.schedule
     stopped_early = spec.patience is not None and stale >= spec.patience
     round_num = len(history)
     left_out = frozenset(institutions.lost)  # validation losses compare only over the same institutions
-    while round_num < spec.rounds and not stopped_early:
-        round_num += 1
-        chosen = sample_clients(n, spec.clients_per_round, spec.seed, round_num)
-        updates = institutions.train_round(stages, round_num, weights, chosen)
-        aggregated = stages.aggregator.next(
-            aggregator_state, [u.update for u in updates], [np.float32(u.weight) for u in updates]
-        )
-        aggregator_state = aggregated.state
-        finalized = stages.finalizer.next(finalizer_state, weights, aggregated.result)
-        finalizer_state, weights = finalized.state, finalized.result
-        validation_loss = validation_auc = float("nan")
-        checked = institutions.validate(stages, weights)
-        if frozenset(institutions.lost) != left_out:  # an institution was left out: later losses are over fewer
-            left_out = frozenset(institutions.lost)  # institutions, not comparable with the rounds before
-            best_loss, stale = np.inf, 0
-        if checked:
-            scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
-            validation_loss, validation_auc = scores["loss"], scores["auc"]
-        train_metrics = finalize_metrics(stages.finalize_training, add_metrics([u.metrics for u in updates]))
-        aggregator = aggregated.measurements
-        metrics = RoundMetrics(
-            round=round_num,
-            loss=float(train_metrics.get("loss", np.nan)),
-            auc=float(train_metrics.get("auc", np.nan)),
-            # Withheld under client-level DP: the examples the sampled institutions hold (public counts).
-            num_examples=int(
-                train_metrics.get("num_examples", spec.local_epochs * sum(institutions.fit_rows[i] for i in chosen))
-            ),
-            institutions=sum(u.institutions for u in updates),
-            validation_loss=validation_loss,
-            validation_auc=validation_auc,
-            client_update_norm=_find(aggregator, "average_client_norm"),
-            server_update_norm=_find(aggregator, "server_update_norm"),
-            non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count")))
-            + sum(u.non_finite for u in updates),
-            bytes_sent=bytes_per_client * sum(u.institutions for u in updates),
-        )
-        history.append(metrics)
-        if not checked or validation_loss < best_loss - spec.min_delta:
-            best_loss, best_round, stale = validation_loss, round_num, 0
-            best_weights = [np.asarray(w) for w in weights.trainable]
-        else:
-            stale += 1
-        stopped_early = spec.patience is not None and stale >= spec.patience
-        if checkpoints is not None:
-            checkpoints.save(
-                _program_state(
-                    weights, aggregator_state, finalizer_state, history, best_weights, best_loss, best_round, stale
-                ),
-                round_num,
+    index = {name: i for i, name in enumerate(institutions.names)}
+    try:
+        while round_num < spec.rounds and not stopped_early:
+            started = time.perf_counter()
+            chosen = sample_clients(n, spec.clients_per_round, spec.seed, round_num + 1)
+            arrived = institutions.train_round(stages, round_num + 1, weights, chosen)
+            if not arrived:  # every institution trained all the rounds it agreed to (a buffer never fills again)
+                break
+            round_num += 1
+            counts = np.zeros((n, len(PARTICIPATION)), dtype=np.int64)
+            updates, staleness = [], []
+            for u in arrived:
+                age = 0 if u.started_from is None else round_num - 1 - u.started_from
+                kind = ON_TIME if age <= 0 else (LATE_APPLIED if schedule.applies(age) else LATE_DROPPED)
+                if u.institution in index:
+                    counts[index[u.institution], kind] += 1
+                if kind == LATE_DROPPED:
+                    continue
+                if age > 0:
+                    staleness.append(age)
+                    u = replace(u, weight=u.weight * schedule.discount(age))
+                updates.append(u)
+            for name in institutions.missed:
+                counts[index[name], MISSED] += 1
+            participation = np.concatenate([participation, counts[None]])
+            if updates:
+                aggregated = stages.aggregator.next(
+                    aggregator_state, [u.update for u in updates], [np.float32(u.weight) for u in updates]
+                )
+                aggregator_state = aggregated.state
+                finalized = stages.finalizer.next(finalizer_state, weights, aggregated.result)
+                finalizer_state, weights = finalized.state, finalized.result
+                aggregator = aggregated.measurements
+            else:  # only late updates, all dropped: the model stays as it was
+                aggregator = {}
+            validation_loss = validation_auc = float("nan")
+            checked = institutions.validate(stages, weights)
+            if frozenset(institutions.lost) != left_out:  # an institution was left out: later losses are over
+                left_out = frozenset(institutions.lost)  # fewer institutions, not comparable with the rounds before
+                best_loss, stale = np.inf, 0
+            if checked:
+                scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
+                validation_loss, validation_auc = scores["loss"], scores["auc"]
+            train_metrics = finalize_metrics(stages.finalize_training, add_metrics([u.metrics for u in updates]))
+            metrics = RoundMetrics(
+                round=round_num,
+                loss=float(train_metrics.get("loss", np.nan)),
+                auc=float(train_metrics.get("auc", np.nan)),
+                # Withheld under client-level DP: the examples of the updates applied (public counts).
+                num_examples=int(train_metrics.get("num_examples", _examples(spec, institutions, updates, chosen))),
+                institutions=len({u.institution for u in updates if u.institutions == 1})
+                + sum(u.institutions for u in updates if u.institutions > 1),
+                validation_loss=validation_loss,
+                validation_auc=validation_auc,
+                client_update_norm=_find(aggregator, "average_client_norm"),
+                server_update_norm=_find(aggregator, "server_update_norm"),
+                non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count")))
+                + sum(u.non_finite for u in updates),
+                bytes_sent=bytes_per_client * sum(u.institutions for u in arrived),
+                late_applied=int(counts[:, LATE_APPLIED].sum()),
+                late_dropped=int(counts[:, LATE_DROPPED].sum()),
+                missed_deadline=len(institutions.missed),
+                staleness=float(np.mean(staleness)) if staleness else 0.0,
+                seconds=time.perf_counter() - started,
             )
-        if on_round is not None:
-            on_round(metrics)
+            history.append(metrics)
+            if checked is None:  # an institution did not validate in time: this round is not compared
+                pass
+            elif not checked or validation_loss < best_loss - spec.min_delta:
+                best_loss, best_round, stale = validation_loss, round_num, 0
+                best_weights = [np.asarray(w) for w in weights.trainable]
+            else:
+                stale += 1
+            stopped_early = spec.patience is not None and stale >= spec.patience
+            if checkpoints is not None:
+                checkpoints.save(
+                    _program_state(
+                        weights,
+                        aggregator_state,
+                        finalizer_state,
+                        history,
+                        best_weights,
+                        best_loss,
+                        best_round,
+                        stale,
+                        participation,
+                    ),
+                    round_num,
+                )
+            if on_round is not None:
+                on_round(metrics)
+    finally:
+        institutions.finish()
+    if best_round == 0 and history:  # no round was ever validated completely: the last one is exported
+        best_round, best_weights = round_num, [np.asarray(w) for w in weights.trainable]
     return TrainingResult(
         weights=best_weights,
         rounds=history,
@@ -680,6 +768,7 @@ def train(
         rounds_trained=institutions.trained_rounds(len(history)),
         lost=dict(institutions.lost),
         charged=dict(institutions.charged),
+        participation={name: participation[:, i, :].tolist() for i, name in enumerate(institutions.names)},
     )
 
 
@@ -700,13 +789,17 @@ def spec_from_dict(plain: dict) -> TrainingSpec:
     plain = dict(plain)
     model = plain.pop("model")
     privacy = plain.pop("privacy")
+    schedule = Schedule(**plain.pop("schedule", {}))
     if privacy is not None:  # read, never changed: the caller's request stays as it was
         settings = {k: v for k, v in privacy.items() if k != "kind"}
         privacy = (
             RecordLevelPrivacy(**settings) if privacy["kind"] == "record_level" else ClientLevelPrivacy(**settings)
         )
     return TrainingSpec(
-        model=ModelSpec(**{**model, "hidden_units": tuple(model["hidden_units"])}), privacy=privacy, **plain
+        model=ModelSpec(**{**model, "hidden_units": tuple(model["hidden_units"])}),
+        privacy=privacy,
+        schedule=schedule,
+        **plain,
     )
 
 

@@ -394,7 +394,7 @@ def reserve_privacy(
 ) -> PrivacyBudget:
     """Privacy is planned, and the ledger consulted and reserved, before anything is trained."""
     fit = {name: fit_rows(count, config.training.validation_fraction) for name, count in features.counts.items()}
-    plan = plan_privacy(config.privacy, config.training, fit)
+    plan = plan_privacy(config.privacy, config.training, fit, config.seed)
     if not plan:
         return PrivacyBudget(None, None)
     lock.verify("before reserving the privacy budget")
@@ -552,6 +552,7 @@ def register(
         worker_isolation=isolation.mechanism,
         lost=training.lost,
         engine=training.lineage,
+        participation=getattr(training, "participation", {}),
     )
     lineage["prefect.trigger"] = trigger
     if monitoring is not None:  # the breach that started it: what a reviewer asks first of such a version

@@ -95,7 +95,8 @@ class NodeService:
         self.round_log = RoundLog(config.work_dir / "rounds")
         self.secure = SecureParticipation(config)
         self.runs: dict[str, _Run] = {}
-        self.lock = threading.Lock()  # TFF's execution context is process-wide: one computation at a time
+        self.lock = threading.Lock()  # one training (or evaluation, monitoring) computation at a time
+        self.validation_lock = threading.Lock()  # validation runs beside a training (a deadline, a buffer)
         self.run_records = RunRecords(config.work_dir / "runs")
         self.reference = Reference(config.work_dir / "reference.json")
 
@@ -106,11 +107,12 @@ class NodeService:
         return getattr(self, request.method())(request)
 
     @contextmanager
-    def _computing(self):
-        """One TFF computation at a time, with TFF's context installed in this (gRPC worker) thread."""
+    def _computing(self, lock: threading.Lock | None = None):
+        """One computation of a kind at a time (`lock`, else the training lock), with TFF's context installed in
+        this (gRPC worker) thread. TFF's worker runs a validation beside a training with the same results."""
         from fed_models import runtime
 
-        with self.lock:
+        with lock or self.lock:
             runtime.ensure_context(self.isolation)
             yield
 
@@ -292,7 +294,7 @@ class NodeService:
 
         run = self._run(request.run_key)
         self.run_records.saw_weights(request.run_key, request.weights["trainable"])
-        with self._computing():
+        with self._computing(self.validation_lock):
             return {"metrics": validation_metrics(run.stages, run.validation, weights_from_lists(request.weights))}
 
     # --- secure aggregation: this node's input to a sum (node.participant runs its side of the protocol) ----------

@@ -5,6 +5,7 @@ flows.config reads it from YAML at the edge; the tasks take these values as they
 from __future__ import annotations
 
 import ipaddress
+import math
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -135,6 +136,54 @@ class EarlyStoppingConfig(BaseModel):
     min_delta: float = Field(0.0, ge=0.0, description="Smallest validation-loss decrease that counts as improvement.")
 
 
+class ScheduleConfig(BaseModel):
+    """How a round waits for slow institutions (across silos): every one (synchronous), until a deadline, or
+    not at all (buffered asynchronous aggregation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["synchronous", "deadline", "buffered"] = Field(
+        "synchronous",
+        description="synchronous: each round waits for every sampled institution. deadline: a round closes at "
+        "deadline_seconds once min_share of the fit rows reported; a late update counts in a later round "
+        "(late_updates). buffered: FedBuff, a server step per buffer_size updates, institutions never wait.",
+    )
+    deadline_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="deadline: seconds a round waits for updates (and its validation) after it starts.",
+    )
+    min_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="deadline: the share of the consortium's fit rows whose updates must have arrived before a "
+        "round closes (it waits past the deadline until they have).",
+    )
+    late_updates: Literal["drop", "discount"] = Field(
+        "discount",
+        description="deadline: an update that missed its round is dropped, or applied in the round it arrives in "
+        "with its weight discounted by staleness.",
+    )
+    staleness_exponent: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="An update s model versions old weighs 1/(1+s)^a of a fresh one (FedBuff's polynomial).",
+    )
+    max_staleness: int = Field(4, ge=0, le=1000, description="Updates older than this many versions are dropped.")
+    buffer_size: int = Field(
+        2, ge=1, le=10_000, description="buffered: updates that make one server step (FedBuff's K)."
+    )
+
+    @model_validator(mode="after")
+    def _settings(self) -> ScheduleConfig:
+        if self.mode == "deadline" and self.deadline_seconds is None:
+            raise ValueError("training.schedule.mode deadline needs deadline_seconds (e.g. 30)")
+        return self
+
+
 # Server learning rate when none is configured: plain SGD applies the averaged update as is
 # (1.0 = classic FedAvg); adaptive optimizers take normalized steps and need small rates.
 DEFAULT_SERVER_LEARNING_RATE = {"fedavg": 1.0, "fedprox": 1.0, "fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.1}
@@ -167,6 +216,15 @@ class TrainingConfig(BaseModel):
     clients_per_round: int | None = Field(
         None, ge=1, description="Institutions sampled (seeded) each round; all when unset."
     )
+    clients_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="The share of institutions sampled (seeded) each round, rounded up; instead of clients_per_round.",
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="How a round waits for slow institutions (across silos)."
+    )
     positive_class_weight: PositiveClassWeight = Field(
         1.0,
         description="Weight of a default/fraud in the loss; 'balanced' = negatives/positives over all "
@@ -193,7 +251,15 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"proximal_strength applies to fedprox only, not {self.algorithm}")
         if self.server_learning_rate is None:
             self.server_learning_rate = DEFAULT_SERVER_LEARNING_RATE[self.algorithm]
+        if self.clients_per_round is not None and self.clients_fraction is not None:
+            raise ValueError("set clients_per_round or clients_fraction, not both")
         return self
+
+    def sampled(self, institutions: int) -> int | None:
+        """Institutions sampled per round out of `institutions` (None: all)."""
+        if self.clients_fraction is not None:
+            return min(institutions, math.ceil(self.clients_fraction * institutions - 1e-9))
+        return self.clients_per_round
 
 
 class TreeTrainingConfig(BaseModel):
@@ -576,6 +642,37 @@ class RunConfig(BaseModel):
                     f"schema {self.data_schema.name}: open levels would be named in the clear"
                 )
 
+    def _check_schedule(self, cross_silo: bool) -> None:
+        """A deadline or a buffer waits on institutions' nodes; a buffer under secure aggregation is one secure sum."""
+        schedule = getattr(self.training, "schedule", None)
+        if schedule is None or schedule.mode == "synchronous":
+            return
+        where = f"training.schedule.mode {schedule.mode}"
+        if not cross_silo:
+            raise ValueError(
+                f"{where} waits on institutions' nodes (node: addresses); in simulation every institution trains "
+                f"in this process, one after another"
+            )
+        n = len(self.institutions)
+        sampled = self.training.sampled(n) or n
+        if schedule.mode == "buffered" and schedule.buffer_size > sampled:
+            raise ValueError(
+                f"training.schedule.buffer_size {schedule.buffer_size} is more than the {sampled} institutions that "
+                f"train at once"
+            )
+        if self.secure_aggregation is not None:
+            if schedule.mode == "deadline" and schedule.late_updates == "discount":
+                raise ValueError(
+                    "under secure_aggregation a late update cannot be applied later: alone in a sum it would be "
+                    "read; set training.schedule.late_updates: drop"
+                )
+            threshold = max(self.secure_threshold(n), self.secure_aggregation.min_institutions)
+            if schedule.mode == "buffered" and schedule.buffer_size < threshold:
+                raise ValueError(
+                    f"under secure_aggregation a buffer is one secure sum: training.schedule.buffer_size "
+                    f"{schedule.buffer_size} is fewer than the {threshold} institutions a sum needs"
+                )
+
     def secure_threshold(self, institutions: int) -> int:
         """t for a secure sum over `institutions` nodes: the configured one, else a majority (at least 2)."""
         from secagg.protocol import default_threshold
@@ -659,6 +756,7 @@ class RunConfig(BaseModel):
             raise ValueError(f"training.monotone: {bad} are not numeric features of this model")
         if self.secure_aggregation is not None:
             self._check_secure_aggregation(bool(nodes))
+        self._check_schedule(bool(nodes))
         if self.privacy.mechanism == "record_level" and getattr(self.training, "algorithm", None) == "fedprox":
             raise ValueError(
                 "record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "

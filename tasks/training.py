@@ -86,6 +86,12 @@ def _describe(m: dict, max_rounds: int) -> str:
     )
     if m.get("non_finite_updates"):
         text += f", {m['non_finite_updates']} non-finite update(s) dropped"
+    if m.get("missed_deadline"):
+        text += f", {m['missed_deadline']} missed the deadline"
+    if m.get("late_applied"):
+        text += f", {m['late_applied']} late update(s) applied (mean staleness {m['staleness']:.1f})"
+    if m.get("late_dropped"):
+        text += f", {m['late_dropped']} late update(s) dropped"
     return text
 
 

@@ -64,6 +64,17 @@ def suite_digest(expectations_dir: Path, suite: str) -> str:
     return hashlib.sha256(suite_file(expectations_dir, suite).read_bytes()).hexdigest()
 
 
+def participation_summary(rounds: list[list[int]]) -> str:
+    """An institution's rounds under a deadline or a buffer in words: from one count vector per round
+    (fed_models.training.PARTICIPATION: on time, late applied, late dropped, missed the deadline)."""
+    totals = [sum(r[k] for r in rounds) for k in range(4)]
+    on_time = sum(1 for r in rounds if r[0])
+    return (
+        f"an update on time in {on_time} of {len(rounds)} rounds ({totals[0]} updates); missed the deadline in "
+        f"{totals[3]}; late updates applied {totals[1]}, dropped {totals[2]}"
+    )
+
+
 def lineage_tags(
     *,
     flow_run_id: str,
@@ -80,11 +91,13 @@ def lineage_tags(
     worker_isolation: str,
     lost: dict[str, str] | None = None,
     engine: dict[str, str] | None = None,
+    participation: dict[str, list[list[int]]] | None = None,
 ) -> dict[str, str]:
     """Tags for the MLflow run and model version: everything a reviewer needs to trace it back.
     `privacy` are the privacy stage's tags (mechanism, each institution's epsilon); `worker_isolation`
     how the training workers were kept off the network (or that the operator accepted they were not);
-    `uncommitted` the run's schema, suite or config files that git did not track."""
+    `uncommitted` the run's schema, suite or config files that git did not track; `participation` what
+    happened to each institution each round under a deadline or a buffer."""
     training, schema = config.training, config.data_schema
     from engines.registry import engine_for  # here: reading lineage (`fedrisk lineage`) needs no engine
 
@@ -112,6 +125,8 @@ def lineage_tags(
     }
     for name, why in (lost or {}).items():  # an institution left out mid-training, while the quorum held
         tags[f"institution.{name}.lost"] = why[:4000]
+    for name, rounds in (participation or {}).items():
+        tags[f"institution.{name}.rounds"] = participation_summary(rounds)
     if flow_run_url:
         tags["prefect.flow_run_url"] = flow_run_url
     if deployment:  # which schedule or trigger started it; absent for a local run

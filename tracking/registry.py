@@ -21,6 +21,7 @@ from prefect import get_run_logger
 from contract.data import spreadsheet_safe
 from contract.schema import Schema
 from errors import first_line
+from fed_models.schedule import PARTICIPATION
 from hostguard.credentials import masked
 from institution.evaluation import (
     InstitutionEvaluation,
@@ -56,6 +57,7 @@ from tracking.versions import (
 )
 
 PROFILES_ARTIFACT = "validation/profiles.json"
+PARTICIPATION_ARTIFACT = "training/participation.json"  # under a deadline or a buffer
 PROFILES_TAG = "fedrisk.profiles"
 CHECKOUT = Path(__file__).resolve().parents[1]  # the fedrisk checkout a retraining runs from
 RISKMODEL_PACKAGE = CHECKOUT / "riskmodel"
@@ -514,6 +516,10 @@ def register_model(
             mlflow.log_metrics(
                 {ROUND_METRICS.get(key, key): float(value) for key, value in r.items() if key != "round"},
                 step=r["round"],
+            )
+        if training.participation:  # under a deadline or a buffer: each institution, each round
+            mlflow.log_dict(
+                {"columns": list(PARTICIPATION), "institutions": training.participation}, PARTICIPATION_ARTIFACT
             )
         mlflow.log_metrics(
             {

@@ -849,3 +849,76 @@ def test_across_silos_under_secure_aggregation_a_bank_biased_against_women_keeps
     metrics = MlflowClient(tracking_uri).get_run(registration.run_id).data.metrics
     assert metrics["fairness/sex/female/adverse_impact_ratio"] < 0.8
     assert not any(key.startswith(f"fairness/{name}/") for key in metrics for name in BANKS)
+
+
+@contextmanager
+def _frozen_in_round(victim: Node, round_num: int, thawed_when: str):
+    """Inside the block `victim` is stopped (SIGSTOP: alive, its connections open, computing nothing) once round
+    `round_num - 1` is done, and continued (SIGCONT) the moment the run logs a line starting with `thawed_when`:
+    a node genuinely too slow for that round only."""
+    import logging
+
+    from tasks.training import round_listener
+
+    def freeze(metrics):
+        if metrics.get("round") == round_num - 1:
+            os.kill(victim.process.pid, signal.SIGSTOP)
+
+    class Thaw(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith(thawed_when):
+                os.kill(victim.process.pid, signal.SIGCONT)
+
+    thaw = Thaw()
+    logging.getLogger().addHandler(thaw)
+    try:
+        with round_listener(freeze):
+            yield
+    finally:
+        logging.getLogger().removeHandler(thaw)
+        os.kill(victim.process.pid, signal.SIGCONT)
+
+
+def _scheduled(**schedule) -> dict:
+    return {"training": {**SETTINGS["training"], "schedule": schedule}}
+
+
+@pytest.mark.parametrize("late_updates", ["discount", "drop"])
+def test_a_node_that_misses_the_deadline_is_left_out_of_that_round_only_and_its_late_update_counts_as_configured(
+    consortium, tracking_uri, caplog, late_updates
+):
+    """cedar_savings is stopped through round 2: the round closes at its deadline with the two others (two thirds
+    of the rows, over min_share), cedar's round-2 update arrives in round 3, one version late, and is applied at
+    1/(1+1)^0.5 of its weight or dropped; cedar trains round 3 from the latest model and every round after."""
+    _, pki, nodes = consortium
+    name = f"credit_xs_deadline_{late_updates}"
+    config = _coordinator(
+        pki, nodes.values(), name, **_scheduled(mode="deadline", deadline_seconds=20, late_updates=late_updates)
+    )
+    with _frozen_in_round(nodes["cedar_savings"], 2, "round 2: on time: alder_bank, birch_credit_union;"):
+        summary = retrain(config)
+    rounds = summary.training.rounds
+    applied = late_updates == "discount"
+    assert [r["missed_deadline"] for r in rounds] == [0, 1, 0, 0, 0]
+    assert [r["late_applied"] for r in rounds] == [0, 0, int(applied), 0, 0]
+    assert [r["late_dropped"] for r in rounds] == [0, 0, int(not applied), 0, 0]
+    assert [r["institutions"] for r in rounds] == [3, 2, 3, 3, 3]  # cedar's round 3 counted once, on time
+    assert rounds[2]["staleness"] == (1.0 if applied else 0.0)
+    said = caplog.messages
+    assert (
+        "round 2: on time: alder_bank, birch_credit_union; cedar_savings missed the deadline (still training "
+        "from round 2)" in said
+    )
+    fate = "applied at 0.71 of its weight" if applied else "dropped"
+    late = f"cedar_savings's update from round 2 late by 1: {fate}"
+    assert f"round 3: on time: alder_bank, birch_credit_union, cedar_savings; {late}" in said
+    assert summary.training.lost == {}  # missing a deadline is not being lost
+    assert summary.training.rounds_trained == dict.fromkeys(BANKS, 5)  # each node's own round log
+    assert [e.institution for e in summary.evaluations] == list(BANKS)
+    tags = MlflowClient(tracking_uri).get_model_version(name, "1").tags
+    assert tags["training.schedule"].startswith("deadline 20 s, at least 50% of the fit rows reported")
+    assert tags["institution.cedar_savings.rounds"] == (
+        f"an update on time in 4 of 5 rounds (4 updates); missed the deadline in 1; late updates applied "
+        f"{int(applied)}, dropped {int(not applied)}"
+    )
+    assert tags["institution.alder_bank.rounds"].startswith("an update on time in 5 of 5 rounds")

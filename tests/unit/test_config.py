@@ -361,3 +361,64 @@ def test_a_scorecards_decision_in_points_is_the_probability_with_that_score():
     assert config.evaluation.threshold == pytest.approx(1 / 51)
     lower = parse_config({**BASE, "evaluation": {"approve_at_points": 580}}, Path("/cfg"))
     assert lower.evaluation.threshold == pytest.approx(1 / 26)
+
+
+def test_partial_participation_is_a_number_or_a_fraction_of_institutions():
+    config = parse_config({**NODES, "training": {"clients_fraction": 0.5}}, Path("/cfg"))
+    assert config.training.sampled(3) == 2 and config.training.sampled(10) == 5
+    assert parse_config({**NODES, "training": {"clients_per_round": 2}}, Path("/cfg")).training.sampled(3) == 2
+    assert parse_config(NODES, Path("/cfg")).training.sampled(3) is None  # all
+
+
+def test_a_schedule_waits_on_nodes_with_its_settings():
+    config = parse_config(
+        {**NODES, "training": {"schedule": {"mode": "deadline", "deadline_seconds": 30}}}, Path("/cfg")
+    )
+    schedule = config.training.schedule
+    assert (schedule.min_share, schedule.late_updates, schedule.max_staleness) == (0.5, "discount", 4)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            {"training": {"clients_per_round": 2, "clients_fraction": 0.5}},
+            "set clients_per_round or clients_fraction, not both",
+        ),
+        ({"training": {"clients_fraction": 1.5}}, "training.clients_fraction: Input should be less than or equal to 1"),
+        (
+            {"training": {"schedule": {"mode": "deadline"}}},
+            "training.schedule: training.schedule.mode deadline needs deadline_seconds (e.g. 30)",
+        ),
+        (
+            {"training": {"schedule": {"mode": "deadline", "deadline_seconds": 5}}, **BASE, "tls": None},
+            "training.schedule.mode deadline waits on institutions' nodes (node: addresses); in simulation every "
+            "institution trains in this process, one after another",
+        ),
+        (
+            {"training": {"schedule": {"mode": "buffered", "buffer_size": 4}}},
+            "training.schedule.buffer_size 4 is more than the 3 institutions that train at once",
+        ),
+        (
+            {"training": {"clients_per_round": 2, "schedule": {"mode": "buffered", "buffer_size": 3}}},
+            "training.schedule.buffer_size 3 is more than the 2 institutions that train at once",
+        ),
+        (
+            {"training": {"schedule": {"mode": "sometimes"}}},
+            "training.schedule.mode: Input should be 'synchronous', 'deadline' or 'buffered' (got 'sometimes')",
+        ),
+        (
+            {"training": {"schedule": {"mode": "deadline", "deadline_seconds": 5}}, "secure_aggregation": True},
+            "under secure_aggregation a late update cannot be applied later: alone in a sum it would be read; set "
+            "training.schedule.late_updates: drop",
+        ),
+        (
+            {"training": {"schedule": {"mode": "buffered", "buffer_size": 2}}, "secure_aggregation": True},
+            "under secure_aggregation a buffer is one secure sum: training.schedule.buffer_size 2 is fewer than the "
+            "3 institutions a sum needs",
+        ),
+    ],
+)
+def test_a_schedule_refuses_what_it_cannot_do(change, expected):
+    data = {**NODES, **change}
+    assert expected in _error({k: v for k, v in data.items() if v is not None})

@@ -335,3 +335,139 @@ def test_record_level_dp_reports_no_training_set_metrics_and_counts_rounds_per_i
     assert _holdout_auc(spec, result.weights) > 0.7  # the signal is strong: DP-SGD still learns it
     with pytest.raises(ValueError, match="no noise multiplier for \\['c'\\]"):
         train(clients, MEAN, STD, TrainingSpec(rounds=1, privacy=RecordLevelPrivacy(1.0, {"a": 1.0, "b": 1.0})))
+
+
+class _SlowInstitution:
+    """Simulation with one institution whose client work takes two rounds, as at a node behind a deadline: started
+    in odd rounds from the model it is given, its update arrives in the next round (it misses both)."""
+
+    def __init__(self, clients, validation, slow: str):
+        from fed_models.training import LocalInstitutions
+
+        self.local = LocalInstitutions(clients, validation)
+        self.names, self.fit_rows, self.lost, self.charged = (
+            self.local.names,
+            self.local.fit_rows,
+            self.local.lost,
+            self.local.charged,
+        )
+        self.slow, self.pending, self.missed = self.names.index(slow), None, []
+
+    def prepare(self, stages):
+        self.local.prepare(stages)
+
+    def train_round(self, stages, round_num, weights, chosen):
+        from dataclasses import replace
+
+        from fed_models.training import client_round, client_seed
+
+        updates = self.local.train_round(stages, round_num, weights, [i for i in chosen if i != self.slow])
+        self.missed = [self.names[self.slow]]
+        if self.pending is not None:
+            updates.append(self.pending)
+            self.pending = None
+        elif round_num % 2 == 1:
+            seed = client_seed(stages.spec.seed, round_num, self.slow)
+            update = client_round(stages, self.local.clients[self.slow], weights, seed=seed)
+            self.pending = replace(update, started_from=round_num - 1)
+        return updates
+
+    def validate(self, stages, weights):
+        return self.local.validate(stages, weights)
+
+    def trained_rounds(self, rounds_run):
+        return self.local.trained_rounds(rounds_run)
+
+    def finish(self):
+        pass
+
+
+def _late_spec(late_updates: str, rounds: int = 2):
+    from fed_models.training import Schedule
+
+    schedule = Schedule("deadline", deadline_seconds=1.0, late_updates=late_updates, staleness_exponent=1.0)
+    return TrainingSpec(rounds=rounds, batch_size=32, aggregation="plain", seed=2, schedule=schedule)
+
+
+@pytest.mark.parametrize("late_updates", ["discount", "drop"])
+def test_a_late_update_is_applied_at_its_staleness_discount_or_dropped_as_configured(late_updates):
+    """Round 1: a and b on time, c misses the deadline. Round 2: a and b on time from round 1's model, c's update
+    from the initial model arrives one version late: weighted at 1/(1+1)^1 of its rows, or left out."""
+    from fed_models.training import build_stages, client_round, client_seed
+
+    clients, validation = _institutions()
+    spec = _late_spec(late_updates)
+    result = train(_SlowInstitution(clients, validation, "c"), MEAN, STD, spec)
+
+    stages = build_stages(spec, MEAN, STD, 3)
+    w0 = [np.asarray(w) for w in stages.initial_weights.trainable]
+
+    def update(i, weights, round_num):
+        from fed_models.training import weights_from_lists
+
+        model = weights_from_lists({"trainable": weights, "non_trainable": []})
+        seed = client_seed(spec.seed, round_num, i)
+        return client_round(stages, clients[i], model, seed=seed)
+
+    def step(weights, parts):  # FedAvg, server rate 1: the weighted mean of the deltas (old - new) taken off
+        total = sum(w for _, w in parts)
+        return [x - sum(w * u.update[k] for u, w in parts) / total for k, x in enumerate(weights)]
+
+    n = [len(c.y) for c in clients]
+    w1 = step(w0, [(update(0, w0, 1), n[0]), (update(1, w0, 1), n[1])])
+    late = [(update(2, w0, 1), n[2] * 0.5)] if late_updates == "discount" else []
+    w2 = step(w1, [(update(0, w1, 2), n[0]), (update(1, w1, 2), n[1]), *late])
+    np.testing.assert_allclose(_flat(result.weights), _flat(w2), atol=1e-5)
+
+    first, second = result.rounds
+    assert (first.institutions, first.missed_deadline, first.late_applied) == (2, 1, 0)
+    applied = late_updates == "discount"
+    assert (second.late_applied, second.late_dropped, second.staleness) == (
+        int(applied),
+        int(not applied),
+        float(applied),
+    )
+    assert second.institutions == 2 + applied and second.num_examples == n[0] + n[1] + applied * n[2]
+    # institution -> per round [on time, late applied, late dropped, missed]
+    assert result.participation["a"] == [[1, 0, 0, 0], [1, 0, 0, 0]]
+    assert result.participation["c"] == [[0, 0, 0, 1], [0, int(applied), int(not applied), 1]]
+
+
+def test_an_update_older_than_max_staleness_is_dropped_and_the_discount_is_fedbuffs_polynomial():
+    from fed_models.training import Schedule
+
+    schedule = Schedule("buffered", staleness_exponent=0.5, max_staleness=2)
+    assert [round(schedule.discount(s), 4) for s in (0, 1, 3)] == [1.0, 0.7071, 0.5]
+    assert [schedule.applies(s) for s in (0, 2, 3)] == [True, True, False]
+    assert not Schedule("deadline", deadline_seconds=1, late_updates="drop").applies(1)
+
+
+def test_a_resumed_run_continues_the_same_schedule(tmp_path):
+    """Interrupted between rounds with nothing in flight, the resumed run restores each institution's record of the
+    rounds before and goes on as the uninterrupted run did; another schedule cannot resume these checkpoints."""
+    clients, validation = _institutions()
+    spec = _late_spec("discount", rounds=4)
+    uninterrupted = train(_SlowInstitution(clients, validation, "c"), MEAN, STD, spec, checkpoint_dir=tmp_path / "a")
+
+    def interrupt_after_round_2(m):
+        if m.round == 2:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train(
+            _SlowInstitution(clients, validation, "c"),
+            MEAN,
+            STD,
+            spec,
+            checkpoint_dir=tmp_path / "b",
+            on_round=interrupt_after_round_2,
+        )
+    resumed = train(_SlowInstitution(clients, validation, "c"), MEAN, STD, spec, checkpoint_dir=tmp_path / "b")
+    assert resumed.resumed_from_round == 2
+    assert resumed.participation == uninterrupted.participation
+    assert resumed.rounds == uninterrupted.rounds
+    np.testing.assert_array_equal(_flat(resumed.weights), _flat(uninterrupted.weights))
+    with pytest.raises(ValueError, match="different training spec"):
+        train(
+            _SlowInstitution(clients, validation, "c"), MEAN, STD, _late_spec("drop", 4), checkpoint_dir=tmp_path / "b"
+        )
