@@ -34,6 +34,7 @@ from institution.validation import LEFT_OUT, REFUSED_AT_START, ValidationReport
 from node import wire
 from node.messages import (
     OPERATIONS,
+    BufferedRound,
     DevelopmentCounts,
     Evaluate,
     GroupCountsSum,
@@ -49,11 +50,13 @@ from node.messages import (
     Validate,
     ValidateRound,
 )
+from node.runs import round_weights_digest
 from node.server import SERVICE, message_options
 from riskmodel.model import ENGINE_FILES, MANIFEST
 
 MAX_MESSAGE_MB = 64
 START = "the start of the training"  # Prepare: a node checks the training against its policy
+MIN_SUMMED = 3  # the fewest inputs in any secure sum (runconfig's secure_aggregation.min_institutions floor)
 _channels: dict[tuple, grpc.Channel] = {}
 _channels_lock = threading.Lock()
 
@@ -502,6 +505,7 @@ class _Work:
     def __init__(self, index: int, task: int, started_from: int):
         self.index, self.task, self.started_from = index, task, started_from
         self.answer: object = None
+        self.weights = ""  # the digest of the weights it trains from (node.runs.round_weights_digest)
 
 
 @dataclass(frozen=True)
@@ -540,6 +544,7 @@ class NodeInstitutions:
         self.round = 0
         self.encoding = None  # node.secure.Encoding of this run, under secure aggregation
         self.missed: list[str] = []  # asked in the last round, its update not in when the round closed
+        self.dropped: list[str] = []  # late updates of the last round the runner itself dropped (secure sums)
         self.working: dict[int, _Work] = {}  # under a deadline or a buffer: each node's client work in flight
         self.arrivals: queue.Queue[_Work] = queue.Queue()  # work whose answer (or failure) came back
         self.schedule = None  # fed_models.training.Schedule of the run
@@ -627,9 +632,9 @@ class NodeInstitutions:
             self._drop(failures, when)
         return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
 
-    def _secure_sum(self, indices: list[int], added: str, request, vectors: dict, when: str):
-        """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round);
-        TrainingStopped when fewer than the threshold complete it."""
+    def _secure_sum(self, indices: list[int], added: str, request, vectors: dict, when: str, each=None):
+        """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round; `each`
+        runs a phase, by default `_each`); TrainingStopped when fewer than the threshold complete it."""
         from node import secure
         from secagg.protocol import SecureAggregationError
 
@@ -641,7 +646,7 @@ class NodeInstitutions:
                 secure.new_session(f"{self.run_key}/{when}"),
                 vectors,
                 lambda i: (added, request(i)),
-                self._each,
+                each or self._each,
                 lambda i, body: call(consortium.node(self.names[i]), consortium.tls, body),
                 consortium.secure_threshold,
                 when,
@@ -660,7 +665,8 @@ class NodeInstitutions:
 
         plain = weights_as_lists(weights)
         indices = [i for i in chosen if self.names[i] not in self.lost]
-        if self.schedule.mode != "synchronous" and not self.consortium.secure:
+        self.dropped = []
+        if self.schedule.mode == "buffered" or (self.schedule.mode == "deadline" and not self.consortium.secure):
             return self._scheduled_round(stages, round_num, plain, indices)
         if self.consortium.secure:
             return self._secure_round(stages, round_num, plain, indices)
@@ -691,8 +697,11 @@ class NodeInstitutions:
         task = version + 1 if self.schedule.mode == "deadline" else self.reported.get(self.names[index], 0) + 1
         if task > stages.spec.rounds:
             return
-        request = TrainRound(self.run_key, task, plain, client_seed(stages.spec.seed, task, index))
+        request = TrainRound(
+            self.run_key, task, plain, client_seed(stages.spec.seed, task, index), hold=self.consortium.secure
+        )
         work = _Work(index, task, version)
+        work.weights = round_weights_digest(plain)
         self.working[index] = work
 
         def run() -> None:
@@ -726,7 +735,9 @@ class NodeInstitutions:
         failures: dict[str, NodeError] = {}
         while True:
             if buffered:
-                if len(arrived) >= schedule.buffer_size or not self.working:
+                if len([w for w in arrived if schedule.applies(version - w.started_from)]) >= schedule.buffer_size:
+                    break
+                if not self.working:
                     break
                 timeout = None
             else:
@@ -749,8 +760,12 @@ class NodeInstitutions:
             arrived.append(work)
             if work.started_from == version:
                 fresh.add(work.index)
-            if buffered or (work.index in asked and work.started_from < version):
+            full = buffered and (
+                len([w for w in arrived if schedule.applies(version - w.started_from)]) >= schedule.buffer_size
+            )
+            if (buffered and not full) or (not buffered and work.index in asked and work.started_from < version):
                 self._start(work.index, stages, version, plain)  # free again: it starts from the latest model
+            # (the update that fills the buffer starts again after the step, from the model the step makes)
         if failures:
             self._drop(failures, when)
         self.missed = (
@@ -758,6 +773,8 @@ class NodeInstitutions:
         )
         arrived.sort(key=lambda w: (w.started_from, w.index, w.task))
         self._log_participation(round_num, arrived, asked)
+        if self.consortium.secure:
+            return self._buffer_sum(round_num, arrived)
         return [
             ClientUpdate(
                 self.names[w.index],
@@ -768,6 +785,115 @@ class NodeInstitutions:
             )
             for w in arrived
         ]
+
+    def _buffer_sum(self, step: int, arrived: list[_Work]):
+        """One server step of a buffered run under secure aggregation: the held updates of the buffer as one
+        secure sum, each weighted at its node by its staleness discount; an update too old is never summed."""
+        from fed_models.training import ClientUpdate
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
+        version, when = step - 1, f"round {step}"
+        applied = [w for w in arrived if self.schedule.applies(version - w.started_from)]
+        self.dropped = [self.names[w.index] for w in arrived if w not in applied]
+        if not applied:
+            return []
+        buffer = {
+            self.names[w.index]: [w.task, w.weights, self.schedule.discount(version - w.started_from)] for w in applied
+        }
+        ages = {self.names[w.index]: version - w.started_from for w in applied}
+        result = self._secure_sum(
+            [w.index for w in applied],
+            "buffered_round",
+            lambda i: BufferedRound(self.run_key, step, buffer),
+            self.encoding.specs(),
+            when,
+        )
+        for name, meta in result.meta.items():
+            self._reported(name, meta)
+        try:
+            summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
+        except SecureAggregationError as error:
+            raise TrainingStopped(f"{when}: {error}; nothing is registered") from None
+        return [
+            ClientUpdate(
+                "consortium (secure sum)",
+                summed.update,
+                summed.weight,
+                summed.metrics,
+                institutions=summed.institutions,
+                non_finite=summed.non_finite,
+                members=tuple((name, ages[name]) for name in result.sent),
+            )
+        ]
+
+    def _begin_until(self, indices: list[int], when: str, operation, closes: float, tracked: bool) -> dict:
+        """A secure sum's key exchange, where each node computes its input, under a deadline: the nodes done by
+        `closes` (and past it, until `min_share` of the rows are) take part; the others are left out of this sum
+        only. `tracked` (a round's client work): a node still computing is not asked again until its answer is
+        back, and that input is never summed (alone in a later sum it would be read)."""
+        arrivals: queue.Queue[_Work] = self.arrivals if tracked else queue.Queue()
+        works: dict[int, _Work] = {}
+        for i in indices:
+            work = _Work(i, self.round, self.round - 1)
+            works[i] = work
+            if tracked:
+                self.working[i] = work
+
+            def run(work: _Work = work) -> None:
+                try:
+                    work.answer = self._with_retry(work.index, lambda: operation(work.index))
+                except NodeError as error:
+                    work.answer = error
+                arrivals.put(work)
+
+            threading.Thread(target=run, name=f"{when}-{self.names[i]}", daemon=True).start()
+        total = sum(self.fit_rows[i] for i, name in enumerate(self.names) if name not in self.lost) or 1
+        needed = max(self.consortium.secure_threshold, MIN_SUMMED)  # a sum of fewer would fail, not close
+        results: dict[int, object] = {}
+        failures: dict[str, NodeError] = {}
+        while len(results) + len(failures) < len(indices):
+            now = time.monotonic()
+            share = sum(self.fit_rows[i] for i in results) / total
+            if now >= closes and share >= self.schedule.min_share and len(results) >= needed:
+                break
+            try:
+                work = arrivals.get(timeout=closes - now if now < closes else None)
+            except queue.Empty:
+                continue
+            if tracked:
+                self.working.pop(work.index, None)
+            if works.get(work.index) is not work:  # an earlier round's input, late: never summed
+                self.dropped.append(self.names[work.index])
+            elif isinstance(work.answer, NodeError):
+                failures[self.names[work.index]] = work.answer
+            else:
+                results[work.index] = work.answer
+        if failures:
+            self._drop(failures, when)
+        return results
+
+    def _by_deadline(self, tracked: bool):
+        """`_each` for a secure sum whose key exchange has the schedule's deadline (from now)."""
+        closes = time.monotonic() + self.schedule.deadline_seconds
+
+        def each(indices: list[int], phase: str, operation) -> dict[int, object]:
+            if phase.endswith(": key exchange"):
+                return self._begin_until(indices, phase, operation, closes, tracked)
+            return self._each(indices, phase, operation)
+
+        return each
+
+    def _late_inputs(self) -> None:
+        """Inputs of earlier rounds that came back since (under a deadline and secure aggregation): their nodes
+        are free again; the inputs are dropped."""
+        while True:
+            try:
+                work = self.arrivals.get_nowait()
+            except queue.Empty:
+                return
+            self.working.pop(work.index, None)
+            self.dropped.append(self.names[work.index])
 
     def _log_participation(self, round_num: int, arrived: list[_Work], asked: list[int]) -> None:
         """The round in one line of the run's log: who was on time, whose late update was applied or dropped,
@@ -805,13 +931,28 @@ class NodeInstitutions:
 
         self.round = round_num
         when = f"round {round_num}"
+        deadline = self.schedule.mode == "deadline"
+        if deadline:
+            self._late_inputs()
+            busy = [self.names[i] for i in indices if i in self.working]  # still computing an earlier input
+            indices = [i for i in indices if i not in self.working]
         result = self._secure_sum(
             indices,
             "train_round",
             lambda i: TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i)),
             self.encoding.specs(),
             when,
+            self._by_deadline(tracked=True) if deadline else None,
         )
+        if deadline:
+            self.missed = busy + [self.names[i] for i in indices if self.names[i] not in result.sent]
+            self.missed = [name for name in self.missed if name not in self.lost]
+            if self.log is not None and (self.missed or self.dropped):
+                self.log(
+                    f"round {round_num}: summed: {', '.join(result.sent)}"
+                    + "".join(f"; {name} missed the deadline" for name in self.missed)
+                    + "".join(f"; {name}'s late input dropped (never summed alone)" for name in self.dropped)
+                )
         for name, meta in result.meta.items():
             self._reported(name, meta)
         try:
@@ -826,6 +967,7 @@ class NodeInstitutions:
                 summed.metrics,
                 institutions=summed.institutions,
                 non_finite=summed.non_finite,
+                members=tuple((name, 0) for name in result.sent),
             )
         ]
 
@@ -834,18 +976,26 @@ class NodeInstitutions:
 
         plain = weights_as_lists(weights)
         indices = [i for i, name in enumerate(self.names) if name not in self.lost]
-        if self.schedule.mode != "synchronous" and not self.consortium.secure:
+        scheduled = self.schedule.mode != "synchronous" and self.schedule.deadline_seconds is not None
+        if scheduled and not self.consortium.secure:
             return self._validate_by_deadline(indices, plain)
         if self.consortium.secure:
             from node import secure
 
+            when = f"validation of round {self.round}"
             result = self._secure_sum(
                 indices,
                 "validate_round",
                 lambda i: ValidateRound(self.run_key, plain),
                 {"sums": secure.SUMS},
-                f"validation of round {self.round}",
+                when,
+                self._by_deadline(tracked=False) if scheduled else None,
             )
+            late = [self.names[i] for i in indices if self.names[i] not in result.sent]
+            if late:
+                if self.log is not None:
+                    self.log(f"{when}: {', '.join(late)} not in the sum; this round is not compared with others")
+                return None
             return [secure.unflatten(result.sums["sums"], result.meta[result.sent[0]]["metrics"])]
         answers = self._each(
             indices,

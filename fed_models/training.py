@@ -369,6 +369,8 @@ class ClientUpdate:
     institutions: int = 1  # more than 1: a secure sum of several institutions' updates (already their mean)
     non_finite: int = 0  # non-finite updates the institutions zeroed before a secure sum
     started_from: int | None = None  # the model version (rounds applied) it trained from; None: this round's
+    # A secure sum: (institution, staleness) of each update in it, each already discounted at its node.
+    members: tuple[tuple[str, int], ...] = ()
 
 
 def _numpy(structure):
@@ -434,12 +436,14 @@ def finalize_metrics(finalize, sums: dict) -> dict[str, float]:
 class Institutions(Protocol):
     """Where each institution's client work and validation run: in this process (simulation) or at the
     institution's node (cross-silo). Indices follow `names`; `lost` names institutions left out mid-run;
-    `missed` those asked in the last round whose update had not arrived when it closed (deadline, buffer)."""
+    `missed` those asked in the last round whose update had not arrived when it closed (deadline, buffer);
+    `dropped` those whose late update the runner itself dropped in it (secure sums)."""
 
     names: list[str]
     fit_rows: list[int]
     lost: dict[str, str]
     missed: list[str]
+    dropped: list[str]
     charged: dict[str, tuple[float, float]]  # the (epsilon, delta) each institution's own ledger charged (nodes)
 
     def prepare(self, stages: Stages) -> None: ...
@@ -484,6 +488,7 @@ class LocalInstitutions:
         self.rng = privacy_rng
         self.lost: dict[str, str] = {}
         self.missed: list[str] = []  # every institution trains in turn here: none is ever late
+        self.dropped: list[str] = []
         self.charged: dict[str, tuple[float, float]] = {}  # no ledger but the coordinator's in simulation
         self.spec: TrainingSpec | None = None
 
@@ -676,6 +681,12 @@ def train(
             counts = np.zeros((n, len(PARTICIPATION)), dtype=np.int64)
             updates, staleness = [], []
             for u in arrived:
+                if u.members:  # a secure sum: its members' staleness was discounted at their nodes
+                    for name, age in u.members:
+                        counts[index[name], ON_TIME if age <= 0 else LATE_APPLIED] += 1
+                        staleness.extend([age] if age > 0 else [])
+                    updates.append(u)
+                    continue
                 age = 0 if u.started_from is None else round_num - 1 - u.started_from
                 kind = ON_TIME if age <= 0 else (LATE_APPLIED if schedule.applies(age) else LATE_DROPPED)
                 if u.institution in index:
@@ -688,6 +699,8 @@ def train(
                 updates.append(u)
             for name in institutions.missed:
                 counts[index[name], MISSED] += 1
+            for name in institutions.dropped:
+                counts[index[name], LATE_DROPPED] += 1
             participation = np.concatenate([participation, counts[None]])
             if updates:
                 aggregated = stages.aggregator.next(

@@ -95,7 +95,8 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
             if institution.monitoring_path is not None:  # and its own month of the scoring population
                 month = directory / "monitoring" / institution.monitoring_path.name
                 month.parent.mkdir()
-                shutil.copy(institution.monitoring_path, month)
+                if institution.monitoring_path.exists():  # a month not landed yet is named when monitoring runs
+                    shutil.copy(institution.monitoring_path, month)
             port = _free_port()
             path = node_config(
                 name,

@@ -126,6 +126,9 @@ class TrainRound(Request):
     round: int
     weights: dict  # fed_models.training.weights_as_lists
     client_seed: int
+    # Under secure aggregation with a buffer: train now, keep the update for a later secure sum (BufferedRound)
+    # and answer only its public part (rounds trained, privacy charged).
+    hold: bool = False
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -199,6 +202,20 @@ class DevelopmentCounts(Request):
 
 
 @dataclass(frozen=True, config=_STRICT)
+class BufferedRound(Request):
+    """A secure sum's input only: the update this node trained and held (TrainRound with `hold`) as round
+    `buffer[institution][0]` of run `run_key` from the weights whose digest is `buffer[institution][1]`, its weight
+    times `buffer[institution][2]` (its staleness discount, at most 1): one server step of a buffered run. Every
+    participant is sent the same buffer, which the sum's context binds."""
+
+    operation = "BufferedRound"
+    timeout = 60
+    run_key: str
+    step: int
+    buffer: dict[str, list]  # institution -> [round, weights sha256, discount]
+
+
+@dataclass(frozen=True, config=_STRICT)
 class GroupCountsSum(Request):
     """A secure sum's input only: this node's counts by protected group of the challenger it evaluated in run
     `run_key` (files digest `model`) and of the run's champion, which secure aggregation kept out of Evaluate."""
@@ -231,7 +248,9 @@ class SecureBegin(Request):
     request: dict
     added: str  # what the sum adds: a key of SECURE_INPUTS
 
-    def inner(self) -> TrainRound | ValidateRound | Statistics | Monitor | DevelopmentCounts | GroupCountsSum:
+    def inner(
+        self,
+    ) -> TrainRound | BufferedRound | ValidateRound | Statistics | Monitor | DevelopmentCounts | GroupCountsSum:
         """The request whose answer this node adds, checked like any request."""
         if self.added not in SECURE_INPUTS:
             raise WireError(f"SecureBegin: field 'added': no secure sum adds {self.added!r}")
@@ -295,6 +314,7 @@ OPERATIONS: dict[str, type[Request]] = {
 # What a secure sum may add: SecureBegin's `added` -> the request that computes the node's input.
 SECURE_INPUTS: dict[str, type[Request]] = {
     "train_round": TrainRound,
+    "buffered_round": BufferedRound,  # a secure sum's input only
     "validate_round": ValidateRound,
     "statistics": Statistics,
     "monitor": Monitor,

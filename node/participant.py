@@ -85,7 +85,7 @@ class SecureParticipation:
         from secagg.ring import VectorSpec
 
         participants = tuple(sorted(request.participants))
-        digest = secure.input_digest(request.added, added.raw)
+        digest = secure.input_digest(secure.SAME_INPUT.get(request.added, request.added), added.raw)
         earlier = self.inputs.earlier(digest, request.session)
         if earlier is not None:
             raise self._second_sum(earlier)

@@ -19,6 +19,12 @@ from typing import Any
 import numpy as np
 
 
+def round_weights_digest(weights: dict) -> str:
+    """The digest of a round's global weights as sent (fed_models.training.weights_as_lists): what a node's round
+    log keys a trained round by, and a buffered secure sum names each update by."""
+    return weights_digest([*weights["trainable"], *weights["non_trainable"]])
+
+
 def weights_digest(arrays: Iterable[Any]) -> str:
     """SHA-256 of a model's trainable weights as float32 (the same for TFF's weights and the exported Keras model)."""
     hasher = hashlib.sha256()

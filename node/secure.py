@@ -67,6 +67,11 @@ class Encoding:
             raise SecureAggregationError(f"the run's secure encoding is malformed ({error!r})", RULE_ENCODING) from None
 
 
+# Secure inputs that add the same thing under two names: a buffered run's held round update is a round's update,
+# so its digest is one, and a second sum over it is refused whichever name asks for it.
+SAME_INPUT = {"buffered_round": "train_round"}
+
+
 def input_digest(operation: str, values: dict[str, np.ndarray]) -> str:
     """The identity of an input to a secure sum: its operation and exact values, before any encoding."""
     hasher = hashlib.sha256(operation.encode())

@@ -29,6 +29,7 @@ from node import messages, wire
 from node.config import NodeConfig
 from node.ledger import PrivacyLedger, RoundLog
 from node.messages import (
+    BufferedRound,
     Describe,
     DevelopmentCounts,
     Evaluate,
@@ -50,7 +51,7 @@ from node.messages import (
 from node.participant import SecureInput, SecureParticipation
 from node.policy import NodeRefusal, Policy, UnknownRun
 from node.reference import Reference
-from node.runs import RunRecords, weights_digest
+from node.runs import RunRecords, round_weights_digest, weights_digest
 from riskmodel.model import ENGINE_FILES, MANIFEST
 from runconfig import EvaluationConfig
 
@@ -75,10 +76,6 @@ def _bins(space: FeatureSpace) -> list[dict]:
     from institution.monitoring import development_bins
 
     return [b.to_manifest() for b in development_bins(space)]
-
-
-def _weights_digest(weights: dict) -> str:
-    return weights_digest([*weights["trainable"], *weights["non_trainable"]])
 
 
 class NodeService:
@@ -219,9 +216,19 @@ class NodeService:
         except SecureAggregationError as error:
             raise NodeRefusal(f"institution '{self.name}': {error}") from None
 
-    def train_round(self, request: TrainRound) -> bytes:
-        """One round of this institution's client work, its update in the clear (no secure aggregation)."""
+    def train_round(self, request: TrainRound) -> bytes | dict:
+        """One round of this institution's client work, its update in the clear (no secure aggregation); with
+        `hold` (a buffered run under secure aggregation) the update is kept for a later secure sum and only
+        its public part answered."""
         prepared = self.runs.get(request.run_key)
+        if request.hold:
+            if prepared is None or not prepared.secure:
+                raise NodeRefusal(
+                    f"institution '{self.name}': run {request.run_key} holds no update for a secure sum "
+                    f"(it was not prepared with secure aggregation)"
+                )
+            answer = wire.decode(self._train_round(request, secure=True))
+            return {k: answer[k] for k in ("rounds_trained", "epsilon", "delta")}
         self.policy.refuse_plain("model updates", prepared is not None and prepared.secure)
         return self._train_round(request, secure=False)
 
@@ -233,7 +240,7 @@ class NodeService:
         from fed_models.training import client_round, weights_from_lists
 
         run_key, round_num = request.run_key, request.round
-        digest = _weights_digest(request.weights)
+        digest = round_weights_digest(request.weights)
         trained = self.round_log.trained(run_key, round_num)
         if trained is not None:
             logged, answer = trained
@@ -309,6 +316,8 @@ class NodeService:
         inner = request.inner()
         if isinstance(inner, TrainRound):
             added = self._round_input(inner, len(request.participants))
+        elif isinstance(inner, BufferedRound):
+            added = self._buffered_input(inner, len(request.participants))
         elif isinstance(inner, ValidateRound):
             added = self._validation_input(inner)
         elif isinstance(inner, Monitor):
@@ -321,20 +330,25 @@ class NodeService:
             added = self._statistics_input(inner)
         return self.secure.begin(request, added)
 
-    def _round_input(self, request: TrainRound, participants: int) -> SecureInput:
-        from node import secure
-        from secagg.protocol import RULE_ENCODING, SecureAggregationError
+    def _secure_run(self, run_key: str, participants: int) -> _Run:
+        """A run prepared for secure aggregation whose encoding holds a sum of `participants` inputs."""
+        from secagg.protocol import RULE_ENCODING
 
-        run = self._run(request.run_key)
+        run = self._run(run_key)
         if not run.secure:
-            raise NodeRefusal(
-                f"institution '{self.name}': run {request.run_key} was prepared without secure aggregation"
-            )
+            raise NodeRefusal(f"institution '{self.name}': run {run_key} was prepared without secure aggregation")
         if participants > run.encoding.institutions:
             raise NodeRefusal(
-                f"institution '{self.name}': {participants} participants, but run {request.run_key} encodes sums "
+                f"institution '{self.name}': {participants} participants, but run {run_key} encodes sums "
                 f"of at most {run.encoding.institutions} (rule: {RULE_ENCODING})"
             )
+        return run
+
+    def _round_input(self, request: TrainRound, participants: int) -> SecureInput:
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
+        run = self._secure_run(request.run_key, participants)
         answer = wire.decode(self._train_round(request, secure=True))
         raw = {
             "update": np.concatenate([np.ravel(u) for u in answer["update"]]),
@@ -350,7 +364,7 @@ class NodeService:
             "run_key": request.run_key,
             "round": request.round,
             "encoding": run.encoding.as_dict(),
-            "weights": _weights_digest(request.weights),
+            "weights": round_weights_digest(request.weights),
         }
         return SecureInput(
             values,
@@ -361,11 +375,55 @@ class NodeService:
             f"its update of round {request.round} of run {request.run_key}",
         )
 
+    def _buffered_input(self, request: BufferedRound, participants: int) -> SecureInput:
+        """This node's held update in one server step of a buffered run: the round it trained and held, found by
+        the weights digest the buffer names, its weight times the staleness discount (at most 1: a coordinator
+        can only lower it). Every participant binds the same buffer into the sum's context."""
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
+        run = self._secure_run(request.run_key, participants)
+        entry = request.buffer.get(self.name)
+        if entry is None or len(entry) != 3:
+            raise NodeRefusal(
+                f"institution '{self.name}' is not in the buffer of step {request.step} of run {request.run_key}"
+            )
+        round_num, digest, discount = int(entry[0]), str(entry[1]), float(entry[2])
+        if not 0 < discount <= 1:
+            raise NodeRefusal(f"institution '{self.name}': a staleness discount is in (0, 1], not {discount:g}")
+        trained = self.round_log.trained(request.run_key, round_num)
+        if trained is None or not trained[0].get("secure") or trained[0]["weights_sha256"] != digest:
+            raise NodeRefusal(
+                f"institution '{self.name}' holds no update of round {round_num} of run {request.run_key} trained "
+                f"from weights {digest[:12]} for a secure sum"
+            )
+        answer = wire.decode(trained[1])
+        raw = {
+            "update": np.concatenate([np.ravel(u) for u in answer["update"]]),
+            "sums": secure.flatten(answer["metrics"])[0],
+            "weight": np.asarray([answer["weight"]]),
+        }
+        try:
+            values, meta = secure.round_inputs(
+                answer["update"], answer["weight"] * discount, answer["metrics"], run.encoding
+            )
+        except SecureAggregationError as error:
+            raise NodeRefusal(f"institution '{self.name}': {error}") from None
+        meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"], delta=answer["delta"])
+        bound = {
+            "run_key": request.run_key,
+            "step": request.step,
+            "encoding": run.encoding.as_dict(),
+            "buffer": {name: list(e) for name, e in sorted(request.buffer.items())},
+        }
+        description = f"its update of round {round_num} of run {request.run_key}"
+        return SecureInput(values, run.encoding.specs(), raw, meta, bound, description)
+
     def _validation_input(self, request: ValidateRound) -> SecureInput:
         from node import secure
 
         flat, structure = secure.flatten(self._validate_round(request)["metrics"])
-        weights = _weights_digest(request.weights)
+        weights = round_weights_digest(request.weights)
         return SecureInput(
             {"sums": flat},
             {"sums": secure.SUMS},

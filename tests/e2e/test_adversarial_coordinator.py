@@ -450,6 +450,77 @@ def test_round_updates_enter_one_sum_each_encoded_as_the_run_fixed_it(coordinato
     rounds_attacks(coordinator())
 
 
+# --- a buffered run's held updates: each in one sum, at no more than its own weight -----------------------------
+
+
+def _buffered(name: str, session: str, participants, buffer: dict, step: int = 1) -> dict:
+    return {
+        "session": session,
+        "participants": list(participants),
+        "threshold": 3,
+        "added": "buffered_round",
+        "request": {"run_key": "run-buffered", "step": step, "buffer": buffer},
+    }
+
+
+def buffered_attacks(c: Coordinator) -> None:
+    """A held update (TrainRound with hold) never answers in the clear; it enters one buffered sum at its own
+    weight times a discount of at most 1, named by the weights it trained from; a second sum over it is refused
+    under either name (buffered_round or train_round), so two sums cannot be subtracted."""
+    from node.runs import round_weights_digest
+
+    names = [ALDER, BIRCH, CEDAR, DUNE]
+    encoding = secure.Encoding(10.0, 4, 1e6)
+    request = _prepare(c, names, "run-buffered", {n: encoding.as_dict() for n in names})
+    held = {}
+    for i, name in enumerate(names):
+        held[name] = c.ask(name, "TrainRound", {**request, "client_seed": i, "hold": True})
+        assert set(held[name]) == {"rounds_trained", "epsilon", "delta"}  # no update, no metric
+    assert "sends its model updates only through secure aggregation" in c.refusal(
+        ALDER, "TrainRound", {**request, "client_seed": 0}
+    )
+    digest = round_weights_digest(request["weights"])
+    trio = [ALDER, BIRCH, CEDAR]
+    fair = {ALDER: [1, digest, 1.0], BIRCH: [1, digest, 1.0], CEDAR: [1, digest, 0.5]}
+    for attempt, refusal in (
+        ({**fair, CEDAR: [1, digest, 1.5]}, "a staleness discount is in (0, 1], not 1.5"),
+        ({**fair, CEDAR: [1, "0" * 64, 1.0]}, "holds no update of round 1 of run run-buffered trained from weights"),
+        ({**fair, CEDAR: [2, digest, 1.0]}, "holds no update of round 2 of run run-buffered"),
+        ({ALDER: fair[ALDER], BIRCH: fair[BIRCH]}, "'cedar_savings' is not in the buffer of step 1"),
+    ):
+        assert refusal in c.refusal(CEDAR, "SecureBegin", _buffered(CEDAR, f"buffer/{next(_sessions)}", trio, attempt))
+    session = f"buffer/{next(_sessions)}"
+    result = secure.run_session(
+        trio,
+        [0, 1, 2],
+        session,
+        encoding.specs(),
+        lambda i: (
+            "buffered_round",
+            messages.BufferedRound(**_buffered(trio[i], session, trio, fair)["request"]),
+        ),
+        lambda indices, when, operation: {i: operation(i) for i in indices},
+        lambda i, body: c.ask(trio[i], body.operation, body.plain()),
+        3,
+        "step 1",
+    )
+    summed = secure.decode_round(result.sums, result.meta[ALDER], 3, encoding)
+    assert summed.institutions == 3 and 0 < summed.weight < 3
+    again = f"buffer/{next(_sessions)}"
+    others = [ALDER, BIRCH, DUNE]
+    dune = {ALDER: fair[ALDER], BIRCH: fair[BIRCH], DUNE: [1, digest, 1.0]}
+    for name in (ALDER, BIRCH):
+        message = c.refusal(name, "SecureBegin", _buffered(name, again, others, dune))
+        assert f"already added its update of round 1 of run run-buffered to secure sum {session}" in message
+        assert f"(rule: {RULE_ONE_SUM})" in message
+        as_round = _round(name, f"round/{next(_sessions)}", others, 3, request, names.index(name))
+        assert f"to secure sum {session}" in c.refusal(name, "SecureBegin", as_round)
+
+
+def test_a_buffered_runs_held_updates_enter_one_sum_each_at_their_own_weight_or_less(coordinator):
+    buffered_attacks(coordinator())
+
+
 # --- the same script against node processes over mutual TLS ---------------------------------------------------
 
 

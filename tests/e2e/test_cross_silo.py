@@ -922,3 +922,71 @@ def test_a_node_that_misses_the_deadline_is_left_out_of_that_round_only_and_its_
         f"{int(applied)}, dropped {int(not applied)}"
     )
     assert tags["institution.alder_bank.rounds"].startswith("an update on time in 5 of 5 rounds")
+
+
+def test_buffered_steps_go_on_without_a_stopped_node_and_apply_its_update_at_its_staleness(
+    consortium, tracking_uri, caplog
+):
+    """FedBuff with a buffer of two: while cedar_savings is stopped the two others make every server step; cedar's
+    update, trained from an older model, is applied when it arrives at 1/(1+s)^0.5 of its weight. Every step is
+    two updates, and no node trains more than the run's declared rounds."""
+    _, pki, nodes = consortium
+    schedule = {"mode": "buffered", "buffer_size": 2, "max_staleness": 10}
+    config = _coordinator(pki, nodes.values(), "credit_xs_buffered", **_scheduled(**schedule))
+    with _frozen_in_round(nodes["cedar_savings"], 2, "round 3: "):
+        summary = retrain(config)
+    rounds = summary.training.rounds
+    assert len(rounds) == 5
+    participation = MlflowClient(tracking_uri).download_artifacts(
+        MlflowClient(tracking_uri).get_model_version("credit_xs_buffered", "1").run_id, "training/participation.json"
+    )
+    counts = json.loads(Path(participation).read_text())
+    assert counts["columns"] == ["on time", "late, applied", "late, dropped", "missed the deadline"]
+    per_round = np.sum([counts["institutions"][name] for name in BANKS], axis=0)  # rounds x kinds
+    assert [int(on_time + applied) for on_time, applied, _, _ in per_round] == [2] * 5  # a step is two updates
+    assert sum(r["late_applied"] for r in rounds) >= 1 and sum(r["missed_deadline"] for r in rounds) == 0
+    late = [m for m in caplog.messages if "cedar_savings's update from round" in m]
+    assert late and all("applied at 0." in m for m in late)
+    assert all(n <= 5 for n in summary.training.rounds_trained.values())  # within the declared rounds
+    tags = MlflowClient(tracking_uri).get_model_version("credit_xs_buffered", "1").tags
+    assert tags["training.schedule"].startswith("buffered asynchronous (FedBuff), a server step per 2 updates")
+    assert [e.institution for e in summary.evaluations] == list(BANKS)
+
+
+def test_under_secure_aggregation_a_buffer_is_one_secure_sum_of_held_updates(consortium, tracking_uri, tmp_path):
+    """A buffer of all three banks under secure aggregation: each node trains and holds its update, and each step is
+    one secure sum of the held updates (BufferedRound), which trains the model the synchronous secure run trains.
+    No update is ever answered in the clear."""
+    import consortium.nodes as client
+
+    _, pki, nodes = consortium
+    training = {**SETTINGS["training"], "rounds": 3, "aggregation": "plain"}
+    synchronous = _secure(_coordinator(pki, nodes.values(), "credit_secure_sync"), training=training)
+    retrain(_secure(synchronous, secure_aggregation=True))
+    buffered = {**training, "schedule": {"mode": "buffered", "buffer_size": 3}}
+    sent: list[tuple[str, dict]] = []
+    real_send = client.send
+
+    def capture(handle, tls, operation, request):
+        answer = real_send(handle, tls, operation, request)
+        sent.append((operation, request, answer))
+        return answer
+
+    client.send = capture
+    try:
+        config = _secure(_coordinator(pki, nodes.values(), "credit_secure_buffered"), training=buffered)
+        summary = retrain(_secure(config, secure_aggregation=True))
+    finally:
+        client.send = real_send
+    for mine, theirs in zip(
+        _weights(tracking_uri, "credit_secure_buffered", "1", tmp_path),
+        _weights(tracking_uri, "credit_secure_sync", "1", tmp_path),
+        strict=True,
+    ):
+        np.testing.assert_allclose(mine, theirs, atol=2e-5)  # stochastic rounding to the ring, as above
+    trained = [(request, answer) for operation, request, answer in sent if operation == "TrainRound"]
+    assert len(trained) == 9 and all(request["hold"] for request, _ in trained)
+    assert all(set(answer) == {"rounds_trained", "epsilon", "delta"} for _, answer in trained)
+    buffers = [r for operation, r, _ in sent if operation == "SecureBegin" and r["added"] == "buffered_round"]
+    assert len(buffers) == 9  # three steps, three nodes each
+    assert [r["late_applied"] for r in summary.training.rounds] == [0, 0, 0]

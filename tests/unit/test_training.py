@@ -351,7 +351,7 @@ class _SlowInstitution:
             self.local.lost,
             self.local.charged,
         )
-        self.slow, self.pending, self.missed = self.names.index(slow), None, []
+        self.slow, self.pending, self.missed, self.dropped = self.names.index(slow), None, [], []
 
     def prepare(self, stages):
         self.local.prepare(stages)
