@@ -1,7 +1,7 @@
 """One slow bank among the UCI banks at nodes: synchronous rounds against a round deadline and buffered
 asynchronous aggregation (FedBuff).
 
-    uv run python benchmarks/stragglers.py [--slow bank_c] [--cpu 0.2] [--rounds 150] [--modes ...]
+    uv run python benchmarks/stragglers.py [--slow bank_c] [--cpu 0.1] [--deadline 0.5] [--rounds 150] [--modes ...]
 
 bank_a/b/c each run a `fedrisk node serve` process (mutual TLS on loopback, each with only its own extract) and
 train configs/uci_default_credit.yaml's FedAdam MLP(64, 32). One node is made genuinely slow: its process (and the
@@ -9,7 +9,8 @@ TFF worker it starts) is put in a cgroup the benchmark creates, limited to `--cp
 the same rows). For each schedule the script records the wall time from the first round's start at which each
 round's model was made, then scores every round's model on the banks' own holdout splits (20 %, as the pipeline
 splits them; never seen in training), weighted by rows: the time to a weighted holdout AUC of `--target`, and the
-AUC of the model the run exports (the best round by federated validation loss, early stopping as configured).
+AUC of the model the run exports (the best round by federated validation loss; early stopping with `--patience`:
+the config's 10 stops the synchronous run at 0.769, before it reaches 0.77).
 Needs root for the cgroup (v1 `cpu` or v2 `cpu.max`).
 """
 
@@ -43,11 +44,21 @@ class _Console:
         print(*args, flush=True)
 
 
+def slowing_possible() -> bool:
+    """Whether this process may create a cgroup with a CPU limit (cgroup v1 `cpu` or v2 `cpu.max`)."""
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cgroup.controllers")
+    if v1.is_dir():
+        return os.access(v1, os.W_OK)
+    return v2.exists() and "cpu" in v2.read_text().split() and os.access(v2.parent, os.W_OK)
+
+
 class SlowNode:
     """A cgroup limiting one node process (and the children it starts later) to a share of one core."""
 
     def __init__(self, name: str, cpu: float):
         self.cpu = cpu
+        if not slowing_possible():
+            raise SystemExit("a slow node needs a writable cgroup cpu controller (/sys/fs/cgroup): run as root")
         v1 = Path("/sys/fs/cgroup/cpu")
         if v1.is_dir():
             self.directory = v1 / f"fedrisk_slow_{name}_{os.getpid()}"
@@ -100,9 +111,9 @@ class Recording:
             self.started = time.perf_counter()
         return self.runner.train_round(stages, round_num, weights, chosen)
 
-    def validate(self, stages, weights):
+    def validate(self, stages, round_num, weights):
         self.models.append((time.perf_counter() - self.started, [np.asarray(w) for w in weights.trainable]))
-        return self.runner.validate(stages, weights)
+        return self.runner.validate(stages, round_num, weights)
 
 
 def holdouts(config) -> list:
@@ -122,14 +133,18 @@ def weighted_auc(model, parts, space) -> float:
     return weighted / total
 
 
-def train_once(coordinator, simulation, mode: str, deadline: float, rounds: int, parts) -> dict:
+def train_once(coordinator, mode: str, deadline: float, rounds: int, patience: int, parts) -> dict:
     from engines.tff import training_spec
     from fed_models.keras_models import build_model
     from fed_models.training import train
 
-    schedule = {**SCHEDULES[mode], **({"deadline_seconds": deadline} if mode != "synchronous" else {})}
+    schedule = {**SCHEDULES[mode], **({"deadline_seconds": deadline} if mode == "deadline" else {})}
     training = coordinator.training.model_copy(
-        update={"rounds": rounds, "schedule": type(coordinator.training.schedule)(**schedule)}
+        update={
+            "rounds": rounds,
+            "schedule": type(coordinator.training.schedule)(**schedule),
+            "early_stopping": type(coordinator.training.early_stopping)(patience=patience),
+        }
     )
     consortium = consortium_of(coordinator)
     schema, features = coordinator.data_schema, coordinator.feature_names
@@ -178,10 +193,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=UCI_DIR)
     parser.add_argument("--slow", default="bank_c", choices=BANKS)
-    parser.add_argument("--cpu", type=float, default=0.2, help="the slow node's share of one core")
+    parser.add_argument("--cpu", type=float, default=0.1, help="the slow node's share of one core")
     parser.add_argument("--rounds", type=int, default=150, help="most rounds (server steps) of each run")
-    parser.add_argument("--deadline", type=float, default=1.0, help="seconds a round (and its validation) waits")
+    parser.add_argument("--deadline", type=float, default=0.5, help="seconds a deadline round waits")
     parser.add_argument("--target", type=float, default=0.77, help="weighted holdout AUC to reach")
+    parser.add_argument(
+        "--patience", type=int, default=30, help="early stopping's patience for every schedule (the config's is 10)"
+    )
     parser.add_argument("--modes", default=",".join(SCHEDULES), help=f"comma-separated, of {list(SCHEDULES)}")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/stragglers.json")
     args = parser.parse_args()
@@ -197,7 +215,7 @@ def main() -> None:
             print(f"{args.slow}'s node limited to {args.cpu:g} of a core (cgroup {slow.directory})", flush=True)
             for mode in args.modes.split(","):
                 print(f"{mode}:", flush=True)
-                result = train_once(coordinator, simulation, mode, args.deadline, args.rounds, parts)
+                result = train_once(coordinator, mode, args.deadline, args.rounds, args.patience, parts)
                 result["seconds_to_target"] = time_to(result["curve"], args.target)
                 results.append(result)
                 reached = result["seconds_to_target"]
@@ -213,9 +231,8 @@ def main() -> None:
         finally:
             slow.remove()
     base = next((r for r in results if r["mode"] == "synchronous"), None)
-    print(
-        f"\n{'schedule':>12} {'s to ' + str(args.target):>10} {'speed-up':>9} {'final AUC':>10} {'vs sync':>8} {'rounds':>7}"
-    )
+    header = f"{'s to ' + str(args.target):>10} {'speed-up':>9} {'final AUC':>10} {'vs sync':>8} {'rounds':>7}"
+    print(f"\n{'schedule':>12} {header}")
     for r in results:
         speedup = (
             base["seconds_to_target"] / r["seconds_to_target"]
@@ -229,13 +246,14 @@ def main() -> None:
             f"{r['mode']:>12} {reached:>10} {speedup:>8.2f}x {r['final_auc']:>10.4f} "
             f"{r['auc_vs_synchronous']:>+8.4f} {r['rounds']:>7}"
         )
-    best = max((r for r in results if r["mode"] != "synchronous"), key=lambda r: r["speedup_to_target"], default=None)
-    if base and best:
-        met = best["speedup_to_target"] >= 1.7 and abs(best["auc_vs_synchronous"]) <= 0.003
-        print(
-            f"target (>= 1.7x faster to {args.target}, final AUC within 0.003 of synchronous): {best['mode']} "
-            f"{best['speedup_to_target']:.2f}x, {best['auc_vs_synchronous']:+.4f} -> {'met' if met else 'MISSED'}"
-        )
+    for r in results:
+        if base and r is not base:
+            met = r["speedup_to_target"] >= 1.7 and abs(r["auc_vs_synchronous"]) <= 0.003
+            r["target_met"] = met
+            print(
+                f"target (>= 1.7x faster to {args.target}, final AUC within 0.003 of synchronous): {r['mode']} "
+                f"{r['speedup_to_target']:.2f}x, {r['auc_vs_synchronous']:+.4f} -> {'met' if met else 'MISSED'}"
+            )
     for r in results:
         r["curve"] = [[round(s, 3), round(a, 5)] for s, a in r["curve"]]
     print(f"wrote {write_json(args.json, 'stragglers', args, results)}")

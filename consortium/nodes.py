@@ -548,6 +548,7 @@ class NodeInstitutions:
         self.working: dict[int, _Work] = {}  # under a deadline or a buffer: each node's client work in flight
         self.arrivals: queue.Queue[_Work] = queue.Queue()  # work whose answer (or failure) came back
         self.schedule = None  # fed_models.training.Schedule of the run
+        self._validating = None  # (round, thread, result box) of the validation running in the background
 
     def _prepare(self, index: int) -> None:
         name = self.names[index]
@@ -716,10 +717,11 @@ class NodeInstitutions:
         threading.Thread(target=run, name=f"round-{task}-{self.names[index]}", daemon=True).start()
 
     def _scheduled_round(self, stages, round_num: int, plain: dict, asked: list[int]):
-        """The updates for server step `round_num` under a deadline (the round closes at the deadline once
-        `min_share` of the fit rows reported; an institution whose late update arrives meanwhile starts again
-        from this round's model) or a buffer (the step is made when `buffer_size` updates have arrived; every
-        institution starts again from the latest model as soon as it reports)."""
+        """The updates for server step `round_num` under a deadline (the round closes when every asked
+        institution's update from this round's model is in, or at the deadline once `min_share` of the fit rows
+        reported; an institution whose late update arrives meanwhile starts again from this round's model) or a
+        buffer (the step is made when `buffer_size` updates have arrived; every institution starts again from the
+        latest model as soon as it reports)."""
         from fed_models.training import ClientUpdate
 
         schedule, version = self.schedule, round_num - 1
@@ -741,7 +743,9 @@ class NodeInstitutions:
                     break
                 timeout = None
             else:
-                waiting = [i for i in asked if i in self.working and self.working[i].started_from == version]
+                # Every asked institution is waited for until the deadline (one still busy with an earlier
+                # round's work too: its late update may come, and its fresh one after it).
+                waiting = [i for i in asked if i not in fresh and self.names[i] not in failures]
                 now = time.monotonic()
                 reported = sum(self.fit_rows[i] for i in fresh) / total
                 if not waiting or (now >= closes and reported >= schedule.min_share):
@@ -763,9 +767,12 @@ class NodeInstitutions:
             full = buffered and (
                 len([w for w in arrived if schedule.applies(version - w.started_from)]) >= schedule.buffer_size
             )
-            if (buffered and not full) or (not buffered and work.index in asked and work.started_from < version):
-                self._start(work.index, stages, version, plain)  # free again: it starts from the latest model
-            # (the update that fills the buffer starts again after the step, from the model the step makes)
+            # Free again: it starts from the latest model. The update that fills the buffer starts again after the
+            # step, from the model the step makes; under secure aggregation every node holding an update does (a
+            # sum has each node once).
+            restart = not self.consortium.secure and not full if buffered else work.started_from < version
+            if restart and work.index in asked:
+                self._start(work.index, stages, version, plain)
         if failures:
             self._drop(failures, when)
         self.missed = (
@@ -827,25 +834,23 @@ class NodeInstitutions:
             )
         ]
 
-    def _begin_until(self, indices: list[int], when: str, operation, closes: float, tracked: bool) -> dict:
+    def _begin_until(self, indices: list[int], when: str, operation, closes: float) -> dict:
         """A secure sum's key exchange, where each node computes its input, under a deadline: the nodes done by
         `closes` (and past it, until `min_share` of the rows are) take part; the others are left out of this sum
-        only. `tracked` (a round's client work): a node still computing is not asked again until its answer is
-        back, and that input is never summed (alone in a later sum it would be read)."""
-        arrivals: queue.Queue[_Work] = self.arrivals if tracked else queue.Queue()
+        only: a node still computing is not asked again until its answer is back, and that input is never summed
+        (alone in a later sum it would be read)."""
         works: dict[int, _Work] = {}
         for i in indices:
             work = _Work(i, self.round, self.round - 1)
             works[i] = work
-            if tracked:
-                self.working[i] = work
+            self.working[i] = work
 
             def run(work: _Work = work) -> None:
                 try:
                     work.answer = self._with_retry(work.index, lambda: operation(work.index))
                 except NodeError as error:
                     work.answer = error
-                arrivals.put(work)
+                self.arrivals.put(work)
 
             threading.Thread(target=run, name=f"{when}-{self.names[i]}", daemon=True).start()
         total = sum(self.fit_rows[i] for i, name in enumerate(self.names) if name not in self.lost) or 1
@@ -858,11 +863,10 @@ class NodeInstitutions:
             if now >= closes and share >= self.schedule.min_share and len(results) >= needed:
                 break
             try:
-                work = arrivals.get(timeout=closes - now if now < closes else None)
+                work = self.arrivals.get(timeout=closes - now if now < closes else None)
             except queue.Empty:
                 continue
-            if tracked:
-                self.working.pop(work.index, None)
+            self.working.pop(work.index, None)
             if works.get(work.index) is not work:  # an earlier round's input, late: never summed
                 self.dropped.append(self.names[work.index])
             elif isinstance(work.answer, NodeError):
@@ -873,13 +877,13 @@ class NodeInstitutions:
             self._drop(failures, when)
         return results
 
-    def _by_deadline(self, tracked: bool):
+    def _by_deadline(self):
         """`_each` for a secure sum whose key exchange has the schedule's deadline (from now)."""
         closes = time.monotonic() + self.schedule.deadline_seconds
 
         def each(indices: list[int], phase: str, operation) -> dict[int, object]:
             if phase.endswith(": key exchange"):
-                return self._begin_until(indices, phase, operation, closes, tracked)
+                return self._begin_until(indices, phase, operation, closes)
             return self._each(indices, phase, operation)
 
         return each
@@ -942,7 +946,7 @@ class NodeInstitutions:
             lambda i: TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i)),
             self.encoding.specs(),
             when,
-            self._by_deadline(tracked=True) if deadline else None,
+            self._by_deadline() if deadline else None,
         )
         if deadline:
             self.missed = busy + [self.names[i] for i in indices if self.names[i] not in result.sent]
@@ -971,73 +975,70 @@ class NodeInstitutions:
             )
         ]
 
-    def validate(self, stages, weights):
+    def validate(self, stages, round_num: int, weights) -> list[tuple[int, list[dict] | None]]:
+        """Synchronous: this round's validation at every node, at once. Under a deadline or a buffer validation
+        runs in the background, a round at a time, so a slow node never holds a round back: the round before's
+        result if it is in, and this round's validation started; a round asked while one is out is not validated
+        (it is not compared)."""
         from fed_models.training import weights_as_lists
 
         plain = weights_as_lists(weights)
+        if self.schedule.mode == "synchronous":
+            return [(round_num, self._validate_now(round_num, plain))]
+        done: list[tuple[int, list[dict] | None]] = []
+        if self._validating is not None:
+            if self._validating[1].is_alive():
+                return [(round_num, None)]
+            done.append(self._validation_result())
+        box: dict = {}
+
+        def run() -> None:
+            try:
+                box["result"] = self._validate_now(round_num, plain)
+            except Exception as error:  # a run that stops (too few left) stops where it is read
+                box["error"] = error
+
+        thread = threading.Thread(target=run, name=f"validation-{round_num}", daemon=True)
+        self._validating = (round_num, thread, box)
+        thread.start()
+        return done
+
+    def _validation_result(self) -> tuple[int, list[dict] | None]:
+        round_num, thread, box = self._validating
+        thread.join()
+        self._validating = None
+        if "error" in box:
+            raise box["error"]
+        if self.log is not None and self.schedule.mode != "synchronous":
+            self.log(f"validation of round {round_num}: every institution's is in")
+        return round_num, box["result"]
+
+    def last_validations(self) -> list[tuple[int, list[dict] | None]]:
+        return [self._validation_result()] if self._validating is not None else []
+
+    def _validate_now(self, round_num: int, plain: dict) -> list[dict]:
+        """Every remaining node's validation sums of `plain` weights (one secure sum under secure aggregation)."""
         indices = [i for i, name in enumerate(self.names) if name not in self.lost]
-        scheduled = self.schedule.mode != "synchronous" and self.schedule.deadline_seconds is not None
-        if scheduled and not self.consortium.secure:
-            return self._validate_by_deadline(indices, plain)
+        when = f"validation of round {round_num}"
         if self.consortium.secure:
             from node import secure
 
-            when = f"validation of round {self.round}"
             result = self._secure_sum(
                 indices,
                 "validate_round",
                 lambda i: ValidateRound(self.run_key, plain),
                 {"sums": secure.SUMS},
                 when,
-                self._by_deadline(tracked=False) if scheduled else None,
             )
-            late = [self.names[i] for i in indices if self.names[i] not in result.sent]
-            if late:
-                if self.log is not None:
-                    self.log(f"{when}: {', '.join(late)} not in the sum; this round is not compared with others")
-                return None
             return [secure.unflatten(result.sums["sums"], result.meta[result.sent[0]]["metrics"])]
         answers = self._each(
             indices,
-            f"validation of round {self.round}",
+            when,
             lambda i: call(
                 self.consortium.node(self.names[i]), self.consortium.tls, ValidateRound(self.run_key, plain)
             ),
         )
         return [answers[i]["metrics"] for i in sorted(answers)]
-
-    def _validate_by_deadline(self, indices: list[int], plain: dict) -> list[dict] | None:
-        """Validation while client work runs on (a node validates beside its training): every node's metrics,
-        or None when one has not answered within the schedule's deadline (the round is then not compared)."""
-        results: dict[int, object] = {}
-        done = threading.Event()
-        lock = threading.Lock()
-
-        def validate(i: int) -> None:
-            request = ValidateRound(self.run_key, plain)
-            result = self._with_retry(
-                i, lambda: call(self.consortium.node(self.names[i]), self.consortium.tls, request)
-            )
-            with lock:
-                results[i] = result
-                if len(results) == len(indices):
-                    done.set()
-
-        for i in indices:
-            threading.Thread(target=validate, args=(i,), name=f"validate-{self.names[i]}", daemon=True).start()
-        done.wait(self.schedule.deadline_seconds)
-        with lock:
-            answered = dict(results)
-        when = f"validation of round {self.round}"
-        failures = {self.names[i]: r for i, r in answered.items() if isinstance(r, NodeError)}
-        if failures:
-            self._drop(failures, when)
-        late = [self.names[i] for i in indices if i not in answered]
-        if late:
-            if self.log is not None:
-                self.log(f"{when}: {', '.join(late)} did not answer in time; this round is not compared with others")
-            return None
-        return [answered[i]["metrics"] for i in sorted(answered) if not isinstance(answered[i], NodeError)]
 
     def finish(self) -> None:
         """Work still in flight is not waited for (its node has logged and charged it; its update is unused)."""

@@ -454,9 +454,15 @@ class Institutions(Protocol):
         from); nothing when no institution can train any more."""
         ...
 
-    def validate(self, stages: Stages, weights) -> list[dict] | None:
-        """Each institution's validation sums of `weights`; None when one did not answer in time (the round's
-        validation is then not compared with others')."""
+    def validate(self, stages: Stages, round_num: int, weights) -> list[tuple[int, list[dict] | None]]:
+        """Ask every institution to validate round `round_num`'s `weights`; return the rounds whose validation is
+        complete, in order, each with every institution's validation sums (None: not validated by all, so not
+        compared). Synchronous: this round's, at once. Under a deadline or a buffer validation runs beside the
+        training, a round at a time: a round asked while one is out is not validated, and results come later."""
+        ...
+
+    def last_validations(self) -> list[tuple[int, list[dict] | None]]:
+        """The validations still out when the training ended, once they are in."""
         ...
 
     def trained_rounds(self, rounds_run: int) -> dict[str, int]: ...
@@ -525,8 +531,11 @@ class LocalInstitutions:
             for i in chosen
         ]
 
-    def validate(self, stages: Stages, weights) -> list[dict]:
-        return [validation_metrics(stages, client, weights) for client in self.validation]
+    def validate(self, stages: Stages, round_num: int, weights) -> list[tuple[int, list[dict] | None]]:
+        return [(round_num, [validation_metrics(stages, client, weights) for client in self.validation])]
+
+    def last_validations(self) -> list[tuple[int, list[dict] | None]]:
+        return []
 
 
 def _find(measurements, key: str) -> float:
@@ -670,6 +679,25 @@ def train(
     round_num = len(history)
     left_out = frozenset(institutions.lost)  # validation losses compare only over the same institutions
     index = {name: i for i, name in enumerate(institutions.names)}
+    candidates: dict[int, list[np.ndarray]] = {}  # weights of rounds whose validation is still out
+
+    def judge(validated_round: int, checked: list[dict] | None) -> None:
+        """A round's federated validation, once every institution's is in (None: it was not validated by all,
+        and is not compared): its figures into its metrics, and the best round and early stopping updated."""
+        nonlocal best_loss, best_round, best_weights, stale
+        weights_of_round = candidates.pop(validated_round, None)
+        if checked is None or weights_of_round is None:
+            return
+        if checked:
+            scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
+            at = validated_round - 1
+            history[at] = replace(history[at], validation_loss=scores["loss"], validation_auc=scores["auc"])
+        loss = history[validated_round - 1].validation_loss
+        if not checked or loss < best_loss - spec.min_delta:
+            best_loss, best_round, stale, best_weights = loss, validated_round, 0, weights_of_round
+        else:
+            stale += 1
+
     try:
         while round_num < spec.rounds and not stopped_early:
             started = time.perf_counter()
@@ -712,14 +740,11 @@ def train(
                 aggregator = aggregated.measurements
             else:  # only late updates, all dropped: the model stays as it was
                 aggregator = {}
-            validation_loss = validation_auc = float("nan")
-            checked = institutions.validate(stages, weights)
+            candidates[round_num] = [np.asarray(w) for w in weights.trainable]
+            validated = institutions.validate(stages, round_num, weights)
             if frozenset(institutions.lost) != left_out:  # an institution was left out: later losses are over
                 left_out = frozenset(institutions.lost)  # fewer institutions, not comparable with the rounds before
                 best_loss, stale = np.inf, 0
-            if checked:
-                scores = finalize_metrics(stages.finalize_validation, add_metrics(checked))
-                validation_loss, validation_auc = scores["loss"], scores["auc"]
             train_metrics = finalize_metrics(stages.finalize_training, add_metrics([u.metrics for u in updates]))
             metrics = RoundMetrics(
                 round=round_num,
@@ -729,8 +754,8 @@ def train(
                 num_examples=int(train_metrics.get("num_examples", _examples(spec, institutions, updates, chosen))),
                 institutions=len({u.institution for u in updates if u.institutions == 1})
                 + sum(u.institutions for u in updates if u.institutions > 1),
-                validation_loss=validation_loss,
-                validation_auc=validation_auc,
+                validation_loss=float("nan"),  # set by `judge` once every institution validated it
+                validation_auc=float("nan"),
                 client_update_norm=_find(aggregator, "average_client_norm"),
                 server_update_norm=_find(aggregator, "server_update_norm"),
                 non_finite_updates=int(np.nan_to_num(_find(aggregator, "non_finite_count")))
@@ -743,13 +768,8 @@ def train(
                 seconds=time.perf_counter() - started,
             )
             history.append(metrics)
-            if checked is None:  # an institution did not validate in time: this round is not compared
-                pass
-            elif not checked or validation_loss < best_loss - spec.min_delta:
-                best_loss, best_round, stale = validation_loss, round_num, 0
-                best_weights = [np.asarray(w) for w in weights.trainable]
-            else:
-                stale += 1
+            for validated_round, checked in validated:
+                judge(validated_round, checked)
             stopped_early = spec.patience is not None and stale >= spec.patience
             if checkpoints is not None:
                 checkpoints.save(
@@ -767,7 +787,9 @@ def train(
                     round_num,
                 )
             if on_round is not None:
-                on_round(metrics)
+                on_round(history[-1])
+        for validated_round, checked in institutions.last_validations():  # those still out when training ended
+            judge(validated_round, checked)
     finally:
         institutions.finish()
     if best_round == 0 and history:  # no round was ever validated completely: the last one is exported

@@ -33,8 +33,8 @@ def message_options(max_mb: int) -> list[tuple[str, int]]:
 
 def _epsilon(operation: str, answer) -> float | None:
     """The privacy a served request charged (its run's epsilon at this node), from its answer."""
-    if operation == "TrainRound":
-        return wire.decode(answer).get("epsilon")
+    if operation == "TrainRound":  # its update in the clear (bytes), or held for a secure sum (its public part)
+        return (answer if isinstance(answer, dict) else wire.decode(answer)).get("epsilon")
     if operation == "SecureBegin" and isinstance(answer, dict):
         return answer.get("meta", {}).get("epsilon")
     return None

@@ -152,7 +152,7 @@ class ScheduleConfig(BaseModel):
         None,
         gt=0,
         le=86_400,
-        description="deadline: seconds a round waits for updates (and its validation) after it starts.",
+        description="deadline: seconds a round waits for updates after it starts.",
     )
     min_share: float = Field(
         0.5,
@@ -644,9 +644,9 @@ class RunConfig(BaseModel):
 
     def _check_schedule(self, cross_silo: bool) -> None:
         """A deadline or a buffer waits on institutions' nodes; a buffer under secure aggregation is one secure sum."""
-        schedule = getattr(self.training, "schedule", None)
-        if schedule is None or schedule.mode == "synchronous":
+        if not isinstance(self.training, TrainingConfig) or self.training.schedule.mode == "synchronous":
             return
+        schedule = self.training.schedule
         where = f"training.schedule.mode {schedule.mode}"
         if not cross_silo:
             raise ValueError(

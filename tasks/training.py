@@ -178,6 +178,15 @@ def train_federated(
             max_rounds,
             outcome.best_round,
         )
+    for name, rounds in outcome.participation.items():  # a deadline or a buffer may leave a slow bank out
+        counted = sum(r[0] + r[1] for r in rounds)
+        if not counted:
+            logger.warning(
+                "institution '%s': none of its updates counted in this training (every one arrived after its "
+                "round closed and was dropped): the model learned nothing from its rows; raise "
+                "training.schedule.deadline_seconds or max_staleness",
+                name,
+            )
     logger.info(
         "training done: %d rounds; the model of round %d (the best by federated validation loss) is the candidate",
         len(outcome.rounds),

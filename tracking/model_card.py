@@ -19,6 +19,7 @@ from institution.validation import ValidationReport
 from riskmodel.layout import Layout
 from runconfig import EvaluationConfig, RunConfig, ScorecardConfig
 from tracking.fairness import consortium_fairness, consortium_proxies, institution_fairness
+from tracking.lineage import participation_summary
 from tracking.promotion import Decision
 
 PROFILE_FEATURES = 4  # numeric features whose mean per institution the data table shows
@@ -410,6 +411,16 @@ def model_card_html(
             else ""
         )
         + "</p>",
+        *(
+            [
+                f"<p>Rounds: {e(lineage['training.schedule'])}.</p><ul>"
+                + "".join(f"<li>{e(name)}: {e(participation_summary(rounds))}</li>" for name, rounds in participation)
+                + "</ul>"
+            ]
+            if (participation := list(getattr(training, "participation", {}).items()))
+            and "training.schedule" in lineage
+            else []
+        ),
         *(
             [
                 "<p class='fail'>Left out during training: "

@@ -284,3 +284,28 @@ def test_cross_silo_rounds_times_rounds_through_node_processes(tmp_path, capsys,
     [row] = _results(tmp_path / "x.json")
     assert row["simulation"]["seconds_per_round"] > 0 and row["cross_silo"]["seconds_per_round"] > 0
     assert "Starting 3 institution nodes" in out
+
+
+@pytest.mark.slow
+def test_stragglers_times_each_schedule_with_a_slowed_node(tmp_path, capsys, monkeypatch):
+    require_uci()
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from stragglers import slowing_possible
+
+    if not slowing_possible():
+        pytest.skip("the benchmark slows a node with a cgroup CPU limit: this machine gives no writable cgroup")
+    out = _run(
+        "stragglers.py",
+        "--rounds",
+        "3",
+        "--target",
+        "0.5",
+        "--json",
+        str(tmp_path / "s.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
+    rows = _results(tmp_path / "s.json")
+    assert [r["mode"] for r in rows] == ["synchronous", "deadline", "buffered"]
+    assert all(1 <= r["rounds"] <= 3 and r["seconds_to_target"] is not None and r["final_auc"] > 0.5 for r in rows)
+    assert "bank_c's node limited to 0.1 of a core" in out and "target (>= 1.7x faster to 0.5" in out

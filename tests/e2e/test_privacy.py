@@ -57,6 +57,24 @@ def test_a_target_epsilon_calibrates_each_institutions_noise_to_it():
         _plan({**RECORD, "target_epsilon": 1e-6, "delta": 1e-12}, {**TRAINING, "rounds": 10_000}, {"small": 10})
 
 
+def test_under_partial_participation_each_institution_is_planned_for_the_rounds_the_sampler_picks_it_in():
+    """One of three per round: each institution is planned for exactly the rounds the seeded sampler gives it (a
+    public schedule, no amplification claimed), so a target epsilon needs less noise; a buffered run may restart an
+    institution every round and is planned for all of them."""
+    from fed_models.schedule import rounds_sampled
+
+    rows = {"a": 4_000, "b": 4_000, "c": 4_000}
+    target = {**RECORD, "target_epsilon": 3.0, "delta": 1e-5}
+    sampled = _plan(target, {**TRAINING, "clients_per_round": 1}, rows)
+    every = _plan(target, TRAINING, rows)
+    picked = rounds_sampled(3, 1, 0, TRAINING["rounds"])
+    assert [i.rounds for i in sampled.institutions] == picked and sum(picked) == TRAINING["rounds"]
+    for planned, full in zip(sampled.institutions, every.institutions, strict=True):
+        assert 2.98 < planned.epsilon <= 3.0 and planned.noise_multiplier < full.noise_multiplier
+    buffered = {**TRAINING, "clients_per_round": 1, "schedule": {"mode": "buffered", "buffer_size": 1}}
+    assert [i.rounds for i in _plan(target, buffered, rows).institutions] == [TRAINING["rounds"]] * 3
+
+
 def test_across_silos_the_spent_privacy_is_what_each_node_charged_at_its_own_delta():
     plan = _plan({**RECORD, "noise_multiplier": 1.2, "delta": 0.5}, TRAINING, {"node": 1_600, "local": 1_600})
     spent = spent_privacy(plan, {"node": 3, "local": 3}, charged={"node": (0.84, 1 / 1_600)})
