@@ -181,7 +181,8 @@ def train_once(coordinator, mode: str, deadline: float, rounds: int, patience: i
         "late_applied": sum(r.late_applied for r in rows),
         "late_dropped": sum(r.late_dropped for r in rows),
         "missed_deadline": sum(r.missed_deadline for r in rows),
-        "participation": result.participation,
+        # each institution's totals over the run: [on time, late applied, late dropped, missed the deadline]
+        "participation": {name: np.sum(rounds, axis=0).tolist() for name, rounds in result.participation.items()},
     }
 
 
