@@ -52,7 +52,7 @@ from tasks.reporting import publish_summary, publish_validation_table, summary_m
 from tasks.retries import service_retries
 from tasks.training import train_federated, train_local_baseline, train_pooled_baseline, worker_isolation
 from tracking.fairness import summed_fairness
-from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file
+from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file, uncounted
 from tracking.monitoring import cooldown_left
 from tracking.promotion import decide_promotion
 from tracking.registry import Registration, run_name
@@ -258,7 +258,13 @@ def run_retraining(
         fairness = consortium_fairness_counts(config, consortium, training, evaluations)
         protected = config.data_schema.protected_references
         decision = decide_promotion(
-            config.promotion, evaluations, champion.version if champion else None, training.lost, protected, fairness
+            config.promotion,
+            evaluations,
+            champion.version if champion else None,
+            training.lost,
+            protected,
+            fairness,
+            uncounted(getattr(training, "participation", {})),
         )
         registration = register(
             config,

@@ -27,6 +27,7 @@ from institution.statistics import FeatureSpace, feature_space, local_statistics
 from riskmodel.scaling import Scaling
 from runconfig import BaselinesConfig, TrainingConfig
 from tasks.reporting import artifact_key
+from tracking.lineage import uncounted
 
 _round_listeners: list[Callable[[dict], None]] = []
 ROUND_RECORD = "fedrisk_round"  # set on a round's log record: a terminal's progress bar shows the same figures
@@ -178,15 +179,13 @@ def train_federated(
             max_rounds,
             outcome.best_round,
         )
-    for name, rounds in outcome.participation.items():  # a deadline or a buffer may leave a slow bank out
-        counted = sum(r[0] + r[1] for r in rounds)
-        if not counted:
-            logger.warning(
-                "institution '%s': none of its updates counted in this training (every one arrived after its "
-                "round closed and was dropped): the model learned nothing from its rows; raise "
-                "training.schedule.deadline_seconds or max_staleness",
-                name,
-            )
+    for name in uncounted(outcome.participation):  # a deadline or a buffer may leave a slow bank out
+        logger.warning(
+            "institution '%s': none of its updates counted in this training (every one arrived after its "
+            "round closed and was dropped): the model learned nothing from its rows; raise "
+            "training.schedule.deadline_seconds or max_staleness",
+            name,
+        )
     logger.info(
         "training done: %d rounds; the model of round %d (the best by federated validation loss) is the candidate",
         len(outcome.rounds),

@@ -75,6 +75,12 @@ def participation_summary(rounds: list[list[int]]) -> str:
     )
 
 
+def uncounted(participation: dict[str, list[list[int]]]) -> list[str]:
+    """The institutions none of whose updates counted in a training (every one arrived after its round closed and
+    was dropped): the model learned nothing from their rows."""
+    return [name for name, rounds in participation.items() if not sum(r[0] + r[1] for r in rounds)]
+
+
 def lineage_tags(
     *,
     flow_run_id: str,

@@ -34,11 +34,13 @@ def decide_promotion(
     lost: dict[str, str] | None = None,
     protected: dict[str, str] | None = None,
     fairness: dict[str, FairnessCounts] | None = None,
+    uncounted: list[str] | None = None,
 ) -> Decision:
     """Apply the promotion policy (the run config's `promotion` section) to the holdout evaluations. `lost`:
     institutions left out mid-training (the challenger was trained and evaluated without them); `protected`: the
     schema's protected attributes and each one's reference group, `fairness` the consortium's counts by group per
-    role (institution.fairness): the fairness guardrails judge them.
+    role (institution.fairness): the fairness guardrails judge them. `uncounted`: institutions none of whose updates
+    counted (a deadline or a buffer dropped every one): the challenger learned nothing from their rows.
 
     Promoted only when the challenger beats the champion on the primary metric (example-weighted
     over institutions) by at least `min_improvement`, no institution loses more than
@@ -98,6 +100,12 @@ def decide_promotion(
         checks.append(
             f"fail: trained and evaluated without {', '.join(sorted(mid_training))}, lost mid-training "
             f"(promotion.promote_with_lost_institutions is false: a person decides)"
+        )
+    if uncounted and not policy.promote_with_lost_institutions:
+        checks.append(
+            f"fail: trained without the rows of {', '.join(sorted(uncounted))}: none of their updates counted (each "
+            f"arrived after its round closed and was dropped; promotion.promote_with_lost_institutions is false: "
+            f"a person decides)"
         )
     promoted = all(check.startswith("pass") for check in checks)
     if promoted:

@@ -147,6 +147,22 @@ def test_a_challenger_trained_without_an_institution_lost_mid_training_is_not_pr
     assert allowed.promoted  # and one quarantined at the start is like a failed validation: no reason to hold
 
 
+def test_a_challenger_none_of_whose_updates_from_a_bank_counted_is_not_promoted_by_default():
+    """Under a deadline or a buffer a slow bank's every update may arrive too late and be dropped: the challenger
+    learned nothing from its rows, which a person must accept, as for a bank lost mid-training."""
+    from tracking.lineage import uncounted
+
+    participation = {"a": [[1, 0, 0, 0], [1, 0, 0, 0]], "c": [[0, 0, 0, 1], [0, 0, 1, 1]], "d": [[0, 1, 0, 1]]}
+    assert uncounted(participation) == ["c"]  # d's one late update counted
+    decision = decide_promotion(PromotionConfig(**POLICY), _evaluations({"a": 0.9}), "2", None, uncounted=["c"])
+    assert not decision.promoted and decision.reason.endswith(
+        "trained without the rows of c: none of their updates counted (each arrived after its round closed and was "
+        "dropped; promotion.promote_with_lost_institutions is false: a person decides)"
+    )
+    allowed = PromotionConfig(**POLICY, promote_with_lost_institutions=True)
+    assert decide_promotion(allowed, _evaluations({"a": 0.9}), None, None, uncounted=["c"]).promoted
+
+
 def _with_fairness(evaluation: InstitutionEvaluation, approval: dict[str, float], role: str = "challenger", rows=200):
     """`evaluation` with counts by sex where each group's approval rate is `approval[group]` (half of each group
     good, the approved goods as many as the rate allows)."""
