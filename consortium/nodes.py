@@ -633,9 +633,9 @@ class NodeInstitutions:
             self._drop(failures, when)
         return {i: r for i, r in results.items() if not isinstance(r, NodeError)}
 
-    def _secure_sum(self, indices: list[int], added: str, request, vectors: dict, when: str, each=None):
-        """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round; `each`
-        runs a phase, by default `_each`); TrainingStopped when fewer than the threshold complete it."""
+    def _secure_sum(self, indices: list[int], added: str, request, vectors: dict, when: str):
+        """A secure sum over the nodes `indices` (those failing a phase are left out, as in a plain round);
+        TrainingStopped when fewer than the threshold complete it."""
         from node import secure
         from secagg.protocol import SecureAggregationError
 
@@ -647,7 +647,7 @@ class NodeInstitutions:
                 secure.new_session(f"{self.run_key}/{when}"),
                 vectors,
                 lambda i: (added, request(i)),
-                each or self._each,
+                self._each,
                 lambda i, body: call(consortium.node(self.names[i]), consortium.tls, body),
                 consortium.secure_threshold,
                 when,
@@ -667,7 +667,7 @@ class NodeInstitutions:
         plain = weights_as_lists(weights)
         indices = [i for i in chosen if self.names[i] not in self.lost]
         self.dropped = []
-        if self.schedule.mode == "buffered" or (self.schedule.mode == "deadline" and not self.consortium.secure):
+        if self.schedule.mode != "synchronous":
             return self._scheduled_round(stages, round_num, plain, indices)
         if self.consortium.secure:
             return self._secure_round(stages, round_num, plain, indices)
@@ -730,6 +730,8 @@ class NodeInstitutions:
         for i in asked:
             self._start(i, stages, version, plain)
         closes = None if buffered else time.monotonic() + schedule.deadline_seconds
+        # Under secure aggregation a round is one sum, of at least the threshold and never fewer than three.
+        needed = max(self.consortium.secure_threshold, MIN_SUMMED) if self.consortium.secure else 0
         active = [i for i, name in enumerate(self.names) if name not in self.lost]
         total = sum(self.fit_rows[i] for i in active) or 1
         arrived: list[_Work] = []
@@ -748,7 +750,8 @@ class NodeInstitutions:
                 waiting = [i for i in asked if i not in fresh and self.names[i] not in failures]
                 now = time.monotonic()
                 reported = sum(self.fit_rows[i] for i in fresh) / total
-                if not waiting or (now >= closes and reported >= schedule.min_share):
+                enough = reported >= schedule.min_share and len(fresh) >= needed
+                if not waiting or (now >= closes and enough):
                     break
                 timeout = closes - now if now < closes else None
             try:
@@ -781,7 +784,9 @@ class NodeInstitutions:
         arrived.sort(key=lambda w: (w.started_from, w.index, w.task))
         self._log_participation(round_num, arrived, asked)
         if self.consortium.secure:
-            return self._buffer_sum(round_num, arrived)
+            if buffered:
+                return self._buffer_sum(round_num, arrived)
+            return self._deadline_sum(stages, round_num, plain, arrived)
         return [
             ClientUpdate(
                 self.names[w.index],
@@ -834,70 +839,41 @@ class NodeInstitutions:
             )
         ]
 
-    def _begin_until(self, indices: list[int], when: str, operation, closes: float) -> dict:
-        """A secure sum's key exchange, where each node computes its input, under a deadline: the nodes done by
-        `closes` (and past it, until `min_share` of the rows are) take part; the others are left out of this sum
-        only: a node still computing is not asked again until its answer is back, and that input is never summed
-        (alone in a later sum it would be read)."""
-        works: dict[int, _Work] = {}
-        for i in indices:
-            work = _Work(i, self.round, self.round - 1)
-            works[i] = work
-            self.working[i] = work
+    def _deadline_sum(self, stages, round_num: int, plain: dict, arrived: list[_Work]):
+        """A round under a deadline and secure aggregation: one secure sum of the updates the nodes trained from this
+        round's model and hold; a late update (from an earlier round's model) is dropped, never summed: alone in a
+        later sum it would be read."""
+        from fed_models.training import ClientUpdate, client_seed
+        from node import secure
+        from secagg.protocol import SecureAggregationError
 
-            def run(work: _Work = work) -> None:
-                try:
-                    work.answer = self._with_retry(work.index, lambda: operation(work.index))
-                except NodeError as error:
-                    work.answer = error
-                self.arrivals.put(work)
-
-            threading.Thread(target=run, name=f"{when}-{self.names[i]}", daemon=True).start()
-        total = sum(self.fit_rows[i] for i, name in enumerate(self.names) if name not in self.lost) or 1
-        needed = max(self.consortium.secure_threshold, MIN_SUMMED)  # a sum of fewer would fail, not close
-        results: dict[int, object] = {}
-        failures: dict[str, NodeError] = {}
-        while len(results) + len(failures) < len(indices):
-            now = time.monotonic()
-            share = sum(self.fit_rows[i] for i in results) / total
-            if now >= closes and share >= self.schedule.min_share and len(results) >= needed:
-                break
-            try:
-                work = self.arrivals.get(timeout=closes - now if now < closes else None)
-            except queue.Empty:
-                continue
-            self.working.pop(work.index, None)
-            if works.get(work.index) is not work:  # an earlier round's input, late: never summed
-                self.dropped.append(self.names[work.index])
-            elif isinstance(work.answer, NodeError):
-                failures[self.names[work.index]] = work.answer
-            else:
-                results[work.index] = work.answer
-        if failures:
-            self._drop(failures, when)
-        return results
-
-    def _by_deadline(self):
-        """`_each` for a secure sum whose key exchange has the schedule's deadline (from now)."""
-        closes = time.monotonic() + self.schedule.deadline_seconds
-
-        def each(indices: list[int], phase: str, operation) -> dict[int, object]:
-            if phase.endswith(": key exchange"):
-                return self._begin_until(indices, phase, operation, closes)
-            return self._each(indices, phase, operation)
-
-        return each
-
-    def _late_inputs(self) -> None:
-        """Inputs of earlier rounds that came back since (under a deadline and secure aggregation): their nodes
-        are free again; the inputs are dropped."""
-        while True:
-            try:
-                work = self.arrivals.get_nowait()
-            except queue.Empty:
-                return
-            self.working.pop(work.index, None)
-            self.dropped.append(self.names[work.index])
+        version, when = round_num - 1, f"round {round_num}"
+        self.dropped = [self.names[w.index] for w in arrived if w.started_from < version]
+        fresh = [w.index for w in arrived if w.started_from == version]
+        result = self._secure_sum(
+            fresh,
+            "train_round",
+            lambda i: TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i)),
+            self.encoding.specs(),
+            when,
+        )
+        for name, meta in result.meta.items():
+            self._reported(name, meta)
+        try:
+            summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
+        except SecureAggregationError as error:
+            raise TrainingStopped(f"{when}: {error}; nothing is registered") from None
+        return [
+            ClientUpdate(
+                "consortium (secure sum)",
+                summed.update,
+                summed.weight,
+                summed.metrics,
+                institutions=summed.institutions,
+                non_finite=summed.non_finite,
+                members=tuple((name, 0) for name in result.sent),
+            )
+        ]
 
     def _log_participation(self, round_num: int, arrived: list[_Work], asked: list[int]) -> None:
         """The round in one line of the run's log: who was on time, whose late update was applied or dropped,
@@ -935,28 +911,13 @@ class NodeInstitutions:
 
         self.round = round_num
         when = f"round {round_num}"
-        deadline = self.schedule.mode == "deadline"
-        if deadline:
-            self._late_inputs()
-            busy = [self.names[i] for i in indices if i in self.working]  # still computing an earlier input
-            indices = [i for i in indices if i not in self.working]
         result = self._secure_sum(
             indices,
             "train_round",
             lambda i: TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i)),
             self.encoding.specs(),
             when,
-            self._by_deadline() if deadline else None,
         )
-        if deadline:
-            self.missed = busy + [self.names[i] for i in indices if self.names[i] not in result.sent]
-            self.missed = [name for name in self.missed if name not in self.lost]
-            if self.log is not None and (self.missed or self.dropped):
-                self.log(
-                    f"round {round_num}: summed: {', '.join(result.sent)}"
-                    + "".join(f"; {name} missed the deadline" for name in self.missed)
-                    + "".join(f"; {name}'s late input dropped (never summed alone)" for name in self.dropped)
-                )
         for name, meta in result.meta.items():
             self._reported(name, meta)
         try:
@@ -971,7 +932,6 @@ class NodeInstitutions:
                 summed.metrics,
                 institutions=summed.institutions,
                 non_finite=summed.non_finite,
-                members=tuple((name, 0) for name in result.sent),
             )
         ]
 

@@ -958,13 +958,13 @@ def test_under_secure_aggregation_a_buffer_is_one_secure_sum_of_held_updates(con
     """Under secure aggregation a buffer of all three banks: each node trains and holds its update, each step is one
     secure sum of the held updates (BufferedRound), and a node holding an update waits for the step: it trains the
     weights synchronous rounds in the clear train (to the quantization). No update is answered in the clear. (Seed
-    7: a deterministic training with the other secure tests' settings would reproduce their updates exactly, which
-    each node refuses to add to a second sum.)"""
+    11, its own: a deterministic training with another secure test's seed and settings reproduces its updates exactly,
+    which each node refuses to add to a second sum.)"""
     import consortium.nodes as client
 
     _, pki, nodes = consortium
     training = {**SETTINGS["training"], "rounds": 3, "aggregation": "plain"}
-    retrain(_coordinator(pki, nodes.values(), "credit_synchronous_plain", training=training, seed=7))
+    retrain(_coordinator(pki, nodes.values(), "credit_synchronous_plain", training=training, seed=11))
     training["schedule"] = {"mode": "buffered", "buffer_size": 3}
     sent: list[tuple[str, dict]] = []
     real_send = client.send
@@ -976,7 +976,7 @@ def test_under_secure_aggregation_a_buffer_is_one_secure_sum_of_held_updates(con
 
     client.send = capture
     try:
-        config = _coordinator(pki, nodes.values(), "credit_secure_buffered", training=training, seed=7)
+        config = _coordinator(pki, nodes.values(), "credit_secure_buffered", training=training, seed=11)
         summary = retrain(_secure(config, secure_aggregation=True))
     finally:
         client.send = real_send

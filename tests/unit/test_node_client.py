@@ -101,3 +101,106 @@ def test_a_refusal_is_not_retried_a_fault_is():
     assert not _worth_retrying(None, None, state(TrainingStopped("quorum")))
     assert _worth_retrying(None, None, state(NodeError("unreachable", grpc.StatusCode.UNAVAILABLE)))
     assert _worth_retrying(None, None, state(RuntimeError("a lost TFF worker")))
+
+
+@pytest.fixture
+def secure_nodes(small_consortium, tmp_path):
+    """Four nodes of one consortium (a secure sum holds at least three of them), in this process over mutual TLS.
+    Yields the admitted consortium under secure aggregation (threshold 3) and each node's work directory."""
+    names = (*BANKS, "dune_finance")
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    for name in (*names, "coordinator"):
+        issue(pki, name, ("localhost", "127.0.0.1"))
+    with ExitStack() as stack:
+        handles = []
+        for name in names:
+            config = NodeConfig.model_validate(
+                {
+                    "institution": name,
+                    "listen": "127.0.0.1:0",
+                    "schema": "credit_default",
+                    "extract": {"path": str(small_consortium[name])},
+                    "work_dir": str(tmp_path / name),
+                    "tls": {"ca": pki / "ca.crt", "cert": pki / f"{name}.crt", "key": pki / f"{name}.key"},
+                    "consortium": {"members": list(names)},
+                }
+            )
+            server, port = start_server(config, NodeService(config, TEST_EXPECTATIONS_DIR))
+            stack.callback(server.stop, None)
+            handles.append(NodeHandle(name, f"127.0.0.1:{port}"))
+        consortium = NodeConsortium(
+            tuple(handles),
+            Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key")),
+            quorum=3,
+            secure_threshold=3,
+        )
+        reports = [consortium.validate(name, CREDIT, None, TEST_EXPECTATIONS_DIR) for name in names]
+        yield consortium.admit(reports), {name: tmp_path / name for name in names}
+
+
+def test_under_secure_aggregation_a_node_past_the_deadline_is_left_out_of_that_sum_and_its_input_is_never_summed(
+    secure_nodes, monkeypatch
+):
+    """Each node trains and holds its round's update; dune_finance's round 2 is held back past the deadline: the
+    round's secure sum holds the three others; dune's round-2 update, back before round 3, is dropped, never summed
+    (alone in a later sum it would be read), and dune trains round 3 from the latest model and is in its sum."""
+    import json
+    import threading
+
+    import numpy as np
+
+    import consortium.nodes as client
+    from fed_models.training import Schedule, train
+
+    consortium, work_dirs = secure_nodes
+    features = list(CREDIT.features)
+    space = feature_space(CREDIT, features, SPLIT, [consortium.statistics(n, CREDIT, features, SPLIT) for n in BANKS])
+    released = threading.Event()
+    real_call = client.call
+
+    def call(handle, tls, request):
+        if handle.institution == "dune_finance" and request.operation == "TrainRound" and request.round == 2:
+            assert request.hold  # it keeps its update for the round's secure sum
+            assert released.wait(timeout=300)
+        return real_call(handle, tls, request)
+
+    monkeypatch.setattr(client, "call", call)
+    runner = consortium.training(space, "run-secure-deadline")
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("round 2: on time:"):  # the round closed without dune: let its training through, and
+            released.set()  # go on once it is back (its late update then waits in the runner's queue)
+            for thread in threading.enumerate():
+                if thread.name == "round-2-dune_finance":
+                    thread.join(timeout=300)
+
+    runner.log = log
+    schedule = Schedule("deadline", deadline_seconds=2.0, late_updates="drop")
+    spec = TrainingSpec(rounds=3, seed=1, aggregation="plain", schedule=schedule)
+    result = train(runner, np.asarray(space.mean), np.asarray(space.std), spec)
+
+    assert [(r.institutions, r.missed_deadline, r.late_dropped) for r in result.rounds] == [
+        (4, 0, 0),
+        (3, 1, 0),
+        (4, 0, 1),
+    ]
+    assert result.participation["dune_finance"] == [[1, 0, 0, 0], [0, 0, 0, 1], [1, 0, 1, 0]]
+    assert (
+        "round 2: on time: alder_bank, birch_credit_union, cedar_savings; dune_finance missed the deadline (still "
+        "training from round 2)" in lines
+    )
+    assert (
+        "round 3: on time: alder_bank, birch_credit_union, cedar_savings, dune_finance; dune_finance's update from "
+        "round 2 late by 1: dropped" in lines
+    )
+    dune = work_dirs["dune_finance"]
+    assert (dune / "rounds" / "run-secure-deadline" / "round_2.json").exists()  # trained, and charged
+    summed = [json.loads(line)["description"] for line in (dune / "secure_inputs.jsonl").read_text().splitlines()]
+    rounds = [d for d in summed if d.startswith("its update of round")]
+    assert rounds == [
+        "its update of round 1 of run run-secure-deadline",
+        "its update of round 3 of run run-secure-deadline",
+    ]

@@ -68,6 +68,7 @@ def test_a_secure_sum_adds_only_what_a_node_computes():
         SecureBegin("s", ["a", "b", "c"], 3, {}, "evaluate").inner()
     assert set(SECURE_INPUTS) == {
         "train_round",
+        "buffered_round",
         "validate_round",
         "statistics",
         "monitor",
