@@ -133,12 +133,16 @@ def weighted_auc(model, parts, space) -> float:
     return weighted / total
 
 
-def train_once(coordinator, mode: str, deadline: float, rounds: int, patience: int, parts) -> dict:
+def train_once(coordinator, mode: str, deadline: float, rounds: int, patience: int, staleness: int, parts) -> dict:
     from engines.tff import training_spec
     from fed_models.keras_models import build_model
     from fed_models.training import train
 
-    schedule = {**SCHEDULES[mode], **({"deadline_seconds": deadline} if mode == "deadline" else {})}
+    schedule = {
+        **SCHEDULES[mode],
+        **({"deadline_seconds": deadline} if mode == "deadline" else {}),
+        "max_staleness": staleness,
+    }
     training = coordinator.training.model_copy(
         update={
             "rounds": rounds,
@@ -201,6 +205,7 @@ def main() -> None:
     parser.add_argument(
         "--patience", type=int, default=30, help="early stopping's patience for every schedule (the config's is 10)"
     )
+    parser.add_argument("--max-staleness", type=int, default=4, help="versions a late update may be behind")
     parser.add_argument("--modes", default=",".join(SCHEDULES), help=f"comma-separated, of {list(SCHEDULES)}")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/stragglers.json")
     args = parser.parse_args()
@@ -216,7 +221,9 @@ def main() -> None:
             print(f"{args.slow}'s node limited to {args.cpu:g} of a core (cgroup {slow.directory})", flush=True)
             for mode in args.modes.split(","):
                 print(f"{mode}:", flush=True)
-                result = train_once(coordinator, mode, args.deadline, args.rounds, args.patience, parts)
+                result = train_once(
+                    coordinator, mode, args.deadline, args.rounds, args.patience, args.max_staleness, parts
+                )
                 result["seconds_to_target"] = time_to(result["curve"], args.target)
                 results.append(result)
                 reached = result["seconds_to_target"]

@@ -297,7 +297,9 @@ def test_stragglers_times_each_schedule_with_a_slowed_node(tmp_path, capsys, mon
     out = _run(
         "stragglers.py",
         "--rounds",
-        "3",
+        "2",
+        "--cpu",
+        "0.5",  # the script's default of a tenth of a core makes the slowed node's start take minutes on CI
         "--target",
         "0.5",
         "--json",
@@ -307,5 +309,5 @@ def test_stragglers_times_each_schedule_with_a_slowed_node(tmp_path, capsys, mon
     )
     rows = _results(tmp_path / "s.json")
     assert [r["mode"] for r in rows] == ["synchronous", "deadline", "buffered"]
-    assert all(1 <= r["rounds"] <= 3 and r["seconds_to_target"] is not None and r["final_auc"] > 0.5 for r in rows)
-    assert "bank_c's node limited to 0.1 of a core" in out and "target (>= 1.7x faster to 0.5" in out
+    assert all(1 <= r["rounds"] <= 2 and r["seconds_to_target"] is not None and r["final_auc"] > 0.5 for r in rows)
+    assert "bank_c's node limited to 0.5 of a core" in out and "target (>= 1.7x faster to 0.5" in out
