@@ -801,10 +801,6 @@ class NodeInstitutions:
     def _buffer_sum(self, step: int, arrived: list[_Work]):
         """One server step of a buffered run under secure aggregation: the held updates of the buffer as one
         secure sum, each weighted at its node by its staleness discount; an update too old is never summed."""
-        from fed_models.training import ClientUpdate
-        from node import secure
-        from secagg.protocol import SecureAggregationError
-
         version, when = step - 1, f"round {step}"
         applied = [w for w in arrived if self.schedule.applies(version - w.started_from)]
         self.dropped = [self.names[w.index] for w in arrived if w not in applied]
@@ -821,59 +817,15 @@ class NodeInstitutions:
             self.encoding.specs(),
             when,
         )
-        for name, meta in result.meta.items():
-            self._reported(name, meta)
-        try:
-            summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
-        except SecureAggregationError as error:
-            raise TrainingStopped(f"{when}: {error}; nothing is registered") from None
-        return [
-            ClientUpdate(
-                "consortium (secure sum)",
-                summed.update,
-                summed.weight,
-                summed.metrics,
-                institutions=summed.institutions,
-                non_finite=summed.non_finite,
-                members=tuple((name, ages[name]) for name in result.sent),
-            )
-        ]
+        return self._round_sum(result, when, ages)
 
     def _deadline_sum(self, stages, round_num: int, plain: dict, arrived: list[_Work]):
         """A round under a deadline and secure aggregation: one secure sum of the updates the nodes trained from this
         round's model and hold; a late update (from an earlier round's model) is dropped, never summed: alone in a
         later sum it would be read."""
-        from fed_models.training import ClientUpdate, client_seed
-        from node import secure
-        from secagg.protocol import SecureAggregationError
-
-        version, when = round_num - 1, f"round {round_num}"
+        version = round_num - 1
         self.dropped = [self.names[w.index] for w in arrived if w.started_from < version]
-        fresh = [w.index for w in arrived if w.started_from == version]
-        result = self._secure_sum(
-            fresh,
-            "train_round",
-            lambda i: TrainRound(self.run_key, round_num, plain, client_seed(stages.spec.seed, round_num, i)),
-            self.encoding.specs(),
-            when,
-        )
-        for name, meta in result.meta.items():
-            self._reported(name, meta)
-        try:
-            summed = secure.decode_round(result.sums, result.meta[result.sent[0]], len(result.sent), self.encoding)
-        except SecureAggregationError as error:
-            raise TrainingStopped(f"{when}: {error}; nothing is registered") from None
-        return [
-            ClientUpdate(
-                "consortium (secure sum)",
-                summed.update,
-                summed.weight,
-                summed.metrics,
-                institutions=summed.institutions,
-                non_finite=summed.non_finite,
-                members=tuple((name, 0) for name in result.sent),
-            )
-        ]
+        return self._secure_round(stages, round_num, plain, [w.index for w in arrived if w.started_from == version])
 
     def _log_participation(self, round_num: int, arrived: list[_Work], asked: list[int]) -> None:
         """The round in one line of the run's log: who was on time, whose late update was applied or dropped,
@@ -905,9 +857,7 @@ class NodeInstitutions:
     def _secure_round(self, stages, round_num: int, plain: dict, indices: list[int]):
         """The round's client work at each node, added up by a secure sum: one consortium update (the weighted mean
         of the clipped updates), never one institution's."""
-        from fed_models.training import ClientUpdate, client_seed
-        from node import secure
-        from secagg.protocol import SecureAggregationError
+        from fed_models.training import client_seed
 
         self.round = round_num
         when = f"round {round_num}"
@@ -918,6 +868,15 @@ class NodeInstitutions:
             self.encoding.specs(),
             when,
         )
+        return self._round_sum(result, when, {})
+
+    def _round_sum(self, result, when: str, ages: dict[str, int]) -> list:
+        """The one consortium update a secure sum of round updates makes (each member's staleness in `ages`, none:
+        this round's), with each node's account of its rounds and privacy; refused when out of range."""
+        from fed_models.training import ClientUpdate
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
         for name, meta in result.meta.items():
             self._reported(name, meta)
         try:
@@ -932,6 +891,7 @@ class NodeInstitutions:
                 summed.metrics,
                 institutions=summed.institutions,
                 non_finite=summed.non_finite,
+                members=tuple((name, ages.get(name, 0)) for name in result.sent),
             )
         ]
 

@@ -854,9 +854,10 @@ def test_across_silos_under_secure_aggregation_a_bank_biased_against_women_keeps
 @contextmanager
 def _frozen_in_round(victim: Node, round_num: int, thawed_when: str):
     """Inside the block `victim` is stopped (SIGSTOP: alive, its connections open, computing nothing) once round
-    `round_num - 1` is done, and continued (SIGCONT) the moment the run logs a line starting with `thawed_when`:
-    a node genuinely too slow for that round only."""
+    `round_num - 1` is done, and continued (SIGCONT) the moment the run logs a line starting with `thawed_when`,
+    the run going on once the victim's work in flight has come back: a node genuinely too slow for those rounds."""
     import logging
+    import threading
 
     from tasks.training import round_listener
 
@@ -865,9 +866,12 @@ def _frozen_in_round(victim: Node, round_num: int, thawed_when: str):
             os.kill(victim.process.pid, signal.SIGSTOP)
 
     class Thaw(logging.Handler):
-        def emit(self, record):
+        def emit(self, record):  # in the coordinator's thread: it goes on once the victim's late work is back
             if record.getMessage().startswith(thawed_when):
                 os.kill(victim.process.pid, signal.SIGCONT)
+                for thread in threading.enumerate():
+                    if thread.name.startswith("round-") and thread.name.endswith(f"-{victim.name}"):
+                        thread.join(timeout=300)
 
     thaw = Thaw()
     logging.getLogger().addHandler(thaw)
