@@ -345,21 +345,10 @@ class NodeService:
         return run
 
     def _round_input(self, request: TrainRound, participants: int) -> SecureInput:
-        from node import secure
-        from secagg.protocol import SecureAggregationError
 
         run = self._secure_run(request.run_key, participants)
         answer = wire.decode(self._train_round(request, secure=True))
-        raw = {
-            "update": np.concatenate([np.ravel(u) for u in answer["update"]]),
-            "sums": secure.flatten(answer["metrics"])[0],
-            "weight": np.asarray([answer["weight"]]),
-        }
-        try:
-            values, meta = secure.round_inputs(answer["update"], answer["weight"], answer["metrics"], run.encoding)
-        except SecureAggregationError as error:
-            raise NodeRefusal(f"institution '{self.name}': {error}") from None
-        meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"], delta=answer["delta"])
+        raw, values, meta = self._round_values(answer, 1.0, run)
         bound = {
             "run_key": request.run_key,
             "round": request.round,
@@ -375,12 +364,30 @@ class NodeService:
             f"its update of round {request.round} of run {request.run_key}",
         )
 
+    def _round_values(self, answer: dict, discount: float, run: _Run) -> tuple[dict, dict, dict]:
+        """A trained round's answer as a secure sum's input: its exact values (what identifies it for the one-sum
+        rule, whatever the discount), the encoded values with its weight times `discount`, and the public part."""
+        from node import secure
+        from secagg.protocol import SecureAggregationError
+
+        raw = {
+            "update": np.concatenate([np.ravel(u) for u in answer["update"]]),
+            "sums": secure.flatten(answer["metrics"])[0],
+            "weight": np.asarray([answer["weight"]]),
+        }
+        try:
+            values, meta = secure.round_inputs(
+                answer["update"], answer["weight"] * discount, answer["metrics"], run.encoding
+            )
+        except SecureAggregationError as error:
+            raise NodeRefusal(f"institution '{self.name}': {error}") from None
+        meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"], delta=answer["delta"])
+        return raw, values, meta
+
     def _buffered_input(self, request: BufferedRound, participants: int) -> SecureInput:
         """This node's held update in one server step of a buffered run: the round it trained and held, found by
         the weights digest the buffer names, its weight times the staleness discount (at most 1: a coordinator
         can only lower it). Every participant binds the same buffer into the sum's context."""
-        from node import secure
-        from secagg.protocol import SecureAggregationError
 
         run = self._secure_run(request.run_key, participants)
         entry = request.buffer.get(self.name)
@@ -397,19 +404,7 @@ class NodeService:
                 f"institution '{self.name}' holds no update of round {round_num} of run {request.run_key} trained "
                 f"from weights {digest[:12]} for a secure sum"
             )
-        answer = wire.decode(trained[1])
-        raw = {
-            "update": np.concatenate([np.ravel(u) for u in answer["update"]]),
-            "sums": secure.flatten(answer["metrics"])[0],
-            "weight": np.asarray([answer["weight"]]),
-        }
-        try:
-            values, meta = secure.round_inputs(
-                answer["update"], answer["weight"] * discount, answer["metrics"], run.encoding
-            )
-        except SecureAggregationError as error:
-            raise NodeRefusal(f"institution '{self.name}': {error}") from None
-        meta.update(rounds_trained=answer["rounds_trained"], epsilon=answer["epsilon"], delta=answer["delta"])
+        raw, values, meta = self._round_values(wire.decode(trained[1]), discount, run)
         bound = {
             "run_key": request.run_key,
             "step": request.step,
