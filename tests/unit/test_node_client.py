@@ -2,7 +2,7 @@
 (outside its policy) is left out like a lost one and the quorum decides; a refusal is never retried. Real nodes
 (NodeService behind its gRPC server, mutual TLS on loopback) in this process."""
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from types import SimpleNamespace
 
 import grpc
@@ -26,16 +26,17 @@ BANKS = ("alder_bank", "birch_credit_union", "cedar_savings")
 SPLIT = Split(0.2, 0.1, 1)
 
 
-@pytest.fixture
-def nodes(small_consortium, tmp_path):
-    """Three nodes; cedar's policy allows at most 3 rounds. Yields the admitted consortium (quorum 2)."""
+@contextmanager
+def _serving(small_consortium, tmp_path, names, settings, **consortium):
+    """A node per name in this process over mutual TLS (`settings(name)`: the rest of its config); yields the
+    admitted consortium (NodeConsortium's `consortium` fields) and stops every server."""
     pki = tmp_path / "pki"
     init_ca(pki)
-    for name in (*BANKS, "coordinator"):
+    for name in (*names, "coordinator"):
         issue(pki, name, ("localhost", "127.0.0.1"))
     with ExitStack() as stack:
         handles = []
-        for name in BANKS:
+        for name in names:
             config = NodeConfig.model_validate(
                 {
                     "institution": name,
@@ -44,19 +45,29 @@ def nodes(small_consortium, tmp_path):
                     "extract": {"path": str(small_consortium[name])},
                     "work_dir": str(tmp_path / name),
                     "tls": {"ca": pki / "ca.crt", "cert": pki / f"{name}.crt", "key": pki / f"{name}.key"},
-                    "policy": {"max_rounds": 3 if name == "cedar_savings" else 100},
+                    **settings(name),
                 }
             )
             server, port = start_server(config, NodeService(config, TEST_EXPECTATIONS_DIR))
             stack.callback(server.stop, None)
             handles.append(NodeHandle(name, f"127.0.0.1:{port}"))
-        consortium = NodeConsortium(
+        admitted = NodeConsortium(
             tuple(handles),
             Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key")),
-            quorum=2,
+            **consortium,
         )
-        reports = [consortium.validate(name, CREDIT, None, TEST_EXPECTATIONS_DIR) for name in BANKS]
-        yield consortium.admit(reports)
+        reports = [admitted.validate(name, CREDIT, None, TEST_EXPECTATIONS_DIR) for name in names]
+        yield admitted.admit(reports)
+
+
+@pytest.fixture
+def nodes(small_consortium, tmp_path):
+    """Three nodes; cedar's policy allows at most 3 rounds. Yields the admitted consortium (quorum 2)."""
+    policy = {"cedar_savings": 3}
+    with _serving(
+        small_consortium, tmp_path, BANKS, lambda name: {"policy": {"max_rounds": policy.get(name, 100)}}, quorum=2
+    ) as consortium:
+        yield consortium
 
 
 def _training(consortium, quorum: int):
@@ -108,35 +119,9 @@ def secure_nodes(small_consortium, tmp_path):
     """Four nodes of one consortium (a secure sum holds at least three of them), in this process over mutual TLS.
     Yields the admitted consortium under secure aggregation (threshold 3) and each node's work directory."""
     names = (*BANKS, "dune_finance")
-    pki = tmp_path / "pki"
-    init_ca(pki)
-    for name in (*names, "coordinator"):
-        issue(pki, name, ("localhost", "127.0.0.1"))
-    with ExitStack() as stack:
-        handles = []
-        for name in names:
-            config = NodeConfig.model_validate(
-                {
-                    "institution": name,
-                    "listen": "127.0.0.1:0",
-                    "schema": "credit_default",
-                    "extract": {"path": str(small_consortium[name])},
-                    "work_dir": str(tmp_path / name),
-                    "tls": {"ca": pki / "ca.crt", "cert": pki / f"{name}.crt", "key": pki / f"{name}.key"},
-                    "consortium": {"members": list(names)},
-                }
-            )
-            server, port = start_server(config, NodeService(config, TEST_EXPECTATIONS_DIR))
-            stack.callback(server.stop, None)
-            handles.append(NodeHandle(name, f"127.0.0.1:{port}"))
-        consortium = NodeConsortium(
-            tuple(handles),
-            Tls(str(pki / "ca.crt"), str(pki / "coordinator.crt"), str(pki / "coordinator.key")),
-            quorum=3,
-            secure_threshold=3,
-        )
-        reports = [consortium.validate(name, CREDIT, None, TEST_EXPECTATIONS_DIR) for name in names]
-        yield consortium.admit(reports), {name: tmp_path / name for name in names}
+    members = {"consortium": {"members": list(names)}}
+    with _serving(small_consortium, tmp_path, names, lambda _: members, quorum=3, secure_threshold=3) as consortium:
+        yield consortium, {name: tmp_path / name for name in names}
 
 
 def test_under_secure_aggregation_a_node_past_the_deadline_is_left_out_of_that_sum_and_its_input_is_never_summed(
