@@ -39,9 +39,11 @@ def node_config(
     port: int,
     members: list[str],
     monitoring: Path | None = None,
+    model_kinds: list[str] | None = None,
 ) -> Path:
     """Write an institution's node directory: its extract, TLS files and config (the consortium's `members`, with
-    whom it takes part in secure sums; `monitoring`, the file monitoring will read); return the config's path."""
+    whom it takes part in secure sums; `monitoring`, the file monitoring will read; `model_kinds`, what its policy
+    trains: all by default); return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
     data = {
         "institution": name,
@@ -55,6 +57,8 @@ def node_config(
     }
     if len(members) >= 3:  # a secure sum needs at least three
         data["consortium"] = {"members": list(members)}
+    if model_kinds is not None:
+        data["policy"] = {"model_kinds": list(model_kinds)}
     path = directory / "node.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -106,6 +110,8 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
                 port,
                 [i.name for i in config.institutions],
                 month,
+                # A node for a tree training trains only trees: it loads no TensorFlow (a smaller, faster node).
+                ["gradient_boosted_trees"] if config.training.engine == "xgboost" else None,
             )
             log = directory / "node.log"
             processes.append(

@@ -80,6 +80,12 @@ class NodePolicy(BaseModel):
         description="Evaluate requests answered per training (retries included), for its own models only.",
     )
 
+    @property
+    def trains_networks(self) -> bool:
+        """Whether this node trains TFF networks: only then does it load TensorFlow and TFF (a node for trees
+        imports neither; it loads TensorFlow only if asked to score a network champion)."""
+        return any(kind != "gradient_boosted_trees" for kind in self.model_kinds)
+
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 

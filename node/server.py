@@ -100,14 +100,16 @@ def start_server(config: NodeConfig, service: NodeService) -> tuple[grpc.Server,
 
 
 def serve_until_stopped(config: NodeConfig, expectations_dir, isolation, listening) -> None:
-    """`fedrisk node serve`: load TensorFlow/TFF once (they stay loaded between rounds), start the server,
-    call `listening(port)`, and serve until SIGTERM or SIGINT; then stop, letting calls in flight finish."""
+    """`fedrisk node serve`: load TensorFlow/TFF once if the policy trains networks (they stay loaded between
+    rounds), start the server, call `listening(port)`, and serve until SIGTERM or SIGINT; then stop, letting calls
+    in flight finish."""
     import signal
     import threading
 
-    from fed_models import runtime
+    if config.policy.trains_networks:
+        from fed_models import runtime
 
-    runtime.ensure_context(isolation)
+        runtime.ensure_context(isolation)
     server, port = start_server(config, NodeService(config, expectations_dir, isolation))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -40,11 +40,13 @@ def serve(
         raise typer.Exit(ExitCode.FAILED) from None
     if warning:
         console.print(f"[yellow]node {node_config.institution}: {escape(warning)}[/yellow]", highlight=False)
-    try:
-        isolation = loopback.isolation(settings().allow_exposed_worker, "TFF worker")
-    except loopback.WorkerExposureRefused as error:
-        print_error(error)
-        raise typer.Exit(ExitCode.FAILED) from None
+    isolation = None  # a node for trees starts no TFF worker
+    if node_config.policy.trains_networks:
+        try:
+            isolation = loopback.isolation(settings().allow_exposed_worker, "TFF worker")
+        except loopback.WorkerExposureRefused as error:
+            print_error(error)
+            raise typer.Exit(ExitCode.FAILED) from None
     from node.server import serve_until_stopped
 
     def listening(port: int) -> None:

@@ -148,15 +148,18 @@ def _coordinator(pki: Path, nodes, name: str, quorum: int = 3, extra: dict | Non
 
 
 def _node(root: Path, pki: Path, name: str, extract: Path, policy: dict | None = None) -> Node:
-    """A node of one more bank, its extract `extract` (copied into its directory), not yet started."""
+    """A node of one more bank (or another node of a bank, with its certificate), its extract `extract` (copied
+    into its directory), not yet started."""
     directory = root / "nodes" / name
     (directory / "tls").mkdir(parents=True)
-    issue(pki, name, ("127.0.0.1",))
+    if not (pki / f"{name}.crt").is_file():
+        issue(pki, name, ("127.0.0.1",))
     for file in ("ca.crt", f"{name}.crt", f"{name}.key"):
         shutil.copy(pki / file, directory / "tls" / file)
     shutil.copy(extract, directory / extract.name)
     port = free_port()
-    path = node_config(name, directory, "credit_default", directory / extract.name, port, [*BANKS, name])
+    members = list(dict.fromkeys([*BANKS, name]))
+    path = node_config(name, directory, "credit_default", directory / extract.name, port, members)
     if policy:
         import yaml
 
@@ -489,6 +492,39 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     for name, value in simulated.weighted.items():
         assert across.weighted[name] == pytest.approx(value, abs=1e-6), name
     assert MlflowClient().get_model_version("trees_xs", "1").tags["training.engine"] == "xgboost"
+
+
+def _libraries(pid: int) -> set[str]:
+    """The shared libraries mapped into a process (its /proc maps), as file names."""
+    mapped = [line.split() for line in Path(f"/proc/{pid}/maps").read_text().splitlines()]
+    return {Path(parts[-1]).name for parts in mapped if len(parts) == 6 and ".so" in parts[-1]}
+
+
+def test_nodes_that_train_only_trees_never_load_tensorflow(small_consortium, consortium, tmp_path, tracking_uri):
+    """A bank's node whose policy trains only trees serves a whole tree training (validation, statistics, its
+    XGBoost worker, evaluation) without importing TensorFlow or starting a TFF worker: a smaller, faster node."""
+    _, pki, _ = consortium
+    nodes = [
+        _node(tmp_path, pki, name, small_consortium[name], policy={"model_kinds": ["gradient_boosted_trees"]})
+        for name in BANKS
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait()
+        config = _coordinator_plain(pki, nodes, "trees_lean")
+        config["training"] = {"engine": "xgboost", "rounds": 5, "max_depth": 3}
+        summary = retrain(parse_config(config, Path(".")))
+        assert summary.registration.version == "1" and summary.weighted["roc_auc"] > 0.7
+        for node in nodes:
+            assert "worker_binary" not in descendants(node.process.pid).values()
+            loaded = _libraries(node.process.pid)
+            assert "libxgboost.so" in loaded  # it did grow trees in this process
+            assert not [name for name in loaded if "tensorflow" in name], node.name
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def _leaves(value):
