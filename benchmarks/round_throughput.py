@@ -59,7 +59,8 @@ def keras_floor_seconds(data, spec, repeats: int) -> tuple[float, int]:
 
     best = (float("inf"), 0)
     for steps_per_execution in (1, 64):
-        model = build_model(spec.model, np.zeros(N_FEATURES), np.ones(N_FEATURES))
+        features = data[0][0].shape[1]
+        model = build_model(spec.model, np.zeros(features), np.ones(features))
         model.compile(
             optimizer=tf.keras.optimizers.SGD(spec.client_learning_rate),
             loss=WeightedBinaryCrossentropy(),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from engines.registry import engine_for
 from hostguard.processes import spawn_owned, stop
 from runconfig import RunConfig, TlsConfig
 
@@ -87,6 +88,7 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
     init_ca(pki)
     issue(pki, COORDINATOR, ("localhost", "127.0.0.1"))
     processes, institutions = [], []
+    trees = "gradient_boosted_trees"
     try:
         for institution in config.institutions:
             name, directory = institution.name, work_dir / institution.name
@@ -111,7 +113,7 @@ def nodes_for(config: RunConfig, work_dir: Path, console) -> Iterator[RunConfig]
                 [i.name for i in config.institutions],
                 month,
                 # A node for a tree training trains only trees: it loads no TensorFlow (a smaller, faster node).
-                ["gradient_boosted_trees"] if config.training.engine == "xgboost" else None,
+                ["gradient_boosted_trees"] if engine_for(config.training).architecture(config).kind == trees else None,
             )
             log = directory / "node.log"
             processes.append(

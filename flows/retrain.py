@@ -20,11 +20,13 @@ from contract.data import Split, fit_rows
 from contract.schema import schema_file
 from engines.base import TrainingOutcome
 from engines.privacy import PrivacyPlan, plan_privacy, privacy_tags, spent_privacy
+from engines.tuning import Tuning
 from errors import FedriskError, first_line
 from flows.config import load_config
 from flows.lock import LockHold, model_lock
 from flows.monitor import MonitoringBreach
 from flows.settings import PROJECT_ROOT, Settings
+from flows.tune import tune
 from flows.validate import consortium_of, validate_consortium
 from hostguard.credentials import masked
 from institution.evaluation import InstitutionEvaluation, weighted_metrics
@@ -56,6 +58,7 @@ from tracking.lineage import git_state, lineage_tags, suite_digest, suite_file, 
 from tracking.monitoring import cooldown_left
 from tracking.promotion import decide_promotion
 from tracking.registry import Registration, run_name
+from tracking.tuning import tuning_tags
 
 
 @dataclass(frozen=True)
@@ -233,21 +236,32 @@ def run_retraining(
         evaluated = champion if champion is not None and champion.features == config.feature_names else None
         # Each node is told the training's id and the champion it will score; it evaluates no other model.
         training_key = training_id(run_dir, key)
-        consortium = admission.consortium.for_run(training_key, Path(evaluated.path) if evaluated else None)
-        training = train_federated(
-            config.model_name,
-            consortium,
-            features.space,
-            training=config.training,
-            positive_weight=features.positive_weight,
-            model_dir=run_dir / "model",
-            checkpoint_dir=run_dir / "checkpoints",
-            privacy=budget.plan,
-            isolation=isolation,
-            scaling=Scaling(**config.scorecard.model_dump()),
-            run_key=training_key,
-            lock_check=lock.verify,
-        )
+        scored_champion = Path(evaluated.path) if evaluated else None
+        tuning = None
+        if config.tuning is not None:  # trials, each a training; the best one's model is the challenger
+            tuning, consortium = tune(
+                config, admission.consortium, scored_champion, features, run_dir, isolation, training_key, lock
+            )
+            assert tuning.best.outcome is not None and tuning.best.training is not None
+            training = tuning.best.outcome
+            # The version was trained with the best trial's settings: its config (lineage, baselines) says so.
+            config = config.model_copy(update={"training": tuning.best.training})
+        else:
+            consortium = admission.consortium.for_run(training_key, scored_champion)
+            training = train_federated(
+                config.model_name,
+                consortium,
+                features.space,
+                training=config.training,
+                positive_weight=features.positive_weight,
+                model_dir=run_dir / "model",
+                checkpoint_dir=run_dir / "checkpoints",
+                privacy=budget.plan,
+                isolation=isolation,
+                scaling=Scaling(**config.scorecard.model_dump()),
+                run_key=training_key,
+                lock_check=lock.verify,
+            )
         validation = admission.validation
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
@@ -284,6 +298,7 @@ def run_retraining(
             monitoring=monitoring,
             reference=reference,
             fairness=fairness,
+            tuning=tuning,
         )
     shutil.rmtree(run_dir, ignore_errors=True)  # registered: nothing left to resume
     name_flow_run(config.model_name, registration.version, trigger=trigger)
@@ -533,8 +548,9 @@ def register(
     monitoring: MonitoringBreach | None = None,
     reference: DevelopmentReference | None = None,
     fairness: dict | None = None,
+    tuning: Tuning | None = None,
 ) -> Registration:
-    """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy), then its
+    """The new version in MLflow with its lineage (flow run, code, config, suite, data, privacy, tuning), then its
     version recorded in the privacy ledger. `started`: when the retraining began (its MLflow run's start)."""
     after_training = service_retries(settings.registry_retry_seconds)  # a trained model rides out a restart
     inputs = [
@@ -561,6 +577,8 @@ def register(
         participation=getattr(training, "participation", {}),
     )
     lineage["prefect.trigger"] = trigger
+    if tuning is not None:
+        lineage |= tuning_tags(tuning)
     if monitoring is not None:  # the breach that started it: what a reviewer asks first of such a version
         lineage |= {
             "monitoring.reason": monitoring.reason[:5000],
@@ -588,6 +606,7 @@ def register(
         started=started,
         reference=reference,
         fairness=fairness,
+        tuning=tuning,
     )
     if spent is not None:
         lock.verify("before recording the version in the privacy ledger")

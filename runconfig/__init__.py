@@ -292,6 +292,13 @@ class TreeTrainingConfig(BaseModel):
     )
 
 
+def _first_error(error: ValueError) -> str:
+    """A config error's first reason, without pydantic's headers and links."""
+    from pydantic import ValidationError
+
+    return error.errors()[0]["msg"] if isinstance(error, ValidationError) else str(error)
+
+
 def _engine(value: object) -> str:
     return value.get("engine", "tff") if isinstance(value, dict) else getattr(value, "engine", "tff")
 
@@ -545,6 +552,104 @@ class MonitoringConfig(BaseModel):
         return self
 
 
+class TuningRange(BaseModel):
+    """One training setting searched: from `low` to `high` (on a log scale when `log`; whole numbers for a whole-number
+    setting), or one of `choices`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float | int | str | list[int]] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> TuningRange:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either choices (at least one) or low and high, not both")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("give low < high (or choices)")
+        if self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        return self
+
+
+# Settings tuning leaves alone: they decide which rows score a trial, or how the consortium runs, not the model.
+UNTUNABLE = ("engine", "validation_fraction", "schedule", "clients_per_round", "clients_fraction", "early_stopping")
+
+
+class TuningConfig(BaseModel):
+    """Federated tuning: `trials` trainings with settings Optuna suggests, each scored by its federated validation
+    AUC (the institutions' validation splits, never their holdouts); the best trial's model is the challenger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(ge=2, le=500, description="The trial budget: trainings at most (pruned ones count).")
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Start no trial after this many minutes (the trials done compete)."
+    )
+    pruning: bool = Field(True, description="Stop a trial whose validation AUC is below the median of earlier trials.")
+    startup_trials: int = Field(3, ge=1, le=100, description="Trials run to the end before any is pruned.")
+    warmup_rounds: int = Field(3, ge=0, le=10_000, description="Rounds of a trial before it may be pruned.")
+    parameters: dict[str, TuningRange] = Field(
+        default_factory=dict,
+        description="Training settings to search (dotted for nested ones: model.hidden_units); the engine's "
+        "defaults when empty.",
+    )
+
+
+# What each engine searches when the config names no parameters: the settings that moved validation AUC most on
+# the UCI banks, over ranges where training stays stable.
+TREE_SPACE = {
+    "max_depth": TuningRange(low=2, high=8),
+    "learning_rate": TuningRange(low=0.02, high=0.3, log=True),
+    "min_child_weight": TuningRange(low=1, high=100, log=True),
+    "subsample": TuningRange(low=0.5, high=1.0),
+    "reg_lambda": TuningRange(low=0.1, high=100, log=True),
+}
+NETWORK_SPACE = {
+    "client_learning_rate": TuningRange(low=0.005, high=0.5, log=True),
+    "local_epochs": TuningRange(low=1, high=3),
+    "batch_size": TuningRange(choices=[32, 64, 128, 256]),
+}
+ADAPTIVE_SERVERS = ("fedadam", "fedyogi", "fedadagrad")
+
+
+def search_space(tuning: TuningConfig, training: TrainingConfig | TreeTrainingConfig) -> dict[str, TuningRange]:
+    """The settings searched: the config's, or the engine's defaults (with the server's learning rate for an adaptive
+    server optimizer, and the hidden layers for an MLP)."""
+    if tuning.parameters:
+        return dict(tuning.parameters)
+    if isinstance(training, TreeTrainingConfig):
+        return dict(TREE_SPACE)
+    space = dict(NETWORK_SPACE)
+    if training.algorithm in ADAPTIVE_SERVERS:
+        space["server_learning_rate"] = TuningRange(low=0.001, high=0.1, log=True)
+    if training.model.kind == "mlp":
+        space["model.hidden_units"] = TuningRange(choices=[[16], [32], [64, 32], [128, 64]])
+    return space
+
+
+def with_setting(
+    training: TrainingConfig | TreeTrainingConfig, name: str, value: object
+) -> TrainingConfig | TreeTrainingConfig:
+    """`training` with one (dotted) setting replaced, validated as the config validates it: ValueError when the value
+    is not valid for it, KeyError when the engine has no such setting."""
+    plain = training.model_dump()
+    *path, last = name.split(".")
+    node = plain
+    for part in path:
+        node = node[part]
+    if last not in node:
+        raise KeyError(name)
+    current = node[last]
+    whole = isinstance(current, int) and not isinstance(current, bool)
+    node[last] = int(round(value)) if whole and isinstance(value, float) and float(value).is_integer() else value
+    return type(training).model_validate(plain)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _source_file: Path | None = PrivateAttr(None)
@@ -596,6 +701,9 @@ class RunConfig(BaseModel):
     )
     secure_aggregation: SecureAggregationConfig | None = Field(
         None, description="true (or settings): nodes send only masked updates and statistics; cross-silo, TFF."
+    )
+    tuning: TuningConfig | None = Field(
+        None, description="Tune the training settings with federated trials; the best trial's model competes."
     )
 
     @field_validator("secure_aggregation", mode="before")
@@ -672,6 +780,30 @@ class RunConfig(BaseModel):
                     f"under secure_aggregation a buffer is one secure sum: training.schedule.buffer_size "
                     f"{schedule.buffer_size} is fewer than the {threshold} institutions a sum needs"
                 )
+
+    def _check_tuning(self) -> None:
+        """Every searched setting is a training setting tuning may change, and each end of its range (each choice) a
+        valid value of it; the trials' privacy is refused until it is accounted across trials."""
+        assert self.tuning is not None
+        if self.privacy.mechanism != "none":
+            raise ValueError(
+                "tuning does not combine with differential privacy yet: every trial would spend its own epsilon on "
+                "the institutions' rows; tune without privacy on a consortium that allows it, then train with it"
+            )
+        for name, searched in search_space(self.tuning, self.training).items():
+            where = f"tuning.parameters.{name}"
+            if name.split(".")[0] in UNTUNABLE:
+                raise ValueError(f"{where}: training.{name} is not tuned (it decides the rows that score a trial)")
+            values = searched.choices if searched.choices is not None else [searched.low, searched.high]
+            for value in values:
+                try:
+                    with_setting(self.training, name, value)
+                except (KeyError, TypeError):
+                    raise ValueError(
+                        f"{where}: the {self.training.engine} engine has no setting training.{name}"
+                    ) from None
+                except ValueError as error:
+                    raise ValueError(f"{where}: {value!r} is no valid training.{name}: {_first_error(error)}") from None
 
     def secure_threshold(self, institutions: int) -> int:
         """t for a secure sum over `institutions` nodes: the configured one, else a majority (at least 2)."""
@@ -757,6 +889,8 @@ class RunConfig(BaseModel):
         if self.secure_aggregation is not None:
             self._check_secure_aggregation(bool(nodes))
         self._check_schedule(bool(nodes))
+        if self.tuning is not None:
+            self._check_tuning()
         if self.privacy.mechanism == "record_level" and getattr(self.training, "algorithm", None) == "fedprox":
             raise ValueError(
                 "record_level privacy trains locally with DP-SGD; use fedavg or an adaptive server "

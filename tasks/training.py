@@ -119,10 +119,12 @@ def train_federated(
     scaling: Scaling | None = None,
     run_key: str = "",
     lock_check: Callable[[str], None] | None = None,
+    after_round: Callable[[dict], None] | None = None,
 ) -> TrainingOutcome:
     """The run's engine training `model_name` over the consortium, with each round logged, shown in a Prefect
     progress artifact (keyed by the model) and passed to the round listeners (the CLI's progress bar).
-    `lock_check(where)` runs after each round: it raises to stop the training when the retraining's lock was lost."""
+    `lock_check(where)` runs after each round: it raises to stop the training when the retraining's lock was lost;
+    then `after_round(metrics)`, which may raise a TrainingStopped to end it (a tuning trial pruned)."""
     logger = get_run_logger()
     engine = engine_for(training)
     max_rounds = training.rounds
@@ -143,6 +145,8 @@ def train_federated(
         tell({**m, "event": "round"})
         if lock_check is not None:
             lock_check(f"after round {m['round']}")
+        if after_round is not None:
+            after_round(m)
 
     logger.info(
         "training: %s, up to %d rounds over %d institutions (%s); starting the training engine",

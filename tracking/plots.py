@@ -199,3 +199,29 @@ def fairness_figure(figures, minimum_ratio: float | None) -> Figure:
     calibration_axis.legend()
     figure.tight_layout()
     return figure
+
+
+def tuning_figure(trials) -> Figure:
+    """Federated tuning: each trial's validation AUC per round (pruned trials end early, dashed) and each finished
+    trial's score with the best so far (engines.tuning.Trial)."""
+    figure = Figure(figsize=(12, 4))
+    rounds_axis, trials_axis = figure.subplots(1, 2)
+    for trial in trials:
+        seen = [(r["round"], r.get("validation_auc")) for r in trial.rounds if r.get("validation_auc") is not None]
+        if seen:
+            steps, aucs = zip(*seen, strict=True)
+            rounds_axis.plot(steps, aucs, linestyle="--" if trial.state == "pruned" else "-", alpha=0.7)
+    rounds_axis.set(title="Federated validation AUC by round (dashed: pruned)", xlabel="round", ylabel="ROC AUC")
+    finished = [t for t in trials if t.score is not None]
+    if finished:
+        numbers, scores = [t.number for t in finished], [t.score for t in finished]
+        trials_axis.scatter(numbers, scores, label="trial (finished)")
+        trials_axis.step(numbers, np.maximum.accumulate(scores), where="post", color="grey", label="best so far")
+    pruned = [t.number for t in trials if t.state == "pruned"]
+    if pruned:
+        trials_axis.scatter(pruned, [min(s for s in (t.score for t in finished)) if finished else 0.5] * len(pruned),
+                            marker="x", color="red", label="pruned")  # fmt: skip
+    trials_axis.set(title="Trials", xlabel="trial", ylabel="federated validation AUC")
+    trials_axis.legend()
+    figure.tight_layout()
+    return figure

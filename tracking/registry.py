@@ -20,6 +20,7 @@ from prefect import get_run_logger
 
 from contract.data import spreadsheet_safe
 from contract.schema import Schema
+from engines.tuning import Tuning
 from errors import first_line
 from fed_models.schedule import PARTICIPATION
 from hostguard.credentials import masked
@@ -42,6 +43,7 @@ from tracking.fairness import (
     institution_fairness,
 )
 from tracking.promotion import Decision
+from tracking.tuning import log_trials
 from tracking.versions import (
     ALIASES_PENDING,
     CHALLENGER,
@@ -448,6 +450,7 @@ def register_model(
     started: float | None = None,
     reference: DevelopmentReference | None = None,
     fairness: dict | None = None,
+    tuning: Tuning | None = None,
 ) -> Registration:
     """Log the retraining as one MLflow run, register its model with its lineage and model card,
     set challenger (and champion when the decision says so).
@@ -459,7 +462,8 @@ def register_model(
     creates or changes a version, so a run that lost it registers nothing. `started` (epoch seconds): when the
     retraining began, the run's start, so that its duration is the retraining's. `reference`: the development
     counts later months' monitoring compares with (institution.monitoring.DevelopmentReference), kept with the run;
-    `fairness` the consortium's counts by protected group per role (institution.fairness.FairnessCounts).
+    `fairness` the consortium's counts by protected group per role (institution.fairness.FairnessCounts); `tuning`
+    the study whose best trial this is (a child run per trial).
     """
     import mlflow
     import yaml
@@ -476,6 +480,7 @@ def register_model(
         importance_figure,
         png,
         roc_figure,
+        tuning_figure,
     )
 
     check = lock_check or (lambda where: None)
@@ -517,6 +522,8 @@ def register_model(
                 {ROUND_METRICS.get(key, key): float(value) for key, value in r.items() if key != "round"},
                 step=r["round"],
             )
+        if tuning is not None:  # each trial a child run of this one
+            log_trials(client, experiment_id, run.info.run_id, tuning)
         if training.participation:  # under a deadline or a buffer: each institution, each round
             mlflow.log_dict(
                 {"columns": list(PARTICIPATION), "institutions": training.participation}, PARTICIPATION_ARTIFACT
@@ -582,6 +589,8 @@ def register_model(
                 figures[f"fairness_{attribute.attribute}"] = fairness_figure(
                     attribute, config.promotion.min_adverse_impact_ratio
                 )
+        if tuning is not None:
+            figures["tuning"] = tuning_figure(tuning.trials)
         gain = trained.feature_gain()
         if gain:
             figures["feature_importance"] = importance_figure(gain)

@@ -494,6 +494,35 @@ def test_nodes_start_their_own_xgboost_workers_and_grow_the_trees_the_simulation
     assert MlflowClient().get_model_version("trees_xs", "1").tags["training.engine"] == "xgboost"
 
 
+def test_tuning_across_nodes_trains_each_trial_at_the_nodes_which_score_only_the_best_trials_model(
+    consortium, tracking_uri
+):
+    """Each trial is a training the nodes know by its own id; the nodes evaluate the best trial's model, as a model
+    of a training they took part in (and no other)."""
+    _, pki, nodes = consortium
+    trees = {"engine": "xgboost", "rounds": 20, "early_stopping": {"patience": 5}}
+    config = _coordinator(
+        pki,
+        nodes.values(),
+        "tuned_xs",
+        training=trees,
+        tuning={"trials": 3, "pruning": False, "parameters": {"max_depth": {"low": 1, "high": 4}}},
+    )
+    summary = retrain(config)
+    client = MlflowClient()
+    run = client.get_run(summary.registration.run_id)
+    assert run.data.tags["tuning.trials"] == "3 of 3 (0 pruned)"
+    trials = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    keys = {int(t.data.tags["tuning.trial"]): t.data.tags["tuning.key"] for t in trials}
+    best = keys[int(run.data.tags["tuning.best_trial"])]
+    assert len(set(keys.values())) == 3 and all(e.metrics["challenger"]["roc_auc"] > 0.6 for e in summary.evaluations)
+    for node in nodes.values():
+        records = [json.loads(p.read_text()) for p in (node.directory / "state" / "runs").glob("*.json")]
+        known = {r["run_key"]: r for r in records if r["run_key"] in keys.values()}
+        assert set(known) == set(keys.values()), node.name  # each trial a training of its own at every node
+        assert {key: r["evaluations"] for key, r in known.items() if r["evaluations"]} == {best: 1}  # the best's only
+
+
 def _libraries(pid: int) -> set[str]:
     """The shared libraries mapped into a process (its /proc maps), as file names."""
     mapped = [line.split() for line in Path(f"/proc/{pid}/maps").read_text().splitlines()]

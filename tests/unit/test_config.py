@@ -422,3 +422,67 @@ def test_a_schedule_waits_on_nodes_with_its_settings():
 def test_a_schedule_refuses_what_it_cannot_do(change, expected):
     data = {**NODES, **change}
     assert expected in _error({k: v for k, v in data.items() if v is not None})
+
+
+def test_tuning_searches_the_engines_settings_unless_the_config_names_its_own():
+    from runconfig import search_space
+
+    trees = parse_config({**BASE, "training": {"engine": "xgboost"}, "tuning": {"trials": 8}}, Path("/cfg"))
+    assert trees.tuning is not None and trees.tuning.pruning and trees.tuning.trials == 8
+    assert list(search_space(trees.tuning, trees.training)) == [
+        "max_depth",
+        "learning_rate",
+        "min_child_weight",
+        "subsample",
+        "reg_lambda",
+    ]
+    mlp = parse_config(
+        {
+            **BASE,
+            "training": {"algorithm": "fedadam", "model": {"kind": "mlp", "hidden_units": [8]}},
+            "tuning": {"trials": 4},
+        },
+        Path("/cfg"),
+    )
+    assert "server_learning_rate" in search_space(mlp.tuning, mlp.training)
+    assert "model.hidden_units" in search_space(mlp.tuning, mlp.training)
+    named = parse_config(
+        {**BASE, "tuning": {"trials": 3, "parameters": {"batch_size": {"choices": [32, 128]}}}}, Path("/cfg")
+    )
+    assert list(search_space(named.tuning, named.training)) == ["batch_size"]
+
+
+@pytest.mark.parametrize(
+    "tuning, expected",
+    [
+        ({"trials": 1}, "tuning.trials: Input should be greater than or equal to 2 (got 1)"),
+        (
+            {"trials": 4, "parameters": {"max_depth": {"low": 2, "high": 6}}},
+            "tuning.parameters.max_depth: the tff engine has no setting training.max_depth",
+        ),
+        (
+            {"trials": 4, "parameters": {"batch_size": {"low": 0, "high": 64}}},
+            "tuning.parameters.batch_size: 0.0 is no valid training.batch_size: Input should be greater than or "
+            "equal to 1",
+        ),
+        (
+            {"trials": 4, "parameters": {"validation_fraction": {"low": 0.1, "high": 0.3}}},
+            "tuning.parameters.validation_fraction: training.validation_fraction is not tuned",
+        ),
+        (
+            {"trials": 4, "parameters": {"client_learning_rate": {"low": 0.1, "high": 0.01}}},
+            "tuning.parameters.client_learning_rate: give low < high (or choices)",
+        ),
+        (
+            {"trials": 4, "parameters": {"client_learning_rate": {"low": 0, "high": 0.1, "log": True}}},
+            "a log scale needs low > 0",
+        ),
+    ],
+)
+def test_tuning_refuses_a_setting_it_cannot_search(tuning, expected):
+    assert expected in _error({**BASE, "tuning": tuning})
+
+
+def test_tuning_under_differential_privacy_is_refused_until_trials_are_accounted():
+    message = _error({**BASE, "privacy": {"mechanism": "record_level", "noise_multiplier": 1}, "tuning": {"trials": 3}})
+    assert "tuning does not combine with differential privacy yet" in message
