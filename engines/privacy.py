@@ -66,13 +66,14 @@ def _epsilon(
 
 
 def plan_privacy(
-    privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dict[str, int], seed: int = 0
+    privacy: PrivacyConfig, training: TrainingConfig, fit_rows: dict[str, int], seed: int = 0, share: float = 1.0
 ) -> PrivacyPlan | None:
     """Each institution's noise multiplier and planned epsilon, assuming it trains in every round it can: each of
     the maximum rounds, or under partial participation each round the seeded sampler (`seed`) picks it for (a
     public schedule: no amplification by sampling is claimed). A buffered schedule restarts an institution as
     soon as it reports, so it is planned for every round. `fit_rows` the rows each institution trains on, in
-    the consortium's order. None when the config asks for no privacy.
+    the consortium's order. `share`: the part of the target epsilon and of delta this training may spend (one
+    tuning trial's: 1 / trials). None when the config asks for no privacy.
     """
     from fed_models.accounting import (
         EpsilonUnreachable,
@@ -94,14 +95,14 @@ def plan_privacy(
     for (name, rows), sampled_in in zip(fit_rows.items(), most, strict=True):
         rounds = max(1, sampled_in)  # a plan for no round at all would calibrate nothing
         record = mechanism == "record_level"
-        delta = privacy.delta or (default_delta(rows) if record else CLIENT_LEVEL_DELTA)
+        delta = (privacy.delta or (default_delta(rows) if record else CLIENT_LEVEL_DELTA)) * share
         steps = steps_per_round(rows, batch_size, training.local_epochs) if record else 1
         noise = privacy.noise_multiplier
         if noise is None:
             try:
                 noise = (
                     record_level_noise_multiplier(
-                        target_epsilon=privacy.target_epsilon,
+                        target_epsilon=privacy.target_epsilon * share,
                         rows=rows,
                         batch_size=batch_size,
                         steps=steps * rounds,
@@ -109,7 +110,7 @@ def plan_privacy(
                     )
                     if record
                     else client_level_noise_multiplier(
-                        target_epsilon=privacy.target_epsilon, rounds=rounds, delta=delta
+                        target_epsilon=privacy.target_epsilon * share, rounds=rounds, delta=delta
                     )
                 )
             except EpsilonUnreachable as error:
@@ -156,6 +157,24 @@ def spent_privacy(
         )
 
     return replace(plan, institutions=[spent(i) for i in plan.institutions])
+
+
+def composed(plans: list[PrivacyPlan]) -> PrivacyPlan:
+    """What several trainings on the same rows spent together (a tuning study's trials): each institution's epsilons
+    and deltas added (basic composition, a bound), its rounds added, its smallest noise multiplier."""
+    first = plans[0]
+
+    def total(i: InstitutionPrivacy) -> InstitutionPrivacy:
+        each = [p.institution(i.institution) for p in plans]
+        return replace(
+            i,
+            rounds=sum(e.rounds for e in each),
+            epsilon=sum(e.epsilon for e in each),
+            delta=sum(e.delta for e in each),
+            noise_multiplier=min(e.noise_multiplier for e in each),
+        )
+
+    return replace(first, institutions=[total(i) for i in first.institutions])
 
 
 def privacy_sentence(plan: PrivacyPlan | None) -> str:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import optuna
 
     from engines.base import TrainingOutcome
+    from engines.privacy import PrivacyPlan
 
 Training = TrainingConfig | TreeTrainingConfig
 
@@ -32,6 +33,7 @@ class Trial:
     outcome: TrainingOutcome | None = None
     training: Training | None = None
     reason: str = ""
+    privacy: PrivacyPlan | None = None  # what it spent under differential privacy
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class Tuning:
     @property
     def pruned(self) -> int:
         return sum(t.state == "pruned" for t in self.trials)
+
+    @property
+    def spent(self) -> list[PrivacyPlan]:
+        """Each trial's differential privacy spent (none without it): together, what the run spent."""
+        return [t.privacy for t in self.trials if t.privacy is not None]
 
 
 def describe(settings: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from consortium.protocol import Consortium
 from contract.data import Split, fit_rows
 from contract.schema import schema_file
 from engines.base import TrainingOutcome
-from engines.privacy import PrivacyPlan, plan_privacy, privacy_tags, spent_privacy
+from engines.privacy import PrivacyPlan, composed, plan_privacy, privacy_tags, spent_privacy
 from engines.tuning import Tuning
 from errors import FedriskError, first_line
 from flows.config import load_config
@@ -240,7 +240,15 @@ def run_retraining(
         tuning = None
         if config.tuning is not None:  # trials, each a training; the best one's model is the challenger
             tuning, consortium = tune(
-                config, admission.consortium, scored_champion, features, run_dir, isolation, training_key, lock
+                config,
+                admission.consortium,
+                scored_champion,
+                features,
+                run_dir,
+                isolation,
+                training_key,
+                lock,
+                private=budget.plan is not None,
             )
             assert tuning.best.outcome is not None and tuning.best.training is not None
             training = tuning.best.outcome
@@ -266,7 +274,7 @@ def run_retraining(
         if any(why.startswith(REFUSED_AT_START) for why in training.lost.values()):
             validation = refused_at_start(validation, training.lost)  # the table shows who refused, and why
             publish_validation_table(config.model_name, validation)
-        spent = settle_privacy(settings, lock, budget, training)
+        spent = settle_privacy(settings, lock, budget, training, tuning)
         evaluations = evaluate(config, consortium, features, training, evaluated, champion, Path(work_dir))
         reference = development_reference(consortium, training, evaluations)
         fairness = consortium_fairness_counts(config, consortium, training, evaluations)
@@ -426,13 +434,16 @@ def reserve_privacy(
 
 
 def settle_privacy(
-    settings: Settings, lock: LockHold, budget: PrivacyBudget, training: TrainingOutcome
+    settings: Settings, lock: LockHold, budget: PrivacyBudget, training: TrainingOutcome, tuning: Tuning | None = None
 ) -> PrivacyPlan | None:
     """What the training spent (the rounds each node reports it trained, at its own account), settled in the
-    ledger; None without differential privacy."""
+    ledger; under tuning, what every trial spent, added up; None without differential privacy."""
     if budget.plan is None:
         return None
-    spent = spent_privacy(budget.plan, training.rounds_trained, training.charged)
+    if tuning is not None:
+        spent = composed(tuning.spent)
+    else:
+        spent = spent_privacy(budget.plan, training.rounds_trained, training.charged)
     lock.verify("before settling the privacy ledger")
     settle_privacy_budget.with_options(**service_retries(settings.registry_retry_seconds))(
         settings.mlflow_tracking_uri, budget.ledger_run, spent

@@ -12,6 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from consortium.protocol import Consortium, TrainingStopped
+from contract.data import fit_rows
+from engines.privacy import PrivacyPlan, plan_privacy, spent_privacy
 from engines.tuning import Trial, Tuning, describe, new_study, round_auc, suggest, trial_score
 from errors import FedriskError
 from flows.lock import LockHold
@@ -42,9 +44,11 @@ def tuning_trial(
     training_key: str,
     lock: LockHold,
     trial: Any,
+    privacy: PrivacyPlan | None = None,
 ) -> Trial:
     """One federated training with the trial's settings: its rounds reported to the study as they come (the pruner
-    may end it), its outcome returned. Rows stay where they are; only summed validation metrics reach the study."""
+    may end it), its outcome returned. Rows stay where they are; only summed validation metrics reach the study.
+    `privacy`: the trial's share of the run's differential privacy (engines.privacy.plan_privacy with a share)."""
     logger = get_run_logger()
     logger.info("trial %d: %s", number, describe(settings))
     seen: list[dict] = []
@@ -76,13 +80,14 @@ def tuning_trial(
             run_key=training_key,
             lock_check=lock.verify,
             after_round=report,
+            privacy=privacy,
         )
     except TrialPruned as pruned:
         logger.info("%s", pruned)
         seconds = time.monotonic() - started
-        return Trial(
-            number, settings, "pruned", None, seen, seconds, training_key, training=training, reason=str(pruned)
-        )
+        # Its rounds so far were trained with noise: every institution counted in each (a bound under sampling).
+        spent = spent_privacy(privacy, {i.institution: len(seen) for i in privacy.institutions}) if privacy else None
+        return Trial(number, settings, "pruned", None, seen, seconds, training_key, None, training, str(pruned), spent)
     score = trial_score(outcome)
     state = "complete" if score is not None else "failed"
     logger.info(
@@ -93,7 +98,8 @@ def tuning_trial(
         len(outcome.rounds),
     )
     seconds = time.monotonic() - started
-    return Trial(number, settings, state, score, outcome.rounds, seconds, training_key, outcome, training)
+    spent = spent_privacy(privacy, outcome.rounds_trained, outcome.charged) if privacy else None
+    return Trial(number, settings, state, score, outcome.rounds, seconds, training_key, outcome, training, "", spent)
 
 
 def tune(
@@ -105,9 +111,12 @@ def tune(
     isolation: Any,
     training_key: str,
     lock: LockHold,
+    private: bool = False,
 ) -> tuple[Tuning, Consortium]:
     """Run the study; return it and the consortium of its best trial (whose nodes evaluate that trial's model).
-    TuningFailed when no trial finished with a validation AUC."""
+    Under differential privacy (`private`) each trial spends 1 / trials of the run's target epsilon and delta, so
+    that together (basic composition) they spend at most the run's. TuningFailed when no trial finished with a
+    validation AUC."""
     import optuna
 
     assert config.tuning is not None
@@ -131,6 +140,8 @@ def tune(
         asked = study.ask()
         settings, training = suggest(asked, space, config.training)
         key = f"{training_key}-trial-{number}"
+        fit = {name: fit_rows(count, training.validation_fraction) for name, count in features.counts.items()}
+        privacy = plan_privacy(config.privacy, training, fit, config.seed, 1.0 / tuning.trials) if private else None
         consortia[number] = admitted.for_run(key, champion)
         trial = tuning_trial(
             config.model_name,
@@ -145,6 +156,7 @@ def tune(
             key,
             lock,
             asked,
+            privacy,
         )
         if trial.state == "complete":
             study.tell(asked, trial.score)

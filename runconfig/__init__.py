@@ -785,10 +785,11 @@ class RunConfig(BaseModel):
         """Every searched setting is a training setting tuning may change, and each end of its range (each choice) a
         valid value of it; the trials' privacy is refused until it is accounted across trials."""
         assert self.tuning is not None
-        if self.privacy.mechanism != "none":
+        if self.privacy.mechanism != "none" and self.privacy.target_epsilon is None:
             raise ValueError(
-                "tuning does not combine with differential privacy yet: every trial would spend its own epsilon on "
-                "the institutions' rows; tune without privacy on a consortium that allows it, then train with it"
+                "tuning under differential privacy needs privacy.target_epsilon: the run's epsilon, shared by its "
+                "trials (each plans its noise for epsilon / trials; a fixed noise_multiplier would let the trials "
+                "spend without a bound)"
             )
         for name, searched in search_space(self.tuning, self.training).items():
             where = f"tuning.parameters.{name}"

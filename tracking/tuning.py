@@ -50,6 +50,8 @@ def log_trials(client, experiment_id: str, parent_run_id: str, tuning: Tuning) -
         metrics += [Metric("seconds", trial.seconds, 0, 0), Metric("rounds_run", len(trial.rounds), 0, 0)]
         if trial.score is not None:
             metrics.append(Metric("score_validation_auc", trial.score, 0, 0))
+        for spent in trial.privacy.institutions if trial.privacy is not None else []:
+            metrics.append(Metric(f"privacy/epsilon/{spent.institution}", spent.epsilon, 0, 0))
         params = [Param(name, str(value)) for name, value in trial.settings.items()]
         client.log_batch(
             child.info.run_id, metrics=metrics, params=params, tags=[RunTag("tuning.key", trial.training_key)]

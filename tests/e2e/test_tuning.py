@@ -84,3 +84,27 @@ def test_tuned_trees_are_the_best_trial_with_each_trial_a_subflow_and_a_child_ru
     assert "plots/tuning.png" in artifacts
     # It competed as any challenger does: the first version has no champion to beat.
     assert summary.registration.promoted
+
+
+def test_under_differential_privacy_the_trials_share_the_runs_epsilon_and_the_ledger_charges_their_sum(
+    small_consortium, tracking_uri
+):
+    config = run_config(
+        _three(small_consortium),
+        model_name="tuned_private",
+        quorum=3,
+        seed=3,
+        training={"rounds": 3, "batch_size": 128},
+        privacy={"mechanism": "record_level", "target_epsilon": 2.0},
+        tuning={"trials": 2, "pruning": False, "parameters": {"client_learning_rate": {"low": 0.05, "high": 0.5}}},
+    )
+    summary = retrain(config)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(summary.registration.run_id)
+    trials = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(trials) == 2
+    for name in _three(small_consortium):
+        each = [t.data.metrics[f"privacy/epsilon/{name}"] for t in trials]
+        assert all(0 < epsilon <= 1.0 + 1e-6 for epsilon in each)  # a trial spends at most 2.0 / 2
+        assert float(run.data.tags[f"privacy.epsilon.{name}"]) == pytest.approx(sum(each), abs=1e-4)
+        assert summary.privacy.institution(name).epsilon == pytest.approx(sum(each)) and sum(each) <= 2.0 + 1e-6

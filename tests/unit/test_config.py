@@ -483,6 +483,6 @@ def test_tuning_refuses_a_setting_it_cannot_search(tuning, expected):
     assert expected in _error({**BASE, "tuning": tuning})
 
 
-def test_tuning_under_differential_privacy_is_refused_until_trials_are_accounted():
+def test_tuning_under_differential_privacy_shares_a_target_epsilon_never_a_fixed_noise():
     message = _error({**BASE, "privacy": {"mechanism": "record_level", "noise_multiplier": 1}, "tuning": {"trials": 3}})
-    assert "tuning does not combine with differential privacy yet" in message
+    assert "tuning under differential privacy needs privacy.target_epsilon: the run's epsilon, shared by its" in message
