@@ -431,6 +431,17 @@ def model_card_html(
             else []
         ),
         f'<img alt="convergence" src="data:image/png;base64,{_png(figures["convergence"])}">',
+        *(
+            [
+                f"<h3>Tuning</h3><p>These settings won a federated tuning study: {e(lineage['tuning.trials'])} "
+                f"trials; the best, trial {e(lineage['tuning.best_trial'])}, reached federated validation AUC "
+                f"{e(lineage['tuning.best_validation_auc'][:6])}. Searched: {e(lineage['tuning.space'])}. Method: "
+                f"{e(lineage['tuning.method'])}.</p>",
+                f'<img alt="tuning" src="data:image/png;base64,{_png(figures["tuning"])}">',
+            ]
+            if "tuning.trials" in lineage and "tuning" in figures
+            else []
+        ),
         "<h2>Features</h2>",
         _feature_table(schema, layout),
         *(

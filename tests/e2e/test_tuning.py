@@ -82,6 +82,11 @@ def test_tuned_trees_are_the_best_trial_with_each_trial_a_subflow_and_a_child_ru
     ]
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert "plots/tuning.png" in artifacts
+    card = Path(client.download_artifacts(version.run_id, "model_card.html")).read_text()
+    assert (
+        f"These settings won a federated tuning study: 6 of 6 ({len(pruned)} pruned) trials; the best, trial {best}"
+        in card
+    )
     # It competed as any challenger does: the first version has no champion to beat.
     assert summary.registration.promoted
 
