@@ -11,8 +11,9 @@ batch 64), or `tree-rounds` XGBoost trees of depth 4 (no early stopping). Second
 rounds after the first (which builds TFF's computations or starts XGBoost's workers). The compute floor is the same
 work without federation, on the same encoded rows in one process: plain Keras `fit` over each institution's fit rows
 in turn (benchmarks/round_throughput.py's floor), or XGBoost grown on the pooled rows. Memory: this process's peak
-(the coordinator), and each node's peak resident set with its children (TFF's worker) from /proc; a node for trees
-runs with a trees-only policy and loads no TensorFlow.
+(the coordinator), and each node's peak resident set with its children (TFF's worker) from /proc, and its
+proportional set size at the end (shared library pages divided among the nodes that map them: what N nodes on one
+machine cost together); a node for trees runs with a trees-only policy and loads no TensorFlow.
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ def _kib(value: str) -> int:
     return int(value.split()[0])
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: resident pages, each shared one divided among the processes that map it (TensorFlow's
+    libraries are mapped by every node: resident in each, in memory once)."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+
+
 def node_memory(work: Path) -> list[dict]:
     """Each node process under `work` (found by its command line) with its children: peak and current MiB."""
     found = []
@@ -152,6 +160,7 @@ def node_memory(work: Path) -> list[dict]:
                 "peak_mib": sum(_kib(s["VmHWM"]) for s in statuses) / 1024,
                 "resident_mib": sum(_kib(s["VmRSS"]) for s in statuses) / 1024,
                 "node_peak_mib": _kib(statuses[0]["VmHWM"]) / 1024,
+                "proportional_mib": sum(_pss_kib(p) for p in [pid, *children]) / 1024,
                 "children": [s["Name"].strip() for s in statuses[1:]],
             }
         )
@@ -188,6 +197,8 @@ def measure(kind: str, count: int, rows: int, rounds: int) -> dict:
         "nodes_start_seconds": start,
         "node_peak_mib_mean": statistics.mean(n["peak_mib"] for n in nodes),
         "node_peak_mib_max": max(n["peak_mib"] for n in nodes),
+        "node_proportional_mib_mean": statistics.mean(n["proportional_mib"] for n in nodes),
+        "nodes_proportional_mib_total": sum(n["proportional_mib"] for n in nodes),
         "node_processes": len(nodes),
         "node_children": sorted({c for n in nodes for c in n["children"]}),
         "coordinator_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -205,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"{'engine':>8} {'banks':>5} {'s/round':>8} {'floor s':>8} {'ratio':>6} {'first s':>8} {'start s':>8} "
-        f"{'node MiB (mean/max)':>20} {'coordinator MiB':>16}"
+        f"{'node peak MiB (mean/max)':>25} {'nodes PSS MiB (mean/all)':>25} {'coordinator MiB':>16}"
     )
     results = []
     for kind in args.engines.split(","):
@@ -215,7 +226,8 @@ def main() -> None:
             print(
                 f"{kind:>8} {count:>5} {row['seconds_per_round']:>8.3f} {row['floor_seconds_per_round']:>8.3f} "
                 f"{row['ratio']:>6.2f} {row['first_round_seconds']:>8.1f} {row['nodes_start_seconds']:>8.1f} "
-                f"{row['node_peak_mib_mean']:>10.0f}/{row['node_peak_mib_max']:<9.0f} "
+                f"{row['node_peak_mib_mean']:>12.0f}/{row['node_peak_mib_max']:<12.0f} "
+                f"{row['node_proportional_mib_mean']:>12.0f}/{row['nodes_proportional_mib_total']:<12.0f} "
                 f"{row['coordinator_peak_mib']:>16.0f}",
                 flush=True,
             )

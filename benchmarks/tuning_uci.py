@@ -1,7 +1,7 @@
 """Federated tuning on the real UCI banks: the tuned model's weighted holdout AUC against the shipped settings'.
 
     uv run python benchmarks/tuning_uci.py [--config configs/uci_default_credit_xgboost.yaml] [--trials 12]
-                                           [--seeds 0,1,2] [--target 0.787]
+                                           [--seeds 0,1,2] [--target 0.787] [--rounds N]
 
 For each seed, two retrainings through the product's flow (a temporary Prefect API, an MLflow store of the
 benchmark's own): the config as shipped, then the same config with `tuning: {trials: N}` (the engine's default
@@ -23,11 +23,15 @@ from pathlib import Path
 from common import ROOT, UCI_DIR, require_uci, write_json
 
 
-def retrained(config_path: Path, seed: int, tuning: dict | None) -> dict:
+def retrained(config_path: Path, seed: int, tuning: dict | None, rounds: int | None = None) -> dict:
     from flows.config import load_config
     from flows.retrain import retrain
 
-    overrides = {"seed": seed, **({"tuning": tuning} if tuning else {})}
+    overrides = {
+        "seed": seed,
+        **({"tuning": tuning} if tuning else {}),
+        **({"training.rounds": rounds} if rounds else {}),
+    }
     config = load_config(config_path, overrides)
     started = time.perf_counter()
     summary = retrain(config)
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--target", type=float, default=0.787)
+    parser.add_argument("--rounds", type=int, default=None, help="cap the config's rounds (a quick check)")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/tuning_uci.json")
     args = parser.parse_args()
     require_uci(UCI_DIR)
@@ -63,8 +68,8 @@ def main() -> None:
         os.environ["FEDRISK_RUNS_DIR"] = str(Path(store) / "runs")
         with prefect_api():
             for seed in [int(s) for s in args.seeds.split(",")]:
-                shipped = retrained(args.config, seed, None)
-                tuned = retrained(args.config, seed, {"trials": args.trials})
+                shipped = retrained(args.config, seed, None, args.rounds)
+                tuned = retrained(args.config, seed, {"trials": args.trials}, args.rounds)
                 results.append({"seed": seed, "shipped": shipped, "tuned": tuned})
                 print(
                     f"seed {seed}: shipped {shipped['weighted_auc']:.4f} ({shipped['seconds']:.0f} s); tuned "

@@ -311,3 +311,49 @@ def test_stragglers_times_each_schedule_with_a_slowed_node(tmp_path, capsys, mon
     assert [r["mode"] for r in rows] == ["synchronous", "deadline", "buffered"]
     assert all(1 <= r["rounds"] <= 2 and r["seconds_to_target"] is not None and r["final_auc"] > 0.5 for r in rows)
     assert "bank_c's node limited to 0.5 of a core" in out and "target (>= 1.7x faster to 0.5" in out
+
+
+def test_consortium_scale_times_rounds_through_node_processes_against_the_floor(tmp_path, capsys, monkeypatch):
+    out = _run(
+        "consortium_scale.py",
+        "--institutions",
+        "3",
+        "--engines",
+        "xgboost",
+        "--rows",
+        "600",
+        "--tree-rounds",
+        "4",
+        "--json",
+        str(tmp_path / "c.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
+    [row] = _results(tmp_path / "c.json")
+    assert row["institutions"] == 3 and row["node_processes"] == 3 and row["rounds_shown"] == 4
+    assert row["seconds_per_round"] > 0 and row["floor_seconds_per_round"] > 0
+    assert row["node_children"] == [] and 0 < row["node_proportional_mib_mean"] < row["node_peak_mib_mean"]
+    assert "target (xgboost at 3 institutions <= 1.15x the floor)" in out
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_tuning_uci_compares_the_shipped_settings_with_tuned_ones(tmp_path, capsys, monkeypatch):
+    require_uci()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused.db")  # the script sets its own; restored after
+    monkeypatch.setenv("FEDRISK_RUNS_DIR", str(tmp_path / "runs"))
+    out = _run(
+        "tuning_uci.py",
+        "--trials",
+        "2",
+        "--seeds",
+        "0",
+        "--rounds",
+        "8",
+        "--json",
+        str(tmp_path / "t.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
+    [row] = _results(tmp_path / "t.json")
+    assert row["tuned"]["trials"] == "2 of 2 (0 pruned)" and 0.6 < row["tuned"]["weighted_auc"] < 1
+    assert "target (tuned >= 0.787 pooled reference)" in out
