@@ -592,7 +592,12 @@ class TuningConfig(BaseModel):
     )
     pruning: bool = Field(True, description="Stop a trial whose validation AUC is below the median of earlier trials.")
     startup_trials: int = Field(3, ge=1, le=100, description="Trials run to the end before any is pruned.")
-    warmup_rounds: int = Field(3, ge=0, le=10_000, description="Rounds of a trial before it may be pruned.")
+    warmup_rounds: int = Field(
+        10,
+        ge=0,
+        le=10_000,
+        description="Rounds of a trial before it may be pruned (a slower learning rate is behind early, not worse).",
+    )
     parameters: dict[str, TuningRange] = Field(
         default_factory=dict,
         description="Training settings to search (dotted for nested ones: model.hidden_units); the engine's "
