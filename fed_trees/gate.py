@@ -76,6 +76,9 @@ class Gate:
 
     def _admit(self, client: socket.socket, address: str) -> None:
         client.settimeout(30)
+        # Relayed messages are small and answered at once: with Nagle's algorithm each waited for the other end's
+        # delayed acknowledgement (tens of ms per exchange, several exchanges per tree level).
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             secured = self.context.wrap_socket(client, server_side=True)
         except (OSError, ssl.SSLError) as error:
@@ -96,6 +99,7 @@ class Gate:
             )
         try:
             server = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
+            server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as error:
             return self._refuse(secured, f"cannot reach the federated server for {name}: {error}")
         secured.settimeout(None)
