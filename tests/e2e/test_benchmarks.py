@@ -357,3 +357,22 @@ def test_tuning_uci_compares_the_shipped_settings_with_tuned_ones(tmp_path, caps
     [row] = _results(tmp_path / "t.json")
     assert row["tuned"]["trials"] == "2 of 2 (0 pruned)" and 0.6 < row["tuned"]["weighted_auc"] < 1
     assert "target (tuned >= 0.787 pooled reference)" in out
+
+
+def test_node_scale_runs_each_node_stage_in_a_fresh_process(tmp_path, capsys, monkeypatch):
+    out = _run(
+        "node_scale.py",
+        "--rows",
+        "3000",
+        "--stages",
+        "statistics,trees_round",
+        "--json",
+        str(tmp_path / "n.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
+    rows = _results(tmp_path / "n.json")
+    assert [r["stage"] for r in rows] == ["statistics", "trees_round"]
+    assert all(r["exit"] == 0 and r["peak_rss_mib"] > 50 and r["rows"] == 3000 for r in rows), rows
+    assert rows[0]["output"].endswith(str(round(3000 * 0.8)))  # the training rows counted: all but the holdout
+    assert "target (each stage under 3 GB at 3,000 rows)" in out
