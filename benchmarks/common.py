@@ -165,3 +165,22 @@ def mean_std(values: list[float]) -> str:
     """`0.7774 ± 0.0008` (population std over seeds)."""
     values = [v for v in values if v == v]
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "n/a"
+
+
+def synthetic_institutions(directory: Path, count: int, rows: int) -> dict[str, Path]:
+    """`count` synthetic credit-default institutions of `rows` each: the demo's portfolios in turn (named after
+    them, with a number from the fifth on), each with its own seed and IDs, under `directory/NAME/credit.csv`."""
+    from contract.synthetic import PORTFOLIOS, Portfolio, synthesize_institution
+
+    paths = {}
+    for index in range(count):
+        base = PORTFOLIOS[index % len(PORTFOLIOS)]
+        name = f"{base.name}_{index}" if index >= len(PORTFOLIOS) else base.name
+        portfolio = Portfolio(
+            name, rows, base.default_rate, base.median_limit, base.age_mean, base.education_mix, base.risk_shift
+        )
+        path = directory / name / "credit.csv"
+        path.parent.mkdir(parents=True)
+        synthesize_institution(portfolio, seed=index, first_id=1 + index * rows).to_csv(path, index=False)
+        paths[name] = path
+    return paths

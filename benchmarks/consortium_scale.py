@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_json
+from common import ROOT, synthetic_institutions, write_json
 from round_throughput import keras_floor_seconds
 
 from contract.data import Split
-from contract.synthetic import PORTFOLIOS, Portfolio, synthesize_institution
 from engines.registry import engine_for
 from flows.config import parse_config
 from flows.cross_silo_demo import nodes_for
@@ -45,22 +44,6 @@ TRAININGS = {
 class _Console:
     def print(self, *args, **kwargs) -> None:
         print(*args, flush=True)
-
-
-def institutions(directory: Path, count: int, rows: int) -> dict[str, Path]:
-    """`count` institutions of `rows` each, the demo's portfolios in turn (each with its own seed and IDs)."""
-    paths = {}
-    for index in range(count):
-        base = PORTFOLIOS[index % len(PORTFOLIOS)]
-        name = f"{base.name}_{index}"
-        portfolio = Portfolio(
-            name, rows, base.default_rate, base.median_limit, base.age_mean, base.education_mix, base.risk_shift
-        )
-        path = directory / name / "credit.csv"
-        path.parent.mkdir(parents=True)
-        synthesize_institution(portfolio, seed=index, first_id=1 + index * rows).to_csv(path, index=False)
-        paths[name] = path
-    return paths
 
 
 def admitted_space(config):
@@ -170,7 +153,7 @@ def node_memory(work: Path) -> list[dict]:
 def measure(kind: str, count: int, rows: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        paths = institutions(work / "data", count, rows)
+        paths = synthetic_institutions(work / "data", count, rows)
         config = parse_config(
             {
                 "model_name": "benchmark",

@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import ROOT, UCI_DIR, require_uci, write_json
+from common import ROOT, UCI_DIR, require_uci, synthetic_institutions, write_json
 
 import consortium.nodes as client
 from contract.data import Split
-from contract.synthetic import PORTFOLIOS, Portfolio, synthesize_institution
 from engines.tff import federated_training
 from flows.config import load_config, parse_config
 from flows.cross_silo_demo import nodes_for
@@ -64,21 +63,6 @@ class _Bytes:
 
 
 client.call = _Bytes.call
-
-
-def institutions(directory: Path, count: int, rows: int) -> dict[str, Path]:
-    paths = {}
-    for index in range(count):
-        base = PORTFOLIOS[index % len(PORTFOLIOS)]
-        name = f"{base.name}_{index}" if index >= len(PORTFOLIOS) else base.name
-        portfolio = Portfolio(
-            name, rows, base.default_rate, base.median_limit, base.age_mean, base.education_mix, base.risk_shift
-        )
-        path = directory / name / "credit.csv"
-        path.parent.mkdir(parents=True)
-        synthesize_institution(portfolio, seed=index, first_id=1 + index * rows).to_csv(path, index=False)
-        paths[name] = path
-    return paths
 
 
 def train(config, work: Path, secure: bool, on_round=None):
@@ -182,7 +166,7 @@ def main() -> None:
     results = {"rounds": []}
     for count in [int(n) for n in args.nodes.split(",") if n]:
         with tempfile.TemporaryDirectory() as work:
-            paths = institutions(Path(work) / "data", count, args.rows)
+            paths = synthetic_institutions(Path(work) / "data", count, args.rows)
             config = parse_config(
                 {
                     "model_name": "benchmark",

@@ -355,7 +355,8 @@ def test_tuning_uci_compares_the_shipped_settings_with_tuned_ones(tmp_path, caps
         monkeypatch=monkeypatch,
     )
     [row] = _results(tmp_path / "t.json")
-    assert row["tuned"]["trials"] == "2 of 2 (0 pruned)" and 0.6 < row["tuned"]["weighted_auc"] < 1
+    assert row["tuned"]["trials"] == "2 of 2 (0 pruned)" and 0.6 < row["tuned"]["federated"] < 1
+    assert row["tuned"]["metric"] == "roc_auc" and 0.6 < row["shipped"]["pooled"] < 1
     assert "target (tuned >= 0.787 pooled reference)" in out
 
 
