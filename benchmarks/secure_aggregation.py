@@ -53,11 +53,11 @@ class _Bytes:
     real_call = client.call
 
     @classmethod
-    def call(cls, handle, tls, operation, request):
+    def call(cls, handle, tls, request):
         started = time.perf_counter()
-        answer = cls.real_call(handle, tls, operation, request)
+        answer = cls.real_call(handle, tls, request)
         if cls.counting:
-            cls.seconds.setdefault(operation, []).append(time.perf_counter() - started)
+            cls.seconds.setdefault(request.operation, []).append(time.perf_counter() - started)
             cls.total += len(wire.encode(request)) + len(wire.encode(answer))
         return answer
 

@@ -377,3 +377,23 @@ def test_node_scale_runs_each_node_stage_in_a_fresh_process(tmp_path, capsys, mo
     assert all(r["exit"] == 0 and r["peak_rss_mib"] > 50 and r["rows"] == 3000 for r in rows), rows
     assert rows[0]["output"].endswith(str(round(3000 * 0.8)))  # the training rows counted: all but the holdout
     assert "target (each stage under 3 GB at 3,000 rows)" in out
+
+
+def test_secure_aggregation_times_rounds_in_the_clear_and_as_secure_sums(tmp_path, capsys, monkeypatch):
+    out = _run(
+        "secure_aggregation.py",
+        "--nodes",
+        "3",
+        "--rows",
+        "500",
+        "--rounds",
+        "2",
+        "--json",
+        str(tmp_path / "s.json"),
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
+    [row] = _results(tmp_path / "s.json")["rounds"]
+    assert row["nodes"] == 3 and row["secure"]["bytes_per_round"] > row["plain"]["bytes_per_round"] > 0
+    assert row["bytes_ratio"] > 1 and row["time_ratio"] > 0
+    assert "target (at most 1.3x the time per round at 3 nodes)" in out
