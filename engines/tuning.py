@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runconfig import TrainingConfig, TreeTrainingConfig, TuningConfig, TuningRange, with_setting
+from runconfig import TrainingConfig, TreeTrainingConfig, TuningConfig, TuningRange, is_whole_setting, with_setting
 
 if TYPE_CHECKING:
     import optuna
@@ -63,13 +63,6 @@ def describe(settings: dict[str, Any]) -> str:
     )
 
 
-def _is_whole(training: Training, name: str) -> bool:
-    node: Any = training.model_dump()
-    for part in name.split("."):
-        node = node[part]
-    return isinstance(node, int) and not isinstance(node, bool)
-
-
 def suggest(trial: optuna.Trial, space: dict[str, TuningRange], training: Training) -> tuple[dict[str, Any], Training]:
     """The settings Optuna suggests for `trial` within `space`, and the training config they make."""
     settings: dict[str, Any] = {}
@@ -77,7 +70,7 @@ def suggest(trial: optuna.Trial, space: dict[str, TuningRange], training: Traini
         if searched.choices is not None:
             labels = [str(choice) for choice in searched.choices]  # Optuna's choices are plain values
             settings[name] = searched.choices[labels.index(trial.suggest_categorical(name, labels))]
-        elif _is_whole(training, name):
+        elif is_whole_setting(training, name):
             assert searched.low is not None and searched.high is not None
             settings[name] = trial.suggest_int(name, int(searched.low), int(searched.high), log=searched.log)
         else:

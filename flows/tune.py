@@ -133,6 +133,8 @@ def tune(
         f", pruned below the median after {tuning.startup_trials} trials" if tuning.pruning else "",
     )
     trials, consortia = [], {}
+    # validation_fraction is not tuned: every trial fits on the same rows
+    fit = {name: fit_rows(count, config.training.validation_fraction) for name, count in features.counts.items()}
     for number in range(1, tuning.trials + 1):
         if deadline is not None and time.monotonic() > deadline:
             logger.info("tuning: %g minutes passed; no more trials after %d", tuning.timeout_minutes, number - 1)
@@ -140,7 +142,6 @@ def tune(
         asked = study.ask()
         settings, training = suggest(asked, space, config.training)
         key = f"{training_key}-trial-{number}"
-        fit = {name: fit_rows(count, training.validation_fraction) for name, count in features.counts.items()}
         privacy = plan_privacy(config.privacy, training, fit, config.seed, 1.0 / tuning.trials) if private else None
         consortia[number] = admitted.for_run(key, champion)
         trial = tuning_trial(

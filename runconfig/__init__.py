@@ -649,10 +649,17 @@ def with_setting(
         node = node[part]
     if last not in node:
         raise KeyError(name)
-    current = node[last]
-    whole = isinstance(current, int) and not isinstance(current, bool)
+    whole = is_whole_setting(training, name)
     node[last] = int(round(value)) if whole and isinstance(value, float) and float(value).is_integer() else value
     return type(training).model_validate(plain)
+
+
+def is_whole_setting(training: TrainingConfig | TreeTrainingConfig, name: str) -> bool:
+    """Whether a (dotted) training setting is a whole number (searched as one); KeyError when there is none."""
+    node: object = training.model_dump()
+    for part in name.split("."):
+        node = node[part]  # type: ignore[index]
+    return isinstance(node, int) and not isinstance(node, bool)
 
 
 class RunConfig(BaseModel):
