@@ -23,24 +23,45 @@ def train_centralized(
     learning_rate: float,
     positive_weight: float = 1.0,
 ) -> list[np.ndarray]:
-    """The weights of `spec` trained with Adam on one dataset, stopped early on the validation loss
-    (best epoch kept); save them with `export_model`.
+    """The weights of `spec` trained with Adam on one dataset, reshuffled every epoch and stopped early on the
+    validation loss (the best epoch's weights kept); save them with `export_model`.
 
-    The loss is the federated one (positives weighted `positive_weight` times), so a baseline
-    differs from the federated model only in where its data sits.
+    The loss is the federated one (positives weighted `positive_weight` times), so a baseline differs from the
+    federated model only in where its data sits. Each epoch is one compiled call (its minibatch steps and the
+    validation loss): Keras's `fit` spent most of a baseline on per-epoch bookkeeping (iterators, callbacks,
+    evaluate), 3 s for a 2,000-row institution.
     """
     tf.keras.utils.set_random_seed(spec.seed)
     model = build_model(spec, mean, std)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=WeightedBinaryCrossentropy(positive_weight))
-    stop = tf.keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    model.fit(
-        np.asarray(x_fit, np.float32),
-        np.asarray(y_fit, np.float32).reshape(-1, 1),
-        validation_data=(np.asarray(x_validation, np.float32), np.asarray(y_validation, np.float32).reshape(-1, 1)),
-        epochs=max_epochs,
-        batch_size=batch_size,
-        verbose=0,
-        callbacks=[stop],
-        shuffle=True,
-    )
-    return model.get_weights()
+    loss = WeightedBinaryCrossentropy(positive_weight)
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    optimizer.build(model.trainable_variables)
+    x = tf.constant(np.asarray(x_fit, np.float32))
+    y = tf.constant(np.asarray(y_fit, np.float32).reshape(-1, 1))
+    x_val = tf.constant(np.asarray(x_validation, np.float32))
+    y_val = tf.constant(np.asarray(y_validation, np.float32).reshape(-1, 1))
+    rows = int(x.shape[0])
+    steps = -(-rows // batch_size)
+
+    @tf.function
+    def epoch(order: tf.Tensor) -> tf.Tensor:
+        """One pass over the fit rows in `order`, a minibatch a step; the validation loss after it."""
+        for step in tf.range(steps):
+            batch = order[step * batch_size : tf.minimum((step + 1) * batch_size, rows)]
+            with tf.GradientTape() as tape:
+                batch_loss = loss(tf.gather(y, batch), model(tf.gather(x, batch), training=True))
+            gradients = tape.gradient(batch_loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss(y_val, model(x_val, training=False))
+
+    shuffle = np.random.default_rng(spec.seed)
+    best_loss, best_weights, waited = np.inf, model.get_weights(), 0
+    for _ in range(max_epochs):
+        validation_loss = float(epoch(tf.constant(shuffle.permutation(rows), tf.int32)))
+        if validation_loss < best_loss:
+            best_loss, best_weights, waited = validation_loss, model.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return best_weights
