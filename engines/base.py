@@ -54,6 +54,7 @@ class Engine(Protocol):
     """One way of training the consortium's model. `training` is the engine's own section of the run config."""
 
     name: str  # the config's `training.engine`
+    modules: tuple[str, ...]  # what its training imports (TensorFlow: seconds), imported early by a command
 
     def describe(self, training: Any) -> str:
         """The engine and what it trains, as a status line names it."""

@@ -229,6 +229,7 @@ class TffEngine:
     """Neural networks and logistic regressions trained with TensorFlow Federated (fed_models)."""
 
     name = "tff"
+    modules: tuple[str, ...] = ("fed_models.training",)
 
     def describe(self, training: TrainingConfig) -> str:
         model = training.model

@@ -188,6 +188,7 @@ class TreeEngine:
     """Gradient-boosted trees grown with XGBoost's federated mode (fed_trees)."""
 
     name = "xgboost"
+    modules: tuple[str, ...] = ("xgboost", "fed_trees.training")
 
     def describe(self, training: TreeTrainingConfig) -> str:
         return "federated gradient-boosted trees (XGBoost)"

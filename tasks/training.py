@@ -4,7 +4,6 @@ logged, shown as progress and passed to the CLI's listeners; the simulation base
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -43,18 +42,6 @@ def _worth_retrying(task, task_run, state) -> bool:
         and not getattr(error, "refusal", False)
         and getattr(error, "retryable", True)
     )
-
-
-def import_engine_in_background() -> threading.Thread:
-    """Start importing TensorFlow and TFF (10-15 s) on a daemon thread, so that a command which is
-    about to retrain pays for it while the Prefect API starts and the institutions are validated."""
-
-    def load() -> None:
-        import fed_models.training  # noqa: F401
-
-    thread = threading.Thread(target=load, name="import-training-engine", daemon=True)
-    thread.start()
-    return thread
 
 
 def worker_isolation(allow_exposed: bool) -> Isolation:

@@ -490,3 +490,30 @@ run()
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"config file {tmp_path / 'absent.yaml'} not found" in done.stdout + done.stderr
     assert (tmp_path / "handler-ran").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "imported", "not_imported"),
+    [
+        ("demo.yaml", {"great_expectations", "fed_models.training", "tracking.plots"}, set()),
+        ("uci_default_credit_xgboost.yaml", {"great_expectations", "fed_trees.training", "xgboost"}, {"tensorflow"}),
+    ],
+)
+def test_a_retraining_command_imports_its_engine_ahead_and_a_tree_one_no_tensorflow(config, imported, not_imported):
+    """What `retrain` and `demo` import while the Prefect API starts: validation's GX, the config's engine, the
+    plots; a tree retraining never pays TensorFlow's import (seconds, and a gigabyte of memory)."""
+    code = (
+        "import sys; from flows.cli.runs import import_ahead; from flows.config import load_config; "
+        f"import_ahead(load_config(sys.argv[1])).join(); print(' '.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(PROJECT_ROOT / "configs" / config)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = set(result.stdout.split())
+    assert imported <= modules
+    assert not (not_imported & modules)
