@@ -9,7 +9,8 @@ second registers version 2 against it as champion. Each run's wall time is split
 Prefect's own record of its flow and task runs (read back from the Prefect database afterwards):
 start-up (imports, the temporary Prefect API, data synthesis), validation, statistics, training
 (including the TensorFlow/TFF import), simulation baselines, evaluation, registration, and the
-rest. The import costs are measured separately in fresh interpreters. The target is under 90 s.
+rest. The import costs are measured separately in fresh interpreters. The target (issue 35) is a first run
+of at most 30 s on a quiet 2-core machine with compiled bytecode (issue 9's was under 90 s).
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def report(imports: dict[str, float], results: list[dict]) -> None:
         print(f"  {what}: {seconds:.1f} s")
     first = results[0]["wall_seconds"]
     print(
-        f"\ntarget (fedrisk demo under 90 s on this machine, {os.cpu_count()} cores): first run {first:.1f} s -> "
-        f"{'met' if first < 90 else 'MISSED'}"
+        f"\ntarget (fedrisk demo's first run at most 30 s on this machine, {os.cpu_count()} cores): {first:.1f} s -> "
+        f"{'met' if first <= 30 else 'MISSED'}"
     )
 
 

@@ -121,8 +121,11 @@ def import_ahead(config: RunConfig) -> threading.Thread:
     modules = ["great_expectations", *engine_for(config.training).modules, "tracking.plots"]
 
     def load() -> None:
-        for module in modules:
-            importlib.import_module(module)
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except Exception:  # noqa: S110 - the stage that imports it again says what is wrong, where it belongs
+            pass
 
     thread = threading.Thread(target=load, name="import-ahead", daemon=True)
     thread.start()

@@ -504,7 +504,7 @@ def test_a_retraining_command_imports_its_engine_ahead_and_a_tree_one_no_tensorf
     plots; a tree retraining never pays TensorFlow's import (seconds, and a gigabyte of memory)."""
     code = (
         "import sys; from flows.cli.runs import import_ahead; from flows.config import load_config; "
-        f"import_ahead(load_config(sys.argv[1])).join(); print(' '.join(sorted(sys.modules)))"
+        "import_ahead(load_config(sys.argv[1])).join(); print(' '.join(sorted(sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(PROJECT_ROOT / "configs" / config)],
