@@ -7,7 +7,8 @@ of 500,000 rows), then runs each stage as a node runs it, each in a fresh proces
 from wait4 (ru_maxrss) with its wall time:
 
 - validation: the extract read, typed and checked by its Great Expectations suite (institution.validation);
-- statistics: the federated statistics of its training rows (counts, sums, sums of squares);
+- statistics: the federated statistics of its training rows (counts, sums, sums of squares); an extract over
+  contract.data.STREAM_ABOVE_BYTES (256 MiB) is read a chunk at a time;
 - network_input: its fit and validation rows encoded for a TFF round (the arrays a round trains on);
 - trees_round: its rows encoded natively for XGBoost and one boosting round grown on them (a tree round's work
   at the node, without the histogram exchange).
@@ -62,7 +63,16 @@ from institution.validation import EXPECTATIONS_DIR, validate_extract
 schema = load_schema("credit_default")
 features = [f for f in schema.features if f not in schema.protected_columns]
 split = Split(0.2, 0.1, 0)
-extract = Extract("alder_bank", Path({path!r}), {{}})
+
+def digest(path):  # the node's extract is pinned to what validation saw: every stage's read checks it
+    import hashlib
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha256.update(block)
+    return sha256.hexdigest()
+
+extract = Extract("alder_bank", Path({path!r}), {{}}).validated(digest({path!r}))
 
 def space():
     stats = LocalConsortium((extract,)).statistics(extract.institution, schema, features, split)

@@ -9,13 +9,17 @@ extract (simulation, the stand-in for a node), consortium.nodes.NodeConsortium a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.data import Extract, labels, load_part, load_parts
+import numpy as np
+import pandas as pd
+
+from contract.data import Extract, labels, load_parts, read_parts, streamed
 from institution.evaluation import InstitutionEvaluation, evaluate_rows
 from institution.monitoring import MonitoredExtract, monitor_extract
-from institution.statistics import FeatureSpace, LocalStatistics, local_statistics
+from institution.statistics import FeatureSpace, LocalStatistics, extract_statistics
 from institution.validation import ValidationReport, validate_extract
 
 
@@ -53,21 +57,16 @@ class LocalConsortium:
         )
 
     def statistics(self, institution, schema, features, split) -> LocalStatistics:
-        return local_statistics(
-            institution, load_part(self.extract(institution), schema, split, "train"), schema, features
-        )
+        return extract_statistics(self.extract(institution), schema, features, split)
 
     def training(self, space: FeatureSpace, run_key: str, deltas=None):
         """The institutions' client work and validation, run here on their fit and validation rows."""
         from fed_models.training import ClientData, LocalInstitutions
 
         clients, validation = [], []
-        for extract, rows in self._fit_and_validation(space):
-            encoded = {part: space.layout.encode(rows[part]) for part in ("fit", "validation")}
-            clients.append(ClientData(extract.institution, encoded["fit"], labels(rows["fit"], space.schema)))
-            validation.append(
-                ClientData(extract.institution, encoded["validation"], labels(rows["validation"], space.schema))
-            )
+        for extract, parts in self._fit_and_validation(space, space.layout.encode):
+            clients.append(ClientData(extract.institution, *parts["fit"]))
+            validation.append(ClientData(extract.institution, *parts["validation"]))
         return LocalInstitutions(clients, validation)
 
     def tree_data(self, space: FeatureSpace):
@@ -75,19 +74,21 @@ class LocalConsortium:
         from fed_trees.training import TreeData
 
         return [
-            TreeData(
-                extract.institution,
-                space.layout.encode_native(rows["fit"]),
-                labels(rows["fit"], space.schema),
-                space.layout.encode_native(rows["validation"]),
-                labels(rows["validation"], space.schema),
-            )
-            for extract, rows in self._fit_and_validation(space)
+            TreeData(extract.institution, *parts["fit"], *parts["validation"])
+            for extract, parts in self._fit_and_validation(space, space.layout.encode_native)
         ]
 
-    def _fit_and_validation(self, space: FeatureSpace):
+    def _fit_and_validation(self, space: FeatureSpace, encode: Callable[[pd.DataFrame], np.ndarray]):
+        """Each institution's fit and validation rows, `encode`d, with their labels: from one read of its extract,
+        or for a large one (contract.data.streamed) a chunk at a time."""
+        parts = ("fit", "validation")
         for extract in self.extracts:
-            yield extract, load_parts(extract, space.schema, space.split, ("fit", "validation"))
+            if streamed(extract):
+                columns = [f.name for f in space.layout.features]
+                yield extract, read_parts(extract, space.schema, space.split, parts, columns, encode)
+            else:
+                rows = load_parts(extract, space.schema, space.split, parts)
+                yield extract, {part: (encode(rows[part]), labels(rows[part], space.schema)) for part in parts}
 
     def evaluate(self, institution, schema, split, models, evaluation) -> InstitutionEvaluation:
         return evaluate_rows(self.extract(institution), schema, split, models, evaluation)

@@ -14,9 +14,10 @@ import math
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -241,11 +242,15 @@ def read_bytes(institution: str, path: Path, expected_digest: str | None = None)
         raise fail(f"cannot be read ({error.strerror})") from None
     digest = file_digest(data)
     if expected_digest is not None and digest != expected_digest:
-        raise fail(
-            f"the file changed after it was validated (sha256 {expected_digest[:16]} when validated, "
-            f"{digest[:16]} now); nothing was trained on it. Run the retraining again to validate the new file"
-        )
+        raise fail(_changed(expected_digest, digest))
     return data, digest
+
+
+def _changed(validated: str, now: str) -> str:
+    return (
+        f"the file changed after it was validated (sha256 {validated[:16]} when validated, {now[:16]} now); "
+        f"nothing was trained on it. Run the retraining again to validate the new file"
+    )
 
 
 def _whose(institution: str | None) -> str:
@@ -410,6 +415,141 @@ def split_holdout(
         random_state=institution_seed(seed, institution),
     )
     return train, holdout
+
+
+STREAM_ABOVE_BYTES = 256 * 2**20  # an extract larger than this is read in chunks by the stages that can
+CHUNK_ROWS = 250_000  # rows a chunk: about 60 MB of a 25-column frame
+
+
+def streamed(extract: Extract) -> bool:
+    """Whether a stage reads this extract in chunks (a file over STREAM_ABOVE_BYTES) instead of whole."""
+    try:
+        return Path(extract.path).stat().st_size > STREAM_ABOVE_BYTES
+    except OSError:  # the whole read says what is wrong with it
+        return False
+
+
+class _Digesting(io.RawIOBase):
+    """A file read through: the sha256 of every byte read so far."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self.handle, self.sha256 = handle, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.handle.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+        return n
+
+    def finish(self) -> str:
+        """The digest of the whole file: what was not read yet is read to the end."""
+        while self.handle.read(2**20):
+            pass
+        return self.sha256.hexdigest()
+
+
+def read_chunks(
+    extract: Extract, schema: Schema, columns: list[str], rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """The validated extract's schema `columns`, `rows` (CHUNK_ROWS) rows at a time in file order, renamed and typed as
+    `read_extract` does, in memory bounded by a chunk. A CSV is parsed in one pass over its bytes whose digest is
+    checked when the last chunk is done (the bytes parsed are the bytes validated: a consumer returns nothing
+    before the iterator ends); a Parquet file's compressed bytes are read and checked first."""
+    path, name, rows = Path(extract.path), extract.institution, rows or CHUNK_ROWS
+    where = f"{_whose(name)}{path}: "
+    in_file = {schema_name: file_name for file_name, schema_name in extract.columns.items()}
+    wanted = [in_file.get(column, column) for column in columns]
+    renamed = {file_name: column for column, file_name in zip(columns, wanted, strict=True) if file_name != column}
+
+    def typed(chunk: pd.DataFrame) -> pd.DataFrame:
+        chunk = _unescaped(chunk).rename(columns=renamed)
+        problems = _coerce(chunk, schema)
+        if problems:
+            raise InstitutionDataError(
+                where + "; ".join(shared for shared, _ in problems),
+                where + "; ".join(f"{shared}, {examples}" for shared, examples in problems),
+            )
+        return chunk
+
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        import pyarrow.parquet as pq
+
+        data, _ = read_bytes(name, path, extract.digest)
+        for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=rows, columns=wanted):
+            yield typed(batch.to_pandas())
+        return
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise InstitutionDataError(f"{where}cannot be read ({error.strerror})") from None
+    with handle:
+        reader = _Digesting(handle)
+        try:
+            for chunk in pd.read_csv(reader, chunksize=rows, usecols=wanted):
+                yield typed(chunk)
+        except InstitutionDataError:
+            raise
+        except (pd.errors.ParserError, ValueError) as error:  # a columns or tokenizing error: no value quoted
+            raise InstitutionDataError(f"{where}malformed CSV ({str(error).strip()})") from None
+        digest = reader.finish()
+    if extract.digest is not None and digest != extract.digest:
+        raise InstitutionDataError(where + _changed(extract.digest, digest))
+
+
+def part_rows(extract: Extract, schema: Schema, split: Split) -> dict[str, np.ndarray]:
+    """Each part's rows (train, holdout, fit, validation) as positions in the file, in the order `load_parts` gives
+    them: the same seeded, stratified draws, from a read of the label column alone."""
+    label = schema.label.column
+    values = np.concatenate([chunk[label].to_numpy() for chunk in read_chunks(extract, schema, [label])])
+    train, holdout = train_test_split(
+        np.arange(len(values)),
+        test_size=split.holdout_fraction,
+        stratify=values,
+        random_state=institution_seed(split.seed, extract.institution),
+    )
+    fit, validation = train_test_split(
+        np.arange(len(train)),
+        test_size=split.validation_fraction,
+        stratify=values[train],
+        random_state=institution_seed(split.seed + 1, extract.institution),
+    )
+    return {"train": train, "holdout": holdout, "fit": train[fit], "validation": train[validation]}
+
+
+def read_parts(
+    extract: Extract,
+    schema: Schema,
+    split: Split,
+    parts: tuple[str, ...],
+    columns: list[str],
+    encode: Callable[[pd.DataFrame], np.ndarray],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`load_parts` of a large extract, encoded: each part's rows as `encode` makes them (float32, the precision
+    the engines train in) and their 0/1 labels, in `load_parts`' order, filled a chunk at a time: memory holds the
+    encoded parts and one chunk, never the whole frame."""
+    order = part_rows(extract, schema, split)
+    rows = sum(len(order[p]) for p in ("train", "holdout"))
+    slots = {}
+    for part in parts:
+        slots[part] = np.full(rows, -1, dtype=np.int64)
+        slots[part][order[part]] = np.arange(len(order[part]))
+    x: dict[str, np.ndarray] = {}
+    y = {part: np.empty(len(order[part]), dtype=np.float64) for part in parts}
+    start = 0
+    for chunk in read_chunks(extract, schema, list(dict.fromkeys([*columns, schema.label.column]))):
+        for part in parts:
+            to = slots[part][start : start + len(chunk)]
+            chosen = to >= 0
+            block = encode(chunk[chosen])
+            if part not in x:
+                x[part] = np.empty((len(order[part]), block.shape[1]), dtype=np.float32)
+            x[part][to[chosen]] = block
+            y[part][to[chosen]] = labels(chunk[chosen], schema)
+        start += len(chunk)
+    return {part: (x[part], y[part]) for part in parts}
 
 
 PARTS = ("train", "holdout", "fit", "validation")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from contract.data import Split, labels
+from contract.data import Extract, Split, labels, load_part, part_rows, read_chunks, streamed
 from contract.schema import CategoricalFeature, Schema
 from riskmodel.layout import MISSING, FeatureEncoding, Layout
 
@@ -60,6 +60,40 @@ def local_statistics(institution: str, rows: pd.DataFrame, schema: Schema, featu
                 float(np.square(numbers).sum()),
             )
     return LocalStatistics(institution, int(len(rows)), int(labels(rows, schema).sum()), present, sums, squares, levels)
+
+
+def add_statistics(a: LocalStatistics, b: LocalStatistics) -> LocalStatistics:
+    """Two parts of one institution's rows counted as one (its chunks, read one at a time)."""
+
+    def added(x: dict, y: dict) -> dict:
+        return {key: x.get(key, 0) + y.get(key, 0) for key in {**x, **y}}
+
+    return LocalStatistics(
+        a.institution,
+        a.count + b.count,
+        a.positives + b.positives,
+        added(a.present, b.present),
+        added(a.sums, b.sums),
+        added(a.sums_of_squares, b.sums_of_squares),
+        {name: added(a.levels.get(name, {}), b.levels.get(name, {})) for name in {**a.levels, **b.levels}},
+    )
+
+
+def extract_statistics(extract: Extract, schema: Schema, features: list[str], split: Split) -> LocalStatistics:
+    """`local_statistics` of an institution's training rows, read from its extract where it is: whole, or for a
+    large file (contract.data.streamed) a chunk at a time over the same training rows (the holdout drawn from its
+    label column first), in memory bounded by a chunk."""
+    if not streamed(extract):
+        return local_statistics(extract.institution, load_part(extract, schema, split, "train"), schema, features)
+    order = part_rows(extract, schema, split)
+    training = np.zeros(len(order["train"]) + len(order["holdout"]), dtype=bool)
+    training[order["train"]] = True
+    total, start = LocalStatistics(extract.institution, 0, 0), 0
+    for chunk in read_chunks(extract, schema, list(dict.fromkeys([*features, schema.label.column]))):
+        rows = chunk[training[start : start + len(chunk)]]
+        start += len(chunk)
+        total = add_statistics(total, local_statistics(extract.institution, rows, schema, features))
+    return total
 
 
 def consortium_layout(schema: Schema, features: list[str], statistics: list[LocalStatistics]) -> Layout:

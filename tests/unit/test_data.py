@@ -228,3 +228,39 @@ def test_a_header_only_extract_is_one_reason_not_a_list_of_failed_checks(tmp_pat
     with pytest.raises(InstitutionDataError) as error:
         read_institution("bank_a", path, schema)
     assert str(error.value) == f"institution 'bank_a': {path}: a header line and no rows: nothing to check or train on"
+
+
+def test_a_large_extracts_training_input_is_filled_a_chunk_at_a_time_row_for_row(
+    tmp_path, small_consortium, monkeypatch
+):
+    """A network's client data and a tree worker's arrays from a large extract (read in chunks of 333 rows) are the
+    whole read's, in its order (the order training shuffles from), at the engines' float32 precision."""
+    import contract.data
+    from consortium.local import LocalConsortium
+    from contract.synthetic import synthesize
+    from institution.statistics import extract_statistics, feature_space
+
+    german = synthesize(tmp_path, 1, seed=2, rows_scale=0.5, schema=GERMAN)
+    cases = [("alder_bank", small_consortium["alder_bank"], CREDIT), (*next(iter(german.items())), GERMAN)]
+    for name, path, schema in cases:
+        extract = Extract(name, path)
+        extract = extract.validated(read_extract(extract, schema)[1])
+        features = [f for f in schema.features if f not in schema.protected]
+        split = Split(0.2, 0.1, 3)
+        space = feature_space(schema, features, split, [extract_statistics(extract, schema, features, split)])
+        consortium = LocalConsortium((extract,))
+        whole_network, whole_trees = consortium.training(space, "k"), consortium.tree_data(space)[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(contract.data, "STREAM_ABOVE_BYTES", 0)
+            patch.setattr(contract.data, "CHUNK_ROWS", 333)
+            network, trees = consortium.training(space, "k"), consortium.tree_data(space)[0]
+        for chunked, whole in [
+            (network.clients[0].x, whole_network.clients[0].x),
+            (network.validation[0].x, whole_network.validation[0].x),
+            (trees.x_fit, whole_trees.x_fit),
+            (trees.x_validation, whole_trees.x_validation),
+        ]:
+            assert chunked.dtype == np.float32
+            np.testing.assert_array_equal(chunked, whole.astype(np.float32))
+        np.testing.assert_array_equal(network.clients[0].y, whole_network.clients[0].y)
+        np.testing.assert_array_equal(trees.y_validation, whole_trees.y_validation)

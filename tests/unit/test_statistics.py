@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from consortium.local import LocalConsortium
-from contract.data import Extract, Split, load_part
+from contract.data import Extract, Split, load_part, load_parts
 from contract.schema import Missing, load_schema
 from institution.statistics import (
     consortium_layout,
@@ -116,3 +116,105 @@ def test_constant_feature_gets_unit_std():
     mean, std = standardization(consortium_layout(CREDIT, ["AGE", "SEX"], stats), stats)
     np.testing.assert_allclose(mean, [2.0, 1.0])
     np.testing.assert_allclose(std, [np.sqrt(2 / 3), 1.0])
+
+
+def _pinned(name: str, path, columns=None) -> Extract:
+    from contract.data import read_extract
+
+    extract = Extract(name, path, dict(columns or {}))
+    return extract.validated(read_extract(extract, CREDIT if "german" not in str(path) else GERMAN)[1])
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Every extract counts as large (read in chunks), in chunks of 333 rows (strata and chunks never align)."""
+    import contract.data
+
+    monkeypatch.setattr(contract.data, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(contract.data, "CHUNK_ROWS", 333)
+
+
+def _same_statistics(whole, chunks) -> None:
+    assert (chunks.count, chunks.positives, chunks.present, chunks.levels) == (
+        whole.count,
+        whole.positives,
+        whole.present,
+        whole.levels,
+    )
+    assert chunks.sums == pytest.approx(whole.sums, rel=1e-12)
+    assert chunks.sums_of_squares == pytest.approx(whole.sums_of_squares, rel=1e-12)
+
+
+def test_a_large_extract_is_counted_a_chunk_at_a_time_to_the_same_statistics(tmp_path, small_consortium, monkeypatch):
+    """CSV (also under a column mapping) and Parquet, numeric and categorical features: the chunked statistics of the
+    training rows are the whole read's (the same holdout drawn), counts exactly, sums to float rounding."""
+    import contract.data
+    import institution.statistics
+    from contract.synthetic import synthesize
+    from institution.statistics import extract_statistics
+
+    split = Split(0.2, 0.1, 7)
+    german = synthesize(tmp_path / "german", 1, seed=2, rows_scale=0.5, schema=GERMAN)
+    [(german_name, german_path)] = german.items()
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(small_consortium["birch_credit_union"]).rename(columns={"AGE": "age_years"}).to_csv(
+        renamed, index=False
+    )
+    parquet = tmp_path / "cedar.parquet"
+    pd.read_csv(small_consortium["cedar_savings"]).to_parquet(parquet)
+    cases = [
+        (_pinned("alder_bank", small_consortium["alder_bank"]), CREDIT),
+        (_pinned("birch_credit_union", renamed, {"age_years": "AGE"}), CREDIT),
+        (_pinned("cedar_savings", parquet), CREDIT),
+        (_pinned(german_name, german_path), GERMAN),
+    ]
+    for extract, schema in cases:
+        features = [f for f in schema.features if f not in schema.protected]
+        assert not contract.data.streamed(extract)
+        whole = extract_statistics(extract, schema, features, split)
+        seen: list[int] = []
+
+        def counted(*args, seen=seen, **kwargs):
+            for chunk in contract.data.read_chunks(*args, **kwargs):
+                seen.append(len(chunk))
+                yield chunk
+
+        with monkeypatch.context() as patch:
+            patch.setattr(contract.data, "STREAM_ABOVE_BYTES", 0)
+            patch.setattr(contract.data, "CHUNK_ROWS", 333)
+            patch.setattr(institution.statistics, "read_chunks", counted)
+            assert contract.data.streamed(extract)
+            _same_statistics(whole, extract_statistics(extract, schema, features, split))
+        assert len(seen) > 1 and max(seen) <= 333  # never more than a chunk of rows in memory
+
+
+def test_the_parts_drawn_from_the_label_column_are_the_whole_reads_parts_in_its_order(small_consortium):
+    """train, holdout, fit and validation as load_parts splits the whole frame, row for row and in its order (the
+    order a network's client data is shuffled from)."""
+    from contract.data import part_rows, read_extract
+
+    extract = _pinned("birch_credit_union", small_consortium["birch_credit_union"])
+    split = Split(0.2, 0.1, 7)
+    whole = load_parts(extract, CREDIT, split, ("train", "holdout", "fit", "validation"))
+    frame, _ = read_extract(extract, CREDIT)
+    assert list(frame.index) == list(range(len(frame)))  # positions in the file
+    for part, rows in part_rows(extract, CREDIT, split).items():
+        assert list(rows) == list(whole[part].index), part
+
+
+def test_a_large_extract_changed_after_validation_stops_its_chunked_statistics(tmp_path, small_consortium, chunked):
+    """The chunks' bytes are digested as they are parsed: a file replaced after validation is refused once read,
+    before any figure of it is returned."""
+    from contract.data import InstitutionDataError
+    from institution.statistics import extract_statistics
+
+    path = tmp_path / "dune.csv"
+    path.write_bytes(small_consortium["dune_finance"].read_bytes())
+    extract = _pinned("dune_finance", path)
+    frame = pd.read_csv(path)
+    frame.loc[len(frame) - 1, "LIMIT_BAL"] = frame["LIMIT_BAL"].iloc[-1] + 1000  # one value, in the last chunk
+    frame.to_csv(path, index=False)
+    with pytest.raises(
+        InstitutionDataError, match="institution 'dune_finance'.*the file changed after it was validated"
+    ):
+        extract_statistics(extract, CREDIT, ["LIMIT_BAL", "AGE"], Split(0.2, 0.1, 7))
