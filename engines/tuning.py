@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from consortium.protocol import TrainingStopped
 from runconfig import TrainingConfig, TreeTrainingConfig, TuningConfig, TuningRange, is_whole_setting, with_setting
 
 if TYPE_CHECKING:
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from engines.privacy import PrivacyPlan
 
 Training = TrainingConfig | TreeTrainingConfig
+
+
+class TrialPruned(TrainingStopped):
+    """A trial's validation AUC fell below its peers' median at the same round: it ends there (a decision)."""
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from consortium.protocol import Consortium, TrainingStopped
+from consortium.protocol import Consortium
 from contract.data import fit_rows
 from engines.privacy import PrivacyPlan, plan_privacy, spent_privacy
-from engines.tuning import Trial, Tuning, describe, new_study, round_auc, suggest, trial_score
+from engines.tuning import Trial, TrialPruned, Tuning, describe, new_study, round_auc, suggest, trial_score
 from errors import FedriskError
 from flows.lock import LockHold
 from riskmodel.scaling import Scaling
 from runconfig import RunConfig, search_space
 from tasks.training import train_federated
-
-
-class TrialPruned(TrainingStopped):
-    """A trial's validation AUC fell below its peers' median at the same round: it ends there (a decision)."""
 
 
 class TuningFailed(FedriskError, RuntimeError):
@@ -66,28 +62,32 @@ def tuning_trial(
                 f"the median of earlier trials at that round"
             )
 
-    try:
-        outcome = train_federated(
-            model_name,
-            consortium,
-            features.space,
-            training=training,
-            positive_weight=features.positive_weight,
-            model_dir=trial_dir / "model",
-            checkpoint_dir=trial_dir / "checkpoints",
-            isolation=isolation,
-            scaling=Scaling(**config.scorecard.model_dump()),
-            run_key=training_key,
-            lock_check=lock.verify,
-            after_round=report,
-            privacy=privacy,
-        )
-    except TrialPruned as pruned:
-        logger.info("%s", pruned)
+    # A pruned trial's training ends Cancelled in Prefect, with the pruner's reason (a decision, not a failure).
+    state = train_federated(
+        model_name,
+        consortium,
+        features.space,
+        training=training,
+        positive_weight=features.positive_weight,
+        model_dir=trial_dir / "model",
+        checkpoint_dir=trial_dir / "checkpoints",
+        isolation=isolation,
+        scaling=Scaling(**config.scorecard.model_dump()),
+        run_key=training_key,
+        lock_check=lock.verify,
+        after_round=report,
+        privacy=privacy,
+        return_state=True,
+    )
+    if state.is_cancelled():
+        logger.info("%s", state.message)
         seconds = time.monotonic() - started
         # Its rounds so far were trained with noise: every institution counted in each (a bound under sampling).
         spent = spent_privacy(privacy, {i.institution: len(seen) for i in privacy.institutions}) if privacy else None
-        return Trial(number, settings, "pruned", None, seen, seconds, training_key, None, training, str(pruned), spent)
+        return Trial(
+            number, settings, "pruned", None, seen, seconds, training_key, None, training, str(state.message), spent
+        )
+    outcome = state.result()
     score = trial_score(outcome)
     state = "complete" if score is not None else "failed"
     logger.info(

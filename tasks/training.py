@@ -13,6 +13,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 
 from consortium.protocol import TrainingStopped
 from contract.data import Extract, Split, load_parts
@@ -20,6 +21,7 @@ from contract.schema import Schema
 from engines.base import TrainingOutcome
 from engines.privacy import PrivacyPlan
 from engines.registry import engine_for
+from engines.tuning import TrialPruned
 from hostguard import loopback
 from hostguard.loopback import Isolation
 from institution.statistics import FeatureSpace, feature_space, local_statistics
@@ -111,7 +113,8 @@ def train_federated(
     """The run's engine training `model_name` over the consortium, with each round logged, shown in a Prefect
     progress artifact (keyed by the model) and passed to the round listeners (the CLI's progress bar).
     `lock_check(where)` runs after each round: it raises to stop the training when the retraining's lock was lost;
-    then `after_round(metrics)`, which may raise a TrainingStopped to end it (a tuning trial pruned)."""
+    then `after_round(metrics)`, which may raise a TrainingStopped to end it; a tuning trial's pruning (TrialPruned)
+    ends it Cancelled, the state returned with the pruner's reason."""
     logger = get_run_logger()
     engine = engine_for(training)
     max_rounds = training.rounds
@@ -159,6 +162,8 @@ def train_federated(
             log=logger.info,
             warn=logger.warning,
         )
+    except TrialPruned as pruned:  # the study's decision, not a failure: the run shows Cancelled, with why
+        return Cancelled(message=str(pruned))
     finally:
         tell({"event": "end"})
     if outcome.resumed_from_round:

@@ -37,6 +37,22 @@ def _trial_flow_runs(model_name: str) -> list:
         )
 
 
+def _training_states(flow_runs: list) -> dict[int, tuple[str, str]]:
+    """Each trial's train-federated task run: its state type and message, by trial number."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    found = {}
+    with get_client(sync_client=True) as client:
+        for run in flow_runs:
+            [task] = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["train-federated"])),
+            )
+            found[int(run.name.rsplit(" ", 1)[1])] = (task.state.type.value, task.state.message or "")
+    return found
+
+
 def test_tuned_trees_are_the_best_trial_with_each_trial_a_subflow_and_a_child_run(small_consortium, tracking_uri):
     config = run_config(
         _three(small_consortium),
@@ -77,9 +93,15 @@ def test_tuned_trees_are_the_best_trial_with_each_trial_a_subflow_and_a_child_ru
     best_round = next(r for r in summary.training.rounds if r["round"] == summary.training.best_round)
     assert scores[best] == pytest.approx(best_round["validation_auc"])
     assert scores[best] != pytest.approx(summary.weighted["roc_auc"])
-    assert sorted(run.name for run in _trial_flow_runs("tuned_trees")) == [
-        f"tuned_trees trial {n}" for n in range(1, 7)
-    ]
+    trial_runs = _trial_flow_runs("tuned_trees")
+    assert sorted(run.name for run in trial_runs) == [f"tuned_trees trial {n}" for n in range(1, 7)]
+    # A pruned trial's training is Cancelled in Prefect with the pruner's reason, not Failed; the others Completed.
+    trainings = _training_states(trial_runs)
+    for n, (state, message) in trainings.items():
+        if n in pruned:
+            assert state == "CANCELLED" and f"trial {n} pruned after round" in message, (n, state, message)
+        else:
+            assert state == "COMPLETED", (n, state, message)
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert "plots/tuning.png" in artifacts
     card = Path(client.download_artifacts(version.run_id, "model_card.html")).read_text()
