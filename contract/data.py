@@ -117,10 +117,23 @@ def cut_last_line(header: str, last: str, ends_with_newline: bool, where: str = 
     return f"last line incomplete ({where} has {found} of {expected} fields; the file ends mid-line)"
 
 
-def _parse(data: bytes, suffix: str) -> pd.DataFrame:
+def _parse(data: bytes, suffix: str, text: Iterable[str] = ()) -> pd.DataFrame:
+    """A CSV or Parquet file's frame; a CSV's `text` columns read as the text in the file (see `_text_columns`)."""
     if suffix in {".parquet", ".pq"}:
         return pd.read_parquet(io.BytesIO(data))
-    return _unescaped(pd.read_csv(io.BytesIO(data)))
+    return _unescaped(pd.read_csv(io.BytesIO(data), dtype=dict.fromkeys(text, str)))
+
+
+def _text_columns(schema: Schema, columns: dict[str, str]) -> list[str]:
+    """The file's names of the schema's text levels (categorical, not coded): read as text, so that a level is what
+    the file says ("02134", "1") whether or not its column has a missing value or is read a chunk at a time
+    (parsed as numbers, "1" became "1.0" wherever the column had a gap, and a leading zero was lost)."""
+    in_file = {schema_name: file_name for file_name, schema_name in (columns or {}).items()}
+    return [
+        in_file.get(name, name)
+        for name, feature in schema.features.items()
+        if feature.type == "categorical" and not feature.coded
+    ]
 
 
 def _unescaped(frame: pd.DataFrame) -> pd.DataFrame:
@@ -275,7 +288,7 @@ def _frame(institution: str | None, path: Path, data: bytes, columns: dict[str, 
         if structure:
             raise fail("; ".join(structure))
     try:
-        frame = _parse(data, suffix)
+        frame = _parse(data, suffix, _text_columns(schema, columns))
     except pd.errors.EmptyDataError:
         raise fail("file is empty") from None
     except pd.errors.ParserError as error:
@@ -488,7 +501,8 @@ def read_chunks(
     with handle:
         reader = _Digesting(handle)
         try:
-            for chunk in pd.read_csv(reader, chunksize=rows, usecols=wanted):
+            text = dict.fromkeys(set(_text_columns(schema, extract.columns)) & set(wanted), str)
+            for chunk in pd.read_csv(reader, chunksize=rows, usecols=wanted, dtype=text):
                 yield typed(chunk)
         except InstitutionDataError:
             raise

@@ -218,3 +218,33 @@ def test_a_large_extract_changed_after_validation_stops_its_chunked_statistics(t
         InstitutionDataError, match="institution 'dune_finance'.*the file changed after it was validated"
     ):
         extract_statistics(extract, CREDIT, ["LIMIT_BAL", "AGE"], Split(0.2, 0.1, 7))
+
+
+def test_a_text_level_that_looks_like_a_number_is_read_as_the_file_writes_it_whole_or_in_chunks(tmp_path, monkeypatch):
+    """A branch code "01" stays "01" and "7" stays "7" where the column has gaps (parsed as numbers they became 1.0
+    and 7.0 in a whole read, and 7 or 7.0 chunk by chunk): the same levels counted either way."""
+    import contract.data
+    from contract.schema import parse_schema
+    from contract.synthetic import synthesize
+    from institution.statistics import extract_statistics
+
+    base = GERMAN.model_dump(by_alias=True)
+    branch = {"type": "categorical", "levels": "open", "missing": {"max_rate": 0.5}}
+    schema = parse_schema({**base, "features": {**base["features"], "branch": branch}}, "german_credit.yaml")
+    [(name, source)] = synthesize(tmp_path / "src", 1, seed=4, rows_scale=0.5, schema=GERMAN).items()
+    frame = pd.read_csv(source)
+    codes = np.array(["01", "7", ""], dtype=object)[np.arange(len(frame)) % 3]
+    codes[: len(frame) // 2][codes[: len(frame) // 2] == ""] = "01"  # the first half has no gap: chunks there are whole
+    frame["branch"] = codes
+    path = tmp_path / "with_branch.csv"
+    frame.to_csv(path, index=False)
+    extract = Extract(name, path)
+    from contract.data import read_extract
+
+    extract = extract.validated(read_extract(extract, schema)[1])
+    split = Split(0.2, 0.1, 1)
+    whole = extract_statistics(extract, schema, ["branch", "credit_amount"], split)
+    assert set(whole.levels["branch"]) == {"01", "7", "(missing)"}
+    monkeypatch.setattr(contract.data, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(contract.data, "CHUNK_ROWS", 100)
+    _same_statistics(whole, extract_statistics(extract, schema, ["branch", "credit_amount"], split))
