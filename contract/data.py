@@ -128,7 +128,7 @@ def _text_columns(schema: Schema, columns: dict[str, str]) -> list[str]:
     """The file's names of the schema's text levels (categorical, not coded): read as text, so that a level is what
     the file says ("02134", "1") whether or not its column has a missing value or is read a chunk at a time
     (parsed as numbers, "1" became "1.0" wherever the column had a gap, and a leading zero was lost)."""
-    in_file = {schema_name: file_name for file_name, schema_name in (columns or {}).items()}
+    in_file = {schema_name: file_name for file_name, schema_name in columns.items()}
     return [
         in_file.get(name, name)
         for name, feature in schema.features.items()
@@ -458,8 +458,8 @@ class _Digesting(io.RawIOBase):
         return n
 
     def finish(self) -> str:
-        """The digest of the whole file: what was not read yet is read to the end."""
-        while self.handle.read(2**20):
+        """The digest of the whole file: what was not read yet is read (and digested) to the end."""
+        while self.read(2**20):
             pass
         return self.sha256.hexdigest()
 

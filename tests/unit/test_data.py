@@ -264,3 +264,14 @@ def test_a_large_extracts_training_input_is_filled_a_chunk_at_a_time_row_for_row
             np.testing.assert_array_equal(chunked, whole.astype(np.float32))
         np.testing.assert_array_equal(network.clients[0].y, whole_network.clients[0].y)
         np.testing.assert_array_equal(trees.y_validation, whole_trees.y_validation)
+
+
+def test_a_chunked_reads_digest_covers_the_bytes_left_unread(small_consortium):
+    """The digest a chunked read checks is the whole file's, whatever the parser stopped short of."""
+    from contract.data import _Digesting, file_digest
+
+    path = small_consortium["dune_finance"]
+    with path.open("rb") as handle:
+        reader = _Digesting(handle)
+        reader.read(1000)
+        assert reader.finish() == file_digest(path.read_bytes())
